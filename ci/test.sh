@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs emcore (compiling the Cython core) with its test extra into a fresh
+# virtual environment and runs the whole test suite against the installed
+# package. Extra arguments go to pytest (e.g. `bash ci/test.sh -m "not slow"`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${EMCORE_TEST_VENV:-.venv-test}
+
+rm -rf "$VENV"
+"$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ".[test]"
+
+# The `pytest` script, not `python -m pytest` from the repository root: the latter
+# would put the uncompiled source folder emcore/ first on sys.path (flat layout).
+export EMCORE_TEST_INSTALLED=1
+exec "$VENV/bin/pytest" tests "$@"

@@ -1,0 +1,15 @@
+"""emcore: expectation-maximization for latent-variable models.
+
+A compiled core runs the E-step/M-step loop over sufficient statistics, chunk by
+chunk, without the GIL; component families and posterior rules are plugins found
+through a pluggy registry; every fit records the ELBO chain
+
+    loglik(theta_t) = ELBO(q_t, theta_t) <= ELBO(q_t, theta_{t+1}) <= loglik(theta_{t+1}).
+"""
+
+from emcore._version import __version__
+from emcore.exceptions import DegenerateComponentError, NotFittedError
+from emcore.gaussian_mixture import GaussianMixture
+
+__all__ = ["GaussianMixture", "DegenerateComponentError", "NotFittedError",
+           "__version__"]

@@ -1,0 +1,5 @@
+import sys
+
+from emcore._cli import main
+
+sys.exit(main())

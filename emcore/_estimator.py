@@ -1,0 +1,54 @@
+"""scikit-learn's estimator conventions without depending on scikit-learn.
+
+The constructor only stores its arguments; ``get_params``/``set_params`` read
+them back from the ``__init__`` signature, so ``sklearn.base.clone`` works.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from emcore.exceptions import NotFittedError
+
+
+class BaseEstimator:
+    """Parameter handling shared by emcore's estimators."""
+
+    @classmethod
+    def _param_names(cls) -> list:
+        sig = inspect.signature(cls.__init__)
+        return sorted(p.name for p in sig.parameters.values()
+                      if p.name != "self" and p.kind != p.VAR_KEYWORD)
+
+    def get_params(self, deep: bool = True) -> dict:
+        """Return the constructor parameters as a dict."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> "BaseEstimator":
+        """Set constructor parameters; returns self."""
+        valid = self._param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"Invalid parameter {name!r} for estimator "
+                                 f"{type(self).__name__}. Valid parameters are: "
+                                 f"{', '.join(valid)}.")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        sig = inspect.signature(type(self).__init__)
+        shown = []
+        for name in self._param_names():
+            default = sig.parameters[name].default
+            value = getattr(self, name)
+            if value is default or (isinstance(value, (int, float, str, bool, type(None)))
+                                    and type(value) is type(default) and value == default):
+                continue
+            shown.append(f"{name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    def _check_fitted(self, attribute: str) -> None:
+        if not hasattr(self, attribute):
+            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet. "
+                                 "Call 'fit' with appropriate arguments first.")

@@ -1,0 +1,97 @@
+"""Input validation at the edge, with messages that name the argument.
+
+Messages follow scikit-learn's shape: "The 'X' parameter of GaussianMixture.fit
+must be ... Got ... instead."
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Optional
+
+import numpy as np
+
+
+def _where(owner: str) -> str:
+    return f" of {owner}" if owner else ""
+
+
+def check_data(X: Any, *, name: str = "X", owner: str = "",
+               n_features: Optional[int] = None) -> np.ndarray:
+    """Return X as a C-contiguous float64 2-D array of finite numbers, or raise ValueError."""
+    prefix = f"The {name!r} parameter{_where(owner)} must be a 2-D array of finite numbers"
+    if X is None:
+        raise ValueError(f"{prefix}. Got None instead.")
+    try:
+        arr = np.asarray(X)
+    except Exception as exc:  # ragged nested sequences and the like
+        raise ValueError(f"{prefix}. Got an object numpy cannot read ({exc}).") from None
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)
+                                   or arr.dtype == np.bool_):
+        raise ValueError(f"{prefix}. Got an array of dtype {arr.dtype} instead.")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"{prefix}. Got complex numbers instead.")
+    if arr.ndim != 2:
+        hint = (" Reshape a single feature with X.reshape(-1, 1) or a single sample "
+                "with X.reshape(1, -1)." if arr.ndim == 1 else "")
+        raise ValueError(f"{prefix}. Got an array with ndim={arr.ndim} instead.{hint}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{prefix}. Got an empty array of shape {arr.shape} instead.")
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        i, j = np.argwhere(~finite)[0]
+        raise ValueError(f"{prefix}. Got {arr[i, j]} at row {i}, column {j} "
+                         "(NaN or infinity) instead.")
+    if n_features is not None and arr.shape[1] != n_features:
+        raise ValueError(f"The {name!r} parameter{_where(owner)} must have {n_features} "
+                         f"features, as the data the model was fitted on. Got "
+                         f"{arr.shape[1]} instead.")
+    return arr
+
+
+def check_int(value: Any, name: str, owner: str, *, low: Optional[int] = None,
+              allow_none: bool = False) -> Optional[int]:
+    """Return value as int, checking its type and lower bound."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"The {name!r} parameter{_where(owner)} must be an int"
+                         f"{' or None' if allow_none else ''}. Got {value!r} instead.")
+    if low is not None and value < low:
+        raise ValueError(f"The {name!r} parameter{_where(owner)} must be an int >= {low}. "
+                         f"Got {value!r} instead.")
+    return int(value)
+
+
+def check_float(value: Any, name: str, owner: str, *, low: float = 0.0) -> float:
+    """Return value as a finite float >= low."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or \
+            not np.isfinite(value) or value < low:
+        raise ValueError(f"The {name!r} parameter{_where(owner)} must be a finite number "
+                         f">= {low:g}. Got {value!r} instead.")
+    return float(value)
+
+
+def check_choice(value: Any, name: str, owner: str, choices: tuple) -> Any:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"The {name!r} parameter{_where(owner)} must be one of "
+                         f"{', '.join(map(repr, choices))}. Got {value!r} instead.")
+    return value
+
+
+def check_random_state(random_state: Any, owner: str = "") -> np.random.Generator:
+    """Return a numpy Generator from None, an int, a RandomState or a Generator."""
+    if random_state is None or isinstance(random_state, (numbers.Integral, np.integer)) \
+            and not isinstance(random_state, bool):
+        if random_state is not None and random_state < 0:
+            raise ValueError(f"The 'random_state' parameter{_where(owner)} must be None, "
+                             f"an int >= 0, a RandomState or a Generator. Got "
+                             f"{random_state!r} instead.")
+        return np.random.default_rng(random_state)
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if isinstance(random_state, np.random.RandomState):
+        return np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
+    raise ValueError(f"The 'random_state' parameter{_where(owner)} must be None, an int "
+                     f">= 0, a RandomState or a Generator. Got {random_state!r} instead.")

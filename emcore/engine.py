@@ -1,0 +1,350 @@
+"""The EM loop: Python logic around the compiled chunk loop.
+
+One iteration t, for parameters theta_t = (pi_t, family parameters):
+
+1. a pass over the data at theta_t (chunk by chunk: family log-densities, plus
+   log pi, into the posterior rule, then the family's weighted statistics),
+   giving loglik(theta_t), ELBO(q_t, theta_t), the entropy H(q_t) and stats_t;
+2. the M-step theta_{t+1} = argmax E_{q_t}[log p(x, z | theta)] from stats_t;
+3. ELBO(q_t, theta_{t+1}) = Q_{q_t}(theta_{t+1}) + H(q_t), from stats_t alone;
+4. the next pass gives loglik(theta_{t+1}), which closes the chain
+
+       loglik(theta_t) = ELBO(q_t, theta_t) <= ELBO(q_t, theta_{t+1}) <= loglik(theta_{t+1})
+
+   and the stopping rule compares the objective at theta_t and theta_{t+1}.
+
+Every M-step is followed by a pass, so each :class:`Iteration` record is complete
+and the fitted parameters always have a computed log-likelihood.
+No registry or hook is called here: the caller resolves the family and rule once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from emcore._core._passes import MAX_BLOCKS, data_pass as _compiled_pass
+from emcore._threads import effective_n_threads, single_threaded_blas
+from emcore.plugin_api import Family, PosteriorRule
+
+__all__ = ["PassResult", "Iteration", "FitResult", "data_pass", "run_em",
+           "stats_from_assignments", "chunk_rows_for"]
+
+UNIT_ROUNDOFF = 2.0 ** -53
+STOP_REASONS = ("tol", "max_iter", "interrupted")
+
+
+def chunk_rows_for(n_features: int) -> int:
+    """Rows per chunk: about 32k doubles of data (256 KiB), between 256 and 4096 rows.
+
+    Depends only on the data's shape, so results never depend on the thread count.
+    """
+    rows = 32768 // max(1, n_features)
+    return int(min(4096, max(256, 1 << max(0, rows.bit_length() - 1))))
+
+
+def summation_depth(n_rows: int, chunk_rows: int) -> int:
+    """Longest chain of additions behind any pass total.
+
+    Rows add up sequentially within a chunk, chunks sequentially within a block,
+    blocks sequentially (emcore/_core/_passes.pyx). This count replaces
+    ceil(log2 n) of the pairwise-summation bound in the tolerances
+    (notes/em_variants_and_testing.md, 9.1).
+    """
+    n_chunks = max(1, -(-n_rows // chunk_rows))
+    n_blocks = min(n_chunks, MAX_BLOCKS)
+    return min(n_rows, chunk_rows) + -(-n_chunks // n_blocks) + n_blocks
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """What one pass over the data at fixed parameters returns."""
+    stats: Any                  #: the family's merged statistics (None if not asked)
+    resp_sum: np.ndarray        #: sum_i w_i q_ik, shape (n_components,)
+    loglik: float               #: sum_i w_i log p(x_i)
+    expected_log_joint: float   #: sum_i w_i sum_k q_ik log p(x_i, z_i=k)
+    entropy: float              #: sum_i w_i H(q_i)
+    magnitude: float            #: rounding magnitude M (notes, 9.3)
+
+    @property
+    def elbo(self) -> float:
+        """ELBO(q, theta) at the parameters of the pass."""
+        return self.expected_log_joint + self.entropy
+
+
+@dataclass(frozen=True)
+class Iteration:
+    """One EM iteration t: from theta_t to theta_{t+1}.
+
+    The chain ``loglik = elbo_at_start <= elbo <= loglik_next`` holds up to the
+    derived rounding tolerances, with ``penalty_change`` added on the left of the
+    middle inequality when the M-step is penalised (reg_covar): see
+    :meth:`chain_slacks`.
+    """
+    iteration: int            #: t, from 0
+    loglik: float             #: loglik(theta_t)
+    elbo_at_start: float      #: ELBO(q_t, theta_t); equals loglik for the exact posterior
+    elbo: float               #: ELBO(q_t, theta_{t+1}), from the statistics
+    loglik_next: float        #: loglik(theta_{t+1})
+    objective: float          #: the stopping rule's objective at theta_{t+1}
+    relative_change: float    #: |objective_{t+1} - objective_t| / |objective_{t+1}|
+    penalty_change: float     #: pen_t(theta_{t+1}) - pen_t(theta_t); 0 without reg
+    param_change: float       #: max relative change of any parameter array
+    tolerance_equality: float  #: rounding bound for |elbo_at_start - loglik|
+    tolerance: float          #: rounding bound for the two inequalities
+    empty_components: tuple = ()  #: components with zero weight after the M-step
+    seconds: float = 0.0      #: wall time of the iteration
+
+    @property
+    def gap(self) -> float:
+        """loglik(theta_{t+1}) - ELBO(q_t, theta_{t+1}) = KL(q_t || p(z | x, theta_{t+1})) >= 0."""
+        return self.loglik_next - self.elbo
+
+    def chain_slacks(self, penalised: bool = True) -> dict:
+        """Each link of the chain as (violation / tolerance); > 1 means it fails.
+
+        ``equality``: |ELBO(q_t, theta_t) - loglik(theta_t)|;
+        ``ascent``: loglik(theta_t) [+ penalty_change] - ELBO(q_t, theta_{t+1});
+        ``bound``: ELBO(q_t, theta_{t+1}) - loglik(theta_{t+1}).
+        With ``penalised=False`` the ascent link ignores the penalty (the plain
+        EM inequality, which a reg_covar step need not satisfy).
+        """
+        pen = self.penalty_change if penalised else 0.0
+        return {
+            "equality": abs(self.elbo_at_start - self.loglik) / self.tolerance_equality,
+            "ascent": (self.loglik + pen - self.elbo) / self.tolerance,
+            "bound": (self.elbo - self.loglik_next) / self.tolerance,
+        }
+
+    def chain_holds(self, penalised: bool = True) -> bool:
+        """True if every link of the chain holds within its tolerance."""
+        return all(v <= 1.0 for v in self.chain_slacks(penalised).values())
+
+
+@dataclass
+class FitResult:
+    """The outcome of :func:`run_em`."""
+    weights: np.ndarray
+    params: dict
+    history: tuple
+    n_iter: int
+    stop_reason: str          #: 'tol', 'max_iter' or 'interrupted'
+    loglik: float             #: loglik at the returned parameters
+    objective: float          #: the monotone objective at the returned parameters
+    objective_name: str
+    n_samples: float          #: sum of the sample weights (n without weights)
+    seconds: float = 0.0
+    resp_sum: np.ndarray = field(default=None)
+
+    @property
+    def converged(self) -> bool:
+        return self.stop_reason == "tol"
+
+    @property
+    def chain_holds(self) -> bool:
+        """True if every iteration satisfies the (penalised) ELBO chain."""
+        return all(it.chain_holds() for it in self.history)
+
+
+# --- one pass ---------------------------------------------------------------------
+
+def _log_weights(weights: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(np.asarray(weights, dtype=np.float64))
+
+
+def data_pass(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarray,
+              params: dict, *, n_jobs: Optional[int] = 1, with_stats: bool = True,
+              sample_weight: Optional[np.ndarray] = None,
+              out_log_resp: Optional[np.ndarray] = None,
+              out_row_loglik: Optional[np.ndarray] = None,
+              chunk_rows: Optional[int] = None) -> PassResult:
+    """One E-step pass over X at (weights, params), chunk by chunk.
+
+    Uses the compiled chunk loop when both the family and the rule give compiled
+    kernels, otherwise a Python loop over the same chunks. ``out_log_resp``
+    (n, k) and ``out_row_loglik`` (n,) are filled when given.
+    """
+    n, d = X.shape
+    chunk_rows = chunk_rows or chunk_rows_for(d)
+    log_w = _log_weights(weights)
+    fam_kernel = family.compiled_kernel(params)
+    rule_kernel = rule.compiled_kernel()
+    if fam_kernel is not None and rule_kernel is not None:
+        with single_threaded_blas():
+            buffer, resp_sum, totals = _compiled_pass(
+                fam_kernel, rule_kernel, X, log_w, sample_weight, chunk_rows,
+                effective_n_threads(n_jobs), with_stats, out_log_resp, out_row_loglik)
+        stats = family.stats_from_buffer(buffer) if with_stats else None
+    else:
+        stats, resp_sum, totals = _python_pass(
+            X, family, rule, log_w, params, sample_weight, chunk_rows, with_stats,
+            out_log_resp, out_row_loglik)
+    return PassResult(stats, resp_sum, float(totals[0]), float(totals[1]),
+                      float(totals[2]), float(totals[3]))
+
+
+def _python_pass(X, family, rule, log_w, params, sample_weight, chunk_rows, with_stats,
+                 out_log_resp, out_row_loglik):
+    n = X.shape[0]
+    k = log_w.shape[0]
+    stats = family.empty_stats() if with_stats else None
+    resp_sum = np.zeros(k)
+    totals = np.zeros(4)
+    for start in range(0, n, chunk_rows):
+        stop = min(n, start + chunk_rows)
+        chunk = X[start:stop]
+        row_w = None if sample_weight is None else sample_weight[start:stop]
+        log_joint = np.asarray(family.log_density(chunk, params), dtype=np.float64) + log_w
+        try:
+            log_resp, resp, row_loglik, chunk_totals = rule.posterior(log_joint, row_w)
+        except ValueError as exc:
+            raise ValueError(f"in the chunk starting at row {start} of X: {exc}") from None
+        totals += chunk_totals
+        if out_log_resp is not None:
+            out_log_resp[start:stop] = log_resp
+        if out_row_loglik is not None:
+            out_row_loglik[start:stop] = row_loglik
+        if row_w is not None:
+            resp = resp * row_w[:, None]
+        resp_sum += resp.sum(axis=0)
+        if with_stats:
+            stats = family.merge_stats(stats, family.chunk_stats(chunk, resp))
+    return stats, resp_sum, totals
+
+
+def stats_from_assignments(X: np.ndarray, family: Family,
+                           responsibilities: Callable[[int, int], np.ndarray],
+                           sample_weight: Optional[np.ndarray] = None,
+                           chunk_rows: Optional[int] = None):
+    """Statistics for given responsibilities, produced a chunk at a time.
+
+    ``responsibilities(start, stop)`` returns the (stop - start, k) q of those rows.
+    Returns (stats, resp_sum). Used for initialisation from a partition.
+    """
+    n, d = X.shape
+    chunk_rows = chunk_rows or chunk_rows_for(d)
+    stats = family.empty_stats()
+    resp_sum = np.zeros(family.n_components)
+    for start in range(0, n, chunk_rows):
+        stop = min(n, start + chunk_rows)
+        resp = np.asarray(responsibilities(start, stop), dtype=np.float64)
+        if sample_weight is not None:
+            resp = resp * sample_weight[start:stop, None]
+        resp_sum += resp.sum(axis=0)
+        stats = family.merge_stats(stats, family.chunk_stats(X[start:stop], resp))
+    return stats, resp_sum
+
+
+# --- the loop ---------------------------------------------------------------------
+
+def _param_change(old_w, old_p, new_w, new_p) -> float:
+    change = 0.0
+    pairs = [(old_w, new_w)] + [(old_p[key], new_p[key]) for key in old_p]
+    for a, b in pairs:
+        a = np.asarray(a, dtype=np.float64)
+        b = np.asarray(b, dtype=np.float64)
+        scale = float(np.max(np.abs(a))) if a.size else 0.0
+        diff = float(np.max(np.abs(b - a))) if a.size else 0.0
+        change = max(change, diff / scale if scale > 0 else diff)
+    return change
+
+
+def _weights_m_step(resp_sum: np.ndarray) -> np.ndarray:
+    total = float(np.sum(resp_sum))
+    return resp_sum / total
+
+
+def _weights_expected(resp_sum: np.ndarray, weights: np.ndarray) -> float:
+    # sum_k N_k log pi_k with 0 log 0 = 0
+    mask = resp_sum > 0
+    with np.errstate(divide="ignore"):
+        return float(np.sum(resp_sum[mask] * np.log(weights[mask])))
+
+
+def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarray,
+           params: dict, *, max_iter: int = 100, tol: float = 1e-6,
+           n_jobs: Optional[int] = 1, sample_weight: Optional[np.ndarray] = None,
+           verbose: int = 0, callback: Optional[Callable[[Iteration], None]] = None,
+           chunk_rows: Optional[int] = None) -> FitResult:
+    """Run EM from (weights, params) until the stopping rule fires.
+
+    Stops when the relative change of the objective |J_{t+1} - J_t| / |J_{t+1}|
+    is <= ``tol`` ('tol'), after ``max_iter`` M-steps ('max_iter'), or on
+    KeyboardInterrupt ('interrupted'; the last parameters whose log-likelihood
+    was computed are returned).
+    """
+    n, d = X.shape
+    k = family.n_components
+    chunk_rows = chunk_rows or chunk_rows_for(d)
+    depth = summation_depth(n, chunk_rows)
+    t_start = time.perf_counter()
+    history = []
+    weights = np.asarray(weights, dtype=np.float64)
+
+    def run_pass(w, p):
+        return data_pass(X, family, rule, w, p, n_jobs=n_jobs, sample_weight=sample_weight,
+                         chunk_rows=chunk_rows)
+
+    current = run_pass(weights, params)
+    _check_finite(current.loglik, "the log-likelihood at the initial parameters")
+    n_samples = float(np.sum(current.resp_sum))
+    stop_reason = "max_iter"
+    try:
+        for t in range(max_iter):
+            t0 = time.perf_counter()
+            stats = current.stats
+            new_params = family.m_step(stats, params)
+            new_weights = _weights_m_step(current.resp_sum)
+            empty = tuple(int(j) for j in np.flatnonzero(~(current.resp_sum > 0)))
+            elbo = (family.expected_log_likelihood(stats, new_params)
+                    + _weights_expected(current.resp_sum, new_weights) + current.entropy)
+            pen_old = family.m_step_penalty(stats, params)
+            pen_new = family.m_step_penalty(stats, new_params)
+            nxt = run_pass(new_weights, new_params)
+            _check_finite(nxt.loglik, f"the log-likelihood after iteration {t}")
+            amp = max(family.rounding_amplification(params),
+                      family.rounding_amplification(new_params))
+            # notes/em_variants_and_testing.md 9.3-9.4, with the summation depth of
+            # our chunked sums in place of ceil(log2 n):
+            #   tau_A = 2 (K + 3 + depth) u M_t
+            #   tau_B = 2 (K + d + 4 + depth) (1 + sqrt(d kappa)) u (M_t + M_{t+1} + |pen|)
+            tol_eq = 2.0 * (k + 3 + depth) * UNIT_ROUNDOFF * current.magnitude
+            tol_chain = (2.0 * (k + d + 4 + depth) * amp * UNIT_ROUNDOFF
+                         * (current.magnitude + nxt.magnitude + abs(pen_old) + abs(pen_new)))
+            rel = abs(nxt.loglik - current.loglik) / max(abs(nxt.loglik), np.finfo(float).tiny)
+            record = Iteration(
+                iteration=t, loglik=current.loglik, elbo_at_start=current.elbo, elbo=elbo,
+                loglik_next=nxt.loglik, objective=nxt.loglik, relative_change=rel,
+                penalty_change=pen_new - pen_old,
+                param_change=_param_change(weights, params, new_weights, new_params),
+                tolerance_equality=max(tol_eq, np.finfo(float).tiny),
+                tolerance=max(tol_chain, np.finfo(float).tiny),
+                empty_components=empty, seconds=time.perf_counter() - t0)
+            history.append(record)
+            weights, params, current = new_weights, new_params, nxt
+            if verbose:
+                print(f"iteration {t:4d}  loglik {record.loglik_next: .10e}  "
+                      f"change {rel:.3e}  ({record.seconds:.3f} s)")
+            if callback is not None:
+                callback(record)
+            if rel <= tol:
+                stop_reason = "tol"
+                break
+    except KeyboardInterrupt:
+        stop_reason = "interrupted"
+    return FitResult(weights=weights, params=params, history=tuple(history),
+                     n_iter=len(history), stop_reason=stop_reason, loglik=current.loglik,
+                     objective=current.loglik, objective_name=rule.objective,
+                     n_samples=n_samples, seconds=time.perf_counter() - t_start,
+                     resp_sum=current.resp_sum)
+
+
+def _check_finite(value: float, what: str) -> None:
+    if not math.isfinite(value):
+        raise FloatingPointError(f"{what} is not finite ({value}); the parameters are "
+                                 "degenerate for this data")

@@ -1,0 +1,60 @@
+# emcore's compiled kernel interface (public).
+#
+# A component family or posterior rule that wants its chunk loop to run without
+# the GIL subclasses one of these classes in Cython and overrides the `cdef`
+# methods; the engine's chunk loop (emcore/_core/_passes.pyx) calls them from
+# its parallel region. Arrays are C-contiguous float64, row-major:
+#   X          (n_rows, n_features)      one chunk of data
+#   log_joint  (n_rows, n_components)    log p(x_i, z_i = k)
+#   weights    (n_rows, n_components)    q_ik times the row's sample weight
+# Kernels must be pure functions of their inputs and their own (read-only)
+# parameters: the same chunk gives the same bits on any thread.
+#
+#     from emcore.kernel cimport FamilyKernel
+#     cdef class MyKernel(FamilyKernel):
+#         cdef int chunk_log_density(self, ...) noexcept nogil: ...
+
+cdef enum:
+    # Layout of the per-pass totals a posterior kernel adds to (see PosteriorKernel).
+    TOTAL_LOGLIK = 0              # sum_i w_i log p(x_i)
+    TOTAL_EXPECTED_LOG_JOINT = 1  # sum_i w_i sum_k q_ik log p(x_i, z_i = k)
+    TOTAL_ENTROPY = 2             # sum_i w_i H(q_i)
+    TOTAL_MAGNITUDE = 3           # sum_i w_i (|l_i| + sum_k q_ik (|a_ik| + |log q_ik|))
+    N_TOTALS = 4
+
+
+cdef class FamilyKernel:
+    """Log-densities and sufficient statistics of one family at fixed parameters."""
+    cdef readonly Py_ssize_t n_components
+    cdef readonly Py_ssize_t n_features
+    cdef readonly Py_ssize_t n_stats   # doubles in one statistics slot
+
+    cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil
+    # Doubles of scratch the two chunk methods need for a chunk of n_rows.
+
+    cdef int chunk_log_density(self, const double* X, Py_ssize_t n_rows,
+                               double* out, double* scratch) noexcept nogil
+    # out[i, k] = log p(x_i | z_i = k). Return 0, or a non-zero code on failure.
+
+    cdef void clear_stats(self, double* stats) noexcept nogil
+    # Set one slot to the statistics of no data.
+
+    cdef int chunk_accumulate(self, const double* X, Py_ssize_t n_rows,
+                              const double* weights, double* stats,
+                              double* scratch) noexcept nogil
+    # Add the weighted statistics of the chunk to `stats`. Return 0 or a code.
+
+    cdef void merge_stats(self, double* into, const double* other) noexcept nogil
+    # into <- statistics of the union of the data behind `into` and `other`.
+
+
+cdef class PosteriorKernel:
+    """Turns a chunk's log joint probabilities into q (a posterior rule)."""
+
+    cdef int chunk_posterior(self, double* log_joint, double* resp, double* row_loglik,
+                             const double* row_weights, Py_ssize_t n_rows,
+                             Py_ssize_t n_components, double* totals) noexcept nogil
+    # In: log_joint. Out: log_joint overwritten by log q, resp = q, row_loglik[i] =
+    # log p(x_i); totals[0:N_TOTALS] incremented as laid out above, each row scaled
+    # by row_weights[i] (NULL means 1). Return 0, or 1 + the index of the first row
+    # that has no finite likelihood.

@@ -1,0 +1,156 @@
+# cython: language_level=3
+"""Base classes of the compiled kernel interface (declared in kernel.pxd).
+
+The ``def`` methods give every compiled kernel a Python face for free, so a
+family's Python methods can delegate to its kernel (one implementation) and the
+tests can call kernels directly.
+"""
+from libc.stdlib cimport malloc, free
+
+import numpy as np
+
+N_TOTALS_ = N_TOTALS
+
+
+cdef class FamilyKernel:
+
+    cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
+        return 0
+
+    cdef int chunk_log_density(self, const double* X, Py_ssize_t n_rows,
+                               double* out, double* scratch) noexcept nogil:
+        return -1
+
+    cdef void clear_stats(self, double* stats) noexcept nogil:
+        cdef Py_ssize_t i
+        for i in range(self.n_stats):
+            stats[i] = 0.0
+
+    cdef int chunk_accumulate(self, const double* X, Py_ssize_t n_rows,
+                              const double* weights, double* stats,
+                              double* scratch) noexcept nogil:
+        return -1
+
+    cdef void merge_stats(self, double* into, const double* other) noexcept nogil:
+        pass
+
+    # --- Python face -------------------------------------------------------------
+
+    def _check_X(self, X):
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(
+                f"X must have shape (n_rows, {self.n_features}); got {X.shape}")
+        return X
+
+    def log_density(self, X):
+        """Return log p(x_i | z_i = k) as an (n_rows, n_components) array."""
+        cdef const double[:, ::1] Xv = self._check_X(X)
+        cdef Py_ssize_t n = Xv.shape[0]
+        out = np.empty((n, self.n_components))
+        cdef double[:, ::1] ov = out
+        cdef double* scratch
+        cdef int status
+        if n == 0:
+            return out
+        scratch = <double*>malloc(max(1, self.scratch_size(n)) * sizeof(double))
+        if scratch == NULL:
+            raise MemoryError()
+        try:
+            with nogil:
+                status = self.chunk_log_density(&Xv[0, 0], n, &ov[0, 0], scratch)
+        finally:
+            free(scratch)
+        if status != 0:
+            raise FloatingPointError(f"{type(self).__name__}.chunk_log_density "
+                                     f"failed with code {status}")
+        return out
+
+    def empty_stats(self):
+        """Return one statistics slot holding the statistics of no data."""
+        stats = np.empty(self.n_stats)
+        cdef double[::1] sv = stats
+        self.clear_stats(&sv[0])
+        return stats
+
+    def accumulate(self, X, weights):
+        """Return the statistics of X with per-row, per-component weights."""
+        cdef const double[:, ::1] Xv = self._check_X(X)
+        W = np.ascontiguousarray(weights, dtype=np.float64)
+        if W.shape != (Xv.shape[0], self.n_components):
+            raise ValueError(f"weights must have shape ({Xv.shape[0]}, "
+                             f"{self.n_components}); got {W.shape}")
+        cdef const double[:, ::1] Wv = W
+        cdef Py_ssize_t n = Xv.shape[0]
+        stats = self.empty_stats()
+        cdef double[::1] sv = stats
+        cdef double* scratch
+        cdef int status
+        if n == 0:
+            return stats
+        scratch = <double*>malloc(max(1, self.scratch_size(n)) * sizeof(double))
+        if scratch == NULL:
+            raise MemoryError()
+        try:
+            with nogil:
+                status = self.chunk_accumulate(&Xv[0, 0], n, &Wv[0, 0], &sv[0], scratch)
+        finally:
+            free(scratch)
+        if status != 0:
+            raise FloatingPointError(f"{type(self).__name__}.chunk_accumulate "
+                                     f"failed with code {status}")
+        return stats
+
+    def merge(self, a, b):
+        """Return the merge of two statistics slots (the inputs are not changed)."""
+        out = np.array(a, dtype=np.float64, copy=True)
+        cdef double[::1] ov = out
+        cdef const double[::1] bv = np.ascontiguousarray(b, dtype=np.float64)
+        if ov.shape[0] != self.n_stats or bv.shape[0] != self.n_stats:
+            raise ValueError(f"statistics slots have {self.n_stats} entries")
+        self.merge_stats(&ov[0], &bv[0])
+        return out
+
+
+cdef class PosteriorKernel:
+
+    cdef int chunk_posterior(self, double* log_joint, double* resp, double* row_loglik,
+                             const double* row_weights, Py_ssize_t n_rows,
+                             Py_ssize_t n_components, double* totals) noexcept nogil:
+        return -1
+
+    def posterior(self, log_joint, row_weights=None):
+        """Return (log_resp, resp, row_loglik, totals) for a chunk's log joint.
+
+        ``totals`` is an array of N_TOTALS sums laid out as in kernel.pxd.
+        Raises ValueError naming the first row with no finite likelihood.
+        """
+        log_resp = np.array(log_joint, dtype=np.float64, order="C", copy=True)
+        if log_resp.ndim != 2:
+            raise ValueError("log_joint must be 2-D")
+        cdef Py_ssize_t n = log_resp.shape[0], k = log_resp.shape[1]
+        resp = np.empty((n, k))
+        row_loglik = np.empty(n)
+        totals = np.zeros(N_TOTALS)
+        cdef double[:, ::1] lv = log_resp
+        cdef double[:, ::1] rv = resp
+        cdef double[::1] llv = row_loglik
+        cdef double[::1] tv = totals
+        cdef const double[::1] wv
+        cdef const double* wp = NULL
+        cdef int status
+        if row_weights is not None:
+            wv = np.ascontiguousarray(row_weights, dtype=np.float64)
+            if wv.shape[0] != n:
+                raise ValueError("row_weights must have one entry per row")
+            if n:
+                wp = &wv[0]
+        if n == 0 or k == 0:
+            return log_resp, resp, row_loglik, totals
+        with nogil:
+            status = self.chunk_posterior(&lv[0, 0], &rv[0, 0], &llv[0], wp, n, k, &tv[0])
+        if status != 0:
+            raise ValueError(
+                f"row {status - 1} has no finite likelihood under any component "
+                "(every log p(x, z=k) is -inf or NaN)")
+        return log_resp, resp, row_loglik, totals

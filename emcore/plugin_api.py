@@ -1,0 +1,244 @@
+"""The public API a plugin implements: families, posterior rules, their records.
+
+A **family** is the component distribution p(x | z = k, theta_k). The engine
+drives it through the methods of :class:`Family` only, a chunk of rows at a
+time, and never looks inside its parameters or statistics:
+
+1. ``log_density(X, params)`` gives log p(x_i | z_i = k) for a chunk;
+2. ``chunk_stats(X, weights)`` gives the weighted sufficient statistics of a
+   chunk and ``merge_stats`` adds two of them (statistics of the union of rows);
+3. ``m_step(stats, previous)`` maximises the expected complete-data
+   log-likelihood, and ``expected_log_likelihood(stats, params)`` evaluates it
+   from the statistics alone (so ELBO(q_t, theta_{t+1}) needs no second pass).
+
+Parameters are a ``dict`` of numpy arrays whose keys the family chooses;
+statistics are any object the family's own methods understand.
+
+A family may hand the engine a compiled kernel (a subclass of
+``emcore.kernel.FamilyKernel``, declared in the public ``emcore/kernel.pxd``) from
+``compiled_kernel(params)``; the chunk loop then runs in parallel without the
+GIL. A pure-Python family (``compiled_kernel`` returning None) runs through the
+same engine, a chunk at a time.
+
+A **posterior rule** turns a chunk's log joint probabilities into q (soft: the
+exact posterior; later hard, tempered, constrained).
+
+Plugins publish them with records returned from the registration hooks of
+:mod:`emcore.hookspecs`::
+
+    from emcore.plugin_api import FamilyRecord, hookimpl
+
+    @hookimpl
+    def emcore_register_families():
+        return [FamilyRecord(name="poisson", factory=PoissonFamily,
+                             capabilities=frozenset({"sampling"}),
+                             description="independent Poisson counts")]
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+import pluggy
+
+__all__ = [
+    "Family",
+    "FamilyRecord",
+    "Params",
+    "PosteriorRule",
+    "PosteriorRuleRecord",
+    "hookimpl",
+    "CAPABILITIES",
+]
+
+hookimpl = pluggy.HookimplMarker("emcore")
+"""Marker for plugin functions that implement an emcore hook."""
+
+Params = Mapping[str, np.ndarray]
+"""A family's parameters: a mapping of names to arrays (first axis = component)."""
+
+CAPABILITIES = {
+    "compiled_kernel": "the family/rule can hand the engine a compiled kernel",
+    "sampling": "the family implements sample()",
+    "covariance_type:full": "Gaussian family with full covariance matrices",
+}
+"""Capability strings with an agreed meaning. Plugins may declare others."""
+
+
+class Family(abc.ABC):
+    """A component family p(x | z = k, theta_k) with K components in d dimensions.
+
+    Parameters
+    ----------
+    n_components : int
+        Number of mixture components K.
+    n_features : int
+        Dimension d of one observation.
+    """
+
+    def __init__(self, n_components: int, n_features: int):
+        self.n_components = int(n_components)
+        self.n_features = int(n_features)
+
+    # --- E-step -------------------------------------------------------------------
+    @abc.abstractmethod
+    def log_density(self, X: np.ndarray, params: Params) -> np.ndarray:
+        """Return log p(x_i | z_i = k, theta_k), shape (n_rows, n_components)."""
+
+    # --- sufficient statistics ----------------------------------------------------
+    @abc.abstractmethod
+    def empty_stats(self) -> Any:
+        """Return the statistics of no data (the identity of ``merge_stats``)."""
+
+    @abc.abstractmethod
+    def chunk_stats(self, X: np.ndarray, weights: np.ndarray) -> Any:
+        """Return the statistics of a chunk.
+
+        ``weights[i, k]`` is q_ik times the sample weight of row i. Use centred or
+        shifted second moments, never raw E[x x^T] - mu mu^T.
+        """
+
+    @abc.abstractmethod
+    def merge_stats(self, a: Any, b: Any) -> Any:
+        """Return the statistics of the union of the rows behind ``a`` and ``b``.
+
+        Must not modify its inputs. Merging is associative in exact arithmetic;
+        the engine always merges in a fixed order.
+        """
+
+    # --- M-step -------------------------------------------------------------------
+    @abc.abstractmethod
+    def m_step(self, stats: Any, previous: Optional[Params]) -> dict:
+        """Return the parameters maximising the (penalised) expected log-likelihood.
+
+        ``previous`` is None at initialisation. A component whose statistics hold
+        zero weight keeps its ``previous`` parameters (a valid maximiser: the
+        objective does not depend on them). Raise
+        :class:`emcore.DegenerateComponentError` naming the component when its
+        parameters cannot be estimated.
+        """
+
+    @abc.abstractmethod
+    def expected_log_likelihood(self, stats: Any, params: Params) -> float:
+        """Return sum_i sum_k q_ik log p(x_i | z_i = k, theta_k) from statistics alone."""
+
+    def m_step_penalty(self, stats: Any, params: Params) -> float:
+        """Penalty the M-step subtracts from the expected log-likelihood.
+
+        ``m_step(stats)`` maximises ``expected_log_likelihood(stats, .) -
+        m_step_penalty(stats, .)``. Zero for an unpenalised (maximum-likelihood)
+        M-step. A penalty that depends on the statistics (scikit-learn-style
+        ``reg_covar``) is not a fixed objective: the engine records its change so
+        that the ELBO chain can be checked in its penalised form.
+        """
+        return 0.0
+
+    # --- model size, sampling, numerics ------------------------------------------
+    @abc.abstractmethod
+    def n_parameters(self) -> int:
+        """Number of free parameters of the K components (mixture weights excluded)."""
+
+    def sample(self, params: Params, counts: np.ndarray,
+               rng: np.random.Generator) -> np.ndarray:
+        """Return ``counts[k]`` draws from each component k, stacked in component order."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement sample()")
+
+    def rounding_amplification(self, params: Params) -> float:
+        """Bound on how much the log-density computation amplifies rounding errors.
+
+        Used in the derived tolerance of the ELBO chain checks (1 + sqrt(d kappa)
+        for a Gaussian with covariance condition number kappa). Default 1.
+        """
+        return 1.0
+
+    # --- compiled path ------------------------------------------------------------
+    def compiled_kernel(self, params: Params):
+        """Return an ``emcore.kernel.FamilyKernel`` for ``params``, or None."""
+        return None
+
+    def stats_from_buffer(self, buffer: np.ndarray) -> Any:
+        """Turn a compiled kernel's merged statistics slot into a statistics object."""
+        raise NotImplementedError(
+            f"{type(self).__name__} returns a compiled kernel but not stats_from_buffer()")
+
+
+class PosteriorRule(abc.ABC):
+    """Turns log joint probabilities a_ik = log p(x_i, z_i = k) into q.
+
+    Attributes
+    ----------
+    objective : str
+        Name of the quantity the resulting EM variant keeps non-decreasing.
+    """
+
+    objective: str = "log-likelihood"
+
+    @abc.abstractmethod
+    def posterior(self, log_joint: np.ndarray, row_weights: Optional[np.ndarray] = None):
+        """Return ``(log_resp, resp, row_loglik, totals)`` for a chunk.
+
+        ``totals`` has ``emcore.kernel.N_TOTALS_`` entries: the row-weighted sums of
+        log p(x_i), sum_k q_ik a_ik, the entropy H(q_i), and the rounding magnitude
+        |l_i| + sum_k q_ik (|a_ik| + |log q_ik|).
+        """
+
+    def compiled_kernel(self):
+        """Return an ``emcore.kernel.PosteriorKernel``, or None."""
+        return None
+
+
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-.")
+
+
+def _check_record(kind: str, name: Any, factory: Any, capabilities: Any) -> None:
+    if not isinstance(name, str) or not name or not set(name) <= _NAME_CHARS:
+        raise TypeError(f"{kind} name must be a non-empty lower-case string of "
+                        f"letters, digits, '_', '-' or '.'; got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"{kind} {name!r}: factory must be callable; got {factory!r}")
+    if not isinstance(capabilities, frozenset) or not all(
+            isinstance(c, str) for c in capabilities):
+        raise TypeError(f"{kind} {name!r}: capabilities must be a frozenset of strings")
+
+
+@dataclass(frozen=True)
+class FamilyRecord:
+    """What a plugin registers for one family.
+
+    Attributes
+    ----------
+    name : str
+        Registry name (``MixtureModel(family=name)`` in later versions).
+    factory : callable
+        ``factory(n_components, n_features, **options) -> Family``.
+    capabilities : frozenset of str
+        Declared capabilities (see :data:`CAPABILITIES`).
+    description : str
+        One line for ``emcore plugins``.
+    """
+    name: str
+    factory: Callable[..., Family]
+    capabilities: frozenset = field(default_factory=frozenset)
+    description: str = ""
+
+    def __post_init__(self):
+        _check_record("family", self.name, self.factory, self.capabilities)
+
+
+@dataclass(frozen=True)
+class PosteriorRuleRecord:
+    """What a plugin registers for one posterior rule.
+
+    ``factory(**options) -> PosteriorRule``; other fields as in :class:`FamilyRecord`.
+    """
+    name: str
+    factory: Callable[..., PosteriorRule]
+    capabilities: frozenset = field(default_factory=frozenset)
+    description: str = ""
+
+    def __post_init__(self):
+        _check_record("posterior rule", self.name, self.factory, self.capabilities)
+

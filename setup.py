@@ -1,0 +1,56 @@
+"""Declares emcore's Cython extensions; all metadata lives in pyproject.toml.
+
+Set ``EMCORE_CYTHON_DEBUG=1`` to build with bounds checking and without the
+fast-path directives (a debug build for chasing memory errors).
+"""
+import os
+import sys
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("EMCORE_CYTHON_DEBUG", "") not in ("", "0")
+
+if sys.platform == "win32":
+    OPENMP_COMPILE, OPENMP_LINK = ["/openmp"], []
+elif sys.platform == "darwin":
+    # Apple clang needs libomp (brew install libomp); EMCORE_NO_OPENMP=1 builds serial.
+    OPENMP_COMPILE, OPENMP_LINK = ["-Xpreprocessor", "-fopenmp"], ["-lomp"]
+else:
+    OPENMP_COMPILE, OPENMP_LINK = ["-fopenmp"], ["-fopenmp"]
+if os.environ.get("EMCORE_NO_OPENMP", "") not in ("", "0"):
+    OPENMP_COMPILE, OPENMP_LINK = [], []
+
+EXTRA_COMPILE = [] if sys.platform == "win32" else ["-O3"]
+
+# module name -> source; plugins/ is installed as emcore.plugins
+MODULES = {
+    "emcore.blas": "emcore/blas.pyx",
+    "emcore.kernel": "emcore/kernel.pyx",
+    "emcore._core._passes": "emcore/_core/_passes.pyx",
+    "emcore.plugins._gaussian_kernel": "plugins/_gaussian_kernel.pyx",
+    "emcore.plugins._posterior_kernels": "plugins/_posterior_kernels.pyx",
+}
+
+extensions = [
+    Extension(
+        name,
+        [source],
+        include_dirs=[numpy.get_include()],
+        extra_compile_args=EXTRA_COMPILE + OPENMP_COMPILE,
+        extra_link_args=OPENMP_LINK,
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+    )
+    for name, source in MODULES.items()
+]
+
+directives = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": not DEBUG,
+}
+
+setup(ext_modules=cythonize(extensions, compiler_directives=directives, include_path=["."]))
