@@ -1,0 +1,33 @@
+"""Shared test configuration: hypothesis profiles and the installed-package guard."""
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+# Compiled code and BLAS warm-up make timings erratic: no deadlines. CI runs a
+# fixed, derandomised profile (reproducible); developers get more examples.
+settings.register_profile(
+    "ci", max_examples=30, deadline=None, derandomize=True, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "dev", max_examples=100, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE",
+                                     "ci" if os.environ.get("CI") else "dev"))
+
+
+def pytest_configure(config):
+    # ci/test.sh installs emcore (not editable) and sets this: make sure the tests
+    # exercise the installed package, not the uncompiled source folder.
+    if os.environ.get("EMCORE_TEST_INSTALLED"):
+        import emcore
+        if "site-packages" not in emcore.__file__:
+            raise pytest.UsageError(
+                f"emcore was imported from {emcore.__file__}, not the installed package")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
