@@ -72,7 +72,8 @@ class Registry:
 
 def _dist_name(ep: md.EntryPoint) -> str:
     dist = getattr(ep, "dist", None)
-    return dist.name if dist is not None else "<unknown distribution>"
+    name = dist.name if dist is not None else None
+    return name or "<unknown distribution>"
 
 
 def _sorted_entry_points(eps: Iterable[md.EntryPoint]) -> list[md.EntryPoint]:
@@ -84,7 +85,11 @@ def _sorted_entry_points(eps: Iterable[md.EntryPoint]) -> list[md.EntryPoint]:
 
 
 def _reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    # one line: pluggy's messages can span several (and list every plugin)
+    text = " ".join(str(exc).split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(exc).__name__}: {text}"
 
 
 def load_registry(entry_points: Optional[Iterable[md.EntryPoint]] = None) -> Registry:
@@ -109,14 +114,19 @@ def load_registry(entry_points: Optional[Iterable[md.EntryPoint]] = None) -> Reg
         except (Exception, SystemExit) as exc:  # a plugin's import may raise anything
             reg.broken.append(BrokenPlugin(ep.name, dist, f"import failed: {_reason(exc)}"))
             continue
+        if pm.is_registered(module):
+            # Two entry points naming one module: register it once.
+            continue
+        if pm.get_plugin(plugin_name) is not None:
+            reg.broken.append(BrokenPlugin(
+                ep.name, dist, f"entry point name {ep.name!r} is used twice by "
+                               f"{dist}; only the first is loaded"))
+            continue
         try:
-            if pm.is_registered(module):
-                # Two entry points naming one module: register it once.
-                continue
             pm.register(module, name=plugin_name)
             pm.check_pending()
         except Exception as exc:
-            if pm.get_plugin(plugin_name) is not None:
+            if pm.get_plugin(plugin_name) is module:
                 pm.unregister(name=plugin_name)
             reg.broken.append(BrokenPlugin(ep.name, dist, f"invalid hook: {_reason(exc)}"))
             continue
@@ -131,15 +141,26 @@ def load_registry(entry_points: Optional[Iterable[md.EntryPoint]] = None) -> Reg
 def _collect(reg: Registry, hook_name: str, record_type: type, table: dict,
              where: dict, kind: str) -> None:
     caller = getattr(reg.plugin_manager.hook, hook_name)
-    # pluggy lists implementations last-registered first; restore load order.
-    for impl in reversed(caller.get_hookimpls()):
-        ep_name, dist = where.get(impl.plugin_name, (impl.plugin_name, "?"))
+    impls = {impl.plugin_name: impl for impl in caller.get_hookimpls()}
+    # In the registry's own load order (first-party first), so the first plugin
+    # to claim a name keeps it, whatever pluggy's call order would be.
+    for plugin_name, (ep_name, dist) in where.items():
+        impl = impls.get(plugin_name)
+        if impl is None:
+            continue
         try:
             records = impl.function()
-            records = [] if records is None else list(records)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             reg.broken.append(BrokenPlugin(ep_name, dist,
                                            f"{hook_name}() raised {_reason(exc)}"))
+            continue
+        if records is None:
+            records = []
+        elif isinstance(records, (record_type, str, bytes)) or not hasattr(
+                records, "__iter__"):
+            reg.broken.append(BrokenPlugin(
+                ep_name, dist, f"{hook_name}() must return a sequence of "
+                               f"{record_type.__name__}; got {records!r}"))
             continue
         for record in records:
             if not isinstance(record, record_type):
