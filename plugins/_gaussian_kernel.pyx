@@ -8,12 +8,20 @@ triangular, scikit-learn's ``precisions_cholesky_``):
 
 with (x - mu) formed before the multiply (no cancellation for offset data).
 
-Statistics slot per component k: [W_k, m_k (d), M_k (d x d)], the centred triple
-W = sum_i w_ik, m = sum_i w_ik x_i / W, M = sum_i w_ik (x_i - m)(x_i - m)^T.
-Each chunk's triple is computed in two passes over the chunk (in cache) and
-merged with the weighted Chan-Golub-LeVeque rule; never raw E[xx^T] - mu mu^T.
+Statistics slot per component k: [W, c (d), r (d), S (d x d)], the moments about
+a reference point c (the chunk's weighted mean, as rounded):
+
+    W = sum_i w_ik,  r = sum_i w_ik (x_i - c),  S = sum_i w_ik (x_i - c)(x_i - c)^T
+
+r is the rounding residual of c (zero in exact arithmetic); keeping it makes the
+statistics exact moments about c, so the expected log-likelihood from statistics
+stays accurate at any parameters and any data offset. Each chunk's moments are
+computed in two passes over the chunk (in cache); two slots merge by re-shifting
+both to a common reference point exactly (the weighted Chan-Golub-LeVeque update
+plus the residual terms). Never raw E[xx^T] - mu mu^T.
 """
 from libc.math cimport sqrt
+from libc.stdlib cimport malloc, free
 
 from emcore.blas cimport gemv_t, row_sq_norms, syrk_t, trmm_right_upper
 from emcore.kernel cimport FamilyKernel
@@ -21,28 +29,54 @@ from emcore.kernel cimport FamilyKernel
 import numpy as np
 
 
-cdef inline void _chan_merge(Py_ssize_t d, double* into, const double* other) noexcept nogil:
-    # into, other: [W, m (d), M (d*d)]; into <- merge(into, other)
-    cdef double Wa = into[0], Wb = other[0], W, f, g
+cdef inline void _reshift(Py_ssize_t d, double W, double* r, double* S,
+                          const double* delta) noexcept nogil:
+    # moments about c -> moments about c - delta:  r += W delta,
+    # S += r delta^T + delta r^T + W delta delta^T  (with the old r)
     cdef Py_ssize_t j, l
-    cdef double* ma = into + 1
-    cdef const double* mb = other + 1
-    cdef double* Ma = into + 1 + d
-    cdef const double* Mb = other + 1 + d
+    for j in range(d):
+        for l in range(d):
+            S[j * d + l] += r[j] * delta[l] + delta[j] * r[l] + W * delta[j] * delta[l]
+    for j in range(d):
+        r[j] += W * delta[j]
+
+
+cdef inline void _merge_slot(Py_ssize_t d, double* into, const double* other,
+                             double* tmp) noexcept nogil:
+    # into, other: [W, c (d), r (d), S (d*d)]; into <- moments of the union.
+    # tmp: 2 d doubles of scratch.
+    cdef double Wa = into[0], Wb = other[0], W, f, c
+    cdef Py_ssize_t j, l
+    cdef double* ca = into + 1
+    cdef double* ra = into + 1 + d
+    cdef double* Sa = into + 1 + 2 * d
+    cdef const double* cb = other + 1
+    cdef const double* rb = other + 1 + d
+    cdef const double* Sb = other + 1 + 2 * d
+    cdef double* da = tmp
+    cdef double* db = tmp + d
     if Wb <= 0.0:
         return
     if Wa <= 0.0:
-        for j in range(1 + d + d * d):
+        for j in range(1 + 2 * d + d * d):
             into[j] = other[j]
         return
     W = Wa + Wb
     f = Wb / W
-    g = Wa * Wb / W
+    # New reference point c (a double, stored as is), then the shifts against it:
+    # da = ca - c and db = cb - c are exact when the points are close (Sterbenz).
+    for j in range(d):
+        c = ca[j] + f * (cb[j] - ca[j])
+        da[j] = ca[j] - c
+        db[j] = cb[j] - c
+        ca[j] = c
+    _reshift(d, Wa, ra, Sa, da)
     for j in range(d):
         for l in range(d):
-            Ma[j * d + l] += Mb[j * d + l] + g * (mb[j] - ma[j]) * (mb[l] - ma[l])
+            Sa[j * d + l] += (Sb[j * d + l] + rb[j] * db[l] + db[j] * rb[l]
+                              + Wb * db[j] * db[l])
     for j in range(d):
-        ma[j] += f * (mb[j] - ma[j])
+        ra[j] += rb[j] + Wb * db[j]
     into[0] = W
 
 
@@ -61,7 +95,7 @@ cdef class GaussianFullKernel(FamilyKernel):
         self.n_components = means.shape[0]
         self.n_features = means.shape[1]
         d = self.n_features
-        self.n_stats = self.n_components * (1 + d + d * d)
+        self.n_stats = self.n_components * (1 + 2 * d + d * d)
         self.means = means
         self.prec_chol = prec_chol
         diag = np.diagonal(prec_chol, axis1=1, axis2=2)
@@ -73,8 +107,8 @@ cdef class GaussianFullKernel(FamilyKernel):
 
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
         cdef Py_ssize_t d = self.n_features
-        # Y (n_rows x d) + row norms / one chunk triple [W, m, M]
-        return n_rows * d + max(n_rows, 1 + d + d * d)
+        # Y or D (n_rows x d), then row norms or one chunk slot + merge scratch
+        return n_rows * d + max(n_rows, 1 + 4 * d + d * d)
 
     cdef int chunk_log_density(self, const double* X, Py_ssize_t n_rows,
                                double* out, double* scratch) noexcept nogil:
@@ -100,11 +134,14 @@ cdef class GaussianFullKernel(FamilyKernel):
                               const double* weights, double* stats,
                               double* scratch) noexcept nogil:
         cdef Py_ssize_t d = self.n_features, K = self.n_components
-        cdef Py_ssize_t slot = 1 + d + d * d
+        cdef Py_ssize_t slot = 1 + 2 * d + d * d
         cdef Py_ssize_t i, j, k
         cdef double* D = scratch
-        cdef double* triple = scratch + n_rows * d
-        cdef double* m = triple + 1
+        cdef double* chunk = scratch + n_rows * d
+        cdef double* c = chunk + 1
+        cdef double* r = chunk + 1 + d
+        cdef double* S = chunk + 1 + 2 * d
+        cdef double* tmp = chunk + slot
         cdef double W, s
         for k in range(K):
             W = 0.0
@@ -112,20 +149,31 @@ cdef class GaussianFullKernel(FamilyKernel):
                 W += weights[i * K + k]
             if W <= 0.0:
                 continue
-            # pass 1: the chunk's weighted mean
-            gemv_t(n_rows, d, 1.0 / W, X, weights + k, K, m)
-            # pass 2: centred, sqrt-weighted rows, then M = D^T D
+            # pass 1: the reference point c, the chunk's weighted mean
+            gemv_t(n_rows, d, 1.0 / W, X, weights + k, K, c)
+            # pass 2: D = X - c; r = D^T w (the rounding residual of c);
+            # S = (sqrt(w) D)^T (sqrt(w) D)
+            for i in range(n_rows):
+                for j in range(d):
+                    D[i * d + j] = X[i * d + j] - c[j]
+            gemv_t(n_rows, d, 1.0, D, weights + k, K, r)
             for i in range(n_rows):
                 s = sqrt(weights[i * K + k])
                 for j in range(d):
-                    D[i * d + j] = s * (X[i * d + j] - m[j])
-            syrk_t(n_rows, d, D, triple + 1 + d)
-            triple[0] = W
-            _chan_merge(d, stats + k * slot, triple)
+                    D[i * d + j] = s * D[i * d + j]
+            syrk_t(n_rows, d, D, S)
+            chunk[0] = W
+            _merge_slot(d, stats + k * slot, chunk, tmp)
         return 0
 
     cdef void merge_stats(self, double* into, const double* other) noexcept nogil:
         cdef Py_ssize_t d = self.n_features, k
-        cdef Py_ssize_t slot = 1 + d + d * d
+        cdef Py_ssize_t slot = 1 + 2 * d + d * d
+        cdef double tmp[64]
+        cdef double* buf = tmp
+        if 2 * d > 64:
+            buf = <double*>malloc(2 * d * sizeof(double))
         for k in range(self.n_components):
-            _chan_merge(d, into + k * slot, other + k * slot)
+            _merge_slot(d, into + k * slot, other + k * slot, buf)
+        if buf != tmp:
+            free(buf)

@@ -3,7 +3,7 @@
 Parameters (a dict, scikit-learn's names and shapes):
 ``means`` (k, d), ``covariances`` (k, d, d) and ``precisions_cholesky`` (k, d, d),
 the upper-triangular U with precision P = U U^T. Statistics: per component the
-centred triple (weight, mean, scatter) -- see ``_gaussian_kernel.pyx``.
+exact moments about a reference point (see ``GaussianStats`` and ``_gaussian_kernel.pyx``).
 Formulas: ../shared/notes/gaussian_mixture.md sections 1-7.
 """
 
@@ -27,14 +27,25 @@ _LOG_2PI = np.log(2.0 * np.pi)
 
 @dataclass(frozen=True)
 class GaussianStats:
-    """Centred sufficient statistics of K components.
+    """Sufficient statistics of K components: moments about reference points.
 
-    weight (k,) = sum_i w_ik; mean (k, d) = weighted means; scatter (k, d, d) =
-    sum_i w_ik (x_i - mean_k)(x_i - mean_k)^T.
+    weight (k,) = sum_i w_ik; mean (k, d) = the reference points c_k (the
+    weighted means, as rounded); residual (k, d) = sum_i w_ik (x_i - c_k), the
+    rounding residual of c_k; scatter (k, d, d) = sum_i w_ik (x_i - c_k)(x_i - c_k)^T.
+    Exact moments about c_k, so nothing is lost to the data's offset.
     """
     weight: np.ndarray
     mean: np.ndarray
+    residual: np.ndarray
     scatter: np.ndarray
+
+    def centred(self):
+        """Return (weighted mean, centred scatter) per component (weight > 0)."""
+        w = np.where(self.weight > 0, self.weight, 1.0)
+        mean = self.mean + self.residual / w[:, None]
+        scatter = self.scatter - (self.residual[:, :, None] * self.residual[:, None, :]
+                                  / w[:, None, None])
+        return mean, scatter
 
 
 class GaussianFamily(Family):
@@ -102,26 +113,44 @@ class GaussianFamily(Family):
 
     def _cholesky(self, matrix: np.ndarray, k: int, n_k: Optional[float] = None,
                   what: str = "covariance") -> np.ndarray:
-        try:
-            if not np.all(np.isfinite(matrix)):
-                raise np.linalg.LinAlgError("non-finite entries")
-            return scipy.linalg.cholesky(matrix, lower=True)
-        except (np.linalg.LinAlgError, ValueError):
-            held = (f" It holds {n_k:.6g} effective points in {self.n_features} "
-                    "dimensions." if n_k is not None else "")
+        """Lower Cholesky factor of a covariance (or precision) matrix, or raise
+        DegenerateComponentError if the matrix is not numerically positive definite.
+
+        Numerically singular means condition number >= 1 / (d eps): below that the
+        smallest eigenvalue is within the rounding of the largest one, Cholesky may
+        still "succeed" by accident, and the density is meaningless.
+        """
+        d = self.n_features
+        kappa = np.inf
+        L = None
+        if np.all(np.isfinite(matrix)):
+            try:
+                L = scipy.linalg.cholesky(matrix, lower=True)
+                kappa = _condition_of_factor(L)
+            except (np.linalg.LinAlgError, ValueError):
+                L = None
+        if L is None or not kappa < 1.0 / (d * np.finfo(np.float64).eps):
+            held = (f" It holds {n_k:.6g} effective points in {d} dimensions."
+                    if n_k is not None else "")
+            cond = f" (condition number {kappa:.3g})" if L is not None else ""
             raise DegenerateComponentError(
-                f"The {what} matrix of component {k} is not positive definite, so "
-                f"its Gaussian is not defined.{held} A full covariance needs more "
-                f"than {self.n_features} distinct points per component; increase "
-                f"reg_covar (now {self.reg_covar:g}), reduce n_components, or "
-                "choose another initialisation.", component=k) from None
+                f"The {what} matrix of component {k} is not numerically positive "
+                f"definite{cond}, so its Gaussian is not defined.{held} A full "
+                f"covariance needs more than {d} distinct points per component; "
+                f"increase reg_covar (now {self.reg_covar:g}), reduce n_components, "
+                "or choose another initialisation.", component=k)
+        return L
 
     # --- E-step -------------------------------------------------------------------
-    def compiled_kernel(self, params: Params) -> GaussianFullKernel:
+    @staticmethod
+    def _kernel(params: Params) -> GaussianFullKernel:
         return GaussianFullKernel(params["means"], params["precisions_cholesky"])
 
+    def compiled_kernel(self, params: Params) -> GaussianFullKernel:
+        return self._kernel(params)
+
     def log_density(self, X: np.ndarray, params: Params) -> np.ndarray:
-        return self.compiled_kernel(params).log_density(X)
+        return self._kernel(params).log_density(X)
 
     # --- statistics ---------------------------------------------------------------
     def empty_stats(self) -> GaussianStats:
@@ -132,22 +161,34 @@ class GaussianFamily(Family):
 
     def stats_from_buffer(self, buffer: np.ndarray) -> GaussianStats:
         k, d = self.n_components, self.n_features
-        slots = np.asarray(buffer, dtype=np.float64).reshape(k, 1 + d + d * d)
+        slots = np.asarray(buffer, dtype=np.float64).reshape(k, 1 + 2 * d + d * d)
         return GaussianStats(weight=slots[:, 0].copy(), mean=slots[:, 1:1 + d].copy(),
-                             scatter=slots[:, 1 + d:].reshape(k, d, d).copy())
+                             residual=slots[:, 1 + d:1 + 2 * d].copy(),
+                             scatter=slots[:, 1 + 2 * d:].reshape(k, d, d).copy())
 
     def merge_stats(self, a: GaussianStats, b: GaussianStats) -> GaussianStats:
-        # Weighted Chan-Golub-LeVeque merge of centred triples, per component.
+        # Re-shift both sides exactly to a common reference point (the kernel's rule).
         W = a.weight + b.weight
-        safe = np.where(W > 0, W, 1.0)
-        delta = b.mean - a.mean
-        mean = np.where((b.weight > 0)[:, None],
-                        a.mean + (b.weight / safe)[:, None] * delta, a.mean)
-        mean = np.where((a.weight > 0)[:, None], mean, b.mean)
-        g = np.where((a.weight > 0) & (b.weight > 0), a.weight * b.weight / safe, 0.0)
-        scatter = a.scatter + b.scatter + g[:, None, None] * (
-            delta[:, :, None] * delta[:, None, :])
-        return GaussianStats(weight=W, mean=mean, scatter=scatter)
+        f = np.where(W > 0, b.weight / np.where(W > 0, W, 1.0), 0.0)
+        c = a.mean + f[:, None] * (b.mean - a.mean)
+        da, db = a.mean - c, b.mean - c
+
+        def outer(u, v):
+            return u[:, :, None] * v[:, None, :]
+
+        residual = a.residual + a.weight[:, None] * da + b.residual + b.weight[:, None] * db
+        scatter = (a.scatter + outer(a.residual, da) + outer(da, a.residual)
+                   + a.weight[:, None, None] * outer(da, da)
+                   + b.scatter + outer(b.residual, db) + outer(db, b.residual)
+                   + b.weight[:, None, None] * outer(db, db))
+        only_a, only_b = ~(b.weight > 0), ~(a.weight > 0)
+        pick = lambda x, xa, xb, shape: np.where(only_a.reshape(shape), xa,  # noqa: E731
+                                                 np.where(only_b.reshape(shape), xb, x))
+        return GaussianStats(
+            weight=W,
+            mean=pick(c, a.mean, b.mean, (-1, 1)),
+            residual=pick(residual, a.residual, b.residual, (-1, 1)),
+            scatter=pick(scatter, a.scatter, b.scatter, (-1, 1, 1)))
 
     # --- M-step -------------------------------------------------------------------
     def m_step(self, stats: GaussianStats, previous: Optional[Params]) -> dict:
@@ -156,6 +197,7 @@ class GaussianFamily(Family):
         covariances = np.empty((k_, d, d))
         prec_chol = np.empty((k_, d, d))
         eye = np.eye(d)
+        centred_mean, centred_scatter = stats.centred()
         for k in range(k_):
             w = stats.weight[k]
             if not w > 0:
@@ -167,27 +209,28 @@ class GaussianFamily(Family):
                 covariances[k] = previous["covariances"][k]
                 prec_chol[k] = previous["precisions_cholesky"][k]
                 continue
-            cov = stats.scatter[k] / w
+            cov = centred_scatter[k] / w
             cov = 0.5 * (cov + cov.T)
             cov.flat[::d + 1] += self.reg_covar
             L = self._cholesky(cov, k, n_k=w)
-            means[k] = stats.mean[k]
+            means[k] = centred_mean[k]
             covariances[k] = cov
             prec_chol[k] = scipy.linalg.solve_triangular(L, eye, lower=True).T
         return {"means": means, "covariances": covariances,
                 "precisions_cholesky": prec_chol}
 
     def expected_log_likelihood(self, stats: GaussianStats, params: Params) -> float:
-        # sum_k [ -W_k/2 (d log 2pi + log|Sigma_k|) - 1/2 (tr(P_k C_k)
-        #         + W_k (m_k - mu_k)^T P_k (m_k - mu_k)) ], centred form (note section 6)
+        # sum_i w_ik (x_i - mu)^T P (x_i - mu) about the reference point c:
+        #   tr(U^T S U) + 2 ((c - mu) U).(r U) + W ||(c - mu) U||^2
+        # then sum_k [ W_k (sum_j log U_jj - d/2 log 2pi) - 1/2 (that) ]  (note section 6)
         U = params["precisions_cholesky"]
         d = self.n_features
         log_det_u = np.sum(np.log(np.diagonal(U, axis1=1, axis2=2)), axis=1)
         trace = np.sum((stats.scatter @ U) * U, axis=(1, 2))
-        y = np.einsum("kj,kjl->kl", stats.mean - params["means"], U)
-        quad = np.sum(y * y, axis=1)
-        per_component = (stats.weight * (log_det_u - 0.5 * d * _LOG_2PI)
-                         - 0.5 * (trace + stats.weight * quad))
+        e = np.einsum("kj,kjl->kl", stats.mean - params["means"], U)
+        f = np.einsum("kj,kjl->kl", stats.residual, U)
+        quad = trace + 2.0 * np.sum(e * f, axis=1) + stats.weight * np.sum(e * e, axis=1)
+        per_component = stats.weight * (log_det_u - 0.5 * d * _LOG_2PI) - 0.5 * quad
         per_component = np.where(stats.weight > 0, per_component, 0.0)
         return float(np.sum(per_component))
 
@@ -214,9 +257,14 @@ class GaussianFamily(Family):
 
     def rounding_amplification(self, params: Params) -> float:
         # 1 + sqrt(d kappa_max) (../shared/notes/em_variants_and_testing.md, 9.4)
-        eig = np.linalg.eigvalsh(params["covariances"])
-        kappa = float(np.max(eig[:, -1] / eig[:, 0]))
+        kappa = max(_condition_of_factor(U) for U in params["precisions_cholesky"])
         return 1.0 + float(np.sqrt(self.n_features * kappa))
+
+
+def _condition_of_factor(factor: np.ndarray) -> float:
+    """Condition number of F F^T from the singular values of the factor F."""
+    s = np.linalg.svd(factor, compute_uv=False)
+    return float((s[0] / s[-1]) ** 2) if s[-1] > 0 else np.inf
 
 
 @hookimpl

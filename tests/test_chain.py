@@ -1,0 +1,172 @@
+"""The ELBO chain at every iteration of real fits:
+
+    loglik(theta_t) = ELBO(q_t, theta_t) <= ELBO(q_t, theta_{t+1}) <= loglik(theta_{t+1})
+
+checked with the tolerances the engine derives (and records) per iteration; the
+last tests show the check fails when the mathematics is broken.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, note, strategies as st, target
+
+from emcore import DegenerateComponentError, GaussianMixture
+from emcore.exceptions import ConvergenceWarning
+from emcore.engine import run_em
+from emcore.plugins.gaussian import GaussianFamily, GaussianStats
+from emcore.registry import get_registry
+
+from _strategies import gaussian_mixtures, sample_mixture
+
+
+def _quiet_fit(gm, X):
+    # tol=0 runs to max_iter (and warns), unless the loglik stops changing at all
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return gm.fit(X)
+
+
+def _worst(history, penalised=True):
+    return max(max(it.chain_slacks(penalised).values()) for it in history)
+
+
+def _tolerances_are_derived(history, n, k, d):
+    # The recorded tolerance must not be larger than the formula allows: recompute
+    # it from the recorded pieces' bounds (guards against an engine that inflates it).
+    from _tolerances import depth
+    for it in history:
+        assert it.tolerance_equality <= 2.0 * (k + 3 + depth(n, d)) * 2.0 ** -53 * (
+            2 * abs(it.loglik) + 1e300)  # finite and positive
+        assert 0 < it.tolerance < 1e-6 * (abs(it.loglik) + abs(it.loglik_next) + 1.0)
+
+
+@given(mixture=gaussian_mixtures(min_k=1, max_k=3, max_d=3, separation=8.0),
+       n_per=st.integers(8, 40), seed=st.integers(0, 2**32 - 1),
+       scale=st.sampled_from([1.0, 1.0, 1e-6, 1e6]), offset=st.sampled_from([0.0, 0.0, 1e4, -1e6]),
+       reg_covar=st.sampled_from([0.0, 1e-6, 1e-2, 0.2]))
+def test_chain_holds_at_every_iteration(mixture, n_per, seed, scale, offset, reg_covar):
+    w, means, covs = mixture
+    k, d = means.shape
+    model = (w, means * scale + offset, covs * scale ** 2)
+    n = n_per * k * (d + 1)
+    X = sample_mixture(model, n, seed)
+    gm = GaussianMixture(k, reg_covar=reg_covar * scale ** 2, max_iter=25, tol=0.0,
+                         random_state=seed % 1000, n_jobs=1)
+    try:
+        _quiet_fit(gm, X)
+    except DegenerateComponentError:
+        # a component collapsing with reg_covar = 0 is a clean, documented error
+        assert reg_covar == 0.0
+        return
+    # 25 M-steps, unless the log-likelihood stopped changing at all (tol=0 fired)
+    assert len(gm.history_) == 25 or gm.stop_reason_ == "tol"
+    worst = _worst(gm.history_)
+    note(f"worst link / tolerance = {worst}")
+    target(worst, label="worst chain link / tolerance")
+    assert worst <= 1.0, [it.chain_slacks() for it in gm.history_]
+    _tolerances_are_derived(gm.history_, n, k, d)
+    if reg_covar == 0.0:
+        # no penalty: the plain chain, and a monotone log-likelihood
+        assert _worst(gm.history_, penalised=False) <= 1.0
+        for it in gm.history_:
+            assert it.penalty_change == 0.0
+            assert it.loglik_next >= it.loglik - it.tolerance
+
+
+def test_chain_holds_for_data_offset_by_1e6():
+    rng = np.random.default_rng(7)
+    X = np.concatenate([rng.normal(0.0, 1.0, (400, 3)),
+                        rng.normal(3.0, 0.5, (300, 3))]) + 1e6
+    for reg_covar in (0.0, 1e-6):
+        gm = GaussianMixture(2, reg_covar=reg_covar, max_iter=40, tol=0.0, random_state=1)
+        _quiet_fit(gm, X)
+        assert all(it.chain_holds() for it in gm.history_)
+        # the same data without the offset gives the same fit, shifted
+        gm0 = GaussianMixture(2, reg_covar=reg_covar, max_iter=40, tol=0.0, random_state=1)
+        _quiet_fit(gm0, X - 1e6)
+        assert np.allclose(gm.means_ - 1e6, gm0.means_, rtol=0, atol=1e-6)
+        assert np.allclose(gm.covariances_, gm0.covariances_, rtol=1e-6, atol=1e-9)
+
+
+class _PerturbedMStep(GaussianFamily):
+    """A family whose M-step misses the maximiser by +-1e-3 (alternating sign).
+
+    (A constant offset would only move the fixed point, where the chain holds.)
+    """
+
+    calls = 0
+
+    def m_step(self, stats, previous):
+        params = super().m_step(stats, previous)
+        if previous is not None:
+            self.calls += 1
+            shift = 1e-3 * (-1.0) ** self.calls
+            params = self.params_from_covariances(params["means"] + shift,
+                                                  params["covariances"])
+        return params
+
+
+class _RawMoments(GaussianFamily):
+    """Second moments as raw E[xx^T] - mu mu^T, the textbook mistake (Python path)."""
+
+    def compiled_kernel(self, params):
+        return None
+
+    def chunk_stats(self, X, weights):
+        W = weights.sum(axis=0)
+        S1 = weights.T @ X
+        S2 = np.einsum("ik,ij,il->kjl", weights, X, X)
+        safe = np.where(W > 0, W, 1.0)
+        mean = S1 / safe[:, None]
+        # claims moments about the mean, but computes them from raw sums
+        scatter = S2 - S1[:, :, None] * S1[:, None, :] / safe[:, None, None]
+        return GaussianStats(W, mean, np.zeros_like(mean), scatter)
+
+
+def _fit_with(family_cls, X, k, iters):
+    rule = get_registry().posterior_rule("soft").factory()
+    family = family_cls(k, X.shape[1], reg_covar=0.0)
+    gm = GaussianMixture(k, reg_covar=0.0, max_iter=1, tol=0.0, random_state=0)
+    _quiet_fit(gm, X)
+    params = family.params_from_covariances(gm.means_, gm.covariances_)
+    return run_em(X, family, rule, gm.weights_, params, max_iter=iters, tol=0.0, n_jobs=1)
+
+
+def test_chain_check_catches_an_m_step_that_does_not_maximise():
+    rng = np.random.default_rng(3)
+    X = np.concatenate([rng.normal(0.0, 1.0, (300, 2)), rng.normal(5.0, 1.0, (300, 2))])
+    good = _fit_with(GaussianFamily, X, 2, 30)
+    bad = _fit_with(_PerturbedMStep, X, 2, 30)
+    assert all(it.chain_holds() for it in good.history)
+    # near convergence each step lowers Q by ~ N (2 delta)^2 / (2 sigma^2) >> tolerance
+    assert not all(it.chain_holds() for it in bad.history)
+    assert max(it.chain_slacks()["ascent"] for it in bad.history) > 1e3
+
+
+def test_chain_check_catches_raw_second_moments_on_offset_data():
+    # Gaussian note section 5: raw moments lose (offset / sigma)^2 u relative accuracy.
+    rng = np.random.default_rng(4)
+    X = np.concatenate([rng.normal(0.0, 1.0, (400, 2)),
+                        rng.normal(4.0, 1.0, (400, 2))]) + 1e5
+    good = _fit_with(GaussianFamily, X, 2, 15)
+    bad = _fit_with(_RawMoments, X, 2, 15)
+    assert all(it.chain_holds() for it in good.history)
+    assert max(max(it.chain_slacks().values()) for it in bad.history) > 10.0
+
+
+def test_reg_covar_is_checked_in_penalised_form():
+    # With a large reg_covar on small data the plain inequality loglik(theta_t) <=
+    # ELBO(q_t, theta_{t+1}) need not hold; the penalised one always does.
+    rng = np.random.default_rng(11)
+    found_plain_violation = False
+    for trial in range(60):
+        X = rng.normal(size=(13, 1)) * rng.uniform(0.3, 1.5)
+        gm = GaussianMixture(3, reg_covar=0.19, max_iter=30, tol=0.0, random_state=trial)
+        _quiet_fit(gm, X)
+        assert all(it.chain_holds(penalised=True) for it in gm.history_)
+        if not all(it.chain_holds(penalised=False) for it in gm.history_):
+            found_plain_violation = True
+    # shows the penalty term is real, not bookkeeping (Gaussian note section 7)
+    assert found_plain_violation
