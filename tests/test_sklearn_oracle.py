@@ -84,7 +84,7 @@ def test_old_faithful_matches_scikit_learn_without_reg_covar():
     from emcore.datasets import load_old_faithful
     X = load_old_faithful()
     em = GaussianMixture(2, reg_covar=0.0, tol=1e-14, max_iter=1000, random_state=0).fit(X)
-    sk = SkGaussianMixture(2, reg_covar=0.0, tol=0.0, max_iter=1000,
+    sk = SkGaussianMixture(2, reg_covar=0.0, tol=0.0, max_iter=50,
                            weights_init=em.weights_, means_init=em.means_,
                            precisions_init=em.precisions_)
     with warnings.catch_warnings():
