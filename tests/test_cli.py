@@ -15,19 +15,12 @@ from emcore import _cli
 from emcore import registry as registry_mod
 from emcore.datasets import OLD_FAITHFUL_COLUMNS, load_old_faithful
 
-
-def _emcore_command() -> list[str]:
-    """The installed console script next to the interpreter, else ``python -m emcore``."""
-    bindir = Path(sys.executable).parent
-    for name in ("emcore", "emcore.exe"):
-        if (bindir / name).is_file():
-            return [str(bindir / name)]
-    return [sys.executable, "-m", "emcore"]
+from _commands import emcore_command
 
 
 def _run(args, tmp_path):
     # cwd=tmp_path: never import the uncompiled source folder from the repository root.
-    return subprocess.run(_emcore_command() + list(args), cwd=tmp_path,
+    return subprocess.run(emcore_command() + list(args), cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -28,6 +28,8 @@ from emcore.datasets import load_old_faithful
 from emcore.plugin_api import FamilyRecord, PosteriorRuleRecord
 from emcore.registry import ENTRY_POINT_GROUP, BrokenPlugin, get_registry, load_registry
 
+from _commands import emcore_command
+
 GAUSSIAN_MODULE = "emcore.plugins.gaussian"
 POSTERIOR_MODULE = "emcore.plugins.posterior"
 
@@ -226,15 +228,6 @@ def _subprocess_env(extra_path: Path) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(extra_path), env.get("PYTHONPATH", "")) if p)
     return env
-
-
-def _emcore_command() -> list[str]:
-    """The installed console script next to the interpreter, else ``python -m emcore``."""
-    bindir = Path(sys.executable).parent
-    for name in ("emcore", "emcore.exe"):
-        if (bindir / name).is_file():
-            return [str(bindir / name)]
-    return [sys.executable, "-m", "emcore"]
 
 
 # --- first-party plugins through the entry-point group --------------------------------
@@ -482,6 +475,7 @@ import emcore
 from emcore.datasets import load_old_faithful
 from emcore.registry import get_registry
 
+
 X = load_old_faithful()
 gm = emcore.GaussianMixture(n_components=2, random_state=0).fit(X)
 reg = get_registry()
@@ -515,7 +509,7 @@ def test_installed_broken_plugins_do_not_stop_a_gaussian_fit_or_emcore_plugins(i
     assert {(n, d) for n, d, _ in out["broken"]} == set(expected)
 
     # `emcore plugins` lists who provides what, and the broken ones with why.
-    proc = subprocess.run(_emcore_command() + ["plugins"], env=env, cwd=cwd,
+    proc = subprocess.run(emcore_command() + ["plugins"], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
