@@ -12,6 +12,10 @@ from typing import Any, Optional
 import numpy as np
 
 
+_MAX_SPREAD = 1e140
+_MIN_SPREAD = 1e-140
+
+
 def _where(owner: str) -> str:
     return f" of {owner}" if owner else ""
 
@@ -43,6 +47,14 @@ def check_data(X: Any, *, name: str = "X", owner: str = "",
         i, j = np.argwhere(~finite)[0]
         raise ValueError(f"{prefix}. Got {arr[i, j]} at row {i}, column {j} "
                          "(NaN or infinity) instead.")
+    # Second moments of the spread must stay within float64: squares of column
+    # ranges beyond 1e140 overflow (times n), below 1e-140 underflow.
+    spread = float(np.max(np.ptp(arr, axis=0)))
+    if spread > _MAX_SPREAD or 0.0 < spread < _MIN_SPREAD:
+        raise ValueError(f"The {name!r} parameter{_where(owner)} has a column spread of "
+                         f"{spread:.3g}; second moments of X would over- or underflow in "
+                         f"float64. Rescale X so that its spread lies within "
+                         f"[{_MIN_SPREAD:g}, {_MAX_SPREAD:g}].")
     if n_features is not None and arr.shape[1] != n_features:
         raise ValueError(f"The {name!r} parameter{_where(owner)} must have {n_features} "
                          f"features, as the data the model was fitted on. Got "

@@ -113,12 +113,16 @@ class GaussianMixture(BaseEstimator):
         self.verbose = verbose
 
     # --- resolution and validation --------------------------------------------------
-    def _family(self, n_features: int):
+    def _family(self, n_features: int, n_components: Optional[int] = None):
         registry = get_registry()
         record = registry.family("gaussian")
-        return record.factory(self.n_components, n_features,
-                              covariance_type=self.covariance_type,
+        return record.factory(self.n_components if n_components is None else n_components,
+                              n_features, covariance_type=self.covariance_type,
                               reg_covar=self.reg_covar)
+
+    def _fitted_family(self):
+        # the fitted state, not the current parameters (set_params after fit)
+        return self._family(self.n_features_in_, self.weights_.shape[0])
 
     @staticmethod
     def _rule():
@@ -215,8 +219,9 @@ class GaussianMixture(BaseEstimator):
         family = self._family(X.shape[1])
         rule = self._rule()
         rng = v.check_random_state(self.random_state, "GaussianMixture")
-        warm = bool(self.warm_start) and hasattr(self, "weights_") and \
-            getattr(self, "n_features_in_", None) == X.shape[1]
+        warm = (bool(self.warm_start) and hasattr(self, "weights_")
+                and self.n_features_in_ == X.shape[1]
+                and self.weights_.shape[0] == self.n_components)
         best: Optional[FitResult] = None
         for _ in range(1 if warm else self.n_init):
             if warm:
@@ -256,9 +261,9 @@ class GaussianMixture(BaseEstimator):
     def _evaluate(self, X: Any, method: str, log_resp: bool = False):
         self._check_fitted("weights_")
         X = v.check_data(X, owner=f"GaussianMixture.{method}", n_features=self.n_features_in_)
-        out_log_resp = np.empty((X.shape[0], self.n_components)) if log_resp else None
+        out_log_resp = np.empty((X.shape[0], self.weights_.shape[0])) if log_resp else None
         row_loglik = np.empty(X.shape[0])
-        data_pass(X, self._family(X.shape[1]), self._rule(), self.weights_, self._params(),
+        data_pass(X, self._fitted_family(), self._rule(), self.weights_, self._params(),
                   n_jobs=self.n_jobs, with_stats=False, out_log_resp=out_log_resp,
                   out_row_loglik=row_loglik, chunk_rows=chunk_rows_for(X.shape[1]))
         return row_loglik, out_log_resp
@@ -289,12 +294,12 @@ class GaussianMixture(BaseEstimator):
         n_samples = v.check_int(n_samples, "n_samples", "GaussianMixture.sample", low=1)
         rng = v.check_random_state(self.random_state, "GaussianMixture")
         counts = rng.multinomial(n_samples, self.weights_)
-        X = self._family(self.n_features_in_).sample(self._params(), counts, rng)
-        y = np.repeat(np.arange(self.n_components), counts)
+        X = self._fitted_family().sample(self._params(), counts, rng)
+        y = np.repeat(np.arange(self.weights_.shape[0]), counts)
         return X, y
 
     def _n_parameters(self) -> int:
-        return self._family(self.n_features_in_).n_parameters() + self.n_components - 1
+        return self._fitted_family().n_parameters() + self.weights_.shape[0] - 1
 
     def bic(self, X: Any) -> float:
         """Bayesian information criterion -2 L + p log n (lower is better)."""
