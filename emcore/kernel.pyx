@@ -5,8 +5,6 @@ The ``def`` methods give every compiled kernel a Python face for free, so a
 family's Python methods can delegate to its kernel (one implementation) and the
 tests can call kernels directly.
 """
-from libc.stdlib cimport malloc, free
-
 import numpy as np
 
 N_TOTALS_ = N_TOTALS
@@ -43,24 +41,21 @@ cdef class FamilyKernel:
                 f"X must have shape (n_rows, {self.n_features}); got {X.shape}")
         return X
 
+    def _scratch(self, Py_ssize_t n_rows):
+        return np.empty(max(1, self.scratch_size(n_rows)))
+
     def log_density(self, X):
         """Return log p(x_i | z_i = k) as an (n_rows, n_components) array."""
         cdef const double[:, ::1] Xv = self._check_X(X)
         cdef Py_ssize_t n = Xv.shape[0]
         out = np.empty((n, self.n_components))
         cdef double[:, ::1] ov = out
-        cdef double* scratch
+        cdef double[::1] scratch = self._scratch(n)
         cdef int status
         if n == 0:
             return out
-        scratch = <double*>malloc(max(1, self.scratch_size(n)) * sizeof(double))
-        if scratch == NULL:
-            raise MemoryError()
-        try:
-            with nogil:
-                status = self.chunk_log_density(&Xv[0, 0], n, &ov[0, 0], scratch)
-        finally:
-            free(scratch)
+        with nogil:
+            status = self.chunk_log_density(&Xv[0, 0], n, &ov[0, 0], &scratch[0])
         if status != 0:
             raise FloatingPointError(f"{type(self).__name__}.chunk_log_density "
                                      f"failed with code {status}")
@@ -84,18 +79,12 @@ cdef class FamilyKernel:
         cdef Py_ssize_t n = Xv.shape[0]
         stats = self.empty_stats()
         cdef double[::1] sv = stats
-        cdef double* scratch
+        cdef double[::1] scratch = self._scratch(n)
         cdef int status
         if n == 0:
             return stats
-        scratch = <double*>malloc(max(1, self.scratch_size(n)) * sizeof(double))
-        if scratch == NULL:
-            raise MemoryError()
-        try:
-            with nogil:
-                status = self.chunk_accumulate(&Xv[0, 0], n, &Wv[0, 0], &sv[0], scratch)
-        finally:
-            free(scratch)
+        with nogil:
+            status = self.chunk_accumulate(&Xv[0, 0], n, &Wv[0, 0], &sv[0], &scratch[0])
         if status != 0:
             raise FloatingPointError(f"{type(self).__name__}.chunk_accumulate "
                                      f"failed with code {status}")
