@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -106,7 +107,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     plugins.set_defaults(func=_plugins)
     args = parser.parse_args(argv)
     np.set_printoptions(precision=6, suppress=True)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # output piped into e.g. `head`, which stopped reading: not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -145,3 +145,15 @@ def test_demo(tmp_path):
     np.testing.assert_allclose(weights[order], sk_weights, atol=2e-4)
     np.testing.assert_allclose(means[order], sk_means, atol=2e-4)
     assert len(re.findall(r"^\s+covariance \[.*,.*\]$", out, re.M)) == 4
+
+
+def test_output_piped_into_a_closed_reader_is_not_an_error(tmp_path):
+    # `emcore demo | head -1`: the reader closes early; no BrokenPipeError traceback
+    proc = subprocess.Popen(emcore_command() + ["demo"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 0
+    assert "Traceback" not in stderr
