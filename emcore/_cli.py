@@ -108,7 +108,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     np.set_printoptions(precision=6, suppress=True)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a broken pipe surfaces here, not at interpreter exit
+        return status
     except BrokenPipeError:
         # output piped into e.g. `head`, which stopped reading: not an error of ours
         devnull = os.open(os.devnull, os.O_WRONLY)
