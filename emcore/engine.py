@@ -279,17 +279,28 @@ def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarr
     was computed are returned).
     """
     n, d = X.shape
-    k = family.n_components
     chunk_rows = chunk_rows or chunk_rows_for(d)
-    depth = summation_depth(n, chunk_rows)
     t_start = time.perf_counter()
-    history = []
     weights = np.asarray(weights, dtype=np.float64)
 
     def run_pass(w, p):
         return data_pass(X, family, rule, w, p, n_jobs=n_jobs, sample_weight=sample_weight,
                          chunk_rows=chunk_rows)
 
+    # BLAS on one thread for the whole fit: the chunk loop's threads are ours, and
+    # the M-step's d x d factorisations are too small to gain from BLAS threads
+    # (measured under load: 0.5 ms became ~185 ms per M-step with 2 BLAS threads).
+    with single_threaded_blas():
+        return _run_em(X, family, rule, weights, params, max_iter=max_iter, tol=tol,
+                       run_pass=run_pass, verbose=verbose, callback=callback,
+                       depth=summation_depth(n, chunk_rows), t_start=t_start)
+
+
+def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbose,
+            callback, depth, t_start) -> FitResult:
+    n, d = X.shape
+    k = family.n_components
+    history = []
     current = run_pass(weights, params)
     _check_finite(current.loglik, "the log-likelihood at the initial parameters")
     n_samples = float(np.sum(current.resp_sum))

@@ -21,7 +21,7 @@ cdef class SoftPosteriorKernel(PosteriorKernel):
                              const double* row_weights, Py_ssize_t n_rows,
                              Py_ssize_t n_components, double* totals) noexcept nogil:
         cdef Py_ssize_t i, k, K = n_components
-        cdef double m, s, log_s, ell, a, lq, q, H, E, mag, w
+        cdef double m, s, log_s, inv_s, ell, a, lq, q, H, E, mag, w
         cdef double* row
         for i in range(n_rows):
             row = log_joint + i * K
@@ -34,10 +34,14 @@ cdef class SoftPosteriorKernel(PosteriorKernel):
                     m = a
             if not isfinite(m):
                 return <int>(i + 1)
+            # one exp per entry: e_k = exp(a_k - m) (<= 1, the max row entry is 1)
             s = 0.0
             for k in range(K):
-                s += exp(row[k] - m)
+                q = exp(row[k] - m)
+                resp[i * K + k] = q
+                s += q
             log_s = log(s)
+            inv_s = 1.0 / s
             ell = m + log_s
             H = 0.0
             E = 0.0
@@ -45,7 +49,7 @@ cdef class SoftPosteriorKernel(PosteriorKernel):
             for k in range(K):
                 a = row[k]
                 lq = (a - m) - log_s
-                q = exp(lq)
+                q = resp[i * K + k] * inv_s
                 if q > 0.0:
                     H -= q * lq
                     E += q * a
