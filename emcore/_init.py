@@ -40,8 +40,9 @@ def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator,
         total = cum[-1]
         if not total > 0:
             raise ValueError(
-                f"X has fewer distinct rows than n_components={n_clusters}: k-means++ "
-                f"found only {c} distinct seeds. Reduce n_components.")
+                f"X has fewer distinct rows (of positive weight) than n_components="
+                f"{n_clusters}: k-means++ found only {c} distinct seeds. Reduce "
+                "n_components.")
         idx = int(np.searchsorted(cum, rng.random() * total, side="right"))
         seeds[c] = min(idx, n - 1)
         _sq_dist_to(X, X[seeds[c]], tmp)

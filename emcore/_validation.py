@@ -107,3 +107,36 @@ def check_random_state(random_state: Any, owner: str = "") -> np.random.Generato
         return np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
     raise ValueError(f"The 'random_state' parameter{_where(owner)} must be None, an int "
                      f">= 0, a RandomState or a Generator. Got {random_state!r} instead.")
+
+
+def check_sample_weight(sample_weight: Any, n_samples: int, *, owner: str = "",
+                        min_positive: int = 1) -> Optional[np.ndarray]:
+    """Return sample weights as a float64 (n_samples,) array, or None for unweighted.
+
+    Weights must be finite and >= 0, with at least ``min_positive`` positive ones.
+    """
+    if sample_weight is None:
+        return None
+    prefix = (f"The 'sample_weight' parameter{_where(owner)} must be an array of "
+              f"{n_samples} finite, non-negative numbers (one per row of X)")
+    try:
+        w = np.asarray(sample_weight)
+    except Exception as exc:
+        raise ValueError(f"{prefix}. Got an object numpy cannot read ({exc}).") from None
+    if w.dtype == object or not (np.issubdtype(w.dtype, np.number) or w.dtype == np.bool_) \
+            or np.issubdtype(w.dtype, np.complexfloating):
+        raise ValueError(f"{prefix}. Got an array of dtype {w.dtype} instead.")
+    if w.ndim == 0:
+        w = np.full(n_samples, float(w))
+    if w.ndim != 1 or w.shape[0] != n_samples:
+        raise ValueError(f"{prefix}. Got an array of shape {w.shape} instead.")
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    bad = ~np.isfinite(w) | (w < 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{prefix}. Got {w[i]} at row {i} instead.")
+    positive = int(np.count_nonzero(w))
+    if positive < min_positive:
+        raise ValueError(f"{prefix}, at least {min_positive} of them positive "
+                         f"(n_components). Got {positive} positive instead.")
+    return w

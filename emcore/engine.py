@@ -324,9 +324,12 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
             # our chunked sums in place of ceil(log2 n):
             #   tau_A = 2 (K + 3 + depth) u M_t
             #   tau_B = 2 (K + d + 4 + depth) (1 + sqrt(d kappa)) u (M_t + M_{t+1} + |pen|)
+            #           + 2 (loss of Q from rounding theta_{t+1} to doubles)
             tol_eq = 2.0 * (k + 3 + depth) * UNIT_ROUNDOFF * current.magnitude
             tol_chain = (2.0 * (k + d + 4 + depth) * amp * UNIT_ROUNDOFF
-                         * (current.magnitude + nxt.magnitude + abs(pen_old) + abs(pen_new)))
+                         * (current.magnitude + nxt.magnitude + abs(pen_old) + abs(pen_new))
+                         # the M-step's maximiser rounded to doubles (second order)
+                         + 2.0 * family.parameter_rounding(stats, new_params))
             rel = abs(nxt.loglik - current.loglik) / max(abs(nxt.loglik), np.finfo(float).tiny)
             record = Iteration(
                 iteration=t, loglik=current.loglik, elbo_at_start=current.elbo, elbo=elbo,

@@ -169,7 +169,8 @@ class GaussianMixture(BaseEstimator):
                                  f"({k}, {d}, {d}). Got shape {p.shape} instead.")
 
     # --- initialisation -------------------------------------------------------------
-    def _initial_parameters(self, X: np.ndarray, family, rng: np.random.Generator):
+    def _initial_parameters(self, X: np.ndarray, family, rng: np.random.Generator,
+                            sample_weight: Optional[np.ndarray] = None):
         k = self.n_components
         given = (self.weights_init, self.means_init, self.precisions_init)
         if all(x is not None for x in given):
@@ -184,15 +185,17 @@ class GaussianMixture(BaseEstimator):
                 return r / r.sum(axis=1, keepdims=True)
         else:
             if self.init_params == "k-means++":
-                seeds = kmeans_plusplus(X, k, rng)
-            else:  # random_from_data
-                seeds = rng.choice(n, size=k, replace=False)
+                seeds = kmeans_plusplus(X, k, rng, sample_weight)
+            else:  # random_from_data: rows drawn in proportion to their weight
+                p = None if sample_weight is None else sample_weight / sample_weight.sum()
+                seeds = rng.choice(n, size=k, replace=False, p=p)
             centres = X[seeds]
 
             def responsibilities(start, stop):
                 return one_hot(nearest_centre(X, centres, start, stop), k)
 
-        stats, resp_sum = stats_from_assignments(X, family, responsibilities)
+        stats, resp_sum = stats_from_assignments(X, family, responsibilities,
+                                                 sample_weight=sample_weight)
         params = family.m_step(stats, None)
         weights = resp_sum / resp_sum.sum()
         if self.weights_init is not None:
@@ -205,7 +208,7 @@ class GaussianMixture(BaseEstimator):
         return weights, params
 
     # --- fitting --------------------------------------------------------------------
-    def fit(self, X: Any, y: Any = None) -> "GaussianMixture":
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "GaussianMixture":
         """Fit the mixture by EM; returns self.
 
         Parameters
@@ -213,9 +216,18 @@ class GaussianMixture(BaseEstimator):
         X : array-like of shape (n_samples, n_features)
             Finite numbers; n_samples >= n_components.
         y : ignored
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weight of each row (at least n_components positive). The
+            weights scale the sufficient statistics: a weight of 2 fits like the row
+            repeated twice, a weight of 0 like the row removed; seeding draws rows
+            in proportion to their weight. ``lower_bound_`` is then the weighted
+            mean log-likelihood.
         """
         X = v.check_data(X, owner="GaussianMixture.fit")
         self._check_parameters(X)
+        sample_weight = v.check_sample_weight(sample_weight, X.shape[0],
+                                              owner="GaussianMixture.fit",
+                                              min_positive=self.n_components)
         family = self._family(X.shape[1])
         rule = self._rule()
         rng = v.check_random_state(self.random_state, "GaussianMixture")
@@ -227,9 +239,10 @@ class GaussianMixture(BaseEstimator):
             if warm:
                 weights, params = self.weights_, self._params()
             else:
-                weights, params = self._initial_parameters(X, family, rng)
+                weights, params = self._initial_parameters(X, family, rng, sample_weight)
             result = run_em(X, family, rule, weights, params, max_iter=self.max_iter,
-                            tol=self.tol, n_jobs=self.n_jobs, verbose=self.verbose)
+                            tol=self.tol, n_jobs=self.n_jobs, verbose=self.verbose,
+                            sample_weight=sample_weight)
             if best is None or result.objective > best.objective:
                 best = result
         self._set_fitted(best, X.shape[1])
@@ -272,9 +285,14 @@ class GaussianMixture(BaseEstimator):
         """Log-likelihood log p(x_i) of each row, shape (n_samples,)."""
         return self._evaluate(X, "score_samples")[0]
 
-    def score(self, X: Any, y: Any = None) -> float:
-        """Mean per-row log-likelihood of X."""
-        return float(np.mean(self._evaluate(X, "score")[0]))
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
+        """Mean per-row log-likelihood of X (weighted by ``sample_weight`` if given)."""
+        row_loglik = self._evaluate(X, "score")[0]
+        w = v.check_sample_weight(sample_weight, row_loglik.shape[0],
+                                  owner="GaussianMixture.score")
+        if w is None:
+            return float(np.mean(row_loglik))
+        return float(np.dot(w, row_loglik) / w.sum())
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Posterior probabilities of the components, shape (n_samples, n_components)."""
@@ -284,9 +302,9 @@ class GaussianMixture(BaseEstimator):
         """Most probable component of each row (ties to the lowest index)."""
         return np.argmax(self._evaluate(X, "predict", log_resp=True)[1], axis=1)
 
-    def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
+    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:
         """Fit, then return the labels of X under the fitted parameters."""
-        return self.fit(X).predict(X)
+        return self.fit(X, sample_weight=sample_weight).predict(X)
 
     def sample(self, n_samples: int = 1):
         """Draw samples; returns (X, y) with y the component of each row."""

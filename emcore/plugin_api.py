@@ -154,6 +154,16 @@ class Family(abc.ABC):
         """
         return 1.0
 
+    def parameter_rounding(self, stats: Any, params: Params) -> float:
+        """Bound on what rounding ``params`` to float64 can cost the expected log-likelihood.
+
+        The M-step's exact maximiser is rounded to the nearest doubles; Q is
+        stationary there, so the loss is second order, but it is amplified by the
+        parameters' magnitude relative to their scale (for a Gaussian mean,
+        (|mu| / sigma)^2 u^2 per point). Added to the chain tolerance. Default 0.
+        """
+        return 0.0
+
     # --- compiled path ------------------------------------------------------------
     def compiled_kernel(self, params: Params):
         """Return an ``emcore.kernel.FamilyKernel`` for ``params``, or None."""

@@ -255,6 +255,16 @@ class GaussianFamily(Family):
             parts.append(params["means"][k] + z @ L.T)
         return np.concatenate(parts) if parts else np.empty((0, self.n_features))
 
+    def parameter_rounding(self, stats: GaussianStats, params: Params) -> float:
+        # Rounding mu_k to doubles moves it by |delta_j| <= u |mu_kj| from the
+        # maximiser; Q drops by 1/2 W_k delta^T P_k delta <= 1/2 W_k u^2 ||mu_k||^2
+        # lambda_max(P_k), lambda_max(P_k) = s_max(U_k)^2. (Covariance rounding costs
+        # O(W d (u kappa)^2): negligible beside the tolerance's first-order terms.)
+        u = np.finfo(np.float64).eps / 2
+        s_max = np.linalg.svd(params["precisions_cholesky"], compute_uv=False)[:, 0]
+        mu2 = np.sum(params["means"] ** 2, axis=1)
+        return float(0.5 * np.sum(stats.weight * u * u * mu2 * s_max ** 2))
+
     def rounding_amplification(self, params: Params) -> float:
         # 1 + sqrt(d kappa_max) (../shared/notes/em_variants_and_testing.md, 9.4)
         kappa = max(_condition_of_factor(U) for U in params["precisions_cholesky"])

@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, settings
 # Compiled code and BLAS warm-up make timings erratic: no deadlines. CI runs a
 # fixed, derandomised profile (reproducible); developers get more examples.
 settings.register_profile(
-    "ci", max_examples=30, deadline=None, derandomize=True, print_blob=True,
+    "ci", max_examples=150, deadline=None, derandomize=True, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile(
-    "dev", max_examples=100, deadline=None,
+    "dev", max_examples=200, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE",
                                      "ci" if os.environ.get("CI") else "dev"))
