@@ -6,7 +6,9 @@ them back from the ``__init__`` signature, so ``sklearn.base.clone`` works.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import sys
 from typing import Any
 
 from emcore.exceptions import NotFittedError
@@ -48,7 +50,31 @@ class BaseEstimator:
             shown.append(f"{name}={value!r}")
         return f"{type(self).__name__}({', '.join(shown)})"
 
+    def __sklearn_tags__(self):
+        """scikit-learn's estimator tags (only scikit-learn calls this, so it is there)."""
+        from sklearn.utils import InputTags, Tags, TargetTags
+        return Tags(estimator_type="density_estimator",
+                    target_tags=TargetTags(required=False),
+                    transformer_tags=None, regressor_tags=None, classifier_tags=None,
+                    input_tags=InputTags(allow_nan=False, sparse=False))
+
     def _check_fitted(self, attribute: str) -> None:
         if not hasattr(self, attribute):
-            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet. "
-                                 "Call 'fit' with appropriate arguments first.")
+            raise _not_fitted_error()(
+                f"This {type(self).__name__} instance is not fitted yet. "
+                "Call 'fit' with appropriate arguments first.")
+
+
+@functools.lru_cache(maxsize=None)
+def _both_not_fitted_errors(sklearn_error: type) -> type:
+    return type("NotFittedError", (NotFittedError, sklearn_error),
+                {"__module__": NotFittedError.__module__})
+
+
+def _not_fitted_error() -> type:
+    """emcore's NotFittedError; if scikit-learn is already imported, a subclass that
+    is scikit-learn's NotFittedError too (without importing scikit-learn ourselves)."""
+    sklearn_exceptions = sys.modules.get("sklearn.exceptions")
+    if sklearn_exceptions is None:
+        return NotFittedError
+    return _both_not_fitted_errors(sklearn_exceptions.NotFittedError)

@@ -12,6 +12,11 @@ from typing import Any, Optional
 import numpy as np
 
 
+class _InputTypeError(TypeError, ValueError):
+    """Input of the wrong kind (sparse, non-numeric objects): a ValueError as emcore
+    promises for bad input, and a TypeError as scikit-learn's checks expect."""
+
+
 _MAX_SPREAD = 1e140
 _MIN_SPREAD = 1e-140
 
@@ -26,21 +31,35 @@ def check_data(X: Any, *, name: str = "X", owner: str = "",
     prefix = f"The {name!r} parameter{_where(owner)} must be a 2-D array of finite numbers"
     if X is None:
         raise ValueError(f"{prefix}. Got None instead.")
+    if hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse"):
+        raise _InputTypeError(f"{prefix}. Got a sparse matrix instead: sparse input is not "
+                        "supported, dense data is required (X.toarray()).")
     try:
         arr = np.asarray(X)
     except Exception as exc:  # ragged nested sequences and the like
         raise ValueError(f"{prefix}. Got an object numpy cannot read ({exc}).") from None
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)
-                                   or arr.dtype == np.bool_):
-        raise ValueError(f"{prefix}. Got an array of dtype {arr.dtype} instead.")
     if np.issubdtype(arr.dtype, np.complexfloating):
-        raise ValueError(f"{prefix}. Got complex numbers instead.")
+        raise ValueError(f"{prefix}. Got complex numbers instead (Complex data not "
+                         "supported).")
+    if arr.dtype == object:
+        # numbers held in an object array are fine (as in scikit-learn); anything else
+        # (strings, None, ragged rows) is not
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise _InputTypeError(f"{prefix}. Got an array of dtype object whose entries are "
+                             f"not all numbers ({exc}; argument must be a string or a "
+                             "number) instead.") from None
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise ValueError(f"{prefix}. Got an array of dtype {arr.dtype} instead.")
     if arr.ndim != 2:
-        hint = (" Reshape a single feature with X.reshape(-1, 1) or a single sample "
-                "with X.reshape(1, -1)." if arr.ndim == 1 else "")
+        hint = (" Reshape your data: a single feature with X.reshape(-1, 1), a single "
+                "sample with X.reshape(1, -1)." if arr.ndim == 1 else "")
         raise ValueError(f"{prefix}. Got an array with ndim={arr.ndim} instead.{hint}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{prefix}. Got an empty array of shape {arr.shape} instead.")
+        raise ValueError(f"{prefix}. Got an empty array of shape {arr.shape} instead: "
+                         f"{arr.shape[0]} sample(s) and {arr.shape[1]} feature(s) "
+                         f"(shape={arr.shape}) while a minimum of 1 is required.")
     arr = np.ascontiguousarray(arr, dtype=np.float64)
     finite = np.isfinite(arr)
     if not finite.all():
@@ -56,9 +75,11 @@ def check_data(X: Any, *, name: str = "X", owner: str = "",
                          f"float64. Rescale X so that its spread lies within "
                          f"[{_MIN_SPREAD:g}, {_MAX_SPREAD:g}].")
     if n_features is not None and arr.shape[1] != n_features:
+        cls = owner.split(".")[0] or "the model"
         raise ValueError(f"The {name!r} parameter{_where(owner)} must have {n_features} "
-                         f"features, as the data the model was fitted on. Got "
-                         f"{arr.shape[1]} instead.")
+                         f"features, as the data the model was fitted on: X has "
+                         f"{arr.shape[1]} features, but {cls} is expecting {n_features} "
+                         "features as input.")
     return arr
 
 
@@ -136,6 +157,8 @@ def check_sample_weight(sample_weight: Any, n_samples: int, *, owner: str = "",
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f"{prefix}. Got {w[i]} at row {i} instead.")
     positive = int(np.count_nonzero(w))
+    if positive == 0:
+        raise ValueError(f"{prefix}. Got sample weights that are all zero instead.")
     if positive < min_positive:
         raise ValueError(f"{prefix}, at least {min_positive} of them positive "
                          f"(n_components). Got {positive} positive instead.")

@@ -114,7 +114,7 @@ def test_seeding_never_picks_a_row_of_weight_zero():
     (-np.ones(40), "-1.0 at row 0"),
     (np.r_[np.ones(39), np.nan], "nan at row 39"),
     (np.r_[np.ones(39), np.inf], "inf at row 39"),
-    (np.zeros(40), "0 positive"),
+    (np.zeros(40), "all zero"),
     (np.r_[1.0, np.zeros(39)], "1 positive"),
     (np.ones(39), "shape (39,)"),
     (np.ones((40, 1)), "shape (40, 1)"),

@@ -35,6 +35,12 @@ def GM(n_components=K, **kwargs):
     return GaussianMixture(n_components, **kwargs)
 
 
+def _object_with(X, entry):
+    X = X.astype(object)
+    X[0, 0] = entry
+    return X
+
+
 def _with_nan(value):
     X = X_GOOD.copy()
     X[3, 1] = value
@@ -90,7 +96,9 @@ BAD_CALLS = [
     bad("X-empty-list", fit([]), "'X'"),
     bad("X-strings", fit([["a", "b"], ["c", "d"], ["e", "f"]]), "'X'", "dtype"),
     bad("X-numeric-strings", fit(X_GOOD.astype(str)), "'X'", "dtype"),
-    bad("X-object-array", fit(X_GOOD.astype(object)), "'X'", "object"),
+    bad("X-object-array-with-dict", fit(_object_with(X_GOOD, {"a": 1})), "'X'", "object",
+        raises=TypeError),
+    bad("X-object-array-with-str", fit(_object_with(X_GOOD, "a")), "'X'", "object"),
     bad("X-object-with-None", fit([[1.0, None], [2.0, 3.0], [4.0, 5.0]]), "'X'"),
     bad("X-ragged", fit([[1.0, 2.0], [3.0], [4.0, 5.0]]), "'X'"),
     # second moments of the spread would overflow / underflow float64
@@ -181,7 +189,7 @@ BAD_CALLS = [
     bad("verbose-neg", fit(verbose=-1), "'verbose'"),
     # --- methods of a fitted model: X must match the fitted features ------------------
     *[bad(f"{name}-X-wrong-n_features", method(name, np.zeros((4, D + 1))),
-          "'X'", f"GaussianMixture.{name}", f"{D} features", f"Got {D + 1}")
+          "'X'", f"GaussianMixture.{name}", f"{D} features", f"X has {D + 1} features")
       for name in ("predict", "predict_proba", "score", "score_samples", "bic", "aic")],
     *[bad(f"{name}-X-one-feature", method(name, np.zeros((4, 1))),
           "'X'", f"{D} features")
@@ -363,6 +371,7 @@ CONVERSIONS = [
     pytest.param(lambda: _BIG[1::2, ::3], _XI, id="strided-view"),
     pytest.param(lambda: _XI[::-1][::-1], _XI, id="negative-strides"),
     pytest.param(lambda: np.ascontiguousarray(_XI.T).T, _XI, id="transposed-view"),
+    pytest.param(lambda: _XI.astype(object), _XI, id="object-array-of-numbers"),
 ]
 
 

@@ -1,0 +1,47 @@
+"""scikit-learn's own estimator checks on emcore.GaussianMixture."""
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+from sklearn.exceptions import NotFittedError as SkNotFittedError
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import emcore
+from emcore import GaussianMixture
+
+
+# emcore does not depend on scikit-learn, so it does not inherit its BaseEstimator
+# (it implements the same protocol: get_params, set_params, __sklearn_tags__)
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*does not inherit from `sklearn.base",
+                            category=UserWarning)
+    _all_checks = parametrize_with_checks([GaussianMixture(n_jobs=1)])
+
+
+@_all_checks
+def test_scikit_learn_estimator_checks(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", emcore.exceptions.ConvergenceWarning)
+        check(estimator)
+
+
+def test_not_fitted_error_is_scikit_learns_when_scikit_learn_is_loaded():
+    with pytest.raises(SkNotFittedError):
+        GaussianMixture().predict([[0.0]])
+    with pytest.raises(emcore.NotFittedError):
+        GaussianMixture().predict([[0.0]])
+
+
+def test_emcore_never_imports_scikit_learn():
+    code = ("import sys, emcore\n"
+            "X = emcore.datasets.load_old_faithful()\n"
+            "gm = emcore.GaussianMixture(2, random_state=0).fit(X)\n"
+            "gm.predict(X); gm.sample(3); gm.bic(X)\n"
+            "try:\n    emcore.GaussianMixture().predict(X)\n"
+            "except emcore.NotFittedError:\n    pass\n"
+            "assert not [m for m in sys.modules if m.startswith('sklearn')], 'sklearn loaded'\n")
+    proc = subprocess.run([sys.executable, "-c", "import emcore.datasets\n" + code],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
