@@ -1,0 +1,500 @@
+"""Model selection for Gaussian mixtures: BIC, AIC, ICL and a grid of fits.
+
+Sign convention, for every criterion here: **lower is better**, as in
+scikit-learn (``BIC = -2 L + p ln n``). mclust reports the same quantities with
+the opposite sign (higher is better): mclust's BIC and ICL are minus ours.
+
+* :func:`icl` -- the integrated completed likelihood of a fitted model, in its
+  hard-label form as mclust's ``icl()`` computes it.
+* :func:`select_model` -- fits every (``n_components``, ``covariance_type``) cell
+  of a grid, each from several starts, and returns the whole table and the best
+  model by the chosen criterion, as mclust's ``mclustBIC`` does.
+
+Formulas and parameter counts: notes/gaussian_mixture.md, section 9.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from emcore import _validation as v
+from emcore.exceptions import ConvergenceWarning
+from emcore.gaussian_mixture import GaussianMixture
+
+__all__ = ["icl", "select_model", "ModelSelection", "SelectionRow", "CRITERIA"]
+
+#: The criteria :func:`select_model` can choose by; all lower-is-better.
+CRITERIA = ("bic", "aic", "icl")
+
+_NAMES = {"bic": "BIC", "aic": "AIC", "icl": "ICL"}
+_LONG_NAMES = {"bic": "Bayesian information criterion",
+               "aic": "Akaike information criterion",
+               "icl": "integrated completed likelihood, hard labels"}
+# Initial values whose shape depends on n_components cannot be shared by a grid.
+_PER_CELL_PARAMS = ("weights_init", "means_init", "precisions_init")
+_GRID_PARAMS = ("n_components", "covariance_type", "n_init", "random_state")
+
+
+# --- the criteria -----------------------------------------------------------------
+
+def _criteria(model: GaussianMixture, X: Any, sample_weight: Any, owner: str) -> dict:
+    """log-likelihood, n_parameters, BIC, AIC and ICL of a fitted emcore model, one pass.
+
+    Unweighted, BIC and AIC are computed exactly as ``GaussianMixture.bic``/``aic``
+    compute them (same sums, same order), so they agree bit for bit.
+    """
+    row_loglik, log_resp = model._evaluate(X, owner.split(".")[-1], log_resp=True)
+    w = v.check_sample_weight(sample_weight, row_loglik.shape[0], owner=owner)
+    # log max_k q_ik straight from the log-space posterior: exactly 0 when the other
+    # components' posteriors are below half an ulp of 1, and accurate for tiny q
+    # (log of exp(log q) would lose it).
+    log_max_q = np.max(log_resp, axis=1)
+    if w is None:
+        loglik = float(np.sum(row_loglik))
+        n = row_loglik.shape[0]
+        classification = float(np.sum(log_max_q))
+    else:
+        loglik = float(np.dot(w, row_loglik))
+        n = float(np.sum(w))
+        classification = float(np.dot(w, log_max_q))
+    p = model._n_parameters()
+    bic = float(-2.0 * loglik + p * np.log(n))
+    aic = float(-2.0 * loglik + 2.0 * p)
+    return {"log_likelihood": loglik, "n_parameters": int(p), "bic": bic, "aic": aic,
+            "icl": bic - 2.0 * classification}
+
+
+def icl(model: Any, X: Any, sample_weight: Any = None) -> float:
+    """Integrated completed likelihood of a fitted mixture (lower is better).
+
+    The hard-label ICL of Biernacki, Celeux & Govaert (2000), as mclust's ``icl()``
+    computes it, converted to scikit-learn's lower-is-better sign::
+
+        ICL = BIC - 2 sum_i log q_{i, z_i},    z_i = argmax_k q_ik,
+
+    with ``BIC = -2 L + p ln n`` and q_ik the posterior probability of component k
+    for row i at the fitted parameters. Since log q_{i, z_i} <= 0, ICL >= BIC,
+    with equality exactly when every row's posterior is one-hot: ICL adds to BIC a
+    penalty for rows the model cannot classify confidently, so it prefers
+    well-separated clusters. mclust's value (higher is better) is minus this one.
+    This is not the soft, entropy variant ``BIC + 2 sum_i H(q_i)`` of McLachlan &
+    Peel (2000), which is never smaller.
+
+    Parameters
+    ----------
+    model : emcore.GaussianMixture, fitted
+        Any other fitted estimator with ``bic(X)`` and ``predict_proba(X)`` (for
+        example scikit-learn's ``GaussianMixture``) works too, without
+        ``sample_weight``; for emcore's estimator log q comes from the log-space
+        posterior, which is more accurate than ``log(predict_proba(X))`` for tiny q.
+    X : array-like of shape (n_samples, n_features)
+        Usually the data the model was fitted on.
+    sample_weight : array-like of shape (n_samples,), optional
+        Frequency weights, as in ``GaussianMixture.fit``: every sum is weighted and
+        n in ``p ln n`` is the sum of the weights (a weight of 2 counts like the
+        row repeated twice).
+
+    Returns
+    -------
+    float
+        The ICL; lower is better.
+    """
+    if isinstance(model, GaussianMixture):
+        return _criteria(model, X, sample_weight, owner="icl")["icl"]
+    if not (hasattr(model, "bic") and hasattr(model, "predict_proba")):
+        raise ValueError("The 'model' parameter of icl must be a fitted mixture with "
+                         "bic(X) and predict_proba(X) methods, such as "
+                         f"emcore.GaussianMixture. Got {type(model).__name__} instead.")
+    if sample_weight is not None:
+        raise ValueError("The 'sample_weight' parameter of icl is supported only for "
+                         f"emcore.GaussianMixture, not {type(model).__name__}; pass "
+                         "sample_weight=None.")
+    proba = np.asarray(model.predict_proba(X), dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        classification = float(np.sum(np.log(np.max(proba, axis=1))))
+    return float(model.bic(X)) - 2.0 * classification
+
+
+# --- the grid ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SelectionRow:
+    """One cell of a :func:`select_model` grid.
+
+    ``bic``, ``aic`` and ``icl`` are lower-is-better (scikit-learn's sign) and, with
+    ``log_likelihood``, are NaN when the fit failed (then ``error`` says why).
+    """
+    n_components: int
+    covariance_type: str
+    log_likelihood: float     #: total (weighted) log-likelihood L at the fit
+    n_parameters: int         #: free parameters p
+    bic: float                #: -2 L + p ln n
+    aic: float                #: -2 L + 2 p
+    icl: float                #: BIC - 2 sum_i log max_k q_ik
+    converged: bool           #: the best start stopped on ``tol``
+    stop_reason: Optional[str]  #: 'tol', 'max_iter' or 'interrupted'; None if it failed
+    n_iter: int               #: M-steps of the best start (0 if it failed)
+    random_state: int         #: the seed this cell was fitted with
+    error: Optional[str] = None  #: why the fit failed (never chosen), else None
+
+    def value(self, criterion: str) -> float:
+        """The value of ``criterion`` ('bic', 'aic' or 'icl') for this cell."""
+        v.check_choice(criterion, "criterion", "SelectionRow.value", CRITERIA)
+        return getattr(self, criterion)
+
+    @property
+    def ok(self) -> bool:
+        """True if the fit succeeded (the row can be chosen)."""
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class ModelSelection:
+    """What :func:`select_model` returns.
+
+    All criteria are lower-is-better (scikit-learn's sign; mclust's are minus ours).
+
+    Attributes
+    ----------
+    table : tuple of SelectionRow
+        One row per fitted cell, by ascending ``n_components`` and then in the
+        order of ``covariance_types``. ``pandas.DataFrame(result.table)`` makes a
+        data frame of it.
+    criterion : {'bic', 'aic', 'icl'}
+        The criterion the best model was chosen by.
+    best_params : dict
+        ``{'n_components': ..., 'covariance_type': ...}`` of the best cell.
+    best_model : emcore.GaussianMixture
+        The fitted estimator of the best cell.
+    skipped_n_components : tuple of int
+        Values of ``n_components`` not fitted because they exceed the number of
+        rows of X (with positive weight).
+    covariance_types : tuple of str
+        The covariance types of the grid, in the order given (the table's columns).
+    """
+    table: tuple
+    criterion: str
+    best_params: dict
+    best_model: GaussianMixture
+    skipped_n_components: tuple = ()
+    covariance_types: tuple = field(default=(), repr=False)
+
+    @property
+    def best(self) -> SelectionRow:
+        """The table row of the best model."""
+        k, t = self.best_params["n_components"], self.best_params["covariance_type"]
+        return next(r for r in self.table if r.n_components == k and r.covariance_type == t)
+
+    def top(self, n: int = 3, criterion: Optional[str] = None) -> list:
+        """The ``n`` best successful rows by ``criterion`` (default: the chosen one)."""
+        criterion = self.criterion if criterion is None else criterion
+        v.check_choice(criterion, "criterion", "ModelSelection.top", CRITERIA)
+        ok = [r for r in self.table if r.ok and math.isfinite(r.value(criterion))]
+        return sorted(ok, key=lambda r: r.value(criterion))[:n]
+
+    def to_text(self, criterion: Optional[str] = None) -> str:
+        """The table of one criterion, rows = n_components, columns = covariance types.
+
+        Like mclust's BIC table, but lower is better: ``*`` marks the best cell,
+        ``!`` a fit that stopped before its ``tol`` rule fired, ``failed`` a fit
+        that failed (the reasons are listed below the table).
+        """
+        criterion = self.criterion if criterion is None else criterion
+        v.check_choice(criterion, "criterion", "ModelSelection.to_text", CRITERIA)
+        name = _NAMES[criterion]
+        types = self.covariance_types or tuple(dict.fromkeys(
+            r.covariance_type for r in self.table))
+        ks = sorted({r.n_components for r in self.table})
+        cells = {(r.n_components, r.covariance_type): r for r in self.table}
+        best = self.top(1, criterion)
+        best = best[0] if best else None
+
+        def cell(k, t):
+            r = cells.get((k, t))
+            if r is None:
+                return ""
+            if not r.ok:
+                return "failed "
+            mark = "*" if r is best else ("!" if not r.converged else " ")
+            return f"{r.value(criterion):.3f}{mark}"
+
+        body = [[str(k)] + [cell(k, t) for t in types] for k in ks]
+        header = [""] + list(types)
+        widths = [max(len(row[j]) for row in body + [header]) for j in range(len(header))]
+        lines = [f"{name} ({_LONG_NAMES[criterion]}), lower is better "
+                 "(scikit-learn's sign; mclust's is minus this):"]
+        for row in [header] + body:
+            lines.append("  ".join(s.rjust(w) for s, w in zip(row, widths)).rstrip())
+        if best is not None:
+            lines.append(f"* best by {name}: n_components={best.n_components}, "
+                         f"covariance_type={best.covariance_type!r} "
+                         f"({name} = {best.value(criterion):.3f})")
+        if any(r.ok and not r.converged for r in self.table):
+            lines.append("! stopped before the tol rule fired (see stop_reason)")
+        top = self.top(3, criterion)
+        if len(top) > 1:
+            lines.append(f"Top {len(top)} by {name}: " + ", ".join(
+                f"{r.n_components},{r.covariance_type} ({r.value(criterion):.3f})"
+                for r in top))
+        failed = [r for r in self.table if not r.ok]
+        if failed:
+            lines.append("Failed fits (never chosen):")
+            lines.extend(f"  n_components={r.n_components}, "
+                         f"covariance_type={r.covariance_type!r}: {r.error}"
+                         for r in failed)
+        if self.skipped_n_components:
+            lines.append("Not fitted (more components than rows): n_components="
+                         + ", ".join(map(str, self.skipped_n_components)))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+
+# --- argument checks --------------------------------------------------------------
+
+def _check_n_components(value: Any) -> list:
+    what = ("The 'n_components' parameter of select_model must be a non-empty "
+            "iterable of positive ints (or one positive int)")
+    if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(
+            value, (bool, np.bool_)):
+        values = [value]
+    elif isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ValueError(f"{what}. Got {value!r} instead.")
+    else:
+        values = list(value)
+    if not values:
+        raise ValueError(f"{what}. Got an empty {type(value).__name__} instead.")
+    for k in values:
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral) or k < 1:
+            raise ValueError(f"{what}. Got {k!r} in {value!r} instead.")
+    return sorted({int(k) for k in values})
+
+
+def _check_covariance_types(value: Any, X: np.ndarray) -> tuple:
+    what = ("The 'covariance_types' parameter of select_model must be a non-empty "
+            "iterable of strings (or one string)")
+    if isinstance(value, str):
+        values = [value]
+    elif isinstance(value, bytes) or not isinstance(value, Iterable):
+        raise ValueError(f"{what}. Got {value!r} instead.")
+    else:
+        values = list(value)
+    if not values:
+        raise ValueError(f"{what}. Got an empty {type(value).__name__} instead.")
+    for t in values:
+        if not isinstance(t, str):
+            raise ValueError(f"{what}. Got {t!r} in {value!r} instead.")
+    types = tuple(dict.fromkeys(values))
+    # Ask the estimator, so the grid follows whatever types it supports.
+    for t in types:
+        try:
+            GaussianMixture(n_components=1, covariance_type=t)._check_parameters(X)
+        except ValueError as exc:
+            raise ValueError(f"The 'covariance_types' parameter of select_model contains "
+                             f"{t!r}, which GaussianMixture does not support: {exc}") \
+                from None
+    return types
+
+
+def _check_estimator_params(params: dict) -> None:
+    valid = GaussianMixture._param_names()
+    for name in params:
+        if name in _PER_CELL_PARAMS:
+            raise ValueError(f"select_model cannot pass {name!r} to GaussianMixture: its "
+                             "shape depends on n_components, which the grid varies.")
+        if name not in valid or name in _GRID_PARAMS:
+            others = [p for p in valid if p not in _GRID_PARAMS + _PER_CELL_PARAMS]
+            raise ValueError(f"Invalid estimator parameter {name!r} for select_model. "
+                             f"Valid ones are: {', '.join(others)}.")
+
+
+def _root_entropy(random_state: Any) -> int:
+    """One integer from which every cell's seed is derived."""
+    if random_state is None:
+        return int(np.random.SeedSequence().entropy)
+    if isinstance(random_state, (numbers.Integral, np.integer)) and not isinstance(
+            random_state, (bool, np.bool_)):
+        if random_state < 0:
+            raise ValueError("The 'random_state' parameter of select_model must be None, "
+                             f"an int >= 0, a RandomState or a Generator. Got "
+                             f"{random_state!r} instead.")
+        return int(random_state)
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(0, 2 ** 63))
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(0, 2 ** 63 - 1, dtype=np.int64))
+    raise ValueError("The 'random_state' parameter of select_model must be None, an int "
+                     f">= 0, a RandomState or a Generator. Got {random_state!r} instead.")
+
+
+def _cell_seed(entropy: int, n_components: int) -> int:
+    """The seed of every cell with this n_components: a function of (entropy, k) only,
+    so a cell's fit does not depend on the rest of the grid."""
+    seq = np.random.SeedSequence(entropy, spawn_key=(int(n_components),))
+    return int(seq.generate_state(1, dtype=np.uint32)[0])
+
+
+# --- select_model -----------------------------------------------------------------
+
+def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 10),
+                 covariance_types: Union[str, Iterable[str]] = ("full",),
+                 criterion: str = "bic", n_init: int = 3, random_state: Any = None,
+                 sample_weight: Any = None, **estimator_params: Any) -> ModelSelection:
+    """Fit a grid of Gaussian mixtures and choose one by BIC, AIC or ICL.
+
+    Like mclust's ``mclustBIC``: every (``n_components``, ``covariance_type``) cell
+    is fitted by ``emcore.GaussianMixture`` from ``n_init`` starts, and its
+    log-likelihood, BIC, AIC and ICL on X are tabulated; the best cell by
+    ``criterion`` is returned with its fitted model.
+
+    Sign convention: **lower is better** for all three criteria (scikit-learn's):
+    ``BIC = -2 L + p ln n``, ``AIC = -2 L + 2 p``, ``ICL = BIC - 2 sum_i log max_k
+    q_ik`` (the hard-label ICL as mclust computes it, see :func:`icl`). mclust's
+    BIC and ICL are minus these.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+    n_components : int or iterable of int, default range(1, 10)
+        Positive numbers of components; duplicates are dropped and the table is
+        in ascending order. Values above the number of rows of X (rows with
+        positive weight, if weighted) are skipped and listed in
+        ``skipped_n_components``.
+    covariance_types : str or iterable of str, default ('full',)
+        Covariance types to try, each one the estimator accepts (only ``'full'``
+        so far); an unsupported one raises a ValueError before anything is fitted.
+    criterion : {'bic', 'aic', 'icl'}, default 'bic'
+        The criterion the best model is chosen by (lower is better). Ties go to
+        the first cell in table order: fewer components, then the earlier type.
+    n_init : int, default 3
+        Starts per cell; each cell keeps its start with the highest likelihood.
+    random_state : None, int, numpy RandomState or Generator
+        Every cell with the same ``n_components`` is fitted with the same integer
+        seed, derived from ``random_state`` and ``n_components`` alone with numpy's
+        ``SeedSequence`` (so all covariance types start from the same k-means++
+        partitions, and a cell's fit does not depend on the rest of the grid). An
+        int gives a reproducible table; each row records its seed, so
+        ``GaussianMixture(n_components=k, covariance_type=t, n_init=n_init,
+        random_state=row.random_state, **estimator_params).fit(X)`` refits it.
+    sample_weight : array-like of shape (n_samples,), optional
+        Frequency weights, passed to ``fit``; the criteria use weighted sums and
+        n = sum of the weights.
+    **estimator_params
+        Other ``GaussianMixture`` parameters, the same for every cell (``tol``,
+        ``reg_covar``, ``max_iter``, ``init_params``, ``n_jobs``, ...). The initial
+        values ``weights_init``, ``means_init`` and ``precisions_init`` are not
+        accepted, since their shape depends on ``n_components``.
+
+    Returns
+    -------
+    ModelSelection
+        ``table`` (one :class:`SelectionRow` per fitted cell), ``criterion``,
+        ``best_params``, ``best_model``; ``print(result)`` shows the table of the
+        chosen criterion with the best cell marked.
+
+    Raises
+    ------
+    ValueError
+        For a bad argument (the message names it), before anything is fitted; or
+        if every cell's fit failed (the message lists why).
+
+    Notes
+    -----
+    A cell whose fit raises ``emcore.DegenerateComponentError`` or another
+    ValueError about the data (or whose log-likelihood is not finite) is kept in
+    the table with NaN criteria and its ``error``, and is never chosen. Fits
+    stopping at ``max_iter`` raise no ConvergenceWarning here: their rows say so
+    (``converged``, ``stop_reason``). Ctrl-C during a fit stops the whole grid
+    (KeyboardInterrupt).
+
+    Examples
+    --------
+    >>> from emcore.model_selection import select_model
+    >>> result = select_model(X, n_components=range(1, 7), random_state=0)  # doctest: +SKIP
+    >>> print(result)                                    # doctest: +SKIP
+    >>> result.best_params, result.best_model.means_     # doctest: +SKIP
+    """
+    owner = "select_model"
+    X = v.check_data(X, owner=owner)
+    criterion = v.check_choice(criterion, "criterion", owner, CRITERIA)
+    ks = _check_n_components(n_components)
+    types = _check_covariance_types(covariance_types, X)
+    n_init = v.check_int(n_init, "n_init", owner, low=1)
+    _check_estimator_params(estimator_params)
+    w = v.check_sample_weight(sample_weight, X.shape[0], owner=owner)
+    n_rows = X.shape[0] if w is None else int(np.count_nonzero(w))
+    fitted_ks = [k for k in ks if k <= n_rows]
+    skipped = tuple(k for k in ks if k > n_rows)
+    if not fitted_ks:
+        raise ValueError(f"The 'n_components' parameter of select_model must contain a "
+                         f"value of at most {n_rows}, the number of rows of X"
+                         f"{' with positive weight' if w is not None else ''}. Got "
+                         f"{n_components!r} instead.")
+    # The estimator's own checks of the shared parameters (tol, reg_covar, ...),
+    # before anything is fitted.
+    GaussianMixture(n_components=fitted_ks[0], covariance_type=types[0], n_init=n_init,
+                    **estimator_params)._check_parameters(X)
+    entropy = _root_entropy(random_state)
+
+    rows = []
+    best_row: Optional[SelectionRow] = None
+    best_model: Optional[GaussianMixture] = None
+    for k in fitted_ks:
+        seed = _cell_seed(entropy, k)
+        for t in types:
+            model = GaussianMixture(n_components=k, covariance_type=t, n_init=n_init,
+                                    random_state=seed, **estimator_params)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    model.fit(X, sample_weight=w)
+                values = _criteria(model, X, w, owner="select_model")
+                if not math.isfinite(values["log_likelihood"]):
+                    raise FloatingPointError(
+                        f"the log-likelihood at the fit is {values['log_likelihood']}")
+            except (ValueError, FloatingPointError) as exc:
+                rows.append(SelectionRow(
+                    n_components=k, covariance_type=t, log_likelihood=math.nan,
+                    n_parameters=_n_parameters(k, t, X.shape[1], estimator_params),
+                    bic=math.nan, aic=math.nan, icl=math.nan, converged=False,
+                    stop_reason=None, n_iter=0, random_state=seed,
+                    error=f"{type(exc).__name__}: {exc}"))
+                continue
+            row = SelectionRow(n_components=k, covariance_type=t,
+                               converged=bool(model.converged_),
+                               stop_reason=model.stop_reason_, n_iter=int(model.n_iter_),
+                               random_state=seed, **values)
+            rows.append(row)
+            if model.stop_reason_ == "interrupted":
+                raise KeyboardInterrupt(f"select_model interrupted while fitting "
+                                        f"n_components={k}, covariance_type={t!r}")
+            value = row.value(criterion)
+            if math.isfinite(value) and (best_row is None
+                                         or value < best_row.value(criterion)):
+                best_row, best_model = row, model
+
+    if best_row is None:
+        reasons = "; ".join(f"n_components={r.n_components}, covariance_type="
+                            f"{r.covariance_type!r}: {r.error or 'non-finite ' + criterion}"
+                            for r in rows)
+        raise ValueError(f"select_model could not fit any cell of the grid, so there is "
+                         f"no model to choose: {reasons}")
+    return ModelSelection(
+        table=tuple(rows), criterion=criterion,
+        best_params={"n_components": best_row.n_components,
+                     "covariance_type": best_row.covariance_type},
+        best_model=best_model, skipped_n_components=skipped, covariance_types=types)
+
+
+def _n_parameters(k: int, covariance_type: str, n_features: int, params: dict) -> int:
+    """Free parameters of an unfitted cell (the estimator's own count)."""
+    model = GaussianMixture(n_components=k, covariance_type=covariance_type, **params)
+    return int(model._family(n_features).n_parameters() + k - 1)

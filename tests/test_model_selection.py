@@ -1,0 +1,276 @@
+"""Model selection: ICL, and the n_components x covariance_type grid (select_model).
+
+All criteria are lower-is-better (scikit-learn's sign). Tolerances: BIC and ICL
+are sums over n <= 400 rows computed in a different order from scikit-learn's,
+so they agree to n u |L| relative (~1e-13); 1e-10 leaves room for the
+conditioning of the covariances.
+"""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+import emcore.model_selection as ms
+from emcore import GaussianMixture, NotFittedError
+from emcore.exceptions import ConvergenceWarning
+from emcore.model_selection import ModelSelection, icl, select_model
+
+from _strategies import gaussian_mixtures, sample_mixture
+
+RTOL = 1e-10
+
+
+def _fit(X, k, **kwargs):
+    kwargs.setdefault("random_state", 0)
+    kwargs.setdefault("n_jobs", 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return GaussianMixture(k, **kwargs).fit(X)
+
+
+def _blobs(seed, n_per, centres, scale=1.0):
+    rng = np.random.default_rng(seed)
+    X = np.concatenate([rng.normal(c, scale, (n_per, len(c))) for c in centres])
+    return X[rng.permutation(X.shape[0])]
+
+
+@pytest.fixture(scope="module")
+def three_clusters():
+    """Three well-separated 2-D clusters with different shapes (150 rows)."""
+    rng = np.random.default_rng(7)
+    covs = [np.array([[1.0, 0.4], [0.4, 0.6]]), np.diag([0.5, 1.2]), np.eye(2) * 0.8]
+    centres = [(0.0, 0.0), (9.0, 0.0), (4.0, 8.0)]
+    X = np.concatenate([rng.multivariate_normal(c, S, 50) for c, S in zip(centres, covs)])
+    return X[rng.permutation(X.shape[0])]
+
+
+@pytest.fixture(scope="module")
+def overlapping():
+    """Two overlapping clusters: many rows with fuzzy posteriors."""
+    return _blobs(3, 100, [(0.0, 0.0), (2.0, 1.0)])
+
+
+@pytest.fixture(scope="module")
+def grid(three_clusters):
+    return select_model(three_clusters, n_components=range(1, 6), n_init=2,
+                        random_state=0, n_jobs=1)
+
+
+def _log_max_q(sk_or_em, X):
+    return np.log(np.max(sk_or_em.predict_proba(X), axis=1))
+
+
+# --- icl --------------------------------------------------------------------------
+
+@settings(max_examples=15)
+@given(mixture=gaussian_mixtures(max_k=3, max_d=3, separation=4.0),
+       k=st.integers(1, 4), seed=st.integers(0, 2 ** 16))
+def test_icl_is_never_below_bic(mixture, k, seed):
+    X = sample_mixture(mixture, 60 * k, seed)
+    gm = _fit(X, k, random_state=seed)
+    bic, value = gm.bic(X), icl(gm, X)
+    assert value >= bic
+    # the difference is the classification penalty -2 sum_i log max_k q_ik
+    penalty = -2.0 * math.fsum(_log_max_q(gm, X))
+    assert value - bic == pytest.approx(penalty, rel=1e-9, abs=1e-9 * abs(bic))
+    w = np.random.default_rng(seed).uniform(0.0, 3.0, X.shape[0])
+    assert icl(gm, X, sample_weight=w) >= -2.0 * np.dot(w, gm.score_samples(X)) + \
+        gm._n_parameters() * np.log(w.sum())
+
+
+def test_icl_equals_bic_exactly_when_the_posterior_is_one_hot():
+    # 200 standard deviations apart: every other component's posterior is below
+    # exp(-2000) << u, so log max_k q_ik rounds to exactly 0 in every row
+    centres = [(0.0, 0.0), (200.0, 0.0), (0.0, 200.0)]
+    X = _blobs(1, 40, centres)
+    gm = _fit(X, 3, means_init=np.array(centres))
+    assert np.all(np.max(gm.predict_proba(X), axis=1) == 1.0)
+    assert icl(gm, X) == gm.bic(X)
+
+
+def test_icl_matches_scikit_learn_with_the_same_parameters(overlapping):
+    X = overlapping
+    gm = _fit(X, 2)
+    sk = SkGaussianMixture(2, covariance_type="full")
+    sk.weights_, sk.means_, sk.covariances_ = gm.weights_, gm.means_, gm.covariances_
+    sk.precisions_cholesky_, sk.precisions_ = gm.precisions_cholesky_, gm.precisions_
+    sk.n_features_in_ = X.shape[1]
+    expected = sk.bic(X) - 2.0 * np.sum(_log_max_q(sk, X))
+    assert expected - sk.bic(X) > 10.0          # a real classification penalty
+    assert icl(gm, X) == pytest.approx(expected, rel=RTOL)
+    # the same function on scikit-learn's estimator (bic + predict_proba)
+    assert icl(sk, X) == pytest.approx(expected, rel=1e-15)
+
+
+def test_icl_with_integer_weights_is_icl_of_the_repeated_rows(overlapping):
+    X = overlapping
+    gm = _fit(X, 2)
+    w = np.random.default_rng(0).integers(0, 4, X.shape[0])
+    repeated = np.repeat(X, w, axis=0)
+    assert icl(gm, X, sample_weight=w) == pytest.approx(icl(gm, repeated), rel=RTOL)
+    assert icl(gm, X, sample_weight=np.ones(X.shape[0])) == pytest.approx(icl(gm, X),
+                                                                           rel=1e-14)
+
+
+def test_icl_arguments(overlapping):
+    with pytest.raises(NotFittedError):
+        icl(GaussianMixture(2), overlapping)
+    with pytest.raises(ValueError, match="'model' parameter of icl"):
+        icl(object(), overlapping)
+    gm = _fit(overlapping, 2)
+    with pytest.raises(ValueError, match="'sample_weight'"):
+        icl(gm, overlapping, sample_weight=np.ones(3))
+    with pytest.raises(ValueError, match="'X' parameter"):
+        icl(gm, overlapping[:, :1])
+
+
+# --- the grid ---------------------------------------------------------------------
+
+def test_grid_picks_three_components_by_bic(grid, three_clusters):
+    X = three_clusters
+    assert isinstance(grid, ModelSelection)
+    assert grid.criterion == "bic"
+    assert grid.best_params == {"n_components": 3, "covariance_type": "full"}
+    assert [(r.n_components, r.covariance_type) for r in grid.table] == \
+        [(k, "full") for k in range(1, 6)]
+    d = X.shape[1]
+    for r in grid.table:
+        assert r.ok and r.stop_reason in ("tol", "max_iter")
+        assert all(math.isfinite(x) for x in (r.log_likelihood, r.bic, r.aic, r.icl))
+        k = r.n_components
+        assert r.n_parameters == (k - 1) + k * d + k * d * (d + 1) // 2
+        assert r.icl >= r.bic
+    best = grid.best_model
+    assert best.n_components == 3 and grid.best.n_components == 3
+    # the table's numbers are the estimator's, bit for bit
+    assert grid.best.bic == best.bic(X) and grid.best.aic == best.aic(X)
+    assert grid.best.log_likelihood == pytest.approx(best.score(X) * X.shape[0], rel=1e-14)
+    assert grid.best.bic == min(r.bic for r in grid.table)
+    text = str(grid)
+    assert "lower is better" in text and "BIC" in text
+    assert "* best by BIC: n_components=3, covariance_type='full'" in text
+    assert len([line for line in text.splitlines() if "*" in line]) == 2  # cell + legend
+
+
+def test_grid_picks_three_components_by_icl_and_the_table_does_not_depend_on_it(
+        grid, three_clusters):
+    by_icl = select_model(three_clusters, n_components=range(1, 6), n_init=2,
+                          random_state=0, n_jobs=1, criterion="icl")
+    assert by_icl.criterion == "icl"
+    assert by_icl.best_params == {"n_components": 3, "covariance_type": "full"}
+    assert by_icl.best.icl == min(r.icl for r in by_icl.table)
+    # same random_state: the same fits, whatever the criterion (reproducible table)
+    assert by_icl.table == grid.table
+    assert "ICL" in by_icl.to_text() and "BIC" in by_icl.to_text("bic")
+    assert grid.top(1, "icl")[0] == by_icl.best
+
+
+def test_same_random_state_same_table(three_clusters):
+    X = three_clusters[:90]
+    kw = dict(n_components=[1, 2, 4], n_init=2, n_jobs=1)
+    a = select_model(X, random_state=np.random.default_rng(11), **kw)
+    b = select_model(X, random_state=np.random.default_rng(11), **kw)
+    assert a.table == b.table
+    np.testing.assert_array_equal(a.best_model.means_, b.best_model.means_)
+    # a cell's seed depends on random_state and n_components alone, so a cell
+    # fits the same inside any grid, and its recorded seed refits it
+    row = a.table[2]
+    alone = select_model(X, random_state=5,
+                         n_components=4, n_init=2, n_jobs=1).table[0]
+    again = select_model(X, random_state=5, n_components=[4, 1], n_init=2,
+                         n_jobs=1).table[1]
+    assert alone == again
+    refit = _fit(X, 4, n_init=2, random_state=row.random_state)
+    assert refit.bic(X) == row.bic
+
+
+def test_degenerate_cells_are_recorded_and_never_chosen():
+    # 10 distinct points, each three times: with reg_covar=0 any component holding
+    # fewer than 3 distinct points has a singular covariance
+    P = np.random.default_rng(0).normal(0.0, 5.0, (10, 2))
+    X = np.repeat(P, 3, axis=0)
+    result = select_model(X, n_components=[1, 8, 40], n_init=2, random_state=0,
+                          n_jobs=1, reg_covar=0.0)
+    assert result.skipped_n_components == (40,)
+    assert [r.n_components for r in result.table] == [1, 8]
+    bad = result.table[1]
+    assert not bad.ok and bad.error.startswith("DegenerateComponentError")
+    assert math.isnan(bad.bic) and math.isnan(bad.icl) and not bad.converged
+    assert bad.n_parameters == 7 + 8 * 2 + 8 * 3
+    assert result.best_params["n_components"] == 1
+    assert "failed" in str(result) and "DegenerateComponentError" in str(result)
+    with pytest.raises(ValueError, match="could not fit any cell.*DegenerateComponentError"):
+        select_model(X, n_components=[8, 9], n_init=1, random_state=0, n_jobs=1,
+                     reg_covar=0.0)
+
+
+def test_sample_weight_in_the_grid(three_clusters):
+    X = three_clusters[:60]
+    w = np.random.default_rng(2).integers(1, 3, X.shape[0]).astype(float)
+    result = select_model(X, n_components=[1, 2], n_init=1, random_state=0, n_jobs=1,
+                          sample_weight=w)
+    model = result.best_model
+    assert result.best.icl == icl(model, X, sample_weight=w)
+    assert result.best.log_likelihood == pytest.approx(
+        np.dot(w, model.score_samples(X)), rel=1e-14)
+
+
+# --- argument validation -----------------------------------------------------------
+
+@pytest.fixture
+def no_fit(monkeypatch):
+    """Fail if any model is fitted: validation must come first."""
+    def fit(self, *args, **kwargs):
+        raise AssertionError("fitted before the arguments were validated")
+    monkeypatch.setattr(ms.GaussianMixture, "fit", fit)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(criterion="BIC"), "'criterion' parameter of select_model"),
+    (dict(criterion="loglik"), "'criterion' parameter of select_model"),
+    (dict(criterion=None), "'criterion'"),
+    (dict(n_components=[]), "'n_components'.*empty"),
+    (dict(n_components=range(1, 1)), "'n_components'.*empty"),
+    (dict(n_components=0), "'n_components'"),
+    (dict(n_components=[1, 0]), "'n_components'"),
+    (dict(n_components=[2.5]), "'n_components'"),
+    (dict(n_components=[True]), "'n_components'"),
+    (dict(n_components="3"), "'n_components'"),
+    (dict(n_components=None), "'n_components'"),
+    (dict(n_components=[100, 200]), "'n_components'.*at most 30"),
+    (dict(covariance_types=[]), "'covariance_types'.*empty"),
+    (dict(covariance_types=["full", 1]), "'covariance_types'"),
+    (dict(covariance_types="diag"), "'covariance_types'.*'diag'"),
+    (dict(covariance_types=("full", "spherical")), "'covariance_types'.*'spherical'"),
+    (dict(n_init=0), "'n_init'"),
+    (dict(random_state=-1), "'random_state'"),
+    (dict(random_state="seed"), "'random_state'"),
+    (dict(sample_weight=np.ones(3)), "'sample_weight'"),
+    (dict(means_init=np.zeros((2, 2))), "'means_init'"),
+    (dict(colour="red"), "'colour'"),
+    (dict(tol=-1.0), "'tol'"),
+])
+def test_bad_arguments_raise_before_fitting(no_fit, kwargs, match):
+    X = np.random.default_rng(0).normal(size=(30, 2))
+    with pytest.raises(ValueError, match=match):
+        select_model(X, **kwargs)
+
+
+def test_bad_x_raises(no_fit):
+    with pytest.raises(ValueError, match="'X' parameter of select_model"):
+        select_model(np.array([[0.0, np.nan]]))
+
+
+def test_single_values_and_duplicates_are_accepted(three_clusters):
+    X = three_clusters[:40]
+    result = select_model(X, n_components=[2, 1, 2], covariance_types="full", n_init=1,
+                          random_state=0, n_jobs=1)
+    assert [(r.n_components, r.covariance_type) for r in result.table] == \
+        [(1, "full"), (2, "full")]
+    single = select_model(X, n_components=np.int64(2), covariance_types=("full", "full"),
+                          n_init=1, random_state=0, n_jobs=1)
+    assert single.table == result.table[1:]
