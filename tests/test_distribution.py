@@ -235,13 +235,13 @@ def _artifact(var: str) -> str:
 
 
 def test_wheel_holds_what_users_need_and_nothing_else():
-    wheel = _artifact("EMCORE_WHEEL")
-    assert wheel_problems(wheel) == []
+    problems = wheel_problems(_artifact("EMCORE_WHEEL"))
+    assert not problems, "the wheel is not fit to ship:\n" + "\n".join(problems)
 
 
 def test_sdist_holds_what_a_build_needs_and_no_generated_code():
-    sdist = _artifact("EMCORE_SDIST")
-    assert sdist_problems(sdist) == []
+    problems = sdist_problems(_artifact("EMCORE_SDIST"))
+    assert not problems, "the sdist is not fit to ship:\n" + "\n".join(problems)
 
 
 def test_every_cython_source_in_the_sdist_is_compiled_in_the_wheel():
@@ -364,6 +364,7 @@ def test_wheel_checker_accepts_a_complete_wheel(tmp_path):
     (lambda m: m.update({"emcore/tests/test_x.py": ""}), "repository folder"),
     (lambda m: m.update({"emcore/blas.c": ""}), "build leftover emcore/blas.c"),
     (lambda m: m.update({"emcore/__pycache__/engine.cpython-311.pyc": ""}), "leftover"),
+    (lambda m: m.update({"emcore/emcore.egg-info/PKG-INFO": ""}), "build leftover"),
     (lambda m: m.update({"emcore-1.2.3.dist-info/entry_points.txt":
                          "[console_scripts]\nemcore = emcore._cli:main\n"}),
      "[emcore] gaussian"),
