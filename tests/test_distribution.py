@@ -68,6 +68,7 @@ SDIST_REQUIRED = (
     "README.md",
     "MANIFEST.in",
     "CHANGELOG.md",
+    "LICENSE",
     "emcore/__init__.py",
     "emcore/_version.py",
     "emcore/kernel.pxd",
@@ -157,6 +158,9 @@ def wheel_problems(path) -> list[str]:
                     problems.append(f"{name} is shipped but {module} was not compiled")
 
         ep_name = f"{dist_info}/entry_points.txt"
+        # the BSD licence requires its text in binary distributions
+        if f"{dist_info}/licenses/LICENSE" not in names:
+            problems.append(f"missing {dist_info}/licenses/LICENSE")
         if ep_name not in names:
             problems.append(f"missing {ep_name}")
         else:
@@ -314,6 +318,7 @@ def _good_wheel_members(version="1.2.3"):
         "[console_scripts]\nemcore = emcore._cli:main\n\n"
         "[emcore]\ngaussian = emcore.plugins.gaussian\nsoft = emcore.plugins.posterior\n")
     members[f"{di}/RECORD"] = ""
+    members[f"{di}/licenses/LICENSE"] = "BSD"
     return members
 
 
@@ -372,6 +377,7 @@ def test_wheel_checker_accepts_a_complete_wheel(tmp_path):
                          "Name: emcore\nVersion: 1.2.3\nRequires-Dist: numpy\n"}),
      "Requires-Dist lacks scipy"),
     (lambda m: m.update({"emcore/_version.py": '__version__ = "9.9"\n'}), "versions disagree"),
+    (lambda m: m.pop("emcore-1.2.3.dist-info/licenses/LICENSE"), "licenses/LICENSE"),
 ])
 def test_wheel_checker_rejects(tmp_path, change, expected):
     members = _good_wheel_members()

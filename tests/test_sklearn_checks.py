@@ -34,7 +34,7 @@ def test_not_fitted_error_is_scikit_learns_when_scikit_learn_is_loaded():
         GaussianMixture().predict([[0.0]])
 
 
-def test_emcore_never_imports_scikit_learn():
+def test_emcore_never_imports_scikit_learn(tmp_path):
     code = ("import sys, emcore\n"
             "X = emcore.datasets.load_old_faithful()\n"
             "gm = emcore.GaussianMixture(2, random_state=0).fit(X)\n"
@@ -43,5 +43,6 @@ def test_emcore_never_imports_scikit_learn():
             "except emcore.NotFittedError:\n    pass\n"
             "assert not [m for m in sys.modules if m.startswith('sklearn')], 'sklearn loaded'\n")
     proc = subprocess.run([sys.executable, "-c", "import emcore.datasets\n" + code],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)   # not the repository root (flat layout)
     assert proc.returncode == 0, proc.stderr
