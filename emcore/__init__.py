@@ -10,6 +10,8 @@ through a pluggy registry; every fit records the ELBO chain
 from emcore._version import __version__
 from emcore.exceptions import DegenerateComponentError, NotFittedError
 from emcore.gaussian_mixture import GaussianMixture
+from emcore.priors import GaussianPrior
+from emcore.model_selection import ModelSelection, select_model  # after GaussianMixture
 
-__all__ = ["GaussianMixture", "DegenerateComponentError", "NotFittedError",
-           "__version__"]
+__all__ = ["GaussianMixture", "GaussianPrior", "ModelSelection", "select_model",
+           "DegenerateComponentError", "NotFittedError", "__version__"]

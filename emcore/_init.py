@@ -39,10 +39,11 @@ def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator,
         cum = np.cumsum(w * d2)
         total = cum[-1]
         if not total > 0:
-            raise ValueError(
-                f"X has fewer distinct rows (of positive weight) than n_components="
-                f"{n_clusters}: k-means++ found only {c} distinct seeds. Reduce "
-                "n_components.")
+            # fewer distinct rows (of positive weight) than clusters: no spread left
+            # to sample from; draw by weight, duplicates allowed. The duplicate seed's
+            # component then gets no data, which the M-step reports (or a prior fills).
+            cum = np.cumsum(w)
+            total = cum[-1]
         idx = int(np.searchsorted(cum, rng.random() * total, side="right"))
         seeds[c] = min(idx, n - 1)
         _sq_dist_to(X, X[seeds[c]], tmp)

@@ -98,6 +98,8 @@ class Iteration:
     tolerance: float          #: rounding bound for the two inequalities
     empty_components: tuple = ()  #: components with zero weight after the M-step
     seconds: float = 0.0      #: wall time of the iteration
+    log_prior: float = 0.0    #: log p(theta_t) (MAP-EM; 0 without a prior)
+    log_prior_next: float = 0.0  #: log p(theta_{t+1})
 
     @property
     def gap(self) -> float:
@@ -108,7 +110,9 @@ class Iteration:
         """Each link of the chain as (violation / tolerance); > 1 means it fails.
 
         ``equality``: |ELBO(q_t, theta_t) - loglik(theta_t)|;
-        ``ascent``: loglik(theta_t) [+ penalty_change] - ELBO(q_t, theta_{t+1});
+        ``ascent``: loglik(theta_t) + log p(theta_t) [+ penalty_change]
+        - ELBO(q_t, theta_{t+1}) - log p(theta_{t+1}) (the log prior is 0 without a
+        prior; with one this is the MAP chain);
         ``bound``: ELBO(q_t, theta_{t+1}) - loglik(theta_{t+1}).
         With ``penalised=False`` the ascent link ignores the penalty (the plain
         EM inequality, which a reg_covar step need not satisfy).
@@ -116,7 +120,8 @@ class Iteration:
         pen = self.penalty_change if penalised else 0.0
         return {
             "equality": abs(self.elbo_at_start - self.loglik) / self.tolerance_equality,
-            "ascent": (self.loglik + pen - self.elbo) / self.tolerance,
+            "ascent": ((self.loglik + self.log_prior + pen)
+                       - (self.elbo + self.log_prior_next)) / self.tolerance,
             "bound": (self.elbo - self.loglik_next) / self.tolerance,
         }
 
@@ -254,9 +259,25 @@ def _param_change(old_w, old_p, new_w, new_p) -> float:
     return change
 
 
-def _weights_m_step(resp_sum: np.ndarray) -> np.ndarray:
-    total = float(np.sum(resp_sum))
-    return resp_sum / total
+def _weights_m_step(resp_sum: np.ndarray, concentration: Optional[np.ndarray]) -> np.ndarray:
+    # ML: N_k / n; with a Dirichlet(alpha) prior, alpha_k >= 1, the posterior mode
+    # (N_k + alpha_k - 1) / (n + sum(alpha) - K) (Gaussian note, section 8)
+    if concentration is None:
+        return resp_sum / float(np.sum(resp_sum))
+    counts = resp_sum + concentration - 1.0
+    return counts / float(np.sum(counts))
+
+
+def _weights_log_prior(weights: np.ndarray, concentration: Optional[np.ndarray]):
+    """(log Dir(pi | alpha), sum of the terms' magnitudes); (0, 0) without a prior."""
+    if concentration is None:
+        return 0.0, 0.0
+    a = concentration
+    mask = a != 1.0            # (alpha - 1) log pi is 0 for alpha = 1, even at pi = 0
+    with np.errstate(divide="ignore"):
+        terms = np.concatenate([[math.lgamma(float(np.sum(a)))], -np.array(
+            [math.lgamma(float(x)) for x in a]), (a[mask] - 1.0) * np.log(weights[mask])])
+    return float(np.sum(terms)), float(np.sum(np.abs(terms)))
 
 
 def _weights_expected(resp_sum: np.ndarray, weights: np.ndarray) -> float:
@@ -270,13 +291,16 @@ def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarr
            params: dict, *, max_iter: int = 100, tol: float = 1e-6,
            n_jobs: Optional[int] = 1, sample_weight: Optional[np.ndarray] = None,
            verbose: int = 0, callback: Optional[Callable[[Iteration], None]] = None,
-           chunk_rows: Optional[int] = None) -> FitResult:
+           chunk_rows: Optional[int] = None,
+           weight_concentration: Optional[np.ndarray] = None) -> FitResult:
     """Run EM from (weights, params) until the stopping rule fires.
 
-    Stops when the relative change of the objective |J_{t+1} - J_t| / |J_{t+1}|
-    is <= ``tol`` ('tol'), after ``max_iter`` M-steps ('max_iter'), or on
-    KeyboardInterrupt ('interrupted'; the last parameters whose log-likelihood
-    was computed are returned).
+    The objective J is the log-likelihood, plus the log prior for MAP-EM (a
+    family whose ``log_prior`` is not 0, or a Dirichlet prior on the weights with
+    concentration ``weight_concentration``, all entries >= 1). Stops when the
+    relative change |J_{t+1} - J_t| / |J_{t+1}| is <= ``tol`` ('tol'), after
+    ``max_iter`` M-steps ('max_iter'), or on KeyboardInterrupt ('interrupted'; the
+    last parameters whose objective was computed are returned).
     """
     n, d = X.shape
     chunk_rows = chunk_rows or chunk_rows_for(d)
@@ -293,16 +317,25 @@ def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarr
     with single_threaded_blas():
         return _run_em(X, family, rule, weights, params, max_iter=max_iter, tol=tol,
                        run_pass=run_pass, verbose=verbose, callback=callback,
-                       depth=summation_depth(n, chunk_rows), t_start=t_start)
+                       depth=summation_depth(n, chunk_rows), t_start=t_start,
+                       concentration=(None if weight_concentration is None else
+                                      np.asarray(weight_concentration, dtype=np.float64)))
 
 
 def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbose,
-            callback, depth, t_start) -> FitResult:
+            callback, depth, t_start, concentration) -> FitResult:
     n, d = X.shape
     k = family.n_components
     history = []
+    def log_prior(w, p):
+        value_w, magnitude_w = _weights_log_prior(w, concentration)
+        value_f, magnitude_f = family.log_prior(p)
+        return value_w + value_f, magnitude_w + magnitude_f
+
+    has_prior = concentration is not None or family.log_prior(params) != (0.0, 0.0)
     current = run_pass(weights, params)
-    _check_finite(current.loglik, "the log-likelihood at the initial parameters")
+    prior_now, prior_mag_now = log_prior(weights, params)
+    _check_finite(current.loglik + prior_now, "the objective at the initial parameters")
     n_samples = float(np.sum(current.resp_sum))
     stop_reason = "max_iter"
     try:
@@ -310,37 +343,44 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
             t0 = time.perf_counter()
             stats = current.stats
             new_params = family.m_step(stats, params)
-            new_weights = _weights_m_step(current.resp_sum)
+            new_weights = _weights_m_step(current.resp_sum, concentration)
             empty = tuple(int(j) for j in np.flatnonzero(~(current.resp_sum > 0)))
             elbo = (family.expected_log_likelihood(stats, new_params)
                     + _weights_expected(current.resp_sum, new_weights) + current.entropy)
             pen_old = family.m_step_penalty(stats, params)
             pen_new = family.m_step_penalty(stats, new_params)
             nxt = run_pass(new_weights, new_params)
-            _check_finite(nxt.loglik, f"the log-likelihood after iteration {t}")
+            prior_next, prior_mag_next = log_prior(new_weights, new_params)
+            _check_finite(nxt.loglik + prior_next, f"the objective after iteration {t}")
             amp = max(family.rounding_amplification(params),
                       family.rounding_amplification(new_params))
             # notes/em_variants_and_testing.md 9.3-9.4, with the summation depth of
             # our chunked sums in place of ceil(log2 n):
             #   tau_A = 2 (K + 3 + depth) u M_t
-            #   tau_B = 2 (K + d + 4 + depth) (1 + sqrt(d kappa)) u (M_t + M_{t+1} + |pen|)
-            #           + 2 (loss of Q from rounding theta_{t+1} to doubles)
+            #   tau_B = 2 (K + d + 4 + depth) (1 + sqrt(d kappa)) u (M_t + M_{t+1} + |pen|
+            #           + |log prior terms|) + 2 (loss of Q from rounding theta_{t+1})
             tol_eq = 2.0 * (k + 3 + depth) * UNIT_ROUNDOFF * current.magnitude
             tol_chain = (2.0 * (k + d + 4 + depth) * amp * UNIT_ROUNDOFF
-                         * (current.magnitude + nxt.magnitude + abs(pen_old) + abs(pen_new))
+                         * (current.magnitude + nxt.magnitude + abs(pen_old) + abs(pen_new)
+                            + prior_mag_now + prior_mag_next)
                          # the M-step's maximiser rounded to doubles (second order)
                          + 2.0 * family.parameter_rounding(stats, new_params))
-            rel = abs(nxt.loglik - current.loglik) / max(abs(nxt.loglik), np.finfo(float).tiny)
+            objective_now = current.loglik + prior_now
+            objective_next = nxt.loglik + prior_next
+            rel = abs(objective_next - objective_now) / max(abs(objective_next),
+                                                             np.finfo(float).tiny)
             record = Iteration(
                 iteration=t, loglik=current.loglik, elbo_at_start=current.elbo, elbo=elbo,
-                loglik_next=nxt.loglik, objective=nxt.loglik, relative_change=rel,
+                loglik_next=nxt.loglik, objective=objective_next, relative_change=rel,
                 penalty_change=pen_new - pen_old,
                 param_change=_param_change(weights, params, new_weights, new_params),
                 tolerance_equality=max(tol_eq, np.finfo(float).tiny),
                 tolerance=max(tol_chain, np.finfo(float).tiny),
-                empty_components=empty, seconds=time.perf_counter() - t0)
+                empty_components=empty, seconds=time.perf_counter() - t0,
+                log_prior=prior_now, log_prior_next=prior_next)
             history.append(record)
             weights, params, current = new_weights, new_params, nxt
+            prior_now, prior_mag_now = prior_next, prior_mag_next
             if verbose:
                 print(f"iteration {t:4d}  loglik {record.loglik_next: .10e}  "
                       f"change {rel:.3e}  ({record.seconds:.3f} s)")
@@ -353,7 +393,8 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
         stop_reason = "interrupted"
     return FitResult(weights=weights, params=params, history=tuple(history),
                      n_iter=len(history), stop_reason=stop_reason, loglik=current.loglik,
-                     objective=current.loglik, objective_name=rule.objective,
+                     objective=current.loglik + prior_now,
+                     objective_name=rule.objective + (" + log prior" if has_prior else ""),
                      n_samples=n_samples, seconds=time.perf_counter() - t_start,
                      resp_sum=current.resp_sum)
 

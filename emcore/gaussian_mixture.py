@@ -12,6 +12,7 @@ from emcore._estimator import BaseEstimator
 from emcore._init import kmeans_plusplus, nearest_centre, one_hot
 from emcore.engine import FitResult, chunk_rows_for, data_pass, run_em, stats_from_assignments
 from emcore.exceptions import ConvergenceWarning
+from emcore.priors import GaussianPrior, ResolvedGaussianPrior
 from emcore.registry import get_registry
 
 __all__ = ["GaussianMixture"]
@@ -65,6 +66,13 @@ class GaussianMixture(BaseEstimator):
         are bitwise identical for every value.
     verbose : int, default 0
         Print one line per iteration if > 0.
+    prior : None, 'default' or emcore.GaussianPrior, default None
+        None: maximum likelihood. 'default': the conjugate prior of Fraley & Raftery
+        (2007) with mclust's default hyperparameters, and a flat Dirichlet prior on
+        the weights; a :class:`emcore.GaussianPrior` sets them. With a prior the
+        fit is MAP-EM: log-likelihood + log prior never decreases (``history_``
+        records both, ``objective`` is their sum), and degenerate components
+        (identical points, n_k < d) fit without error.
 
     Attributes
     ----------
@@ -88,6 +96,8 @@ class GaussianMixture(BaseEstimator):
         loglik(theta_{t+1}), penalty change, parameter change and the derived
         rounding tolerances; ``it.chain_holds()`` checks the chain.
     n_features_in_ : int
+    prior_ : emcore.priors.ResolvedGaussianPrior or None
+        The prior with its defaults filled in from the training data.
     """
 
     def __init__(self, n_components: int = 1, *, covariance_type: str = "full",
@@ -96,7 +106,7 @@ class GaussianMixture(BaseEstimator):
                  weights_init: Any = None, means_init: Any = None,
                  precisions_init: Any = None, random_state: Any = None,
                  warm_start: bool = False, n_jobs: Optional[int] = None,
-                 verbose: int = 0):
+                 verbose: int = 0, prior: Any = None):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -111,14 +121,25 @@ class GaussianMixture(BaseEstimator):
         self.warm_start = warm_start
         self.n_jobs = n_jobs
         self.verbose = verbose
+        self.prior = prior
 
     # --- resolution and validation --------------------------------------------------
-    def _family(self, n_features: int, n_components: Optional[int] = None):
+    def _family(self, n_features: int, n_components: Optional[int] = None, prior=None):
         registry = get_registry()
         record = registry.family("gaussian")
         return record.factory(self.n_components if n_components is None else n_components,
                               n_features, covariance_type=self.covariance_type,
-                              reg_covar=self.reg_covar)
+                              reg_covar=self.reg_covar, prior=prior)
+
+    def _resolved_prior(self, X: np.ndarray, sample_weight) -> Optional[ResolvedGaussianPrior]:
+        if self.prior is None:
+            return None
+        if isinstance(self.prior, str) and self.prior == "default":
+            return GaussianPrior().resolve(X, self.n_components, sample_weight)
+        if isinstance(self.prior, GaussianPrior):
+            return self.prior.resolve(X, self.n_components, sample_weight)
+        raise ValueError("The 'prior' parameter of GaussianMixture must be None, 'default' "
+                         f"or an emcore.GaussianPrior. Got {self.prior!r} instead.")
 
     def _fitted_family(self):
         # the fitted state, not the current parameters (set_params after fit)
@@ -138,6 +159,11 @@ class GaussianMixture(BaseEstimator):
         v.check_int(self.n_init, "n_init", owner, low=1)
         v.check_choice(self.init_params, "init_params", owner, _INIT_PARAMS)
         v.check_int(self.verbose, "verbose", owner, low=0)
+        if not (self.prior is None or isinstance(self.prior, GaussianPrior)
+                or (isinstance(self.prior, str) and self.prior == "default")):
+            raise ValueError("The 'prior' parameter of GaussianMixture must be None, "
+                             f"'default' or an emcore.GaussianPrior. Got {self.prior!r} "
+                             "instead.")
         n_jobs = v.check_int(self.n_jobs, "n_jobs", owner, allow_none=True)
         if n_jobs == 0:
             raise ValueError("The 'n_jobs' parameter of GaussianMixture must be None, a "
@@ -228,7 +254,8 @@ class GaussianMixture(BaseEstimator):
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0],
                                               owner="GaussianMixture.fit",
                                               min_positive=self.n_components)
-        family = self._family(X.shape[1])
+        prior = self._resolved_prior(X, sample_weight)
+        family = self._family(X.shape[1], prior=prior)
         rule = self._rule()
         rng = v.check_random_state(self.random_state, "GaussianMixture")
         warm = (bool(self.warm_start) and hasattr(self, "weights_")
@@ -242,10 +269,15 @@ class GaussianMixture(BaseEstimator):
                 weights, params = self._initial_parameters(X, family, rng, sample_weight)
             result = run_em(X, family, rule, weights, params, max_iter=self.max_iter,
                             tol=self.tol, n_jobs=self.n_jobs, verbose=self.verbose,
-                            sample_weight=sample_weight)
+                            sample_weight=sample_weight,
+                            weight_concentration=(None if prior is None
+                                                  else prior.weight_concentration))
             if best is None or result.objective > best.objective:
                 best = result
+            if result.stop_reason == "interrupted":
+                break       # Ctrl-C stops the whole fit, not one start of n_init
         self._set_fitted(best, X.shape[1])
+        self.prior_ = prior
         if best.stop_reason == "max_iter":
             warnings.warn(f"GaussianMixture stopped after max_iter={self.max_iter} "
                           f"iterations before the relative change fell to tol={self.tol:g}; "
@@ -319,12 +351,33 @@ class GaussianMixture(BaseEstimator):
     def _n_parameters(self) -> int:
         return self._fitted_family().n_parameters() + self.weights_.shape[0] - 1
 
-    def bic(self, X: Any) -> float:
-        """Bayesian information criterion -2 L + p log n (lower is better)."""
-        loglik = float(np.sum(self._evaluate(X, "bic")[0]))
-        return -2.0 * loglik + self._n_parameters() * np.log(np.asarray(X).shape[0])
+    def _weighted_loglik(self, X: Any, method: str, sample_weight: Any):
+        row_loglik = self._evaluate(X, method)[0]
+        w = v.check_sample_weight(sample_weight, row_loglik.shape[0],
+                                  owner=f"GaussianMixture.{method}")
+        if w is None:
+            return float(np.sum(row_loglik)), float(row_loglik.shape[0])
+        return float(np.dot(w, row_loglik)), float(w.sum())
 
-    def aic(self, X: Any) -> float:
+    def bic(self, X: Any, sample_weight: Any = None) -> float:
+        """Bayesian information criterion -2 L + p log n (lower is better, scikit-learn's
+        sign; mclust reports minus this). With weights, L is the weighted
+        log-likelihood and n the sum of the weights. With a prior, L is the
+        log-likelihood at the MAP estimate (Fraley & Raftery)."""
+        loglik, n = self._weighted_loglik(X, "bic", sample_weight)
+        return -2.0 * loglik + self._n_parameters() * np.log(n)
+
+    def aic(self, X: Any, sample_weight: Any = None) -> float:
         """Akaike information criterion -2 L + 2 p (lower is better)."""
-        loglik = float(np.sum(self._evaluate(X, "aic")[0]))
+        loglik, _ = self._weighted_loglik(X, "aic", sample_weight)
         return -2.0 * loglik + 2.0 * self._n_parameters()
+
+    def icl(self, X: Any, sample_weight: Any = None) -> float:
+        """Integrated completed likelihood BIC - 2 sum_i log max_k q_ik (lower is better).
+
+        The hard-label ICL as mclust's ``icl()`` computes it, in scikit-learn's sign
+        (mclust's value is minus this); ICL >= BIC, equal when every posterior is
+        one-hot. See :func:`emcore.model_selection.icl`.
+        """
+        from emcore.model_selection import icl  # model_selection imports this module
+        return icl(self, X, sample_weight=sample_weight)

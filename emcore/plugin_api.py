@@ -154,6 +154,16 @@ class Family(abc.ABC):
         """
         return 1.0
 
+    def log_prior(self, params: Params) -> tuple:
+        """Return (log p(theta), sum of the magnitudes of its terms) for MAP-EM.
+
+        A family with a prior makes ``m_step`` return the posterior mode given the
+        statistics (maximising expected log-likelihood + log prior); the engine
+        then keeps loglik + log prior non-decreasing and checks the MAP chain. The
+        magnitude enters the rounding tolerance. Default (0.0, 0.0): no prior.
+        """
+        return 0.0, 0.0
+
     def parameter_rounding(self, stats: Any, params: Params) -> float:
         """Bound on what rounding ``params`` to float64 can cost the expected log-likelihood.
 

@@ -14,9 +14,11 @@ from typing import Optional
 
 import numpy as np
 import scipy.linalg
+import scipy.special
 
 from emcore.exceptions import DegenerateComponentError
 from emcore.plugin_api import Family, FamilyRecord, Params, hookimpl
+from emcore.priors import ResolvedGaussianPrior
 from emcore.plugins._gaussian_kernel import GaussianFullKernel
 
 __all__ = ["GaussianFamily", "GaussianStats", "COVARIANCE_TYPES"]
@@ -62,10 +64,13 @@ class GaussianFamily(Family):
         ``reg_covar``). This is the exact maximiser of the expected log-likelihood
         minus ``reg_covar/2 * sum_k N_k tr(P_k)``, a penalty that depends on the
         current N_k: not a fixed objective (see ``m_step_penalty``).
+    prior : emcore.priors.ResolvedGaussianPrior, optional
+        The conjugate prior; ``m_step`` then returns the posterior mode (MAP-EM).
     """
 
     def __init__(self, n_components: int, n_features: int, *,
-                 covariance_type: str = "full", reg_covar: float = 1e-6):
+                 covariance_type: str = "full", reg_covar: float = 1e-6,
+                 prior: Optional[ResolvedGaussianPrior] = None):
         super().__init__(n_components, n_features)
         if covariance_type not in COVARIANCE_TYPES:
             raise ValueError(
@@ -74,8 +79,12 @@ class GaussianFamily(Family):
         reg_covar = float(reg_covar)
         if not np.isfinite(reg_covar) or reg_covar < 0:
             raise ValueError(f"reg_covar must be a finite number >= 0; got {reg_covar!r}")
+        if prior is not None and not isinstance(prior, ResolvedGaussianPrior):
+            raise TypeError("prior must be an emcore.priors.ResolvedGaussianPrior "
+                            "(GaussianPrior(...).resolve(X, n_components)) or None")
         self.covariance_type = covariance_type
         self.reg_covar = reg_covar
+        self.prior = prior
         d = self.n_features
         self._stats_kernel = GaussianFullKernel(
             np.zeros((self.n_components, d)),
@@ -137,8 +146,9 @@ class GaussianFamily(Family):
                 f"The {what} matrix of component {k} is not numerically positive "
                 f"definite{cond}, so its Gaussian is not defined.{held} A full "
                 f"covariance needs more than {d} distinct points per component; "
-                f"increase reg_covar (now {self.reg_covar:g}), reduce n_components, "
-                "or choose another initialisation.", component=k)
+                "use a prior (prior='default' makes degenerate components "
+                f"impossible), increase reg_covar (now {self.reg_covar:g}), reduce "
+                "n_components, or choose another initialisation.", component=k)
         return L
 
     # --- E-step -------------------------------------------------------------------
@@ -198,13 +208,17 @@ class GaussianFamily(Family):
         prec_chol = np.empty((k_, d, d))
         eye = np.eye(d)
         centred_mean, centred_scatter = stats.centred()
+        if self.prior is not None:
+            return self._map_step(stats.weight, centred_mean, centred_scatter)
         for k in range(k_):
             w = stats.weight[k]
             if not w > 0:
                 if previous is None:
                     raise DegenerateComponentError(
-                        f"Component {k} received no data at initialisation; reduce "
-                        "n_components or choose another initialisation.", component=k)
+                        f"Component {k} received no data at initialisation (X may have "
+                        "fewer distinct rows than n_components); reduce n_components, "
+                        "use a prior (prior='default'), or choose another "
+                        "initialisation.", component=k)
                 means[k] = previous["means"][k]
                 covariances[k] = previous["covariances"][k]
                 prec_chol[k] = previous["precisions_cholesky"][k]
@@ -218,6 +232,56 @@ class GaussianFamily(Family):
             prec_chol[k] = scipy.linalg.solve_triangular(L, eye, lower=True).T
         return {"means": means, "covariances": covariances,
                 "precisions_cholesky": prec_chol}
+
+    def _map_denominator(self, weight: np.ndarray) -> np.ndarray:
+        # powers of |Sigma| in the joint posterior: N_k (likelihood), nu + d + 1
+        # (inverse Wishart), + 1 for the normal prior on the mean if kappa > 0
+        p = self.prior
+        return p.dof + weight + self.n_features + (2.0 if p.shrinkage > 0 else 1.0)
+
+    def _map_step(self, weight, mean, scatter) -> dict:
+        """Posterior mode given the statistics (Gaussian note, section 8)."""
+        p, d = self.prior, self.n_features
+        kappa = p.shrinkage
+        w = np.where(weight > 0, weight, 0.0)
+        has = (w > 0)[:, None]
+        mean = np.where(has, mean, p.mean)              # N_k = 0: no data term
+        scatter = np.where(has[:, :, None], scatter, 0.0)
+        means = (w[:, None] * mean + kappa * p.mean) / (w + kappa)[:, None] \
+            if kappa > 0 else mean
+        shrink = kappa * w / (kappa + w) if kappa > 0 else np.zeros_like(w)
+        delta = mean - p.mean
+        numerator = p.scale + scatter + shrink[:, None, None] * (
+            delta[:, :, None] * delta[:, None, :])
+        covariances = numerator / self._map_denominator(w)[:, None, None]
+        covariances = 0.5 * (covariances + np.swapaxes(covariances, 1, 2))
+        covariances += self.reg_covar * np.eye(d)
+        prec_chol = np.empty_like(covariances)
+        eye = np.eye(d)
+        for k in range(self.n_components):
+            L = self._cholesky(covariances[k], k, n_k=w[k])
+            prec_chol[k] = scipy.linalg.solve_triangular(L, eye, lower=True).T
+        return {"means": means, "covariances": covariances,
+                "precisions_cholesky": prec_chol}
+
+    def log_prior(self, params: Params):
+        # sum_k log N(mu_k | mu_0, Sigma_k / kappa) + log IW(Sigma_k | nu, Lambda)
+        if self.prior is None:
+            return 0.0, 0.0
+        p, d, k = self.prior, self.n_features, self.n_components
+        U = params["precisions_cholesky"]
+        log_det_sigma = -2.0 * np.sum(np.log(np.diagonal(U, axis1=1, axis2=2)), axis=1)
+        trace = np.sum((p.scale @ U) * U, axis=(1, 2))           # tr(Lambda P_k)
+        terms = [np.full(k, 0.5 * p.dof * np.linalg.slogdet(p.scale)[1]),
+                 np.full(k, -0.5 * p.dof * d * np.log(2.0)),
+                 np.full(k, -scipy.special.multigammaln(0.5 * p.dof, d)),
+                 -0.5 * (p.dof + d + 1) * log_det_sigma, -0.5 * trace]
+        if p.shrinkage > 0:
+            y = np.einsum("kj,kjl->kl", params["means"] - p.mean, U)
+            terms += [np.full(k, -0.5 * d * _LOG_2PI + 0.5 * d * np.log(p.shrinkage)),
+                      -0.5 * log_det_sigma, -0.5 * p.shrinkage * np.sum(y * y, axis=1)]
+        terms = np.concatenate(terms)
+        return float(np.sum(terms)), float(np.sum(np.abs(terms)))
 
     def expected_log_likelihood(self, stats: GaussianStats, params: Params) -> float:
         # sum_i w_ik (x_i - mu)^T P (x_i - mu) about the reference point c:
@@ -235,11 +299,15 @@ class GaussianFamily(Family):
         return float(np.sum(per_component))
 
     def m_step_penalty(self, stats: GaussianStats, params: Params) -> float:
-        # reg_covar/2 * sum_k N_k tr(P_k), tr(P_k) = ||U_k||_F^2 (note section 7)
+        # reg_covar/2 * sum_k D_k tr(P_k), tr(P_k) = ||U_k||_F^2, with D_k = N_k
+        # (note section 7), or the MAP denominator with a prior: adding reg_covar * I
+        # to B_k / D_k maximises the objective minus this penalty
         if self.reg_covar == 0.0:
             return 0.0
         U = params["precisions_cholesky"]
-        return float(0.5 * self.reg_covar * np.sum(stats.weight * np.sum(U * U, axis=(1, 2))))
+        weight = np.where(stats.weight > 0, stats.weight, 0.0)
+        scale = weight if self.prior is None else self._map_denominator(weight)
+        return float(0.5 * self.reg_covar * np.sum(scale * np.sum(U * U, axis=(1, 2))))
 
     # --- size, sampling, numerics -------------------------------------------------
     def n_parameters(self) -> int:

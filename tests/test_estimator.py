@@ -26,7 +26,7 @@ from emcore.exceptions import ConvergenceWarning
 
 FITTED_ATTRIBUTES = ("weights_", "means_", "covariances_", "precisions_",
                      "precisions_cholesky_", "converged_", "stop_reason_", "n_iter_",
-                     "lower_bound_", "history_", "n_features_in_")
+                     "lower_bound_", "history_", "n_features_in_", "prior_")
 
 # --- data ---------------------------------------------------------------------------
 
@@ -99,7 +99,8 @@ def test_constructor_only_stores_its_arguments():
     args = dict(n_components=-7, covariance_type="bogus", tol="not a number",
                 reg_covar=-1.0, max_iter=0, n_init=2.5, init_params="kmeans",
                 weights_init=object(), means_init=[[1, 2]], precisions_init="p",
-                random_state="seed", warm_start="yes", n_jobs=0, verbose=-3)
+                random_state="seed", warm_start="yes", n_jobs=0, verbose=-3,
+                prior="nonsense")
     model = GaussianMixture(**args)          # no validation here
     for name, value in args.items():
         assert getattr(model, name) is value, name
@@ -109,16 +110,16 @@ def test_constructor_only_stores_its_arguments():
     assert [a for a in vars(model) if a not in args] == []
 
 
-def test_parameters_are_scikit_learns_plus_n_jobs():
+def test_parameters_are_scikit_learns_plus_n_jobs_and_prior():
     ours = GaussianMixture().get_params()
     theirs = SkGaussianMixture().get_params()
-    assert set(ours) == (set(theirs) - {"verbose_interval"}) | {"n_jobs"}
+    assert set(ours) == (set(theirs) - {"verbose_interval"}) | {"n_jobs", "prior"}
     # Same defaults except the documented differences (README: stopping rule and
     # 'kmeans' initialisation).
     for name in set(ours) & set(theirs) - {"tol", "init_params"}:
         assert ours[name] == theirs[name], name
     assert ours["tol"] == 1e-6 and ours["init_params"] == "k-means++"
-    assert ours["n_jobs"] is None
+    assert ours["n_jobs"] is None and ours["prior"] is None
 
 
 def test_fit_returns_self_and_sets_fitted_attributes_ending_in_underscore():

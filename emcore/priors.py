@@ -1,0 +1,133 @@
+"""Conjugate priors for MAP-EM (Fraley & Raftery 2007), and a Dirichlet prior on the weights.
+
+For full covariances (notes/gaussian_mixture.md, section 8):
+
+    Sigma_k ~ InverseWishart(dof, scale),   mu_k | Sigma_k ~ N(mean, Sigma_k / shrinkage),
+    pi ~ Dirichlet(weight_concentration).
+
+With a prior, EM maximises log-likelihood + log prior (MAP-EM) and keeps that sum
+non-decreasing; degenerate components (identical points, a component collapsing
+on one point, fewer points than dimensions) cannot occur, since every covariance
+is at least scale / (dof + N_k + d + 2).
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+__all__ = ["GaussianPrior", "ResolvedGaussianPrior"]
+
+
+@dataclass(frozen=True)
+class ResolvedGaussianPrior:
+    """A :class:`GaussianPrior` with every hyperparameter filled in for the data."""
+    shrinkage: float                  #: kappa >= 0
+    mean: np.ndarray                  #: mu_0, shape (d,)
+    dof: float                        #: nu > d - 1
+    scale: np.ndarray                 #: Lambda, symmetric positive definite (d, d)
+    weight_concentration: np.ndarray  #: alpha, shape (n_components,), all >= 1
+
+
+@dataclass(frozen=True)
+class GaussianPrior:
+    """Hyperparameters of the conjugate prior; None means mclust's default.
+
+    Parameters
+    ----------
+    shrinkage : float, default 0.01
+        kappa >= 0, the prior's weight on ``mean`` in points (0: no prior on the means).
+    mean : array of shape (n_features,), optional
+        mu_0; default: the column means of X.
+    dof : float, optional
+        nu > n_features - 1; default: n_features + 2.
+    scale : array of shape (n_features, n_features), optional
+        Lambda, symmetric positive definite; default: cov(X) / n_components^(2/d)
+        (the diagonal of cov(X) when n_samples <= n_features; where cov(X) is
+        singular, e.g. a constant column, its diagonal with zero variances replaced
+        by the mean positive variance, or 1 if X has no spread at all).
+    weight_concentration : float or array of shape (n_components,), default 1.0
+        Dirichlet alpha, every entry >= 1 (the posterior mode is undefined below
+        1); 1 gives the maximum-likelihood weights, as mclust.
+
+    These are mclust's ``defaultPrior`` values (mclust 6), which
+    ``GaussianMixture(prior='default')`` uses.
+    """
+    shrinkage: float = 0.01
+    mean: Optional[Any] = None
+    dof: Optional[float] = None
+    scale: Optional[Any] = None
+    weight_concentration: Any = 1.0
+
+    def resolve(self, X: np.ndarray, n_components: int,
+                sample_weight: Optional[np.ndarray] = None) -> ResolvedGaussianPrior:
+        """Fill in the defaults from the data (weights act as repetitions).
+
+        Raises ValueError naming the hyperparameter that is invalid.
+        """
+        n, d = X.shape
+        w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+        total = float(w.sum())
+
+        def bad(name, what, value):
+            return ValueError(f"The 'prior' parameter's {name} must be {what}. "
+                              f"Got {value!r} instead.")
+
+        kappa = self.shrinkage
+        if isinstance(kappa, bool) or not isinstance(kappa, numbers.Real) or \
+                not np.isfinite(kappa) or kappa < 0:
+            raise bad("shrinkage", "a finite number >= 0", kappa)
+        centre = (w @ X) / total
+        if self.mean is None:
+            mean = centre
+        else:
+            mean = np.asarray(self.mean, dtype=np.float64)
+            if mean.shape != (d,) or not np.all(np.isfinite(mean)):
+                raise bad("mean", f"a finite array of shape ({d},)", self.mean)
+        dof = d + 2.0 if self.dof is None else self.dof
+        if isinstance(dof, bool) or not isinstance(dof, numbers.Real) or \
+                not np.isfinite(dof) or dof <= d - 1:
+            raise bad("dof", f"a finite number > n_features - 1 = {d - 1}", self.dof)
+        if self.scale is None:
+            D = X - centre
+            # unbiased covariance, frequency weights (weight 2 = the row twice), as R's var
+            cov = (D * w[:, None]).T @ D / max(total - 1.0, np.finfo(float).tiny)
+            if n <= d or not _is_positive_definite(cov):
+                # mclust takes the diagonal when n <= d; a constant column (or all rows
+                # identical) leaves mclust's default undefined: zero variances become
+                # the mean positive variance, or 1 if the data have no spread at all
+                var = np.diag(cov).copy()
+                positive = var > 0
+                var[~positive] = var[positive].mean() if positive.any() else 1.0
+                cov = np.diag(var)
+            scale = cov / n_components ** (2.0 / d)
+        else:
+            scale = np.asarray(self.scale, dtype=np.float64)
+            if scale.shape != (d, d) or not np.all(np.isfinite(scale)) or \
+                    not np.allclose(scale, scale.T):
+                raise bad("scale", f"a finite symmetric ({d}, {d}) matrix", self.scale)
+        scale = 0.5 * (scale + scale.T)
+        if not _is_positive_definite(scale):
+            raise bad("scale", "positive definite", self.scale)
+        try:
+            alpha = np.broadcast_to(np.asarray(self.weight_concentration, dtype=np.float64),
+                                    (n_components,)).copy()
+        except (TypeError, ValueError):
+            alpha = None
+        if alpha is None or not np.all(np.isfinite(alpha)) or np.any(alpha < 1):
+            raise bad("weight_concentration",
+                      f"a number or ({n_components},) array of numbers >= 1",
+                      self.weight_concentration)
+        return ResolvedGaussianPrior(float(kappa), mean, float(dof), scale, alpha)
+
+
+def _is_positive_definite(matrix: np.ndarray) -> bool:
+    """Numerically positive definite: condition number below 1 / (d eps), the
+    threshold the Gaussian family applies to covariances."""
+    if not np.all(np.isfinite(matrix)):
+        return False
+    eig = np.linalg.eigvalsh(matrix)
+    return bool(eig[0] > eig[-1] * matrix.shape[0] * np.finfo(np.float64).eps)

@@ -1,0 +1,183 @@
+"""MAP-EM with the conjugate prior of Fraley & Raftery (2007).
+
+The M-step is checked against a direct numerical maximisation of the MAP
+objective (scipy.optimize), the log prior against scipy's densities, and the
+MAP chain loglik + log prior at every iteration, degenerate data included.
+"""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+from scipy.optimize import minimize
+from scipy.stats import invwishart, multivariate_normal
+
+from emcore import DegenerateComponentError, GaussianMixture, GaussianPrior
+from emcore.exceptions import ConvergenceWarning
+from emcore.registry import get_registry
+
+from _strategies import gaussian_mixtures, sample_mixture
+
+
+def _quiet(gm, X, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return gm.fit(X, **kwargs)
+
+
+def test_default_hyperparameters_are_mclusts():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3)) @ np.array([[1.0, 0.2, 0], [0, 2.0, 0.3], [0, 0, 0.5]])
+    p = GaussianPrior().resolve(X, 4)
+    assert p.shrinkage == 0.01 and p.dof == 3 + 2
+    assert np.allclose(p.mean, X.mean(axis=0))
+    assert np.allclose(p.scale, np.cov(X.T, ddof=1) / 4 ** (2 / 3))
+    assert np.array_equal(p.weight_concentration, np.ones(4))
+    # d = 1: nu = 3, scale = var(x) / K^2 (mclust's special case is the same formula)
+    p1 = GaussianPrior().resolve(X[:, :1], 3)
+    assert p1.dof == 3 and np.allclose(p1.scale, np.var(X[:, 0], ddof=1) / 9)
+    # n <= d: the diagonal of the covariance
+    assert np.count_nonzero(GaussianPrior().resolve(X[:3], 2).scale -
+                            np.diag(np.diag(GaussianPrior().resolve(X[:3], 2).scale))) == 0
+
+
+def _family(prior, k, d, reg_covar=0.0):
+    return get_registry().family("gaussian").factory(k, d, reg_covar=reg_covar, prior=prior)
+
+
+def test_log_prior_matches_scipy():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(50, 2))
+    prior = GaussianPrior(shrinkage=0.3, dof=4.5).resolve(X, 2)
+    fam = _family(prior, 2, 2)
+    covs = np.array([[[1.0, 0.3], [0.3, 0.5]], [[2.0, -0.4], [-0.4, 1.0]]])
+    params = fam.params_from_covariances(np.array([[0.5, -1.0], [2.0, 0.3]]), covs)
+    expected = sum(
+        invwishart(df=prior.dof, scale=prior.scale).logpdf(covs[k])
+        + multivariate_normal(prior.mean, covs[k] / prior.shrinkage).logpdf(params["means"][k])
+        for k in range(2))
+    value, magnitude = fam.log_prior(params)
+    assert value == pytest.approx(expected, rel=1e-12)
+    assert magnitude >= abs(value)
+
+
+@pytest.mark.parametrize("shrinkage", [0.01, 0.0, 2.0])
+def test_map_m_step_maximises_the_map_objective(shrinkage):
+    # one component, d = 2, weighted statistics; maximise Q + log prior over (mu, L)
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(15, 2)) * [1.0, 0.3] + [2.0, -1.0]
+    q = rng.uniform(0.2, 1.0, size=(15, 1))
+    prior = GaussianPrior(shrinkage=shrinkage, dof=3.5,
+                          mean=np.array([0.5, 0.0])).resolve(X, 1)
+    fam = _family(prior, 1, 2)
+    stats = fam.chunk_stats(X, q)
+    best = fam.m_step(stats, None)
+
+    def params_of(v):
+        L = np.array([[np.exp(v[2]), 0.0], [v[3], np.exp(v[4])]])
+        return v[:2], L @ L.T
+
+    def negative_map_objective(v):
+        mu, cov = params_of(v)
+        value = np.sum(q[:, 0] * multivariate_normal(mu, cov).logpdf(X))
+        value += invwishart(df=prior.dof, scale=prior.scale).logpdf(cov)
+        if shrinkage > 0:
+            value += multivariate_normal(prior.mean, cov / shrinkage).logpdf(mu)
+        return -value
+
+    start = np.array([0.0, 0.0, 0.0, 0.0, 0.0])
+    opt = minimize(negative_map_objective, start, method="BFGS",
+                   options={"gtol": 1e-10, "maxiter": 10000})
+    mu, cov = params_of(opt.x)
+    # the optimiser stops within ~1e-6 of the optimum in each coordinate
+    assert np.allclose(best["means"][0], mu, rtol=0, atol=1e-5)
+    assert np.allclose(best["covariances"][0], cov, rtol=1e-5, atol=1e-6)
+    # and no perturbation of the closed form does better
+    ours = np.r_[best["means"][0], np.log(np.linalg.cholesky(best["covariances"][0])[0, 0]),
+                 np.linalg.cholesky(best["covariances"][0])[1, 0],
+                 np.log(np.linalg.cholesky(best["covariances"][0])[1, 1])]
+    assert negative_map_objective(ours) <= opt.fun + 1e-9 * abs(opt.fun)
+
+
+def test_dirichlet_prior_on_the_weights_gives_the_posterior_mode():
+    from emcore.engine import data_pass, run_em
+    rng = np.random.default_rng(3)
+    X = np.concatenate([rng.normal(0, 1, (60, 1)), rng.normal(3, 1, (40, 1))])
+    alpha = np.array([3.0, 11.0])
+    prior = GaussianPrior(weight_concentration=alpha).resolve(X, 2)
+    fam = _family(prior, 2, 1)
+    rule = get_registry().posterior_rule("soft").factory()
+    w0 = np.array([0.5, 0.5])
+    p0 = fam.params_from_covariances(np.array([[0.0], [3.0]]), np.ones((2, 1, 1)))
+    n_k = data_pass(X, fam, rule, w0, p0).resp_sum
+    result = run_em(X, fam, rule, w0, p0, max_iter=1, tol=0.0, weight_concentration=alpha)
+    expected = (n_k + alpha - 1) / (100 + alpha.sum() - 2)
+    assert np.allclose(result.weights, expected, rtol=1e-13)
+    # the Dirichlet's log density is part of the objective
+    from scipy.stats import dirichlet
+    assert result.history[0].log_prior_next - fam.log_prior(result.params)[0] == \
+        pytest.approx(dirichlet(alpha).logpdf(result.weights), rel=1e-12)
+
+
+@given(mixture=gaussian_mixtures(min_k=1, max_k=3, max_d=3, separation=8.0),
+       n_per=st.integers(2, 20), seed=st.integers(0, 2**32 - 1),
+       duplicate=st.booleans(), reg_covar=st.sampled_from([0.0, 0.0, 1e-3]))
+def test_map_chain_holds_and_the_objective_never_decreases(mixture, n_per, seed,
+                                                           duplicate, reg_covar):
+    k, d = mixture[1].shape
+    X = sample_mixture(mixture, n_per * k, seed)     # often fewer than d + 1 per component
+    if duplicate:
+        X[: len(X) // 2] = X[0]                       # half the rows identical
+    gm = _quiet(GaussianMixture(k, prior="default", reg_covar=reg_covar, max_iter=15,
+                                tol=0.0, random_state=seed % 997, n_jobs=1), X)
+    assert all(np.all(np.isfinite(a)) for a in (gm.weights_, gm.means_, gm.covariances_))
+    for it in gm.history_:
+        assert it.chain_holds(), it.chain_slacks()
+        if reg_covar == 0.0:
+            # MAP-EM: loglik + log prior never decreases
+            assert it.objective >= it.loglik + it.log_prior - it.tolerance
+
+
+@pytest.mark.parametrize("X", [
+    np.ones((12, 2)),                                                  # all identical
+    np.r_[np.ones((6, 2)), np.zeros((6, 2))],                          # two points
+    np.r_[np.random.default_rng(4).normal(size=(30, 3)), [[50.0, 50.0, 50.0]]],  # a loner
+    np.random.default_rng(5).normal(size=(5, 4)),                      # n_k < d
+], ids=["identical", "two-points", "one-point-cluster", "fewer-points-than-d"])
+def test_degenerate_data_fit_with_a_prior_and_fail_clearly_without(X):
+    k = 2
+    gm = _quiet(GaussianMixture(k, prior="default", reg_covar=0.0, random_state=0), X)
+    assert all(np.all(np.isfinite(a)) for a in (gm.weights_, gm.means_, gm.covariances_))
+    assert all(it.chain_holds() for it in gm.history_)
+    with pytest.raises(DegenerateComponentError, match="prior='default'"):
+        _quiet(GaussianMixture(k, reg_covar=0.0, random_state=0), X)
+
+
+@pytest.mark.parametrize("prior, words", [
+    ("mclust", "'prior'"),
+    (GaussianPrior(shrinkage=-1.0), "shrinkage"),
+    (GaussianPrior(dof=0.5), "dof"),
+    (GaussianPrior(scale=-np.eye(2)), "scale"),
+    (GaussianPrior(mean=[1.0, 2.0, 3.0]), "mean"),
+    (GaussianPrior(weight_concentration=0.5), "weight_concentration"),
+    (GaussianPrior(weight_concentration=[1.0, 2.0, 3.0]), "weight_concentration"),
+])
+def test_bad_priors_name_the_problem(prior, words):
+    X = np.random.default_rng(6).normal(size=(30, 2))
+    with pytest.raises(ValueError, match="prior") as info:
+        GaussianMixture(2, prior=prior).fit(X)
+    assert words in str(info.value)
+
+
+def test_prior_is_fitted_state_and_bic_uses_the_likelihood():
+    from emcore.datasets import load_old_faithful
+    X = load_old_faithful()
+    gm = GaussianMixture(2, prior="default", reg_covar=0.0, random_state=0, tol=1e-10).fit(X)
+    assert gm.prior_ is not None and gm.prior_.dof == 4
+    loglik = gm.score(X) * X.shape[0]
+    assert gm.history_[-1].objective == pytest.approx(
+        gm.history_[-1].loglik_next + gm.history_[-1].log_prior_next, rel=1e-15)
+    p = 2 * 2 + 2 * 3 + 1
+    assert gm.bic(X) == pytest.approx(-2 * loglik + p * math.log(X.shape[0]), rel=1e-12)
