@@ -18,6 +18,36 @@ from emcore.registry import get_registry
 __all__ = ["GaussianMixture"]
 
 _INIT_PARAMS = ("k-means++", "random", "random_from_data")
+_COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+
+def _parameter_shape(covariance_type: str, k: int, d: int) -> tuple:
+    """scikit-learn's shape of covariances_/precisions_ for a covariance type."""
+    return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[
+        covariance_type]
+
+
+def _compact(full: np.ndarray, covariance_type: str) -> np.ndarray:
+    """(k, d, d) -> scikit-learn's shape for the type (a copy)."""
+    if covariance_type == "full":
+        return full.copy()
+    if covariance_type == "tied":
+        return full[0].copy()
+    if covariance_type == "diag":
+        return np.einsum("kjj->kj", full).copy()
+    return full[:, 0, 0].copy()
+
+
+def _expand(compact: np.ndarray, covariance_type: str, k: int, d: int) -> np.ndarray:
+    """scikit-learn's shape for the type -> (k, d, d)."""
+    compact = np.asarray(compact, dtype=np.float64)
+    if covariance_type == "full":
+        return compact.copy()
+    if covariance_type == "tied":
+        return np.broadcast_to(compact, (k, d, d)).copy()
+    if covariance_type == "diag":
+        return compact[:, :, None] * np.eye(d)
+    return compact[:, None, None] * np.eye(d)
 
 
 class GaussianMixture(BaseEstimator):
@@ -32,9 +62,10 @@ class GaussianMixture(BaseEstimator):
     ----------
     n_components : int, default 1
         Number of mixture components.
-    covariance_type : {'full'}, default 'full'
-        Only ``'full'`` so far; another value raises a ValueError listing the
-        supported ones.
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}, default 'full'
+        As in scikit-learn: each component its own covariance matrix ('full'), one
+        shared matrix ('tied'), diagonal matrices ('diag'), or one variance per
+        component ('spherical'). Fitted attributes have scikit-learn's shapes.
     tol : float, default 1e-6
         Stop when the relative change of the log-likelihood between two
         iterations, |L_{t+1} - L_t| / |L_{t+1}|, is at most ``tol``.
@@ -53,9 +84,10 @@ class GaussianMixture(BaseEstimator):
         same assignment. 'random': responsibilities drawn uniformly and normalised.
     weights_init : array of shape (n_components,), optional
     means_init : array of shape (n_components, n_features), optional
-    precisions_init : array of shape (n_components, n_features, n_features), optional
+    precisions_init : array, optional
         Initial parameters, as scikit-learn defines them (precision = inverse
-        covariance). When all three are given, ``init_params`` is not used.
+        covariance; shape (k, d, d) for 'full', (d, d) 'tied', (k, d) 'diag', (k,)
+        'spherical'). When all three are given, ``init_params`` is not used.
     random_state : None, int, numpy RandomState or Generator
         Seeds the initialisation and ``sample``.
     warm_start : bool, default False
@@ -78,10 +110,13 @@ class GaussianMixture(BaseEstimator):
     ----------
     weights_ : ndarray (n_components,)
     means_ : ndarray (n_components, n_features)
-    covariances_ : ndarray (n_components, n_features, n_features)
-    precisions_ : ndarray (n_components, n_features, n_features)
-    precisions_cholesky_ : ndarray (n_components, n_features, n_features)
-        Upper-triangular U with precision U U^T (scikit-learn's convention).
+    covariances_ : ndarray
+        Shape (k, d, d) 'full', (d, d) 'tied', (k, d) 'diag', (k,) 'spherical'.
+    precisions_ : ndarray
+        Inverses of the covariances, same shapes.
+    precisions_cholesky_ : ndarray
+        Upper-triangular U with precision U U^T (scikit-learn's convention); for
+        'diag' and 'spherical' the inverse standard deviations.
     converged_ : bool
         True if the ``tol`` rule fired.
     stop_reason_ : {'tol', 'max_iter', 'interrupted'}
@@ -135,9 +170,11 @@ class GaussianMixture(BaseEstimator):
         if self.prior is None:
             return None
         if isinstance(self.prior, str) and self.prior == "default":
-            return GaussianPrior().resolve(X, self.n_components, sample_weight)
+            return GaussianPrior().resolve(X, self.n_components, sample_weight,
+                                           self.covariance_type)
         if isinstance(self.prior, GaussianPrior):
-            return self.prior.resolve(X, self.n_components, sample_weight)
+            return self.prior.resolve(X, self.n_components, sample_weight,
+                                      self.covariance_type)
         raise ValueError("The 'prior' parameter of GaussianMixture must be None, 'default' "
                          f"or an emcore.GaussianPrior. Got {self.prior!r} instead.")
 
@@ -152,7 +189,7 @@ class GaussianMixture(BaseEstimator):
     def _check_parameters(self, X: np.ndarray) -> None:
         owner = "GaussianMixture"
         k = v.check_int(self.n_components, "n_components", owner, low=1)
-        v.check_choice(self.covariance_type, "covariance_type", owner, ("full",))
+        v.check_choice(self.covariance_type, "covariance_type", owner, _COVARIANCE_TYPES)
         v.check_float(self.tol, "tol", owner)
         v.check_float(self.reg_covar, "reg_covar", owner)
         v.check_int(self.max_iter, "max_iter", owner, low=1)
@@ -188,19 +225,27 @@ class GaussianMixture(BaseEstimator):
                                  "instead.")
         if self.precisions_init is not None:
             p = np.asarray(self.precisions_init, dtype=np.float64)
-            if p.shape != (k, d, d) or not np.all(np.isfinite(p)) or \
-                    not np.allclose(p, np.swapaxes(p, 1, 2)):
+            shape = _parameter_shape(self.covariance_type, k, d)
+            symmetric = (self.covariance_type in ("diag", "spherical") or p.shape != shape
+                         or np.allclose(p, np.swapaxes(p, -1, -2)))
+            if p.shape != shape or not np.all(np.isfinite(p)) or not symmetric or \
+                    (self.covariance_type in ("diag", "spherical") and np.any(p <= 0)):
+                what = {"full": "symmetric matrices", "tied": "a symmetric matrix",
+                        "diag": "positive precisions", "spherical": "positive precisions"}
                 raise ValueError(f"The 'precisions_init' parameter of GaussianMixture must "
-                                 f"be a finite array of symmetric matrices of shape "
-                                 f"({k}, {d}, {d}). Got shape {p.shape} instead.")
+                                 f"be a finite array of {what[self.covariance_type]} of "
+                                 f"shape {shape} for covariance_type="
+                                 f"{self.covariance_type!r}. Got shape {p.shape} instead.")
 
     # --- initialisation -------------------------------------------------------------
     def _initial_parameters(self, X: np.ndarray, family, rng: np.random.Generator,
                             sample_weight: Optional[np.ndarray] = None):
         k = self.n_components
         given = (self.weights_init, self.means_init, self.precisions_init)
+        d = X.shape[1]
         if all(x is not None for x in given):
-            params = family.params_from_precisions(self.means_init, self.precisions_init)
+            params = family.params_from_precisions(
+                self.means_init, _expand(self.precisions_init, self.covariance_type, k, d))
             weights = np.asarray(self.weights_init, dtype=np.float64)
             return weights / weights.sum(), params
 
@@ -230,7 +275,8 @@ class GaussianMixture(BaseEstimator):
         if self.means_init is not None:
             params = family.params_from_covariances(self.means_init, params["covariances"])
         if self.precisions_init is not None:
-            params = family.params_from_precisions(params["means"], self.precisions_init)
+            params = family.params_from_precisions(
+                params["means"], _expand(self.precisions_init, self.covariance_type, k, d))
         return weights, params
 
     # --- fitting --------------------------------------------------------------------
@@ -285,12 +331,16 @@ class GaussianMixture(BaseEstimator):
         return self
 
     def _set_fitted(self, result: FitResult, n_features: int) -> None:
+        # the family keeps full (k, d, d) arrays for every type; users see
+        # scikit-learn's shapes per covariance_type
+        self._full_params = result.params
+        t = self.covariance_type
+        U = result.params["precisions_cholesky"]
         self.weights_ = result.weights
         self.means_ = result.params["means"]
-        self.covariances_ = result.params["covariances"]
-        self.precisions_cholesky_ = result.params["precisions_cholesky"]
-        U = self.precisions_cholesky_
-        self.precisions_ = U @ np.swapaxes(U, 1, 2)
+        self.covariances_ = _compact(result.params["covariances"], t)
+        self.precisions_cholesky_ = _compact(U, t)
+        self.precisions_ = _compact(U @ np.swapaxes(U, 1, 2), t)
         self.converged_ = result.converged
         self.stop_reason_ = result.stop_reason
         self.n_iter_ = result.n_iter
@@ -299,8 +349,7 @@ class GaussianMixture(BaseEstimator):
         self.n_features_in_ = n_features
 
     def _params(self) -> dict:
-        return {"means": self.means_, "covariances": self.covariances_,
-                "precisions_cholesky": self.precisions_cholesky_}
+        return self._full_params
 
     # --- using the fitted model -----------------------------------------------------
     def _evaluate(self, X: Any, method: str, log_resp: bool = False):

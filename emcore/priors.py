@@ -1,9 +1,12 @@
 """Conjugate priors for MAP-EM (Fraley & Raftery 2007), and a Dirichlet prior on the weights.
 
-For full covariances (notes/gaussian_mixture.md, section 8):
+Per covariance type (notes/gaussian_mixture.md, section 8):
 
-    Sigma_k ~ InverseWishart(dof, scale),   mu_k | Sigma_k ~ N(mean, Sigma_k / shrinkage),
-    pi ~ Dirichlet(weight_concentration).
+    full:      Sigma_k ~ InverseWishart(dof, scale),  mu_k | Sigma_k ~ N(mean, Sigma_k / kappa)
+    tied:      one Sigma ~ InverseWishart(dof, scale), mu_k | Sigma ~ N(mean, Sigma / kappa)
+    diag:      sigma^2_kj ~ InverseGamma(dof/2, scale/2), mu_kj | . ~ N(mean_j, sigma^2_kj / kappa)
+    spherical: sigma^2_k ~ InverseGamma(dof/2, scale/2),  mu_k | . ~ N(mean, sigma^2_k I / kappa)
+    weights:   pi ~ Dirichlet(weight_concentration).
 
 With a prior, EM maximises log-likelihood + log prior (MAP-EM) and keeps that sum
 non-decreasing; degenerate components (identical points, a component collapsing
@@ -30,6 +33,9 @@ class ResolvedGaussianPrior:
     dof: float                        #: nu > d - 1
     scale: np.ndarray                 #: Lambda, symmetric positive definite (d, d)
     weight_concentration: np.ndarray  #: alpha, shape (n_components,), all >= 1
+    covariance_type: str = "full"     #: the model the prior is for
+    #: varsigma^2 of the inverse-gamma priors ('diag', 'spherical'); None otherwise
+    scale_scalar: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -44,8 +50,11 @@ class GaussianPrior:
         mu_0; default: the column means of X.
     dof : float, optional
         nu > n_features - 1; default: n_features + 2.
-    scale : array of shape (n_features, n_features), optional
-        Lambda, symmetric positive definite; default: cov(X) / n_components^(2/d)
+    scale : array of shape (n_features, n_features), or float, optional
+        For 'full' and 'tied': Lambda of the inverse-Wishart prior, symmetric
+        positive definite; for 'diag' and 'spherical': varsigma^2 > 0 of the
+        inverse-gamma priors, default (sum_j var(x_j) / d) / n_components^(2/d).
+        Default for 'full'/'tied': cov(X) / n_components^(2/d)
         (the diagonal of cov(X) when n_samples <= n_features; where cov(X) is
         singular, e.g. a constant column, its diagonal with zero variances replaced
         by the mean positive variance, or 1 if X has no spread at all).
@@ -63,7 +72,8 @@ class GaussianPrior:
     weight_concentration: Any = 1.0
 
     def resolve(self, X: np.ndarray, n_components: int,
-                sample_weight: Optional[np.ndarray] = None) -> ResolvedGaussianPrior:
+                sample_weight: Optional[np.ndarray] = None,
+                covariance_type: str = "full") -> ResolvedGaussianPrior:
         """Fill in the defaults from the data (weights act as repetitions).
 
         Raises ValueError naming the hyperparameter that is invalid.
@@ -91,7 +101,24 @@ class GaussianPrior:
         if isinstance(dof, bool) or not isinstance(dof, numbers.Real) or \
                 not np.isfinite(dof) or dof <= d - 1:
             raise bad("dof", f"a finite number > n_features - 1 = {d - 1}", self.dof)
-        if self.scale is None:
+        scalar = None
+        if covariance_type in ("diag", "spherical"):
+            D = X - centre
+            var = (w @ (D * D)) / max(total - 1.0, np.finfo(float).tiny)
+            if self.scale is None:
+                mean_var = float(np.mean(var))
+                scalar = (mean_var if mean_var > 0 else 1.0) / n_components ** (2.0 / d)
+            else:
+                scalar = self.scale
+                if isinstance(scalar, bool) or not isinstance(scalar, numbers.Real) or \
+                        not np.isfinite(scalar) or scalar <= 0:
+                    raise bad("scale", f"a finite number > 0 for covariance_type="
+                                       f"{covariance_type!r}", self.scale)
+                scalar = float(scalar)
+            # the matrix the M-step adds: varsigma^2 per variance ('diag'), or spread
+            # over the trace ('spherical': tr = varsigma^2)
+            scale = np.eye(d) * (scalar if covariance_type == "diag" else scalar / d)
+        elif self.scale is None:
             D = X - centre
             # unbiased covariance, frequency weights (weight 2 = the row twice), as R's var
             cov = (D * w[:, None]).T @ D / max(total - 1.0, np.finfo(float).tiny)
@@ -121,7 +148,8 @@ class GaussianPrior:
             raise bad("weight_concentration",
                       f"a number or ({n_components},) array of numbers >= 1",
                       self.weight_concentration)
-        return ResolvedGaussianPrior(float(kappa), mean, float(dof), scale, alpha)
+        return ResolvedGaussianPrior(float(kappa), mean, float(dof), scale, alpha,
+                                     covariance_type, scalar)
 
 
 def _is_positive_definite(matrix: np.ndarray) -> bool:

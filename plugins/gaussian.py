@@ -23,7 +23,7 @@ from emcore.plugins._gaussian_kernel import GaussianFullKernel
 
 __all__ = ["GaussianFamily", "GaussianStats", "COVARIANCE_TYPES"]
 
-COVARIANCE_TYPES = ("full",)
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 _LOG_2PI = np.log(2.0 * np.pi)
 
 
@@ -57,8 +57,11 @@ class GaussianFamily(Family):
     ----------
     n_components, n_features : int
         K and d.
-    covariance_type : {'full'}
-        Only ``'full'`` so far.
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}
+        Parameters are stored in full form for every type (``covariances`` (k, d, d),
+        diagonal or scalar multiples of I, or all equal), so the one compiled kernel
+        computes log-densities and statistics for all; the M-step, the log prior and
+        the parameter count apply the constraint.
     reg_covar : float, default 1e-6
         Added to the diagonal of every covariance after the M-step (scikit-learn's
         ``reg_covar``). This is the exact maximiser of the expected log-likelihood
@@ -202,84 +205,135 @@ class GaussianFamily(Family):
 
     # --- M-step -------------------------------------------------------------------
     def m_step(self, stats: GaussianStats, previous: Optional[Params]) -> dict:
+        """Maximum likelihood, or the posterior mode with a prior (note sections 4, 8).
+
+        Every covariance type is the constrained maximiser of the same expected
+        log-likelihood: 'full' B_k / D_k, 'diag' its diagonal, 'spherical'
+        tr(B_k) / D_k, 'tied' (sum_k B_k) / D, with B the (prior scale +) centred
+        scatter and D the counts (ML) or the posterior's powers of Sigma (MAP).
+        """
         k_, d = self.n_components, self.n_features
-        means = np.empty((k_, d))
-        covariances = np.empty((k_, d, d))
-        prec_chol = np.empty((k_, d, d))
-        eye = np.eye(d)
-        centred_mean, centred_scatter = stats.centred()
-        if self.prior is not None:
-            return self._map_step(stats.weight, centred_mean, centred_scatter)
-        for k in range(k_):
-            w = stats.weight[k]
-            if not w > 0:
-                if previous is None:
-                    raise DegenerateComponentError(
-                        f"Component {k} received no data at initialisation (X may have "
-                        "fewer distinct rows than n_components); reduce n_components, "
-                        "use a prior (prior='default'), or choose another "
-                        "initialisation.", component=k)
-                means[k] = previous["means"][k]
-                covariances[k] = previous["covariances"][k]
-                prec_chol[k] = previous["precisions_cholesky"][k]
-                continue
-            cov = centred_scatter[k] / w
-            cov = 0.5 * (cov + cov.T)
-            cov.flat[::d + 1] += self.reg_covar
-            L = self._cholesky(cov, k, n_k=w)
-            means[k] = centred_mean[k]
-            covariances[k] = cov
-            prec_chol[k] = scipy.linalg.solve_triangular(L, eye, lower=True).T
-        return {"means": means, "covariances": covariances,
-                "precisions_cholesky": prec_chol}
-
-    def _map_denominator(self, weight: np.ndarray) -> np.ndarray:
-        # powers of |Sigma| in the joint posterior: N_k (likelihood), nu + d + 1
-        # (inverse Wishart), + 1 for the normal prior on the mean if kappa > 0
-        p = self.prior
-        return p.dof + weight + self.n_features + (2.0 if p.shrinkage > 0 else 1.0)
-
-    def _map_step(self, weight, mean, scatter) -> dict:
-        """Posterior mode given the statistics (Gaussian note, section 8)."""
-        p, d = self.prior, self.n_features
-        kappa = p.shrinkage
-        w = np.where(weight > 0, weight, 0.0)
-        has = (w > 0)[:, None]
-        mean = np.where(has, mean, p.mean)              # N_k = 0: no data term
-        scatter = np.where(has[:, :, None], scatter, 0.0)
-        means = (w[:, None] * mean + kappa * p.mean) / (w + kappa)[:, None] \
-            if kappa > 0 else mean
-        shrink = kappa * w / (kappa + w) if kappa > 0 else np.zeros_like(w)
-        delta = mean - p.mean
-        numerator = p.scale + scatter + shrink[:, None, None] * (
-            delta[:, :, None] * delta[:, None, :])
-        covariances = numerator / self._map_denominator(w)[:, None, None]
+        mean, scatter = stats.centred()
+        w = np.where(stats.weight > 0, stats.weight, 0.0)
+        has = w > 0
+        if self.prior is None:
+            means = mean.copy()
+            numerator = np.where(has[:, None, None], scatter, 0.0)
+        else:
+            p = self.prior
+            kappa = p.shrinkage
+            mean = np.where(has[:, None], mean, p.mean)          # N_k = 0: no data term
+            means = ((w[:, None] * mean + kappa * p.mean) / (w + kappa)[:, None]
+                     if kappa > 0 else mean.copy())
+            shrink = kappa * w / (kappa + w) if kappa > 0 else np.zeros_like(w)
+            delta = mean - p.mean
+            numerator = (np.where(has[:, None, None], scatter, 0.0)
+                         + shrink[:, None, None] * (delta[:, :, None] * delta[:, None, :]))
+        denominator = self._denominator(w)
+        covariances = self._constrained(
+            numerator, 0.0 if self.prior is None else self.prior.scale, denominator)
         covariances = 0.5 * (covariances + np.swapaxes(covariances, 1, 2))
         covariances += self.reg_covar * np.eye(d)
+        if self.prior is None and not has.all():
+            # N_k = 0: the objective does not depend on (mu_k, Sigma_k); keeping the
+            # previous values is a valid M-step (a tied covariance is shared anyway)
+            k = int(np.flatnonzero(~has)[0])
+            if previous is None:
+                raise DegenerateComponentError(
+                    f"Component {k} received no data at initialisation (X may have "
+                    "fewer distinct rows than n_components); reduce n_components, "
+                    "use a prior (prior='default'), or choose another "
+                    "initialisation.", component=k)
+            means[~has] = previous["means"][~has]
+            if self.covariance_type != "tied":
+                covariances[~has] = previous["covariances"][~has]
         prec_chol = np.empty_like(covariances)
         eye = np.eye(d)
-        for k in range(self.n_components):
+        for k in range(k_):
             L = self._cholesky(covariances[k], k, n_k=w[k])
             prec_chol[k] = scipy.linalg.solve_triangular(L, eye, lower=True).T
         return {"means": means, "covariances": covariances,
                 "precisions_cholesky": prec_chol}
 
+    def _denominator(self, w: np.ndarray):
+        """D of Sigma = B / D: counts (ML), or the powers of Sigma in the joint
+        posterior (MAP: likelihood, inverse Wishart / gamma, and the normal prior
+        on the means when shrinkage > 0). 'tied' returns one number."""
+        d, k, t = self.n_features, self.n_components, self.covariance_type
+        if self.prior is None:
+            return {"full": w, "diag": w, "spherical": d * w, "tied": np.sum(w)}[t]
+        nu, mean_prior = self.prior.dof, self.prior.shrinkage > 0
+        if t == "full":
+            return nu + w + d + (2.0 if mean_prior else 1.0)
+        if t == "diag":
+            return nu + w + (3.0 if mean_prior else 2.0)
+        if t == "spherical":
+            return nu + (w + (1.0 if mean_prior else 0.0)) * d + 2.0
+        return nu + np.sum(w) + d + 1.0 + (k if mean_prior else 0.0)
+
+    def _constrained(self, numerator: np.ndarray, scale, denominator) -> np.ndarray:
+        """B / D under the type's constraint, B = prior scale + numerator (the prior's
+        scale enters once per covariance matrix: once in all for 'tied')."""
+        d, k, t = self.n_features, self.n_components, self.covariance_type
+        if t == "tied":
+            cov = (scale + np.sum(numerator, axis=0)) / denominator
+            return np.broadcast_to(cov, (k, d, d)).copy()
+        numerator = numerator + scale
+        den = np.where(denominator > 0, denominator, 1.0)   # N_k = 0 (ML): replaced
+        if t == "full":
+            return numerator / den[:, None, None]
+        if t == "diag":
+            return np.einsum("kjj->kj", numerator)[:, :, None] / den[:, None, None] * \
+                np.eye(d)
+        trace = np.einsum("kjj->k", numerator)
+        return (trace / den)[:, None, None] * np.eye(d)
+
+    def _penalty_weights(self, w: np.ndarray) -> np.ndarray:
+        """c_k with pen = reg_covar / 2 sum_k c_k tr(P_k) (see m_step_penalty)."""
+        if self.prior is None:
+            return w
+        t, k, d = self.covariance_type, self.n_components, self.n_features
+        den = self._denominator(w)
+        if t == "spherical":
+            return den / d
+        if t == "tied":
+            return np.full(k, den / k)
+        return den
+
     def log_prior(self, params: Params):
-        # sum_k log N(mu_k | mu_0, Sigma_k / kappa) + log IW(Sigma_k | nu, Lambda)
+        """(log p(theta), sum of its terms' magnitudes) for the type's conjugate prior."""
         if self.prior is None:
             return 0.0, 0.0
-        p, d, k = self.prior, self.n_features, self.n_components
-        U = params["precisions_cholesky"]
-        log_det_sigma = -2.0 * np.sum(np.log(np.diagonal(U, axis1=1, axis2=2)), axis=1)
-        trace = np.sum((p.scale @ U) * U, axis=(1, 2))           # tr(Lambda P_k)
-        terms = [np.full(k, 0.5 * p.dof * np.linalg.slogdet(p.scale)[1]),
-                 np.full(k, -0.5 * p.dof * d * np.log(2.0)),
-                 np.full(k, -scipy.special.multigammaln(0.5 * p.dof, d)),
-                 -0.5 * (p.dof + d + 1) * log_det_sigma, -0.5 * trace]
-        if p.shrinkage > 0:
-            y = np.einsum("kj,kjl->kl", params["means"] - p.mean, U)
-            terms += [np.full(k, -0.5 * d * _LOG_2PI + 0.5 * d * np.log(p.shrinkage)),
-                      -0.5 * log_det_sigma, -0.5 * p.shrinkage * np.sum(y * y, axis=1)]
+        p, d, k, t = self.prior, self.n_features, self.n_components, self.covariance_type
+        kappa = p.shrinkage
+        terms = []
+        if t in ("full", "tied"):
+            U = params["precisions_cholesky"]
+            log_det = -2.0 * np.sum(np.log(np.diagonal(U, axis1=1, axis2=2)), axis=1)
+            trace = np.sum((p.scale @ U) * U, axis=(1, 2))      # tr(Lambda P_k)
+            m = 1 if t == "tied" else k                          # inverse Wishart(s)
+            terms += [np.full(m, 0.5 * p.dof * np.linalg.slogdet(p.scale)[1]),
+                      np.full(m, -0.5 * p.dof * d * np.log(2.0)),
+                      np.full(m, -scipy.special.multigammaln(0.5 * p.dof, d)),
+                      -0.5 * (p.dof + d + 1) * log_det[:m], -0.5 * trace[:m]]
+            if kappa > 0:
+                y = np.einsum("kj,kjl->kl", params["means"] - p.mean, U)
+                terms += [np.full(k, -0.5 * d * _LOG_2PI + 0.5 * d * np.log(kappa)),
+                          -0.5 * log_det, -0.5 * kappa * np.sum(y * y, axis=1)]
+        else:
+            var = np.einsum("kjj->kj", params["covariances"])
+            if t == "spherical":
+                var = var[:, :1]                                  # one sigma^2 per k
+            a, b = 0.5 * p.dof, 0.5 * p.scale_scalar              # inverse gamma(a, b)
+            terms += [np.full(var.size, a * np.log(b) - scipy.special.gammaln(a)),
+                      -(a + 1.0) * np.log(var).ravel(), -(b / var).ravel()]
+            if kappa > 0:
+                dev2 = (params["means"] - p.mean) ** 2
+                if t == "spherical":
+                    dev2 = np.sum(dev2, axis=1, keepdims=True)
+                per = d if t == "spherical" else 1
+                terms += [np.full(var.size, per * (-0.5 * _LOG_2PI + 0.5 * np.log(kappa))),
+                          -0.5 * per * np.log(var).ravel(), -0.5 * kappa * (dev2 / var).ravel()]
         terms = np.concatenate(terms)
         return float(np.sum(terms)), float(np.sum(np.abs(terms)))
 
@@ -305,14 +359,15 @@ class GaussianFamily(Family):
         if self.reg_covar == 0.0:
             return 0.0
         U = params["precisions_cholesky"]
-        weight = np.where(stats.weight > 0, stats.weight, 0.0)
-        scale = weight if self.prior is None else self._map_denominator(weight)
-        return float(0.5 * self.reg_covar * np.sum(scale * np.sum(U * U, axis=(1, 2))))
+        c = self._penalty_weights(np.where(stats.weight > 0, stats.weight, 0.0))
+        return float(0.5 * self.reg_covar * np.sum(c * np.sum(U * U, axis=(1, 2))))
 
     # --- size, sampling, numerics -------------------------------------------------
     def n_parameters(self) -> int:
         k, d = self.n_components, self.n_features
-        return k * d + k * d * (d + 1) // 2
+        covariance = {"full": k * d * (d + 1) // 2, "tied": d * (d + 1) // 2,
+                      "diag": k * d, "spherical": k}[self.covariance_type]
+        return k * d + covariance
 
     def sample(self, params: Params, counts: np.ndarray,
                rng: np.random.Generator) -> np.ndarray:

@@ -80,7 +80,7 @@ def bad(id, call, *must_contain, raises=ValueError):
 _EYE = np.eye(D)
 _GOOD_MEANS = np.array([[0.0, 0.0], [6.0, 6.0]])
 _GOOD_PRECS = np.array([_EYE, _EYE])
-_COV_TYPES = ("diag", "tied", "spherical", "bogus", "FULL", "")
+_COV_TYPES = ("bogus", "FULL", "Diag", "")
 
 BAD_CALLS = [
     # --- X: values, shape, dtype --------------------------------------------------
