@@ -345,7 +345,8 @@ def _cell_seed(entropy: int, n_components: int) -> int:
 # --- select_model -----------------------------------------------------------------
 
 def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 10),
-                 covariance_types: Union[str, Iterable[str]] = ("full",),
+                 covariance_types: Union[str, Iterable[str]] = ("full", "tied", "diag",
+                                                                "spherical"),
                  criterion: str = "bic", n_init: int = 3, random_state: Any = None,
                  sample_weight: Any = None, **estimator_params: Any) -> ModelSelection:
     """Fit a grid of Gaussian mixtures and choose one by BIC, AIC or ICL.
@@ -368,9 +369,10 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
         in ascending order. Values above the number of rows of X (rows with
         positive weight, if weighted) are skipped and listed in
         ``skipped_n_components``.
-    covariance_types : str or iterable of str, default ('full',)
-        Covariance types to try, each one the estimator accepts (only ``'full'``
-        so far); an unsupported one raises a ValueError before anything is fitted.
+    covariance_types : str or iterable of str, default all four
+        Covariance types to try ('full', 'tied', 'diag', 'spherical', like mclust's
+        default of trying every model); an unsupported one raises a ValueError
+        before anything is fitted.
     criterion : {'bic', 'aic', 'icl'}, default 'bic'
         The criterion the best model is chosen by (lower is better). Ties go to
         the first cell in table order: fewer components, then the earlier type.

@@ -56,8 +56,10 @@ def overlapping():
 
 @pytest.fixture(scope="module")
 def grid(three_clusters):
+    # the generating family ('full'): with every type in the grid, BIC may prefer
+    # more components of a simpler type for the correlated cluster
     return select_model(three_clusters, n_components=range(1, 6), n_init=2,
-                        random_state=0, n_jobs=1)
+                        random_state=0, n_jobs=1, covariance_types="full")
 
 
 def _log_max_q(sk_or_em, X):
@@ -159,6 +161,7 @@ def test_grid_picks_three_components_by_bic(grid, three_clusters):
 def test_grid_picks_three_components_by_icl_and_the_table_does_not_depend_on_it(
         grid, three_clusters):
     by_icl = select_model(three_clusters, n_components=range(1, 6), n_init=2,
+                          covariance_types="full",
                           random_state=0, n_jobs=1, criterion="icl")
     assert by_icl.criterion == "icl"
     assert by_icl.best_params == {"n_components": 3, "covariance_type": "full"}
@@ -171,7 +174,7 @@ def test_grid_picks_three_components_by_icl_and_the_table_does_not_depend_on_it(
 
 def test_same_random_state_same_table(three_clusters):
     X = three_clusters[:90]
-    kw = dict(n_components=[1, 2, 4], n_init=2, n_jobs=1)
+    kw = dict(n_components=[1, 2, 4], n_init=2, n_jobs=1, covariance_types="full")
     a = select_model(X, random_state=np.random.default_rng(11), **kw)
     b = select_model(X, random_state=np.random.default_rng(11), **kw)
     assert a.table == b.table
@@ -179,10 +182,10 @@ def test_same_random_state_same_table(three_clusters):
     # a cell's seed depends on random_state and n_components alone, so a cell
     # fits the same inside any grid, and its recorded seed refits it
     row = a.table[2]
-    alone = select_model(X, random_state=5,
+    alone = select_model(X, random_state=5, covariance_types="full",
                          n_components=4, n_init=2, n_jobs=1).table[0]
     again = select_model(X, random_state=5, n_components=[4, 1], n_init=2,
-                         n_jobs=1).table[1]
+                         n_jobs=1, covariance_types="full").table[1]
     assert alone == again
     refit = _fit(X, 4, n_init=2, random_state=row.random_state)
     assert refit.bic(X) == row.bic
@@ -194,7 +197,7 @@ def test_degenerate_cells_are_recorded_and_never_chosen():
     P = np.random.default_rng(0).normal(0.0, 5.0, (10, 2))
     X = np.repeat(P, 3, axis=0)
     result = select_model(X, n_components=[1, 8, 40], n_init=2, random_state=0,
-                          n_jobs=1, reg_covar=0.0)
+                          n_jobs=1, reg_covar=0.0, covariance_types="full")
     assert result.skipped_n_components == (40,)
     assert [r.n_components for r in result.table] == [1, 8]
     bad = result.table[1]
@@ -205,7 +208,7 @@ def test_degenerate_cells_are_recorded_and_never_chosen():
     assert "failed" in str(result) and "DegenerateComponentError" in str(result)
     with pytest.raises(ValueError, match="could not fit any cell.*DegenerateComponentError"):
         select_model(X, n_components=[8, 9], n_init=1, random_state=0, n_jobs=1,
-                     reg_covar=0.0)
+                     reg_covar=0.0, covariance_types="full")
 
 
 def test_sample_weight_in_the_grid(three_clusters):
@@ -274,3 +277,15 @@ def test_single_values_and_duplicates_are_accepted(three_clusters):
     single = select_model(X, n_components=np.int64(2), covariance_types=("full", "full"),
                           n_init=1, random_state=0, n_jobs=1)
     assert single.table == result.table[1:]
+
+
+def test_the_default_grid_tries_every_type_and_finds_three_round_clusters():
+    rng = np.random.default_rng(13)
+    centres = [(0.0, 0.0), (8.0, 0.0), (4.0, 7.0)]
+    X = np.concatenate([rng.normal(c, 0.7, (60, 2)) for c in centres])
+    result = select_model(X, n_components=range(1, 6), n_init=2, random_state=0, n_jobs=1)
+    assert {r.covariance_type for r in result.table} == {"full", "tied", "diag", "spherical"}
+    assert len(result.table) == 5 * 4
+    assert result.best_params["n_components"] == 3
+    # round clusters of equal size: the simplest adequate type wins by BIC
+    assert result.best_params["covariance_type"] in ("spherical", "diag", "tied")
