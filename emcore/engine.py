@@ -335,6 +335,7 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
     has_prior = concentration is not None or family.log_prior(params) != (0.0, 0.0)
     current = run_pass(weights, params)
     prior_now, prior_mag_now = log_prior(weights, params)
+    amp_now = family.rounding_amplification(params)
     _check_finite(current.loglik + prior_now, "the objective at the initial parameters")
     n_samples = float(np.sum(current.resp_sum))
     stop_reason = "max_iter"
@@ -352,8 +353,8 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
             nxt = run_pass(new_weights, new_params)
             prior_next, prior_mag_next = log_prior(new_weights, new_params)
             _check_finite(nxt.loglik + prior_next, f"the objective after iteration {t}")
-            amp = max(family.rounding_amplification(params),
-                      family.rounding_amplification(new_params))
+            amp_next = family.rounding_amplification(new_params)
+            amp = max(amp_now, amp_next)
             # notes/em_variants_and_testing.md 9.3-9.4, with the summation depth of
             # our chunked sums in place of ceil(log2 n):
             #   tau_A = 2 (K + 3 + depth) u M_t
@@ -380,7 +381,7 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
                 log_prior=prior_now, log_prior_next=prior_next)
             history.append(record)
             weights, params, current = new_weights, new_params, nxt
-            prior_now, prior_mag_now = prior_next, prior_mag_next
+            prior_now, prior_mag_now, amp_now = prior_next, prior_mag_next, amp_next
             if verbose:
                 print(f"iteration {t:4d}  loglik {record.loglik_next: .10e}  "
                       f"change {rel:.3e}  ({record.seconds:.3f} s)")
