@@ -408,18 +408,23 @@ class GaussianMixture(BaseEstimator):
             return float(np.sum(row_loglik)), float(row_loglik.shape[0])
         return float(np.dot(w, row_loglik)), float(w.sum())
 
+    def _information_criteria(self, loglik: float, n: float) -> tuple:
+        """(BIC, AIC) = (-2 L + p ln n, -2 L + 2 p), lower is better."""
+        p = self._n_parameters()
+        return -2.0 * loglik + p * np.log(n), -2.0 * loglik + 2.0 * p
+
     def bic(self, X: Any, sample_weight: Any = None) -> float:
         """Bayesian information criterion -2 L + p log n (lower is better, scikit-learn's
         sign; mclust reports minus this). With weights, L is the weighted
         log-likelihood and n the sum of the weights. With a prior, L is the
         log-likelihood at the MAP estimate (Fraley & Raftery)."""
-        loglik, n = self._weighted_loglik(X, "bic", sample_weight)
-        return -2.0 * loglik + self._n_parameters() * np.log(n)
+        return float(self._information_criteria(
+            *self._weighted_loglik(X, "bic", sample_weight))[0])
 
     def aic(self, X: Any, sample_weight: Any = None) -> float:
         """Akaike information criterion -2 L + 2 p (lower is better)."""
-        loglik, _ = self._weighted_loglik(X, "aic", sample_weight)
-        return -2.0 * loglik + 2.0 * self._n_parameters()
+        return float(self._information_criteria(
+            *self._weighted_loglik(X, "aic", sample_weight))[1])
 
     def icl(self, X: Any, sample_weight: Any = None) -> float:
         """Integrated completed likelihood BIC - 2 sum_i log max_k q_ik (lower is better).

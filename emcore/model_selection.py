@@ -64,11 +64,9 @@ def _criteria(model: GaussianMixture, X: Any, sample_weight: Any, owner: str) ->
         loglik = float(np.dot(w, row_loglik))
         n = float(np.sum(w))
         classification = float(np.dot(w, log_max_q))
-    p = model._n_parameters()
-    bic = float(-2.0 * loglik + p * np.log(n))
-    aic = float(-2.0 * loglik + 2.0 * p)
-    return {"log_likelihood": loglik, "n_parameters": int(p), "bic": bic, "aic": aic,
-            "icl": bic - 2.0 * classification}
+    bic, aic = (float(c) for c in model._information_criteria(loglik, n))
+    return {"log_likelihood": loglik, "n_parameters": int(model._n_parameters()),
+            "bic": bic, "aic": aic, "icl": bic - 2.0 * classification}
 
 
 def icl(model: Any, X: Any, sample_weight: Any = None) -> float:
