@@ -327,14 +327,15 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
     n, d = X.shape
     k = family.n_components
     history = []
-    def log_prior(w, p):
+    def log_prior(w, p, family_prior=None):
         value_w, magnitude_w = _weights_log_prior(w, concentration)
-        value_f, magnitude_f = family.log_prior(p)
+        value_f, magnitude_f = family_prior or family.log_prior(p)
         return value_w + value_f, magnitude_w + magnitude_f
 
-    has_prior = concentration is not None or family.log_prior(params) != (0.0, 0.0)
+    family_prior = family.log_prior(params)
+    has_prior = concentration is not None or family_prior != (0.0, 0.0)
     current = run_pass(weights, params)
-    prior_now, prior_mag_now = log_prior(weights, params)
+    prior_now, prior_mag_now = log_prior(weights, params, family_prior)
     amp_now = family.rounding_amplification(params)
     _check_finite(current.loglik + prior_now, "the objective at the initial parameters")
     n_samples = float(np.sum(current.resp_sum))

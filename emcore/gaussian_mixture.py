@@ -167,16 +167,11 @@ class GaussianMixture(BaseEstimator):
                               reg_covar=self.reg_covar, prior=prior)
 
     def _resolved_prior(self, X: np.ndarray, sample_weight) -> Optional[ResolvedGaussianPrior]:
+        # self.prior was checked in _check_parameters: None, 'default' or GaussianPrior
         if self.prior is None:
             return None
-        if isinstance(self.prior, str) and self.prior == "default":
-            return GaussianPrior().resolve(X, self.n_components, sample_weight,
-                                           self.covariance_type)
-        if isinstance(self.prior, GaussianPrior):
-            return self.prior.resolve(X, self.n_components, sample_weight,
-                                      self.covariance_type)
-        raise ValueError("The 'prior' parameter of GaussianMixture must be None, 'default' "
-                         f"or an emcore.GaussianPrior. Got {self.prior!r} instead.")
+        prior = GaussianPrior() if isinstance(self.prior, str) else self.prior
+        return prior.resolve(X, self.n_components, sample_weight, self.covariance_type)
 
     def _fitted_family(self):
         # the fitted state, not the current parameters (set_params after fit)
@@ -243,11 +238,14 @@ class GaussianMixture(BaseEstimator):
         k = self.n_components
         given = (self.weights_init, self.means_init, self.precisions_init)
         d = X.shape[1]
+        given_weights = None
+        if self.weights_init is not None:
+            given_weights = np.asarray(self.weights_init, dtype=np.float64)
+            given_weights = given_weights / given_weights.sum()
         if all(x is not None for x in given):
             params = family.params_from_precisions(
                 self.means_init, _expand(self.precisions_init, self.covariance_type, k, d))
-            weights = np.asarray(self.weights_init, dtype=np.float64)
-            return weights / weights.sum(), params
+            return given_weights, params
 
         n = X.shape[0]
         if self.init_params == "random":
@@ -268,10 +266,7 @@ class GaussianMixture(BaseEstimator):
         stats, resp_sum = stats_from_assignments(X, family, responsibilities,
                                                  sample_weight=sample_weight)
         params = family.m_step(stats, None)
-        weights = resp_sum / resp_sum.sum()
-        if self.weights_init is not None:
-            weights = np.asarray(self.weights_init, dtype=np.float64)
-            weights = weights / weights.sum()
+        weights = resp_sum / resp_sum.sum() if given_weights is None else given_weights
         if self.means_init is not None:
             params = family.params_from_covariances(self.means_init, params["covariances"])
         if self.precisions_init is not None:

@@ -315,22 +315,9 @@ def _check_estimator_params(params: dict) -> None:
 
 
 def _root_entropy(random_state: Any) -> int:
-    """One integer from which every cell's seed is derived."""
-    if random_state is None:
-        return int(np.random.SeedSequence().entropy)
-    if isinstance(random_state, (numbers.Integral, np.integer)) and not isinstance(
-            random_state, (bool, np.bool_)):
-        if random_state < 0:
-            raise ValueError("The 'random_state' parameter of select_model must be None, "
-                             f"an int >= 0, a RandomState or a Generator. Got "
-                             f"{random_state!r} instead.")
-        return int(random_state)
-    if isinstance(random_state, np.random.Generator):
-        return int(random_state.integers(0, 2 ** 63))
-    if isinstance(random_state, np.random.RandomState):
-        return int(random_state.randint(0, 2 ** 63 - 1, dtype=np.int64))
-    raise ValueError("The 'random_state' parameter of select_model must be None, an int "
-                     f">= 0, a RandomState or a Generator. Got {random_state!r} instead.")
+    """One integer from which every cell's seed is derived (the same for the same
+    int random_state)."""
+    return int(v.check_random_state(random_state, "select_model").integers(0, 2 ** 63))
 
 
 def _cell_seed(entropy: int, n_components: int) -> int:

@@ -94,14 +94,17 @@ class GaussianFamily(Family):
             np.broadcast_to(np.eye(d), (self.n_components, d, d)))
 
     # --- parameters ---------------------------------------------------------------
-    def params_from_covariances(self, means: np.ndarray, covariances: np.ndarray) -> dict:
-        """Return parameters from means and covariances (Cholesky of each covariance)."""
+    def params_from_covariances(self, means: np.ndarray, covariances: np.ndarray,
+                                n_k: Optional[np.ndarray] = None) -> dict:
+        """Return parameters from means and covariances: U_k = L_k^{-T} with
+        Sigma_k = L_k L_k^T. ``n_k`` (the components' weights) only enriches the
+        DegenerateComponentError a singular covariance raises."""
         means = np.array(means, dtype=np.float64)
         covariances = np.array(covariances, dtype=np.float64)
         prec_chol = np.empty_like(covariances)
         eye = np.eye(self.n_features)
         for k, cov in enumerate(covariances):
-            L = self._cholesky(cov, k)
+            L = self._cholesky(cov, k, n_k=None if n_k is None else n_k[k])
             prec_chol[k] = scipy.linalg.solve_triangular(L, eye, lower=True).T
         return {"means": means, "covariances": covariances,
                 "precisions_cholesky": prec_chol}
@@ -116,12 +119,6 @@ class GaussianFamily(Family):
             covariances[k] = scipy.linalg.cho_solve((Lp, True), eye)
             covariances[k] = 0.5 * (covariances[k] + covariances[k].T)
         return self.params_from_covariances(means, covariances)
-
-    @staticmethod
-    def precisions(params: Params) -> np.ndarray:
-        """Return the precision matrices P_k = U_k U_k^T."""
-        U = params["precisions_cholesky"]
-        return U @ np.swapaxes(U, 1, 2)
 
     def _cholesky(self, matrix: np.ndarray, k: int, n_k: Optional[float] = None,
                   what: str = "covariance") -> np.ndarray:
@@ -212,7 +209,7 @@ class GaussianFamily(Family):
         tr(B_k) / D_k, 'tied' (sum_k B_k) / D, with B the (prior scale +) centred
         scatter and D the counts (ML) or the posterior's powers of Sigma (MAP).
         """
-        k_, d = self.n_components, self.n_features
+        d = self.n_features
         mean, scatter = stats.centred()
         w = np.where(stats.weight > 0, stats.weight, 0.0)
         has = w > 0
@@ -247,13 +244,7 @@ class GaussianFamily(Family):
             means[~has] = previous["means"][~has]
             if self.covariance_type != "tied":
                 covariances[~has] = previous["covariances"][~has]
-        prec_chol = np.empty_like(covariances)
-        eye = np.eye(d)
-        for k in range(k_):
-            L = self._cholesky(covariances[k], k, n_k=w[k])
-            prec_chol[k] = scipy.linalg.solve_triangular(L, eye, lower=True).T
-        return {"means": means, "covariances": covariances,
-                "precisions_cholesky": prec_chol}
+        return self.params_from_covariances(means, covariances, n_k=w)
 
     def _denominator(self, w: np.ndarray):
         """D of Sigma = B / D: counts (ML), or the powers of Sigma in the joint
