@@ -145,7 +145,7 @@ def per_row_logliks(lib: str, est, n: int) -> np.ndarray:
     """loglik(theta_t) / n for t = 0 .. M-1, from each estimator's own history."""
     if lib == "sklearn":
         return np.asarray(est.lower_bounds_, dtype=np.float64)
-    return np.array([it.loglik for it in est.history_]) / n
+    return np.array([it.value for it in est.history_]) / n
 
 
 def max_rel(a, b) -> float:

@@ -42,9 +42,9 @@ def _demo(args: argparse.Namespace) -> int:
         all_hold &= holds
         penalised_needed |= holds and not plain
         mark = "ok" if plain else ("ok (penalised)" if holds else "FAILS")
-        print(f"{it.iteration:>4d} {it.loglik:>18.10f} {it.elbo:>20.10f} "
-              f"{it.loglik_next:>18.10f} {it.gap:>10.3e} "
-              f"{it.loglik_next - it.loglik:>10.3e}  {mark}")
+        print(f"{it.iteration:>4d} {it.value:>18.10f} {it.elbo:>20.10f} "
+              f"{it.value_next:>18.10f} {it.gap:>10.3e} "
+              f"{it.value_next - it.value:>10.3e}  {mark}")
     print()
     last = gm.history_[-1] if gm.history_ else None
     rule = {"tol": f"tol: relative change {last.relative_change:.3e} <= tol={gm.tol:g}"

@@ -1,15 +1,21 @@
 """The EM loop: Python logic around the compiled chunk loop.
 
+A posterior rule picks q from its set (all q: soft; point masses: hard; ...)
+maximising ELBO_tau(q, theta) = E_q[log p(x, z | theta)] + tau H(q), tau being
+the rule's entropy weight (1 soft, 0 hard, T tempered). The maximum is the
+rule's objective F(theta): the log-likelihood for the soft rule (standard EM),
+the classification log-likelihood for the hard rule (CEM).
+
 One iteration t, for parameters theta_t = (pi_t, family parameters):
 
 1. a pass over the data at theta_t (chunk by chunk: family log-densities, plus
    log pi, into the posterior rule, then the family's weighted statistics),
-   giving loglik(theta_t), ELBO(q_t, theta_t), the entropy H(q_t) and stats_t;
+   giving F(theta_t), ELBO_tau(q_t, theta_t), the entropy term tau H(q_t) and stats_t;
 2. the M-step theta_{t+1} = argmax E_{q_t}[log p(x, z | theta)] from stats_t;
-3. ELBO(q_t, theta_{t+1}) = Q_{q_t}(theta_{t+1}) + H(q_t), from stats_t alone;
-4. the next pass gives loglik(theta_{t+1}), which closes the chain
+3. ELBO_tau(q_t, theta_{t+1}) = Q_{q_t}(theta_{t+1}) + tau H(q_t), from stats_t alone;
+4. the next pass gives F(theta_{t+1}), which closes the chain
 
-       loglik(theta_t) = ELBO(q_t, theta_t) <= ELBO(q_t, theta_{t+1}) <= loglik(theta_{t+1})
+       F(theta_t) = ELBO(q_t, theta_t) <= ELBO(q_t, theta_{t+1}) <= F(theta_{t+1})
 
    and the stopping rule compares the objective at theta_t and theta_{t+1}.
 
@@ -65,7 +71,7 @@ class PassResult:
     """What one pass over the data at fixed parameters returns."""
     stats: Any                  #: the family's merged statistics (None if not asked)
     resp_sum: np.ndarray        #: sum_i w_i q_ik, shape (n_components,)
-    loglik: float               #: sum_i w_i log p(x_i)
+    value: float                #: F = sum_i w_i f_i, the rule's objective (soft: loglik)
     expected_log_joint: float   #: sum_i w_i sum_k q_ik log p(x_i, z_i=k)
     entropy: float              #: sum_i w_i H(q_i)
     magnitude: float            #: rounding magnitude M (notes, 9.3)
@@ -80,21 +86,23 @@ class PassResult:
 class Iteration:
     """One EM iteration t: from theta_t to theta_{t+1}.
 
-    The chain ``loglik = elbo_at_start <= elbo <= loglik_next`` holds up to the
+    F is the posterior rule's objective (the log-likelihood for soft EM, the
+    classification log-likelihood for hard EM; see the module docstring). The
+    chain ``value = elbo_at_start <= elbo <= value_next`` holds up to the
     derived rounding tolerances, with ``penalty_change`` added on the left of the
     middle inequality when the M-step is penalised (reg_covar): see
     :meth:`chain_slacks`.
     """
     iteration: int            #: t, from 0
-    loglik: float             #: loglik(theta_t)
-    elbo_at_start: float      #: ELBO(q_t, theta_t); equals loglik for the exact posterior
+    value: float              #: F(theta_t) (soft rule: loglik(theta_t))
+    elbo_at_start: float      #: ELBO(q_t, theta_t); equals F(theta_t) for the rule's q
     elbo: float               #: ELBO(q_t, theta_{t+1}), from the statistics
-    loglik_next: float        #: loglik(theta_{t+1})
+    value_next: float         #: F(theta_{t+1})
     objective: float          #: the stopping rule's objective at theta_{t+1}
     relative_change: float    #: |objective_{t+1} - objective_t| / |objective_{t+1}|
     penalty_change: float     #: pen_t(theta_{t+1}) - pen_t(theta_t); 0 without reg
     param_change: float       #: max relative change of any parameter array
-    tolerance_equality: float  #: rounding bound for |elbo_at_start - loglik|
+    tolerance_equality: float  #: rounding bound for |elbo_at_start - value|
     tolerance: float          #: rounding bound for the two inequalities
     empty_components: tuple = ()  #: components with zero weight after the M-step
     seconds: float = 0.0      #: wall time of the iteration
@@ -103,26 +111,26 @@ class Iteration:
 
     @property
     def gap(self) -> float:
-        """loglik(theta_{t+1}) - ELBO(q_t, theta_{t+1}) = KL(q_t || p(z | x, theta_{t+1})) >= 0."""
-        return self.loglik_next - self.elbo
+        """F(theta_{t+1}) - ELBO(q_t, theta_{t+1}) >= 0 (soft: KL(q_t || p(z | x, theta_{t+1})))."""
+        return self.value_next - self.elbo
 
     def chain_slacks(self, penalised: bool = True) -> dict:
         """Each link of the chain as (violation / tolerance); > 1 means it fails.
 
-        ``equality``: |ELBO(q_t, theta_t) - loglik(theta_t)|;
-        ``ascent``: loglik(theta_t) + log p(theta_t) [+ penalty_change]
+        ``equality``: |ELBO(q_t, theta_t) - F(theta_t)|;
+        ``ascent``: F(theta_t) + log p(theta_t) [+ penalty_change]
         - ELBO(q_t, theta_{t+1}) - log p(theta_{t+1}) (the log prior is 0 without a
         prior; with one this is the MAP chain);
-        ``bound``: ELBO(q_t, theta_{t+1}) - loglik(theta_{t+1}).
+        ``bound``: ELBO(q_t, theta_{t+1}) - F(theta_{t+1}).
         With ``penalised=False`` the ascent link ignores the penalty (the plain
         EM inequality, which a reg_covar step need not satisfy).
         """
         pen = self.penalty_change if penalised else 0.0
         return {
-            "equality": abs(self.elbo_at_start - self.loglik) / self.tolerance_equality,
-            "ascent": ((self.loglik + self.log_prior + pen)
+            "equality": abs(self.elbo_at_start - self.value) / self.tolerance_equality,
+            "ascent": ((self.value + self.log_prior + pen)
                        - (self.elbo + self.log_prior_next)) / self.tolerance,
-            "bound": (self.elbo - self.loglik_next) / self.tolerance,
+            "bound": (self.elbo - self.value_next) / self.tolerance,
         }
 
     def chain_holds(self, penalised: bool = True) -> bool:
@@ -138,7 +146,7 @@ class FitResult:
     history: tuple
     n_iter: int
     stop_reason: str          #: 'tol', 'max_iter' or 'interrupted'
-    loglik: float             #: loglik at the returned parameters
+    value: float              #: F, the rule's objective, at the returned parameters
     objective: float          #: the monotone objective at the returned parameters
     objective_name: str
     n_samples: float          #: sum of the sample weights (n without weights)
@@ -166,13 +174,14 @@ def data_pass(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.nd
               params: dict, *, n_jobs: Optional[int] = 1, with_stats: bool = True,
               sample_weight: Optional[np.ndarray] = None,
               out_log_resp: Optional[np.ndarray] = None,
-              out_row_loglik: Optional[np.ndarray] = None,
+              out_row_value: Optional[np.ndarray] = None,
               chunk_rows: Optional[int] = None) -> PassResult:
     """One E-step pass over X at (weights, params), chunk by chunk.
 
     Uses the compiled chunk loop when both the family and the rule give compiled
     kernels, otherwise a Python loop over the same chunks. ``out_log_resp``
-    (n, k) and ``out_row_loglik`` (n,) are filled when given.
+    (n, k) and ``out_row_value`` (n,), the rule's per-row objective (log p(x_i) for
+    the soft rule), are filled when given.
     """
     n, d = X.shape
     chunk_rows = chunk_rows or chunk_rows_for(d)
@@ -183,18 +192,18 @@ def data_pass(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.nd
         with single_threaded_blas():
             buffer, resp_sum, totals = _compiled_pass(
                 fam_kernel, rule_kernel, X, log_w, sample_weight, chunk_rows,
-                effective_n_threads(n_jobs), with_stats, out_log_resp, out_row_loglik)
+                effective_n_threads(n_jobs), with_stats, out_log_resp, out_row_value)
         stats = family.stats_from_buffer(buffer) if with_stats else None
     else:
         stats, resp_sum, totals = _python_pass(
             X, family, rule, log_w, params, sample_weight, chunk_rows, with_stats,
-            out_log_resp, out_row_loglik)
+            out_log_resp, out_row_value)
     return PassResult(stats, resp_sum, float(totals[0]), float(totals[1]),
                       float(totals[2]), float(totals[3]))
 
 
 def _python_pass(X, family, rule, log_w, params, sample_weight, chunk_rows, with_stats,
-                 out_log_resp, out_row_loglik):
+                 out_log_resp, out_row_value):
     n = X.shape[0]
     k = log_w.shape[0]
     stats = family.empty_stats() if with_stats else None
@@ -206,14 +215,14 @@ def _python_pass(X, family, rule, log_w, params, sample_weight, chunk_rows, with
         row_w = None if sample_weight is None else sample_weight[start:stop]
         log_joint = np.asarray(family.log_density(chunk, params), dtype=np.float64) + log_w
         try:
-            log_resp, resp, row_loglik, chunk_totals = rule.posterior(log_joint, row_w)
+            log_resp, resp, row_value, chunk_totals = rule.posterior(log_joint, row_w)
         except ValueError as exc:
             raise ValueError(f"in the chunk starting at row {start} of X: {exc}") from None
         totals += chunk_totals
         if out_log_resp is not None:
             out_log_resp[start:stop] = log_resp
-        if out_row_loglik is not None:
-            out_row_loglik[start:stop] = row_loglik
+        if out_row_value is not None:
+            out_row_value[start:stop] = row_value
         if row_w is not None:
             resp = resp * row_w[:, None]
         resp_sum += resp.sum(axis=0)
@@ -292,15 +301,20 @@ def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarr
            n_jobs: Optional[int] = 1, sample_weight: Optional[np.ndarray] = None,
            verbose: int = 0, callback: Optional[Callable[[Iteration], None]] = None,
            chunk_rows: Optional[int] = None,
-           weight_concentration: Optional[np.ndarray] = None) -> FitResult:
+           weight_concentration: Optional[np.ndarray] = None,
+           converged: Optional[Callable[[Iteration, dict, dict], bool]] = None
+           ) -> FitResult:
     """Run EM from (weights, params) until the stopping rule fires.
 
-    The objective J is the log-likelihood, plus the log prior for MAP-EM (a
-    family whose ``log_prior`` is not 0, or a Dirichlet prior on the weights with
-    concentration ``weight_concentration``, all entries >= 1). Stops when the
-    relative change |J_{t+1} - J_t| / |J_{t+1}| is <= ``tol`` ('tol'), after
+    The objective J is the rule's objective F (the log-likelihood for the soft
+    rule), plus the log prior for MAP-EM (a family whose ``log_prior`` is not 0,
+    or a Dirichlet prior on the weights with concentration
+    ``weight_concentration``, all entries >= 1). Stops when the relative change
+    |J_{t+1} - J_t| / |J_{t+1}| is <= ``tol`` ('tol'; or when
+    ``converged(record, params_t, params_t+1)`` is true, if given), after
     ``max_iter`` M-steps ('max_iter'), or on KeyboardInterrupt ('interrupted'; the
-    last parameters whose objective was computed are returned).
+    last parameters whose objective was computed are returned). The mixture
+    weights stay as given when ``family.fixed_weights`` is true (k-means).
     """
     n, d = X.shape
     chunk_rows = chunk_rows or chunk_rows_for(d)
@@ -319,11 +333,12 @@ def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarr
                        run_pass=run_pass, verbose=verbose, callback=callback,
                        depth=summation_depth(n, chunk_rows), t_start=t_start,
                        concentration=(None if weight_concentration is None else
-                                      np.asarray(weight_concentration, dtype=np.float64)))
+                                      np.asarray(weight_concentration, dtype=np.float64)),
+                       converged=converged)
 
 
 def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbose,
-            callback, depth, t_start, concentration) -> FitResult:
+            callback, depth, t_start, concentration, converged) -> FitResult:
     n, d = X.shape
     k = family.n_components
     history = []
@@ -337,7 +352,7 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
     current = run_pass(weights, params)
     prior_now, prior_mag_now = log_prior(weights, params, family_prior)
     amp_now = family.rounding_amplification(params)
-    _check_finite(current.loglik + prior_now, "the objective at the initial parameters")
+    _check_finite(current.value + prior_now, "the objective at the initial parameters")
     n_samples = float(np.sum(current.resp_sum))
     stop_reason = "max_iter"
     try:
@@ -345,7 +360,8 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
             t0 = time.perf_counter()
             stats = current.stats
             new_params = family.m_step(stats, params)
-            new_weights = _weights_m_step(current.resp_sum, concentration)
+            new_weights = (weights if family.fixed_weights
+                           else _weights_m_step(current.resp_sum, concentration))
             empty = tuple(int(j) for j in np.flatnonzero(~(current.resp_sum > 0)))
             elbo = (family.expected_log_likelihood(stats, new_params)
                     + _weights_expected(current.resp_sum, new_weights) + current.entropy)
@@ -353,7 +369,7 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
             pen_new = family.m_step_penalty(stats, new_params)
             nxt = run_pass(new_weights, new_params)
             prior_next, prior_mag_next = log_prior(new_weights, new_params)
-            _check_finite(nxt.loglik + prior_next, f"the objective after iteration {t}")
+            _check_finite(nxt.value + prior_next, f"the objective after iteration {t}")
             amp_next = family.rounding_amplification(new_params)
             amp = max(amp_now, amp_next)
             # notes/em_variants_and_testing.md 9.3-9.4, with the summation depth of
@@ -366,14 +382,17 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
                          * (current.magnitude + nxt.magnitude + abs(pen_old) + abs(pen_new)
                             + prior_mag_now + prior_mag_next)
                          # the M-step's maximiser rounded to doubles (second order)
-                         + 2.0 * family.parameter_rounding(stats, new_params))
-            objective_now = current.loglik + prior_now
-            objective_next = nxt.loglik + prior_next
+                         + 2.0 * family.parameter_rounding(stats, new_params)
+                         # log-densities through a cancelling formula (k-means)
+                         + family.log_density_rounding(stats, params)
+                         + family.log_density_rounding(stats, new_params))
+            objective_now = current.value + prior_now
+            objective_next = nxt.value + prior_next
             rel = abs(objective_next - objective_now) / max(abs(objective_next),
                                                              np.finfo(float).tiny)
             record = Iteration(
-                iteration=t, loglik=current.loglik, elbo_at_start=current.elbo, elbo=elbo,
-                loglik_next=nxt.loglik, objective=objective_next, relative_change=rel,
+                iteration=t, value=current.value, elbo_at_start=current.elbo, elbo=elbo,
+                value_next=nxt.value, objective=objective_next, relative_change=rel,
                 penalty_change=pen_new - pen_old,
                 param_change=_param_change(weights, params, new_weights, new_params),
                 tolerance_equality=max(tol_eq, np.finfo(float).tiny),
@@ -381,21 +400,23 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
                 empty_components=empty, seconds=time.perf_counter() - t0,
                 log_prior=prior_now, log_prior_next=prior_next)
             history.append(record)
+            history_params = params
             weights, params, current = new_weights, new_params, nxt
             prior_now, prior_mag_now, amp_now = prior_next, prior_mag_next, amp_next
             if verbose:
-                print(f"iteration {t:4d}  loglik {record.loglik_next: .10e}  "
+                print(f"iteration {t:4d}  {rule.objective} {record.value_next: .10e}  "
                       f"change {rel:.3e}  ({record.seconds:.3f} s)")
             if callback is not None:
                 callback(record)
-            if rel <= tol:
+            if (converged(record, history_params, params) if converged is not None
+                    else rel <= tol):
                 stop_reason = "tol"
                 break
     except KeyboardInterrupt:
         stop_reason = "interrupted"
     return FitResult(weights=weights, params=params, history=tuple(history),
-                     n_iter=len(history), stop_reason=stop_reason, loglik=current.loglik,
-                     objective=current.loglik + prior_now,
+                     n_iter=len(history), stop_reason=stop_reason, value=current.value,
+                     objective=current.value + prior_now,
                      objective_name=rule.objective + (" + log prior" if has_prior else ""),
                      n_samples=n_samples, seconds=time.perf_counter() - t_start,
                      resp_sum=current.resp_sum)

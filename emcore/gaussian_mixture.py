@@ -339,7 +339,7 @@ class GaussianMixture(BaseEstimator):
         self.converged_ = result.converged
         self.stop_reason_ = result.stop_reason
         self.n_iter_ = result.n_iter
-        self.lower_bound_ = result.loglik / result.n_samples
+        self.lower_bound_ = result.value / result.n_samples
         self.history_ = result.history
         self.n_features_in_ = n_features
 
@@ -354,7 +354,7 @@ class GaussianMixture(BaseEstimator):
         row_loglik = np.empty(X.shape[0])
         data_pass(X, self._fitted_family(), self._rule(), self.weights_, self._params(),
                   n_jobs=self.n_jobs, with_stats=False, out_log_resp=out_log_resp,
-                  out_row_loglik=row_loglik, chunk_rows=chunk_rows_for(X.shape[1]))
+                  out_row_value=row_loglik, chunk_rows=chunk_rows_for(X.shape[1]))
         return row_loglik, out_log_resp
 
     def score_samples(self, X: Any) -> np.ndarray:

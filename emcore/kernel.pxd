@@ -16,10 +16,13 @@
 
 cdef enum:
     # Layout of the per-pass totals a posterior kernel adds to (see PosteriorKernel).
-    TOTAL_LOGLIK = 0              # sum_i w_i log p(x_i)
+    # A rule maximises ELBO_tau(q_i) = sum_k q_ik a_ik + tau H(q_i) over its set of
+    # q (tau = 1 soft, 0 hard, T tempered); f_i is that maximum, the rule's
+    # objective for row i (log p(x_i) for the soft rule).
+    TOTAL_OBJECTIVE = 0           # sum_i w_i f_i
     TOTAL_EXPECTED_LOG_JOINT = 1  # sum_i w_i sum_k q_ik log p(x_i, z_i = k)
-    TOTAL_ENTROPY = 2             # sum_i w_i H(q_i)
-    TOTAL_MAGNITUDE = 3           # sum_i w_i (|l_i| + sum_k q_ik (|a_ik| + |log q_ik|))
+    TOTAL_ENTROPY = 2             # sum_i w_i tau H(q_i)   (the rule's entropy term)
+    TOTAL_MAGNITUDE = 3           # sum_i w_i (|f_i| + sum_k q_ik (|a_ik| + tau |log q_ik|))
     N_TOTALS = 4
 
 
@@ -47,14 +50,28 @@ cdef class FamilyKernel:
     cdef void merge_stats(self, double* into, const double* other) noexcept nogil
     # into <- statistics of the union of the data behind `into` and `other`.
 
+    cdef int chunk_accumulate_hard(self, const double* X, Py_ssize_t n_rows,
+                                   const Py_ssize_t* labels, const double* row_weights,
+                                   double* one_hot, double* stats,
+                                   double* scratch) noexcept nogil
+    # Hard assignment: add the statistics of row i to component labels[i], with
+    # weight row_weights[i] (NULL means 1). The default writes the weights as an
+    # (n_rows, n_components) one-hot array into `one_hot` and calls
+    # chunk_accumulate; a kernel may override it to skip that array.
+
 
 cdef class PosteriorKernel:
     """Turns a chunk's log joint probabilities into q (a posterior rule)."""
+    cdef readonly bint hard   # q is a point mass: the kernel writes labels
 
-    cdef int chunk_posterior(self, double* log_joint, double* resp, double* row_loglik,
+    cdef int chunk_posterior(self, double* log_joint, double* resp, double* row_value,
                              const double* row_weights, Py_ssize_t n_rows,
-                             Py_ssize_t n_components, double* totals) noexcept nogil
-    # In: log_joint. Out: log_joint overwritten by log q, resp = q, row_loglik[i] =
-    # log p(x_i); totals[0:N_TOTALS] incremented as laid out above, each row scaled
-    # by row_weights[i] (NULL means 1). Return 0, or 1 + the index of the first row
-    # that has no finite likelihood.
+                             Py_ssize_t n_components, double* totals,
+                             Py_ssize_t* labels) noexcept nogil
+    # In: log_joint. Out: row_value[i] = f_i; totals[0:N_TOTALS] incremented as laid
+    # out above, each row scaled by row_weights[i] (NULL means 1).
+    # A soft kernel (hard = False) overwrites log_joint by log q and writes
+    # resp = q; `labels` is NULL. A hard kernel writes labels[i] = the component
+    # of row i and, only if resp is not NULL, also q (one-hot) into resp and
+    # log q (0 or -inf) into log_joint.
+    # Return 0, or 1 + the index of the first row that has no finite likelihood.

@@ -32,6 +32,17 @@ cdef class FamilyKernel:
     cdef void merge_stats(self, double* into, const double* other) noexcept nogil:
         pass
 
+    cdef int chunk_accumulate_hard(self, const double* X, Py_ssize_t n_rows,
+                                   const Py_ssize_t* labels, const double* row_weights,
+                                   double* one_hot, double* stats,
+                                   double* scratch) noexcept nogil:
+        cdef Py_ssize_t i, k, K = self.n_components
+        for i in range(n_rows * K):
+            one_hot[i] = 0.0
+        for i in range(n_rows):
+            one_hot[i * K + labels[i]] = row_weights[i] if row_weights != NULL else 1.0
+        return self.chunk_accumulate(X, n_rows, one_hot, stats, scratch)
+
     # --- Python face -------------------------------------------------------------
 
     def _check_X(self, X):
@@ -103,27 +114,31 @@ cdef class FamilyKernel:
 
 cdef class PosteriorKernel:
 
-    cdef int chunk_posterior(self, double* log_joint, double* resp, double* row_loglik,
+    cdef int chunk_posterior(self, double* log_joint, double* resp, double* row_value,
                              const double* row_weights, Py_ssize_t n_rows,
-                             Py_ssize_t n_components, double* totals) noexcept nogil:
+                             Py_ssize_t n_components, double* totals,
+                             Py_ssize_t* labels) noexcept nogil:
         return -1
 
     def posterior(self, log_joint, row_weights=None):
-        """Return (log_resp, resp, row_loglik, totals) for a chunk's log joint.
+        """Return (log_resp, resp, row_value, totals) for a chunk's log joint.
 
-        ``totals`` is an array of N_TOTALS sums laid out as in kernel.pxd.
-        Raises ValueError naming the first row with no finite likelihood.
+        ``row_value[i]`` is the rule's objective f_i for row i and ``totals`` an
+        array of N_TOTALS sums, laid out as in kernel.pxd. Raises ValueError
+        naming the first row with no finite likelihood.
         """
         log_resp = np.array(log_joint, dtype=np.float64, order="C", copy=True)
         if log_resp.ndim != 2:
             raise ValueError("log_joint must be 2-D")
         cdef Py_ssize_t n = log_resp.shape[0], k = log_resp.shape[1]
         resp = np.empty((n, k))
-        row_loglik = np.empty(n)
+        row_value = np.empty(n)
+        labels = np.empty(n, dtype=np.intp)
         totals = np.zeros(N_TOTALS)
         cdef double[:, ::1] lv = log_resp
         cdef double[:, ::1] rv = resp
-        cdef double[::1] llv = row_loglik
+        cdef double[::1] llv = row_value
+        cdef Py_ssize_t[::1] labv = labels
         cdef double[::1] tv = totals
         cdef const double[::1] wv
         cdef const double* wp = NULL
@@ -135,11 +150,12 @@ cdef class PosteriorKernel:
             if n:
                 wp = &wv[0]
         if n == 0 or k == 0:
-            return log_resp, resp, row_loglik, totals
+            return log_resp, resp, row_value, totals
         with nogil:
-            status = self.chunk_posterior(&lv[0, 0], &rv[0, 0], &llv[0], wp, n, k, &tv[0])
+            status = self.chunk_posterior(&lv[0, 0], &rv[0, 0], &llv[0], wp, n, k, &tv[0],
+                                          &labv[0] if self.hard else NULL)
         if status != 0:
             raise ValueError(
                 f"row {status - 1} has no finite likelihood under any component "
                 "(every log p(x, z=k) is -inf or NaN)")
-        return log_resp, resp, row_loglik, totals
+        return log_resp, resp, row_value, totals

@@ -79,6 +79,10 @@ class Family(abc.ABC):
         Dimension d of one observation.
     """
 
+    #: True when the model fixes the mixture weights (k-means: equal weights); the
+    #: engine then keeps the initial weights instead of estimating them.
+    fixed_weights: bool = False
+
     def __init__(self, n_components: int, n_features: int):
         self.n_components = int(n_components)
         self.n_features = int(n_features)
@@ -174,6 +178,16 @@ class Family(abc.ABC):
         """
         return 0.0
 
+    def log_density_rounding(self, stats: Any, params: Params) -> float:
+        """Bound on the summed rounding error of sum_ik q_ik log p(x_i | k) from ``log_density``.
+
+        For a log-density computed through a cancelling formula (k-means' distances
+        by the GEMM identity ||x||^2 - 2 x.mu + ||mu||^2), an absolute bound for the
+        rows behind ``stats``; it is added to the chain tolerance. Default 0 (the
+        relative error is covered by ``rounding_amplification``).
+        """
+        return 0.0
+
     # --- compiled path ------------------------------------------------------------
     def compiled_kernel(self, params: Params):
         """Return an ``emcore.kernel.FamilyKernel`` for ``params``, or None."""
@@ -196,13 +210,20 @@ class PosteriorRule(abc.ABC):
 
     objective: str = "log-likelihood"
 
+    #: tau in ELBO_tau(q) = sum_k q_k a_k + tau H(q): 1 for the exact posterior, 0 for
+    #: a point mass, T for tempering.
+    entropy_weight: float = 1.0
+
     @abc.abstractmethod
     def posterior(self, log_joint: np.ndarray, row_weights: Optional[np.ndarray] = None):
-        """Return ``(log_resp, resp, row_loglik, totals)`` for a chunk.
+        """Return ``(log_resp, resp, row_value, totals)`` for a chunk.
 
+        The rule picks, row by row, the q of its set maximising
+        ELBO_tau(q_i) = sum_k q_ik a_ik + tau H(q_i) with tau = ``entropy_weight``;
+        ``row_value[i]`` is that maximum f_i (log p(x_i) for the exact posterior).
         ``totals`` has ``emcore.kernel.N_TOTALS_`` entries: the row-weighted sums of
-        log p(x_i), sum_k q_ik a_ik, the entropy H(q_i), and the rounding magnitude
-        |l_i| + sum_k q_ik (|a_ik| + |log q_ik|).
+        f_i, sum_k q_ik a_ik, tau H(q_i), and the rounding magnitude
+        |f_i| + sum_k q_ik (|a_ik| + tau |log q_ik|).
         """
 
     def compiled_kernel(self):

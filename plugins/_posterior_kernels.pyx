@@ -2,26 +2,40 @@
 """Compiled posterior rules (first-party plugins)."""
 from libc.math cimport exp, log, fabs, isnan, isfinite, INFINITY
 
-from emcore.kernel cimport (PosteriorKernel, TOTAL_LOGLIK, TOTAL_EXPECTED_LOG_JOINT,
+from emcore.kernel cimport (PosteriorKernel, TOTAL_OBJECTIVE, TOTAL_EXPECTED_LOG_JOINT,
                             TOTAL_ENTROPY, TOTAL_MAGNITUDE)
 
 
 cdef class SoftPosteriorKernel(PosteriorKernel):
-    """Exact posterior: log q_ik = (a_ik - m_i) - log sum_k exp(a_ik - m_i).
+    """Tempered posterior q_ik proportional to exp(a_ik / T); T = 1 is the exact posterior.
 
-    The shifted form keeps rows normalised to a few ulps even when |a| is huge
-    (never a - logsumexp(a), never exp of an unnormalised log). Terms with
-    q_ik = 0 contribute 0 to every total (0 log 0 = 0, 0 * -inf = 0).
+    With b_ik = a_ik / T and m_i = max_k b_ik:
+    log q_ik = (b_ik - m_i) - log sum_k exp(b_ik - m_i), one exp per entry. The
+    shifted form keeps rows normalised to a few ulps even when |a| is huge (never
+    a - logsumexp(a), never exp of an unnormalised log). The row objective is
+    f_i = T (m_i + log sum_k exp(b_ik - m_i)) = max_q sum_k q_k a_ik + T H(q)
+    (log p(x_i) at T = 1), and the entropy total is T H(q_i). Terms with q_ik = 0
+    contribute 0 to every total (0 log 0 = 0, 0 * -inf = 0). At T = 1 every
+    operation involving T is exact, so soft EM's numbers do not depend on it.
     """
+    cdef readonly double temperature
+
+    def __cinit__(self, double temperature=1.0):
+        if not (temperature > 0.0 and isfinite(temperature)):
+            raise ValueError(f"temperature must be a positive finite number; got {temperature}")
+        self.temperature = temperature
+        self.hard = False
 
     def __reduce__(self):
-        return (SoftPosteriorKernel, ())
+        return (SoftPosteriorKernel, (self.temperature,))
 
-    cdef int chunk_posterior(self, double* log_joint, double* resp, double* row_loglik,
+    cdef int chunk_posterior(self, double* log_joint, double* resp, double* row_value,
                              const double* row_weights, Py_ssize_t n_rows,
-                             Py_ssize_t n_components, double* totals) noexcept nogil:
+                             Py_ssize_t n_components, double* totals,
+                             Py_ssize_t* labels) noexcept nogil:
         cdef Py_ssize_t i, k, K = n_components
-        cdef double m, s, log_s, inv_s, ell, a, lq, q, H, E, mag, w
+        cdef double T = self.temperature, inv_T = 1.0 / self.temperature
+        cdef double m, s, log_s, inv_s, f, a, lq, q, H, E, mag, w
         cdef double* row
         for i in range(n_rows):
             row = log_joint + i * K
@@ -34,33 +48,83 @@ cdef class SoftPosteriorKernel(PosteriorKernel):
                     m = a
             if not isfinite(m):
                 return <int>(i + 1)
-            # one exp per entry: e_k = exp(a_k - m) (<= 1, the max row entry is 1)
+            m = m * inv_T
+            # one exp per entry: e_k = exp(b_k - m) (<= 1, the max row entry is 1)
             s = 0.0
             for k in range(K):
-                q = exp(row[k] - m)
+                q = exp(row[k] * inv_T - m)
                 resp[i * K + k] = q
                 s += q
             log_s = log(s)
             inv_s = 1.0 / s
-            ell = m + log_s
+            f = T * (m + log_s)
             H = 0.0
             E = 0.0
-            mag = fabs(ell)
+            mag = fabs(f)
             for k in range(K):
                 a = row[k]
-                lq = (a - m) - log_s
+                lq = (a * inv_T - m) - log_s
                 q = resp[i * K + k] * inv_s
                 if q > 0.0:
                     H -= q * lq
                     E += q * a
-                    mag += q * (fabs(a) + fabs(lq))
+                    mag += q * (fabs(a) + T * fabs(lq))
                 row[k] = lq
                 resp[i * K + k] = q
-            row_loglik[i] = ell
+            row_value[i] = f
             w = row_weights[i] if row_weights != NULL else 1.0
             if w != 0.0:
-                totals[TOTAL_LOGLIK] += w * ell
+                totals[TOTAL_OBJECTIVE] += w * f
                 totals[TOTAL_EXPECTED_LOG_JOINT] += w * E
-                totals[TOTAL_ENTROPY] += w * H
+                totals[TOTAL_ENTROPY] += w * (T * H)
                 totals[TOTAL_MAGNITUDE] += w * mag
+        return 0
+
+
+cdef class HardPosteriorKernel(PosteriorKernel):
+    """Point mass on the most probable component, ties to the lowest index.
+
+    f_i = max_k a_ik (the row's classification log-likelihood), entropy 0.
+    """
+
+    def __cinit__(self):
+        self.hard = True
+
+    def __reduce__(self):
+        return (HardPosteriorKernel, ())
+
+    cdef int chunk_posterior(self, double* log_joint, double* resp, double* row_value,
+                             const double* row_weights, Py_ssize_t n_rows,
+                             Py_ssize_t n_components, double* totals,
+                             Py_ssize_t* labels) noexcept nogil:
+        cdef Py_ssize_t i, k, best, K = n_components
+        cdef double m, a, w
+        cdef double* row
+        for i in range(n_rows):
+            row = log_joint + i * K
+            m = -INFINITY
+            best = -1
+            for k in range(K):
+                a = row[k]
+                if isnan(a):
+                    return <int>(i + 1)
+                if a > m:           # strict: the lowest index wins a tie
+                    m = a
+                    best = k
+            if best < 0 or not isfinite(m):
+                return <int>(i + 1)
+            if labels != NULL:
+                labels[i] = best
+            if resp != NULL:
+                for k in range(K):
+                    resp[i * K + k] = 0.0
+                    row[k] = -INFINITY
+                resp[i * K + best] = 1.0
+                row[best] = 0.0
+            row_value[i] = m
+            w = row_weights[i] if row_weights != NULL else 1.0
+            if w != 0.0:
+                totals[TOTAL_OBJECTIVE] += w * m
+                totals[TOTAL_EXPECTED_LOG_JOINT] += w * m
+                totals[TOTAL_MAGNITUDE] += w * (2.0 * fabs(m))
         return 0

@@ -67,7 +67,7 @@ def test_chain_holds_at_every_iteration(mixture, n_per, seed, scale, offset, reg
         assert _worst(gm.history_, penalised=False) <= 1.0
         for it in gm.history_:
             assert it.penalty_change == 0.0
-            assert it.loglik_next >= it.loglik - it.tolerance
+            assert it.value_next >= it.value - it.tolerance
 
 
 def test_the_tolerance_is_sharp_on_well_conditioned_data():
@@ -79,8 +79,8 @@ def test_the_tolerance_is_sharp_on_well_conditioned_data():
     gm = _quiet_fit(GaussianMixture(2, reg_covar=0.0, max_iter=10, tol=0.0,
                                     random_state=0), X)
     for it in gm.history_:
-        assert it.tolerance < 1e-11 * abs(it.loglik)
-        assert it.tolerance_equality < 1e-12 * abs(it.loglik)
+        assert it.tolerance < 1e-11 * abs(it.value)
+        assert it.tolerance_equality < 1e-12 * abs(it.value)
 
 
 def test_chain_holds_for_data_offset_by_1e6():

@@ -90,7 +90,7 @@ def test_chain_holds_for_every_type(mixture, n_per, seed, covariance_type, prior
     for it in gm.history_:
         assert it.chain_holds(), (covariance_type, it.chain_slacks())
         if reg_covar == 0.0:
-            assert it.objective >= it.loglik + it.log_prior - it.tolerance
+            assert it.objective >= it.value + it.log_prior - it.tolerance
 
 
 def _family(covariance_type, k, d, prior=None, reg_covar=0.0):

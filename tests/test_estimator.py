@@ -452,7 +452,7 @@ def test_sample_is_reproducible_with_an_int_random_state(fitted3):
 
 def _fit_record(model):
     return (model.weights_, model.means_, model.covariances_,
-            np.array([it.loglik for it in model.history_]), model.n_iter_)
+            np.array([it.value for it in model.history_]), model.n_iter_)
 
 
 def _assert_identical(a, b):
@@ -476,7 +476,7 @@ def test_different_random_states_usually_give_different_starts(init):
     # Unstructured data, so that different seeds give different partitions.
     X = np.random.default_rng(5).normal(size=(80, 2))
     starts = {quiet_fit(GM(3, random_state=seed, init_params=init, max_iter=1),
-                        X).history_[0].loglik
+                        X).history_[0].value
               for seed in range(5)}
     assert len(starts) >= 3, starts
 
@@ -484,8 +484,8 @@ def test_different_random_states_usually_give_different_starts(init):
 def test_a_generator_random_state_is_consumed_across_fits():
     gen = np.random.default_rng(3)
     model = GM(3, random_state=gen, init_params="random", max_iter=1)
-    first = quiet_fit(model, X3).history_[0].loglik
-    second = quiet_fit(model, X3).history_[0].loglik
+    first = quiet_fit(model, X3).history_[0].value
+    second = quiet_fit(model, X3).history_[0].value
     assert first != second
 
 
@@ -509,13 +509,13 @@ def test_warm_start_continues_from_the_fitted_parameters():
     model = GM(3, warm_start=True, random_state=0, init_params="random", max_iter=3, tol=0)
     with pytest.warns(ConvergenceWarning):
         model.fit(X3)
-    first_final = model.history_[-1].loglik_next
+    first_final = model.history_[-1].value_next
     first_means = model.means_.copy()
     model.set_params(max_iter=1)
     with pytest.warns(ConvergenceWarning):
         model.fit(X3)
     assert model.n_iter_ == 1
-    assert model.history_[0].loglik == pytest.approx(first_final, rel=1e-14)
+    assert model.history_[0].value == pytest.approx(first_final, rel=1e-14)
     # The same as running 4 iterations in one go.
     straight = quiet_fit(GM(3, random_state=0, init_params="random", max_iter=4, tol=0), X3)
     np.testing.assert_allclose(model.means_, straight.means_, rtol=1e-12)
@@ -524,7 +524,7 @@ def test_warm_start_continues_from_the_fitted_parameters():
     cold = quiet_fit(GM(3, random_state=0, init_params="random", max_iter=1, tol=0), X3)
     model.set_params(warm_start=False)
     quiet_fit(model, X3)
-    assert model.history_[0].loglik == cold.history_[0].loglik
+    assert model.history_[0].value == cold.history_[0].value
 
 
 def test_warm_start_with_different_n_features_starts_afresh():
@@ -576,7 +576,7 @@ def _default_initial_parameters(random_state):
     covs = np.array([np.cov(X2[LABELS2 == blob[c]].T, bias=True) + 1e-6 * np.eye(2)
                      for c in range(2)])
     # The partition is the blobs: the reference fit started from these parameters.
-    assert ref.history_[0].loglik == pytest.approx(
+    assert ref.history_[0].value == pytest.approx(
         mixture_loglik(X2, weights, means, covs), rel=1e-10)
     return weights, means, covs
 
@@ -596,7 +596,7 @@ def test_given_initial_parameters_are_honoured(given):
         kwargs["precisions_init"], covs = _P2, np.linalg.inv(_P2)
     with pytest.warns(ConvergenceWarning):
         model = GM(2, random_state=seed, max_iter=1, tol=0, **kwargs).fit(X2)
-    assert model.history_[0].loglik == pytest.approx(
+    assert model.history_[0].value == pytest.approx(
         mixture_loglik(X2, weights, means, covs), rel=1e-10)
 
 
@@ -647,7 +647,7 @@ def test_n_iter_is_the_length_of_history(max_iter):
     assert model.n_iter_ == len(model.history_) <= max_iter
     assert [it.iteration for it in model.history_] == list(range(model.n_iter_))
     for a, b in zip(model.history_, model.history_[1:]):
-        assert b.loglik == a.loglik_next
+        assert b.value == a.value_next
     # The stopping rule fired where history_ says.
     if model.stop_reason_ == "tol":
         assert model.history_[-1].relative_change <= model.tol
@@ -659,7 +659,7 @@ def test_n_iter_is_the_length_of_history(max_iter):
 def test_lower_bound_is_the_score_on_the_training_data(fitted3):
     assert fitted3.lower_bound_ == pytest.approx(fitted3.score(X3), rel=1e-12)
     assert fitted3.lower_bound_ == pytest.approx(
-        fitted3.history_[-1].loglik_next / N3, rel=1e-14)
+        fitted3.history_[-1].value_next / N3, rel=1e-14)
     model = quiet_fit(GM(3, random_state=0, init_params="random", max_iter=2), X3)
     assert model.lower_bound_ == pytest.approx(model.score(X3), rel=1e-12)
 
@@ -667,7 +667,7 @@ def test_lower_bound_is_the_score_on_the_training_data(fitted3):
 def test_log_likelihood_never_decreases_without_reg_covar():
     model = quiet_fit(GM(3, random_state=2, init_params="random", reg_covar=0.0,
                          max_iter=30), X3)
-    logliks = [it.loglik for it in model.history_] + [model.history_[-1].loglik_next]
+    logliks = [it.value for it in model.history_] + [model.history_[-1].value_next]
     slack = [1e-12 * abs(v) for v in logliks[1:]]
     assert all(b >= a - s for a, b, s in zip(logliks, logliks[1:], slack)), logliks
 

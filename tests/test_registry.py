@@ -273,7 +273,7 @@ def test_first_party_plugins_load_only_through_their_entry_points():
                    if ep.dist is not None and ep.dist.name == "emcore"]
     reg = load_registry(entry_points=first_party)
     assert set(reg.families) == {"gaussian"}
-    assert set(reg.posterior_rules) == {"soft"}
+    assert set(reg.posterior_rules) == {"soft", "hard", "tempered"}
 
 
 def test_get_registry_is_loaded_once_and_cached():
@@ -296,8 +296,8 @@ def test_unknown_family_lists_the_registered_names():
     reg = load_registry()
     with pytest.raises(ValueError, match=r"no family named 'gausian'.*'gaussian'"):
         reg.family("gausian")
-    with pytest.raises(ValueError, match=r"no posterior rule named 'hard'.*'soft'"):
-        reg.posterior_rule("hard")
+    with pytest.raises(ValueError, match=r"no posterior rule named 'annealed'.*'soft'"):
+        reg.posterior_rule("annealed")
     # Unhashable names are a lookup failure too, not a TypeError from the dict.
     with pytest.raises(ValueError, match="no family named"):
         reg.family(["gaussian"])
@@ -373,7 +373,7 @@ def test_broken_plugins_are_reported_by_name_and_skipped(installer):
 
     # ... and skipped: nothing they declared is registered.
     assert set(reg.families) == {"gaussian", "toy"}
-    assert set(reg.posterior_rules) == {"soft"}
+    assert set(reg.posterior_rules) == {"soft", "hard", "tempered"}
     assert "dict-family" not in reg.families
     pm = reg.plugin_manager
     for name in ("emcore-typo:typo", "emcore-badarg:badarg"):
@@ -505,7 +505,7 @@ def test_installed_broken_plugins_do_not_stop_a_gaussian_fit_or_emcore_plugins(i
     assert out["loglik"] == pytest.approx(-1130.264, abs=1e-2)
     assert out["families"]["gaussian"] == ["gaussian", "emcore"]
     assert out["families"]["toy"] == ["toy", "emcore-toy-family"]
-    assert out["rules"] == {"soft": ["soft", "emcore"]}
+    assert out["rules"] == {name: ["soft", "emcore"] for name in ("soft", "hard", "tempered")}
     assert {(n, d) for n, d, _ in out["broken"]} == set(expected)
 
     # `emcore plugins` lists who provides what, and the broken ones with why.

@@ -67,8 +67,8 @@ def test_constant_weights_change_nothing_but_the_scale(blobs):
     plain, scaled = _fit(X, start), _fit(X, start, np.full(X.shape[0], 3.5))
     _same_fit(plain, scaled)
     # the recorded log-likelihood is the weighted sum: 3.5 times the plain one
-    assert scaled.history_[-1].loglik_next == pytest.approx(
-        3.5 * plain.history_[-1].loglik_next, rel=RTOL)
+    assert scaled.history_[-1].value_next == pytest.approx(
+        3.5 * plain.history_[-1].value_next, rel=RTOL)
 
 
 def test_weighted_score_is_the_weighted_mean(blobs):

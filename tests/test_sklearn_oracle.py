@@ -67,7 +67,7 @@ def test_one_em_step_matches_scikit_learn(problem):
     assert em.n_iter_ == 1
     _assert_same_parameters(sk, em, RTOL)
     # scikit-learn's lower_bound_ is the mean loglik before its last M-step
-    assert em.history_[0].loglik / X.shape[0] == pytest.approx(sk.lower_bound_, rel=RTOL)
+    assert em.history_[0].value / X.shape[0] == pytest.approx(sk.lower_bound_, rel=RTOL)
 
 
 def test_converged_fit_matches_scikit_learn(problem):

@@ -40,8 +40,8 @@ def test_fit_is_bitwise_identical_for_1_and_2_threads(data):
     assert len(one.history_) == len(two.history_)
     for a, b in zip(one.history_, two.history_):
         # every recorded number, bit for bit (wall time aside)
-        assert (a.loglik, a.elbo_at_start, a.elbo, a.loglik_next, a.penalty_change) == \
-            (b.loglik, b.elbo_at_start, b.elbo, b.loglik_next, b.penalty_change)
+        assert (a.value, a.elbo_at_start, a.elbo, a.value_next, a.penalty_change) == \
+            (b.value, b.elbo_at_start, b.elbo, b.value_next, b.penalty_change)
 
 
 @pytest.mark.parametrize("n_rows", [1, 7, 4096, 4097, 70001])
@@ -62,8 +62,8 @@ def test_one_pass_is_bitwise_identical_for_any_thread_count(data, n_rows):
         results.append((out, log_resp))
     base, base_lr = results[0]
     for out, lr in results[1:]:
-        assert (out.loglik, out.expected_log_joint, out.entropy, out.magnitude) == \
-            (base.loglik, base.expected_log_joint, base.entropy, base.magnitude)
+        assert (out.value, out.expected_log_joint, out.entropy, out.magnitude) == \
+            (base.value, base.expected_log_joint, base.entropy, base.magnitude)
         assert np.array_equal(out.resp_sum, base.resp_sum)
         for field in ("weight", "mean", "residual", "scatter"):
             assert np.array_equal(getattr(out.stats, field), getattr(base.stats, field))

@@ -28,14 +28,16 @@ cdef enum:
 
 def data_pass(FamilyKernel family, PosteriorKernel rule, const double[:, ::1] X,
               const double[::1] log_weights, sample_weight, Py_ssize_t chunk_rows,
-              int n_threads, bint with_stats, out_log_resp=None, out_row_loglik=None):
+              int n_threads, bint with_stats, out_log_resp=None, out_row_value=None):
     """Run one E-step pass; return (stats, resp_sum, totals).
 
     stats      (family.n_stats,)  merged sufficient statistics (zeros if not with_stats)
     resp_sum   (n_components,)    sum_i w_i q_ik
     totals     (N_TOTALS,)        see emcore/kernel.pxd
-    Optionally fills out_log_resp (n, k) with log q and out_row_loglik (n,) with
-    log p(x_i). Raises ValueError / FloatingPointError on a kernel failure.
+    Optionally fills out_log_resp (n, k) with log q and out_row_value (n,) with the
+    rule's row objective f_i (log p(x_i) for the soft rule). A hard rule hands
+    over labels, and the family accumulates by label (no n x k weights).
+    Raises ValueError / FloatingPointError on a kernel failure.
     """
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], K = family.n_components
     cdef Py_ssize_t S = family.n_stats
@@ -77,10 +79,10 @@ def data_pass(FamilyKernel family, PosteriorKernel rule, const double[:, ::1] X,
             raise ValueError("out_log_resp has the wrong shape")
         if n:
             lr_out = &lrv[0, 0]
-    if out_row_loglik is not None:
-        llv = out_row_loglik
+    if out_row_value is not None:
+        llv = out_row_value
         if llv.shape[0] != n:
-            raise ValueError("out_row_loglik has the wrong shape")
+            raise ValueError("out_row_value has the wrong shape")
         if n:
             ll_out = &llv[0]
 
@@ -91,6 +93,9 @@ def data_pass(FamilyKernel family, PosteriorKernel rule, const double[:, ::1] X,
     cdef double* L
     cdef double* F
     cdef double* T
+    cdef Py_ssize_t* Z
+    cdef double* Rq
+    cdef bint hard = rule.hard
     cdef int status
     cdef const double* lw = &log_weights[0] if K else NULL
     cdef const double* Xp = &X[0, 0] if n else NULL
@@ -105,7 +110,10 @@ def data_pass(FamilyKernel family, PosteriorKernel rule, const double[:, ::1] X,
             L = <double*>malloc(chunk_rows * sizeof(double))
             F = <double*>malloc((fam_scratch + 1) * sizeof(double))
             T = <double*>malloc(N_TOTALS * sizeof(double))
-            if A == NULL or R == NULL or L == NULL or F == NULL or T == NULL:
+            Z = <Py_ssize_t*>malloc(chunk_rows * sizeof(Py_ssize_t))
+            # a hard rule writes q (one-hot) only when log q is asked for
+            Rq = NULL if (hard and lr_out == NULL) else R
+            if A == NULL or R == NULL or L == NULL or F == NULL or T == NULL or Z == NULL:
                 bstat[b] = _FAILED_ALLOC
             else:
                 family.clear_stats(&bs[b, 0])
@@ -127,7 +135,8 @@ def data_pass(FamilyKernel family, PosteriorKernel rule, const double[:, ::1] X,
                     for i in range(N_TOTALS):
                         T[i] = 0.0
                     status = rule.chunk_posterior(
-                        A, R, L, (sw + r0) if sw != NULL else NULL, nr, K, T)
+                        A, Rq, L, (sw + r0) if sw != NULL else NULL, nr, K, T,
+                        Z if hard else NULL)
                     for i in range(N_TOTALS):
                         bt[b, i] += T[i]
                     if status != 0:
@@ -138,14 +147,22 @@ def data_pass(FamilyKernel family, PosteriorKernel rule, const double[:, ::1] X,
                         memcpy(lr_out + r0 * K, A, nr * K * sizeof(double))
                     if ll_out != NULL:
                         memcpy(ll_out + r0, L, nr * sizeof(double))
-                    if sw != NULL:
+                    if hard:
+                        for i in range(nr):
+                            br[b, Z[i]] += sw[r0 + i] if sw != NULL else 1.0
+                    else:
+                        if sw != NULL:
+                            for i in range(nr):
+                                for k in range(K):
+                                    R[i * K + k] = R[i * K + k] * sw[r0 + i]
                         for i in range(nr):
                             for k in range(K):
-                                R[i * K + k] = R[i * K + k] * sw[r0 + i]
-                    for i in range(nr):
-                        for k in range(K):
-                            br[b, k] += R[i * K + k]
-                    if with_stats:
+                                br[b, k] += R[i * K + k]
+                    if with_stats and hard:
+                        status = family.chunk_accumulate_hard(
+                            Xp + r0 * d, nr, Z, (sw + r0) if sw != NULL else NULL, R,
+                            &bs[b, 0], F)
+                    elif with_stats:
                         status = family.chunk_accumulate(Xp + r0 * d, nr, R, &bs[b, 0], F)
                         if status != 0:
                             bstat[b] = _FAILED_ACCUMULATE
@@ -156,6 +173,7 @@ def data_pass(FamilyKernel family, PosteriorKernel rule, const double[:, ::1] X,
             free(L)
             free(F)
             free(T)
+            free(Z)
 
     for b in range(n_blocks):
         if bstat[b] == _FAILED_ALLOC:
