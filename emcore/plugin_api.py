@@ -198,6 +198,20 @@ class Family(abc.ABC):
         raise NotImplementedError(
             f"{type(self).__name__} returns a compiled kernel but not stats_from_buffer()")
 
+    # --- testing --------------------------------------------------------------------
+    def random_params(self, rng: np.random.Generator, *,
+                      nearly_degenerate: bool = False) -> dict:
+        """Return random valid parameters of the K components (optional).
+
+        Used by :mod:`emcore.testing` (``family_parameters``, ``check_family``) to
+        test the family from many parameter values. Well-conditioned by default;
+        with ``nearly_degenerate=True``, valid but close to the edge of the
+        parameter space (near-singular covariances, rates near zero, ...).
+        Families that do not implement it can still be tested with parameters
+        passed explicitly.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement random_params()")
+
 
 class PosteriorRule(abc.ABC):
     """Turns log joint probabilities a_ik = log p(x_i, z_i = k) into q.
