@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Optional
 
 import numpy as np
 
 from emcore import _validation as v
-from emcore._estimator import BaseEstimator
-from emcore._init import kmeans_plusplus, nearest_centre, one_hot
-from emcore.engine import FitResult, chunk_rows_for, data_pass, run_em, stats_from_assignments
-from emcore.exceptions import ConvergenceWarning
+from emcore._mixture import _MixtureBase
+from emcore.engine import FitResult
 from emcore.priors import GaussianPrior, ResolvedGaussianPrior
 from emcore.registry import get_registry
 
 __all__ = ["GaussianMixture"]
 
-_INIT_PARAMS = ("k-means++", "random", "random_from_data")
 _COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
 
@@ -50,7 +46,7 @@ def _expand(compact: np.ndarray, covariance_type: str, k: int, d: int) -> np.nda
     return compact[:, None, None] * np.eye(d)
 
 
-class GaussianMixture(BaseEstimator):
+class GaussianMixture(_MixtureBase):
     """Gaussian mixture fitted by EM, with a recorded and checked ELBO chain.
 
     Same parameters, methods and fitted attributes as
@@ -160,8 +156,7 @@ class GaussianMixture(BaseEstimator):
 
     # --- resolution and validation --------------------------------------------------
     def _family(self, n_features: int, n_components: Optional[int] = None, prior=None):
-        registry = get_registry()
-        record = registry.family("gaussian")
+        record = get_registry().family("gaussian")
         return record.factory(self.n_components if n_components is None else n_components,
                               n_features, covariance_type=self.covariance_type,
                               reg_covar=self.reg_covar, prior=prior)
@@ -173,38 +168,17 @@ class GaussianMixture(BaseEstimator):
         prior = GaussianPrior() if isinstance(self.prior, str) else self.prior
         return prior.resolve(X, self.n_components, sample_weight, self.covariance_type)
 
-    def _fitted_family(self):
-        # the fitted state, not the current parameters (set_params after fit)
-        return self._family(self.n_features_in_, self.weights_.shape[0])
-
-    @staticmethod
-    def _rule():
-        return get_registry().posterior_rule("soft").factory()
-
     def _check_parameters(self, X: np.ndarray) -> None:
         owner = "GaussianMixture"
-        k = v.check_int(self.n_components, "n_components", owner, low=1)
+        k = self._check_common(X)
         v.check_choice(self.covariance_type, "covariance_type", owner, _COVARIANCE_TYPES)
-        v.check_float(self.tol, "tol", owner)
         v.check_float(self.reg_covar, "reg_covar", owner)
-        v.check_int(self.max_iter, "max_iter", owner, low=1)
-        v.check_int(self.n_init, "n_init", owner, low=1)
-        v.check_choice(self.init_params, "init_params", owner, _INIT_PARAMS)
-        v.check_int(self.verbose, "verbose", owner, low=0)
         if not (self.prior is None or isinstance(self.prior, GaussianPrior)
                 or (isinstance(self.prior, str) and self.prior == "default")):
             raise ValueError("The 'prior' parameter of GaussianMixture must be None, "
                              f"'default' or an emcore.GaussianPrior. Got {self.prior!r} "
                              "instead.")
-        n_jobs = v.check_int(self.n_jobs, "n_jobs", owner, allow_none=True)
-        if n_jobs == 0:
-            raise ValueError("The 'n_jobs' parameter of GaussianMixture must be None, a "
-                             "positive int or a negative int (-1 = all CPUs). Got 0 instead.")
-        n, d = X.shape
-        if n < k:
-            raise ValueError(f"The 'n_components' parameter of GaussianMixture must be at "
-                             f"most n_samples={n} (the rows of X). Got n_components={k} "
-                             "instead.")
+        d = X.shape[1]
         if self.weights_init is not None:
             w = np.asarray(self.weights_init, dtype=np.float64)
             if w.shape != (k,) or not np.all(np.isfinite(w)) or np.any(w < 0) or \
@@ -235,38 +209,19 @@ class GaussianMixture(BaseEstimator):
     # --- initialisation -------------------------------------------------------------
     def _initial_parameters(self, X: np.ndarray, family, rng: np.random.Generator,
                             sample_weight: Optional[np.ndarray] = None):
-        k = self.n_components
-        given = (self.weights_init, self.means_init, self.precisions_init)
-        d = X.shape[1]
+        k, d = self.n_components, X.shape[1]
         given_weights = None
         if self.weights_init is not None:
             given_weights = np.asarray(self.weights_init, dtype=np.float64)
             given_weights = given_weights / given_weights.sum()
-        if all(x is not None for x in given):
+        if all(x is not None for x in (self.weights_init, self.means_init,
+                                       self.precisions_init)):
             params = family.params_from_precisions(
                 self.means_init, _expand(self.precisions_init, self.covariance_type, k, d))
             return given_weights, params
-
-        n = X.shape[0]
-        if self.init_params == "random":
-            def responsibilities(start, stop):
-                r = rng.random((stop - start, k))
-                return r / r.sum(axis=1, keepdims=True)
-        else:
-            if self.init_params == "k-means++":
-                seeds = kmeans_plusplus(X, k, rng, sample_weight)
-            else:  # random_from_data: rows drawn in proportion to their weight
-                p = None if sample_weight is None else sample_weight / sample_weight.sum()
-                seeds = rng.choice(n, size=k, replace=False, p=p)
-            centres = X[seeds]
-
-            def responsibilities(start, stop):
-                return one_hot(nearest_centre(X, centres, start, stop), k)
-
-        stats, resp_sum = stats_from_assignments(X, family, responsibilities,
-                                                 sample_weight=sample_weight)
-        params = family.m_step(stats, None)
-        weights = resp_sum / resp_sum.sum() if given_weights is None else given_weights
+        weights, params = super()._initial_parameters(X, family, rng, sample_weight)
+        if given_weights is not None:
+            weights = given_weights
         if self.means_init is not None:
             params = family.params_from_covariances(self.means_init, params["covariances"])
         if self.precisions_init is not None:
@@ -297,130 +252,29 @@ class GaussianMixture(BaseEstimator):
                                               min_positive=self.n_components)
         prior = self._resolved_prior(X, sample_weight)
         family = self._family(X.shape[1], prior=prior)
-        rule = self._rule()
         rng = v.check_random_state(self.random_state, "GaussianMixture")
         warm = (bool(self.warm_start) and hasattr(self, "weights_")
                 and self.n_features_in_ == X.shape[1]
                 and self.weights_.shape[0] == self.n_components)
-        best: Optional[FitResult] = None
-        for _ in range(1 if warm else self.n_init):
-            if warm:
-                weights, params = self.weights_, self._params()
-            else:
-                weights, params = self._initial_parameters(X, family, rng, sample_weight)
-            result = run_em(X, family, rule, weights, params, max_iter=self.max_iter,
-                            tol=self.tol, n_jobs=self.n_jobs, verbose=self.verbose,
-                            sample_weight=sample_weight,
-                            weight_concentration=(None if prior is None
-                                                  else prior.weight_concentration))
-            if best is None or result.objective > best.objective:
-                best = result
-            if result.stop_reason == "interrupted":
-                break       # Ctrl-C stops the whole fit, not one start of n_init
+        best = self._run_starts(X, family, self._fit_rule(), sample_weight, rng, warm=warm,
+                                weight_concentration=(None if prior is None
+                                                      else prior.weight_concentration))
         self._set_fitted(best, X.shape[1])
         self.prior_ = prior
-        if best.stop_reason == "max_iter":
-            warnings.warn(f"GaussianMixture stopped after max_iter={self.max_iter} "
-                          f"iterations before the relative change fell to tol={self.tol:g}; "
-                          "increase max_iter or tol.", ConvergenceWarning, stacklevel=2)
         return self
 
     def _set_fitted(self, result: FitResult, n_features: int) -> None:
         # the family keeps full (k, d, d) arrays for every type; users see
         # scikit-learn's shapes per covariance_type
-        self._full_params = result.params
+        super()._set_fitted(result, n_features)
         t = self.covariance_type
         U = result.params["precisions_cholesky"]
-        self.weights_ = result.weights
         self.means_ = result.params["means"]
         self.covariances_ = _compact(result.params["covariances"], t)
         self.precisions_cholesky_ = _compact(U, t)
         self.precisions_ = _compact(U @ np.swapaxes(U, 1, 2), t)
-        self.converged_ = result.converged
-        self.stop_reason_ = result.stop_reason
-        self.n_iter_ = result.n_iter
-        self.lower_bound_ = result.value / result.n_samples
-        self.history_ = result.history
-        self.n_features_in_ = n_features
 
-    def _params(self) -> dict:
-        return self._full_params
-
-    # --- using the fitted model -----------------------------------------------------
-    def _evaluate(self, X: Any, method: str, log_resp: bool = False):
-        self._check_fitted("weights_")
-        X = v.check_data(X, owner=f"GaussianMixture.{method}", n_features=self.n_features_in_)
-        out_log_resp = np.empty((X.shape[0], self.weights_.shape[0])) if log_resp else None
-        row_loglik = np.empty(X.shape[0])
-        data_pass(X, self._fitted_family(), self._rule(), self.weights_, self._params(),
-                  n_jobs=self.n_jobs, with_stats=False, out_log_resp=out_log_resp,
-                  out_row_value=row_loglik, chunk_rows=chunk_rows_for(X.shape[1]))
-        return row_loglik, out_log_resp
-
-    def score_samples(self, X: Any) -> np.ndarray:
-        """Log-likelihood log p(x_i) of each row, shape (n_samples,)."""
-        return self._evaluate(X, "score_samples")[0]
-
-    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
-        """Mean per-row log-likelihood of X (weighted by ``sample_weight`` if given)."""
-        row_loglik = self._evaluate(X, "score")[0]
-        w = v.check_sample_weight(sample_weight, row_loglik.shape[0],
-                                  owner="GaussianMixture.score")
-        if w is None:
-            return float(np.mean(row_loglik))
-        return float(np.dot(w, row_loglik) / w.sum())
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Posterior probabilities of the components, shape (n_samples, n_components)."""
-        return np.exp(self._evaluate(X, "predict_proba", log_resp=True)[1])
-
-    def predict(self, X: Any) -> np.ndarray:
-        """Most probable component of each row (ties to the lowest index)."""
-        return np.argmax(self._evaluate(X, "predict", log_resp=True)[1], axis=1)
-
-    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:
-        """Fit, then return the labels of X under the fitted parameters."""
-        return self.fit(X, sample_weight=sample_weight).predict(X)
-
-    def sample(self, n_samples: int = 1):
-        """Draw samples; returns (X, y) with y the component of each row."""
-        self._check_fitted("weights_")
-        n_samples = v.check_int(n_samples, "n_samples", "GaussianMixture.sample", low=1)
-        rng = v.check_random_state(self.random_state, "GaussianMixture")
-        counts = rng.multinomial(n_samples, self.weights_)
-        X = self._fitted_family().sample(self._params(), counts, rng)
-        y = np.repeat(np.arange(self.weights_.shape[0]), counts)
-        return X, y
-
-    def _n_parameters(self) -> int:
-        return self._fitted_family().n_parameters() + self.weights_.shape[0] - 1
-
-    def _weighted_loglik(self, X: Any, method: str, sample_weight: Any):
-        row_loglik = self._evaluate(X, method)[0]
-        w = v.check_sample_weight(sample_weight, row_loglik.shape[0],
-                                  owner=f"GaussianMixture.{method}")
-        if w is None:
-            return float(np.sum(row_loglik)), float(row_loglik.shape[0])
-        return float(np.dot(w, row_loglik)), float(w.sum())
-
-    def _information_criteria(self, loglik: float, n: float) -> tuple:
-        """(BIC, AIC) = (-2 L + p ln n, -2 L + 2 p), lower is better."""
-        p = self._n_parameters()
-        return -2.0 * loglik + p * np.log(n), -2.0 * loglik + 2.0 * p
-
-    def bic(self, X: Any, sample_weight: Any = None) -> float:
-        """Bayesian information criterion -2 L + p log n (lower is better, scikit-learn's
-        sign; mclust reports minus this). With weights, L is the weighted
-        log-likelihood and n the sum of the weights. With a prior, L is the
-        log-likelihood at the MAP estimate (Fraley & Raftery)."""
-        return float(self._information_criteria(
-            *self._weighted_loglik(X, "bic", sample_weight))[0])
-
-    def aic(self, X: Any, sample_weight: Any = None) -> float:
-        """Akaike information criterion -2 L + 2 p (lower is better)."""
-        return float(self._information_criteria(
-            *self._weighted_loglik(X, "aic", sample_weight))[1])
-
+    # --- using the fitted model (the rest is in emcore._mixture) ----------------------
     def icl(self, X: Any, sample_weight: Any = None) -> float:
         """Integrated completed likelihood BIC - 2 sum_i log max_k q_ik (lower is better).
 

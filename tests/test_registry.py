@@ -455,6 +455,7 @@ def test_registration_hooks_run_once_at_load_and_never_during_fit(installer, mon
     monkeypatch.setattr(reg, "family", family)
     monkeypatch.setattr(reg, "posterior_rule", posterior_rule)
     monkeypatch.setattr("emcore.gaussian_mixture.get_registry", lambda: reg)
+    monkeypatch.setattr("emcore._mixture.get_registry", lambda: reg)
 
     X = load_old_faithful()
     gm = emcore.GaussianMixture(n_components=2, n_init=2, random_state=0).fit(X)
