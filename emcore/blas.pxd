@@ -21,3 +21,7 @@ cdef void gemv_t(Py_ssize_t n_rows, Py_ssize_t n_cols, double alpha, const doubl
 cdef void syrk_t(Py_ssize_t n_rows, Py_ssize_t n_cols, const double* A,
                  double* C) noexcept nogil
     # C <- A.T @ A, A (n_rows x n_cols), C (n_cols x n_cols), both triangles filled
+
+cdef void gemm_nt(Py_ssize_t m, Py_ssize_t n, Py_ssize_t p, double alpha,
+                  const double* A, const double* B, double* C) noexcept nogil
+    # C <- alpha * A @ B.T, A (m x p), B (n x p), C (m x n)
