@@ -28,14 +28,16 @@ cdef enum:
 
 def data_pass(FamilyKernel family, PosteriorKernel rule, const double[:, ::1] X,
               const double[::1] log_weights, sample_weight, Py_ssize_t chunk_rows,
-              int n_threads, bint with_stats, out_log_resp=None, out_row_value=None):
+              int n_threads, bint with_stats, out_log_resp=None, out_row_value=None,
+              out_labels=None):
     """Run one E-step pass; return (stats, resp_sum, totals).
 
     stats      (family.n_stats,)  merged sufficient statistics (zeros if not with_stats)
     resp_sum   (n_components,)    sum_i w_i q_ik
     totals     (N_TOTALS,)        see emcore/kernel.pxd
     Optionally fills out_log_resp (n, k) with log q and out_row_value (n,) with the
-    rule's row objective f_i (log p(x_i) for the soft rule). A hard rule hands
+    rule's row objective f_i (log p(x_i) for the soft rule), and, for a hard rule,
+    out_labels (n,) with each row's component. A hard rule hands
     over labels, and the family accumulates by label (no n x k weights).
     Raises ValueError / FloatingPointError on a kernel failure.
     """
@@ -79,6 +81,16 @@ def data_pass(FamilyKernel family, PosteriorKernel rule, const double[:, ::1] X,
             raise ValueError("out_log_resp has the wrong shape")
         if n:
             lr_out = &lrv[0, 0]
+    cdef Py_ssize_t* lab_out = NULL
+    cdef Py_ssize_t[::1] labv
+    if out_labels is not None:
+        if not rule.hard:
+            raise ValueError("out_labels needs a hard posterior rule")
+        labv = out_labels
+        if labv.shape[0] != n:
+            raise ValueError("out_labels has the wrong shape")
+        if n:
+            lab_out = &labv[0]
     if out_row_value is not None:
         llv = out_row_value
         if llv.shape[0] != n:
@@ -147,6 +159,8 @@ def data_pass(FamilyKernel family, PosteriorKernel rule, const double[:, ::1] X,
                         memcpy(lr_out + r0 * K, A, nr * K * sizeof(double))
                     if ll_out != NULL:
                         memcpy(ll_out + r0, L, nr * sizeof(double))
+                    if lab_out != NULL:
+                        memcpy(lab_out + r0, Z, nr * sizeof(Py_ssize_t))
                     if hard:
                         for i in range(nr):
                             br[b, Z[i]] += sw[r0 + i] if sw != NULL else 1.0
