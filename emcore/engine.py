@@ -152,6 +152,7 @@ class FitResult:
     n_samples: float          #: sum of the sample weights (n without weights)
     seconds: float = 0.0
     resp_sum: np.ndarray = field(default=None)
+    stats: Any = None         #: the family's statistics at the returned parameters
 
     @property
     def converged(self) -> bool:
@@ -175,13 +176,15 @@ def data_pass(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.nd
               sample_weight: Optional[np.ndarray] = None,
               out_log_resp: Optional[np.ndarray] = None,
               out_row_value: Optional[np.ndarray] = None,
+              out_labels: Optional[np.ndarray] = None,
               chunk_rows: Optional[int] = None) -> PassResult:
     """One E-step pass over X at (weights, params), chunk by chunk.
 
     Uses the compiled chunk loop when both the family and the rule give compiled
     kernels, otherwise a Python loop over the same chunks. ``out_log_resp``
     (n, k) and ``out_row_value`` (n,), the rule's per-row objective (log p(x_i) for
-    the soft rule), are filled when given.
+    the soft rule), are filled when given; with a hard rule, also ``out_labels``
+    (n,) of dtype intp, each row's component.
     """
     n, d = X.shape
     chunk_rows = chunk_rows or chunk_rows_for(d)
@@ -192,18 +195,19 @@ def data_pass(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.nd
         with single_threaded_blas():
             buffer, resp_sum, totals = _compiled_pass(
                 fam_kernel, rule_kernel, X, log_w, sample_weight, chunk_rows,
-                effective_n_threads(n_jobs), with_stats, out_log_resp, out_row_value)
+                effective_n_threads(n_jobs), with_stats, out_log_resp, out_row_value,
+                out_labels)
         stats = family.stats_from_buffer(buffer) if with_stats else None
     else:
         stats, resp_sum, totals = _python_pass(
             X, family, rule, log_w, params, sample_weight, chunk_rows, with_stats,
-            out_log_resp, out_row_value)
+            out_log_resp, out_row_value, out_labels)
     return PassResult(stats, resp_sum, float(totals[0]), float(totals[1]),
                       float(totals[2]), float(totals[3]))
 
 
 def _python_pass(X, family, rule, log_w, params, sample_weight, chunk_rows, with_stats,
-                 out_log_resp, out_row_value):
+                 out_log_resp, out_row_value, out_labels=None):
     n = X.shape[0]
     k = log_w.shape[0]
     stats = family.empty_stats() if with_stats else None
@@ -223,6 +227,8 @@ def _python_pass(X, family, rule, log_w, params, sample_weight, chunk_rows, with
             out_log_resp[start:stop] = log_resp
         if out_row_value is not None:
             out_row_value[start:stop] = row_value
+        if out_labels is not None:
+            out_labels[start:stop] = np.argmax(resp, axis=1)
         if row_w is not None:
             resp = resp * row_w[:, None]
         resp_sum += resp.sum(axis=0)
@@ -419,7 +425,7 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
                      objective=current.value + prior_now,
                      objective_name=rule.objective + (" + log prior" if has_prior else ""),
                      n_samples=n_samples, seconds=time.perf_counter() - t_start,
-                     resp_sum=current.resp_sum)
+                     resp_sum=current.resp_sum, stats=current.stats)
 
 
 def _check_finite(value: float, what: str) -> None:

@@ -272,7 +272,7 @@ def test_first_party_plugins_load_only_through_their_entry_points():
     first_party = [ep for ep in md.entry_points(group=ENTRY_POINT_GROUP)
                    if ep.dist is not None and ep.dist.name == "emcore"]
     reg = load_registry(entry_points=first_party)
-    assert set(reg.families) == {"gaussian"}
+    assert set(reg.families) == {"gaussian", "kmeans"}
     assert set(reg.posterior_rules) == {"soft", "hard", "tempered"}
 
 
@@ -371,9 +371,13 @@ def test_broken_plugins_are_reported_by_name_and_skipped(installer):
             assert needle in broken[key][0], (key, needle, broken[key][0])
     assert all(isinstance(b, BrokenPlugin) for b in reg.broken)
 
-    # ... and skipped: nothing they declared is registered.
-    assert set(reg.families) == {"gaussian", "toy"}
-    assert set(reg.posterior_rules) == {"soft", "hard", "tempered"}
+    # ... and skipped: nothing they declared is registered. (Other installed
+    # third-party plugins, such as the example in examples/, may be there too.)
+    first_party = load_registry(entry_points=[
+        ep for ep in md.entry_points(group=ENTRY_POINT_GROUP)
+        if ep.dist is not None and ep.dist.name == "emcore"])
+    assert set(first_party.families) | {"toy"} <= set(reg.families)
+    assert set(first_party.posterior_rules) <= set(reg.posterior_rules)
     assert "dict-family" not in reg.families
     pm = reg.plugin_manager
     for name in ("emcore-typo:typo", "emcore-badarg:badarg"):
