@@ -10,6 +10,9 @@ VENV=${EMCORE_TEST_VENV:-.venv-test}
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ".[test]"
+# The example third-party plugin, as its own distribution next to emcore
+# (tests/test_example_plugin.py needs it when EMCORE_TEST_INSTALLED is set).
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ./examples/emcore-poisson
 
 # The `pytest` script, not `python -m pytest` from the repository root: the latter
 # would put the uncompiled source folder emcore/ first on sys.path (flat layout).

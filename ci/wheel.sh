@@ -82,6 +82,9 @@ step "fresh venv without a compiler: install the repaired wheel, dependencies as
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
 nocc "$VENV/bin/python" -m pip install "${PIP_QUIET[@]}" --only-binary :all: "$WHEEL[test]"
+# The example third-party plugin (pure Python, built from its folder without a
+# compiler), as a plugin user installs it next to emcore.
+nocc "$VENV/bin/python" -m pip install "${PIP_QUIET[@]}" "$ROOT/examples/emcore-poisson"
 if "$VENV/bin/python" -c "import Cython" 2>/dev/null; then fail "Cython is installed in $VENV"; fi
 "$VENV/bin/python" -m pip list --disable-pip-version-check 2>/dev/null \
     | grep -iE "^(emcore|numpy|scipy|pluggy|threadpoolctl|scikit-learn) " || true
