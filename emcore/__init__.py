@@ -11,8 +11,9 @@ from emcore._version import __version__
 from emcore.exceptions import DegenerateComponentError, NotFittedError
 from emcore.gaussian_mixture import GaussianMixture
 from emcore.mixture_model import MixtureModel
+from emcore.kmeans import KMeans
 from emcore.priors import GaussianPrior
 from emcore.model_selection import ModelSelection, select_model  # after GaussianMixture
 
-__all__ = ["GaussianMixture", "MixtureModel", "GaussianPrior", "ModelSelection", "select_model",
+__all__ = ["GaussianMixture", "MixtureModel", "KMeans", "GaussianPrior", "ModelSelection", "select_model",
            "DegenerateComponentError", "NotFittedError", "__version__"]

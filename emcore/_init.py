@@ -21,11 +21,14 @@ def _sq_dist_to(X: np.ndarray, centre: np.ndarray, out: np.ndarray) -> None:
 
 
 def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator,
-                    sample_weight: Optional[np.ndarray] = None) -> np.ndarray:
-    """Row indices of k-means++ seeds (plain D^2 sampling, Arthur & Vassilvitskii 2007).
+                    sample_weight: Optional[np.ndarray] = None,
+                    n_local_trials: int = 1) -> np.ndarray:
+    """Row indices of k-means++ seeds (D^2 sampling, Arthur & Vassilvitskii 2007).
 
-    Raises ValueError if X has fewer than ``n_clusters`` distinct rows (D^2 is
-    then zero everywhere before all seeds are chosen).
+    With ``n_local_trials`` > 1, the greedy variant scikit-learn uses: each step
+    draws that many candidates by D^2 and keeps the one that lowers the potential
+    sum_i w_i D_i^2 most. If X has fewer distinct rows (of positive weight) than
+    ``n_clusters``, the last seeds are drawn by weight and may repeat a row.
     """
     n = X.shape[0]
     w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
@@ -35,6 +38,7 @@ def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator,
     d2 = np.empty(n)
     _sq_dist_to(X, X[seeds[0]], d2)
     tmp = np.empty(n)
+    best_d2 = np.empty(n)
     for c in range(1, n_clusters):
         cum = np.cumsum(w * d2)
         total = cum[-1]
@@ -44,21 +48,32 @@ def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator,
             # component then gets no data, which the M-step reports (or a prior fills).
             cum = np.cumsum(w)
             total = cum[-1]
-        idx = int(np.searchsorted(cum, rng.random() * total, side="right"))
-        seeds[c] = min(idx, n - 1)
-        _sq_dist_to(X, X[seeds[c]], tmp)
-        np.minimum(d2, tmp, out=d2)
+        candidates = np.minimum(np.searchsorted(cum, rng.random(n_local_trials) * total,
+                                                side="right"), n - 1)
+        best_potential = np.inf
+        for idx in candidates:
+            _sq_dist_to(X, X[idx], tmp)
+            np.minimum(d2, tmp, out=tmp)
+            potential = float(np.dot(w, tmp))
+            if potential < best_potential:
+                best_potential, seeds[c] = potential, idx
+                best_d2, tmp = tmp, best_d2
+        d2, best_d2 = best_d2, d2
     return seeds
 
 
-def nearest_centre(X: np.ndarray, centres: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """Labels of rows start:stop: the nearest centre, ties to the lowest index."""
-    block = X[start:stop]
+def sq_distances(block: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """||x_i - c_k||^2 for the rows of ``block``, shape (rows, k), on differences."""
     d2 = np.empty((block.shape[0], centres.shape[0]))
     for k, c in enumerate(centres):
         diff = block - c
         np.einsum("ij,ij->i", diff, diff, out=d2[:, k])
-    return np.argmin(d2, axis=1)
+    return d2
+
+
+def nearest_centre(X: np.ndarray, centres: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Labels of rows start:stop: the nearest centre, ties to the lowest index."""
+    return np.argmin(sq_distances(X[start:stop], centres), axis=1)
 
 
 def one_hot(labels: np.ndarray, n_components: int) -> np.ndarray:

@@ -1,0 +1,274 @@
+"""``emcore.KMeans``: scikit-learn's KMeans (Lloyd), as classification EM on emcore's engine.
+
+k-means is CEM for the ``kmeans`` family (equal weights, one shared spherical
+variance) with the ``hard`` posterior rule: the same chunk loop, compiled kernels
+and recorded chain as every other fit. The chain's objective is the
+classification log-likelihood, -inertia / (2 sigma^2) + const, so "the chain
+holds" says "the inertia never increased".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from emcore import _validation as v
+from emcore._estimator import BaseEstimator
+from emcore._init import kmeans_plusplus, sq_distances
+from emcore.engine import Iteration, chunk_rows_for, data_pass, run_em
+from emcore.exceptions import ConvergenceWarning
+from emcore.registry import get_registry
+
+__all__ = ["KMeans"]
+
+_INIT = ("k-means++", "random")
+_U = np.finfo(np.float64).eps / 2
+
+
+def _mean_feature_variance(X: np.ndarray) -> float:
+    """mean_j Var(X[:, j]) (unweighted, as scikit-learn scales ``tol``), chunk by chunk,
+    with the second moments shifted by the first row (never raw E[x^2] - mean^2)."""
+    shift = X[0]
+    n, d = X.shape
+    chunk = chunk_rows_for(d)
+    s1 = np.zeros(d)
+    s2 = np.zeros(d)
+    for start in range(0, n, chunk):
+        diff = X[start:start + chunk] - shift
+        s1 += diff.sum(axis=0)
+        s2 += np.einsum("ij,ij->j", diff, diff)
+    return float(np.mean(np.maximum(s2 - s1 * s1 / n, 0.0) / n))
+
+
+class KMeans(BaseEstimator):
+    """K-means clustering (Lloyd's algorithm) with scikit-learn's API.
+
+    Each iteration is one pass of emcore's compiled chunk loop: the E-step assigns
+    every row to its nearest centre (distances through one DGEMM per chunk, on
+    data centred at the centres' mean), the statistics of each cluster are
+    accumulated by label from exact differences, and the M-step moves each centre
+    to the mean of its rows. Threads never change the result.
+
+    Parameters
+    ----------
+    n_clusters : int, default 8
+        Number of clusters k (1 <= k <= n_samples).
+    init : {'k-means++', 'random'} or array of shape (n_clusters, n_features)
+        'k-means++': greedy D^2 seeding with 2 + log(k) candidates per step
+        (scikit-learn's); 'random': k distinct rows drawn in proportion to their
+        weight; an array: the initial centres.
+    n_init : 'auto' or int, default 'auto'
+        Number of initialisations, the one with the lowest inertia kept. 'auto': 1
+        for 'k-means++' or an array, 10 for 'random' (scikit-learn's rule).
+    max_iter : int, default 300
+        Maximum number of iterations (M-steps).
+    tol : float, default 1e-4
+        scikit-learn's rule: stop when sum_k ||c_k(t+1) - c_k(t)||^2 <= tol * mean
+        feature variance of X. The fit also stops when the centres move by no more
+        than rounding (8 u |c|, the labels are then stable), so ``tol=0`` runs to
+        the fixed point.
+    random_state : None, int, numpy RandomState or Generator
+    n_jobs : int or None, default None
+        Threads for the chunk loop (None: all CPUs). Results are identical for
+        every value.
+    verbose : int, default 0
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray (n_clusters, n_features)
+    labels_ : ndarray (n_samples,)
+        The nearest centre of each training row (ties: the lowest index).
+    inertia_ : float
+        sum_i w_i ||x_i - c_{label_i}||^2 at the fitted centres, from exact
+        differences.
+    n_iter_ : int
+    stop_reason_ : {'tol', 'max_iter', 'interrupted'}
+    converged_ : bool
+    history_ : tuple of emcore.engine.Iteration
+        Per iteration, the classification log-likelihood before and after
+        (``value``, ``value_next``) with its derived tolerance;
+        ``empty_components`` lists the clusters that were empty and relocated.
+    n_features_in_ : int
+
+    Notes
+    -----
+    Empty clusters: a cluster left without rows by an E-step moves, before the
+    next, to the farthest point (from its own centre) of a non-empty cluster; the
+    empty clusters in index order take those points in decreasing order of
+    distance. scikit-learn moves them to the globally farthest points instead.
+    """
+
+    def __init__(self, n_clusters: int = 8, *, init: Union[str, Any] = "k-means++",
+                 n_init: Union[str, int] = "auto", max_iter: int = 300, tol: float = 1e-4,
+                 random_state: Any = None, n_jobs: Optional[int] = None, verbose: int = 0):
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+        self.verbose = verbose
+
+    # --- validation -----------------------------------------------------------------
+    def _check_parameters(self, X: np.ndarray):
+        owner = "KMeans"
+        n, d = X.shape
+        k = v.check_int(self.n_clusters, "n_clusters", owner, low=1)
+        if k > n:
+            raise ValueError(f"The 'n_clusters' parameter of KMeans must be at most "
+                             f"n_samples={n} (the rows of X). Got n_clusters={k} instead.")
+        v.check_int(self.max_iter, "max_iter", owner, low=1)
+        v.check_float(self.tol, "tol", owner)
+        v.check_int(self.verbose, "verbose", owner, low=0)
+        n_jobs = v.check_int(self.n_jobs, "n_jobs", owner, allow_none=True)
+        if n_jobs == 0:
+            raise ValueError("The 'n_jobs' parameter of KMeans must be None, a positive "
+                             "int or a negative int (-1 = all CPUs). Got 0 instead.")
+        if isinstance(self.init, str):
+            v.check_choice(self.init, "init", owner, _INIT)
+            centres = None
+        else:
+            try:
+                centres = np.array(self.init, dtype=np.float64)
+            except (TypeError, ValueError):
+                centres = None
+            if centres is None or centres.shape != (k, d) or not np.all(np.isfinite(centres)):
+                shape = "unreadable" if centres is None else centres.shape
+                raise ValueError(f"The 'init' parameter of KMeans must be 'k-means++', "
+                                 f"'random' or a finite array of shape (n_clusters, "
+                                 f"n_features) = ({k}, {d}). Got an array of shape {shape} "
+                                 "instead.")
+        if isinstance(self.n_init, str):
+            v.check_choice(self.n_init, "n_init", owner, ("auto",))
+            n_init = 10 if isinstance(self.init, str) and self.init == "random" else 1
+        else:
+            n_init = v.check_int(self.n_init, "n_init", owner, low=1)
+        if centres is not None:
+            n_init = 1          # one given start (scikit-learn warns and does the same)
+        return k, centres, n_init
+
+    # --- fitting --------------------------------------------------------------------
+    def _family(self, k: int, d: int):
+        return get_registry().family("kmeans").factory(k, d)
+
+    @staticmethod
+    def _rule():
+        return get_registry().posterior_rule("hard").factory()
+
+    def _seeds(self, X, k, rng, sample_weight):
+        if self.init == "k-means++":
+            idx = kmeans_plusplus(X, k, rng, sample_weight,
+                                  n_local_trials=2 + int(np.log(k)))
+        else:
+            p = None if sample_weight is None else sample_weight / sample_weight.sum()
+            idx = rng.choice(X.shape[0], size=k, replace=False, p=p)
+        return X[idx].copy()
+
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "KMeans":
+        """Compute the clustering; returns self.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : ignored
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative row weights (at least n_clusters positive): a weight of 2
+            counts the row twice in the centres and the inertia.
+        """
+        X = v.check_data(X, owner="KMeans.fit")
+        k, centres, n_init = self._check_parameters(X)
+        sample_weight = v.check_sample_weight(sample_weight, X.shape[0],
+                                              owner="KMeans.fit", min_positive=k)
+        rng = v.check_random_state(self.random_state, "KMeans")
+        family, rule = self._family(k, X.shape[1]), self._rule()
+        tol_shift = self.tol * _mean_feature_variance(X)
+
+        def converged(record: Iteration, old: dict, new: dict) -> bool:
+            shift = float(np.sum((new["means"] - old["means"]) ** 2))
+            rounding = (8.0 * _U) ** 2 * float(np.sum(old["means"] ** 2))
+            return shift <= max(tol_shift, rounding)
+
+        best = None
+        for _ in range(n_init):
+            start = centres if centres is not None else self._seeds(X, k, rng, sample_weight)
+            result = run_em(X, family, rule, np.full(k, 1.0 / k), {"means": start},
+                            max_iter=self.max_iter, n_jobs=self.n_jobs,
+                            sample_weight=sample_weight, verbose=self.verbose,
+                            converged=converged)
+            if best is None or result.objective > best.objective:
+                best = result
+            if result.stop_reason == "interrupted":
+                break
+        if best.stop_reason == "max_iter":
+            import warnings
+            warnings.warn(f"KMeans stopped after max_iter={self.max_iter} iterations before "
+                          "the centres settled; increase max_iter or tol.",
+                          ConvergenceWarning, stacklevel=2)
+        self._family_ = family
+        self.cluster_centers_ = best.params["means"]
+        self.inertia_ = float(np.sum(best.stats.scatter))
+        self.n_iter_ = best.n_iter
+        self.stop_reason_ = best.stop_reason
+        self.converged_ = best.converged
+        self.history_ = best.history
+        self.n_features_in_ = X.shape[1]
+        self.labels_ = self._labels(X)
+        return self
+
+    # --- using the fitted model -----------------------------------------------------
+    def _pass(self, X: np.ndarray, *, labels: Optional[np.ndarray] = None,
+              sample_weight: Optional[np.ndarray] = None, with_stats: bool = False):
+        k = self.cluster_centers_.shape[0]
+        return data_pass(X, self._family_, self._rule(), np.full(k, 1.0 / k),
+                         {"means": self.cluster_centers_}, n_jobs=self.n_jobs,
+                         with_stats=with_stats, sample_weight=sample_weight,
+                         out_labels=labels, chunk_rows=chunk_rows_for(X.shape[1]))
+
+    def _labels(self, X: np.ndarray) -> np.ndarray:
+        labels = np.empty(X.shape[0], dtype=np.intp)
+        self._pass(X, labels=labels)
+        return labels
+
+    def _checked(self, X: Any, method: str) -> np.ndarray:
+        self._check_fitted("cluster_centers_")
+        return v.check_data(X, owner=f"KMeans.{method}", n_features=self.n_features_in_)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Index of the nearest centre of each row (ties: the lowest index)."""
+        return self._labels(self._checked(X, "predict"))
+
+    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:
+        """Fit, then return ``labels_``."""
+        return self.fit(X, sample_weight=sample_weight).labels_
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Euclidean distance of each row to each centre, shape (n_samples, n_clusters).
+
+        Computed on differences, chunk by chunk (no cancellation).
+        """
+        X = self._checked(X, "transform")
+        out = np.empty((X.shape[0], self.cluster_centers_.shape[0]))
+        chunk = chunk_rows_for(X.shape[1])
+        for start in range(0, X.shape[0], chunk):
+            out[start:start + chunk] = np.sqrt(
+                sq_distances(X[start:start + chunk], self.cluster_centers_))
+        return out
+
+    def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:
+        """Fit, then return ``transform(X)``."""
+        return self.fit(X, sample_weight=sample_weight).transform(X)
+
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
+        """Minus the inertia of X at the fitted centres (scikit-learn's sign)."""
+        X = self._checked(X, "score")
+        w = v.check_sample_weight(sample_weight, X.shape[0], owner="KMeans.score")
+        return -float(np.sum(self._pass(X, sample_weight=w, with_stats=True).stats.scatter))
+
+    def __sklearn_tags__(self):
+        """scikit-learn's tags for a clusterer/transformer."""
+        from sklearn.utils import InputTags, Tags, TargetTags, TransformerTags
+        return Tags(estimator_type="clusterer", target_tags=TargetTags(required=False),
+                    transformer_tags=TransformerTags(), regressor_tags=None,
+                    classifier_tags=None, input_tags=InputTags(allow_nan=False, sparse=False))
