@@ -221,17 +221,21 @@ def _weighted_sum(W, a):
         return math.fsum(np.where(W > 0, W * a, 0.0).ravel())
 
 
-def _tau_stats(family, X, W, params, *extra_params):
+def _tau_stats(family, X, W, params, *extra_params, stats=None):
     """tau_B for comparing sum_ik W_ik log p_ik computed two ways (statistics vs
     direct, or two statistics): 2 (K + d + 4 + depth) a u M, with M the
     magnitude of the weighted log-densities at every parameter set involved and
-    a the largest rounding amplification (notes 9.4)."""
+    a the largest rounding amplification (notes 9.4). When one side comes from
+    ``log_density`` (``stats`` given: the other side's statistics), plus the
+    family's absolute bound ``log_density_rounding`` for a cancelling formula."""
     n, d = X.shape
-    amp, M = 1.0, 0.0
+    amp, M, extra = 1.0, 0.0, 0.0
     for p in (params,) + extra_params:
         amp = max(amp, float(family.rounding_amplification(p)))
         M += _weighted_magnitude(W, _log_density(family, X, p))
-    return tolerance_across(family.n_components, n, d, amp, M)
+        if stats is not None:
+            extra += float(family.log_density_rounding(stats, p))
+    return tolerance_across(family.n_components, n, d, amp, M) + extra
 
 
 def _fmt(x) -> str:
@@ -638,8 +642,9 @@ def check_expected_log_likelihood(ctx: _Context) -> None:
     for label, params, _ in ctx.params:
         a = _log_density(fam, X, params)
         direct = _weighted_sum(W, a)
-        got = float(fam.expected_log_likelihood(fam.chunk_stats(X, W), params))
-        tau = _tau_stats(fam, X, W, params)
+        stats = fam.chunk_stats(X, W)
+        got = float(fam.expected_log_likelihood(stats, params))
+        tau = _tau_stats(fam, X, W, params, stats=stats)
         if not abs(got - direct) <= tau:
             raise _Failed(f"{label} parameters: from the statistics {got!r}, directly "
                           f"{direct!r} (difference {_fmt(got - direct)}, tolerance "
@@ -651,7 +656,7 @@ def check_expected_log_likelihood(ctx: _Context) -> None:
         Q = np.exp(log_resp)
         direct = _weighted_sum(Q, a)
         got = float(fam.expected_log_likelihood(res.stats, params))
-        tau = _tau_stats(fam, X, Q, params)
+        tau = _tau_stats(fam, X, Q, params, stats=res.stats)
         if not abs(got - direct) <= tau:
             raise _Failed(f"{label} parameters, statistics of the engine's pass: "
                           f"{got!r}, directly {direct!r} (tolerance {_fmt(tau)})")
@@ -735,10 +740,14 @@ def check_elbo_bound(ctx: _Context) -> None:
             with np.errstate(invalid="ignore"):
                 entropy = -math.fsum(np.where(q > 0, q * lq, 0.0).ravel())
             n_k = q.sum(axis=0)
-            elbo = (float(fam.expected_log_likelihood(fam.chunk_stats(X, q), params))
+            stats = fam.chunk_stats(X, q)
+            elbo = (float(fam.expected_log_likelihood(stats, params))
                     + math.fsum(np.where(n_k > 0, n_k * log_pi, 0.0)) + entropy)
             M = rounding_magnitude(a, lq) + rounding_magnitude(a, log_post)
-            tau = tolerance_across(k, n, d, amp, M)
+            # the ELBO from statistics, loglik from log_density: plus the family's
+            # absolute bound for a cancelling log-density formula
+            tau = (tolerance_across(k, n, d, amp, M)
+                   + float(fam.log_density_rounding(stats, params)))
             if elbo > res.value + tau:
                 raise _Failed(f"{label}: ELBO({name}) = {elbo!r} exceeds loglik "
                               f"{res.value!r} by {_fmt(elbo - res.value)} (tolerance "
