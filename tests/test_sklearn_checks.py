@@ -1,4 +1,4 @@
-"""scikit-learn's own estimator checks on emcore.GaussianMixture."""
+"""scikit-learn's own estimator checks on emcore.GaussianMixture and emcore.KMeans."""
 
 import subprocess
 import sys
@@ -17,7 +17,16 @@ from emcore import GaussianMixture
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*does not inherit from `sklearn.base",
                             category=UserWarning)
-    _all_checks = parametrize_with_checks([GaussianMixture(n_jobs=1)])
+    _all_checks = parametrize_with_checks(
+        [GaussianMixture(n_jobs=1), emcore.KMeans(n_clusters=3, n_jobs=1)],
+        # scikit-learn marks this check as an expected failure for its own KMeans:
+        # k-means++ seeding draws differently from weighted and repeated rows, so
+        # the two fits may reach different local optima. tests/test_kmeans.py
+        # checks weights as repetition from the same start instead.
+        expected_failed_checks=lambda est: (
+            {"check_sample_weight_equivalence_on_dense_data":
+             "seeding differs; checked from a given start in test_kmeans.py"}
+            if isinstance(est, emcore.KMeans) else {}))
 
 
 @_all_checks
