@@ -16,7 +16,7 @@ import math
 import pickle
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from scipy.special import gammaln, log_softmax, logsumexp
