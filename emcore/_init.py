@@ -15,9 +15,11 @@ _CHUNK = 65536
 
 
 def _sq_dist_to(X: np.ndarray, centre: np.ndarray, out: np.ndarray) -> None:
-    for start in range(0, X.shape[0], _CHUNK):
-        diff = X[start:start + _CHUNK] - centre
-        np.einsum("ij,ij->i", diff, diff, out=out[start:start + _CHUNK])
+    # a chunked source (emcore._sources) is read in its own blocks
+    step = getattr(X, "block_rows", _CHUNK)
+    for start in range(0, X.shape[0], step):
+        diff = X[start:start + step] - centre
+        np.einsum("ij,ij->i", diff, diff, out=out[start:start + step])
 
 
 def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator,

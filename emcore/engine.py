@@ -184,8 +184,15 @@ def data_pass(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.nd
     kernels, otherwise a Python loop over the same chunks. ``out_log_resp``
     (n, k) and ``out_row_value`` (n,), the rule's per-row objective (log p(x_i) for
     the soft rule), are filled when given; with a hard rule, also ``out_labels``
-    (n,) of dtype intp, each row's component.
+    (n,) of dtype intp, each row's component. ``X`` may also be a chunked source
+    (``emcore._sources.ChunkedSource``: memmap, h5py, zarr, Dask), which runs
+    this pass a block of rows at a time and merges the blocks in order.
     """
+    if not isinstance(X, np.ndarray):
+        return X.pass_(family, rule, weights, params, n_jobs=n_jobs, with_stats=with_stats,
+                       sample_weight=sample_weight, out_log_resp=out_log_resp,
+                       out_row_value=out_row_value, out_labels=out_labels,
+                       chunk_rows=chunk_rows)
     n, d = X.shape
     chunk_rows = chunk_rows or chunk_rows_for(d)
     log_w = _log_weights(weights)
@@ -337,7 +344,8 @@ def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarr
     with single_threaded_blas():
         return _run_em(X, family, rule, weights, params, max_iter=max_iter, tol=tol,
                        run_pass=run_pass, verbose=verbose, callback=callback,
-                       depth=summation_depth(n, chunk_rows), t_start=t_start,
+                       depth=(X.summation_depth(chunk_rows) if hasattr(X, "pass_")
+                              else summation_depth(n, chunk_rows)), t_start=t_start,
                        concentration=(None if weight_concentration is None else
                                       np.asarray(weight_concentration, dtype=np.float64)),
                        converged=converged)

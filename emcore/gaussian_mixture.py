@@ -166,6 +166,10 @@ class GaussianMixture(_MixtureBase):
         if self.prior is None:
             return None
         prior = GaussianPrior() if isinstance(self.prior, str) else self.prior
+        if not isinstance(X, np.ndarray):
+            raise ValueError("The 'prior' parameter of GaussianMixture must be None when X "
+                             "is a chunked source (memmap, h5py, zarr, Dask): the prior's "
+                             "defaults are computed from all rows in memory.")
         return prior.resolve(X, self.n_components, sample_weight, self.covariance_type)
 
     def _check_parameters(self, X: np.ndarray) -> None:

@@ -1,0 +1,248 @@
+"""Chunked data sources: fit data that do not fit in memory.
+
+:func:`as_source` wraps a numpy memmap, any array-like with row slicing and
+``.shape`` / ``.dtype`` (h5py and zarr datasets, ...) or a ``dask.array`` in a
+:class:`ChunkedSource`. The source reads one *block* of rows at a time as a
+C-contiguous float64 array, so peak memory is bounded by the block size, not n.
+
+A pass over a source is :func:`emcore.engine.data_pass` on each block, the
+per-block statistics, responsibility sums and totals merged in block order.
+Blocks are a whole number of chunks long (``block_rows`` is a multiple of the
+chunk size), so the chunks inside a block are the in-memory pass's chunks; only
+the grouping of chunks into summation blocks differs. Consequences:
+
+- a source of at most one block (n <= ``block_rows``) gives bitwise the
+  in-memory result (the same call on the same array);
+- otherwise the blocks' statistics are merged by the family's Python
+  ``merge_stats`` (the compiled merge's formula, vectorised: not always the same
+  last bit) in another grouping; the totals are the same terms summed in
+  another order: the
+  difference is bounded by 2 * depth * u * M, with M the pass's rounding
+  magnitude (``PassResult.magnitude``), u = 2^-53 and depth the summation depth
+  (:meth:`ChunkedSource.summation_depth`), which ``run_em`` then uses in its
+  chain tolerances.
+
+Validation happens once, at wrapping, a block at a time: the same messages as
+:func:`emcore._validation.check_data` (finite numbers, naming the row and
+column, the column spread), never loading more than one block.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+import numpy as np
+
+__all__ = ["ChunkedSource", "as_source", "is_chunked"]
+
+_DEFAULT_BLOCK_CHUNKS = 16    # = MAX_BLOCKS: one block keeps every thread busy
+
+
+def _is_dask(X: Any) -> bool:
+    return type(X).__module__.split(".")[0] == "dask" and hasattr(X, "chunks")
+
+
+def is_chunked(X: Any) -> bool:
+    """True for inputs read a block at a time: a numpy memmap, a dask array, or any
+    non-numpy 2-D array-like with ``.shape``, a numpy ``.dtype`` and row slicing
+    (h5py, zarr, ...)."""
+    if isinstance(X, (ChunkedSource, np.memmap)) or _is_dask(X):
+        return True
+    if isinstance(X, np.ndarray) or hasattr(X, "tocsr") or \
+            type(X).__module__.startswith("scipy.sparse"):
+        return False            # in memory, or sparse (check_data refuses it)
+    shape = getattr(X, "shape", None)
+    if not hasattr(X, "__getitem__") or not isinstance(shape, tuple) or len(shape) != 2:
+        return False
+    try:
+        np.dtype(getattr(X, "dtype", None))
+    except TypeError:
+        return False
+    return getattr(X, "dtype", None) is not None
+
+
+def as_source(X: Any, *, name: str = "X", owner: str = "",
+              n_features: Optional[int] = None, block_rows: Optional[int] = None
+              ) -> "ChunkedSource":
+    """Wrap (and validate, a block at a time) a chunked input; see :func:`is_chunked`."""
+    if isinstance(X, ChunkedSource):
+        if n_features is not None and X.shape[1] != n_features:
+            X._fail_features(n_features)
+        return X
+    return ChunkedSource(X, name=name, owner=owner, n_features=n_features,
+                         block_rows=block_rows)
+
+
+_ROW = re.compile(r"\brow (\d+)")
+
+
+class ChunkedSource:
+    """Rows of a 2-D array read a block at a time as C-contiguous float64.
+
+    Supports ``shape``, ``len``, row slices ``X[a:b]``, a row ``X[i]`` and a list
+    of rows ``X[[i, j]]`` (numpy arrays out), :meth:`blocks` and :meth:`pass_`,
+    which the engine's ``data_pass`` calls for a source.
+
+    Parameters
+    ----------
+    data : memmap, h5py/zarr dataset, dask array or 2-D array-like
+    block_rows : int, optional
+        Rows per block, rounded up to a multiple of the chunk size; default 16
+        chunks (:func:`emcore.engine.chunk_rows_for`), about 4 MiB.
+    """
+
+    def __init__(self, data: Any, *, name: str = "X", owner: str = "",
+                 n_features: Optional[int] = None, block_rows: Optional[int] = None):
+        from emcore.engine import chunk_rows_for
+        self._data = data
+        self._name, self._owner = name, owner
+        where = f" of {owner}" if owner else ""
+        self._prefix = f"The {name!r} parameter{where} must be a 2-D array of finite numbers"
+        shape = tuple(int(s) for s in data.shape)
+        if len(shape) != 2:
+            raise ValueError(f"{self._prefix}. Got an array with ndim={len(shape)} instead.")
+        dtype = np.dtype(data.dtype)
+        if np.issubdtype(dtype, np.complexfloating):
+            raise ValueError(f"{self._prefix}. Got complex numbers instead (Complex data "
+                             "not supported).")
+        if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+            raise ValueError(f"{self._prefix}. Got an array of dtype {dtype} instead.")
+        if shape[0] == 0 or shape[1] == 0:
+            raise ValueError(f"{self._prefix}. Got an empty array of shape {shape} instead: "
+                             f"{shape[0]} sample(s) and {shape[1]} feature(s) "
+                             f"(shape={shape}) while a minimum of 1 is required.")
+        self.shape = shape
+        self.ndim = 2
+        self.dtype = np.dtype(np.float64)
+        if n_features is not None and shape[1] != n_features:
+            self._fail_features(n_features)
+        self.chunk_rows = chunk_rows_for(shape[1])
+        if block_rows is None:
+            block_rows = _DEFAULT_BLOCK_CHUNKS * self.chunk_rows
+        if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) \
+                or block_rows < 1:
+            raise ValueError(f"The 'block_rows' parameter must be a positive int. Got "
+                             f"{block_rows!r} instead.")
+        self.block_rows = int(-(-int(block_rows) // self.chunk_rows) * self.chunk_rows)
+        self._validate()
+
+    # --- reading ------------------------------------------------------------------
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        block = self._data[start:stop]
+        if hasattr(block, "compute"):           # dask: this block only
+            block = block.compute()
+        return np.ascontiguousarray(block, dtype=np.float64)
+
+    def block_bounds(self) -> list:
+        """[(start, stop), ...] of the blocks, in row order."""
+        n = self.shape[0]
+        return [(a, min(n, a + self.block_rows)) for a in range(0, n, self.block_rows)]
+
+    def blocks(self):
+        """Yield (start, stop, rows) for every block, in row order."""
+        for a, b in self.block_bounds():
+            yield a, b, self._read(a, b)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        n = self.shape[0]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(n)
+            if step != 1:
+                raise IndexError("a chunked source supports row slices with step 1 only")
+            return self._read(start, max(start, stop))
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (n if key < 0 else 0)
+            if not 0 <= i < n:
+                raise IndexError(f"row {key} out of range for {n} rows")
+            return self._read(i, i + 1)[0]
+        idx = np.asarray(key)
+        if idx.ndim == 1 and np.issubdtype(idx.dtype, np.integer):
+            out = np.empty((idx.shape[0], self.shape[1]))
+            for j, i in enumerate(idx):
+                out[j] = self[int(i)]
+            return out
+        raise IndexError("a chunked source supports row slices, a row index or a list "
+                         "of row indices")
+
+    def __repr__(self) -> str:
+        return (f"ChunkedSource({type(self._data).__name__}, shape={self.shape}, "
+                f"block_rows={self.block_rows})")
+
+    # --- validation ---------------------------------------------------------------
+    def _fail_features(self, n_features: int) -> None:
+        where = f" of {self._owner}" if self._owner else ""
+        cls = self._owner.split(".")[0] or "the model"
+        raise ValueError(f"The {self._name!r} parameter{where} must have {n_features} "
+                         f"features, as the data the model was fitted on: X has "
+                         f"{self.shape[1]} features, but {cls} is expecting {n_features} "
+                         "features as input.")
+
+    def _validate(self) -> None:
+        from emcore._validation import _MAX_SPREAD, _MIN_SPREAD
+        lo = np.full(self.shape[1], np.inf)
+        hi = np.full(self.shape[1], -np.inf)
+        for start, _, rows in self.blocks():
+            finite = np.isfinite(rows)
+            if not finite.all():
+                i, j = np.argwhere(~finite)[0]
+                raise ValueError(f"{self._prefix}. Got {rows[i, j]} at row {start + i}, "
+                                 f"column {j} (NaN or infinity) instead.")
+            np.minimum(lo, rows.min(axis=0), out=lo)
+            np.maximum(hi, rows.max(axis=0), out=hi)
+        spread = float(np.max(hi - lo))
+        if spread > _MAX_SPREAD or 0.0 < spread < _MIN_SPREAD:
+            where = f" of {self._owner}" if self._owner else ""
+            raise ValueError(f"The {self._name!r} parameter{where} has a column spread of "
+                             f"{spread:.3g}; second moments of X would over- or underflow "
+                             f"in float64. Rescale X so that its spread lies within "
+                             f"[{_MIN_SPREAD:g}, {_MAX_SPREAD:g}].")
+
+    # --- passes -------------------------------------------------------------------
+    def summation_depth(self, chunk_rows: int) -> int:
+        """Longest chain of additions behind a pass total: the depth inside a block
+        plus one addition per block."""
+        from emcore.engine import summation_depth
+        n_blocks = len(self.block_bounds())
+        return summation_depth(min(self.shape[0], self.block_rows), chunk_rows) + n_blocks
+
+    def pass_(self, family, rule, weights, params, *, n_jobs=1, with_stats=True,
+              sample_weight=None, out_log_resp=None, out_row_value=None, out_labels=None,
+              chunk_rows=None):
+        """:func:`emcore.engine.data_pass` over the blocks, merged in block order."""
+        from emcore.engine import PassResult, data_pass
+        if getattr(rule, "needs_all_rows", False):
+            raise ValueError(f"The posterior rule {type(rule).__name__} needs all rows at "
+                             "once (a corpus-level constraint); it does not run on a "
+                             "chunked source. Load the data into memory.")
+        chunk_rows = chunk_rows or self.chunk_rows
+        if self.block_rows % chunk_rows:
+            raise ValueError(f"block_rows={self.block_rows} is not a multiple of "
+                             f"chunk_rows={chunk_rows}")
+        stats = None
+        resp_sum = None
+        totals = np.zeros(4)
+        rule_state = None
+        for start, stop, rows in self.blocks():
+            def part(a):
+                return None if a is None else a[start:stop]
+            try:
+                res = data_pass(rows, family, rule, weights, params, n_jobs=n_jobs,
+                                with_stats=with_stats, sample_weight=part(sample_weight),
+                                out_log_resp=part(out_log_resp),
+                                out_row_value=part(out_row_value),
+                                out_labels=part(out_labels), chunk_rows=chunk_rows)
+            except (ValueError, FloatingPointError) as exc:
+                # name the row of the source, not of the block
+                msg = _ROW.sub(lambda m: f"row {int(m.group(1)) + start}", str(exc))
+                raise type(exc)(msg) from None
+            if with_stats:
+                stats = res.stats if stats is None else family.merge_stats(stats, res.stats)
+            resp_sum = res.resp_sum.copy() if resp_sum is None else resp_sum + res.resp_sum
+            totals += (res.value, res.expected_log_joint, res.entropy, res.magnitude)
+            rule_state = res.rule_state
+        return PassResult(stats, resp_sum, float(totals[0]), float(totals[1]),
+                          float(totals[2]), float(totals[3]), rule_state)
