@@ -101,6 +101,9 @@ class GaussianMixture(_MixtureBase):
         fit is MAP-EM: log-likelihood + log prior never decreases (``history_``
         records both, ``objective`` is their sum), and degenerate components
         (identical points, n_k < d) fit without error.
+    online_step_exponent : float in (0.5, 1], default 0.6
+        alpha of the step sizes rho_t = (t + 2)^(-alpha) of online EM
+        (:meth:`partial_fit`); smaller forgets older batches faster.
 
     Attributes
     ----------
@@ -115,8 +118,8 @@ class GaussianMixture(_MixtureBase):
         'diag' and 'spherical' the inverse standard deviations.
     converged_ : bool
         True if the ``tol`` rule fired.
-    stop_reason_ : {'tol', 'max_iter', 'interrupted'}
-        Which stopping rule fired.
+    stop_reason_ : {'tol', 'max_iter', 'interrupted', 'partial_fit'}
+        Which stopping rule fired ('partial_fit' after online EM).
     n_iter_ : int
         Number of M-steps of the best fit.
     lower_bound_ : float
@@ -137,7 +140,8 @@ class GaussianMixture(_MixtureBase):
                  weights_init: Any = None, means_init: Any = None,
                  precisions_init: Any = None, random_state: Any = None,
                  warm_start: bool = False, n_jobs: Optional[int] = None,
-                 verbose: int = 0, prior: Any = None):
+                 verbose: int = 0, prior: Any = None,
+                 online_step_exponent: float = 0.6):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -153,6 +157,7 @@ class GaussianMixture(_MixtureBase):
         self.n_jobs = n_jobs
         self.verbose = verbose
         self.prior = prior
+        self.online_step_exponent = online_step_exponent
 
     # --- resolution and validation --------------------------------------------------
     def _family(self, n_features: int, n_components: Optional[int] = None, prior=None):
@@ -265,6 +270,7 @@ class GaussianMixture(_MixtureBase):
                                                       else prior.weight_concentration))
         self._set_fitted(best, X.shape[1])
         self.prior_ = prior
+        self._online = None          # fit discards partial_fit's running state
         return self
 
     def _set_fitted(self, result: FitResult, n_features: int) -> None:
@@ -277,6 +283,72 @@ class GaussianMixture(_MixtureBase):
         self.covariances_ = _compact(result.params["covariances"], t)
         self.precisions_cholesky_ = _compact(U, t)
         self.precisions_ = _compact(U @ np.swapaxes(U, 1, 2), t)
+
+    # --- online EM ------------------------------------------------------------------
+    def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None
+                    ) -> "GaussianMixture":
+        """One step of online (stepwise) EM on the mini-batch X; returns self.
+
+        Keeps a running average s of the per-row sufficient statistics,
+        s <- (1 - rho_t) s + rho_t s_batch, with s_batch the batch's E-step
+        statistics divided by its total weight and rho_t = (t + 2)^(-alpha),
+        alpha = ``online_step_exponent``, then the M-step from s (Cappé &
+        Moulines 2009; Liang & Klein 2009). The first call initialises from its
+        batch (``init_params`` or the given ``*_init``) and sets s from it.
+
+        Guarantee: no step is monotone (a batch may lower any likelihood); on a
+        stationary stream the step sizes satisfy Robbins-Monro (sum rho_t = inf,
+        sum rho_t^2 < inf for alpha in (0.5, 1]) and s converges to a stationary
+        point of the expected log-likelihood (Cappé & Moulines 2009, Thm. 1).
+        ``lower_bound_`` is the mean log-likelihood of the last batch at the
+        parameters before its step; ``n_iter_`` counts the batches; ``history_``
+        is empty. ``fit`` discards the online state.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            The batch (in memory); the first batch needs n_samples >= n_components.
+        y : ignored
+        sample_weight : array-like of shape (n_samples,), optional
+        """
+        from emcore._online import check_exponent, stepwise_update
+        owner = "GaussianMixture.partial_fit"
+        X = v.check_data(X, owner=owner,
+                         n_features=getattr(self, "n_features_in_", None)
+                         if getattr(self, "_online", None) is not None else None)
+        if not isinstance(X, np.ndarray):
+            X = np.ascontiguousarray(X[0:X.shape[0]])        # a batch fits in memory
+        alpha = check_exponent(self.online_step_exponent, "GaussianMixture")
+        state = getattr(self, "_online", None)
+        sample_weight = v.check_sample_weight(sample_weight, X.shape[0], owner=owner)
+        if state is None:
+            if self.prior is not None:
+                raise ValueError("The 'prior' parameter of GaussianMixture must be None "
+                                 "for partial_fit (online EM is maximum likelihood).")
+            self._check_parameters(X)
+            family = self._family(X.shape[1])
+            rng = v.check_random_state(self.random_state, "GaussianMixture")
+            weights, params = self._initial_parameters(X, family, rng, sample_weight)
+            if getattr(self, "posterior", None) is not None:
+                raise ValueError("The 'posterior' parameter of GaussianMixture must be "
+                                 "None for partial_fit (online EM uses the exact "
+                                 "posterior).")
+            self._online_rule = self._fit_rule()
+        else:
+            family = self._family(X.shape[1])
+            weights, params = state.weights, state.params
+        state = stepwise_update(state, X, family, self._online_rule, weights, params,
+                                sample_weight, alpha, n_jobs=self.n_jobs)
+        self._online = state
+        self._set_fitted(FitResult(weights=state.weights, params=state.params, history=(),
+                                   n_iter=state.t, stop_reason="max_iter",
+                                   value=state.batch_loglik, objective=state.batch_loglik,
+                                   objective_name="batch log-likelihood", n_samples=1.0),
+                         X.shape[1])
+        self._fitted_rule = self._online_rule
+        self.stop_reason_ = "partial_fit"
+        self.prior_ = None
+        return self
 
     # --- using the fitted model (the rest is in emcore._mixture) ----------------------
     def icl(self, X: Any, sample_weight: Any = None) -> float:

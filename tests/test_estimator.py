@@ -100,7 +100,7 @@ def test_constructor_only_stores_its_arguments():
                 reg_covar=-1.0, max_iter=0, n_init=2.5, init_params="kmeans",
                 weights_init=object(), means_init=[[1, 2]], precisions_init="p",
                 random_state="seed", warm_start="yes", n_jobs=0, verbose=-3,
-                prior="nonsense")
+                prior="nonsense", online_step_exponent="fast")
     model = GaussianMixture(**args)          # no validation here
     for name, value in args.items():
         assert getattr(model, name) is value, name
@@ -113,13 +113,15 @@ def test_constructor_only_stores_its_arguments():
 def test_parameters_are_scikit_learns_plus_n_jobs_and_prior():
     ours = GaussianMixture().get_params()
     theirs = SkGaussianMixture().get_params()
-    assert set(ours) == (set(theirs) - {"verbose_interval"}) | {"n_jobs", "prior"}
+    assert set(ours) == (set(theirs) - {"verbose_interval"}) | {"n_jobs", "prior",
+                                                                  "online_step_exponent"}
     # Same defaults except the documented differences (README: stopping rule and
     # 'kmeans' initialisation).
     for name in set(ours) & set(theirs) - {"tol", "init_params"}:
         assert ours[name] == theirs[name], name
     assert ours["tol"] == 1e-6 and ours["init_params"] == "k-means++"
     assert ours["n_jobs"] is None and ours["prior"] is None
+    assert ours["online_step_exponent"] == 0.6
 
 
 def test_fit_returns_self_and_sets_fitted_attributes_ending_in_underscore():
