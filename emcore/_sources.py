@@ -70,6 +70,11 @@ def as_source(X: Any, *, name: str = "X", owner: str = "",
         if n_features is not None and X.shape[1] != n_features:
             X._fail_features(n_features)
         return X
+    if _is_dask(X):
+        from emcore.distributed import DaskSource, active_client
+        if active_client() is not None:      # passes on the cluster's workers
+            return DaskSource(X, name=name, owner=owner, n_features=n_features,
+                              block_rows=block_rows)
     return ChunkedSource(X, name=name, owner=owner, n_features=n_features,
                          block_rows=block_rows)
 

@@ -1,0 +1,188 @@
+"""EM on a Dask cluster: passes run where the rows are, the M-step on the client.
+
+``fit(dask_array)`` with a ``dask.distributed`` client active (``Client(...)``
+anywhere in the process, so ``distributed.default_client()`` finds it) wraps the
+array in a :class:`DaskSource`. Each pass maps
+:func:`emcore.engine.data_pass` (the family's compiled chunk kernel) over the
+array's blocks on the workers; each task returns only the block's statistics,
+responsibility sum and totals. The client gathers them in block order and
+merges them there, in that fixed order, then does the M-step. What crosses the
+network per iteration: the parameters and the family/rule objects to every task
+(a few kB for k = d = 16), and one statistics object per block back (k (1 + 2d
++ d^2) doubles); never rows. Validation is a pass of the same kind (per-block
+finite check and column range).
+
+Blocks are rechunked once (and persisted on the workers) so every block's row
+count is a multiple of the chunk size and a block spans all columns: the chunks
+inside a block are the in-memory pass's chunks. The result is bitwise the
+result of a local :class:`emcore._sources.ChunkedSource` with the same block
+boundaries, whichever worker ran which block; a single block gives bitwise the
+in-memory fit; more blocks differ from it by the reordering bound stated in
+:mod:`emcore._sources`.
+
+Initialisation (k-means++ seeding, the initial assignment) reads rows through
+the client a block at a time: rows cross the network during initialisation
+only, about k + 1 times over the data for ``init_params='k-means++'``. Give
+``means_init``/``weights_init``/``precisions_init`` to avoid it.
+
+A worker lost mid-fit: Dask recomputes its blocks from the graph on another
+worker (retries); if the task keeps failing, the fit raises RuntimeError naming
+the cause. A pass is all-or-nothing, so a fit never continues on partial
+statistics.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from emcore._sources import ChunkedSource
+
+__all__ = ["DaskSource", "active_client"]
+
+
+def active_client():
+    """The current ``dask.distributed`` client, or None (no client, or distributed
+    not installed)."""
+    try:
+        from distributed import default_client
+    except ImportError:
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+def _block_pass(block, start, family, rule, weights, params, sample_weight, with_stats,
+                chunk_rows, n_jobs):
+    # runs on a worker: one block's pass, statistics and totals only
+    from emcore._sources import _ROW
+    from emcore.engine import data_pass
+    try:
+        res = data_pass(np.ascontiguousarray(block, dtype=np.float64), family, rule,
+                        weights, params, n_jobs=n_jobs, with_stats=with_stats,
+                        sample_weight=sample_weight, chunk_rows=chunk_rows)
+    except (ValueError, FloatingPointError) as exc:
+        # name the row of the whole array, not of the block
+        raise type(exc)(_ROW.sub(lambda m: f"row {int(m.group(1)) + start}",
+                                 str(exc))) from None
+    return (res.stats, res.resp_sum,
+            (res.value, res.expected_log_joint, res.entropy, res.magnitude))
+
+
+def _block_check(block):
+    # runs on a worker: (first non-finite (row, col, value) or None, col min, col max)
+    block = np.asarray(block, dtype=np.float64)
+    finite = np.isfinite(block)
+    if not finite.all():
+        i, j = np.argwhere(~finite)[0]
+        return (int(i), int(j), float(block[i, j])), None, None
+    return None, block.min(axis=0), block.max(axis=0)
+
+
+class DaskSource(ChunkedSource):
+    """A dask array on a ``dask.distributed`` cluster; see the module docstring.
+
+    Parameters
+    ----------
+    data : dask.array.Array of shape (n_samples, n_features)
+    client : distributed.Client, optional
+        Default: the active client.
+    """
+
+    def __init__(self, data: Any, *, client=None, name: str = "X", owner: str = "",
+                 n_features: Optional[int] = None, block_rows: Optional[int] = None):
+        from emcore.engine import chunk_rows_for
+        self._client = client or active_client()
+        if self._client is None:
+            raise ValueError("DaskSource needs a dask.distributed Client")
+        c = chunk_rows_for(int(data.shape[1])) if len(data.shape) == 2 else 1
+        if len(data.shape) == 2:
+            rows = data.chunks[0]
+            # every block but the last a multiple of the chunk size, all columns
+            if block_rows is None:
+                block_rows = max(rows[0] if rows else c, c)
+            block_rows = -(-int(block_rows) // c) * c
+            if any(r != block_rows for r in rows[:-1]) or rows[-1] > block_rows or \
+                    len(data.chunks[1]) != 1:
+                data = data.rechunk((block_rows, -1))
+            data = data.persist()
+        self._delayed = None
+        super().__init__(data, name=name, owner=owner, n_features=n_features,
+                         block_rows=block_rows)
+
+    def _blocks_delayed(self):
+        if self._delayed is None:
+            self._delayed = list(self._data.to_delayed().ravel())
+        return self._delayed
+
+    def _gather(self, tasks):
+        try:
+            return self._client.gather(self._client.compute(tasks))
+        except Exception as exc:
+            if isinstance(exc, (ValueError, FloatingPointError)):
+                raise
+            raise RuntimeError(f"the Dask cluster failed to complete a pass over the "
+                               f"data ({type(exc).__name__}: {exc}); no parameters were "
+                               "updated from partial statistics") from exc
+
+    def _validate(self) -> None:
+        from dask import delayed
+        from emcore._validation import _MAX_SPREAD, _MIN_SPREAD
+        results = self._gather([delayed(_block_check)(b) for b in self._blocks_delayed()])
+        lo = np.full(self.shape[1], np.inf)
+        hi = np.full(self.shape[1], -np.inf)
+        for (start, _), (bad, bmin, bmax) in zip(self.block_bounds(), results):
+            if bad is not None:
+                i, j, value = bad
+                raise ValueError(f"{self._prefix}. Got {value} at row {start + i}, "
+                                 f"column {j} (NaN or infinity) instead.")
+            np.minimum(lo, bmin, out=lo)
+            np.maximum(hi, bmax, out=hi)
+        spread = float(np.max(hi - lo))
+        if spread > _MAX_SPREAD or 0.0 < spread < _MIN_SPREAD:
+            where = f" of {self._owner}" if self._owner else ""
+            raise ValueError(f"The {self._name!r} parameter{where} has a column spread of "
+                             f"{spread:.3g}; second moments of X would over- or underflow "
+                             f"in float64. Rescale X so that its spread lies within "
+                             f"[{_MIN_SPREAD:g}, {_MAX_SPREAD:g}].")
+
+    def pass_(self, family, rule, weights, params, *, n_jobs=1, with_stats=True,
+              sample_weight=None, out_log_resp=None, out_row_value=None, out_labels=None,
+              chunk_rows=None):
+        """The pass on the workers, merged on the client in block order."""
+        from dask import delayed
+        from emcore.engine import PassResult
+        if any(a is not None for a in (out_log_resp, out_row_value, out_labels)):
+            # per-row outputs (score_samples, predict): the local block reader
+            return super().pass_(family, rule, weights, params, n_jobs=n_jobs,
+                                 with_stats=with_stats, sample_weight=sample_weight,
+                                 out_log_resp=out_log_resp, out_row_value=out_row_value,
+                                 out_labels=out_labels, chunk_rows=chunk_rows)
+        if getattr(rule, "needs_all_rows", False):
+            raise ValueError(f"The posterior rule {type(rule).__name__} needs all rows at "
+                             "once (a corpus-level constraint); it does not run on a "
+                             "chunked source. Load the data into memory.")
+        chunk_rows = chunk_rows or self.chunk_rows
+        if self.block_rows % chunk_rows:
+            raise ValueError(f"block_rows={self.block_rows} is not a multiple of "
+                             f"chunk_rows={chunk_rows}")
+        weights = np.asarray(weights, dtype=np.float64)
+        tasks = []
+        for (start, stop), block in zip(self.block_bounds(), self._blocks_delayed()):
+            sw = None if sample_weight is None else sample_weight[start:stop]
+            tasks.append(delayed(_block_pass, pure=False)(
+                block, start, family, rule, weights, params, sw, with_stats, chunk_rows,
+                n_jobs))
+        results = self._gather(tasks)
+        stats, resp_sum, totals = None, None, np.zeros(4)
+        for block_stats, block_resp, block_totals in results:       # block order
+            if with_stats:
+                stats = (block_stats if stats is None
+                         else family.merge_stats(stats, block_stats))
+            resp_sum = block_resp.copy() if resp_sum is None else resp_sum + block_resp
+            totals += block_totals
+        return PassResult(stats, resp_sum, float(totals[0]), float(totals[1]),
+                          float(totals[2]), float(totals[3]), None)
