@@ -12,7 +12,9 @@ network per iteration: the parameters and the family/rule objects to every task
 + d^2) doubles); never rows. Validation is a pass of the same kind (per-block
 finite check and column range).
 
-Blocks are rechunked once (and persisted on the workers) so every block's row
+Blocks are rechunked once (and persisted on the workers if the array takes at
+most half their memory; otherwise recomputed from the graph, e.g. re-read from
+files, every pass, so data larger than the cluster's memory fit) so every block's row
 count is a multiple of the chunk size and a block spans all columns: the chunks
 inside a block are the in-memory pass's chunks. The result is bitwise the
 result of a local :class:`emcore._sources.ChunkedSource` with the same block
@@ -55,6 +57,13 @@ def active_client():
         return None
 
 
+def _cluster_memory(client) -> float:
+    """Sum of the workers' memory limits in bytes (inf if any is unlimited)."""
+    limits = [w.get("memory_limit") or 0
+              for w in client.scheduler_info()["workers"].values()]
+    return float("inf") if not limits or 0 in limits else float(sum(limits))
+
+
 def _block_pass(block, start, family, rule, weights, params, sample_weight, with_stats,
                 chunk_rows, n_jobs):
     # runs on a worker: one block's pass, statistics and totals only
@@ -90,10 +99,17 @@ class DaskSource(ChunkedSource):
     data : dask.array.Array of shape (n_samples, n_features)
     client : distributed.Client, optional
         Default: the active client.
+    persist : bool, optional
+        Keep the (rechunked) blocks in the workers' memory between passes. Default:
+        if the array takes at most half the workers' total memory limit; otherwise
+        every pass recomputes the blocks from the array's graph (e.g. re-reads
+        them from files on the workers), so data larger than the cluster's memory
+        fit too.
     """
 
     def __init__(self, data: Any, *, client=None, name: str = "X", owner: str = "",
-                 n_features: Optional[int] = None, block_rows: Optional[int] = None):
+                 n_features: Optional[int] = None, block_rows: Optional[int] = None,
+                 persist: Optional[bool] = None):
         from emcore.engine import chunk_rows_for
         self._client = client or active_client()
         if self._client is None:
@@ -108,7 +124,10 @@ class DaskSource(ChunkedSource):
             if any(r != block_rows for r in rows[:-1]) or rows[-1] > block_rows or \
                     len(data.chunks[1]) != 1:
                 data = data.rechunk((block_rows, -1))
-            data = data.persist()
+            if persist is None:
+                persist = data.nbytes <= 0.5 * _cluster_memory(self._client)
+            if persist:
+                data = data.persist()
         self._delayed = None
         super().__init__(data, name=name, owner=owner, n_features=n_features,
                          block_rows=block_rows)

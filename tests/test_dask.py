@@ -105,6 +105,17 @@ def test_several_blocks(client):
                                rtol=1e-10)
 
 
+def test_not_persisted_gives_the_same_fit(client):
+    # blocks recomputed from the graph every pass (data larger than the workers'
+    # memory): the same blocks, the same fit
+    c = chunk_rows_for(3)
+    X = _data(6 * c)
+    dx = da.from_array(X, chunks=(2 * c, 3))
+    source = DaskSource(dx, persist=False)
+    assert source._data is dx            # no rechunk needed, nothing persisted
+    _same(_fit(source), _fit(dx))
+
+
 def test_kmeans_and_mixture_model(client):
     X = _data(2 * chunk_rows_for(3))
     dx = da.from_array(X, chunks=(X.shape[0], 3))
