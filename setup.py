@@ -30,6 +30,7 @@ MODULES = {
     "emcore.kernel": "emcore/kernel.pyx",
     "emcore._core._passes": "emcore/_core/_passes.pyx",
     "emcore.plugins._gaussian_kernel": "plugins/_gaussian_kernel.pyx",
+    "emcore.plugins._gaussian_diag_kernel": "plugins/_gaussian_diag_kernel.pyx",
     "emcore.plugins._posterior_kernels": "plugins/_posterior_kernels.pyx",
     "emcore.plugins._kmeans_kernel": "plugins/_kmeans_kernel.pyx",
 }

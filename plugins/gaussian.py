@@ -1,9 +1,11 @@
-"""The Gaussian component family (``gaussian``); full covariance matrices.
+"""The Gaussian component family (``gaussian``): full, tied, diag, spherical.
 
 Parameters (a dict, scikit-learn's names and shapes):
 ``means`` (k, d), ``covariances`` (k, d, d) and ``precisions_cholesky`` (k, d, d),
 the upper-triangular U with precision P = U U^T. Statistics: per component the
-exact moments about a reference point (see ``GaussianStats`` and ``_gaussian_kernel.pyx``).
+exact moments about a reference point (see ``GaussianStats``), computed by
+``_gaussian_kernel.pyx`` ('full', 'tied': d x d second moments) or
+``_gaussian_diag_kernel.pyx`` ('diag', 'spherical': only the d per-feature ones).
 Formulas: ../shared/notes/gaussian_mixture.md sections 1-7.
 """
 
@@ -19,11 +21,13 @@ import scipy.special
 from emcore.exceptions import DegenerateComponentError
 from emcore.plugin_api import Family, FamilyRecord, Params, hookimpl
 from emcore.priors import ResolvedGaussianPrior
+from emcore.plugins._gaussian_diag_kernel import GaussianDiagKernel
 from emcore.plugins._gaussian_kernel import GaussianFullKernel
 
 __all__ = ["GaussianFamily", "GaussianStats", "COVARIANCE_TYPES"]
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+_DIAGONAL_TYPES = ("diag", "spherical")   # diagonal precisions: the diagonal kernel
 _LOG_2PI = np.log(2.0 * np.pi)
 
 
@@ -33,7 +37,8 @@ class GaussianStats:
 
     weight (k,) = sum_i w_ik; mean (k, d) = the reference points c_k (the
     weighted means, as rounded); residual (k, d) = sum_i w_ik (x_i - c_k), the
-    rounding residual of c_k; scatter (k, d, d) = sum_i w_ik (x_i - c_k)(x_i - c_k)^T.
+    rounding residual of c_k; scatter (k, d, d) = sum_i w_ik (x_i - c_k)(x_i - c_k)^T,
+    or only its diagonal (k, d) (``diagonal``: what 'diag' and 'spherical' need).
     Exact moments about c_k, so nothing is lost to the data's offset.
     """
     weight: np.ndarray
@@ -41,13 +46,24 @@ class GaussianStats:
     residual: np.ndarray
     scatter: np.ndarray
 
+    @property
+    def diagonal(self) -> bool:
+        """True if ``scatter`` holds only the per-feature second moments (k, d)."""
+        return self.scatter.ndim == 2
+
     def centred(self):
         """Return (weighted mean, centred scatter) per component (weight > 0)."""
         w = np.where(self.weight > 0, self.weight, 1.0)
         mean = self.mean + self.residual / w[:, None]
-        scatter = self.scatter - (self.residual[:, :, None] * self.residual[:, None, :]
-                                  / w[:, None, None])
+        shape = (-1, 1) if self.diagonal else (-1, 1, 1)
+        scatter = self.scatter - (_outer(self.residual, self.residual, self.diagonal)
+                                  / w.reshape(shape))
         return mean, scatter
+
+
+def _outer(u: np.ndarray, v: np.ndarray, diagonal: bool) -> np.ndarray:
+    """Per component u_k v_k^T (k, d, d), or only its diagonal u_k * v_k (k, d)."""
+    return u * v if diagonal else u[:, :, None] * v[:, None, :]
 
 
 class GaussianFamily(Family):
@@ -59,9 +75,10 @@ class GaussianFamily(Family):
         K and d.
     covariance_type : {'full', 'tied', 'diag', 'spherical'}
         Parameters are stored in full form for every type (``covariances`` (k, d, d),
-        diagonal or scalar multiples of I, or all equal), so the one compiled kernel
-        computes log-densities and statistics for all; the M-step, the log prior and
-        the parameter count apply the constraint.
+        diagonal or scalar multiples of I, or all equal). 'full' and 'tied' run
+        through the full-covariance kernel (d x d statistics), 'diag' and
+        'spherical' through the diagonal kernel (per-feature statistics); the
+        M-step, the log prior and the parameter count apply the constraint.
     reg_covar : float, default 1e-6
         Added to the diagonal of every covariance after the M-step (scikit-learn's
         ``reg_covar``). This is the exact maximiser of the expected log-likelihood
@@ -88,10 +105,11 @@ class GaussianFamily(Family):
         self.covariance_type = covariance_type
         self.reg_covar = reg_covar
         self.prior = prior
-        d = self.n_features
-        self._stats_kernel = GaussianFullKernel(
-            np.zeros((self.n_components, d)),
-            np.broadcast_to(np.eye(d), (self.n_components, d, d)))
+        d, k = self.n_features, self.n_components
+        self._diagonal = covariance_type in _DIAGONAL_TYPES
+        self._stats_kernel = self._kernel({
+            "means": np.zeros((k, d)),
+            "precisions_cholesky": np.broadcast_to(np.eye(d), (k, d, d))})
 
     # --- parameters ---------------------------------------------------------------
     def params_from_covariances(self, means: np.ndarray, covariances: np.ndarray,
@@ -152,11 +170,13 @@ class GaussianFamily(Family):
         return L
 
     # --- E-step -------------------------------------------------------------------
-    @staticmethod
-    def _kernel(params: Params) -> GaussianFullKernel:
-        return GaussianFullKernel(params["means"], params["precisions_cholesky"])
+    def _kernel(self, params: Params):
+        U = params["precisions_cholesky"]
+        if self._diagonal:
+            return GaussianDiagKernel(params["means"], np.diagonal(U, axis1=1, axis2=2))
+        return GaussianFullKernel(params["means"], U)
 
-    def compiled_kernel(self, params: Params) -> GaussianFullKernel:
+    def compiled_kernel(self, params: Params):
         return self._kernel(params)
 
     def log_density(self, X: np.ndarray, params: Params) -> np.ndarray:
@@ -170,11 +190,13 @@ class GaussianFamily(Family):
         return self.stats_from_buffer(self._stats_kernel.accumulate(X, weights))
 
     def stats_from_buffer(self, buffer: np.ndarray) -> GaussianStats:
+        # one slot per component: [W, c (d), r (d), scatter (d x d, or d diagonal)]
         k, d = self.n_components, self.n_features
-        slots = np.asarray(buffer, dtype=np.float64).reshape(k, 1 + 2 * d + d * d)
+        shape = (k, d) if self._diagonal else (k, d, d)
+        slots = np.asarray(buffer, dtype=np.float64).reshape(k, -1)
         return GaussianStats(weight=slots[:, 0].copy(), mean=slots[:, 1:1 + d].copy(),
                              residual=slots[:, 1 + d:1 + 2 * d].copy(),
-                             scatter=slots[:, 1 + 2 * d:].reshape(k, d, d).copy())
+                             scatter=slots[:, 1 + 2 * d:].reshape(shape).copy())
 
     def merge_stats(self, a: GaussianStats, b: GaussianStats) -> GaussianStats:
         # Re-shift both sides exactly to a common reference point (the kernel's rule).
@@ -182,15 +204,19 @@ class GaussianFamily(Family):
         f = np.where(W > 0, b.weight / np.where(W > 0, W, 1.0), 0.0)
         c = a.mean + f[:, None] * (b.mean - a.mean)
         da, db = a.mean - c, b.mean - c
+        diag = a.diagonal
+        if b.diagonal != diag:
+            raise ValueError("cannot merge full (k, d, d) and per-feature (k, d) statistics")
+        wshape = (-1, 1) if diag else (-1, 1, 1)
 
         def outer(u, v):
-            return u[:, :, None] * v[:, None, :]
+            return _outer(u, v, diag)
 
         residual = a.residual + a.weight[:, None] * da + b.residual + b.weight[:, None] * db
         scatter = (a.scatter + outer(a.residual, da) + outer(da, a.residual)
-                   + a.weight[:, None, None] * outer(da, da)
+                   + a.weight.reshape(wshape) * outer(da, da)
                    + b.scatter + outer(b.residual, db) + outer(db, b.residual)
-                   + b.weight[:, None, None] * outer(db, db))
+                   + b.weight.reshape(wshape) * outer(db, db))
         only_a, only_b = ~(b.weight > 0), ~(a.weight > 0)
         pick = lambda x, xa, xb, shape: np.where(only_a.reshape(shape), xa,  # noqa: E731
                                                  np.where(only_b.reshape(shape), xb, x))
@@ -198,7 +224,7 @@ class GaussianFamily(Family):
             weight=W,
             mean=pick(c, a.mean, b.mean, (-1, 1)),
             residual=pick(residual, a.residual, b.residual, (-1, 1)),
-            scatter=pick(scatter, a.scatter, b.scatter, (-1, 1, 1)))
+            scatter=pick(scatter, a.scatter, b.scatter, wshape))
 
     # --- M-step -------------------------------------------------------------------
     def m_step(self, stats: GaussianStats, previous: Optional[Params]) -> dict:
@@ -211,11 +237,18 @@ class GaussianFamily(Family):
         """
         d = self.n_features
         mean, scatter = stats.centred()
+        diag = self._diagonal
+        if diag and not stats.diagonal:        # full statistics (a Python family path)
+            scatter = np.einsum("kjj->kj", scatter)
+        elif stats.diagonal and not diag:
+            raise ValueError(f"covariance_type={self.covariance_type!r} needs d x d "
+                             "statistics; got per-feature ones")
+        wshape = (-1, 1) if diag else (-1, 1, 1)
         w = np.where(stats.weight > 0, stats.weight, 0.0)
         has = w > 0
         if self.prior is None:
             means = mean.copy()
-            numerator = np.where(has[:, None, None], scatter, 0.0)
+            numerator = np.where(has.reshape(wshape), scatter, 0.0)
         else:
             p = self.prior
             kappa = p.shrinkage
@@ -224,8 +257,8 @@ class GaussianFamily(Family):
                      if kappa > 0 else mean.copy())
             shrink = kappa * w / (kappa + w) if kappa > 0 else np.zeros_like(w)
             delta = mean - p.mean
-            numerator = (np.where(has[:, None, None], scatter, 0.0)
-                         + shrink[:, None, None] * (delta[:, :, None] * delta[:, None, :]))
+            numerator = (np.where(has.reshape(wshape), scatter, 0.0)
+                         + shrink.reshape(wshape) * _outer(delta, delta, diag))
         denominator = self._denominator(w)
         covariances = self._constrained(
             numerator, 0.0 if self.prior is None else self.prior.scale, denominator)
@@ -264,19 +297,20 @@ class GaussianFamily(Family):
 
     def _constrained(self, numerator: np.ndarray, scale, denominator) -> np.ndarray:
         """B / D under the type's constraint, B = prior scale + numerator (the prior's
-        scale enters once per covariance matrix: once in all for 'tied')."""
+        scale enters once per covariance matrix: once in all for 'tied'). The
+        numerator is (k, d, d) for 'full'/'tied' and its diagonal (k, d) for
+        'diag'/'spherical' (scale: a (d, d) matrix, or 0 without a prior)."""
         d, k, t = self.n_features, self.n_components, self.covariance_type
         if t == "tied":
             cov = (scale + np.sum(numerator, axis=0)) / denominator
             return np.broadcast_to(cov, (k, d, d)).copy()
-        numerator = numerator + scale
         den = np.where(denominator > 0, denominator, 1.0)   # N_k = 0 (ML): replaced
         if t == "full":
-            return numerator / den[:, None, None]
+            return (numerator + scale) / den[:, None, None]
+        numerator = numerator + (np.diagonal(scale) if np.ndim(scale) else scale)
         if t == "diag":
-            return np.einsum("kjj->kj", numerator)[:, :, None] / den[:, None, None] * \
-                np.eye(d)
-        trace = np.einsum("kjj->k", numerator)
+            return (numerator / den[:, None])[:, :, None] * np.eye(d)
+        trace = np.sum(numerator, axis=1)
         return (trace / den)[:, None, None] * np.eye(d)
 
     def _penalty_weights(self, w: np.ndarray) -> np.ndarray:
@@ -334,8 +368,12 @@ class GaussianFamily(Family):
         # then sum_k [ W_k (sum_j log U_jj - d/2 log 2pi) - 1/2 (that) ]  (note section 6)
         U = params["precisions_cholesky"]
         d = self.n_features
-        log_det_u = np.sum(np.log(np.diagonal(U, axis1=1, axis2=2)), axis=1)
-        trace = np.sum((stats.scatter @ U) * U, axis=(1, 2))
+        diag_u = np.diagonal(U, axis1=1, axis2=2)
+        log_det_u = np.sum(np.log(diag_u), axis=1)
+        if stats.diagonal:     # only for diagonal U ('diag', 'spherical')
+            trace = np.sum(stats.scatter * diag_u * diag_u, axis=1)
+        else:
+            trace = np.sum((stats.scatter @ U) * U, axis=(1, 2))
         e = np.einsum("kj,kjl->kl", stats.mean - params["means"], U)
         f = np.einsum("kj,kjl->kl", stats.residual, U)
         quad = trace + 2.0 * np.sum(e * f, axis=1) + stats.weight * np.sum(e * e, axis=1)

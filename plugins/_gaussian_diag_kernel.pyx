@@ -1,0 +1,288 @@
+# cython: language_level=3
+"""Compiled kernel of the Gaussian family for 'diag' and 'spherical' covariances.
+
+With a diagonal precision P_k = diag(p_k) (p_kj = U_kj^2, U the diagonal of the
+precision's Cholesky factor):
+
+    log N(x | mu_k) = -d/2 log(2 pi) + sum_j log U_kj - 1/2 sum_j p_kj (x_j - mu_kj)^2
+
+with x_j - mu_kj formed first (no cancellation for offset data; never the
+expanded x^2 p - 2 x p mu + p mu^2). Rows go one at a time against the (d x K)
+tables of means and precisions, vectorised over the components.
+
+Statistics slot per component k: [W, c (d), r (d), s (d)], the per-feature
+moments about a reference point c (the chunk's weighted mean, as rounded):
+
+    W = sum_i w_ik,  r = sum_i w_ik (x_i - c),  s_j = sum_i w_ik (x_ij - c_j)^2
+
+the diagonal of the full kernel's statistics (same reference point, same
+residual, same exact re-shifting merge), so the M-step and the expected
+log-likelihood read them the same way. k x d numbers instead of k x d x d.
+
+Flops per row and component (benchmarks/bench_gaussian.py counts them): the
+log-density 4d (subtract, scale, multiply-add); the statistics 2d (weighted
+sum for c) + 4d (subtract, weight, residual, multiply-add).
+
+The loops use GNU vector extensions (4 doubles) compiled twice with
+target_clones on x86-64 Linux/GCC (AVX2/FMA at load time where the CPU has it,
+baseline x86-64 otherwise), with a plain-C fallback elsewhere. Every sum is
+taken in a fixed order: the same chunk gives the same bits on any thread.
+"""
+from emcore.kernel cimport FamilyKernel
+
+import numpy as np
+
+
+cdef extern from *:
+    """
+    #include <string.h>
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) \\
+        && defined(__linux__) && __GNUC__ >= 12
+    #define EMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+    #else
+    #define EMD_CLONES
+    #endif
+    #if defined(__GNUC__)
+    typedef double emd_v4 __attribute__((vector_size(32)));
+    static inline emd_v4 emd_load(const double* p) { emd_v4 v; memcpy(&v, p, sizeof v); return v; }
+    static inline void emd_store(double* p, emd_v4 v) { memcpy(p, &v, sizeof v); }
+    static inline emd_v4 emd_set1(double x) { emd_v4 v = {x, x, x, x}; return v; }
+    #define EMD_ADD(a, b) ((a) + (b))
+    #define EMD_SUB(a, b) ((a) - (b))
+    #define EMD_MUL(a, b) ((a) * (b))
+    #else
+    typedef struct { double x[4]; } emd_v4;
+    static emd_v4 emd_load(const double* p) { emd_v4 v; memcpy(&v, p, sizeof v); return v; }
+    static void emd_store(double* p, emd_v4 v) { memcpy(p, &v, sizeof v); }
+    static emd_v4 emd_set1(double x) { emd_v4 v = {{x, x, x, x}}; return v; }
+    static emd_v4 emd_add_(emd_v4 a, emd_v4 b) { int i; for (i = 0; i < 4; i++) a.x[i] += b.x[i]; return a; }
+    static emd_v4 emd_sub_(emd_v4 a, emd_v4 b) { int i; for (i = 0; i < 4; i++) a.x[i] -= b.x[i]; return a; }
+    static emd_v4 emd_mul_(emd_v4 a, emd_v4 b) { int i; for (i = 0; i < 4; i++) a.x[i] *= b.x[i]; return a; }
+    #define EMD_ADD(a, b) emd_add_(a, b)
+    #define EMD_SUB(a, b) emd_sub_(a, b)
+    #define EMD_MUL(a, b) emd_mul_(a, b)
+    #endif
+    #define EMD_FMA(acc, a, b) ((acc) = EMD_ADD(acc, EMD_MUL(a, b)))
+
+    /* out[i, k] = base[k] - 1/2 sum_j P[j, k] (x_ij - M[j, k])^2 for k < K; the
+       tables M, P are d x Kp (Kp = K rounded up to 4, padded). acc: Kp doubles. */
+    EMD_CLONES
+    static void emd_log_density(const double* X, Py_ssize_t n, Py_ssize_t d,
+                                Py_ssize_t K, Py_ssize_t Kp, const double* M,
+                                const double* P, const double* base, double* acc,
+                                double* out)
+    {
+        Py_ssize_t i, j, k, k0;
+        emd_v4 half = emd_set1(-0.5);
+        for (i = 0; i < n; i++) {
+            const double* x = X + i * d;
+            for (k0 = 0; k0 < Kp; k0 += 16) {
+                Py_ssize_t nv = (Kp - k0) / 4 < 4 ? (Kp - k0) / 4 : 4;
+                emd_v4 a0 = emd_set1(0.0), a1 = a0, a2 = a0, a3 = a0;
+                for (j = 0; j < d; j++) {
+                    emd_v4 xj = emd_set1(x[j]);
+                    const double* m = M + j * Kp + k0;
+                    const double* p = P + j * Kp + k0;
+                    emd_v4 t0 = EMD_SUB(xj, emd_load(m));
+                    EMD_FMA(a0, EMD_MUL(emd_load(p), t0), t0);
+                    if (nv > 1) {
+                        emd_v4 t1 = EMD_SUB(xj, emd_load(m + 4));
+                        EMD_FMA(a1, EMD_MUL(emd_load(p + 4), t1), t1);
+                    }
+                    if (nv > 2) {
+                        emd_v4 t2 = EMD_SUB(xj, emd_load(m + 8));
+                        EMD_FMA(a2, EMD_MUL(emd_load(p + 8), t2), t2);
+                    }
+                    if (nv > 3) {
+                        emd_v4 t3 = EMD_SUB(xj, emd_load(m + 12));
+                        EMD_FMA(a3, EMD_MUL(emd_load(p + 12), t3), t3);
+                    }
+                }
+                emd_store(acc + k0, EMD_ADD(emd_load(base + k0), EMD_MUL(half, a0)));
+                if (nv > 1) emd_store(acc + k0 + 4, EMD_ADD(emd_load(base + k0 + 4), EMD_MUL(half, a1)));
+                if (nv > 2) emd_store(acc + k0 + 8, EMD_ADD(emd_load(base + k0 + 8), EMD_MUL(half, a2)));
+                if (nv > 3) emd_store(acc + k0 + 12, EMD_ADD(emd_load(base + k0 + 12), EMD_MUL(half, a3)));
+            }
+            for (k = 0; k < K; k++) out[i * K + k] = acc[k];
+        }
+    }
+
+    /* Per-feature weighted moments of n rows, for all K components at once, as
+       d x Kp tables (w is n x K): pass 1 (pass == 1) T1[j, k] += w_ik x_ij;
+       pass 2, about the reference points C (d x Kp): T1[j, k] += w_ik (x_ij - C[j, k])
+       and T2[j, k] += w_ik (x_ij - C[j, k])^2. Rows go EMD_ROWS at a time (their
+       weights copied into wblk, EMD_ROWS x Kp, zero padded) so that each table
+       entry is loaded and stored once per block; within it rows are added in order. */
+    #define EMD_ROWS 8
+    EMD_CLONES
+    static void emd_moments(const double* X, Py_ssize_t n, Py_ssize_t d,
+                            Py_ssize_t K, Py_ssize_t Kp, const double* w, int pass,
+                            const double* C, double* wblk, double* T1, double* T2)
+    {
+        Py_ssize_t i0, nb, r, j, k, k0;
+        for (i0 = 0; i0 < n; i0 += EMD_ROWS) {
+            nb = n - i0 < EMD_ROWS ? n - i0 : EMD_ROWS;
+            for (r = 0; r < nb; r++) {
+                for (k = 0; k < K; k++) wblk[r * Kp + k] = w[(i0 + r) * K + k];
+                for (k = K; k < Kp; k++) wblk[r * Kp + k] = 0.0;
+            }
+            const double* x = X + i0 * d;
+            for (j = 0; j < d; j++) {
+                double* t1 = T1 + j * Kp;
+                if (pass == 1) {
+                    for (k0 = 0; k0 < Kp; k0 += 4) {
+                        emd_v4 a1 = emd_load(t1 + k0);
+                        for (r = 0; r < nb; r++)
+                            a1 = EMD_ADD(a1, EMD_MUL(emd_load(wblk + r * Kp + k0),
+                                                     emd_set1(x[r * d + j])));
+                        emd_store(t1 + k0, a1);
+                    }
+                } else {
+                    double* t2 = T2 + j * Kp;
+                    for (k0 = 0; k0 < Kp; k0 += 4) {
+                        emd_v4 c = emd_load(C + j * Kp + k0);
+                        emd_v4 a1 = emd_load(t1 + k0), a2 = emd_load(t2 + k0);
+                        for (r = 0; r < nb; r++) {
+                            emd_v4 t = EMD_SUB(emd_set1(x[r * d + j]), c);
+                            emd_v4 wt = EMD_MUL(emd_load(wblk + r * Kp + k0), t);
+                            a1 = EMD_ADD(a1, wt);
+                            EMD_FMA(a2, wt, t);
+                        }
+                        emd_store(t1 + k0, a1);
+                        emd_store(t2 + k0, a2);
+                    }
+                }
+            }
+        }
+    }
+    """
+    void emd_log_density(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
+                         Py_ssize_t Kp, const double* M, const double* P,
+                         const double* base, double* acc, double* out) noexcept nogil
+    void emd_moments(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
+                     Py_ssize_t Kp, const double* w, int which, const double* C,
+                     double* wrow, double* T1, double* T2) noexcept nogil
+
+
+cdef inline void _merge_slot(Py_ssize_t d, double* into, const double* other) noexcept nogil:
+    # into, other: [W, c (d), r (d), s (d)]; into <- per-feature moments of the
+    # union: the diagonal of the full kernel's exact re-shifting merge.
+    cdef double Wa = into[0], Wb = other[0], W, f, c, da, db
+    cdef Py_ssize_t j
+    cdef double* ca = into + 1
+    cdef double* ra = into + 1 + d
+    cdef double* sa = into + 1 + 2 * d
+    cdef const double* cb = other + 1
+    cdef const double* rb = other + 1 + d
+    cdef const double* sb = other + 1 + 2 * d
+    if Wb <= 0.0:
+        return
+    if Wa <= 0.0:
+        for j in range(1 + 3 * d):
+            into[j] = other[j]
+        return
+    W = Wa + Wb
+    f = Wb / W
+    for j in range(d):
+        c = ca[j] + f * (cb[j] - ca[j])
+        da = ca[j] - c
+        db = cb[j] - c
+        ca[j] = c
+        sa[j] += 2.0 * ra[j] * da + Wa * da * da
+        ra[j] += Wa * da
+        sa[j] += sb[j] + 2.0 * rb[j] * db + Wb * db * db
+        ra[j] += rb[j] + Wb * db
+    into[0] = W
+
+
+cdef class GaussianDiagKernel(FamilyKernel):
+    """Kernel for fixed means (k, d) and diagonal precision Cholesky factors, given
+    as their diagonals (k, d) (U_kj = 1 / sigma_kj)."""
+    cdef const double[:, ::1] means
+    cdef const double[:, ::1] prec_chol_diag
+    cdef const double[:, ::1] mean_table   # (d, Kp): means, transposed, padded
+    cdef const double[:, ::1] prec_table   # (d, Kp): U_kj^2, transposed, zero padded
+    cdef const double[::1] log_norm        # (Kp,): -d/2 log(2 pi) + sum_j log U_kj
+    cdef Py_ssize_t Kp
+
+    def __init__(self, means, precisions_cholesky_diagonal):
+        means = np.ascontiguousarray(means, dtype=np.float64)
+        u = np.ascontiguousarray(precisions_cholesky_diagonal, dtype=np.float64)
+        if means.ndim != 2 or u.shape != means.shape:
+            raise ValueError("means and precisions_cholesky_diagonal must both be (k, d)")
+        K, d = means.shape
+        self.n_components = K
+        self.n_features = d
+        self.n_stats = K * (1 + 3 * d)
+        self.means = means
+        self.prec_chol_diag = u
+        self.Kp = ((K + 3) // 4) * 4
+        mt = np.zeros((d, self.Kp))
+        mt[:, :K] = means.T
+        pt = np.zeros((d, self.Kp))
+        pt[:, :K] = (u * u).T
+        self.mean_table = mt
+        self.prec_table = pt
+        ln = np.zeros(self.Kp)
+        ln[:K] = -0.5 * d * np.log(2.0 * np.pi) + np.sum(np.log(u), axis=1)
+        self.log_norm = ln
+
+    def __reduce__(self):
+        return (GaussianDiagKernel, (np.asarray(self.means), np.asarray(self.prec_chol_diag)))
+
+    cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
+        # a row of results or a block of weights (8 x Kp) + the weights' sums (Kp)
+        # + three d x Kp tables + one slot
+        return 9 * self.Kp + 3 * self.n_features * self.Kp + 1 + 3 * self.n_features
+
+    cdef int chunk_log_density(self, const double* X, Py_ssize_t n_rows,
+                               double* out, double* scratch) noexcept nogil:
+        emd_log_density(X, n_rows, self.n_features, self.n_components, self.Kp,
+                        &self.mean_table[0, 0], &self.prec_table[0, 0],
+                        &self.log_norm[0], scratch, out)
+        return 0
+
+    cdef int chunk_accumulate(self, const double* X, Py_ssize_t n_rows,
+                              const double* weights, double* stats,
+                              double* scratch) noexcept nogil:
+        cdef Py_ssize_t d = self.n_features, K = self.n_components, Kp = self.Kp
+        cdef Py_ssize_t slot = 1 + 3 * d
+        cdef Py_ssize_t i, j, k
+        cdef double* wrow = scratch
+        cdef double* Wk = wrow + 8 * Kp
+        cdef double* C = Wk + Kp
+        cdef double* R = C + d * Kp
+        cdef double* S = R + d * Kp
+        cdef double* chunk = S + d * Kp
+        cdef double W
+        # pass 1: the reference points (the chunk's weighted means, in C)
+        for i in range(d * Kp):
+            C[i] = 0.0
+            R[i] = 0.0
+            S[i] = 0.0
+        emd_moments(X, n_rows, d, K, Kp, weights, 1, NULL, wrow, C, NULL)
+        for k in range(K):
+            W = 0.0
+            for i in range(n_rows):
+                W += weights[i * K + k]
+            Wk[k] = W
+            for j in range(d):
+                C[j * Kp + k] = C[j * Kp + k] / W if W > 0.0 else 0.0
+        # pass 2: residual and squared deviations about them
+        emd_moments(X, n_rows, d, K, Kp, weights, 2, C, wrow, R, S)
+        for k in range(K):
+            W = Wk[k]
+            if W <= 0.0:
+                continue
+            chunk[0] = W
+            for j in range(d):
+                chunk[1 + j] = C[j * Kp + k]
+                chunk[1 + d + j] = R[j * Kp + k]
+                chunk[1 + 2 * d + j] = S[j * Kp + k]
+            _merge_slot(d, stats + k * slot, chunk)
+        return 0
+
+    cdef void merge_stats(self, double* into, const double* other) noexcept nogil:
+        cdef Py_ssize_t d = self.n_features, k
+        for k in range(self.n_components):
+            _merge_slot(d, into + k * (1 + 3 * d), other + k * (1 + 3 * d))
