@@ -15,6 +15,8 @@ _CHUNK = 65536
 
 
 def _sq_dist_to(X: np.ndarray, centre: np.ndarray, out: np.ndarray) -> None:
+    if hasattr(X, "sq_dist_to"):        # on a Dask cluster's workers (emcore.distributed)
+        return X.sq_dist_to(centre, out)
     # a chunked source (emcore._sources) is read in its own blocks
     step = getattr(X, "block_rows", _CHUNK)
     for start in range(0, X.shape[0], step):

@@ -152,18 +152,30 @@ class ChunkedSource:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def _rows(self, start: int, stop: int) -> np.ndarray:
+        # rows within one block come from that block, read once and kept until
+        # another block is asked for (initialisation reads chunk by chunk)
+        b0 = start - start % self.block_rows
+        b1 = min(self.shape[0], b0 + self.block_rows)
+        if stop > b1 or stop <= start:
+            return self._read(start, max(start, stop))
+        cached = getattr(self, "_cache", None)
+        if cached is None or cached[0] != b0:
+            cached = self._cache = (b0, self._read(b0, b1))
+        return cached[1][start - b0:stop - b0]
+
     def __getitem__(self, key: Any) -> np.ndarray:
         n = self.shape[0]
         if isinstance(key, slice):
             start, stop, step = key.indices(n)
             if step != 1:
                 raise IndexError("a chunked source supports row slices with step 1 only")
-            return self._read(start, max(start, stop))
+            return self._rows(start, stop)
         if isinstance(key, (int, np.integer)):
             i = int(key) + (n if key < 0 else 0)
             if not 0 <= i < n:
                 raise IndexError(f"row {key} out of range for {n} rows")
-            return self._read(i, i + 1)[0]
+            return self._rows(i, i + 1)[0].copy()
         idx = np.asarray(key)
         if idx.ndim == 1 and np.issubdtype(idx.dtype, np.integer):
             out = np.empty((idx.shape[0], self.shape[1]))

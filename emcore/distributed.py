@@ -22,10 +22,10 @@ boundaries, whichever worker ran which block; a single block gives bitwise the
 in-memory fit; more blocks differ from it by the reordering bound stated in
 :mod:`emcore._sources`.
 
-Initialisation (k-means++ seeding, the initial assignment) reads rows through
-the client a block at a time: rows cross the network during initialisation
-only, about k + 1 times over the data for ``init_params='k-means++'``. Give
-``means_init``/``weights_init``/``precisions_init`` to avoid it.
+Initialisation: k-means++'s distances are computed on the workers (n doubles
+per seed cross the network); the initial nearest-seed assignment reads the rows
+through the client once, a block at a time. Give
+``means_init``/``weights_init``/``precisions_init`` to avoid that pass.
 
 A worker lost mid-fit: Dask recomputes its blocks from the graph on another
 worker (retries); if the task keeps failing, the fit raises RuntimeError naming
@@ -79,6 +79,13 @@ def _block_pass(block, start, family, rule, weights, params, sample_weight, with
                                  str(exc))) from None
     return (res.stats, res.resp_sum,
             (res.value, res.expected_log_joint, res.entropy, res.magnitude))
+
+
+def _block_sq_dist(block, centre):
+    # runs on a worker: squared distances of the block's rows to one centre, on
+    # differences (as emcore._init does locally: the same numbers)
+    diff = np.asarray(block, dtype=np.float64) - centre
+    return np.einsum("ij,ij->i", diff, diff)
 
 
 def _block_check(block):
@@ -167,6 +174,16 @@ class DaskSource(ChunkedSource):
                              f"{spread:.3g}; second moments of X would over- or underflow "
                              f"in float64. Rescale X so that its spread lies within "
                              f"[{_MIN_SPREAD:g}, {_MAX_SPREAD:g}].")
+
+    def sq_dist_to(self, centre: np.ndarray, out: np.ndarray) -> None:
+        """out[i] = ||x_i - centre||^2, computed on the workers (k-means++ seeding):
+        n doubles cross the network, not the rows."""
+        from dask import delayed
+        centre = np.asarray(centre, dtype=np.float64)
+        parts = self._gather([delayed(_block_sq_dist, pure=False)(b, centre)
+                              for b in self._blocks_delayed()])
+        for (start, stop), part in zip(self.block_bounds(), parts):
+            out[start:stop] = part
 
     def pass_(self, family, rule, weights, params, *, n_jobs=1, with_stats=True,
               sample_weight=None, out_log_resp=None, out_row_value=None, out_labels=None,

@@ -116,6 +116,17 @@ def test_not_persisted_gives_the_same_fit(client):
     _same(_fit(source), _fit(dx))
 
 
+def test_seeding_distances_on_the_workers(client):
+    from emcore._init import _sq_dist_to
+    c = chunk_rows_for(3)
+    X = _data(5 * c + 3)
+    src = DaskSource(da.from_array(X, chunks=(2 * c, 3)))
+    got, want = np.empty(X.shape[0]), np.empty(X.shape[0])
+    src.sq_dist_to(X[7], got)
+    _sq_dist_to(X, X[7], want)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_kmeans_and_mixture_model(client):
     X = _data(2 * chunk_rows_for(3))
     dx = da.from_array(X, chunks=(X.shape[0], 3))
