@@ -63,6 +63,7 @@ cdef class KMeansKernel(FamilyKernel):
     cdef double[:, ::1] centred_means  # (k, d) mu - c
     cdef double[::1] centre            # (d,) c
     cdef double[::1] mean_sq_norms     # (k,) ||mu - c||^2
+    cdef double[::1] offsets           # (k,) const - h ||mu - c||^2
     cdef readonly double variance
     cdef double h, const
 
@@ -84,6 +85,7 @@ cdef class KMeansKernel(FamilyKernel):
         self.variance = variance
         self.h = 0.5 / variance
         self.const = -0.5 * d * log(2.0 * M_PI * variance)
+        self.offsets = self.const - self.h * np.asarray(self.mean_sq_norms)
 
     def __reduce__(self):
         return (KMeansKernel, (np.asarray(self.means), self.variance))
@@ -96,9 +98,8 @@ cdef class KMeansKernel(FamilyKernel):
         cdef Py_ssize_t i, j, k, d = self.n_features, K = self.n_components
         cdef double* Xc = scratch
         cdef double* qn = scratch + n_rows * d
-        cdef double s, t, h = self.h, two_h = 2.0 * self.h, const = self.const
+        cdef double s, t, h = self.h, two_h = 2.0 * self.h
         cdef const double* c = &self.centre[0]
-        cdef const double* mn = &self.mean_sq_norms[0]
         for i in range(n_rows):
             s = 0.0
             for j in range(d):
@@ -106,12 +107,12 @@ cdef class KMeansKernel(FamilyKernel):
                 Xc[i * d + j] = t
                 s += t * t
             qn[i] = s
-        # out = 2h Xc @ mu~.T, then -h (||x~||^2 + ||mu~||^2) + const
+        # out = 2h Xc @ mu~.T, then + (-h ||x~||^2) + (const - h ||mu~||^2)
         gemm_nt(n_rows, K, d, two_h, Xc, &self.centred_means[0, 0], out)
         for i in range(n_rows):
-            s = qn[i]
+            s = -h * qn[i]
             for k in range(K):
-                out[i * K + k] = out[i * K + k] - h * (s + mn[k]) + const
+                out[i * K + k] = out[i * K + k] + (s + self.offsets[k])
         return 0
 
     cdef void clear_stats(self, double* stats) noexcept nogil:

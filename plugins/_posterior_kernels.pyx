@@ -99,19 +99,21 @@ cdef class HardPosteriorKernel(PosteriorKernel):
                              Py_ssize_t* labels) noexcept nogil:
         cdef Py_ssize_t i, k, best, K = n_components
         cdef double m, a, w
+        cdef bint nan
         cdef double* row
         for i in range(n_rows):
             row = log_joint + i * K
-            m = -INFINITY
-            best = -1
-            for k in range(K):
+            # branch-free scan (conditional moves): strict '>' keeps the lowest
+            # index on ties; NaN never compares greater, so it is tracked apart
+            m = row[0]
+            best = 0
+            nan = isnan(m)
+            for k in range(1, K):
                 a = row[k]
-                if isnan(a):
-                    return <int>(i + 1)
-                if a > m:           # strict: the lowest index wins a tie
-                    m = a
-                    best = k
-            if best < 0 or not isfinite(m):
+                nan = nan | isnan(a)
+                best = k if a > m else best
+                m = a if a > m else m
+            if nan or not isfinite(m):
                 return <int>(i + 1)
             if labels != NULL:
                 labels[i] = best
