@@ -7,9 +7,10 @@ array in a :class:`DaskSource`. Each pass maps
 array's blocks on the workers; each task returns only the block's statistics,
 responsibility sum and totals. The client gathers them in block order and
 merges them there, in that fixed order, then does the M-step. What crosses the
-network per iteration: the parameters and the family/rule objects to every task
-(a few kB for k = d = 16), and one statistics object per block back (k (1 + 2d
-+ d^2) doubles); never rows. Validation is a pass of the same kind (per-block
+network per iteration: the parameters with the family and rule objects, once to
+each worker (scattered; about 100 kB for k = d = 16, full covariances), and one
+statistics object per block back (k (1 + 2d + d^2) doubles, 37 kB for k = d =
+16); never rows. Validation is a pass of the same kind (per-block
 finite check and column range).
 
 Blocks are rechunked once (and persisted on the workers if the array takes at
@@ -64,11 +65,12 @@ def _cluster_memory(client) -> float:
     return float("inf") if not limits or 0 in limits else float(sum(limits))
 
 
-def _block_pass(block, start, family, rule, weights, params, sample_weight, with_stats,
-                chunk_rows, n_jobs):
-    # runs on a worker: one block's pass, statistics and totals only
+def _block_pass(block, start, model, sample_weight, with_stats, chunk_rows, n_jobs):
+    # runs on a worker: one block's pass, statistics and totals only; model =
+    # (family, rule, weights, params), scattered to every worker once per pass
     from emcore._sources import _ROW
     from emcore.engine import data_pass
+    family, rule, weights, params = model
     try:
         res = data_pass(np.ascontiguousarray(block, dtype=np.float64), family, rule,
                         weights, params, n_jobs=n_jobs, with_stats=with_stats,
@@ -206,12 +208,14 @@ class DaskSource(ChunkedSource):
             raise ValueError(f"block_rows={self.block_rows} is not a multiple of "
                              f"chunk_rows={chunk_rows}")
         weights = np.asarray(weights, dtype=np.float64)
+        # the model goes to each worker once per pass, not with every task
+        [model] = self._client.scatter([(family, rule, weights, params)], broadcast=True,
+                                       hash=False)
         tasks = []
         for (start, stop), block in zip(self.block_bounds(), self._blocks_delayed()):
             sw = None if sample_weight is None else sample_weight[start:stop]
             tasks.append(delayed(_block_pass, pure=False)(
-                block, start, family, rule, weights, params, sw, with_stats, chunk_rows,
-                n_jobs))
+                block, start, model, sw, with_stats, chunk_rows, n_jobs))
         results = self._gather(tasks)
         stats, resp_sum, totals = None, None, np.zeros(4)
         for block_stats, block_resp, block_totals in results:       # block order
