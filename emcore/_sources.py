@@ -242,7 +242,6 @@ class ChunkedSource:
         stats = None
         resp_sum = None
         totals = np.zeros(4)
-        rule_state = None
         for start, stop, rows in self.blocks():
             def part(a):
                 return None if a is None else a[start:stop]
@@ -260,6 +259,6 @@ class ChunkedSource:
                 stats = res.stats if stats is None else family.merge_stats(stats, res.stats)
             resp_sum = res.resp_sum.copy() if resp_sum is None else resp_sum + res.resp_sum
             totals += (res.value, res.expected_log_joint, res.entropy, res.magnitude)
-            rule_state = res.rule_state
-        return PassResult(stats, resp_sum, float(totals[0]), float(totals[1]),
-                          float(totals[2]), float(totals[3]), rule_state)
+        return PassResult(stats=stats, resp_sum=resp_sum, value=float(totals[0]),
+                          expected_log_joint=float(totals[1]), entropy=float(totals[2]),
+                          magnitude=float(totals[3]))

@@ -224,5 +224,6 @@ class DaskSource(ChunkedSource):
                          else family.merge_stats(stats, block_stats))
             resp_sum = block_resp.copy() if resp_sum is None else resp_sum + block_resp
             totals += block_totals
-        return PassResult(stats, resp_sum, float(totals[0]), float(totals[1]),
-                          float(totals[2]), float(totals[3]), None)
+        return PassResult(stats=stats, resp_sum=resp_sum, value=float(totals[0]),
+                          expected_log_joint=float(totals[1]), entropy=float(totals[2]),
+                          magnitude=float(totals[3]))
