@@ -72,7 +72,10 @@ class Registry:
 
 def _dist_name(ep: md.EntryPoint) -> str:
     dist = getattr(ep, "dist", None)
-    name = dist.name if dist is not None else None
+    try:
+        name = dist.name if dist is not None else None
+    except Exception:   # no Name field: None (stdlib) or KeyError (importlib_metadata >= 8)
+        name = None
     return name or "<unknown distribution>"
 
 
