@@ -47,7 +47,7 @@ def _demo(args: argparse.Namespace) -> int:
               f"{it.value_next - it.value:>10.3e}  {mark}")
     print()
     last = gm.history_[-1] if gm.history_ else None
-    rule = {"tol": f"tol: relative change {last.relative_change:.3e} <= tol={gm.tol:g}"
+    rule = {"tol": f"tol: relative change {last.relative_change:.3e} < tol={gm.tol:g}"
             if last else "tol",
             "max_iter": f"max_iter: stopped after {gm.max_iter} iterations",
             "interrupted": "interrupted"}[gm.stop_reason_]

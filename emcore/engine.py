@@ -323,7 +323,7 @@ def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarr
     rule), plus the log prior for MAP-EM (a family whose ``log_prior`` is not 0,
     or a Dirichlet prior on the weights with concentration
     ``weight_concentration``, all entries >= 1). Stops when the relative change
-    |J_{t+1} - J_t| / |J_{t+1}| is <= ``tol`` ('tol'; or when
+    |J_{t+1} - J_t| / |J_{t+1}| is below ``tol`` ('tol'; tol=0 never fires; or when
     ``converged(record, params_t, params_t+1)`` is true, if given), after
     ``max_iter`` M-steps ('max_iter'), or on KeyboardInterrupt ('interrupted'; the
     last parameters whose objective was computed are returned). The mixture

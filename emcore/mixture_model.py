@@ -40,7 +40,7 @@ class MixtureModel(_MixtureBase):
         Keyword arguments of the rule's factory (e.g. ``{"temperature": 2.0}``).
     tol : float, default 1e-6
         Stop when the relative change of the rule's objective between two
-        iterations is at most ``tol``.
+        iterations is below ``tol`` (0: never, run ``max_iter`` iterations).
     max_iter : int, default 100
         Maximum number of M-steps.
     n_init : int, default 1
