@@ -24,7 +24,7 @@ log-density 4d (subtract, scale, multiply-add); the statistics 2d (weighted
 sum for c) + 4d (subtract, weight, residual, multiply-add).
 
 The loops use GNU vector extensions (4 doubles) compiled twice with
-target_clones on x86-64 Linux/GCC (AVX2/FMA at load time where the CPU has it,
+target_clones on x86-64 Linux (glibc) with GCC (AVX2/FMA at load time where the CPU has it,
 baseline x86-64 otherwise), with a plain-C fallback elsewhere. Every sum is
 taken in a fixed order: the same chunk gives the same bits on any thread.
 """
@@ -37,7 +37,7 @@ cdef extern from *:
     """
     #include <string.h>
     #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) \\
-        && defined(__linux__) && __GNUC__ >= 12
+        && defined(__linux__) && defined(__GLIBC__) && __GNUC__ >= 12
     #define EMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
     #else
     #define EMD_CLONES
@@ -231,7 +231,8 @@ cdef class GaussianDiagKernel(FamilyKernel):
         return (GaussianDiagKernel, (np.asarray(self.means), np.asarray(self.prec_chol_diag)))
 
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
-        # a row of results or a block of weights (8 x Kp) + the weights' sums (Kp)
+        # a row of results or a block of weights (EMD_ROWS = 8 rows x Kp) + the
+        # weights' sums (Kp)
         # + three d x Kp tables + one slot
         return 9 * self.Kp + 3 * self.n_features * self.Kp + 1 + 3 * self.n_features
 

@@ -21,18 +21,21 @@ both to a common reference point exactly (the weighted Chan-Golub-LeVeque update
 plus the residual terms). Never raw E[xx^T] - mu mu^T.
 
 The two dense products run in register-tiled C loops (below) rather than
-BLAS: a triangular (x - mu) U for 4 rows x 8 columns at a time, fused with the
-subtraction and the row norms, and the upper triangle of S in 4 x 8 tiles over
-sub-blocks of rows that stay in L1. Both are compiled twice on x86-64 Linux with
-GCC (``target_clones``): an AVX2/FMA version chosen at load time on CPUs that
-have it, and the baseline x86-64 one, so the wheel still runs on any x86-64.
-Every row's sums are taken in a fixed order, so the same chunk gives the same
-bits on any thread (the clone is chosen once per process).
+BLAS. The chunk is transposed once (d x rows); the E-step takes 8 rows (two
+4-double vectors) and 4 columns of (x - mu) U at a time, only the triangle's
+non-zero terms, fused with the subtraction and the row norms; the statistics
+take the upper triangle of S in 2 x 4 tiles over row blocks that stay in L1,
+each sum in 4 interleaved partial sums added in a fixed order. The loops are
+compiled twice on x86-64 Linux (glibc) with GCC (``target_clones``): an
+AVX2/FMA version chosen at load time on CPUs that have it, and the baseline
+x86-64 one, so the wheel still runs on any x86-64; other compilers get the
+same code with a plain-C 4-double type. The same chunk gives the same bits on
+any thread (the clone is chosen once per process).
 
 Flops per row and component (counted in benchmarks/bench_gaussian.py): the
 E-step d (subtraction) + d(d+1) (the triangular product: column j has j+1
-multiply-adds) + 2d (squares and sum); the statistics d (mean, by gemv) + 3d
-(subtraction, weighting, residual) + d(d+1) (the upper triangle of S).
+multiply-adds) + 2d (squares and sum); the statistics 2d (weighted sum for c)
++ 3d (subtraction, weighting, residual) + d(d+1) (the upper triangle of S).
 """
 from libc.stdlib cimport malloc, free
 
@@ -45,7 +48,7 @@ cdef extern from *:
     """
     #include <string.h>
     #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) \\
-        && defined(__linux__) && __GNUC__ >= 12
+        && defined(__linux__) && defined(__GLIBC__) && __GNUC__ >= 12
     #define EMC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
     #else
     #define EMC_CLONES
