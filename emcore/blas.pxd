@@ -23,5 +23,6 @@ cdef void syrk_t(Py_ssize_t n_rows, Py_ssize_t n_cols, const double* A,
     # C <- A.T @ A, A (n_rows x n_cols), C (n_cols x n_cols), both triangles filled
 
 cdef void gemm_nt(Py_ssize_t m, Py_ssize_t n, Py_ssize_t p, double alpha,
-                  const double* A, const double* B, double* C) noexcept nogil
-    # C <- alpha * A @ B.T, A (m x p), B (n x p), C (m x n)
+                  const double* A, const double* B, double beta, double* C) noexcept nogil
+    # C <- alpha * A @ B.T + beta * C, A (m x p), B (n x p), C (m x n); beta = 0
+    # ignores C's contents (NaN included)

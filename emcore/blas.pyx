@@ -51,18 +51,17 @@ cdef void gemv_t(Py_ssize_t n_rows, Py_ssize_t n_cols, double alpha, const doubl
 
 
 cdef void gemm_nt(Py_ssize_t m, Py_ssize_t n, Py_ssize_t p, double alpha,
-                  const double* A, const double* B, double* C) noexcept nogil:
+                  const double* A, const double* B, double beta, double* C) noexcept nogil:
     # Row-major C = A B.T is column-major C.T (n x m) = B A.T: row-major B (n x p)
     # is column-major B.T (p x n), so op 'T'; row-major A is column-major A.T, 'N'.
     cdef char ta = b'T', tb = b'N'
     cdef int M = <int>n, N = <int>m, K = <int>p, ldb = <int>p, lda = <int>p, ldc = <int>n
-    cdef double beta = 0.0
     cdef Py_ssize_t i
     if m == 0 or n == 0:
         return
     if p == 0:
         for i in range(m * n):
-            C[i] = 0.0
+            C[i] = 0.0 if beta == 0.0 else beta * C[i]
         return
     fblas.dgemm(&ta, &tb, &M, &N, &K, &alpha, <double*>B, &ldb, <double*>A, &lda,
                 &beta, C, &ldc)
@@ -115,12 +114,14 @@ def _py_syrk_t(const double[:, ::1] A):
     return out
 
 
-def _py_gemm_nt(const double[:, ::1] A, const double[:, ::1] B, double alpha=1.0):
+def _py_gemm_nt(const double[:, ::1] A, const double[:, ::1] B, double alpha=1.0,
+                double beta=0.0, C=None):
     if A.shape[1] != B.shape[1]:
         raise ValueError("A and B must have the same number of columns")
-    out = np.empty((A.shape[0], B.shape[0]))
+    out = (np.empty((A.shape[0], B.shape[0])) if C is None
+           else np.array(C, dtype=np.float64, order="C", copy=True))
     cdef double[:, ::1] o = out
     if out.size:
         gemm_nt(A.shape[0], B.shape[0], A.shape[1], alpha,
-                &A[0, 0] if A.size else NULL, &B[0, 0] if B.size else NULL, &o[0, 0])
+                &A[0, 0] if A.size else NULL, &B[0, 0] if B.size else NULL, beta, &o[0, 0])
     return out

@@ -31,6 +31,7 @@ cdef class FamilyKernel:
     cdef readonly Py_ssize_t n_components
     cdef readonly Py_ssize_t n_features
     cdef readonly Py_ssize_t n_stats   # doubles in one statistics slot
+    cdef readonly bint fused_hard_step  # implements chunk_hard_step (default False)
 
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil
     # Doubles of scratch the two chunk methods need for a chunk of n_rows.
@@ -58,6 +59,20 @@ cdef class FamilyKernel:
     # weight row_weights[i] (NULL means 1). The default writes the weights as an
     # (n_rows, n_components) one-hot array into `one_hot` and calls
     # chunk_accumulate; a kernel may override it to skip that array.
+
+    cdef int chunk_hard_step(self, const double* X, Py_ssize_t n_rows,
+                             const double* log_weights, const double* row_weights,
+                             double* work, double* scratch, Py_ssize_t* labels,
+                             double* row_value, double* totals,
+                             double* stats) noexcept nogil
+    # Optional (set fused_hard_step = True): the hard rule's E-step fused with
+    # chunk_accumulate_hard, for kernels that can find the argmax without writing
+    # log-densities first (k-means). labels[i] = argmax_k log p(x_i | k) +
+    # log_weights[k] (ties: the lowest k), row_value[i] = that maximum, totals
+    # incremented as the hard posterior kernel does, and, if stats is not NULL,
+    # the statistics of each row added to its component. work: n_rows *
+    # n_components doubles; scratch: scratch_size(n_rows). Return 0, or 1 + the
+    # index of the first row with no finite value.
 
 
 cdef class PosteriorKernel:

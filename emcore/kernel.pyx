@@ -43,6 +43,13 @@ cdef class FamilyKernel:
             one_hot[i * K + labels[i]] = row_weights[i] if row_weights != NULL else 1.0
         return self.chunk_accumulate(X, n_rows, one_hot, stats, scratch)
 
+    cdef int chunk_hard_step(self, const double* X, Py_ssize_t n_rows,
+                             const double* log_weights, const double* row_weights,
+                             double* work, double* scratch, Py_ssize_t* labels,
+                             double* row_value, double* totals,
+                             double* stats) noexcept nogil:
+        return -1
+
     # --- Python face -------------------------------------------------------------
 
     def _check_X(self, X):

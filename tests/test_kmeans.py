@@ -143,26 +143,35 @@ def test_classification_em_for_gaussians_never_decreases_its_objective(seed, k, 
 
 
 def test_the_tolerance_needs_the_gemm_identity_term():
-    # Two clusters 2e4 apart with unit spread, one centre in each: the GEMM
-    # identity's cancellation (|x~|^2 ~ 1e8 per row) dwarfs the rounding of the
-    # log-densities' own magnitude (~1 per row). The error it makes is within the
-    # family's log_density_rounding bound, and larger than the rest of the chain
-    # tolerance, which alone would not cover it.
+    # Two clusters 2e4 apart with unit spread, one centre in each. The log-densities
+    # (used by the soft and tempered rules) go through the GEMM identity, whose
+    # cancellation (|x~|^2 ~ 1e8 per row) dwarfs the rounding of their own
+    # magnitude (~1 per row): the error is within the family's log_density_rounding
+    # bound and larger than the rest of the chain tolerance, which alone would not
+    # cover it. The hard rule's fused step takes each row's value from the exact
+    # difference to its centre instead: there F carries no such error.
+    from scipy.special import logsumexp
     rng = np.random.default_rng(7)
     X = np.concatenate([rng.normal(size=(2000, 2)) - 1e4, rng.normal(size=(2000, 2)) + 1e4])
     fam = get_registry().family("kmeans").factory(2, 2)
-    rule = get_registry().posterior_rule("hard").factory()
-    res = run_em(X, fam, rule, np.full(2, 0.5), {"means": X[[0, 2000]] + 0.5},
-                 max_iter=5, tol=0.0)
-    assert res.chain_holds
-    # F at the final centres via the GEMM identity vs the same from exact differences
-    exact = fam.expected_log_likelihood(res.stats, res.params) + \
-        float(np.sum(res.resp_sum * np.log(0.5)))
-    error = abs(res.value - exact)
-    bound = fam.log_density_rounding(res.stats, res.params)
-    rest = res.history[-1].tolerance - 2 * bound
-    assert error <= bound
-    assert error > 10 * rest, (error, rest)
+    means = np.array([[-1e4, -1e4], [1e4, 1e4]]) + 0.5
+    exact_a = (-((X[:, None, :] - means[None]) ** 2).sum(-1) - np.log(np.pi)
+               + np.log(0.5))                         # variance 1/2, d = 2, weights 1/2
+    for rule_name, exact in (("soft", logsumexp(exact_a, axis=1).sum()),
+                             ("hard", exact_a.max(axis=1).sum())):
+        rule = get_registry().posterior_rule(rule_name).factory()
+        res = run_em(X, fam, rule, np.full(2, 0.5), {"means": means}, max_iter=1, tol=0.0)
+        assert res.chain_holds
+        first = res.history[0]
+        error = abs(first.value - exact)
+        bound = fam.log_density_rounding(res.stats, {"means": means})
+        rest = first.tolerance - bound - fam.log_density_rounding(res.stats, res.params)
+        if rule_name == "soft":
+            assert error <= bound
+            assert error > 10 * rest, (error, rest)
+        else:
+            # exact differences, summed: (d + 2 + n) u relative at most
+            assert error <= (2 + 2 + X.shape[0]) * U * np.abs(exact_a.max(axis=1)).sum()
 
 
 # --- empty clusters, bad input ---------------------------------------------------------
@@ -265,3 +274,41 @@ def test_gemm_nt_matches_numpy():
     rng = np.random.default_rng(10)
     A, B = rng.normal(size=(9, 4)), rng.normal(size=(5, 4))
     assert np.allclose(blas._py_gemm_nt(A, B, 0.5), 0.5 * A @ B.T, rtol=1e-14, atol=1e-15)
+
+
+def test_the_fused_hard_step_equals_the_generic_route():
+    # The k-means kernel's fused E-step + accumulation (the compiled pass with the
+    # hard rule) against the generic route: log-densities, the hard rule's Python
+    # face, then statistics from the one-hot weights. Same labels (blobs: no
+    # near-ties), the same statistics up to the order of the same sums.
+    from emcore.engine import data_pass
+    X, init = _blobs(11, n=5000, d=3, k=4, offset=500.0)
+    w = np.random.default_rng(1).random(X.shape[0])
+    fam = get_registry().family("kmeans").factory(4, 3)
+    rule = get_registry().posterior_rule("hard").factory()
+    params = {"means": init}
+    labels = np.empty(X.shape[0], dtype=np.intp)
+    values = np.empty(X.shape[0])
+    fused = data_pass(X, fam, rule, np.full(4, 0.25), params, sample_weight=w,
+                      out_labels=labels, out_row_value=values)
+    log_q, q, f, totals = rule.posterior(fam.log_density(X, params) + np.log(0.25))
+    assert np.array_equal(labels, np.argmax(q, axis=1))
+    # f from the exact difference vs through the GEMM identity: within the
+    # family's bound per row (sum over rows <= log_density_rounding)
+    assert np.sum(np.abs(values - f)) <= fam.log_density_rounding(fused.stats, params)
+    generic = fam.chunk_stats(X, q * w[:, None])
+    assert np.allclose(fused.stats.weight, generic.weight, rtol=1e-13)
+    assert np.allclose(fam.m_step(fused.stats, params)["means"],
+                       fam.m_step(generic, params)["means"], rtol=1e-12)
+    assert np.allclose(fused.stats.within_scatter(init), generic.within_scatter(init),
+                       rtol=1e-10)
+
+
+def test_gemm_nt_accumulates_with_beta():
+    rng = np.random.default_rng(12)
+    A, B, C = rng.normal(size=(6, 3)), rng.normal(size=(4, 3)), rng.normal(size=(6, 4))
+    assert np.allclose(blas._py_gemm_nt(A, B, 2.0, 1.0, C), 2.0 * A @ B.T + C, rtol=1e-14,
+                       atol=1e-14)
+    nan = np.full((6, 4), np.nan)
+    assert np.allclose(blas._py_gemm_nt(A, B, 1.0, 0.0, nan), A @ B.T, rtol=1e-14,
+                       atol=1e-14)   # beta = 0 ignores C, NaN included

@@ -108,6 +108,8 @@ def data_pass(FamilyKernel family, PosteriorKernel rule, const double[:, ::1] X,
     cdef Py_ssize_t* Z
     cdef double* Rq
     cdef bint hard = rule.hard
+    # a hard rule with a family that fuses it (k-means), unless log q is asked for
+    cdef bint fused = hard and family.fused_hard_step and lr_out == NULL
     cdef int status
     cdef const double* lw = &log_weights[0] if K else NULL
     cdef const double* Xp = &X[0, 0] if n else NULL
@@ -134,6 +136,26 @@ def data_pass(FamilyKernel family, PosteriorKernel rule, const double[:, ::1] X,
                 for c in range(c0, c1):
                     r0 = c * chunk_rows
                     nr = min(chunk_rows, n - r0)
+                    if fused:
+                        # the family's own hard E-step, fused with its accumulation
+                        for i in range(N_TOTALS):
+                            T[i] = 0.0
+                        status = family.chunk_hard_step(
+                            Xp + r0 * d, nr, lw, (sw + r0) if sw != NULL else NULL, A, F,
+                            Z, L, T, &bs[b, 0] if with_stats else NULL)
+                        for i in range(N_TOTALS):
+                            bt[b, i] += T[i]
+                        if status != 0:
+                            bstat[b] = _FAILED_POSTERIOR
+                            brow[b] = r0 + status - 1
+                            break
+                        if ll_out != NULL:
+                            memcpy(ll_out + r0, L, nr * sizeof(double))
+                        if lab_out != NULL:
+                            memcpy(lab_out + r0, Z, nr * sizeof(Py_ssize_t))
+                        for i in range(nr):
+                            br[b, Z[i]] += sw[r0 + i] if sw != NULL else 1.0
+                        continue
                     status = family.chunk_log_density(Xp + r0 * d, nr, A, F)
                     if status != 0:
                         bstat[b] = _FAILED_DENSITY
