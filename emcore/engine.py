@@ -75,6 +75,7 @@ class PassResult:
     expected_log_joint: float   #: sum_i w_i sum_k q_ik log p(x_i, z_i=k)
     entropy: float              #: sum_i w_i H(q_i)
     magnitude: float            #: rounding magnitude M (notes, 9.3)
+    rule_state: Optional[dict] = None  #: the rule's report() after the pass (Python path)
 
     @property
     def elbo(self) -> float:
@@ -91,7 +92,9 @@ class Iteration:
     chain ``value = elbo_at_start <= elbo <= value_next`` holds up to the
     derived rounding tolerances, with ``penalty_change`` added on the left of the
     middle inequality when the M-step is penalised (reg_covar): see
-    :meth:`chain_slacks`.
+    :meth:`chain_slacks`. A rule that solves its E-step to a solver's accuracy
+    (posterior regularization) adds ``tolerance_rule`` to the last link and
+    records its report of the pass at theta_t in ``rule_state``.
     """
     iteration: int            #: t, from 0
     value: float              #: F(theta_t) (soft rule: loglik(theta_t))
@@ -108,6 +111,12 @@ class Iteration:
     seconds: float = 0.0      #: wall time of the iteration
     log_prior: float = 0.0    #: log p(theta_t) (MAP-EM; 0 without a prior)
     log_prior_next: float = 0.0  #: log p(theta_{t+1})
+    #: extra tolerance of the bound link from the rule (PR: duality gap + |lambda| x
+    #: violation, see PosteriorRule.bound_tolerance); 0 for exact rules
+    tolerance_rule: float = 0.0
+    #: the rule's report() for the pass at theta_t (PR: J, loglik, violations,
+    #: duality gap, lambda), None for rules without one
+    rule_state: Optional[dict] = field(default=None, compare=False)
 
     @property
     def gap(self) -> float:
@@ -121,7 +130,8 @@ class Iteration:
         ``ascent``: F(theta_t) + log p(theta_t) [+ penalty_change]
         - ELBO(q_t, theta_{t+1}) - log p(theta_{t+1}) (the log prior is 0 without a
         prior; with one this is the MAP chain);
-        ``bound``: ELBO(q_t, theta_{t+1}) - F(theta_{t+1}).
+        ``bound``: ELBO(q_t, theta_{t+1}) - F(theta_{t+1}), against
+        ``tolerance + tolerance_rule``.
         With ``penalised=False`` the ascent link ignores the penalty (the plain
         EM inequality, which a reg_covar step need not satisfy).
         """
@@ -130,7 +140,7 @@ class Iteration:
             "equality": abs(self.elbo_at_start - self.value) / self.tolerance_equality,
             "ascent": ((self.value + self.log_prior + pen)
                        - (self.elbo + self.log_prior_next)) / self.tolerance,
-            "bound": (self.elbo - self.value_next) / self.tolerance,
+            "bound": (self.elbo - self.value_next) / (self.tolerance + self.tolerance_rule),
         }
 
     def chain_holds(self, penalised: bool = True) -> bool:
@@ -153,6 +163,7 @@ class FitResult:
     seconds: float = 0.0
     resp_sum: np.ndarray = field(default=None)
     stats: Any = None         #: the family's statistics at the returned parameters
+    rule_state: Optional[dict] = None   #: the rule's report() at the returned parameters
 
     @property
     def converged(self) -> bool:
@@ -181,7 +192,8 @@ def data_pass(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.nd
     """One E-step pass over X at (weights, params), chunk by chunk.
 
     Uses the compiled chunk loop when both the family and the rule give compiled
-    kernels, otherwise a Python loop over the same chunks. ``out_log_resp``
+    kernels, otherwise a Python loop over the same chunks (which first hands the
+    rule every chunk's log joint through ``rule.prepare``). ``out_log_resp``
     (n, k) and ``out_row_value`` (n,), the rule's per-row objective (log p(x_i) for
     the soft rule), are filled when given; with a hard rule, also ``out_labels``
     (n,) of dtype intp, each row's component. ``X`` may also be a chunked source
@@ -189,6 +201,9 @@ def data_pass(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.nd
     this pass a block of rows at a time and merges the blocks in order.
     """
     if not isinstance(X, np.ndarray):
+        if rule.needs_all_rows:
+            raise ValueError(f"the {type(rule).__name__} posterior rule needs all rows in "
+                             "memory (a numpy array), not a chunked source")
         return X.pass_(family, rule, weights, params, n_jobs=n_jobs, with_stats=with_stats,
                        sample_weight=sample_weight, out_log_resp=out_log_resp,
                        out_row_value=out_row_value, out_labels=out_labels,
@@ -205,12 +220,14 @@ def data_pass(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.nd
                 effective_n_threads(n_jobs), with_stats, out_log_resp, out_row_value,
                 out_labels)
         stats = family.stats_from_buffer(buffer) if with_stats else None
+        rule_state = None
     else:
         stats, resp_sum, totals = _python_pass(
             X, family, rule, log_w, params, sample_weight, chunk_rows, with_stats,
             out_log_resp, out_row_value, out_labels)
+        rule_state = rule.report()
     return PassResult(stats, resp_sum, float(totals[0]), float(totals[1]),
-                      float(totals[2]), float(totals[3]))
+                      float(totals[2]), float(totals[3]), rule_state)
 
 
 def _python_pass(X, family, rule, log_w, params, sample_weight, chunk_rows, with_stats,
@@ -220,13 +237,23 @@ def _python_pass(X, family, rule, log_w, params, sample_weight, chunk_rows, with
     stats = family.empty_stats() if with_stats else None
     resp_sum = np.zeros(k)
     totals = np.zeros(4)
+
+    def log_joint_chunks():
+        # every chunk's log p(x_i, z_i = k), for a rule that needs all rows at once
+        for start in range(0, n, chunk_rows):
+            stop = min(n, start + chunk_rows)
+            yield start, stop, np.asarray(family.log_density(X[start:stop], params),
+                                          dtype=np.float64) + log_w
+
+    rule.prepare(log_joint_chunks, sample_weight)
     for start in range(0, n, chunk_rows):
         stop = min(n, start + chunk_rows)
         chunk = X[start:stop]
         row_w = None if sample_weight is None else sample_weight[start:stop]
         log_joint = np.asarray(family.log_density(chunk, params), dtype=np.float64) + log_w
         try:
-            log_resp, resp, row_value, chunk_totals = rule.posterior(log_joint, row_w)
+            log_resp, resp, row_value, chunk_totals = rule.posterior(log_joint, row_w,
+                                                                     start=start)
         except ValueError as exc:
             raise ValueError(f"in the chunk starting at row {start} of X: {exc}") from None
         totals += chunk_totals
@@ -382,6 +409,8 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
             pen_old = family.m_step_penalty(stats, params)
             pen_new = family.m_step_penalty(stats, new_params)
             nxt = run_pass(new_weights, new_params)
+            # an E-step solved to a solver's accuracy (PR) loosens the bound link
+            tol_rule = float(rule.bound_tolerance(current.rule_state, nxt.rule_state))
             prior_next, prior_mag_next = log_prior(new_weights, new_params)
             _check_finite(nxt.value + prior_next, f"the objective after iteration {t}")
             amp_next = family.rounding_amplification(new_params)
@@ -412,7 +441,8 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
                 tolerance_equality=max(tol_eq, np.finfo(float).tiny),
                 tolerance=max(tol_chain, np.finfo(float).tiny),
                 empty_components=empty, seconds=time.perf_counter() - t0,
-                log_prior=prior_now, log_prior_next=prior_next)
+                log_prior=prior_now, log_prior_next=prior_next, tolerance_rule=tol_rule,
+                rule_state=current.rule_state)
             history.append(record)
             history_params = params
             weights, params, current = new_weights, new_params, nxt
@@ -433,7 +463,8 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
                      objective=current.value + prior_now,
                      objective_name=rule.objective + (" + log prior" if has_prior else ""),
                      n_samples=n_samples, seconds=time.perf_counter() - t_start,
-                     resp_sum=current.resp_sum, stats=current.stats)
+                     resp_sum=current.resp_sum, stats=current.stats,
+                     rule_state=current.rule_state)
 
 
 def _check_finite(value: float, what: str) -> None:

@@ -21,7 +21,9 @@ GIL. A pure-Python family (``compiled_kernel`` returning None) runs through the
 same engine, a chunk at a time.
 
 A **posterior rule** turns a chunk's log joint probabilities into q (soft: the
-exact posterior; later hard, tempered, constrained).
+exact posterior; hard, tempered, constrained). A rule whose q needs all rows
+(posterior regularization) sets ``needs_all_rows``; the engine then calls its
+``prepare`` with every chunk's log joint before the pass.
 
 Plugins publish them with records returned from the registration hooks of
 :mod:`emcore.hookspecs`::
@@ -228,8 +230,15 @@ class PosteriorRule(abc.ABC):
     #: a point mass, T for tempering.
     entropy_weight: float = 1.0
 
+    #: True for a rule whose q of a row depends on the other rows or on the row's
+    #: index (corpus-level or per-row constraints: posterior regularization). The
+    #: engine runs it through its Python chunk loop, calling :meth:`prepare` with
+    #: all rows before each pass; estimators use the soft rule for new data.
+    needs_all_rows: bool = False
+
     @abc.abstractmethod
-    def posterior(self, log_joint: np.ndarray, row_weights: Optional[np.ndarray] = None):
+    def posterior(self, log_joint: np.ndarray, row_weights: Optional[np.ndarray] = None,
+                  *, start: int = 0):
         """Return ``(log_resp, resp, row_value, totals)`` for a chunk.
 
         The rule picks, row by row, the q of its set maximising
@@ -237,8 +246,35 @@ class PosteriorRule(abc.ABC):
         ``row_value[i]`` is that maximum f_i (log p(x_i) for the exact posterior).
         ``totals`` has ``emcore.kernel.N_TOTALS_`` entries: the row-weighted sums of
         f_i, sum_k q_ik a_ik, tau H(q_i), and the rounding magnitude
-        |f_i| + sum_k q_ik (|a_ik| + tau |log q_ik|).
+        |f_i| + sum_k q_ik (|a_ik| + tau |log q_ik|). ``start`` is the index of the
+        chunk's first row in the data of the pass (rules that are functions of the
+        row alone ignore it).
         """
+
+    def prepare(self, log_joint_chunks: Callable[[], Any],
+                sample_weight: Optional[np.ndarray]) -> None:
+        """Called by the engine at the start of every Python pass, before ``posterior``.
+
+        ``log_joint_chunks()`` yields ``(start, stop, log_joint)`` for each chunk of
+        the pass, ``log_joint`` the (stop - start, n_components) array
+        a_ik = log p(x_i, z_i = k) at the pass's parameters (computed afresh on
+        each call); ``sample_weight`` is the (n_samples,) row weights or None. A
+        rule with corpus-level state (``needs_all_rows``) solves it here. Default:
+        nothing.
+        """
+
+    def report(self) -> Optional[dict]:
+        """What the rule has to say about the last pass (recorded per iteration), or None."""
+        return None
+
+    def bound_tolerance(self, before: Optional[dict], after: Optional[dict]) -> float:
+        """Extra tolerance of the chain link ELBO(q_t, theta_{t+1}) <= F(theta_{t+1}).
+
+        For a rule whose q is the maximiser over its set only to a solver's
+        accuracy; ``before`` and ``after`` are :meth:`report` after the passes at
+        theta_t and theta_{t+1}. Default 0 (q is exact up to rounding).
+        """
+        return 0.0
 
     def compiled_kernel(self):
         """Return an ``emcore.kernel.PosteriorKernel``, or None."""

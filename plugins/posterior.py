@@ -30,7 +30,8 @@ class _KernelRule(PosteriorRule):
 
     _kernel = None
 
-    def posterior(self, log_joint: np.ndarray, row_weights: Optional[np.ndarray] = None):
+    def posterior(self, log_joint: np.ndarray, row_weights: Optional[np.ndarray] = None,
+                  *, start: int = 0):
         return self._kernel.posterior(log_joint, row_weights)
 
     def compiled_kernel(self):
