@@ -313,7 +313,10 @@ def _weights_m_step(resp_sum: np.ndarray, concentration: Optional[np.ndarray]) -
     # (N_k + alpha_k - 1) / (n + sum(alpha) - K) (Gaussian note, section 8)
     if concentration is None:
         return resp_sum / float(np.sum(resp_sum))
-    counts = resp_sum + concentration - 1.0
+    # (alpha - 1) first: exactly 0 for a flat prior, so a tiny N_k (a component
+    # nearly emptied, e.g. by a constrained E-step) is not rounded away to pi_k = 0
+    # while N_k log pi_k still counts it
+    counts = resp_sum + (concentration - 1.0)
     return counts / float(np.sum(counts))
 
 
