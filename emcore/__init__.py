@@ -8,6 +8,7 @@ through a pluggy registry; every fit records the ELBO chain
 """
 
 from emcore._version import __version__
+from emcore.constraints import Constraints
 from emcore.exceptions import DegenerateComponentError, NotFittedError
 from emcore.gaussian_mixture import GaussianMixture
 from emcore.mixture_model import MixtureModel
@@ -16,4 +17,4 @@ from emcore.priors import GaussianPrior
 from emcore.model_selection import ModelSelection, select_model  # after GaussianMixture
 
 __all__ = ["GaussianMixture", "MixtureModel", "KMeans", "GaussianPrior", "ModelSelection", "select_model",
-           "DegenerateComponentError", "NotFittedError", "__version__"]
+           "Constraints", "DegenerateComponentError", "NotFittedError", "__version__"]

@@ -52,11 +52,13 @@ WHEEL_REQUIRED = (
     "emcore/plugins/__init__.py",
     "emcore/plugins/gaussian.py",
     "emcore/plugins/posterior.py",
+    "emcore/plugins/constrained.py",
 )
 
 # The first-party plugins come through the same entry-point group a third party uses.
 ENTRY_POINTS_REQUIRED = {
-    "emcore": {"gaussian": "emcore.plugins.gaussian", "soft": "emcore.plugins.posterior"},
+    "emcore": {"gaussian": "emcore.plugins.gaussian", "soft": "emcore.plugins.posterior",
+               "constrained": "emcore.plugins.constrained"},
     "console_scripts": {"emcore": "emcore._cli:main"},
 }
 
@@ -316,7 +318,8 @@ def _good_wheel_members(version="1.2.3"):
                                  "Requires-Dist: numpy>=1.25\nRequires-Dist: scipy>=1.11\n")
     members[f"{di}/entry_points.txt"] = (
         "[console_scripts]\nemcore = emcore._cli:main\n\n"
-        "[emcore]\ngaussian = emcore.plugins.gaussian\nsoft = emcore.plugins.posterior\n")
+        "[emcore]\ngaussian = emcore.plugins.gaussian\nsoft = emcore.plugins.posterior\n"
+        "constrained = emcore.plugins.constrained\n")
     members[f"{di}/RECORD"] = ""
     members[f"{di}/licenses/LICENSE"] = "BSD"
     return members
