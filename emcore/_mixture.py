@@ -8,16 +8,19 @@ once.
 
 from __future__ import annotations
 
+import copy
 import warnings
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
 from emcore import _validation as v
 from emcore._estimator import BaseEstimator
 from emcore._init import kmeans_plusplus, nearest_centre, one_hot
+from emcore.constraints import Constraints
 from emcore.engine import FitResult, chunk_rows_for, data_pass, run_em, stats_from_assignments
 from emcore.exceptions import ConvergenceWarning
+from emcore.plugin_api import PosteriorRule
 from emcore.registry import get_registry
 
 INIT_PARAMS = ("k-means++", "random", "random_from_data")
@@ -33,6 +36,39 @@ class _MixtureBase(BaseEstimator):
     def _fit_rule(self):
         """The posterior rule the fit uses (the soft rule unless the subclass says)."""
         return get_registry().posterior_rule("soft").factory()
+
+    def _resolve_rule(self, posterior: Any, options: Optional[Mapping[str, Any]] = None
+                      ) -> PosteriorRule:
+        """The rule of a ``posterior`` parameter: None or a registry name (with the
+        factory's keyword ``options``), an :class:`emcore.Constraints` (the
+        ``constrained`` rule, built afresh for each fit) or a rule object."""
+        owner = self._owner
+        if options is not None and (not isinstance(options, Mapping) or not all(
+                isinstance(k, str) for k in options)):
+            raise ValueError(f"The 'posterior_options' parameter of {owner} must be None or "
+                             f"a mapping of keyword arguments. Got {options!r} instead.")
+        if isinstance(posterior, (Constraints, PosteriorRule)):
+            if options:
+                raise ValueError(f"The 'posterior_options' parameter of {owner} must be "
+                                 "None when 'posterior' is a rule object or an "
+                                 "emcore.Constraints.")
+            if isinstance(posterior, PosteriorRule):
+                return posterior
+            return get_registry().posterior_rule("constrained").factory(constraints=posterior)
+        if posterior is not None and not isinstance(posterior, str):
+            raise ValueError(f"The 'posterior' parameter of {owner} must be None, a registry "
+                             "name (str), an emcore.Constraints or a PosteriorRule. Got "
+                             f"{posterior!r} instead.")
+        name = "soft" if posterior is None else posterior
+        try:
+            record = get_registry().posterior_rule(name)
+        except ValueError as exc:
+            raise ValueError(f"The 'posterior' parameter of {owner}: {exc}") from None
+        try:
+            return record.factory(**dict(options or {}))
+        except TypeError as exc:
+            raise ValueError(f"The 'posterior_options' parameter of {owner} does not fit "
+                             f"rule {name!r}: {exc}") from None
 
     @staticmethod
     def _likelihood_rule():
@@ -155,8 +191,19 @@ class _MixtureBase(BaseEstimator):
         return row_value, out_log_resp
 
     def _posterior_rule(self):
-        """The rule behind predict_proba and predict."""
+        """The rule behind predict_proba and predict (for any data)."""
         return self._likelihood_rule()
+
+    def _constrained_proba(self, X: Any) -> np.ndarray:
+        """q* of the rows of X under the fitted constraints, at the fitted parameters."""
+        self._check_fitted("weights_")
+        rule = getattr(self, "_fitted_rule", None)
+        if rule is None or not rule.needs_all_rows:
+            raise ValueError(f"{self._owner}.predict_proba(constrained=True) needs a model "
+                             "fitted with constraints (posterior=emcore.Constraints(...)).")
+        # a copy: the projection must not move the fitted rule's state (its lambda)
+        return np.exp(self._evaluate(X, "predict_proba", log_resp=True,
+                                     rule=copy.copy(rule))[1])
 
     def score_samples(self, X: Any) -> np.ndarray:
         """Log-likelihood log p(x_i) of each row, shape (n_samples,)."""
@@ -167,8 +214,23 @@ class _MixtureBase(BaseEstimator):
         loglik, n = self._weighted_loglik(X, "score", sample_weight)
         return loglik / n
 
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Posterior probabilities of the components, shape (n_samples, n_components)."""
+    def predict_proba(self, X: Any, *, constrained: bool = False) -> np.ndarray:
+        """Posterior probabilities of the components, shape (n_samples, n_components).
+
+        With ``constrained=True``, for a model fitted with ``posterior=
+        emcore.Constraints(...)``: the constrained posterior, the KL projection of
+        p(z | x, theta) at the fitted parameters onto the constraints, with X
+        taken as the training rows (row i of X is row i of the constraints; X must
+        have as many rows as they name; rows count once each, as in a fit
+        without ``sample_weight``). Without it (the default), the model's
+        posterior p(z | x, theta), which is what new data gets: per-point and
+        proportion constraints are statements about the training rows.
+        """
+        if not isinstance(constrained, (bool, np.bool_)):
+            raise ValueError(f"The 'constrained' parameter of {self._owner}.predict_proba "
+                             f"must be a bool. Got {constrained!r} instead.")
+        if constrained:
+            return self._constrained_proba(X)
         return np.exp(self._evaluate(X, "predict_proba", log_resp=True,
                                      rule=self._posterior_rule())[1])
 

@@ -8,7 +8,9 @@ import numpy as np
 
 from emcore import _validation as v
 from emcore._mixture import _MixtureBase
+from emcore.constraints import Constraints
 from emcore.engine import FitResult
+from emcore.plugin_api import PosteriorRule
 from emcore.priors import GaussianPrior, ResolvedGaussianPrior
 from emcore.registry import get_registry
 
@@ -105,6 +107,17 @@ class GaussianMixture(_MixtureBase):
     online_step_exponent : float in (0.5, 1], default 0.6
         alpha of the step sizes rho_t = (t + 2)^(-alpha) of online EM
         (:meth:`partial_fit`); smaller forgets older batches faster.
+    posterior : None, emcore.Constraints, str or PosteriorRule, default None
+        The E-step. None: the exact posterior (standard EM). An
+        :class:`emcore.Constraints`: posterior regularization, the KL projection
+        of the posterior onto the constraints (bounds on component shares,
+        partial labels, per-point bounds, general expectation constraints); the
+        fit then keeps the PR objective J = loglik - KL(q || p) non-decreasing
+        (``lower_bound_`` is J per sample, ``history_[t].rule_state`` records J,
+        the log-likelihood, the constraint violations, the duality gap and
+        lambda), runs on one thread, and ``predict_proba(X, constrained=True)``
+        gives the constrained posterior of the training rows. A registry name or
+        rule object uses that rule (see :class:`emcore.MixtureModel`).
 
     Attributes
     ----------
@@ -141,7 +154,7 @@ class GaussianMixture(_MixtureBase):
                  weights_init: Any = None, means_init: Any = None,
                  precisions_init: Any = None, random_state: Any = None,
                  warm_start: bool = False, n_jobs: Optional[int] = None,
-                 verbose: int = 0, prior: Any = None,
+                 verbose: int = 0, prior: Any = None, posterior: Any = None,
                  online_step_exponent: float = 0.6):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -159,6 +172,7 @@ class GaussianMixture(_MixtureBase):
         self.verbose = verbose
         self.prior = prior
         self.online_step_exponent = online_step_exponent
+        self.posterior = posterior
 
     # --- resolution and validation --------------------------------------------------
     def _family(self, n_features: int, n_components: Optional[int] = None, prior=None):
@@ -188,6 +202,11 @@ class GaussianMixture(_MixtureBase):
             raise ValueError("The 'prior' parameter of GaussianMixture must be None, "
                              f"'default' or an emcore.GaussianPrior. Got {self.prior!r} "
                              "instead.")
+        if not (self.posterior is None or isinstance(self.posterior, (str, Constraints,
+                                                                        PosteriorRule))):
+            raise ValueError("The 'posterior' parameter of GaussianMixture must be None, an "
+                             "emcore.Constraints, a registry name (str) or a PosteriorRule. "
+                             f"Got {self.posterior!r} instead.")
         d = X.shape[1]
         if self.weights_init is not None:
             w = np.asarray(self.weights_init, dtype=np.float64)
@@ -266,10 +285,12 @@ class GaussianMixture(_MixtureBase):
         warm = (bool(self.warm_start) and hasattr(self, "weights_")
                 and self.n_features_in_ == X.shape[1]
                 and self.weights_.shape[0] == self.n_components)
-        best = self._run_starts(X, family, self._fit_rule(), sample_weight, rng, warm=warm,
+        rule = self._resolve_rule(self.posterior)
+        best = self._run_starts(X, family, rule, sample_weight, rng, warm=warm,
                                 weight_concentration=(None if prior is None
                                                       else prior.weight_concentration))
         self._set_fitted(best, X.shape[1])
+        self._fitted_rule = rule
         self.prior_ = prior
         self._online = None          # fit discards partial_fit's running state
         return self

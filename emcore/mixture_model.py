@@ -8,6 +8,7 @@ import numpy as np
 
 from emcore import _validation as v
 from emcore._mixture import _MixtureBase
+from emcore.constraints import Constraints
 from emcore.engine import FitResult
 from emcore.plugin_api import PosteriorRule
 from emcore.registry import get_registry
@@ -33,9 +34,13 @@ class MixtureModel(_MixtureBase):
     family_options : mapping, optional
         Keyword arguments of the family's factory (e.g. ``{"covariance_type":
         "diag"}`` for 'gaussian').
-    posterior : str or emcore.plugin_api.PosteriorRule, default 'soft'
+    posterior : str, emcore.Constraints or emcore.plugin_api.PosteriorRule, default 'soft'
         The E-step: a registry name ('soft': standard EM; 'hard': classification
-        EM; 'tempered': deterministic annealing) or a rule object.
+        EM; 'tempered': deterministic annealing), an :class:`emcore.Constraints`
+        (posterior regularization: the 'constrained' rule; ``objective_`` is then
+        the PR objective J and ``history_[t].rule_state`` records J, the
+        log-likelihood, the constraint violations, the duality gap and lambda) or
+        a rule object.
     posterior_options : mapping, optional
         Keyword arguments of the rule's factory (e.g. ``{"temperature": 2.0}``).
     tol : float, default 1e-6
@@ -116,23 +121,13 @@ class MixtureModel(_MixtureBase):
         return self.family_
 
     def _fit_rule(self) -> PosteriorRule:
-        if isinstance(self.posterior, PosteriorRule):
-            if self.posterior_options:
-                raise ValueError("The 'posterior_options' parameter of MixtureModel must "
-                                 "be None when 'posterior' is a rule object.")
-            return self.posterior
-        try:
-            record = get_registry().posterior_rule(self.posterior)
-        except ValueError as exc:
-            raise ValueError(f"The 'posterior' parameter of MixtureModel: {exc}") from None
-        options = self._options(self.posterior_options, "posterior_options")
-        try:
-            return record.factory(**options)
-        except TypeError as exc:
-            raise ValueError(f"The 'posterior_options' parameter of MixtureModel does not "
-                             f"fit rule {self.posterior!r}: {exc}") from None
+        return self._resolve_rule(self.posterior, self.posterior_options)
 
     def _posterior_rule(self) -> PosteriorRule:
+        # a rule that needs all rows (constraints) has no meaning for new data: the
+        # model's posterior there (predict_proba(X, constrained=True) for the q*)
+        if self._fitted_rule.needs_all_rows:
+            return self._likelihood_rule()
         return self._fitted_rule
 
     # --- fitting --------------------------------------------------------------------
@@ -151,9 +146,10 @@ class MixtureModel(_MixtureBase):
         if not isinstance(self.family, str):
             raise ValueError("The 'family' parameter of MixtureModel must be a registry "
                              f"name (str). Got {self.family!r} instead.")
-        if not isinstance(self.posterior, (str, PosteriorRule)):
+        if not isinstance(self.posterior, (str, PosteriorRule, Constraints)):
             raise ValueError("The 'posterior' parameter of MixtureModel must be a registry "
-                             f"name (str) or a PosteriorRule. Got {self.posterior!r} instead.")
+                             "name (str), an emcore.Constraints or a PosteriorRule. Got "
+                             f"{self.posterior!r} instead.")
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0],
                                               owner="MixtureModel.fit",
                                               min_positive=self.n_components)
