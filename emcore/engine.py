@@ -456,7 +456,7 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
             if callback is not None:
                 callback(record)
             if (converged(record, history_params, params) if converged is not None
-                    else rel <= tol):
+                    else rel < tol):
                 stop_reason = "tol"
                 break
     except KeyboardInterrupt:
