@@ -126,6 +126,7 @@ class MixtureModel(_MixtureBase):
     def _posterior_rule(self) -> PosteriorRule:
         # a rule that needs all rows (constraints) has no meaning for new data: the
         # model's posterior there (predict_proba(X, constrained=True) for the q*)
+        self._check_fitted("weights_")
         if self._fitted_rule.needs_all_rows:
             return self._likelihood_rule()
         return self._fitted_rule

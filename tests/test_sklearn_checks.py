@@ -1,4 +1,4 @@
-"""scikit-learn's own estimator checks on emcore.GaussianMixture and emcore.KMeans."""
+"""scikit-learn's own estimator checks on emcore's estimators."""
 
 import subprocess
 import sys
@@ -18,7 +18,8 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*does not inherit from `sklearn.base",
                             category=UserWarning)
     _all_checks = parametrize_with_checks(
-        [GaussianMixture(n_jobs=1), emcore.KMeans(n_clusters=3, n_jobs=1)],
+        [GaussianMixture(n_jobs=1), emcore.KMeans(n_clusters=3, n_jobs=1),
+         emcore.MixtureModel(n_jobs=1)],
         # scikit-learn marks this check as an expected failure for its own KMeans:
         # k-means++ seeding draws differently from weighted and repeated rows, so
         # the two fits may reach different local optima. tests/test_kmeans.py
