@@ -66,6 +66,10 @@ CAPABILITIES = {
     "compiled_kernel": "the family/rule can hand the engine a compiled kernel",
     "sampling": "the family implements sample()",
     "covariance_type:full": "Gaussian family with full covariance matrices",
+    "covariance_type:tied": "Gaussian family with one covariance matrix shared by all components",
+    "covariance_type:diag": "Gaussian family with diagonal covariance matrices",
+    "covariance_type:spherical": "Gaussian family with one variance per component",
+    "fixed_weights": "the family's model fixes the mixture weights (Family.fixed_weights)",
 }
 """Capability strings with an agreed meaning. Plugins may declare others."""
 

@@ -433,5 +433,8 @@ def _condition_of_factor(factor: np.ndarray) -> float:
 def emcore_register_families():
     return [FamilyRecord(
         name="gaussian", factory=GaussianFamily,
-        capabilities=frozenset({"compiled_kernel", "sampling", "covariance_type:full"}),
-        description="multivariate normal components (covariance_type: full)")]
+        capabilities=frozenset({"compiled_kernel", "sampling", "support:real",
+                                "covariance_type:full", "covariance_type:tied",
+                                "covariance_type:diag", "covariance_type:spherical"}),
+        description="multivariate normal components (covariance_type: full, tied, "
+                    "diag, spherical)")]
