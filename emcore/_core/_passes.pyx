@@ -136,48 +136,34 @@ def data_pass(FamilyKernel family, PosteriorKernel rule, const double[:, ::1] X,
                 for c in range(c0, c1):
                     r0 = c * chunk_rows
                     nr = min(chunk_rows, n - r0)
-                    if fused:
-                        # the family's own hard E-step, fused with its accumulation
-                        for i in range(N_TOTALS):
-                            T[i] = 0.0
-                        status = family.chunk_hard_step(
-                            Xp + r0 * d, nr, lw, (sw + r0) if sw != NULL else NULL, A, F,
-                            Z, L, T, &bs[b, 0] if with_stats else NULL)
-                        for i in range(N_TOTALS):
-                            bt[b, i] += T[i]
-                        if status != 0:
-                            bstat[b] = _FAILED_POSTERIOR
-                            brow[b] = r0 + status - 1
-                            break
-                        if ll_out != NULL:
-                            memcpy(ll_out + r0, L, nr * sizeof(double))
-                        if lab_out != NULL:
-                            memcpy(lab_out + r0, Z, nr * sizeof(Py_ssize_t))
-                        for i in range(nr):
-                            br[b, Z[i]] += sw[r0 + i] if sw != NULL else 1.0
-                        continue
-                    status = family.chunk_log_density(Xp + r0 * d, nr, A, F)
-                    if status != 0:
-                        bstat[b] = _FAILED_DENSITY
-                        brow[b] = r0
-                        break
-                    for i in range(nr):
-                        for k in range(K):
-                            A[i * K + k] = A[i * K + k] + lw[k]
                     # chunk totals first, then into the block: summation depth
                     # (chunk rows) + (chunks per block) + (blocks), see engine.py
                     for i in range(N_TOTALS):
                         T[i] = 0.0
-                    status = rule.chunk_posterior(
-                        A, Rq, L, (sw + r0) if sw != NULL else NULL, nr, K, T,
-                        Z if hard else NULL)
+                    if fused:
+                        # the family's own hard E-step, fused with its accumulation
+                        status = family.chunk_hard_step(
+                            Xp + r0 * d, nr, lw, (sw + r0) if sw != NULL else NULL, A, F,
+                            Z, L, T, &bs[b, 0] if with_stats else NULL)
+                    else:
+                        status = family.chunk_log_density(Xp + r0 * d, nr, A, F)
+                        if status != 0:
+                            bstat[b] = _FAILED_DENSITY
+                            brow[b] = r0
+                            break
+                        for i in range(nr):
+                            for k in range(K):
+                                A[i * K + k] = A[i * K + k] + lw[k]
+                        status = rule.chunk_posterior(
+                            A, Rq, L, (sw + r0) if sw != NULL else NULL, nr, K, T,
+                            Z if hard else NULL)
                     for i in range(N_TOTALS):
                         bt[b, i] += T[i]
                     if status != 0:
                         bstat[b] = _FAILED_POSTERIOR
                         brow[b] = r0 + status - 1
                         break
-                    if lr_out != NULL:
+                    if lr_out != NULL:      # never with fused (see above)
                         memcpy(lr_out + r0 * K, A, nr * K * sizeof(double))
                     if ll_out != NULL:
                         memcpy(ll_out + r0, L, nr * sizeof(double))
@@ -194,12 +180,14 @@ def data_pass(FamilyKernel family, PosteriorKernel rule, const double[:, ::1] X,
                         for i in range(nr):
                             for k in range(K):
                                 br[b, k] += R[i * K + k]
-                    if with_stats and hard:
-                        status = family.chunk_accumulate_hard(
-                            Xp + r0 * d, nr, Z, (sw + r0) if sw != NULL else NULL, R,
-                            &bs[b, 0], F)
-                    elif with_stats:
-                        status = family.chunk_accumulate(Xp + r0 * d, nr, R, &bs[b, 0], F)
+                    if with_stats and not fused:
+                        if hard:
+                            status = family.chunk_accumulate_hard(
+                                Xp + r0 * d, nr, Z, (sw + r0) if sw != NULL else NULL, R,
+                                &bs[b, 0], F)
+                        else:
+                            status = family.chunk_accumulate(Xp + r0 * d, nr, R,
+                                                             &bs[b, 0], F)
                         if status != 0:
                             bstat[b] = _FAILED_ACCUMULATE
                             brow[b] = r0
