@@ -238,19 +238,25 @@ def _python_pass(X, family, rule, log_w, params, sample_weight, chunk_rows, with
     resp_sum = np.zeros(k)
     totals = np.zeros(4)
 
-    def log_joint_chunks():
-        # every chunk's log p(x_i, z_i = k), for a rule that needs all rows at once
-        for start in range(0, n, chunk_rows):
-            stop = min(n, start + chunk_rows)
-            yield start, stop, np.asarray(family.log_density(X[start:stop], params),
-                                          dtype=np.float64) + log_w
+    bounds = [(start, min(n, start + chunk_rows)) for start in range(0, n, chunk_rows)]
 
-    rule.prepare(log_joint_chunks, sample_weight)
-    for start in range(0, n, chunk_rows):
-        stop = min(n, start + chunk_rows)
+    def log_joint_of(start, stop):
+        return np.asarray(family.log_density(X[start:stop], params), dtype=np.float64) + log_w
+
+    # A rule that needs all rows at once (constraints) gets every chunk's log joint
+    # before the pass: computed once, then reused by the pass below. Other rules get
+    # a lazy generator (the default prepare never runs it).
+    computed = ([log_joint_of(start, stop) for start, stop in bounds]
+                if rule.needs_all_rows else None)
+    if computed is not None:
+        rule.prepare(lambda: ((s, e, a) for (s, e), a in zip(bounds, computed)),
+                     sample_weight)
+    else:
+        rule.prepare(lambda: ((s, e, log_joint_of(s, e)) for s, e in bounds), sample_weight)
+    for index, (start, stop) in enumerate(bounds):
         chunk = X[start:stop]
         row_w = None if sample_weight is None else sample_weight[start:stop]
-        log_joint = np.asarray(family.log_density(chunk, params), dtype=np.float64) + log_w
+        log_joint = computed[index] if computed is not None else log_joint_of(start, stop)
         try:
             log_resp, resp, row_value, chunk_totals = rule.posterior(log_joint, row_w,
                                                                      start=start)

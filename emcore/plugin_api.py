@@ -261,8 +261,10 @@ class PosteriorRule(abc.ABC):
 
         ``log_joint_chunks()`` yields ``(start, stop, log_joint)`` for each chunk of
         the pass, ``log_joint`` the (stop - start, n_components) array
-        a_ik = log p(x_i, z_i = k) at the pass's parameters (computed afresh on
-        each call); ``sample_weight`` is the (n_samples,) row weights or None. A
+        a_ik = log p(x_i, z_i = k) at the pass's parameters; for a rule with
+        ``needs_all_rows`` these are the very arrays the pass then hands to
+        ``posterior`` (computed once per pass: do not modify them);
+        ``sample_weight`` is the (n_samples,) row weights or None. A
         rule with corpus-level state (``needs_all_rows``) solves it here. Default:
         nothing.
         """
