@@ -33,9 +33,18 @@ class _MixtureBase(BaseEstimator):
     def _family(self, n_features: int, n_components: Optional[int] = None, prior=None):
         raise NotImplementedError
 
-    def _fit_rule(self):
-        """The posterior rule the fit uses (the soft rule unless the subclass says)."""
-        return get_registry().posterior_rule("soft").factory()
+    def _fit_rule(self) -> PosteriorRule:
+        """The posterior rule of the fit (from the subclass's ``posterior`` parameter)."""
+        raise NotImplementedError
+
+    def _keyword_options(self, value: Any, name: str) -> dict:
+        """A ``*_options`` parameter: None or a mapping of keyword arguments, as a dict."""
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise ValueError(f"The {name!r} parameter of {self._owner} must be None or a "
+                             f"mapping of keyword arguments. Got {value!r} instead.")
+        return dict(value)
 
     def _resolve_rule(self, posterior: Any, options: Optional[Mapping[str, Any]] = None
                       ) -> PosteriorRule:
@@ -43,10 +52,7 @@ class _MixtureBase(BaseEstimator):
         factory's keyword ``options``), an :class:`emcore.Constraints` (the
         ``constrained`` rule, built afresh for each fit) or a rule object."""
         owner = self._owner
-        if options is not None and (not isinstance(options, Mapping) or not all(
-                isinstance(k, str) for k in options)):
-            raise ValueError(f"The 'posterior_options' parameter of {owner} must be None or "
-                             f"a mapping of keyword arguments. Got {options!r} instead.")
+        options = self._keyword_options(options, "posterior_options")
         if isinstance(posterior, (Constraints, PosteriorRule)):
             if options:
                 raise ValueError(f"The 'posterior_options' parameter of {owner} must be "
@@ -65,7 +71,7 @@ class _MixtureBase(BaseEstimator):
         except ValueError as exc:
             raise ValueError(f"The 'posterior' parameter of {owner}: {exc}") from None
         try:
-            return record.factory(**dict(options or {}))
+            return record.factory(**options)
         except TypeError as exc:
             raise ValueError(f"The 'posterior_options' parameter of {owner} does not fit "
                              f"rule {name!r}: {exc}") from None
@@ -190,9 +196,14 @@ class _MixtureBase(BaseEstimator):
                   chunk_rows=chunk_rows_for(X.shape[1]))
         return row_value, out_log_resp
 
-    def _posterior_rule(self):
-        """The rule behind predict_proba and predict (for any data)."""
-        return self._likelihood_rule()
+    def _posterior_rule(self) -> PosteriorRule:
+        """The rule behind predict_proba and predict: the fitted rule, except one that
+        needs all rows (constraints), which has no meaning for new data: the model's
+        posterior there (``predict_proba(X, constrained=True)`` gives the q*)."""
+        self._check_fitted("weights_")
+        if self._fitted_rule.needs_all_rows:
+            return self._likelihood_rule()
+        return self._fitted_rule
 
     def _constrained_proba(self, X: Any) -> np.ndarray:
         """q* of the rows of X under the fitted constraints, at the fitted parameters."""

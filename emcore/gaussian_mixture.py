@@ -192,6 +192,9 @@ class GaussianMixture(_MixtureBase):
                              "defaults are computed from all rows in memory.")
         return prior.resolve(X, self.n_components, sample_weight, self.covariance_type)
 
+    def _fit_rule(self):
+        return self._resolve_rule(self.posterior)
+
     def _check_parameters(self, X: np.ndarray) -> None:
         owner = "GaussianMixture"
         k = self._check_common(X)
@@ -285,7 +288,7 @@ class GaussianMixture(_MixtureBase):
         warm = (bool(self.warm_start) and hasattr(self, "weights_")
                 and self.n_features_in_ == X.shape[1]
                 and self.weights_.shape[0] == self.n_components)
-        rule = self._resolve_rule(self.posterior)
+        rule = self._fit_rule()
         best = self._run_starts(X, family, rule, sample_weight, rng, warm=warm,
                                 weight_concentration=(None if prior is None
                                                       else prior.weight_concentration))
@@ -347,15 +350,15 @@ class GaussianMixture(_MixtureBase):
             if self.prior is not None:
                 raise ValueError("The 'prior' parameter of GaussianMixture must be None "
                                  "for partial_fit (online EM is maximum likelihood).")
+            if self.posterior is not None:
+                raise ValueError("The 'posterior' parameter of GaussianMixture must be "
+                                 "None for partial_fit (online EM uses the exact "
+                                 "posterior).")
             self._check_parameters(X)
             family = self._family(X.shape[1])
             rng = v.check_random_state(self.random_state, "GaussianMixture")
             weights, params = self._initial_parameters(X, family, rng, sample_weight)
-            if getattr(self, "posterior", None) is not None:
-                raise ValueError("The 'posterior' parameter of GaussianMixture must be "
-                                 "None for partial_fit (online EM uses the exact "
-                                 "posterior).")
-            self._online_rule = self._fit_rule()
+            self._online_rule = self._likelihood_rule()
         else:
             family = self._family(X.shape[1])
             weights, params = state.weights, state.params

@@ -95,21 +95,12 @@ class MixtureModel(_MixtureBase):
         self.verbose = verbose
 
     # --- resolution -----------------------------------------------------------------
-    @staticmethod
-    def _options(value: Any, name: str) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-            raise ValueError(f"The {name!r} parameter of MixtureModel must be None or a "
-                             f"mapping of keyword arguments. Got {value!r} instead.")
-        return dict(value)
-
     def _family(self, n_features: int, n_components: Optional[int] = None, prior=None):
         try:
             record = get_registry().family(self.family)
         except ValueError as exc:
             raise ValueError(f"The 'family' parameter of MixtureModel: {exc}") from None
-        options = self._options(self.family_options, "family_options")
+        options = self._keyword_options(self.family_options, "family_options")
         k = self.n_components if n_components is None else n_components
         try:
             return record.factory(k, n_features, **options)
@@ -122,14 +113,6 @@ class MixtureModel(_MixtureBase):
 
     def _fit_rule(self) -> PosteriorRule:
         return self._resolve_rule(self.posterior, self.posterior_options)
-
-    def _posterior_rule(self) -> PosteriorRule:
-        # a rule that needs all rows (constraints) has no meaning for new data: the
-        # model's posterior there (predict_proba(X, constrained=True) for the q*)
-        self._check_fitted("weights_")
-        if self._fitted_rule.needs_all_rows:
-            return self._likelihood_rule()
-        return self._fitted_rule
 
     # --- fitting --------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "MixtureModel":

@@ -312,3 +312,15 @@ def test_gemm_nt_accumulates_with_beta():
     nan = np.full((6, 4), np.nan)
     assert np.allclose(blas._py_gemm_nt(A, B, 1.0, 0.0, nan), A @ B.T, rtol=1e-14,
                        atol=1e-14)   # beta = 0 ignores C, NaN included
+
+
+def test_both_estimators_predict_with_the_fitted_rule():
+    # GaussianMixture(posterior='hard') and MixtureModel(posterior='hard') are the
+    # same fit; both give the hard rule's (one-hot) posterior, not the soft one.
+    from emcore.datasets import load_old_faithful
+    X = load_old_faithful()
+    gm = emcore.GaussianMixture(2, posterior="hard", random_state=0).fit(X)
+    mm = emcore.MixtureModel(2, posterior="hard", random_state=0).fit(X)
+    assert np.array_equal(gm.predict_proba(X), mm.predict_proba(X))
+    assert set(np.unique(gm.predict_proba(X))) == {0.0, 1.0}
+    assert np.array_equal(gm.predict(X), mm.predict(X))
