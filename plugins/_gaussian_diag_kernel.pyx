@@ -35,73 +35,46 @@ import numpy as np
 
 cdef extern from *:
     """
-    #include <string.h>
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) \\
-        && defined(__linux__) && defined(__GLIBC__) && __GNUC__ >= 12
-    #define EMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-    #else
-    #define EMD_CLONES
-    #endif
-    #if defined(__GNUC__)
-    typedef double emd_v4 __attribute__((vector_size(32)));
-    static inline emd_v4 emd_load(const double* p) { emd_v4 v; memcpy(&v, p, sizeof v); return v; }
-    static inline void emd_store(double* p, emd_v4 v) { memcpy(p, &v, sizeof v); }
-    static inline emd_v4 emd_set1(double x) { emd_v4 v = {x, x, x, x}; return v; }
-    #define EMD_ADD(a, b) ((a) + (b))
-    #define EMD_SUB(a, b) ((a) - (b))
-    #define EMD_MUL(a, b) ((a) * (b))
-    #else
-    typedef struct { double x[4]; } emd_v4;
-    static emd_v4 emd_load(const double* p) { emd_v4 v; memcpy(&v, p, sizeof v); return v; }
-    static void emd_store(double* p, emd_v4 v) { memcpy(p, &v, sizeof v); }
-    static emd_v4 emd_set1(double x) { emd_v4 v = {{x, x, x, x}}; return v; }
-    static emd_v4 emd_add_(emd_v4 a, emd_v4 b) { int i; for (i = 0; i < 4; i++) a.x[i] += b.x[i]; return a; }
-    static emd_v4 emd_sub_(emd_v4 a, emd_v4 b) { int i; for (i = 0; i < 4; i++) a.x[i] -= b.x[i]; return a; }
-    static emd_v4 emd_mul_(emd_v4 a, emd_v4 b) { int i; for (i = 0; i < 4; i++) a.x[i] *= b.x[i]; return a; }
-    #define EMD_ADD(a, b) emd_add_(a, b)
-    #define EMD_SUB(a, b) emd_sub_(a, b)
-    #define EMD_MUL(a, b) emd_mul_(a, b)
-    #endif
-    #define EMD_FMA(acc, a, b) ((acc) = EMD_ADD(acc, EMD_MUL(a, b)))
+    #include "_vec4.h"   /* emc_v4 and its operations, EMC_CLONES (shared) */
 
     /* out[i, k] = base[k] - 1/2 sum_j P[j, k] (x_ij - M[j, k])^2 for k < K; the
        tables M, P are d x Kp (Kp = K rounded up to 4, padded). acc: Kp doubles. */
-    EMD_CLONES
+    EMC_CLONES
     static void emd_log_density(const double* X, Py_ssize_t n, Py_ssize_t d,
                                 Py_ssize_t K, Py_ssize_t Kp, const double* M,
                                 const double* P, const double* base, double* acc,
                                 double* out)
     {
         Py_ssize_t i, j, k, k0;
-        emd_v4 half = emd_set1(-0.5);
+        emc_v4 half = emc_set1(-0.5);
         for (i = 0; i < n; i++) {
             const double* x = X + i * d;
             for (k0 = 0; k0 < Kp; k0 += 16) {
                 Py_ssize_t nv = (Kp - k0) / 4 < 4 ? (Kp - k0) / 4 : 4;
-                emd_v4 a0 = emd_set1(0.0), a1 = a0, a2 = a0, a3 = a0;
+                emc_v4 a0 = emc_set1(0.0), a1 = a0, a2 = a0, a3 = a0;
                 for (j = 0; j < d; j++) {
-                    emd_v4 xj = emd_set1(x[j]);
+                    emc_v4 xj = emc_set1(x[j]);
                     const double* m = M + j * Kp + k0;
                     const double* p = P + j * Kp + k0;
-                    emd_v4 t0 = EMD_SUB(xj, emd_load(m));
-                    EMD_FMA(a0, EMD_MUL(emd_load(p), t0), t0);
+                    emc_v4 t0 = EMC_SUB(xj, emc_load(m));
+                    EMC_FMA(a0, EMC_MUL(emc_load(p), t0), t0);
                     if (nv > 1) {
-                        emd_v4 t1 = EMD_SUB(xj, emd_load(m + 4));
-                        EMD_FMA(a1, EMD_MUL(emd_load(p + 4), t1), t1);
+                        emc_v4 t1 = EMC_SUB(xj, emc_load(m + 4));
+                        EMC_FMA(a1, EMC_MUL(emc_load(p + 4), t1), t1);
                     }
                     if (nv > 2) {
-                        emd_v4 t2 = EMD_SUB(xj, emd_load(m + 8));
-                        EMD_FMA(a2, EMD_MUL(emd_load(p + 8), t2), t2);
+                        emc_v4 t2 = EMC_SUB(xj, emc_load(m + 8));
+                        EMC_FMA(a2, EMC_MUL(emc_load(p + 8), t2), t2);
                     }
                     if (nv > 3) {
-                        emd_v4 t3 = EMD_SUB(xj, emd_load(m + 12));
-                        EMD_FMA(a3, EMD_MUL(emd_load(p + 12), t3), t3);
+                        emc_v4 t3 = EMC_SUB(xj, emc_load(m + 12));
+                        EMC_FMA(a3, EMC_MUL(emc_load(p + 12), t3), t3);
                     }
                 }
-                emd_store(acc + k0, EMD_ADD(emd_load(base + k0), EMD_MUL(half, a0)));
-                if (nv > 1) emd_store(acc + k0 + 4, EMD_ADD(emd_load(base + k0 + 4), EMD_MUL(half, a1)));
-                if (nv > 2) emd_store(acc + k0 + 8, EMD_ADD(emd_load(base + k0 + 8), EMD_MUL(half, a2)));
-                if (nv > 3) emd_store(acc + k0 + 12, EMD_ADD(emd_load(base + k0 + 12), EMD_MUL(half, a3)));
+                emc_store(acc + k0, EMC_ADD(emc_load(base + k0), EMC_MUL(half, a0)));
+                if (nv > 1) emc_store(acc + k0 + 4, EMC_ADD(emc_load(base + k0 + 4), EMC_MUL(half, a1)));
+                if (nv > 2) emc_store(acc + k0 + 8, EMC_ADD(emc_load(base + k0 + 8), EMC_MUL(half, a2)));
+                if (nv > 3) emc_store(acc + k0 + 12, EMC_ADD(emc_load(base + k0 + 12), EMC_MUL(half, a3)));
             }
             for (k = 0; k < K; k++) out[i * K + k] = acc[k];
         }
@@ -114,7 +87,7 @@ cdef extern from *:
        weights copied into wblk, EMD_ROWS x Kp, zero padded) so that each table
        entry is loaded and stored once per block; within it rows are added in order. */
     #define EMD_ROWS 8
-    EMD_CLONES
+    EMC_CLONES
     static void emd_moments(const double* X, Py_ssize_t n, Py_ssize_t d,
                             Py_ssize_t K, Py_ssize_t Kp, const double* w, int pass,
                             const double* C, double* wblk, double* T1, double* T2)
@@ -131,25 +104,25 @@ cdef extern from *:
                 double* t1 = T1 + j * Kp;
                 if (pass == 1) {
                     for (k0 = 0; k0 < Kp; k0 += 4) {
-                        emd_v4 a1 = emd_load(t1 + k0);
+                        emc_v4 a1 = emc_load(t1 + k0);
                         for (r = 0; r < nb; r++)
-                            a1 = EMD_ADD(a1, EMD_MUL(emd_load(wblk + r * Kp + k0),
-                                                     emd_set1(x[r * d + j])));
-                        emd_store(t1 + k0, a1);
+                            a1 = EMC_ADD(a1, EMC_MUL(emc_load(wblk + r * Kp + k0),
+                                                     emc_set1(x[r * d + j])));
+                        emc_store(t1 + k0, a1);
                     }
                 } else {
                     double* t2 = T2 + j * Kp;
                     for (k0 = 0; k0 < Kp; k0 += 4) {
-                        emd_v4 c = emd_load(C + j * Kp + k0);
-                        emd_v4 a1 = emd_load(t1 + k0), a2 = emd_load(t2 + k0);
+                        emc_v4 c = emc_load(C + j * Kp + k0);
+                        emc_v4 a1 = emc_load(t1 + k0), a2 = emc_load(t2 + k0);
                         for (r = 0; r < nb; r++) {
-                            emd_v4 t = EMD_SUB(emd_set1(x[r * d + j]), c);
-                            emd_v4 wt = EMD_MUL(emd_load(wblk + r * Kp + k0), t);
-                            a1 = EMD_ADD(a1, wt);
-                            EMD_FMA(a2, wt, t);
+                            emc_v4 t = EMC_SUB(emc_set1(x[r * d + j]), c);
+                            emc_v4 wt = EMC_MUL(emc_load(wblk + r * Kp + k0), t);
+                            a1 = EMC_ADD(a1, wt);
+                            EMC_FMA(a2, wt, t);
                         }
-                        emd_store(t1 + k0, a1);
-                        emd_store(t2 + k0, a2);
+                        emc_store(t1 + k0, a1);
+                        emc_store(t2 + k0, a2);
                     }
                 }
             }

@@ -1,0 +1,44 @@
+/* emcore's 4-double vectors for the compiled Gaussian kernels (included by the
+   generated C of plugins/_gaussian_kernel.pyx and plugins/_gaussian_diag_kernel.pyx).
+
+   EMC_CLONES compiles a function twice with GCC on x86-64 glibc Linux (an
+   AVX2/FMA clone chosen at load time, and baseline x86-64); no -march needed.
+   musl has no IFUNC, so elsewhere it is empty. */
+#ifndef EMCORE_VEC4_H
+#define EMCORE_VEC4_H
+#include <string.h>
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) \
+    && defined(__linux__) && defined(__GLIBC__) && __GNUC__ >= 12
+#define EMC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define EMC_CLONES
+#endif
+
+/* 4 doubles: GNU vector extensions where available (one ymm with AVX2, two
+   xmm otherwise), a plain struct elsewhere (MSVC). Same operations and order. */
+#if defined(__GNUC__)
+typedef double emc_v4 __attribute__((vector_size(32)));
+static inline emc_v4 emc_load(const double* p) { emc_v4 v; memcpy(&v, p, sizeof v); return v; }
+static inline void emc_store(double* p, emc_v4 v) { memcpy(p, &v, sizeof v); }
+static inline emc_v4 emc_set1(double x) { emc_v4 v = {x, x, x, x}; return v; }
+#define EMC_ADD(a, b) ((a) + (b))
+#define EMC_SUB(a, b) ((a) - (b))
+#define EMC_MUL(a, b) ((a) * (b))
+#define EMC_LANE(v, i) ((v)[i])
+#else
+typedef struct { double x[4]; } emc_v4;
+static emc_v4 emc_load(const double* p) { emc_v4 v; memcpy(&v, p, sizeof v); return v; }
+static void emc_store(double* p, emc_v4 v) { memcpy(p, &v, sizeof v); }
+static emc_v4 emc_set1(double x) { emc_v4 v = {{x, x, x, x}}; return v; }
+static emc_v4 emc_add_(emc_v4 a, emc_v4 b) { int i; for (i = 0; i < 4; i++) a.x[i] += b.x[i]; return a; }
+static emc_v4 emc_sub_(emc_v4 a, emc_v4 b) { int i; for (i = 0; i < 4; i++) a.x[i] -= b.x[i]; return a; }
+static emc_v4 emc_mul_(emc_v4 a, emc_v4 b) { int i; for (i = 0; i < 4; i++) a.x[i] *= b.x[i]; return a; }
+#define EMC_ADD(a, b) emc_add_(a, b)
+#define EMC_SUB(a, b) emc_sub_(a, b)
+#define EMC_MUL(a, b) emc_mul_(a, b)
+#define EMC_LANE(v, i) ((v).x[i])
+#endif
+#define EMC_FMA(acc, a, b) ((acc) = EMC_ADD(acc, EMC_MUL(a, b)))
+#define EMC_HSUM(v) ((EMC_LANE(v, 0) + EMC_LANE(v, 1)) + (EMC_LANE(v, 2) + EMC_LANE(v, 3)))
+
+#endif
