@@ -226,39 +226,53 @@ class ChunkedSource:
         n_blocks = len(self.block_bounds())
         return summation_depth(min(self.shape[0], self.block_rows), chunk_rows) + n_blocks
 
-    def pass_(self, family, rule, weights, params, *, n_jobs=1, with_stats=True,
-              sample_weight=None, out_log_resp=None, out_row_value=None, out_labels=None,
-              chunk_rows=None):
-        """:func:`emcore.engine.data_pass` over the blocks, merged in block order."""
-        from emcore.engine import PassResult, data_pass
-        if getattr(rule, "needs_all_rows", False):
-            raise ValueError(f"The posterior rule {type(rule).__name__} needs all rows at "
-                             "once (a corpus-level constraint); it does not run on a "
-                             "chunked source. Load the data into memory.")
+    def _pass_chunk_rows(self, chunk_rows: Optional[int]) -> int:
         chunk_rows = chunk_rows or self.chunk_rows
         if self.block_rows % chunk_rows:
             raise ValueError(f"block_rows={self.block_rows} is not a multiple of "
                              f"chunk_rows={chunk_rows}")
-        stats = None
-        resp_sum = None
-        totals = np.zeros(4)
-        for start, stop, rows in self.blocks():
-            def part(a):
-                return None if a is None else a[start:stop]
-            try:
-                res = data_pass(rows, family, rule, weights, params, n_jobs=n_jobs,
-                                with_stats=with_stats, sample_weight=part(sample_weight),
-                                out_log_resp=part(out_log_resp),
-                                out_row_value=part(out_row_value),
-                                out_labels=part(out_labels), chunk_rows=chunk_rows)
-            except (ValueError, FloatingPointError) as exc:
-                # name the row of the source, not of the block
-                msg = _ROW.sub(lambda m: f"row {int(m.group(1)) + start}", str(exc))
-                raise type(exc)(msg) from None
-            if with_stats:
-                stats = res.stats if stats is None else family.merge_stats(stats, res.stats)
-            resp_sum = res.resp_sum.copy() if resp_sum is None else resp_sum + res.resp_sum
-            totals += (res.value, res.expected_log_joint, res.entropy, res.magnitude)
-        return PassResult(stats=stats, resp_sum=resp_sum, value=float(totals[0]),
-                          expected_log_joint=float(totals[1]), entropy=float(totals[2]),
-                          magnitude=float(totals[3]))
+        return chunk_rows
+
+    def pass_(self, family, rule, weights, params, *, n_jobs=1, with_stats=True,
+              sample_weight=None, out_log_resp=None, out_row_value=None, out_labels=None,
+              chunk_rows=None):
+        """:func:`emcore.engine.data_pass` over the blocks, merged in block order.
+
+        Called by ``data_pass`` for a source (which refuses rules that need all rows).
+        """
+        from emcore.engine import data_pass
+        chunk_rows = self._pass_chunk_rows(chunk_rows)
+
+        def block_results():
+            for start, stop, rows in self.blocks():
+                def part(a):
+                    return None if a is None else a[start:stop]
+                try:
+                    res = data_pass(rows, family, rule, weights, params, n_jobs=n_jobs,
+                                    with_stats=with_stats, sample_weight=part(sample_weight),
+                                    out_log_resp=part(out_log_resp),
+                                    out_row_value=part(out_row_value),
+                                    out_labels=part(out_labels), chunk_rows=chunk_rows)
+                except (ValueError, FloatingPointError) as exc:
+                    # name the row of the source, not of the block
+                    msg = _ROW.sub(lambda m: f"row {int(m.group(1)) + start}", str(exc))
+                    raise type(exc)(msg) from None
+                yield (res.stats, res.resp_sum,
+                       (res.value, res.expected_log_joint, res.entropy, res.magnitude))
+
+        return merge_block_results(family, block_results(), with_stats)
+
+
+def merge_block_results(family, results, with_stats: bool):
+    """One :class:`emcore.engine.PassResult` from the blocks' (stats, resp_sum, totals),
+    merged in the order given (block order)."""
+    from emcore.engine import PassResult
+    stats, resp_sum, totals = None, None, np.zeros(4)
+    for block_stats, block_resp, block_totals in results:
+        if with_stats:
+            stats = block_stats if stats is None else family.merge_stats(stats, block_stats)
+        resp_sum = block_resp.copy() if resp_sum is None else resp_sum + block_resp
+        totals += block_totals
+    return PassResult(stats=stats, resp_sum=resp_sum, value=float(totals[0]),
+                      expected_log_joint=float(totals[1]), entropy=float(totals[2]),
+                      magnitude=float(totals[3]))

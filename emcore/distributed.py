@@ -40,7 +40,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from emcore._sources import ChunkedSource
+from emcore._sources import ChunkedSource, merge_block_results
 
 __all__ = ["DaskSource", "active_client"]
 
@@ -192,21 +192,13 @@ class DaskSource(ChunkedSource):
               chunk_rows=None):
         """The pass on the workers, merged on the client in block order."""
         from dask import delayed
-        from emcore.engine import PassResult
         if any(a is not None for a in (out_log_resp, out_row_value, out_labels)):
             # per-row outputs (score_samples, predict): the local block reader
             return super().pass_(family, rule, weights, params, n_jobs=n_jobs,
                                  with_stats=with_stats, sample_weight=sample_weight,
                                  out_log_resp=out_log_resp, out_row_value=out_row_value,
                                  out_labels=out_labels, chunk_rows=chunk_rows)
-        if getattr(rule, "needs_all_rows", False):
-            raise ValueError(f"The posterior rule {type(rule).__name__} needs all rows at "
-                             "once (a corpus-level constraint); it does not run on a "
-                             "chunked source. Load the data into memory.")
-        chunk_rows = chunk_rows or self.chunk_rows
-        if self.block_rows % chunk_rows:
-            raise ValueError(f"block_rows={self.block_rows} is not a multiple of "
-                             f"chunk_rows={chunk_rows}")
+        chunk_rows = self._pass_chunk_rows(chunk_rows)
         weights = np.asarray(weights, dtype=np.float64)
         # the model goes to each worker once per pass, not with every task
         [model] = self._client.scatter([(family, rule, weights, params)], broadcast=True,
@@ -216,14 +208,4 @@ class DaskSource(ChunkedSource):
             sw = None if sample_weight is None else sample_weight[start:stop]
             tasks.append(delayed(_block_pass, pure=False)(
                 block, start, model, sw, with_stats, chunk_rows, n_jobs))
-        results = self._gather(tasks)
-        stats, resp_sum, totals = None, None, np.zeros(4)
-        for block_stats, block_resp, block_totals in results:       # block order
-            if with_stats:
-                stats = (block_stats if stats is None
-                         else family.merge_stats(stats, block_stats))
-            resp_sum = block_resp.copy() if resp_sum is None else resp_sum + block_resp
-            totals += block_totals
-        return PassResult(stats=stats, resp_sum=resp_sum, value=float(totals[0]),
-                          expected_log_joint=float(totals[1]), entropy=float(totals[2]),
-                          magnitude=float(totals[3]))
+        return merge_block_results(family, self._gather(tasks), with_stats)  # block order

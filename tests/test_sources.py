@@ -240,5 +240,7 @@ def test_rule_needing_all_rows_is_refused():
     src = as_source(_Recorder(X))
     family = get_registry().family("gaussian").factory(2, 3)
     rule = type("AllRows", (), {"needs_all_rows": True})()
+    # refused at the engine's one gate for sources, data_pass
+    from emcore.engine import data_pass
     with pytest.raises(ValueError, match="needs all rows"):
-        src.pass_(family, rule, np.full(2, 0.5), {})
+        data_pass(src, family, rule, np.full(2, 0.5), {})
