@@ -14,14 +14,20 @@ import numpy as np
 _CHUNK = 65536
 
 
+def row_sq_dist(block: np.ndarray, centre: np.ndarray,
+                out: Optional[np.ndarray] = None) -> np.ndarray:
+    """||x_i - centre||^2 for each row of ``block``, on differences."""
+    diff = np.asarray(block, dtype=np.float64) - centre
+    return np.einsum("ij,ij->i", diff, diff, out=out)
+
+
 def _sq_dist_to(X: np.ndarray, centre: np.ndarray, out: np.ndarray) -> None:
     if hasattr(X, "sq_dist_to"):        # on a Dask cluster's workers (emcore.distributed)
         return X.sq_dist_to(centre, out)
     # a chunked source (emcore._sources) is read in its own blocks
     step = getattr(X, "block_rows", _CHUNK)
     for start in range(0, X.shape[0], step):
-        diff = X[start:start + step] - centre
-        np.einsum("ij,ij->i", diff, diff, out=out[start:start + step])
+        row_sq_dist(X[start:start + step], centre, out=out[start:start + step])
 
 
 def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator,
@@ -70,8 +76,7 @@ def sq_distances(block: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """||x_i - c_k||^2 for the rows of ``block``, shape (rows, k), on differences."""
     d2 = np.empty((block.shape[0], centres.shape[0]))
     for k, c in enumerate(centres):
-        diff = block - c
-        np.einsum("ij,ij->i", diff, diff, out=d2[:, k])
+        row_sq_dist(block, c, out=d2[:, k])
     return d2
 
 

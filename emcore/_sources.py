@@ -67,8 +67,7 @@ def as_source(X: Any, *, name: str = "X", owner: str = "",
               ) -> "ChunkedSource":
     """Wrap (and validate, a block at a time) a chunked input; see :func:`is_chunked`."""
     if isinstance(X, ChunkedSource):
-        if n_features is not None and X.shape[1] != n_features:
-            X._fail_features(n_features)
+        X._check_n_features(n_features)
         return X
     if _is_dask(X):
         from emcore.distributed import DaskSource, active_client
@@ -80,6 +79,12 @@ def as_source(X: Any, *, name: str = "X", owner: str = "",
 
 
 _ROW = re.compile(r"\brow (\d+)")
+
+
+def in_source_rows(exc: Exception, start: int) -> Exception:
+    """``exc`` (a ValueError or FloatingPointError of a block's pass) with its row
+    numbers counted from the source's first row instead of the block's."""
+    return type(exc)(_ROW.sub(lambda m: f"row {int(m.group(1)) + start}", str(exc)))
 
 
 class ChunkedSource:
@@ -99,29 +104,18 @@ class ChunkedSource:
 
     def __init__(self, data: Any, *, name: str = "X", owner: str = "",
                  n_features: Optional[int] = None, block_rows: Optional[int] = None):
+        from emcore._validation import _check_dtype, _check_shape, _data_prefix
         from emcore.engine import chunk_rows_for
         self._data = data
         self._name, self._owner = name, owner
-        where = f" of {owner}" if owner else ""
-        self._prefix = f"The {name!r} parameter{where} must be a 2-D array of finite numbers"
+        prefix = _data_prefix(name, owner)
         shape = tuple(int(s) for s in data.shape)
-        if len(shape) != 2:
-            raise ValueError(f"{self._prefix}. Got an array with ndim={len(shape)} instead.")
-        dtype = np.dtype(data.dtype)
-        if np.issubdtype(dtype, np.complexfloating):
-            raise ValueError(f"{self._prefix}. Got complex numbers instead (Complex data "
-                             "not supported).")
-        if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
-            raise ValueError(f"{self._prefix}. Got an array of dtype {dtype} instead.")
-        if shape[0] == 0 or shape[1] == 0:
-            raise ValueError(f"{self._prefix}. Got an empty array of shape {shape} instead: "
-                             f"{shape[0]} sample(s) and {shape[1]} feature(s) "
-                             f"(shape={shape}) while a minimum of 1 is required.")
+        _check_dtype(np.dtype(data.dtype), prefix)
+        _check_shape(shape, prefix)
         self.shape = shape
         self.ndim = 2
         self.dtype = np.dtype(np.float64)
-        if n_features is not None and shape[1] != n_features:
-            self._fail_features(n_features)
+        self._check_n_features(n_features)
         self.chunk_rows = chunk_rows_for(shape[1])
         if block_rows is None:
             block_rows = _DEFAULT_BLOCK_CHUNKS * self.chunk_rows
@@ -190,33 +184,14 @@ class ChunkedSource:
                 f"block_rows={self.block_rows})")
 
     # --- validation ---------------------------------------------------------------
-    def _fail_features(self, n_features: int) -> None:
-        where = f" of {self._owner}" if self._owner else ""
-        cls = self._owner.split(".")[0] or "the model"
-        raise ValueError(f"The {self._name!r} parameter{where} must have {n_features} "
-                         f"features, as the data the model was fitted on: X has "
-                         f"{self.shape[1]} features, but {cls} is expecting {n_features} "
-                         "features as input.")
+    def _check_n_features(self, n_features: Optional[int]) -> None:
+        from emcore._validation import _check_n_features
+        _check_n_features(self.shape[1], n_features, self._name, self._owner)
 
     def _validate(self) -> None:
-        from emcore._validation import _MAX_SPREAD, _MIN_SPREAD
-        lo = np.full(self.shape[1], np.inf)
-        hi = np.full(self.shape[1], -np.inf)
-        for start, _, rows in self.blocks():
-            finite = np.isfinite(rows)
-            if not finite.all():
-                i, j = np.argwhere(~finite)[0]
-                raise ValueError(f"{self._prefix}. Got {rows[i, j]} at row {start + i}, "
-                                 f"column {j} (NaN or infinity) instead.")
-            np.minimum(lo, rows.min(axis=0), out=lo)
-            np.maximum(hi, rows.max(axis=0), out=hi)
-        spread = float(np.max(hi - lo))
-        if spread > _MAX_SPREAD or 0.0 < spread < _MIN_SPREAD:
-            where = f" of {self._owner}" if self._owner else ""
-            raise ValueError(f"The {self._name!r} parameter{where} has a column spread of "
-                             f"{spread:.3g}; second moments of X would over- or underflow "
-                             f"in float64. Rescale X so that its spread lies within "
-                             f"[{_MIN_SPREAD:g}, {_MAX_SPREAD:g}].")
+        from emcore._validation import block_summary, check_blocks
+        check_blocks(((start, block_summary(rows)) for start, _, rows in self.blocks()),
+                     self.shape[1], name=self._name, owner=self._owner)
 
     # --- passes -------------------------------------------------------------------
     def summation_depth(self, chunk_rows: int) -> int:
@@ -254,9 +229,7 @@ class ChunkedSource:
                                     out_row_value=part(out_row_value),
                                     out_labels=part(out_labels), chunk_rows=chunk_rows)
                 except (ValueError, FloatingPointError) as exc:
-                    # name the row of the source, not of the block
-                    msg = _ROW.sub(lambda m: f"row {int(m.group(1)) + start}", str(exc))
-                    raise type(exc)(msg) from None
+                    raise in_source_rows(exc, start) from None
                 yield (res.stats, res.resp_sum,
                        (res.value, res.expected_log_joint, res.entropy, res.magnitude))
 

@@ -25,6 +25,74 @@ def _where(owner: str) -> str:
     return f" of {owner}" if owner else ""
 
 
+def _data_prefix(name: str, owner: str) -> str:
+    return f"The {name!r} parameter{_where(owner)} must be a 2-D array of finite numbers"
+
+
+def _check_dtype(dtype: np.dtype, prefix: str) -> None:
+    if np.issubdtype(dtype, np.complexfloating):
+        raise ValueError(f"{prefix}. Got complex numbers instead (Complex data not "
+                         "supported).")
+    if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+        raise ValueError(f"{prefix}. Got an array of dtype {dtype} instead.")
+
+
+def _check_shape(shape: tuple, prefix: str) -> None:
+    if len(shape) != 2:
+        hint = (" Reshape your data: a single feature with X.reshape(-1, 1), a single "
+                "sample with X.reshape(1, -1)." if len(shape) == 1 else "")
+        raise ValueError(f"{prefix}. Got an array with ndim={len(shape)} instead.{hint}")
+    if shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"{prefix}. Got an empty array of shape {shape} instead: "
+                         f"{shape[0]} sample(s) and {shape[1]} feature(s) "
+                         f"(shape={shape}) while a minimum of 1 is required.")
+
+
+def _check_n_features(n_columns: int, n_features: Optional[int], name: str,
+                      owner: str) -> None:
+    if n_features is not None and n_columns != n_features:
+        cls = owner.split(".")[0] or "the model"
+        raise ValueError(f"The {name!r} parameter{_where(owner)} must have {n_features} "
+                         f"features, as the data the model was fitted on: X has "
+                         f"{n_columns} features, but {cls} is expecting {n_features} "
+                         "features as input.")
+
+
+def block_summary(block: np.ndarray) -> tuple:
+    """(first non-finite entry as (row, column, value) or None, column minima,
+    column maxima) of a 2-D float block: what validation needs of each block."""
+    block = np.asarray(block, dtype=np.float64)
+    finite = np.isfinite(block)
+    if not finite.all():
+        i, j = np.argwhere(~finite)[0]
+        return (int(i), int(j), float(block[i, j])), None, None
+    return None, block.min(axis=0), block.max(axis=0)
+
+
+def check_blocks(summaries, n_columns: int, *, name: str = "X", owner: str = "") -> None:
+    """Raise the errors of :func:`check_data` from per-block :func:`block_summary`
+    results, given as (first row of the block, summary) in row order: a non-finite
+    entry (naming its row and column) or a column spread whose second moments
+    would over- or underflow."""
+    lo = np.full(n_columns, np.inf)
+    hi = np.full(n_columns, -np.inf)
+    for start, (bad, block_min, block_max) in summaries:
+        if bad is not None:
+            i, j, value = bad
+            raise ValueError(f"{_data_prefix(name, owner)}. Got {value} at row {start + i}, "
+                             f"column {j} (NaN or infinity) instead.")
+        np.minimum(lo, block_min, out=lo)
+        np.maximum(hi, block_max, out=hi)
+    # Second moments of the spread must stay within float64: squares of column
+    # ranges beyond 1e140 overflow (times n), below 1e-140 underflow.
+    spread = float(np.max(hi - lo))
+    if spread > _MAX_SPREAD or 0.0 < spread < _MIN_SPREAD:
+        raise ValueError(f"The {name!r} parameter{_where(owner)} has a column spread of "
+                         f"{spread:.3g}; second moments of X would over- or underflow in "
+                         f"float64. Rescale X so that its spread lies within "
+                         f"[{_MIN_SPREAD:g}, {_MAX_SPREAD:g}].")
+
+
 def check_data(X: Any, *, name: str = "X", owner: str = "",
                n_features: Optional[int] = None) -> np.ndarray:
     """Return X as a C-contiguous float64 2-D array of finite numbers, or raise ValueError.
@@ -33,7 +101,7 @@ def check_data(X: Any, *, name: str = "X", owner: str = "",
     :func:`emcore._sources.is_chunked`) is not loaded: it is validated a block at a
     time and returned as an :class:`emcore._sources.ChunkedSource`.
     """
-    prefix = f"The {name!r} parameter{_where(owner)} must be a 2-D array of finite numbers"
+    prefix = _data_prefix(name, owner)
     from emcore._sources import as_source, is_chunked
     if is_chunked(X):
         return as_source(X, name=name, owner=owner, n_features=n_features)
@@ -46,9 +114,6 @@ def check_data(X: Any, *, name: str = "X", owner: str = "",
         arr = np.asarray(X)
     except Exception as exc:  # ragged nested sequences and the like
         raise ValueError(f"{prefix}. Got an object numpy cannot read ({exc}).") from None
-    if np.issubdtype(arr.dtype, np.complexfloating):
-        raise ValueError(f"{prefix}. Got complex numbers instead (Complex data not "
-                         "supported).")
     if arr.dtype == object:
         # numbers held in an object array are fine (as in scikit-learn); anything else
         # (strings, None, ragged rows) is not
@@ -58,36 +123,11 @@ def check_data(X: Any, *, name: str = "X", owner: str = "",
             raise _InputTypeError(f"{prefix}. Got an array of dtype object whose entries are "
                              f"not all numbers ({exc}; argument must be a string or a "
                              "number) instead.") from None
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-        raise ValueError(f"{prefix}. Got an array of dtype {arr.dtype} instead.")
-    if arr.ndim != 2:
-        hint = (" Reshape your data: a single feature with X.reshape(-1, 1), a single "
-                "sample with X.reshape(1, -1)." if arr.ndim == 1 else "")
-        raise ValueError(f"{prefix}. Got an array with ndim={arr.ndim} instead.{hint}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{prefix}. Got an empty array of shape {arr.shape} instead: "
-                         f"{arr.shape[0]} sample(s) and {arr.shape[1]} feature(s) "
-                         f"(shape={arr.shape}) while a minimum of 1 is required.")
+    _check_dtype(arr.dtype, prefix)
+    _check_shape(arr.shape, prefix)
     arr = np.ascontiguousarray(arr, dtype=np.float64)
-    finite = np.isfinite(arr)
-    if not finite.all():
-        i, j = np.argwhere(~finite)[0]
-        raise ValueError(f"{prefix}. Got {arr[i, j]} at row {i}, column {j} "
-                         "(NaN or infinity) instead.")
-    # Second moments of the spread must stay within float64: squares of column
-    # ranges beyond 1e140 overflow (times n), below 1e-140 underflow.
-    spread = float(np.max(np.ptp(arr, axis=0)))
-    if spread > _MAX_SPREAD or 0.0 < spread < _MIN_SPREAD:
-        raise ValueError(f"The {name!r} parameter{_where(owner)} has a column spread of "
-                         f"{spread:.3g}; second moments of X would over- or underflow in "
-                         f"float64. Rescale X so that its spread lies within "
-                         f"[{_MIN_SPREAD:g}, {_MAX_SPREAD:g}].")
-    if n_features is not None and arr.shape[1] != n_features:
-        cls = owner.split(".")[0] or "the model"
-        raise ValueError(f"The {name!r} parameter{_where(owner)} must have {n_features} "
-                         f"features, as the data the model was fitted on: X has "
-                         f"{arr.shape[1]} features, but {cls} is expecting {n_features} "
-                         "features as input.")
+    check_blocks([(0, block_summary(arr))], arr.shape[1], name=name, owner=owner)
+    _check_n_features(arr.shape[1], n_features, name, owner)
     return arr
 
 

@@ -68,7 +68,7 @@ def _cluster_memory(client) -> float:
 def _block_pass(block, start, model, sample_weight, with_stats, chunk_rows, n_jobs):
     # runs on a worker: one block's pass, statistics and totals only; model =
     # (family, rule, weights, params), scattered to every worker once per pass
-    from emcore._sources import _ROW
+    from emcore._sources import in_source_rows
     from emcore.engine import data_pass
     family, rule, weights, params = model
     try:
@@ -76,28 +76,9 @@ def _block_pass(block, start, model, sample_weight, with_stats, chunk_rows, n_jo
                         weights, params, n_jobs=n_jobs, with_stats=with_stats,
                         sample_weight=sample_weight, chunk_rows=chunk_rows)
     except (ValueError, FloatingPointError) as exc:
-        # name the row of the whole array, not of the block
-        raise type(exc)(_ROW.sub(lambda m: f"row {int(m.group(1)) + start}",
-                                 str(exc))) from None
+        raise in_source_rows(exc, start) from None
     return (res.stats, res.resp_sum,
             (res.value, res.expected_log_joint, res.entropy, res.magnitude))
-
-
-def _block_sq_dist(block, centre):
-    # runs on a worker: squared distances of the block's rows to one centre, on
-    # differences (as emcore._init does locally: the same numbers)
-    diff = np.asarray(block, dtype=np.float64) - centre
-    return np.einsum("ij,ij->i", diff, diff)
-
-
-def _block_check(block):
-    # runs on a worker: (first non-finite (row, col, value) or None, col min, col max)
-    block = np.asarray(block, dtype=np.float64)
-    finite = np.isfinite(block)
-    if not finite.all():
-        i, j = np.argwhere(~finite)[0]
-        return (int(i), int(j), float(block[i, j])), None, None
-    return None, block.min(axis=0), block.max(axis=0)
 
 
 class DaskSource(ChunkedSource):
@@ -157,32 +138,21 @@ class DaskSource(ChunkedSource):
                                "updated from partial statistics") from exc
 
     def _validate(self) -> None:
+        # each block summarised on its worker (a first non-finite entry, the column
+        # extremes), checked on the client as check_data checks an array
         from dask import delayed
-        from emcore._validation import _MAX_SPREAD, _MIN_SPREAD
-        results = self._gather([delayed(_block_check)(b) for b in self._blocks_delayed()])
-        lo = np.full(self.shape[1], np.inf)
-        hi = np.full(self.shape[1], -np.inf)
-        for (start, _), (bad, bmin, bmax) in zip(self.block_bounds(), results):
-            if bad is not None:
-                i, j, value = bad
-                raise ValueError(f"{self._prefix}. Got {value} at row {start + i}, "
-                                 f"column {j} (NaN or infinity) instead.")
-            np.minimum(lo, bmin, out=lo)
-            np.maximum(hi, bmax, out=hi)
-        spread = float(np.max(hi - lo))
-        if spread > _MAX_SPREAD or 0.0 < spread < _MIN_SPREAD:
-            where = f" of {self._owner}" if self._owner else ""
-            raise ValueError(f"The {self._name!r} parameter{where} has a column spread of "
-                             f"{spread:.3g}; second moments of X would over- or underflow "
-                             f"in float64. Rescale X so that its spread lies within "
-                             f"[{_MIN_SPREAD:g}, {_MAX_SPREAD:g}].")
+        from emcore._validation import block_summary, check_blocks
+        results = self._gather([delayed(block_summary)(b) for b in self._blocks_delayed()])
+        check_blocks(zip((start for start, _ in self.block_bounds()), results),
+                     self.shape[1], name=self._name, owner=self._owner)
 
     def sq_dist_to(self, centre: np.ndarray, out: np.ndarray) -> None:
         """out[i] = ||x_i - centre||^2, computed on the workers (k-means++ seeding):
         n doubles cross the network, not the rows."""
         from dask import delayed
+        from emcore._init import row_sq_dist     # on the workers: the local numbers
         centre = np.asarray(centre, dtype=np.float64)
-        parts = self._gather([delayed(_block_sq_dist, pure=False)(b, centre)
+        parts = self._gather([delayed(row_sq_dist, pure=False)(b, centre)
                               for b in self._blocks_delayed()])
         for (start, stop), part in zip(self.block_bounds(), parts):
             out[start:stop] = part
