@@ -8,8 +8,9 @@ running average of the *per-row* expected sufficient statistics,
 where sbar is the E-step statistics of the batch divided by its total weight and
 rho_t = (t + 2)^(-alpha), alpha in (0.5, 1]. The first batch sets s (rho = 1).
 The statistics are emcore's mergeable objects: the running average is a merge of
-the old statistics scaled by 1 - rho with the batch's computed at row weights
-rho / (sum of the batch's weights), so nothing is ever subtracted.
+the old statistics scaled by 1 - rho (``Family.scale_stats``) with the batch's
+computed at row weights rho / (sum of the batch's weights), so nothing is ever
+subtracted.
 
 Guarantee (stated, not monotone): a step need not increase any likelihood. On a
 stationary stream, with sum rho_t = inf and sum rho_t^2 < inf (Robbins-Monro:
@@ -45,22 +46,6 @@ def check_exponent(alpha: Any, owner: str) -> float:
     return float(alpha)
 
 
-def _scale_stats(stats: Any, c: float) -> Any:
-    """The statistics of the same rows with every weight multiplied by c.
-
-    Extensive fields (weights, sums, scatters) scale; reference points (``mean``)
-    do not. Known for the Gaussian family's statistics (weight, mean, residual,
-    scatter) and the k-means family's; anything else raises ValueError.
-    """
-    if not dataclasses.is_dataclass(stats):
-        raise ValueError(f"online EM cannot scale statistics of type {type(stats).__name__}")
-    names = {f.name for f in dataclasses.fields(stats)}
-    if not names <= {"weight", "mean", "residual", "scatter"}:
-        raise ValueError(f"online EM cannot scale statistics with fields {sorted(names)}")
-    return dataclasses.replace(stats, **{name: getattr(stats, name) * c
-                                         for name in names if name != "mean"})
-
-
 @dataclasses.dataclass
 class OnlineState:
     """The running state of stepwise EM."""
@@ -86,7 +71,7 @@ def stepwise_update(state: Optional[OnlineState], X: np.ndarray, family, rule,
     if state is None:
         stats, resp = res.stats, res.resp_sum
     else:
-        stats = family.merge_stats(_scale_stats(state.stats, 1.0 - rho), res.stats)
+        stats = family.merge_stats(family.scale_stats(state.stats, 1.0 - rho), res.stats)
         resp = (1.0 - rho) * state.resp + res.resp_sum
     new_params = family.m_step(stats, params)
     new_weights = (weights if family.fixed_weights else resp / float(np.sum(resp)))

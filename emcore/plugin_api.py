@@ -184,6 +184,16 @@ class Family(abc.ABC):
         """
         return 0.0
 
+    def scale_stats(self, stats: Any, factor: float) -> Any:
+        """Return the statistics of the same rows with every weight multiplied by ``factor``.
+
+        Sums over rows (weights, weighted sums, scatters) scale; reference points
+        do not. Online EM (``partial_fit``) keeps its running average this way,
+        never subtracting statistics. Default: NotImplementedError.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement scale_stats() "
+                                  "(online EM needs it)")
+
     def log_density_rounding(self, stats: Any, params: Params) -> float:
         """Bound on the summed rounding error of sum_ik q_ik log p(x_i | k) from ``log_density``.
 

@@ -198,6 +198,11 @@ class GaussianFamily(Family):
                              residual=slots[:, 1 + d:1 + 2 * d].copy(),
                              scatter=slots[:, 1 + 2 * d:].reshape(shape).copy())
 
+    def scale_stats(self, stats: GaussianStats, factor: float) -> GaussianStats:
+        # the reference points stay; the sums over rows scale
+        return GaussianStats(stats.weight * factor, stats.mean, stats.residual * factor,
+                             stats.scatter * factor)
+
     def merge_stats(self, a: GaussianStats, b: GaussianStats) -> GaussianStats:
         # Re-shift both sides exactly to a common reference point (the kernel's rule).
         W = a.weight + b.weight

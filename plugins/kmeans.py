@@ -127,6 +127,11 @@ class KMeansFamily(Family):
         kernel = KMeansKernel(np.zeros((self.n_components, self.n_features)), self.variance)
         return self.stats_from_buffer(kernel.merge(self._to_buffer(a), self._to_buffer(b)))
 
+    def scale_stats(self, stats: KMeansStats, factor: float) -> KMeansStats:
+        # the sums over rows scale; reference and farthest points (and distances) stay
+        return KMeansStats(stats.weight * factor, stats.ref, stats.shift_sum * factor,
+                           stats.scatter * factor, stats.far_dist, stats.far_point)
+
     # --- M-step -----------------------------------------------------------------------
     def m_step(self, stats: KMeansStats, previous: Optional[Params]) -> dict:
         W = stats.weight

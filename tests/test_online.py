@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import emcore
-from emcore._online import _scale_stats, step_size
+from emcore._online import step_size
 from emcore.registry import get_registry
 
 MEANS = np.array([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])
@@ -28,16 +28,20 @@ def test_step_sizes():
     assert np.all(np.diff(rho) < 0)
 
 
-def test_scaled_stats_merge_like_weights():
+@pytest.mark.parametrize("name,fields", [
+    ("gaussian", ("weight", "mean", "residual", "scatter")),
+    ("kmeans", ("weight", "ref", "shift_sum", "scatter", "far_dist", "far_point"))])
+def test_scaled_stats_merge_like_weights(name, fields):
     # scaling the statistics by c = computing them with every row weight times c
+    # (c = 1/4, a power of two: the reference points come out bitwise the same)
     rng = np.random.default_rng(0)
     X = _stream(300, rng)
-    fam = get_registry().family("gaussian").factory(3, 2)
+    fam = get_registry().family(name).factory(3, 2)
     resp = rng.dirichlet(np.ones(3), size=300)
-    a = _scale_stats(fam.chunk_stats(X, resp), 0.25)
+    a = fam.scale_stats(fam.chunk_stats(X, resp), 0.25)
     b = fam.chunk_stats(X, 0.25 * resp)
-    for name in ("weight", "residual", "scatter"):
-        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-12,
+    for field in fields:
+        np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-12,
                                    atol=1e-12)
 
 
