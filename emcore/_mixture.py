@@ -18,7 +18,8 @@ from emcore import _validation as v
 from emcore._estimator import BaseEstimator
 from emcore._init import kmeans_plusplus, nearest_centre, one_hot
 from emcore.constraints import Constraints
-from emcore.engine import FitResult, chunk_rows_for, data_pass, run_em, stats_from_assignments
+from emcore.engine import (FitResult, best_of_starts, chunk_rows_for, data_pass, run_em,
+                           stats_from_assignments)
 from emcore.exceptions import ConvergenceWarning
 from emcore.plugin_api import PosteriorRule
 from emcore.registry import get_registry
@@ -149,21 +150,18 @@ class _MixtureBase(BaseEstimator):
                     warm: bool = False, weight_concentration=None,
                     converged=None) -> FitResult:
         """Run EM from ``n_init`` starts (one if warm) and keep the best objective."""
-        best: Optional[FitResult] = None
-        for _ in range(1 if warm else self.n_init):
+        def start():
             if warm:
-                weights, params = self.weights_, self._params()
-            else:
-                weights, params = self._initial_parameters(X, family, rng, sample_weight)
-            result = run_em(X, family, rule, weights, params, max_iter=self.max_iter,
-                            tol=self.tol, n_jobs=self.n_jobs, verbose=self.verbose,
-                            sample_weight=sample_weight,
-                            weight_concentration=weight_concentration,
-                            converged=converged)
-            if best is None or result.objective > best.objective:
-                best = result
-            if result.stop_reason == "interrupted":
-                break       # Ctrl-C stops the whole fit, not one start of n_init
+                return self.weights_, self._params()
+            return self._initial_parameters(X, family, rng, sample_weight)
+
+        def run(weights, params):
+            return run_em(X, family, rule, weights, params, max_iter=self.max_iter,
+                          tol=self.tol, n_jobs=self.n_jobs, verbose=self.verbose,
+                          sample_weight=sample_weight,
+                          weight_concentration=weight_concentration, converged=converged)
+
+        best = best_of_starts(1 if warm else self.n_init, start, run)
         if best.stop_reason == "max_iter":
             warnings.warn(f"{self._owner} stopped after max_iter={self.max_iter} "
                           f"iterations before the relative change fell to tol={self.tol:g}; "

@@ -38,7 +38,7 @@ from emcore._threads import effective_n_threads, single_threaded_blas
 from emcore.plugin_api import Family, PosteriorRule
 
 __all__ = ["PassResult", "Iteration", "FitResult", "data_pass", "run_em",
-           "stats_from_assignments", "chunk_rows_for"]
+           "best_of_starts", "stats_from_assignments", "chunk_rows_for"]
 
 UNIT_ROUNDOFF = 2.0 ** -53
 STOP_REASONS = ("tol", "max_iter", "interrupted")
@@ -474,6 +474,21 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
                      n_samples=n_samples, seconds=time.perf_counter() - t_start,
                      resp_sum=current.resp_sum, stats=current.stats,
                      rule_state=current.rule_state)
+
+
+def best_of_starts(n_starts: int, start: Callable[[], tuple],
+                   run: Callable[[np.ndarray, dict], FitResult]) -> FitResult:
+    """Run ``run(weights, params)`` from ``n_starts`` starts drawn by ``start()`` and
+    return the result with the highest objective. Ctrl-C (a result stopped as
+    'interrupted') ends the whole fit, not one start."""
+    best: Optional[FitResult] = None
+    for _ in range(n_starts):
+        result = run(*start())
+        if best is None or result.objective > best.objective:
+            best = result
+        if result.stop_reason == "interrupted":
+            break
+    return best
 
 
 def _check_finite(value: float, what: str) -> None:

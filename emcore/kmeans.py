@@ -9,6 +9,7 @@ holds" says "the inertia never increased".
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from emcore import _validation as v
 from emcore._estimator import BaseEstimator
 from emcore._init import kmeans_plusplus, sq_distances
-from emcore.engine import Iteration, chunk_rows_for, data_pass, run_em
+from emcore.engine import Iteration, best_of_starts, chunk_rows_for, data_pass, run_em
 from emcore.exceptions import ConvergenceWarning
 from emcore.registry import get_registry
 
@@ -190,19 +191,17 @@ class KMeans(BaseEstimator):
             rounding = (8.0 * _U) ** 2 * float(np.sum(old["means"] ** 2))
             return shift <= max(tol_shift, rounding)
 
-        best = None
-        for _ in range(n_init):
-            start = centres if centres is not None else self._seeds(X, k, rng, sample_weight)
-            result = run_em(X, family, rule, np.full(k, 1.0 / k), {"means": start},
-                            max_iter=self.max_iter, n_jobs=self.n_jobs,
-                            sample_weight=sample_weight, verbose=self.verbose,
-                            converged=converged)
-            if best is None or result.objective > best.objective:
-                best = result
-            if result.stop_reason == "interrupted":
-                break
+        def start():
+            return np.full(k, 1.0 / k), {"means": centres if centres is not None
+                                         else self._seeds(X, k, rng, sample_weight)}
+
+        def run(weights, params):
+            return run_em(X, family, rule, weights, params, max_iter=self.max_iter,
+                          n_jobs=self.n_jobs, sample_weight=sample_weight,
+                          verbose=self.verbose, converged=converged)
+
+        best = best_of_starts(n_init, start, run)
         if best.stop_reason == "max_iter":
-            import warnings
             warnings.warn(f"KMeans stopped after max_iter={self.max_iter} iterations before "
                           "the centres settled; increase max_iter or tol.",
                           ConvergenceWarning, stacklevel=2)
