@@ -13,11 +13,9 @@ the grouping of chunks into summation blocks differs. Consequences:
 
 - a source of at most one block (n <= ``block_rows``) gives bitwise the
   in-memory result (the same call on the same array);
-- otherwise the blocks' statistics are merged by the family's Python
-  ``merge_stats`` (the compiled merge's formula, vectorised: not always the same
-  last bit) in another grouping; the totals are the same terms summed in
-  another order: the
-  difference is bounded by 2 * depth * u * M, with M the pass's rounding
+- otherwise the blocks' statistics are merged by the family's ``merge_stats``
+  (for the first-party families, their kernel's merge) in another grouping; the
+  totals are the same terms summed in another order: the difference is bounded by 2 * depth * u * M, with M the pass's rounding
   magnitude (``PassResult.magnitude``), u = 2^-53 and depth the summation depth
   (:meth:`ChunkedSource.summation_depth`), which ``run_em`` then uses in its
   chain tolerances.

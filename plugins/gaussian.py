@@ -203,33 +203,18 @@ class GaussianFamily(Family):
         return GaussianStats(stats.weight * factor, stats.mean, stats.residual * factor,
                              stats.scatter * factor)
 
+    def _to_buffer(self, stats: GaussianStats) -> np.ndarray:
+        k = self.n_components
+        return np.concatenate([stats.weight[:, None], stats.mean, stats.residual,
+                               stats.scatter.reshape(k, -1)], axis=1).ravel()
+
     def merge_stats(self, a: GaussianStats, b: GaussianStats) -> GaussianStats:
-        # Re-shift both sides exactly to a common reference point (the kernel's rule).
-        W = a.weight + b.weight
-        f = np.where(W > 0, b.weight / np.where(W > 0, W, 1.0), 0.0)
-        c = a.mean + f[:, None] * (b.mean - a.mean)
-        da, db = a.mean - c, b.mean - c
-        diag = a.diagonal
-        if b.diagonal != diag:
+        # the kernel's merge (an exact re-shift of both sides to a common reference
+        # point): the same code, and the same bits, as the compiled chunk loop's
+        if a.diagonal != b.diagonal or a.diagonal != self._diagonal:
             raise ValueError("cannot merge full (k, d, d) and per-feature (k, d) statistics")
-        wshape = (-1, 1) if diag else (-1, 1, 1)
-
-        def outer(u, v):
-            return _outer(u, v, diag)
-
-        residual = a.residual + a.weight[:, None] * da + b.residual + b.weight[:, None] * db
-        scatter = (a.scatter + outer(a.residual, da) + outer(da, a.residual)
-                   + a.weight.reshape(wshape) * outer(da, da)
-                   + b.scatter + outer(b.residual, db) + outer(db, b.residual)
-                   + b.weight.reshape(wshape) * outer(db, db))
-        only_a, only_b = ~(b.weight > 0), ~(a.weight > 0)
-        pick = lambda x, xa, xb, shape: np.where(only_a.reshape(shape), xa,  # noqa: E731
-                                                 np.where(only_b.reshape(shape), xb, x))
-        return GaussianStats(
-            weight=W,
-            mean=pick(c, a.mean, b.mean, (-1, 1)),
-            residual=pick(residual, a.residual, b.residual, (-1, 1)),
-            scatter=pick(scatter, a.scatter, b.scatter, wshape))
+        return self.stats_from_buffer(self._stats_kernel.merge(self._to_buffer(a),
+                                                               self._to_buffer(b)))
 
     # --- M-step -------------------------------------------------------------------
     def m_step(self, stats: GaussianStats, previous: Optional[Params]) -> dict:
