@@ -380,8 +380,8 @@ def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarr
     with single_threaded_blas():
         return _run_em(X, family, rule, weights, params, max_iter=max_iter, tol=tol,
                        run_pass=run_pass, verbose=verbose, callback=callback,
-                       depth=(X.summation_depth(chunk_rows) if hasattr(X, "pass_")
-                              else summation_depth(n, chunk_rows)), t_start=t_start,
+                       depth=(summation_depth(n, chunk_rows) if isinstance(X, np.ndarray)
+                              else X.summation_depth(chunk_rows)), t_start=t_start,
                        concentration=(None if weight_concentration is None else
                                       np.asarray(weight_concentration, dtype=np.float64)),
                        converged=converged)
@@ -453,7 +453,7 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
                 log_prior=prior_now, log_prior_next=prior_next, tolerance_rule=tol_rule,
                 rule_state=current.rule_state)
             history.append(record)
-            history_params = params
+            previous_params = params
             weights, params, current = new_weights, new_params, nxt
             prior_now, prior_mag_now, amp_now = prior_next, prior_mag_next, amp_next
             if verbose:
@@ -461,7 +461,7 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
                       f"change {rel:.3e}  ({record.seconds:.3f} s)")
             if callback is not None:
                 callback(record)
-            if (converged(record, history_params, params) if converged is not None
+            if (converged(record, previous_params, params) if converged is not None
                     else rel < tol):
                 stop_reason = "tol"
                 break
