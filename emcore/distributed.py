@@ -8,7 +8,8 @@ array's blocks on the workers; each task returns only the block's statistics,
 responsibility sum and totals. The client gathers them in block order and
 merges them there, in that fixed order, then does the M-step. What crosses the
 network per iteration: the parameters with the family and rule objects, once to
-each worker (scattered; about 100 kB for k = d = 16, full covariances), and one
+each worker (one key of the task graph; about 100 kB for k = d = 16, full
+covariances), and one
 statistics object per block back (k (1 + 2d + d^2) doubles, 37 kB for k = d =
 16); never rows. Validation is a pass of the same kind (per-block
 finite check and column range).
@@ -65,9 +66,13 @@ def _cluster_memory(client) -> float:
     return float("inf") if not limits or 0 in limits else float(sum(limits))
 
 
+def _model(family, rule, weights, params):
+    return family, rule, weights, params
+
+
 def _block_pass(block, start, model, sample_weight, with_stats, chunk_rows, n_jobs):
     # runs on a worker: one block's pass, statistics and totals only; model =
-    # (family, rule, weights, params), scattered to every worker once per pass
+    # (family, rule, weights, params), one key of the pass's graph
     from emcore._sources import in_source_rows
     from emcore.engine import data_pass
     family, rule, weights, params = model
@@ -170,9 +175,11 @@ class DaskSource(ChunkedSource):
                                  out_labels=out_labels, chunk_rows=chunk_rows)
         chunk_rows = self._pass_chunk_rows(chunk_rows)
         weights = np.asarray(weights, dtype=np.float64)
-        # the model goes to each worker once per pass, not with every task
-        [model] = self._client.scatter([(family, rule, weights, params)], broadcast=True,
-                                       hash=False)
+        # the model is one key of the graph, not scattered data: it reaches each
+        # worker once per pass, not with every task, and a worker lost with its
+        # copy is recomputed from the graph like a block (a lost scattered key
+        # cannot be, and its dependents would wait for it forever)
+        model = delayed(_model, pure=False)(family, rule, weights, params)
         tasks = []
         for (start, stop), block in zip(self.block_bounds(), self._blocks_delayed()):
             sw = None if sample_weight is None else sample_weight[start:stop]

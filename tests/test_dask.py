@@ -9,6 +9,7 @@ in-memory fit only by the reordering of the same sums (emcore/_sources.py):
 relative 1e-12 on the log-likelihood.
 """
 
+import faulthandler
 import os
 import signal
 import threading
@@ -167,6 +168,10 @@ def test_worker_killed_mid_fit_recovers_or_raises(client):
 
     killer = threading.Thread(target=kill)
     killer.start()
+    # A hang is the failure this test exists to catch (it once waited forever on
+    # a scattered key lost with the worker): after 5 minutes, far beyond the
+    # undisturbed fit's seconds, dump every thread's stack and end the run.
+    faulthandler.dump_traceback_later(300, exit=True)
     try:
         result = _fit(dx, **kw)
     except RuntimeError as exc:
@@ -176,4 +181,5 @@ def test_worker_killed_mid_fit_recovers_or_raises(client):
     finally:
         killer.join()
         client.wait_for_workers(2, timeout=60)
+        faulthandler.cancel_dump_traceback_later()
     assert pids[0] not in client.run(os.getpid).values()     # the kill happened
