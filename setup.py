@@ -43,8 +43,8 @@ extensions = [
         extra_compile_args=EXTRA_COMPILE + OPENMP_COMPILE,
         extra_link_args=OPENMP_LINK,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-        # the Gaussian kernels include plugins/_vec4.h: rebuild them when it changes
-        depends=["plugins/_vec4.h"] if source.startswith("plugins/_gaussian") else [],
+        # the Gaussian and k-means kernels include plugins/_vec4.h: rebuild them when it changes
+        depends=["plugins/_vec4.h"] if source.startswith(("plugins/_gaussian", "plugins/_kmeans")) else [],
     )
     for name, source in MODULES.items()
 ]

@@ -12,7 +12,14 @@ with the squared distances through the GEMM identity on *centred* data,
 
 c the mean of the centres: centring keeps the cancellation proportional to the
 spread of the data around the centres, not to their distance from the origin.
-One DGEMM per chunk gives all the cross products.
+The log-densities (soft rules) take the cross products from one DGEMM per chunk.
+The Lloyd step (the hard rule, ``chunk_hard_step``) needs only the argmax of
+2h x~.mu~_k + offset_k: a register kernel computes those scores for two rows
+at a time, 16 centres at a time, in C on 4-double vectors, and keeps each
+lane's running maximum, so no n x k array is written; a second sweep over the
+chunk's rows (still in cache) adds each row to its component's statistics.
+By callgrind at (n, d, k) = (1e5, 16, 16) one Lloyd iteration is 33 M
+instructions in this kernel, against 63 M for DGEMM + argmax + statistics.
 
 Statistics slot per component k: [W, SS, D, ref (d), s (d), far (d)]:
 
@@ -26,7 +33,7 @@ The distances here are exact differences, not the GEMM identity: the statistics,
 and through them the M-step and the inertia, carry no cancellation error.
 Slots with different references merge by re-shifting exactly.
 """
-from libc.math cimport fabs, isfinite, log, M_PI
+from libc.math cimport INFINITY, log, M_PI
 
 from emcore.blas cimport gemm_nt
 from emcore.kernel cimport (FamilyKernel, TOTAL_EXPECTED_LOG_JOINT, TOTAL_MAGNITUDE,
@@ -36,68 +43,242 @@ import numpy as np
 
 cdef extern from *:
     """
-    /* Small loops in C with restrict-qualified pointers, so that the compiler
-       vectorises them (SSE2 at least, no -march needed). Each keeps a fixed
-       order of operations: the same bits on any thread. */
-    static inline void emc_centre_fill(const double* restrict X, const double* restrict c,
-                                       const double* restrict off, double* restrict Xc,
-                                       double* restrict work, Py_ssize_t n, Py_ssize_t d,
-                                       Py_ssize_t K) {
-        for (Py_ssize_t i = 0; i < n; i++) {
-            for (Py_ssize_t j = 0; j < d; j++) Xc[i * d + j] = X[i * d + j] - c[j];
-            for (Py_ssize_t k = 0; k < K; k++) work[i * K + k] = off[k];
-        }
-    }
-    static inline Py_ssize_t emc_argmax(const double* restrict row, Py_ssize_t K,
-                                        double* restrict value) {
-        /* the first index of the maximum (strict '>'); NaN never wins */
-        double m = row[0];
-        Py_ssize_t best = 0;
-        for (Py_ssize_t k = 1; k < K; k++) {
-            if (row[k] > m) { m = row[k]; best = k; }
-        }
-        *value = m;
-        return best;
-    }
+    #include <math.h>
+    #include "_vec4.h"   /* emc_v4 and its operations, EMC_CLONES (shared) */
+
+    /* The per-row work of the Lloyd step in C on 4-double vectors, compiled
+       twice (AVX2/FMA and baseline x86-64, EMC_CLONES): a fixed order of
+       operations for each build, so the same bits on any thread count. Slot of
+       component k: [W, SS, D, ref (d), s (d), far (d)] (see the docstring). */
+
+    /* 4-double lanes: lane l of bv holds its first maximum, bi its index. Pair
+       lanes (0, 2) and (1, 3), then (0, 1): the larger value, on equal values
+       the lower index; lane 0 then holds the first index of the maximum. */
+    #if defined(__GNUC__)
+    typedef long long emc_m4 __attribute__((vector_size(32)));
+    #if defined(__clang__)
+    #define EMC_SWAPPED(v, a, b, c, d) __builtin_shufflevector(v, v, a, b, c, d)
+    #else
+    #define EMC_SWAPPED(v, a, b, c, d) __builtin_shuffle(v, (emc_m4){a, b, c, d})
+    #endif
+    #define EMC_LANE_MAX(bv, bi, a, b, c, d) do {                                        \
+            emc_v4 ov_ = EMC_SWAPPED(bv, a, b, c, d), oi_ = EMC_SWAPPED(bi, a, b, c, d); \
+            emc_m4 take_ = (emc_m4)(ov_ > bv) | ((emc_m4)(ov_ == bv) & (emc_m4)(oi_ < bi)); \
+            bv = (emc_v4)((take_ & (emc_m4)ov_) | (~take_ & (emc_m4)bv));                 \
+            bi = (emc_v4)((take_ & (emc_m4)oi_) | (~take_ & (emc_m4)bi));                 \
+        } while (0)
+    #endif
+
+    /* s += w (x - ref); returns ||x - ref||^2 (4 partial sums, then added) */
     static inline double emc_shift_add(const double* restrict x, const double* restrict ref,
                                        double* restrict s, double w, Py_ssize_t d) {
-        /* s += w (x - ref); returns ||x - ref||^2 summed in two interleaved partial
-           sums (even and odd coordinates), then added: a fixed order */
-        double d0 = 0.0, d1 = 0.0;
+        emc_v4 acc = emc_set1(0.0), wv = emc_set1(w);
         Py_ssize_t j = 0;
-        for (; j + 1 < d; j += 2) {
-            double t0 = x[j] - ref[j], t1 = x[j + 1] - ref[j + 1];
-            s[j] += w * t0;
-            s[j + 1] += w * t1;
-            d0 += t0 * t0;
-            d1 += t1 * t1;
+        for (; j + 4 <= d; j += 4) {
+            emc_v4 t = EMC_SUB(emc_load(x + j), emc_load(ref + j));
+            emc_store(s + j, EMC_ADD(emc_load(s + j), EMC_MUL(wv, t)));
+            EMC_FMA(acc, t, t);
         }
-        if (j < d) {
-            double t0 = x[j] - ref[j];
-            s[j] += w * t0;
-            d0 += t0 * t0;
+        double r = EMC_HSUM(acc);
+        for (; j < d; j++) {
+            double t = x[j] - ref[j];
+            s[j] += w * t;
+            r += t * t;
         }
-        return d0 + d1;
+        return r;
     }
+
     static inline double emc_sq_dist(const double* restrict x, const double* restrict y,
                                      Py_ssize_t d) {
-        double d0 = 0.0, d1 = 0.0;
+        emc_v4 acc = emc_set1(0.0);
         Py_ssize_t j = 0;
-        for (; j + 1 < d; j += 2) {
-            double t0 = x[j] - y[j], t1 = x[j + 1] - y[j + 1];
-            d0 += t0 * t0;
-            d1 += t1 * t1;
+        for (; j + 4 <= d; j += 4) {
+            emc_v4 t = EMC_SUB(emc_load(x + j), emc_load(y + j));
+            EMC_FMA(acc, t, t);
         }
-        if (j < d) { double t0 = x[j] - y[j]; d0 += t0 * t0; }
-        return d0 + d1;
+        double r = EMC_HSUM(acc);
+        for (; j < d; j++) { double t = x[j] - y[j]; r += t * t; }
+        return r;
     }
+
+    #if defined(__GNUC__)
+    #define EMC_UNLIKELY(x) __builtin_expect(!!(x), 0)
+    #define EMC_NOINLINE __attribute__((noinline))
+    #else
+    #define EMC_UNLIKELY(x) (x)
+    #define EMC_NOINLINE
+    #endif
+    /* out of line: the hot loop stays small (a new farthest row is rare) */
+    EMC_NOINLINE static void emc_new_farthest(double* slot, const double* x,
+                                                           double dist, Py_ssize_t d) {
+        slot[2] = dist;
+        memcpy(slot + 3 + 2 * d, x, (size_t)d * sizeof(double));
+    }
+
+    /* adds row x with weight w to a slot; returns ||x - ref||^2 */
+    static inline double emc_add_row(double* restrict slot, const double* restrict x,
+                                      double w, Py_ssize_t d) {
+        double dist = emc_shift_add(x, slot + 3, slot + 3 + d, w, d);
+        slot[0] += w;
+        slot[1] += w * dist;
+        if (EMC_UNLIKELY(dist > slot[2])) {   /* strict: the first such row wins */
+            emc_new_farthest(slot, x, dist, d);
+        }
+        return dist;
+    }
+
+    #if defined(__GNUC__)
+    /* One block of up to 16 centres (nv vectors of 4) for R rows (1 or 2): the
+       scores off_k + sum_j (x_j - c_j) MT[j, k] accumulated in registers in j
+       order, then folded into each row's running per-lane maximum (bv, bi):
+       strict '>', so each lane keeps its first maximum. R and nv are constants
+       at every call; two rows give the FMA chains room to overlap. */
+    __attribute__((always_inline)) static inline void emc_score_block(
+            const double* restrict x, Py_ssize_t d, const int R,
+            const double* restrict c, const double* restrict mt, Py_ssize_t ld,
+            const double* restrict off, const int nv, double first,
+            emc_v4* restrict bv, emc_v4* restrict bi) {
+        emc_v4 acc[2][4];
+        for (int r = 0; r < R; r++)
+            for (int v = 0; v < nv; v++) acc[r][v] = emc_load(off + 4 * v);
+        for (Py_ssize_t j = 0; j < d; j++) {
+            emc_v4 t[2];
+            for (int r = 0; r < R; r++) t[r] = emc_set1(x[r * d + j] - c[j]);
+            for (int v = 0; v < nv; v++) {
+                emc_v4 m = emc_load(mt + j * ld + 4 * v);
+                for (int r = 0; r < R; r++) EMC_FMA(acc[r][v], t[r], m);
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            emc_v4 idx = {first, first + 1.0, first + 2.0, first + 3.0};
+            for (int v = 0; v < nv; v++) {
+                emc_m4 gt = (emc_m4)(acc[r][v] > bv[r]);
+                bv[r] = (emc_v4)((gt & (emc_m4)acc[r][v]) | (~gt & (emc_m4)bv[r]));
+                bi[r] = (emc_v4)((gt & (emc_m4)idx) | (~gt & (emc_m4)bi[r]));
+                idx = idx + emc_set1(4.0);
+            }
+        }
+    }
+
+    /* labels of R rows (1 or 2) starting at x; 0, or 1 + the first row (of the
+       R) whose best score is not finite */
+    __attribute__((always_inline)) static inline int emc_label_rows(
+            const double* restrict x, Py_ssize_t d, const int R, Py_ssize_t Kp,
+            const double* restrict c, const double* restrict mt,
+            const double* restrict off, Py_ssize_t* restrict labels) {
+        emc_v4 bv[2], bi[2];
+        for (int r = 0; r < R; r++) { bv[r] = emc_set1(-HUGE_VAL); bi[r] = emc_set1(0.0); }
+        for (Py_ssize_t kb = 0; kb < Kp; kb += 16) {
+            switch ((Kp - kb) >= 16 ? 4 : (int)((Kp - kb) / 4)) {
+            case 4: emc_score_block(x, d, R, c, mt + kb, Kp, off + kb, 4, (double)kb, bv, bi); break;
+            case 3: emc_score_block(x, d, R, c, mt + kb, Kp, off + kb, 3, (double)kb, bv, bi); break;
+            case 2: emc_score_block(x, d, R, c, mt + kb, Kp, off + kb, 2, (double)kb, bv, bi); break;
+            default: emc_score_block(x, d, R, c, mt + kb, Kp, off + kb, 1, (double)kb, bv, bi); break;
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            EMC_LANE_MAX(bv[r], bi[r], 2, 3, 0, 1);
+            EMC_LANE_MAX(bv[r], bi[r], 1, 0, 3, 2);
+            if (!isfinite(bv[r][0])) return r + 1;
+            labels[r] = (Py_ssize_t)bi[r][0];
+        }
+        return 0;
+    }
+
+    /* One Lloyd step over n rows, fused: the scores through the GEMM identity
+       on centred data, score_k = off_k + 2h (x - c).(mu_k - c) with MT (d x Kp)
+       = 2h (mu - c)^T (columns K..Kp-1 zero, their offsets -inf: they never
+       win), computed in registers a block of 16 centres at a time; label = the
+       first index of the maximum (lanes compared as in EMC_LANE_MAX); the row
+       added to its component's slot (w_i > 0; stats may be NULL); the row
+       value f_i = row_const[z] - h ||x_i - mu_z||^2 from the exact difference;
+       the chunk's objective, expected log joint and magnitude sums (rows in
+       order) added to the totals. Returns 0, or i + 1 for the first row whose
+       best score is not finite. */
+    EMC_CLONES static Py_ssize_t emc_lloyd_rows(
+            const double* restrict X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
+            Py_ssize_t Kp, const double* restrict c, const double* restrict mt,
+            const double* restrict off, const double* restrict row_weights,
+            const double* restrict means, const double* restrict row_const, double h,
+            double* restrict stats, Py_ssize_t* restrict labels,
+            double* restrict row_value, double* objective, double* log_joint,
+            double* magnitude) {
+        Py_ssize_t S = 3 + 3 * d, i = 0;
+        double sum_f = 0.0, sum_mag = 0.0;
+        for (; i < n; i += 2) {
+            int bad = (i + 1 < n) ? emc_label_rows(X + i * d, d, 2, Kp, c, mt, off, labels + i)
+                                  : emc_label_rows(X + i * d, d, 1, Kp, c, mt, off, labels + i);
+            if (bad) return i + bad;
+        }
+        for (i = 0; i < n; i++) {
+            const double* x = X + i * d;
+            Py_ssize_t best = labels[i];
+            double w = row_weights != NULL ? row_weights[i] : 1.0, dist;
+            if (stats != NULL && w > 0.0)
+                dist = emc_add_row(stats + best * S, x, w, d);
+            else
+                dist = emc_sq_dist(x, means + best * d, d);
+            double f = row_const[best] - h * dist;
+            row_value[i] = f;
+            if (w != 0.0) {
+                sum_f += w * f;
+                sum_mag += w * (2.0 * fabs(f));
+            }
+        }
+        *objective += sum_f;
+        *log_joint += sum_f;
+        *magnitude += sum_mag;
+        return 0;
+    }
+    #else
+    /* without GNU vectors: the same step, one score at a time (j order) */
+    static Py_ssize_t emc_lloyd_rows(
+            const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K, Py_ssize_t Kp,
+            const double* c, const double* mt, const double* off,
+            const double* row_weights, const double* means, const double* row_const,
+            double h, double* stats, Py_ssize_t* labels, double* row_value,
+            double* objective, double* log_joint, double* magnitude) {
+        Py_ssize_t S = 3 + 3 * d, i, j, k, best;
+        double sum_f = 0.0, sum_mag = 0.0;
+        for (i = 0; i < n; i++) {
+            const double* x = X + i * d;
+            double m = -HUGE_VAL, dist, w, f;
+            best = 0;
+            for (k = 0; k < K; k++) {
+                double a = off[k];
+                for (j = 0; j < d; j++) a += (x[j] - c[j]) * mt[j * Kp + k];
+                if (a > m) { m = a; best = k; }
+            }
+            if (!isfinite(m)) return i + 1;
+            labels[i] = best;
+            w = row_weights != NULL ? row_weights[i] : 1.0;
+            if (stats != NULL && w > 0.0)
+                dist = emc_add_row(stats + best * S, x, w, d);
+            else
+                dist = emc_sq_dist(x, means + best * d, d);
+            f = row_const[best] - h * dist;
+            row_value[i] = f;
+            if (w != 0.0) {
+                sum_f += w * f;
+                sum_mag += w * (2.0 * fabs(f));
+            }
+        }
+        *objective += sum_f;
+        *log_joint += sum_f;
+        *magnitude += sum_mag;
+        return 0;
+    }
+    #endif
     """
-    void emc_centre_fill(const double* X, const double* c, const double* off, double* Xc,
-                         double* work, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K) noexcept nogil
-    Py_ssize_t emc_argmax(const double* row, Py_ssize_t K, double* value) noexcept nogil
-    double emc_shift_add(const double* x, const double* ref, double* s, double w,
-                         Py_ssize_t d) noexcept nogil
+    double emc_add_row(double* slot, const double* x, double w, Py_ssize_t d) noexcept nogil
     double emc_sq_dist(const double* x, const double* y, Py_ssize_t d) noexcept nogil
+    Py_ssize_t emc_lloyd_rows(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
+                              Py_ssize_t Kp, const double* c, const double* mt,
+                              const double* off, const double* row_weights,
+                              const double* means, const double* row_const, double h,
+                              double* stats, Py_ssize_t* labels, double* row_value,
+                              double* objective, double* log_joint,
+                              double* magnitude) noexcept nogil
 
 
 # offsets inside one component's slot
@@ -106,15 +287,6 @@ cdef enum:
     _SS = 1
     _D = 2
     _REF = 3
-
-
-cdef inline double _sq_dist(Py_ssize_t d, const double* a, const double* b) noexcept nogil:
-    cdef Py_ssize_t j
-    cdef double s = 0.0, t
-    for j in range(d):
-        t = a[j] - b[j]
-        s += t * t
-    return s
 
 
 cdef class KMeansKernel(FamilyKernel):
@@ -131,6 +303,8 @@ cdef class KMeansKernel(FamilyKernel):
     cdef double[::1] centre            # (d,) c
     cdef double[::1] mean_sq_norms     # (k,) ||mu - c||^2
     cdef double[::1] offsets           # (k,) const - h ||mu - c||^2
+    cdef double[:, ::1] scaled_means_t  # (d, kp) 2h (mu - c)^T, zero columns k..kp-1
+    cdef Py_ssize_t kp                 # k rounded up to a multiple of 4
     cdef readonly double variance
     cdef double h, const
 
@@ -153,13 +327,17 @@ cdef class KMeansKernel(FamilyKernel):
         self.h = 0.5 / variance
         self.const = -0.5 * d * log(2.0 * M_PI * variance)
         self.offsets = self.const - self.h * np.asarray(self.mean_sq_norms)
+        self.kp = -(-k // 4) * 4
+        mt = np.zeros((d, self.kp))
+        mt[:, :k] = (2.0 * self.h) * (means - c).T
+        self.scaled_means_t = mt
         self.fused_hard_step = True
 
     def __reduce__(self):
         return (KMeansKernel, (np.asarray(self.means), self.variance))
 
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
-        return n_rows * self.n_features + max(n_rows, self.n_components)
+        return n_rows * self.n_features + max(n_rows, self.kp + self.n_components)
 
     cdef inline void _centre_rows(self, const double* X, Py_ssize_t n_rows, double* Xc,
                                   double* qn) noexcept nogil:
@@ -195,42 +373,24 @@ cdef class KMeansKernel(FamilyKernel):
                              double* work, double* scratch, Py_ssize_t* labels,
                              double* row_value, double* totals,
                              double* stats) noexcept nogil:
-        # Lloyd's E-step and the accumulation in one sweep. The argmax needs only
-        # score_ik = 2h x~.mu~_k + (const - h ||mu~_k||^2 + log pi_k): work is filled
-        # with the offsets and the DGEMM adds the products to them (beta = 1). The
-        # row's value f_i = log pi_z + const - h ||x_i - mu_z||^2 then comes from
-        # the exact difference to the chosen centre, not from the GEMM identity.
-        cdef Py_ssize_t i, j, k, best, d = self.n_features, K = self.n_components
-        cdef Py_ssize_t S = 3 + 3 * d
-        cdef double* Xc = scratch
-        cdef double* off = scratch + n_rows * d
-        cdef const double* c = &self.centre[0]
-        cdef const double* mu
-        cdef const double* x
-        cdef double* row
-        cdef double m, a, f, w, t, dist, h = self.h
+        # Lloyd's E-step and the accumulation (emc_lloyd_rows). The argmax needs
+        # only score_ik = 2h x~.mu~_k + (const - h ||mu~_k||^2 + log pi_k), computed
+        # in registers (work is not used). The row's value
+        # f_i = log pi_z + const - h ||x_i - mu_z||^2 then comes from the exact
+        # difference to the chosen centre, not from the GEMM identity.
+        cdef Py_ssize_t k, d = self.n_features, K = self.n_components
+        cdef double* off = scratch                 # (kp) score offsets, -inf padded
+        cdef double* row_const = scratch + self.kp  # (k) const + log pi_k
+        for k in range(self.kp):
+            off[k] = self.offsets[k] + log_weights[k] if k < K else -INFINITY
         for k in range(K):
-            off[k] = self.offsets[k] + log_weights[k]
-        emc_centre_fill(X, c, off, Xc, work, n_rows, d, K)
-        gemm_nt(n_rows, K, d, 2.0 * h, Xc, &self.centred_means[0, 0], 1.0, work)
-        for i in range(n_rows):
-            best = emc_argmax(work + i * K, K, &m)   # ties: the lowest index
-            if not isfinite(m):
-                return <int>(i + 1)
-            labels[i] = best
-            x = X + i * d
-            w = row_weights[i] if row_weights != NULL else 1.0
-            if stats != NULL and w > 0.0:
-                dist = self._add_row(stats + best * S, x, w)
-            else:
-                dist = emc_sq_dist(x, &self.means[best, 0], d)
-            f = (self.const + log_weights[best]) - h * dist
-            row_value[i] = f
-            if w != 0.0:
-                totals[TOTAL_OBJECTIVE] += w * f
-                totals[TOTAL_EXPECTED_LOG_JOINT] += w * f
-                totals[TOTAL_MAGNITUDE] += w * (2.0 * fabs(f))
-        return 0
+            row_const[k] = self.const + log_weights[k]
+        return <int>emc_lloyd_rows(X, n_rows, d, K, self.kp, &self.centre[0],
+                                   &self.scaled_means_t[0, 0], off, row_weights,
+                                   &self.means[0, 0], row_const, self.h, stats, labels,
+                                   row_value, &totals[TOTAL_OBJECTIVE],
+                                   &totals[TOTAL_EXPECTED_LOG_JOINT],
+                                   &totals[TOTAL_MAGNITUDE])
 
     cdef void clear_stats(self, double* stats) noexcept nogil:
         cdef Py_ssize_t k, j, d = self.n_features, S = 3 + 3 * d
@@ -245,18 +405,6 @@ cdef class KMeansKernel(FamilyKernel):
                 slot[_REF + d + j] = 0.0
                 slot[_REF + 2 * d + j] = 0.0
 
-    cdef inline double _add_row(self, double* slot, const double* x, double w) noexcept nogil:
-        # adds row x with weight w to the slot; returns ||x - ref||^2
-        cdef Py_ssize_t j, d = self.n_features
-        cdef double dist = emc_shift_add(x, slot + _REF, slot + _REF + d, w, d)
-        slot[_W] += w
-        slot[_SS] += w * dist
-        if dist > slot[_D]:      # strict: the first such row in row order wins
-            slot[_D] = dist
-            for j in range(d):
-                slot[_REF + 2 * d + j] = x[j]
-        return dist
-
     cdef int chunk_accumulate(self, const double* X, Py_ssize_t n_rows,
                               const double* weights, double* stats,
                               double* scratch) noexcept nogil:
@@ -266,7 +414,7 @@ cdef class KMeansKernel(FamilyKernel):
             for k in range(K):
                 w = weights[i * K + k]
                 if w > 0.0:
-                    self._add_row(stats + k * S, X + i * d, w)
+                    emc_add_row(stats + k * S, X + i * d, w, d)
         return 0
 
     cdef int chunk_accumulate_hard(self, const double* X, Py_ssize_t n_rows,
@@ -278,7 +426,7 @@ cdef class KMeansKernel(FamilyKernel):
         for i in range(n_rows):
             w = row_weights[i] if row_weights != NULL else 1.0
             if w > 0.0:
-                self._add_row(stats + labels[i] * S, X + i * d, w)
+                emc_add_row(stats + labels[i] * S, X + i * d, w, d)
         return 0
 
     cdef void merge_stats(self, double* into, const double* other) noexcept nogil:
@@ -308,7 +456,7 @@ cdef void _merge_slot(Py_ssize_t d, double* a, const double* b) noexcept nogil:
     a[_SS] += b[_SS] + 2.0 * cross + Wb * dd
     # farthest points compared about a's reference (b's distance re-measured)
     if dd != 0.0:
-        dd = _sq_dist(d, b + _REF + 2 * d, a + _REF)
+        dd = emc_sq_dist(b + _REF + 2 * d, a + _REF, d)
     else:
         dd = b[_D]
     if dd > a[_D]:

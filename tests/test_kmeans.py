@@ -270,6 +270,25 @@ def test_hard_rule_breaks_ties_by_the_lowest_index():
         rule.posterior(np.array([[np.nan, 1.0]]))
 
 
+@pytest.mark.parametrize("k", [3, 4, 7, 16, 17])
+def test_the_fused_kernel_breaks_ties_by_the_lowest_index(k):
+    # Duplicated centres tie exactly on every row (the same column of the DGEMM,
+    # the same offset): the label must be the lowest index of the nearest
+    # centre's copies, whichever vector lane (k mod 4) or scalar tail holds them.
+    from emcore.engine import data_pass
+    rng = np.random.default_rng(k)
+    X = rng.normal(size=(3000, 5))
+    copy_of = np.arange(k)
+    copy_of[k // 2:] = rng.integers(0, k // 2, size=k - k // 2)  # later ones: copies
+    means = rng.normal(size=(k, 5))[copy_of]
+    fam = get_registry().family("kmeans").factory(k, 5)
+    labels = np.empty(3000, dtype=np.intp)
+    data_pass(X, fam, get_registry().posterior_rule("hard").factory(), np.full(k, 1 / k),
+              {"means": means}, out_labels=labels)
+    sq_dist = ((X[:, None, :] - means[None]) ** 2).sum(axis=2)
+    assert np.array_equal(labels, np.argmin(sq_dist, axis=1))   # argmin: first index
+
+
 def test_gemm_nt_matches_numpy():
     rng = np.random.default_rng(10)
     A, B = rng.normal(size=(9, 4)), rng.normal(size=(5, 4))
