@@ -43,8 +43,9 @@ extensions = [
         extra_compile_args=EXTRA_COMPILE + OPENMP_COMPILE,
         extra_link_args=OPENMP_LINK,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-        # the Gaussian and k-means kernels include plugins/_vec4.h: rebuild them when it changes
-        depends=["plugins/_vec4.h"] if source.startswith(("plugins/_gaussian", "plugins/_kmeans")) else [],
+        # the compiled plugins include plugins/_vec4.h: rebuild them when it changes
+        depends=["plugins/_vec4.h"] if source.startswith(
+            ("plugins/_gaussian", "plugins/_kmeans", "plugins/_posterior")) else [],
     )
     for name, source in MODULES.items()
 ]

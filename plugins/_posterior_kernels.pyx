@@ -6,6 +6,178 @@ from emcore.kernel cimport (PosteriorKernel, TOTAL_OBJECTIVE, TOTAL_EXPECTED_LOG
                             TOTAL_ENTROPY, TOTAL_MAGNITUDE)
 
 
+cdef extern from *:
+    """
+    #include <math.h>
+    #include "_vec4.h"   /* emc_v4 and its operations, EMC_CLONES (shared) */
+
+    #if defined(__GNUC__)
+    typedef long long emc_p4 __attribute__((vector_size(32)));
+    #define EMC_SEL(mask, a, b) ((emc_v4)(((mask) & (emc_p4)(a)) | (~(mask) & (emc_p4)(b))))
+
+    /* exp(x) on 4 lanes for x <= 0 (x = -inf gives 0): x = n ln2 + r with
+       n = round(x / ln2) (ln2 in two parts, n ln2_hi exact), |r| <= ln2 / 2,
+       exp(r) by its Taylor series to r^13 / 13! (truncation < 1e-17 relative),
+       Horner, then times 2^n built in the exponent bits. Error about 1 ulp
+       (glibc's is below 1); exp(0) = 1 exactly. Lanes below -708.39 (2^n not
+       normal) take libm's exp, so subnormal and zero results are libm's. */
+    static inline emc_v4 emc_exp_nonpos(emc_v4 x) {
+        const emc_v4 shifter = emc_set1(6755399441055744.0);   /* 1.5 * 2^52 */
+        const emc_v4 log2e = emc_set1(1.4426950408889634);
+        const emc_v4 ln2_hi = emc_set1(0.693147180369123816490);
+        const emc_v4 ln2_lo = emc_set1(1.90821492927058770002e-10);
+        emc_v4 xc = EMC_SEL((emc_p4)(x > emc_set1(-708.39)), x, emc_set1(-708.39));
+        emc_v4 t = xc * log2e + shifter;
+        emc_v4 n = t - shifter;
+        emc_v4 r = (xc - n * ln2_hi) - n * ln2_lo;
+        emc_v4 p = emc_set1(1.0 / 6227020800.0);                /* 1/13! */
+        p = p * r + emc_set1(1.0 / 479001600.0);
+        p = p * r + emc_set1(1.0 / 39916800.0);
+        p = p * r + emc_set1(1.0 / 3628800.0);
+        p = p * r + emc_set1(1.0 / 362880.0);
+        p = p * r + emc_set1(1.0 / 40320.0);
+        p = p * r + emc_set1(1.0 / 5040.0);
+        p = p * r + emc_set1(1.0 / 720.0);
+        p = p * r + emc_set1(1.0 / 120.0);
+        p = p * r + emc_set1(1.0 / 24.0);
+        p = p * r + emc_set1(1.0 / 6.0);
+        p = p * r + emc_set1(0.5);
+        p = p * r + emc_set1(1.0);
+        p = p * r + emc_set1(1.0);
+        emc_p4 k = (emc_p4)t - (emc_p4)shifter;                 /* n as an integer */
+        emc_v4 scale = (emc_v4)((k + 1023) << 52);
+        emc_v4 e = p * scale;
+        emc_p4 low = (emc_p4)(x < emc_set1(-708.39));
+        if (low[0] | low[1] | low[2] | low[3]) {
+            for (int l = 0; l < 4; l++)
+                if (low[l]) e[l] = exp(x[l]);
+        }
+        return e;
+    }
+    #endif
+
+    /* The soft (tempered) posterior of n rows of K log joints, in place (see
+       SoftPosteriorKernel): log_joint <- log q, resp <- q, row_value <- f_i, and
+       the four totals (rows' sums formed in order, added once). On 4-double
+       vectors where GNU vectors exist (lanes k = l mod 4 summed separately,
+       then added: a fixed order), plain C otherwise. Returns 0, or i + 1 for
+       the first row with a NaN or no finite entry. */
+    EMC_CLONES static Py_ssize_t emc_soft_rows(
+            double* restrict log_joint, double* restrict resp,
+            double* restrict row_value, const double* restrict row_weights,
+            Py_ssize_t n, Py_ssize_t K, double T, double* objective,
+            double* log_joint_total, double* entropy, double* magnitude) {
+        double inv_T = 1.0 / T;
+        double sum_f = 0.0, sum_E = 0.0, sum_H = 0.0, sum_mag = 0.0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double* row = log_joint + i * K;
+            double* q_row = resp + i * K;
+            double m = -HUGE_VAL, s = 0.0, H = 0.0, E = 0.0, mag = 0.0;
+            Py_ssize_t k = 0;
+            int nan = 0;
+    #if defined(__GNUC__)
+            Py_ssize_t kv = K & ~(Py_ssize_t)3;
+            if (kv) {
+                emc_v4 mv = emc_set1(-HUGE_VAL);
+                emc_p4 nv = {0, 0, 0, 0};
+                for (k = 0; k < kv; k += 4) {
+                    emc_v4 a = emc_load(row + k);
+                    nv |= (emc_p4)(a != a);
+                    mv = EMC_SEL((emc_p4)(a > mv), a, mv);
+                }
+                nan = (nv[0] | nv[1] | nv[2] | nv[3]) != 0;
+                m = mv[0] > mv[1] ? mv[0] : mv[1];
+                m = mv[2] > m ? mv[2] : m;
+                m = mv[3] > m ? mv[3] : m;
+            }
+    #endif
+            for (; k < K; k++) {
+                double a = row[k];
+                nan |= isnan(a);
+                if (a > m) m = a;
+            }
+            if (nan || !isfinite(m)) return i + 1;
+            m = m * inv_T;
+            /* one exp per entry: e_k = exp(b_k - m) <= 1 (the max entry gives 1) */
+            k = 0;
+    #if defined(__GNUC__)
+            if (kv) {
+                emc_v4 sv = emc_set1(0.0), it = emc_set1(inv_T), mm = emc_set1(m);
+                for (k = 0; k < kv; k += 4) {
+                    emc_v4 e = emc_exp_nonpos(emc_load(row + k) * it - mm);
+                    emc_store(q_row + k, e);
+                    sv += e;
+                }
+                s = EMC_HSUM(sv);
+            }
+    #endif
+            for (; k < K; k++) {
+                q_row[k] = exp(row[k] * inv_T - m);
+                s += q_row[k];
+            }
+            double log_s = log(s), inv_s = 1.0 / s;
+            double f = T * (m + log_s);
+            k = 0;
+    #if defined(__GNUC__)
+            if (kv) {
+                emc_v4 Hv = emc_set1(0.0), Ev = Hv, Mv = Hv, zero = Hv;
+                emc_v4 it = emc_set1(inv_T), mm = emc_set1(m), ls = emc_set1(log_s);
+                emc_v4 is = emc_set1(inv_s), Tv = emc_set1(T);
+                const emc_p4 abs_mask = {0x7fffffffffffffffLL, 0x7fffffffffffffffLL,
+                                         0x7fffffffffffffffLL, 0x7fffffffffffffffLL};
+                for (k = 0; k < kv; k += 4) {
+                    emc_v4 a = emc_load(row + k);
+                    emc_v4 lq = (a * it - mm) - ls;
+                    emc_v4 q = emc_load(q_row + k) * is;
+                    emc_p4 pos = (emc_p4)(q > zero);
+                    emc_v4 abs_a = (emc_v4)((emc_p4)a & abs_mask);
+                    emc_v4 abs_lq = (emc_v4)((emc_p4)lq & abs_mask);
+                    Hv -= EMC_SEL(pos, q * lq, zero);
+                    Ev += EMC_SEL(pos, q * a, zero);
+                    Mv += EMC_SEL(pos, q * (abs_a + Tv * abs_lq), zero);
+                    emc_store(row + k, lq);
+                    emc_store(q_row + k, q);
+                }
+                H = EMC_HSUM(Hv);
+                E = EMC_HSUM(Ev);
+                mag = EMC_HSUM(Mv);
+            }
+    #endif
+            for (; k < K; k++) {
+                double a = row[k];
+                double lq = (a * inv_T - m) - log_s;
+                double q = q_row[k] * inv_s;
+                if (q > 0.0) {
+                    H -= q * lq;
+                    E += q * a;
+                    mag += q * (fabs(a) + T * fabs(lq));
+                }
+                row[k] = lq;
+                q_row[k] = q;
+            }
+            mag += fabs(f);
+            row_value[i] = f;
+            double w = row_weights != NULL ? row_weights[i] : 1.0;
+            if (w != 0.0) {
+                sum_f += w * f;
+                sum_E += w * E;
+                sum_H += w * (T * H);
+                sum_mag += w * mag;
+            }
+        }
+        *objective += sum_f;
+        *log_joint_total += sum_E;
+        *entropy += sum_H;
+        *magnitude += sum_mag;
+        return 0;
+    }
+    """
+    Py_ssize_t emc_soft_rows(double* log_joint, double* resp, double* row_value,
+                             const double* row_weights, Py_ssize_t n, Py_ssize_t K,
+                             double T, double* objective, double* log_joint_total,
+                             double* entropy, double* magnitude) noexcept nogil
+
+
 cdef class SoftPosteriorKernel(PosteriorKernel):
     """Tempered posterior q_ik proportional to exp(a_ik / T); T = 1 is the exact posterior.
 
@@ -33,52 +205,11 @@ cdef class SoftPosteriorKernel(PosteriorKernel):
                              const double* row_weights, Py_ssize_t n_rows,
                              Py_ssize_t n_components, double* totals,
                              Py_ssize_t* labels) noexcept nogil:
-        cdef Py_ssize_t i, k, K = n_components
-        cdef double T = self.temperature, inv_T = 1.0 / self.temperature
-        cdef double m, s, log_s, inv_s, f, a, lq, q, H, E, mag, w
-        cdef double* row
-        for i in range(n_rows):
-            row = log_joint + i * K
-            m = -INFINITY
-            for k in range(K):
-                a = row[k]
-                if isnan(a):
-                    return <int>(i + 1)
-                if a > m:
-                    m = a
-            if not isfinite(m):
-                return <int>(i + 1)
-            m = m * inv_T
-            # one exp per entry: e_k = exp(b_k - m) (<= 1, the max row entry is 1)
-            s = 0.0
-            for k in range(K):
-                q = exp(row[k] * inv_T - m)
-                resp[i * K + k] = q
-                s += q
-            log_s = log(s)
-            inv_s = 1.0 / s
-            f = T * (m + log_s)
-            H = 0.0
-            E = 0.0
-            mag = fabs(f)
-            for k in range(K):
-                a = row[k]
-                lq = (a * inv_T - m) - log_s
-                q = resp[i * K + k] * inv_s
-                if q > 0.0:
-                    H -= q * lq
-                    E += q * a
-                    mag += q * (fabs(a) + T * fabs(lq))
-                row[k] = lq
-                resp[i * K + k] = q
-            row_value[i] = f
-            w = row_weights[i] if row_weights != NULL else 1.0
-            if w != 0.0:
-                totals[TOTAL_OBJECTIVE] += w * f
-                totals[TOTAL_EXPECTED_LOG_JOINT] += w * E
-                totals[TOTAL_ENTROPY] += w * (T * H)
-                totals[TOTAL_MAGNITUDE] += w * mag
-        return 0
+        return <int>emc_soft_rows(log_joint, resp, row_value, row_weights, n_rows,
+                                  n_components, self.temperature,
+                                  &totals[TOTAL_OBJECTIVE],
+                                  &totals[TOTAL_EXPECTED_LOG_JOINT],
+                                  &totals[TOTAL_ENTROPY], &totals[TOTAL_MAGNITUDE])
 
 
 cdef class HardPosteriorKernel(PosteriorKernel):
