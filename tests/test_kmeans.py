@@ -343,3 +343,35 @@ def test_both_estimators_predict_with_the_fitted_rule():
     assert np.array_equal(gm.predict_proba(X), mm.predict_proba(X))
     assert set(np.unique(gm.predict_proba(X))) == {0.0, 1.0}
     assert np.array_equal(gm.predict(X), mm.predict(X))
+
+
+@pytest.mark.parametrize("k", [1, 3, 4, 5, 8, 17])
+def test_soft_posterior_kernel_matches_scipy_over_the_whole_exponent_range(k):
+    # The compiled soft rule takes exp on 4-entry vectors (k = 4, 8: vectors only;
+    # 5, 17: vectors and a scalar tail; 1, 3: scalar) by its own range reduction
+    # and series, with libm below -708.39. Entries span [-800, 0] below each row's
+    # maximum, with -inf, so normal, subnormal and zero weights all occur.
+    # Tolerance: e = exp(b - m) within 2 ulps (libm's within 1), the row sum s
+    # adds at most k roundings, the division one: q within (k + 3) u relative of
+    # scipy's softmax (the same b - m, rounded the same way). log q =
+    # (b - m) - log s: the subtraction's rounding u |log q|, log s within
+    # (k + 2) u absolute. Tested at twice these; a series cut two terms early
+    # (r^11 / 11!) breaks the q bound.
+    from scipy.special import log_softmax, softmax
+    rng = np.random.default_rng(k)
+    a = -800.0 * rng.random((4000, k)) ** 3
+    a[rng.random(a.shape) < 0.05] = -np.inf
+    a[np.arange(4000), rng.integers(0, k, 4000)] = 0.0      # a finite maximum
+    a += rng.normal(size=(4000, 1)) * 50.0                    # row offsets
+    rule = get_registry().posterior_rule("soft").factory()
+    log_q, q, f, totals = rule.posterior(a.copy())
+    u = np.finfo(float).eps / 2
+    expect = log_softmax(a, axis=1)
+    finite = np.isfinite(expect)
+    assert np.array_equal(finite, np.isfinite(log_q))
+    assert np.all(np.abs(log_q[finite] - expect[finite])
+                  <= 2 * u * (np.abs(expect[finite]) + (k + 2)))
+    p = softmax(a, axis=1)
+    normal = p >= np.finfo(float).tiny
+    assert np.all(np.abs(q[normal] - p[normal]) <= 2 * (k + 3) * u * p[normal])
+    assert np.all(q[~normal] <= np.finfo(float).tiny)
