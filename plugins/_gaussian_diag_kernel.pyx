@@ -80,51 +80,92 @@ cdef extern from *:
         }
     }
 
+    #define EMD_ROWS 8
+
+    /* The moments of one block of nb rows for the components kb..kb+4nv-1:
+       each table entry in a register for the whole block, each x_ij broadcast
+       once for the nv vectors. nv and pass are constants at every call. */
+    __attribute__((always_inline)) static inline void emd_moments_block(
+            const double* x, Py_ssize_t nb, Py_ssize_t d, Py_ssize_t Kp,
+            const double* wblk, const int pass, const double* C, double* T1,
+            double* T2, Py_ssize_t kb, const int nv)
+    {
+        for (Py_ssize_t j = 0; j < d; j++) {
+            double* t1 = T1 + j * Kp + kb;
+            double* t2 = T2 + j * Kp + kb;
+            emc_v4 a1[4], a2[4], c[4];
+            for (int v = 0; v < nv; v++) {
+                a1[v] = emc_load(t1 + 4 * v);
+                if (pass == 2) {
+                    a2[v] = emc_load(t2 + 4 * v);
+                    c[v] = emc_load(C + j * Kp + kb + 4 * v);
+                }
+            }
+            for (Py_ssize_t r = 0; r < nb; r++) {
+                emc_v4 xb = emc_set1(x[r * d + j]);
+                const double* wr = wblk + r * Kp + kb;
+                for (int v = 0; v < nv; v++) {
+                    if (pass == 1) {
+                        a1[v] = EMC_ADD(a1[v], EMC_MUL(emc_load(wr + 4 * v), xb));
+                    } else {
+                        emc_v4 t = EMC_SUB(xb, c[v]);
+                        emc_v4 wt = EMC_MUL(emc_load(wr + 4 * v), t);
+                        a1[v] = EMC_ADD(a1[v], wt);
+                        EMC_FMA(a2[v], wt, t);
+                    }
+                }
+            }
+            for (int v = 0; v < nv; v++) {
+                emc_store(t1 + 4 * v, a1[v]);
+                if (pass == 2) emc_store(t2 + 4 * v, a2[v]);
+            }
+        }
+    }
+
     /* Per-feature weighted moments of n rows, for all K components at once, as
-       d x Kp tables (w is n x K): pass 1 (pass == 1) T1[j, k] += w_ik x_ij;
+       d x Kp tables (w is n x K): pass 1 (pass == 1) T0[k] += w_ik and
+       T1[j, k] += w_ik x_ij;
        pass 2, about the reference points C (d x Kp): T1[j, k] += w_ik (x_ij - C[j, k])
        and T2[j, k] += w_ik (x_ij - C[j, k])^2. Rows go EMD_ROWS at a time (their
        weights copied into wblk, EMD_ROWS x Kp, zero padded) so that each table
-       entry is loaded and stored once per block; within it rows are added in order. */
-    #define EMD_ROWS 8
+       entry is loaded and stored once per block; within it rows are added in
+       order; components go 16 at a time (four vectors in registers). */
     EMC_CLONES
     static void emd_moments(const double* X, Py_ssize_t n, Py_ssize_t d,
                             Py_ssize_t K, Py_ssize_t Kp, const double* w, int pass,
-                            const double* C, double* wblk, double* T1, double* T2)
+                            const double* C, double* wblk, double* T0, double* T1,
+                            double* T2)
     {
-        Py_ssize_t i0, nb, r, j, k, k0;
+        Py_ssize_t i0, nb, r, k, kb;
         for (i0 = 0; i0 < n; i0 += EMD_ROWS) {
             nb = n - i0 < EMD_ROWS ? n - i0 : EMD_ROWS;
             for (r = 0; r < nb; r++) {
                 for (k = 0; k < K; k++) wblk[r * Kp + k] = w[(i0 + r) * K + k];
                 for (k = K; k < Kp; k++) wblk[r * Kp + k] = 0.0;
             }
+            if (pass == 1)       /* the weights' sums, rows in order */
+                for (r = 0; r < nb; r++)
+                    for (k = 0; k < K; k++) T0[k] += wblk[r * Kp + k];
             const double* x = X + i0 * d;
-            for (j = 0; j < d; j++) {
-                double* t1 = T1 + j * Kp;
+            for (kb = 0; kb < Kp; kb += 16) {
+                int nv = Kp - kb >= 16 ? 4 : (int)((Kp - kb) / 4);
+    #define EMD_BLOCK(P, NV) emd_moments_block(x, nb, d, Kp, wblk, P, C, T1, T2, kb, NV)
                 if (pass == 1) {
-                    for (k0 = 0; k0 < Kp; k0 += 4) {
-                        emc_v4 a1 = emc_load(t1 + k0);
-                        for (r = 0; r < nb; r++)
-                            a1 = EMC_ADD(a1, EMC_MUL(emc_load(wblk + r * Kp + k0),
-                                                     emc_set1(x[r * d + j])));
-                        emc_store(t1 + k0, a1);
+                    switch (nv) {
+                    case 4: EMD_BLOCK(1, 4); break;
+                    case 3: EMD_BLOCK(1, 3); break;
+                    case 2: EMD_BLOCK(1, 2); break;
+                    default: EMD_BLOCK(1, 1); break;
                     }
                 } else {
-                    double* t2 = T2 + j * Kp;
-                    for (k0 = 0; k0 < Kp; k0 += 4) {
-                        emc_v4 c = emc_load(C + j * Kp + k0);
-                        emc_v4 a1 = emc_load(t1 + k0), a2 = emc_load(t2 + k0);
-                        for (r = 0; r < nb; r++) {
-                            emc_v4 t = EMC_SUB(emc_set1(x[r * d + j]), c);
-                            emc_v4 wt = EMC_MUL(emc_load(wblk + r * Kp + k0), t);
-                            a1 = EMC_ADD(a1, wt);
-                            EMC_FMA(a2, wt, t);
-                        }
-                        emc_store(t1 + k0, a1);
-                        emc_store(t2 + k0, a2);
+                    switch (nv) {
+                    case 4: EMD_BLOCK(2, 4); break;
+                    case 3: EMD_BLOCK(2, 3); break;
+                    case 2: EMD_BLOCK(2, 2); break;
+                    default: EMD_BLOCK(2, 1); break;
                     }
                 }
+    #undef EMD_BLOCK
             }
         }
     }
@@ -134,7 +175,7 @@ cdef extern from *:
                          const double* base, double* acc, double* out) noexcept nogil
     void emd_moments(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
                      Py_ssize_t Kp, const double* w, int which, const double* C,
-                     double* wrow, double* T1, double* T2) noexcept nogil
+                     double* wrow, double* T0, double* T1, double* T2) noexcept nogil
 
 
 cdef inline void _merge_slot(Py_ssize_t d, double* into, const double* other) noexcept nogil:
@@ -234,16 +275,15 @@ cdef class GaussianDiagKernel(FamilyKernel):
             C[i] = 0.0
             R[i] = 0.0
             S[i] = 0.0
-        emd_moments(X, n_rows, d, K, Kp, weights, 1, NULL, wrow, C, NULL)
+        for k in range(Kp):
+            Wk[k] = 0.0
+        emd_moments(X, n_rows, d, K, Kp, weights, 1, NULL, wrow, Wk, C, NULL)
         for k in range(K):
-            W = 0.0
-            for i in range(n_rows):
-                W += weights[i * K + k]
-            Wk[k] = W
+            W = Wk[k]
             for j in range(d):
                 C[j * Kp + k] = C[j * Kp + k] / W if W > 0.0 else 0.0
         # pass 2: residual and squared deviations about them
-        emd_moments(X, n_rows, d, K, Kp, weights, 2, C, wrow, R, S)
+        emd_moments(X, n_rows, d, K, Kp, weights, 2, C, wrow, NULL, R, S)
         for k in range(K):
             W = Wk[k]
             if W <= 0.0:

@@ -18,6 +18,33 @@ import numpy as np
 
 MAX_BLOCKS = 16
 
+cdef extern from *:
+    """
+    /* The pass's per-row loops over the n x K arrays, in C with restrict so that
+       the compiler vectorises them along k; each entry's operations and each
+       sum's order are those of the plain loops (rows in order). */
+    static void emc_add_row_vector(double* restrict A, const double* restrict v,
+                                   Py_ssize_t n, Py_ssize_t K) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            for (Py_ssize_t k = 0; k < K; k++) A[i * K + k] = A[i * K + k] + v[k];
+    }
+    static void emc_scale_rows(double* restrict R, const double* restrict w,
+                               Py_ssize_t n, Py_ssize_t K) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            for (Py_ssize_t k = 0; k < K; k++) R[i * K + k] = R[i * K + k] * w[i];
+    }
+    static void emc_sum_rows(const double* restrict R, double* restrict out,
+                             Py_ssize_t n, Py_ssize_t K) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            for (Py_ssize_t k = 0; k < K; k++) out[k] += R[i * K + k];
+    }
+    """
+    void emc_add_row_vector(double* A, const double* v, Py_ssize_t n,
+                            Py_ssize_t K) noexcept nogil
+    void emc_scale_rows(double* R, const double* w, Py_ssize_t n, Py_ssize_t K) noexcept nogil
+    void emc_sum_rows(const double* R, double* out, Py_ssize_t n, Py_ssize_t K) noexcept nogil
+
+
 # status codes of a block (0 = ok)
 cdef enum:
     _FAILED_ALLOC = 1
@@ -151,9 +178,7 @@ def data_pass(FamilyKernel family, PosteriorKernel rule, const double[:, ::1] X,
                             bstat[b] = _FAILED_DENSITY
                             brow[b] = r0
                             break
-                        for i in range(nr):
-                            for k in range(K):
-                                A[i * K + k] = A[i * K + k] + lw[k]
+                        emc_add_row_vector(A, lw, nr, K)
                         status = rule.chunk_posterior(
                             A, Rq, L, (sw + r0) if sw != NULL else NULL, nr, K, T,
                             Z if hard else NULL)
@@ -174,12 +199,8 @@ def data_pass(FamilyKernel family, PosteriorKernel rule, const double[:, ::1] X,
                             br[b, Z[i]] += sw[r0 + i] if sw != NULL else 1.0
                     else:
                         if sw != NULL:
-                            for i in range(nr):
-                                for k in range(K):
-                                    R[i * K + k] = R[i * K + k] * sw[r0 + i]
-                        for i in range(nr):
-                            for k in range(K):
-                                br[b, k] += R[i * K + k]
+                            emc_scale_rows(R, sw + r0, nr, K)
+                        emc_sum_rows(R, &br[b, 0], nr, K)
                     if with_stats and not fused:
                         if hard:
                             status = family.chunk_accumulate_hard(
