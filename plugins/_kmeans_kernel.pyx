@@ -104,9 +104,11 @@ cdef extern from *:
     #if defined(__GNUC__)
     #define EMC_UNLIKELY(x) __builtin_expect(!!(x), 0)
     #define EMC_NOINLINE __attribute__((noinline))
+    #define EMC_ALWAYS_INLINE __attribute__((always_inline)) static inline
     #else
     #define EMC_UNLIKELY(x) (x)
     #define EMC_NOINLINE
+    #define EMC_ALWAYS_INLINE static __inline
     #endif
     /* out of line: the hot loop stays small (a new farthest row is rare) */
     EMC_NOINLINE static void emc_new_farthest(double* slot, const double* x,
@@ -127,13 +129,46 @@ cdef extern from *:
         return dist;
     }
 
+    /* The second sweep of the Lloyd step, labels known: each row added to its
+       component's slot (w_i > 0; stats may be NULL), the row value
+       f_i = row_const[z] - h ||x_i - mu_z||^2 from the exact difference, and the
+       chunk's objective, expected log joint and magnitude sums (rows in order)
+       added to the totals once. */
+    EMC_ALWAYS_INLINE void emc_lloyd_accumulate(
+            const double* restrict X, Py_ssize_t n, Py_ssize_t d,
+            const Py_ssize_t* restrict labels, const double* restrict row_weights,
+            const double* restrict means, const double* restrict row_const, double h,
+            double* restrict stats, double* restrict row_value, double* objective,
+            double* log_joint, double* magnitude) {
+        Py_ssize_t S = 3 + 3 * d;
+        double sum_f = 0.0, sum_mag = 0.0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            const double* x = X + i * d;
+            Py_ssize_t best = labels[i];
+            double w = row_weights != NULL ? row_weights[i] : 1.0, dist;
+            if (stats != NULL && w > 0.0)
+                dist = emc_add_row(stats + best * S, x, w, d);
+            else
+                dist = emc_sq_dist(x, means + best * d, d);
+            double f = row_const[best] - h * dist;
+            row_value[i] = f;
+            if (w != 0.0) {
+                sum_f += w * f;
+                sum_mag += w * (2.0 * fabs(f));
+            }
+        }
+        *objective += sum_f;
+        *log_joint += sum_f;
+        *magnitude += sum_mag;
+    }
+
     #if defined(__GNUC__)
     /* One block of up to 16 centres (nv vectors of 4) for R rows (1 or 2): the
        scores off_k + sum_j (x_j - c_j) MT[j, k] accumulated in registers in j
        order, then folded into each row's running per-lane maximum (bv, bi):
        strict '>', so each lane keeps its first maximum. R and nv are constants
        at every call; two rows give the FMA chains room to overlap. */
-    __attribute__((always_inline)) static inline void emc_score_block(
+    EMC_ALWAYS_INLINE void emc_score_block(
             const double* restrict x, Py_ssize_t d, const int R,
             const double* restrict c, const double* restrict mt, Py_ssize_t ld,
             const double* restrict off, const int nv, double first,
@@ -162,7 +197,7 @@ cdef extern from *:
 
     /* labels of R rows (1 or 2) starting at x; 0, or 1 + the first row (of the
        R) whose best score is not finite */
-    __attribute__((always_inline)) static inline int emc_label_rows(
+    EMC_ALWAYS_INLINE int emc_label_rows(
             const double* restrict x, Py_ssize_t d, const int R, Py_ssize_t Kp,
             const double* restrict c, const double* restrict mt,
             const double* restrict off, Py_ssize_t* restrict labels) {
@@ -203,31 +238,13 @@ cdef extern from *:
             double* restrict stats, Py_ssize_t* restrict labels,
             double* restrict row_value, double* objective, double* log_joint,
             double* magnitude) {
-        Py_ssize_t S = 3 + 3 * d, i = 0;
-        double sum_f = 0.0, sum_mag = 0.0;
-        for (; i < n; i += 2) {
+        for (Py_ssize_t i = 0; i < n; i += 2) {
             int bad = (i + 1 < n) ? emc_label_rows(X + i * d, d, 2, Kp, c, mt, off, labels + i)
                                   : emc_label_rows(X + i * d, d, 1, Kp, c, mt, off, labels + i);
             if (bad) return i + bad;
         }
-        for (i = 0; i < n; i++) {
-            const double* x = X + i * d;
-            Py_ssize_t best = labels[i];
-            double w = row_weights != NULL ? row_weights[i] : 1.0, dist;
-            if (stats != NULL && w > 0.0)
-                dist = emc_add_row(stats + best * S, x, w, d);
-            else
-                dist = emc_sq_dist(x, means + best * d, d);
-            double f = row_const[best] - h * dist;
-            row_value[i] = f;
-            if (w != 0.0) {
-                sum_f += w * f;
-                sum_mag += w * (2.0 * fabs(f));
-            }
-        }
-        *objective += sum_f;
-        *log_joint += sum_f;
-        *magnitude += sum_mag;
+        emc_lloyd_accumulate(X, n, d, labels, row_weights, means, row_const, h, stats,
+                             row_value, objective, log_joint, magnitude);
         return 0;
     }
     #else
@@ -238,34 +255,20 @@ cdef extern from *:
             const double* row_weights, const double* means, const double* row_const,
             double h, double* stats, Py_ssize_t* labels, double* row_value,
             double* objective, double* log_joint, double* magnitude) {
-        Py_ssize_t S = 3 + 3 * d, i, j, k, best;
-        double sum_f = 0.0, sum_mag = 0.0;
-        for (i = 0; i < n; i++) {
+        for (Py_ssize_t i = 0; i < n; i++) {
             const double* x = X + i * d;
-            double m = -HUGE_VAL, dist, w, f;
-            best = 0;
-            for (k = 0; k < K; k++) {
+            double m = -HUGE_VAL;
+            Py_ssize_t best = 0;
+            for (Py_ssize_t k = 0; k < K; k++) {
                 double a = off[k];
-                for (j = 0; j < d; j++) a += (x[j] - c[j]) * mt[j * Kp + k];
+                for (Py_ssize_t j = 0; j < d; j++) a += (x[j] - c[j]) * mt[j * Kp + k];
                 if (a > m) { m = a; best = k; }
             }
             if (!isfinite(m)) return i + 1;
             labels[i] = best;
-            w = row_weights != NULL ? row_weights[i] : 1.0;
-            if (stats != NULL && w > 0.0)
-                dist = emc_add_row(stats + best * S, x, w, d);
-            else
-                dist = emc_sq_dist(x, means + best * d, d);
-            f = row_const[best] - h * dist;
-            row_value[i] = f;
-            if (w != 0.0) {
-                sum_f += w * f;
-                sum_mag += w * (2.0 * fabs(f));
-            }
         }
-        *objective += sum_f;
-        *log_joint += sum_f;
-        *magnitude += sum_mag;
+        emc_lloyd_accumulate(X, n, d, labels, row_weights, means, row_const, h, stats,
+                             row_value, objective, log_joint, magnitude);
         return 0;
     }
     #endif
