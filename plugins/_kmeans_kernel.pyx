@@ -55,7 +55,6 @@ cdef extern from *:
        lanes (0, 2) and (1, 3), then (0, 1): the larger value, on equal values
        the lower index; lane 0 then holds the first index of the maximum. */
     #if defined(__GNUC__)
-    typedef long long emc_m4 __attribute__((vector_size(32)));
     #if defined(__clang__)
     #define EMC_SWAPPED(v, a, b, c, d) __builtin_shufflevector(v, v, a, b, c, d)
     #else
@@ -64,8 +63,8 @@ cdef extern from *:
     #define EMC_LANE_MAX(bv, bi, a, b, c, d) do {                                        \
             emc_v4 ov_ = EMC_SWAPPED(bv, a, b, c, d), oi_ = EMC_SWAPPED(bi, a, b, c, d); \
             emc_m4 take_ = (emc_m4)(ov_ > bv) | ((emc_m4)(ov_ == bv) & (emc_m4)(oi_ < bi)); \
-            bv = (emc_v4)((take_ & (emc_m4)ov_) | (~take_ & (emc_m4)bv));                 \
-            bi = (emc_v4)((take_ & (emc_m4)oi_) | (~take_ & (emc_m4)bi));                 \
+            bv = EMC_SEL(take_, ov_, bv);                                                   \
+            bi = EMC_SEL(take_, oi_, bi);                                                   \
         } while (0)
     #endif
 
@@ -188,8 +187,8 @@ cdef extern from *:
             emc_v4 idx = {first, first + 1.0, first + 2.0, first + 3.0};
             for (int v = 0; v < nv; v++) {
                 emc_m4 gt = (emc_m4)(acc[r][v] > bv[r]);
-                bv[r] = (emc_v4)((gt & (emc_m4)acc[r][v]) | (~gt & (emc_m4)bv[r]));
-                bi[r] = (emc_v4)((gt & (emc_m4)idx) | (~gt & (emc_m4)bi[r]));
+                bv[r] = EMC_SEL(gt, acc[r][v], bv[r]);
+                bi[r] = EMC_SEL(gt, idx, bi[r]);
                 idx = idx + emc_set1(4.0);
             }
         }

@@ -12,8 +12,6 @@ cdef extern from *:
     #include "_vec4.h"   /* emc_v4 and its operations, EMC_CLONES (shared) */
 
     #if defined(__GNUC__)
-    typedef long long emc_p4 __attribute__((vector_size(32)));
-    #define EMC_SEL(mask, a, b) ((emc_v4)(((mask) & (emc_p4)(a)) | (~(mask) & (emc_p4)(b))))
 
     /* exp(x) on 4 lanes for x <= 0 (x = -inf gives 0): x = n ln2 + r with
        n = round(x / ln2) (ln2 in two parts, n ln2_hi exact), |r| <= ln2 / 2,
@@ -26,7 +24,7 @@ cdef extern from *:
         const emc_v4 log2e = emc_set1(1.4426950408889634);
         const emc_v4 ln2_hi = emc_set1(0.693147180369123816490);
         const emc_v4 ln2_lo = emc_set1(1.90821492927058770002e-10);
-        emc_v4 xc = EMC_SEL((emc_p4)(x > emc_set1(-708.39)), x, emc_set1(-708.39));
+        emc_v4 xc = EMC_SEL((emc_m4)(x > emc_set1(-708.39)), x, emc_set1(-708.39));
         emc_v4 t = xc * log2e + shifter;
         emc_v4 n = t - shifter;
         emc_v4 r = (xc - n * ln2_hi) - n * ln2_lo;
@@ -44,10 +42,10 @@ cdef extern from *:
         p = p * r + emc_set1(0.5);
         p = p * r + emc_set1(1.0);
         p = p * r + emc_set1(1.0);
-        emc_p4 k = (emc_p4)t - (emc_p4)shifter;                 /* n as an integer */
+        emc_m4 k = (emc_m4)t - (emc_m4)shifter;                 /* n as an integer */
         emc_v4 scale = (emc_v4)((k + 1023) << 52);
         emc_v4 e = p * scale;
-        emc_p4 low = (emc_p4)(x < emc_set1(-708.39));
+        emc_m4 low = (emc_m4)(x < emc_set1(-708.39));
         if (low[0] | low[1] | low[2] | low[3]) {
             for (int l = 0; l < 4; l++)
                 if (low[l]) e[l] = exp(x[l]);
@@ -79,11 +77,11 @@ cdef extern from *:
             Py_ssize_t kv = K & ~(Py_ssize_t)3;
             if (kv) {
                 emc_v4 mv = emc_set1(-HUGE_VAL);
-                emc_p4 nv = {0, 0, 0, 0};
+                emc_m4 nv = {0, 0, 0, 0};
                 for (k = 0; k < kv; k += 4) {
                     emc_v4 a = emc_load(row + k);
-                    nv |= (emc_p4)(a != a);
-                    mv = EMC_SEL((emc_p4)(a > mv), a, mv);
+                    nv |= (emc_m4)(a != a);
+                    mv = EMC_SEL((emc_m4)(a > mv), a, mv);
                 }
                 nan = (nv[0] | nv[1] | nv[2] | nv[3]) != 0;
                 m = mv[0] > mv[1] ? mv[0] : mv[1];
@@ -123,15 +121,15 @@ cdef extern from *:
                 emc_v4 Hv = emc_set1(0.0), Ev = Hv, Mv = Hv, zero = Hv;
                 emc_v4 it = emc_set1(inv_T), mm = emc_set1(m), ls = emc_set1(log_s);
                 emc_v4 is = emc_set1(inv_s), Tv = emc_set1(T);
-                const emc_p4 abs_mask = {0x7fffffffffffffffLL, 0x7fffffffffffffffLL,
+                const emc_m4 abs_mask = {0x7fffffffffffffffLL, 0x7fffffffffffffffLL,
                                          0x7fffffffffffffffLL, 0x7fffffffffffffffLL};
                 for (k = 0; k < kv; k += 4) {
                     emc_v4 a = emc_load(row + k);
                     emc_v4 lq = (a * it - mm) - ls;
                     emc_v4 q = emc_load(q_row + k) * is;
-                    emc_p4 pos = (emc_p4)(q > zero);
-                    emc_v4 abs_a = (emc_v4)((emc_p4)a & abs_mask);
-                    emc_v4 abs_lq = (emc_v4)((emc_p4)lq & abs_mask);
+                    emc_m4 pos = (emc_m4)(q > zero);
+                    emc_v4 abs_a = (emc_v4)((emc_m4)a & abs_mask);
+                    emc_v4 abs_lq = (emc_v4)((emc_m4)lq & abs_mask);
                     Hv -= EMC_SEL(pos, q * lq, zero);
                     Ev += EMC_SEL(pos, q * a, zero);
                     Mv += EMC_SEL(pos, q * (abs_a + Tv * abs_lq), zero);

@@ -1,5 +1,6 @@
-/* emcore's 4-double vectors for the compiled Gaussian kernels (included by the
-   generated C of plugins/_gaussian_kernel.pyx and plugins/_gaussian_diag_kernel.pyx).
+/* emcore's 4-double vectors for the compiled kernels (included by the generated
+   C of plugins/_gaussian_kernel.pyx, _gaussian_diag_kernel.pyx, _kmeans_kernel.pyx
+   and _posterior_kernels.pyx).
 
    EMC_CLONES compiles a function twice with GCC on x86-64 glibc Linux (an
    AVX2/FMA clone chosen at load time, and baseline x86-64); no -march needed.
@@ -25,6 +26,11 @@ static inline emc_v4 emc_set1(double x) { emc_v4 v = {x, x, x, x}; return v; }
 #define EMC_SUB(a, b) ((a) - (b))
 #define EMC_MUL(a, b) ((a) * (b))
 #define EMC_LANE(v, i) ((v)[i])
+/* lane masks (all ones or zero per lane, as a comparison gives them) and the
+   branch-free select mask ? a : b; GNU vectors only (the k-means and posterior
+   kernels guard their uses with __GNUC__) */
+typedef long long emc_m4 __attribute__((vector_size(32)));
+#define EMC_SEL(mask, a, b) ((emc_v4)(((mask) & (emc_m4)(a)) | (~(mask) & (emc_m4)(b))))
 #else
 typedef struct { double x[4]; } emc_v4;
 static emc_v4 emc_load(const double* p) { emc_v4 v; memcpy(&v, p, sizeof v); return v; }
