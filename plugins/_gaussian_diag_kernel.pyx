@@ -28,6 +28,8 @@ target_clones on x86-64 Linux (glibc) with GCC (AVX2/FMA at load time where the 
 baseline x86-64 otherwise), with a plain-C fallback elsewhere. Every sum is
 taken in a fixed order: the same chunk gives the same bits on any thread.
 """
+from libc.string cimport memcpy
+
 from emcore.kernel cimport FamilyKernel
 
 import numpy as np
@@ -37,46 +39,79 @@ cdef extern from *:
     """
     #include "_vec4.h"   /* emc_v4 and its operations, EMC_CLONES (shared) */
 
+    #if defined(__GNUC__)
+    #define EMD_ALWAYS_INLINE __attribute__((always_inline)) static inline
+    #else
+    #define EMD_ALWAYS_INLINE static __inline
+    #endif
+
+    /* R rows (1 or 2) against components k0..k0+4nv-1: acc[r][v] accumulates
+       P (x_j - M)^2 over j in order, then base - acc / 2 goes to out (row i's
+       K entries; only k < K stored). R and nv are constants at every call: two
+       rows give the dependent multiply-add chains over j room to overlap. */
+    EMD_ALWAYS_INLINE void emd_log_density_block(
+            const double* x, Py_ssize_t d, const int R, Py_ssize_t K, Py_ssize_t Kp,
+            const double* M, const double* P, const double* base, Py_ssize_t k0,
+            const int nv, double* acc_out, double* out)
+    {
+        emc_v4 a[2][4];
+        emc_v4 half = emc_set1(-0.5);
+        for (int r = 0; r < R; r++)
+            for (int v = 0; v < nv; v++) a[r][v] = emc_set1(0.0);
+        for (Py_ssize_t j = 0; j < d; j++) {
+            const double* m = M + j * Kp + k0;
+            const double* p = P + j * Kp + k0;
+            emc_v4 xj[2];
+            for (int r = 0; r < R; r++) xj[r] = emc_set1(x[r * d + j]);
+            for (int v = 0; v < nv; v++) {
+                emc_v4 mv = emc_load(m + 4 * v), pv = emc_load(p + 4 * v);
+                for (int r = 0; r < R; r++) {
+                    emc_v4 t = EMC_SUB(xj[r], mv);
+                    EMC_FMA(a[r][v], EMC_MUL(pv, t), t);
+                }
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            for (int v = 0; v < nv; v++)
+                emc_store(acc_out + 4 * v, EMC_ADD(emc_load(base + k0 + 4 * v),
+                                                   EMC_MUL(half, a[r][v])));
+            Py_ssize_t top = K - k0 < 4 * nv ? K - k0 : 4 * nv;
+            for (Py_ssize_t k = 0; k < top; k++) out[r * K + k0 + k] = acc_out[k];
+        }
+    }
+
     /* out[i, k] = base[k] - 1/2 sum_j P[j, k] (x_ij - M[j, k])^2 for k < K; the
-       tables M, P are d x Kp (Kp = K rounded up to 4, padded). acc: Kp doubles. */
+       tables M, P are d x Kp (Kp = K rounded up to 4, padded). acc: Kp doubles.
+       Rows two at a time, components 16 at a time. */
     EMC_CLONES
     static void emd_log_density(const double* X, Py_ssize_t n, Py_ssize_t d,
                                 Py_ssize_t K, Py_ssize_t Kp, const double* M,
                                 const double* P, const double* base, double* acc,
                                 double* out)
     {
-        Py_ssize_t i, j, k, k0;
-        emc_v4 half = emc_set1(-0.5);
-        for (i = 0; i < n; i++) {
+        for (Py_ssize_t i = 0; i < n; i += 2) {
             const double* x = X + i * d;
-            for (k0 = 0; k0 < Kp; k0 += 16) {
-                Py_ssize_t nv = (Kp - k0) / 4 < 4 ? (Kp - k0) / 4 : 4;
-                emc_v4 a0 = emc_set1(0.0), a1 = a0, a2 = a0, a3 = a0;
-                for (j = 0; j < d; j++) {
-                    emc_v4 xj = emc_set1(x[j]);
-                    const double* m = M + j * Kp + k0;
-                    const double* p = P + j * Kp + k0;
-                    emc_v4 t0 = EMC_SUB(xj, emc_load(m));
-                    EMC_FMA(a0, EMC_MUL(emc_load(p), t0), t0);
-                    if (nv > 1) {
-                        emc_v4 t1 = EMC_SUB(xj, emc_load(m + 4));
-                        EMC_FMA(a1, EMC_MUL(emc_load(p + 4), t1), t1);
+            double* o = out + i * K;
+            for (Py_ssize_t k0 = 0; k0 < Kp; k0 += 16) {
+                int nv = Kp - k0 >= 16 ? 4 : (int)((Kp - k0) / 4);
+    #define EMD_LD(R, NV) emd_log_density_block(x, d, R, K, Kp, M, P, base, k0, NV, acc, o)
+                if (i + 1 < n) {
+                    switch (nv) {
+                    case 4: EMD_LD(2, 4); break;
+                    case 3: EMD_LD(2, 3); break;
+                    case 2: EMD_LD(2, 2); break;
+                    default: EMD_LD(2, 1); break;
                     }
-                    if (nv > 2) {
-                        emc_v4 t2 = EMC_SUB(xj, emc_load(m + 8));
-                        EMC_FMA(a2, EMC_MUL(emc_load(p + 8), t2), t2);
-                    }
-                    if (nv > 3) {
-                        emc_v4 t3 = EMC_SUB(xj, emc_load(m + 12));
-                        EMC_FMA(a3, EMC_MUL(emc_load(p + 12), t3), t3);
+                } else {
+                    switch (nv) {
+                    case 4: EMD_LD(1, 4); break;
+                    case 3: EMD_LD(1, 3); break;
+                    case 2: EMD_LD(1, 2); break;
+                    default: EMD_LD(1, 1); break;
                     }
                 }
-                emc_store(acc + k0, EMC_ADD(emc_load(base + k0), EMC_MUL(half, a0)));
-                if (nv > 1) emc_store(acc + k0 + 4, EMC_ADD(emc_load(base + k0 + 4), EMC_MUL(half, a1)));
-                if (nv > 2) emc_store(acc + k0 + 8, EMC_ADD(emc_load(base + k0 + 8), EMC_MUL(half, a2)));
-                if (nv > 3) emc_store(acc + k0 + 12, EMC_ADD(emc_load(base + k0 + 12), EMC_MUL(half, a3)));
+    #undef EMD_LD
             }
-            for (k = 0; k < K; k++) out[i * K + k] = acc[k];
         }
     }
 
@@ -85,7 +120,7 @@ cdef extern from *:
     /* The moments of one block of nb rows for the components kb..kb+4nv-1:
        each table entry in a register for the whole block, each x_ij broadcast
        once for the nv vectors. nv and pass are constants at every call. */
-    __attribute__((always_inline)) static inline void emd_moments_block(
+    EMD_ALWAYS_INLINE void emd_moments_block(
             const double* x, Py_ssize_t nb, Py_ssize_t d, Py_ssize_t Kp,
             const double* wblk, const int pass, const double* C, double* T1,
             double* T2, Py_ssize_t kb, const int nv)
@@ -123,8 +158,8 @@ cdef extern from *:
     }
 
     /* Per-feature weighted moments of n rows, for all K components at once, as
-       d x Kp tables (w is n x K): pass 1 (pass == 1) T0[k] += w_ik and
-       T1[j, k] += w_ik x_ij;
+       d x Kp tables (w is n x K): T0[k] += w_ik (unless T0 is NULL); pass 1
+       (pass == 1) T1[j, k] += w_ik x_ij;
        pass 2, about the reference points C (d x Kp): T1[j, k] += w_ik (x_ij - C[j, k])
        and T2[j, k] += w_ik (x_ij - C[j, k])^2. Rows go EMD_ROWS at a time (their
        weights copied into wblk, EMD_ROWS x Kp, zero padded) so that each table
@@ -143,7 +178,7 @@ cdef extern from *:
                 for (k = 0; k < K; k++) wblk[r * Kp + k] = w[(i0 + r) * K + k];
                 for (k = K; k < Kp; k++) wblk[r * Kp + k] = 0.0;
             }
-            if (pass == 1)       /* the weights' sums, rows in order */
+            if (T0 != NULL)      /* the weights' sums, rows in order */
                 for (r = 0; r < nb; r++)
                     for (k = 0; k < K; k++) T0[k] += wblk[r * Kp + k];
             const double* x = X + i0 * d;
@@ -269,21 +304,42 @@ cdef class GaussianDiagKernel(FamilyKernel):
         cdef double* R = C + d * Kp
         cdef double* S = R + d * Kp
         cdef double* chunk = S + d * Kp
-        cdef double W
-        # pass 1: the reference points (the chunk's weighted means, in C)
+        cdef double W, shift
+        cdef bint settled = True
         for i in range(d * Kp):
-            C[i] = 0.0
             R[i] = 0.0
             S[i] = 0.0
         for k in range(Kp):
             Wk[k] = 0.0
-        emd_moments(X, n_rows, d, K, Kp, weights, 1, NULL, wrow, Wk, C, NULL)
+        # One sweep about this pass's means (mean_table). The variance's rounding
+        # error is amplified by 1 + shift^2 / var, shift = the chunk's weighted
+        # mean minus the reference: accept if shift^2 <= var (2 shift^2 <= S / W)
+        # for every component and feature, i.e. at most twice the two-sweep error.
+        emd_moments(X, n_rows, d, K, Kp, weights, 2, &self.mean_table[0, 0], wrow, Wk,
+                    R, S)
         for k in range(K):
             W = Wk[k]
+            if W <= 0.0:
+                continue
             for j in range(d):
-                C[j * Kp + k] = C[j * Kp + k] / W if W > 0.0 else 0.0
-        # pass 2: residual and squared deviations about them
-        emd_moments(X, n_rows, d, K, Kp, weights, 2, C, wrow, NULL, R, S)
+                shift = R[j * Kp + k] / W
+                if not 2.0 * shift * shift <= S[j * Kp + k] / W:
+                    settled = False
+        if settled:
+            memcpy(C, &self.mean_table[0, 0], d * Kp * sizeof(double))
+        else:
+            # the means moved (early iterations, or no means: chunk_stats): two
+            # sweeps, about the chunk's weighted means
+            for i in range(d * Kp):
+                C[i] = 0.0
+                R[i] = 0.0
+                S[i] = 0.0
+            emd_moments(X, n_rows, d, K, Kp, weights, 1, NULL, wrow, NULL, C, NULL)
+            for k in range(K):
+                W = Wk[k]
+                for j in range(d):
+                    C[j * Kp + k] = C[j * Kp + k] / W if W > 0.0 else 0.0
+            emd_moments(X, n_rows, d, K, Kp, weights, 2, C, wrow, NULL, R, S)
         for k in range(K):
             W = Wk[k]
             if W <= 0.0:
