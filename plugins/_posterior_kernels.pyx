@@ -17,8 +17,9 @@ cdef extern from *:
        n = round(x / ln2) (ln2 in two parts, n ln2_hi exact), |r| <= ln2 / 2,
        exp(r) by its Taylor series to r^13 / 13! (truncation < 1e-17 relative),
        Horner, then times 2^n built in the exponent bits. Error about 1 ulp
-       (glibc's is below 1); exp(0) = 1 exactly. Lanes below -708.39 (2^n not
-       normal) take libm's exp, so subnormal and zero results are libm's. */
+       (glibc's is below 1); exp(0) = 1 exactly. Lanes in [-745.2, -708.39)
+       (2^n not normal) take libm's exp, so subnormal results are libm's; below,
+       +0 as libm gives. */
     static inline emc_v4 emc_exp_nonpos(emc_v4 x) {
         const emc_v4 shifter = emc_set1(6755399441055744.0);   /* 1.5 * 2^52 */
         const emc_v4 log2e = emc_set1(1.4426950408889634);
@@ -45,7 +46,10 @@ cdef extern from *:
         emc_m4 k = (emc_m4)t - (emc_m4)shifter;                 /* n as an integer */
         emc_v4 scale = (emc_v4)((k + 1023) << 52);
         emc_v4 e = p * scale;
-        emc_m4 low = (emc_m4)(x < emc_set1(-708.39));
+        /* below -745.2 libm's exp is +0 too: zero without calling it (a few
+           percent of the entries of separated clusters are there) */
+        e = EMC_SEL((emc_m4)(x < emc_set1(-745.2)), emc_set1(0.0), e);
+        emc_m4 low = (emc_m4)(x < emc_set1(-708.39)) & (emc_m4)(x >= emc_set1(-745.2));
         if (low[0] | low[1] | low[2] | low[3]) {
             for (int l = 0; l < 4; l++)
                 if (low[l]) e[l] = exp(x[l]);
@@ -58,8 +62,13 @@ cdef extern from *:
        SoftPosteriorKernel): log_joint <- log q, resp <- q, row_value <- f_i, and
        the four totals (rows' sums formed in order, added once). On 4-double
        vectors where GNU vectors exist (lanes k = l mod 4 summed separately,
-       then added: a fixed order), plain C otherwise. Returns 0, or i + 1 for
-       the first row with a NaN or no finite entry. */
+       then added: a fixed order), plain C otherwise. Rows go in blocks of
+       EMC_SOFT_ROWS, one phase at a time (max; exps and their sum; log; the
+       totals): a row's steps depend on each other, the rows of a block do not,
+       so the block's rows overlap instead of waiting on each other's latency.
+       The same operations per row either way. Returns 0, or i + 1 for the
+       first row with a NaN or no finite entry. */
+    #define EMC_SOFT_ROWS 16
     EMC_CLONES static Py_ssize_t emc_soft_rows(
             double* restrict log_joint, double* restrict resp,
             double* restrict row_value, const double* restrict row_weights,
@@ -67,100 +76,120 @@ cdef extern from *:
             double* log_joint_total, double* entropy, double* magnitude) {
         double inv_T = 1.0 / T;
         double sum_f = 0.0, sum_E = 0.0, sum_H = 0.0, sum_mag = 0.0;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            double* row = log_joint + i * K;
-            double* q_row = resp + i * K;
-            double m = -HUGE_VAL, s = 0.0, H = 0.0, E = 0.0, mag = 0.0;
-            Py_ssize_t k = 0;
-            int nan = 0;
-    #if defined(__GNUC__)
-            Py_ssize_t kv = K & ~(Py_ssize_t)3;
-            if (kv) {
-                emc_v4 mv = emc_set1(-HUGE_VAL);
-                emc_m4 nv = {0, 0, 0, 0};
-                for (k = 0; k < kv; k += 4) {
-                    emc_v4 a = emc_load(row + k);
-                    nv |= (emc_m4)(a != a);
-                    mv = EMC_SEL((emc_m4)(a > mv), a, mv);
-                }
-                nan = (nv[0] | nv[1] | nv[2] | nv[3]) != 0;
-                m = mv[0] > mv[1] ? mv[0] : mv[1];
-                m = mv[2] > m ? mv[2] : m;
-                m = mv[3] > m ? mv[3] : m;
-            }
+        double mb[EMC_SOFT_ROWS], sb[EMC_SOFT_ROWS];
+        Py_ssize_t kv = K & ~(Py_ssize_t)3;
+    #if !defined(__GNUC__)
+        kv = 0;
     #endif
-            for (; k < K; k++) {
-                double a = row[k];
-                nan |= isnan(a);
-                if (a > m) m = a;
-            }
-            if (nan || !isfinite(m)) return i + 1;
-            m = m * inv_T;
-            /* one exp per entry: e_k = exp(b_k - m) <= 1 (the max entry gives 1) */
-            k = 0;
+        for (Py_ssize_t i0 = 0; i0 < n; i0 += EMC_SOFT_ROWS) {
+            Py_ssize_t nb = n - i0 < EMC_SOFT_ROWS ? n - i0 : EMC_SOFT_ROWS;
+            /* phase 1: each row's maximum m (NaN and all -inf rows fail) */
+            for (Py_ssize_t r = 0; r < nb; r++) {
+                const double* row = log_joint + (i0 + r) * K;
+                double m = -HUGE_VAL;
+                Py_ssize_t k = 0;
+                int nan = 0;
     #if defined(__GNUC__)
-            if (kv) {
-                emc_v4 sv = emc_set1(0.0), it = emc_set1(inv_T), mm = emc_set1(m);
-                for (k = 0; k < kv; k += 4) {
-                    emc_v4 e = emc_exp_nonpos(emc_load(row + k) * it - mm);
-                    emc_store(q_row + k, e);
-                    sv += e;
+                if (kv) {
+                    emc_v4 mv = emc_set1(-HUGE_VAL);
+                    emc_m4 nv = {0, 0, 0, 0};
+                    for (k = 0; k < kv; k += 4) {
+                        emc_v4 a = emc_load(row + k);
+                        nv |= (emc_m4)(a != a);
+                        mv = EMC_SEL((emc_m4)(a > mv), a, mv);
+                    }
+                    nan = (nv[0] | nv[1] | nv[2] | nv[3]) != 0;
+                    m = mv[0] > mv[1] ? mv[0] : mv[1];
+                    m = mv[2] > m ? mv[2] : m;
+                    m = mv[3] > m ? mv[3] : m;
                 }
-                s = EMC_HSUM(sv);
-            }
     #endif
-            for (; k < K; k++) {
-                q_row[k] = exp(row[k] * inv_T - m);
-                s += q_row[k];
+                for (; k < K; k++) {
+                    double a = row[k];
+                    nan |= isnan(a);
+                    if (a > m) m = a;
+                }
+                if (nan || !isfinite(m)) return i0 + r + 1;
+                mb[r] = m * inv_T;
             }
-            double log_s = log(s), inv_s = 1.0 / s;
-            double f = T * (m + log_s);
-            k = 0;
+            /* phase 2: e_k = exp(b_k - m) (<= 1, the max entry gives 1), s = sum */
+            for (Py_ssize_t r = 0; r < nb; r++) {
+                const double* row = log_joint + (i0 + r) * K;
+                double* q_row = resp + (i0 + r) * K;
+                double m = mb[r], s = 0.0;
+                Py_ssize_t k = 0;
     #if defined(__GNUC__)
-            if (kv) {
-                emc_v4 Hv = emc_set1(0.0), Ev = Hv, Mv = Hv, zero = Hv;
-                emc_v4 it = emc_set1(inv_T), mm = emc_set1(m), ls = emc_set1(log_s);
-                emc_v4 is = emc_set1(inv_s), Tv = emc_set1(T);
-                const emc_m4 abs_mask = {0x7fffffffffffffffLL, 0x7fffffffffffffffLL,
-                                         0x7fffffffffffffffLL, 0x7fffffffffffffffLL};
-                for (k = 0; k < kv; k += 4) {
-                    emc_v4 a = emc_load(row + k);
-                    emc_v4 lq = (a * it - mm) - ls;
-                    emc_v4 q = emc_load(q_row + k) * is;
-                    emc_m4 pos = (emc_m4)(q > zero);
-                    emc_v4 abs_a = (emc_v4)((emc_m4)a & abs_mask);
-                    emc_v4 abs_lq = (emc_v4)((emc_m4)lq & abs_mask);
-                    Hv -= EMC_SEL(pos, q * lq, zero);
-                    Ev += EMC_SEL(pos, q * a, zero);
-                    Mv += EMC_SEL(pos, q * (abs_a + Tv * abs_lq), zero);
-                    emc_store(row + k, lq);
-                    emc_store(q_row + k, q);
+                if (kv) {
+                    emc_v4 sv = emc_set1(0.0), it = emc_set1(inv_T), mm = emc_set1(m);
+                    for (k = 0; k < kv; k += 4) {
+                        emc_v4 e = emc_exp_nonpos(emc_load(row + k) * it - mm);
+                        emc_store(q_row + k, e);
+                        sv += e;
+                    }
+                    s = EMC_HSUM(sv);
                 }
-                H = EMC_HSUM(Hv);
-                E = EMC_HSUM(Ev);
-                mag = EMC_HSUM(Mv);
-            }
     #endif
-            for (; k < K; k++) {
-                double a = row[k];
-                double lq = (a * inv_T - m) - log_s;
-                double q = q_row[k] * inv_s;
-                if (q > 0.0) {
-                    H -= q * lq;
-                    E += q * a;
-                    mag += q * (fabs(a) + T * fabs(lq));
+                for (; k < K; k++) {
+                    q_row[k] = exp(row[k] * inv_T - m);
+                    s += q_row[k];
                 }
-                row[k] = lq;
-                q_row[k] = q;
+                sb[r] = s;
             }
-            mag += fabs(f);
-            row_value[i] = f;
-            double w = row_weights != NULL ? row_weights[i] : 1.0;
-            if (w != 0.0) {
-                sum_f += w * f;
-                sum_E += w * E;
-                sum_H += w * (T * H);
-                sum_mag += w * mag;
+            /* phase 3: log q, q, f and the totals, rows in order */
+            for (Py_ssize_t r = 0; r < nb; r++) {
+                Py_ssize_t i = i0 + r;
+                double* row = log_joint + i * K;
+                double* q_row = resp + i * K;
+                double m = mb[r], s = sb[r], H = 0.0, E = 0.0, mag = 0.0;
+                double log_s = log(s), inv_s = 1.0 / s;
+                double f = T * (m + log_s);
+                Py_ssize_t k = 0;
+    #if defined(__GNUC__)
+                if (kv) {
+                    emc_v4 Hv = emc_set1(0.0), Ev = Hv, Mv = Hv, zero = Hv;
+                    emc_v4 it = emc_set1(inv_T), mm = emc_set1(m), ls = emc_set1(log_s);
+                    emc_v4 is = emc_set1(inv_s), Tv = emc_set1(T);
+                    const emc_m4 abs_mask = {0x7fffffffffffffffLL, 0x7fffffffffffffffLL,
+                                             0x7fffffffffffffffLL, 0x7fffffffffffffffLL};
+                    for (k = 0; k < kv; k += 4) {
+                        emc_v4 a = emc_load(row + k);
+                        emc_v4 lq = (a * it - mm) - ls;
+                        emc_v4 q = emc_load(q_row + k) * is;
+                        emc_m4 pos = (emc_m4)(q > zero);
+                        emc_v4 abs_a = (emc_v4)((emc_m4)a & abs_mask);
+                        emc_v4 abs_lq = (emc_v4)((emc_m4)lq & abs_mask);
+                        Hv -= EMC_SEL(pos, q * lq, zero);
+                        Ev += EMC_SEL(pos, q * a, zero);
+                        Mv += EMC_SEL(pos, q * (abs_a + Tv * abs_lq), zero);
+                        emc_store(row + k, lq);
+                        emc_store(q_row + k, q);
+                    }
+                    H = EMC_HSUM(Hv);
+                    E = EMC_HSUM(Ev);
+                    mag = EMC_HSUM(Mv);
+                }
+    #endif
+                for (; k < K; k++) {
+                    double a = row[k];
+                    double lq = (a * inv_T - m) - log_s;
+                    double q = q_row[k] * inv_s;
+                    if (q > 0.0) {
+                        H -= q * lq;
+                        E += q * a;
+                        mag += q * (fabs(a) + T * fabs(lq));
+                    }
+                    row[k] = lq;
+                    q_row[k] = q;
+                }
+                mag += fabs(f);
+                row_value[i] = f;
+                double w = row_weights != NULL ? row_weights[i] : 1.0;
+                if (w != 0.0) {
+                    sum_f += w * f;
+                    sum_E += w * E;
+                    sum_H += w * (T * H);
+                    sum_mag += w * mag;
+                }
             }
         }
         *objective += sum_f;
