@@ -4,12 +4,14 @@
 
    EMC_CLONES compiles a function twice with GCC on x86-64 glibc Linux (an
    AVX2/FMA clone chosen at load time, and baseline x86-64); no -march needed.
-   musl has no IFUNC, so elsewhere it is empty. */
+   musl has no IFUNC, so elsewhere it is empty; EMC_NO_CLONES defined empties it
+   too, so that the baseline code can be tested on an AVX2 machine. */
 #ifndef EMCORE_VEC4_H
 #define EMCORE_VEC4_H
 #include <string.h>
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) \
-    && defined(__linux__) && defined(__GLIBC__) && __GNUC__ >= 12
+    && defined(__linux__) && defined(__GLIBC__) && __GNUC__ >= 12 \
+    && !defined(EMC_NO_CLONES)   /* CFLAGS=-DEMC_NO_CLONES: the baseline build only */
 #define EMC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define EMC_CLONES
