@@ -94,23 +94,14 @@ cdef extern from *:
             double* o = out + i * K;
             for (Py_ssize_t k0 = 0; k0 < Kp; k0 += 16) {
                 int nv = Kp - k0 >= 16 ? 4 : (int)((Kp - k0) / 4);
-    #define EMD_LD(R, NV) emd_log_density_block(x, d, R, K, Kp, M, P, base, k0, NV, acc, o)
-                if (i + 1 < n) {
-                    switch (nv) {
-                    case 4: EMD_LD(2, 4); break;
-                    case 3: EMD_LD(2, 3); break;
-                    case 2: EMD_LD(2, 2); break;
-                    default: EMD_LD(2, 1); break;
-                    }
-                } else {
-                    switch (nv) {
-                    case 4: EMD_LD(1, 4); break;
-                    case 3: EMD_LD(1, 3); break;
-                    case 2: EMD_LD(1, 2); break;
-                    default: EMD_LD(1, 1); break;
-                    }
-                }
-    #undef EMD_LD
+    #define EMD_LD2(NV) emd_log_density_block(x, d, 2, K, Kp, M, P, base, k0, NV, acc, o)
+    #define EMD_LD1(NV) emd_log_density_block(x, d, 1, K, Kp, M, P, base, k0, NV, acc, o)
+                if (i + 1 < n)
+                    EMC_WITH_NV(nv, EMD_LD2);
+                else
+                    EMC_WITH_NV(nv, EMD_LD1);
+    #undef EMD_LD2
+    #undef EMD_LD1
             }
         }
     }
@@ -184,23 +175,14 @@ cdef extern from *:
             const double* x = X + i0 * d;
             for (kb = 0; kb < Kp; kb += 16) {
                 int nv = Kp - kb >= 16 ? 4 : (int)((Kp - kb) / 4);
-    #define EMD_BLOCK(P, NV) emd_moments_block(x, nb, d, Kp, wblk, P, C, T1, T2, kb, NV)
-                if (pass == 1) {
-                    switch (nv) {
-                    case 4: EMD_BLOCK(1, 4); break;
-                    case 3: EMD_BLOCK(1, 3); break;
-                    case 2: EMD_BLOCK(1, 2); break;
-                    default: EMD_BLOCK(1, 1); break;
-                    }
-                } else {
-                    switch (nv) {
-                    case 4: EMD_BLOCK(2, 4); break;
-                    case 3: EMD_BLOCK(2, 3); break;
-                    case 2: EMD_BLOCK(2, 2); break;
-                    default: EMD_BLOCK(2, 1); break;
-                    }
-                }
-    #undef EMD_BLOCK
+    #define EMD_SUMS(NV) emd_moments_block(x, nb, d, Kp, wblk, 1, C, T1, T2, kb, NV)
+    #define EMD_MOMENTS(NV) emd_moments_block(x, nb, d, Kp, wblk, 2, C, T1, T2, kb, NV)
+                if (pass == 1)
+                    EMC_WITH_NV(nv, EMD_SUMS);
+                else
+                    EMC_WITH_NV(nv, EMD_MOMENTS);
+    #undef EMD_SUMS
+    #undef EMD_MOMENTS
             }
         }
     }

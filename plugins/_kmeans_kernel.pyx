@@ -203,12 +203,9 @@ cdef extern from *:
         emc_v4 bv[2], bi[2];
         for (int r = 0; r < R; r++) { bv[r] = emc_set1(-HUGE_VAL); bi[r] = emc_set1(0.0); }
         for (Py_ssize_t kb = 0; kb < Kp; kb += 16) {
-            switch ((Kp - kb) >= 16 ? 4 : (int)((Kp - kb) / 4)) {
-            case 4: emc_score_block(x, d, R, c, mt + kb, Kp, off + kb, 4, (double)kb, bv, bi); break;
-            case 3: emc_score_block(x, d, R, c, mt + kb, Kp, off + kb, 3, (double)kb, bv, bi); break;
-            case 2: emc_score_block(x, d, R, c, mt + kb, Kp, off + kb, 2, (double)kb, bv, bi); break;
-            default: emc_score_block(x, d, R, c, mt + kb, Kp, off + kb, 1, (double)kb, bv, bi); break;
-            }
+    #define EMC_SCORES(NV) emc_score_block(x, d, R, c, mt + kb, Kp, off + kb, NV, (double)kb, bv, bi)
+            EMC_WITH_NV((Kp - kb) >= 16 ? 4 : (int)((Kp - kb) / 4), EMC_SCORES);
+    #undef EMC_SCORES
         }
         for (int r = 0; r < R; r++) {
             EMC_LANE_MAX(bv[r], bi[r], 2, 3, 0, 1);

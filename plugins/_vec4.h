@@ -47,6 +47,13 @@ static emc_v4 emc_mul_(emc_v4 a, emc_v4 b) { int i; for (i = 0; i < 4; i++) a.x[
 #define EMC_LANE(v, i) ((v).x[i])
 #endif
 #define EMC_FMA(acc, a, b) ((acc) = EMC_ADD(acc, EMC_MUL(a, b)))
+/* CALL(NV) with NV the constant 1..4 equal to nv: kernels written for a fixed
+   number of vectors in registers, chosen at run time */
+#define EMC_WITH_NV(nv, CALL) do { switch (nv) {                                 \
+        case 4: CALL(4); break;                                                   \
+        case 3: CALL(3); break;                                                   \
+        case 2: CALL(2); break;                                                   \
+        default: CALL(1); break; } } while (0)
 #define EMC_HSUM(v) ((EMC_LANE(v, 0) + EMC_LANE(v, 1)) + (EMC_LANE(v, 2) + EMC_LANE(v, 3)))
 
 #endif
