@@ -129,12 +129,19 @@ def test_expected_log_likelihood_from_statistics_equals_the_direct_sum(mixture, 
     stats = family.chunk_stats(X, q)
     # reference log-densities in long double (scipy's eigendecomposition route errs
     # kappa-linearly, more than what is checked here)
-    direct_terms = np.stack([_logpdf_extended(X, params["means"][j], covs[j])[0]
-                             .astype(np.float64) for j in range(k)], axis=1)
+    logpdf_quad = [_logpdf_extended(X, params["means"][j], covs[j]) for j in range(k)]
+    direct_terms = np.stack([lp.astype(np.float64) for lp, _ in logpdf_quad], axis=1)
     direct = math.fsum((q * direct_terms).ravel())
     got = family.expected_log_likelihood(stats, params)
     kappa = max(np.linalg.cond(c) for c in covs)
-    M = math.fsum(np.abs(q * direct_terms).ravel())
+    # M: the size of each log-density's parts (the constant, the log-determinant,
+    # the quadratic form), which is what rounds, not of their sum: the parts
+    # cancel when log N is near 0 (hypothesis found x at the mean with
+    # sigma^2 = 0.123: log N = -2e-4 from parts of size 1)
+    part_sizes = np.stack([0.5 * (d * np.log(2 * np.pi) + abs(np.linalg.slogdet(covs[j])[1])
+                                  + quad.astype(np.float64))
+                           for j, (_, quad) in enumerate(logpdf_quad)], axis=1)
+    M = math.fsum((q * part_sizes).ravel())
     tol = 4.0 * (n + 2 * d + 4) * (1.0 + np.sqrt(d * kappa)) * U * M
     assert abs(got - direct) <= tol
 
