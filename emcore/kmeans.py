@@ -46,8 +46,9 @@ class KMeans(BaseEstimator):
     """K-means clustering (Lloyd's algorithm) with scikit-learn's API.
 
     Each iteration is one pass of emcore's compiled chunk loop: the E-step assigns
-    every row to its nearest centre (distances through one DGEMM per chunk, on
-    data centred at the centres' mean), the statistics of each cluster are
+    every row to its nearest centre (distances through the GEMM identity on data
+    centred at the centres' mean, computed in registers by the k-means family's
+    kernel), the statistics of each cluster are
     accumulated by label from exact differences, and the M-step moves each centre
     to the mean of its rows. Threads never change the result.
 
