@@ -44,8 +44,7 @@ extensions = [
         extra_link_args=OPENMP_LINK,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
         # the compiled plugins include plugins/_vec4.h: rebuild them when it changes
-        depends=["plugins/_vec4.h"] if source.startswith(
-            ("plugins/_gaussian", "plugins/_kmeans", "plugins/_posterior")) else [],
+        depends=["plugins/_vec4.h"] if source.startswith("plugins/") else [],
     )
     for name, source in MODULES.items()
 ]

@@ -7,29 +7,34 @@ precision's Cholesky factor):
     log N(x | mu_k) = -d/2 log(2 pi) + sum_j log U_kj - 1/2 sum_j p_kj (x_j - mu_kj)^2
 
 with x_j - mu_kj formed first (no cancellation for offset data; never the
-expanded x^2 p - 2 x p mu + p mu^2). Rows go one at a time against the (d x K)
+expanded x^2 p - 2 x p mu + p mu^2). Rows go two at a time against the (d x K)
 tables of means and precisions, vectorised over the components.
 
 Statistics slot per component k: [W, c (d), r (d), s (d)], the per-feature
-moments about a reference point c (the chunk's weighted mean, as rounded):
+moments about a reference point c:
 
     W = sum_i w_ik,  r = sum_i w_ik (x_i - c),  s_j = sum_i w_ik (x_ij - c_j)^2
 
-the diagonal of the full kernel's statistics (same reference point, same
-residual, same exact re-shifting merge), so the M-step and the expected
-log-likelihood read them the same way. k x d numbers instead of k x d x d.
+the diagonal of the full kernel's statistics (same residual, same exact
+re-shifting merge), so the M-step and the expected log-likelihood read them the
+same way. k x d numbers instead of k x d x d. The reference point is this pass's
+mean of component k (one sweep over the chunk) when, for every component and
+feature, the chunk's weighted mean lies within one standard deviation of it: the
+variance's rounding error is then at most twice the two-sweep formula's
+(notes/gaussian_mixture.md section 5, remedy 2). Otherwise (means still moving,
+``chunk_stats`` with no means) the chunk is swept again twice, about its own
+weighted means, as the full kernel always does.
 
 Flops per row and component (benchmarks/bench_gaussian.py counts them): the
-log-density 4d (subtract, scale, multiply-add); the statistics 2d (weighted
-sum for c) + 4d (subtract, weight, residual, multiply-add).
+log-density 4d (subtract, scale, multiply-add); the statistics 5d (subtract,
+weight, residual, multiply-add), plus 2d (the weighted sum for the chunk's own
+reference point) and another 5d when the chunk is swept twice.
 
 The loops use GNU vector extensions (4 doubles) compiled twice with
 target_clones on x86-64 Linux (glibc) with GCC (AVX2/FMA at load time where the CPU has it,
 baseline x86-64 otherwise), with a plain-C fallback elsewhere. Every sum is
 taken in a fixed order: the same chunk gives the same bits on any thread.
 """
-from libc.string cimport memcpy
-
 from emcore.kernel cimport FamilyKernel
 
 import numpy as np
@@ -39,17 +44,11 @@ cdef extern from *:
     """
     #include "_vec4.h"   /* emc_v4 and its operations, EMC_CLONES (shared) */
 
-    #if defined(__GNUC__)
-    #define EMD_ALWAYS_INLINE __attribute__((always_inline)) static inline
-    #else
-    #define EMD_ALWAYS_INLINE static __inline
-    #endif
-
     /* R rows (1 or 2) against components k0..k0+4nv-1: acc[r][v] accumulates
        P (x_j - M)^2 over j in order, then base - acc / 2 goes to out (row i's
        K entries; only k < K stored). R and nv are constants at every call: two
        rows give the dependent multiply-add chains over j room to overlap. */
-    EMD_ALWAYS_INLINE void emd_log_density_block(
+    EMC_ALWAYS_INLINE void emd_log_density_block(
             const double* x, Py_ssize_t d, const int R, Py_ssize_t K, Py_ssize_t Kp,
             const double* M, const double* P, const double* base, Py_ssize_t k0,
             const int nv, double* acc_out, double* out)
@@ -93,13 +92,12 @@ cdef extern from *:
             const double* x = X + i * d;
             double* o = out + i * K;
             for (Py_ssize_t k0 = 0; k0 < Kp; k0 += 16) {
-                int nv = Kp - k0 >= 16 ? 4 : (int)((Kp - k0) / 4);
     #define EMD_LD2(NV) emd_log_density_block(x, d, 2, K, Kp, M, P, base, k0, NV, acc, o)
     #define EMD_LD1(NV) emd_log_density_block(x, d, 1, K, Kp, M, P, base, k0, NV, acc, o)
                 if (i + 1 < n)
-                    EMC_WITH_NV(nv, EMD_LD2);
+                    EMC_WITH_NV(Kp - k0, EMD_LD2);
                 else
-                    EMC_WITH_NV(nv, EMD_LD1);
+                    EMC_WITH_NV(Kp - k0, EMD_LD1);
     #undef EMD_LD2
     #undef EMD_LD1
             }
@@ -111,7 +109,7 @@ cdef extern from *:
     /* The moments of one block of nb rows for the components kb..kb+4nv-1:
        each table entry in a register for the whole block, each x_ij broadcast
        once for the nv vectors. nv and pass are constants at every call. */
-    EMD_ALWAYS_INLINE void emd_moments_block(
+    EMC_ALWAYS_INLINE void emd_moments_block(
             const double* x, Py_ssize_t nb, Py_ssize_t d, Py_ssize_t Kp,
             const double* wblk, const int pass, const double* C, double* T1,
             double* T2, Py_ssize_t kb, const int nv)
@@ -174,13 +172,12 @@ cdef extern from *:
                     for (k = 0; k < K; k++) T0[k] += wblk[r * Kp + k];
             const double* x = X + i0 * d;
             for (kb = 0; kb < Kp; kb += 16) {
-                int nv = Kp - kb >= 16 ? 4 : (int)((Kp - kb) / 4);
     #define EMD_SUMS(NV) emd_moments_block(x, nb, d, Kp, wblk, 1, C, T1, T2, kb, NV)
     #define EMD_MOMENTS(NV) emd_moments_block(x, nb, d, Kp, wblk, 2, C, T1, T2, kb, NV)
                 if (pass == 1)
-                    EMC_WITH_NV(nv, EMD_SUMS);
+                    EMC_WITH_NV(Kp - kb, EMD_SUMS);
                 else
-                    EMC_WITH_NV(nv, EMD_MOMENTS);
+                    EMC_WITH_NV(Kp - kb, EMD_MOMENTS);
     #undef EMD_SUMS
     #undef EMD_MOMENTS
             }
@@ -307,9 +304,8 @@ cdef class GaussianDiagKernel(FamilyKernel):
                 shift = R[j * Kp + k] / W
                 if not 2.0 * shift * shift <= S[j * Kp + k] / W:
                     settled = False
-        if settled:
-            memcpy(C, &self.mean_table[0, 0], d * Kp * sizeof(double))
-        else:
+        cdef const double* ref = &self.mean_table[0, 0]   # the reference points
+        if not settled:
             # the means moved (early iterations, or no means: chunk_stats): two
             # sweeps, about the chunk's weighted means
             for i in range(d * Kp):
@@ -322,13 +318,14 @@ cdef class GaussianDiagKernel(FamilyKernel):
                 for j in range(d):
                     C[j * Kp + k] = C[j * Kp + k] / W if W > 0.0 else 0.0
             emd_moments(X, n_rows, d, K, Kp, weights, 2, C, wrow, NULL, R, S)
+            ref = C
         for k in range(K):
             W = Wk[k]
             if W <= 0.0:
                 continue
             chunk[0] = W
             for j in range(d):
-                chunk[1 + j] = C[j * Kp + k]
+                chunk[1 + j] = ref[j * Kp + k]
                 chunk[1 + d + j] = R[j * Kp + k]
                 chunk[1 + 2 * d + j] = S[j * Kp + k]
             _merge_slot(d, stats + k * slot, chunk)

@@ -103,15 +103,13 @@ cdef extern from *:
     #if defined(__GNUC__)
     #define EMC_UNLIKELY(x) __builtin_expect(!!(x), 0)
     #define EMC_NOINLINE __attribute__((noinline))
-    #define EMC_ALWAYS_INLINE __attribute__((always_inline)) static inline
     #else
     #define EMC_UNLIKELY(x) (x)
     #define EMC_NOINLINE
-    #define EMC_ALWAYS_INLINE static __inline
     #endif
     /* out of line: the hot loop stays small (a new farthest row is rare) */
-    EMC_NOINLINE static void emc_new_farthest(double* slot, const double* x,
-                                                           double dist, Py_ssize_t d) {
+    EMC_NOINLINE static void emc_new_farthest(double* slot, const double* x, double dist,
+                                              Py_ssize_t d) {
         slot[2] = dist;
         memcpy(slot + 3 + 2 * d, x, (size_t)d * sizeof(double));
     }
@@ -204,7 +202,7 @@ cdef extern from *:
         for (int r = 0; r < R; r++) { bv[r] = emc_set1(-HUGE_VAL); bi[r] = emc_set1(0.0); }
         for (Py_ssize_t kb = 0; kb < Kp; kb += 16) {
     #define EMC_SCORES(NV) emc_score_block(x, d, R, c, mt + kb, Kp, off + kb, NV, (double)kb, bv, bi)
-            EMC_WITH_NV((Kp - kb) >= 16 ? 4 : (int)((Kp - kb) / 4), EMC_SCORES);
+            EMC_WITH_NV(Kp - kb, EMC_SCORES);
     #undef EMC_SCORES
         }
         for (int r = 0; r < R; r++) {

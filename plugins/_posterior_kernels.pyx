@@ -1,6 +1,6 @@
 # cython: language_level=3
 """Compiled posterior rules (first-party plugins)."""
-from libc.math cimport exp, log, fabs, isnan, isfinite, INFINITY
+from libc.math cimport fabs, isnan, isfinite, INFINITY
 
 from emcore.kernel cimport (PosteriorKernel, TOTAL_OBJECTIVE, TOTAL_EXPECTED_LOG_JOINT,
                             TOTAL_ENTROPY, TOTAL_MAGNITUDE)

@@ -47,13 +47,20 @@ static emc_v4 emc_mul_(emc_v4 a, emc_v4 b) { int i; for (i = 0; i < 4; i++) a.x[
 #define EMC_LANE(v, i) ((v).x[i])
 #endif
 #define EMC_FMA(acc, a, b) ((acc) = EMC_ADD(acc, EMC_MUL(a, b)))
-/* CALL(NV) with NV the constant 1..4 equal to nv: kernels written for a fixed
-   number of vectors in registers, chosen at run time */
-#define EMC_WITH_NV(nv, CALL) do { switch (nv) {                                 \
+/* CALL(NV), NV = the number of 4-double vectors (1..4, a constant) in the next
+   block of at most 16 of the `remaining` entries: kernels keep that many
+   vectors in registers; this picks the compiled width at run time */
+#define EMC_WITH_NV(remaining, CALL) do { switch ((remaining) >= 16 ? 4 : (int)((remaining) / 4)) { \
         case 4: CALL(4); break;                                                   \
         case 3: CALL(3); break;                                                   \
         case 2: CALL(2); break;                                                   \
         default: CALL(1); break; } } while (0)
+/* small helpers the kernels want inlined whatever the compiler's heuristics */
+#if defined(__GNUC__)
+#define EMC_ALWAYS_INLINE __attribute__((always_inline)) static inline
+#else
+#define EMC_ALWAYS_INLINE static __inline
+#endif
 #define EMC_HSUM(v) ((EMC_LANE(v, 0) + EMC_LANE(v, 1)) + (EMC_LANE(v, 2) + EMC_LANE(v, 3)))
 
 #endif
