@@ -31,7 +31,11 @@ the posterior's exp/log and the O(k d^3) M-step excluded), per row and component
            stats:  2d (weighted sum for the reference c) + 3d (x - c, weighting,
                    residual) + d(d+1) (upper triangle of S, 2 flops per entry)
                                                                      = d(d+1) + 5d
-    diag   E-step: 4d (x - mu, times p, multiply-add);  stats: 2d + 5d
+    diag   E-step: 4d (x - mu, times p, multiply-add);  stats: 5d (x - c, weighting,
+                   residual, multiply-add) about the pass's means, the one sweep of
+                   a chunk whose means have settled; a chunk still moving adds
+                   2d + 5d (two sweeps about its own mean), not counted: the
+                   rate is a lower bound in early iterations
 
 over the whole measured time per iteration (E-step, posterior, statistics,
 M-step), and is compared with the measured DGEMM rate of the tall-skinny
@@ -135,7 +139,7 @@ def em_flops(n: int, d: int, k: int, covariance: str) -> float:
     """Flops emcore's kernels execute in one E-step + statistics pass (see the top)."""
     if covariance == "full":
         return float(n) * k * (2.0 * d * (d + 1) + 8.0 * d)
-    return float(n) * k * 11.0 * d
+    return float(n) * k * 9.0 * d
 
 
 def start_for(start, covariance: str):
