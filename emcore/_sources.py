@@ -15,7 +15,8 @@ the grouping of chunks into summation blocks differs. Consequences:
   in-memory result (the same call on the same array);
 - otherwise the blocks' statistics are merged by the family's ``merge_stats``
   (for the first-party families, their kernel's merge) in another grouping; the
-  totals are the same terms summed in another order: the difference is bounded by 2 * depth * u * M, with M the pass's rounding
+  totals are the same terms summed in another order: the difference is bounded
+  by 2 * depth * u * M, with M the pass's rounding
   magnitude (``PassResult.magnitude``), u = 2^-53 and depth the summation depth
   (:meth:`ChunkedSource.summation_depth`), which ``run_em`` then uses in its
   chain tolerances.
