@@ -26,6 +26,24 @@ from emcore.registry import get_registry
 
 INIT_PARAMS = ("k-means++", "random", "random_from_data")
 
+# sum(weights_) may differ from 1 by this much: the contract of ``weights_init``
+# (probabilities as a user types them, e.g. to six decimals), not a rounding bound
+_WEIGHTS_SUM_TOL = 1e-6
+
+
+def _check_weights(weights: Any, name: str, owner: str) -> np.ndarray:
+    """Mixture weights as a float64 1-D array of non-negative numbers summing to 1
+    (within ``_WEIGHTS_SUM_TOL``), or a ValueError naming ``name``."""
+    prefix = (f"The {name!r} {'attribute' if name.endswith('_') else 'parameter'} of "
+              f"{owner} must be a 1-D array of non-negative numbers summing to 1")
+    w = v.as_float_array(weights, prefix)
+    if w.ndim != 1 or w.shape[0] == 0:
+        raise ValueError(f"{prefix}. Got an array of shape {w.shape} instead.")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or \
+            not abs(float(np.sum(w)) - 1.0) <= _WEIGHTS_SUM_TOL:
+        raise ValueError(f"{prefix}. Got {w!r} (sum {float(np.sum(w))!r}) instead.")
+    return w
+
 
 class _MixtureBase(BaseEstimator):
     """Base of the mixture estimators. Not public."""
@@ -82,12 +100,27 @@ class _MixtureBase(BaseEstimator):
         # scores are the model's log-likelihood whatever rule fitted it
         return get_registry().posterior_rule("soft").factory()
 
+    # --- the fitted model: read from the public fitted attributes -----------------
+    def _fitted_model(self, owner: Optional[str] = None) -> tuple:
+        """(family, weights, params) of the model the fitted attributes describe,
+        validated (a ValueError names the attribute); NotFittedError before fit.
+
+        Everything that uses the fitted model (predictions, scores, sampling,
+        information criteria, warm starts) reads it here, so an edited fitted
+        attribute is the model, and the constructor parameters (set_params after
+        fit) are not: the family's kind is frozen at fit."""
+        raise NotImplementedError
+
     def _fitted_family(self):
-        # the fitted state, not the current parameters (set_params after fit)
-        return self._family(self.n_features_in_, self.weights_.shape[0])
+        return self._fitted_model()[0]
 
     def _params(self) -> dict:
-        return self._fitted_params
+        return self._fitted_model()[2]
+
+    def _checked_weights(self, owner: str, name: str = "weights_") -> np.ndarray:
+        """The fitted mixture weights: a 1-D array of non-negative numbers summing to 1."""
+        self._check_fitted("weights_")
+        return _check_weights(self.weights_, name, owner)
 
     @property
     def _owner(self) -> str:
@@ -152,7 +185,8 @@ class _MixtureBase(BaseEstimator):
         """Run EM from ``n_init`` starts (one if warm) and keep the best objective."""
         def start():
             if warm:
-                return self.weights_, self._params()
+                _, weights, params = self._fitted_model(f"{self._owner}.fit")
+                return weights, params
             return self._initial_parameters(X, family, rng, sample_weight)
 
         def run(weights, params):
@@ -169,7 +203,7 @@ class _MixtureBase(BaseEstimator):
         return best
 
     def _set_fitted(self, result: FitResult, n_features: int) -> None:
-        self._fitted_params = result.params
+        # the subclass stores the family's parameters (result.params)
         self.weights_ = result.weights
         self.converged_ = result.converged
         self.stop_reason_ = result.stop_reason
@@ -184,12 +218,13 @@ class _MixtureBase(BaseEstimator):
 
         With the default ``rule`` (the soft rule) the row values are log p(x_i).
         """
-        self._check_fitted("weights_")
-        X = v.check_data(X, owner=f"{self._owner}.{method}", n_features=self.n_features_in_)
-        out_log_resp = np.empty((X.shape[0], self.weights_.shape[0])) if log_resp else None
+        owner = f"{self._owner}.{method}"
+        family, weights, params = self._fitted_model(owner)
+        X = v.check_data(X, owner=owner, n_features=family.n_features)
+        out_log_resp = np.empty((X.shape[0], weights.shape[0])) if log_resp else None
         row_value = np.empty(X.shape[0])
-        data_pass(X, self._fitted_family(), rule or self._likelihood_rule(), self.weights_,
-                  self._params(), n_jobs=self.n_jobs, with_stats=False,
+        data_pass(X, family, rule or self._likelihood_rule(), weights,
+                  params, n_jobs=self.n_jobs, with_stats=False,
                   out_log_resp=out_log_resp, out_row_value=row_value,
                   chunk_rows=chunk_rows_for(X.shape[1]))
         return row_value, out_log_resp
@@ -199,9 +234,11 @@ class _MixtureBase(BaseEstimator):
         needs all rows (constraints), which has no meaning for new data: the model's
         posterior there (``predict_proba(X, constrained=True)`` gives the q*)."""
         self._check_fitted("weights_")
-        if self._fitted_rule.needs_all_rows:
+        # a model built from its parameters (no fit) has the exact posterior
+        rule = getattr(self, "_fitted_rule", None)
+        if rule is None or rule.needs_all_rows:
             return self._likelihood_rule()
-        return self._fitted_rule
+        return rule
 
     def _constrained_proba(self, X: Any) -> np.ndarray:
         """q* of the rows of X under the fitted constraints, at the fitted parameters."""
@@ -254,17 +291,19 @@ class _MixtureBase(BaseEstimator):
 
     def sample(self, n_samples: int = 1):
         """Draw samples; returns (X, y) with y the component of each row."""
-        self._check_fitted("weights_")
+        family, weights, params = self._fitted_model(f"{self._owner}.sample")
         n_samples = v.check_int(n_samples, "n_samples", f"{self._owner}.sample", low=1)
         rng = v.check_random_state(self.random_state, self._owner)
-        counts = rng.multinomial(n_samples, self.weights_)
-        X = self._fitted_family().sample(self._params(), counts, rng)
-        y = np.repeat(np.arange(self.weights_.shape[0]), counts)
+        # weights summing to 1 within the tolerance _check_weights allows
+        counts = rng.multinomial(n_samples, weights / weights.sum())
+        X = family.sample(params, counts, rng)
+        y = np.repeat(np.arange(weights.shape[0]), counts)
         return X, y
 
     def _n_parameters(self) -> int:
-        free_weights = 0 if self._fitted_family().fixed_weights else self.weights_.shape[0] - 1
-        return self._fitted_family().n_parameters() + free_weights
+        family, weights, _ = self._fitted_model()
+        free_weights = 0 if family.fixed_weights else weights.shape[0] - 1
+        return family.n_parameters() + free_weights
 
     def _weighted_loglik(self, X: Any, method: str, sample_weight: Any):
         row_loglik = self._evaluate(X, method)[0]

@@ -131,6 +131,21 @@ def check_data(X: Any, *, name: str = "X", owner: str = "",
     return arr
 
 
+def as_float_array(value: Any, prefix: str) -> np.ndarray:
+    """``value`` as a float64 array, or a ValueError starting with ``prefix``."""
+    if isinstance(value, (str, bytes)) or value is None:
+        raise ValueError(f"{prefix}. Got {value!r} instead.")
+    try:
+        arr = np.asarray(value)
+        if np.iscomplexobj(arr) or not (np.issubdtype(arr.dtype, np.number)
+                                        or arr.dtype in (np.bool_, object)):
+            raise TypeError(f"dtype {arr.dtype}")
+        return np.array(arr, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{prefix}. Got {value!r}, which is not an array of numbers "
+                         f"({exc}), instead.") from None
+
+
 def check_int(value: Any, name: str, owner: str, *, low: Optional[int] = None,
               allow_none: bool = False) -> Optional[int]:
     """Return value as int, checking its type and lower bound."""

@@ -6,10 +6,13 @@ from typing import Any, Optional
 
 import numpy as np
 
+import scipy.linalg
+
 from emcore import _validation as v
-from emcore._mixture import _MixtureBase
+from emcore._mixture import _MixtureBase, _check_weights
 from emcore.constraints import Constraints
 from emcore.engine import FitResult
+from emcore.exceptions import DegenerateComponentError
 from emcore.plugin_api import PosteriorRule
 from emcore.priors import GaussianPrior, ResolvedGaussianPrior
 from emcore.registry import get_registry
@@ -46,6 +49,138 @@ def _expand(compact: np.ndarray, covariance_type: str, k: int, d: int) -> np.nda
     if covariance_type == "diag":
         return compact[:, :, None] * np.eye(d)
     return compact[:, None, None] * np.eye(d)
+
+
+# The three representations of the covariances (scikit-learn's fitted attributes):
+# each is computed from whichever was last assigned, so they always agree.
+_REPRESENTATIONS = ("covariances_", "precisions_", "precisions_cholesky_")
+_WHAT = {
+    "covariances_": {"full": "symmetric positive definite matrices",
+                     "tied": "a symmetric positive definite matrix",
+                     "diag": "positive variances", "spherical": "positive variances"},
+    "precisions_": {"full": "symmetric positive definite matrices",
+                    "tied": "a symmetric positive definite matrix",
+                    "diag": "positive precisions", "spherical": "positive precisions"},
+    "precisions_cholesky_": {
+        "full": "upper-triangular matrices with a positive diagonal",
+        "tied": "an upper-triangular matrix with a positive diagonal",
+        "diag": "positive inverse standard deviations",
+        "spherical": "positive inverse standard deviations"},
+}
+
+
+_SHAPE_NAMES = {"full": "(n_components, n_features, n_features)",
+                "tied": "(n_features, n_features)", "diag": "(n_components, n_features)",
+                "spherical": "(n_components,)"}
+
+
+def _kind(name: str) -> str:
+    return "attribute" if name.endswith("_") else "parameter"
+
+
+def _representations(value: Any, name: str, representation: str, covariance_type: str,
+                     owner: str) -> tuple:
+    """(covariances, precisions, precisions_cholesky) in scikit-learn's shapes for
+    the type, from ``value`` given as ``representation`` (one of _REPRESENTATIONS),
+    or a ValueError naming ``name``.
+
+    Matrices must be symmetric (to the tolerance ``precisions_init`` has always had,
+    numpy's allclose; they are then symmetrised) and numerically positive definite
+    (the Gaussian family's criterion: condition number below 1 / (d eps)); a
+    Cholesky factor upper triangular with a positive diagonal, as scikit-learn's.
+    """
+    t = covariance_type
+    prefix = (f"The {name!r} {_kind(name)} of {owner} must be a finite array of "
+              f"{_WHAT[representation][t]} for covariance_type={t!r}, of shape "
+              f"{_SHAPE_NAMES[t]}")
+    arr = v.as_float_array(value, prefix)
+    ndim = {"full": 3, "tied": 2, "diag": 2, "spherical": 1}[t]
+    if arr.ndim != ndim or 0 in arr.shape or (t in ("full", "tied")
+                                               and arr.shape[-1] != arr.shape[-2]):
+        raise ValueError(f"{prefix}. Got an array of shape {arr.shape} instead.")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{prefix}. Got non-finite entries instead.")
+    if t in ("diag", "spherical"):
+        if np.any(arr <= 0):
+            raise ValueError(f"{prefix}. Got an entry {float(arr.min())!r} <= 0 instead.")
+        with np.errstate(over="ignore", divide="ignore", under="ignore"):
+            if representation == "covariances_":
+                out = (arr, 1.0 / arr, 1.0 / np.sqrt(arr))
+            elif representation == "precisions_":
+                out = (1.0 / arr, arr, np.sqrt(arr))
+            else:
+                out = (1.0 / (arr * arr), arr * arr, arr)
+        if not all(np.all(np.isfinite(a) & (a > 0)) for a in out):
+            raise ValueError(f"{prefix}. Got entries whose reciprocals or squares over- "
+                             "or underflow in float64 instead.")
+        return tuple(a.copy() for a in out)
+    mats = arr if t == "full" else arr[None]
+    if representation == "precisions_cholesky_":
+        if np.any(np.tril(mats, -1) != 0) or \
+                not np.all(np.diagonal(mats, axis1=1, axis2=2) > 0):
+            raise ValueError(f"{prefix}. Got a matrix that is not upper triangular with "
+                             "a positive diagonal instead.")
+    elif not np.allclose(mats, np.swapaxes(mats, 1, 2)):
+        raise ValueError(f"{prefix}. Got a matrix that is not symmetric instead.")
+    else:
+        mats = 0.5 * (mats + np.swapaxes(mats, 1, 2))
+    k, d = mats.shape[0], mats.shape[1]
+    family = get_registry().family("gaussian").factory(k, d, covariance_type="full")
+    zeros = np.zeros((k, d))
+    eye = np.eye(d)
+    try:
+        if representation == "covariances_":
+            params = family.params_from_covariances(zeros, mats)
+        elif representation == "precisions_":
+            params = family.params_from_precisions(zeros, mats)
+        else:
+            inv = np.array([scipy.linalg.solve_triangular(U, eye, lower=False)
+                            for U in mats])
+            cov = np.swapaxes(inv, 1, 2) @ inv              # (U U^T)^-1 = U^-T U^-1
+            cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+            # the check of positive definiteness; U itself stays as given
+            params = dict(family.params_from_covariances(zeros, cov),
+                          precisions_cholesky=mats)
+    except DegenerateComponentError as exc:
+        raise ValueError(f"{prefix}. Got matrix {exc.component} that is not numerically "
+                         "positive definite (condition number >= 1 / (n_features eps)) "
+                         "instead.") from None
+    U = params["precisions_cholesky"]
+    prec = mats if representation == "precisions_" else U @ np.swapaxes(U, 1, 2)
+    out = (params["covariances"], prec, U)
+    return tuple(a.copy() if t == "full" else a[0].copy() for a in out)
+
+
+def _check_means(means: Any, k: int, name: str, owner: str) -> np.ndarray:
+    prefix = (f"The {name!r} {_kind(name)} of {owner} must be a finite array of shape "
+              f"(n_components, n_features) with n_components={k} (the length of the "
+              "weights)")
+    m = v.as_float_array(means, prefix)
+    if m.ndim != 2 or m.shape[0] != k or m.shape[1] == 0:
+        raise ValueError(f"{prefix}. Got an array of shape {m.shape} instead.")
+    if not np.all(np.isfinite(m)):
+        raise ValueError(f"{prefix}. Got non-finite entries instead.")
+    return m
+
+
+def _representation_property(name: str) -> property:
+    key = "_" + name.rstrip("_")
+
+    def fget(self):
+        try:
+            value = self.__dict__[key]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute "
+                                 f"{name!r} (not fitted)") from None
+        view = value.view()
+        view.flags.writeable = False        # assign a whole array to change the model
+        return view
+
+    def fset(self, value):
+        self._set_representation(name, value)
+
+    return property(fget, fset, doc=f"Fitted ``{name}`` (assigning it updates the "
+                                    "other two representations of the covariances).")
 
 
 class GaussianMixture(_MixtureBase):
@@ -146,6 +281,24 @@ class GaussianMixture(_MixtureBase):
     n_features_in_ : int
     prior_ : emcore.priors.ResolvedGaussianPrior or None
         The prior with its defaults filled in from the training data.
+
+    Notes
+    -----
+    The fitted attributes are the model. Predictions, scores, ``sample``,
+    ``bic``/``aic`` and a warm start read ``weights_``, ``means_`` and
+    ``precisions_cholesky_`` (as scikit-learn's predictions do; ``sample`` reads
+    ``covariances_``) each time, validated (a ValueError names the attribute), so
+    assigning them, or editing ``weights_``/``means_`` in place, changes the
+    model. The three forms of the covariances always agree: assigning any of
+    ``covariances_``, ``precisions_`` or ``precisions_cholesky_`` checks it
+    (shape for the covariance type, symmetric, numerically positive definite;
+    a Cholesky factor upper triangular with a positive diagonal) and recomputes
+    the other two; they read as read-only arrays (assign a whole array to change
+    them). The covariance type and the posterior rule are frozen at fit (or, for
+    an unfitted estimator, at the first assignment of a covariance attribute):
+    ``set_params`` after fit changes what the next ``fit`` does, never what the
+    fitted model predicts. :meth:`from_parameters` builds a model from given
+    parameters without data.
     """
 
     def __init__(self, n_components: int = 1, *, covariance_type: str = "full",
@@ -194,6 +347,96 @@ class GaussianMixture(_MixtureBase):
 
     def _fit_rule(self):
         return self._resolve_rule(self.posterior)
+
+    # --- the fitted model: its public attributes ------------------------------------
+    covariances_ = _representation_property("covariances_")
+    precisions_ = _representation_property("precisions_")
+    precisions_cholesky_ = _representation_property("precisions_cholesky_")
+
+    def _model_covariance_type(self) -> str:
+        """The covariance type of the fitted attributes: frozen at fit (or at the
+        first assignment of a covariance attribute of an unfitted estimator)."""
+        t = self.__dict__.get("_fitted_covariance_type")
+        if t is None:
+            t = v.check_choice(self.covariance_type, "covariance_type", "GaussianMixture",
+                               _COVARIANCE_TYPES)
+            self._fitted_covariance_type = t
+        return t
+
+    def _set_representation(self, representation: str, value: Any,
+                            name: Optional[str] = None, owner: str = "GaussianMixture"
+                            ) -> None:
+        cov, prec, U = _representations(value, name or representation, representation,
+                                        self._model_covariance_type(), owner)
+        self.__dict__.update(_covariances=cov, _precisions=prec, _precisions_cholesky=U)
+
+    def _fitted_model(self, owner: Optional[str] = None) -> tuple:
+        owner = owner or "GaussianMixture"
+        weights = self._checked_weights(owner)
+        self._check_fitted("means_")
+        self._check_fitted("covariances_")
+        k = weights.shape[0]
+        means = _check_means(self.means_, k, "means_", owner)
+        d = means.shape[1]
+        n_in = getattr(self, "n_features_in_", None)
+        if n_in is not None and n_in != d:
+            raise ValueError(f"The 'means_' attribute of {owner} must have n_features_in_="
+                             f"{n_in} columns. Got shape {means.shape} instead (set "
+                             "n_features_in_ too when the model changes dimension).")
+        t = self._fitted_covariance_type
+        shape = _parameter_shape(t, k, d)
+        if self._covariances.shape != shape:
+            raise ValueError(f"The 'covariances_' attribute of {owner} must have shape "
+                             f"{shape} for covariance_type={t!r} with weights_ of {k} "
+                             f"components and means_ of {d} features. Got shape "
+                             f"{self._covariances.shape} instead.")
+        params = {"means": means, "covariances": _expand(self._covariances, t, k, d),
+                  "precisions_cholesky": _expand(self._precisions_cholesky, t, k, d)}
+        family = get_registry().family("gaussian").factory(k, d, covariance_type=t)
+        return family, weights, params
+
+    @classmethod
+    def from_parameters(cls, weights: Any, means: Any, covariances: Any, *,
+                        covariance_type: str = "full", **params: Any) -> "GaussianMixture":
+        """A GaussianMixture whose fitted model is the given one, without data.
+
+        Parameters
+        ----------
+        weights : array of shape (n_components,)
+            Mixture weights, non-negative, summing to 1.
+        means : array of shape (n_components, n_features)
+        covariances : array
+            In scikit-learn's shape for ``covariance_type`` (see ``covariances_``).
+        covariance_type : {'full', 'tied', 'diag', 'spherical'}, default 'full'
+        **params
+            Other constructor parameters (``random_state`` seeds :meth:`sample`).
+
+        Returns
+        -------
+        GaussianMixture
+            With ``weights_``, ``means_``, ``covariances_``, ``precisions_``,
+            ``precisions_cholesky_``, ``n_features_in_`` and ``prior_`` (None) set,
+            and ``n_components`` and ``covariance_type`` as given; it predicts,
+            scores and samples, and ``fit`` with ``warm_start=True`` starts from it.
+            Attributes that describe a fit (``converged_``, ``n_iter_``,
+            ``lower_bound_``, ``history_``) are absent.
+        """
+        owner = "GaussianMixture.from_parameters"
+        t = v.check_choice(covariance_type, "covariance_type", owner, _COVARIANCE_TYPES)
+        w = _check_weights(weights, "weights", owner)
+        m = _check_means(means, w.shape[0], "means", owner)
+        model = cls(w.shape[0], covariance_type=t, **params)
+        model._fitted_covariance_type = t
+        model._set_representation("covariances_", covariances, "covariances", owner)
+        shape = _parameter_shape(t, *m.shape)
+        if model._covariances.shape != shape:
+            raise ValueError(f"The 'covariances' parameter of {owner} must have shape "
+                             f"{shape} for covariance_type={t!r} with {m.shape[0]} "
+                             f"components in {m.shape[1]} features. Got shape "
+                             f"{model._covariances.shape} instead.")
+        model.weights_, model.means_, model.n_features_in_ = w, m, m.shape[1]
+        model.prior_ = None
+        return model
 
     def _check_parameters(self, X: np.ndarray) -> None:
         owner = "GaussianMixture"
@@ -285,9 +528,13 @@ class GaussianMixture(_MixtureBase):
         prior = self._resolved_prior(X, sample_weight)
         family = self._family(X.shape[1], prior=prior)
         rng = v.check_random_state(self.random_state, "GaussianMixture")
-        warm = (bool(self.warm_start) and hasattr(self, "weights_")
-                and self.n_features_in_ == X.shape[1]
-                and self.weights_.shape[0] == self.n_components)
+        warm = bool(self.warm_start) and hasattr(self, "weights_")
+        if warm:
+            # a different n_components or covariance_type asks for a new model
+            fitted = self._fitted_model("GaussianMixture.fit")[0]
+            warm = (fitted.n_features == X.shape[1]
+                    and fitted.n_components == self.n_components
+                    and self._fitted_covariance_type == self.covariance_type)
         rule = self._fit_rule()
         best = self._run_starts(X, family, rule, sample_weight, rng, warm=warm,
                                 weight_concentration=(None if prior is None
@@ -301,13 +548,14 @@ class GaussianMixture(_MixtureBase):
     def _set_fitted(self, result: FitResult, n_features: int) -> None:
         # the family keeps full (k, d, d) arrays for every type; users see
         # scikit-learn's shapes per covariance_type
+        # (the family's own output: stored as is, not re-derived)
         super()._set_fitted(result, n_features)
-        t = self.covariance_type
+        t = self._fitted_covariance_type = self.covariance_type
         U = result.params["precisions_cholesky"]
         self.means_ = result.params["means"]
-        self.covariances_ = _compact(result.params["covariances"], t)
-        self.precisions_cholesky_ = _compact(U, t)
-        self.precisions_ = _compact(U @ np.swapaxes(U, 1, 2), t)
+        self.__dict__.update(_covariances=_compact(result.params["covariances"], t),
+                             _precisions_cholesky=_compact(U, t),
+                             _precisions=_compact(U @ np.swapaxes(U, 1, 2), t))
 
     # --- online EM ------------------------------------------------------------------
     def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None

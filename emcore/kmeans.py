@@ -42,6 +42,19 @@ def _mean_feature_variance(X: np.ndarray) -> float:
     return float(np.mean(np.maximum(s2 - s1 * s1 / n, 0.0) / n))
 
 
+def _check_centres(centres: Any, name: str, owner: str) -> np.ndarray:
+    """Cluster centres as a finite float64 (n_clusters, n_features) array, or a
+    ValueError naming ``name``."""
+    prefix = (f"The {name!r} {'attribute' if name.endswith('_') else 'parameter'} of "
+              f"{owner} must be a finite array of shape (n_clusters, n_features)")
+    arr = v.as_float_array(centres, prefix)
+    if arr.ndim != 2 or 0 in arr.shape:
+        raise ValueError(f"{prefix}. Got an array of shape {arr.shape} instead.")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{prefix}. Got non-finite entries instead.")
+    return arr
+
+
 class KMeans(BaseEstimator):
     """K-means clustering (Lloyd's algorithm) with scikit-learn's API.
 
@@ -79,6 +92,9 @@ class KMeans(BaseEstimator):
     Attributes
     ----------
     cluster_centers_ : ndarray (n_clusters, n_features)
+        The model: ``predict``, ``transform`` and ``score`` read it each time
+        (validated), so assigning or editing it changes them; ``set_params``
+        after fit does not. :meth:`from_parameters` builds a model without data.
     labels_ : ndarray (n_samples,)
         The nearest centre of each training row (ties: the lowest index).
     inertia_ : float
@@ -206,7 +222,6 @@ class KMeans(BaseEstimator):
             warnings.warn(f"KMeans stopped after max_iter={self.max_iter} iterations before "
                           "the centres settled; increase max_iter or tol.",
                           ConvergenceWarning, stacklevel=2)
-        self._family_ = family
         self.cluster_centers_ = best.params["means"]
         self.inertia_ = float(np.sum(best.stats.scatter))
         self.n_iter_ = best.n_iter
@@ -214,30 +229,64 @@ class KMeans(BaseEstimator):
         self.converged_ = best.converged
         self.history_ = best.history
         self.n_features_in_ = X.shape[1]
-        self.labels_ = self._labels(X)
+        self.labels_ = self._labels(X, self.cluster_centers_)
         return self
 
+    @classmethod
+    def from_parameters(cls, cluster_centers: Any, **params: Any) -> "KMeans":
+        """A KMeans whose fitted model is the given centres, without data.
+
+        Parameters
+        ----------
+        cluster_centers : array of shape (n_clusters, n_features)
+        **params
+            Other constructor parameters.
+
+        Returns
+        -------
+        KMeans
+            With ``cluster_centers_`` and ``n_features_in_`` set and ``n_clusters``
+            as given: it predicts, transforms and scores. ``labels_``,
+            ``inertia_`` and the other attributes of a fit are absent.
+        """
+        centres = _check_centres(cluster_centers, "cluster_centers",
+                                 "KMeans.from_parameters")
+        model = cls(centres.shape[0], **params)
+        model.cluster_centers_, model.n_features_in_ = centres, centres.shape[1]
+        return model
+
     # --- using the fitted model -----------------------------------------------------
-    def _pass(self, X: np.ndarray, *, labels: Optional[np.ndarray] = None,
+    def _pass(self, X: np.ndarray, centres: np.ndarray, *,
+              labels: Optional[np.ndarray] = None,
               sample_weight: Optional[np.ndarray] = None, with_stats: bool = False):
-        k = self.cluster_centers_.shape[0]
-        return data_pass(X, self._family_, self._rule(), np.full(k, 1.0 / k),
-                         {"means": self.cluster_centers_}, n_jobs=self.n_jobs,
+        k, d = centres.shape
+        return data_pass(X, self._family(k, d), self._rule(), np.full(k, 1.0 / k),
+                         {"means": centres}, n_jobs=self.n_jobs,
                          with_stats=with_stats, sample_weight=sample_weight,
                          out_labels=labels, chunk_rows=chunk_rows_for(X.shape[1]))
 
-    def _labels(self, X: np.ndarray) -> np.ndarray:
+    def _labels(self, X: np.ndarray, centres: np.ndarray) -> np.ndarray:
         labels = np.empty(X.shape[0], dtype=np.intp)
-        self._pass(X, labels=labels)
+        self._pass(X, centres, labels=labels)
         return labels
 
-    def _checked(self, X: Any, method: str) -> np.ndarray:
+    def _checked(self, X: Any, method: str) -> tuple:
+        """(X, centres): the fitted model is ``cluster_centers_`` as it is now
+        (validated), so editing it changes the predictions."""
+        owner = f"KMeans.{method}"
         self._check_fitted("cluster_centers_")
-        return v.check_data(X, owner=f"KMeans.{method}", n_features=self.n_features_in_)
+        centres = _check_centres(self.cluster_centers_, "cluster_centers_", owner)
+        n_in = getattr(self, "n_features_in_", None)
+        if n_in is not None and n_in != centres.shape[1]:
+            raise ValueError(f"The 'cluster_centers_' attribute of {owner} must have "
+                             f"n_features_in_={n_in} columns. Got shape {centres.shape} "
+                             "instead (set n_features_in_ too when the model changes "
+                             "dimension).")
+        return v.check_data(X, owner=owner, n_features=centres.shape[1]), centres
 
     def predict(self, X: Any) -> np.ndarray:
         """Index of the nearest centre of each row (ties: the lowest index)."""
-        return self._labels(self._checked(X, "predict"))
+        return self._labels(*self._checked(X, "predict"))
 
     def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:
         """Fit, then return ``labels_``."""
@@ -248,12 +297,12 @@ class KMeans(BaseEstimator):
 
         Computed on differences, chunk by chunk (no cancellation).
         """
-        X = self._checked(X, "transform")
-        out = np.empty((X.shape[0], self.cluster_centers_.shape[0]))
+        X, centres = self._checked(X, "transform")
+        out = np.empty((X.shape[0], centres.shape[0]))
         chunk = chunk_rows_for(X.shape[1])
         for start in range(0, X.shape[0], chunk):
             out[start:start + chunk] = np.sqrt(
-                sq_distances(X[start:start + chunk], self.cluster_centers_))
+                sq_distances(X[start:start + chunk], centres))
         return out
 
     def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:
@@ -262,9 +311,10 @@ class KMeans(BaseEstimator):
 
     def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
         """Minus the inertia of X at the fitted centres (scikit-learn's sign)."""
-        X = self._checked(X, "score")
+        X, centres = self._checked(X, "score")
         w = v.check_sample_weight(sample_weight, X.shape[0], owner="KMeans.score")
-        return -float(np.sum(self._pass(X, sample_weight=w, with_stats=True).stats.scatter))
+        return -float(np.sum(self._pass(X, centres, sample_weight=w,
+                                        with_stats=True).stats.scatter))
 
     def __sklearn_tags__(self):
         """scikit-learn's tags for a clusterer/transformer."""

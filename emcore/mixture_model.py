@@ -7,13 +7,33 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 
 from emcore import _validation as v
-from emcore._mixture import _MixtureBase
+from emcore._mixture import _MixtureBase, _check_weights
 from emcore.constraints import Constraints
 from emcore.engine import FitResult
 from emcore.plugin_api import PosteriorRule
 from emcore.registry import get_registry
 
 __all__ = ["MixtureModel"]
+
+
+def _check_family_params(params: Any, k: int, name: str, owner: str) -> dict:
+    """A family's parameters as a dict of finite float64 arrays whose first axis is
+    the component (the plugin API's contract for parameters), or a ValueError."""
+    prefix = (f"The {name!r} {'attribute' if name.endswith('_') else 'parameter'} of "
+              f"{owner} must be a mapping of names (str) to finite arrays whose first "
+              f"axis has n_components={k} entries")
+    if not isinstance(params, Mapping) or not params or \
+            not all(isinstance(key, str) for key in params):
+        raise ValueError(f"{prefix}. Got {params!r} instead.")
+    out = {}
+    for key, value in params.items():
+        arr = v.as_float_array(value, f"{prefix} ({key!r})")
+        if arr.ndim == 0 or arr.shape[0] != k or not np.all(np.isfinite(arr)):
+            raise ValueError(f"{prefix}. Got {key!r} of shape {arr.shape}"
+                             f"{'' if np.all(np.isfinite(arr)) else ' with non-finite entries'}"
+                             " instead.")
+        out[key] = arr
+    return out
 
 
 class MixtureModel(_MixtureBase):
@@ -62,9 +82,13 @@ class MixtureModel(_MixtureBase):
     ----------
     weights_ : ndarray (n_components,)
     params_ : dict of ndarray
-        The family's parameters (keys chosen by the family).
+        The family's parameters (keys chosen by the family). With ``weights_``
+        and ``family_`` this is the model: predictions read them each time
+        (validated: finite arrays whose first axis is the component), so
+        assigning or editing them changes the model; ``set_params`` after fit
+        does not. :meth:`from_parameters` builds a model without data.
     family_ : emcore.plugin_api.Family
-        The fitted family object.
+        The fitted family object (frozen at fit).
     objective_ : float
         The rule's objective at the fitted parameters (log-likelihood for 'soft',
         classification log-likelihood for 'hard'), plus the log prior if any.
@@ -108,8 +132,52 @@ class MixtureModel(_MixtureBase):
             raise ValueError(f"The 'family_options' parameter of MixtureModel does not fit "
                              f"family {self.family!r}: {exc}") from None
 
-    def _fitted_family(self):
-        return self.family_
+    def _fitted_model(self, owner: Optional[str] = None) -> tuple:
+        owner = owner or "MixtureModel"
+        weights = self._checked_weights(owner)
+        self._check_fitted("params_")
+        self._check_fitted("family_")
+        family = self.family_
+        k = weights.shape[0]
+        if family.n_components != k:
+            raise ValueError(f"The 'weights_' attribute of {owner} must have "
+                             f"{family.n_components} entries, the components of family_. "
+                             f"Got {k} instead.")
+        return family, weights, _check_family_params(self.params_, k, "params_", owner)
+
+    @classmethod
+    def from_parameters(cls, weights: Any, params: Mapping[str, Any], *, n_features: int,
+                        family: str = "gaussian",
+                        family_options: Optional[Mapping[str, Any]] = None,
+                        **options: Any) -> "MixtureModel":
+        """A MixtureModel whose fitted model is the given one, without data.
+
+        Parameters
+        ----------
+        weights : array of shape (n_components,)
+            Mixture weights, non-negative, summing to 1.
+        params : mapping of str to array
+            The family's parameters, as its ``m_step`` returns them (first axis =
+            component; e.g. ``{"rates": ...}`` for the example Poisson family).
+            They are passed to the family as given: for a family that keeps
+            redundant forms ('gaussian': ``covariances`` and
+            ``precisions_cholesky``), give them consistent
+            (:meth:`emcore.GaussianMixture.from_parameters` derives them).
+        n_features : int
+            Dimension of one observation.
+        family, family_options
+            As in the constructor.
+        **options
+            Other constructor parameters.
+        """
+        owner = "MixtureModel.from_parameters"
+        w = _check_weights(weights, "weights", owner)
+        d = v.check_int(n_features, "n_features", owner, low=1)
+        p = _check_family_params(params, w.shape[0], "params", owner)
+        model = cls(w.shape[0], family=family, family_options=family_options, **options)
+        model.family_ = model._family(d)
+        model.weights_, model.params_, model.n_features_in_ = w, p, d
+        return model
 
     def _fit_rule(self) -> PosteriorRule:
         return self._resolve_rule(self.posterior, self.posterior_options)
@@ -148,5 +216,5 @@ class MixtureModel(_MixtureBase):
 
     def _set_fitted(self, result: FitResult, n_features: int) -> None:
         super()._set_fitted(result, n_features)
-        self.params_ = result.params
+        self.params_ = result.params            # the model: predictions read it
         self.objective_ = result.objective

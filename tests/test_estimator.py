@@ -217,6 +217,8 @@ def test_repr_shows_only_non_default_parameters():
     pytest.param({"n_components": 3}, id="n_components-3"),
     pytest.param({"n_components": 1}, id="n_components-1"),
     pytest.param({"reg_covar": 1.0}, id="reg_covar"),
+    pytest.param({"covariance_type": "spherical"}, id="covariance_type"),
+    pytest.param({"posterior": "hard"}, id="posterior"),
     pytest.param({"tol": 0.5, "max_iter": 1, "n_init": 4}, id="loop-parameters"),
     pytest.param({"init_params": "random", "means_init": np.zeros((4, 2))},
                  id="init-parameters"),
@@ -449,6 +451,160 @@ def test_sample_is_reproducible_with_an_int_random_state(fitted3):
     a, b = fitted3.sample(10), fitted3.sample(10)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
+
+
+# --- the fitted attributes are the model ---------------------------------------------
+
+def test_editing_means_changes_the_predictions_as_the_edited_model_says():
+    model = quiet_fit(GM(2, random_state=0), X2)
+    Xnew = np.vstack([X2[::7], [[6.0, 1.5]]])
+    before = model.score_samples(Xnew)
+    model.means_ = model.means_ + np.array([[1.0, -0.5], [0.0, 2.0]])
+    log_prob = mixture_log_prob(Xnew, model.weights_, model.means_, model.covariances_)
+    log_p = logsumexp(log_prob, axis=1)
+    # the same comparison (and tolerance) as at the fitted parameters above
+    np.testing.assert_allclose(model.score_samples(Xnew), log_p, rtol=1e-10)
+    np.testing.assert_allclose(model.predict_proba(Xnew), np.exp(log_prob - log_p[:, None]),
+                               rtol=1e-8, atol=1e-14)
+    assert not np.allclose(model.score_samples(Xnew), before)
+    # an edit in place is the model too
+    model.means_[1, 0] += 3.0
+    log_p = logsumexp(mixture_log_prob(Xnew, model.weights_, model.means_,
+                                       model.covariances_), axis=1)
+    np.testing.assert_allclose(model.score_samples(Xnew), log_p, rtol=1e-10)
+
+
+@pytest.mark.parametrize("representation", ["covariances_", "precisions_",
+                                            "precisions_cholesky_"])
+def test_assigning_one_covariance_form_updates_the_others_and_the_predictions(
+        representation):
+    model = quiet_fit(GM(2, random_state=0), X2)
+    new_cov = np.array([[[2.0, 0.3], [0.3, 1.0]], [[0.5, -0.1], [-0.1, 3.0]]])
+    new_prec = np.linalg.inv(new_cov)
+    new_chol = np.linalg.cholesky(new_prec[:, ::-1, ::-1])[:, ::-1, ::-1]  # upper U
+    value = {"covariances_": new_cov, "precisions_": new_prec,
+             "precisions_cholesky_": new_chol}[representation]
+    setattr(model, representation, value)
+    # inversions of matrices with condition number < 10: rounding far below 1e-12
+    np.testing.assert_allclose(model.covariances_, new_cov, rtol=1e-12)
+    np.testing.assert_allclose(model.precisions_, new_prec, rtol=1e-12)
+    np.testing.assert_allclose(model.precisions_cholesky_, new_chol, rtol=1e-12, atol=1e-15)
+    log_p = logsumexp(mixture_log_prob(X2, model.weights_, model.means_, new_cov), axis=1)
+    np.testing.assert_allclose(model.score_samples(X2), log_p, rtol=1e-10)
+    # in place, only the model's own form could change: read-only instead of ignored
+    with pytest.raises(ValueError, match="read-only"):
+        getattr(model, representation)[0, 0, 0] = 5.0
+
+
+def test_set_params_after_fit_leaves_the_covariance_forms_of_the_fitted_type():
+    model = quiet_fit(GM(2, covariance_type="diag", random_state=0), X2)
+    model.set_params(covariance_type="full")
+    assert model.covariances_.shape == (2, 2)
+    model.covariances_ = model.covariances_ * 2.0     # still read as 'diag'
+    assert model.precisions_.shape == (2, 2)
+
+
+@pytest.mark.parametrize("name,value,match", [
+    ("weights_", np.array([0.5, 0.6]), "'weights_' attribute .* summing to 1"),
+    ("weights_", np.array([0.2, 0.3, 0.5]), "'means_' attribute .* n_components=3"),
+    ("means_", np.zeros((2, 3)), "'means_' attribute .* n_features_in_=2"),
+    ("means_", np.array([[0.0, np.nan], [1.0, 1.0]]), "'means_' attribute .* finite"),
+    ("means_", "abc", "'means_' attribute"),
+])
+def test_an_invalid_fitted_attribute_is_named_at_predict_time(name, value, match):
+    model = quiet_fit(GM(2, random_state=0), X2)
+    setattr(model, name, value)
+    for method in ("predict", "score_samples", "score"):
+        with pytest.raises(ValueError, match=match):
+            getattr(model, method)(X2)
+    with pytest.raises(ValueError, match=match):
+        model.sample(3)
+
+
+@pytest.mark.parametrize("name,value,match", [
+    ("covariances_", np.array([[[1.0, 0.0], [0.0, -1.0]]] * 2), "not numerically positive"),
+    ("covariances_", np.array([[[1.0, 0.5], [0.0, 1.0]]] * 2), "not symmetric"),
+    ("covariances_", np.ones((2, 2)), "shape \\(n_components, n_features, n_features\\)"),
+    ("precisions_", np.array([[[1.0, 2.0], [2.0, 1.0]]] * 2), "not numerically positive"),
+    ("precisions_cholesky_", np.array([[[1.0, 0.0], [0.5, 1.0]]] * 2), "upper triangular"),
+    ("precisions_cholesky_", np.array([[[1.0, 0.0], [0.0, -1.0]]] * 2), "positive diagonal"),
+    ("covariances_", np.array([[[1.0, 0.0], [0.0, np.inf]]] * 2), "non-finite"),
+])
+def test_an_invalid_covariance_is_rejected_when_assigned(name, value, match):
+    model = quiet_fit(GM(2, random_state=0), X2)
+    before = model.score_samples(X2)
+    with pytest.raises(ValueError, match=f"'{name}' attribute.*{match}"):
+        setattr(model, name, value)
+    np.testing.assert_array_equal(model.score_samples(X2), before)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
+def test_a_model_built_from_scikit_learns_parameters_predicts_what_it_predicts(
+        covariance_type):
+    sk = SkGaussianMixture(2, covariance_type=covariance_type, random_state=0).fit(X2)
+    Xnew = np.vstack([X2[1::3], [[6.0, 1.5]]])
+    built = GaussianMixture.from_parameters(sk.weights_, sk.means_, sk.covariances_,
+                                            covariance_type=covariance_type)
+    # scikit-learn's way: assign the fitted attributes of an unfitted estimator
+    by_hand = GaussianMixture(2, covariance_type=covariance_type)
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        setattr(by_hand, name, getattr(sk, name))
+    for model in (built, by_hand):
+        np.testing.assert_array_equal(model.predict(Xnew), sk.predict(Xnew))
+        # the same evaluation in two implementations: rounding, far below 1e-10
+        np.testing.assert_allclose(model.score_samples(Xnew), sk.score_samples(Xnew),
+                                   rtol=1e-10)
+        np.testing.assert_allclose(model.predict_proba(Xnew), sk.predict_proba(Xnew),
+                                   rtol=1e-8, atol=1e-14)
+        assert model.bic(Xnew) == pytest.approx(sk.bic(Xnew), rel=1e-10)
+        np.testing.assert_allclose(model.precisions_, sk.precisions_, rtol=1e-8)
+    assert built.n_components == 2 and built.n_features_in_ == 2
+    Xs, ys = built.sample(50)
+    assert Xs.shape == (50, 2) and ys.shape == (50,)
+
+
+def test_a_model_from_parameters_warm_starts_a_fit():
+    model = GaussianMixture.from_parameters([0.5, 0.5], [[0.0, 0.0], [12.0, 3.0]],
+                                            np.array([np.eye(2)] * 2), warm_start=True,
+                                            max_iter=1, tol=0.0, n_jobs=1)
+    loglik = mixture_loglik(X2, [0.5, 0.5], [[0.0, 0.0], [12.0, 3.0]], [np.eye(2)] * 2)
+    with pytest.warns(ConvergenceWarning):
+        model.fit(X2)
+    assert model.history_[0].value == pytest.approx(loglik, rel=1e-10)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"weights": [0.5, 0.6]}, "'weights' parameter"),
+    ({"weights": "ab"}, "'weights' parameter"),
+    ({"means": np.zeros((3, 2))}, "'means' parameter"),
+    ({"covariances": np.zeros((2, 2, 2))}, "'covariances' parameter"),
+    ({"covariances": np.array([np.eye(3)] * 2)}, "'covariances' parameter .* shape"),
+    ({"covariance_type": "banana"}, "'covariance_type' parameter"),
+])
+def test_from_parameters_names_the_bad_argument(kwargs, match):
+    args = dict(weights=[0.5, 0.5], means=np.zeros((2, 2)),
+                covariances=np.array([np.eye(2)] * 2))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        GaussianMixture.from_parameters(**args)
+
+
+def test_mixture_model_predicts_from_params_and_from_parameters():
+    gm = quiet_fit(GM(2, random_state=0), X2)
+    mm = quiet_fit(emcore.MixtureModel(2, random_state=0, n_jobs=1), X2)
+    np.testing.assert_allclose(mm.score_samples(X2), gm.score_samples(X2), rtol=1e-10)
+    built = emcore.MixtureModel.from_parameters(
+        gm.weights_, {"means": gm.means_ + 1.0, "covariances": gm.covariances_,
+                      "precisions_cholesky": gm.precisions_cholesky_}, n_features=2)
+    gm.means_ = gm.means_ + 1.0
+    np.testing.assert_allclose(built.score_samples(X2), gm.score_samples(X2), rtol=1e-10)
+    mm.params_ = dict(mm.params_, means=mm.params_["means"] + 1.0)
+    np.testing.assert_allclose(mm.score_samples(X2), gm.score_samples(X2), rtol=1e-10)
+    mm.set_params(family="kmeans", n_components=5)
+    np.testing.assert_allclose(mm.score_samples(X2), gm.score_samples(X2), rtol=1e-10)
+    mm.params_ = {"means": np.zeros((3, 2))}
+    with pytest.raises(ValueError, match="'params_' attribute"):
+        mm.predict(X2)
 
 
 # --- random_state, n_init, warm_start ---------------------------------------------

@@ -212,6 +212,51 @@ def test_unfitted_and_wrong_width():
         model.predict(np.ones((2, 3)))
 
 
+# --- the fitted centres are the model -------------------------------------------------
+
+def _nearest(X, centres):
+    return np.argmin(((X[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+
+
+def test_editing_cluster_centers_changes_the_predictions():
+    X, init = _blobs(4, n=300, d=2, k=3)
+    model = emcore.KMeans(3, init=init, n_jobs=1).fit(X)
+    model.cluster_centers_ = model.cluster_centers_[::-1] + 0.5     # a new model
+    np.testing.assert_array_equal(model.predict(X), _nearest(X, model.cluster_centers_))
+    model.cluster_centers_[0] = [100.0, 100.0]                     # in place too
+    np.testing.assert_array_equal(model.predict(X), _nearest(X, model.cluster_centers_))
+    model.cluster_centers_ = model.cluster_centers_[:2]            # fewer clusters
+    assert model.transform(X).shape == (300, 2)
+    model.cluster_centers_ = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="'cluster_centers_' attribute .* n_features_in_=2"):
+        model.predict(X)
+    model.cluster_centers_ = np.array([[0.0, np.nan]])
+    with pytest.raises(ValueError, match="'cluster_centers_' attribute .* finite"):
+        model.score(X)
+
+
+def test_set_params_after_fit_leaves_the_predictions_unchanged():
+    X, init = _blobs(4, n=300, d=2, k=3)
+    model = emcore.KMeans(3, init=init, n_jobs=1).fit(X)
+    before = model.predict(X), model.transform(X), model.score(X)
+    model.set_params(n_clusters=5, init="random")
+    for got, want in zip((model.predict(X), model.transform(X), model.score(X)), before):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_model_from_scikit_learns_centres_predicts_what_it_predicts():
+    from sklearn.cluster import KMeans
+    X, init = _blobs(5, n=400, d=3, k=4)
+    theirs = KMeans(4, init=init, n_init=1).fit(X)
+    ours = emcore.KMeans.from_parameters(theirs.cluster_centers_, n_jobs=1)
+    assert ours.n_clusters == 4 and ours.n_features_in_ == 3
+    np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
+    # the same distances computed two ways: rounding, far below the 1e-10 bar above
+    assert ours.score(X) == pytest.approx(theirs.score(X), rel=1e-10)
+    with pytest.raises(ValueError, match="'cluster_centers' parameter"):
+        emcore.KMeans.from_parameters(np.zeros(3))
+
+
 # --- tempered rule: soft EM tends to k-means ------------------------------------------
 
 def test_soft_responsibilities_tend_to_the_kmeans_assignment_as_the_variance_shrinks():
@@ -223,7 +268,7 @@ def test_soft_responsibilities_tend_to_the_kmeans_assignment_as_the_variance_shr
                                     max_iter=1)
         model = _quiet(lambda: model.fit(X))
         # the posterior at the given centres (not the fitted ones)
-        model._fitted_params = {"means": init}
+        model.params_ = {"means": init}
         model.weights_ = np.full(4, 0.25)
         q = model.predict_proba(X)
         distances.append(float(np.max(np.abs(q - np.eye(4)[hard]))))
