@@ -566,8 +566,15 @@ class GaussianMixture(_MixtureBase):
         s <- (1 - rho_t) s + rho_t s_batch, with s_batch the batch's E-step
         statistics divided by its total weight and rho_t = (t + 2)^(-alpha),
         alpha = ``online_step_exponent``, then the M-step from s (Cappé &
-        Moulines 2009; Liang & Klein 2009). The first call initialises from its
-        batch (``init_params`` or the given ``*_init``) and sets s from it.
+        Moulines 2009; Liang & Klein 2009). On an unfitted estimator the first
+        call initialises from its batch (``init_params`` or the given ``*_init``)
+        and sets s from it. On a fitted model (by ``fit``, by
+        :meth:`from_parameters` or by assigning its fitted attributes) the first
+        call continues from it: s is set from the E-step of its batch at the
+        fitted parameters, then the M-step. Each step starts from the fitted
+        attributes as they are, so edits between calls are the model. Changing
+        ``n_components`` or ``covariance_type`` between calls raises; call
+        ``fit`` (or use a new estimator) to start a new model.
 
         Guarantee: no step is monotone (a batch may lower any likelihood); on a
         stationary stream the step sizes satisfy Robbins-Monro (sum rho_t = inf,
@@ -575,7 +582,8 @@ class GaussianMixture(_MixtureBase):
         point of the expected log-likelihood (Cappé & Moulines 2009, Thm. 1).
         ``lower_bound_`` is the mean log-likelihood of the last batch at the
         parameters before its step; ``n_iter_`` counts the batches; ``history_``
-        is empty. ``fit`` discards the online state.
+        is empty. ``fit`` discards the online state (its fitted model is where
+        the next ``partial_fit`` starts).
 
         Parameters
         ----------
@@ -586,31 +594,43 @@ class GaussianMixture(_MixtureBase):
         """
         from emcore._online import check_exponent, stepwise_update
         owner = "GaussianMixture.partial_fit"
+        state = getattr(self, "_online", None)
+        # a fitted model (by fit, partial_fit, from_parameters or its attributes)
+        # is where online EM continues from; only an unfitted one initialises
+        fitted = self._fitted_model(owner) if hasattr(self, "weights_") else None
         X = v.check_data(X, owner=owner,
-                         n_features=getattr(self, "n_features_in_", None)
-                         if getattr(self, "_online", None) is not None else None)
+                         n_features=None if fitted is None else fitted[0].n_features)
         if not isinstance(X, np.ndarray):
             X = np.ascontiguousarray(X[0:X.shape[0]])        # a batch fits in memory
         alpha = check_exponent(self.online_step_exponent, "GaussianMixture")
-        state = getattr(self, "_online", None)
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0], owner=owner)
-        if state is None:
-            if self.prior is not None:
-                raise ValueError("The 'prior' parameter of GaussianMixture must be None "
-                                 "for partial_fit (online EM is maximum likelihood).")
-            if self.posterior is not None:
-                raise ValueError("The 'posterior' parameter of GaussianMixture must be "
-                                 "None for partial_fit (online EM uses the exact "
-                                 "posterior).")
+        if self.prior is not None:
+            raise ValueError("The 'prior' parameter of GaussianMixture must be None "
+                             "for partial_fit (online EM is maximum likelihood).")
+        if self.posterior is not None:
+            raise ValueError("The 'posterior' parameter of GaussianMixture must be "
+                             "None for partial_fit (online EM uses the exact "
+                             "posterior).")
+        if fitted is None:
             self._check_parameters(X)
             family = self._family(X.shape[1])
             rng = v.check_random_state(self.random_state, "GaussianMixture")
             weights, params = self._initial_parameters(X, family, rng, sample_weight)
-            self._online_rule = self._likelihood_rule()
         else:
-            family = self._family(X.shape[1])
-            weights, params = state.weights, state.params
-        state = stepwise_update(state, X, family, self._online_rule, weights, params,
+            family, weights, params = fitted
+            for name, now, then in (
+                    ("n_components", self.n_components, family.n_components),
+                    ("covariance_type", self.covariance_type,
+                     self._fitted_covariance_type)):
+                if now != then:
+                    raise ValueError(
+                        f"The {name!r} parameter of {owner} must stay {then!r}, the "
+                        f"fitted model's, to continue from it. Got {now!r} instead: "
+                        "call fit, or partial_fit on a new estimator "
+                        "(sklearn.base.clone), to start a new model.")
+        # after fit (no running state yet) the first step sets the running
+        # statistics from the E-step of this batch at the fitted model
+        state = stepwise_update(state, X, family, self._likelihood_rule(), weights, params,
                                 sample_weight, alpha, n_jobs=self.n_jobs)
         self._online = state
         self._set_fitted(FitResult(weights=state.weights, params=state.params, history=(),
@@ -618,7 +638,7 @@ class GaussianMixture(_MixtureBase):
                                    value=state.batch_loglik, objective=state.batch_loglik,
                                    objective_name="batch log-likelihood", n_samples=1.0),
                          X.shape[1])
-        self._fitted_rule = self._online_rule
+        self._fitted_rule = self._likelihood_rule()
         self.stop_reason_ = "partial_fit"
         self.prior_ = None
         return self

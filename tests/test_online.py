@@ -98,3 +98,45 @@ def test_partial_fit_validation():
         gm.partial_fit(np.ones((10, 3)))
     with pytest.raises(ValueError, match="'prior' parameter"):
         emcore.GaussianMixture(2, prior="default").partial_fit(_stream(50, rng))
+
+
+def test_partial_fit_after_fit_continues_from_the_fitted_model():
+    # The first step after fit is one EM step on the batch from the fitted
+    # parameters: the E-step at the fitted model, then the M-step (rho = 1).
+    rng = np.random.default_rng(3)
+    train, batch = _stream(600, rng), _stream(300, rng)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm = emcore.GaussianMixture(3, random_state=0, n_jobs=1).fit(train)
+    fitted = gm.score(batch)
+    family = get_registry().family("gaussian").factory(3, 2)
+    rule = get_registry().posterior_rule("soft").factory()
+    from emcore.engine import data_pass
+    res = data_pass(batch, family, rule, gm.weights_, gm._params())
+    expected_means = family.m_step(res.stats, gm._params())["means"]
+    gm.partial_fit(batch)
+    # the batch's mean log-likelihood before the step is the fitted model's score;
+    # the same pass with row weights 1/n instead of 1 (and an M-step invariant to
+    # that scale): rounding of 300-term sums, ~1e-14, within 1e-12
+    assert gm.lower_bound_ == pytest.approx(fitted, rel=1e-12)
+    np.testing.assert_allclose(gm.means_, expected_means, rtol=1e-12)
+    np.testing.assert_allclose(gm.weights_, res.resp_sum / res.resp_sum.sum(), rtol=1e-12)
+
+
+def test_partial_fit_continues_from_a_model_built_from_parameters():
+    rng = np.random.default_rng(4)
+    batch = _stream(300, rng)
+    gm = emcore.GaussianMixture.from_parameters(WEIGHTS, MEANS, COVS, n_jobs=1)
+    true_score = gm.score(batch)
+    gm.partial_fit(batch)
+    assert gm.lower_bound_ == pytest.approx(true_score, rel=1e-12)
+
+
+@pytest.mark.parametrize("change", [{"n_components": 4}, {"covariance_type": "diag"}])
+def test_changing_the_model_between_partial_fit_calls_raises(change):
+    rng = np.random.default_rng(5)
+    gm = emcore.GaussianMixture(3, random_state=0).partial_fit(_stream(50, rng))
+    gm.set_params(**change)
+    name = next(iter(change))
+    with pytest.raises(ValueError, match=f"'{name}' parameter .* must stay"):
+        gm.partial_fit(_stream(50, rng))
