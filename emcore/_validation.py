@@ -49,7 +49,7 @@ def _check_shape(shape: tuple, prefix: str) -> None:
 
 
 def _check_n_features(n_columns: int, n_features: Optional[int], name: str,
-                      owner: str) -> None:
+                       owner: str) -> None:
     if n_features is not None and n_columns != n_features:
         cls = owner.split(".")[0] or "the model"
         raise ValueError(f"The {name!r} parameter{_where(owner)} must have {n_features} "

@@ -389,6 +389,13 @@ def _check_proportions(proportions) -> dict:
                 raise ValueError(f"The constraint 'proportion of component {comp} {sign} "
                                  f"{bound:g}' (the 'proportions' argument of {_OWNER}) is "
                                  "infeasible: a share lies in [0, 1].")
+        # a bound outside [0, 1] that every share meets (low < 0, high > 1) is no
+        # constraint, but never what was meant (a percentage, a sign slip): reject it
+        for bound, side in ((lo, "low"), (hi, "high")):
+            if bound is not None and not 0.0 <= bound <= 1.0:
+                raise _bad("proportions", f"a mapping of components to (low, high) "
+                                          f"shares in [0, 1] or None ({side} bound of "
+                                          f"component {comp})", bound)
         if lo is not None and hi is not None and lo > hi:
             raise ValueError(f"The 'proportions' argument of {_OWNER} asks for component "
                              f"{comp} a share >= {lo:g} and <= {hi:g}: no q satisfies it.")
@@ -461,5 +468,10 @@ def _check_point_bounds(point_bounds) -> dict:
                 (lo is not None and hi is not None and lo > hi):
             raise ValueError(f"The 'point_bounds' argument of {_OWNER} asks for q{list(key)} "
                              f"in [{lo}, {hi}]: no probability satisfies it.")
+        for bound, side in ((lo, "low"), (hi, "high")):       # as for proportions
+            if bound is not None and not 0.0 <= bound <= 1.0:
+                raise _bad("point_bounds", f"a mapping of (row, component) to (low, high) "
+                                           f"probabilities in [0, 1] or None ({side} bound "
+                                           f"of {key})", bound)
         out[(int(key[0]), int(key[1]))] = (lo, hi)
     return out

@@ -480,14 +480,24 @@ def best_of_starts(n_starts: int, start: Callable[[], tuple],
                    run: Callable[[np.ndarray, dict], FitResult]) -> FitResult:
     """Run ``run(weights, params)`` from ``n_starts`` starts drawn by ``start()`` and
     return the result with the highest objective. Ctrl-C (a result stopped as
-    'interrupted') ends the whole fit, not one start."""
+    'interrupted', or a KeyboardInterrupt while drawing a start) ends the whole
+    fit, not one start: the best result so far is returned with ``stop_reason``
+    'interrupted' whichever start it came from (the starts not run are a fit
+    cut short); an interrupt before any result is re-raised."""
+    from dataclasses import replace
     best: Optional[FitResult] = None
     for _ in range(n_starts):
-        result = run(*start())
+        try:
+            weights, params = start()
+        except KeyboardInterrupt:
+            if best is None:
+                raise
+            return replace(best, stop_reason="interrupted")
+        result = run(weights, params)
         if best is None or result.objective > best.objective:
             best = result
         if result.stop_reason == "interrupted":
-            break
+            return replace(best, stop_reason="interrupted")
     return best
 
 

@@ -142,9 +142,9 @@ def _representations(value: Any, name: str, representation: str, covariance_type
             params = dict(family.params_from_covariances(zeros, cov),
                           precisions_cholesky=mats)
     except DegenerateComponentError as exc:
-        raise ValueError(f"{prefix}. Got matrix {exc.component} that is not numerically "
-                         "positive definite (condition number >= 1 / (n_features eps)) "
-                         "instead.") from None
+        raise ValueError(f"{prefix}. Got a matrix that is not numerically positive "
+                         f"definite (component {exc.component}; condition number >= "
+                         "1 / (n_features eps)) instead.") from None
     U = params["precisions_cholesky"]
     prec = mats if representation == "precisions_" else U @ np.swapaxes(U, 1, 2)
     out = (params["covariances"], prec, U)
@@ -226,7 +226,9 @@ class GaussianMixture(_MixtureBase):
         Seeds the initialisation and ``sample``.
     warm_start : bool, default False
         If True and already fitted, ``fit`` starts from the fitted parameters
-        (and ``n_init`` is ignored).
+        (and ``n_init`` is ignored); X must then have the fitted number of
+        features (else ValueError). After a change of ``n_components`` or
+        ``covariance_type`` the fit starts afresh.
     n_jobs : int or None, default None
         Threads for the chunk loop: None = all available CPUs, -1 = all. Results
         are bitwise identical for every value.
@@ -455,31 +457,28 @@ class GaussianMixture(_MixtureBase):
                              f"Got {self.posterior!r} instead.")
         d = X.shape[1]
         if self.weights_init is not None:
-            w = np.asarray(self.weights_init, dtype=np.float64)
+            prefix = (f"The 'weights_init' parameter of GaussianMixture must be an array of "
+                      f"shape ({k},) of non-negative numbers summing to 1")
+            w = v.as_float_array(self.weights_init, prefix)
             if w.shape != (k,) or not np.all(np.isfinite(w)) or np.any(w < 0) or \
                     abs(w.sum() - 1.0) > 1e-6:
-                raise ValueError(f"The 'weights_init' parameter of GaussianMixture must be "
-                                 f"an array of shape ({k},) of non-negative numbers summing "
-                                 f"to 1. Got {self.weights_init!r} instead.")
+                raise ValueError(f"{prefix}. Got {self.weights_init!r} instead.")
         if self.means_init is not None:
-            m = np.asarray(self.means_init, dtype=np.float64)
+            prefix = (f"The 'means_init' parameter of GaussianMixture must be a finite array "
+                      f"of shape ({k}, {d})")
+            m = v.as_float_array(self.means_init, prefix)
             if m.shape != (k, d) or not np.all(np.isfinite(m)):
-                raise ValueError(f"The 'means_init' parameter of GaussianMixture must be a "
-                                 f"finite array of shape ({k}, {d}). Got shape {m.shape} "
-                                 "instead.")
+                raise ValueError(f"{prefix}. Got shape {m.shape} instead.")
         if self.precisions_init is not None:
-            p = np.asarray(self.precisions_init, dtype=np.float64)
+            # checked as the precisions_ attribute is (symmetric, positive definite),
+            # up front: a bad parameter is not a degenerate component
             shape = _parameter_shape(self.covariance_type, k, d)
-            symmetric = (self.covariance_type in ("diag", "spherical") or p.shape != shape
-                         or np.allclose(p, np.swapaxes(p, -1, -2)))
-            if p.shape != shape or not np.all(np.isfinite(p)) or not symmetric or \
-                    (self.covariance_type in ("diag", "spherical") and np.any(p <= 0)):
-                what = {"full": "symmetric matrices", "tied": "a symmetric matrix",
-                        "diag": "positive precisions", "spherical": "positive precisions"}
+            cov = _representations(self.precisions_init, "precisions_init", "precisions_",
+                                   self.covariance_type, "GaussianMixture")[0]
+            if cov.shape != shape:
                 raise ValueError(f"The 'precisions_init' parameter of GaussianMixture must "
-                                 f"be a finite array of {what[self.covariance_type]} of "
-                                 f"shape {shape} for covariance_type="
-                                 f"{self.covariance_type!r}. Got shape {p.shape} instead.")
+                                 f"have shape {shape} for covariance_type="
+                                 f"{self.covariance_type!r}. Got shape {cov.shape} instead.")
 
     # --- initialisation -------------------------------------------------------------
     def _initial_parameters(self, X: np.ndarray, family, rng: np.random.Generator,
@@ -530,10 +529,12 @@ class GaussianMixture(_MixtureBase):
         rng = v.check_random_state(self.random_state, "GaussianMixture")
         warm = bool(self.warm_start) and hasattr(self, "weights_")
         if warm:
-            # a different n_components or covariance_type asks for a new model
             fitted = self._fitted_model("GaussianMixture.fit")[0]
-            warm = (fitted.n_features == X.shape[1]
-                    and fitted.n_components == self.n_components
+            # other data cannot continue the model (scikit-learn raises too); a
+            # different n_components or covariance_type asks for a new model
+            v._check_n_features(X.shape[1], fitted.n_features, "X",
+                                "GaussianMixture.fit (warm_start=True)")
+            warm = (fitted.n_components == self.n_components
                     and self._fitted_covariance_type == self.covariance_type)
         rule = self._fit_rule()
         best = self._run_starts(X, family, rule, sample_weight, rng, warm=warm,

@@ -701,6 +701,19 @@ def test_contradicting_row_constraints_raise_naming_the_row():
             _prepare(emcore.Constraints(**kwargs), a)
 
 
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(proportions={1: (-0.1, None)}), "proportions"),
+    (dict(proportions={1: (None, 1.5)}), "proportions"),
+    (dict(proportions={0: (-0.1, 0.5)}), "proportions"),
+    (dict(point_bounds={(0, 1): (-0.1, None)}), "point_bounds"),
+    (dict(point_bounds={(0, 1): (None, 1.5)}), "point_bounds"),
+])
+def test_bounds_outside_zero_one_are_rejected(kwargs, name):
+    # vacuous (every share meets them), never what was meant: not silently dropped
+    with pytest.raises(ValueError, match=f"'{name}' argument .* in \\[0, 1\\] or None"):
+        emcore.Constraints(**kwargs)
+
+
 def test_bad_arguments_are_named():
     for kwargs, name in [(dict(phi=np.ones((3, 2, 1))), "b"),
                          (dict(phi=np.ones((3, 2)), b=[1.0, 2.0]), "b"),

@@ -686,12 +686,56 @@ def test_warm_start_continues_from_the_fitted_parameters():
     assert model.history_[0].value == cold.history_[0].value
 
 
-def test_warm_start_with_different_n_features_starts_afresh():
+def test_warm_start_with_different_n_features_raises():
+    # other data cannot continue the model: scikit-learn's feature-count error,
+    # not a silent fresh start
     model = quiet_fit(GM(2, warm_start=True, random_state=0, max_iter=5), X3)
+    means = model.means_.copy()
     X3d = np.c_[X3, X3[:, :1]]
     X3d[:, 2] += np.random.default_rng(0).normal(size=N3)
+    with pytest.raises(ValueError, match="'X' parameter .*warm_start=True.* X has 3 "
+                                         "features, but GaussianMixture is expecting 2"):
+        model.fit(X3d)
+    np.testing.assert_array_equal(model.means_, means)
+    model.set_params(warm_start=False)
     quiet_fit(model, X3d)
     assert model.means_.shape == (2, 3) and model.n_features_in_ == 3
+
+
+def test_warm_start_after_changing_covariance_type_starts_afresh():
+    model = quiet_fit(GM(2, warm_start=True, random_state=0, max_iter=5), X2)
+    model.set_params(covariance_type="diag", max_iter=1)
+    quiet_fit(model, X2)
+    cold = quiet_fit(GM(2, covariance_type="diag", random_state=0, max_iter=1), X2)
+    assert model.history_[0].value == cold.history_[0].value
+
+
+def _interrupt_on_m_step(monkeypatch, call):
+    """Make the Gaussian family's m_step raise KeyboardInterrupt on its call-th call
+    (counting from 1), as Ctrl-C there would."""
+    family_type = type(emcore.registry.get_registry().family("gaussian").factory(1, 1))
+    original = family_type.m_step
+    calls = []
+
+    def m_step(self, stats, previous):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return original(self, stats, previous)
+    monkeypatch.setattr(family_type, "m_step", m_step)
+
+
+@pytest.mark.parametrize("call", [
+    pytest.param(7, id="in-the-loop-of-the-second-start"),
+    pytest.param(5, id="initialising-the-second-start"),
+])
+def test_ctrl_c_during_n_init_reports_interrupted(monkeypatch, call):
+    # n_init=3, max_iter=3, tol=0: the first start is m_step calls 1 (its
+    # initialisation) to 4; the second start initialises at call 5
+    _interrupt_on_m_step(monkeypatch, call)
+    model = quiet_fit(GM(2, n_init=3, max_iter=3, tol=0.0, random_state=0), X2)
+    assert model.stop_reason_ == "interrupted" and not model.converged_
+    assert model.n_iter_ >= 1 and np.all(np.isfinite(model.means_))
 
 
 def test_warm_start_of_a_converged_fit_stops_at_once():
