@@ -49,7 +49,7 @@ def _check_shape(shape: tuple, prefix: str) -> None:
 
 
 def _check_n_features(n_columns: int, n_features: Optional[int], name: str,
-                       owner: str) -> None:
+                      owner: str) -> None:
     if n_features is not None and n_columns != n_features:
         cls = owner.split(".")[0] or "the model"
         raise ValueError(f"The {name!r} parameter{_where(owner)} must have {n_features} "
@@ -167,6 +167,15 @@ def check_float(value: Any, name: str, owner: str, *, low: float = 0.0) -> float
         raise ValueError(f"The {name!r} parameter{_where(owner)} must be a finite number "
                          f">= {low:g}. Got {value!r} instead.")
     return float(value)
+
+
+def check_bool(value: Any, name: str, owner: str) -> bool:
+    """Return value as bool if it is a bool (Python's or numpy's), else raise ValueError
+    (a truthy string such as 'False' is a mistake, not a flag)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"The {name!r} parameter{_where(owner)} must be a bool. "
+                         f"Got {value!r} instead.")
+    return bool(value)
 
 
 def check_choice(value: Any, name: str, owner: str, choices: tuple) -> Any:

@@ -10,6 +10,7 @@ import scipy.linalg
 
 from emcore import _validation as v
 from emcore._mixture import _MixtureBase, _check_weights
+from emcore._online import check_exponent, stepwise_update
 from emcore.constraints import Constraints
 from emcore.engine import FitResult
 from emcore.exceptions import DegenerateComponentError
@@ -445,6 +446,8 @@ class GaussianMixture(_MixtureBase):
         k = self._check_common(X)
         v.check_choice(self.covariance_type, "covariance_type", owner, _COVARIANCE_TYPES)
         v.check_float(self.reg_covar, "reg_covar", owner)
+        v.check_bool(self.warm_start, "warm_start", owner)
+        check_exponent(self.online_step_exponent, owner)      # (used by partial_fit)
         if not (self.prior is None or isinstance(self.prior, GaussianPrior)
                 or (isinstance(self.prior, str) and self.prior == "default")):
             raise ValueError("The 'prior' parameter of GaussianMixture must be None, "
@@ -527,7 +530,7 @@ class GaussianMixture(_MixtureBase):
         prior = self._resolved_prior(X, sample_weight)
         family = self._family(X.shape[1], prior=prior)
         rng = v.check_random_state(self.random_state, "GaussianMixture")
-        warm = bool(self.warm_start) and hasattr(self, "weights_")
+        warm = self.warm_start and hasattr(self, "weights_")
         if warm:
             fitted = self._fitted_model("GaussianMixture.fit")[0]
             # other data cannot continue the model (scikit-learn raises too); a
@@ -593,7 +596,6 @@ class GaussianMixture(_MixtureBase):
         y : ignored
         sample_weight : array-like of shape (n_samples,), optional
         """
-        from emcore._online import check_exponent, stepwise_update
         owner = "GaussianMixture.partial_fit"
         state = getattr(self, "_online", None)
         # a fitted model (by fit, partial_fit, from_parameters or its attributes)
