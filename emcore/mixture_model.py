@@ -28,10 +28,10 @@ def _check_family_params(params: Any, k: int, name: str, owner: str) -> dict:
     out = {}
     for key, value in params.items():
         arr = v.as_float_array(value, f"{prefix} ({key!r})")
-        if arr.ndim == 0 or arr.shape[0] != k or not np.all(np.isfinite(arr)):
+        finite = bool(np.all(np.isfinite(arr)))
+        if arr.ndim == 0 or arr.shape[0] != k or not finite:
             raise ValueError(f"{prefix}. Got {key!r} of shape {arr.shape}"
-                             f"{'' if np.all(np.isfinite(arr)) else ' with non-finite entries'}"
-                             " instead.")
+                             f"{'' if finite else ' with non-finite entries'} instead.")
         out[key] = arr
     return out
 
