@@ -11,7 +11,9 @@ fails if
 * a citation ``docs/NAME.md`` names a page that does not exist, or
   ``docs/NAME.md#anchor`` an anchor the page does not define. Anchors are the
   explicit ``<a id="anchor"></a>`` tags (docs/README.md: cite those) and the
-  GitHub slugs of the page's headings.
+  GitHub slugs of the page's headings;
+* a link between the pages of docs/ (``[text](page.md#anchor)``, ``[text](#anchor)``)
+  points to a page or anchor that does not exist.
 
 Usage: ``python ci/check_doc_refs.py [ROOT]`` (ROOT defaults to the repository
 this script is in). Prints one line per problem, ``path:line: message``, and
@@ -41,6 +43,9 @@ NOTES = re.compile(
 
 #: docs/page.md or docs/page.md#anchor (relative to the repository root)
 DOC_REF = re.compile(r"\bdocs/((?:[A-Za-z0-9_.-]+/)*[A-Za-z0-9_.-]+\.md)(?:#([A-Za-z0-9_-]+))?")
+
+#: a relative markdown link inside docs/: (page.md), (page.md#anchor) or (#anchor)
+MD_LINK = re.compile(r"\]\(((?:[A-Za-z0-9_.-]+\.md)?)(?:#([A-Za-z0-9_-]+))?\)")
 
 ANCHOR_TAG = re.compile(r"""<a\s+(?:id|name)\s*=\s*["']([^"']+)["']""")
 HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$")
@@ -116,6 +121,19 @@ def check(root: Path) -> tuple[list[str], int]:
                 elif anchor is not None and anchor not in anchors:
                     problems.append(f"{rel}:{number}: cites docs/{page_name}#{anchor}, "
                                     f"but docs/{page_name} has no anchor {anchor!r}")
+    for page in sorted((root / "docs").glob("*.md")):
+        rel = page.relative_to(root)
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+            for m in MD_LINK.finditer(line):
+                target = (root / "docs" / m.group(1)) if m.group(1) else page
+                if target not in cache:
+                    cache[target] = anchors_of(target) if target.is_file() else None
+                anchors = cache[target]
+                if anchors is None:
+                    problems.append(f"{rel}:{number}: links to {m.group(1)}, which does not exist")
+                elif m.group(2) is not None and m.group(2) not in anchors:
+                    problems.append(f"{rel}:{number}: links to {m.group(1) or rel.name}#"
+                                    f"{m.group(2)}, which has no such anchor")
     return problems, n_refs
 
 
