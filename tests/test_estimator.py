@@ -910,9 +910,3 @@ def test_not_verbose_prints_nothing(capsys):
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
 
-
-def test_default_n_jobs_gives_the_same_fit():
-    # n_jobs=None (all CPUs) is the default; results are identical to one thread.
-    a = quiet_fit(GaussianMixture(3, random_state=0, max_iter=10), X3)
-    b = quiet_fit(GM(3, random_state=0, max_iter=10, n_jobs=1), X3)
-    _assert_identical(a, b)

@@ -1,4 +1,13 @@
-"""Bitwise-identical results for any thread count (fixed block merge order)."""
+"""Bitwise-identical results for any thread count (fixed block merge order).
+
+Every comparison here runs on data of several blocks (emcore/_core/_passes.pyx:
+chunks of ``chunk_rows_for(d)`` rows, at most ``MAX_BLOCKS`` blocks, one thread per
+block and never more threads than blocks): on one block every thread count runs
+one thread, and nothing is compared. The fits use nine blocks: a merge of two
+plain sums cannot show its order (0 + a + b and 0 + b + a round alike). Checked by
+planting a thread-dependent bug (the blocks merged in reverse order when
+n_threads > 1): every test here on two or more blocks fails with it.
+"""
 
 import warnings
 
@@ -8,6 +17,7 @@ import pytest
 from emcore import GaussianMixture
 from emcore.exceptions import ConvergenceWarning
 from emcore._core._passes import MAX_BLOCKS
+from emcore._threads import effective_n_threads
 from emcore.engine import chunk_rows_for, data_pass
 from emcore.registry import get_registry
 
@@ -19,33 +29,56 @@ def data():
     means = rng.normal(0, 5, (k, d))
     X = np.concatenate([rng.normal(m, 1.0, (9000, d)) for m in means])
     rng.shuffle(X)
-    # enough rows for more chunks than blocks, so blocks hold several chunks
-    assert X.shape[0] > 2 * MAX_BLOCKS * chunk_rows_for(d) // 4
+    assert _n_blocks(X) >= 3        # 9 blocks of one chunk each
     return X
 
 
-def _fit(X, n_jobs):
-    gm = GaussianMixture(4, n_jobs=n_jobs, random_state=3, max_iter=15, tol=0.0)
+def _n_blocks(X):
+    """The number of blocks a pass over X runs (emcore/_core/_passes.pyx)."""
+    n_chunks = -(-X.shape[0] // chunk_rows_for(X.shape[1]))
+    return min(n_chunks, MAX_BLOCKS)
+
+
+def _fit(X, **n_jobs):
+    gm = GaussianMixture(4, random_state=3, max_iter=15, tol=0.0, **n_jobs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         gm.fit(X)
     return gm
 
 
-def test_fit_is_bitwise_identical_for_1_and_2_threads(data):
-    one, two = _fit(data, 1), _fit(data, 2)
+def _assert_same_fit(one, other):
     assert one.n_iter_ >= 3
     for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
-        assert np.array_equal(getattr(one, name), getattr(two, name)), name
-    assert len(one.history_) == len(two.history_)
-    for a, b in zip(one.history_, two.history_):
+        assert np.array_equal(getattr(one, name), getattr(other, name)), name
+    assert len(one.history_) == len(other.history_)
+    for a, b in zip(one.history_, other.history_):
         # every recorded number, bit for bit (wall time aside)
         assert (a.value, a.elbo_at_start, a.elbo, a.value_next, a.penalty_change) == \
             (b.value, b.elbo_at_start, b.elbo, b.value_next, b.penalty_change)
 
 
-@pytest.mark.parametrize("n_rows", [1, 7, 4096, 4097, 70001])
+def test_fit_is_bitwise_identical_for_1_and_2_threads(data):
+    _assert_same_fit(_fit(data, n_jobs=1), _fit(data, n_jobs=2))
+
+
+def test_default_n_jobs_gives_the_same_fit(data):
+    # n_jobs=None (all CPUs) is the default; results are identical to one thread.
+    # It tests threads only if the default runs several: more than one CPU here.
+    if effective_n_threads(None) < 2:
+        pytest.skip("one CPU available: the default n_jobs runs one thread")
+    default = _fit(data)
+    assert default.n_jobs is None
+    _assert_same_fit(_fit(data, n_jobs=1), default)
+
+
+C = chunk_rows_for(3)     # 4096
+
+
+@pytest.mark.parametrize("n_rows", [1, 7, C, C + 1, 3 * C + 1, 70001])
 def test_one_pass_is_bitwise_identical_for_any_thread_count(data, n_rows):
+    # 1 to C + 1 rows (one or two blocks): the thread count clipped to the blocks;
+    # 3 C + 1 rows: 4 blocks of one chunk; 70001 rows: 18 chunks in 16 blocks.
     X = np.ascontiguousarray(np.resize(data, (n_rows, data.shape[1])))
     reg = get_registry()
     family = reg.family("gaussian").factory(4, X.shape[1], reg_covar=0.0)
