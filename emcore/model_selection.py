@@ -37,6 +37,9 @@ _NAMES = {"bic": "BIC", "aic": "AIC", "icl": "ICL"}
 _LONG_NAMES = {"bic": "Bayesian information criterion",
                "aic": "Akaike information criterion",
                "icl": "integrated completed likelihood, hard labels"}
+# A component is a spike when reg_covar makes at least half of its variance in some
+# direction (see _spike_components).
+_SPIKE_FACTOR = 2.0
 # Initial values whose shape depends on n_components cannot be shared by a grid.
 _PER_CELL_PARAMS = ("weights_init", "means_init", "precisions_init")
 _GRID_PARAMS = ("n_components", "covariance_type", "n_init", "random_state")
@@ -120,6 +123,49 @@ def icl(model: Any, X: Any, sample_weight: Any = None) -> float:
     return float(model.bic(X)) - 2.0 * classification
 
 
+# --- spikes -----------------------------------------------------------------------
+
+def _spike_components(model: GaussianMixture) -> tuple:
+    """Indices of the components of a fitted model whose covariance sits at the
+    ``reg_covar`` floor: *spikes*.
+
+    The M-step covariance is Sigma_k = S_k + r I, with S_k the component's
+    (weighted, centred) scatter and r = ``reg_covar``. Along the eigenvector of
+    Sigma_k's smallest eigenvalue lambda = s + r, the share of the variance that
+    r makes is r / lambda = d log(lambda) / d log(r): the sensitivity of the
+    component's log-density at its own rows to the regulariser. A component is a
+    spike when that share is at least one half, lambda <= 2 r, i.e. the data's
+    own variance s along that direction is at most r: its likelihood is then set
+    more by ``reg_covar`` than by the data, and grows without bound as r -> 0
+    (with r = 0 the fit raises ``DegenerateComponentError``). That is the case of
+    every component holding fewer rows than its covariance needs to be
+    nonsingular (one row; fewer than d + 1 for 'full'), of rows lying in a
+    lower-dimensional subspace, and of a constant column ('full', 'diag', 'tied').
+
+    lambda is the smallest eigenvalue ('full', 'tied'; from ``eigvalsh``, exact
+    to a few u ||Sigma_k||, far below r unless the covariance's condition number
+    approaches 1 / u), the smallest variance ('diag') or the variance
+    ('spherical'). A tied covariance at the floor makes every component a spike.
+    With ``reg_covar=0`` nothing is a spike here: a singular covariance fails the
+    fit instead.
+    """
+    r = float(model.reg_covar)
+    if not r > 0.0:
+        return ()
+    cov = np.asarray(model.covariances_, dtype=np.float64)
+    k = model.weights_.shape[0]
+    t = model.covariance_type
+    if t == "full":
+        smallest = np.linalg.eigvalsh(cov)[:, 0]
+    elif t == "tied":
+        smallest = np.full(k, np.linalg.eigvalsh(cov)[0])
+    elif t == "diag":
+        smallest = cov.min(axis=1)
+    else:
+        smallest = cov
+    return tuple(int(j) for j in np.flatnonzero(smallest <= _SPIKE_FACTOR * r))
+
+
 # --- the grid ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -141,6 +187,8 @@ class SelectionRow:
     n_iter: int               #: M-steps of the best start (0 if it failed)
     random_state: int         #: the seed this cell was fitted with
     error: Optional[str] = None  #: why the fit failed (never chosen), else None
+    #: components whose covariance sits at the reg_covar floor (spikes), 0-based
+    spike_components: tuple = ()
 
     def value(self, criterion: str) -> float:
         """The value of ``criterion`` ('bic', 'aic' or 'icl') for this cell."""
@@ -149,8 +197,14 @@ class SelectionRow:
 
     @property
     def ok(self) -> bool:
-        """True if the fit succeeded (the row can be chosen)."""
+        """True if the fit succeeded."""
         return self.error is None
+
+    @property
+    def spike(self) -> bool:
+        """True if a component of the fit is a spike: its covariance at the
+        ``reg_covar`` floor (see :func:`select_model`). Not chosen by default."""
+        return bool(self.spike_components)
 
 
 @dataclass(frozen=True)
@@ -172,10 +226,16 @@ class ModelSelection:
     best_model : emcore.GaussianMixture
         The fitted estimator of the best cell.
     skipped_n_components : tuple of int
-        Values of ``n_components`` not fitted because they exceed the number of
-        rows of X (with positive weight).
+        Values of ``n_components`` not fitted for any covariance type (see
+        ``skipped_cells``).
     covariance_types : tuple of str
         The covariance types of the grid, in the order given (the table's columns).
+    include_spikes : bool
+        Whether fits with a spike component (``SelectionRow.spike``) could be
+        chosen; by default they are not.
+    skipped_cells : tuple of (int, str, str)
+        ``(n_components, covariance_type, reason)`` of every cell not fitted
+        because X has too few rows for it (see :func:`select_model`).
     """
     table: tuple
     criterion: str
@@ -183,6 +243,13 @@ class ModelSelection:
     best_model: GaussianMixture
     skipped_n_components: tuple = ()
     covariance_types: tuple = field(default=(), repr=False)
+    include_spikes: bool = False
+    skipped_cells: tuple = field(default=(), repr=False)
+
+    def eligible(self, row: SelectionRow) -> bool:
+        """True if ``row`` can be chosen: its fit succeeded and, unless
+        ``include_spikes``, has no spike component."""
+        return row.ok and (self.include_spikes or not row.spike)
 
     @property
     def best(self) -> SelectionRow:
@@ -191,10 +258,10 @@ class ModelSelection:
         return next(r for r in self.table if r.n_components == k and r.covariance_type == t)
 
     def top(self, n: int = 3, criterion: Optional[str] = None) -> list:
-        """The ``n`` best successful rows by ``criterion`` (default: the chosen one)."""
+        """The ``n`` best eligible rows by ``criterion`` (default: the chosen one)."""
         criterion = self.criterion if criterion is None else criterion
         v.check_choice(criterion, "criterion", "ModelSelection.top", CRITERIA)
-        ok = [r for r in self.table if r.ok and math.isfinite(r.value(criterion))]
+        ok = [r for r in self.table if self.eligible(r) and math.isfinite(r.value(criterion))]
         return sorted(ok, key=lambda r: r.value(criterion))[:n]
 
     def to_text(self, criterion: Optional[str] = None) -> str:
@@ -202,7 +269,9 @@ class ModelSelection:
 
         Like mclust's BIC table, but lower is better: ``*`` marks the best cell,
         ``!`` a fit that stopped before its ``tol`` rule fired, ``failed`` a fit
-        that failed (the reasons are listed below the table).
+        that failed and ``spike`` a fit with a spike component, not chosen (where
+        mclust prints NA; with ``include_spikes`` the value is shown, marked
+        ``s``); the reasons are listed below the table.
         """
         criterion = self.criterion if criterion is None else criterion
         v.check_choice(criterion, "criterion", "ModelSelection.to_text", CRITERIA)
@@ -220,7 +289,10 @@ class ModelSelection:
                 return ""
             if not r.ok:
                 return "failed "
-            mark = "*" if r is best else ("!" if not r.converged else " ")
+            if r.spike and not self.include_spikes:
+                return "spike "
+            mark = ("*" if r is best else "s" if r.spike
+                    else "!" if not r.converged else " ")
             return f"{r.value(criterion):.3f}{mark}"
 
         body = [[str(k)] + [cell(k, t) for t in types] for k in ks]
@@ -247,9 +319,24 @@ class ModelSelection:
             lines.extend(f"  n_components={r.n_components}, "
                          f"covariance_type={r.covariance_type!r}: {r.error}"
                          for r in failed)
-        if self.skipped_n_components:
-            lines.append("Not fitted (more components than rows): n_components="
-                         + ", ".join(map(str, self.skipped_n_components)))
+        spikes = [r for r in self.table if r.ok and r.spike]
+        if spikes:
+            lines.append(
+                "Spike fits (a component's covariance at the reg_covar floor: "
+                + ("included by include_spikes=True" if self.include_spikes else
+                   "not chosen; include_spikes=True allows them") + "):")
+            lines.extend(f"  n_components={r.n_components}, "
+                         f"covariance_type={r.covariance_type!r}: component(s) "
+                         + ", ".join(map(str, r.spike_components)) for r in spikes)
+        if self.skipped_cells:
+            lines.append("Not fitted (too few rows for the components' covariances):")
+            for t in self.covariance_types or tuple(dict.fromkeys(
+                    c[1] for c in self.skipped_cells)):
+                cells = [c for c in self.skipped_cells if c[1] == t]
+                if cells:
+                    lines.append(f"  covariance_type={t!r}: n_components="
+                                 + ", ".join(str(c[0]) for c in cells)
+                                 + f" ({cells[0][2]})")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -333,7 +420,8 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
                  covariance_types: Union[str, Iterable[str]] = ("full", "tied", "diag",
                                                                 "spherical"),
                  criterion: str = "bic", n_init: int = 3, random_state: Any = None,
-                 sample_weight: Any = None, **estimator_params: Any) -> ModelSelection:
+                 sample_weight: Any = None, include_spikes: bool = False,
+                 **estimator_params: Any) -> ModelSelection:
     """Fit a grid of Gaussian mixtures and choose one by BIC, AIC or ICL.
 
     Like mclust's ``mclustBIC``: every (``n_components``, ``covariance_type``) cell
@@ -374,6 +462,17 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
     sample_weight : array-like of shape (n_samples,), optional
         Frequency weights, passed to ``fit``; the criteria use weighted sums and
         n = sum of the weights.
+    include_spikes : bool, default False
+        Whether a fit with a *spike* can be chosen. A spike is a component whose
+        covariance sits at the ``reg_covar`` floor: along some direction
+        ``reg_covar`` makes at least half of its variance (smallest eigenvalue
+        <= 2 ``reg_covar``), so the data's own variance there is at most
+        ``reg_covar`` -- typically a component on one row, or on fewer rows than
+        its covariance needs. Its likelihood is set by ``reg_covar`` rather than
+        by the data and grows without bound as ``reg_covar`` -> 0, so on small
+        data BIC favours such degenerate fits. By default they stay in the table
+        (``row.spike``, ``row.spike_components``, shown as ``spike``, where
+        mclust prints NA) and are never chosen.
     **estimator_params
         Other ``GaussianMixture`` parameters, the same for every cell (``tol``,
         ``reg_covar``, ``max_iter``, ``init_params``, ``n_jobs``, ...). The initial
@@ -395,7 +494,8 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
 
     Notes
     -----
-    A cell whose fit raises ``emcore.DegenerateComponentError`` or another
+    A fit with a spike component is kept in the table with its criteria and is
+    not chosen unless ``include_spikes`` (see above). A cell whose fit raises ``emcore.DegenerateComponentError`` or another
     ValueError about the data (or whose log-likelihood is not finite) is kept in
     the table with NaN criteria and its ``error``, and is never chosen. Fits
     stopping at ``max_iter`` raise no ConvergenceWarning here: their rows say so
@@ -415,6 +515,9 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
     ks = _check_n_components(n_components)
     types = _check_covariance_types(covariance_types, X)
     n_init = v.check_int(n_init, "n_init", owner, low=1)
+    if not isinstance(include_spikes, (bool, np.bool_)):
+        raise ValueError("The 'include_spikes' parameter of select_model must be a bool. "
+                         f"Got {include_spikes!r} instead.")
     _check_estimator_params(estimator_params)
     w = v.check_sample_weight(sample_weight, X.shape[0], owner=owner)
     n_rows = X.shape[0] if w is None else int(np.count_nonzero(w))
@@ -458,27 +561,38 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
             row = SelectionRow(n_components=k, covariance_type=t,
                                converged=bool(model.converged_),
                                stop_reason=model.stop_reason_, n_iter=int(model.n_iter_),
-                               random_state=seed, **values)
+                               random_state=seed, spike_components=_spike_components(model),
+                               **values)
             rows.append(row)
             if model.stop_reason_ == "interrupted":
                 raise KeyboardInterrupt(f"select_model interrupted while fitting "
                                         f"n_components={k}, covariance_type={t!r}")
             value = row.value(criterion)
-            if math.isfinite(value) and (best_row is None
-                                         or value < best_row.value(criterion)):
+            if (include_spikes or not row.spike) and math.isfinite(value) and (
+                    best_row is None or value < best_row.value(criterion)):
                 best_row, best_model = row, model
 
     if best_row is None:
+        def reason(r):
+            if r.error:
+                return r.error
+            if r.spike:
+                return (f"spike component(s) {', '.join(map(str, r.spike_components))} "
+                        "(covariance at the reg_covar floor)")
+            return f"non-finite {criterion}"
         reasons = "; ".join(f"n_components={r.n_components}, covariance_type="
-                            f"{r.covariance_type!r}: {r.error or 'non-finite ' + criterion}"
-                            for r in rows)
-        raise ValueError(f"select_model could not fit any cell of the grid, so there is "
-                         f"no model to choose: {reasons}")
+                            f"{r.covariance_type!r}: {reason(r)}" for r in rows)
+        hint = (" (include_spikes=True allows the spike fits; or fewer components)"
+                if any(r.ok and r.spike for r in rows) else "")
+        raise ValueError(f"select_model could not fit any cell of the grid without a "
+                         f"failure or a spike, so there is no model to choose{hint}: "
+                         f"{reasons}")
     return ModelSelection(
         table=tuple(rows), criterion=criterion,
         best_params={"n_components": best_row.n_components,
                      "covariance_type": best_row.covariance_type},
-        best_model=best_model, skipped_n_components=skipped, covariance_types=types)
+        best_model=best_model, skipped_n_components=skipped, covariance_types=types,
+        include_spikes=bool(include_spikes))
 
 
 def _n_parameters(k: int, covariance_type: str, n_features: int, params: dict) -> int:

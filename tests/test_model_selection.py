@@ -211,6 +211,37 @@ def test_degenerate_cells_are_recorded_and_never_chosen():
                      reg_covar=0.0, covariance_types="full")
 
 
+def test_spike_fits_are_not_chosen_unless_asked():
+    # issue 15 item 4: three well-separated blobs of 20 points. With the default
+    # reg_covar, a component on a single row has variance reg_covar and a
+    # likelihood reg_covar sets; BIC chose 7 components, three of them such spikes.
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(c, 1.0, (20, 2))
+                        for c in [(0.0, 0.0), (10.0, 0.0), (5.0, 9.0)]])
+    kw = dict(n_components=range(1, 8), covariance_types="spherical", random_state=0,
+              n_jobs=1)
+    result = select_model(X, **kw)
+    assert result.best_params == {"n_components": 3, "covariance_type": "spherical"}
+    assert not result.best.spike
+    spikes = [r for r in result.table if r.spike]
+    assert spikes and all(r.ok and math.isfinite(r.bic) for r in spikes)
+    text = str(result)
+    assert "spike" in text and "include_spikes=True" in text
+    # asked for, a spike fit wins BIC, and its spike components are single rows
+    # (n_k = 1 up to the posteriors' tails): too few for a variance
+    with_spikes = select_model(X, include_spikes=True, **kw)
+    assert with_spikes.table == result.table
+    best = with_spikes.best
+    assert best.spike and best.bic < result.best.bic
+    model = with_spikes.best_model
+    n_k = model.weights_ * X.shape[0]
+    np.testing.assert_allclose(n_k[list(best.spike_components)], 1.0, atol=1e-3)
+    assert np.all(model.covariances_[list(best.spike_components)] <= 2 * model.reg_covar)
+    assert np.all(np.delete(n_k, best.spike_components) >= 2.0)
+    with pytest.raises(ValueError, match="'include_spikes' parameter of select_model"):
+        select_model(X, include_spikes="yes", **kw)
+
+
 def test_sample_weight_in_the_grid(three_clusters):
     X = three_clusters[:60]
     w = np.random.default_rng(2).integers(1, 3, X.shape[0]).astype(float)
