@@ -166,6 +166,34 @@ def _spike_components(model: GaussianMixture) -> tuple:
     return tuple(int(j) for j in np.flatnonzero(smallest <= _SPIKE_FACTOR * r))
 
 
+def _max_components(covariance_type: str, n_rows: int, n_features: int,
+                    cap: bool) -> tuple:
+    """(largest n_components worth fitting, why) for a covariance type on n_rows rows.
+
+    Without ``cap``: n_rows (each component needs a row). With it: the largest k
+    for which every component can hold m rows, the rows its own covariance needs
+    to be nonsingular: m = d + 1 for 'full' (a d x d scatter about the
+    component's own mean), 2 for 'diag' and 'spherical' (a variance about it).
+    Beyond that, some component has n_k < m (pigeonhole: sum_k n_k = n), so its
+    covariance is singular but for ``reg_covar``: a spike, never chosen. For
+    'tied', m = 2 too: a component on a single row contributes nothing to the
+    pooled scatter, its mean interpolates the row, and as k -> n the pooled
+    covariance rests on ever fewer degrees of freedom (n - k, which must be at
+    least d) and BIC rewards the interpolation (60 rows in 2-D chose k = 58).
+    The cells beyond the cap are also the slowest to fit.
+    """
+    if not cap:
+        return n_rows, "more components than rows"
+    d = n_features
+    m = d + 1 if covariance_type == "full" else 2
+    limit = n_rows // m if covariance_type != "tied" else max(0, min(n_rows // m,
+                                                                     n_rows - d))
+    what = "d + 1 = " if covariance_type == "full" else ""
+    return limit, (f"{covariance_type!r} needs {what}{m} rows per component"
+                   f"{' and n - k >= d' if covariance_type == 'tied' else ''}: {n_rows} "
+                   f"rows allow at most {limit}")
+
+
 # --- the grid ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -439,9 +467,19 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
     X : array-like of shape (n_samples, n_features)
     n_components : int or iterable of int, default range(1, 10)
         Positive numbers of components; duplicates are dropped and the table is
-        in ascending order. Values above the number of rows of X (rows with
-        positive weight, if weighted) are skipped and listed in
-        ``skipped_n_components``.
+        in ascending order. A cell is not fitted (it is listed in
+        ``skipped_cells`` with the reason, and in ``skipped_n_components`` if
+        skipped for every type) when X has too few rows for it: with n the rows
+        of X (with positive weight, if weighted) and d its features, cells with
+        n_components above n // (d + 1) for 'full' and n // 2 for the other
+        types (and above n - d for 'tied'). Beyond these, some component has
+        fewer rows than its own covariance needs to be nonsingular, so the fit
+        is a spike (see ``include_spikes``), which would not be chosen, or
+        ('tied') a component interpolates a row; such cells are also the
+        slowest to fit (``range(1, 60)`` on 60 rows: 236 cells without the cap,
+        110 with it in 2-D). With ``include_spikes=True`` or a ``prior``
+        (which keeps small components' covariances regular), only cells with
+        more components than rows are skipped.
     covariance_types : str or iterable of str, default all four
         Covariance types to try ('full', 'tied', 'diag', 'spherical', like mclust's
         default of trying every model); an unsupported one raises a ValueError
@@ -521,12 +559,18 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
     _check_estimator_params(estimator_params)
     w = v.check_sample_weight(sample_weight, X.shape[0], owner=owner)
     n_rows = X.shape[0] if w is None else int(np.count_nonzero(w))
-    fitted_ks = [k for k in ks if k <= n_rows]
-    skipped = tuple(k for k in ks if k > n_rows)
+    cap = not include_spikes and estimator_params.get("prior") is None
+    limits = {t: _max_components(t, n_rows, X.shape[1], cap) for t in types}
+    skipped_cells = tuple((k, t, limits[t][1]) for k in ks for t in types
+                          if k > limits[t][0])
+    fitted_ks = [k for k in ks if any(k <= limits[t][0] for t in types)]
+    skipped = tuple(k for k in ks if k not in fitted_ks)
     if not fitted_ks:
+        rows_of_x = f"{n_rows} rows{' with positive weight' if w is not None else ''}"
         raise ValueError(f"The 'n_components' parameter of select_model must contain a "
-                         f"value of at most {n_rows}, the number of rows of X"
-                         f"{' with positive weight' if w is not None else ''}. Got "
+                         f"value X's {rows_of_x} can fit: at most "
+                         + ", ".join(f"{limits[t][0]} for {t!r}" for t in types)
+                         + f" ({'; '.join(limits[t][1] for t in types)}). Got "
                          f"{n_components!r} instead.")
     # The estimator's own checks of the shared parameters (tol, reg_covar, ...),
     # before anything is fitted.
@@ -540,6 +584,8 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
     for k in fitted_ks:
         seed = _cell_seed(entropy, k)
         for t in types:
+            if k > limits[t][0]:
+                continue
             model = GaussianMixture(n_components=k, covariance_type=t, n_init=n_init,
                                     random_state=seed, **estimator_params)
             try:
@@ -592,7 +638,7 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
         best_params={"n_components": best_row.n_components,
                      "covariance_type": best_row.covariance_type},
         best_model=best_model, skipped_n_components=skipped, covariance_types=types,
-        include_spikes=bool(include_spikes))
+        include_spikes=bool(include_spikes), skipped_cells=skipped_cells)
 
 
 def _n_parameters(k: int, covariance_type: str, n_features: int, params: dict) -> int:
