@@ -7,6 +7,7 @@ from typing import Any, Optional
 import numpy as np
 
 from emcore import _validation as v
+from emcore._input import check_input
 from emcore._mixture import _MixtureBase
 from emcore.constraints import Constraints
 from emcore.engine import FitResult
@@ -277,7 +278,7 @@ class GaussianMixture(_MixtureBase):
             in proportion to their weight. ``lower_bound_`` is then the weighted
             mean log-likelihood.
         """
-        X = v.check_data(X, owner="GaussianMixture.fit")
+        X = check_input(X, owner="GaussianMixture.fit")
         self._check_parameters(X)
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0],
                                               owner="GaussianMixture.fit",
@@ -338,7 +339,7 @@ class GaussianMixture(_MixtureBase):
         """
         from emcore._online import check_exponent, stepwise_update
         owner = "GaussianMixture.partial_fit"
-        X = v.check_data(X, owner=owner,
+        X = check_input(X, owner=owner,
                          n_features=getattr(self, "n_features_in_", None)
                          if getattr(self, "_online", None) is not None else None)
         if not isinstance(X, np.ndarray):
@@ -375,13 +376,3 @@ class GaussianMixture(_MixtureBase):
         self.prior_ = None
         return self
 
-    # --- using the fitted model (the rest is in emcore._mixture) ----------------------
-    def icl(self, X: Any, sample_weight: Any = None) -> float:
-        """Integrated completed likelihood BIC - 2 sum_i log max_k q_ik (lower is better).
-
-        The hard-label ICL as mclust's ``icl()`` computes it, in scikit-learn's sign
-        (mclust's value is minus this); ICL >= BIC, equal when every posterior is
-        one-hot. See :func:`emcore.model_selection.icl`.
-        """
-        from emcore.model_selection import icl  # model_selection imports this module
-        return icl(self, X, sample_weight=sample_weight)

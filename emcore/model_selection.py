@@ -25,8 +25,10 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from emcore import _validation as v
+from emcore._input import check_input
 from emcore.exceptions import ConvergenceWarning
 from emcore.gaussian_mixture import GaussianMixture
+from emcore.registry import get_registry
 
 __all__ = ["icl", "select_model", "ModelSelection", "SelectionRow", "CRITERIA"]
 
@@ -47,29 +49,33 @@ _GRID_PARAMS = ("n_components", "covariance_type", "n_init", "random_state")
 
 # --- the criteria -----------------------------------------------------------------
 
-def _criteria(model: GaussianMixture, X: Any, sample_weight: Any, owner: str) -> dict:
-    """log-likelihood, n_parameters, BIC, AIC and ICL of a fitted emcore model, one pass.
+def _criteria(model: GaussianMixture, X: Any, sample_weight: Any) -> dict:
+    """log-likelihood, n_parameters, BIC, AIC and ICL of a fitted emcore model.
 
-    Unweighted, BIC and AIC are computed exactly as ``GaussianMixture.bic``/``aic``
-    compute them (same sums, same order), so they agree bit for bit.
+    From the estimator's public methods, so the table's BIC, AIC and ICL are
+    ``model.bic(X)``, ``model.aic(X)`` and ``model.icl(X)`` bit for bit; L is the
+    (weighted) sum of ``score_samples``, the sum those methods take.
     """
-    row_loglik, log_resp = model._evaluate(X, owner.split(".")[-1], log_resp=True)
-    w = v.check_sample_weight(sample_weight, row_loglik.shape[0], owner=owner)
-    # log max_k q_ik straight from the log-space posterior: exactly 0 when the other
-    # components' posteriors are below half an ulp of 1, and accurate for tiny q
-    # (log of exp(log q) would lose it).
-    log_max_q = np.max(log_resp, axis=1)
-    if w is None:
-        loglik = float(np.sum(row_loglik))
-        n = row_loglik.shape[0]
-        classification = float(np.sum(log_max_q))
-    else:
-        loglik = float(np.dot(w, row_loglik))
-        n = float(np.sum(w))
-        classification = float(np.dot(w, log_max_q))
-    bic, aic = (float(c) for c in model._information_criteria(loglik, n))
-    return {"log_likelihood": loglik, "n_parameters": int(model._n_parameters()),
-            "bic": bic, "aic": aic, "icl": bic - 2.0 * classification}
+    row_loglik = model.score_samples(X)
+    loglik = float(np.sum(row_loglik) if sample_weight is None
+                   else np.dot(sample_weight, row_loglik))
+    return {"log_likelihood": loglik,
+            "n_parameters": _n_parameters(model.n_components, model.covariance_type,
+                                          X.shape[1]),
+            "bic": model.bic(X, sample_weight=sample_weight),
+            "aic": model.aic(X, sample_weight=sample_weight),
+            "icl": model.icl(X, sample_weight=sample_weight)}
+
+
+def _gaussian_family(k: int, covariance_type: str, n_features: int):
+    """The Gaussian family GaussianMixture fits with (from the plugin registry)."""
+    return get_registry().family("gaussian").factory(k, n_features,
+                                                     covariance_type=covariance_type)
+
+
+def _n_parameters(k: int, covariance_type: str, n_features: int) -> int:
+    """Free parameters of a cell: the family's, plus k - 1 weights."""
+    return int(_gaussian_family(k, covariance_type, n_features).n_parameters() + k - 1)
 
 
 def icl(model: Any, X: Any, sample_weight: Any = None) -> float:
@@ -90,11 +96,12 @@ def icl(model: Any, X: Any, sample_weight: Any = None) -> float:
 
     Parameters
     ----------
-    model : emcore.GaussianMixture, fitted
-        Any other fitted estimator with ``bic(X)`` and ``predict_proba(X)`` (for
-        example scikit-learn's ``GaussianMixture``) works too, without
-        ``sample_weight``; for emcore's estimator log q comes from the log-space
-        posterior, which is more accurate than ``log(predict_proba(X))`` for tiny q.
+    model : fitted emcore mixture
+        ``emcore.GaussianMixture`` or ``emcore.MixtureModel`` (this calls their
+        ``icl`` method, which takes log q from the log-space posterior, more
+        accurate than ``log(predict_proba(X))`` for tiny q). Any other fitted
+        estimator with ``bic(X)`` and ``predict_proba(X)`` (for example
+        scikit-learn's ``GaussianMixture``) works too, without ``sample_weight``.
     X : array-like of shape (n_samples, n_features)
         Usually the data the model was fitted on.
     sample_weight : array-like of shape (n_samples,), optional
@@ -107,16 +114,16 @@ def icl(model: Any, X: Any, sample_weight: Any = None) -> float:
     float
         The ICL; lower is better.
     """
-    if isinstance(model, GaussianMixture):
-        return _criteria(model, X, sample_weight, owner="icl")["icl"]
+    if callable(getattr(model, "icl", None)):
+        return float(model.icl(X, sample_weight=sample_weight))
     if not (hasattr(model, "bic") and hasattr(model, "predict_proba")):
         raise ValueError("The 'model' parameter of icl must be a fitted mixture with "
                          "bic(X) and predict_proba(X) methods, such as "
                          f"emcore.GaussianMixture. Got {type(model).__name__} instead.")
     if sample_weight is not None:
         raise ValueError("The 'sample_weight' parameter of icl is supported only for "
-                         f"emcore.GaussianMixture, not {type(model).__name__}; pass "
-                         "sample_weight=None.")
+                         "emcore's mixtures (with an icl method), not "
+                         f"{type(model).__name__}; pass sample_weight=None.")
     proba = np.asarray(model.predict_proba(X), dtype=np.float64)
     with np.errstate(divide="ignore"):
         classification = float(np.sum(np.log(np.max(proba, axis=1))))
@@ -406,10 +413,10 @@ def _check_covariance_types(value: Any, X: np.ndarray) -> tuple:
         if not isinstance(t, str):
             raise ValueError(f"{what}. Got {t!r} in {value!r} instead.")
     types = tuple(dict.fromkeys(values))
-    # Ask the estimator, so the grid follows whatever types it supports.
+    # Ask the family GaussianMixture fits with, so the grid follows its types.
     for t in types:
         try:
-            GaussianMixture(n_components=1, covariance_type=t)._check_parameters(X)
+            _gaussian_family(1, t, X.shape[1])
         except ValueError as exc:
             raise ValueError(f"The 'covariance_types' parameter of select_model contains "
                              f"{t!r}, which GaussianMixture does not support: {exc}") \
@@ -418,7 +425,7 @@ def _check_covariance_types(value: Any, X: np.ndarray) -> tuple:
 
 
 def _check_estimator_params(params: dict) -> None:
-    valid = GaussianMixture._param_names()
+    valid = sorted(GaussianMixture().get_params())
     for name in params:
         if name in _PER_CELL_PARAMS:
             raise ValueError(f"select_model cannot pass {name!r} to GaussianMixture: its "
@@ -548,7 +555,7 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
     >>> result.best_params, result.best_model.means_     # doctest: +SKIP
     """
     owner = "select_model"
-    X = v.check_data(X, owner=owner)
+    X = check_input(X, owner=owner)
     criterion = v.check_choice(criterion, "criterion", owner, CRITERIA)
     ks = _check_n_components(n_components)
     types = _check_covariance_types(covariance_types, X)
@@ -573,7 +580,8 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
                          + f" ({'; '.join(limits[t][1] for t in types)}). Got "
                          f"{n_components!r} instead.")
     # The estimator's own checks of the shared parameters (tol, reg_covar, ...),
-    # before anything is fitted.
+    # before anything is fitted: the one private method used here, as scikit-learn's
+    # convention leaves parameter checks to fit and has no public check.
     GaussianMixture(n_components=fitted_ks[0], covariance_type=types[0], n_init=n_init,
                     **estimator_params)._check_parameters(X)
     entropy = _root_entropy(random_state)
@@ -592,14 +600,14 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ConvergenceWarning)
                     model.fit(X, sample_weight=w)
-                values = _criteria(model, X, w, owner="select_model")
+                values = _criteria(model, X, w)
                 if not math.isfinite(values["log_likelihood"]):
                     raise FloatingPointError(
                         f"the log-likelihood at the fit is {values['log_likelihood']}")
             except (ValueError, FloatingPointError) as exc:
                 rows.append(SelectionRow(
                     n_components=k, covariance_type=t, log_likelihood=math.nan,
-                    n_parameters=_n_parameters(k, t, X.shape[1], estimator_params),
+                    n_parameters=_n_parameters(k, t, X.shape[1]),
                     bic=math.nan, aic=math.nan, icl=math.nan, converged=False,
                     stop_reason=None, n_iter=0, random_state=seed,
                     error=f"{type(exc).__name__}: {exc}"))
@@ -639,9 +647,3 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
                      "covariance_type": best_row.covariance_type},
         best_model=best_model, skipped_n_components=skipped, covariance_types=types,
         include_spikes=bool(include_spikes), skipped_cells=skipped_cells)
-
-
-def _n_parameters(k: int, covariance_type: str, n_features: int, params: dict) -> int:
-    """Free parameters of an unfitted cell (the estimator's own count)."""
-    model = GaussianMixture(n_components=k, covariance_type=covariance_type, **params)
-    return int(model._family(n_features).n_parameters() + k - 1)

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import emcore
+from emcore._input import check_input
 from emcore._sources import ChunkedSource
 from emcore.engine import chunk_rows_for
 
@@ -74,7 +75,7 @@ def _same(a, b):
 
 def test_dask_array_becomes_a_dask_source(client):
     X = _data(1000)
-    src = emcore._validation.check_data(da.from_array(X, chunks=(300, 3)))
+    src = check_input(da.from_array(X, chunks=(300, 3)))
     assert isinstance(src, DaskSource)
     # rechunked: blocks a multiple of the chunk size, all columns
     assert src.block_rows % chunk_rows_for(3) == 0

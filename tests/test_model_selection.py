@@ -130,6 +130,22 @@ def test_icl_arguments(overlapping):
         icl(gm, overlapping[:, :1])
 
 
+def test_every_mixture_estimator_has_icl(overlapping):
+    # icl lives on the estimators' base, next to bic and aic (issue 14 item 5)
+    from emcore import MixtureModel
+    X = overlapping
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mm = MixtureModel(2, random_state=0).fit(X)
+    penalty = -2.0 * math.fsum(_log_max_q(mm, X))
+    assert penalty > 10.0
+    assert mm.icl(X) - mm.bic(X) == pytest.approx(penalty, rel=1e-9)
+    assert icl(mm, X) == mm.icl(X)
+    w = np.random.default_rng(0).integers(0, 4, X.shape[0])
+    assert mm.icl(X, sample_weight=w) == pytest.approx(mm.icl(np.repeat(X, w, axis=0)),
+                                                       rel=RTOL)
+
+
 # --- the grid ---------------------------------------------------------------------
 
 def test_grid_picks_three_components_by_bic(grid, three_clusters):
