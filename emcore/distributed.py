@@ -159,14 +159,18 @@ class DaskSource(ChunkedSource):
     def _wait(self, futures) -> None:
         """Wait for ``futures``; raise if the cluster has had no worker for
         ``no_worker_timeout`` seconds meanwhile (Dask itself would wait forever)."""
-        from distributed import wait
         since = None              # when the cluster was first seen without workers
-        while True:
+        pending = list(futures)
+        while pending:
             try:
-                wait(futures, timeout=_POLL_SECONDS)
-                return
+                pending[0].result(timeout=_POLL_SECONDS)
             except TimeoutError:
                 pass
+            except Exception:     # a failed task: gather raises its error
+                return
+            pending = [f for f in pending if not f.done()]
+            if not pending:
+                return
             if self.no_worker_timeout is None or self._client.nthreads():
                 since = None
                 continue
@@ -188,13 +192,18 @@ class DaskSource(ChunkedSource):
         connection, no worker left) is a RuntimeError naming the cause; the errors
         of emcore's own checks and passes (ValueError, FloatingPointError) pass
         through as they are."""
+        futures = []
         try:
             futures = self._client.compute(tasks)
             self._wait(futures)
             return self._client.gather(futures)
-        except (ValueError, FloatingPointError, _ClusterFailed):
-            raise
-        except Exception as exc:
+        except BaseException as exc:
+            # release the failed computation's keys, so that a retry of the fit
+            # recomputes them instead of finding them failed
+            self._client.cancel(futures)
+            if not isinstance(exc, Exception) or isinstance(
+                    exc, (ValueError, FloatingPointError, _ClusterFailed)):
+                raise
             raise _ClusterFailed(f"the Dask cluster failed to complete a computation over "
                                  f"the data ({type(exc).__name__}: {exc}); no parameters "
                                  "were updated from partial statistics") from exc
