@@ -8,6 +8,7 @@ edges too: a type annotation is a dependency of the reader.
 """
 
 import ast
+import importlib.util
 from pathlib import Path
 
 import emcore
@@ -15,16 +16,29 @@ import emcore
 PACKAGE = Path(emcore.__file__).resolve().parent
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+def _roots() -> dict:
+    """{package name: folder}: emcore, and emcore.plugins where it lives apart
+    (the source tree's plugins/ in an editable install; inside emcore/ in a wheel)."""
+    roots = {"emcore": PACKAGE}
+    spec = importlib.util.find_spec("emcore.plugins")
+    if spec is not None and spec.submodule_search_locations:
+        folder = Path(list(spec.submodule_search_locations)[0]).resolve()
+        if PACKAGE not in folder.parents:
+            roots["emcore.plugins"] = folder
+    return roots
+
+
+def _module_name(package: str, root: Path, path: Path) -> str:
+    parts = [package] + list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
 
 
 def _modules() -> dict:
-    """{module name: path} of every Python module of the package."""
-    return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+    """{module name: path} of every Python module of the package and its plugins."""
+    return {_module_name(package, root, p): p for package, root in _roots().items()
+            for p in sorted(root.rglob("*.py"))}
 
 
 def _resolve(name: str, modules: dict):
@@ -96,6 +110,7 @@ def find_cycle(graph: dict):
 
 def test_the_graph_finds_known_edges():
     graph = import_graph()
+    assert "emcore.plugins.gaussian" in graph        # the first-party plugins too
     assert "emcore.engine" in graph["emcore._mixture"]
     assert "emcore.plugin_api" in graph["emcore.engine"]
     # a function-level import counts (GaussianMixture.partial_fit imports _online)
