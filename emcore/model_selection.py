@@ -8,7 +8,9 @@ the opposite sign (higher is better): mclust's BIC and ICL are minus ours.
   hard-label form as mclust's ``icl()`` computes it.
 * :func:`select_model` -- fits every (``n_components``, ``covariance_type``) cell
   of a grid, each from several starts, and returns the whole table and the best
-  model by the chosen criterion, as mclust's ``mclustBIC`` does.
+  model by the chosen criterion, as mclust's ``mclustBIC`` does. Fits with a
+  *spike* (a component whose covariance sits at the ``reg_covar`` floor) stay in
+  the table but are not chosen, as mclust reports them as NA.
 
 Formulas and parameter counts: notes/gaussian_mixture.md, section 9.
 """
@@ -296,7 +298,8 @@ class ModelSelection:
         """The ``n`` best eligible rows by ``criterion`` (default: the chosen one)."""
         criterion = self.criterion if criterion is None else criterion
         v.check_choice(criterion, "criterion", "ModelSelection.top", CRITERIA)
-        ok = [r for r in self.table if self.eligible(r) and math.isfinite(r.value(criterion))]
+        ok = [r for r in self.table
+              if self.eligible(r) and math.isfinite(r.value(criterion))]
         return sorted(ok, key=lambda r: r.value(criterion))[:n]
 
     def to_text(self, criterion: Optional[str] = None) -> str:
@@ -535,14 +538,16 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
     ------
     ValueError
         For a bad argument (the message names it), before anything is fitted; or
-        if every cell's fit failed (the message lists why).
+        if no cell's fit can be chosen (every one failed or has a spike; the
+        message lists why).
 
     Notes
     -----
     A fit with a spike component is kept in the table with its criteria and is
-    not chosen unless ``include_spikes`` (see above). A cell whose fit raises ``emcore.DegenerateComponentError`` or another
-    ValueError about the data (or whose log-likelihood is not finite) is kept in
-    the table with NaN criteria and its ``error``, and is never chosen. Fits
+    not chosen unless ``include_spikes`` (see above). A cell whose fit raises
+    ``emcore.DegenerateComponentError`` or another ValueError about the data (or
+    whose log-likelihood is not finite) is kept in the table with NaN criteria
+    and its ``error``, and is never chosen. Fits
     stopping at ``max_iter`` raise no ConvergenceWarning here: their rows say so
     (``converged``, ``stop_reason``). Ctrl-C during a fit stops the whole grid
     (KeyboardInterrupt).

@@ -258,6 +258,21 @@ def test_spike_fits_are_not_chosen_unless_asked():
         select_model(X, include_spikes="yes", **kw)
 
 
+def test_a_grid_of_spikes_only_says_so():
+    # a constant column: every 'diag' component's variance there is reg_covar alone
+    X = np.random.default_rng(4).normal(size=(40, 2))
+    X[:, 1] = 3.0
+    kw = dict(n_components=[1, 2], covariance_types="diag", n_init=1, random_state=0,
+              n_jobs=1)
+    with pytest.raises(ValueError, match="without a failure or a spike.*"
+                                         "include_spikes=True.*spike component"):
+        select_model(X, **kw)
+    result = select_model(X, include_spikes=True, **kw)
+    assert all(r.spike_components == tuple(range(r.n_components)) for r in result.table)
+    lines = result.to_text().splitlines()
+    assert result.best.spike and lines[2].endswith("*") and lines[3].endswith("s")
+
+
 def test_cells_with_too_few_rows_per_component_are_skipped_with_a_reason(
         monkeypatch):
     # issue 15 item 7: select_model(range(1, 60)) on 60 rows fitted 236 cells in
