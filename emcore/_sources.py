@@ -1,15 +1,17 @@
 """Chunked data sources: fit data that do not fit in memory.
 
-:func:`as_source` wraps a numpy memmap, any array-like with row slicing and
-``.shape`` / ``.dtype`` (h5py and zarr datasets, ...) or a ``dask.array`` in a
-:class:`ChunkedSource`. The source reads one *block* of rows at a time as a
-C-contiguous float64 array, so peak memory is bounded by the block size, not n.
+A :class:`ChunkedSource` wraps a numpy memmap, any array-like with row slicing and
+``.shape`` / ``.dtype`` (h5py and zarr datasets, ...) or a ``dask.array`` read
+through the client. It reads one *block* of rows at a time as a C-contiguous
+float64 array, so peak memory is bounded by the block size, not n. Which
+source an input gets is decided in one place, :mod:`emcore._input`.
 
-A pass over a source is :func:`emcore.engine.data_pass` on each block, the
-per-block statistics, responsibility sums and totals merged in block order.
-Blocks are a whole number of chunks long (``block_rows`` is a multiple of the
-chunk size), so the chunks inside a block are the in-memory pass's chunks; only
-the grouping of chunks into summation blocks differs. Consequences:
+A source is what :class:`emcore.engine.RowBlocks` describes: the engine's pass
+maps :func:`emcore.engine.block_pass` over the blocks (:meth:`ChunkedSource.map_blocks`)
+and merges the per-block statistics, responsibility sums and totals in block
+order. Blocks are a whole number of chunks long (``block_rows`` is a multiple of
+the chunk size), so the chunks inside a block are the in-memory pass's chunks;
+only the grouping of chunks into summation blocks differs. Consequences:
 
 - a source of at most one block (n <= ``block_rows``) gives bitwise the
   in-memory result (the same call on the same array);
@@ -28,70 +30,44 @@ column, the column spread), never loading more than one block.
 
 from __future__ import annotations
 
-import re
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-__all__ = ["ChunkedSource", "as_source", "is_chunked"]
+from emcore._validation import (_check_dtype, _check_n_features, _check_shape,
+                                _data_prefix, block_summary, check_blocks)
+from emcore.engine import chunk_rows_for, summation_depth
+
+__all__ = ["ChunkedSource"]
 
 _DEFAULT_BLOCK_CHUNKS = 16    # = MAX_BLOCKS: one block keeps every thread busy
 
 
-def _is_dask(X: Any) -> bool:
-    return type(X).__module__.split(".")[0] == "dask" and hasattr(X, "chunks")
+def check_known_shape(data: Any, name: str, owner: str) -> None:
+    """Raise a ValueError naming the argument if ``data``'s shape is not known (a
+    dask array with unknown chunk sizes has NaN in its shape)."""
+    shape = tuple(data.shape)
+    if all(isinstance(s, (int, np.integer)) or (isinstance(s, float) and s.is_integer())
+           for s in shape):
+        return
+    hint = (" call X.compute_chunk_sizes() first (from a dask dataframe: "
+            "to_dask_array(lengths=True))" if hasattr(data, "compute_chunk_sizes") else "")
+    raise ValueError(f"{_data_prefix(name, owner)} with a known number of rows. Got an "
+                     f"array of shape {shape} (unknown chunk sizes) instead:{hint}.")
 
 
-def is_chunked(X: Any) -> bool:
-    """True for inputs read a block at a time: a numpy memmap, a dask array, or any
-    non-numpy 2-D array-like with ``.shape``, a numpy ``.dtype`` and row slicing
-    (h5py, zarr, ...)."""
-    if isinstance(X, (ChunkedSource, np.memmap)) or _is_dask(X):
-        return True
-    if isinstance(X, np.ndarray) or hasattr(X, "tocsr") or \
-            type(X).__module__.startswith("scipy.sparse"):
-        return False            # in memory, or sparse (check_data refuses it)
-    shape = getattr(X, "shape", None)
-    if not hasattr(X, "__getitem__") or not isinstance(shape, tuple) or len(shape) != 2:
-        return False
-    try:
-        np.dtype(getattr(X, "dtype", None))
-    except TypeError:
-        return False
-    return getattr(X, "dtype", None) is not None
-
-
-def as_source(X: Any, *, name: str = "X", owner: str = "",
-              n_features: Optional[int] = None, block_rows: Optional[int] = None
-              ) -> "ChunkedSource":
-    """Wrap (and validate, a block at a time) a chunked input; see :func:`is_chunked`."""
-    if isinstance(X, ChunkedSource):
-        X._check_n_features(n_features)
-        return X
-    if _is_dask(X):
-        from emcore.distributed import DaskSource, active_client
-        if active_client() is not None:      # passes on the cluster's workers
-            return DaskSource(X, name=name, owner=owner, n_features=n_features,
-                              block_rows=block_rows)
-    return ChunkedSource(X, name=name, owner=owner, n_features=n_features,
-                         block_rows=block_rows)
-
-
-_ROW = re.compile(r"\brow (\d+)")
-
-
-def in_source_rows(exc: Exception, start: int) -> Exception:
-    """``exc`` (a ValueError or FloatingPointError of a block's pass) with its row
-    numbers counted from the source's first row instead of the block's."""
-    return type(exc)(_ROW.sub(lambda m: f"row {int(m.group(1)) + start}", str(exc)))
+def _summary(rows: np.ndarray, start: int, shared: Any) -> tuple:
+    # map_blocks' function for validation: what check_blocks needs of a block
+    return block_summary(rows)
 
 
 class ChunkedSource:
     """Rows of a 2-D array read a block at a time as C-contiguous float64.
 
     Supports ``shape``, ``len``, row slices ``X[a:b]``, a row ``X[i]`` and a list
-    of rows ``X[[i, j]]`` (numpy arrays out), :meth:`blocks` and :meth:`pass_`,
-    which the engine's ``data_pass`` calls for a source.
+    of rows ``X[[i, j]]`` (numpy arrays out), :meth:`blocks` and
+    :meth:`map_blocks`, through which the engine's ``data_pass`` runs over it
+    (:class:`emcore.engine.RowBlocks`).
 
     Parameters
     ----------
@@ -103,11 +79,10 @@ class ChunkedSource:
 
     def __init__(self, data: Any, *, name: str = "X", owner: str = "",
                  n_features: Optional[int] = None, block_rows: Optional[int] = None):
-        from emcore._validation import _check_dtype, _check_shape, _data_prefix
-        from emcore.engine import chunk_rows_for
         self._data = data
         self._name, self._owner = name, owner
         prefix = _data_prefix(name, owner)
+        check_known_shape(data, name, owner)
         shape = tuple(int(s) for s in data.shape)
         _check_dtype(np.dtype(data.dtype), prefix)
         _check_shape(shape, prefix)
@@ -184,67 +159,26 @@ class ChunkedSource:
 
     # --- validation ---------------------------------------------------------------
     def _check_n_features(self, n_features: Optional[int]) -> None:
-        from emcore._validation import _check_n_features
         _check_n_features(self.shape[1], n_features, self._name, self._owner)
 
     def _validate(self) -> None:
-        from emcore._validation import block_summary, check_blocks
-        check_blocks(((start, block_summary(rows)) for start, _, rows in self.blocks()),
+        summaries = self.map_blocks(_summary, None)
+        check_blocks(zip((start for start, _ in self.block_bounds()), summaries),
                      self.shape[1], name=self._name, owner=self._owner)
 
     # --- passes -------------------------------------------------------------------
     def summation_depth(self, chunk_rows: int) -> int:
         """Longest chain of additions behind a pass total: the depth inside a block
         plus one addition per block."""
-        from emcore.engine import summation_depth
         n_blocks = len(self.block_bounds())
         return summation_depth(min(self.shape[0], self.block_rows), chunk_rows) + n_blocks
 
-    def _pass_chunk_rows(self, chunk_rows: Optional[int]) -> int:
-        chunk_rows = chunk_rows or self.chunk_rows
-        if self.block_rows % chunk_rows:
-            raise ValueError(f"block_rows={self.block_rows} is not a multiple of "
-                             f"chunk_rows={chunk_rows}")
-        return chunk_rows
-
-    def pass_(self, family, rule, weights, params, *, n_jobs=1, with_stats=True,
-              sample_weight=None, out_log_resp=None, out_row_value=None, out_labels=None,
-              chunk_rows=None):
-        """:func:`emcore.engine.data_pass` over the blocks, merged in block order.
-
-        Called by ``data_pass`` for a source (which refuses rules that need all rows).
-        """
-        from emcore.engine import data_pass
-        chunk_rows = self._pass_chunk_rows(chunk_rows)
-
-        def block_results():
-            for start, stop, rows in self.blocks():
-                def part(a):
-                    return None if a is None else a[start:stop]
-                try:
-                    res = data_pass(rows, family, rule, weights, params, n_jobs=n_jobs,
-                                    with_stats=with_stats, sample_weight=part(sample_weight),
-                                    out_log_resp=part(out_log_resp),
-                                    out_row_value=part(out_row_value),
-                                    out_labels=part(out_labels), chunk_rows=chunk_rows)
-                except (ValueError, FloatingPointError) as exc:
-                    raise in_source_rows(exc, start) from None
-                yield (res.stats, res.resp_sum,
-                       (res.value, res.expected_log_joint, res.entropy, res.magnitude))
-
-        return merge_block_results(family, block_results(), with_stats)
-
-
-def merge_block_results(family, results, with_stats: bool):
-    """One :class:`emcore.engine.PassResult` from the blocks' (stats, resp_sum, totals),
-    merged in the order given (block order)."""
-    from emcore.engine import PassResult
-    stats, resp_sum, totals = None, None, np.zeros(4)
-    for block_stats, block_resp, block_totals in results:
-        if with_stats:
-            stats = block_stats if stats is None else family.merge_stats(stats, block_stats)
-        resp_sum = block_resp.copy() if resp_sum is None else resp_sum + block_resp
-        totals += block_totals
-    return PassResult(stats=stats, resp_sum=resp_sum, value=float(totals[0]),
-                      expected_log_joint=float(totals[1]), entropy=float(totals[2]),
-                      magnitude=float(totals[3]))
+    def map_blocks(self, fn: Callable, shared: Any, *, row_inputs: tuple = (),
+                   row_outputs: tuple = ()) -> Iterator:
+        """``fn(rows, start, shared, *inputs, *outputs)`` for each block, in block
+        order; see :class:`emcore.engine.RowBlocks`. Lazy: each block is read here
+        when the next result is asked for (validation stops at the first bad block)."""
+        arrays = tuple(row_inputs) + tuple(row_outputs)
+        return (fn(rows, start, shared,
+                   *(None if a is None else a[start:stop] for a in arrays))
+                for start, stop, rows in self.blocks())

@@ -97,14 +97,10 @@ def check_data(X: Any, *, name: str = "X", owner: str = "",
                n_features: Optional[int] = None) -> np.ndarray:
     """Return X as a C-contiguous float64 2-D array of finite numbers, or raise ValueError.
 
-    A chunked input (numpy memmap, h5py or zarr dataset, dask array: see
-    :func:`emcore._sources.is_chunked`) is not loaded: it is validated a block at a
-    time and returned as an :class:`emcore._sources.ChunkedSource`.
+    In-memory data only; :func:`emcore._input.check_input` sends chunked inputs
+    (memmap, h5py, zarr, Dask) to a source instead, validated a block at a time.
     """
     prefix = _data_prefix(name, owner)
-    from emcore._sources import as_source, is_chunked
-    if is_chunked(X):
-        return as_source(X, name=name, owner=owner, n_features=n_features)
     if X is None:
         raise ValueError(f"{prefix}. Got None instead.")
     if hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse"):

@@ -2,9 +2,10 @@
 
 ``fit(dask_array)`` with a ``dask.distributed`` client active (``Client(...)``
 anywhere in the process, so ``distributed.default_client()`` finds it) wraps the
-array in a :class:`DaskSource`. Each pass maps
-:func:`emcore.engine.data_pass` (the family's compiled chunk kernel) over the
-array's blocks on the workers; each task returns only the block's statistics,
+array in a :class:`DaskSource` (:mod:`emcore._input` decides). Each pass maps
+:func:`emcore.engine.block_pass` (the family's compiled chunk kernel) over the
+array's blocks on the workers (:meth:`DaskSource.map_blocks`, the engine's
+:class:`emcore.engine.RowBlocks` interface); each task returns only the block's statistics,
 responsibility sum and totals. The client gathers them in block order and
 merges them there, in that fixed order, then does the M-step. What crosses the
 network per iteration: the parameters with the family and rule objects, once to
@@ -29,21 +30,31 @@ per seed cross the network); the initial nearest-seed assignment reads the rows
 through the client once, a block at a time. Give
 ``means_init``/``weights_init``/``precisions_init`` to avoid that pass.
 
-A worker lost mid-fit: Dask recomputes its blocks from the graph on another
-worker (retries); if the task keeps failing, the fit raises RuntimeError naming
-the cause. A pass is all-or-nothing, so a fit never continues on partial
-statistics.
+A worker lost mid-fit or during initialisation: Dask recomputes its blocks from
+the graph on another worker (retries); if the task keeps failing (``KilledWorker``
+and the like), the fit raises RuntimeError naming the cause. A cluster left with
+no worker at all: Dask would wait for one forever; after ``no_worker_timeout``
+seconds without a worker (default 300) the fit raises RuntimeError saying so.
+A pass is all-or-nothing, so a fit never continues on partial statistics. Every
+computation on the cluster (validation, seeding, passes, blocks read through
+the client) goes through the same wait and the same errors.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import time
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
-from emcore._sources import ChunkedSource, merge_block_results
+from emcore._init import row_sq_dist
+from emcore._sources import ChunkedSource, check_known_shape
 
-__all__ = ["DaskSource", "active_client"]
+__all__ = ["DaskSource", "active_client", "DEFAULT_NO_WORKER_TIMEOUT"]
+
+#: Seconds a computation waits while the cluster has no worker before it raises.
+DEFAULT_NO_WORKER_TIMEOUT = 300.0
+_POLL_SECONDS = 0.5       # how often a waiting computation looks for workers
 
 
 def active_client():
@@ -66,24 +77,22 @@ def _cluster_memory(client) -> float:
     return float("inf") if not limits or 0 in limits else float(sum(limits))
 
 
-def _model(family, rule, weights, params):
-    return family, rule, weights, params
+def _shared(value):
+    return value
 
 
-def _block_pass(block, start, model, sample_weight, with_stats, chunk_rows, n_jobs):
-    # runs on a worker: one block's pass, statistics and totals only; model =
-    # (family, rule, weights, params), one key of the pass's graph
-    from emcore._sources import in_source_rows
-    from emcore.engine import data_pass
-    family, rule, weights, params = model
-    try:
-        res = data_pass(np.ascontiguousarray(block, dtype=np.float64), family, rule,
-                        weights, params, n_jobs=n_jobs, with_stats=with_stats,
-                        sample_weight=sample_weight, chunk_rows=chunk_rows)
-    except (ValueError, FloatingPointError) as exc:
-        raise in_source_rows(exc, start) from None
-    return (res.stats, res.resp_sum,
-            (res.value, res.expected_log_joint, res.entropy, res.magnitude))
+def _on_block(fn, block, start, shared, *row_args):
+    # runs on a worker: fn on one block as map_blocks promises it (C-contiguous
+    # float64 rows); shared is one key of the graph
+    return fn(np.ascontiguousarray(block, dtype=np.float64), start, shared, *row_args)
+
+
+def _sq_dist_block(rows, start, centre):
+    return row_sq_dist(rows, centre)
+
+
+class _ClusterFailed(RuntimeError):
+    """A computation on the cluster failed or could not run (no parameters changed)."""
 
 
 class DaskSource(ChunkedSource):
@@ -100,15 +109,30 @@ class DaskSource(ChunkedSource):
         every pass recomputes the blocks from the array's graph (e.g. re-reads
         them from files on the workers), so data larger than the cluster's memory
         fit too.
+    no_worker_timeout : float or None, default 300
+        Seconds a computation waits while the cluster has no worker at all (every
+        worker died, or none has started yet) before raising RuntimeError; the
+        wait starts again whenever a worker is seen. None waits forever (an
+        adaptive cluster whose workers wait in a batch queue). To set it for a
+        fit, pass ``DaskSource(dask_array, no_worker_timeout=...)`` to ``fit``.
     """
 
     def __init__(self, data: Any, *, client=None, name: str = "X", owner: str = "",
                  n_features: Optional[int] = None, block_rows: Optional[int] = None,
-                 persist: Optional[bool] = None):
+                 persist: Optional[bool] = None,
+                 no_worker_timeout: Optional[float] = DEFAULT_NO_WORKER_TIMEOUT):
         from emcore.engine import chunk_rows_for
         self._client = client or active_client()
         if self._client is None:
             raise ValueError("DaskSource needs a dask.distributed Client")
+        if no_worker_timeout is not None and (
+                isinstance(no_worker_timeout, bool) or not isinstance(
+                    no_worker_timeout, (int, float)) or not no_worker_timeout > 0):
+            raise ValueError("The 'no_worker_timeout' parameter of DaskSource must be None "
+                             f"or a positive number of seconds. Got {no_worker_timeout!r} "
+                             "instead.")
+        self.no_worker_timeout = no_worker_timeout
+        check_known_shape(data, name, owner)
         c = chunk_rows_for(int(data.shape[1])) if len(data.shape) == 2 else 1
         if len(data.shape) == 2:
             rows = data.chunks[0]
@@ -132,57 +156,91 @@ class DaskSource(ChunkedSource):
             self._delayed = list(self._data.to_delayed().ravel())
         return self._delayed
 
-    def _gather(self, tasks):
-        try:
-            return self._client.gather(self._client.compute(tasks))
-        except Exception as exc:
-            if isinstance(exc, (ValueError, FloatingPointError)):
-                raise
-            raise RuntimeError(f"the Dask cluster failed to complete a pass over the "
-                               f"data ({type(exc).__name__}: {exc}); no parameters were "
-                               "updated from partial statistics") from exc
+    def _wait(self, futures) -> None:
+        """Wait for ``futures``; raise if the cluster has had no worker for
+        ``no_worker_timeout`` seconds meanwhile (Dask itself would wait forever)."""
+        since = None              # when the cluster was first seen without workers
+        pending = list(futures)
+        while pending:
+            try:
+                pending[0].result(timeout=_POLL_SECONDS)
+            except TimeoutError:
+                pass
+            except Exception:     # a failed task: gather raises its error
+                return
+            pending = [f for f in pending if not f.done()]
+            if not pending:
+                return
+            if self.no_worker_timeout is None or self._client.nthreads():
+                since = None
+                continue
+            now = time.monotonic()
+            since = now if since is None else since
+            if now - since >= self.no_worker_timeout:
+                self._client.cancel(futures)
+                raise _ClusterFailed(
+                    f"the Dask cluster has had no worker for {self.no_worker_timeout:g} s "
+                    "(every worker died or none started), so a computation over the data "
+                    "could not run; no parameters were updated from partial statistics. "
+                    "Restart the workers, or wait longer with DaskSource(X, "
+                    "no_worker_timeout=...).")
 
-    def _validate(self) -> None:
-        # each block summarised on its worker (a first non-finite entry, the column
-        # extremes), checked on the client as check_data checks an array
-        from dask import delayed
-        from emcore._validation import block_summary, check_blocks
-        results = self._gather([delayed(block_summary)(b) for b in self._blocks_delayed()])
-        check_blocks(zip((start for start, _ in self.block_bounds()), results),
-                     self.shape[1], name=self._name, owner=self._owner)
+    def _gather(self, tasks: list) -> list:
+        """The results of ``tasks`` (delayed objects or dask collections), in order.
+
+        Any failure of the cluster (a task that kept losing its worker, a lost
+        connection, no worker left) is a RuntimeError naming the cause; the errors
+        of emcore's own checks and passes (ValueError, FloatingPointError) pass
+        through as they are."""
+        futures = []
+        try:
+            futures = self._client.compute(tasks)
+            self._wait(futures)
+            return self._client.gather(futures)
+        except BaseException as exc:
+            # release the failed computation's keys, so that a retry of the fit
+            # recomputes them instead of finding them failed
+            self._client.cancel(futures)
+            if not isinstance(exc, Exception) or isinstance(
+                    exc, (ValueError, FloatingPointError, _ClusterFailed)):
+                raise
+            raise _ClusterFailed(f"the Dask cluster failed to complete a computation over "
+                                 f"the data ({type(exc).__name__}: {exc}); no parameters "
+                                 "were updated from partial statistics") from exc
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        # rows read through the client (initialisation, per-row outputs): the same
+        # waits and errors as the passes
+        block = self._gather([self._data[start:stop]])[0]
+        return np.ascontiguousarray(block, dtype=np.float64)
 
     def sq_dist_to(self, centre: np.ndarray, out: np.ndarray) -> None:
         """out[i] = ||x_i - centre||^2, computed on the workers (k-means++ seeding):
         n doubles cross the network, not the rows."""
-        from dask import delayed
-        from emcore._init import row_sq_dist     # on the workers: the local numbers
         centre = np.asarray(centre, dtype=np.float64)
-        parts = self._gather([delayed(row_sq_dist, pure=False)(b, centre)
-                              for b in self._blocks_delayed()])
+        parts = self.map_blocks(_sq_dist_block, centre)
         for (start, stop), part in zip(self.block_bounds(), parts):
             out[start:stop] = part
 
-    def pass_(self, family, rule, weights, params, *, n_jobs=1, with_stats=True,
-              sample_weight=None, out_log_resp=None, out_row_value=None, out_labels=None,
-              chunk_rows=None):
-        """The pass on the workers, merged on the client in block order."""
+    def map_blocks(self, fn: Callable, shared: Any, *, row_inputs: tuple = (),
+                   row_outputs: tuple = ()) -> Iterable:
+        """``fn(rows, start, shared, *inputs, *outputs)`` of each block, run on the
+        workers where the blocks are, gathered on the client in block order; see
+        :class:`emcore.engine.RowBlocks`. ``shared`` is one key of the graph: it
+        reaches each worker once per call, not with every task, and a worker lost
+        with its copy is recomputed from the graph like a block (a lost scattered
+        key cannot be, and its dependents would wait for it forever). With an
+        output array, the blocks are read through the client and ``fn`` runs here,
+        since it writes the outputs in place."""
+        if any(a is not None for a in row_outputs):
+            return super().map_blocks(fn, shared, row_inputs=row_inputs,
+                                      row_outputs=row_outputs)
         from dask import delayed
-        if any(a is not None for a in (out_log_resp, out_row_value, out_labels)):
-            # per-row outputs (score_samples, predict): the local block reader
-            return super().pass_(family, rule, weights, params, n_jobs=n_jobs,
-                                 with_stats=with_stats, sample_weight=sample_weight,
-                                 out_log_resp=out_log_resp, out_row_value=out_row_value,
-                                 out_labels=out_labels, chunk_rows=chunk_rows)
-        chunk_rows = self._pass_chunk_rows(chunk_rows)
-        weights = np.asarray(weights, dtype=np.float64)
-        # the model is one key of the graph, not scattered data: it reaches each
-        # worker once per pass, not with every task, and a worker lost with its
-        # copy is recomputed from the graph like a block (a lost scattered key
-        # cannot be, and its dependents would wait for it forever)
-        model = delayed(_model, pure=False)(family, rule, weights, params)
+        shared_key = delayed(_shared, pure=False)(shared)
         tasks = []
         for (start, stop), block in zip(self.block_bounds(), self._blocks_delayed()):
-            sw = None if sample_weight is None else sample_weight[start:stop]
-            tasks.append(delayed(_block_pass, pure=False)(
-                block, start, model, sw, with_stats, chunk_rows, n_jobs))
-        return merge_block_results(family, self._gather(tasks), with_stats)  # block order
+            inputs = [None if a is None else a[start:stop] for a in row_inputs]
+            inputs += [None] * len(row_outputs)
+            tasks.append(delayed(_on_block, pure=False)(fn, block, start, shared_key,
+                                                       *inputs))
+        return self._gather(tasks)

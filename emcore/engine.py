@@ -27,9 +27,10 @@ No registry or hook is called here: the caller resolves the family and rule once
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional, Protocol
 
 import numpy as np
 
@@ -196,18 +197,18 @@ def data_pass(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.nd
     rule every chunk's log joint through ``rule.prepare``). ``out_log_resp``
     (n, k) and ``out_row_value`` (n,), the rule's per-row objective (log p(x_i) for
     the soft rule), are filled when given; with a hard rule, also ``out_labels``
-    (n,) of dtype intp, each row's component. ``X`` may also be a chunked source
-    (``emcore._sources.ChunkedSource``: memmap, h5py, zarr, Dask), which runs
-    this pass a block of rows at a time and merges the blocks in order.
+    (n,) of dtype intp, each row's component. ``X`` may also be a source of row
+    blocks (:class:`RowBlocks`: memmap, h5py, zarr, Dask), over whose blocks this
+    pass runs (:func:`block_pass`), merged in block order.
     """
     if not isinstance(X, np.ndarray):
         if rule.needs_all_rows:
             raise ValueError(f"the {type(rule).__name__} posterior rule needs all rows in "
                              "memory (a numpy array), not a chunked source")
-        return X.pass_(family, rule, weights, params, n_jobs=n_jobs, with_stats=with_stats,
-                       sample_weight=sample_weight, out_log_resp=out_log_resp,
-                       out_row_value=out_row_value, out_labels=out_labels,
-                       chunk_rows=chunk_rows)
+        return _blocks_pass(X, family, rule, weights, params, n_jobs=n_jobs,
+                            with_stats=with_stats, sample_weight=sample_weight,
+                            out_log_resp=out_log_resp, out_row_value=out_row_value,
+                            out_labels=out_labels, chunk_rows=chunk_rows)
     n, d = X.shape
     chunk_rows = chunk_rows or chunk_rows_for(d)
     log_w = _log_weights(weights)
@@ -228,6 +229,88 @@ def data_pass(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.nd
         rule_state = rule.report()
     return PassResult(stats, resp_sum, float(totals[0]), float(totals[1]),
                       float(totals[2]), float(totals[3]), rule_state)
+
+
+class RowBlocks(Protocol):
+    """What :func:`data_pass` and :func:`run_em` need of data read a block of rows at a
+    time (``emcore._sources.ChunkedSource`` and ``emcore.distributed.DaskSource``):
+    the one interface between the engine and a source.
+
+    ``shape`` is (n_samples, n_features); the blocks are consecutive runs of
+    ``block_rows`` rows (the last may be shorter), a multiple of the pass's chunk
+    size, so the chunks inside a block are the in-memory pass's chunks.
+    ``X[a:b]`` gives rows as a C-contiguous float64 array (initialisation).
+    """
+    shape: tuple
+    block_rows: int
+
+    def map_blocks(self, fn: Callable, shared: Any, *, row_inputs: tuple = (),
+                   row_outputs: tuple = ()) -> Iterable:
+        """``fn(rows, start, shared, *inputs, *outputs)`` of each block, an iterable
+        in block order: ``rows`` the block's rows as C-contiguous float64, ``start`` its
+        first row, ``inputs``/``outputs`` the block's slices ``a[start:stop]`` of
+        each (n, ...) array of ``row_inputs``/``row_outputs`` (None stays None).
+        ``fn`` and ``shared`` must pickle (a cluster runs ``fn`` where the rows
+        are, with ``shared`` sent once per call); ``fn`` writes the outputs in
+        place, so a source runs the blocks locally when an output is given."""
+
+    def summation_depth(self, chunk_rows: int) -> int:
+        """Longest chain of additions behind a pass total (for the chain's tolerance)."""
+
+
+_ROW = re.compile(r"\brow (\d+)")      # a row number in a block's error message
+
+
+def block_pass(rows: np.ndarray, start: int, pass_args: tuple,
+               sample_weight: Optional[np.ndarray] = None,
+               out_log_resp: Optional[np.ndarray] = None,
+               out_row_value: Optional[np.ndarray] = None,
+               out_labels: Optional[np.ndarray] = None) -> tuple:
+    """:func:`data_pass` over one block of a source; what ``map_blocks`` maps.
+
+    ``pass_args`` = (family, rule, weights, params, with_stats, chunk_rows, n_jobs).
+    Returns (stats, resp_sum, totals) with totals = (value, expected log joint,
+    entropy, magnitude): what crosses the network from a worker. Errors name
+    rows counted from the source's first row.
+    """
+    family, rule, weights, params, with_stats, chunk_rows, n_jobs = pass_args
+    try:
+        res = data_pass(rows, family, rule, weights, params, n_jobs=n_jobs,
+                        with_stats=with_stats, sample_weight=sample_weight,
+                        out_log_resp=out_log_resp, out_row_value=out_row_value,
+                        out_labels=out_labels, chunk_rows=chunk_rows)
+    except (ValueError, FloatingPointError) as exc:
+        raise type(exc)(_ROW.sub(lambda m: f"row {int(m.group(1)) + start}",
+                                 str(exc))) from None
+    return (res.stats, res.resp_sum,
+            (res.value, res.expected_log_joint, res.entropy, res.magnitude))
+
+
+def _blocks_pass(X: RowBlocks, family, rule, weights, params, *, n_jobs, with_stats,
+                 sample_weight, out_log_resp, out_row_value, out_labels,
+                 chunk_rows) -> PassResult:
+    """The pass over a source's blocks, merged in block order: the statistics by
+    the family's ``merge_stats``, the totals by addition. The grouping of chunks
+    into blocks differs from the in-memory pass's (whose blocks are ``MAX_BLOCKS``
+    chunks), so the totals are the same terms summed in another order; the
+    source's ``summation_depth`` bounds the difference."""
+    chunk_rows = chunk_rows or chunk_rows_for(X.shape[1])
+    if X.block_rows % chunk_rows:
+        raise ValueError(f"block_rows={X.block_rows} is not a multiple of "
+                         f"chunk_rows={chunk_rows}")
+    pass_args = (family, rule, np.asarray(weights, dtype=np.float64), params, with_stats,
+                 chunk_rows, n_jobs)
+    results = X.map_blocks(block_pass, pass_args, row_inputs=(sample_weight,),
+                           row_outputs=(out_log_resp, out_row_value, out_labels))
+    stats, resp_sum, totals = None, None, np.zeros(4)
+    for block_stats, block_resp, block_totals in results:
+        if with_stats:
+            stats = block_stats if stats is None else family.merge_stats(stats, block_stats)
+        resp_sum = block_resp.copy() if resp_sum is None else resp_sum + block_resp
+        totals += block_totals
+    return PassResult(stats=stats, resp_sum=resp_sum, value=float(totals[0]),
+                      expected_log_joint=float(totals[1]), entropy=float(totals[2]),
+                      magnitude=float(totals[3]))
 
 
 def _python_pass(X, family, rule, log_w, params, sample_weight, chunk_rows, with_stats,

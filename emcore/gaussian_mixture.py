@@ -9,6 +9,7 @@ import numpy as np
 import scipy.linalg
 
 from emcore import _validation as v
+from emcore._input import check_input
 from emcore._mixture import _MixtureBase, _check_weights
 from emcore._online import check_exponent, stepwise_update
 from emcore.constraints import Constraints
@@ -522,7 +523,7 @@ class GaussianMixture(_MixtureBase):
             in proportion to their weight. ``lower_bound_`` is then the weighted
             mean log-likelihood.
         """
-        X = v.check_data(X, owner="GaussianMixture.fit")
+        X = check_input(X, owner="GaussianMixture.fit")
         self._check_parameters(X)
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0],
                                               owner="GaussianMixture.fit",
@@ -601,7 +602,7 @@ class GaussianMixture(_MixtureBase):
         # a fitted model (by fit, partial_fit, from_parameters or its attributes)
         # is where online EM continues from; only an unfitted one initialises
         fitted = self._fitted_model(owner) if hasattr(self, "weights_") else None
-        X = v.check_data(X, owner=owner,
+        X = check_input(X, owner=owner,
                          n_features=None if fitted is None else fitted[0].n_features)
         if not isinstance(X, np.ndarray):
             X = np.ascontiguousarray(X[0:X.shape[0]])        # a batch fits in memory
@@ -646,13 +647,3 @@ class GaussianMixture(_MixtureBase):
         self.prior_ = None
         return self
 
-    # --- using the fitted model (the rest is in emcore._mixture) ----------------------
-    def icl(self, X: Any, sample_weight: Any = None) -> float:
-        """Integrated completed likelihood BIC - 2 sum_i log max_k q_ik (lower is better).
-
-        The hard-label ICL as mclust's ``icl()`` computes it, in scikit-learn's sign
-        (mclust's value is minus this); ICL >= BIC, equal when every posterior is
-        one-hot. See :func:`emcore.model_selection.icl`.
-        """
-        from emcore.model_selection import icl  # model_selection imports this module
-        return icl(self, X, sample_weight=sample_weight)

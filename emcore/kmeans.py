@@ -17,6 +17,7 @@ import numpy as np
 from emcore import _validation as v
 from emcore._estimator import BaseEstimator
 from emcore._init import kmeans_plusplus, sq_distances
+from emcore._input import check_input
 from emcore.engine import Iteration, best_of_starts, chunk_rows_for, data_pass, run_em
 from emcore.exceptions import ConvergenceWarning
 from emcore.registry import get_registry
@@ -195,7 +196,7 @@ class KMeans(BaseEstimator):
             Non-negative row weights (at least n_clusters positive): a weight of 2
             counts the row twice in the centres and the inertia.
         """
-        X = v.check_data(X, owner="KMeans.fit")
+        X = check_input(X, owner="KMeans.fit")
         k, centres, n_init = self._check_parameters(X)
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0],
                                               owner="KMeans.fit", min_positive=k)
@@ -282,7 +283,7 @@ class KMeans(BaseEstimator):
                              f"n_features_in_={n_in} columns. Got shape {centres.shape} "
                              "instead (set n_features_in_ too when the model changes "
                              "dimension).")
-        return v.check_data(X, owner=owner, n_features=centres.shape[1]), centres
+        return check_input(X, owner=owner, n_features=centres.shape[1]), centres
 
     def predict(self, X: Any) -> np.ndarray:
         """Index of the nearest centre of each row (ties: the lowest index)."""

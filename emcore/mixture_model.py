@@ -7,6 +7,7 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 
 from emcore import _validation as v
+from emcore._input import check_input
 from emcore._mixture import _MixtureBase, _check_weights
 from emcore.constraints import Constraints
 from emcore.engine import FitResult
@@ -193,7 +194,7 @@ class MixtureModel(_MixtureBase):
         sample_weight : array-like of shape (n_samples,), optional
             Non-negative row weights; a weight of 2 fits like the row repeated.
         """
-        X = v.check_data(X, owner="MixtureModel.fit")
+        X = check_input(X, owner="MixtureModel.fit")
         self._check_common(X)
         if not isinstance(self.family, str):
             raise ValueError("The 'family' parameter of MixtureModel must be a registry "

@@ -8,7 +8,9 @@ the opposite sign (higher is better): mclust's BIC and ICL are minus ours.
   hard-label form as mclust's ``icl()`` computes it.
 * :func:`select_model` -- fits every (``n_components``, ``covariance_type``) cell
   of a grid, each from several starts, and returns the whole table and the best
-  model by the chosen criterion, as mclust's ``mclustBIC`` does.
+  model by the chosen criterion, as mclust's ``mclustBIC`` does. Fits with a
+  *spike* (a component whose covariance sits at the ``reg_covar`` floor) stay in
+  the table but are not chosen, as mclust reports them as NA.
 
 Formulas and parameter counts: notes/gaussian_mixture.md, section 9.
 """
@@ -25,8 +27,10 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from emcore import _validation as v
+from emcore._input import check_input
 from emcore.exceptions import ConvergenceWarning
 from emcore.gaussian_mixture import GaussianMixture
+from emcore.registry import get_registry
 
 __all__ = ["icl", "select_model", "ModelSelection", "SelectionRow", "CRITERIA"]
 
@@ -37,6 +41,9 @@ _NAMES = {"bic": "BIC", "aic": "AIC", "icl": "ICL"}
 _LONG_NAMES = {"bic": "Bayesian information criterion",
                "aic": "Akaike information criterion",
                "icl": "integrated completed likelihood, hard labels"}
+# A component is a spike when reg_covar makes at least half of its variance in some
+# direction (see _spike_components).
+_SPIKE_FACTOR = 2.0
 # Initial values whose shape depends on n_components cannot be shared by a grid.
 _PER_CELL_PARAMS = ("weights_init", "means_init", "precisions_init")
 _GRID_PARAMS = ("n_components", "covariance_type", "n_init", "random_state")
@@ -44,29 +51,33 @@ _GRID_PARAMS = ("n_components", "covariance_type", "n_init", "random_state")
 
 # --- the criteria -----------------------------------------------------------------
 
-def _criteria(model: GaussianMixture, X: Any, sample_weight: Any, owner: str) -> dict:
-    """log-likelihood, n_parameters, BIC, AIC and ICL of a fitted emcore model, one pass.
+def _criteria(model: GaussianMixture, X: Any, sample_weight: Any) -> dict:
+    """log-likelihood, n_parameters, BIC, AIC and ICL of a fitted emcore model.
 
-    Unweighted, BIC and AIC are computed exactly as ``GaussianMixture.bic``/``aic``
-    compute them (same sums, same order), so they agree bit for bit.
+    From the estimator's public methods, so the table's BIC, AIC and ICL are
+    ``model.bic(X)``, ``model.aic(X)`` and ``model.icl(X)`` bit for bit; L is the
+    (weighted) sum of ``score_samples``, the sum those methods take.
     """
-    row_loglik, log_resp = model._evaluate(X, owner.split(".")[-1], log_resp=True)
-    w = v.check_sample_weight(sample_weight, row_loglik.shape[0], owner=owner)
-    # log max_k q_ik straight from the log-space posterior: exactly 0 when the other
-    # components' posteriors are below half an ulp of 1, and accurate for tiny q
-    # (log of exp(log q) would lose it).
-    log_max_q = np.max(log_resp, axis=1)
-    if w is None:
-        loglik = float(np.sum(row_loglik))
-        n = row_loglik.shape[0]
-        classification = float(np.sum(log_max_q))
-    else:
-        loglik = float(np.dot(w, row_loglik))
-        n = float(np.sum(w))
-        classification = float(np.dot(w, log_max_q))
-    bic, aic = (float(c) for c in model._information_criteria(loglik, n))
-    return {"log_likelihood": loglik, "n_parameters": int(model._n_parameters()),
-            "bic": bic, "aic": aic, "icl": bic - 2.0 * classification}
+    row_loglik = model.score_samples(X)
+    loglik = float(np.sum(row_loglik) if sample_weight is None
+                   else np.dot(sample_weight, row_loglik))
+    return {"log_likelihood": loglik,
+            "n_parameters": _n_parameters(model.n_components, model.covariance_type,
+                                          X.shape[1]),
+            "bic": model.bic(X, sample_weight=sample_weight),
+            "aic": model.aic(X, sample_weight=sample_weight),
+            "icl": model.icl(X, sample_weight=sample_weight)}
+
+
+def _gaussian_family(k: int, covariance_type: str, n_features: int):
+    """The Gaussian family GaussianMixture fits with (from the plugin registry)."""
+    return get_registry().family("gaussian").factory(k, n_features,
+                                                     covariance_type=covariance_type)
+
+
+def _n_parameters(k: int, covariance_type: str, n_features: int) -> int:
+    """Free parameters of a cell: the family's, plus k - 1 weights."""
+    return int(_gaussian_family(k, covariance_type, n_features).n_parameters() + k - 1)
 
 
 def icl(model: Any, X: Any, sample_weight: Any = None) -> float:
@@ -87,11 +98,12 @@ def icl(model: Any, X: Any, sample_weight: Any = None) -> float:
 
     Parameters
     ----------
-    model : emcore.GaussianMixture, fitted
-        Any other fitted estimator with ``bic(X)`` and ``predict_proba(X)`` (for
-        example scikit-learn's ``GaussianMixture``) works too, without
-        ``sample_weight``; for emcore's estimator log q comes from the log-space
-        posterior, which is more accurate than ``log(predict_proba(X))`` for tiny q.
+    model : fitted emcore mixture
+        ``emcore.GaussianMixture`` or ``emcore.MixtureModel`` (this calls their
+        ``icl`` method, which takes log q from the log-space posterior, more
+        accurate than ``log(predict_proba(X))`` for tiny q). Any other fitted
+        estimator with ``bic(X)`` and ``predict_proba(X)`` (for example
+        scikit-learn's ``GaussianMixture``) works too, without ``sample_weight``.
     X : array-like of shape (n_samples, n_features)
         Usually the data the model was fitted on.
     sample_weight : array-like of shape (n_samples,), optional
@@ -104,20 +116,91 @@ def icl(model: Any, X: Any, sample_weight: Any = None) -> float:
     float
         The ICL; lower is better.
     """
-    if isinstance(model, GaussianMixture):
-        return _criteria(model, X, sample_weight, owner="icl")["icl"]
+    if callable(getattr(model, "icl", None)):
+        return float(model.icl(X, sample_weight=sample_weight))
     if not (hasattr(model, "bic") and hasattr(model, "predict_proba")):
         raise ValueError("The 'model' parameter of icl must be a fitted mixture with "
                          "bic(X) and predict_proba(X) methods, such as "
                          f"emcore.GaussianMixture. Got {type(model).__name__} instead.")
     if sample_weight is not None:
         raise ValueError("The 'sample_weight' parameter of icl is supported only for "
-                         f"emcore.GaussianMixture, not {type(model).__name__}; pass "
-                         "sample_weight=None.")
+                         "emcore's mixtures (with an icl method), not "
+                         f"{type(model).__name__}; pass sample_weight=None.")
     proba = np.asarray(model.predict_proba(X), dtype=np.float64)
     with np.errstate(divide="ignore"):
         classification = float(np.sum(np.log(np.max(proba, axis=1))))
     return float(model.bic(X)) - 2.0 * classification
+
+
+# --- spikes -----------------------------------------------------------------------
+
+def _spike_components(model: GaussianMixture) -> tuple:
+    """Indices of the components of a fitted model whose covariance sits at the
+    ``reg_covar`` floor: *spikes*.
+
+    The M-step covariance is Sigma_k = S_k + r I, with S_k the component's
+    (weighted, centred) scatter and r = ``reg_covar``. Along the eigenvector of
+    Sigma_k's smallest eigenvalue lambda = s + r, the share of the variance that
+    r makes is r / lambda = d log(lambda) / d log(r): the sensitivity of the
+    component's log-density at its own rows to the regulariser. A component is a
+    spike when that share is at least one half, lambda <= 2 r, i.e. the data's
+    own variance s along that direction is at most r: its likelihood is then set
+    more by ``reg_covar`` than by the data, and grows without bound as r -> 0
+    (with r = 0 the fit raises ``DegenerateComponentError``). That is the case of
+    every component holding fewer rows than its covariance needs to be
+    nonsingular (one row; fewer than d + 1 for 'full'), of rows lying in a
+    lower-dimensional subspace, and of a constant column ('full', 'diag', 'tied').
+
+    lambda is the smallest eigenvalue ('full', 'tied'; from ``eigvalsh``, exact
+    to a few u ||Sigma_k||, far below r unless the covariance's condition number
+    approaches 1 / u), the smallest variance ('diag') or the variance
+    ('spherical'). A tied covariance at the floor makes every component a spike.
+    With ``reg_covar=0`` nothing is a spike here: a singular covariance fails the
+    fit instead.
+    """
+    r = float(model.reg_covar)
+    if not r > 0.0:
+        return ()
+    cov = np.asarray(model.covariances_, dtype=np.float64)
+    k = model.weights_.shape[0]
+    t = model.covariance_type
+    if t == "full":
+        smallest = np.linalg.eigvalsh(cov)[:, 0]
+    elif t == "tied":
+        smallest = np.full(k, np.linalg.eigvalsh(cov)[0])
+    elif t == "diag":
+        smallest = cov.min(axis=1)
+    else:
+        smallest = cov
+    return tuple(int(j) for j in np.flatnonzero(smallest <= _SPIKE_FACTOR * r))
+
+
+def _max_components(covariance_type: str, n_rows: int, n_features: int,
+                    cap: bool) -> tuple:
+    """(largest n_components worth fitting, why) for a covariance type on n_rows rows.
+
+    Without ``cap``: n_rows (each component needs a row). With it: the largest k
+    for which every component can hold m rows, the rows its own covariance needs
+    to be nonsingular: m = d + 1 for 'full' (a d x d scatter about the
+    component's own mean), 2 for 'diag' and 'spherical' (a variance about it).
+    Beyond that, some component has n_k < m (pigeonhole: sum_k n_k = n), so its
+    covariance is singular but for ``reg_covar``: a spike, never chosen. For
+    'tied', m = 2 too: a component on a single row contributes nothing to the
+    pooled scatter, its mean interpolates the row, and as k -> n the pooled
+    covariance rests on ever fewer degrees of freedom (n - k, which must be at
+    least d) and BIC rewards the interpolation (60 rows in 2-D chose k = 58).
+    The cells beyond the cap are also the slowest to fit.
+    """
+    if not cap:
+        return n_rows, "more components than rows"
+    d = n_features
+    m = d + 1 if covariance_type == "full" else 2
+    limit = n_rows // m if covariance_type != "tied" else max(0, min(n_rows // m,
+                                                                     n_rows - d))
+    what = "d + 1 = " if covariance_type == "full" else ""
+    return limit, (f"{covariance_type!r} needs {what}{m} rows per component"
+                   f"{' and n - k >= d' if covariance_type == 'tied' else ''}: {n_rows} "
+                   f"rows allow at most {limit}")
 
 
 # --- the grid ---------------------------------------------------------------------
@@ -141,6 +224,8 @@ class SelectionRow:
     n_iter: int               #: M-steps of the best start (0 if it failed)
     random_state: int         #: the seed this cell was fitted with
     error: Optional[str] = None  #: why the fit failed (never chosen), else None
+    #: components whose covariance sits at the reg_covar floor (spikes), 0-based
+    spike_components: tuple = ()
 
     def value(self, criterion: str) -> float:
         """The value of ``criterion`` ('bic', 'aic' or 'icl') for this cell."""
@@ -149,8 +234,14 @@ class SelectionRow:
 
     @property
     def ok(self) -> bool:
-        """True if the fit succeeded (the row can be chosen)."""
+        """True if the fit succeeded."""
         return self.error is None
+
+    @property
+    def spike(self) -> bool:
+        """True if a component of the fit is a spike: its covariance at the
+        ``reg_covar`` floor (see :func:`select_model`). Not chosen by default."""
+        return bool(self.spike_components)
 
 
 @dataclass(frozen=True)
@@ -172,10 +263,16 @@ class ModelSelection:
     best_model : emcore.GaussianMixture
         The fitted estimator of the best cell.
     skipped_n_components : tuple of int
-        Values of ``n_components`` not fitted because they exceed the number of
-        rows of X (with positive weight).
+        Values of ``n_components`` not fitted for any covariance type (see
+        ``skipped_cells``).
     covariance_types : tuple of str
         The covariance types of the grid, in the order given (the table's columns).
+    include_spikes : bool
+        Whether fits with a spike component (``SelectionRow.spike``) could be
+        chosen; by default they are not.
+    skipped_cells : tuple of (int, str, str)
+        ``(n_components, covariance_type, reason)`` of every cell not fitted
+        because X has too few rows for it (see :func:`select_model`).
     """
     table: tuple
     criterion: str
@@ -183,6 +280,13 @@ class ModelSelection:
     best_model: GaussianMixture
     skipped_n_components: tuple = ()
     covariance_types: tuple = field(default=(), repr=False)
+    include_spikes: bool = False
+    skipped_cells: tuple = field(default=(), repr=False)
+
+    def eligible(self, row: SelectionRow) -> bool:
+        """True if ``row`` can be chosen: its fit succeeded and, unless
+        ``include_spikes``, has no spike component."""
+        return row.ok and (self.include_spikes or not row.spike)
 
     @property
     def best(self) -> SelectionRow:
@@ -191,10 +295,11 @@ class ModelSelection:
         return next(r for r in self.table if r.n_components == k and r.covariance_type == t)
 
     def top(self, n: int = 3, criterion: Optional[str] = None) -> list:
-        """The ``n`` best successful rows by ``criterion`` (default: the chosen one)."""
+        """The ``n`` best eligible rows by ``criterion`` (default: the chosen one)."""
         criterion = self.criterion if criterion is None else criterion
         v.check_choice(criterion, "criterion", "ModelSelection.top", CRITERIA)
-        ok = [r for r in self.table if r.ok and math.isfinite(r.value(criterion))]
+        ok = [r for r in self.table
+              if self.eligible(r) and math.isfinite(r.value(criterion))]
         return sorted(ok, key=lambda r: r.value(criterion))[:n]
 
     def to_text(self, criterion: Optional[str] = None) -> str:
@@ -202,7 +307,9 @@ class ModelSelection:
 
         Like mclust's BIC table, but lower is better: ``*`` marks the best cell,
         ``!`` a fit that stopped before its ``tol`` rule fired, ``failed`` a fit
-        that failed (the reasons are listed below the table).
+        that failed and ``spike`` a fit with a spike component, not chosen (where
+        mclust prints NA; with ``include_spikes`` the value is shown, marked
+        ``s``); the reasons are listed below the table.
         """
         criterion = self.criterion if criterion is None else criterion
         v.check_choice(criterion, "criterion", "ModelSelection.to_text", CRITERIA)
@@ -220,7 +327,10 @@ class ModelSelection:
                 return ""
             if not r.ok:
                 return "failed "
-            mark = "*" if r is best else ("!" if not r.converged else " ")
+            if r.spike and not self.include_spikes:
+                return "spike "
+            mark = ("*" if r is best else "s" if r.spike
+                    else "!" if not r.converged else " ")
             return f"{r.value(criterion):.3f}{mark}"
 
         body = [[str(k)] + [cell(k, t) for t in types] for k in ks]
@@ -247,9 +357,24 @@ class ModelSelection:
             lines.extend(f"  n_components={r.n_components}, "
                          f"covariance_type={r.covariance_type!r}: {r.error}"
                          for r in failed)
-        if self.skipped_n_components:
-            lines.append("Not fitted (more components than rows): n_components="
-                         + ", ".join(map(str, self.skipped_n_components)))
+        spikes = [r for r in self.table if r.ok and r.spike]
+        if spikes:
+            lines.append(
+                "Spike fits (a component's covariance at the reg_covar floor: "
+                + ("included by include_spikes=True" if self.include_spikes else
+                   "not chosen; include_spikes=True allows them") + "):")
+            lines.extend(f"  n_components={r.n_components}, "
+                         f"covariance_type={r.covariance_type!r}: component(s) "
+                         + ", ".join(map(str, r.spike_components)) for r in spikes)
+        if self.skipped_cells:
+            lines.append("Not fitted (too few rows for the components' covariances):")
+            for t in self.covariance_types or tuple(dict.fromkeys(
+                    c[1] for c in self.skipped_cells)):
+                cells = [c for c in self.skipped_cells if c[1] == t]
+                if cells:
+                    lines.append(f"  covariance_type={t!r}: n_components="
+                                 + ", ".join(str(c[0]) for c in cells)
+                                 + f" ({cells[0][2]})")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -291,10 +416,10 @@ def _check_covariance_types(value: Any, X: np.ndarray) -> tuple:
         if not isinstance(t, str):
             raise ValueError(f"{what}. Got {t!r} in {value!r} instead.")
     types = tuple(dict.fromkeys(values))
-    # Ask the estimator, so the grid follows whatever types it supports.
+    # Ask the family GaussianMixture fits with, so the grid follows its types.
     for t in types:
         try:
-            GaussianMixture(n_components=1, covariance_type=t)._check_parameters(X)
+            _gaussian_family(1, t, X.shape[1])
         except ValueError as exc:
             raise ValueError(f"The 'covariance_types' parameter of select_model contains "
                              f"{t!r}, which GaussianMixture does not support: {exc}") \
@@ -303,7 +428,7 @@ def _check_covariance_types(value: Any, X: np.ndarray) -> tuple:
 
 
 def _check_estimator_params(params: dict) -> None:
-    valid = GaussianMixture._param_names()
+    valid = sorted(GaussianMixture().get_params())
     for name in params:
         if name in _PER_CELL_PARAMS:
             raise ValueError(f"select_model cannot pass {name!r} to GaussianMixture: its "
@@ -333,7 +458,8 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
                  covariance_types: Union[str, Iterable[str]] = ("full", "tied", "diag",
                                                                 "spherical"),
                  criterion: str = "bic", n_init: int = 3, random_state: Any = None,
-                 sample_weight: Any = None, **estimator_params: Any) -> ModelSelection:
+                 sample_weight: Any = None, include_spikes: bool = False,
+                 **estimator_params: Any) -> ModelSelection:
     """Fit a grid of Gaussian mixtures and choose one by BIC, AIC or ICL.
 
     Like mclust's ``mclustBIC``: every (``n_components``, ``covariance_type``) cell
@@ -351,9 +477,19 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
     X : array-like of shape (n_samples, n_features)
     n_components : int or iterable of int, default range(1, 10)
         Positive numbers of components; duplicates are dropped and the table is
-        in ascending order. Values above the number of rows of X (rows with
-        positive weight, if weighted) are skipped and listed in
-        ``skipped_n_components``.
+        in ascending order. A cell is not fitted (it is listed in
+        ``skipped_cells`` with the reason, and in ``skipped_n_components`` if
+        skipped for every type) when X has too few rows for it: with n the rows
+        of X (with positive weight, if weighted) and d its features, cells with
+        n_components above n // (d + 1) for 'full' and n // 2 for the other
+        types (and above n - d for 'tied'). Beyond these, some component has
+        fewer rows than its own covariance needs to be nonsingular, so the fit
+        is a spike (see ``include_spikes``), which would not be chosen, or
+        ('tied') a component interpolates a row; such cells are also the
+        slowest to fit (``range(1, 60)`` on 60 rows: 236 cells without the cap,
+        110 with it in 2-D). With ``include_spikes=True`` or a ``prior``
+        (which keeps small components' covariances regular), only cells with
+        more components than rows are skipped.
     covariance_types : str or iterable of str, default all four
         Covariance types to try ('full', 'tied', 'diag', 'spherical', like mclust's
         default of trying every model); an unsupported one raises a ValueError
@@ -374,6 +510,17 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
     sample_weight : array-like of shape (n_samples,), optional
         Frequency weights, passed to ``fit``; the criteria use weighted sums and
         n = sum of the weights.
+    include_spikes : bool, default False
+        Whether a fit with a *spike* can be chosen. A spike is a component whose
+        covariance sits at the ``reg_covar`` floor: along some direction
+        ``reg_covar`` makes at least half of its variance (smallest eigenvalue
+        <= 2 ``reg_covar``), so the data's own variance there is at most
+        ``reg_covar`` -- typically a component on one row, or on fewer rows than
+        its covariance needs. Its likelihood is set by ``reg_covar`` rather than
+        by the data and grows without bound as ``reg_covar`` -> 0, so on small
+        data BIC favours such degenerate fits. By default they stay in the table
+        (``row.spike``, ``row.spike_components``, shown as ``spike``, where
+        mclust prints NA) and are never chosen.
     **estimator_params
         Other ``GaussianMixture`` parameters, the same for every cell (``tol``,
         ``reg_covar``, ``max_iter``, ``init_params``, ``n_jobs``, ...). The initial
@@ -391,13 +538,16 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
     ------
     ValueError
         For a bad argument (the message names it), before anything is fitted; or
-        if every cell's fit failed (the message lists why).
+        if no cell's fit can be chosen (every one failed or has a spike; the
+        message lists why).
 
     Notes
     -----
-    A cell whose fit raises ``emcore.DegenerateComponentError`` or another
-    ValueError about the data (or whose log-likelihood is not finite) is kept in
-    the table with NaN criteria and its ``error``, and is never chosen. Fits
+    A fit with a spike component is kept in the table with its criteria and is
+    not chosen unless ``include_spikes`` (see above). A cell whose fit raises
+    ``emcore.DegenerateComponentError`` or another ValueError about the data (or
+    whose log-likelihood is not finite) is kept in the table with NaN criteria
+    and its ``error``, and is never chosen. Fits
     stopping at ``max_iter`` raise no ConvergenceWarning here: their rows say so
     (``converged``, ``stop_reason``). Ctrl-C during a fit stops the whole grid
     (KeyboardInterrupt).
@@ -410,23 +560,33 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
     >>> result.best_params, result.best_model.means_     # doctest: +SKIP
     """
     owner = "select_model"
-    X = v.check_data(X, owner=owner)
+    X = check_input(X, owner=owner)
     criterion = v.check_choice(criterion, "criterion", owner, CRITERIA)
     ks = _check_n_components(n_components)
     types = _check_covariance_types(covariance_types, X)
     n_init = v.check_int(n_init, "n_init", owner, low=1)
+    if not isinstance(include_spikes, (bool, np.bool_)):
+        raise ValueError("The 'include_spikes' parameter of select_model must be a bool. "
+                         f"Got {include_spikes!r} instead.")
     _check_estimator_params(estimator_params)
     w = v.check_sample_weight(sample_weight, X.shape[0], owner=owner)
     n_rows = X.shape[0] if w is None else int(np.count_nonzero(w))
-    fitted_ks = [k for k in ks if k <= n_rows]
-    skipped = tuple(k for k in ks if k > n_rows)
+    cap = not include_spikes and estimator_params.get("prior") is None
+    limits = {t: _max_components(t, n_rows, X.shape[1], cap) for t in types}
+    skipped_cells = tuple((k, t, limits[t][1]) for k in ks for t in types
+                          if k > limits[t][0])
+    fitted_ks = [k for k in ks if any(k <= limits[t][0] for t in types)]
+    skipped = tuple(k for k in ks if k not in fitted_ks)
     if not fitted_ks:
+        rows_of_x = f"{n_rows} rows{' with positive weight' if w is not None else ''}"
         raise ValueError(f"The 'n_components' parameter of select_model must contain a "
-                         f"value of at most {n_rows}, the number of rows of X"
-                         f"{' with positive weight' if w is not None else ''}. Got "
+                         f"value X's {rows_of_x} can fit: at most "
+                         + ", ".join(f"{limits[t][0]} for {t!r}" for t in types)
+                         + f" ({'; '.join(limits[t][1] for t in types)}). Got "
                          f"{n_components!r} instead.")
     # The estimator's own checks of the shared parameters (tol, reg_covar, ...),
-    # before anything is fitted.
+    # before anything is fitted: the one private method used here, as scikit-learn's
+    # convention leaves parameter checks to fit and has no public check.
     GaussianMixture(n_components=fitted_ks[0], covariance_type=types[0], n_init=n_init,
                     **estimator_params)._check_parameters(X)
     entropy = _root_entropy(random_state)
@@ -437,20 +597,22 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
     for k in fitted_ks:
         seed = _cell_seed(entropy, k)
         for t in types:
+            if k > limits[t][0]:
+                continue
             model = GaussianMixture(n_components=k, covariance_type=t, n_init=n_init,
                                     random_state=seed, **estimator_params)
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ConvergenceWarning)
                     model.fit(X, sample_weight=w)
-                values = _criteria(model, X, w, owner="select_model")
+                values = _criteria(model, X, w)
                 if not math.isfinite(values["log_likelihood"]):
                     raise FloatingPointError(
                         f"the log-likelihood at the fit is {values['log_likelihood']}")
             except (ValueError, FloatingPointError) as exc:
                 rows.append(SelectionRow(
                     n_components=k, covariance_type=t, log_likelihood=math.nan,
-                    n_parameters=_n_parameters(k, t, X.shape[1], estimator_params),
+                    n_parameters=_n_parameters(k, t, X.shape[1]),
                     bic=math.nan, aic=math.nan, icl=math.nan, converged=False,
                     stop_reason=None, n_iter=0, random_state=seed,
                     error=f"{type(exc).__name__}: {exc}"))
@@ -458,30 +620,35 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
             row = SelectionRow(n_components=k, covariance_type=t,
                                converged=bool(model.converged_),
                                stop_reason=model.stop_reason_, n_iter=int(model.n_iter_),
-                               random_state=seed, **values)
+                               random_state=seed, spike_components=_spike_components(model),
+                               **values)
             rows.append(row)
             if model.stop_reason_ == "interrupted":
                 raise KeyboardInterrupt(f"select_model interrupted while fitting "
                                         f"n_components={k}, covariance_type={t!r}")
             value = row.value(criterion)
-            if math.isfinite(value) and (best_row is None
-                                         or value < best_row.value(criterion)):
+            if (include_spikes or not row.spike) and math.isfinite(value) and (
+                    best_row is None or value < best_row.value(criterion)):
                 best_row, best_model = row, model
 
     if best_row is None:
+        def reason(r):
+            if r.error:
+                return r.error
+            if r.spike:
+                return (f"spike component(s) {', '.join(map(str, r.spike_components))} "
+                        "(covariance at the reg_covar floor)")
+            return f"non-finite {criterion}"
         reasons = "; ".join(f"n_components={r.n_components}, covariance_type="
-                            f"{r.covariance_type!r}: {r.error or 'non-finite ' + criterion}"
-                            for r in rows)
-        raise ValueError(f"select_model could not fit any cell of the grid, so there is "
-                         f"no model to choose: {reasons}")
+                            f"{r.covariance_type!r}: {reason(r)}" for r in rows)
+        hint = (" (include_spikes=True allows the spike fits; or fewer components)"
+                if any(r.ok and r.spike for r in rows) else "")
+        raise ValueError(f"select_model could not fit any cell of the grid without a "
+                         f"failure or a spike, so there is no model to choose{hint}: "
+                         f"{reasons}")
     return ModelSelection(
         table=tuple(rows), criterion=criterion,
         best_params={"n_components": best_row.n_components,
                      "covariance_type": best_row.covariance_type},
-        best_model=best_model, skipped_n_components=skipped, covariance_types=types)
-
-
-def _n_parameters(k: int, covariance_type: str, n_features: int, params: dict) -> int:
-    """Free parameters of an unfitted cell (the estimator's own count)."""
-    model = GaussianMixture(n_components=k, covariance_type=covariance_type, **params)
-    return int(model._family(n_features).n_parameters() + k - 1)
+        best_model=best_model, skipped_n_components=skipped, covariance_types=types,
+        include_spikes=bool(include_spikes), skipped_cells=skipped_cells)

@@ -12,6 +12,7 @@ relative 1e-12 on the log-likelihood.
 import faulthandler
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -20,10 +21,13 @@ import numpy as np
 import pytest
 
 import emcore
+from emcore._input import check_input
 from emcore._sources import ChunkedSource
 from emcore.engine import chunk_rows_for
 
 try:
+    import cloudpickle
+    import dask
     import dask.array as da
     from distributed import Client, LocalCluster
 except ImportError:
@@ -74,7 +78,7 @@ def _same(a, b):
 
 def test_dask_array_becomes_a_dask_source(client):
     X = _data(1000)
-    src = emcore._validation.check_data(da.from_array(X, chunks=(300, 3)))
+    src = check_input(da.from_array(X, chunks=(300, 3)))
     assert isinstance(src, DaskSource)
     # rechunked: blocks a multiple of the chunk size, all columns
     assert src.block_rows % chunk_rows_for(3) == 0
@@ -183,3 +187,129 @@ def test_worker_killed_mid_fit_recovers_or_raises(client):
         client.wait_for_workers(2, timeout=60)
         faulthandler.cancel_dump_traceback_later()
     assert pids[0] not in client.run(os.getpid).values()     # the kill happened
+
+
+def test_unknown_chunk_sizes_name_the_remedy(client):
+    # issue 15 item 7: was "cannot convert float NaN to integer"
+    X = _data(900)
+    dx = da.from_array(X, chunks=(300, 3))
+    unknown = dx[dx[:, 0] > -np.inf]            # boolean indexing: NaN row chunks
+    with pytest.raises(ValueError, match=r"'X' parameter of GaussianMixture\.fit .*"
+                                         r"known number of rows.*compute_chunk_sizes\(\)"):
+        emcore.GaussianMixture(2).fit(unknown)
+    with pytest.raises(ValueError, match="known number of rows"):
+        DaskSource(unknown)
+    _same(_fit(X), _fit(unknown.compute_chunk_sizes()))
+
+
+# --- faults: workers killed during initialisation, during a pass, all lost ----------
+#
+# A block's task kills its worker process (os._exit) while a flag file exists, so
+# the kill lands in a chosen phase of the fit, deterministically: the data are not
+# persisted, so every computation reruns the block's task. The scheduler allows one
+# failure per task: a task killed once is rerun on the restarted worker (the fit
+# is then bitwise the undisturbed one); a task killed every time gives KilledWorker,
+# which the fit must report as the RuntimeError emcore.distributed promises.
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])   # the workers' killer
+
+
+def _die_if_flagged(block, flag, once):
+    if os.path.exists(flag):
+        if once:
+            try:
+                os.remove(flag)
+            except FileNotFoundError:     # another task took the kill
+                return block
+        os._exit(1)
+    return block
+
+
+@pytest.fixture(scope="module")
+def fault_client():
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=50)
+    c = Client(cluster, set_as_default=False)
+    yield c
+    c.close()
+    cluster.close()
+
+
+@pytest.fixture
+def watchdog():
+    # A hang is the failure these tests exist to catch: after 5 minutes, far beyond
+    # their seconds, dump every thread's stack and end the run.
+    faulthandler.dump_traceback_later(300, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+def _killer_source(client, X, flag, once):
+    c = chunk_rows_for(3)
+    dx = da.from_array(X, chunks=(2 * c, 3)).map_blocks(
+        _die_if_flagged, flag=str(flag), once=once, dtype=np.float64)
+    return DaskSource(dx, client=client, persist=False)
+
+
+def _init_from(model):
+    return {"weights_init": model.weights_, "means_init": model.means_,
+            "precisions_init": model.precisions_}
+
+
+@pytest.mark.parametrize("phase", ["initialisation", "pass"])
+@pytest.mark.parametrize("once", [True, False], ids=["killed-once", "killed-always"])
+def test_worker_killed(fault_client, watchdog, tmp_path, phase, once):
+    X = _data(5 * chunk_rows_for(3))
+    flag = tmp_path / "kill"
+    source = _killer_source(fault_client, X, flag, once)     # validated, no flag yet
+    kw = {"max_iter": 3}
+    if phase == "pass":         # starting values given: the first computation is a pass
+        kw.update(_init_from(_fit(X, max_iter=1)))
+    reference = _fit(source, **kw)
+    pids = set(fault_client.run(os.getpid).values())
+    flag.touch()
+    t0 = time.perf_counter()
+    try:
+        if once:
+            _same(_fit(source, **kw), reference)
+        else:
+            with pytest.raises(RuntimeError, match="Dask cluster failed.*KilledWorker"):
+                _fit(source, **kw)
+    finally:
+        flag.unlink(missing_ok=True)
+        fault_client.wait_for_workers(2, timeout=60)
+    assert time.perf_counter() - t0 < 60
+    assert set(fault_client.run(os.getpid).values()) != pids    # a worker was killed
+
+
+def test_no_worker_left_times_out(watchdog):
+    # issue 15 item 7: with every worker gone, the fit waited forever
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                           dashboard_address=None, silence_logs=50)
+    c = Client(cluster, set_as_default=False)
+    try:
+        X = _data(3 * chunk_rows_for(3))
+        source = DaskSource(da.from_array(X, chunks=(chunk_rows_for(3), 3)), client=c,
+                            persist=False, no_worker_timeout=2.0)
+        cluster.scale(0)
+        deadline = time.monotonic() + 30
+        while c.nthreads() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not c.nthreads()
+        t0 = time.perf_counter()
+        with pytest.raises(RuntimeError, match="no worker for 2 s"):
+            _fit(source)
+        # the wait is the timeout plus a poll, not forever
+        assert 2.0 <= time.perf_counter() - t0 < 2.0 + 10.0
+    finally:
+        c.close()
+        cluster.close()
+
+
+def test_no_worker_timeout_argument(client):
+    dx = da.from_array(_data(600), chunks=(600, 3))
+    for bad in (0, -1.0, "60", True):
+        with pytest.raises(ValueError, match="'no_worker_timeout' parameter of DaskSource"):
+            DaskSource(dx, no_worker_timeout=bad)
+    assert DaskSource(dx, no_worker_timeout=None).no_worker_timeout is None

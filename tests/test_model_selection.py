@@ -130,6 +130,22 @@ def test_icl_arguments(overlapping):
         icl(gm, overlapping[:, :1])
 
 
+def test_every_mixture_estimator_has_icl(overlapping):
+    # icl lives on the estimators' base, next to bic and aic (issue 14 item 5)
+    from emcore import MixtureModel
+    X = overlapping
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mm = MixtureModel(2, random_state=0).fit(X)
+    penalty = -2.0 * math.fsum(_log_max_q(mm, X))
+    assert penalty > 10.0
+    assert mm.icl(X) - mm.bic(X) == pytest.approx(penalty, rel=1e-9)
+    assert icl(mm, X) == mm.icl(X)
+    w = np.random.default_rng(0).integers(0, 4, X.shape[0])
+    assert mm.icl(X, sample_weight=w) == pytest.approx(mm.icl(np.repeat(X, w, axis=0)),
+                                                       rel=RTOL)
+
+
 # --- the grid ---------------------------------------------------------------------
 
 def test_grid_picks_three_components_by_bic(grid, three_clusters):
@@ -211,6 +227,90 @@ def test_degenerate_cells_are_recorded_and_never_chosen():
                      reg_covar=0.0, covariance_types="full")
 
 
+def test_spike_fits_are_not_chosen_unless_asked():
+    # issue 15 item 4: three well-separated blobs of 20 points. With the default
+    # reg_covar, a component on a single row has variance reg_covar and a
+    # likelihood reg_covar sets; BIC chose 7 components, three of them such spikes.
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(c, 1.0, (20, 2))
+                        for c in [(0.0, 0.0), (10.0, 0.0), (5.0, 9.0)]])
+    kw = dict(n_components=range(1, 8), covariance_types="spherical", random_state=0,
+              n_jobs=1)
+    result = select_model(X, **kw)
+    assert result.best_params == {"n_components": 3, "covariance_type": "spherical"}
+    assert not result.best.spike
+    spikes = [r for r in result.table if r.spike]
+    assert spikes and all(r.ok and math.isfinite(r.bic) for r in spikes)
+    text = str(result)
+    assert "spike" in text and "include_spikes=True" in text
+    # asked for, a spike fit wins BIC, and its spike components are single rows
+    # (n_k = 1 up to the posteriors' tails): too few for a variance
+    with_spikes = select_model(X, include_spikes=True, **kw)
+    assert with_spikes.table == result.table
+    best = with_spikes.best
+    assert best.spike and best.bic < result.best.bic
+    model = with_spikes.best_model
+    n_k = model.weights_ * X.shape[0]
+    np.testing.assert_allclose(n_k[list(best.spike_components)], 1.0, atol=1e-3)
+    assert np.all(model.covariances_[list(best.spike_components)] <= 2 * model.reg_covar)
+    assert np.all(np.delete(n_k, best.spike_components) >= 2.0)
+    with pytest.raises(ValueError, match="'include_spikes' parameter of select_model"):
+        select_model(X, include_spikes="yes", **kw)
+
+
+def test_a_grid_of_spikes_only_says_so():
+    # a constant column: every 'diag' component's variance there is reg_covar alone
+    X = np.random.default_rng(4).normal(size=(40, 2))
+    X[:, 1] = 3.0
+    kw = dict(n_components=[1, 2], covariance_types="diag", n_init=1, random_state=0,
+              n_jobs=1)
+    with pytest.raises(ValueError, match="without a failure or a spike.*"
+                                         "include_spikes=True.*spike component"):
+        select_model(X, **kw)
+    result = select_model(X, include_spikes=True, **kw)
+    assert all(r.spike_components == tuple(range(r.n_components)) for r in result.table)
+    lines = result.to_text().splitlines()
+    assert result.best.spike and lines[2].endswith("*") and lines[3].endswith("s")
+
+
+def test_cells_with_too_few_rows_per_component_are_skipped_with_a_reason(
+        monkeypatch):
+    # issue 15 item 7: select_model(range(1, 60)) on 60 rows fitted 236 cells in
+    # 143 s and chose 58 'tied' components. 12 rows in 2-D: 'full' needs d + 1 = 3
+    # rows per component (k <= 4), the other types 2 (k <= 6).
+    X = np.random.default_rng(1).normal(size=(12, 2))
+    fitted = []
+    fit = ms.GaussianMixture.fit
+
+    def counting_fit(self, *args, **kwargs):
+        fitted.append((self.n_components, self.covariance_type))
+        return fit(self, *args, **kwargs)
+    monkeypatch.setattr(ms.GaussianMixture, "fit", counting_fit)
+    result = select_model(X, n_components=range(3, 9), n_init=1, random_state=0,
+                          n_jobs=1)
+    types = ("full", "tied", "diag", "spherical")
+    cells = [(k, t) for k in range(3, 9) for t in types
+             if k <= (4 if t == "full" else 6)]
+    assert fitted == cells
+    assert [(r.n_components, r.covariance_type) for r in result.table] == cells
+    assert [(k, t) for k, t, _ in result.skipped_cells] == \
+        [(k, t) for k in range(3, 9) for t in types if (k, t) not in cells]
+    assert result.skipped_n_components == (7, 8)
+    assert dict(((k, t), why) for k, t, why in result.skipped_cells)[(5, "full")] == \
+        "'full' needs d + 1 = 3 rows per component: 12 rows allow at most 4"
+    text = str(result)
+    assert "Not fitted (too few rows" in text and "allow at most 6" in text
+    # every skipped cell gets a component on fewer rows than its covariance needs:
+    # fitted anyway (include_spikes=True), they are spikes
+    fitted.clear()
+    spiky = select_model(X, n_components=[5, 7], covariance_types=("full", "diag"),
+                         n_init=1, random_state=0, n_jobs=1, include_spikes=True)
+    assert fitted == [(5, "full"), (5, "diag"), (7, "full"), (7, "diag")]
+    assert all(r.spike for r in spiky.table if r.ok)
+    with pytest.raises(ValueError, match="'n_components'.*at most 4 for 'full'"):
+        select_model(X, n_components=[9, 10], n_init=1, covariance_types="full")
+
+
 def test_sample_weight_in_the_grid(three_clusters):
     X = three_clusters[:60]
     w = np.random.default_rng(2).integers(1, 3, X.shape[0]).astype(float)
@@ -244,7 +344,7 @@ def no_fit(monkeypatch):
     (dict(n_components=[True]), "'n_components'"),
     (dict(n_components="3"), "'n_components'"),
     (dict(n_components=None), "'n_components'"),
-    (dict(n_components=[100, 200]), "'n_components'.*at most 30"),
+    (dict(n_components=[100, 200]), "'n_components'.*at most 10 for 'full', 15 for"),
     (dict(covariance_types=[]), "'covariance_types'.*empty"),
     (dict(covariance_types=["full", 1]), "'covariance_types'"),
     (dict(covariance_types="diagonal"), "'covariance_types'.*'diagonal'"),

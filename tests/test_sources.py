@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 import emcore
-from emcore._sources import ChunkedSource, as_source, is_chunked
+from emcore._input import as_source, check_input, is_chunked
+from emcore._sources import ChunkedSource
 from emcore.engine import UNIT_ROUNDOFF, chunk_rows_for, data_pass, summation_depth
 from emcore.registry import get_registry
 
@@ -85,7 +86,7 @@ def test_what_is_chunked(tmp_path):
     X = _data(100)
     assert not is_chunked(X) and not is_chunked(X.tolist())
     assert is_chunked(_memmap(tmp_path, X)) and is_chunked(_Recorder(X))
-    assert isinstance(emcore._validation.check_data(_memmap(tmp_path, X)), ChunkedSource)
+    assert isinstance(check_input(_memmap(tmp_path, X)), ChunkedSource)
 
 
 def test_block_rows_is_a_multiple_of_the_chunk(tmp_path):
@@ -244,3 +245,63 @@ def test_rule_needing_all_rows_is_refused():
     from emcore.engine import data_pass
     with pytest.raises(ValueError, match="needs all rows"):
         data_pass(src, family, rule, np.full(2, 0.5), {})
+
+
+class _Blocks:
+    """A source written from emcore.engine.RowBlocks alone (not a ChunkedSource):
+    the engine needs nothing else of it."""
+
+    def __init__(self, X, block_rows):
+        self._X, self.shape, self.block_rows = X, X.shape, block_rows
+        self.calls = 0
+
+    def map_blocks(self, fn, shared, *, row_inputs=(), row_outputs=()):
+        self.calls += 1
+        arrays = tuple(row_inputs) + tuple(row_outputs)
+        for start in range(0, self.shape[0], self.block_rows):
+            stop = min(self.shape[0], start + self.block_rows)
+            yield fn(np.ascontiguousarray(self._X[start:stop]), start, shared,
+                     *(None if a is None else a[start:stop] for a in arrays))
+
+    def summation_depth(self, chunk_rows):
+        return summation_depth(self.block_rows, chunk_rows) + -(-self.shape[0] //
+                                                                self.block_rows)
+
+
+def test_the_engine_reads_a_source_through_row_blocks_only():
+    # one documented interface (issue 14 item 5): a pass over a RowBlocks source is
+    # the pass over a ChunkedSource with the same blocks, per-row outputs included
+    c = chunk_rows_for(2)
+    X = _data(3 * c + 9, d=2)
+    family = get_registry().family("gaussian").factory(2, 2, covariance_type="full")
+    rule = get_registry().posterior_rule("soft").factory()
+    est = _fit(X, max_iter=3)
+    w, p = est.weights_, est._params()
+    sw = np.random.default_rng(3).uniform(0.5, 2.0, X.shape[0])
+    outs = []
+    results = []
+    for src in (_Blocks(X, c), as_source(_Recorder(X), block_rows=c)):
+        log_resp, row_value = np.empty((X.shape[0], 2)), np.empty(X.shape[0])
+        results.append(data_pass(src, family, rule, w, p, sample_weight=sw,
+                                 out_log_resp=log_resp, out_row_value=row_value))
+        outs.append((log_resp, row_value))
+    (a, b), ((la, ra), (lb, rb)) = results, outs
+    assert (a.value, a.expected_log_joint, a.entropy) == (b.value, b.expected_log_joint,
+                                                        b.entropy)
+    np.testing.assert_array_equal(a.resp_sum, b.resp_sum)
+    np.testing.assert_array_equal(la, lb)
+    np.testing.assert_array_equal(ra, rb)
+    assert results[0].stats.mean.tolist() == results[1].stats.mean.tolist()
+
+
+@pytest.mark.skipif(da is None, reason="dask not installed")
+def test_dask_array_with_unknown_chunk_sizes_says_so():
+    # issue 15 item 7: "cannot convert float NaN to integer"
+    X = _data(600)
+    dx = da.from_array(X, chunks=(200, 3))
+    unknown = dx[dx[:, 0] > -np.inf]            # boolean indexing: NaN row chunks
+    assert np.isnan(unknown.shape[0])
+    with pytest.raises(ValueError, match=r"'X' parameter of GaussianMixture\.fit .*"
+                                         r"known number of rows.*compute_chunk_sizes\(\)"):
+        emcore.GaussianMixture(2).fit(unknown)
+    _same_gmm(_fit(X), _fit(unknown.compute_chunk_sizes()))

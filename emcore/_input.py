@@ -1,0 +1,77 @@
+"""Where an input goes: in memory, read a block at a time, or on a Dask cluster.
+
+The one place that tells the kinds of data apart, above the modules that handle
+each kind (so none of them needs to know the others):
+
+- an in-memory array-like: :func:`emcore._validation.check_data` makes it a
+  C-contiguous float64 array of finite numbers;
+- a numpy memmap, an h5py or zarr dataset (any non-numpy 2-D array-like with
+  ``.shape``, a numpy ``.dtype`` and row slicing), or a dask array without an
+  active ``dask.distributed`` client: an :class:`emcore._sources.ChunkedSource`,
+  read a block at a time here;
+- a dask array with an active client: an :class:`emcore.distributed.DaskSource`,
+  whose passes run on the cluster's workers.
+
+Sources are validated a block at a time when wrapped, with the messages
+``check_data`` gives for an array.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from emcore._sources import ChunkedSource
+from emcore._validation import check_data
+from emcore.distributed import DaskSource, active_client
+
+__all__ = ["check_input", "is_chunked", "as_source"]
+
+
+def _is_dask(X: Any) -> bool:
+    return type(X).__module__.split(".")[0] == "dask" and hasattr(X, "chunks")
+
+
+def is_chunked(X: Any) -> bool:
+    """True for inputs read a block at a time: a numpy memmap, a dask array, or any
+    non-numpy 2-D array-like with ``.shape``, a numpy ``.dtype`` and row slicing
+    (h5py, zarr, ...)."""
+    if isinstance(X, (ChunkedSource, np.memmap)) or _is_dask(X):
+        return True
+    if isinstance(X, np.ndarray) or hasattr(X, "tocsr") or \
+            type(X).__module__.startswith("scipy.sparse"):
+        return False            # in memory, or sparse (check_data refuses it)
+    shape = getattr(X, "shape", None)
+    if not hasattr(X, "__getitem__") or not isinstance(shape, tuple) or len(shape) != 2:
+        return False
+    try:
+        np.dtype(getattr(X, "dtype", None))
+    except TypeError:
+        return False
+    return getattr(X, "dtype", None) is not None
+
+
+def as_source(X: Any, *, name: str = "X", owner: str = "",
+              n_features: Optional[int] = None, block_rows: Optional[int] = None
+              ) -> ChunkedSource:
+    """Wrap (and validate, a block at a time) a chunked input; see :func:`is_chunked`."""
+    if isinstance(X, ChunkedSource):
+        X._check_n_features(n_features)
+        return X
+    if _is_dask(X):
+        if active_client() is not None:      # passes on the cluster's workers
+            return DaskSource(X, name=name, owner=owner, n_features=n_features,
+                              block_rows=block_rows)
+    return ChunkedSource(X, name=name, owner=owner, n_features=n_features,
+                         block_rows=block_rows)
+
+
+def check_input(X: Any, *, name: str = "X", owner: str = "",
+                n_features: Optional[int] = None) -> Union[np.ndarray, ChunkedSource]:
+    """X checked at the edge: a chunked input as a validated source (:func:`as_source`),
+    anything else as a C-contiguous float64 array (:func:`emcore._validation.check_data`).
+    """
+    if is_chunked(X):
+        return as_source(X, name=name, owner=owner, n_features=n_features)
+    return check_data(X, name=name, owner=owner, n_features=n_features)
