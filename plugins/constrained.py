@@ -87,9 +87,10 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 from scipy import optimize, sparse
 
-from emcore.constraints import Constraints, ResolvedConstraints
-from emcore.plugin_api import PosteriorRule, PosteriorRuleRecord, hookimpl
-from emcore.registry import get_registry
+from emcore import Constraints
+from emcore.plugin_api import (PosteriorRule, PosteriorRuleRecord, ResolvedConstraints,
+                               hookimpl)
+from emcore.plugins.posterior import SoftPosterior
 
 __all__ = ["ConstrainedPosterior"]
 
@@ -147,7 +148,7 @@ class ConstrainedPosterior(PosteriorRule):
         self.max_dual_iter = max_dual_iter
         # lambda = 0 chunks are the plain posterior: the soft rule's own code, so that
         # inactive constraints reproduce EM bit for bit
-        self._soft = get_registry().posterior_rule("soft").factory()
+        self._soft = SoftPosterior()
         self._setup_key = None
         self._lam = None         # the last solution: the next E-step's warm start
         self._state = None

@@ -113,11 +113,15 @@ class _Context:
 
 
 def _describe(family: Family) -> str:
+    """The class name with n_components, n_features and the instance's public options
+    (scalars shown, other objects as 'set')."""
     extra = ""
-    for name in ("covariance_type", "reg_covar", "prior"):
-        if hasattr(family, name):
-            value = getattr(family, name)
-            extra += f", {name}={'set' if name == 'prior' and value is not None else value!r}"
+    for name, value in vars(family).items():
+        if name.startswith("_") or name in ("n_components", "n_features") or value is None:
+            continue
+        shown = (repr(value) if isinstance(value, (str, int, float, bool, np.number))
+                 else "set")
+        extra += f", {name}={shown}"
     return f"{type(family).__name__}(n_components={family.n_components}, " \
            f"n_features={family.n_features}{extra})"
 
