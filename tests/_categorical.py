@@ -53,9 +53,12 @@ class CategoricalFamily(Family):
         codes = np.asarray(X, dtype=np.intp)
         with np.errstate(divide="ignore"):
             logP = np.log(P)                                     # (K, d, L)
+        inside = (codes >= 0) & (codes < self.n_levels)
+        codes = np.where(inside, codes, 0)
         out = np.zeros((X.shape[0], self.n_components))
         for j in range(self.n_features):
             out += logP[:, j, codes[:, j]].T
+        out[~inside.all(axis=1)] = -np.inf          # a code no level has: probability 0
         return out
 
     def empty_stats(self) -> CategoricalStats:
