@@ -256,11 +256,11 @@ class Family(abc.ABC):
             def resp(start, stop):
                 return given[start:stop]
         eps = float(self.init_smoothing)
-        partition = resp
-        if eps > 0:
-            def partition(start, stop):
-                return (1.0 - eps) * np.asarray(resp(start, stop), dtype=np.float64) + eps / k
-        stats, _ = stats_from_assignments(X, self, partition, sample_weight=sample_weight)
+
+        def smoothed(start, stop):
+            return (1.0 - eps) * np.asarray(resp(start, stop), dtype=np.float64) + eps / k
+        stats, _ = stats_from_assignments(X, self, smoothed if eps > 0 else resp,
+                                          sample_weight=sample_weight)
         return self.m_step(stats, None)
 
     def validate_params(self, params: Params) -> None:
