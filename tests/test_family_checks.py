@@ -9,6 +9,7 @@ The unmutated families pass (tests/test_conformance.py, tests/test_example_plugi
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -443,3 +444,14 @@ def test_emcore_testing_imports_neither_pytest_nor_hypothesis(tmp_path):
                           timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "strategies need hypothesis"
+
+
+@pytest.mark.parametrize("value, enabled", [("1", True), ("yes", True), ("0", False),
+                                            ("", False)])
+def test_debug_mode_follows_the_environment_variable(value, enabled):
+    code = "from emcore.plugin_api import debug_enabled; print(debug_enabled())"
+    env = {**os.environ, "EMCORE_DEBUG": value}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(enabled)
