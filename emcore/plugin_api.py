@@ -111,17 +111,24 @@ CAPABILITIES = {
     "sampling": "the family implements sample() (the conformance suite draws data "
                 "from it and checks its moments)",
     "compiled_kernel": "the family/rule can hand the engine a compiled kernel "
-                       "(shown by `emcore plugins`)",
-    "covariance_type:full": "Gaussian family with full covariance matrices",
-    "covariance_type:tied": "Gaussian family with one covariance matrix shared by all components",
-    "covariance_type:diag": "Gaussian family with diagonal covariance matrices",
-    "covariance_type:spherical": "Gaussian family with one variance per component",
-    "fixed_weights": "the family's model fixes the mixture weights (Family.fixed_weights)",
+                       "(informational, listed by `emcore plugins`: the engine asks "
+                       "compiled_kernel() itself)",
+    "covariance_type:full": "Gaussian family with full covariance matrices (informational)",
+    "covariance_type:tied": "Gaussian family with one covariance matrix shared by all "
+                            "components (informational)",
+    "covariance_type:diag": "Gaussian family with diagonal covariance matrices "
+                            "(informational)",
+    "covariance_type:spherical": "Gaussian family with one variance per component "
+                                 "(informational)",
     **SUPPORTS,
 }
 """The capability vocabulary. A record declaring a string outside it is rejected
 (ValueError naming the record and the string; the registry then reports the plugin
-as broken), so a typo never silently turns a check off."""
+as broken), so a typo never silently turns a check off. ``sampling`` and the
+supports are read (by the conformance suite and the estimators); the others are
+informational, listed by ``emcore plugins``. The engine reads what it runs from the
+family's own methods and attributes (``compiled_kernel()``, ``fixed_weights``),
+never from a capability, so a declaration cannot disagree with the code."""
 
 
 class Family(abc.ABC):

@@ -227,6 +227,6 @@ class KMeansFamily(Family):
 def emcore_register_families():
     return [FamilyRecord(
         name="kmeans", factory=KMeansFamily,
-        capabilities=frozenset({"compiled_kernel", "sampling", "fixed_weights", "support:real"}),
+        capabilities=frozenset({"compiled_kernel", "sampling", "support:real"}),
         description="equal-weight spherical Gaussians with one fixed variance: "
                     "k-means with the 'hard' rule")]
