@@ -213,15 +213,17 @@ class MixtureModel(_MixtureBase):
                                               owner="MixtureModel.fit",
                                               min_positive=self.n_components)
         family = self._family(X.shape[1])
-        check_support(X, support_of(get_registry().family(self.family).capabilities),
-                      family=self.family, owner="MixtureModel.fit")
-        self._init = self._check_init(family)
+        support = support_of(get_registry().family(self.family).capabilities)
+        check_support(X, support, family=self.family, owner="MixtureModel.fit")
         rule = self._fit_rule()
         rng = v.check_random_state(self.random_state, "MixtureModel")
-        best = self._run_starts(X, family, rule, sample_weight, rng)
-        del self._init
+        self._init = self._check_init(family)      # read by _initial_parameters
+        try:
+            best = self._run_starts(X, family, rule, sample_weight, rng)
+        finally:
+            del self._init
         self.family_ = family
-        self._support = support_of(get_registry().family(self.family).capabilities)
+        self._support = support
         self._fitted_rule = rule
         self._set_fitted(best, X.shape[1])
         return self
