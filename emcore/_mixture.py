@@ -16,13 +16,12 @@ import numpy as np
 
 from emcore import _validation as v
 from emcore._estimator import BaseEstimator
-from emcore._init import kmeans_plusplus, nearest_centre, one_hot
+from emcore._init import CountedPartition, starting_partition
 from emcore._input import check_input
 from emcore.constraints import Constraints
-from emcore.engine import (FitResult, best_of_starts, chunk_rows_for, data_pass, run_em,
-                           stats_from_assignments)
+from emcore.engine import FitResult, best_of_starts, chunk_rows_for, data_pass, run_em
 from emcore.exceptions import ConvergenceWarning
-from emcore.plugin_api import PosteriorRule
+from emcore.plugin_api import PosteriorRule, _validate_in_debug, check_support
 from emcore.registry import get_registry
 
 INIT_PARAMS = ("k-means++", "random", "random_from_data")
@@ -48,6 +47,9 @@ def _check_weights(weights: Any, name: str, owner: str) -> np.ndarray:
 
 class _MixtureBase(BaseEstimator):
     """Base of the mixture estimators. Not public."""
+
+    #: the fitted family's support (emcore.plugin_api.SUPPORTS), checked on new data
+    _support: Optional[str] = None
 
     # --- what a subclass provides ---------------------------------------------------
     def _family(self, n_features: int, n_components: Optional[int] = None, prior=None):
@@ -150,34 +152,19 @@ class _MixtureBase(BaseEstimator):
     # --- initialisation -------------------------------------------------------------
     def _initial_parameters(self, X: np.ndarray, family, rng: np.random.Generator,
                             sample_weight: Optional[np.ndarray] = None):
-        """(weights, params) from ``init_params``: seeds and one M-step.
-
-        'k-means++': D^2-sampled seed rows, each row assigned to the nearest seed;
-        'random_from_data': seed rows drawn in proportion to their weight, the same
-        assignment; 'random': responsibilities drawn uniformly and normalised.
-        """
+        """(weights, params): the partition of ``init_params`` (emcore._init.
+        starting_partition), the family's ``initial_params`` on it, and the weights
+        of the partition."""
         k = self.n_components
-        n = X.shape[0]
-        if self.init_params == "random":
-            def responsibilities(start, stop):
-                r = rng.random((stop - start, k))
-                return r / r.sum(axis=1, keepdims=True)
-        else:
-            if self.init_params == "k-means++":
-                seeds = kmeans_plusplus(X, k, rng, sample_weight)
-            else:
-                p = None if sample_weight is None else sample_weight / sample_weight.sum()
-                seeds = rng.choice(n, size=k, replace=False, p=p)
-            centres = X[seeds]
-
-            def responsibilities(start, stop):
-                return one_hot(nearest_centre(X, centres, start, stop), k)
-
-        stats, resp_sum = stats_from_assignments(X, family, responsibilities,
-                                                 sample_weight=sample_weight)
+        partition = CountedPartition(starting_partition(X, k, self.init_params, rng,
+                                                        sample_weight),
+                                     X.shape[0], k, sample_weight)
+        params = family.initial_params(X, rng, sample_weight, resp=partition)
+        _validate_in_debug(family, params, "from initial_params")
+        resp_sum = partition.totals(chunk_rows_for(X.shape[1]))
         weights = (np.full(k, 1.0 / k) if family.fixed_weights
                    else resp_sum / resp_sum.sum())
-        return weights, family.m_step(stats, None)
+        return weights, params
 
     # --- fitting --------------------------------------------------------------------
     def _run_starts(self, X: np.ndarray, family, rule, sample_weight, rng, *,
@@ -223,6 +210,8 @@ class _MixtureBase(BaseEstimator):
         family, weights, params = self._fitted_model(owner)
         X = check_input(X, owner=owner, n_features=family.n_features)
         out_log_resp = np.empty((X.shape[0], weights.shape[0])) if log_resp else None
+        check_support(X, self._support, family=str(getattr(self, "family", self._owner)),
+                      owner=owner)
         row_value = np.empty(X.shape[0])
         data_pass(X, family, rule or self._likelihood_rule(), weights,
                   params, n_jobs=self.n_jobs, with_stats=False,

@@ -36,7 +36,7 @@ import numpy as np
 
 from emcore._core._passes import MAX_BLOCKS, data_pass as _compiled_pass
 from emcore._threads import effective_n_threads, single_threaded_blas
-from emcore.plugin_api import Family, PosteriorRule
+from emcore.plugin_api import Family, PosteriorRule, _validate_in_debug
 
 __all__ = ["PassResult", "Iteration", "FitResult", "data_pass", "run_em",
            "best_of_starts", "stats_from_assignments", "chunk_rows_for"]
@@ -493,6 +493,7 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
             t0 = time.perf_counter()
             stats = current.stats
             new_params = family.m_step(stats, params)
+            _validate_in_debug(family, new_params, f"at iteration {t}")
             new_weights = (weights if family.fixed_weights
                            else _weights_m_step(current.resp_sum, concentration))
             empty = tuple(int(j) for j in np.flatnonzero(~(current.resp_sum > 0)))

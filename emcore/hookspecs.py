@@ -40,7 +40,10 @@ def emcore_register_families() -> Sequence["FamilyRecord"]:
     -------
     sequence of FamilyRecord
         One record per family. Names must be unique across all installed
-        plugins; a duplicate is reported as a broken plugin and skipped.
+        plugins; a duplicate is reported as a broken plugin and skipped. A
+        record's capabilities must come from ``emcore.plugin_api.CAPABILITIES``
+        (building one with another string raises ValueError, and the plugin is
+        reported as broken): at most one ``support:*`` says where x lives.
     """
 
 

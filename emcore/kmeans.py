@@ -224,7 +224,7 @@ class KMeans(BaseEstimator):
                           "the centres settled; increase max_iter or tol.",
                           ConvergenceWarning, stacklevel=2)
         self.cluster_centers_ = best.params["means"]
-        self.inertia_ = float(np.sum(best.stats.scatter))
+        self.inertia_ = float(np.sum(family.within_scatter(best.stats, best.params)))
         self.n_iter_ = best.n_iter
         self.stop_reason_ = best.stop_reason
         self.converged_ = best.converged
@@ -314,8 +314,9 @@ class KMeans(BaseEstimator):
         """Minus the inertia of X at the fitted centres (scikit-learn's sign)."""
         X, centres = self._checked(X, "score")
         w = v.check_sample_weight(sample_weight, X.shape[0], owner="KMeans.score")
-        return -float(np.sum(self._pass(X, centres, sample_weight=w,
-                                        with_stats=True).stats.scatter))
+        k, d = centres.shape
+        stats = self._pass(X, centres, sample_weight=w, with_stats=True).stats
+        return -float(np.sum(self._family(k, d).within_scatter(stats, {"means": centres})))
 
     def __sklearn_tags__(self):
         """scikit-learn's tags for a clusterer/transformer."""

@@ -11,7 +11,7 @@ from emcore._input import check_input
 from emcore._mixture import _MixtureBase, _check_weights
 from emcore.constraints import Constraints
 from emcore.engine import FitResult
-from emcore.plugin_api import PosteriorRule
+from emcore.plugin_api import PosteriorRule, check_support, support_of
 from emcore.registry import get_registry
 
 __all__ = ["MixtureModel"]
@@ -72,8 +72,19 @@ class MixtureModel(_MixtureBase):
     n_init : int, default 1
         Number of initialisations; the fit with the highest objective is kept.
     init_params : {'k-means++', 'random', 'random_from_data'}, default 'k-means++'
-        Seeds as in :class:`emcore.GaussianMixture`: rows assigned to the nearest
-        (Euclidean) seed, or random responsibilities, then one M-step.
+        The starting partition, as in :class:`emcore.GaussianMixture`: rows
+        assigned to the nearest (Euclidean) of K seed rows (k-means++ or distinct
+        random rows), or random responsibilities. The family's
+        ``initial_params`` turns it into starting parameters (by default one
+        M-step on it, mixed with a small uniform share: ``Family.init_smoothing``).
+    weights_init : array-like of shape (n_components,), optional
+        Starting mixture weights (non-negative, summing to 1; normalised).
+        Default: the shares of the starting partition.
+    params_init : mapping of str to array-like, optional
+        Starting parameters of the family (its keys and shapes, e.g.
+        ``{"rates": (k, d)}`` for 'poisson'), checked by the family's
+        ``validate_params``; then ``init_params`` is not used and every one of
+        the ``n_init`` starts is this one. Default: from ``init_params``.
     random_state : None, int, numpy RandomState or Generator
     n_jobs : int or None, default None
         Threads for the chunk loop (results are identical for every value).
@@ -104,7 +115,8 @@ class MixtureModel(_MixtureBase):
                  posterior: Union[str, PosteriorRule] = "soft",
                  posterior_options: Optional[Mapping[str, Any]] = None,
                  tol: float = 1e-6, max_iter: int = 100, n_init: int = 1,
-                 init_params: str = "k-means++", random_state: Any = None,
+                 init_params: str = "k-means++", weights_init: Any = None,
+                 params_init: Optional[Mapping[str, Any]] = None, random_state: Any = None,
                  n_jobs: Optional[int] = None, verbose: int = 0):
         self.n_components = n_components
         self.family = family
@@ -115,6 +127,8 @@ class MixtureModel(_MixtureBase):
         self.max_iter = max_iter
         self.n_init = n_init
         self.init_params = init_params
+        self.weights_init = weights_init
+        self.params_init = params_init
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.verbose = verbose
@@ -183,6 +197,67 @@ class MixtureModel(_MixtureBase):
     def _fit_rule(self) -> PosteriorRule:
         return self._resolve_rule(self.posterior, self.posterior_options)
 
+    # --- initialisation -------------------------------------------------------------
+    def _check_init(self, family) -> tuple:
+        """(weights_init, params_init) as float arrays, or None, validated."""
+        k = family.n_components
+        weights = None
+        if self.weights_init is not None:
+            try:
+                weights = np.array(self.weights_init, dtype=np.float64)
+            except (TypeError, ValueError):
+                weights = None
+            if weights is None or weights.shape != (k,) or not np.all(np.isfinite(weights)) \
+                    or np.any(weights < 0) or abs(weights.sum() - 1.0) > 1e-6:
+                raise ValueError(f"The 'weights_init' parameter of MixtureModel must be an "
+                                 f"array of shape ({k},) of non-negative numbers summing to "
+                                 f"1. Got {self.weights_init!r} instead.")
+            weights = weights / weights.sum()
+            if family.fixed_weights and np.any(weights != 1.0 / k):
+                raise ValueError(f"The 'weights_init' parameter of MixtureModel must be None "
+                                 f"or equal weights for family {self.family!r}, whose model "
+                                 f"fixes the mixture weights. Got {self.weights_init!r} "
+                                 "instead.")
+        params = None
+        if self.params_init is not None:
+            given = self.params_init
+            if not isinstance(given, Mapping) or not given or \
+                    not all(isinstance(key, str) for key in given):
+                raise ValueError("The 'params_init' parameter of MixtureModel must be None "
+                                 "or a non-empty mapping of parameter names (str) to arrays. "
+                                 f"Got {given!r} instead.")
+            params = {}
+            for key, value in given.items():
+                try:
+                    params[key] = np.array(value, dtype=np.float64)
+                except (TypeError, ValueError):
+                    raise ValueError(f"The 'params_init' parameter of MixtureModel must map "
+                                     f"names to numeric arrays. Got {value!r} for {key!r} "
+                                     "instead.") from None
+                if params[key].ndim == 0 or params[key].shape[0] != k or \
+                        not np.all(np.isfinite(params[key])):
+                    raise ValueError(f"The 'params_init' parameter of MixtureModel must hold "
+                                     f"finite arrays with one entry per component (first "
+                                     f"axis {k}). Got shape {params[key].shape} for {key!r} "
+                                     "instead.")
+            try:
+                family.validate_params(params)
+            except (ValueError, KeyError) as exc:
+                raise ValueError(f"The 'params_init' parameter of MixtureModel is not valid "
+                                 f"for family {self.family!r}: {exc}") from None
+        return weights, params
+
+    def _initial_parameters(self, X: np.ndarray, family, rng: np.random.Generator,
+                            sample_weight: Optional[np.ndarray] = None):
+        weights, params = self._init
+        if params is None:
+            partition_weights, params = super()._initial_parameters(X, family, rng,
+                                                                    sample_weight)
+            return (partition_weights if weights is None else weights), params
+        k = family.n_components
+        return (np.full(k, 1.0 / k) if weights is None else weights), {
+            key: value.copy() for key, value in params.items()}
+
     # --- fitting --------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "MixtureModel":
         """Fit by the chosen EM variant; returns self.
@@ -207,10 +282,17 @@ class MixtureModel(_MixtureBase):
                                               owner="MixtureModel.fit",
                                               min_positive=self.n_components)
         family = self._family(X.shape[1])
+        support = support_of(get_registry().family(self.family).capabilities)
+        check_support(X, support, family=self.family, owner="MixtureModel.fit")
         rule = self._fit_rule()
         rng = v.check_random_state(self.random_state, "MixtureModel")
-        best = self._run_starts(X, family, rule, sample_weight, rng)
+        self._init = self._check_init(family)      # read by _initial_parameters
+        try:
+            best = self._run_starts(X, family, rule, sample_weight, rng)
+        finally:
+            del self._init
         self.family_ = family
+        self._support = support
         self._fitted_rule = rule
         self._set_fitted(best, X.shape[1])
         return self

@@ -25,6 +25,24 @@ exact posterior; hard, tempered, constrained). A rule whose q needs all rows
 (posterior regularization) sets ``needs_all_rows``; the engine then calls its
 ``prepare`` with every chunk's log joint before the pass.
 
+Starting values come from ``Family.initial_params`` (default: one M-step on the
+statistics of the starting partition, mixed with a small uniform share so that no
+parameter starts at an exact zero the data does not force); the parameter space
+is declared by ``Family.validate_params``, which the conformance suite calls on
+every M-step output and the engine too in debug mode (:func:`set_debug`, or the
+environment variable ``EMCORE_DEBUG=1``).
+
+**Support.** A family says where x lives with one ``support:*`` capability of its
+record (:data:`SUPPORTS`); the estimators check X against it (:func:`check_support`)
+at fit, score and predict, and the conformance suite integrates or sums the
+density over it. Without one, any finite X is accepted.
+
+**What estimators need beyond** :class:`Family`: ``GaussianMixture`` builds
+parameters from means and covariances or precisions through
+:class:`GaussianFamilyProtocol`; ``KMeans`` reads the within-cluster sums of squares
+through :class:`CentroidFamilyProtocol`. Both are typing protocols: a family
+satisfies them by having the methods.
+
 Plugins publish them with records returned from the registration hooks of
 :mod:`emcore.hookspecs`::
 
@@ -33,27 +51,41 @@ Plugins publish them with records returned from the registration hooks of
     @hookimpl
     def emcore_register_families():
         return [FamilyRecord(name="poisson", factory=PoissonFamily,
-                             capabilities=frozenset({"sampling"}),
+                             capabilities=frozenset({"sampling",
+                                                     "support:nonnegative_integers"}),
                              description="independent Poisson counts")]
 """
 
 from __future__ import annotations
 
 import abc
+import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Protocol, Union, runtime_checkable
 
 import numpy as np
 import pluggy
 
+from emcore.constraints import ResolvedConstraints
+from emcore.priors import ResolvedGaussianPrior
+
 __all__ = [
+    "CAPABILITIES",
+    "CentroidFamilyProtocol",
     "Family",
     "FamilyRecord",
+    "GaussianFamilyProtocol",
     "Params",
     "PosteriorRule",
     "PosteriorRuleRecord",
+    "ResolvedConstraints",
+    "ResolvedGaussianPrior",
+    "SUPPORTS",
+    "check_support",
+    "debug_enabled",
     "hookimpl",
-    "CAPABILITIES",
+    "set_debug",
+    "support_of",
 ]
 
 hookimpl = pluggy.HookimplMarker("emcore")
@@ -62,16 +94,41 @@ hookimpl = pluggy.HookimplMarker("emcore")
 Params = Mapping[str, np.ndarray]
 """A family's parameters: a mapping of names to arrays (first axis = component)."""
 
-CAPABILITIES = {
-    "compiled_kernel": "the family/rule can hand the engine a compiled kernel",
-    "sampling": "the family implements sample()",
-    "covariance_type:full": "Gaussian family with full covariance matrices",
-    "covariance_type:tied": "Gaussian family with one covariance matrix shared by all components",
-    "covariance_type:diag": "Gaussian family with diagonal covariance matrices",
-    "covariance_type:spherical": "Gaussian family with one variance per component",
-    "fixed_weights": "the family's model fixes the mixture weights (Family.fixed_weights)",
+SUPPORTS = {
+    "support:real": "x in R^d (any finite value)",
+    "support:nonnegative": "x in [0, inf)^d",
+    "support:positive": "x in (0, inf)^d",
+    "support:unit_interval": "x in [0, 1]^d",
+    "support:integers": "x in Z^d (integer values stored as floats)",
+    "support:nonnegative_integers": "x in {0, 1, 2, ...}^d (counts, category codes)",
+    "support:binary": "x in {0, 1}^d",
 }
-"""Capability strings with an agreed meaning. Plugins may declare others."""
+"""The ``support:*`` capabilities: where a family's x lives. A family declares at
+most one; the estimators reject X outside it (:func:`check_support`) and the
+conformance suite integrates (real) or sums (integer supports) the density over it."""
+
+CAPABILITIES = {
+    "sampling": "the family implements sample() (the conformance suite draws data "
+                "from it and checks its moments)",
+    "compiled_kernel": "the family/rule can hand the engine a compiled kernel "
+                       "(informational, listed by `emcore plugins`: the engine asks "
+                       "compiled_kernel() itself)",
+    "covariance_type:full": "Gaussian family with full covariance matrices (informational)",
+    "covariance_type:tied": "Gaussian family with one covariance matrix shared by all "
+                            "components (informational)",
+    "covariance_type:diag": "Gaussian family with diagonal covariance matrices "
+                            "(informational)",
+    "covariance_type:spherical": "Gaussian family with one variance per component "
+                                 "(informational)",
+    **SUPPORTS,
+}
+"""The capability vocabulary. A record declaring a string outside it is rejected
+(ValueError naming the record and the string; the registry then reports the plugin
+as broken), so a typo never silently turns a check off. ``sampling`` and the
+supports are read (by the conformance suite and the estimators); the others are
+informational, listed by ``emcore plugins``. The engine reads what it runs from the
+family's own methods and attributes (``compiled_kernel()``, ``fixed_weights``),
+never from a capability, so a declaration cannot disagree with the code."""
 
 
 class Family(abc.ABC):
@@ -88,6 +145,16 @@ class Family(abc.ABC):
     #: True when the model fixes the mixture weights (k-means: equal weights); the
     #: engine then keeps the initial weights instead of estimating them.
     fixed_weights: bool = False
+
+    #: The uniform share epsilon the default :meth:`initial_params` mixes into the
+    #: starting responsibilities, q -> (1 - epsilon) q + epsilon / K: every component
+    #: then starts with a positive weight on every row, so no parameter starts at an
+    #: exact zero (a probability, a rate) that only the partition, not the data,
+    #: forces. Exact zeros are absorbing for EM (a row of zero density in a component
+    #: never moves there), which left discrete families stuck far below the optimum
+    #: from a hard partition. 0 for a family whose parameter space is open (emcore's
+    #: Gaussian), which then starts from the plain partition.
+    init_smoothing: float = 0.05
 
     def __init__(self, n_components: int, n_features: int):
         self.n_components = int(n_components)
@@ -145,6 +212,73 @@ class Family(abc.ABC):
         that the ELBO chain can be checked in its penalised form.
         """
         return 0.0
+
+    # --- starting values and the parameter space ---------------------------------
+    def initial_params(self, X: Any, rng: np.random.Generator,
+                       sample_weight: Optional[np.ndarray] = None,
+                       resp: Union[None, np.ndarray, Callable[[int, int], np.ndarray]] = None
+                       ) -> dict:
+        """Return starting parameters of the K components.
+
+        Parameters
+        ----------
+        X : array of shape (n_samples, n_features), or a chunked source
+            The training data (rows may be read a block at a time: ``X[start:stop]``).
+        rng : numpy.random.Generator
+            The fit's generator (``random_state``); use it for every random choice.
+        sample_weight : array of shape (n_samples,), optional
+            Non-negative row weights.
+        resp : array of shape (n_samples, K), or callable, optional
+            The starting partition the estimator chose (its ``init_params``):
+            responsibilities, or ``resp(start, stop)`` returning those of rows
+            ``start:stop``. Default: each row on the nearest of K k-means++ seeds.
+
+        Returns
+        -------
+        dict
+            Valid parameters (:meth:`validate_params`).
+
+        Notes
+        -----
+        The default is one M-step (``m_step(stats, None)``) on the statistics of
+        the partition smoothed by :attr:`init_smoothing`: q -> (1 - epsilon) q +
+        epsilon / K. Override it for a family with a better start of its own.
+        """
+        from emcore._init import kmeans_plusplus, nearest_centre, one_hot
+        from emcore.engine import stats_from_assignments
+
+        k = self.n_components
+        if resp is None:
+            centres = X[kmeans_plusplus(X, k, rng, sample_weight)]
+
+            def resp(start, stop):
+                return one_hot(nearest_centre(X, centres, start, stop), k)
+        elif not callable(resp):
+            given = np.asarray(resp, dtype=np.float64)
+            if given.shape != (X.shape[0], k):
+                raise ValueError(f"The 'resp' parameter of {type(self).__name__}."
+                                 f"initial_params must have shape ({X.shape[0]}, {k}). "
+                                 f"Got {given.shape} instead.")
+
+            def resp(start, stop):
+                return given[start:stop]
+        eps = float(self.init_smoothing)
+
+        def smoothed(start, stop):
+            return (1.0 - eps) * np.asarray(resp(start, stop), dtype=np.float64) + eps / k
+        stats, _ = stats_from_assignments(X, self, smoothed if eps > 0 else resp,
+                                          sample_weight=sample_weight)
+        return self.m_step(stats, None)
+
+    def validate_params(self, params: Params) -> None:
+        """Raise ValueError if ``params`` lie outside the family's parameter space.
+
+        Names the parameter, the component and what is wrong (probabilities that
+        do not sum to 1, a negative rate, a covariance that is not positive
+        definite, ...). The conformance suite (``check_params_valid``) calls it on
+        every M-step output; the engine calls it after every M-step in debug mode
+        (:func:`set_debug`). Default: accepts anything (no declared space).
+        """
 
     # --- model size, sampling, numerics ------------------------------------------
     @abc.abstractmethod
@@ -229,6 +363,124 @@ class Family(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} does not implement random_params()")
 
 
+@runtime_checkable
+class GaussianFamilyProtocol(Protocol):
+    """What :class:`emcore.GaussianMixture` needs from the family registered as
+    ``"gaussian"`` beyond :class:`Family`: its covariance type, and parameters built
+    from scikit-learn's ``means_init``/``precisions_init``.
+
+    The parameters are ``{"means": (K, d), "covariances": (K, d, d),
+    "precisions_cholesky": (K, d, d)}`` (upper-triangular U_k with precision
+    U_k U_k^T) for every covariance type. The factory takes
+    ``factory(n_components, n_features, covariance_type=..., reg_covar=...,
+    prior=ResolvedGaussianPrior or None)``.
+    """
+
+    covariance_type: str
+
+    def params_from_covariances(self, means: np.ndarray, covariances: np.ndarray,
+                                n_k: Optional[np.ndarray] = None) -> dict:
+        """Parameters from means (K, d) and covariances (K, d, d); raise
+        DegenerateComponentError for a matrix that is not positive definite."""
+
+    def params_from_precisions(self, means: np.ndarray, precisions: np.ndarray) -> dict:
+        """Parameters from means (K, d) and precision matrices (K, d, d)."""
+
+
+@runtime_checkable
+class CentroidFamilyProtocol(Protocol):
+    """What :class:`emcore.KMeans` needs from the family registered as ``"kmeans"``
+    beyond :class:`Family`: the within-cluster sums of squares, for ``inertia_`` and
+    ``score``. Parameters are ``{"means": (K, d)}``."""
+
+    def within_scatter(self, stats: Any, params: Params) -> np.ndarray:
+        """Return sum_i w_ik ||x_i - mu_k||^2 per component, shape (K,), from the
+        statistics ``stats`` (the rows' weights) at the centres ``params["means"]``."""
+
+
+# --- support ---------------------------------------------------------------------------
+
+def support_of(capabilities: frozenset) -> Optional[str]:
+    """The ``support:*`` capability among ``capabilities``, or None if none is declared."""
+    found = sorted(set(capabilities) & set(SUPPORTS))
+    return found[0] if found else None
+
+
+def _outside(block: np.ndarray, support: str) -> np.ndarray:
+    """Boolean mask of the entries of ``block`` outside ``support`` (finite values)."""
+    if support == "support:real":
+        return np.zeros(block.shape, dtype=bool)
+    integer = support in ("support:integers", "support:nonnegative_integers",
+                          "support:binary")
+    bad = (block != np.round(block)) if integer else np.zeros(block.shape, dtype=bool)
+    if support in ("support:nonnegative", "support:nonnegative_integers",
+                   "support:unit_interval", "support:binary"):
+        bad |= block < 0
+    if support == "support:positive":
+        bad |= block <= 0
+    if support in ("support:unit_interval", "support:binary"):
+        bad |= block > 1
+    return bad
+
+
+def check_support(X: Any, support: Optional[str], *, family: str, owner: str) -> None:
+    """Raise ValueError if a value of X lies outside the family's declared support.
+
+    The one check the estimators call at fit, score and predict (after the
+    finiteness checks). ``support`` is a key of :data:`SUPPORTS` or None (nothing
+    to check); ``family`` and ``owner`` (e.g. ``"MixtureModel.fit"``) name the
+    family and the method in the message, which gives the first offending entry
+    (row-major). X is an array or a chunked source, read a block at a time.
+    """
+    if support is None or support == "support:real":
+        return
+    if support not in SUPPORTS:
+        raise ValueError(f"unknown support {support!r}; the supports are "
+                         f"{', '.join(sorted(SUPPORTS))}")
+    n = X.shape[0]
+    step = int(getattr(X, "block_rows", 0) or 65536)
+    for start in range(0, n, step):
+        block = np.asarray(X[start:start + step], dtype=np.float64)
+        bad = _outside(block, support)
+        if bad.any():
+            i, j = np.unravel_index(int(np.argmax(bad)), bad.shape)
+            raise ValueError(
+                f"The 'X' parameter of {owner} must lie in the support of family "
+                f"{family!r} ({support}: {SUPPORTS[support]}). Got X[{start + i}, {j}] = "
+                f"{float(block[i, j])!r} (column {j}) instead.")
+
+
+# --- debug mode --------------------------------------------------------------------------
+
+_debug = [os.environ.get("EMCORE_DEBUG", "") not in ("", "0")]
+
+
+def set_debug(enabled: bool = True) -> None:
+    """Turn emcore's debug mode on or off (default: the environment variable
+    ``EMCORE_DEBUG``, on unless unset, empty or ``0``).
+
+    In debug mode the engine calls ``family.validate_params`` on every M-step's
+    output (and on the starting parameters), so a family that leaves its
+    parameter space fails at the iteration that did it, not later or never.
+    """
+    _debug[0] = bool(enabled)
+
+
+def debug_enabled() -> bool:
+    """True if debug mode is on (:func:`set_debug`)."""
+    return _debug[0]
+
+
+def _validate_in_debug(family: "Family", params: Params, where: str) -> None:
+    """``family.validate_params(params)`` when debug mode is on, naming ``where``."""
+    if _debug[0]:
+        try:
+            family.validate_params(params)
+        except ValueError as exc:
+            raise ValueError(f"{type(family).__name__} returned invalid parameters "
+                             f"{where}: {exc}") from exc
+
+
 class PosteriorRule(abc.ABC):
     """Turns log joint probabilities a_ik = log p(x_i, z_i = k) into q.
 
@@ -309,6 +561,17 @@ def _check_record(kind: str, name: Any, factory: Any, capabilities: Any) -> None
     if not isinstance(capabilities, frozenset) or not all(
             isinstance(c, str) for c in capabilities):
         raise TypeError(f"{kind} {name!r}: capabilities must be a frozenset of strings")
+    unknown = sorted(capabilities - set(CAPABILITIES))
+    if unknown:
+        raise ValueError(f"{kind} {name!r} declares unknown capabilit"
+                         f"{'ies' if len(unknown) > 1 else 'y'} "
+                         f"{', '.join(map(repr, unknown))}; the vocabulary is "
+                         f"{', '.join(sorted(CAPABILITIES))} "
+                         "(emcore.plugin_api.CAPABILITIES)")
+    supports = sorted(capabilities & set(SUPPORTS))
+    if len(supports) > 1:
+        raise ValueError(f"{kind} {name!r} declares {len(supports)} supports "
+                         f"({', '.join(supports)}); declare at most one")
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,8 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 
-from emcore.exceptions import DegenerateComponentError
-from emcore.plugin_api import Family, FamilyRecord, Params, hookimpl
-from emcore.priors import ResolvedGaussianPrior
+from emcore import DegenerateComponentError
+from emcore.plugin_api import Family, FamilyRecord, Params, ResolvedGaussianPrior, hookimpl
 from emcore.plugins._gaussian_diag_kernel import GaussianDiagKernel
 from emcore.plugins._gaussian_kernel import GaussianFullKernel
 
@@ -29,6 +28,7 @@ __all__ = ["GaussianFamily", "GaussianStats", "COVARIANCE_TYPES"]
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 _DIAGONAL_TYPES = ("diag", "spherical")   # diagonal precisions: the diagonal kernel
 _LOG_2PI = np.log(2.0 * np.pi)
+_U = np.finfo(np.float64).eps / 2
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def _outer(u: np.ndarray, v: np.ndarray, diagonal: bool) -> np.ndarray:
 
 
 class GaussianFamily(Family):
-    """Multivariate normal components.
+    """Multivariate normal components (``emcore.plugin_api.GaussianFamilyProtocol``).
 
     Parameters
     ----------
@@ -87,6 +87,9 @@ class GaussianFamily(Family):
     prior : emcore.priors.ResolvedGaussianPrior, optional
         The conjugate prior; ``m_step`` then returns the posterior mode (MAP-EM).
     """
+
+    #: the parameter space is open: start from the plain partition (Family.initial_params)
+    init_smoothing = 0.0
 
     def __init__(self, n_components: int, n_features: int, *,
                  covariance_type: str = "full", reg_covar: float = 1e-6,
@@ -136,6 +139,79 @@ class GaussianFamily(Family):
             Lp = self._cholesky(prec, k, what="precision")
             covariances[k] = scipy.linalg.cho_solve((Lp, True), eye)
             covariances[k] = 0.5 * (covariances[k] + covariances[k].T)
+        return self.params_from_covariances(means, covariances)
+
+    def validate_params(self, params: Params) -> None:
+        """Means finite (k, d); covariances (k, d, d) symmetric, positive definite and of
+        the family's type; precisions_cholesky upper triangular with a positive diagonal
+        and U U^T the inverse of the covariance."""
+        k, d, t = self.n_components, self.n_features, self.covariance_type
+        for key, shape in (("means", (k, d)), ("covariances", (k, d, d)),
+                           ("precisions_cholesky", (k, d, d))):
+            value = np.asarray(params[key])
+            if value.shape != shape or not np.all(np.isfinite(value)):
+                raise ValueError(f"{key!r} must be a finite array of shape {shape}; got "
+                                 f"shape {value.shape}")
+        cov, U = np.asarray(params["covariances"]), np.asarray(params["precisions_cholesky"])
+        eye = np.eye(d)
+        for j in range(k):
+            self._cholesky(cov[j], j)        # positive definite, or DegenerateComponentError
+            # symmetric to rounding: the M-step symmetrises; u |S|
+            if np.any(np.abs(cov[j] - cov[j].T) > 4 * _U * np.max(np.abs(cov[j]))):
+                raise ValueError(f"'covariances' of component {j} is not symmetric")
+            if np.any(np.tril(U[j], -1) != 0) or np.any(np.diagonal(U[j]) <= 0):
+                raise ValueError(f"'precisions_cholesky' of component {j} is not upper "
+                                 "triangular with a positive diagonal")
+            # U^T Sigma U = I to the accuracy of a triangular solve: |error| <=
+            # c d u kappa (Higham, thm 8.5); c = 8 and kappa of Sigma
+            kappa = _condition_of_factor(U[j])
+            resid = float(np.max(np.abs(U[j].T @ cov[j] @ U[j] - eye)))
+            if not resid <= 8.0 * d * _U * max(kappa, 1.0):
+                raise ValueError(f"'precisions_cholesky' of component {j} is not the "
+                                 f"Cholesky factor of the inverse covariance (U^T Sigma U "
+                                 f"differs from I by {resid:.3g})")
+            off = cov[j] - np.diag(np.diagonal(cov[j]))
+            if t in ("diag", "spherical") and np.any(off != 0):
+                raise ValueError(f"'covariances' of component {j} is not diagonal "
+                                 f"(covariance_type={t!r})")
+            if t == "spherical" and np.any(np.diagonal(cov[j]) != cov[j, 0, 0]):
+                raise ValueError(f"'covariances' of component {j} is not a multiple of "
+                                 "the identity (covariance_type='spherical')")
+            if t == "tied" and np.any(cov[j] != cov[0]):
+                raise ValueError(f"'covariances' of component {j} differs from component "
+                                 "0's (covariance_type='tied')")
+
+    def random_params(self, rng: np.random.Generator, *,
+                      nearly_degenerate: bool = False) -> dict:
+        """Random valid parameters of the family's covariance type (for emcore.testing).
+
+        Well-conditioned: condition numbers <= 100, variances 0.1-10 around means in
+        [-10, 10]. Nearly degenerate: condition numbers 1e6-1e9 (full, tied, diag),
+        or variances ~1e-8 times the squared offset of the means (spherical, where
+        the condition number is always 1); far inside the limit 1 / (d eps).
+        """
+        k, d, kind = self.n_components, self.n_features, self.covariance_type
+        means = rng.uniform(-10.0, 10.0, (k, d))
+
+        def matrix():
+            scale = 10.0 ** rng.uniform(-1.0, 1.0)
+            cond = rng.uniform(6.0, 9.0) if nearly_degenerate else rng.uniform(0.0, 2.0)
+            if kind == "diag":
+                e = rng.uniform(0.0, cond, d)
+                if d > 1:
+                    e[:2] = 0.0, cond
+                    rng.shuffle(e)
+                return np.diag(scale * 10.0 ** e)
+            return _random_spd_matrix(rng, d, cond, scale)
+
+        if kind == "spherical":
+            var = 10.0 ** (rng.uniform(-9.0, -7.0, k) if nearly_degenerate
+                           else rng.uniform(-1.0, 1.0, k))
+            covariances = var[:, None, None] * np.eye(d)
+        elif kind == "tied":
+            covariances = np.broadcast_to(matrix(), (k, d, d)).copy()
+        else:
+            covariances = np.stack([matrix() for _ in range(k)])
         return self.params_from_covariances(means, covariances)
 
     def _cholesky(self, matrix: np.ndarray, k: int, n_k: Optional[float] = None,
@@ -411,6 +487,21 @@ class GaussianFamily(Family):
         # 1 + sqrt(d kappa_max) (../shared/notes/em_variants_and_testing.md, 9.4)
         kappa = max(_condition_of_factor(U) for U in params["precisions_cholesky"])
         return 1.0 + float(np.sqrt(self.n_features * kappa))
+
+
+def _random_spd_matrix(rng: np.random.Generator, n_features: int,
+                       log10_condition: float, scale: float) -> np.ndarray:
+    """A symmetric positive definite matrix with the given condition number: a random
+    orthogonal basis (QR of a Gaussian matrix) and eigenvalues ``scale * 10**e``, e
+    spread over [0, log10_condition] with both ends included (for d > 1)."""
+    d = n_features
+    Q, R = np.linalg.qr(rng.standard_normal((d, d)))
+    Q = Q * np.where(np.diag(R) < 0, -1.0, 1.0)
+    e = rng.uniform(0.0, log10_condition, d)
+    if d > 1:
+        e[0], e[1] = 0.0, log10_condition
+    S = scale * (Q * 10.0 ** e) @ Q.T
+    return 0.5 * (S + S.T)
 
 
 def _condition_of_factor(factor: np.ndarray) -> float:

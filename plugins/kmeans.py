@@ -28,7 +28,7 @@ from typing import Optional
 
 import numpy as np
 
-from emcore.exceptions import DegenerateComponentError
+from emcore import DegenerateComponentError
 from emcore.plugin_api import Family, FamilyRecord, Params, hookimpl
 from emcore.plugins._kmeans_kernel import KMeansKernel
 
@@ -61,7 +61,8 @@ class KMeansStats:
 
 
 class KMeansFamily(Family):
-    """Spherical Gaussians with equal weights and one fixed variance (k-means' model).
+    """Spherical Gaussians with equal weights and one fixed variance (k-means' model;
+    ``emcore.plugin_api.CentroidFamilyProtocol``).
 
     Parameters
     ----------
@@ -75,6 +76,9 @@ class KMeansFamily(Family):
     """
 
     fixed_weights = True
+    #: the parameter space is open: start from the plain partition (Family.initial_params)
+    init_smoothing = 0.0
+
 
     def __init__(self, n_components: int, n_features: int, variance: float = 0.5):
         super().__init__(n_components, n_features)
@@ -154,6 +158,19 @@ class KMeansFamily(Family):
                         "components or another initialisation")
         return {"means": means}
 
+    def within_scatter(self, stats: KMeansStats, params: Params) -> np.ndarray:
+        """sum_i w_ik ||x_i - mu_k||^2 per cluster (KMeans' inertia), from the shifted
+        moments: exactly the accumulated scatter when the statistics were taken about
+        the centres themselves (the engine's pass at ``params``)."""
+        return stats.within_scatter(np.asarray(params["means"], dtype=np.float64))
+
+    def validate_params(self, params: Params) -> None:
+        means = np.asarray(params["means"])
+        shape = (self.n_components, self.n_features)
+        if means.shape != shape or not np.all(np.isfinite(means)):
+            raise ValueError(f"'means' must be a finite array of shape {shape}; got shape "
+                             f"{means.shape}")
+
     def expected_log_likelihood(self, stats: KMeansStats, params: Params) -> float:
         d = self.n_features
         h = 0.5 / self.variance
@@ -210,6 +227,6 @@ class KMeansFamily(Family):
 def emcore_register_families():
     return [FamilyRecord(
         name="kmeans", factory=KMeansFamily,
-        capabilities=frozenset({"compiled_kernel", "sampling", "fixed_weights", "support:real"}),
+        capabilities=frozenset({"compiled_kernel", "sampling", "support:real"}),
         description="equal-weight spherical Gaussians with one fixed variance: "
                     "k-means with the 'hard' rule")]

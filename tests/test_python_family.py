@@ -84,3 +84,59 @@ def test_compiled_and_python_paths_agree_for_the_gaussian():
         assert abs(x.elbo - y.elbo) <= x.tolerance
     assert np.allclose(a.params["means"], b.params["means"], rtol=1e-12)
     assert np.allclose(a.params["covariances"], b.params["covariances"], rtol=1e-10)
+
+
+# --- a family's declared support (emcore.plugin_api.check_support) -----------------------
+
+from emcore.plugin_api import SUPPORTS, check_support  # noqa: E402
+
+# (support, values inside, a value outside): the boundaries on both sides
+SUPPORT_CASES = [
+    ("support:nonnegative", [0.0, 0.5, 1e300], -1e-300),
+    ("support:positive", [1e-300, 2.5], 0.0),
+    ("support:unit_interval", [0.0, 0.3, 1.0], 1.0 + 2.0 ** -52),
+    ("support:integers", [-3.0, 0.0, 7.0, 1e300], 0.5),
+    ("support:nonnegative_integers", [0.0, 1.0, 40.0], -1.0),
+    ("support:nonnegative_integers", [0.0, 1.0, 40.0], 2.5),
+    ("support:binary", [0.0, 1.0], 2.0),
+    ("support:binary", [0.0, 1.0], 0.5),
+]
+
+
+def test_every_support_has_a_case():
+    assert {case[0] for case in SUPPORT_CASES} | {"support:real"} == set(SUPPORTS)
+
+
+@pytest.mark.parametrize("support, inside, outside", SUPPORT_CASES)
+def test_check_support_names_the_first_entry_outside(support, inside, outside):
+    X = np.array([inside, inside[::-1]], dtype=np.float64).T.copy()     # (m, 2)
+    check_support(X, support, family="f", owner="Owner.fit")            # no error
+    X[-1, 1] = outside
+    with pytest.raises(ValueError, match=rf"The 'X' parameter of Owner.fit must lie in the "
+                                         rf"support of family 'f' \({support}.*Got "
+                                         rf"X\[{X.shape[0] - 1}, 1\] = .* \(column 1\)"):
+        check_support(X, support, family="f", owner="Owner.fit")
+
+
+def test_check_support_reads_a_chunked_source_block_by_block(tmp_path):
+    X = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", shape=(1000, 2))
+    X[:] = 1.0
+    X[900, 0] = -1.0
+
+    class Source:                     # the interface of emcore's chunked sources
+        shape, block_rows = X.shape, 128
+
+        def __getitem__(self, key):
+            assert key.stop - key.start <= 128
+            return X[key]
+
+    with pytest.raises(ValueError, match=r"X\[900, 0\] = -1\.0"):
+        check_support(Source(), "support:nonnegative", family="f", owner="o")
+
+
+def test_no_support_and_real_support_check_nothing_beyond_finiteness():
+    X = np.array([[-1.5, 2.0]])
+    check_support(X, None, family="f", owner="o")
+    check_support(X, "support:real", family="f", owner="o")
+    with pytest.raises(ValueError, match="unknown support 'support:reals'"):
+        check_support(X, "support:reals", family="f", owner="o")

@@ -9,6 +9,7 @@ cached ``get_registry()`` is never loaded while such a directory is on sys.path.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.metadata as md
 import json
@@ -20,6 +21,7 @@ import textwrap
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import emcore
@@ -337,12 +339,106 @@ def test_record_rejects_capabilities_not_a_frozenset_of_str(record_type, capabil
 @pytest.mark.parametrize("record_type", RECORD_TYPES)
 def test_record_accepts_valid_fields(record_type):
     rec = record_type(name="my-fam_1.2", factory=dict,
-                      capabilities=frozenset({"sampling", "anything:custom"}),
+                      capabilities=frozenset({"sampling", "support:binary"}),
                       description="one line")
     assert rec.name == "my-fam_1.2" and rec.factory is dict
     assert record_type(name="x", factory=dict).capabilities == frozenset()
     with pytest.raises(AttributeError):      # frozen dataclass
         rec.name = "other"
+
+
+@pytest.mark.parametrize("record_type", RECORD_TYPES)
+@pytest.mark.parametrize("capability", ["anything:custom", "suport:real", "support:reals",
+                                        "Sampling", "support:"])
+def test_record_rejects_a_capability_outside_the_vocabulary(record_type, capability):
+    # a typo would silently turn the checks it enables off
+    with pytest.raises(ValueError, match=rf"'ok' declares unknown capability "
+                                         rf"'{re.escape(capability)}'.*support:real"):
+        record_type(name="ok", factory=dict, capabilities=frozenset({"sampling", capability}))
+
+
+def test_record_rejects_two_supports():
+    with pytest.raises(ValueError, match="declares 2 supports"):
+        FamilyRecord(name="ok", factory=dict,
+                     capabilities=frozenset({"support:real", "support:binary"}))
+
+
+def test_every_capability_is_documented_and_every_support_is_a_capability():
+    from emcore.plugin_api import CAPABILITIES, SUPPORTS
+    assert set(SUPPORTS) <= set(CAPABILITIES)
+    assert all(isinstance(text, str) and text for text in CAPABILITIES.values())
+    assert all(name.startswith("support:") for name in SUPPORTS)
+
+
+def test_a_plugin_with_an_unknown_capability_is_reported_by_name(installer):
+    typo = installer.module("captypo", """
+        from emcore.plugin_api import FamilyRecord, hookimpl
+
+        @hookimpl
+        def emcore_register_families():
+            return [FamilyRecord(name="typo-family", factory=dict,
+                                 capabilities=frozenset({"sampling", "support:counts"}))]
+    """)
+    installer.dist("emcore-captypo", [("captypo", typo)])
+    reg = load_registry()
+    assert "typo-family" not in reg.families and "gaussian" in reg.families
+    [broken] = [b for b in reg.broken if b.distribution == "emcore-captypo"]
+    assert broken.name == "captypo"
+    assert "unknown capability 'support:counts'" in broken.reason
+
+
+# --- first-party plugins use only the public plugin API -----------------------------
+
+#: what a first-party plugin may import from emcore (besides its own modules in
+#: emcore.plugins): the rule the example third-party plugin follows too
+PUBLIC_MODULES = {"emcore", "emcore.plugin_api", "emcore.kernel", "emcore.blas"}
+_PYX_IMPORT = re.compile(r"^\s*(?:from\s+([\w.]+)\s+c?import\b|c?import\s+([\w.]+))", re.M)
+
+
+def _plugin_sources() -> list:
+    import emcore.plugins
+    root = Path(emcore.plugins.__path__[0])
+    return sorted(p for p in root.iterdir() if p.suffix in (".py", ".pyx"))
+
+
+def _emcore_imports(path: Path) -> set:
+    """Modules of the emcore package a plugin source imports (.py: every import
+    statement, nested ones too; .pyx: every import/cimport line)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".pyx":
+        names = {a or b for a, b in _PYX_IMPORT.findall(text)}
+    else:
+        names = set()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names.add(node.module)
+            elif isinstance(node, ast.ImportFrom):
+                names.add("emcore.plugins")             # a relative import: its own
+            elif isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+    return {n for n in names if n == "emcore" or n.startswith("emcore.")}
+
+
+def test_the_plugin_sources_are_all_seen():
+    names = {p.name for p in _plugin_sources()}
+    assert {"gaussian.py", "kmeans.py", "posterior.py", "constrained.py",
+            "_gaussian_kernel.pyx", "_kmeans_kernel.pyx", "_posterior_kernels.pyx"} <= names
+
+
+@pytest.mark.parametrize("path", _plugin_sources(), ids=lambda p: p.name)
+def test_first_party_plugins_import_only_the_public_api(path):
+    private = {m for m in _emcore_imports(path)
+               if m not in PUBLIC_MODULES and not m.startswith("emcore.plugins")}
+    assert not private, f"{path.name} imports emcore internals {sorted(private)}"
+
+
+def test_the_import_rule_catches_an_internal_import(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from emcore.registry import get_registry\n")
+    assert _emcore_imports(bad) == {"emcore.registry"}
+    pyx = tmp_path / "bad.pyx"
+    pyx.write_text("from emcore._core._passes cimport something\ncimport emcore.kernel\n")
+    assert _emcore_imports(pyx) == {"emcore._core._passes", "emcore.kernel"}
 
 
 # --- broken plugins are reported and skipped, the others load -------------------------
@@ -659,3 +755,24 @@ def test_hook_raising_systemexit_is_reported(installer):
     assert "gaussian" in reg.families
     assert [(b.name, b.distribution) for b in reg.broken] == [("exits", "emcore-exits")]
     assert "SystemExit" in reg.broken[0].reason
+
+
+# --- what estimators need from first-party families: public protocols ------------------
+
+def test_first_party_families_satisfy_the_protocols_the_estimators_rely_on():
+    from emcore.plugin_api import CentroidFamilyProtocol, GaussianFamilyProtocol
+    gaussian = get_registry().family("gaussian").factory(2, 3)
+    kmeans = get_registry().family("kmeans").factory(2, 3)
+    assert isinstance(gaussian, GaussianFamilyProtocol)
+    assert isinstance(kmeans, CentroidFamilyProtocol)
+    assert not isinstance(kmeans, GaussianFamilyProtocol)
+
+
+def test_kmeans_inertia_comes_from_the_public_within_scatter():
+    X = load_old_faithful()
+    model = emcore.KMeans(3, random_state=0).fit(X)
+    stats = model._pass(X, with_stats=True).stats
+    within = model._family_.within_scatter(stats, {"means": model.cluster_centers_})
+    # the statistics of the pass at the centres are taken about the centres: the
+    # inertia is their accumulated scatter, bit for bit
+    assert model.inertia_ == float(np.sum(within)) == -model.score(X)

@@ -19,11 +19,10 @@ test each (pytest is imported when it is called)::
 The checks (:data:`FAMILY_CHECKS`) are chosen by the family's declared
 capabilities (``FamilyRecord.capabilities``): ``sampling`` enables the moment
 check and the checks that need data drawn from the family; a support
-capability (:data:`SUPPORT_CAPABILITIES`: ``support:real``,
-``support:nonnegative_integers``, ``support:binary``) enables the
-normalisation check. Parameters come from the family's optional
-``Family.random_params(rng, *, nearly_degenerate=False)`` (emcore's Gaussian
-family is handled through its ``params_from_covariances``), or are passed in.
+capability (:data:`SUPPORT_CAPABILITIES`, the ``support:*`` entries of
+``emcore.plugin_api.SUPPORTS``) enables the normalisation check. Parameters
+come from the family's optional ``Family.random_params(rng, *,
+nearly_degenerate=False)``, or are passed in.
 
 **Hypothesis strategies** (need ``hypothesis``, in emcore's ``test`` extra;
 imported on first use): :func:`mixture_datasets`, :func:`family_parameters`,

@@ -187,9 +187,7 @@ def family_parameters(family: Family, *, nearly_degenerate: bool = False) -> st.
     """Valid parameters (a dict of arrays) of ``family``.
 
     Drawn from the family's ``random_params(rng, nearly_degenerate=...)`` with a
-    drawn seed; for a family without it that has ``params_from_covariances``
-    (the Gaussian), from random means and covariances of its
-    ``covariance_type``. ``nearly_degenerate=True`` gives valid parameters near
+    drawn seed. ``nearly_degenerate=True`` gives valid parameters near
     the edge of the parameter space (condition numbers 1e6-1e9, rates near 0).
     """
     _check_family(family)

@@ -69,7 +69,9 @@ class PoissonFamily(Family):
     n_components, n_features : int
         K and d.
 
-    Data must be non-negative integer counts (stored as floats); rates are >= 0.
+    Data must be non-negative integer counts (stored as floats): the record
+    declares ``support:nonnegative_integers``, so emcore's estimators reject any
+    other X. Rates are >= 0.
     """
 
     # --- E-step -------------------------------------------------------------------
@@ -113,6 +115,14 @@ class PoissonFamily(Family):
         log_rates = np.log(np.where(zero, 1.0, rates))
         return float(np.sum(stats.counts * log_rates)
                      - np.sum(stats.weight * rates.sum(axis=1)) - np.sum(stats.log_fact))
+
+    def validate_params(self, params: Params) -> None:
+        rates = np.asarray(params["rates"])
+        shape = (self.n_components, self.n_features)
+        if rates.shape != shape:
+            raise ValueError(f"'rates' must have shape {shape}; got {rates.shape}")
+        if not np.all(np.isfinite(rates) & (rates >= 0)):
+            raise ValueError("'rates' must be finite and non-negative")
 
     # --- size, sampling, numerics -------------------------------------------------
     def n_parameters(self) -> int:
