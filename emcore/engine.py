@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Optional, Protocol
 
 import numpy as np
 
+from emcore._chunks import chunk_rows_for, stats_from_assignments
 from emcore._core._passes import MAX_BLOCKS, data_pass as _compiled_pass
 from emcore._threads import effective_n_threads, single_threaded_blas
 from emcore.plugin_api import Family, PosteriorRule, _validate_in_debug
@@ -43,15 +44,6 @@ __all__ = ["PassResult", "Iteration", "FitResult", "data_pass", "run_em",
 
 UNIT_ROUNDOFF = 2.0 ** -53
 STOP_REASONS = ("tol", "max_iter", "interrupted")
-
-
-def chunk_rows_for(n_features: int) -> int:
-    """Rows per chunk: about 32k doubles of data (256 KiB), between 256 and 4096 rows.
-
-    Depends only on the data's shape, so results never depend on the thread count.
-    """
-    rows = 32768 // max(1, n_features)
-    return int(min(4096, max(256, 1 << max(0, rows.bit_length() - 1))))
 
 
 def summation_depth(n_rows: int, chunk_rows: int) -> int:
@@ -358,29 +350,6 @@ def _python_pass(X, family, rule, log_w, params, sample_weight, chunk_rows, with
         if with_stats:
             stats = family.merge_stats(stats, family.chunk_stats(chunk, resp))
     return stats, resp_sum, totals
-
-
-def stats_from_assignments(X: np.ndarray, family: Family,
-                           responsibilities: Callable[[int, int], np.ndarray],
-                           sample_weight: Optional[np.ndarray] = None,
-                           chunk_rows: Optional[int] = None):
-    """Statistics for given responsibilities, produced a chunk at a time.
-
-    ``responsibilities(start, stop)`` returns the (stop - start, k) q of those rows.
-    Returns (stats, resp_sum). Used for initialisation from a partition.
-    """
-    n, d = X.shape
-    chunk_rows = chunk_rows or chunk_rows_for(d)
-    stats = family.empty_stats()
-    resp_sum = np.zeros(family.n_components)
-    for start in range(0, n, chunk_rows):
-        stop = min(n, start + chunk_rows)
-        resp = np.asarray(responsibilities(start, stop), dtype=np.float64)
-        if sample_weight is not None:
-            resp = resp * sample_weight[start:stop, None]
-        resp_sum += resp.sum(axis=0)
-        stats = family.merge_stats(stats, family.chunk_stats(X[start:stop], resp))
-    return stats, resp_sum
 
 
 # --- the loop ---------------------------------------------------------------------

@@ -245,7 +245,7 @@ class Family(abc.ABC):
         epsilon / K. Override it for a family with a better start of its own.
         """
         from emcore._init import kmeans_plusplus, nearest_centre, one_hot
-        from emcore.engine import stats_from_assignments
+        from emcore._chunks import stats_from_assignments
 
         k = self.n_components
         if resp is None:

@@ -288,6 +288,10 @@ PARAMETERS = {
         "max_iter": _INT_BAD,
         "n_init": _INT_BAD,
         "init_params": _CHOICE_BAD,
+        # the default family is the Gaussian one, k = 2 components
+        "weights_init": ["abc", [0.5], [0.7, 0.7], [1.5, -0.5], [np.nan, 1.0]],
+        "params_init": [3, ["means"], {"bogus_key": np.zeros((2, D))},
+                        {"means": np.zeros((3, D))}, {"means": np.full((2, D), np.nan)}],
         "random_state": _RANDOM_STATE_BAD,
         "n_jobs": _N_JOBS_BAD,
         "verbose": [-1, 1.5, "1", None],

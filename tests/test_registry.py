@@ -771,8 +771,10 @@ def test_first_party_families_satisfy_the_protocols_the_estimators_rely_on():
 def test_kmeans_inertia_comes_from_the_public_within_scatter():
     X = load_old_faithful()
     model = emcore.KMeans(3, random_state=0).fit(X)
-    stats = model._pass(X, with_stats=True).stats
-    within = model._family_.within_scatter(stats, {"means": model.cluster_centers_})
+    centres = model.cluster_centers_
+    stats = model._pass(X, centres, with_stats=True).stats
+    family = get_registry().family("kmeans").factory(*centres.shape)
+    within = family.within_scatter(stats, {"means": centres})
     # the statistics of the pass at the centres are taken about the centres: the
     # inertia is their accumulated scatter, bit for bit
     assert model.inertia_ == float(np.sum(within)) == -model.score(X)
