@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -481,8 +482,10 @@ def _hmmlearn():
     try:
         from hmmlearn import hmm
     except ImportError:
-        if os.environ.get("EMCORE_TEST_INSTALLED"):
-            raise          # CI installs the test extra: the oracle must run there
+        # the test extra has hmmlearn wherever it ships wheels (CPython < 3.14):
+        # there, with the installed package under test, the oracle must run
+        if os.environ.get("EMCORE_TEST_INSTALLED") and sys.version_info < (3, 14):
+            raise
         pytest.skip("hmmlearn not installed")
     return hmm
 
