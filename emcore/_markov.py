@@ -22,9 +22,11 @@ from emcore._core import _markov
 from emcore._threads import effective_n_threads, single_threaded_blas
 
 # From this many states on, the K^2 steps go through BLAS (dgemv per step, dgemm
-# per block of steps for the transition counts); below, vectorised loops are
-# faster (benchmarks/bench_markov.py --blas-threshold measures the crossover).
-_BLAS_MIN_STATES = 24
+# per block of steps for the transition counts); below, the C loops are faster.
+# benchmarks/bench_markov.py --blas-threshold measures the crossover: on the
+# development machine (2 shared cores, OpenBLAS) loops won up to K = 16
+# (0.46x-0.9x of BLAS's time), BLAS from K = 20 (1.4x faster, 2-2.9x from K = 32).
+_BLAS_MIN_STATES = 20
 
 
 class ForwardBackward(NamedTuple):
@@ -146,7 +148,9 @@ def forward_backward(log_b: Any, lengths: Any, log_startprob: Any, log_transmat:
     n_jobs : int or None
         Threads over sequences; the results are bitwise the same for any value.
     out : float64 C-contiguous array of shape (n_rows, n_states), optional
-        Written with the posteriors and returned as ``gamma``.
+        Written with the posteriors and returned as ``gamma`` (its contents are
+        unspecified if an error is raised). The forward pass uses it as its own
+        storage, so a long sequence's n_rows x K posteriors are never held twice.
 
     Returns
     -------
