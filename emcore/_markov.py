@@ -177,7 +177,7 @@ def forward_backward(log_b: Any, lengths: Any, log_startprob: Any, log_transmat:
                              f"{getattr(out, 'shape', None)} instead.")
         gamma = out
     with _blas_context(K):
-        loglik, entropy, magnitude, xi, start, status, fail_row = _markov.forward_backward(
+        loglik, entropy, magnitude, xi, start, status, fail_row, _ = _markov.forward_backward(
             log_b, starts, lpi, lA, gamma, effective_n_threads(n_jobs),
             K >= _BLAS_MIN_STATES, True)
     _raise_on_status(status, fail_row, starts, log_b, owner, zero_ok=False)
@@ -196,7 +196,7 @@ def log_likelihood(log_b: Any, lengths: Any, log_startprob: Any, log_transmat: A
                                            owner)
     K = log_b.shape[1]
     with _blas_context(K):
-        loglik, _, _, _, _, status, fail_row = _markov.forward_backward(
+        loglik, _, _, _, _, status, fail_row, _ = _markov.forward_backward(
             log_b, starts, lpi, lA, None, effective_n_threads(n_jobs),
             K >= _BLAS_MIN_STATES, False)
     _raise_on_status(status, fail_row, starts, log_b, owner, zero_ok=True)

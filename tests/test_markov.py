@@ -155,8 +155,7 @@ def test_forward_backward_matches_enumeration(chain):
         assert [r["ll"] == -np.inf for r in refs] == list(ll == -np.inf)
         return
     res = _markov.forward_backward(lb, lengths, lpi, lA, n_jobs=1)
-    assert np.array_equal(_markov.log_likelihood(lb, lengths, lpi, lA, n_jobs=1),
-                          res.log_likelihood)
+    forward_only = _markov.log_likelihood(lb, lengths, lpi, lA, n_jobs=1)
     xi, start = np.zeros((K, K)), np.zeros(K)
     for q, (s, r) in enumerate(zip(split(lengths), refs)):
         T = s.stop - s.start
@@ -164,6 +163,7 @@ def test_forward_backward_matches_enumeration(chain):
         t = tau(K, T, E, K ** T)
         note(f"seq {q}: T={T} tau={t:.3g} ll err={res.log_likelihood[q] - r['ll']:.3g}")
         assert abs(res.log_likelihood[q] - r["ll"]) <= t
+        assert abs(forward_only[q] - r["ll"]) <= t
         assert np.abs(res.gamma[s] - r["gamma"]).max() <= t
         assert abs(res.entropy[q] - r["H"]) <= t
         # the entropy is the chain's, not the (larger) sum of marginal entropies
@@ -362,6 +362,39 @@ def test_zero_probability_sequence():
     assert np.isfinite(ll[0]) and ll[1] == -np.inf
     _, score = _markov.viterbi(lb2, [5, 2], lpi, lA)
     assert np.isfinite(score[0]) and score[1] == -np.inf
+
+
+def test_chain_forced_through_a_subnormal_transition():
+    """A switch 0 -> 1 of probability 1e-320 that the data force: the scaled
+    recursion's backward values overflow (1 / 1e-320), so the sequence is redone
+    in log space (regression: this gave NaN entropy and infinite transition
+    counts). Every path switches once at s in 1..10: all have weight eps, so
+    the posterior is uniform over s, gamma_t(1) = t / 10 and H = log 10."""
+    eps = 1e-320
+    lpi = np.array([0.0, -np.inf])
+    with np.errstate(divide="ignore"):
+        lA = np.log(np.array([[1.0 - eps, eps], [0.0, 1.0]]))
+    lb = np.zeros((20, 2))
+    lb[10:, 0] = -np.inf
+    res = _markov.forward_backward(lb, None, lpi, lA)
+    starts = np.array([0, 20], dtype=np.intp)
+    used_log = _core.forward_backward(lb, starts, lpi, lA, np.empty((20, 2)), 1,
+                                      False)[-1]
+    assert used_log[0] == 1
+    ll = math.log(10.0) + math.log(eps)        # log(10 eps) of the stored eps
+    g1 = np.minimum(np.arange(20) / 10.0, 1.0)
+    E = res.magnitude[0] + 2 * abs(ll)
+    t = tau(2, 20, E)
+    assert abs(res.log_likelihood[0] - ll) <= t
+    assert abs(_markov.log_likelihood(lb, None, lpi, lA)[0] - ll) <= t
+    assert np.abs(res.gamma[:, 1] - g1).max() <= t
+    assert np.abs(res.xi - [[4.5, 1.0], [0.0, 13.5]]).max() <= t
+    assert abs(res.entropy[0] - math.log(10.0)) <= t
+    path, score = _markov.viterbi(lb, None, lpi, lA)
+    # all ten paths tie; backtracking takes the lowest state each time: 0 until
+    # the data force 1
+    np.testing.assert_array_equal(path, (np.arange(20) >= 10).astype(np.intp))
+    assert abs(score[0] - math.log(eps)) <= t
 
 
 def test_underflowing_emissions_are_exact_shifts():

@@ -28,9 +28,19 @@ renormalised every step:
 
 Zeros in ``pi`` and ``A`` (log 0 = -inf) are exact zeros after ``exp`` and
 never produce NaN: no logarithm of a posterior quantity is ever taken (see the
-entropy below). A sequence whose probability is zero under the model (every
-path has a zero factor) is reported with its first impossible row; so is a NaN
-or +inf in ``log_b``.
+entropy below), and a state the forward pass cannot be in (forward value 0)
+gets posterior 0 and passes nothing backward, whatever its backward value.
+
+The scaled recursion's limit is the double range: a chain *forced* through a
+factor below about 1e-308 relative to the alternatives (a transition of 1e-310
+that is the only way on, an emission ratio beyond e^-745) makes a scale factor
+0, a backward value overflow, or posterior mass underflow. Each is detected (a
+zero ``c_t``, a non-finite ``w``, or a posterior row whose sum is off 1 by more
+than 8 T (K + 4) u, twice the round-off bound) and that sequence alone is
+recomputed by a log-space forward-backward (T K^2 exp/log, no range limit).
+Only a sequence the log-space pass also finds impossible (every path has a
+zero factor) is reported as of probability zero, with its first impossible
+row; a NaN or +inf in ``log_b`` is reported with its row.
 
 Expected transition counts
 --------------------------
@@ -133,6 +143,9 @@ cdef enum:
     _ZERO = 1
     _INVALID = 2
     _NOMEM = 3
+    _RANGE = 4        # internal: the scaled recursion left double range (see below)
+
+cdef double _U = 2.0 ** -53
 
 
 cdef extern from *:
@@ -243,7 +256,8 @@ cdef int _forward_backward_one(
     """
     cdef Py_ssize_t t, j, s, e, e2, r
     cdef double mt, v, ct, sum_logc = 0.0, sum_m = 0.0, mag = 0.0
-    cdef double ent_b = 0.0, g
+    cdef double ent_b = 0.0, g, rs
+    cdef double max_drift = 8.0 * T * (K + 4) * _U
     cdef const double* row
     cdef double* a
     cdef double* bt
@@ -282,8 +296,9 @@ cdef int _forward_backward_one(
         for j in range(K):
             ct = ct + a[j]
         if not (ct > 0.0):
-            bad_row[0] = t
-            return _ZERO
+            # zero here, or only below the smallest double: the log-space
+            # recursion decides
+            return _RANGE
         for j in range(K):
             a[j] = a[j] / ct
         c[t] = ct
@@ -308,8 +323,16 @@ cdef int _forward_backward_one(
             emm_bwd_step(AT, W + (t + 1) * K, bcur, K)
         wt = W + t * K
         ct = c[t]
+        a = G + t * K
         for j in range(K):
-            wt[j] = wt[j] * bcur[j] / ct
+            # a state the forward pass cannot be in contributes to no xi and no
+            # beta (exactly: its forward probability is 0), whatever its beta
+            if a[j] == 0.0:
+                wt[j] = 0.0
+            else:
+                wt[j] = wt[j] * bcur[j] / ct
+                if not (wt[j] < INFINITY):
+                    return _RANGE       # beta beyond the largest double
         if t == s:
             # xi of the block's rows r (r + 1 < T), before the forward rows change
             e2 = e if e < T - 1 else T - 1
@@ -323,12 +346,18 @@ cdef int _forward_backward_one(
                 bcur = Bb + (r - s) * K
                 row = lb + r * K
                 mt = m[r]
+                rs = 0.0
                 for j in range(K):
-                    g = a[j] * bcur[j]
+                    g = a[j] * bcur[j] if a[j] != 0.0 else 0.0
                     a[j] = g
+                    rs = rs + g
                     if g != 0.0:            # 0 log 0 = 0 (row[j] may be -inf)
                         ent_b = ent_b + g * (row[j] - mt)
                         mag = mag + g * fabs(row[j])
+                # each row sums to 1 up to round-off (4 T (K + 4) u, the tests'
+                # derivation, times 2); more is posterior mass lost to underflow
+                if not (fabs(rs - 1.0) <= max_drift):
+                    return _RANGE
             e = s
             s = e - _TIME_BLOCK if e > _TIME_BLOCK else 0
         t = t - 1
@@ -349,8 +378,8 @@ cdef int _forward_backward_one(
 cdef int _forward_one(Py_ssize_t T, Py_ssize_t K, const double* lb, const double* pi,
                       const double* A, double* a0, double* a1, double* bt,
                       double* res, Py_ssize_t* bad_row, bint blas) noexcept nogil:
-    """Log-likelihood of one sequence in O(K) memory: res[0]; a zero-probability
-    sequence gives -inf (status _ZERO, bad_row set)."""
+    """Log-likelihood of one sequence in O(K) memory: res[0]. _RANGE when a scale
+    factor is 0 (the caller then runs the log-space pass)."""
     cdef Py_ssize_t t, j
     cdef double mt, v, ct, sum_logc = 0.0, sum_m = 0.0
     cdef const double* row
@@ -385,9 +414,7 @@ cdef int _forward_one(Py_ssize_t T, Py_ssize_t K, const double* lb, const double
         for j in range(K):
             ct = ct + a1[j]
         if not (ct > 0.0):
-            bad_row[0] = t
-            res[0] = -INFINITY
-            return _ZERO
+            return _RANGE
         for j in range(K):
             a1[j] = a1[j] / ct
         sum_logc = sum_logc + log(ct)
@@ -396,6 +423,112 @@ cdef int _forward_one(Py_ssize_t T, Py_ssize_t K, const double* lb, const double
         a0 = a1
         a1 = tmp
     res[0] = sum_logc + sum_m
+    return 0
+
+
+# --- log-space fallback ----------------------------------------------------------
+# The scaled recursion works in [2^-1074, 2^1024]: a chain forced through a
+# transition or emission ratio below about 1e-308 makes a scale factor 0, a
+# backward value overflow, or posterior mass underflow. Each of these is
+# detected (_RANGE) and the sequence is redone here in log space, which has no
+# such limit and costs T K^2 exp/log: it runs only for such sequences.
+
+cdef inline double _lse(const double* x, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double mx = -INFINITY, acc = 0.0
+    for i in range(n):
+        if x[i * stride] > mx:
+            mx = x[i * stride]
+    if mx == -INFINITY:
+        return -INFINITY
+    for i in range(n):
+        acc = acc + exp(x[i * stride] - mx)
+    return mx + log(acc)
+
+
+cdef int _forward_log(Py_ssize_t T, Py_ssize_t K, const double* lb, const double* lpi,
+                      const double* lA, double* L, Py_ssize_t step, double* tmp,
+                      double* mag, Py_ssize_t* bad_row) noexcept nogil:
+    """log alpha into L (row t at L + t * step; step 0 keeps one row) and
+    res: returns _ZERO (bad_row set) when no state is possible at some row."""
+    cdef Py_ssize_t t, i, j
+    cdef double v, mx
+    cdef double* cur
+    cdef double* prev
+    for t in range(T):
+        cur = L + t * step
+        if t == 0:
+            for j in range(K):
+                cur[j] = lpi[j] + lb[j]
+        else:
+            prev = L + (t - 1) * step
+            for j in range(K):
+                for i in range(K):
+                    tmp[i] = prev[i] + lA[i * K + j]
+                tmp[K + j] = _lse(tmp, K, 1) + lb[t * K + j]
+            for j in range(K):
+                cur[j] = tmp[K + j]
+        mx = -INFINITY
+        for j in range(K):
+            if cur[j] > mx:
+                mx = cur[j]
+        if mx == -INFINITY:
+            bad_row[0] = t
+            return _ZERO
+        mag[0] = mag[0] + fabs(mx)
+    return 0
+
+
+cdef int _forward_backward_log_one(
+        Py_ssize_t T, Py_ssize_t K, const double* lb, const double* lpi,
+        const double* lA, double* G, double* W, double* tmp, double* X,
+        double* res, Py_ssize_t* bad_row) noexcept nogil:
+    """The log-space pass: posteriors into G, X = sum_t xi_t (not A * S),
+    res as _forward_backward_one's (entropy without the transition term)."""
+    cdef Py_ssize_t t, i, j
+    cdef double ll, v, g, mag = 0.0, ent = 0.0
+    cdef int code = _forward_log(T, K, lb, lpi, lA, G, K, tmp, &mag, bad_row)
+    if code != 0:
+        return code
+    ll = _lse(G + (T - 1) * K, K, 1)
+    # log beta into W
+    for j in range(K):
+        W[(T - 1) * K + j] = 0.0
+    t = T - 2
+    while t >= 0:
+        for j in range(K):
+            tmp[j] = lb[(t + 1) * K + j] + W[(t + 1) * K + j]
+        for i in range(K):
+            for j in range(K):
+                tmp[K + j] = lA[i * K + j] + tmp[j]
+            W[t * K + i] = _lse(tmp + K, K, 1)
+        t = t - 1
+    for i in range(K * K):
+        X[i] = 0.0
+    for t in range(T - 1):
+        for i in range(K):
+            if G[t * K + i] == -INFINITY:
+                continue
+            for j in range(K):
+                v = G[t * K + i] + lA[i * K + j] + lb[(t + 1) * K + j] \
+                    + W[(t + 1) * K + j] - ll
+                X[i * K + j] += exp(v)
+    for t in range(T):
+        for j in range(K):
+            v = G[t * K + j] + W[t * K + j] - ll
+            g = exp(v)
+            G[t * K + j] = g
+            if g != 0.0:
+                ent = ent + g * lb[t * K + j]
+                mag = mag + g * fabs(lb[t * K + j])
+    for j in range(K):
+        g = G[j]
+        if g != 0.0:
+            ent = ent + g * lpi[j]
+            mag = mag + g * fabs(lpi[j])
+    res[0] = ll
+    res[1] = ll - ent
+    res[2] = mag + fabs(ll)
     return 0
 
 
@@ -455,9 +588,11 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
 
     ``starts`` (n_seq + 1,) are row offsets, strictly increasing from 0 to n_rows
     (checked by the caller). With ``posteriors`` fills ``gamma`` (n_rows, K) and
-    returns (loglik, entropy, magnitude, xi, start, status, fail_row); without,
-    only loglik, status and fail_row are meaningful (the rest are zeros) and
-    ``gamma`` is not touched (may be None).
+    returns (loglik, entropy, magnitude, xi, start, status, fail_row, used_log);
+    without, only loglik, status, fail_row and used_log are meaningful (the rest
+    are zeros) and ``gamma`` is not touched (may be None). ``used_log[q]`` says
+    that sequence q left the scaled recursion's range and was computed in log
+    space.
     """
     cdef Py_ssize_t n = log_b.shape[0], K = log_b.shape[1]
     cdef Py_ssize_t n_seq = starts.shape[0] - 1
@@ -481,6 +616,8 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
     magnitude = np.zeros(n_seq)
     status = np.zeros(n_seq, dtype=np.intc)
     fail_row = np.full(n_seq, -1, dtype=np.intp)
+    used_log = np.zeros(n_seq, dtype=np.intc)
+    cdef int[::1] ul = used_log
     block_S = np.zeros((n_slots, K, K))
     block_start = np.zeros((n_slots, K))
     cdef double[::1] ll = loglik, ent = entropy, mg = magnitude
@@ -498,8 +635,10 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
     cdef double* res
     cdef double* a0
     cdef double* a1
-    cdef double hA, mA, x
+    cdef double* lt
+    cdef double hA, mA, x, dummy
     cdef int code
+    cdef bint direct
     cdef const double* lbp = &log_b[0, 0] if n else NULL
     cdef double* gp = &gamma[0, 0] if (posteriors and n) else NULL
     cdef const double* lpi = &log_startprob[0] if K else NULL
@@ -514,6 +653,7 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
             for q in range(q0, q1):
                 Tmax = max(Tmax, starts[q + 1] - starts[q])
             res = <double*>malloc(3 * sizeof(double))
+            lt = <double*>malloc(2 * K * sizeof(double))
             if posteriors:
                 W = <double*>malloc(Tmax * K * sizeof(double))
                 c = <double*>malloc(Tmax * sizeof(double))
@@ -530,7 +670,7 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
                 mm = NULL
                 Bb = NULL
                 S = NULL
-            if res == NULL or W == NULL or (posteriors and (
+            if res == NULL or lt == NULL or W == NULL or (posteriors and (
                     c == NULL or mm == NULL or Bb == NULL or S == NULL)) or (
                     not posteriors and (a0 == NULL or a1 == NULL)):
                 for q in range(q0, q1):
@@ -545,10 +685,24 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
                         code = _forward_backward_one(
                             T, K, lbp + r0 * K, &pi[0], lpi, &A[0, 0], &AT[0, 0], lA,
                             gp + r0 * K, W, c, mm, Bb, S, res, &fr[q], use_blas)
+                        direct = code == _RANGE
+                        if direct:
+                            # S becomes the transition counts themselves
+                            code = _forward_backward_log_one(
+                                T, K, lbp + r0 * K, lpi, lA, gp + r0 * K, W, lt, S,
+                                res, &fr[q])
                     else:
                         code = _forward_one(T, K, lbp + r0 * K, &pi[0], &A[0, 0],
                                             a0, a1, W, res, &fr[q], use_blas)
+                        direct = code == _RANGE
+                        if direct:
+                            dummy = 0.0
+                            code = _forward_log(T, K, lbp + r0 * K, lpi, lA, a0, 0, lt,
+                                                &dummy, &fr[q])
+                            if code == 0:
+                                res[0] = _lse(a0, K, 1)
                     st[q] = code
+                    ul[q] = direct
                     if code != 0:
                         if fr[q] >= 0:
                             fr[q] = fr[q] + r0
@@ -557,21 +711,23 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
                         continue
                     ll[q] = res[0]
                     if posteriors:
-                        # transition term of the entropy: Xi = A * S
+                        # transition counts Xi = A * S (S itself from the log
+                        # pass), and the entropy's transition term
                         hA = 0.0
                         mA = 0.0
                         for i in range(K):
                             for j in range(K):
-                                x = A[i, j] * S[i * K + j]
+                                x = S[i * K + j] if direct else A[i, j] * S[i * K + j]
                                 if x != 0.0:
                                     hA = hA + x * log_transmat[i, j]
                                     mA = mA + x * fabs(log_transmat[i, j])
-                                bS[b, i, j] += S[i * K + j]
+                                bS[b, i, j] += x
                         for j in range(K):
                             bst[b, j] += gp[r0 * K + j]
                         ent[q] = res[1] - hA
                         mg[q] = res[2] + mA
             free(res)
+            free(lt)
             free(W)
             free(c)
             free(mm)
@@ -581,13 +737,12 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
             free(a1)
 
     # block slots in block order
-    S_total = np.zeros((K, K))
+    xi = np.zeros((K, K))
     start = np.zeros(K)
     for b in range(n_blocks):
-        S_total += block_S[b]
+        xi += block_S[b]
         start += block_start[b]
-    xi = A_arr * S_total
-    return loglik, entropy, magnitude, xi, start, status, fail_row
+    return loglik, entropy, magnitude, xi, start, status, fail_row, used_log
 
 
 def viterbi(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
