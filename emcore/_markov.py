@@ -81,9 +81,10 @@ def _check_lengths(lengths: Any, n_rows: int, owner: str) -> np.ndarray:
 def _check_inputs(log_b: Any, lengths: Any, log_startprob: Any, log_transmat: Any,
                   owner: str) -> tuple:
     log_b = np.asarray(log_b, dtype=np.float64)
-    if log_b.ndim != 2 or log_b.shape[1] == 0:
+    if log_b.ndim != 2 or log_b.shape[0] == 0 or log_b.shape[1] == 0:
         raise ValueError(f"The 'log_b' parameter of {owner} must be a 2-D array "
-                         f"(n_rows, n_states). Got shape {log_b.shape} instead.")
+                         f"(n_rows, n_states) with at least one row and one state. "
+                         f"Got shape {log_b.shape} instead.")
     n, K = log_b.shape
     log_b = np.ascontiguousarray(log_b)
     starts = _check_lengths(lengths, n, owner)

@@ -497,14 +497,23 @@ def test_inputs_are_validated():
         _markov.forward_backward(lb, None, lp[:1], lA)
     with pytest.raises(ValueError, match="'log_transmat'.*NaN"):
         _markov.viterbi(lb, None, lp, np.array([[0.0, np.nan], [0.0, 0.0]]))
-    with pytest.raises(ValueError, match="'log_b'.*2-D"):
-        _markov.forward_backward(np.zeros(4), None, lp, lA)
+    for func in (_markov.forward_backward, _markov.log_likelihood, _markov.viterbi):
+        for shape in ((4,), (0, 2), (4, 0)):
+            with pytest.raises(ValueError, match=rf"'log_b'.*2-D.*{shape}"):
+                func(np.zeros(shape), None, lp, lA)
     for bad in (np.nan, np.inf):
         lb2 = lb.copy()
         lb2[2, 1] = bad
         for func in (_markov.forward_backward, _markov.log_likelihood, _markov.viterbi):
             with pytest.raises(ValueError, match=rf"'log_b'.*Got {bad} at row 2"):
                 func(lb2, [1, 3], lp, lA)
+    # the compiled layer checks the row offsets itself (an empty sequence there
+    # read through a NULL pointer)
+    starts = np.array([0, 0, 4], dtype=np.intp)
+    with pytest.raises(ValueError, match="starts"):
+        _core.forward_backward(lb, starts, lp, lA, np.empty_like(lb), 1, False)
+    with pytest.raises(ValueError, match="starts"):
+        _core.viterbi(lb, np.array([0, 3], dtype=np.intp), lp, lA, 1)
     # lengths given as Python ints in an object array are fine
     _markov.forward_backward(lb, np.array([1, 3], dtype=object), lp, lA)
 

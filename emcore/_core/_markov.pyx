@@ -575,6 +575,13 @@ cdef int _viterbi_one(Py_ssize_t T, Py_ssize_t K, const double* lb, const double
 
 # --- the batch --------------------------------------------------------------------
 
+def _check_starts(starts, Py_ssize_t n):
+    """The recursions index rows through ``starts``: never trust it blindly."""
+    st = np.asarray(starts)
+    if st.shape[0] < 1 or st[0] != 0 or st[-1] != n or np.any(np.diff(st) < 1):
+        raise ValueError("starts must rise strictly from 0 to the number of rows")
+
+
 def _blocks(Py_ssize_t n_seq):
     """Number of sequence blocks: a function of n_seq only (never of threads)."""
     return min(n_seq, MAX_BLOCKS)
@@ -601,6 +608,7 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
         raise ValueError("log_b, log_startprob and log_transmat disagree on K")
     if posteriors and (gamma.shape[0] != n or gamma.shape[1] != K):
         raise ValueError("gamma must have the shape of log_b")
+    _check_starts(starts, n)
     cdef Py_ssize_t n_blocks = _blocks(n_seq)
     cdef Py_ssize_t n_slots = max(n_blocks, 1)
 
@@ -755,6 +763,7 @@ def viterbi(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
     if log_startprob.shape[0] != K or log_transmat.shape[0] != K \
             or log_transmat.shape[1] != K:
         raise ValueError("log_b, log_startprob and log_transmat disagree on K")
+    _check_starts(starts, n)
     cdef Py_ssize_t n_blocks = _blocks(n_seq)
     path = np.zeros(n, dtype=np.intp)
     log_prob = np.zeros(n_seq)
