@@ -578,7 +578,7 @@ cdef int _viterbi_one(Py_ssize_t T, Py_ssize_t K, const double* lb, const double
 def _check_starts(starts, Py_ssize_t n):
     """The recursions index rows through ``starts``: never trust it blindly."""
     st = np.asarray(starts)
-    if st.shape[0] < 1 or st[0] != 0 or st[-1] != n or np.any(np.diff(st) < 1):
+    if st.shape[0] < 1 or st[0] != 0 or st[st.shape[0] - 1] != n or np.any(np.diff(st) < 1):
         raise ValueError("starts must rise strictly from 0 to the number of rows")
 
 
