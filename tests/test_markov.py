@@ -397,6 +397,37 @@ def test_chain_forced_through_a_subnormal_transition():
     assert abs(score[0] - math.log(eps)) <= t
 
 
+def test_log_space_sequences_in_a_batch_are_thread_independent():
+    # the forced chain above (redone in log space) between ordinary sequences
+    eps = 1e-320
+    lpi = np.log([0.9, 0.1])
+    with np.errstate(divide="ignore"):
+        lA = np.log(np.array([[1.0 - eps, eps], [0.0, 1.0]]))
+    forced = np.zeros((20, 2))
+    forced[:10, 1] = -1e4            # state 1 impossible-ish early, forced late
+    forced[10:, 0] = -np.inf
+    rng = np.random.default_rng(4)
+    parts, lengths = [], []
+    for i in range(150):
+        if i % 3 == 0:
+            parts.append(forced)
+        else:
+            T = int(rng.integers(1, 30))
+            parts.append(np.column_stack([rng.normal(size=T), np.full(T, -np.inf)]))
+        lengths.append(parts[-1].shape[0])
+    lb = np.vstack(parts)
+    starts = np.r_[0, np.cumsum(lengths)].astype(np.intp)
+    used = _core.forward_backward(lb, starts, lpi, lA, np.empty_like(lb), 1, False)[-1]
+    assert used[::3].all() and not used[1::3].any()
+    one = _markov.forward_backward(lb, lengths, lpi, lA, n_jobs=1)
+    two = _markov.forward_backward(lb, lengths, lpi, lA, n_jobs=2)
+    for a, b in zip(one, two):
+        assert a.tobytes() == b.tobytes()
+    alone = _markov.forward_backward(forced, None, lpi, lA, n_jobs=1)
+    assert np.all(one.log_likelihood[::3] == alone.log_likelihood[0])
+    assert np.all(np.isfinite(one.gamma)) and np.all(np.isfinite(one.entropy))
+
+
 def test_underflowing_emissions_are_exact_shifts():
     # densities near exp(-1e3) per step underflow without the per-row shift;
     # log p is exactly shift-covariant: ll(lb + c) = ll(lb) + T c
