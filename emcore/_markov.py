@@ -38,6 +38,8 @@ class ForwardBackward(NamedTuple):
     start          : (K,)      expected start counts sum_seq q(z_1 = k)
     entropy        : (n_seq,)  entropy of each sequence's chain posterior
     magnitude      : (n_seq,)  size of the terms summed (round-off scale u * M)
+    log_space      : (n_seq,)  bool: the sequence left the scaled recursion's double
+                               range and was computed in log space (slower, exact)
     """
 
     log_likelihood: np.ndarray
@@ -46,6 +48,7 @@ class ForwardBackward(NamedTuple):
     start: np.ndarray
     entropy: np.ndarray
     magnitude: np.ndarray
+    log_space: np.ndarray
 
 
 def _check_lengths(lengths: Any, n_rows: int, owner: str) -> np.ndarray:
@@ -178,11 +181,13 @@ def forward_backward(log_b: Any, lengths: Any, log_startprob: Any, log_transmat:
                              f"{getattr(out, 'shape', None)} instead.")
         gamma = out
     with _blas_context(K):
-        loglik, entropy, magnitude, xi, start, status, fail_row, _ = _markov.forward_backward(
-            log_b, starts, lpi, lA, gamma, effective_n_threads(n_jobs),
-            K >= _BLAS_MIN_STATES, True)
+        loglik, entropy, magnitude, xi, start, status, fail_row, used_log = \
+            _markov.forward_backward(log_b, starts, lpi, lA, gamma,
+                                     effective_n_threads(n_jobs), K >= _BLAS_MIN_STATES,
+                                     True)
     _raise_on_status(status, fail_row, starts, log_b, owner, zero_ok=False)
-    return ForwardBackward(loglik, gamma, xi, start, entropy, magnitude)
+    return ForwardBackward(loglik, gamma, xi, start, entropy, magnitude,
+                           used_log.astype(bool))
 
 
 def log_likelihood(log_b: Any, lengths: Any, log_startprob: Any, log_transmat: Any,

@@ -309,6 +309,7 @@ def test_posteriors_are_normalised_and_consistent():
     lpi = np.log(rng.dirichlet(np.ones(K)))
     lA = np.log(rng.dirichlet(np.ones(K), size=K))
     res = _markov.forward_backward(lb, lengths, lpi, lA)
+    assert not res.log_space.any()      # ordinary data stay on the scaled path
     T = max(lengths)
     t = tau(K, T, 1.0)
     assert np.abs(res.gamma.sum(axis=1) - 1).max() <= t
@@ -377,10 +378,7 @@ def test_chain_forced_through_a_subnormal_transition():
     lb = np.zeros((20, 2))
     lb[10:, 0] = -np.inf
     res = _markov.forward_backward(lb, None, lpi, lA)
-    starts = np.array([0, 20], dtype=np.intp)
-    used_log = _core.forward_backward(lb, starts, lpi, lA, np.empty((20, 2)), 1,
-                                      False)[-1]
-    assert used_log[0] == 1
+    assert res.log_space[0]
     ll = math.log(10.0) + math.log(eps)        # log(10 eps) of the stored eps
     g1 = np.minimum(np.arange(20) / 10.0, 1.0)
     E = res.magnitude[0] + 2 * abs(ll)
@@ -416,10 +414,8 @@ def test_log_space_sequences_in_a_batch_are_thread_independent():
             parts.append(np.column_stack([rng.normal(size=T), np.full(T, -np.inf)]))
         lengths.append(parts[-1].shape[0])
     lb = np.vstack(parts)
-    starts = np.r_[0, np.cumsum(lengths)].astype(np.intp)
-    used = _core.forward_backward(lb, starts, lpi, lA, np.empty_like(lb), 1, False)[-1]
-    assert used[::3].all() and not used[1::3].any()
     one = _markov.forward_backward(lb, lengths, lpi, lA, n_jobs=1)
+    assert one.log_space[::3].all() and not one.log_space[1::3].any()
     two = _markov.forward_backward(lb, lengths, lpi, lA, n_jobs=2)
     for a, b in zip(one, two):
         assert a.tobytes() == b.tobytes()
@@ -438,6 +434,8 @@ def test_underflowing_emissions_are_exact_shifts():
     lA = np.log(rng.dirichlet(np.ones(K), size=K))
     base = _markov.forward_backward(lb, None, lpi, lA)
     low = _markov.forward_backward(lb - 1e3, None, lpi, lA)
+    # the per-row shift is what keeps it on the scaled path
+    assert not low.log_space.any()
     t = tau(K, T, low.magnitude[0] + base.magnitude[0])
     assert abs(low.log_likelihood[0] - (base.log_likelihood[0] - 1e3 * T)) <= t
     assert np.abs(low.gamma - base.gamma).max() <= t
