@@ -29,6 +29,7 @@ MODULES = {
     "emcore.blas": "emcore/blas.pyx",
     "emcore.kernel": "emcore/kernel.pyx",
     "emcore._core._passes": "emcore/_core/_passes.pyx",
+    "emcore._core._markov": "emcore/_core/_markov.pyx",
     "emcore.plugins._gaussian_kernel": "plugins/_gaussian_kernel.pyx",
     "emcore.plugins._gaussian_diag_kernel": "plugins/_gaussian_diag_kernel.pyx",
     "emcore.plugins._posterior_kernels": "plugins/_posterior_kernels.pyx",

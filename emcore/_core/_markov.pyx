@@ -1,0 +1,815 @@
+# cython: language_level=3
+"""Forward-backward and Viterbi for first-order hidden Markov chains.
+
+The input is what a family already computes for a mixture: the per-row
+emission log-densities ``log_b[t, j] = log p(x_t | z_t = j)`` of a batch of
+sequences laid end to end (``starts`` holds the row offsets, ``n_seq + 1``
+entries), with the chain's ``log_startprob`` (K,) and ``log_transmat`` (K, K).
+
+Scaled, not log-space
+---------------------
+Forward-backward is the *scaled* recursion (Rabiner 1989, section V.A), not
+the log-space one. Log-space needs a log-sum-exp for every (t, j), that is
+T K^2 ``exp`` and T K ``log`` calls; the scaled recursion needs T K ``exp``
+(the emissions) and T ``log`` calls (the scale factors), and its K^2 part is
+plain multiply-adds that vectorise or go to BLAS. Underflow is prevented by
+two shifts: each row of emissions is shifted by its maximum,
+``b~_t(j) = exp(log_b[t, j] - m_t)`` with ``m_t = max_j log_b[t, j]``, so
+``b~`` lies in [0, 1] with at least one entry equal to 1 (emission
+log-densities of -1e3 per step are fine), and the forward vector is
+renormalised every step:
+
+    a~_1(j) = pi_j b~_1(j),                   c_1 = sum_j a~_1(j),   a_1 = a~_1 / c_1
+    a~_t(j) = (sum_i a_{t-1}(i) A_ij) b~_t(j), c_t = sum_j a~_t(j),   a_t = a~_t / c_t
+    log p(x_1..T) = sum_t log c_t + sum_t m_t
+
+    b_T(i) = 1,   w_t(j) = b~_t(j) b_t(j) / c_t,   b_t(i) = sum_j A_ij w_{t+1}(j)
+    gamma_t(i) = a_t(i) b_t(i),      xi_t(i, j) = a_t(i) A_ij w_{t+1}(j)
+
+Zeros in ``pi`` and ``A`` (log 0 = -inf) are exact zeros after ``exp`` and
+never produce NaN: no logarithm of a posterior quantity is ever taken (see the
+entropy below), and a state the forward pass cannot be in (forward value 0)
+gets posterior 0 and passes nothing backward, whatever its backward value.
+
+The scaled recursion's limit is the double range: a chain *forced* through a
+factor below about 1e-308 relative to the alternatives (a transition of 1e-310
+that is the only way on, an emission ratio beyond e^-745) makes a scale factor
+0, a backward value overflow, or posterior mass underflow. Each is detected (a
+zero ``c_t``, a non-finite ``w``, or a posterior row whose sum is off 1 by more
+than 8 T (K + 4) u, twice the round-off bound) and that sequence alone is
+recomputed by a log-space forward-backward (T K^2 exp/log, no range limit).
+Only a sequence the log-space pass also finds impossible (every path has a
+zero factor) is reported as of probability zero, with its first impossible
+row; a NaN or +inf in ``log_b`` is reported with its row.
+
+Expected transition counts
+--------------------------
+``sum_t xi_t(i, j) = A_ij * S_ij`` with ``S = sum_{t<T} a_t w_{t+1}^T``: the
+per-step K x K work is a rank-one update, done in blocks of ``_TIME_BLOCK``
+steps as one ``dgemm`` of the stored forward rows against the stored ``w``
+rows when K is large, and by vectorised loops when K is small. The Hadamard
+product with A is applied once, to the sum over all sequences.
+
+Memory
+------
+Per sequence in flight: the forward rows are written into the caller's
+``gamma`` rows (then turned into posteriors in place), plus one T x K scratch
+holding ``b~`` (overwritten by ``w`` during the backward pass), two length-T
+vectors (``c_t``, ``m_t``) and ``_TIME_BLOCK`` x K backward rows. The
+likelihood-only pass (``posteriors=False``) keeps O(K).
+
+Entropy of the chain posterior
+------------------------------
+The posterior q(z) = p(z | x) is a Markov chain, so
+
+    q(z) = q(z_1) prod_{t<T} q(z_{t+1} | z_t) = prod_{t<T} xi_t(z_t, z_{t+1})
+                                              / prod_{t=2}^{T-1} gamma_t(z_t)
+
+and its entropy from the pairwise marginals is (first-order chains, T >= 2)
+
+    H(q) = - sum_{t=1}^{T-1} sum_ij xi_t(i,j) log xi_t(i,j)
+           + sum_{t=2}^{T-1} sum_i gamma_t(i) log gamma_t(i).
+
+Evaluated as written it costs T K^2 logarithms. Substituting the factorisation
+``log xi_t(i,j) = log a_t(i) + log A_ij + log b~_{t+1}(j) + log b_{t+1}(j) - log c_{t+1}``
+and summing out with ``sum_j xi_t(i,j) = gamma_t(i)``, ``sum_i xi_t(i,j) =
+gamma_{t+1}(j)``, ``sum_ij xi_t(i,j) = 1``:
+
+    sum_ij xi_t log xi_t = sum_i gamma_t(i) log a_t(i) + sum_ij xi_t(i,j) log A_ij
+                         + sum_j gamma_{t+1}(j) [log b~_{t+1}(j) + log b_{t+1}(j)]
+                         - log c_{t+1};
+    sum_i gamma_t log gamma_t = sum_i gamma_t(i) [log a_t(i) + log b_t(i)].
+
+In the difference the log a_t terms telescope to t = 1, the log b_t terms to
+t = T (where b_T = 1, log b_T = 0), and log a_1 = log pi + log b~_1 - log c_1,
+leaving
+
+    H(q) = sum_{t=1}^T log c_t - sum_i gamma_1(i) log pi_i
+           - sum_ij Xi_ij log A_ij - sum_t sum_j gamma_t(j) log b~_t(j),
+
+with ``Xi = sum_t xi_t``. This is the pairwise-marginal entropy exactly (it is
+also ``log p(x) - E_q[log p(x, z)]``, the ELBO identity at the posterior), it
+costs O(T K) and no extra logarithms, every term is a product of a
+probability and the log of a *model* quantity, and terms whose weight is an
+exact zero are skipped (0 log 0 = 0), so -inf parameters give no NaN. It holds
+for T = 1 too (then H = log c_1 - sum gamma_1 (log pi + log b~_1), the
+mixture entropy). The shifted log b~ keeps the terms small: the state with the
+largest emission contributes 0.
+
+Alongside, each sequence's ``magnitude``
+
+    M = sum_t (|log c_t| + |m_t|) + sum_t sum_j gamma_t(j) |log b_t(j)|
+        + sum_ij Xi_ij |log A_ij| + sum_i gamma_1(i) |log pi_i|
+
+bounds the size of the terms summed into the log-likelihood and the ELBO, so
+callers can derive round-off tolerances (docs/: the EM chain tolerances) as a
+multiple of ``u * M``.
+
+Viterbi
+-------
+Log space: ``d_t(j) = max_i [d_{t-1}(i) + log A_ij] + log b_t(j)`` with
+back-pointers in an int32 T x K scratch. Ties go to the lowest state index
+(strict ``>`` over increasing i, and for the final state). A sequence of zero
+probability gets score -inf and the path those tie rules give.
+
+Threads and reproducibility
+---------------------------
+Sequences are grouped into at most ``MAX_BLOCKS`` contiguous blocks, fixed by
+the number of sequences alone. A block is processed by one thread, sequence
+after sequence; per-sequence outputs (log-likelihood, entropy, magnitude,
+Viterbi score) go to their own slots, the summed statistics (``S``, start
+counts) to the block's slot, and the block slots are added in block order
+after the parallel loop. Results are therefore bitwise identical for any
+thread count, provided BLAS runs single-threaded inside the loop (the Python
+wrapper arranges that).
+"""
+from cython.parallel cimport prange
+from libc.math cimport exp, log, fabs, INFINITY
+from libc.stdlib cimport malloc, free
+cimport scipy.linalg.cython_blas as fblas
+
+import numpy as np
+
+# at most this many sequence blocks (slots of K^2 + K doubles each)
+MAX_BLOCKS = 64
+# backward steps whose rank-one xi updates are flushed together
+DEF _TIME_BLOCK = 64
+
+# status codes of a sequence (0 = ok); the row is in fail_row
+STATUS_ZERO_PROBABILITY = 1
+STATUS_INVALID_LOG_B = 2
+STATUS_NO_MEMORY = 3
+cdef enum:
+    _ZERO = 1
+    _INVALID = 2
+    _NOMEM = 3
+    _RANGE = 4        # internal: the scaled recursion left double range (see below)
+
+cdef double _U = 2.0 ** -53
+
+
+cdef extern from *:
+    """
+    /* The small-K loops, in C with restrict so that they vectorise along the
+       inner index; each sum's order is fixed by the loop (never by threads). */
+    static void emm_fwd_step(const double* restrict A, const double* restrict a,
+                             double* restrict out, Py_ssize_t K) {
+        /* out[j] = sum_i a[i] A[i, j] */
+        for (Py_ssize_t j = 0; j < K; j++) out[j] = a[0] * A[j];
+        for (Py_ssize_t i = 1; i < K; i++) {
+            const double ai = a[i];
+            const double* restrict Ai = A + i * K;
+            for (Py_ssize_t j = 0; j < K; j++) out[j] += ai * Ai[j];
+        }
+    }
+    static void emm_bwd_step(const double* restrict AT, const double* restrict w,
+                             double* restrict out, Py_ssize_t K) {
+        /* out[i] = sum_j A[i, j] w[j], with AT = A.T (row-major) */
+        for (Py_ssize_t i = 0; i < K; i++) out[i] = w[0] * AT[i];
+        for (Py_ssize_t j = 1; j < K; j++) {
+            const double wj = w[j];
+            const double* restrict ATj = AT + j * K;
+            for (Py_ssize_t i = 0; i < K; i++) out[i] += wj * ATj[i];
+        }
+    }
+    static void emm_outer_acc(const double* restrict a, const double* restrict w,
+                              double* restrict S, Py_ssize_t n, Py_ssize_t K) {
+        /* S[i, j] += sum_r a[r, i] w[r, j], rows r in order */
+        for (Py_ssize_t r = 0; r < n; r++) {
+            const double* restrict ar = a + r * K;
+            const double* restrict wr = w + r * K;
+            for (Py_ssize_t i = 0; i < K; i++) {
+                const double ai = ar[i];
+                double* restrict Si = S + i * K;
+                for (Py_ssize_t j = 0; j < K; j++) Si[j] += ai * wr[j];
+            }
+        }
+    }
+    static void emm_viterbi_step(const double* restrict lA, const double* restrict d,
+                                 double* restrict best, int* restrict arg,
+                                 Py_ssize_t K) {
+        /* best[j] = max_i d[i] + lA[i, j], arg[j] = the lowest maximising i */
+        for (Py_ssize_t j = 0; j < K; j++) { best[j] = d[0] + lA[j]; arg[j] = 0; }
+        for (Py_ssize_t i = 1; i < K; i++) {
+            const double di = d[i];
+            const double* restrict lAi = lA + i * K;
+            for (Py_ssize_t j = 0; j < K; j++) {
+                const double v = di + lAi[j];
+                if (v > best[j]) { best[j] = v; arg[j] = (int)i; }
+            }
+        }
+    }
+    """
+    void emm_fwd_step(const double* A, const double* a, double* out,
+                      Py_ssize_t K) noexcept nogil
+    void emm_bwd_step(const double* AT, const double* w, double* out,
+                      Py_ssize_t K) noexcept nogil
+    void emm_outer_acc(const double* a, const double* w, double* S, Py_ssize_t n,
+                       Py_ssize_t K) noexcept nogil
+    void emm_viterbi_step(const double* lA, const double* d, double* best, int* arg,
+                          Py_ssize_t K) noexcept nogil
+
+
+# --- BLAS forms of the three K^2 steps (row-major arrays, see emcore/blas.pxd) ---
+
+cdef inline void _fwd_blas(const double* A, const double* a, double* out,
+                           Py_ssize_t K) noexcept nogil:
+    # out = A.T a; row-major A is column-major A.T: trans 'N'
+    cdef char trans = b'N'
+    cdef int n = <int>K, one = 1
+    cdef double alpha = 1.0, beta = 0.0
+    fblas.dgemv(&trans, &n, &n, &alpha, <double*>A, &n, <double*>a, &one, &beta,
+                out, &one)
+
+
+cdef inline void _bwd_blas(const double* A, const double* w, double* out,
+                           Py_ssize_t K) noexcept nogil:
+    # out = A w; row-major A is column-major A.T: trans 'T'
+    cdef char trans = b'T'
+    cdef int n = <int>K, one = 1
+    cdef double alpha = 1.0, beta = 0.0
+    fblas.dgemv(&trans, &n, &n, &alpha, <double*>A, &n, <double*>w, &one, &beta,
+                out, &one)
+
+
+cdef inline void _outer_blas(const double* a, const double* w, double* S,
+                             Py_ssize_t n_rows, Py_ssize_t K) noexcept nogil:
+    # S += a.T w with a, w (n_rows x K) row-major. Column-major, S is S.T and
+    # S.T += w.T a: w (row-major) is column-major w.T, trans 'N'; a is a.T, 'T'.
+    cdef char ta = b'N', tb = b'T'
+    cdef int k = <int>K, r = <int>n_rows
+    cdef double one = 1.0
+    fblas.dgemm(&ta, &tb, &k, &k, &r, &one, <double*>w, &k, <double*>a, &k, &one,
+                S, &k)
+
+
+# --- one sequence ----------------------------------------------------------------
+
+cdef int _forward_backward_one(
+        Py_ssize_t T, Py_ssize_t K, const double* lb, const double* pi,
+        const double* lpi, const double* A, const double* AT, const double* lA,
+        double* G, double* W, double* c, double* m, double* Bb, double* S,
+        double* res, Py_ssize_t* bad_row, bint blas) noexcept nogil:
+    """Posteriors of one sequence into G (T x K); S += sum_t a_t w_{t+1}^T.
+
+    res[0:3] = (log-likelihood, entropy, magnitude). Returns a status code.
+    """
+    cdef Py_ssize_t t, j, s, e, e2, r
+    cdef double mt, v, ct, sum_logc = 0.0, sum_m = 0.0, mag = 0.0
+    cdef double ent_b = 0.0, g, rs
+    cdef double max_drift = 8.0 * T * (K + 4) * _U
+    cdef const double* row
+    cdef double* a
+    cdef double* bt
+    cdef double* bcur
+    cdef double* wt
+
+    # forward
+    for t in range(T):
+        row = lb + t * K
+        mt = -INFINITY
+        for j in range(K):
+            v = row[j]
+            if not (v < INFINITY):          # NaN or +inf
+                bad_row[0] = t
+                return _INVALID
+            if v > mt:
+                mt = v
+        if mt == -INFINITY:
+            bad_row[0] = t
+            return _ZERO
+        bt = W + t * K
+        for j in range(K):
+            bt[j] = exp(row[j] - mt)
+        a = G + t * K
+        if t == 0:
+            for j in range(K):
+                a[j] = pi[j] * bt[j]
+        else:
+            if blas:
+                _fwd_blas(A, G + (t - 1) * K, a, K)
+            else:
+                emm_fwd_step(A, G + (t - 1) * K, a, K)
+            for j in range(K):
+                a[j] = a[j] * bt[j]
+        ct = 0.0
+        for j in range(K):
+            ct = ct + a[j]
+        if not (ct > 0.0):
+            # zero here, or only below the smallest double: the log-space
+            # recursion decides
+            return _RANGE
+        for j in range(K):
+            a[j] = a[j] / ct
+        c[t] = ct
+        m[t] = mt
+        v = log(ct)
+        sum_logc = sum_logc + v
+        sum_m = sum_m + mt
+        mag = mag + fabs(v) + fabs(mt)
+
+    # backward, in time blocks [s, e) from the end
+    e = T
+    s = e - _TIME_BLOCK if e > _TIME_BLOCK else 0
+    t = T - 1
+    while t >= 0:
+        bcur = Bb + (t - s) * K
+        if t == T - 1:
+            for j in range(K):
+                bcur[j] = 1.0
+        elif blas:
+            _bwd_blas(A, W + (t + 1) * K, bcur, K)
+        else:
+            emm_bwd_step(AT, W + (t + 1) * K, bcur, K)
+        wt = W + t * K
+        ct = c[t]
+        a = G + t * K
+        for j in range(K):
+            # a state the forward pass cannot be in contributes to no xi and no
+            # beta (exactly: its forward probability is 0), whatever its beta
+            if a[j] == 0.0:
+                wt[j] = 0.0
+            else:
+                wt[j] = wt[j] * bcur[j] / ct
+                if not (wt[j] < INFINITY):
+                    return _RANGE       # beta beyond the largest double
+        if t == s:
+            # xi of the block's rows r (r + 1 < T), before the forward rows change
+            e2 = e if e < T - 1 else T - 1
+            if e2 > s:
+                if blas:
+                    _outer_blas(G + s * K, W + (s + 1) * K, S, e2 - s, K)
+                else:
+                    emm_outer_acc(G + s * K, W + (s + 1) * K, S, e2 - s, K)
+            for r in range(s, e):
+                a = G + r * K
+                bcur = Bb + (r - s) * K
+                row = lb + r * K
+                mt = m[r]
+                rs = 0.0
+                for j in range(K):
+                    g = a[j] * bcur[j] if a[j] != 0.0 else 0.0
+                    a[j] = g
+                    rs = rs + g
+                    if g != 0.0:            # 0 log 0 = 0 (row[j] may be -inf)
+                        ent_b = ent_b + g * (row[j] - mt)
+                        mag = mag + g * fabs(row[j])
+                # each row sums to 1 up to round-off (4 T (K + 4) u, the tests'
+                # derivation, times 2); more is posterior mass lost to underflow
+                if not (fabs(rs - 1.0) <= max_drift):
+                    return _RANGE
+            e = s
+            s = e - _TIME_BLOCK if e > _TIME_BLOCK else 0
+        t = t - 1
+
+    # start term (the transition term needs A * S, done by the caller)
+    cdef double ent_pi = 0.0
+    for j in range(K):
+        g = G[j]
+        if g != 0.0:
+            ent_pi = ent_pi + g * lpi[j]
+            mag = mag + g * fabs(lpi[j])
+    res[0] = sum_logc + sum_m
+    res[1] = sum_logc - ent_pi - ent_b
+    res[2] = mag
+    return 0
+
+
+cdef int _forward_one(Py_ssize_t T, Py_ssize_t K, const double* lb, const double* pi,
+                      const double* A, double* a0, double* a1, double* bt,
+                      double* res, Py_ssize_t* bad_row, bint blas) noexcept nogil:
+    """Log-likelihood of one sequence in O(K) memory: res[0]. _RANGE when a scale
+    factor is 0 (the caller then runs the log-space pass)."""
+    cdef Py_ssize_t t, j
+    cdef double mt, v, ct, sum_logc = 0.0, sum_m = 0.0
+    cdef const double* row
+    cdef double* tmp
+    for t in range(T):
+        row = lb + t * K
+        mt = -INFINITY
+        for j in range(K):
+            v = row[j]
+            if not (v < INFINITY):
+                bad_row[0] = t
+                return _INVALID
+            if v > mt:
+                mt = v
+        if mt == -INFINITY:
+            bad_row[0] = t
+            res[0] = -INFINITY
+            return _ZERO
+        for j in range(K):
+            bt[j] = exp(row[j] - mt)
+        if t == 0:
+            for j in range(K):
+                a1[j] = pi[j] * bt[j]
+        else:
+            if blas:
+                _fwd_blas(A, a0, a1, K)
+            else:
+                emm_fwd_step(A, a0, a1, K)
+            for j in range(K):
+                a1[j] = a1[j] * bt[j]
+        ct = 0.0
+        for j in range(K):
+            ct = ct + a1[j]
+        if not (ct > 0.0):
+            return _RANGE
+        for j in range(K):
+            a1[j] = a1[j] / ct
+        sum_logc = sum_logc + log(ct)
+        sum_m = sum_m + mt
+        tmp = a0
+        a0 = a1
+        a1 = tmp
+    res[0] = sum_logc + sum_m
+    return 0
+
+
+# --- log-space fallback ----------------------------------------------------------
+# The scaled recursion works in [2^-1074, 2^1024]: a chain forced through a
+# transition or emission ratio below about 1e-308 makes a scale factor 0, a
+# backward value overflow, or posterior mass underflow. Each of these is
+# detected (_RANGE) and the sequence is redone here in log space, which has no
+# such limit and costs T K^2 exp/log: it runs only for such sequences.
+
+cdef inline double _lse(const double* x, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double mx = -INFINITY, acc = 0.0
+    for i in range(n):
+        if x[i * stride] > mx:
+            mx = x[i * stride]
+    if mx == -INFINITY:
+        return -INFINITY
+    for i in range(n):
+        acc = acc + exp(x[i * stride] - mx)
+    return mx + log(acc)
+
+
+cdef int _forward_log(Py_ssize_t T, Py_ssize_t K, const double* lb, const double* lpi,
+                      const double* lA, double* L, Py_ssize_t step, double* tmp,
+                      double* mag, Py_ssize_t* bad_row) noexcept nogil:
+    """log alpha into L (row t at L + t * step; step 0 keeps one row) and
+    res: returns _ZERO (bad_row set) when no state is possible at some row."""
+    cdef Py_ssize_t t, i, j
+    cdef double v, mx
+    cdef double* cur
+    cdef double* prev
+    for t in range(T):
+        cur = L + t * step
+        if t == 0:
+            for j in range(K):
+                cur[j] = lpi[j] + lb[j]
+        else:
+            prev = L + (t - 1) * step
+            for j in range(K):
+                for i in range(K):
+                    tmp[i] = prev[i] + lA[i * K + j]
+                tmp[K + j] = _lse(tmp, K, 1) + lb[t * K + j]
+            for j in range(K):
+                cur[j] = tmp[K + j]
+        mx = -INFINITY
+        for j in range(K):
+            if cur[j] > mx:
+                mx = cur[j]
+        if mx == -INFINITY:
+            bad_row[0] = t
+            return _ZERO
+        mag[0] = mag[0] + fabs(mx)
+    return 0
+
+
+cdef int _forward_backward_log_one(
+        Py_ssize_t T, Py_ssize_t K, const double* lb, const double* lpi,
+        const double* lA, double* G, double* W, double* tmp, double* X,
+        double* res, Py_ssize_t* bad_row) noexcept nogil:
+    """The log-space pass: posteriors into G, X = sum_t xi_t (not A * S),
+    res as _forward_backward_one's (entropy without the transition term)."""
+    cdef Py_ssize_t t, i, j
+    cdef double ll, v, g, mag = 0.0, ent = 0.0
+    cdef int code = _forward_log(T, K, lb, lpi, lA, G, K, tmp, &mag, bad_row)
+    if code != 0:
+        return code
+    ll = _lse(G + (T - 1) * K, K, 1)
+    # log beta into W
+    for j in range(K):
+        W[(T - 1) * K + j] = 0.0
+    t = T - 2
+    while t >= 0:
+        for j in range(K):
+            tmp[j] = lb[(t + 1) * K + j] + W[(t + 1) * K + j]
+        for i in range(K):
+            for j in range(K):
+                tmp[K + j] = lA[i * K + j] + tmp[j]
+            W[t * K + i] = _lse(tmp + K, K, 1)
+        t = t - 1
+    for i in range(K * K):
+        X[i] = 0.0
+    for t in range(T - 1):
+        for i in range(K):
+            if G[t * K + i] == -INFINITY:
+                continue
+            for j in range(K):
+                v = G[t * K + i] + lA[i * K + j] + lb[(t + 1) * K + j] \
+                    + W[(t + 1) * K + j] - ll
+                X[i * K + j] += exp(v)
+    for t in range(T):
+        for j in range(K):
+            v = G[t * K + j] + W[t * K + j] - ll
+            g = exp(v)
+            G[t * K + j] = g
+            if g != 0.0:
+                ent = ent + g * lb[t * K + j]
+                mag = mag + g * fabs(lb[t * K + j])
+    for j in range(K):
+        g = G[j]
+        if g != 0.0:
+            ent = ent + g * lpi[j]
+            mag = mag + g * fabs(lpi[j])
+    res[0] = ll
+    res[1] = ll - ent
+    res[2] = mag + fabs(ll)
+    return 0
+
+
+cdef int _viterbi_one(Py_ssize_t T, Py_ssize_t K, const double* lb, const double* lpi,
+                      const double* lA, double* d0, double* d1, int* psi,
+                      Py_ssize_t* path, double* res, Py_ssize_t* bad_row) noexcept nogil:
+    cdef Py_ssize_t t, j, best_j
+    cdef double v, best
+    cdef const double* row
+    cdef double* tmp
+    cdef int* arg
+    for t in range(T):
+        row = lb + t * K
+        for j in range(K):
+            if not (row[j] < INFINITY):
+                bad_row[0] = t
+                return _INVALID
+        if t == 0:
+            for j in range(K):
+                d1[j] = lpi[j] + row[j]
+        else:
+            arg = psi + t * K
+            emm_viterbi_step(lA, d0, d1, arg, K)
+            for j in range(K):
+                d1[j] = d1[j] + row[j]
+        tmp = d0
+        d0 = d1
+        d1 = tmp
+    best = d0[0]
+    best_j = 0
+    for j in range(1, K):
+        if d0[j] > best:
+            best = d0[j]
+            best_j = j
+    res[0] = best
+    t = T - 1
+    path[t] = best_j
+    while t > 0:
+        best_j = psi[t * K + best_j]
+        t = t - 1
+        path[t] = best_j
+    return 0
+
+
+# --- the batch --------------------------------------------------------------------
+
+def _check_starts(starts, Py_ssize_t n):
+    """The recursions index rows through ``starts``: never trust it blindly."""
+    st = np.asarray(starts)
+    if st.shape[0] < 1 or st[0] != 0 or st[st.shape[0] - 1] != n or np.any(np.diff(st) < 1):
+        raise ValueError("starts must rise strictly from 0 to the number of rows")
+
+
+def _blocks(Py_ssize_t n_seq):
+    """Number of sequence blocks: a function of n_seq only (never of threads)."""
+    return min(n_seq, MAX_BLOCKS)
+
+
+def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
+                     const double[::1] log_startprob, const double[:, ::1] log_transmat,
+                     double[:, ::1] gamma, int n_threads, bint use_blas,
+                     bint posteriors=True):
+    """Scaled forward-backward over a batch of sequences (see the module docstring).
+
+    ``starts`` (n_seq + 1,) are row offsets, strictly increasing from 0 to n_rows
+    (checked by the caller). With ``posteriors`` fills ``gamma`` (n_rows, K) and
+    returns (loglik, entropy, magnitude, xi, start, status, fail_row, used_log);
+    without, only loglik, status, fail_row and used_log are meaningful (the rest
+    are zeros) and ``gamma`` is not touched (may be None). ``used_log[q]`` says
+    that sequence q left the scaled recursion's range and was computed in log
+    space.
+    """
+    cdef Py_ssize_t n = log_b.shape[0], K = log_b.shape[1]
+    cdef Py_ssize_t n_seq = starts.shape[0] - 1
+    if log_startprob.shape[0] != K or log_transmat.shape[0] != K \
+            or log_transmat.shape[1] != K:
+        raise ValueError("log_b, log_startprob and log_transmat disagree on K")
+    if posteriors and (gamma.shape[0] != n or gamma.shape[1] != K):
+        raise ValueError("gamma must have the shape of log_b")
+    _check_starts(starts, n)
+    cdef Py_ssize_t n_blocks = _blocks(n_seq)
+    cdef Py_ssize_t n_slots = max(n_blocks, 1)
+
+    pi_arr = np.exp(np.asarray(log_startprob))
+    A_arr = np.ascontiguousarray(np.exp(np.asarray(log_transmat)))
+    AT_arr = np.ascontiguousarray(A_arr.T)
+    cdef const double[::1] pi = pi_arr
+    cdef const double[:, ::1] A = A_arr
+    cdef const double[:, ::1] AT = AT_arr
+
+    loglik = np.zeros(n_seq)
+    entropy = np.zeros(n_seq)
+    magnitude = np.zeros(n_seq)
+    status = np.zeros(n_seq, dtype=np.intc)
+    fail_row = np.full(n_seq, -1, dtype=np.intp)
+    used_log = np.zeros(n_seq, dtype=np.intc)
+    cdef int[::1] ul = used_log
+    block_S = np.zeros((n_slots, K, K))
+    block_start = np.zeros((n_slots, K))
+    cdef double[::1] ll = loglik, ent = entropy, mg = magnitude
+    cdef int[::1] st = status
+    cdef Py_ssize_t[::1] fr = fail_row
+    cdef double[:, :, ::1] bS = block_S
+    cdef double[:, ::1] bst = block_start
+
+    cdef Py_ssize_t b, q, q0, q1, T, Tmax, i, j, r0
+    cdef double* W
+    cdef double* c
+    cdef double* mm
+    cdef double* Bb
+    cdef double* S
+    cdef double* res
+    cdef double* a0
+    cdef double* a1
+    cdef double* lt
+    cdef double hA, mA, x, dummy
+    cdef int code
+    cdef bint direct
+    cdef const double* lbp = &log_b[0, 0] if n else NULL
+    cdef double* gp = &gamma[0, 0] if (posteriors and n) else NULL
+    cdef const double* lpi = &log_startprob[0] if K else NULL
+    cdef const double* lA = &log_transmat[0, 0] if K else NULL
+
+    if n_seq and K:
+        n_threads = <int>min(<Py_ssize_t>max(n_threads, 1), n_blocks)
+        for b in prange(n_blocks, nogil=True, schedule="dynamic", num_threads=n_threads):
+            q0 = b * n_seq // n_blocks
+            q1 = (b + 1) * n_seq // n_blocks
+            Tmax = 0
+            for q in range(q0, q1):
+                Tmax = max(Tmax, starts[q + 1] - starts[q])
+            res = <double*>malloc(3 * sizeof(double))
+            lt = <double*>malloc(2 * K * sizeof(double))
+            if posteriors:
+                W = <double*>malloc(Tmax * K * sizeof(double))
+                c = <double*>malloc(Tmax * sizeof(double))
+                mm = <double*>malloc(Tmax * sizeof(double))
+                Bb = <double*>malloc(_TIME_BLOCK * K * sizeof(double))
+                S = <double*>malloc(K * K * sizeof(double))
+                a0 = NULL
+                a1 = NULL
+            else:
+                W = <double*>malloc(K * sizeof(double))
+                a0 = <double*>malloc(K * sizeof(double))
+                a1 = <double*>malloc(K * sizeof(double))
+                c = NULL
+                mm = NULL
+                Bb = NULL
+                S = NULL
+            if res == NULL or lt == NULL or W == NULL or (posteriors and (
+                    c == NULL or mm == NULL or Bb == NULL or S == NULL)) or (
+                    not posteriors and (a0 == NULL or a1 == NULL)):
+                for q in range(q0, q1):
+                    st[q] = _NOMEM
+            else:
+                for q in range(q0, q1):
+                    r0 = starts[q]
+                    T = starts[q + 1] - r0
+                    if posteriors:
+                        for i in range(K * K):
+                            S[i] = 0.0
+                        code = _forward_backward_one(
+                            T, K, lbp + r0 * K, &pi[0], lpi, &A[0, 0], &AT[0, 0], lA,
+                            gp + r0 * K, W, c, mm, Bb, S, res, &fr[q], use_blas)
+                        direct = code == _RANGE
+                        if direct:
+                            # S becomes the transition counts themselves
+                            code = _forward_backward_log_one(
+                                T, K, lbp + r0 * K, lpi, lA, gp + r0 * K, W, lt, S,
+                                res, &fr[q])
+                    else:
+                        code = _forward_one(T, K, lbp + r0 * K, &pi[0], &A[0, 0],
+                                            a0, a1, W, res, &fr[q], use_blas)
+                        direct = code == _RANGE
+                        if direct:
+                            dummy = 0.0
+                            code = _forward_log(T, K, lbp + r0 * K, lpi, lA, a0, 0, lt,
+                                                &dummy, &fr[q])
+                            if code == 0:
+                                res[0] = _lse(a0, K, 1)
+                    st[q] = code
+                    ul[q] = direct
+                    if code != 0:
+                        if fr[q] >= 0:
+                            fr[q] = fr[q] + r0
+                        if code == _ZERO:
+                            ll[q] = -INFINITY
+                        continue
+                    ll[q] = res[0]
+                    if posteriors:
+                        # transition counts Xi = A * S (S itself from the log
+                        # pass), and the entropy's transition term
+                        hA = 0.0
+                        mA = 0.0
+                        for i in range(K):
+                            for j in range(K):
+                                x = S[i * K + j] if direct else A[i, j] * S[i * K + j]
+                                if x != 0.0:
+                                    hA = hA + x * log_transmat[i, j]
+                                    mA = mA + x * fabs(log_transmat[i, j])
+                                bS[b, i, j] += x
+                        for j in range(K):
+                            bst[b, j] += gp[r0 * K + j]
+                        ent[q] = res[1] - hA
+                        mg[q] = res[2] + mA
+            free(res)
+            free(lt)
+            free(W)
+            free(c)
+            free(mm)
+            free(Bb)
+            free(S)
+            free(a0)
+            free(a1)
+
+    # block slots in block order
+    xi = np.zeros((K, K))
+    start = np.zeros(K)
+    for b in range(n_blocks):
+        xi += block_S[b]
+        start += block_start[b]
+    return loglik, entropy, magnitude, xi, start, status, fail_row, used_log
+
+
+def viterbi(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
+            const double[::1] log_startprob, const double[:, ::1] log_transmat,
+            int n_threads):
+    """Most probable state path of each sequence: (path (n_rows,) intp,
+    log_prob (n_seq,), status, fail_row). Ties go to the lowest state index."""
+    cdef Py_ssize_t n = log_b.shape[0], K = log_b.shape[1]
+    cdef Py_ssize_t n_seq = starts.shape[0] - 1
+    if log_startprob.shape[0] != K or log_transmat.shape[0] != K \
+            or log_transmat.shape[1] != K:
+        raise ValueError("log_b, log_startprob and log_transmat disagree on K")
+    _check_starts(starts, n)
+    cdef Py_ssize_t n_blocks = _blocks(n_seq)
+    path = np.zeros(n, dtype=np.intp)
+    log_prob = np.zeros(n_seq)
+    status = np.zeros(n_seq, dtype=np.intc)
+    fail_row = np.full(n_seq, -1, dtype=np.intp)
+    cdef Py_ssize_t[::1] pa = path
+    cdef double[::1] lp = log_prob
+    cdef int[::1] st = status
+    cdef Py_ssize_t[::1] fr = fail_row
+    cdef Py_ssize_t b, q, q0, q1, T, Tmax, r0
+    cdef double* d0
+    cdef double* d1
+    cdef double* res
+    cdef int* psi
+    cdef int code
+    cdef const double* lbp = &log_b[0, 0] if n else NULL
+    cdef const double* lpi = &log_startprob[0] if K else NULL
+    cdef const double* lA = &log_transmat[0, 0] if K else NULL
+    if n_seq and K:
+        n_threads = <int>min(<Py_ssize_t>max(n_threads, 1), n_blocks)
+        for b in prange(n_blocks, nogil=True, schedule="dynamic", num_threads=n_threads):
+            q0 = b * n_seq // n_blocks
+            q1 = (b + 1) * n_seq // n_blocks
+            Tmax = 0
+            for q in range(q0, q1):
+                Tmax = max(Tmax, starts[q + 1] - starts[q])
+            d0 = <double*>malloc(K * sizeof(double))
+            d1 = <double*>malloc(K * sizeof(double))
+            res = <double*>malloc(sizeof(double))
+            psi = <int*>malloc(Tmax * K * sizeof(int))
+            if d0 == NULL or d1 == NULL or res == NULL or psi == NULL:
+                for q in range(q0, q1):
+                    st[q] = _NOMEM
+            else:
+                for q in range(q0, q1):
+                    r0 = starts[q]
+                    T = starts[q + 1] - r0
+                    code = _viterbi_one(T, K, lbp + r0 * K, lpi, lA, d0, d1, psi,
+                                        &pa[r0], res, &fr[q])
+                    st[q] = code
+                    if code != 0:
+                        fr[q] = fr[q] + r0
+                    else:
+                        lp[q] = res[0]
+            free(d0)
+            free(d1)
+            free(res)
+            free(psi)
+    return path, log_prob, status, fail_row
