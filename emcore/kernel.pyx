@@ -166,3 +166,19 @@ cdef class PosteriorKernel:
                 f"row {status - 1} has no finite likelihood under any component "
                 "(every log p(x, z=k) is -inf or NaN)")
         return log_resp, resp, row_value, totals
+
+
+def get_include():
+    """Return the folder of emcore's public C headers.
+
+    A compiled family that uses them (``emcore/vec4.h``: 4-double vectors and
+    the ``EMC_CLONES`` dispatch; ``emcore/vexp.h``: exp on those vectors;
+    ``emcore/moments.h``: the moment slots and their merge) adds it to its
+    extension's include folders, as with ``numpy.get_include()``::
+
+        Extension(..., include_dirs=[numpy.get_include(), emcore.kernel.get_include()])
+
+    and then ``#include "emcore/vec4.h"`` (C) or ``cimport emcore.moments`` (Cython).
+    """
+    import os
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "include")
