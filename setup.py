@@ -27,7 +27,7 @@ EXTRA_COMPILE = [] if sys.platform == "win32" else ["-O3"]
 # emcore's public C headers (installed: a third party's compiled family includes
 # them with include_dirs=[emcore.get_include()]), and each module's own
 HEADERS = "emcore/include/emcore/"
-SHARED = [HEADERS + "vec4.h", HEADERS + "vexp.h"]
+SHARED = [HEADERS + "vec4.h", HEADERS + "vexp.h", HEADERS + "moments.h"]
 
 # module name -> (source, the headers it includes: a change rebuilds it);
 # plugins/ is installed as emcore.plugins

@@ -36,6 +36,8 @@ baseline x86-64 otherwise), with a plain-C fallback elsewhere. Every sum is
 taken in a fixed order: the same chunk gives the same bits on any thread.
 """
 from emcore.kernel cimport FamilyKernel
+from emcore.moments cimport (EMC_SCATTER_DIAGONAL, emc_merge_moment_slot_arrays,
+                             emc_merge_moment_slots)
 
 import numpy as np
 
@@ -47,37 +49,6 @@ cdef extern from "_gaussian_diag.h":
     void emd_moments(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
                      Py_ssize_t Kp, const double* w, int which, const double* C,
                      double* wrow, double* T0, double* T1, double* T2) noexcept nogil
-
-
-cdef inline void _merge_slot(Py_ssize_t d, double* into, const double* other) noexcept nogil:
-    # into, other: [W, c (d), r (d), s (d)]; into <- per-feature moments of the
-    # union: the diagonal of the full kernel's exact re-shifting merge.
-    cdef double Wa = into[0], Wb = other[0], W, f, c, da, db
-    cdef Py_ssize_t j
-    cdef double* ca = into + 1
-    cdef double* ra = into + 1 + d
-    cdef double* sa = into + 1 + 2 * d
-    cdef const double* cb = other + 1
-    cdef const double* rb = other + 1 + d
-    cdef const double* sb = other + 1 + 2 * d
-    if Wb <= 0.0:
-        return
-    if Wa <= 0.0:
-        for j in range(1 + 3 * d):
-            into[j] = other[j]
-        return
-    W = Wa + Wb
-    f = Wb / W
-    for j in range(d):
-        c = ca[j] + f * (cb[j] - ca[j])
-        da = ca[j] - c
-        db = cb[j] - c
-        ca[j] = c
-        sa[j] += 2.0 * ra[j] * da + Wa * da * da
-        ra[j] += Wa * da
-        sa[j] += sb[j] + 2.0 * rb[j] * db + Wb * db * db
-        ra[j] += rb[j] + Wb * db
-    into[0] = W
 
 
 cdef class GaussianDiagKernel(FamilyKernel):
@@ -118,8 +89,8 @@ cdef class GaussianDiagKernel(FamilyKernel):
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
         # a row of results or a block of weights (EMD_ROWS = 8 rows x Kp) + the
         # weights' sums (Kp)
-        # + three d x Kp tables + one slot
-        return 9 * self.Kp + 3 * self.n_features * self.Kp + 1 + 3 * self.n_features
+        # + three d x Kp tables + one slot + the merge's scratch (2 d)
+        return 9 * self.Kp + 3 * self.n_features * self.Kp + 1 + 5 * self.n_features
 
     cdef int chunk_log_density(self, const double* X, Py_ssize_t n_rows,
                                double* out, double* scratch) noexcept nogil:
@@ -185,10 +156,10 @@ cdef class GaussianDiagKernel(FamilyKernel):
                 chunk[1 + j] = ref[j * Kp + k]
                 chunk[1 + d + j] = R[j * Kp + k]
                 chunk[1 + 2 * d + j] = S[j * Kp + k]
-            _merge_slot(d, stats + k * slot, chunk)
+            emc_merge_moment_slots(d, EMC_SCATTER_DIAGONAL, stats + k * slot, chunk,
+                                   chunk + slot)
         return 0
 
     cdef void merge_stats(self, double* into, const double* other) noexcept nogil:
-        cdef Py_ssize_t d = self.n_features, k
-        for k in range(self.n_components):
-            _merge_slot(d, into + k * (1 + 3 * d), other + k * (1 + 3 * d))
+        emc_merge_moment_slot_arrays(self.n_components, self.n_features, EMC_SCATTER_DIAGONAL,
+                                     into, other)

@@ -37,9 +37,9 @@ E-step d (subtraction) + d(d+1) (the triangular product: column j has j+1
 multiply-adds) + 2d (squares and sum); the statistics 2d (weighted sum for c)
 + 3d (subtraction, weighting, residual) + d(d+1) (the upper triangle of S).
 """
-from libc.stdlib cimport malloc, free
-
 from emcore.kernel cimport FamilyKernel
+from emcore.moments cimport (EMC_SCATTER_FULL, emc_merge_moment_slot_arrays,
+                             emc_merge_moment_slots)
 
 import numpy as np
 
@@ -57,57 +57,6 @@ cdef extern from "_gaussian_full.h":
                           double* WDt, double* rp, double* S4, double* r,
                           double* S) noexcept nogil
     Py_ssize_t EMC_ROWS
-
-
-cdef inline void _reshift(Py_ssize_t d, double W, double* r, double* S,
-                          const double* delta) noexcept nogil:
-    # moments about c -> moments about c - delta:  r += W delta,
-    # S += r delta^T + delta r^T + W delta delta^T  (with the old r)
-    cdef Py_ssize_t j, l
-    for j in range(d):
-        for l in range(d):
-            S[j * d + l] += r[j] * delta[l] + delta[j] * r[l] + W * delta[j] * delta[l]
-    for j in range(d):
-        r[j] += W * delta[j]
-
-
-cdef inline void _merge_slot(Py_ssize_t d, double* into, const double* other,
-                             double* tmp) noexcept nogil:
-    # into, other: [W, c (d), r (d), S (d*d)]; into <- moments of the union.
-    # tmp: 2 d doubles of scratch.
-    cdef double Wa = into[0], Wb = other[0], W, f, c
-    cdef Py_ssize_t j, l
-    cdef double* ca = into + 1
-    cdef double* ra = into + 1 + d
-    cdef double* Sa = into + 1 + 2 * d
-    cdef const double* cb = other + 1
-    cdef const double* rb = other + 1 + d
-    cdef const double* Sb = other + 1 + 2 * d
-    cdef double* da = tmp
-    cdef double* db = tmp + d
-    if Wb <= 0.0:
-        return
-    if Wa <= 0.0:
-        for j in range(1 + 2 * d + d * d):
-            into[j] = other[j]
-        return
-    W = Wa + Wb
-    f = Wb / W
-    # New reference point c (a double, stored as is), then the shifts against it:
-    # da = ca - c and db = cb - c are exact when the points are close (Sterbenz).
-    for j in range(d):
-        c = ca[j] + f * (cb[j] - ca[j])
-        da[j] = ca[j] - c
-        db[j] = cb[j] - c
-        ca[j] = c
-    _reshift(d, Wa, ra, Sa, da)
-    for j in range(d):
-        for l in range(d):
-            Sa[j * d + l] += (Sb[j * d + l] + rb[j] * db[l] + db[j] * rb[l]
-                              + Wb * db[j] * db[l])
-    for j in range(d):
-        ra[j] += rb[j] + Wb * db[j]
-    into[0] = W
 
 
 cdef inline Py_ssize_t _round_up(Py_ssize_t a, Py_ssize_t m) noexcept nogil:
@@ -218,17 +167,9 @@ cdef class GaussianFullKernel(FamilyKernel):
                     S[i * d + j] = Sp[i * da + j]
                     S[j * d + i] = Sp[i * da + j]
             chunk[0] = W
-            _merge_slot(d, stats + k * slot, chunk, tmp)
+            emc_merge_moment_slots(d, EMC_SCATTER_FULL, stats + k * slot, chunk, tmp)
         return 0
 
     cdef void merge_stats(self, double* into, const double* other) noexcept nogil:
-        cdef Py_ssize_t d = self.n_features, k
-        cdef Py_ssize_t slot = 1 + 2 * d + d * d
-        cdef double tmp[64]
-        cdef double* buf = tmp
-        if 2 * d > 64:
-            buf = <double*>malloc(2 * d * sizeof(double))
-        for k in range(self.n_components):
-            _merge_slot(d, into + k * slot, other + k * slot, buf)
-        if buf != tmp:
-            free(buf)
+        emc_merge_moment_slot_arrays(self.n_components, self.n_features, EMC_SCATTER_FULL,
+                                     into, other)

@@ -34,10 +34,12 @@ and through them the M-step and the inertia, carry no cancellation error.
 Slots with different references merge by re-shifting exactly.
 """
 from libc.math cimport INFINITY, log, M_PI
+from libc.stdlib cimport free, malloc
 
 from emcore.blas cimport gemm_nt
 from emcore.kernel cimport (FamilyKernel, TOTAL_EXPECTED_LOG_JOINT, TOTAL_MAGNITUDE,
                             TOTAL_OBJECTIVE)
+from emcore.moments cimport EMC_SCATTER_TRACE, emc_merge_moments
 
 import numpy as np
 
@@ -203,29 +205,34 @@ cdef class KMeansKernel(FamilyKernel):
 
     cdef void merge_stats(self, double* into, const double* other) noexcept nogil:
         cdef Py_ssize_t k, d = self.n_features, S = 3 + 3 * d
+        cdef double stack_tmp[64]
+        cdef double* tmp = stack_tmp
+        if 2 * d > 64:
+            tmp = <double*>malloc(2 * d * sizeof(double))
+            if tmp == NULL:
+                return
         for k in range(self.n_components):
-            _merge_slot(d, into + k * S, other + k * S)
+            _merge_slot(d, into + k * S, other + k * S, tmp)
+        if tmp != stack_tmp:
+            free(tmp)
 
 
-cdef void _merge_slot(Py_ssize_t d, double* a, const double* b) noexcept nogil:
-    # a <- statistics of the union, about a's reference point (b's if a is empty).
-    # Re-shifting b by delta = ref_b - ref_a:  s_b' = s_b + W_b delta,
-    # SS_b' = SS_b + 2 delta . s_b + W_b |delta|^2 (exact; delta = 0 within a pass).
+cdef void _merge_slot(Py_ssize_t d, double* a, const double* b, double* tmp) noexcept nogil:
+    # a <- statistics of the union, about a's reference point (b's if a is empty):
+    # the moment merge with b moved to a's reference, the scatter as its trace
+    # (SS). tmp: 2 d doubles of scratch.
     cdef Py_ssize_t j
-    cdef double delta, cross = 0.0, dd = 0.0, Wb = b[_W]
+    cdef double dd = 0.0
     if b[_D] < 0.0:
         return
     if a[_D] < 0.0:
         for j in range(3 + 3 * d):
             a[j] = b[j]
         return
-    for j in range(d):
-        delta = b[_REF + j] - a[_REF + j]
-        cross += delta * b[_REF + d + j]
-        dd += delta * delta
-        a[_REF + d + j] += b[_REF + d + j] + Wb * delta
-    a[_W] += Wb
-    a[_SS] += b[_SS] + 2.0 * cross + Wb * dd
+    emc_merge_moments(d, EMC_SCATTER_TRACE, True, &a[_W], &a[_REF], &a[_REF + d], &a[_SS],
+                      b[_W], &b[_REF], &b[_REF + d], &b[_SS], tmp)
+    for j in range(d):      # |delta|^2, delta = ref_b - ref_a (the merge's shift of b)
+        dd += tmp[d + j] * tmp[d + j]
     # farthest points compared about a's reference (b's distance re-measured)
     if dd != 0.0:
         dd = emc_sq_dist(b + _REF + 2 * d, a + _REF, d)
