@@ -33,7 +33,7 @@ SHARED = [HEADERS + "vec4.h", HEADERS + "vexp.h", HEADERS + "moments.h"]
 # plugins/ is installed as emcore.plugins
 MODULES = {
     "emcore.blas": ("emcore/blas.pyx", []),
-    "emcore.kernel": ("emcore/kernel.pyx", []),
+    "emcore.kernel": ("emcore/kernel.pyx", [HEADERS + "moments.h"]),
     "emcore._core._passes": ("emcore/_core/_passes.pyx", ["emcore/_core/_rows.h"]),
     "emcore.plugins._gaussian_kernel": ("plugins/_gaussian_kernel.pyx",
                                         ["plugins/_gaussian_full.h"] + SHARED),

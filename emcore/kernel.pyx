@@ -5,9 +5,37 @@ The ``def`` methods give every compiled kernel a Python face for free, so a
 family's Python methods can delegate to its kernel (one implementation) and the
 tests can call kernels directly.
 """
+from emcore.moments cimport (EMC_SCATTER_DIAGONAL, EMC_SCATTER_FULL, EMC_SCATTER_TRACE,
+                             EMC_SLOT_REFERENCE, EMC_SLOT_RESIDUAL, EMC_SLOT_SCATTER,
+                             EMC_SLOT_WEIGHT, emc_scatter_size)
+
 import numpy as np
 
 N_TOTALS_ = N_TOTALS
+
+_SCATTER_SHAPES = {"full": EMC_SCATTER_FULL, "diagonal": EMC_SCATTER_DIAGONAL,
+                   "trace": EMC_SCATTER_TRACE}
+
+
+def moment_slot_layout(Py_ssize_t n_features, scatter="full"):
+    """Return one component's moments slot (``emcore/moments.h``) as {field: index or slice}.
+
+    The slot is [W, c (d), r (d), S]: the weight ``"weight"`` (an index), the
+    reference point ``"mean"``, the residual ``"residual"`` and the scatter
+    ``"scatter"`` (slices; S holds d x d numbers, row-major, for ``scatter="full"``,
+    d for ``"diagonal"``, 1 for ``"trace"``). The layout is declared once, in the
+    C header the kernels use; Python reads it here.
+    """
+    if scatter not in _SCATTER_SHAPES:
+        raise ValueError("The 'scatter' parameter of moment_slot_layout must be one of "
+                         f"{sorted(_SCATTER_SHAPES)}. Got {scatter!r} instead.")
+    cdef Py_ssize_t d = n_features
+    cdef int shape = _SCATTER_SHAPES[scatter]
+    return {"weight": EMC_SLOT_WEIGHT(d),
+            "mean": slice(EMC_SLOT_REFERENCE(d), EMC_SLOT_REFERENCE(d) + d),
+            "residual": slice(EMC_SLOT_RESIDUAL(d), EMC_SLOT_RESIDUAL(d) + d),
+            "scatter": slice(EMC_SLOT_SCATTER(d),
+                             EMC_SLOT_SCATTER(d) + emc_scatter_size(d, shape))}
 
 
 cdef class FamilyKernel:
@@ -173,7 +201,7 @@ def get_include():
 
     A compiled family that uses them (``emcore/vec4.h``: 4-double vectors and
     the ``EMC_CLONES`` dispatch; ``emcore/vexp.h``: exp on those vectors;
-    ``emcore/moments.h``: the moment slots and their merge) adds it to its
+    ``emcore/moments.h``: the moments slots and their merge) adds it to its
     extension's include folders, as with ``numpy.get_include()``::
 
         Extension(..., include_dirs=[numpy.get_include(), emcore.kernel.get_include()])

@@ -37,9 +37,13 @@ taken in a fixed order: the same chunk gives the same bits on any thread.
 """
 from emcore.kernel cimport FamilyKernel
 from emcore.moments cimport (EMC_SCATTER_DIAGONAL, emc_merge_moment_slot_arrays,
-                             emc_merge_moment_slots)
+                             emc_merge_moment_slots,
+                             EMC_SLOT_REFERENCE, EMC_SLOT_RESIDUAL, EMC_SLOT_SCATTER,
+                             EMC_SLOT_WEIGHT, emc_moment_slot_size)
 
 import numpy as np
+
+from emcore.kernel import moment_slot_layout
 
 
 cdef extern from "_gaussian_diag.h":
@@ -69,7 +73,7 @@ cdef class GaussianDiagKernel(FamilyKernel):
         K, d = means.shape
         self.n_components = K
         self.n_features = d
-        self.n_stats = K * (1 + 3 * d)
+        self.n_stats = K * emc_moment_slot_size(d, EMC_SCATTER_DIAGONAL)
         self.means = means
         self.prec_chol_diag = u
         self.Kp = ((K + 3) // 4) * 4
@@ -86,11 +90,18 @@ cdef class GaussianDiagKernel(FamilyKernel):
     def __reduce__(self):
         return (GaussianDiagKernel, (np.asarray(self.means), np.asarray(self.prec_chol_diag)))
 
+    @staticmethod
+    def slot_layout(Py_ssize_t n_features):
+        """One component's statistics slot: {field: index or slice}, the moments
+        slot of emcore/moments.h with a diagonal scatter."""
+        return moment_slot_layout(n_features, "diagonal")
+
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
         # a row of results or a block of weights (EMD_ROWS = 8 rows x Kp) + the
         # weights' sums (Kp)
         # + three d x Kp tables + one slot + the merge's scratch (2 d)
-        return 9 * self.Kp + 3 * self.n_features * self.Kp + 1 + 5 * self.n_features
+        return (9 * self.Kp + 3 * self.n_features * self.Kp
+                + emc_moment_slot_size(self.n_features, EMC_SCATTER_DIAGONAL) + 2 * self.n_features)
 
     cdef int chunk_log_density(self, const double* X, Py_ssize_t n_rows,
                                double* out, double* scratch) noexcept nogil:
@@ -103,7 +114,7 @@ cdef class GaussianDiagKernel(FamilyKernel):
                               const double* weights, double* stats,
                               double* scratch) noexcept nogil:
         cdef Py_ssize_t d = self.n_features, K = self.n_components, Kp = self.Kp
-        cdef Py_ssize_t slot = 1 + 3 * d
+        cdef Py_ssize_t slot = emc_moment_slot_size(d, EMC_SCATTER_DIAGONAL)
         cdef Py_ssize_t i, j, k
         cdef double* wrow = scratch
         cdef double* Wk = wrow + 8 * Kp
@@ -151,11 +162,11 @@ cdef class GaussianDiagKernel(FamilyKernel):
             W = Wk[k]
             if W <= 0.0:
                 continue
-            chunk[0] = W
+            chunk[EMC_SLOT_WEIGHT(d)] = W
             for j in range(d):
-                chunk[1 + j] = ref[j * Kp + k]
-                chunk[1 + d + j] = R[j * Kp + k]
-                chunk[1 + 2 * d + j] = S[j * Kp + k]
+                chunk[EMC_SLOT_REFERENCE(d) + j] = ref[j * Kp + k]
+                chunk[EMC_SLOT_RESIDUAL(d) + j] = R[j * Kp + k]
+                chunk[EMC_SLOT_SCATTER(d) + j] = S[j * Kp + k]
             emc_merge_moment_slots(d, EMC_SCATTER_DIAGONAL, stats + k * slot, chunk,
                                    chunk + slot)
         return 0

@@ -39,9 +39,13 @@ multiply-adds) + 2d (squares and sum); the statistics 2d (weighted sum for c)
 """
 from emcore.kernel cimport FamilyKernel
 from emcore.moments cimport (EMC_SCATTER_FULL, emc_merge_moment_slot_arrays,
-                             emc_merge_moment_slots)
+                             emc_merge_moment_slots,
+                             EMC_SLOT_REFERENCE, EMC_SLOT_RESIDUAL, EMC_SLOT_SCATTER,
+                             EMC_SLOT_WEIGHT, emc_moment_slot_size)
 
 import numpy as np
+
+from emcore.kernel import moment_slot_layout
 
 
 cdef extern from "_gaussian_full.h":
@@ -81,7 +85,7 @@ cdef class GaussianFullKernel(FamilyKernel):
         self.n_components = means.shape[0]
         self.n_features = means.shape[1]
         d = self.n_features
-        self.n_stats = self.n_components * (1 + 2 * d + d * d)
+        self.n_stats = self.n_components * emc_moment_slot_size(d, EMC_SCATTER_FULL)
         self.means = means
         self.prec_chol = prec_chol
         self.da = _round_up(d, 4)
@@ -97,6 +101,12 @@ cdef class GaussianFullKernel(FamilyKernel):
     def __reduce__(self):
         return (GaussianFullKernel, (np.asarray(self.means), np.asarray(self.prec_chol)))
 
+    @staticmethod
+    def slot_layout(Py_ssize_t n_features):
+        """One component's statistics slot: {field: index or slice}, the moments
+        slot of emcore/moments.h with a full scatter."""
+        return moment_slot_layout(n_features, "full")
+
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
         cdef Py_ssize_t d = self.n_features, da = self.da
         cdef Py_ssize_t ld = _round_up(n_rows, EMC_ROWS)
@@ -105,7 +115,7 @@ cdef class GaussianFullKernel(FamilyKernel):
         # partial sums (4 d + 4 da^2) + S (da x da) + one chunk slot + merge scratch
         return d * ld + max(ld + d * EMC_ROWS,
                             ld + 2 * da * self.blk + 4 * d + 5 * da * da
-                            + 1 + 4 * d + d * d)
+                            + emc_moment_slot_size(d, EMC_SCATTER_FULL) + 2 * d)
 
     cdef int chunk_log_density(self, const double* X, Py_ssize_t n_rows,
                                double* out, double* scratch) noexcept nogil:
@@ -130,7 +140,7 @@ cdef class GaussianFullKernel(FamilyKernel):
                               double* scratch) noexcept nogil:
         cdef Py_ssize_t d = self.n_features, K = self.n_components, da = self.da
         cdef Py_ssize_t ld = _round_up(n_rows, EMC_ROWS)
-        cdef Py_ssize_t slot = 1 + 2 * d + d * d
+        cdef Py_ssize_t slot = emc_moment_slot_size(d, EMC_SCATTER_FULL)
         cdef Py_ssize_t i, j, k
         cdef double* Xt = scratch
         cdef double* wk = Xt + d * ld
@@ -140,9 +150,9 @@ cdef class GaussianFullKernel(FamilyKernel):
         cdef double* S4 = rp + 4 * d
         cdef double* Sp = S4 + 4 * da * da
         cdef double* chunk = Sp + da * da
-        cdef double* c = chunk + 1
-        cdef double* r = chunk + 1 + d
-        cdef double* S = chunk + 1 + 2 * d
+        cdef double* c = chunk + EMC_SLOT_REFERENCE(d)
+        cdef double* r = chunk + EMC_SLOT_RESIDUAL(d)
+        cdef double* S = chunk + EMC_SLOT_SCATTER(d)
         cdef double* tmp = chunk + slot
         cdef double W
         emc_transpose(X, n_rows, d, ld, Xt)
@@ -166,7 +176,7 @@ cdef class GaussianFullKernel(FamilyKernel):
                 for j in range(i, d):
                     S[i * d + j] = Sp[i * da + j]
                     S[j * d + i] = Sp[i * da + j]
-            chunk[0] = W
+            chunk[EMC_SLOT_WEIGHT(d)] = W
             emc_merge_moment_slots(d, EMC_SCATTER_FULL, stats + k * slot, chunk, tmp)
         return 0
 

@@ -44,6 +44,14 @@ from emcore.moments cimport EMC_SCATTER_TRACE, emc_merge_moments
 import numpy as np
 
 cdef extern from "_lloyd.h":
+    # one component's slot: [W, SS, D, ref (d), s (d), far (d)]
+    Py_ssize_t EMC_KM_WEIGHT(Py_ssize_t d) noexcept nogil
+    Py_ssize_t EMC_KM_SCATTER(Py_ssize_t d) noexcept nogil
+    Py_ssize_t EMC_KM_FAR_DIST(Py_ssize_t d) noexcept nogil
+    Py_ssize_t EMC_KM_REFERENCE(Py_ssize_t d) noexcept nogil
+    Py_ssize_t EMC_KM_SHIFT_SUM(Py_ssize_t d) noexcept nogil
+    Py_ssize_t EMC_KM_FAR_POINT(Py_ssize_t d) noexcept nogil
+    Py_ssize_t EMC_KM_SLOT_SIZE(Py_ssize_t d) noexcept nogil
     double emc_add_row(double* slot, const double* x, double w, Py_ssize_t d) noexcept nogil
     double emc_sq_dist(const double* x, const double* y, Py_ssize_t d) noexcept nogil
     Py_ssize_t emc_lloyd_rows(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
@@ -53,14 +61,6 @@ cdef extern from "_lloyd.h":
                               double* stats, Py_ssize_t* labels, double* row_value,
                               double* objective, double* log_joint,
                               double* magnitude) noexcept nogil
-
-
-# offsets inside one component's slot
-cdef enum:
-    _W = 0
-    _SS = 1
-    _D = 2
-    _REF = 3
 
 
 cdef class KMeansKernel(FamilyKernel):
@@ -91,7 +91,7 @@ cdef class KMeansKernel(FamilyKernel):
         k, d = means.shape
         self.n_components = k
         self.n_features = d
-        self.n_stats = k * (3 + 3 * d)
+        self.n_stats = k * EMC_KM_SLOT_SIZE(d)
         self.means = means.copy()
         c = means.mean(axis=0)
         self.centre = c
@@ -109,6 +109,17 @@ cdef class KMeansKernel(FamilyKernel):
 
     def __reduce__(self):
         return (KMeansKernel, (np.asarray(self.means), self.variance))
+
+    @staticmethod
+    def slot_layout(Py_ssize_t n_features):
+        """One component's statistics slot: {field: index or slice} (see the
+        module docstring; declared once, in _lloyd.h)."""
+        d = n_features
+        return {"weight": EMC_KM_WEIGHT(d), "scatter": EMC_KM_SCATTER(d),
+                "far_dist": EMC_KM_FAR_DIST(d),
+                "ref": slice(EMC_KM_REFERENCE(d), EMC_KM_REFERENCE(d) + d),
+                "shift_sum": slice(EMC_KM_SHIFT_SUM(d), EMC_KM_SHIFT_SUM(d) + d),
+                "far_point": slice(EMC_KM_FAR_POINT(d), EMC_KM_FAR_POINT(d) + d)}
 
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
         return n_rows * self.n_features + max(n_rows, self.kp + self.n_components)
@@ -167,22 +178,22 @@ cdef class KMeansKernel(FamilyKernel):
                                    &totals[TOTAL_MAGNITUDE])
 
     cdef void clear_stats(self, double* stats) noexcept nogil:
-        cdef Py_ssize_t k, j, d = self.n_features, S = 3 + 3 * d
+        cdef Py_ssize_t k, j, d = self.n_features, S = EMC_KM_SLOT_SIZE(d)
         cdef double* slot
         for k in range(self.n_components):
             slot = stats + k * S
-            slot[_W] = 0.0
-            slot[_SS] = 0.0
-            slot[_D] = -1.0
+            slot[EMC_KM_WEIGHT(d)] = 0.0
+            slot[EMC_KM_SCATTER(d)] = 0.0
+            slot[EMC_KM_FAR_DIST(d)] = -1.0
             for j in range(d):
-                slot[_REF + j] = self.means[k, j]
-                slot[_REF + d + j] = 0.0
-                slot[_REF + 2 * d + j] = 0.0
+                slot[EMC_KM_REFERENCE(d) + j] = self.means[k, j]
+                slot[EMC_KM_SHIFT_SUM(d) + j] = 0.0
+                slot[EMC_KM_FAR_POINT(d) + j] = 0.0
 
     cdef int chunk_accumulate(self, const double* X, Py_ssize_t n_rows,
                               const double* weights, double* stats,
                               double* scratch) noexcept nogil:
-        cdef Py_ssize_t i, k, d = self.n_features, K = self.n_components, S = 3 + 3 * d
+        cdef Py_ssize_t i, k, d = self.n_features, K = self.n_components, S = EMC_KM_SLOT_SIZE(d)
         cdef double w
         for i in range(n_rows):
             for k in range(K):
@@ -195,7 +206,7 @@ cdef class KMeansKernel(FamilyKernel):
                                    const Py_ssize_t* labels, const double* row_weights,
                                    double* one_hot, double* stats,
                                    double* scratch) noexcept nogil:
-        cdef Py_ssize_t i, d = self.n_features, S = 3 + 3 * self.n_features
+        cdef Py_ssize_t i, d = self.n_features, S = EMC_KM_SLOT_SIZE(d)
         cdef double w
         for i in range(n_rows):
             w = row_weights[i] if row_weights != NULL else 1.0
@@ -204,7 +215,7 @@ cdef class KMeansKernel(FamilyKernel):
         return 0
 
     cdef void merge_stats(self, double* into, const double* other) noexcept nogil:
-        cdef Py_ssize_t k, d = self.n_features, S = 3 + 3 * d
+        cdef Py_ssize_t k, d = self.n_features, S = EMC_KM_SLOT_SIZE(d)
         cdef double stack_tmp[64]
         cdef double* tmp = stack_tmp
         if 2 * d > 64:
@@ -222,23 +233,26 @@ cdef void _merge_slot(Py_ssize_t d, double* a, const double* b, double* tmp) noe
     # the moment merge with b moved to a's reference, the scatter as its trace
     # (SS). tmp: 2 d doubles of scratch.
     cdef Py_ssize_t j
+    cdef Py_ssize_t D = EMC_KM_FAR_DIST(d), REF = EMC_KM_REFERENCE(d)
+    cdef Py_ssize_t SHIFT = EMC_KM_SHIFT_SUM(d), FAR = EMC_KM_FAR_POINT(d)
     cdef double dd = 0.0
-    if b[_D] < 0.0:
+    if b[D] < 0.0:
         return
-    if a[_D] < 0.0:
-        for j in range(3 + 3 * d):
+    if a[D] < 0.0:
+        for j in range(EMC_KM_SLOT_SIZE(d)):
             a[j] = b[j]
         return
-    emc_merge_moments(d, EMC_SCATTER_TRACE, True, &a[_W], &a[_REF], &a[_REF + d], &a[_SS],
-                      b[_W], &b[_REF], &b[_REF + d], &b[_SS], tmp)
+    emc_merge_moments(d, EMC_SCATTER_TRACE, True, &a[EMC_KM_WEIGHT(d)], &a[REF], &a[SHIFT],
+                      &a[EMC_KM_SCATTER(d)], b[EMC_KM_WEIGHT(d)], &b[REF], &b[SHIFT],
+                      &b[EMC_KM_SCATTER(d)], tmp)
     for j in range(d):      # |delta|^2, delta = ref_b - ref_a (the merge's shift of b)
         dd += tmp[d + j] * tmp[d + j]
     # farthest points compared about a's reference (b's distance re-measured)
     if dd != 0.0:
-        dd = emc_sq_dist(b + _REF + 2 * d, a + _REF, d)
+        dd = emc_sq_dist(b + FAR, a + REF, d)
     else:
-        dd = b[_D]
-    if dd > a[_D]:
-        a[_D] = dd
+        dd = b[D]
+    if dd > a[D]:
+        a[D] = dd
         for j in range(d):
-            a[_REF + 2 * d + j] = b[_REF + 2 * d + j]
+            a[FAR + j] = b[FAR + j]

@@ -5,6 +5,16 @@
 #include <math.h>
 #include "emcore/vec4.h"   /* emc_v4 and its operations, EMC_CLONES, EMC_GNUC */
 
+/* One component's statistics slot (the kernel's docstring says what each is):
+   [W, SS, D, ref (d), s (d), far (d)]; D < 0 means no rows. */
+#define EMC_KM_WEIGHT(d) 0
+#define EMC_KM_SCATTER(d) 1
+#define EMC_KM_FAR_DIST(d) 2
+#define EMC_KM_REFERENCE(d) 3
+#define EMC_KM_SHIFT_SUM(d) (3 + (d))
+#define EMC_KM_FAR_POINT(d) (3 + 2 * (d))
+#define EMC_KM_SLOT_SIZE(d) (3 + 3 * (d))
+
 /* The per-row work of the Lloyd step in C on 4-double vectors, compiled
    twice (AVX2/FMA and baseline x86-64, EMC_CLONES): a fixed order of
    operations for each build, so the same bits on any thread count. Slot of
@@ -69,17 +79,17 @@ static inline double emc_sq_dist(const double* restrict x, const double* restric
 /* out of line: the hot loop stays small (a new farthest row is rare) */
 EMC_NOINLINE static void emc_new_farthest(double* slot, const double* x, double dist,
                                           Py_ssize_t d) {
-    slot[2] = dist;
-    memcpy(slot + 3 + 2 * d, x, (size_t)d * sizeof(double));
+    slot[EMC_KM_FAR_DIST(d)] = dist;
+    memcpy(slot + EMC_KM_FAR_POINT(d), x, (size_t)d * sizeof(double));
 }
 
 /* adds row x with weight w to a slot; returns ||x - ref||^2 */
 static inline double emc_add_row(double* restrict slot, const double* restrict x,
                                   double w, Py_ssize_t d) {
-    double dist = emc_shift_add(x, slot + 3, slot + 3 + d, w, d);
-    slot[0] += w;
-    slot[1] += w * dist;
-    if (EMC_UNLIKELY(dist > slot[2])) {   /* strict: the first such row wins */
+    double dist = emc_shift_add(x, slot + EMC_KM_REFERENCE(d), slot + EMC_KM_SHIFT_SUM(d), w, d);
+    slot[EMC_KM_WEIGHT(d)] += w;
+    slot[EMC_KM_SCATTER(d)] += w * dist;
+    if (EMC_UNLIKELY(dist > slot[EMC_KM_FAR_DIST(d)])) {   /* strict: the first such row wins */
         emc_new_farthest(slot, x, dist, d);
     }
     return dist;
@@ -96,7 +106,7 @@ EMC_ALWAYS_INLINE void emc_lloyd_accumulate(
         const double* restrict means, const double* restrict row_const, double h,
         double* restrict stats, double* restrict row_value, double* objective,
         double* log_joint, double* magnitude) {
-    Py_ssize_t S = 3 + 3 * d;
+    Py_ssize_t S = EMC_KM_SLOT_SIZE(d);
     double sum_f = 0.0, sum_mag = 0.0;
     for (Py_ssize_t i = 0; i < n; i++) {
         const double* x = X + i * d;
