@@ -1,7 +1,11 @@
 """Declares emcore's Cython extensions; all metadata lives in pyproject.toml.
 
 Set ``EMCORE_CYTHON_DEBUG=1`` to build with bounds checking and without the
-fast-path directives (a debug build for chasing memory errors).
+fast-path directives (a debug build for chasing memory errors). The kernels'
+other code paths (emcore/include/emcore/vec4.h): ``CFLAGS=-DEMC_NO_CLONES``
+compiles only the baseline x86-64 version of the vector loops,
+``CFLAGS=-DEMC_NO_GNU_EXTENSIONS`` every plain-C fallback (ci/kernels_fallback.sh
+builds and tests both).
 """
 import os
 import sys
@@ -33,7 +37,7 @@ SHARED = [HEADERS + "vec4.h", HEADERS + "vexp.h", HEADERS + "moments.h"]
 # plugins/ is installed as emcore.plugins
 MODULES = {
     "emcore.blas": ("emcore/blas.pyx", []),
-    "emcore.kernel": ("emcore/kernel.pyx", [HEADERS + "moments.h"]),
+    "emcore.kernel": ("emcore/kernel.pyx", [HEADERS + "moments.h", HEADERS + "vec4.h"]),
     "emcore._core._passes": ("emcore/_core/_passes.pyx", ["emcore/_core/_rows.h"]),
     "emcore.plugins._gaussian_kernel": ("plugins/_gaussian_kernel.pyx",
                                         ["plugins/_gaussian_full.h"] + SHARED),

@@ -9,9 +9,21 @@ from emcore.moments cimport (EMC_SCATTER_DIAGONAL, EMC_SCATTER_FULL, EMC_SCATTER
                              EMC_SLOT_REFERENCE, EMC_SLOT_RESIDUAL, EMC_SLOT_SCATTER,
                              EMC_SLOT_WEIGHT, emc_scatter_size)
 
+cdef extern from "emcore/vec4.h":
+    const int EMC_GNUC
+    const int EMC_HAVE_CLONES
+
 import numpy as np
 
 N_TOTALS_ = N_TOTALS
+
+
+def _compiled_paths():
+    """Which code paths of emcore/vec4.h this build compiled: GNU vectors (else the
+    plain-C fallbacks, EMC_NO_GNU_EXTENSIONS) and AVX2/baseline clones (else one
+    baseline version, EMC_NO_CLONES or another platform). ci/kernels_fallback.sh
+    checks that its flags reached the compiler."""
+    return {"gnu_vectors": bool(EMC_GNUC), "clones": bool(EMC_HAVE_CLONES)}
 
 _SCATTER_SHAPES = {"full": EMC_SCATTER_FULL, "diagonal": EMC_SCATTER_DIAGONAL,
                    "trace": EMC_SCATTER_TRACE}

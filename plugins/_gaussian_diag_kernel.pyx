@@ -16,7 +16,7 @@ moments about a reference point c:
     W = sum_i w_ik,  r = sum_i w_ik (x_i - c),  s_j = sum_i w_ik (x_ij - c_j)^2
 
 the diagonal of the full kernel's statistics (same residual, same exact
-re-shifting merge), so the M-step and the expected log-likelihood read them the
+re-shifting merge: emcore/moments.h), so the M-step and the expected log-likelihood read them the
 same way. k x d numbers instead of k x d x d. The reference point is this pass's
 mean of component k (one sweep over the chunk) when, for every component and
 feature, the chunk's weighted mean lies within one standard deviation of it: the
@@ -30,10 +30,11 @@ log-density 4d (subtract, scale, multiply-add); the statistics 5d (subtract,
 weight, residual, multiply-add), plus 2d (the weighted sum for the chunk's own
 reference point) and another 5d when the chunk is swept twice.
 
-The loops use GNU vector extensions (4 doubles) compiled twice with
-target_clones on x86-64 Linux (glibc) with GCC (AVX2/FMA at load time where the CPU has it,
-baseline x86-64 otherwise), with a plain-C fallback elsewhere. Every sum is
-taken in a fixed order: the same chunk gives the same bits on any thread.
+The loops (_gaussian_diag.h) use GNU vector extensions (4 doubles) compiled
+twice with target_clones on x86-64 Linux (glibc) with GCC (AVX2/FMA at load time
+where the CPU has it, baseline x86-64 otherwise), with a plain-C fallback
+elsewhere. Every sum is taken in a fixed order: the same chunk gives the same
+bits on any thread.
 """
 from emcore.kernel cimport FamilyKernel
 from emcore.moments cimport (EMC_SCATTER_DIAGONAL, emc_merge_moment_slot_arrays,

@@ -18,9 +18,10 @@ statistics exact moments about c, so the expected log-likelihood from statistics
 stays accurate at any parameters and any data offset. Each chunk's moments are
 computed in two passes over the chunk (in cache); two slots merge by re-shifting
 both to a common reference point exactly (the weighted Chan-Golub-LeVeque update
-plus the residual terms). Never raw E[xx^T] - mu mu^T.
+plus the residual terms: the moment merge and slot layout of emcore/moments.h,
+shared with the diagonal and k-means kernels). Never raw E[xx^T] - mu mu^T.
 
-The two dense products run in register-tiled C loops (below) rather than
+The two dense products run in register-tiled C loops (_gaussian_full.h) rather than
 BLAS. The chunk is transposed once (d x rows); the E-step takes 8 rows (two
 4-double vectors) and 4 columns of (x - mu) U at a time, only the triangle's
 non-zero terms, fused with the subtraction and the row norms; the statistics

@@ -31,7 +31,9 @@ ref is the centre of the pass (the previous iteration's mean), so s is small and
 the shifted second moment SS - |s|^2 / W is accurate (never raw E||x||^2 - |mu|^2).
 The distances here are exact differences, not the GEMM identity: the statistics,
 and through them the M-step and the inertia, carry no cancellation error.
-Slots with different references merge by re-shifting exactly.
+Slots with different references merge by re-shifting exactly (the moment merge
+of emcore/moments.h, the scatter as its trace); the slot layout is declared in
+_lloyd.h, with the Lloyd step's C.
 """
 from libc.math cimport INFINITY, log, M_PI
 from libc.stdlib cimport free, malloc

@@ -26,8 +26,10 @@
     && defined(__linux__) && defined(__GLIBC__) && __GNUC__ >= 12 \
     && !defined(EMC_NO_CLONES)   /* CFLAGS=-DEMC_NO_CLONES: the baseline build only */
 #define EMC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define EMC_HAVE_CLONES 1
 #else
 #define EMC_CLONES
+#define EMC_HAVE_CLONES 0
 #endif
 
 /* 4 doubles: GNU vector extensions where available (one ymm with AVX2, two
