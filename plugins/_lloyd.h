@@ -14,6 +14,9 @@
 #define EMC_KM_SHIFT_SUM(d) (3 + (d))
 #define EMC_KM_FAR_POINT(d) (3 + 2 * (d))
 #define EMC_KM_SLOT_SIZE(d) (3 + 3 * (d))
+/* ref, s and far follow each other: the row loops below address s and far from
+   ref (slot + EMC_KM_REFERENCE(d) + d, ...), the pointer sums the loops always
+   had, so that GCC emits the same code for them */
 
 /* The per-row work of the Lloyd step in C on 4-double vectors, compiled
    twice (AVX2/FMA and baseline x86-64, EMC_CLONES): a fixed order of
@@ -80,13 +83,14 @@ static inline double emc_sq_dist(const double* restrict x, const double* restric
 EMC_NOINLINE static void emc_new_farthest(double* slot, const double* x, double dist,
                                           Py_ssize_t d) {
     slot[EMC_KM_FAR_DIST(d)] = dist;
-    memcpy(slot + EMC_KM_FAR_POINT(d), x, (size_t)d * sizeof(double));
+    memcpy(slot + EMC_KM_REFERENCE(d) + 2 * d, x, (size_t)d * sizeof(double));
 }
 
 /* adds row x with weight w to a slot; returns ||x - ref||^2 */
 static inline double emc_add_row(double* restrict slot, const double* restrict x,
                                   double w, Py_ssize_t d) {
-    double dist = emc_shift_add(x, slot + EMC_KM_REFERENCE(d), slot + EMC_KM_SHIFT_SUM(d), w, d);
+    double dist = emc_shift_add(x, slot + EMC_KM_REFERENCE(d), slot + EMC_KM_REFERENCE(d) + d,
+                                w, d);
     slot[EMC_KM_WEIGHT(d)] += w;
     slot[EMC_KM_SCATTER(d)] += w * dist;
     if (EMC_UNLIKELY(dist > slot[EMC_KM_FAR_DIST(d)])) {   /* strict: the first such row wins */
