@@ -19,10 +19,11 @@ import numpy as np
 MAX_BLOCKS = 16
 
 cdef extern from "_rows.h":
-    void emc_add_row_vector(double* A, const double* v, Py_ssize_t n,
+    # m (n x K): m[i, k] += v[k]; m[i, k] *= w[i]; out[k] += sum_i m[i, k]
+    void emc_add_row_vector(double* m, const double* v, Py_ssize_t n,
                             Py_ssize_t K) noexcept nogil
-    void emc_scale_rows(double* R, const double* w, Py_ssize_t n, Py_ssize_t K) noexcept nogil
-    void emc_sum_rows(const double* R, double* out, Py_ssize_t n, Py_ssize_t K) noexcept nogil
+    void emc_scale_rows(double* m, const double* w, Py_ssize_t n, Py_ssize_t K) noexcept nogil
+    void emc_sum_rows(const double* m, double* out, Py_ssize_t n, Py_ssize_t K) noexcept nogil
 
 
 # status codes of a block (0 = ok)
