@@ -255,3 +255,17 @@ def test_stats_from_buffer_reads_the_kernels_slots_and_back(family):
         assert np.array_equal(stats.ref, params["means"])
     else:
         assert np.all(stats.weight == pytest.approx(weights.sum(axis=0)))
+
+
+def test_moment_slot_layout_of_each_scatter_shape():
+    """emcore.kernel.moment_slot_layout: [W, c (d), r (d), S], S sized by its shape;
+    an unknown shape is refused by name."""
+    from emcore.kernel import moment_slot_layout
+    d = 3
+    for scatter, size in [("full", d * d), ("diagonal", d), ("trace", 1)]:
+        layout = moment_slot_layout(d, scatter)
+        assert layout["weight"] == 0
+        assert (layout["mean"], layout["residual"]) == (slice(1, 1 + d), slice(1 + d, 1 + 2 * d))
+        assert layout["scatter"] == slice(1 + 2 * d, 1 + 2 * d + size)
+    with pytest.raises(ValueError, match="'scatter' parameter of moment_slot_layout"):
+        moment_slot_layout(d, "diag")
