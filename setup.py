@@ -1,7 +1,11 @@
 """Declares emcore's Cython extensions; all metadata lives in pyproject.toml.
 
 Set ``EMCORE_CYTHON_DEBUG=1`` to build with bounds checking and without the
-fast-path directives (a debug build for chasing memory errors).
+fast-path directives (a debug build for chasing memory errors). The kernels'
+other code paths (emcore/include/emcore/vec4.h): ``CFLAGS=-DEMC_NO_CLONES``
+compiles only the baseline x86-64 version of the vector loops,
+``CFLAGS=-DEMC_NO_GNU_EXTENSIONS`` every plain-C fallback (ci/kernels_fallback.sh
+builds and tests both).
 """
 import os
 import sys
@@ -24,30 +28,39 @@ if os.environ.get("EMCORE_NO_OPENMP", "") not in ("", "0"):
 
 EXTRA_COMPILE = [] if sys.platform == "win32" else ["-O3"]
 
-# module name -> source; plugins/ is installed as emcore.plugins
+# emcore's public C headers (installed: a third party's compiled family includes
+# them with include_dirs=[emcore.get_include()]), and each module's own
+HEADERS = "emcore/include/emcore/"
+SHARED = [HEADERS + "vec4.h", HEADERS + "vexp.h", HEADERS + "moments.h"]
+
+# module name -> (source, the headers it includes: a change rebuilds it);
+# plugins/ is installed as emcore.plugins
 MODULES = {
-    "emcore.blas": "emcore/blas.pyx",
-    "emcore.kernel": "emcore/kernel.pyx",
-    "emcore._core._passes": "emcore/_core/_passes.pyx",
-    "emcore._core._markov": "emcore/_core/_markov.pyx",
-    "emcore.plugins._gaussian_kernel": "plugins/_gaussian_kernel.pyx",
-    "emcore.plugins._gaussian_diag_kernel": "plugins/_gaussian_diag_kernel.pyx",
-    "emcore.plugins._posterior_kernels": "plugins/_posterior_kernels.pyx",
-    "emcore.plugins._kmeans_kernel": "plugins/_kmeans_kernel.pyx",
+    "emcore.blas": ("emcore/blas.pyx", []),
+    "emcore.kernel": ("emcore/kernel.pyx", [HEADERS + "moments.h", HEADERS + "vec4.h"]),
+    "emcore._core._passes": ("emcore/_core/_passes.pyx", ["emcore/_core/_rows.h"]),
+    "emcore._core._markov": ("emcore/_core/_markov.pyx", ["emcore/_core/_markov.h"]),
+    "emcore.plugins._gaussian_kernel": ("plugins/_gaussian_kernel.pyx",
+                                        ["plugins/_gaussian_full.h"] + SHARED),
+    "emcore.plugins._gaussian_diag_kernel": ("plugins/_gaussian_diag_kernel.pyx",
+                                             ["plugins/_gaussian_diag.h"] + SHARED),
+    "emcore.plugins._posterior_kernels": ("plugins/_posterior_kernels.pyx",
+                                          ["plugins/_soft_posterior.h"] + SHARED),
+    "emcore.plugins._kmeans_kernel": ("plugins/_kmeans_kernel.pyx",
+                                      ["plugins/_lloyd.h"] + SHARED),
 }
 
 extensions = [
     Extension(
         name,
         [source],
-        include_dirs=[numpy.get_include()],
+        include_dirs=[numpy.get_include(), "emcore/include"],
         extra_compile_args=EXTRA_COMPILE + OPENMP_COMPILE,
         extra_link_args=OPENMP_LINK,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-        # the compiled plugins include plugins/_vec4.h: rebuild them when it changes
-        depends=["plugins/_vec4.h"] if source.startswith("plugins/") else [],
+        depends=headers,
     )
-    for name, source in MODULES.items()
+    for name, (source, headers) in MODULES.items()
 ]
 
 directives = {

@@ -5,9 +5,49 @@ The ``def`` methods give every compiled kernel a Python face for free, so a
 family's Python methods can delegate to its kernel (one implementation) and the
 tests can call kernels directly.
 """
+from emcore.moments cimport (EMC_SCATTER_DIAGONAL, EMC_SCATTER_FULL, EMC_SCATTER_TRACE,
+                             EMC_SLOT_REFERENCE, EMC_SLOT_RESIDUAL, EMC_SLOT_SCATTER,
+                             EMC_SLOT_WEIGHT, emc_scatter_size)
+
+cdef extern from "emcore/vec4.h":
+    const int EMC_GNUC
+    const int EMC_HAVE_CLONES
+
 import numpy as np
 
 N_TOTALS_ = N_TOTALS
+
+
+def _compiled_paths():
+    """Which code paths of emcore/vec4.h this build compiled: GNU vectors (else the
+    plain-C fallbacks, EMC_NO_GNU_EXTENSIONS) and AVX2/baseline clones (else one
+    baseline version, EMC_NO_CLONES or another platform). ci/kernels_fallback.sh
+    checks that its flags reached the compiler."""
+    return {"gnu_vectors": bool(EMC_GNUC), "clones": bool(EMC_HAVE_CLONES)}
+
+_SCATTER_SHAPES = {"full": EMC_SCATTER_FULL, "diagonal": EMC_SCATTER_DIAGONAL,
+                   "trace": EMC_SCATTER_TRACE}
+
+
+def moment_slot_layout(Py_ssize_t n_features, scatter="full"):
+    """Return one component's moments slot (``emcore/moments.h``) as {field: index or slice}.
+
+    The slot is [W, c (d), r (d), S]: the weight ``"weight"`` (an index), the
+    reference point ``"mean"``, the residual ``"residual"`` and the scatter
+    ``"scatter"`` (slices; S holds d x d numbers, row-major, for ``scatter="full"``,
+    d for ``"diagonal"``, 1 for ``"trace"``). The layout is declared once, in the
+    C header the kernels use; Python reads it here.
+    """
+    if scatter not in _SCATTER_SHAPES:
+        raise ValueError("The 'scatter' parameter of moment_slot_layout must be one of "
+                         f"{sorted(_SCATTER_SHAPES)}. Got {scatter!r} instead.")
+    cdef Py_ssize_t d = n_features
+    cdef int shape = _SCATTER_SHAPES[scatter]
+    return {"weight": EMC_SLOT_WEIGHT(d),
+            "mean": slice(EMC_SLOT_REFERENCE(d), EMC_SLOT_REFERENCE(d) + d),
+            "residual": slice(EMC_SLOT_RESIDUAL(d), EMC_SLOT_RESIDUAL(d) + d),
+            "scatter": slice(EMC_SLOT_SCATTER(d),
+                             EMC_SLOT_SCATTER(d) + emc_scatter_size(d, shape))}
 
 
 cdef class FamilyKernel:
@@ -166,3 +206,19 @@ cdef class PosteriorKernel:
                 f"row {status - 1} has no finite likelihood under any component "
                 "(every log p(x, z=k) is -inf or NaN)")
         return log_resp, resp, row_value, totals
+
+
+def get_include():
+    """Return the folder of emcore's public C headers.
+
+    A compiled family that uses them (``emcore/vec4.h``: 4-double vectors and
+    the ``EMC_CLONES`` dispatch; ``emcore/vexp.h``: exp on those vectors;
+    ``emcore/moments.h``: the moments slots and their merge) adds it to its
+    extension's include folders, as with ``numpy.get_include()``::
+
+        Extension(..., include_dirs=[numpy.get_include(), emcore.kernel.get_include()])
+
+    and then ``#include "emcore/vec4.h"`` (C) or ``cimport emcore.moments`` (Cython).
+    """
+    import os
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "include")

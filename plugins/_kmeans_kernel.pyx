@@ -31,242 +31,29 @@ ref is the centre of the pass (the previous iteration's mean), so s is small and
 the shifted second moment SS - |s|^2 / W is accurate (never raw E||x||^2 - |mu|^2).
 The distances here are exact differences, not the GEMM identity: the statistics,
 and through them the M-step and the inertia, carry no cancellation error.
-Slots with different references merge by re-shifting exactly.
+Slots with different references merge by re-shifting exactly (the moment merge
+of emcore/moments.h, the scatter as its trace); the slot layout is declared in
+_lloyd.h, with the Lloyd step's C.
 """
 from libc.math cimport INFINITY, log, M_PI
+from libc.stdlib cimport free, malloc
 
 from emcore.blas cimport gemm_nt
 from emcore.kernel cimport (FamilyKernel, TOTAL_EXPECTED_LOG_JOINT, TOTAL_MAGNITUDE,
                             TOTAL_OBJECTIVE)
+from emcore.moments cimport EMC_SCATTER_TRACE, emc_merge_moments
 
 import numpy as np
 
-cdef extern from *:
-    """
-    #include <math.h>
-    #include "_vec4.h"   /* emc_v4 and its operations, EMC_CLONES (shared) */
-
-    /* The per-row work of the Lloyd step in C on 4-double vectors, compiled
-       twice (AVX2/FMA and baseline x86-64, EMC_CLONES): a fixed order of
-       operations for each build, so the same bits on any thread count. Slot of
-       component k: [W, SS, D, ref (d), s (d), far (d)] (see the docstring). */
-
-    /* 4-double lanes: lane l of bv holds its first maximum, bi its index. Pair
-       lanes (0, 2) and (1, 3), then (0, 1): the larger value, on equal values
-       the lower index; lane 0 then holds the first index of the maximum. */
-    #if defined(__GNUC__)
-    #if defined(__clang__)
-    #define EMC_SWAPPED(v, a, b, c, d) __builtin_shufflevector(v, v, a, b, c, d)
-    #else
-    #define EMC_SWAPPED(v, a, b, c, d) __builtin_shuffle(v, (emc_m4){a, b, c, d})
-    #endif
-    #define EMC_LANE_MAX(bv, bi, a, b, c, d) do {                                        \
-            emc_v4 ov_ = EMC_SWAPPED(bv, a, b, c, d), oi_ = EMC_SWAPPED(bi, a, b, c, d); \
-            emc_m4 take_ = (emc_m4)(ov_ > bv) | ((emc_m4)(ov_ == bv) & (emc_m4)(oi_ < bi)); \
-            bv = EMC_SEL(take_, ov_, bv);                                                   \
-            bi = EMC_SEL(take_, oi_, bi);                                                   \
-        } while (0)
-    #endif
-
-    /* s += w (x - ref); returns ||x - ref||^2 (4 partial sums, then added) */
-    static inline double emc_shift_add(const double* restrict x, const double* restrict ref,
-                                       double* restrict s, double w, Py_ssize_t d) {
-        emc_v4 acc = emc_set1(0.0), wv = emc_set1(w);
-        Py_ssize_t j = 0;
-        for (; j + 4 <= d; j += 4) {
-            emc_v4 t = EMC_SUB(emc_load(x + j), emc_load(ref + j));
-            emc_store(s + j, EMC_ADD(emc_load(s + j), EMC_MUL(wv, t)));
-            EMC_FMA(acc, t, t);
-        }
-        double r = EMC_HSUM(acc);
-        for (; j < d; j++) {
-            double t = x[j] - ref[j];
-            s[j] += w * t;
-            r += t * t;
-        }
-        return r;
-    }
-
-    static inline double emc_sq_dist(const double* restrict x, const double* restrict y,
-                                     Py_ssize_t d) {
-        emc_v4 acc = emc_set1(0.0);
-        Py_ssize_t j = 0;
-        for (; j + 4 <= d; j += 4) {
-            emc_v4 t = EMC_SUB(emc_load(x + j), emc_load(y + j));
-            EMC_FMA(acc, t, t);
-        }
-        double r = EMC_HSUM(acc);
-        for (; j < d; j++) { double t = x[j] - y[j]; r += t * t; }
-        return r;
-    }
-
-    #if defined(__GNUC__)
-    #define EMC_UNLIKELY(x) __builtin_expect(!!(x), 0)
-    #define EMC_NOINLINE __attribute__((noinline))
-    #else
-    #define EMC_UNLIKELY(x) (x)
-    #define EMC_NOINLINE
-    #endif
-    /* out of line: the hot loop stays small (a new farthest row is rare) */
-    EMC_NOINLINE static void emc_new_farthest(double* slot, const double* x, double dist,
-                                              Py_ssize_t d) {
-        slot[2] = dist;
-        memcpy(slot + 3 + 2 * d, x, (size_t)d * sizeof(double));
-    }
-
-    /* adds row x with weight w to a slot; returns ||x - ref||^2 */
-    static inline double emc_add_row(double* restrict slot, const double* restrict x,
-                                      double w, Py_ssize_t d) {
-        double dist = emc_shift_add(x, slot + 3, slot + 3 + d, w, d);
-        slot[0] += w;
-        slot[1] += w * dist;
-        if (EMC_UNLIKELY(dist > slot[2])) {   /* strict: the first such row wins */
-            emc_new_farthest(slot, x, dist, d);
-        }
-        return dist;
-    }
-
-    /* The second sweep of the Lloyd step, labels known: each row added to its
-       component's slot (w_i > 0; stats may be NULL), the row value
-       f_i = row_const[z] - h ||x_i - mu_z||^2 from the exact difference, and the
-       chunk's objective, expected log joint and magnitude sums (rows in order)
-       added to the totals once. */
-    EMC_ALWAYS_INLINE void emc_lloyd_accumulate(
-            const double* restrict X, Py_ssize_t n, Py_ssize_t d,
-            const Py_ssize_t* restrict labels, const double* restrict row_weights,
-            const double* restrict means, const double* restrict row_const, double h,
-            double* restrict stats, double* restrict row_value, double* objective,
-            double* log_joint, double* magnitude) {
-        Py_ssize_t S = 3 + 3 * d;
-        double sum_f = 0.0, sum_mag = 0.0;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            const double* x = X + i * d;
-            Py_ssize_t best = labels[i];
-            double w = row_weights != NULL ? row_weights[i] : 1.0, dist;
-            if (stats != NULL && w > 0.0)
-                dist = emc_add_row(stats + best * S, x, w, d);
-            else
-                dist = emc_sq_dist(x, means + best * d, d);
-            double f = row_const[best] - h * dist;
-            row_value[i] = f;
-            if (w != 0.0) {
-                sum_f += w * f;
-                sum_mag += w * (2.0 * fabs(f));
-            }
-        }
-        *objective += sum_f;
-        *log_joint += sum_f;
-        *magnitude += sum_mag;
-    }
-
-    #if defined(__GNUC__)
-    /* One block of up to 16 centres (nv vectors of 4) for R rows (1 or 2): the
-       scores off_k + sum_j (x_j - c_j) MT[j, k] accumulated in registers in j
-       order, then folded into each row's running per-lane maximum (bv, bi):
-       strict '>', so each lane keeps its first maximum. R and nv are constants
-       at every call; two rows give the FMA chains room to overlap. */
-    EMC_ALWAYS_INLINE void emc_score_block(
-            const double* restrict x, Py_ssize_t d, const int R,
-            const double* restrict c, const double* restrict mt, Py_ssize_t ld,
-            const double* restrict off, const int nv, double first,
-            emc_v4* restrict bv, emc_v4* restrict bi) {
-        emc_v4 acc[2][4];
-        for (int r = 0; r < R; r++)
-            for (int v = 0; v < nv; v++) acc[r][v] = emc_load(off + 4 * v);
-        for (Py_ssize_t j = 0; j < d; j++) {
-            emc_v4 t[2];
-            for (int r = 0; r < R; r++) t[r] = emc_set1(x[r * d + j] - c[j]);
-            for (int v = 0; v < nv; v++) {
-                emc_v4 m = emc_load(mt + j * ld + 4 * v);
-                for (int r = 0; r < R; r++) EMC_FMA(acc[r][v], t[r], m);
-            }
-        }
-        for (int r = 0; r < R; r++) {
-            emc_v4 idx = {first, first + 1.0, first + 2.0, first + 3.0};
-            for (int v = 0; v < nv; v++) {
-                emc_m4 gt = (emc_m4)(acc[r][v] > bv[r]);
-                bv[r] = EMC_SEL(gt, acc[r][v], bv[r]);
-                bi[r] = EMC_SEL(gt, idx, bi[r]);
-                idx = idx + emc_set1(4.0);
-            }
-        }
-    }
-
-    /* labels of R rows (1 or 2) starting at x; 0, or 1 + the first row (of the
-       R) whose best score is not finite */
-    EMC_ALWAYS_INLINE int emc_label_rows(
-            const double* restrict x, Py_ssize_t d, const int R, Py_ssize_t Kp,
-            const double* restrict c, const double* restrict mt,
-            const double* restrict off, Py_ssize_t* restrict labels) {
-        emc_v4 bv[2], bi[2];
-        for (int r = 0; r < R; r++) { bv[r] = emc_set1(-HUGE_VAL); bi[r] = emc_set1(0.0); }
-        for (Py_ssize_t kb = 0; kb < Kp; kb += 16) {
-    #define EMC_SCORES(NV) emc_score_block(x, d, R, c, mt + kb, Kp, off + kb, NV, (double)kb, bv, bi)
-            EMC_WITH_NV(Kp - kb, EMC_SCORES);
-    #undef EMC_SCORES
-        }
-        for (int r = 0; r < R; r++) {
-            EMC_LANE_MAX(bv[r], bi[r], 2, 3, 0, 1);
-            EMC_LANE_MAX(bv[r], bi[r], 1, 0, 3, 2);
-            if (!isfinite(bv[r][0])) return r + 1;
-            labels[r] = (Py_ssize_t)bi[r][0];
-        }
-        return 0;
-    }
-
-    /* One Lloyd step over n rows, fused: the scores through the GEMM identity
-       on centred data, score_k = off_k + 2h (x - c).(mu_k - c) with MT (d x Kp)
-       = 2h (mu - c)^T (columns K..Kp-1 zero, their offsets -inf: they never
-       win), computed in registers a block of 16 centres at a time; label = the
-       first index of the maximum (lanes compared as in EMC_LANE_MAX); the row
-       added to its component's slot (w_i > 0; stats may be NULL); the row
-       value f_i = row_const[z] - h ||x_i - mu_z||^2 from the exact difference;
-       the chunk's objective, expected log joint and magnitude sums (rows in
-       order) added to the totals. Returns 0, or i + 1 for the first row whose
-       best score is not finite. */
-    EMC_CLONES static Py_ssize_t emc_lloyd_rows(
-            const double* restrict X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
-            Py_ssize_t Kp, const double* restrict c, const double* restrict mt,
-            const double* restrict off, const double* restrict row_weights,
-            const double* restrict means, const double* restrict row_const, double h,
-            double* restrict stats, Py_ssize_t* restrict labels,
-            double* restrict row_value, double* objective, double* log_joint,
-            double* magnitude) {
-        for (Py_ssize_t i = 0; i < n; i += 2) {
-            int bad = (i + 1 < n) ? emc_label_rows(X + i * d, d, 2, Kp, c, mt, off, labels + i)
-                                  : emc_label_rows(X + i * d, d, 1, Kp, c, mt, off, labels + i);
-            if (bad) return i + bad;
-        }
-        emc_lloyd_accumulate(X, n, d, labels, row_weights, means, row_const, h, stats,
-                             row_value, objective, log_joint, magnitude);
-        return 0;
-    }
-    #else
-    /* without GNU vectors: the same step, one score at a time (j order) */
-    static Py_ssize_t emc_lloyd_rows(
-            const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K, Py_ssize_t Kp,
-            const double* c, const double* mt, const double* off,
-            const double* row_weights, const double* means, const double* row_const,
-            double h, double* stats, Py_ssize_t* labels, double* row_value,
-            double* objective, double* log_joint, double* magnitude) {
-        for (Py_ssize_t i = 0; i < n; i++) {
-            const double* x = X + i * d;
-            double m = -HUGE_VAL;
-            Py_ssize_t best = 0;
-            for (Py_ssize_t k = 0; k < K; k++) {
-                double a = off[k];
-                for (Py_ssize_t j = 0; j < d; j++) a += (x[j] - c[j]) * mt[j * Kp + k];
-                if (a > m) { m = a; best = k; }
-            }
-            if (!isfinite(m)) return i + 1;
-            labels[i] = best;
-        }
-        emc_lloyd_accumulate(X, n, d, labels, row_weights, means, row_const, h, stats,
-                             row_value, objective, log_joint, magnitude);
-        return 0;
-    }
-    #endif
-    """
+cdef extern from "_lloyd.h":
+    # one component's slot: [W, SS, D, ref (d), s (d), far (d)]
+    Py_ssize_t EMC_KM_WEIGHT(Py_ssize_t d) noexcept nogil
+    Py_ssize_t EMC_KM_SCATTER(Py_ssize_t d) noexcept nogil
+    Py_ssize_t EMC_KM_FAR_DIST(Py_ssize_t d) noexcept nogil
+    Py_ssize_t EMC_KM_REFERENCE(Py_ssize_t d) noexcept nogil
+    Py_ssize_t EMC_KM_SHIFT_SUM(Py_ssize_t d) noexcept nogil
+    Py_ssize_t EMC_KM_FAR_POINT(Py_ssize_t d) noexcept nogil
+    Py_ssize_t EMC_KM_SLOT_SIZE(Py_ssize_t d) noexcept nogil
     double emc_add_row(double* slot, const double* x, double w, Py_ssize_t d) noexcept nogil
     double emc_sq_dist(const double* x, const double* y, Py_ssize_t d) noexcept nogil
     Py_ssize_t emc_lloyd_rows(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
@@ -276,14 +63,6 @@ cdef extern from *:
                               double* stats, Py_ssize_t* labels, double* row_value,
                               double* objective, double* log_joint,
                               double* magnitude) noexcept nogil
-
-
-# offsets inside one component's slot
-cdef enum:
-    _W = 0
-    _SS = 1
-    _D = 2
-    _REF = 3
 
 
 cdef class KMeansKernel(FamilyKernel):
@@ -314,7 +93,7 @@ cdef class KMeansKernel(FamilyKernel):
         k, d = means.shape
         self.n_components = k
         self.n_features = d
-        self.n_stats = k * (3 + 3 * d)
+        self.n_stats = k * EMC_KM_SLOT_SIZE(d)
         self.means = means.copy()
         c = means.mean(axis=0)
         self.centre = c
@@ -332,6 +111,17 @@ cdef class KMeansKernel(FamilyKernel):
 
     def __reduce__(self):
         return (KMeansKernel, (np.asarray(self.means), self.variance))
+
+    @staticmethod
+    def slot_layout(Py_ssize_t n_features):
+        """One component's statistics slot: {field: index or slice} (see the
+        module docstring; declared once, in _lloyd.h)."""
+        d = n_features
+        return {"weight": EMC_KM_WEIGHT(d), "scatter": EMC_KM_SCATTER(d),
+                "far_dist": EMC_KM_FAR_DIST(d),
+                "ref": slice(EMC_KM_REFERENCE(d), EMC_KM_REFERENCE(d) + d),
+                "shift_sum": slice(EMC_KM_SHIFT_SUM(d), EMC_KM_SHIFT_SUM(d) + d),
+                "far_point": slice(EMC_KM_FAR_POINT(d), EMC_KM_FAR_POINT(d) + d)}
 
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
         return n_rows * self.n_features + max(n_rows, self.kp + self.n_components)
@@ -390,22 +180,22 @@ cdef class KMeansKernel(FamilyKernel):
                                    &totals[TOTAL_MAGNITUDE])
 
     cdef void clear_stats(self, double* stats) noexcept nogil:
-        cdef Py_ssize_t k, j, d = self.n_features, S = 3 + 3 * d
+        cdef Py_ssize_t k, j, d = self.n_features, S = EMC_KM_SLOT_SIZE(d)
         cdef double* slot
         for k in range(self.n_components):
             slot = stats + k * S
-            slot[_W] = 0.0
-            slot[_SS] = 0.0
-            slot[_D] = -1.0
+            slot[EMC_KM_WEIGHT(d)] = 0.0
+            slot[EMC_KM_SCATTER(d)] = 0.0
+            slot[EMC_KM_FAR_DIST(d)] = -1.0
             for j in range(d):
-                slot[_REF + j] = self.means[k, j]
-                slot[_REF + d + j] = 0.0
-                slot[_REF + 2 * d + j] = 0.0
+                slot[EMC_KM_REFERENCE(d) + j] = self.means[k, j]
+                slot[EMC_KM_SHIFT_SUM(d) + j] = 0.0
+                slot[EMC_KM_FAR_POINT(d) + j] = 0.0
 
     cdef int chunk_accumulate(self, const double* X, Py_ssize_t n_rows,
                               const double* weights, double* stats,
                               double* scratch) noexcept nogil:
-        cdef Py_ssize_t i, k, d = self.n_features, K = self.n_components, S = 3 + 3 * d
+        cdef Py_ssize_t i, k, d = self.n_features, K = self.n_components, S = EMC_KM_SLOT_SIZE(d)
         cdef double w
         for i in range(n_rows):
             for k in range(K):
@@ -418,7 +208,7 @@ cdef class KMeansKernel(FamilyKernel):
                                    const Py_ssize_t* labels, const double* row_weights,
                                    double* one_hot, double* stats,
                                    double* scratch) noexcept nogil:
-        cdef Py_ssize_t i, d = self.n_features, S = 3 + 3 * self.n_features
+        cdef Py_ssize_t i, d = self.n_features, S = EMC_KM_SLOT_SIZE(d)
         cdef double w
         for i in range(n_rows):
             w = row_weights[i] if row_weights != NULL else 1.0
@@ -427,36 +217,44 @@ cdef class KMeansKernel(FamilyKernel):
         return 0
 
     cdef void merge_stats(self, double* into, const double* other) noexcept nogil:
-        cdef Py_ssize_t k, d = self.n_features, S = 3 + 3 * d
+        cdef Py_ssize_t k, d = self.n_features, S = EMC_KM_SLOT_SIZE(d)
+        cdef double stack_tmp[64]
+        cdef double* tmp = stack_tmp
+        if 2 * d > 64:
+            tmp = <double*>malloc(2 * d * sizeof(double))
+            if tmp == NULL:
+                return
         for k in range(self.n_components):
-            _merge_slot(d, into + k * S, other + k * S)
+            _merge_slot(d, into + k * S, other + k * S, tmp)
+        if tmp != stack_tmp:
+            free(tmp)
 
 
-cdef void _merge_slot(Py_ssize_t d, double* a, const double* b) noexcept nogil:
-    # a <- statistics of the union, about a's reference point (b's if a is empty).
-    # Re-shifting b by delta = ref_b - ref_a:  s_b' = s_b + W_b delta,
-    # SS_b' = SS_b + 2 delta . s_b + W_b |delta|^2 (exact; delta = 0 within a pass).
+cdef void _merge_slot(Py_ssize_t d, double* a, const double* b, double* tmp) noexcept nogil:
+    # a <- statistics of the union, about a's reference point (b's if a is empty):
+    # the moment merge with b moved to a's reference, the scatter as its trace
+    # (SS). tmp: 2 d doubles of scratch.
     cdef Py_ssize_t j
-    cdef double delta, cross = 0.0, dd = 0.0, Wb = b[_W]
-    if b[_D] < 0.0:
+    cdef Py_ssize_t D = EMC_KM_FAR_DIST(d), REF = EMC_KM_REFERENCE(d)
+    cdef Py_ssize_t SHIFT = EMC_KM_SHIFT_SUM(d), FAR = EMC_KM_FAR_POINT(d)
+    cdef double dd = 0.0
+    if b[D] < 0.0:
         return
-    if a[_D] < 0.0:
-        for j in range(3 + 3 * d):
+    if a[D] < 0.0:
+        for j in range(EMC_KM_SLOT_SIZE(d)):
             a[j] = b[j]
         return
-    for j in range(d):
-        delta = b[_REF + j] - a[_REF + j]
-        cross += delta * b[_REF + d + j]
-        dd += delta * delta
-        a[_REF + d + j] += b[_REF + d + j] + Wb * delta
-    a[_W] += Wb
-    a[_SS] += b[_SS] + 2.0 * cross + Wb * dd
+    emc_merge_moments(d, EMC_SCATTER_TRACE, True, &a[EMC_KM_WEIGHT(d)], &a[REF], &a[SHIFT],
+                      &a[EMC_KM_SCATTER(d)], b[EMC_KM_WEIGHT(d)], &b[REF], &b[SHIFT],
+                      &b[EMC_KM_SCATTER(d)], tmp)
+    for j in range(d):      # |delta|^2, delta = ref_b - ref_a (the merge's shift of b)
+        dd += tmp[d + j] * tmp[d + j]
     # farthest points compared about a's reference (b's distance re-measured)
     if dd != 0.0:
-        dd = emc_sq_dist(b + _REF + 2 * d, a + _REF, d)
+        dd = emc_sq_dist(b + FAR, a + REF, d)
     else:
-        dd = b[_D]
-    if dd > a[_D]:
-        a[_D] = dd
+        dd = b[D]
+    if dd > a[D]:
+        a[D] = dd
         for j in range(d):
-            a[_REF + 2 * d + j] = b[_REF + 2 * d + j]
+            a[FAR + j] = b[FAR + j]

@@ -266,13 +266,15 @@ class GaussianFamily(Family):
         return self.stats_from_buffer(self._stats_kernel.accumulate(X, weights))
 
     def stats_from_buffer(self, buffer: np.ndarray) -> GaussianStats:
-        # one slot per component: [W, c (d), r (d), scatter (d x d, or d diagonal)]
+        # one slot per component, laid out as the kernel declares it (emcore/moments.h)
         k, d = self.n_components, self.n_features
+        layout = self._stats_kernel.slot_layout(d)
         shape = (k, d) if self._diagonal else (k, d, d)
         slots = np.asarray(buffer, dtype=np.float64).reshape(k, -1)
-        return GaussianStats(weight=slots[:, 0].copy(), mean=slots[:, 1:1 + d].copy(),
-                             residual=slots[:, 1 + d:1 + 2 * d].copy(),
-                             scatter=slots[:, 1 + 2 * d:].reshape(shape).copy())
+        return GaussianStats(weight=slots[:, layout["weight"]].copy(),
+                             mean=slots[:, layout["mean"]].copy(),
+                             residual=slots[:, layout["residual"]].copy(),
+                             scatter=slots[:, layout["scatter"]].reshape(shape).copy())
 
     def scale_stats(self, stats: GaussianStats, factor: float) -> GaussianStats:
         # the reference points stay; the sums over rows scale
@@ -280,9 +282,15 @@ class GaussianFamily(Family):
                              stats.scatter * factor)
 
     def _to_buffer(self, stats: GaussianStats) -> np.ndarray:
-        k = self.n_components
-        return np.concatenate([stats.weight[:, None], stats.mean, stats.residual,
-                               stats.scatter.reshape(k, -1)], axis=1).ravel()
+        # the inverse of stats_from_buffer
+        k, d = self.n_components, self.n_features
+        layout = self._stats_kernel.slot_layout(d)
+        slots = np.empty((k, self._stats_kernel.n_stats // k))
+        slots[:, layout["weight"]] = stats.weight
+        slots[:, layout["mean"]] = stats.mean
+        slots[:, layout["residual"]] = stats.residual
+        slots[:, layout["scatter"]] = stats.scatter.reshape(k, -1)
+        return slots.ravel()
 
     def merge_stats(self, a: GaussianStats, b: GaussianStats) -> GaussianStats:
         # the kernel's merge (an exact re-shift of both sides to a common reference

@@ -95,22 +95,20 @@ class KMeansFamily(Family):
     def log_density(self, X: np.ndarray, params: Params) -> np.ndarray:
         return self.compiled_kernel(params).log_density(X)
 
-    def _slot_size(self) -> int:
-        return 3 + 3 * self.n_features
-
     def stats_from_buffer(self, buffer: np.ndarray) -> KMeansStats:
-        d = self.n_features
-        slots = np.asarray(buffer, dtype=np.float64).reshape(self.n_components,
-                                                             self._slot_size())
-        return KMeansStats(weight=slots[:, 0].copy(), scatter=slots[:, 1].copy(),
-                           far_dist=slots[:, 2].copy(), ref=slots[:, 3:3 + d].copy(),
-                           shift_sum=slots[:, 3 + d:3 + 2 * d].copy(),
-                           far_point=slots[:, 3 + 2 * d:].copy())
+        # one slot per component, laid out as the kernel declares it (_lloyd.h)
+        layout = KMeansKernel.slot_layout(self.n_features)
+        slots = np.asarray(buffer, dtype=np.float64).reshape(self.n_components, -1)
+        return KMeansStats(**{field: slots[:, where].copy() for field, where in layout.items()})
 
     def _to_buffer(self, stats: KMeansStats) -> np.ndarray:
-        return np.concatenate([stats.weight[:, None], stats.scatter[:, None],
-                               stats.far_dist[:, None], stats.ref, stats.shift_sum,
-                               stats.far_point], axis=1).ravel()
+        # the inverse of stats_from_buffer
+        layout = KMeansKernel.slot_layout(self.n_features)
+        size = max(w.stop if isinstance(w, slice) else w + 1 for w in layout.values())
+        slots = np.empty((self.n_components, size))
+        for field, where in layout.items():
+            slots[:, where] = getattr(stats, field)
+        return slots.ravel()
 
     def empty_stats(self) -> KMeansStats:
         k, d = self.n_components, self.n_features

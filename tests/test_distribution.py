@@ -39,14 +39,19 @@ COMPILED_MODULES = (
 )
 
 # Files a user's install needs besides the compiled modules: the public Cython
-# interface (third-party plugins `cimport` it from an installed emcore), the bundled
-# data, and the first-party plugins under emcore.plugins.
+# interface and C headers (third-party plugins `cimport` and `#include` them from an
+# installed emcore), the bundled data, and the first-party plugins under
+# emcore.plugins.
 WHEEL_REQUIRED = (
     "emcore/__init__.py",
     "emcore/_version.py",
     "emcore/py.typed",
     "emcore/kernel.pxd",
     "emcore/blas.pxd",
+    "emcore/moments.pxd",
+    "emcore/include/emcore/vec4.h",
+    "emcore/include/emcore/vexp.h",
+    "emcore/include/emcore/moments.h",
     "emcore/datasets/__init__.py",
     "emcore/datasets/data/old_faithful.csv",
     "emcore/plugins/__init__.py",
@@ -75,14 +80,27 @@ SDIST_REQUIRED = (
     "emcore/_version.py",
     "emcore/kernel.pxd",
     "emcore/blas.pxd",
+    "emcore/moments.pxd",
     "emcore/kernel.pyx",
     "emcore/blas.pyx",
     "emcore/_core/_passes.pyx",
+    "emcore/_core/_rows.h",
+    "emcore/_core/_markov.pyx",
+    "emcore/_core/_markov.h",
+    "emcore/include/emcore/vec4.h",
+    "emcore/include/emcore/vexp.h",
+    "emcore/include/emcore/moments.h",
     "emcore/datasets/data/old_faithful.csv",
     "plugins/__init__.py",
     "plugins/_gaussian_kernel.pyx",
     "plugins/_posterior_kernels.pyx",
+    "plugins/_gaussian_full.h",
+    "plugins/_gaussian_diag.h",
+    "plugins/_lloyd.h",
+    "plugins/_soft_posterior.h",
     "tests/conftest.py",
+    "docs/README.md",
+    "docs/elbo_chain.md",
 )
 
 # Build leftovers and development files: never in either artifact.

@@ -1,4 +1,5 @@
-"""The compiled Gaussian kernels (register-tiled full, diagonal) against references.
+"""The compiled Gaussian kernels (register-tiled full, diagonal) against references,
+and the statistics slots every compiled family declares (k-means too).
 
 The full kernel processes 8 rows and 4 columns at a time and the diagonal kernel
 4 components at a time, so shapes that are not multiples of those (padding) and
@@ -18,7 +19,9 @@ from emcore.engine import UNIT_ROUNDOFF as U
 from emcore.exceptions import ConvergenceWarning
 from emcore.plugins._gaussian_diag_kernel import GaussianDiagKernel
 from emcore.plugins._gaussian_kernel import GaussianFullKernel
+from emcore.plugins._kmeans_kernel import KMeansKernel
 from emcore.plugins.gaussian import GaussianFamily
+from emcore.plugins.kmeans import KMeansFamily
 
 
 def _quad_extended(X, mean, U_factor):
@@ -173,3 +176,96 @@ def test_diagonal_kernel_pickles():
     X = rng.normal(size=(9, 4))
     assert np.array_equal(pickle.loads(pickle.dumps(kern)).log_density(X),
                           kern.log_density(X))
+
+
+def _slot_kernels(means):
+    d = means.shape[1]
+    return {"full": GaussianFullKernel(means, np.broadcast_to(np.eye(d), (len(means), d, d))),
+            "diag": GaussianDiagKernel(means, np.ones_like(means)),
+            "kmeans": KMeansKernel(means, 1.0)}
+
+
+@pytest.mark.parametrize("name", ["full", "diag", "kmeans"])
+def test_slot_layouts_name_what_the_kernels_write(name):
+    """Each field of a kernel's declared slot layout (the C header's offsets, read by
+    the families' stats_from_buffer) holds what its name says after the kernel has
+    accumulated a chunk; the fields tile the slot exactly."""
+    rng = np.random.default_rng(3)
+    n, d, k = 50, 3, 2
+    X = rng.normal(size=(n, d)) + 5.0
+    w = rng.uniform(0.5, 2.0, n)
+    weights = np.zeros((n, k))
+    weights[:, 1] = w                       # component 0 gets no rows
+    means = np.array([[0.0, 0.0, 0.0], [5.1, 4.9, 5.0]])
+    kern = _slot_kernels(means)[name]
+    layout = kern.slot_layout(d)
+    size = kern.n_stats // k
+    covered = np.zeros(size, dtype=int)
+    for where in layout.values():
+        covered[where] += 1
+    assert np.all(covered == 1), layout
+    slots = kern.accumulate(X, weights).reshape(k, size)
+    W = w.sum()
+    # sums of n terms of size |x - c| <= ~5 sd: gamma_{n+d} relative to that scale
+    tol = 4.0 * (n + d) * U
+    if name == "kmeans":
+        ref = means[1]
+        dev = X - ref
+        dist = np.sum(dev * dev, axis=1)
+        assert slots[0, layout["far_dist"]] == -1.0 and slots[0, layout["weight"]] == 0.0
+        assert slots[1, layout["weight"]] == pytest.approx(W, rel=tol)
+        assert np.array_equal(slots[1, layout["ref"]], ref)
+        assert np.allclose(slots[1, layout["shift_sum"]], w @ dev, rtol=0,
+                           atol=tol * W * np.abs(dev).max())
+        assert slots[1, layout["scatter"]] == pytest.approx(w @ dist, rel=tol)
+        assert slots[1, layout["far_dist"]] == pytest.approx(dist.max(), rel=tol)
+        assert np.array_equal(slots[1, layout["far_point"]], X[np.argmax(dist)])
+        return
+    # the reference point c: the chunk's weighted mean as rounded (full), or this
+    # pass's mean when the chunk's lies within a standard deviation of it (diag)
+    c = slots[1, layout["mean"]]
+    expected_c = means[1] if name == "diag" else (w @ X) / W
+    assert np.allclose(c, expected_c, rtol=tol, atol=0)
+    dev = X - c
+    assert slots[0, layout["weight"]] == 0.0
+    assert slots[1, layout["weight"]] == pytest.approx(W, rel=tol)
+    assert np.allclose(slots[1, layout["residual"]], w @ dev, rtol=0,
+                       atol=tol * W * np.abs(dev).max())
+    scatter = np.einsum("i,ij,il->jl", w, dev, dev)
+    expected = scatter if name == "full" else np.diag(scatter)
+    got = slots[1, layout["scatter"]].reshape(expected.shape)
+    assert np.allclose(got, expected, rtol=tol, atol=tol * np.abs(scatter).max())
+
+
+@pytest.mark.parametrize("family", [GaussianFamily(2, 3, covariance_type="full"),
+                                    GaussianFamily(2, 3, covariance_type="diag"),
+                                    KMeansFamily(2, 3)], ids=["full", "diag", "kmeans"])
+def test_stats_from_buffer_reads_the_kernels_slots_and_back(family):
+    """The family's statistics object read from a kernel's buffer through the
+    declared layout, and written back, give the same bits."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(40, 3))
+    weights = rng.dirichlet(np.ones(2), size=40)
+    params = {"means": rng.normal(size=(2, 3)),
+              "precisions_cholesky": np.broadcast_to(np.eye(3), (2, 3, 3))}
+    buffer = family.compiled_kernel(params).accumulate(X, weights)
+    stats = family.stats_from_buffer(buffer)
+    assert np.array_equal(family._to_buffer(stats), buffer)
+    if isinstance(family, KMeansFamily):
+        assert np.array_equal(stats.ref, params["means"])
+    else:
+        assert np.all(stats.weight == pytest.approx(weights.sum(axis=0)))
+
+
+def test_moment_slot_layout_of_each_scatter_shape():
+    """emcore.kernel.moment_slot_layout: [W, c (d), r (d), S], S sized by its shape;
+    an unknown shape is refused by name."""
+    from emcore.kernel import moment_slot_layout
+    d = 3
+    for scatter, size in [("full", d * d), ("diagonal", d), ("trace", 1)]:
+        layout = moment_slot_layout(d, scatter)
+        assert layout["weight"] == 0
+        assert (layout["mean"], layout["residual"]) == (slice(1, 1 + d), slice(1 + d, 1 + 2 * d))
+        assert layout["scatter"] == slice(1 + 2 * d, 1 + 2 * d + size)
+    with pytest.raises(ValueError, match="'scatter' parameter of moment_slot_layout"):
+        moment_slot_layout(d, "diag")

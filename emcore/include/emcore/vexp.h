@@ -1,0 +1,55 @@
+/* emcore/vexp.h: exp on 4-double vectors (GNU vector extensions only: defined
+   when EMC_GNUC is 1; callers keep a scalar loop with libm's exp for the rest). */
+#ifndef EMCORE_VEXP_H
+#define EMCORE_VEXP_H
+#include <math.h>
+#include "emcore/vec4.h"
+
+#if EMC_GNUC
+
+/* exp(x) on 4 lanes for x <= 0 (x = -inf gives 0): x = n ln2 + r with
+   n = round(x / ln2) (ln2 in two parts, n ln2_hi exact), |r| <= ln2 / 2,
+   exp(r) by its Taylor series to r^13 / 13! (truncation < 1e-17 relative),
+   Horner, then times 2^n built in the exponent bits. Error about 1 ulp
+   (glibc's is below 1); exp(0) = 1 exactly. Lanes in [-745.2, -708.39)
+   (2^n not normal) take libm's exp, so subnormal results are libm's; below,
+   +0 as libm gives. */
+static inline emc_v4 emc_exp_nonpos(emc_v4 x) {
+    const emc_v4 shifter = emc_set1(6755399441055744.0);   /* 1.5 * 2^52 */
+    const emc_v4 log2e = emc_set1(1.4426950408889634);
+    const emc_v4 ln2_hi = emc_set1(0.693147180369123816490);
+    const emc_v4 ln2_lo = emc_set1(1.90821492927058770002e-10);
+    emc_v4 xc = EMC_SEL((emc_m4)(x > emc_set1(-708.39)), x, emc_set1(-708.39));
+    emc_v4 t = xc * log2e + shifter;
+    emc_v4 n = t - shifter;
+    emc_v4 r = (xc - n * ln2_hi) - n * ln2_lo;
+    emc_v4 p = emc_set1(1.0 / 6227020800.0);                /* 1/13! */
+    p = p * r + emc_set1(1.0 / 479001600.0);
+    p = p * r + emc_set1(1.0 / 39916800.0);
+    p = p * r + emc_set1(1.0 / 3628800.0);
+    p = p * r + emc_set1(1.0 / 362880.0);
+    p = p * r + emc_set1(1.0 / 40320.0);
+    p = p * r + emc_set1(1.0 / 5040.0);
+    p = p * r + emc_set1(1.0 / 720.0);
+    p = p * r + emc_set1(1.0 / 120.0);
+    p = p * r + emc_set1(1.0 / 24.0);
+    p = p * r + emc_set1(1.0 / 6.0);
+    p = p * r + emc_set1(0.5);
+    p = p * r + emc_set1(1.0);
+    p = p * r + emc_set1(1.0);
+    emc_m4 k = (emc_m4)t - (emc_m4)shifter;                 /* n as an integer */
+    emc_v4 scale = (emc_v4)((k + 1023) << 52);
+    emc_v4 e = p * scale;
+    /* below -745.2 libm's exp is +0 too: zero without calling it (a few
+       percent of the entries of separated clusters are there) */
+    e = EMC_SEL((emc_m4)(x < emc_set1(-745.2)), emc_set1(0.0), e);
+    emc_m4 low = (emc_m4)(x < emc_set1(-708.39)) & (emc_m4)(x >= emc_set1(-745.2));
+    if (low[0] | low[1] | low[2] | low[3]) {
+        for (int l = 0; l < 4; l++)
+            if (low[l]) e[l] = exp(x[l]);
+    }
+    return e;
+}
+
+#endif  /* EMC_GNUC */
+#endif

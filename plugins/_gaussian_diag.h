@@ -1,0 +1,147 @@
+/* The loops of the diagonal Gaussian kernel (plugins/_gaussian_diag_kernel.pyx,
+   whose docstring describes them). */
+#ifndef EMCORE_GAUSSIAN_DIAG_H
+#define EMCORE_GAUSSIAN_DIAG_H
+#include "emcore/vec4.h"   /* emc_v4 and its operations, EMC_CLONES */
+
+/* R rows (1 or 2) against components k0..k0+4nv-1: acc[r][v] accumulates
+   P (x_j - M)^2 over j in order, then base - acc / 2 goes to out (row i's
+   K entries; only k < K stored). R and nv are constants at every call: two
+   rows give the dependent multiply-add chains over j room to overlap. */
+EMC_ALWAYS_INLINE void emd_log_density_block(
+        const double* x, Py_ssize_t d, const int R, Py_ssize_t K, Py_ssize_t Kp,
+        const double* M, const double* P, const double* base, Py_ssize_t k0,
+        const int nv, double* acc_out, double* out)
+{
+    emc_v4 a[2][4];
+    emc_v4 half = emc_set1(-0.5);
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < nv; v++) a[r][v] = emc_set1(0.0);
+    for (Py_ssize_t j = 0; j < d; j++) {
+        const double* m = M + j * Kp + k0;
+        const double* p = P + j * Kp + k0;
+        emc_v4 xj[2];
+        for (int r = 0; r < R; r++) xj[r] = emc_set1(x[r * d + j]);
+        for (int v = 0; v < nv; v++) {
+            emc_v4 mv = emc_load(m + 4 * v), pv = emc_load(p + 4 * v);
+            for (int r = 0; r < R; r++) {
+                emc_v4 t = EMC_SUB(xj[r], mv);
+                EMC_FMA(a[r][v], EMC_MUL(pv, t), t);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        for (int v = 0; v < nv; v++)
+            emc_store(acc_out + 4 * v, EMC_ADD(emc_load(base + k0 + 4 * v),
+                                               EMC_MUL(half, a[r][v])));
+        Py_ssize_t top = K - k0 < 4 * nv ? K - k0 : 4 * nv;
+        for (Py_ssize_t k = 0; k < top; k++) out[r * K + k0 + k] = acc_out[k];
+    }
+}
+
+/* out[i, k] = base[k] - 1/2 sum_j P[j, k] (x_ij - M[j, k])^2 for k < K; the
+   tables M, P are d x Kp (Kp = K rounded up to 4, padded). acc: Kp doubles.
+   Rows two at a time, components 16 at a time. */
+EMC_CLONES
+static void emd_log_density(const double* X, Py_ssize_t n, Py_ssize_t d,
+                            Py_ssize_t K, Py_ssize_t Kp, const double* M,
+                            const double* P, const double* base, double* acc,
+                            double* out)
+{
+    for (Py_ssize_t i = 0; i < n; i += 2) {
+        const double* x = X + i * d;
+        double* o = out + i * K;
+        for (Py_ssize_t k0 = 0; k0 < Kp; k0 += 16) {
+#define EMD_LD2(NV) emd_log_density_block(x, d, 2, K, Kp, M, P, base, k0, NV, acc, o)
+#define EMD_LD1(NV) emd_log_density_block(x, d, 1, K, Kp, M, P, base, k0, NV, acc, o)
+            if (i + 1 < n)
+                EMC_WITH_NV(Kp - k0, EMD_LD2);
+            else
+                EMC_WITH_NV(Kp - k0, EMD_LD1);
+#undef EMD_LD2
+#undef EMD_LD1
+        }
+    }
+}
+
+#define EMD_ROWS 8
+
+/* The moments of one block of nb rows for the components kb..kb+4nv-1:
+   each table entry in a register for the whole block, each x_ij broadcast
+   once for the nv vectors. nv and pass are constants at every call. */
+EMC_ALWAYS_INLINE void emd_moments_block(
+        const double* x, Py_ssize_t nb, Py_ssize_t d, Py_ssize_t Kp,
+        const double* wblk, const int pass, const double* C, double* T1,
+        double* T2, Py_ssize_t kb, const int nv)
+{
+    for (Py_ssize_t j = 0; j < d; j++) {
+        double* t1 = T1 + j * Kp + kb;
+        double* t2 = T2 + j * Kp + kb;
+        emc_v4 a1[4], a2[4], c[4];
+        for (int v = 0; v < nv; v++) {
+            a1[v] = emc_load(t1 + 4 * v);
+            if (pass == 2) {
+                a2[v] = emc_load(t2 + 4 * v);
+                c[v] = emc_load(C + j * Kp + kb + 4 * v);
+            }
+        }
+        for (Py_ssize_t r = 0; r < nb; r++) {
+            emc_v4 xb = emc_set1(x[r * d + j]);
+            const double* wr = wblk + r * Kp + kb;
+            for (int v = 0; v < nv; v++) {
+                if (pass == 1) {
+                    a1[v] = EMC_ADD(a1[v], EMC_MUL(emc_load(wr + 4 * v), xb));
+                } else {
+                    emc_v4 t = EMC_SUB(xb, c[v]);
+                    emc_v4 wt = EMC_MUL(emc_load(wr + 4 * v), t);
+                    a1[v] = EMC_ADD(a1[v], wt);
+                    EMC_FMA(a2[v], wt, t);
+                }
+            }
+        }
+        for (int v = 0; v < nv; v++) {
+            emc_store(t1 + 4 * v, a1[v]);
+            if (pass == 2) emc_store(t2 + 4 * v, a2[v]);
+        }
+    }
+}
+
+/* Per-feature weighted moments of n rows, for all K components at once, as
+   d x Kp tables (w is n x K): T0[k] += w_ik (unless T0 is NULL); pass 1
+   (pass == 1) T1[j, k] += w_ik x_ij;
+   pass 2, about the reference points C (d x Kp): T1[j, k] += w_ik (x_ij - C[j, k])
+   and T2[j, k] += w_ik (x_ij - C[j, k])^2. Rows go EMD_ROWS at a time (their
+   weights copied into wblk, EMD_ROWS x Kp, zero padded) so that each table
+   entry is loaded and stored once per block; within it rows are added in
+   order; components go 16 at a time (four vectors in registers). */
+EMC_CLONES
+static void emd_moments(const double* X, Py_ssize_t n, Py_ssize_t d,
+                        Py_ssize_t K, Py_ssize_t Kp, const double* w, int pass,
+                        const double* C, double* wblk, double* T0, double* T1,
+                        double* T2)
+{
+    Py_ssize_t i0, nb, r, k, kb;
+    for (i0 = 0; i0 < n; i0 += EMD_ROWS) {
+        nb = n - i0 < EMD_ROWS ? n - i0 : EMD_ROWS;
+        for (r = 0; r < nb; r++) {
+            for (k = 0; k < K; k++) wblk[r * Kp + k] = w[(i0 + r) * K + k];
+            for (k = K; k < Kp; k++) wblk[r * Kp + k] = 0.0;
+        }
+        if (T0 != NULL)      /* the weights' sums, rows in order */
+            for (r = 0; r < nb; r++)
+                for (k = 0; k < K; k++) T0[k] += wblk[r * Kp + k];
+        const double* x = X + i0 * d;
+        for (kb = 0; kb < Kp; kb += 16) {
+#define EMD_SUMS(NV) emd_moments_block(x, nb, d, Kp, wblk, 1, C, T1, T2, kb, NV)
+#define EMD_MOMENTS(NV) emd_moments_block(x, nb, d, Kp, wblk, 2, C, T1, T2, kb, NV)
+            if (pass == 1)
+                EMC_WITH_NV(Kp - kb, EMD_SUMS);
+            else
+                EMC_WITH_NV(Kp - kb, EMD_MOMENTS);
+#undef EMD_SUMS
+#undef EMD_MOMENTS
+        }
+    }
+}
+
+#endif

@@ -1,0 +1,153 @@
+/* The register-tiled loops of the full-covariance Gaussian kernel
+   (plugins/_gaussian_kernel.pyx, whose docstring describes them). */
+#ifndef EMCORE_GAUSSIAN_FULL_H
+#define EMCORE_GAUSSIAN_FULL_H
+#include "emcore/vec4.h"   /* emc_v4 and its operations, EMC_CLONES */
+
+#define EMC_ROWS 8    /* rows per group: two vectors */
+
+/* Xt (d x ld) = X^T for n rows, rows n..ld-1 zero (ld a multiple of EMC_ROWS). */
+static void emc_transpose(const double* X, Py_ssize_t n, Py_ssize_t d,
+                          Py_ssize_t ld, double* Xt)
+{
+    Py_ssize_t i, l;
+    for (i = 0; i < n; i++)
+        for (l = 0; l < d; l++) Xt[l * ld + i] = X[i * d + l];
+    for (l = 0; l < d; l++)
+        for (i = n; i < ld; i++) Xt[l * ld + i] = 0.0;
+}
+
+/* out[l] = sum_i w[i] Xt[l, i] over ld rows, in 4 interleaved partial sums;
+   4 columns at a time (independent chains). */
+EMC_CLONES
+static void emc_weighted_sums(const double* Xt, Py_ssize_t ld, Py_ssize_t d,
+                              const double* w, double* out)
+{
+    Py_ssize_t i, l, m;
+    for (l = 0; l < d; l += 4) {
+        emc_v4 s0 = emc_set1(0.0), s1 = s0, s2 = s0, s3 = s0;
+        const double* x0 = Xt + l * ld;
+        const double* x1 = l + 1 < d ? x0 + ld : x0;
+        const double* x2 = l + 2 < d ? x0 + 2 * ld : x0;
+        const double* x3 = l + 3 < d ? x0 + 3 * ld : x0;
+        for (i = 0; i < ld; i += 4) {
+            emc_v4 wi = emc_load(w + i);
+            EMC_FMA(s0, wi, emc_load(x0 + i)); EMC_FMA(s1, wi, emc_load(x1 + i));
+            EMC_FMA(s2, wi, emc_load(x2 + i)); EMC_FMA(s3, wi, emc_load(x3 + i));
+        }
+        m = d - l < 4 ? d - l : 4;
+        out[l] = EMC_HSUM(s0);
+        if (m > 1) out[l + 1] = EMC_HSUM(s1);
+        if (m > 2) out[l + 2] = EMC_HSUM(s2);
+        if (m > 3) out[l + 3] = EMC_HSUM(s3);
+    }
+}
+
+/* q[i] = ||(x_i - mu) U||^2 for the ld rows of Xt (d x ld); U is d x dp
+   (dp = d rounded up to 4, zero padded), upper triangular. Dt: 8 d doubles
+   of scratch. 8 rows at a time (two vectors), 4 columns of (x - mu) U at a
+   time (8 independent multiply-add chains), column j summing only its j + 1
+   terms of the triangle. */
+EMC_CLONES
+static void emc_full_quad(const double* Xt, Py_ssize_t ld, Py_ssize_t d,
+                          Py_ssize_t dp, const double* mu, const double* U,
+                          double* Dt, double* q)
+{
+    Py_ssize_t i0, l, j0, lmax;
+    for (i0 = 0; i0 < ld; i0 += EMC_ROWS) {
+        for (l = 0; l < d; l++) {
+            emc_v4 m = emc_set1(mu[l]);
+            emc_store(Dt + 8 * l, EMC_SUB(emc_load(Xt + l * ld + i0), m));
+            emc_store(Dt + 8 * l + 4, EMC_SUB(emc_load(Xt + l * ld + i0 + 4), m));
+        }
+        emc_v4 sq0 = emc_set1(0.0), sq1 = emc_set1(0.0);
+        for (j0 = 0; j0 < d; j0 += 4) {
+            emc_v4 a00 = emc_set1(0.0), a01 = a00, a10 = a00, a11 = a00,
+                   a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+            lmax = j0 + 4 < d ? j0 + 4 : d;
+            for (l = 0; l < lmax; l++) {
+                const double* u = U + l * dp + j0;
+                emc_v4 d0 = emc_load(Dt + 8 * l), d1 = emc_load(Dt + 8 * l + 4);
+                emc_v4 u0 = emc_set1(u[0]), u1 = emc_set1(u[1]),
+                       u2 = emc_set1(u[2]), u3 = emc_set1(u[3]);
+                EMC_FMA(a00, u0, d0); EMC_FMA(a01, u0, d1);
+                EMC_FMA(a10, u1, d0); EMC_FMA(a11, u1, d1);
+                EMC_FMA(a20, u2, d0); EMC_FMA(a21, u2, d1);
+                EMC_FMA(a30, u3, d0); EMC_FMA(a31, u3, d1);
+            }
+            EMC_FMA(sq0, a00, a00); EMC_FMA(sq1, a01, a01);
+            EMC_FMA(sq0, a10, a10); EMC_FMA(sq1, a11, a11);
+            EMC_FMA(sq0, a20, a20); EMC_FMA(sq1, a21, a21);
+            EMC_FMA(sq0, a30, a30); EMC_FMA(sq1, a31, a31);
+        }
+        emc_store(q + i0, sq0);
+        emc_store(q + i0 + 4, sq1);
+    }
+}
+
+/* Moments about c of the ld rows of Xt (d x ld) weighted by w (ld, zero on
+   padding rows): r = sum_i w_i (x_i - c), and the upper triangle (in 2 x 4
+   tiles) of S = sum_i w_i (x_i - c)(x_i - c)^T, S being da x da (da = d
+   rounded up to 4). Rows go blk at a time (a multiple of 4 chosen so that
+   the block's D and w D, da x blk each in Dt and WDt, stay in L1). Every
+   sum runs in 4 interleaved partial sums (vector lanes: rp, d x 4, and
+   S4, da x da x 4, of scratch), added in a fixed order at the end. */
+EMC_CLONES
+static void emc_full_moments(const double* Xt, Py_ssize_t ld, Py_ssize_t d,
+                             Py_ssize_t da, Py_ssize_t blk, const double* w,
+                             const double* c, double* Dt, double* WDt,
+                             double* rp, double* S4, double* r, double* S)
+{
+    Py_ssize_t i, i0, nb, l, a0, b0, a, b;
+    for (i = 0; i < 4 * d; i++) rp[i] = 0.0;
+    for (i = 0; i < 4 * da * da; i++) S4[i] = 0.0;
+    for (i = 0; i < (da - d) * blk; i++) { Dt[d * blk + i] = 0.0; WDt[d * blk + i] = 0.0; }
+    for (i0 = 0; i0 < ld; i0 += blk) {
+        nb = ld - i0 < blk ? ld - i0 : blk;
+        for (l = 0; l < d; l++) {
+            emc_v4 part = emc_load(rp + 4 * l), cl = emc_set1(c[l]);
+            for (i = 0; i < nb; i += 4) {
+                emc_v4 t = EMC_SUB(emc_load(Xt + l * ld + i0 + i), cl);
+                emc_v4 wt = EMC_MUL(emc_load(w + i0 + i), t);
+                emc_store(Dt + l * blk + i, t);
+                emc_store(WDt + l * blk + i, wt);
+                part = EMC_ADD(part, wt);
+            }
+            emc_store(rp + 4 * l, part);
+        }
+        for (a0 = 0; a0 < d; a0 += 2) {
+            const double* w0 = WDt + a0 * blk;
+            const double* w1 = w0 + blk;
+            for (b0 = (a0 / 4) * 4; b0 < d; b0 += 4) {
+                const double* e0 = Dt + b0 * blk;
+                const double* e1 = e0 + blk;
+                const double* e2 = e1 + blk;
+                const double* e3 = e2 + blk;
+                double* p0 = S4 + 4 * (a0 * da + b0);
+                double* p1 = p0 + 4 * da;
+                emc_v4 s00 = emc_load(p0), s01 = emc_load(p0 + 4),
+                       s02 = emc_load(p0 + 8), s03 = emc_load(p0 + 12),
+                       s10 = emc_load(p1), s11 = emc_load(p1 + 4),
+                       s12 = emc_load(p1 + 8), s13 = emc_load(p1 + 12);
+                for (i = 0; i < nb; i += 4) {
+                    emc_v4 x0 = emc_load(w0 + i), x1 = emc_load(w1 + i);
+                    emc_v4 y0 = emc_load(e0 + i), y1 = emc_load(e1 + i),
+                           y2 = emc_load(e2 + i), y3 = emc_load(e3 + i);
+                    EMC_FMA(s00, x0, y0); EMC_FMA(s01, x0, y1);
+                    EMC_FMA(s02, x0, y2); EMC_FMA(s03, x0, y3);
+                    EMC_FMA(s10, x1, y0); EMC_FMA(s11, x1, y1);
+                    EMC_FMA(s12, x1, y2); EMC_FMA(s13, x1, y3);
+                }
+                emc_store(p0, s00); emc_store(p0 + 4, s01);
+                emc_store(p0 + 8, s02); emc_store(p0 + 12, s03);
+                emc_store(p1, s10); emc_store(p1 + 4, s11);
+                emc_store(p1 + 8, s12); emc_store(p1 + 12, s13);
+            }
+        }
+    }
+    for (l = 0; l < d; l++) r[l] = EMC_HSUM(emc_load(rp + 4 * l));
+    for (a = 0; a < da; a++)
+        for (b = 0; b < da; b++) S[a * da + b] = EMC_HSUM(emc_load(S4 + 4 * (a * da + b)));
+}
+
+#endif

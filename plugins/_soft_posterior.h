@@ -1,0 +1,150 @@
+/* The soft (tempered) posterior's row loop of plugins/_posterior_kernels.pyx
+   (SoftPosteriorKernel). */
+#ifndef EMCORE_SOFT_POSTERIOR_H
+#define EMCORE_SOFT_POSTERIOR_H
+#include <math.h>
+#include "emcore/vec4.h"   /* emc_v4 and its operations, EMC_CLONES, EMC_GNUC */
+#include "emcore/vexp.h"   /* emc_exp_nonpos */
+
+/* The soft (tempered) posterior of n rows of K log joints, in place (see
+   SoftPosteriorKernel): log_joint <- log q, resp <- q, row_value <- f_i, and
+   the four totals (rows' sums formed in order, added once). On 4-double
+   vectors where GNU vectors exist (lanes k = l mod 4 summed separately,
+   then added: a fixed order), plain C otherwise. Rows go in blocks of
+   EMC_SOFT_ROWS, one phase at a time (max; exps and their sum; log; the
+   totals): a row's steps depend on each other, the rows of a block do not,
+   so the block's rows overlap instead of waiting on each other's latency.
+   The same operations per row either way. Returns 0, or i + 1 for the
+   first row with a NaN or no finite entry. */
+#define EMC_SOFT_ROWS 16
+EMC_CLONES static Py_ssize_t emc_soft_rows(
+        double* restrict log_joint, double* restrict resp,
+        double* restrict row_value, const double* restrict row_weights,
+        Py_ssize_t n, Py_ssize_t K, double T, double* objective,
+        double* log_joint_total, double* entropy, double* magnitude) {
+    double inv_T = 1.0 / T;
+    double sum_f = 0.0, sum_E = 0.0, sum_H = 0.0, sum_mag = 0.0;
+    double mb[EMC_SOFT_ROWS], sb[EMC_SOFT_ROWS];
+    Py_ssize_t kv = K & ~(Py_ssize_t)3;
+#if !EMC_GNUC
+    kv = 0;
+#endif
+    for (Py_ssize_t i0 = 0; i0 < n; i0 += EMC_SOFT_ROWS) {
+        Py_ssize_t nb = n - i0 < EMC_SOFT_ROWS ? n - i0 : EMC_SOFT_ROWS;
+        /* phase 1: each row's maximum m (NaN and all -inf rows fail) */
+        for (Py_ssize_t r = 0; r < nb; r++) {
+            const double* row = log_joint + (i0 + r) * K;
+            double m = -HUGE_VAL;
+            Py_ssize_t k = 0;
+            int nan = 0;
+#if EMC_GNUC
+            if (kv) {
+                emc_v4 mv = emc_set1(-HUGE_VAL);
+                emc_m4 nv = {0, 0, 0, 0};
+                for (k = 0; k < kv; k += 4) {
+                    emc_v4 a = emc_load(row + k);
+                    nv |= (emc_m4)(a != a);
+                    mv = EMC_SEL((emc_m4)(a > mv), a, mv);
+                }
+                nan = (nv[0] | nv[1] | nv[2] | nv[3]) != 0;
+                m = mv[0] > mv[1] ? mv[0] : mv[1];
+                m = mv[2] > m ? mv[2] : m;
+                m = mv[3] > m ? mv[3] : m;
+            }
+#endif
+            for (; k < K; k++) {
+                double a = row[k];
+                nan |= isnan(a);
+                if (a > m) m = a;
+            }
+            if (nan || !isfinite(m)) return i0 + r + 1;
+            mb[r] = m * inv_T;
+        }
+        /* phase 2: e_k = exp(b_k - m) (<= 1, the max entry gives 1), s = sum */
+        for (Py_ssize_t r = 0; r < nb; r++) {
+            const double* row = log_joint + (i0 + r) * K;
+            double* q_row = resp + (i0 + r) * K;
+            double m = mb[r], s = 0.0;
+            Py_ssize_t k = 0;
+#if EMC_GNUC
+            if (kv) {
+                emc_v4 sv = emc_set1(0.0), it = emc_set1(inv_T), mm = emc_set1(m);
+                for (k = 0; k < kv; k += 4) {
+                    emc_v4 e = emc_exp_nonpos(emc_load(row + k) * it - mm);
+                    emc_store(q_row + k, e);
+                    sv += e;
+                }
+                s = EMC_HSUM(sv);
+            }
+#endif
+            for (; k < K; k++) {
+                q_row[k] = exp(row[k] * inv_T - m);
+                s += q_row[k];
+            }
+            sb[r] = s;
+        }
+        /* phase 3: log q, q, f and the totals, rows in order */
+        for (Py_ssize_t r = 0; r < nb; r++) {
+            Py_ssize_t i = i0 + r;
+            double* row = log_joint + i * K;
+            double* q_row = resp + i * K;
+            double m = mb[r], s = sb[r], H = 0.0, E = 0.0, mag = 0.0;
+            double log_s = log(s), inv_s = 1.0 / s;
+            double f = T * (m + log_s);
+            Py_ssize_t k = 0;
+#if EMC_GNUC
+            if (kv) {
+                emc_v4 Hv = emc_set1(0.0), Ev = Hv, Mv = Hv, zero = Hv;
+                emc_v4 it = emc_set1(inv_T), mm = emc_set1(m), ls = emc_set1(log_s);
+                emc_v4 is = emc_set1(inv_s), Tv = emc_set1(T);
+                const emc_m4 abs_mask = {0x7fffffffffffffffLL, 0x7fffffffffffffffLL,
+                                         0x7fffffffffffffffLL, 0x7fffffffffffffffLL};
+                for (k = 0; k < kv; k += 4) {
+                    emc_v4 a = emc_load(row + k);
+                    emc_v4 lq = (a * it - mm) - ls;
+                    emc_v4 q = emc_load(q_row + k) * is;
+                    emc_m4 pos = (emc_m4)(q > zero);
+                    emc_v4 abs_a = (emc_v4)((emc_m4)a & abs_mask);
+                    emc_v4 abs_lq = (emc_v4)((emc_m4)lq & abs_mask);
+                    Hv -= EMC_SEL(pos, q * lq, zero);
+                    Ev += EMC_SEL(pos, q * a, zero);
+                    Mv += EMC_SEL(pos, q * (abs_a + Tv * abs_lq), zero);
+                    emc_store(row + k, lq);
+                    emc_store(q_row + k, q);
+                }
+                H = EMC_HSUM(Hv);
+                E = EMC_HSUM(Ev);
+                mag = EMC_HSUM(Mv);
+            }
+#endif
+            for (; k < K; k++) {
+                double a = row[k];
+                double lq = (a * inv_T - m) - log_s;
+                double q = q_row[k] * inv_s;
+                if (q > 0.0) {
+                    H -= q * lq;
+                    E += q * a;
+                    mag += q * (fabs(a) + T * fabs(lq));
+                }
+                row[k] = lq;
+                q_row[k] = q;
+            }
+            mag += fabs(f);
+            row_value[i] = f;
+            double w = row_weights != NULL ? row_weights[i] : 1.0;
+            if (w != 0.0) {
+                sum_f += w * f;
+                sum_E += w * E;
+                sum_H += w * (T * H);
+                sum_mag += w * mag;
+            }
+        }
+    }
+    *objective += sum_f;
+    *log_joint_total += sum_E;
+    *entropy += sum_H;
+    *magnitude += sum_mag;
+    return 0;
+}
+
+#endif
