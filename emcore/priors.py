@@ -90,7 +90,7 @@ class GaussianPrior:
         if isinstance(kappa, bool) or not isinstance(kappa, numbers.Real) or \
                 not np.isfinite(kappa) or kappa < 0:
             raise bad("shrinkage", "a finite number >= 0", kappa)
-        centre = (w @ X) / total
+        centre, D = _centred(X, w, total)
         if self.mean is None:
             mean = centre
         else:
@@ -103,7 +103,6 @@ class GaussianPrior:
             raise bad("dof", f"a finite number > n_features - 1 = {d - 1}", self.dof)
         scalar = None
         if covariance_type in ("diag", "spherical"):
-            D = X - centre
             var = (w @ (D * D)) / max(total - 1.0, np.finfo(float).tiny)
             if self.scale is None:
                 mean_var = float(np.mean(var))
@@ -119,7 +118,6 @@ class GaussianPrior:
             # over the trace ('spherical': tr = varsigma^2)
             scale = np.eye(d) * (scalar if covariance_type == "diag" else scalar / d)
         elif self.scale is None:
-            D = X - centre
             # unbiased covariance, frequency weights (weight 2 = the row twice), as R's var
             cov = (D * w[:, None]).T @ D / max(total - 1.0, np.finfo(float).tiny)
             if n <= d or not _is_positive_definite(cov):
@@ -150,6 +148,27 @@ class GaussianPrior:
                       self.weight_concentration)
         return ResolvedGaussianPrior(float(kappa), mean, float(dof), scale, alpha,
                                      covariance_type, scalar)
+
+
+def _centred(X: np.ndarray, w: np.ndarray, total: float):
+    """The weighted column means and the rows about them, D = X - mean.
+
+    A column that is exactly constant over the rows of positive weight gets that
+    constant as its mean and a column of exact zeros in D, so its variance is
+    exactly 0 (a mean rounded by w @ X / total leaves ~u |x| in every row, a
+    variance of rounding noise, ~1e-33 for x = 0.1). The other columns get the
+    two-pass corrected mean (Higham 2002, 1.9): the first pass's rounding is
+    removed by subtracting the weighted mean of the residuals.
+    """
+    rows = X[w > 0] if X.shape[0] else X
+    constant = (np.all(rows == rows[0], axis=0) if rows.shape[0]
+                else np.zeros(X.shape[1], dtype=bool))
+    centre = (w @ X) / total
+    centre = centre + (w @ (X - centre)) / total
+    centre[constant] = rows[0, constant]
+    D = X - centre
+    D[:, constant] = 0.0
+    return centre, D
 
 
 def _is_positive_definite(matrix: np.ndarray) -> bool:
