@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -35,6 +36,7 @@ import numpy as np
 
 from emcore._core._passes import MAX_BLOCKS, data_pass as _compiled_pass
 from emcore._threads import effective_n_threads, single_threaded_blas
+from emcore.exceptions import ChainViolationWarning
 from emcore.plugin_api import Family, PosteriorRule
 
 __all__ = ["PassResult", "Iteration", "FitResult", "data_pass", "run_em",
@@ -467,6 +469,7 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
                 break
     except KeyboardInterrupt:
         stop_reason = "interrupted"
+    _warn_if_the_chain_fails(history)
     return FitResult(weights=weights, params=params, history=tuple(history),
                      n_iter=len(history), stop_reason=stop_reason, value=current.value,
                      objective=current.value + prior_now,
@@ -474,6 +477,27 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
                      n_samples=n_samples, seconds=time.perf_counter() - t_start,
                      resp_sum=current.resp_sum, stats=current.stats,
                      rule_state=current.rule_state)
+
+
+def _warn_if_the_chain_fails(history) -> None:
+    """One ChainViolationWarning for a fit some of whose iterations break the
+    (penalised) chain: the first such iteration, its failing links and their
+    slacks (violation / tolerance), and how many other iterations fail."""
+    failing = [it for it in history if not it.chain_holds()]
+    if not failing:
+        return
+    first = failing[0]
+    links = ", ".join(f"the {name} link (slack {slack:.3g})"
+                      for name, slack in first.chain_slacks().items() if not slack <= 1.0)
+    others = len(failing) - 1
+    warnings.warn(
+        f"The ELBO chain failed at iteration {first.iteration}: {links}, where a slack "
+        "is violation / derived rounding tolerance and above 1 fails"
+        + (f"; {others} other iteration{'s' if others > 1 else ''} failed too"
+           if others else "")
+        + ". The M-step did not maximise, the statistics or densities are wrong, or "
+        "the data are beyond double precision; the fitted parameters are suspect "
+        "(history_ holds every iteration's chain).", ChainViolationWarning, stacklevel=3)
 
 
 def best_of_starts(n_starts: int, start: Callable[[], tuple],

@@ -18,7 +18,7 @@ from emcore import _validation as v
 from emcore._estimator import BaseEstimator
 from emcore._init import kmeans_plusplus, sq_distances
 from emcore.engine import Iteration, best_of_starts, chunk_rows_for, data_pass, run_em
-from emcore.exceptions import ConvergenceWarning
+from emcore.exceptions import ConvergenceWarning, _sklearn_compatible
 from emcore.registry import get_registry
 
 __all__ = ["KMeans"]
@@ -205,7 +205,7 @@ class KMeans(BaseEstimator):
         if best.stop_reason == "max_iter":
             warnings.warn(f"KMeans stopped after max_iter={self.max_iter} iterations before "
                           "the centres settled; increase max_iter or tol.",
-                          ConvergenceWarning, stacklevel=2)
+                          _sklearn_compatible(ConvergenceWarning), stacklevel=2)
         self._family_ = family
         self.cluster_centers_ = best.params["means"]
         self.inertia_ = float(np.sum(best.stats.scatter))

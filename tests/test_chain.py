@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from hypothesis import given, note, strategies as st, target
 
-from emcore import DegenerateComponentError, GaussianMixture
+import emcore
+from emcore import ChainViolationWarning, DegenerateComponentError, GaussianMixture
 from emcore.exceptions import ConvergenceWarning
 from emcore.engine import run_em
 from emcore.plugins.gaussian import GaussianFamily, GaussianStats
@@ -133,13 +134,17 @@ class _RawMoments(GaussianFamily):
         return GaussianStats(W, mean, np.zeros_like(mean), scatter)
 
 
-def _fit_with(family_cls, X, k, iters):
+def _fit_with(family_cls, X, k, iters, quiet=True):
     rule = get_registry().posterior_rule("soft").factory()
     family = family_cls(k, X.shape[1], reg_covar=0.0)
     gm = GaussianMixture(k, reg_covar=0.0, max_iter=1, tol=0.0, random_state=0)
     _quiet_fit(gm, X)
     params = family.params_from_covariances(gm.means_, gm.covariances_)
-    return run_em(X, family, rule, gm.weights_, params, max_iter=iters, tol=0.0, n_jobs=1)
+    with warnings.catch_warnings():       # quiet: the tests read the chain from history
+        if quiet:
+            warnings.simplefilter("ignore", ChainViolationWarning)
+        return run_em(X, family, rule, gm.weights_, params, max_iter=iters, tol=0.0,
+                      n_jobs=1)
 
 
 def test_chain_check_catches_an_m_step_that_does_not_maximise():
@@ -178,3 +183,34 @@ def test_reg_covar_is_checked_in_penalised_form():
             found_plain_violation = True
     # shows the penalty term is real, not bookkeeping (Gaussian note section 7)
     assert found_plain_violation
+
+
+# --- a fit whose chain fails says so (issue 14, item 3) -------------------------------------
+
+def test_a_failing_chain_warns_once_naming_iteration_link_and_slack():
+    rng = np.random.default_rng(3)
+    X = np.concatenate([rng.normal(0.0, 1.0, (300, 2)), rng.normal(5.0, 1.0, (300, 2))])
+    with pytest.warns(ChainViolationWarning) as record:
+        fit = _fit_with(_PerturbedMStep, X, 2, 30, quiet=False)
+    assert len(record) == 1
+    failing = [it for it in fit.history if not it.chain_holds()]
+    first = failing[0]
+    message = str(record[0].message)
+    assert f"failed at iteration {first.iteration}:" in message
+    slack = first.chain_slacks()["ascent"]
+    assert f"the ascent link (slack {slack:.3g})" in message
+    assert f"{len(failing) - 1} other iterations failed too" in message
+    assert emcore.ChainViolationWarning is ChainViolationWarning
+    assert "ChainViolationWarning" in emcore.__all__ and "ConvergenceWarning" in emcore.__all__
+
+
+def test_a_fit_whose_chain_holds_does_not_warn():
+    rng = np.random.default_rng(3)
+    X = np.concatenate([rng.normal(0.0, 1.0, (300, 2)), rng.normal(5.0, 1.0, (300, 2))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ChainViolationWarning)
+        fit = _fit_with(GaussianFamily, X, 2, 30, quiet=False)
+        gm = _quiet_fit(GaussianMixture(2, prior="default", max_iter=30, tol=0.0,
+                                        random_state=0), X)
+    assert all(it.chain_holds() for it in fit.history)
+    assert all(it.chain_holds() for it in gm.history_)
