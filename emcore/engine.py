@@ -110,7 +110,8 @@ class Iteration:
     tolerance_equality: float  #: rounding bound for |elbo_at_start - value|
     tolerance: float          #: rounding bound for the two inequalities
     empty_components: tuple = ()  #: components with zero weight after the M-step
-    seconds: float = 0.0      #: wall time of the iteration
+    #: wall time of the iteration (not part of equality: identical fits compare equal)
+    seconds: float = field(default=0.0, compare=False)
     log_prior: float = 0.0    #: log p(theta_t) (MAP-EM; 0 without a prior)
     log_prior_next: float = 0.0  #: log p(theta_{t+1})
     #: extra tolerance of the bound link from the rule (PR: duality gap + |lambda| x

@@ -214,3 +214,84 @@ def test_a_fit_whose_chain_holds_does_not_warn():
                                         random_state=0), X)
     assert all(it.chain_holds() for it in fit.history)
     assert all(it.chain_holds() for it in gm.history_)
+
+
+# --- every documented field of history_, computed independently (issue 14, item 7) ----------
+
+def _fit_for(X, max_iter, **kw):
+    return _quiet_fit(GaussianMixture(2, max_iter=max_iter, tol=0.0, random_state=0, **kw), X)
+
+
+def _log_joint(gm, X):
+    from scipy.stats import multivariate_normal
+    return np.log(gm.weights_) + np.column_stack([
+        multivariate_normal(m, c).logpdf(X) for m, c in zip(gm.means_, gm.covariances_)])
+
+
+def _log_prior(gm):
+    from scipy.stats import dirichlet, invwishart, multivariate_normal
+    p = gm.prior_
+    if p is None:
+        return 0.0
+    return float(dirichlet(p.weight_concentration).logpdf(gm.weights_) + sum(
+        invwishart(df=p.dof, scale=p.scale).logpdf(c)
+        + multivariate_normal(p.mean, c / p.shrinkage).logpdf(m)
+        for m, c in zip(gm.means_, gm.covariances_)))
+
+
+@pytest.mark.parametrize("kw", [{"reg_covar": 0.0}, {"reg_covar": 1e-2},
+                                {"reg_covar": 0.0, "prior": "default"}],
+                         ids=["ml", "reg_covar", "map"])
+def test_every_history_field_against_two_consecutive_fits(kw):
+    # history_[t] of a fit run to t + 1 iterations describes the step from the
+    # parameters of the fit run to t iterations to those of the fit run to t + 1:
+    # each field is recomputed here from those two fits' parameters (scipy densities,
+    # the definitions of the docstrings), not from the engine's statistics
+    from emcore.testing import (UNIT_ROUNDOFF, rounding_magnitude, tolerance_across,
+                                tolerance_same_array)
+    rng = np.random.default_rng(21)
+    X = np.concatenate([rng.normal(0.0, 1.0, (120, 2)), rng.normal(3.0, 0.7, (80, 2))])
+    n, d, k, t = X.shape[0], 2, 2, 3
+    at_t, at_next = _fit_for(X, t, **kw), _fit_for(X, t + 1, **kw)
+    it = at_next.history_[t]
+    assert it.iteration == t and at_next.history_[:t] == at_t.history_
+    assert 0.0 <= it.seconds < 60.0
+    a_t, a_next = _log_joint(at_t, X), _log_joint(at_next, X)
+    loglik_t = float(np.sum(np.logaddexp.reduce(a_t, axis=1)))
+    loglik_next = float(np.sum(np.logaddexp.reduce(a_next, axis=1)))
+    log_q = a_t - np.logaddexp.reduce(a_t, axis=1, keepdims=True)   # q_t, the posterior
+    q = np.exp(log_q)
+    rtol = 1e-10
+    assert it.value == pytest.approx(loglik_t, rel=rtol)
+    assert it.elbo_at_start == pytest.approx(float(np.sum(q * (a_t - log_q))), rel=rtol)
+    assert it.elbo == pytest.approx(float(np.sum(q * (a_next - log_q))), rel=rtol)
+    assert it.value_next == pytest.approx(loglik_next, rel=rtol)
+    assert it.log_prior == pytest.approx(_log_prior(at_t), rel=rtol, abs=1e-12)
+    assert it.log_prior_next == pytest.approx(_log_prior(at_next), rel=rtol, abs=1e-12)
+    assert it.objective == pytest.approx(loglik_next + _log_prior(at_next), rel=rtol)
+    before = loglik_t + _log_prior(at_t)
+    assert it.relative_change == pytest.approx(
+        abs(it.objective - before) / abs(it.objective), rel=1e-6)
+    # reg_covar/2 sum_k N_k tr(P_k) with N_k from q_t (no prior: the ML counts)
+    trace = [np.trace(np.linalg.inv(c), axis1=1, axis2=2)
+             for c in (at_t.covariances_, at_next.covariances_)]
+    if "prior" not in kw:
+        expected = kw["reg_covar"] / 2 * float(np.sum(q.sum(axis=0) * (trace[1] - trace[0])))
+        assert it.penalty_change == pytest.approx(expected, rel=1e-9, abs=1e-300)
+    change = max(float(np.max(np.abs(getattr(at_next, name) - getattr(at_t, name)))
+                       / np.max(np.abs(getattr(at_t, name))))
+                 for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"))
+    assert it.param_change == pytest.approx(change, rel=1e-12)
+    assert it.empty_components == () and it.tolerance_rule == 0.0
+    # the tolerances: the derived bounds, from the magnitudes of the terms
+    M_t = rounding_magnitude(a_t, log_q)
+    log_q_next = a_next - np.logaddexp.reduce(a_next, axis=1, keepdims=True)
+    M_next = rounding_magnitude(a_next, log_q_next)
+    assert it.tolerance_equality == pytest.approx(tolerance_same_array(k, n, d, M_t), rel=1e-9)
+    kappa = max(np.linalg.cond(c) for gm in (at_t, at_next) for c in gm.covariances_)
+    floor = tolerance_across(k, n, d, 1.0 + np.sqrt(d * kappa), M_t + M_next)
+    assert floor * (1 - 1e-6) <= it.tolerance
+    if not kw.get("prior") and kw["reg_covar"] == 0.0:
+        # nothing else enters (the M-step's rounding is O(u^2), ~1e-30 relative)
+        assert it.tolerance == pytest.approx(floor, rel=1e-6)
+    assert it.tolerance < 1e-10 * abs(it.value) and UNIT_ROUNDOFF == 2.0 ** -53

@@ -570,11 +570,6 @@ def test_J_and_loglik_side_by_side_on_old_faithful():
 
 # --- inactive constraints are plain EM -----------------------------------------------------------
 
-def _history_numbers(history):
-    return [(it.value, it.elbo_at_start, it.elbo, it.value_next, it.objective, it.tolerance,
-             it.tolerance_equality) for it in history]
-
-
 def test_inactive_constraints_give_plain_em_bit_for_bit():
     rng = np.random.default_rng(8)
     X = np.concatenate([rng.normal(0, 1, (150, 2)), rng.normal(4, 1, (100, 2))])
@@ -586,7 +581,7 @@ def test_inactive_constraints_give_plain_em_bit_for_bit():
     _quiet(plain, X)
     _quiet(pr, X)
     assert all(not np.any(it.rule_state["lambda"]) for it in pr.history_)
-    assert _history_numbers(pr.history_) == _history_numbers(plain.history_)
+    assert pr.history_ == plain.history_
     for name in ("weights_", "means_", "covariances_"):
         assert np.array_equal(getattr(pr, name), getattr(plain, name)), name
     assert pr.lower_bound_ == plain.lower_bound_
@@ -609,7 +604,7 @@ def test_inactive_constraints_over_many_chunks_are_the_python_path_of_em():
     C = emcore.Constraints(proportions={1: (None, 0.9)})
     a = run_em(X, fam, _SoftThroughPython(), w0, start, max_iter=15, tol=0.0, chunk_rows=64)
     b = run_em(X, fam, _rule(C), w0, start, max_iter=15, tol=0.0, chunk_rows=64)
-    assert _history_numbers(a.history) == _history_numbers(b.history)
+    assert a.history == b.history
     assert np.array_equal(a.params["means"], b.params["means"])
 
 
