@@ -37,12 +37,12 @@ import numpy as np
 from emcore._core._passes import MAX_BLOCKS, data_pass as _compiled_pass
 from emcore._threads import effective_n_threads, single_threaded_blas
 from emcore.exceptions import ChainViolationWarning
-from emcore.plugin_api import Family, PosteriorRule
+from emcore.plugin_api import UNIT_ROUNDOFF, Family, PosteriorRule
 
 __all__ = ["PassResult", "Iteration", "FitResult", "data_pass", "run_em",
-           "best_of_starts", "stats_from_assignments", "chunk_rows_for"]
+           "best_of_starts", "stats_from_assignments", "chunk_rows_for",
+           "equality_tolerance", "chain_tolerance"]
 
-UNIT_ROUNDOFF = 2.0 ** -53
 STOP_REASONS = ("tol", "max_iter", "interrupted")
 
 
@@ -66,6 +66,36 @@ def summation_depth(n_rows: int, chunk_rows: int) -> int:
     n_chunks = max(1, -(-n_rows // chunk_rows))
     n_blocks = min(n_chunks, MAX_BLOCKS)
     return min(n_rows, chunk_rows) + -(-n_chunks // n_blocks) + n_blocks
+
+
+def equality_tolerance(n_components: int, depth: int, magnitude: float) -> float:
+    """tau_A = 2 (K + 3 + depth) u M: ELBO and F computed from one log-joint array.
+
+    The row logsumexp (K + 2 operations), the row ELBO (K + 1) and the chunked
+    sum over rows (``depth``, :func:`summation_depth`); the family's own errors
+    cancel because both sides see the same computed array. M is the pass's
+    rounding magnitude sum_i [|l_i| + sum_k q_ik (|a_ik| + |log q_ik|)]. The
+    factor 2 covers the gamma_m = m u / (1 - m u) denominators and libm's
+    last-place errors (notes/em_variants_and_testing.md 9.1-9.3).
+    """
+    return 2.0 * (n_components + 3 + depth) * UNIT_ROUNDOFF * magnitude
+
+
+def chain_tolerance(n_components: int, n_features: int, depth: int, amplification: float,
+                    magnitude: float, stats_magnitude: float = 0.0) -> float:
+    """tau_B = 2 (K + d + 4 + depth) u (a M + M_Q): two sides from different computations.
+
+    Statistics against a pass over the data, or two parameter values. ``magnitude``
+    M: the magnitudes of the terms on both sides (passes, penalties, log priors);
+    ``amplification`` a: the family's bound on how much its log-density amplifies
+    rounding (1 + sqrt(d kappa) for a Gaussian, ``Family.rounding_amplification``);
+    ``stats_magnitude`` M_Q: ``Family.expected_log_likelihood_magnitude``, for a
+    statistics-based expected log-likelihood that loses more than the per-row path
+    (a Gaussian's scatter: kappa, not sqrt(kappa)); its own bound, (depth + 2d + 3)
+    u M_Q, is below this coefficient times u M_Q (notes 9.4).
+    """
+    return (2.0 * (n_components + n_features + 4 + depth) * UNIT_ROUNDOFF
+            * (amplification * magnitude + stats_magnitude))
 
 
 @dataclass(frozen=True)
@@ -428,14 +458,15 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
             amp_next = family.rounding_amplification(new_params)
             amp = max(amp_now, amp_next)
             # notes/em_variants_and_testing.md 9.3-9.4, with the summation depth of
-            # our chunked sums in place of ceil(log2 n):
-            #   tau_A = 2 (K + 3 + depth) u M_t
-            #   tau_B = 2 (K + d + 4 + depth) (1 + sqrt(d kappa)) u (M_t + M_{t+1} + |pen|
-            #           + |log prior terms|) + 2 (loss of Q from rounding theta_{t+1})
-            tol_eq = 2.0 * (k + 3 + depth) * UNIT_ROUNDOFF * current.magnitude
-            tol_chain = (2.0 * (k + d + 4 + depth) * amp * UNIT_ROUNDOFF
-                         * (current.magnitude + nxt.magnitude + abs(pen_old) + abs(pen_new)
-                            + prior_mag_now + prior_mag_next)
+            # our chunked sums in place of ceil(log2 n): tau_A for the equality,
+            # tau_B over both passes, the penalties and the log priors, plus the
+            # statistics-based Q's own magnitude, then absolute terms
+            tol_eq = equality_tolerance(k, depth, current.magnitude)
+            tol_chain = (chain_tolerance(
+                             k, d, depth, amp,
+                             current.magnitude + nxt.magnitude + abs(pen_old) + abs(pen_new)
+                             + prior_mag_now + prior_mag_next,
+                             family.expected_log_likelihood_magnitude(stats, new_params))
                          # the M-step's maximiser rounded to doubles (second order)
                          + 2.0 * family.parameter_rounding(stats, new_params)
                          # log-densities through a cancelling formula (k-means)

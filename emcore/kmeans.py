@@ -19,12 +19,12 @@ from emcore._estimator import BaseEstimator
 from emcore._init import kmeans_plusplus, sq_distances
 from emcore.engine import Iteration, best_of_starts, chunk_rows_for, data_pass, run_em
 from emcore.exceptions import ConvergenceWarning, _sklearn_compatible
+from emcore.plugin_api import UNIT_ROUNDOFF as _U
 from emcore.registry import get_registry
 
 __all__ = ["KMeans"]
 
 _INIT = ("k-means++", "random")
-_U = np.finfo(np.float64).eps / 2
 
 
 def _mean_feature_variance(X: np.ndarray) -> float:

@@ -88,12 +88,11 @@ import numpy as np
 from scipy import optimize, sparse
 
 from emcore.constraints import Constraints, ResolvedConstraints
-from emcore.plugin_api import PosteriorRule, PosteriorRuleRecord, hookimpl
+from emcore.plugin_api import UNIT_ROUNDOFF as _U, PosteriorRule, PosteriorRuleRecord, hookimpl
 from emcore.registry import get_registry
 
 __all__ = ["ConstrainedPosterior"]
 
-_U = 2.0 ** -53
 #: a bound within this fraction of a constraint's scale of its extreme value, or a
 #: q of Q no farther than this from the faces of the row sets, counts as met only
 #: on the boundary (infinite multiplier): about the LP solver's accuracy; see

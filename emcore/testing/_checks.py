@@ -228,15 +228,17 @@ def _tau_stats(family, X, W, params, *extra_params, stats=None):
     magnitude of the weighted log-densities at every parameter set involved and
     a the largest rounding amplification (notes 9.4). When one side comes from
     ``log_density`` (``stats`` given: the other side's statistics), plus the
-    family's absolute bound ``log_density_rounding`` for a cancelling formula."""
+    family's absolute bound ``log_density_rounding`` for a cancelling formula and
+    its statistics' magnitude ``expected_log_likelihood_magnitude``."""
     n, d = X.shape
-    amp, M, extra = 1.0, 0.0, 0.0
+    amp, M, M_Q, extra = 1.0, 0.0, 0.0, 0.0
     for p in (params,) + extra_params:
         amp = max(amp, float(family.rounding_amplification(p)))
         M += _weighted_magnitude(W, _log_density(family, X, p))
         if stats is not None:
             extra += float(family.log_density_rounding(stats, p))
-    return tolerance_across(family.n_components, n, d, amp, M) + extra
+            M_Q += float(family.expected_log_likelihood_magnitude(stats, p))
+    return tolerance_across(family.n_components, n, d, amp, M, M_Q) + extra
 
 
 def _fmt(x) -> str:
@@ -747,7 +749,8 @@ def check_elbo_bound(ctx: _Context) -> None:
             M = rounding_magnitude(a, lq) + rounding_magnitude(a, log_post)
             # the ELBO from statistics, loglik from log_density: plus the family's
             # absolute bound for a cancelling log-density formula
-            tau = (tolerance_across(k, n, d, amp, M)
+            tau = (tolerance_across(k, n, d, amp, M,
+                                    float(fam.expected_log_likelihood_magnitude(stats, params)))
                    + float(fam.log_density_rounding(stats, params)))
             if elbo > res.value + tau:
                 raise _Failed(f"{label}: ELBO({name}) = {elbo!r} exceeds loglik "
