@@ -36,7 +36,7 @@ import numpy as np
 
 from emcore._core._passes import MAX_BLOCKS, data_pass as _compiled_pass
 from emcore._threads import effective_n_threads, single_threaded_blas
-from emcore.exceptions import ChainViolationWarning
+from emcore.exceptions import ChainViolationWarning, ConvergenceWarning, _sklearn_compatible
 from emcore.plugin_api import UNIT_ROUNDOFF, Family, PosteriorRule
 
 __all__ = ["PassResult", "Iteration", "FitResult", "data_pass", "run_em",
@@ -438,6 +438,7 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
     _check_finite(current.value + prior_now, "the objective at the initial parameters")
     n_samples = float(np.sum(current.resp_sum))
     stop_reason = "max_iter"
+    noisy = None      # the first iteration whose rounding bound exceeds tol x |objective|
     try:
         for t in range(max_iter):
             t0 = time.perf_counter()
@@ -487,6 +488,9 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
                 log_prior=prior_now, log_prior_next=prior_next, tolerance_rule=tol_rule,
                 rule_state=current.rule_state)
             history.append(record)
+            if (noisy is None and converged is None and tol > 0
+                    and record.tolerance + tol_rule > tol * abs(objective_next)):
+                noisy = record
             previous_params = params
             weights, params, current = new_weights, new_params, nxt
             prior_now, prior_mag_now, amp_now = prior_next, prior_mag_next, amp_next
@@ -502,6 +506,16 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
     except KeyboardInterrupt:
         stop_reason = "interrupted"
     _warn_if_the_chain_fails(history)
+    if noisy is not None:
+        warnings.warn(
+            f"The objective is known only to within {noisy.tolerance:.3g} (the derived "
+            f"rounding bound at iteration {noisy.iteration}), more than tol x |objective| "
+            f"= {tol * abs(noisy.objective):.3g}: the relative change the stopping rule "
+            "tests is rounding noise, so the fit may stop by chance or oscillate without "
+            "converging. Data far from the origin relative to their spread cause this "
+            "(an offset of 1e15 on unit-scale data leaves the means a grid of 0.125): "
+            "centre the data (subtract the column means) before fitting, or raise tol.",
+            _sklearn_compatible(ConvergenceWarning), stacklevel=3)
     return FitResult(weights=weights, params=params, history=tuple(history),
                      n_iter=len(history), stop_reason=stop_reason, value=current.value,
                      objective=current.value + prior_now,

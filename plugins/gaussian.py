@@ -427,14 +427,26 @@ class GaussianFamily(Family):
         return np.concatenate(parts) if parts else np.empty((0, self.n_features))
 
     def parameter_rounding(self, stats: GaussianStats, params: Params) -> float:
-        # Rounding mu_k to doubles moves it by |delta_j| <= u |mu_kj| from the
-        # maximiser; Q drops by 1/2 W_k delta^T P_k delta <= 1/2 W_k u^2 ||mu_k||^2
+        # The computed mean is off the maximiser by |delta_j| <= m u a_j, a_j the
+        # size of the numbers the formula rounds: ML mu = c + r / W, m = 2 (the sum
+        # and r / W) with a_j = |mu_kj|; MAP with shrinkage kappa > 0,
+        # mu = (W mean + kappa mu_0) / (W + kappa) after that sum: m = 6 (two more
+        # products, a sum, a division) with a_j = |mu_kj| + |mu_0j| (the prior's
+        # mean enters the sum). (m = 1 was too small: at 1e12 the MAP means were
+        # ~2 ulps off and the chain failed by 2.3 times its tolerance.) The MAP
+        # objective's curvature in mu_k is (W_k + kappa) P_k, so it drops by
+        # 1/2 (W_k + kappa) delta^T P_k delta <= 1/2 (W_k + kappa) m^2 u^2 ||a_k||^2
         # lambda_max(P_k), lambda_max(P_k) = s_max(U_k)^2. (Covariance rounding costs
         # O(W d (u kappa)^2): negligible beside the tolerance's first-order terms.)
         u = UNIT_ROUNDOFF
         s_max = np.linalg.svd(params["precisions_cholesky"], compute_uv=False)[:, 0]
-        mu2 = np.sum(params["means"] ** 2, axis=1)
-        return float(0.5 * np.sum(stats.weight * u * u * mu2 * s_max ** 2))
+        size = np.abs(params["means"])
+        kappa = 0.0 if self.prior is None else self.prior.shrinkage
+        m = 6.0 if kappa > 0 else 2.0
+        if kappa > 0:
+            size = size + np.abs(self.prior.mean)
+        a2 = np.sum(size ** 2, axis=1)
+        return float(0.5 * np.sum((stats.weight + kappa) * (m * u) ** 2 * a2 * s_max ** 2))
 
     def rounding_amplification(self, params: Params) -> float:
         # 1 + sqrt(d kappa_max) (../shared/notes/em_variants_and_testing.md, 9.4)

@@ -359,3 +359,31 @@ def test_statistics_based_q_is_within_its_kappa_bound_and_the_chain_holds(seed):
         gm = _quiet_fit(GaussianMixture(1, reg_covar=0.0, max_iter=5, tol=0.0,
                                         random_state=0), X)
     assert all(it.chain_holds() for it in gm.history_)
+
+
+# --- a stopping rule below the rounding floor says so (issue 15, item 7) ---------------------
+
+@pytest.mark.parametrize("offset, noisy", [(1e8, False), (1e12, None), (1e15, True)])
+def test_a_tol_below_the_objectives_rounding_floor_warns(offset, noisy):
+    # At 1e15 the doubles near the data are 0.125 apart, so the MAP M-step's means
+    # (shrunk towards the prior mean) land on a grid of 0.125 sigma: rounding the
+    # maximiser costs up to ~3 nats (GaussianFamily.parameter_rounding), which the
+    # chain tolerance includes (the chain holds) but tol x |objective| = 0.7 does not,
+    # so the objective went up and down by 2-4 nats without converging, silently.
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(0, 1, (100, 2)), rng.normal(5, 1, (100, 2))]) + offset
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gm = GaussianMixture(2, prior="default", random_state=0, max_iter=30).fit(X)
+    said = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)
+            and "rounding noise" in str(w.message)]
+    assert not [w for w in caught if issubclass(w.category, ChainViolationWarning)]
+    assert all(it.chain_holds() for it in gm.history_)
+    over = [it for it in gm.history_ if it.tolerance > gm.tol * abs(it.objective)]
+    # (at 1e12 the bound, 8.6e-4 nats, is at tol x |objective| = 7.2e-4: either way,
+    # the warning says exactly when the bound is above it)
+    assert bool(said) == bool(over) and noisy in (None, bool(over))
+    if noisy:
+        assert len(said) == 1
+        assert f"known only to within {over[0].tolerance:.3g}" in said[0]
+        assert f"at iteration {over[0].iteration})" in said[0]
