@@ -512,9 +512,10 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
             f"rounding bound at iteration {noisy.iteration}), more than tol x |objective| "
             f"= {tol * abs(noisy.objective):.3g}: the relative change the stopping rule "
             "tests is rounding noise, so the fit may stop by chance or oscillate without "
-            "converging. Data far from the origin relative to their spread cause this "
-            "(an offset of 1e15 on unit-scale data leaves the means a grid of 0.125): "
-            "centre the data (subtract the column means) before fitting, or raise tol.",
+            "converging. Either tol is below what double precision resolves for this fit "
+            "(raise it), or the data are far from the origin relative to their spread (an "
+            "offset of 1e15 on unit-scale data leaves the means a grid of 0.125): centre "
+            "the data (subtract the column means) before fitting.",
             _sklearn_compatible(ConvergenceWarning), stacklevel=3)
     return FitResult(weights=weights, params=params, history=tuple(history),
                      n_iter=len(history), stop_reason=stop_reason, value=current.value,
