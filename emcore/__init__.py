@@ -9,7 +9,8 @@ through a pluggy registry; every fit records the ELBO chain
 
 from emcore._version import __version__
 from emcore.constraints import Constraints
-from emcore.exceptions import DegenerateComponentError, NotFittedError
+from emcore.exceptions import (ChainViolationWarning, ConvergenceWarning,
+                               DegenerateComponentError, NotFittedError)
 from emcore.gaussian_mixture import GaussianMixture
 from emcore.mixture_model import MixtureModel
 from emcore.kmeans import KMeans
@@ -17,4 +18,5 @@ from emcore.priors import GaussianPrior
 from emcore.model_selection import ModelSelection, select_model  # after GaussianMixture
 
 __all__ = ["GaussianMixture", "MixtureModel", "KMeans", "GaussianPrior", "ModelSelection", "select_model",
-           "Constraints", "DegenerateComponentError", "NotFittedError", "__version__"]
+           "Constraints", "ChainViolationWarning", "ConvergenceWarning",
+           "DegenerateComponentError", "NotFittedError", "__version__"]

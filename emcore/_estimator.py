@@ -6,12 +6,10 @@ them back from the ``__init__`` signature, so ``sklearn.base.clone`` works.
 
 from __future__ import annotations
 
-import functools
 import inspect
-import sys
 from typing import Any
 
-from emcore.exceptions import NotFittedError
+from emcore.exceptions import NotFittedError, _sklearn_compatible
 
 
 class BaseEstimator:
@@ -65,16 +63,6 @@ class BaseEstimator:
                 "Call 'fit' with appropriate arguments first.")
 
 
-@functools.lru_cache(maxsize=None)
-def _both_not_fitted_errors(sklearn_error: type) -> type:
-    return type("NotFittedError", (NotFittedError, sklearn_error),
-                {"__module__": NotFittedError.__module__})
-
-
 def _not_fitted_error() -> type:
-    """emcore's NotFittedError; if scikit-learn is already imported, a subclass that
-    is scikit-learn's NotFittedError too (without importing scikit-learn ourselves)."""
-    sklearn_exceptions = sys.modules.get("sklearn.exceptions")
-    if sklearn_exceptions is None:
-        return NotFittedError
-    return _both_not_fitted_errors(sklearn_exceptions.NotFittedError)
+    """emcore's NotFittedError, scikit-learn's too when scikit-learn is imported."""
+    return _sklearn_compatible(NotFittedError)

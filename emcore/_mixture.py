@@ -20,7 +20,7 @@ from emcore._init import CountedPartition, starting_partition
 from emcore._input import check_input
 from emcore.constraints import Constraints
 from emcore.engine import FitResult, best_of_starts, chunk_rows_for, data_pass, run_em
-from emcore.exceptions import ConvergenceWarning
+from emcore.exceptions import ConvergenceWarning, _sklearn_compatible
 from emcore.plugin_api import PosteriorRule, _validate_in_debug, check_support
 from emcore.registry import get_registry
 
@@ -187,7 +187,8 @@ class _MixtureBase(BaseEstimator):
         if best.stop_reason == "max_iter":
             warnings.warn(f"{self._owner} stopped after max_iter={self.max_iter} "
                           f"iterations before the relative change fell to tol={self.tol:g}; "
-                          "increase max_iter or tol.", ConvergenceWarning, stacklevel=3)
+                          "increase max_iter or tol.", _sklearn_compatible(ConvergenceWarning),
+                          stacklevel=3)
         return best
 
     def _set_fitted(self, result: FitResult, n_features: int) -> None:

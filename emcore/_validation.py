@@ -198,6 +198,9 @@ def check_random_state(random_state: Any, owner: str = "") -> np.random.Generato
                      f">= 0, a RandomState or a Generator. Got {random_state!r} instead.")
 
 
+_WEIGHT_SUM_MIN, _WEIGHT_SUM_MAX = 2.0 ** -500, 2.0 ** 500
+
+
 def check_sample_weight(sample_weight: Any, n_samples: int, *, owner: str = "",
                         min_positive: int = 1) -> Optional[np.ndarray]:
     """Return sample weights as a float64 (n_samples,) array, or None for unweighted.
@@ -230,4 +233,16 @@ def check_sample_weight(sample_weight: Any, n_samples: int, *, owner: str = "",
     if positive < min_positive:
         raise ValueError(f"{prefix}, at least {min_positive} of them positive "
                          f"(n_components). Got {positive} positive instead.")
+    with np.errstate(over="ignore"):
+        total = float(np.sum(w))
+    if not _WEIGHT_SUM_MIN <= total <= _WEIGHT_SUM_MAX:
+        # The statistics multiply weights by weights (the moment merge's W_a W_b / W)
+        # and by squared data: a total beyond 2**+-500 overflows or loses bits to
+        # underflow (uniform weights of 1e300 raised a degenerate-component error,
+        # 1e-320 silently changed the fit).
+        raise ValueError(f"{prefix}, whose sum is between 2**-500 and 2**500 (about "
+                         "3e-151 and 3e150) so that the weighted statistics neither "
+                         "overflow nor underflow; multiplying every weight by the same "
+                         "number does not change a fit without a prior. Got a sum of "
+                         f"{total:.3g} instead.")
     return w

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Protocol
 
@@ -37,12 +38,13 @@ import numpy as np
 from emcore._chunks import chunk_rows_for, stats_from_assignments
 from emcore._core._passes import MAX_BLOCKS, data_pass as _compiled_pass
 from emcore._threads import effective_n_threads, single_threaded_blas
-from emcore.plugin_api import Family, PosteriorRule, _validate_in_debug
+from emcore.exceptions import ChainViolationWarning, ConvergenceWarning, _sklearn_compatible
+from emcore.plugin_api import UNIT_ROUNDOFF, Family, PosteriorRule, _validate_in_debug
 
 __all__ = ["PassResult", "Iteration", "FitResult", "data_pass", "run_em",
-           "best_of_starts", "stats_from_assignments", "chunk_rows_for"]
+           "best_of_starts", "stats_from_assignments", "chunk_rows_for",
+           "equality_tolerance", "chain_tolerance"]
 
-UNIT_ROUNDOFF = 2.0 ** -53
 STOP_REASONS = ("tol", "max_iter", "interrupted")
 
 
@@ -57,6 +59,36 @@ def summation_depth(n_rows: int, chunk_rows: int) -> int:
     n_chunks = max(1, -(-n_rows // chunk_rows))
     n_blocks = min(n_chunks, MAX_BLOCKS)
     return min(n_rows, chunk_rows) + -(-n_chunks // n_blocks) + n_blocks
+
+
+def equality_tolerance(n_components: int, depth: int, magnitude: float) -> float:
+    """tau_A = 2 (K + 3 + depth) u M: ELBO and F computed from one log-joint array.
+
+    The row logsumexp (K + 2 operations), the row ELBO (K + 1) and the chunked
+    sum over rows (``depth``, :func:`summation_depth`); the family's own errors
+    cancel because both sides see the same computed array. M is the pass's
+    rounding magnitude sum_i [|l_i| + sum_k q_ik (|a_ik| + |log q_ik|)]. The
+    factor 2 covers the gamma_m = m u / (1 - m u) denominators and libm's
+    last-place errors (notes/em_variants_and_testing.md 9.1-9.3).
+    """
+    return 2.0 * (n_components + 3 + depth) * UNIT_ROUNDOFF * magnitude
+
+
+def chain_tolerance(n_components: int, n_features: int, depth: int, amplification: float,
+                    magnitude: float, stats_magnitude: float = 0.0) -> float:
+    """tau_B = 2 (K + d + 4 + depth) u (a M + M_Q): two sides from different computations.
+
+    Statistics against a pass over the data, or two parameter values. ``magnitude``
+    M: the magnitudes of the terms on both sides (passes, penalties, log priors);
+    ``amplification`` a: the family's bound on how much its log-density amplifies
+    rounding (1 + sqrt(d kappa) for a Gaussian, ``Family.rounding_amplification``);
+    ``stats_magnitude`` M_Q: ``Family.expected_log_likelihood_magnitude``, for a
+    statistics-based expected log-likelihood that loses more than the per-row path
+    (a Gaussian's scatter: kappa, not sqrt(kappa)); its own bound, (depth + 2d + 3)
+    u M_Q, is below this coefficient times u M_Q (notes 9.4).
+    """
+    return (2.0 * (n_components + n_features + 4 + depth) * UNIT_ROUNDOFF
+            * (amplification * magnitude + stats_magnitude))
 
 
 @dataclass(frozen=True)
@@ -101,7 +133,8 @@ class Iteration:
     tolerance_equality: float  #: rounding bound for |elbo_at_start - value|
     tolerance: float          #: rounding bound for the two inequalities
     empty_components: tuple = ()  #: components with zero weight after the M-step
-    seconds: float = 0.0      #: wall time of the iteration
+    #: wall time of the iteration (not part of equality: identical fits compare equal)
+    seconds: float = field(default=0.0, compare=False)
     log_prior: float = 0.0    #: log p(theta_t) (MAP-EM; 0 without a prior)
     log_prior_next: float = 0.0  #: log p(theta_{t+1})
     #: extra tolerance of the bound link from the rule (PR: duality gap + |lambda| x
@@ -457,6 +490,7 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
     _check_finite(current.value + prior_now, "the objective at the initial parameters")
     n_samples = float(np.sum(current.resp_sum))
     stop_reason = "max_iter"
+    noisy = None      # the first iteration whose rounding bound exceeds tol x |objective|
     try:
         for t in range(max_iter):
             t0 = time.perf_counter()
@@ -478,14 +512,15 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
             amp_next = family.rounding_amplification(new_params)
             amp = max(amp_now, amp_next)
             # notes/em_variants_and_testing.md 9.3-9.4, with the summation depth of
-            # our chunked sums in place of ceil(log2 n):
-            #   tau_A = 2 (K + 3 + depth) u M_t
-            #   tau_B = 2 (K + d + 4 + depth) (1 + sqrt(d kappa)) u (M_t + M_{t+1} + |pen|
-            #           + |log prior terms|) + 2 (loss of Q from rounding theta_{t+1})
-            tol_eq = 2.0 * (k + 3 + depth) * UNIT_ROUNDOFF * current.magnitude
-            tol_chain = (2.0 * (k + d + 4 + depth) * amp * UNIT_ROUNDOFF
-                         * (current.magnitude + nxt.magnitude + abs(pen_old) + abs(pen_new)
-                            + prior_mag_now + prior_mag_next)
+            # our chunked sums in place of ceil(log2 n): tau_A for the equality,
+            # tau_B over both passes, the penalties and the log priors, plus the
+            # statistics-based Q's own magnitude, then absolute terms
+            tol_eq = equality_tolerance(k, depth, current.magnitude)
+            tol_chain = (chain_tolerance(
+                             k, d, depth, amp,
+                             current.magnitude + nxt.magnitude + abs(pen_old) + abs(pen_new)
+                             + prior_mag_now + prior_mag_next,
+                             family.expected_log_likelihood_magnitude(stats, new_params))
                          # the M-step's maximiser rounded to doubles (second order)
                          + 2.0 * family.parameter_rounding(stats, new_params)
                          # log-densities through a cancelling formula (k-means)
@@ -506,6 +541,9 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
                 log_prior=prior_now, log_prior_next=prior_next, tolerance_rule=tol_rule,
                 rule_state=current.rule_state)
             history.append(record)
+            if (noisy is None and converged is None and tol > 0
+                    and record.tolerance + tol_rule > tol * abs(objective_next)):
+                noisy = record
             previous_params = params
             weights, params, current = new_weights, new_params, nxt
             prior_now, prior_mag_now, amp_now = prior_next, prior_mag_next, amp_next
@@ -520,6 +558,18 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
                 break
     except KeyboardInterrupt:
         stop_reason = "interrupted"
+    _warn_if_the_chain_fails(history)
+    if noisy is not None:
+        warnings.warn(
+            f"The objective is known only to within {noisy.tolerance:.3g} (the derived "
+            f"rounding bound at iteration {noisy.iteration}), more than tol x |objective| "
+            f"= {tol * abs(noisy.objective):.3g}: the relative change the stopping rule "
+            "tests is rounding noise, so the fit may stop by chance or oscillate without "
+            "converging. Either tol is below what double precision resolves for this fit "
+            "(raise it), or the data are far from the origin relative to their spread (an "
+            "offset of 1e15 on unit-scale data leaves the means a grid of 0.125): centre "
+            "the data (subtract the column means) before fitting.",
+            _sklearn_compatible(ConvergenceWarning), stacklevel=3)
     return FitResult(weights=weights, params=params, history=tuple(history),
                      n_iter=len(history), stop_reason=stop_reason, value=current.value,
                      objective=current.value + prior_now,
@@ -527,6 +577,27 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
                      n_samples=n_samples, seconds=time.perf_counter() - t_start,
                      resp_sum=current.resp_sum, stats=current.stats,
                      rule_state=current.rule_state)
+
+
+def _warn_if_the_chain_fails(history) -> None:
+    """One ChainViolationWarning for a fit some of whose iterations break the
+    (penalised) chain: the first such iteration, its failing links and their
+    slacks (violation / tolerance), and how many other iterations fail."""
+    failing = [it for it in history if not it.chain_holds()]
+    if not failing:
+        return
+    first = failing[0]
+    links = ", ".join(f"the {name} link (slack {slack:.3g})"
+                      for name, slack in first.chain_slacks().items() if not slack <= 1.0)
+    others = len(failing) - 1
+    warnings.warn(
+        f"The ELBO chain failed at iteration {first.iteration}: {links}, where a slack "
+        "is violation / derived rounding tolerance and above 1 fails"
+        + (f"; {others} other iteration{'s' if others > 1 else ''} failed too"
+           if others else "")
+        + ". The M-step did not maximise, the statistics or densities are wrong, or "
+        "the data are beyond double precision; the fitted parameters are suspect "
+        "(history_ holds every iteration's chain).", ChainViolationWarning, stacklevel=3)
 
 
 def best_of_starts(n_starts: int, start: Callable[[], tuple],

@@ -19,13 +19,13 @@ from emcore._estimator import BaseEstimator
 from emcore._init import kmeans_plusplus, sq_distances
 from emcore._input import check_input
 from emcore.engine import Iteration, best_of_starts, chunk_rows_for, data_pass, run_em
-from emcore.exceptions import ConvergenceWarning
+from emcore.exceptions import ConvergenceWarning, _sklearn_compatible
+from emcore.plugin_api import UNIT_ROUNDOFF as _U
 from emcore.registry import get_registry
 
 __all__ = ["KMeans"]
 
 _INIT = ("k-means++", "random")
-_U = np.finfo(np.float64).eps / 2
 
 
 def _mean_feature_variance(X: np.ndarray) -> float:
@@ -222,7 +222,7 @@ class KMeans(BaseEstimator):
         if best.stop_reason == "max_iter":
             warnings.warn(f"KMeans stopped after max_iter={self.max_iter} iterations before "
                           "the centres settled; increase max_iter or tol.",
-                          ConvergenceWarning, stacklevel=2)
+                          _sklearn_compatible(ConvergenceWarning), stacklevel=2)
         self.cluster_centers_ = best.params["means"]
         self.inertia_ = float(np.sum(family.within_scatter(best.stats, best.params)))
         self.n_iter_ = best.n_iter

@@ -86,7 +86,12 @@ __all__ = [
     "hookimpl",
     "set_debug",
     "support_of",
+    "UNIT_ROUNDOFF",
 ]
+
+#: u = 2**-53, the unit roundoff of float64 (fl(a op b) = (a op b)(1 + delta),
+#: |delta| <= u): the one constant every derived rounding tolerance in emcore uses.
+UNIT_ROUNDOFF = 2.0 ** -53
 
 hookimpl = pluggy.HookimplMarker("emcore")
 """Marker for plugin functions that implement an emcore hook."""
@@ -335,6 +340,19 @@ class Family(abc.ABC):
         by the GEMM identity ||x||^2 - 2 x.mu + ||mu||^2), an absolute bound for the
         rows behind ``stats``; it is added to the chain tolerance. Default 0 (the
         relative error is covered by ``rounding_amplification``).
+        """
+        return 0.0
+
+    def expected_log_likelihood_magnitude(self, stats: Any, params: Params) -> float:
+        """Magnitude M_Q bounding the rounding of ``expected_log_likelihood(stats, params)``.
+
+        For a family whose statistics lose accuracy that the per-row log-density
+        does not (a Gaussian scatter matrix holds its small-eigenvalue directions
+        only to u ||S||, an error amplified by cond(Sigma), not sqrt(cond)): the
+        error of the statistics-based value is at most (depth + 2 d + 3) u M_Q,
+        depth the summation depth of the pass. The engine adds
+        2 (K + d + 4 + depth) u M_Q to the chain tolerance. Default 0 (the per-row
+        magnitudes and ``rounding_amplification`` cover it).
         """
         return 0.0
 

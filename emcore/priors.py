@@ -22,6 +22,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from emcore.plugin_api import UNIT_ROUNDOFF
+
 __all__ = ["GaussianPrior", "ResolvedGaussianPrior"]
 
 
@@ -90,7 +92,11 @@ class GaussianPrior:
         if isinstance(kappa, bool) or not isinstance(kappa, numbers.Real) or \
                 not np.isfinite(kappa) or kappa < 0:
             raise bad("shrinkage", "a finite number >= 0", kappa)
-        centre = (w @ X) / total
+        centre, D = _centred(X, w, total)
+        # the unbiased variance of frequency weights (weight 2 = the row twice), as R's
+        # var: total - 1; it breaks down below a total of 2 (weights that sum to 1 or
+        # less divided by ~0), where total / 2 takes over (continuous at 2)
+        denominator = total - 1.0 if total > 2.0 else total / 2.0
         if self.mean is None:
             mean = centre
         else:
@@ -103,8 +109,7 @@ class GaussianPrior:
             raise bad("dof", f"a finite number > n_features - 1 = {d - 1}", self.dof)
         scalar = None
         if covariance_type in ("diag", "spherical"):
-            D = X - centre
-            var = (w @ (D * D)) / max(total - 1.0, np.finfo(float).tiny)
+            var = (w @ (D * D)) / denominator
             if self.scale is None:
                 mean_var = float(np.mean(var))
                 scalar = (mean_var if mean_var > 0 else 1.0) / n_components ** (2.0 / d)
@@ -119,10 +124,9 @@ class GaussianPrior:
             # over the trace ('spherical': tr = varsigma^2)
             scale = np.eye(d) * (scalar if covariance_type == "diag" else scalar / d)
         elif self.scale is None:
-            D = X - centre
             # unbiased covariance, frequency weights (weight 2 = the row twice), as R's var
-            cov = (D * w[:, None]).T @ D / max(total - 1.0, np.finfo(float).tiny)
-            if n <= d or not _is_positive_definite(cov):
+            cov = (D * w[:, None]).T @ D / denominator
+            if n <= d or not _is_positive_definite(cov, n_rows=n):
                 # mclust takes the diagonal when n <= d; a constant column (or all rows
                 # identical) leaves mclust's default undefined: zero variances become
                 # the mean positive variance, or 1 if the data have no spread at all
@@ -152,10 +156,37 @@ class GaussianPrior:
                                      covariance_type, scalar)
 
 
-def _is_positive_definite(matrix: np.ndarray) -> bool:
+def _centred(X: np.ndarray, w: np.ndarray, total: float):
+    """The weighted column means and the rows about them, D = X - mean.
+
+    A column that is exactly constant over the rows of positive weight gets that
+    constant as its mean and a column of exact zeros in D, so its variance is
+    exactly 0 (a mean rounded by w @ X / total leaves ~u |x| in every row, a
+    variance of rounding noise, ~1e-33 for x = 0.1). The other columns get the
+    two-pass corrected mean (Higham 2002, 1.9): the first pass's rounding is
+    removed by subtracting the weighted mean of the residuals.
+    """
+    rows = X[w > 0] if X.shape[0] else X
+    constant = (np.all(rows == rows[0], axis=0) if rows.shape[0]
+                else np.zeros(X.shape[1], dtype=bool))
+    centre = (w @ X) / total
+    centre = centre + (w @ (X - centre)) / total
+    centre[constant] = rows[0, constant]
+    D = X - centre
+    D[:, constant] = 0.0
+    return centre, D
+
+
+def _is_positive_definite(matrix: np.ndarray, n_rows: int = 0) -> bool:
     """Numerically positive definite: condition number below 1 / (d eps), the
-    threshold the Gaussian family applies to covariances."""
+    threshold the Gaussian family applies to covariances; for a covariance summed
+    over ``n_rows`` rows, also smallest eigenvalue above its rounding: each entry
+    is off by up to gamma_(n+2) sum_i w_i |d_ij| |d_il|, the eigenvalues by up to d
+    times that, so below 2 d (n + 2) u lambda_max an eigenvalue is indistinguishable
+    from 0 (two distinct points in 2-D gave a 'scale' of condition 7e15)."""
     if not np.all(np.isfinite(matrix)):
         return False
+    d = matrix.shape[0]
     eig = np.linalg.eigvalsh(matrix)
-    return bool(eig[0] > eig[-1] * matrix.shape[0] * np.finfo(np.float64).eps)
+    floor = max(d * np.finfo(np.float64).eps, 2.0 * d * (n_rows + 2) * UNIT_ROUNDOFF)
+    return bool(eig[0] > eig[-1] * floor)

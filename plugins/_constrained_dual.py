@@ -17,9 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 from scipy import optimize
 
-from emcore.plugin_api import ResolvedConstraints
-
-_U = 2.0 ** -53
+from emcore.plugin_api import UNIT_ROUNDOFF as _U, ResolvedConstraints
 
 
 class _Evaluation:

@@ -19,7 +19,8 @@ import scipy.linalg
 import scipy.special
 
 from emcore import DegenerateComponentError
-from emcore.plugin_api import Family, FamilyRecord, Params, ResolvedGaussianPrior, hookimpl
+from emcore.plugin_api import (UNIT_ROUNDOFF, Family, FamilyRecord, Params, ResolvedGaussianPrior,
+                               hookimpl)
 from emcore.plugins._gaussian_diag_kernel import GaussianDiagKernel
 from emcore.plugins._gaussian_kernel import GaussianFullKernel
 
@@ -455,6 +456,35 @@ class GaussianFamily(Family):
         per_component = np.where(stats.weight > 0, per_component, 0.0)
         return float(np.sum(per_component))
 
+    def expected_log_likelihood_magnitude(self, stats: GaussianStats,
+                                          params: Params) -> float:
+        # The quadratic term of expected_log_likelihood, tr(U^T S U) with S the
+        # scatter about c accumulated over the rows, loses up to u kappa(Sigma) of
+        # its value, not the u sqrt(d kappa) of the per-row path: S itself holds
+        # its small-eigenvalue directions only to u ||S|| (one component over
+        # clusters 1e6 apart, kappa = 1e12: 0.03 nats; issue 15). With d_i = x_i - c
+        # and s_j = sqrt(S_jj):
+        #   accumulation |dS_jl| <= gamma_(depth+2) sum_i w_i |d_ij| |d_il|
+        #                        <= gamma_(depth+2) s_j s_l   (Cauchy-Schwarz),
+        #   so |tr(U^T dS U)| <= gamma sum_jl s_j s_l (|U| |U|^T)_jl = gamma || |U|^T s ||^2;
+        #   evaluation (S @ U) * U summed: gamma_(2d+1) sum_jlm |S_jm| |U_ml| |U_jl|
+        #                        <= gamma_(2d+1) || |U|^T s ||^2 (the same bound).
+        # The cross and offset terms 2 e.f + W ||e||^2 have relative error gamma_(d+2).
+        # Half the quadratic enters Q: |error of Q| <= (depth + 2d + 3) u M / 2 (x 2
+        # for the gamma denominators) with M = sum_k || |U_k|^T s_k ||^2
+        # + 2 |e_k|.|f_k| + W_k ||e_k||^2 over components with weight, this value.
+        U = params["precisions_cholesky"]
+        e = np.einsum("kj,kjl->kl", stats.mean - params["means"], U)
+        f = np.einsum("kj,kjl->kl", stats.residual, U)
+        if stats.diagonal:     # diagonal U: || |U|^T s ||^2 = sum_j S_jj U_jj^2
+            quad = np.sum(np.abs(stats.scatter) * np.diagonal(U, axis1=1, axis2=2) ** 2,
+                          axis=1)
+        else:
+            s = np.sqrt(np.abs(np.einsum("kjj->kj", stats.scatter)))
+            quad = np.sum(np.einsum("kj,kjl->kl", s, np.abs(U)) ** 2, axis=1)
+        per = quad + 2.0 * np.sum(np.abs(e * f), axis=1) + stats.weight * np.sum(e * e, axis=1)
+        return float(np.sum(np.where(stats.weight > 0, per, 0.0)))
+
     def m_step_penalty(self, stats: GaussianStats, params: Params) -> float:
         # reg_covar/2 * sum_k D_k tr(P_k), tr(P_k) = ||U_k||_F^2, with D_k = N_k
         # (note section 7), or the MAP denominator with a prior: adding reg_covar * I
@@ -482,14 +512,26 @@ class GaussianFamily(Family):
         return np.concatenate(parts) if parts else np.empty((0, self.n_features))
 
     def parameter_rounding(self, stats: GaussianStats, params: Params) -> float:
-        # Rounding mu_k to doubles moves it by |delta_j| <= u |mu_kj| from the
-        # maximiser; Q drops by 1/2 W_k delta^T P_k delta <= 1/2 W_k u^2 ||mu_k||^2
+        # The computed mean is off the maximiser by |delta_j| <= m u a_j, a_j the
+        # size of the numbers the formula rounds: ML mu = c + r / W, m = 2 (the sum
+        # and r / W) with a_j = |mu_kj|; MAP with shrinkage kappa > 0,
+        # mu = (W mean + kappa mu_0) / (W + kappa) after that sum: m = 6 (two more
+        # products, a sum, a division) with a_j = |mu_kj| + |mu_0j| (the prior's
+        # mean enters the sum). (m = 1 was too small: at 1e12 the MAP means were
+        # ~2 ulps off and the chain failed by 2.3 times its tolerance.) The MAP
+        # objective's curvature in mu_k is (W_k + kappa) P_k, so it drops by
+        # 1/2 (W_k + kappa) delta^T P_k delta <= 1/2 (W_k + kappa) m^2 u^2 ||a_k||^2
         # lambda_max(P_k), lambda_max(P_k) = s_max(U_k)^2. (Covariance rounding costs
         # O(W d (u kappa)^2): negligible beside the tolerance's first-order terms.)
-        u = np.finfo(np.float64).eps / 2
+        u = UNIT_ROUNDOFF
         s_max = np.linalg.svd(params["precisions_cholesky"], compute_uv=False)[:, 0]
-        mu2 = np.sum(params["means"] ** 2, axis=1)
-        return float(0.5 * np.sum(stats.weight * u * u * mu2 * s_max ** 2))
+        size = np.abs(params["means"])
+        kappa = 0.0 if self.prior is None else self.prior.shrinkage
+        m = 6.0 if kappa > 0 else 2.0
+        if kappa > 0:
+            size = size + np.abs(self.prior.mean)
+        a2 = np.sum(size ** 2, axis=1)
+        return float(0.5 * np.sum((stats.weight + kappa) * (m * u) ** 2 * a2 * s_max ** 2))
 
     def rounding_amplification(self, params: Params) -> float:
         # 1 + sqrt(d kappa_max) (../shared/notes/em_variants_and_testing.md, 9.4)

@@ -29,12 +29,10 @@ from typing import Optional
 import numpy as np
 
 from emcore import DegenerateComponentError
-from emcore.plugin_api import Family, FamilyRecord, Params, hookimpl
+from emcore.plugin_api import UNIT_ROUNDOFF as _U, Family, FamilyRecord, Params, hookimpl
 from emcore.plugins._kmeans_kernel import KMeansKernel
 
 __all__ = ["KMeansFamily", "KMeansStats"]
-
-_U = np.finfo(np.float64).eps / 2
 
 
 @dataclass

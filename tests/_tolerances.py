@@ -1,7 +1,8 @@
 """Derived rounding tolerances (notes/em_variants_and_testing.md, section 9).
 
-The bounds live in :mod:`emcore.testing` (public, with their derivations); this
-module keeps the short names the tests use.
+The bounds live in :mod:`emcore.testing` (public, with their derivations, the
+formulas themselves written once in :mod:`emcore.engine`); this module keeps the
+short names the tests use.
 """
 
 from emcore.testing import (UNIT_ROUNDOFF as U, elbo_direct, rounding_magnitude,
@@ -10,14 +11,8 @@ from emcore.testing import (UNIT_ROUNDOFF as U, elbo_direct, rounding_magnitude,
 depth = summation_depth_for
 magnitude = rounding_magnitude
 direct_elbo = elbo_direct
-
-
-def tau_same_array(k, n, d, M):
-    """Check A: ELBO and loglik from the same computed log-joint array."""
-    return tolerance_same_array(k, n, d, M)
-
-
-def tau_across(k, n, d, amplification, M):
-    """Check B: quantities from different computations (statistics vs a pass,
-    two parameter values); amplification = 1 + sqrt(d kappa_max)."""
-    return tolerance_across(k, n, d, amplification, M)
+#: check A, (k, n, d, M): ELBO and loglik from the same computed log-joint array
+tau_same_array = tolerance_same_array
+#: check B, (k, n, d, amplification, M): quantities from different computations
+#: (statistics vs a pass, two parameter values); amplification = 1 + sqrt(d kappa_max)
+tau_across = tolerance_across

@@ -14,6 +14,12 @@ settings.register_profile(
 settings.register_profile(
     "dev", max_examples=200, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
+# The core degenerate-data properties (tests/test_degenerate.py) at a few thousand
+# examples each: HYPOTHESIS_PROFILE=heavy, run by ci/heavy.sh (its time is in that
+# script); derandomised like ci, so a failure reproduces.
+settings.register_profile(
+    "heavy", max_examples=2000, deadline=None, derandomize=True, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE",
                                      "ci" if os.environ.get("CI") else "dev"))
 

@@ -181,3 +181,51 @@ def test_prior_is_fitted_state_and_bic_uses_the_likelihood():
         gm.history_[-1].value_next + gm.history_[-1].log_prior_next, rel=1e-15)
     p = 2 * 2 + 2 * 3 + 1
     assert gm.bic(X) == pytest.approx(-2 * loglik + p * math.log(X.shape[0]), rel=1e-12)
+
+
+# --- the default prior on constant columns and identical rows (issue 15, item 1) ----------
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("constant", [0.1, 0.001, -3.7, 1e15])
+def test_default_scale_ignores_where_a_constant_column_sits(covariance_type, constant):
+    # A constant column has variance exactly 0 wherever it sits: its default scale
+    # is the one of the same data with the column at 0 (where the mean is exact).
+    # About a rounded mean it was rounding noise (~1e-33 at 0.1), 'full'/'tied'
+    # raised "scale must be positive definite" and the fallback never fired.
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(40, 3)) * [1.0, 1.0, 3.0]
+    X[:, 1] = 0.0
+    at_zero = GaussianPrior().resolve(X, 2, covariance_type=covariance_type)
+    X[:, 1] = constant
+    moved = GaussianPrior().resolve(X, 2, covariance_type=covariance_type)
+    assert np.array_equal(moved.scale, at_zero.scale)
+    assert moved.scale_scalar == at_zero.scale_scalar
+    assert moved.mean[1] == constant
+
+
+@given(value=st.floats(-1e12, 1e12, allow_nan=False).filter(lambda v: v != 0.0),
+       n=st.integers(3, 30), d=st.integers(1, 3), k=st.integers(1, 3),
+       covariance_type=st.sampled_from(COVARIANCE_TYPES),
+       reg_covar=st.sampled_from([0.0, 1e-6]))
+def test_identical_rows_fit_with_the_documented_fallback_scale(value, n, d, k,
+                                                               covariance_type, reg_covar):
+    # no spread at all: the documented fallback, variance 1 per feature (scale
+    # I / K^(2/d); 'diag'/'spherical': varsigma^2 = 1 / K^(2/d)); then a fit whose
+    # MAP objective never decreases and whose chain holds
+    X = np.full((n, d), value)
+    prior = GaussianPrior().resolve(X, k, covariance_type=covariance_type)
+    expected = 1.0 / k ** (2.0 / d)
+    if covariance_type in ("full", "tied"):
+        assert np.array_equal(prior.scale, np.eye(d) * expected)
+    else:
+        assert prior.scale_scalar == expected
+    gm = _quiet(GaussianMixture(k, covariance_type=covariance_type, prior="default",
+                                reg_covar=reg_covar, max_iter=10, tol=0.0, random_state=0), X)
+    assert all(np.all(np.isfinite(a)) for a in (gm.weights_, gm.means_, gm.covariances_))
+    for it in gm.history_:
+        assert it.chain_holds(), it.chain_slacks()
+        if reg_covar == 0.0:
+            assert it.objective >= it.value + it.log_prior - it.tolerance

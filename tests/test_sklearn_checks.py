@@ -4,6 +4,7 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 from sklearn.exceptions import NotFittedError as SkNotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -42,6 +43,18 @@ def test_not_fitted_error_is_scikit_learns_when_scikit_learn_is_loaded():
         GaussianMixture().predict([[0.0]])
     with pytest.raises(emcore.NotFittedError):
         GaussianMixture().predict([[0.0]])
+
+
+def test_convergence_warning_is_scikit_learns_when_scikit_learn_is_loaded():
+    from sklearn.exceptions import ConvergenceWarning as SkConvergenceWarning
+    X = np.random.default_rng(0).normal(size=(30, 2))
+    for filtered in (SkConvergenceWarning, emcore.ConvergenceWarning):
+        with pytest.warns(filtered):
+            GaussianMixture(2, max_iter=1, tol=0.0, random_state=0).fit(X)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            warnings.simplefilter("ignore", filtered)
+            emcore.KMeans(2, max_iter=1, tol=0.0, random_state=0).fit(X)
 
 
 def test_emcore_never_imports_scikit_learn(tmp_path):

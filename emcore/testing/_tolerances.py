@@ -3,8 +3,9 @@
 u = 2**-53 is the unit roundoff. Sums in emcore are chunked: rows add
 sequentially within a chunk, chunks within a block, blocks in order, so the
 depth of the longest addition chain, :func:`emcore.engine.summation_depth`,
-replaces ceil(log2 n) of the pairwise bound. The factor 2 in each bound covers
-the gamma_m = m u / (1 - m u) denominators and libm's last-place errors.
+replaces ceil(log2 n) of the pairwise bound. The formulas are the engine's
+(:func:`emcore.engine.equality_tolerance`, :func:`emcore.engine.chain_tolerance`),
+written once there; this module gives them by (n_samples, n_features).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import math
 
 import numpy as np
 
-from emcore.engine import UNIT_ROUNDOFF, chunk_rows_for, summation_depth
+from emcore.engine import (chain_tolerance, chunk_rows_for, equality_tolerance,
+                           summation_depth)
+from emcore.plugin_api import UNIT_ROUNDOFF
 
 __all__ = ["UNIT_ROUNDOFF", "summation_depth_for", "rounding_magnitude",
            "tolerance_same_array", "tolerance_across", "elbo_direct"]
@@ -47,23 +50,26 @@ def tolerance_same_array(n_components: int, n_samples: int, n_features: int,
     ELBO (K + 1) and the chunked sum over rows (depth); the family's own errors
     cancel because both sides see the same computed array (notes 9.3).
     """
-    depth = summation_depth_for(n_samples, n_features)
-    return 2.0 * (n_components + 3 + depth) * UNIT_ROUNDOFF * magnitude
+    return equality_tolerance(n_components, summation_depth_for(n_samples, n_features),
+                              magnitude)
 
 
 def tolerance_across(n_components: int, n_samples: int, n_features: int,
-                     amplification: float, magnitude: float) -> float:
+                     amplification: float, magnitude: float,
+                     stats_magnitude: float = 0.0) -> float:
     """Check B: the two sides come from different computations.
 
     Statistics against a pass over the data, or two parameter values:
     tau_B = 2 (K + d + 4 + depth) a u M, with ``amplification`` a the family's
     bound on how much its log-density amplifies rounding (1 + sqrt(d kappa) for a
     Gaussian, ``Family.rounding_amplification``) and M the magnitude of the terms
-    on both sides (notes 9.4).
+    on both sides (notes 9.4); plus 2 (K + d + 4 + depth) u M_Q when one side is a
+    statistics-based expected log-likelihood, ``stats_magnitude`` M_Q its
+    ``Family.expected_log_likelihood_magnitude``.
     """
-    depth = summation_depth_for(n_samples, n_features)
-    return (2.0 * (n_components + n_features + 4 + depth) * amplification
-            * UNIT_ROUNDOFF * magnitude)
+    return chain_tolerance(n_components, n_features,
+                           summation_depth_for(n_samples, n_features), amplification,
+                           magnitude, stats_magnitude)
 
 
 def elbo_direct(log_joint: np.ndarray, log_q: np.ndarray) -> float:
