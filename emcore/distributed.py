@@ -5,8 +5,8 @@ anywhere in the process, so ``distributed.default_client()`` finds it) wraps the
 array in a :class:`DaskSource` (:mod:`emcore._input` decides). Each pass maps
 :func:`emcore.engine.block_pass` (the family's compiled chunk kernel) over the
 array's blocks on the workers (:meth:`DaskSource.map_blocks`, the engine's
-:class:`emcore.engine.RowBlocks` interface); each task returns only the block's statistics,
-responsibility sum and totals. The client gathers them in block order and
+:class:`emcore.engine.RowBlocks` interface); each task returns only the block's
+statistics, responsibility sum and totals. The client gathers them in block order and
 merges them there, in that fixed order, then does the M-step. What crosses the
 network per iteration: the parameters with the family and rule objects, once to
 each worker (one key of the task graph; about 100 kB for k = d = 16, full

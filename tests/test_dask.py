@@ -204,30 +204,34 @@ def test_unknown_chunk_sizes_name_the_remedy(client):
 
 # --- faults: workers killed during initialisation, during a pass, all lost ----------
 #
-# A block's task kills its worker process (os._exit) while a flag file exists, so
-# the kill lands in a chosen phase of the fit, deterministically: the data are not
-# persisted, so every computation reruns the block's task. The scheduler allows one
-# failure per task: a task killed once is rerun on the restarted worker (the fit
-# is then bitwise the undisturbed one); a task killed every time gives KilledWorker,
-# which the fit must report as the RuntimeError emcore.distributed promises.
+# The task of the first block kills its worker process (os._exit) while it can
+# claim one of a few "kill tokens" (files removed atomically), so the kills land in
+# a chosen phase of the fit, deterministically and a bounded number of times: the
+# data are not persisted, so every computation reruns the block's task. The
+# scheduler allows one failure per task: a task killed once is rerun on the other
+# or restarted worker (the fit is then bitwise the undisturbed one); killed twice,
+# it is KilledWorker, which the fit must report as the RuntimeError
+# emcore.distributed promises (it was a bare KilledWorker).
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])   # the workers' killer
+_ALLOWED_FAILURES = 1
 
 
-def _die_if_flagged(block, flag, once):
-    if os.path.exists(flag):
-        if once:
+def _die_if_token(block, tokens, block_info=None):
+    if block_info[None]["chunk-location"][0] == 0:
+        for token in tokens:
             try:
-                os.remove(flag)
-            except FileNotFoundError:     # another task took the kill
-                return block
-        os._exit(1)
+                os.remove(token)
+            except FileNotFoundError:     # already used
+                continue
+            os._exit(1)
     return block
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def fault_client():
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+    # a cluster per test: a worker killed in one test never slows the next
+    with dask.config.set({"distributed.scheduler.allowed-failures": _ALLOWED_FAILURES}):
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                dashboard_address=None, silence_logs=50)
     c = Client(cluster, set_as_default=False)
@@ -245,10 +249,10 @@ def watchdog():
     faulthandler.cancel_dump_traceback_later()
 
 
-def _killer_source(client, X, flag, once):
+def _killer_source(client, X, tokens):
     c = chunk_rows_for(3)
     dx = da.from_array(X, chunks=(2 * c, 3)).map_blocks(
-        _die_if_flagged, flag=str(flag), once=once, dtype=np.float64)
+        _die_if_token, tokens=[str(t) for t in tokens], dtype=np.float64)
     return DaskSource(dx, client=client, persist=False)
 
 
@@ -257,30 +261,37 @@ def _init_from(model):
             "precisions_init": model.precisions_}
 
 
-@pytest.mark.parametrize("phase", ["initialisation", "pass"])
-@pytest.mark.parametrize("once", [True, False], ids=["killed-once", "killed-always"])
-def test_worker_killed(fault_client, watchdog, tmp_path, phase, once):
+@pytest.mark.parametrize("phase", ["seeding", "initial-partition", "pass"])
+@pytest.mark.parametrize("kills", [1, _ALLOWED_FAILURES + 1],
+                         ids=["killed-once", "killed-until-dask-gives-up"])
+def test_worker_killed(fault_client, watchdog, tmp_path, phase, kills):
     X = _data(5 * chunk_rows_for(3))
-    flag = tmp_path / "kill"
-    source = _killer_source(fault_client, X, flag, once)     # validated, no flag yet
+    tokens = [tmp_path / f"kill-{i}" for i in range(kills)]
+    source = _killer_source(fault_client, X, tokens)     # validated, no token yet
     kw = {"max_iter": 3}
-    if phase == "pass":         # starting values given: the first computation is a pass
+    # the first computation on block 0: k-means++'s distances on the workers; the
+    # rows of random seeds and of the initial partition, read through the client;
+    # with starting values given, a pass
+    if phase == "initial-partition":
+        kw["init_params"] = "random_from_data"
+    elif phase == "pass":
         kw.update(_init_from(_fit(X, max_iter=1)))
     reference = _fit(source, **kw)
     pids = set(fault_client.run(os.getpid).values())
-    flag.touch()
-    t0 = time.perf_counter()
+    for token in tokens:
+        token.touch()
     try:
-        if once:
+        if kills <= _ALLOWED_FAILURES:
             _same(_fit(source, **kw), reference)
         else:
             with pytest.raises(RuntimeError, match="Dask cluster failed.*KilledWorker"):
                 _fit(source, **kw)
+        assert not any(token.exists() for token in tokens)     # every kill happened
     finally:
-        flag.unlink(missing_ok=True)
-        fault_client.wait_for_workers(2, timeout=60)
-    assert time.perf_counter() - t0 < 60
-    assert set(fault_client.run(os.getpid).values()) != pids    # a worker was killed
+        for token in tokens:
+            token.unlink(missing_ok=True)
+    fault_client.wait_for_workers(1, timeout=120)
+    assert set(fault_client.run(os.getpid).values()) != pids
 
 
 def test_no_worker_left_times_out(watchdog):
