@@ -1,4 +1,4 @@
-"""Initial partitions: k-means++ seeding and random choices (Gaussian note, section 10).
+"""Initial partitions: k-means++ seeding and random choices (docs/gaussian.md#kmeans-plus-plus).
 
 Distances are ||x - c||^2 computed on the difference, chunk by chunk (never
 ||x||^2 - 2 x.c + ||c||^2 on raw data), so offset data keep their digits and

@@ -16,8 +16,8 @@ projection. Pass it as ``posterior=`` to :class:`emcore.GaussianMixture` or
                            labels={0: 0, 5: 1})               # row 0 is in 0, row 5 in 1
     gm = emcore.GaussianMixture(2, posterior=C).fit(X)
 
-Four kinds of constraint, all linear in q (the notes' "per-example features",
-so q stays a product over rows):
+Four kinds of constraint, all linear in q (sums of per-example features,
+so q stays a product over rows; docs/posterior_regularization.md#per-example-features):
 
 * ``phi``, ``b``: general expectation constraints
   sum_i w_i sum_k q_ik phi[i, k, j] <= b[j] (or = b[j]), w_i the sample weights
@@ -201,7 +201,8 @@ class Constraints:
                                  f"{k}, but the fit has n_components={K}.")
             if hi == 0.0 or lo == 1.0:
                 # a share of exactly 0 (1) is met only by q_ik = 0 (q_ij = 0, j != k) in
-                # every row: the notes' mask, never an infinite multiplier
+                # every row: a mask (docs/posterior_regularization.md#masks), never an
+                # infinite multiplier
                 allowed = np.ones((n, K), dtype=bool) if allowed is None else allowed
                 if hi == 0.0:
                     allowed[:, k] = False

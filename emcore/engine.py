@@ -54,7 +54,7 @@ def summation_depth(n_rows: int, chunk_rows: int) -> int:
     Rows add up sequentially within a chunk, chunks sequentially within a block,
     blocks sequentially (emcore/_core/_passes.pyx). This count replaces
     ceil(log2 n) of the pairwise-summation bound in the tolerances
-    (notes/em_variants_and_testing.md, 9.1).
+    (docs/elbo_chain.md#error-model).
     """
     n_chunks = max(1, -(-n_rows // chunk_rows))
     n_blocks = min(n_chunks, MAX_BLOCKS)
@@ -69,7 +69,7 @@ def equality_tolerance(n_components: int, depth: int, magnitude: float) -> float
     cancel because both sides see the same computed array. M is the pass's
     rounding magnitude sum_i [|l_i| + sum_k q_ik (|a_ik| + |log q_ik|)]. The
     factor 2 covers the gamma_m = m u / (1 - m u) denominators and libm's
-    last-place errors (notes/em_variants_and_testing.md 9.1-9.3).
+    last-place errors (docs/elbo_chain.md#error-model, #check-a).
     """
     return 2.0 * (n_components + 3 + depth) * UNIT_ROUNDOFF * magnitude
 
@@ -85,7 +85,7 @@ def chain_tolerance(n_components: int, n_features: int, depth: int, amplificatio
     ``stats_magnitude`` M_Q: ``Family.expected_log_likelihood_magnitude``, for a
     statistics-based expected log-likelihood that loses more than the per-row path
     (a Gaussian's scatter: kappa, not sqrt(kappa)); its own bound, (depth + 2d + 3)
-    u M_Q, is below this coefficient times u M_Q (notes 9.4).
+    u M_Q, is below this coefficient times u M_Q (docs/elbo_chain.md#check-b).
     """
     return (2.0 * (n_components + n_features + 4 + depth) * UNIT_ROUNDOFF
             * (amplification * magnitude + stats_magnitude))
@@ -99,7 +99,7 @@ class PassResult:
     value: float                #: F = sum_i w_i f_i, the rule's objective (soft: loglik)
     expected_log_joint: float   #: sum_i w_i sum_k q_ik log p(x_i, z_i=k)
     entropy: float              #: sum_i w_i H(q_i)
-    magnitude: float            #: rounding magnitude M (notes, 9.3)
+    magnitude: float            #: rounding magnitude M (docs/elbo_chain.md#magnitude)
     rule_state: Optional[dict] = None  #: the rule's report() after the pass (Python path)
 
     @property
@@ -401,7 +401,7 @@ def _param_change(old_w, old_p, new_w, new_p) -> float:
 
 def _weights_m_step(resp_sum: np.ndarray, concentration: Optional[np.ndarray]) -> np.ndarray:
     # ML: N_k / n; with a Dirichlet(alpha) prior, alpha_k >= 1, the posterior mode
-    # (N_k + alpha_k - 1) / (n + sum(alpha) - K) (Gaussian note, section 8)
+    # (N_k + alpha_k - 1) / (n + sum(alpha) - K) (docs/gaussian.md#map-m-step)
     if concentration is None:
         return resp_sum / float(np.sum(resp_sum))
     # (alpha - 1) first: exactly 0 for a flat prior, so a tiny N_k (a component
@@ -511,7 +511,7 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
             _check_finite(nxt.value + prior_next, f"the objective after iteration {t}")
             amp_next = family.rounding_amplification(new_params)
             amp = max(amp_now, amp_next)
-            # notes/em_variants_and_testing.md 9.3-9.4, with the summation depth of
+            # docs/elbo_chain.md#check-a, #check-b, with the summation depth of
             # our chunked sums in place of ceil(log2 n): tau_A for the equality,
             # tau_B over both passes, the penalties and the log priors, plus the
             # statistics-based Q's own magnitude, then absolute terms

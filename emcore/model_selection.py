@@ -12,7 +12,7 @@ the opposite sign (higher is better): mclust's BIC and ICL are minus ours.
   *spike* (a component whose covariance sits at the ``reg_covar`` floor) stay in
   the table but are not chosen, as mclust reports them as NA.
 
-Formulas and parameter counts: notes/gaussian_mixture.md, section 9.
+Formulas and parameter counts: docs/gaussian.md#model-selection.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Conjugate priors for MAP-EM (Fraley & Raftery 2007), and a Dirichlet prior on the weights.
 
-Per covariance type (notes/gaussian_mixture.md, section 8):
+Per covariance type (docs/gaussian.md#map):
 
     full:      Sigma_k ~ InverseWishart(dof, scale),  mu_k | Sigma_k ~ N(mean, Sigma_k / kappa)
     tied:      one Sigma ~ InverseWishart(dof, scale), mu_k | Sigma ~ N(mean, Sigma / kappa)

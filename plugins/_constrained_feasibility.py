@@ -73,7 +73,7 @@ def _check_feasible(R: ResolvedConstraints, w: np.ndarray, scale: np.ndarray,
 
     The dual optimum is attained (finite lambda) iff Q holds a q in the relative
     interior of the row sets P_i (refined Slater condition for affine
-    constraints; notes, section 2). Each constraint alone: its extreme values
+    constraints; docs/posterior_regularization.md#attainment). Each constraint alone: its extreme values
     over the P_i (greedy per row). All together: a linear programme maximising
     s, the distance of q from the non-fixed faces q_ik = L_ik, q_ik = H_ik of the
     P_i (s > 0: relative interior), subject to the constraints. ``units`` =

@@ -21,7 +21,7 @@ same way. k x d numbers instead of k x d x d. The reference point is this pass's
 mean of component k (one sweep over the chunk) when, for every component and
 feature, the chunk's weighted mean lies within one standard deviation of it: the
 variance's rounding error is then at most twice the two-sweep formula's
-(notes/gaussian_mixture.md section 5, remedy 2). Otherwise (means still moving,
+(docs/gaussian.md#cancellation, remedy 2). Otherwise (means still moving,
 ``chunk_stats`` with no means) the chunk is swept again twice, about its own
 weighted means, as the full kernel always does.
 

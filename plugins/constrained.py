@@ -1,7 +1,7 @@
 """Posterior regularization: the ``constrained`` posterior rule.
 
 The E-step is the KL projection of the posterior onto the constraint set of an
-:class:`emcore.Constraints` (notes/posterior_regularization.md):
+:class:`emcore.Constraints` (docs/posterior_regularization.md):
 
     q_t = argmin_{q in Q} KL(q || p(z | x, theta_t)),
     Q = {q : q_i in P_i for every row, sum_i w_i E_{q_i}[phi_i] <= b (= b for equalities)},
@@ -33,8 +33,8 @@ U(lambda) - F(q_lambda) = lambda . (b - E_{q_lambda}[phi]).
 **The solver** (``_constrained_dual.py``; the rule's ``_setup`` builds its problem).
 It works on an equivalent, well-scaled problem: each phi_ikj shifted by its row
 minimum over the allowed k (b shifted to match) and divided by c_j = max_ik of the
-result (so lambda c_j is O(log-odds), the notes' count form, whatever the units and
-offset of phi; a feature whose spread cannot move E_j beyond the rounding floor is
+result (so lambda c_j is O(log-odds), the count form of docs/posterior_regularization.md#count-form,
+whatever the units and offset of phi; a feature whose spread cannot move E_j beyond the rounding floor is
 constant and keeps lambda_j = 0). L-BFGS-B (scipy.optimize.minimize, bounds [0, inf)
 / (-inf, inf)) warm-started from the previous E-step's lambda, then projected Newton
 steps with the exact Hessian, damped (Levenberg-Marquardt) across flat stretches of
@@ -265,7 +265,8 @@ class ConstrainedPosterior(PosteriorRule):
         # row minimum over the allowed k (sum_k q_ik = 1 moves b by sum_i w_i min_k
         # phi_ikj, the constraint is the same), then divided by c_j = max_ik of the
         # result, so that lambda c_j is O(log-odds) whatever the units and the offset
-        # of phi (the notes' count form); only the spread over k matters to q.
+        # of phi (the count form, docs/posterior_regularization.md#count-form); only
+        # the spread over k matters to q.
         m1 = 0 if R.phi is None else R.phi.shape[2]
         phi, b = R.phi, R.b.copy()
         if m1:

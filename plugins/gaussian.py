@@ -6,7 +6,7 @@ the upper-triangular U with precision P = U U^T. Statistics: per component the
 exact moments about a reference point (see ``GaussianStats``), computed by
 ``_gaussian_kernel.pyx`` ('full', 'tied': d x d second moments) or
 ``_gaussian_diag_kernel.pyx`` ('diag', 'spherical': only the d per-feature ones).
-Formulas: ../shared/notes/gaussian_mixture.md sections 1-7.
+Formulas: docs/gaussian.md.
 """
 
 from __future__ import annotations
@@ -303,7 +303,7 @@ class GaussianFamily(Family):
 
     # --- M-step -------------------------------------------------------------------
     def m_step(self, stats: GaussianStats, previous: Optional[Params]) -> dict:
-        """Maximum likelihood, or the posterior mode with a prior (note sections 4, 8).
+        """Maximum likelihood, or the posterior mode with a prior (docs/gaussian.md#m-step).
 
         Every covariance type is the constrained maximiser of the same expected
         log-likelihood: 'full' B_k / D_k, 'diag' its diagonal, 'spherical'
@@ -440,7 +440,8 @@ class GaussianFamily(Family):
     def expected_log_likelihood(self, stats: GaussianStats, params: Params) -> float:
         # sum_i w_ik (x_i - mu)^T P (x_i - mu) about the reference point c:
         #   tr(U^T S U) + 2 ((c - mu) U).(r U) + W ||(c - mu) U||^2
-        # then sum_k [ W_k (sum_j log U_jj - d/2 log 2pi) - 1/2 (that) ]  (note section 6)
+        # then sum_k [ W_k (sum_j log U_jj - d/2 log 2pi) - 1/2 (that) ]
+        # (docs/gaussian.md#q-from-stats)
         U = params["precisions_cholesky"]
         d = self.n_features
         diag_u = np.diagonal(U, axis1=1, axis2=2)
@@ -487,7 +488,7 @@ class GaussianFamily(Family):
 
     def m_step_penalty(self, stats: GaussianStats, params: Params) -> float:
         # reg_covar/2 * sum_k D_k tr(P_k), tr(P_k) = ||U_k||_F^2, with D_k = N_k
-        # (note section 7), or the MAP denominator with a prior: adding reg_covar * I
+        # (docs/gaussian.md#reg-covar), or the MAP denominator with a prior: adding reg_covar * I
         # to B_k / D_k maximises the objective minus this penalty
         if self.reg_covar == 0.0:
             return 0.0
@@ -534,7 +535,7 @@ class GaussianFamily(Family):
         return float(0.5 * np.sum((stats.weight + kappa) * (m * u) ** 2 * a2 * s_max ** 2))
 
     def rounding_amplification(self, params: Params) -> float:
-        # 1 + sqrt(d kappa_max) (../shared/notes/em_variants_and_testing.md, 9.4)
+        # 1 + sqrt(d kappa_max) (docs/elbo_chain.md#check-b, item 2)
         kappa = max(_condition_of_factor(U) for U in params["precisions_cholesky"])
         return 1.0 + float(np.sqrt(self.n_features * kappa))
 

@@ -1,4 +1,4 @@
-"""Derived rounding tolerances (notes/em_variants_and_testing.md, section 9).
+"""Derived rounding tolerances (docs/elbo_chain.md#tolerances).
 
 The bounds live in :mod:`emcore.testing` (public, with their derivations, the
 formulas themselves written once in :mod:`emcore.engine`); this module keeps the

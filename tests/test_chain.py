@@ -159,7 +159,7 @@ def test_chain_check_catches_an_m_step_that_does_not_maximise():
 
 
 def test_chain_check_catches_raw_second_moments_on_offset_data():
-    # Gaussian note section 5: raw moments lose (offset / sigma)^2 u relative accuracy.
+    # docs/gaussian.md#cancellation: raw moments lose (offset / sigma)^2 u relative accuracy.
     rng = np.random.default_rng(4)
     X = np.concatenate([rng.normal(0.0, 1.0, (400, 2)),
                         rng.normal(4.0, 1.0, (400, 2))]) + 1e5
@@ -181,7 +181,7 @@ def test_reg_covar_is_checked_in_penalised_form():
         assert all(it.chain_holds(penalised=True) for it in gm.history_)
         if not all(it.chain_holds(penalised=False) for it in gm.history_):
             found_plain_violation = True
-    # shows the penalty term is real, not bookkeeping (Gaussian note section 7)
+    # shows the penalty term is real, not bookkeeping (docs/gaussian.md#reg-covar)
     assert found_plain_violation
 
 

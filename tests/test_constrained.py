@@ -4,7 +4,7 @@ The projection q* = argmin_{q in Q} KL(q || p(z | x, theta)) is checked on
 hypothesis-generated problems against its KKT conditions and against an SLSQP
 solution of the primal; PR-EM fits are checked link by link (J never
 decreases) with the engine's tolerances plus the rule's derived dual term.
-notes/posterior_regularization.md has the formulas; every tolerance below says
+docs/posterior_regularization.md has the formulas; every tolerance below says
 where it comes from. u = 2**-53.
 """
 
@@ -287,7 +287,8 @@ def _assert_reports_are_honest(a, w, C):
 # --- the projection: SLSQP on the primal -------------------------------------------------------
 
 def _slsqp(a, w, R):
-    """minimise KL(q || p) over the n x K table with SLSQP (the notes' oracle)."""
+    """minimise KL(q || p) over the n x K table with SLSQP
+    (docs/posterior_regularization.md#oracles)."""
     n, K = a.shape
     lr = _log_posterior(a)
     phi = _features(R)
@@ -407,7 +408,7 @@ def test_elbo_of_the_projected_q_never_exceeds_the_loglik(problem):
     # + sum_i w_i: log q is taken here of the rounded q (relative error u, so an
     # absolute u in log q_ik whatever its size)
     M = math.fsum(np.abs(w * ell)) + math.fsum(mag.ravel()) + math.fsum(w)
-    # Check A (notes/em_variants_and_testing.md 9.3) with fsum reductions: the
+    # Check A (docs/elbo_chain.md#check-a) with fsum reductions: the
     # inequality is exact for the computed a; only the sums count,
     # tau_A = 2 (K + 3 + 1) u M
     tau_a = 2 * (K + 4) * U * M
@@ -427,7 +428,8 @@ def test_elbo_of_the_projected_q_never_exceeds_the_loglik(problem):
 @given(logits=arrays(np.float64, (6, 4), elements=st.floats(-20, 20, **FIN)),
        comp=st.integers(0, 3), eps=st.floats(0.001, 0.999, **FIN))
 def test_a_point_bound_is_the_closed_form_of_the_notes(logits, comp, eps):
-    # notes section 7.2: q_ik <= eps; if r_ik > eps then q_ik = eps and
+    # docs/posterior_regularization.md#point-bounds: q_ik <= eps; if r_ik > eps
+    # then q_ik = eps and
     # q_ij = (1 - eps) r_ij / (1 - r_ik), j != k
     log_r = log_softmax(logits, axis=1)
     r = np.exp(log_r)
@@ -648,7 +650,8 @@ def test_equality_constraints_hold_and_their_multipliers_take_either_sign():
 
 def test_redundant_equalities_still_converge():
     # all K shares fixed: the shares sum to 1 by themselves, so the dual is flat along
-    # (1, ..., 1) (notes section 3); the least-squares Newton step copes
+    # (1, ..., 1) (docs/posterior_regularization.md#equalities); the least-squares
+    # Newton step copes
     rng = np.random.default_rng(6)
     a = rng.normal(0, 2, (30, 3))
     C = emcore.Constraints(proportions={0: (0.2, 0.2), 1: (0.5, 0.5), 2: (0.3, 0.3)})
@@ -673,7 +676,7 @@ def _raises_quickly(match, C, a=None):
 
 
 def test_infeasible_constraints_raise_naming_the_constraint():
-    # a share below 0 (notes section 7.6): at construction
+    # a share below 0 (docs/posterior_regularization.md#infeasible): at construction
     with pytest.raises(ValueError, match=r"proportion of component 1 <= -0\.1.*infeasible"):
         emcore.Constraints(proportions={1: (None, -0.1)})
     # each feasible alone, not together: the second is named

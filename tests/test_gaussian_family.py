@@ -58,7 +58,8 @@ def test_log_density_matches_extended_precision_and_scipy(mixture, n, seed, offs
         log_det = abs(np.linalg.slogdet(covs[j])[1])
         ref, quad = _logpdf_extended(X, means[j], covs[j])
         quad = np.abs(quad.astype(np.float64))
-        # ours: the quadratic form within 2 gamma_d sqrt(d kappa) relative (notes 9.4,
+        # ours: the quadratic form within 2 gamma_d sqrt(d kappa) relative
+        # (docs/elbo_chain.md#check-b,
         # item 2); log det from a backward-stable Cholesky within tr(Sigma^-1 dSigma)
         # <= d gamma_d kappa; the constants within (d + 2) u
         tol = 2.0 * (d + 2) * U * ((1.0 + np.sqrt(d * kappa)) * quad + d * kappa

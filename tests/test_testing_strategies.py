@@ -112,7 +112,8 @@ def test_posteriors_are_normalised_rows_in_log_space(n, k, zeros, data):
     lq = data.draw(posteriors(n, k, allow_zeros=zeros))
     assert lq.shape == (n, k) and not np.isnan(lq).any() and np.all(lq <= 0)
     # log-softmax, (a - max) - log sum exp(a - max): each entry within
-    # (k + 2) u (1 + |log q|) of exact (notes 9.2), so the row sums of q are 1 to
+    # (k + 2) u (1 + |log q|) of exact (docs/elbo_chain.md#per-row-errors), so
+    # the row sums of q are 1 to
     # 2 (k + 2) u (1 + max |log q| over entries with q > 0)
     q = np.exp(lq)
     finite = np.where(np.isfinite(lq), np.abs(lq), 0.0)

@@ -30,7 +30,7 @@ imported on first use): :func:`mixture_datasets`, :func:`family_parameters`,
 :func:`spd_matrices`, with :func:`sample_gaussian_mixture`,
 :class:`MixtureDataset` and :class:`ConstraintSet`.
 
-**Derived tolerances** (notes/em_variants_and_testing.md, section 9):
+**Derived tolerances** (docs/elbo_chain.md#tolerances):
 :func:`rounding_magnitude`, :func:`tolerance_same_array`,
 :func:`tolerance_across`, :func:`elbo_direct`.
 """

@@ -3,7 +3,7 @@
 
 Each check states a mathematical property every family must have and compares
 the two sides within a tolerance derived in the comments (rounding bounds from
-notes/em_variants_and_testing.md section 9; statistical bounds for the checks
+docs/elbo_chain.md#tolerances; statistical bounds for the checks
 that integrate or sample). The checks run on parameters drawn by the family's
 ``random_params`` (or given), on data sampled from the family (or given), all
 from one seeded generator: a run is reproducible.
@@ -234,7 +234,7 @@ def _tau_stats(family, X, W, params, *extra_params, stats=None):
     """tau_B for comparing sum_ik W_ik log p_ik computed two ways (statistics vs
     direct, or two statistics): 2 (K + d + 4 + depth) a u M, with M the
     magnitude of the weighted log-densities at every parameter set involved and
-    a the largest rounding amplification (notes 9.4). When one side comes from
+    a the largest rounding amplification (docs/elbo_chain.md#check-b). When one side comes from
     ``log_density`` (``stats`` given: the other side's statistics), plus the
     family's absolute bound ``log_density_rounding`` for a cancelling formula and
     its statistics' magnitude ``expected_log_likelihood_magnitude``."""
@@ -692,7 +692,7 @@ def check_stats_merge(ctx: _Context) -> None:
     in any order and grouping; ``empty_stats()`` is the identity; merge_stats
     leaves both its inputs unchanged, compared by value (every array bit for
     bit) before and after each call. Compared through expected_log_likelihood
-    and the M-step (tolerance: tau_B, notes 9.4, see ``_tau_stats``).
+    and the M-step (tolerance: tau_B, docs/elbo_chain.md#check-b, see ``_tau_stats``).
     """
     fam, X = ctx.family, ctx.X
     rng = ctx.rng(5)
@@ -798,7 +798,7 @@ def check_expected_log_likelihood(ctx: _Context) -> None:
     sum_ik W_ik log p(x_i | k), for arbitrary weights (with exact zeros) and for
     the posterior through the engine's pass (the compiled path, when there is
     one), at every parameter set, nearly degenerate ones included.
-    Tolerance tau_B = 2 (K + d + 4 + depth) a u sum_ik W_ik |log p_ik| (notes 9.4).
+    Tolerance (docs/elbo_chain.md#check-b): 2 (K + d + 4 + depth) a u sum_ik W_ik |log p_ik|.
     """
     from emcore.engine import data_pass
 
@@ -837,7 +837,7 @@ def check_m_step_maximises(ctx: _Context) -> None:
     0.003) and the random parameter sets. Tolerance: tau_B at both parameter
     values plus the magnitudes of the penalty and prior terms, plus twice the
     family's parameter_rounding (the maximiser is rounded to doubles), as the
-    engine's chain (notes 9.4).
+    engine's chain (docs/elbo_chain.md#check-b).
     """
     fam, X = ctx.family, ctx.X
     rng = ctx.rng(8)
@@ -870,7 +870,7 @@ def check_elbo_bound(ctx: _Context) -> None:
     pass (compiled kernels included) and checked against the direct
     logsumexp of log_density. Tolerances: tau_A for the engine's own ELBO and
     loglik (one computed array), tau_B otherwise, with M the magnitude of
-    notes 9.3 at q and at the posterior.
+    docs/elbo_chain.md#magnitude at q and at the posterior.
     """
     from emcore.engine import data_pass
 

@@ -1,4 +1,4 @@
-"""Hypothesis strategies for mixture models (notes/em_variants_and_testing.md, 10).
+"""Hypothesis strategies for mixture models (docs/property_tests.md).
 
 In hypothesis's style: plural nouns, keyword-only options, and invalid arguments
 rejected with :class:`hypothesis.errors.InvalidArgument` when the strategy is
@@ -6,7 +6,7 @@ rejected with :class:`hypothesis.errors.InvalidArgument` when the strategy is
 condition numbers, normalised q, feasible constraints) rather than filtered.
 Small structured values (logits, means, eigenvalues) are hypothesis primitives,
 so they shrink; bulk data comes from a drawn seed (good coverage, poor
-shrinking), as the notes recommend.
+shrinking), as docs/property_tests.md#principles explains.
 """
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ class ConstraintSet:
 
     ``phi`` has shape (n, k, m): phi[i, k, j] is feature j of row i under
     component k, and E_q[phi_j] = sum_ik q_ik phi[i, k, j] (the additive form of
-    notes/posterior_regularization.md, section 4). ``witness_log_q`` (n, k) is a
+    docs/posterior_regularization.md#per-example-features). ``witness_log_q`` (n, k) is a
     q that satisfies every constraint: E_witness[phi_j] equals ``b_j`` minus a
     slack >= 0 (zero for equalities and for active inequalities), up to the
     rounding of that sum (at most 2 n k u sum_ik q_ik |phi_ikj|).

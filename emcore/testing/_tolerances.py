@@ -1,4 +1,4 @@
-"""Derived rounding tolerances (notes/em_variants_and_testing.md, section 9).
+"""Derived rounding tolerances (docs/elbo_chain.md#tolerances).
 
 u = 2**-53 is the unit roundoff. Sums in emcore are chunked: rows add
 sequentially within a chunk, chunks within a block, blocks in order, so the
@@ -28,7 +28,7 @@ def summation_depth_for(n_samples: int, n_features: int) -> int:
 
 
 def rounding_magnitude(log_joint: np.ndarray, log_q: np.ndarray) -> float:
-    """M = sum_i [ |l_i| + sum_k q_ik (|a_ik| + |log q_ik|) ] (notes 9.3).
+    """M = sum_i [ |l_i| + sum_k q_ik (|a_ik| + |log q_ik|) ] (docs/elbo_chain.md#magnitude).
 
     The magnitude of the terms behind ELBO(q, theta) and loglik(theta) computed
     from the log joint ``a`` (n, k); terms with q_ik = 0 contribute nothing.
@@ -48,7 +48,7 @@ def tolerance_same_array(n_components: int, n_samples: int, n_features: int,
 
     tau_A = 2 (K + 3 + depth) u M: the row logsumexp (K + 2 operations), the row
     ELBO (K + 1) and the chunked sum over rows (depth); the family's own errors
-    cancel because both sides see the same computed array (notes 9.3).
+    cancel because both sides see the same computed array (docs/elbo_chain.md#check-a).
     """
     return equality_tolerance(n_components, summation_depth_for(n_samples, n_features),
                               magnitude)
@@ -63,7 +63,7 @@ def tolerance_across(n_components: int, n_samples: int, n_features: int,
     tau_B = 2 (K + d + 4 + depth) a u M, with ``amplification`` a the family's
     bound on how much its log-density amplifies rounding (1 + sqrt(d kappa) for a
     Gaussian, ``Family.rounding_amplification``) and M the magnitude of the terms
-    on both sides (notes 9.4); plus 2 (K + d + 4 + depth) u M_Q when one side is a
+    on both sides (docs/elbo_chain.md#check-b); plus 2 (K + d + 4 + depth) u M_Q when one side is a
     statistics-based expected log-likelihood, ``stats_magnitude`` M_Q its
     ``Family.expected_log_likelihood_magnitude``.
     """
