@@ -390,8 +390,11 @@ def test_a_plugin_with_an_unknown_capability_is_reported_by_name(installer):
 # --- first-party plugins use only the public plugin API -----------------------------
 
 #: what a first-party plugin may import from emcore (besides its own modules in
-#: emcore.plugins): the rule the example third-party plugin follows too
-PUBLIC_MODULES = {"emcore", "emcore.plugin_api", "emcore.kernel", "emcore.blas"}
+#: emcore.plugins): the rule the example third-party plugin follows too.
+#: emcore.moments is the public .pxd of the moment merge and slot layouts
+#: (emcore/include/emcore/moments.h), installed for third parties' compiled families.
+PUBLIC_MODULES = {"emcore", "emcore.plugin_api", "emcore.kernel", "emcore.blas",
+                  "emcore.moments"}
 _PYX_IMPORT = re.compile(r"^\s*(?:from\s+([\w.]+)\s+c?import\b|c?import\s+([\w.]+))", re.M)
 
 
