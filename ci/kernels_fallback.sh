@@ -21,7 +21,7 @@ PYTHON=${PYTHON:-python3}
 WORK=$ROOT/build/kernels-fallback
 PIP_QUIET=(--quiet --disable-pip-version-check)
 TESTS=(tests/test_gaussian_kernels.py tests/test_kmeans.py tests/test_threads.py
-       tests/test_sklearn_oracle.py tests/test_chain.py)
+       tests/test_sklearn_oracle.py tests/test_engine.py)
 
 variants=()
 while [[ $# -gt 0 && $1 != -- ]]; do variants+=("$1"); shift; done

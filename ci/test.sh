@@ -10,7 +10,7 @@ VENV=${EMCORE_TEST_VENV:-.venv-test}
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
 # the optional sources too (Dask, h5py, zarr: wheels, ~20 s): with EMCORE_TEST_INSTALLED
-# set, tests/test_dask.py and tests/test_sources.py must run, never skip
+# set, tests/test_distributed.py and tests/test_sources.py must run, never skip
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ".[test,dask,hdf5,zarr]"
 # The example third-party plugin, as its own distribution next to emcore
 # (tests/test_example_plugin.py needs it when EMCORE_TEST_INSTALLED is set).

@@ -4,7 +4,7 @@ Every invalid call raises a ValueError (or a subclass: DegenerateComponentError,
 NotFittedError) whose message names the offending argument, the way
 scikit-learn's parameter validation does ("The 'X' parameter of
 GaussianMixture.fit must be ... Got ... instead."). Parameters are validated in
-``fit``, never in the constructor (see test_estimator.py).
+``fit``, never in the constructor (see test_gaussian_mixture.py).
 
 Below the table: degenerate data with ``reg_covar=0`` gives a
 DegenerateComponentError naming the component (never a raw LinAlgError, never
