@@ -66,6 +66,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol, Union, runtime_ch
 import numpy as np
 import pluggy
 
+from emcore._float import UNIT_ROUNDOFF
 from emcore.constraints import ResolvedConstraints
 from emcore.priors import ResolvedGaussianPrior
 
@@ -89,9 +90,6 @@ __all__ = [
     "UNIT_ROUNDOFF",
 ]
 
-#: u = 2**-53, the unit roundoff of float64 (fl(a op b) = (a op b)(1 + delta),
-#: |delta| <= u): the one constant every derived rounding tolerance in emcore uses.
-UNIT_ROUNDOFF = 2.0 ** -53
 
 hookimpl = pluggy.HookimplMarker("emcore")
 """Marker for plugin functions that implement an emcore hook."""

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from emcore.plugin_api import UNIT_ROUNDOFF
+from emcore._float import UNIT_ROUNDOFF
 
 __all__ = ["GaussianPrior", "ResolvedGaussianPrior"]
 
