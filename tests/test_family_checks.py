@@ -448,10 +448,11 @@ def test_emcore_testing_imports_neither_pytest_nor_hypothesis(tmp_path):
 
 @pytest.mark.parametrize("value, enabled", [("1", True), ("yes", True), ("0", False),
                                             ("", False)])
-def test_debug_mode_follows_the_environment_variable(value, enabled):
+def test_debug_mode_follows_the_environment_variable(value, enabled, tmp_path):
     code = "from emcore.plugin_api import debug_enabled; print(debug_enabled())"
     env = {**os.environ, "EMCORE_DEBUG": value}
+    # cwd: not the repository root, whose uncompiled emcore/ `python -c` would import
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, env=env)
+                          timeout=120, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(enabled)
