@@ -146,6 +146,10 @@ cdef enum:
     _RANGE = 4        # internal: the scaled recursion left double range (see below)
 
 cdef double _U = 2.0 ** -53
+# smallest normal double; u / eta with eta = 2^-1075 the underflow unit (half the
+# smallest subnormal), the largest D the scaled pass accepts
+cdef double _DBL_MIN = 2.0 ** -1022
+cdef double _U_OVER_ETA = 2.0 ** 1022
 
 
 cdef extern from "_markov.h":
@@ -198,14 +202,16 @@ cdef int _forward_backward_one(
         Py_ssize_t T, Py_ssize_t K, const double* lb, const double* pi,
         const double* lpi, const double* A, const double* AT, const double* lA,
         double* G, double* W, double* c, double* m, double* Bb, double* S,
-        double* res, Py_ssize_t* bad_row, bint blas) noexcept nogil:
+        double* res, Py_ssize_t* bad_row, bint blas, double C) noexcept nogil:
     """Posteriors of one sequence into G (T x K); S += sum_t a_t w_{t+1}^T.
 
-    res[0:3] = (log-likelihood, entropy, magnitude). Returns a status code.
+    res[0:3] = (log-likelihood, entropy, magnitude). Returns a status code;
+    _RANGE when the underflow bound D (module docstring, with this C) exceeds
+    u / eta.
     """
     cdef Py_ssize_t t, j, s, e, e2, r
     cdef double mt, v, ct, sum_logc = 0.0, sum_m = 0.0, mag = 0.0
-    cdef double ent_b = 0.0, g, rs
+    cdef double ent_b = 0.0, g, rs, sb, D = 0.0
     cdef double max_drift = 8.0 * T * (K + 4) * _U
     cdef const double* row
     cdef double* a
@@ -272,16 +278,20 @@ cdef int _forward_backward_one(
             emm_bwd_step(AT, W + (t + 1) * K, bcur, K)
         wt = W + t * K
         ct = c[t]
-        a = G + t * K
+        # the underflow bound: D = sum_t (C / c_t + 1) sum_j b_t(j), over every
+        # state, also those whose forward value is 0 (underflow may be what
+        # made it 0, and their beta is what such a loss costs)
+        sb = 0.0
         for j in range(K):
-            # a state the forward pass cannot be in contributes to no xi and no
-            # beta (exactly: its forward probability is 0), whatever its beta
-            if a[j] == 0.0:
-                wt[j] = 0.0
-            else:
-                wt[j] = wt[j] * bcur[j] / ct
-                if not (wt[j] < INFINITY):
-                    return _RANGE       # beta beyond the largest double
+            sb = sb + bcur[j]
+        D = D + (C / ct + 1.0) * sb
+        for j in range(K):
+            # w of every state: one the forward pass cannot be in meets only
+            # zero factors on its way into xi and beta (a_t(i) = 0, A_ij = 0 or
+            # b~_{t+1}(j) = 0), so it contributes exactly nothing there
+            wt[j] = wt[j] * bcur[j] / ct
+            if not (wt[j] < INFINITY):
+                return _RANGE           # beta beyond the largest double (or NaN)
         if t == s:
             # xi of the block's rows r (r + 1 < T), before the forward rows change
             e2 = e if e < T - 1 else T - 1
@@ -311,6 +321,10 @@ cdef int _forward_backward_one(
             s = e - _TIME_BLOCK if e > _TIME_BLOCK else 0
         t = t - 1
 
+    # underflow in the forward pass may have moved log p by up to D eta relative
+    # (module docstring): more than u, and the log-space pass decides
+    if not (D <= _U_OVER_ETA):
+        return _RANGE
     # start term (the transition term needs A * S, done by the caller)
     cdef double ent_pi = 0.0
     for j in range(K):
@@ -326,16 +340,21 @@ cdef int _forward_backward_one(
 
 cdef int _forward_one(Py_ssize_t T, Py_ssize_t K, const double* lb, const double* pi,
                       const double* A, double* a0, double* a1, double* bt,
-                      double* res, Py_ssize_t* bad_row, bint blas) noexcept nogil:
-    """Log-likelihood of one sequence in O(K) memory: res[0]. _RANGE when a scale
-    factor is 0 (the caller then runs the log-space pass)."""
+                      double* res, Py_ssize_t* bad_row, bint blas,
+                      double p) noexcept nogil:
+    """Log-likelihood of one sequence in O(K) memory: res[0]. _RANGE unless every
+    product of the step is provably a normal double (alpha p beta test of the
+    module docstring, p the smallest non-zero start or transition probability);
+    the caller then runs the log-space pass."""
     cdef Py_ssize_t t, j
-    cdef double mt, v, ct, sum_logc = 0.0, sum_m = 0.0
+    cdef double mt, lo, v, ct, sum_logc = 0.0, sum_m = 0.0
+    cdef double alpha = 1.0, beta
     cdef const double* row
     cdef double* tmp
     for t in range(T):
         row = lb + t * K
         mt = -INFINITY
+        lo = INFINITY
         for j in range(K):
             v = row[j]
             if not (v < INFINITY):
@@ -343,6 +362,8 @@ cdef int _forward_one(Py_ssize_t T, Py_ssize_t K, const double* lb, const double
                 return _INVALID
             if v > mt:
                 mt = v
+            if v < lo and v > -INFINITY:
+                lo = v
         if mt == -INFINITY:
             bad_row[0] = t
             res[0] = -INFINITY
@@ -364,8 +385,19 @@ cdef int _forward_one(Py_ssize_t T, Py_ssize_t K, const double* lb, const double
             ct = ct + a1[j]
         if not (ct > 0.0):
             return _RANGE
+        # every non-zero product a_{t-1}(i) A_ij b~_t(j) (pi_j b~_1(j) at t = 0)
+        # is at least alpha p beta, and a_t(j) = a~_t(j) / c_t: no underflow
+        # anywhere in the step when that is >= DBL_MIN max(1, c_t) (twice, for
+        # the rounding of the test itself)
+        beta = exp(lo - mt)
+        if not (beta >= _DBL_MIN and
+                alpha * p * beta >= 2.0 * _DBL_MIN * (ct if ct > 1.0 else 1.0)):
+            return _RANGE
+        alpha = INFINITY
         for j in range(K):
             a1[j] = a1[j] / ct
+            if a1[j] != 0.0 and a1[j] < alpha:
+                alpha = a1[j]
         sum_logc = sum_logc + log(ct)
         sum_m = sum_m + mt
         tmp = a0
@@ -397,24 +429,44 @@ cdef inline double _lse(const double* x, Py_ssize_t n, Py_ssize_t stride) noexce
 
 cdef int _forward_log(Py_ssize_t T, Py_ssize_t K, const double* lb, const double* lpi,
                       const double* lA, double* L, Py_ssize_t step, double* tmp,
-                      double* mag, Py_ssize_t* bad_row) noexcept nogil:
-    """log alpha into L (row t at L + t * step; step 0 keeps one row) and
-    res: returns _ZERO (bad_row set) when no state is possible at some row."""
+                      double* m, double* sum_m, double* mag,
+                      Py_ssize_t* bad_row) noexcept nogil:
+    """log alpha of the row-shifted emissions (log b - m_t) into L (row t at
+    L + t * step; step 0 keeps one row), m_t into m (unless NULL) and their sum
+    into sum_m. Returns _INVALID (a NaN or +inf in log_b) or _ZERO (no state
+    possible) with bad_row set."""
     cdef Py_ssize_t t, i, j
-    cdef double v, mx
+    cdef double v, mx, mt
+    cdef const double* row
     cdef double* cur
     cdef double* prev
     for t in range(T):
+        row = lb + t * K
+        mt = -INFINITY
+        for j in range(K):
+            v = row[j]
+            if not (v < INFINITY):          # NaN or +inf
+                bad_row[0] = t
+                return _INVALID
+            if v > mt:
+                mt = v
+        if mt == -INFINITY:
+            bad_row[0] = t
+            return _ZERO
+        if m != NULL:
+            m[t] = mt
+        sum_m[0] = sum_m[0] + mt
+        mag[0] = mag[0] + fabs(mt)
         cur = L + t * step
         if t == 0:
             for j in range(K):
-                cur[j] = lpi[j] + lb[j]
+                cur[j] = lpi[j] + (row[j] - mt)
         else:
             prev = L + (t - 1) * step
             for j in range(K):
                 for i in range(K):
                     tmp[i] = prev[i] + lA[i * K + j]
-                tmp[K + j] = _lse(tmp, K, 1) + lb[t * K + j]
+                tmp[K + j] = _lse(tmp, K, 1) + (row[j] - mt)
             for j in range(K):
                 cur[j] = tmp[K + j]
         mx = -INFINITY
@@ -430,28 +482,32 @@ cdef int _forward_log(Py_ssize_t T, Py_ssize_t K, const double* lb, const double
 
 cdef int _forward_backward_log_one(
         Py_ssize_t T, Py_ssize_t K, const double* lb, const double* lpi,
-        const double* lA, double* G, double* W, double* tmp, double* X,
+        const double* lA, double* G, double* W, double* m, double* tmp, double* X,
         double* res, Py_ssize_t* bad_row) noexcept nogil:
-    """The log-space pass: posteriors into G, X = sum_t xi_t (not A * S),
-    res as _forward_backward_one's (entropy without the transition term)."""
+    """The log-space pass: posteriors into G, X = sum_t xi_t (not A * S), m_t
+    into m, res as _forward_backward_one's except that res[1] is the whole
+    entropy (the pairwise-marginal form, see the module docstring)."""
     cdef Py_ssize_t t, i, j
-    cdef double ll, v, g, mag = 0.0, ent = 0.0
-    cdef int code = _forward_log(T, K, lb, lpi, lA, G, K, tmp, &mag, bad_row)
+    cdef double ll, v, x, g, sum_m = 0.0, mag = 0.0, h = 0.0
+    cdef int code = _forward_log(T, K, lb, lpi, lA, G, K, tmp, m, &sum_m, &mag,
+                                 bad_row)
     if code != 0:
         return code
+    # ll of the shifted model; the data's is ll + sum_t m_t
     ll = _lse(G + (T - 1) * K, K, 1)
-    # log beta into W
+    # log beta of the shifted model into W
     for j in range(K):
         W[(T - 1) * K + j] = 0.0
     t = T - 2
     while t >= 0:
         for j in range(K):
-            tmp[j] = lb[(t + 1) * K + j] + W[(t + 1) * K + j]
+            tmp[j] = (lb[(t + 1) * K + j] - m[t + 1]) + W[(t + 1) * K + j]
         for i in range(K):
             for j in range(K):
                 tmp[K + j] = lA[i * K + j] + tmp[j]
             W[t * K + i] = _lse(tmp + K, K, 1)
         t = t - 1
+    # xi and - sum xi log xi from log xi itself (never log of a rounded xi)
     for i in range(K * K):
         X[i] = 0.0
     for t in range(T - 1):
@@ -459,25 +515,35 @@ cdef int _forward_backward_log_one(
             if G[t * K + i] == -INFINITY:
                 continue
             for j in range(K):
-                v = G[t * K + i] + lA[i * K + j] + lb[(t + 1) * K + j] \
+                v = G[t * K + i] + lA[i * K + j] + (lb[(t + 1) * K + j] - m[t + 1]) \
                     + W[(t + 1) * K + j] - ll
-                X[i * K + j] += exp(v)
+                x = exp(v)
+                if x != 0.0:
+                    X[i * K + j] += x
+                    h = h - x * v
+                    mag = mag + x * fabs(v)
+    # gamma, + sum gamma log gamma over the inner rows (T = 1: - over the only
+    # row, the mixture entropy)
     for t in range(T):
         for j in range(K):
             v = G[t * K + j] + W[t * K + j] - ll
             g = exp(v)
             G[t * K + j] = g
             if g != 0.0:
-                ent = ent + g * lb[t * K + j]
                 mag = mag + g * fabs(lb[t * K + j])
+                if T == 1:
+                    h = h - g * v
+                    mag = mag + g * fabs(v)
+                elif 0 < t < T - 1:
+                    h = h + g * v
+                    mag = mag + g * fabs(v)
     for j in range(K):
         g = G[j]
         if g != 0.0:
-            ent = ent + g * lpi[j]
             mag = mag + g * fabs(lpi[j])
-    res[0] = ll
-    res[1] = ll - ent
-    res[2] = mag + fabs(ll)
+    res[0] = ll + sum_m
+    res[1] = h
+    res[2] = mag + fabs(ll) + fabs(res[0])
     return 0
 
 
@@ -567,6 +633,16 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
     cdef const double[::1] pi = pi_arr
     cdef const double[:, ::1] A = A_arr
     cdef const double[:, ::1] AT = AT_arr
+    # the parameters' range (module docstring, "Leaving the double range"): a
+    # non-zero start or transition probability below DBL_MIN is a subnormal with
+    # fewer significant bits, so every sequence goes to the log-space pass; p
+    # (smallest non-zero) and C (the underflow bound's constant) for the others
+    lpos = np.concatenate([np.asarray(log_startprob), np.asarray(log_transmat).ravel()])
+    lpos = lpos[lpos > -np.inf]
+    cdef double p_min = float(np.exp(lpos.min())) if lpos.size else 1.0
+    cdef bint tiny_params = not (p_min >= _DBL_MIN)
+    cdef double C = K + 1.0 + 2.0 * max(1.0, float(pi_arr.max(initial=0.0)),
+                                        float(A_arr.max(initial=0.0)))
 
     loglik = np.zeros(n_seq)
     entropy = np.zeros(n_seq)
@@ -593,7 +669,7 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
     cdef double* a0
     cdef double* a1
     cdef double* lt
-    cdef double hA, mA, x, dummy
+    cdef double hA, mA, x, dummy, sum_m
     cdef int code
     cdef bint direct
     cdef const double* lbp = &log_b[0, 0] if n else NULL
@@ -639,25 +715,35 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
                     if posteriors:
                         for i in range(K * K):
                             S[i] = 0.0
-                        code = _forward_backward_one(
-                            T, K, lbp + r0 * K, &pi[0], lpi, &A[0, 0], &AT[0, 0], lA,
-                            gp + r0 * K, W, c, mm, Bb, S, res, &fr[q], use_blas)
+                        if tiny_params:
+                            code = _RANGE
+                        else:
+                            code = _forward_backward_one(
+                                T, K, lbp + r0 * K, &pi[0], lpi, &A[0, 0], &AT[0, 0],
+                                lA, gp + r0 * K, W, c, mm, Bb, S, res, &fr[q],
+                                use_blas, C)
                         direct = code == _RANGE
                         if direct:
                             # S becomes the transition counts themselves
+                            fr[q] = -1
                             code = _forward_backward_log_one(
-                                T, K, lbp + r0 * K, lpi, lA, gp + r0 * K, W, lt, S,
-                                res, &fr[q])
+                                T, K, lbp + r0 * K, lpi, lA, gp + r0 * K, W, mm, lt,
+                                S, res, &fr[q])
                     else:
-                        code = _forward_one(T, K, lbp + r0 * K, &pi[0], &A[0, 0],
-                                            a0, a1, W, res, &fr[q], use_blas)
+                        if tiny_params:
+                            code = _RANGE
+                        else:
+                            code = _forward_one(T, K, lbp + r0 * K, &pi[0], &A[0, 0],
+                                                a0, a1, W, res, &fr[q], use_blas, p_min)
                         direct = code == _RANGE
                         if direct:
                             dummy = 0.0
+                            sum_m = 0.0
+                            fr[q] = -1
                             code = _forward_log(T, K, lbp + r0 * K, lpi, lA, a0, 0, lt,
-                                                &dummy, &fr[q])
+                                                NULL, &sum_m, &dummy, &fr[q])
                             if code == 0:
-                                res[0] = _lse(a0, K, 1)
+                                res[0] = _lse(a0, K, 1) + sum_m
                     st[q] = code
                     ul[q] = direct
                     if code != 0:
@@ -669,7 +755,8 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
                     ll[q] = res[0]
                     if posteriors:
                         # transition counts Xi = A * S (S itself from the log
-                        # pass), and the entropy's transition term
+                        # pass), and the entropy's transition term (the log
+                        # pass's res[1] is the whole entropy)
                         hA = 0.0
                         mA = 0.0
                         for i in range(K):
@@ -681,7 +768,7 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
                                 bS[b, i, j] += x
                         for j in range(K):
                             bst[b, j] += gp[r0 * K + j]
-                        ent[q] = res[1] - hA
+                        ent[q] = res[1] if direct else res[1] - hA
                         mg[q] = res[2] + mA
             free(res)
             free(lt)
