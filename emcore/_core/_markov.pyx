@@ -27,20 +27,80 @@ renormalised every step:
     gamma_t(i) = a_t(i) b_t(i),      xi_t(i, j) = a_t(i) A_ij w_{t+1}(j)
 
 Zeros in ``pi`` and ``A`` (log 0 = -inf) are exact zeros after ``exp`` and
-never produce NaN: no logarithm of a posterior quantity is ever taken (see the
-entropy below), and a state the forward pass cannot be in (forward value 0)
-gets posterior 0 and passes nothing backward, whatever its backward value.
+never produce NaN: the scaled pass takes no logarithm of a posterior quantity
+(see the entropy below), and a state the chain cannot be in (forward value 0)
+gets posterior 0 and contributes nothing to another state's xi or beta (every
+factor on that way is an exact zero), whatever its backward value.
 
-The scaled recursion's limit is the double range: a chain *forced* through a
-factor below about 1e-308 relative to the alternatives (a transition of 1e-310
-that is the only way on, an emission ratio beyond e^-745) makes a scale factor
-0, a backward value overflow, or posterior mass underflow. Each is detected (a
-zero ``c_t``, a non-finite ``w``, or a posterior row whose sum is off 1 by more
-than 8 T (K + 4) u, twice the round-off bound) and that sequence alone is
-recomputed by a log-space forward-backward (T K^2 exp/log, no range limit).
 Only a sequence the log-space pass also finds impossible (every path has a
 zero factor) is reported as of probability zero, with its first impossible
 row; a NaN or +inf in ``log_b`` is reported with its row.
+
+Leaving the double range
+------------------------
+The scaled recursion is exact up to relative round-off only while the numbers
+it forms are normal doubles (>= DBL_MIN = 2^-1022). Below, a subnormal keeps
+fewer significant bits and a product under eta = 2^-1075 is 0: with gradual
+underflow a product carries an absolute error <= eta besides its relative u
+(an ``exp`` of a subnormal result 2 eta); additions are exact there. Such
+losses are detected, and the sequence is recomputed by a log-space
+forward-backward (T K^2 exp/log, no range limit), in three places:
+
+1. Parameters. A non-zero start or transition probability below DBL_MIN is
+   itself a subnormal (e^-713 ~ 1e-310 is stored to ~20 bits): then every
+   sequence goes to the log-space pass, in both passes (checked once a call).
+
+2. Underflow in the data. The row shift makes max_j b~_t(j) = 1, so the
+   state with the largest density of *row t* never underflows in b~; it does
+   not protect the dominant *path*, which is decided by all rows. A forward
+   value can underflow (b~ below e^-745, or a value decaying row after row
+   with no transition to replenish it) and belong to the state that later rows
+   favour: two absorbing states, data favouring state 0 by e^30 a row for 30
+   rows then state 1 for 60; state 1's forward value is exactly 0 after ~25
+   rows, every c_t is ordinary, and the scaled pass alone returns a log p 900
+   too low. No test of the emission rows alone can see this, so the loss is
+   bounded instead.
+
+   Forward-backward measures it. The computed a_t differs from the exact step
+   applied to the computed a_{t-1} by relative round-off plus an absolute
+   e_t(j) <= (C / c_t + 1) eta, C = K + 1 + 2 max(1, max pi, max A) (K
+   products in the dot product, the product with b~, exp's 2 eta times the dot
+   product <= max A, then the division by c_t). Adding e to a_t(j) multiplies
+   the likelihood by 1 + e b_t(j), as sum_j a_t(j) b_t(j) = 1; so log p moves
+   by at most D eta with
+
+       D = sum_t (C / c_t + 1) sum_j b_t(j),
+
+   summed in the backward pass, whose w is computed for every state, also
+   those of forward value 0 (an underflowed state's beta is exactly what its
+   loss costs; for a state the chain truly cannot be in, every factor on its
+   way into xi and beta is an exact zero). D > u / eta = 2^1022 sends the
+   sequence to log space. Ordinary data give D eta ~ 1e-300; in the example
+   b_t(1) ~ e^1800 overflows. (First order: terms with two losses are
+   products of such bounds. Underflow in the backward pass moves a_t(i) b_t(i)
+   by <= K eta: negligible.) The posteriors, ratios of such sums, move by
+   <= 2 D eta <= 2u.
+
+   The forward-only pass (no beta) uses a sufficient test per step: with
+   alpha the smallest non-zero a_{t-1}(i) (1 at t = 1), p the smallest non-zero
+   start or transition probability and beta = exp(min finite log_b[t] - m_t)
+   the smallest non-zero b~_t, every non-zero product a_{t-1}(i) A_ij b~_t(j)
+   is >= alpha p beta; if that is >= 2 DBL_MIN max(1, c_t) and beta >= DBL_MIN
+   nothing in the step underflows and, by induction, every computed zero is an
+   exact zero. Otherwise the log-space forward pass (O(K) memory) decides. The
+   test is more conservative than D (emission ratios beyond ~e^-350 a row
+   fail it without any loss): a cost in time, never in accuracy.
+
+3. Overflow and lost mass, as before: a zero ``c_t``, a non-finite ``w`` (a
+   backward value beyond the largest double), a posterior row whose sum is off
+   1 by more than 8 T (K + 4) u (twice the round-off bound).
+
+The log-space pass shifts the emissions by m_t too (log alpha stays of the
+size of the shifted model's path terms) and takes the entropy in the
+pairwise form below from log xi and log gamma themselves, never from the
+ELBO form: that multiplies each posterior's error, u |log alpha| relative in
+log space, by |log b_t(j)|, quadratic in the data's scale (1.6e-4 for
+log-densities of -1e6, where the pairwise form's error is u |log alpha|).
 
 Expected transition counts
 --------------------------
@@ -408,11 +468,11 @@ cdef int _forward_one(Py_ssize_t T, Py_ssize_t K, const double* lb, const double
 
 
 # --- log-space fallback ----------------------------------------------------------
-# The scaled recursion works in [2^-1074, 2^1024]: a chain forced through a
-# transition or emission ratio below about 1e-308 makes a scale factor 0, a
-# backward value overflow, or posterior mass underflow. Each of these is
-# detected (_RANGE) and the sequence is redone here in log space, which has no
-# such limit and costs T K^2 exp/log: it runs only for such sequences.
+# The scaled recursion is accurate while its numbers stay normal doubles (module
+# docstring, "Leaving the double range"): subnormal parameters, an underflow
+# bound D beyond u / eta, the forward-only alpha p beta test, a zero scale
+# factor, an overflowing backward value or lost posterior mass send a sequence
+# here (_RANGE). Log space has no such limit and costs T K^2 exp/log.
 
 cdef inline double _lse(const double* x, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
     cdef Py_ssize_t i
