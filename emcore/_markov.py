@@ -38,8 +38,11 @@ class ForwardBackward(NamedTuple):
     start          : (K,)      expected start counts sum_seq q(z_1 = k)
     entropy        : (n_seq,)  entropy of each sequence's chain posterior
     magnitude      : (n_seq,)  size of the terms summed (round-off scale u * M)
-    log_space      : (n_seq,)  bool: the sequence left the scaled recursion's double
-                               range and was computed in log space (slower, exact)
+    log_space      : (n_seq,)  bool: the sequence left the scaled recursion's range of
+                               normal doubles (underflow that could move the result
+                               by more than round-off, an overflow, or a non-zero
+                               start or transition probability below DBL_MIN) and
+                               was computed in log space (slower, exact)
     """
 
     log_likelihood: np.ndarray

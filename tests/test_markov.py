@@ -32,7 +32,7 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, note, strategies as st
+from hypothesis import assume, example, given, note, strategies as st
 
 from emcore import _markov
 from emcore._core import _markov as _core
@@ -142,7 +142,30 @@ def chains(draw, max_k=3, max_t=6, max_seq=3, zeros=True, impossible=False):
 
 # --- brute force ---------------------------------------------------------------------
 
+# Falsifying examples of the random profile (regressions): a transition of
+# probability e^-713 ~ 1e-310, a subnormal with ~20 significant bits, that the data
+# force. The scaled pass met it unnoticed: the entropy was off by 1.6e-4 (the
+# fallback's log-space gamma carried u |log alpha| ~ 1e-10 relative error into
+# weights of |log b| = 1e6), the forward-only log-likelihood by 1.9e-10 (c_t was a
+# subnormal; the digits of the second are ones where the subnormal's rounding
+# costs 1.8e-10 against a tolerance of 7e-11).
+_NEAR_SUBNORMAL_LPI = np.array([-np.inf, 0.0, -np.inf])
+_NEAR_SUBNORMAL_1 = (
+    np.array([[-1e6] * 3, [-np.inf, -1e6, -1e6]] + [[-1e6] * 3] * 4), [3, 1, 2],
+    _NEAR_SUBNORMAL_LPI,
+    np.array([[0.0, -np.inf, -np.inf], [0.0, -np.inf, -713.00158872],
+              [-2.39789527, -np.inf, -0.0953101798]]))
+_NEAR_SUBNORMAL_2 = (
+    np.array([[0.0, 0, 0], [-np.inf, 0, -10], [0, 0, 0], [0, 0, 0], [0, 0, 0],
+              [0, 0, 0]]), [2, 1, 3],
+    _NEAR_SUBNORMAL_LPI,
+    np.array([[0.0, -np.inf, -np.inf], [0.0, -np.inf, -713.0015887198376],
+              [0.0, -np.inf, -np.inf]]))
+
+
 @given(chains(impossible=True))
+@example(chain=_NEAR_SUBNORMAL_1)
+@example(chain=_NEAR_SUBNORMAL_2)
 def test_forward_backward_matches_enumeration(chain):
     lb, lengths, lpi, lA = chain
     K = lb.shape[1]
@@ -395,15 +418,47 @@ def test_chain_forced_through_a_subnormal_transition():
     assert abs(score[0] - math.log(eps)) <= t
 
 
+def _absorbing_reversal(T1=30, T2=60, gap=30.0):
+    """Two absorbing states (start 1/2 each): the data favour state 0 by e^gap a
+    row for T1 rows, then state 1 for T2 rows."""
+    lb = np.zeros((T1 + T2, 2))
+    lb[:T1, 1] = -gap
+    lb[T1:, 0] = -gap
+    return lb
+
+
+def test_underflow_lost_state_is_detected():
+    """Regression: the scaled recursion silently lost the right answer. After 30
+    rows state 1's forward value, e^-900 relative, underflows to exactly 0 (no
+    transition brings it back); the next 60 rows favour state 1, whose path is
+    e^900 more probable overall. The scaled pass saw ordinary scale factors and
+    returned state 0 throughout and a log-likelihood 900 too low, with no
+    fallback. The underflow bound D (beta of the lost state is e^+1800) and the
+    forward-only alpha p beta test now send it to log space."""
+    lpi = np.log([0.5, 0.5])
+    lA = np.array([[0.0, -np.inf], [-np.inf, 0.0]])
+    lb = _absorbing_reversal()
+    ll = math.log(0.5) + np.logaddexp(-30.0 * 60, -30.0 * 30)
+    g1 = 1.0 / (1.0 + math.exp(-30.0 * 30))       # q(state 1), every row
+    H = -(g1 * math.log(g1) + (1 - g1) * math.log1p(-g1)) if g1 < 1 else 0.0
+    res = _markov.forward_backward(lb, None, lpi, lA)
+    assert res.log_space[0]
+    t = tau(2, lb.shape[0], res.magnitude[0] + path_scale(lb, lpi, lA) + abs(ll) + 1)
+    assert abs(res.log_likelihood[0] - ll) <= t
+    assert abs(_markov.log_likelihood(lb, None, lpi, lA)[0] - ll) <= t
+    assert np.abs(res.gamma[:, 1] - g1).max() <= t
+    assert abs(res.entropy[0] - H) <= t
+    np.testing.assert_allclose(res.xi, [[0.0, 0.0], [0.0, lb.shape[0] - 1.0]],
+                               rtol=0, atol=t)
+
+
 def test_log_space_sequences_in_a_batch_are_thread_independent():
-    # the forced chain above (redone in log space) between ordinary sequences
-    eps = 1e-320
-    lpi = np.log([0.9, 0.1])
-    with np.errstate(divide="ignore"):
-        lA = np.log(np.array([[1.0 - eps, eps], [0.0, 1.0]]))
-    forced = np.zeros((20, 2))
-    forced[:10, 1] = -1e4            # state 1 impossible-ish early, forced late
-    forced[10:, 0] = -np.inf
+    # the absorbing chain of test_underflow_lost_state_is_detected (redone in log
+    # space: the parameters are ordinary, the data push it out of range) between
+    # ordinary sequences
+    lpi = np.log([0.5, 0.5])
+    lA = np.array([[0.0, -np.inf], [-np.inf, 0.0]])
+    forced = _absorbing_reversal()
     rng = np.random.default_rng(4)
     parts, lengths = [], []
     for i in range(150):
@@ -411,7 +466,7 @@ def test_log_space_sequences_in_a_batch_are_thread_independent():
             parts.append(forced)
         else:
             T = int(rng.integers(1, 30))
-            parts.append(np.column_stack([rng.normal(size=T), np.full(T, -np.inf)]))
+            parts.append(rng.normal(size=(T, 2)))
         lengths.append(parts[-1].shape[0])
     lb = np.vstack(parts)
     one = _markov.forward_backward(lb, lengths, lpi, lA, n_jobs=1)

@@ -27,20 +27,80 @@ renormalised every step:
     gamma_t(i) = a_t(i) b_t(i),      xi_t(i, j) = a_t(i) A_ij w_{t+1}(j)
 
 Zeros in ``pi`` and ``A`` (log 0 = -inf) are exact zeros after ``exp`` and
-never produce NaN: no logarithm of a posterior quantity is ever taken (see the
-entropy below), and a state the forward pass cannot be in (forward value 0)
-gets posterior 0 and passes nothing backward, whatever its backward value.
+never produce NaN: the scaled pass takes no logarithm of a posterior quantity
+(see the entropy below), and a state the chain cannot be in (forward value 0)
+gets posterior 0 and contributes nothing to another state's xi or beta (every
+factor on that way is an exact zero), whatever its backward value.
 
-The scaled recursion's limit is the double range: a chain *forced* through a
-factor below about 1e-308 relative to the alternatives (a transition of 1e-310
-that is the only way on, an emission ratio beyond e^-745) makes a scale factor
-0, a backward value overflow, or posterior mass underflow. Each is detected (a
-zero ``c_t``, a non-finite ``w``, or a posterior row whose sum is off 1 by more
-than 8 T (K + 4) u, twice the round-off bound) and that sequence alone is
-recomputed by a log-space forward-backward (T K^2 exp/log, no range limit).
 Only a sequence the log-space pass also finds impossible (every path has a
 zero factor) is reported as of probability zero, with its first impossible
 row; a NaN or +inf in ``log_b`` is reported with its row.
+
+Leaving the double range
+------------------------
+The scaled recursion is exact up to relative round-off only while the numbers
+it forms are normal doubles (>= DBL_MIN = 2^-1022). Below, a subnormal keeps
+fewer significant bits and a product under eta = 2^-1075 is 0: with gradual
+underflow a product carries an absolute error <= eta besides its relative u
+(an ``exp`` of a subnormal result 2 eta); additions are exact there. Such
+losses are detected, and the sequence is recomputed by a log-space
+forward-backward (T K^2 exp/log, no range limit), in three places:
+
+1. Parameters. A non-zero start or transition probability below DBL_MIN is
+   itself a subnormal (e^-713 ~ 1e-310 is stored to ~20 bits): then every
+   sequence goes to the log-space pass, in both passes (checked once a call).
+
+2. Underflow in the data. The row shift makes max_j b~_t(j) = 1, so the
+   state with the largest density of *row t* never underflows in b~; it does
+   not protect the dominant *path*, which is decided by all rows. A forward
+   value can underflow (b~ below e^-745, or a value decaying row after row
+   with no transition to replenish it) and belong to the state that later rows
+   favour: two absorbing states, data favouring state 0 by e^30 a row for 30
+   rows then state 1 for 60; state 1's forward value is exactly 0 after ~25
+   rows, every c_t is ordinary, and the scaled pass alone returns a log p 900
+   too low. No test of the emission rows alone can see this, so the loss is
+   bounded instead.
+
+   Forward-backward measures it. The computed a_t differs from the exact step
+   applied to the computed a_{t-1} by relative round-off plus an absolute
+   e_t(j) <= (C / c_t + 1) eta, C = K + 1 + 2 max(1, max pi, max A) (K
+   products in the dot product, the product with b~, exp's 2 eta times the dot
+   product <= max A, then the division by c_t). Adding e to a_t(j) multiplies
+   the likelihood by 1 + e b_t(j), as sum_j a_t(j) b_t(j) = 1; so log p moves
+   by at most D eta with
+
+       D = sum_t (C / c_t + 1) sum_j b_t(j),
+
+   summed in the backward pass, whose w is computed for every state, also
+   those of forward value 0 (an underflowed state's beta is exactly what its
+   loss costs; for a state the chain truly cannot be in, every factor on its
+   way into xi and beta is an exact zero). D > u / eta = 2^1022 sends the
+   sequence to log space. Ordinary data give D eta ~ 1e-300; in the example
+   b_t(1) ~ e^1800 overflows. (First order: terms with two losses are
+   products of such bounds. Underflow in the backward pass moves a_t(i) b_t(i)
+   by <= K eta: negligible.) The posteriors, ratios of such sums, move by
+   <= 2 D eta <= 2u.
+
+   The forward-only pass (no beta) uses a sufficient test per step: with
+   alpha the smallest non-zero a_{t-1}(i) (1 at t = 1), p the smallest non-zero
+   start or transition probability and beta = exp(min finite log_b[t] - m_t)
+   the smallest non-zero b~_t, every non-zero product a_{t-1}(i) A_ij b~_t(j)
+   is >= alpha p beta; if that is >= 2 DBL_MIN max(1, c_t) and beta >= DBL_MIN
+   nothing in the step underflows and, by induction, every computed zero is an
+   exact zero. Otherwise the log-space forward pass (O(K) memory) decides. The
+   test is more conservative than D (emission ratios beyond ~e^-350 a row
+   fail it without any loss): a cost in time, never in accuracy.
+
+3. Overflow and lost mass, as before: a zero ``c_t``, a non-finite ``w`` (a
+   backward value beyond the largest double), a posterior row whose sum is off
+   1 by more than 8 T (K + 4) u (twice the round-off bound).
+
+The log-space pass shifts the emissions by m_t too (log alpha stays of the
+size of the shifted model's path terms) and takes the entropy in the
+pairwise form below from log xi and log gamma themselves, never from the
+ELBO form: that multiplies each posterior's error, u |log alpha| relative in
+log space, by |log b_t(j)|, quadratic in the data's scale (1.6e-4 for
+log-densities of -1e6, where the pairwise form's error is u |log alpha|).
 
 Expected transition counts
 --------------------------
@@ -146,6 +206,10 @@ cdef enum:
     _RANGE = 4        # internal: the scaled recursion left double range (see below)
 
 cdef double _U = 2.0 ** -53
+# smallest normal double; u / eta with eta = 2^-1075 the underflow unit (half the
+# smallest subnormal), the largest D the scaled pass accepts
+cdef double _DBL_MIN = 2.0 ** -1022
+cdef double _U_OVER_ETA = 2.0 ** 1022
 
 
 cdef extern from "_markov.h":
@@ -198,14 +262,16 @@ cdef int _forward_backward_one(
         Py_ssize_t T, Py_ssize_t K, const double* lb, const double* pi,
         const double* lpi, const double* A, const double* AT, const double* lA,
         double* G, double* W, double* c, double* m, double* Bb, double* S,
-        double* res, Py_ssize_t* bad_row, bint blas) noexcept nogil:
+        double* res, Py_ssize_t* bad_row, bint blas, double C) noexcept nogil:
     """Posteriors of one sequence into G (T x K); S += sum_t a_t w_{t+1}^T.
 
-    res[0:3] = (log-likelihood, entropy, magnitude). Returns a status code.
+    res[0:3] = (log-likelihood, entropy, magnitude). Returns a status code;
+    _RANGE when the underflow bound D (module docstring, with this C) exceeds
+    u / eta.
     """
     cdef Py_ssize_t t, j, s, e, e2, r
     cdef double mt, v, ct, sum_logc = 0.0, sum_m = 0.0, mag = 0.0
-    cdef double ent_b = 0.0, g, rs
+    cdef double ent_b = 0.0, g, rs, sb, D = 0.0
     cdef double max_drift = 8.0 * T * (K + 4) * _U
     cdef const double* row
     cdef double* a
@@ -272,16 +338,20 @@ cdef int _forward_backward_one(
             emm_bwd_step(AT, W + (t + 1) * K, bcur, K)
         wt = W + t * K
         ct = c[t]
-        a = G + t * K
+        # the underflow bound: D = sum_t (C / c_t + 1) sum_j b_t(j), over every
+        # state, also those whose forward value is 0 (underflow may be what
+        # made it 0, and their beta is what such a loss costs)
+        sb = 0.0
         for j in range(K):
-            # a state the forward pass cannot be in contributes to no xi and no
-            # beta (exactly: its forward probability is 0), whatever its beta
-            if a[j] == 0.0:
-                wt[j] = 0.0
-            else:
-                wt[j] = wt[j] * bcur[j] / ct
-                if not (wt[j] < INFINITY):
-                    return _RANGE       # beta beyond the largest double
+            sb = sb + bcur[j]
+        D = D + (C / ct + 1.0) * sb
+        for j in range(K):
+            # w of every state: one the forward pass cannot be in meets only
+            # zero factors on its way into xi and beta (a_t(i) = 0, A_ij = 0 or
+            # b~_{t+1}(j) = 0), so it contributes exactly nothing there
+            wt[j] = wt[j] * bcur[j] / ct
+            if not (wt[j] < INFINITY):
+                return _RANGE           # beta beyond the largest double (or NaN)
         if t == s:
             # xi of the block's rows r (r + 1 < T), before the forward rows change
             e2 = e if e < T - 1 else T - 1
@@ -311,6 +381,10 @@ cdef int _forward_backward_one(
             s = e - _TIME_BLOCK if e > _TIME_BLOCK else 0
         t = t - 1
 
+    # underflow in the forward pass may have moved log p by up to D eta relative
+    # (module docstring): more than u, and the log-space pass decides
+    if not (D <= _U_OVER_ETA):
+        return _RANGE
     # start term (the transition term needs A * S, done by the caller)
     cdef double ent_pi = 0.0
     for j in range(K):
@@ -326,16 +400,21 @@ cdef int _forward_backward_one(
 
 cdef int _forward_one(Py_ssize_t T, Py_ssize_t K, const double* lb, const double* pi,
                       const double* A, double* a0, double* a1, double* bt,
-                      double* res, Py_ssize_t* bad_row, bint blas) noexcept nogil:
-    """Log-likelihood of one sequence in O(K) memory: res[0]. _RANGE when a scale
-    factor is 0 (the caller then runs the log-space pass)."""
+                      double* res, Py_ssize_t* bad_row, bint blas,
+                      double p) noexcept nogil:
+    """Log-likelihood of one sequence in O(K) memory: res[0]. _RANGE unless every
+    product of the step is provably a normal double (alpha p beta test of the
+    module docstring, p the smallest non-zero start or transition probability);
+    the caller then runs the log-space pass."""
     cdef Py_ssize_t t, j
-    cdef double mt, v, ct, sum_logc = 0.0, sum_m = 0.0
+    cdef double mt, lo, v, ct, sum_logc = 0.0, sum_m = 0.0
+    cdef double alpha = 1.0, beta
     cdef const double* row
     cdef double* tmp
     for t in range(T):
         row = lb + t * K
         mt = -INFINITY
+        lo = INFINITY
         for j in range(K):
             v = row[j]
             if not (v < INFINITY):
@@ -343,6 +422,8 @@ cdef int _forward_one(Py_ssize_t T, Py_ssize_t K, const double* lb, const double
                 return _INVALID
             if v > mt:
                 mt = v
+            if v < lo and v > -INFINITY:
+                lo = v
         if mt == -INFINITY:
             bad_row[0] = t
             res[0] = -INFINITY
@@ -364,8 +445,19 @@ cdef int _forward_one(Py_ssize_t T, Py_ssize_t K, const double* lb, const double
             ct = ct + a1[j]
         if not (ct > 0.0):
             return _RANGE
+        # every non-zero product a_{t-1}(i) A_ij b~_t(j) (pi_j b~_1(j) at t = 0)
+        # is at least alpha p beta, and a_t(j) = a~_t(j) / c_t: no underflow
+        # anywhere in the step when that is >= DBL_MIN max(1, c_t) (twice, for
+        # the rounding of the test itself)
+        beta = exp(lo - mt)
+        if not (beta >= _DBL_MIN and
+                alpha * p * beta >= 2.0 * _DBL_MIN * (ct if ct > 1.0 else 1.0)):
+            return _RANGE
+        alpha = INFINITY
         for j in range(K):
             a1[j] = a1[j] / ct
+            if a1[j] != 0.0 and a1[j] < alpha:
+                alpha = a1[j]
         sum_logc = sum_logc + log(ct)
         sum_m = sum_m + mt
         tmp = a0
@@ -376,11 +468,11 @@ cdef int _forward_one(Py_ssize_t T, Py_ssize_t K, const double* lb, const double
 
 
 # --- log-space fallback ----------------------------------------------------------
-# The scaled recursion works in [2^-1074, 2^1024]: a chain forced through a
-# transition or emission ratio below about 1e-308 makes a scale factor 0, a
-# backward value overflow, or posterior mass underflow. Each of these is
-# detected (_RANGE) and the sequence is redone here in log space, which has no
-# such limit and costs T K^2 exp/log: it runs only for such sequences.
+# The scaled recursion is accurate while its numbers stay normal doubles (module
+# docstring, "Leaving the double range"): subnormal parameters, an underflow
+# bound D beyond u / eta, the forward-only alpha p beta test, a zero scale
+# factor, an overflowing backward value or lost posterior mass send a sequence
+# here (_RANGE). Log space has no such limit and costs T K^2 exp/log.
 
 cdef inline double _lse(const double* x, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
     cdef Py_ssize_t i
@@ -397,24 +489,44 @@ cdef inline double _lse(const double* x, Py_ssize_t n, Py_ssize_t stride) noexce
 
 cdef int _forward_log(Py_ssize_t T, Py_ssize_t K, const double* lb, const double* lpi,
                       const double* lA, double* L, Py_ssize_t step, double* tmp,
-                      double* mag, Py_ssize_t* bad_row) noexcept nogil:
-    """log alpha into L (row t at L + t * step; step 0 keeps one row) and
-    res: returns _ZERO (bad_row set) when no state is possible at some row."""
+                      double* m, double* sum_m, double* mag,
+                      Py_ssize_t* bad_row) noexcept nogil:
+    """log alpha of the row-shifted emissions (log b - m_t) into L (row t at
+    L + t * step; step 0 keeps one row), m_t into m (unless NULL) and their sum
+    into sum_m. Returns _INVALID (a NaN or +inf in log_b) or _ZERO (no state
+    possible) with bad_row set."""
     cdef Py_ssize_t t, i, j
-    cdef double v, mx
+    cdef double v, mx, mt
+    cdef const double* row
     cdef double* cur
     cdef double* prev
     for t in range(T):
+        row = lb + t * K
+        mt = -INFINITY
+        for j in range(K):
+            v = row[j]
+            if not (v < INFINITY):          # NaN or +inf
+                bad_row[0] = t
+                return _INVALID
+            if v > mt:
+                mt = v
+        if mt == -INFINITY:
+            bad_row[0] = t
+            return _ZERO
+        if m != NULL:
+            m[t] = mt
+        sum_m[0] = sum_m[0] + mt
+        mag[0] = mag[0] + fabs(mt)
         cur = L + t * step
         if t == 0:
             for j in range(K):
-                cur[j] = lpi[j] + lb[j]
+                cur[j] = lpi[j] + (row[j] - mt)
         else:
             prev = L + (t - 1) * step
             for j in range(K):
                 for i in range(K):
                     tmp[i] = prev[i] + lA[i * K + j]
-                tmp[K + j] = _lse(tmp, K, 1) + lb[t * K + j]
+                tmp[K + j] = _lse(tmp, K, 1) + (row[j] - mt)
             for j in range(K):
                 cur[j] = tmp[K + j]
         mx = -INFINITY
@@ -430,28 +542,32 @@ cdef int _forward_log(Py_ssize_t T, Py_ssize_t K, const double* lb, const double
 
 cdef int _forward_backward_log_one(
         Py_ssize_t T, Py_ssize_t K, const double* lb, const double* lpi,
-        const double* lA, double* G, double* W, double* tmp, double* X,
+        const double* lA, double* G, double* W, double* m, double* tmp, double* X,
         double* res, Py_ssize_t* bad_row) noexcept nogil:
-    """The log-space pass: posteriors into G, X = sum_t xi_t (not A * S),
-    res as _forward_backward_one's (entropy without the transition term)."""
+    """The log-space pass: posteriors into G, X = sum_t xi_t (not A * S), m_t
+    into m, res as _forward_backward_one's except that res[1] is the whole
+    entropy (the pairwise-marginal form, see the module docstring)."""
     cdef Py_ssize_t t, i, j
-    cdef double ll, v, g, mag = 0.0, ent = 0.0
-    cdef int code = _forward_log(T, K, lb, lpi, lA, G, K, tmp, &mag, bad_row)
+    cdef double ll, v, x, g, sum_m = 0.0, mag = 0.0, h = 0.0
+    cdef int code = _forward_log(T, K, lb, lpi, lA, G, K, tmp, m, &sum_m, &mag,
+                                 bad_row)
     if code != 0:
         return code
+    # ll of the shifted model; the data's is ll + sum_t m_t
     ll = _lse(G + (T - 1) * K, K, 1)
-    # log beta into W
+    # log beta of the shifted model into W
     for j in range(K):
         W[(T - 1) * K + j] = 0.0
     t = T - 2
     while t >= 0:
         for j in range(K):
-            tmp[j] = lb[(t + 1) * K + j] + W[(t + 1) * K + j]
+            tmp[j] = (lb[(t + 1) * K + j] - m[t + 1]) + W[(t + 1) * K + j]
         for i in range(K):
             for j in range(K):
                 tmp[K + j] = lA[i * K + j] + tmp[j]
             W[t * K + i] = _lse(tmp + K, K, 1)
         t = t - 1
+    # xi and - sum xi log xi from log xi itself (never log of a rounded xi)
     for i in range(K * K):
         X[i] = 0.0
     for t in range(T - 1):
@@ -459,25 +575,35 @@ cdef int _forward_backward_log_one(
             if G[t * K + i] == -INFINITY:
                 continue
             for j in range(K):
-                v = G[t * K + i] + lA[i * K + j] + lb[(t + 1) * K + j] \
+                v = G[t * K + i] + lA[i * K + j] + (lb[(t + 1) * K + j] - m[t + 1]) \
                     + W[(t + 1) * K + j] - ll
-                X[i * K + j] += exp(v)
+                x = exp(v)
+                if x != 0.0:
+                    X[i * K + j] += x
+                    h = h - x * v
+                    mag = mag + x * fabs(v)
+    # gamma, + sum gamma log gamma over the inner rows (T = 1: - over the only
+    # row, the mixture entropy)
     for t in range(T):
         for j in range(K):
             v = G[t * K + j] + W[t * K + j] - ll
             g = exp(v)
             G[t * K + j] = g
             if g != 0.0:
-                ent = ent + g * lb[t * K + j]
                 mag = mag + g * fabs(lb[t * K + j])
+                if T == 1:
+                    h = h - g * v
+                    mag = mag + g * fabs(v)
+                elif 0 < t < T - 1:
+                    h = h + g * v
+                    mag = mag + g * fabs(v)
     for j in range(K):
         g = G[j]
         if g != 0.0:
-            ent = ent + g * lpi[j]
             mag = mag + g * fabs(lpi[j])
-    res[0] = ll
-    res[1] = ll - ent
-    res[2] = mag + fabs(ll)
+    res[0] = ll + sum_m
+    res[1] = h
+    res[2] = mag + fabs(ll) + fabs(res[0])
     return 0
 
 
@@ -567,6 +693,16 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
     cdef const double[::1] pi = pi_arr
     cdef const double[:, ::1] A = A_arr
     cdef const double[:, ::1] AT = AT_arr
+    # the parameters' range (module docstring, "Leaving the double range"): a
+    # non-zero start or transition probability below DBL_MIN is a subnormal with
+    # fewer significant bits, so every sequence goes to the log-space pass; p
+    # (smallest non-zero) and C (the underflow bound's constant) for the others
+    lpos = np.concatenate([np.asarray(log_startprob), np.asarray(log_transmat).ravel()])
+    lpos = lpos[lpos > -np.inf]
+    cdef double p_min = float(np.exp(lpos.min())) if lpos.size else 1.0
+    cdef bint tiny_params = not (p_min >= _DBL_MIN)
+    cdef double C = K + 1.0 + 2.0 * max(1.0, float(pi_arr.max(initial=0.0)),
+                                        float(A_arr.max(initial=0.0)))
 
     loglik = np.zeros(n_seq)
     entropy = np.zeros(n_seq)
@@ -593,7 +729,7 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
     cdef double* a0
     cdef double* a1
     cdef double* lt
-    cdef double hA, mA, x, dummy
+    cdef double hA, mA, x, dummy, sum_m
     cdef int code
     cdef bint direct
     cdef const double* lbp = &log_b[0, 0] if n else NULL
@@ -639,25 +775,35 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
                     if posteriors:
                         for i in range(K * K):
                             S[i] = 0.0
-                        code = _forward_backward_one(
-                            T, K, lbp + r0 * K, &pi[0], lpi, &A[0, 0], &AT[0, 0], lA,
-                            gp + r0 * K, W, c, mm, Bb, S, res, &fr[q], use_blas)
+                        if tiny_params:
+                            code = _RANGE
+                        else:
+                            code = _forward_backward_one(
+                                T, K, lbp + r0 * K, &pi[0], lpi, &A[0, 0], &AT[0, 0],
+                                lA, gp + r0 * K, W, c, mm, Bb, S, res, &fr[q],
+                                use_blas, C)
                         direct = code == _RANGE
                         if direct:
                             # S becomes the transition counts themselves
+                            fr[q] = -1
                             code = _forward_backward_log_one(
-                                T, K, lbp + r0 * K, lpi, lA, gp + r0 * K, W, lt, S,
-                                res, &fr[q])
+                                T, K, lbp + r0 * K, lpi, lA, gp + r0 * K, W, mm, lt,
+                                S, res, &fr[q])
                     else:
-                        code = _forward_one(T, K, lbp + r0 * K, &pi[0], &A[0, 0],
-                                            a0, a1, W, res, &fr[q], use_blas)
+                        if tiny_params:
+                            code = _RANGE
+                        else:
+                            code = _forward_one(T, K, lbp + r0 * K, &pi[0], &A[0, 0],
+                                                a0, a1, W, res, &fr[q], use_blas, p_min)
                         direct = code == _RANGE
                         if direct:
                             dummy = 0.0
+                            sum_m = 0.0
+                            fr[q] = -1
                             code = _forward_log(T, K, lbp + r0 * K, lpi, lA, a0, 0, lt,
-                                                &dummy, &fr[q])
+                                                NULL, &sum_m, &dummy, &fr[q])
                             if code == 0:
-                                res[0] = _lse(a0, K, 1)
+                                res[0] = _lse(a0, K, 1) + sum_m
                     st[q] = code
                     ul[q] = direct
                     if code != 0:
@@ -669,7 +815,8 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
                     ll[q] = res[0]
                     if posteriors:
                         # transition counts Xi = A * S (S itself from the log
-                        # pass), and the entropy's transition term
+                        # pass), and the entropy's transition term (the log
+                        # pass's res[1] is the whole entropy)
                         hA = 0.0
                         mA = 0.0
                         for i in range(K):
@@ -681,7 +828,7 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
                                 bS[b, i, j] += x
                         for j in range(K):
                             bst[b, j] += gp[r0 * K + j]
-                        ent[q] = res[1] - hA
+                        ent[q] = res[1] if direct else res[1] - hA
                         mg[q] = res[2] + mA
             free(res)
             free(lt)
