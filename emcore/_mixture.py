@@ -31,13 +31,17 @@ INIT_PARAMS = ("k-means++", "random", "random_from_data")
 _WEIGHTS_SUM_TOL = 1e-6
 
 
-def _check_weights(weights: Any, name: str, owner: str) -> np.ndarray:
+def _check_weights(weights: Any, name: str, owner: str,
+                   n_components: Optional[int] = None) -> np.ndarray:
     """Mixture weights as a float64 1-D array of non-negative numbers summing to 1
-    (within ``_WEIGHTS_SUM_TOL``), or a ValueError naming ``name``."""
+    (within ``_WEIGHTS_SUM_TOL``), of length ``n_components`` when given, or a
+    ValueError naming ``name``: the one check of fitted, given and starting weights."""
+    shape = "a 1-D array" if n_components is None else f"an array of shape ({n_components},)"
     prefix = (f"The {name!r} {'attribute' if name.endswith('_') else 'parameter'} of "
-              f"{owner} must be a 1-D array of non-negative numbers summing to 1")
+              f"{owner} must be {shape} of non-negative numbers summing to 1")
     w = v.as_float_array(weights, prefix)
-    if w.ndim != 1 or w.shape[0] == 0:
+    if w.ndim != 1 or w.shape[0] == 0 or (n_components is not None
+                                          and w.shape[0] != n_components):
         raise ValueError(f"{prefix}. Got an array of shape {w.shape} instead.")
     if not np.all(np.isfinite(w)) or np.any(w < 0) or \
             not abs(float(np.sum(w)) - 1.0) <= _WEIGHTS_SUM_TOL:

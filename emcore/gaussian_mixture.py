@@ -461,12 +461,7 @@ class GaussianMixture(_MixtureBase):
                              f"Got {self.posterior!r} instead.")
         d = X.shape[1]
         if self.weights_init is not None:
-            prefix = (f"The 'weights_init' parameter of GaussianMixture must be an array of "
-                      f"shape ({k},) of non-negative numbers summing to 1")
-            w = v.as_float_array(self.weights_init, prefix)
-            if w.shape != (k,) or not np.all(np.isfinite(w)) or np.any(w < 0) or \
-                    abs(w.sum() - 1.0) > 1e-6:
-                raise ValueError(f"{prefix}. Got {self.weights_init!r} instead.")
+            _check_weights(self.weights_init, "weights_init", owner, k)
         if self.means_init is not None:
             prefix = (f"The 'means_init' parameter of GaussianMixture must be a finite array "
                       f"of shape ({k}, {d})")

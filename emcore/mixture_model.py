@@ -203,15 +203,7 @@ class MixtureModel(_MixtureBase):
         k = family.n_components
         weights = None
         if self.weights_init is not None:
-            try:
-                weights = np.array(self.weights_init, dtype=np.float64)
-            except (TypeError, ValueError):
-                weights = None
-            if weights is None or weights.shape != (k,) or not np.all(np.isfinite(weights)) \
-                    or np.any(weights < 0) or abs(weights.sum() - 1.0) > 1e-6:
-                raise ValueError(f"The 'weights_init' parameter of MixtureModel must be an "
-                                 f"array of shape ({k},) of non-negative numbers summing to "
-                                 f"1. Got {self.weights_init!r} instead.")
+            weights = _check_weights(self.weights_init, "weights_init", "MixtureModel", k)
             weights = weights / weights.sum()
             if family.fixed_weights and np.any(weights != 1.0 / k):
                 raise ValueError(f"The 'weights_init' parameter of MixtureModel must be None "
