@@ -29,7 +29,6 @@ __all__ = ["GaussianFamily", "GaussianStats", "COVARIANCE_TYPES"]
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 _DIAGONAL_TYPES = ("diag", "spherical")   # diagonal precisions: the diagonal kernel
 _LOG_2PI = np.log(2.0 * np.pi)
-_U = np.finfo(np.float64).eps / 2
 
 
 @dataclass(frozen=True)
@@ -158,7 +157,7 @@ class GaussianFamily(Family):
         for j in range(k):
             self._cholesky(cov[j], j)        # positive definite, or DegenerateComponentError
             # symmetric to rounding: the M-step symmetrises; u |S|
-            if np.any(np.abs(cov[j] - cov[j].T) > 4 * _U * np.max(np.abs(cov[j]))):
+            if np.any(np.abs(cov[j] - cov[j].T) > 4 * UNIT_ROUNDOFF * np.max(np.abs(cov[j]))):
                 raise ValueError(f"'covariances' of component {j} is not symmetric")
             if np.any(np.tril(U[j], -1) != 0) or np.any(np.diagonal(U[j]) <= 0):
                 raise ValueError(f"'precisions_cholesky' of component {j} is not upper "
@@ -167,7 +166,7 @@ class GaussianFamily(Family):
             # c d u kappa (Higham, thm 8.5); c = 8 and kappa of Sigma
             kappa = _condition_of_factor(U[j])
             resid = float(np.max(np.abs(U[j].T @ cov[j] @ U[j] - eye)))
-            if not resid <= 8.0 * d * _U * max(kappa, 1.0):
+            if not resid <= 8.0 * d * UNIT_ROUNDOFF * max(kappa, 1.0):
                 raise ValueError(f"'precisions_cholesky' of component {j} is not the "
                                  f"Cholesky factor of the inverse covariance (U^T Sigma U "
                                  f"differs from I by {resid:.3g})")
