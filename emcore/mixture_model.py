@@ -21,8 +21,8 @@ def _check_family_params(params: Any, k: int, name: str, owner: str) -> dict:
     """A family's parameters as a dict of finite float64 arrays whose first axis is
     the component (the plugin API's contract for parameters), or a ValueError."""
     prefix = (f"The {name!r} {'attribute' if name.endswith('_') else 'parameter'} of "
-              f"{owner} must be a mapping of names (str) to finite arrays whose first "
-              f"axis has n_components={k} entries")
+              f"{owner} must be a non-empty mapping of names (str) to finite arrays of "
+              f"numbers whose first axis has n_components={k} entries")
     if not isinstance(params, Mapping) or not params or \
             not all(isinstance(key, str) for key in params):
         raise ValueError(f"{prefix}. Got {params!r} instead.")
@@ -212,26 +212,8 @@ class MixtureModel(_MixtureBase):
                                  "instead.")
         params = None
         if self.params_init is not None:
-            given = self.params_init
-            if not isinstance(given, Mapping) or not given or \
-                    not all(isinstance(key, str) for key in given):
-                raise ValueError("The 'params_init' parameter of MixtureModel must be None "
-                                 "or a non-empty mapping of parameter names (str) to arrays. "
-                                 f"Got {given!r} instead.")
-            params = {}
-            for key, value in given.items():
-                try:
-                    params[key] = np.array(value, dtype=np.float64)
-                except (TypeError, ValueError):
-                    raise ValueError(f"The 'params_init' parameter of MixtureModel must map "
-                                     f"names to numeric arrays. Got {value!r} for {key!r} "
-                                     "instead.") from None
-                if params[key].ndim == 0 or params[key].shape[0] != k or \
-                        not np.all(np.isfinite(params[key])):
-                    raise ValueError(f"The 'params_init' parameter of MixtureModel must hold "
-                                     f"finite arrays with one entry per component (first "
-                                     f"axis {k}). Got shape {params[key].shape} for {key!r} "
-                                     "instead.")
+            params = _check_family_params(self.params_init, k, "params_init",
+                                          "MixtureModel")
             try:
                 family.validate_params(params)
             except (ValueError, KeyError) as exc:

@@ -195,12 +195,13 @@ def test_weights_init_must_be_equal_for_a_family_with_fixed_weights():
 
 
 @pytest.mark.parametrize("params_init, match", [
-    ("abc", "non-empty mapping"),
-    ({}, "non-empty mapping"),
-    ({1: np.zeros((2, 2))}, "non-empty mapping"),
-    ({"means": "x"}, "numeric arrays"),
-    ({"means": np.zeros((3, 2))}, "first axis 2"),
-    ({"means": np.full((2, 2), np.inf)}, "finite arrays"),
+    # the message names the argument and what was wrong with it (the "Got" part)
+    ("abc", "Got 'abc' instead"),
+    ({}, r"Got \{\} instead"),
+    ({1: np.zeros((2, 2))}, r"Got \{1: "),
+    ({"means": "x"}, "Got 'x' instead"),
+    ({"means": np.zeros((3, 2))}, r"Got 'means' of shape \(3, 2\) instead"),
+    ({"means": np.full((2, 2), np.inf)}, "with non-finite entries"),
 ])
 def test_params_init_is_validated(params_init, match):
     X = np.random.default_rng(0).normal(size=(20, 2))
