@@ -153,12 +153,16 @@ def _representations(value: Any, name: str, representation: str, covariance_type
     return tuple(a.copy() if t == "full" else a[0].copy() for a in out)
 
 
-def _check_means(means: Any, k: int, name: str, owner: str) -> np.ndarray:
+def _check_means(means: Any, k: int, name: str, owner: str,
+                 n_features: Optional[int] = None) -> np.ndarray:
+    """Means as a finite float64 (k, d) array (d = ``n_features`` when given), or a
+    ValueError naming ``name``: fitted, given and starting means alike."""
     prefix = (f"The {name!r} {_kind(name)} of {owner} must be a finite array of shape "
-              f"(n_components, n_features) with n_components={k} (the length of the "
-              "weights)")
+              + (f"(n_components, n_features) with n_components={k} (the length of the "
+                 "weights)" if n_features is None else f"({k}, {n_features})"))
     m = v.as_float_array(means, prefix)
-    if m.ndim != 2 or m.shape[0] != k or m.shape[1] == 0:
+    if m.ndim != 2 or m.shape[0] != k or m.shape[1] == 0 or (
+            n_features is not None and m.shape[1] != n_features):
         raise ValueError(f"{prefix}. Got an array of shape {m.shape} instead.")
     if not np.all(np.isfinite(m)):
         raise ValueError(f"{prefix}. Got non-finite entries instead.")
@@ -463,11 +467,7 @@ class GaussianMixture(_MixtureBase):
         if self.weights_init is not None:
             _check_weights(self.weights_init, "weights_init", owner, k)
         if self.means_init is not None:
-            prefix = (f"The 'means_init' parameter of GaussianMixture must be a finite array "
-                      f"of shape ({k}, {d})")
-            m = v.as_float_array(self.means_init, prefix)
-            if m.shape != (k, d) or not np.all(np.isfinite(m)):
-                raise ValueError(f"{prefix}. Got shape {m.shape} instead.")
+            _check_means(self.means_init, k, "means_init", owner, d)
         if self.precisions_init is not None:
             # checked as the precisions_ attribute is (symmetric, positive definite),
             # up front: a bad parameter is not a degenerate component
