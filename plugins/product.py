@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from emcore import DegenerateComponentError
+from emcore import DegenerateComponentError, registered_family
 from emcore.plugin_api import (Family, FamilyRecord, Params, check_support, hookimpl,
                                support_of)
 
@@ -53,8 +53,6 @@ def _columns(value: Any, g: int, d: int) -> np.ndarray:
 
 def _parse_parts(parts: Any, n_components: int, d: int) -> list:
     """[(name, columns, family, support)] of a ``parts`` specification, validated."""
-    from emcore.registry import get_registry
-
     form = "a non-empty list of (family name, columns) or (family name, columns, options)"
     if parts is None or isinstance(parts, (str, bytes, Mapping)) or \
             not isinstance(parts, Sequence) or not parts:
@@ -81,7 +79,7 @@ def _parse_parts(parts: Any, n_components: int, d: int) -> list:
                                  f"{owner_of[int(j)]} and {g} instead.")
             owner_of[int(j)] = g
         try:
-            record = get_registry().family(name)
+            record = registered_family(name)
         except ValueError as exc:
             raise ValueError(f"The 'parts' parameter of {_OWNER}, part {g}: {exc}") from None
         try:
@@ -134,6 +132,8 @@ class ProductFamily(Family):
         self._parts = _parse_parts(parts, self.n_components, self.n_features)
         # the model fixes the mixture weights if a part's does (k-means)
         self.fixed_weights = any(f.fixed_weights for _, _, f, _ in self._parts)
+        # the default start's smoothing (without a given partition): what every part needs
+        self.init_smoothing = max(float(f.init_smoothing) for _, _, f, _ in self._parts)
 
     # --- the parts' views --------------------------------------------------------------
     def _block(self, X: Any, cols: np.ndarray) -> Any:
@@ -240,18 +240,15 @@ class ProductFamily(Family):
     def initial_params(self, X: Any, rng: np.random.Generator,
                        sample_weight: Optional[np.ndarray] = None, resp: Any = None) -> dict:
         """Each part's own ``initial_params`` on its columns, from one starting partition
-        of the whole rows (the one given, else the default: nearest of K k-means++ seeds
-        over all columns), so that the parts start from the same components."""
-        if resp is None:
-            from emcore._init import kmeans_plusplus, nearest_centre, one_hot
-
-            k = self.n_components
-            centres = X[kmeans_plusplus(X, k, rng, sample_weight)]
-
-            def resp(start, stop):
-                return one_hot(nearest_centre(X, centres, start, stop), k)
+        of the whole rows (``resp``, which the estimators always give), so that the
+        parts start from the same components. Without ``resp``, the default
+        (:meth:`Family.initial_params`: one M-step on the smoothed nearest-seed
+        partition of all columns, smoothed by the largest of the parts'
+        ``init_smoothing``)."""
         if isinstance(X, np.ndarray):
             self._check_support(X)
+        if resp is None:
+            return super().initial_params(X, rng, sample_weight)
         return self._join([fam.initial_params(self._block(X, cols), rng, sample_weight,
                                               resp=resp)
                            for _, cols, fam, _ in self._parts])

@@ -307,7 +307,8 @@ def test_product_fit_of_mixed_data_chain_and_criteria(with_categorical):
     # the parts start from one partition through their own initial_params: the
     # categorical part's default start is smoothed, so no probability starts at an
     # exact zero (the MLE may have some: a level a class never uses)
-    start = m.family_.initial_params(X, np.random.default_rng(0))
+    hard = np.eye(2)[(X[:, 0] > 2).astype(int)]        # a hard partition
+    start = m.family_.initial_params(X, np.random.default_rng(0), resp=hard)
     present = X[:, 2:, None] == np.arange(5)                    # (n, 5 features, 5 levels)
     assert np.all(start["part1.probabilities"][:, present.any(axis=0)] > 0)
     p = 2 * (2 + 2) + 2 * 5 * 4 + 1
