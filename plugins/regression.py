@@ -11,13 +11,15 @@ Parameters: ``coefficients`` (K, p), p = number of covariates (+ 1 with the
 intercept, first), and ``variances`` (K,).
 
 Statistics: per component the weight N_k = sum_i w_ik and the upper-triangular
-factor R_k of the weighted augmented design sqrt(w_ik) [z_i, y_i] (a QR
+factor R_k of the weighted augmented design sqrt(w_ik) ([z_i, y_i] - c_k), centred
+at reference points c_k (the intercept absorbs them exactly) (a QR
 factorisation by LAPACK's geqrf, never the normal equations, whose condition
 number is the square of the design's). Merging stacks two factors and takes the
 factor of the stack (the tall-skinny QR, TSQR): the statistics of the union of
 the rows, to rounding. With R_k = [[R_zz, r_zy], [0, rho]], the weighted
 residual sum of squares at any beta is ||R_zz beta - r_zy||^2 + rho^2, so the
-M-step is a triangular solve (weighted least squares), sigma_k^2 = rho^2 / N_k,
+M-step is a triangular solve (weighted least squares; beta's intercept then moved
+back from c_k), sigma_k^2 = rho^2 / N_k,
 and the expected log-likelihood needs no second pass over the rows.
 """
 
@@ -42,12 +44,16 @@ _LOG_2PI = math.log(2.0 * math.pi)
 class RegressionStats:
     """Sufficient statistics of K regression components.
 
-    weight (K,) = sum_i w_ik; factor (K, p + 1, p + 1): upper-triangular R_k with
-    R_k^T R_k = sum_i w_ik a_i a_i^T, a_i = [z_i, y_i], each row of R_k with a
-    non-negative diagonal entry (the factor is then unique for a design of full
-    rank).
+    weight (K,) = sum_i w_ik; shift (K, p + 1): reference points c_k of the
+    augmented rows a_i = [z_i, y_i] (the weighted means, as rounded; 0 in the
+    intercept's column, and everywhere without an intercept); factor (K, p + 1,
+    p + 1): upper-triangular R_k with R_k^T R_k = sum_i w_ik (a_i - c_k)(a_i - c_k)^T,
+    each row of R_k with a non-negative diagonal entry. The intercept absorbs the
+    shift exactly (column 0 is the weights' square roots), so the rows are
+    centred, and nothing is lost to the data's offset.
     """
     weight: np.ndarray
+    shift: np.ndarray
     factor: np.ndarray
 
 
@@ -127,33 +133,63 @@ class LinearRegressionFamily(Family):
     # --- statistics -----------------------------------------------------------------
     def empty_stats(self) -> RegressionStats:
         k, m = self.n_components, self.n_coefficients + 1
-        return RegressionStats(np.zeros(k), np.zeros((k, m, m)))
+        return RegressionStats(np.zeros(k), np.zeros((k, m)), np.zeros((k, m, m)))
 
     def chunk_stats(self, X: np.ndarray, weights: np.ndarray) -> RegressionStats:
         Z, y = self._design(X)
         A = np.hstack([Z, y[:, None]])
         W = np.asarray(weights, dtype=np.float64)
         m = A.shape[1]
+        n_k = W.sum(axis=0)
+        shift = np.zeros((self.n_components, m))
         factor = np.empty((self.n_components, m, m))
         for k in range(self.n_components):
             root = np.sqrt(W[:, k])
             keep = root > 0
-            factor[k] = _triangular_factor(A[keep] * root[keep, None], m)
-        return RegressionStats(W.sum(axis=0), factor)
+            if self.intercept and n_k[k] > 0:
+                shift[k, 1:] = (W[:, k] @ A[:, 1:]) / n_k[k]
+            factor[k] = _triangular_factor((A[keep] - shift[k]) * root[keep, None], m)
+        return RegressionStats(n_k, shift, factor)
+
+    def _moved(self, R: np.ndarray, old: np.ndarray, new: np.ndarray) -> np.ndarray:
+        """The factor of the same rows about the reference point ``new`` instead of
+        ``old``: A - 1 new^T = (A - 1 old^T)(I - e_0 (new - old)^T), and R's first
+        column is R_00 e_0, so only R's first row changes (exact up to one rounding)."""
+        if not self.intercept:
+            return R
+        out = R.copy()
+        out[0, 1:] -= R[0, 0] * (new[1:] - old[1:])
+        return out
 
     def merge_stats(self, a: RegressionStats, b: RegressionStats) -> RegressionStats:
         m = a.factor.shape[1]
-        factor = np.stack([_triangular_factor(np.vstack([ra, rb]), m)
-                           for ra, rb in zip(a.factor, b.factor)])
-        return RegressionStats(a.weight + b.weight, factor)
+        weight = a.weight + b.weight
+        shift = np.where(weight[:, None] > 0,
+                         (a.weight[:, None] * a.shift + b.weight[:, None] * b.shift)
+                         / np.where(weight > 0, weight, 1.0)[:, None], a.shift)
+        factor = np.stack([_triangular_factor(np.vstack([self._moved(ra, ca, c),
+                                                         self._moved(rb, cb, c)]), m)
+                           for ra, ca, rb, cb, c in zip(a.factor, a.shift, b.factor,
+                                                        b.shift, shift)])
+        return RegressionStats(weight, shift, factor)
 
     def scale_stats(self, stats: RegressionStats, factor: float) -> RegressionStats:
-        return RegressionStats(stats.weight * factor, stats.factor * math.sqrt(factor))
+        return RegressionStats(stats.weight * factor, stats.shift,
+                               stats.factor * math.sqrt(factor))
 
     # --- M-step -------------------------------------------------------------------------
     def _split(self, R: np.ndarray) -> tuple:
         p = self.n_coefficients
         return R[:p, :p], R[:p, p], R[p, p]
+
+    def _shifted(self, beta: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """Coefficients about the reference point c: the intercept becomes
+        beta_0 + c_z . beta_z - c_y (the other coefficients are unchanged)."""
+        if not self.intercept:
+            return beta
+        out = np.array(beta, dtype=np.float64)
+        out[0] = beta[0] + c[1:-1] @ beta[1:] - c[-1]
+        return out
 
     def m_step(self, stats: RegressionStats, previous: Optional[Params]) -> dict:
         k_all, p = self.n_components, self.n_coefficients
@@ -178,7 +214,11 @@ class LinearRegressionFamily(Family):
                     f"{s[0]:.3g} ... {s[-1]:.3g}): the regression coefficients are not "
                     "identified (collinear covariates, or fewer rows than coefficients "
                     "in the component)", k)
-            beta[k] = scipy.linalg.solve_triangular(Rzz, rzy, check_finite=False)
+            b = scipy.linalg.solve_triangular(Rzz, rzy, check_finite=False)
+            c = stats.shift[k]
+            if self.intercept:      # back from the reference point (see _shifted)
+                b[0] = b[0] - c[1:-1] @ b[1:] + c[-1]
+            beta[k] = b
             # rho is the residual norm to u ||A||_F (the same backward error): a
             # smaller residual is an exact fit, whose variance 0 is not a density
             scale = float(np.linalg.norm(stats.factor[k]))
@@ -191,12 +231,13 @@ class LinearRegressionFamily(Family):
         return {"coefficients": beta, "variances": var}
 
     def _rss(self, stats: RegressionStats, params: Params) -> np.ndarray:
-        """Weighted residual sum of squares per component at ``params``, from R."""
+        """Weighted residual sum of squares per component at ``params``, from R:
+        ||R_zz beta' - r_zy||^2 + rho^2 with beta' the coefficients about the shift."""
         beta = np.asarray(params["coefficients"], dtype=np.float64)
         out = np.empty(self.n_components)
         for k in range(self.n_components):
             Rzz, rzy, rho = self._split(stats.factor[k])
-            r = Rzz @ beta[k] - rzy
+            r = Rzz @ self._shifted(beta[k], stats.shift[k]) - rzy
             out[k] = float(r @ r) + rho * rho
         return out
 
@@ -207,39 +248,64 @@ class LinearRegressionFamily(Family):
                             - 0.5 * rss / var))
 
     # --- rounding bounds (docs/elbo_chain.md#tolerances) ---------------------------
-    def _norms(self, stats: RegressionStats, params: Params) -> tuple:
-        """(||A_k||_F, ||beta_k||, sigma_k^2) per component: sqrt(sum w (|z|^2 + y^2))."""
-        a = np.sqrt(np.sum(stats.factor ** 2, axis=(1, 2)))
-        b = np.linalg.norm(np.asarray(params["coefficients"], dtype=np.float64), axis=1)
-        return a, b, np.asarray(params["variances"], dtype=np.float64)
+    def _raw_norms(self, stats: RegressionStats) -> tuple:
+        """Upper bounds on ||y||_w and ||Z||_w = sqrt(sum_i w_i |z_i|^2) of the rows
+        (not centred): A = A_c + sqrt(w) c^T, so ||A e_j|| <= ||R e_j|| + sqrt(N) |c_j|."""
+        p = self.n_coefficients
+        root_n = np.sqrt(np.maximum(stats.weight, 0.0))
+        y = np.linalg.norm(stats.factor[:, :, p], axis=1) + root_n * np.abs(stats.shift[:, p])
+        z = (np.sqrt(np.sum(stats.factor[:, :, :p] ** 2, axis=(1, 2)))
+             + root_n * np.linalg.norm(stats.shift[:, :p], axis=1))
+        return y, z
 
     def log_density_rounding(self, stats: RegressionStats, params: Params) -> float:
         """The residual y - z^T beta cancels: its error is at most (p + 2) u
         (|y| + |z| |beta|) per row (a dot product and a subtraction, Higham eq.
         3.5), which moves r^2 / (2 sigma^2) by |r| times that over sigma^2; by
         Cauchy-Schwarz the q-weighted sum over the rows is at most
-        (p + 2) u (||y||_w + ||beta|| ||Z||_w) sqrt(RSS_w) / sigma^2 per component."""
-        a, b, var = self._norms(stats, params)
+        (p + 2) u (||y||_w + ||Z||_w ||beta||) sqrt(RSS_w) / sigma^2 per component."""
+        y, z = self._raw_norms(stats)
+        b = np.linalg.norm(np.asarray(params["coefficients"], dtype=np.float64), axis=1)
+        var = np.asarray(params["variances"], dtype=np.float64)
         rss = np.maximum(self._rss(stats, params), 0.0)
         p = self.n_coefficients
-        return float(np.sum((p + 2) * UNIT_ROUNDOFF * a * (1.0 + b) * np.sqrt(rss) / var))
+        return float(np.sum((p + 2) * UNIT_ROUNDOFF * (y + z * b) * np.sqrt(rss) / var))
 
     def expected_log_likelihood_magnitude(self, stats: RegressionStats,
                                           params: Params) -> float:
-        """R_k holds the rows' second moments to u ||A_k||_F (backward error of the
-        QR), so ||R_zz beta - r_zy||^2 is known to about ||A_k||^2 (1 + ||beta||)^2 u:
-        M_Q = sum_k ||A_k||^2 (1 + ||beta_k||)^2 / (2 sigma_k^2) plus the log terms."""
-        a, b, var = self._norms(stats, params)
-        return float(np.sum((a * (1.0 + b)) ** 2 / (2.0 * var)
+        """R_k is the exact factor of the centred rows perturbed by u ||A_k||_F
+        (backward error of the QR), which moves the residual norm
+        ||R_zz beta' - r_zy|| (and rho) by about u ||A_k|| (1 + ||beta'_k||); the
+        shifted intercept beta'_0 carries (p + 1) u (|beta_0| + |c_z||beta_z| + |c_y|),
+        moving it by R_00 times that. With s_k the sum of the two, RSS_k / (2 sigma_k^2)
+        moves by u s_k sqrt(RSS_k) / sigma_k^2 plus a second-order u^2 s_k^2 /
+        (2 sigma_k^2); the log terms N_k |log(2 pi sigma_k^2)| / 2 are rounded
+        relatively. M_Q is the sum of these over u."""
+        beta = np.asarray(params["coefficients"], dtype=np.float64)
+        var = np.asarray(params["variances"], dtype=np.float64)
+        rss = np.maximum(self._rss(stats, params), 0.0)
+        p = self.n_coefficients
+        scale = np.empty(self.n_components)
+        for k in range(self.n_components):
+            c, R = stats.shift[k], stats.factor[k]
+            shifted = self._shifted(beta[k], c)
+            scale[k] = np.linalg.norm(R) * (1.0 + np.linalg.norm(shifted))
+            if self.intercept:
+                scale[k] += abs(R[0, 0]) * (p + 1) * (abs(beta[k, 0]) + np.abs(c[1:-1])
+                                                      @ np.abs(beta[k, 1:]) + abs(c[-1]))
+        return float(np.sum(scale * np.sqrt(rss) / var
+                            + UNIT_ROUNDOFF * scale * scale / (2.0 * var)
                             + 0.5 * stats.weight * (_LOG_2PI + np.abs(np.log(var)))))
 
     def parameter_rounding(self, stats: RegressionStats, params: Params) -> float:
-        """Q is quadratic in beta with Hessian R_zz^T R_zz / sigma^2: rounding beta
-        (|d beta| <= u |beta|) costs at most u^2 ||R_zz||^2 ||beta||^2 / (2 sigma^2); the
+        """Q is quadratic in beta with Hessian Z_w^T Z_w / sigma^2: rounding beta
+        (|d beta| <= u |beta|) costs at most u^2 ||Z||_w^2 ||beta||^2 / (2 sigma^2); the
         variance's rounding costs N_k u^2 (second order in d sigma^2 / sigma^2)."""
-        a, b, var = self._norms(stats, params)
+        _, z = self._raw_norms(stats)
+        b = np.linalg.norm(np.asarray(params["coefficients"], dtype=np.float64), axis=1)
+        var = np.asarray(params["variances"], dtype=np.float64)
         u2 = UNIT_ROUNDOFF ** 2
-        return float(np.sum(u2 * (a * b) ** 2 / (2.0 * var) + u2 * stats.weight))
+        return float(np.sum(u2 * (z * b) ** 2 / (2.0 * var) + u2 * stats.weight))
 
     # --- parameter space, size, sampling -------------------------------------------
     def validate_params(self, params: Params) -> None:

@@ -5,6 +5,7 @@ and `emcore plugins` describing every family."""
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -399,3 +400,31 @@ def test_plugins_description_defaults_to_the_factory_docstring(capsys, monkeypat
                      r"description\.\n", out, re.M)
     assert "More text" not in out
 
+
+
+def test_regression_statistics_are_centred():
+    # y near 1e4 and covariates near 1e3: uncentred statistics (the factor of the raw
+    # design) lose the residuals to the offsets, and the derived rounding bound of
+    # the objective exceeded tol |objective| (a ConvergenceWarning at iteration 0);
+    # centred at reference points the intercept absorbs, the fit is as on centred data
+    X, y = _regression_data(seed=12, n=500)
+    fits = []
+    for offset in (0.0, 1e3):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            fits.append(MixtureModel(2, family="linear_regression", random_state=0).fit(
+                X + offset, y + 1e4))
+    centred, shifted = fits
+    assert all(it.chain_holds() for it in shifted.history_)
+    # the slopes do not depend on the covariates' offset: equal to the rounding of
+    # the shifted data (|x| ~ 1e3 holds x to 1e3 u) amplified by the iterations
+    np.testing.assert_allclose(shifted.params_["coefficients"][:, 1:],
+                               centred.params_["coefficients"][:, 1:], atol=1e-8)
+
+
+def test_regression_without_intercept_conformance():
+    from emcore.testing import check_family
+    record = get_registry().family("linear_regression")
+    report = check_family(lambda k, d: record.factory(k, d, intercept=False, response=0),
+                          n_features=3, capabilities=record.capabilities)
+    assert report.passed, str(report)
