@@ -68,20 +68,32 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if all_hold else 1
 
 
+def _description(record) -> str:
+    """The record's one-line description, else the first line of its factory's
+    docstring (a third-party record without one still says what it is)."""
+    if record.description:
+        return record.description
+    doc = (getattr(record.factory, "__doc__", None) or "").strip()
+    return doc.splitlines()[0].strip() if doc else ""
+
+
 def _plugins(args: argparse.Namespace) -> int:
     from emcore.registry import get_registry
 
     reg = get_registry()
+    # one column of names, as wide as the longest (at least 12)
+    width = max([12, *map(len, reg.families), *map(len, reg.posterior_rules)])
     for title, table in (("Families", reg.families), ("Posterior rules", reg.posterior_rules)):
         print(f"{title}:")
         if not table:
             print("  (none)")
         for name, entry in sorted(table.items()):
             caps = ", ".join(sorted(entry.record.capabilities)) or "-"
-            print(f"  {name:<12} from {entry.distribution} (entry point {entry.plugin!r})")
-            if entry.record.description:
-                print(f"  {'':<12} {entry.record.description}")
-            print(f"  {'':<12} capabilities: {caps}")
+            print(f"  {name:<{width}} from {entry.distribution} (entry point {entry.plugin!r})")
+            description = _description(entry.record)
+            if description:
+                print(f"  {'':<{width}} {description}")
+            print(f"  {'':<{width}} capabilities: {caps}")
     print("Broken plugins:")
     if not reg.broken:
         print("  (none)")

@@ -233,17 +233,51 @@ class MixtureModel(_MixtureBase):
             key: value.copy() for key, value in params.items()}
 
     # --- fitting --------------------------------------------------------------------
+    def _with_response(self, X: Any, y: Any, owner: str) -> Any:
+        """X with y appended as its last column, for a family declaring the
+        ``response`` capability (a regression); X alone otherwise (y is ignored, as
+        by every unsupervised estimator)."""
+        if y is None or not isinstance(self.family, str):
+            return X
+        try:
+            record = get_registry().family(self.family)
+        except ValueError:
+            return X                                 # reported by _family at fit
+        if "response" not in record.capabilities:
+            return X
+        if not isinstance(X, np.ndarray):
+            raise ValueError(f"The 'y' parameter of {owner} needs X in memory (an array): "
+                             f"stack the response into X and name its column with "
+                             f"family_options={{'response': j}}. Got X of type "
+                             f"{type(X).__name__} instead.")
+        y = v.as_float_array(y, f"The 'y' parameter of {owner} must be an array of "
+                                f"{X.shape[0]} finite numbers (the response)")
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.shape != (X.shape[0],) or not np.all(np.isfinite(y)):
+            raise ValueError(f"The 'y' parameter of {owner} must be an array of "
+                             f"{X.shape[0]} finite numbers (the response), one per row of "
+                             f"X. Got shape {y.shape} instead.")
+        return np.ascontiguousarray(np.column_stack([X, y]))
+
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "MixtureModel":
         """Fit by the chosen EM variant; returns self.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-        y : ignored
+        y : array-like of shape (n_samples,), optional
+            The response, for a family declaring the ``response`` capability
+            ('linear_regression'): appended to X as its last column, which must be
+            the family's response column (its default), so that ``fit(X, y)`` is
+            ``fit(np.column_stack([X, y]))``; the fitted model (``score``,
+            ``predict``, ...) then takes the stacked array. Ignored by other
+            families.
         sample_weight : array-like of shape (n_samples,), optional
             Non-negative row weights; a weight of 2 fits like the row repeated.
         """
-        X = check_input(X, owner="MixtureModel.fit")
+        X_in = check_input(X, owner="MixtureModel.fit")
+        X = self._with_response(X_in, y, "MixtureModel.fit")
         self._check_common(X)
         if not isinstance(self.family, str):
             raise ValueError("The 'family' parameter of MixtureModel must be a registry "
@@ -256,6 +290,11 @@ class MixtureModel(_MixtureBase):
                                               owner="MixtureModel.fit",
                                               min_positive=self.n_components)
         family = self._family(X.shape[1])
+        if X is not X_in and family.response_column != X.shape[1] - 1:
+            raise ValueError(f"The 'y' parameter of MixtureModel.fit is appended to X as "
+                             f"column {X.shape[1] - 1}, but family {self.family!r} models "
+                             f"column {family.response_column} (family_options "
+                             "'response'): give y, or the response's column, not both.")
         support = support_of(get_registry().family(self.family).capabilities)
         check_support(X, support, family=self.family, owner="MixtureModel.fit")
         rule = self._fit_rule()
@@ -270,6 +309,13 @@ class MixtureModel(_MixtureBase):
         self._fitted_rule = rule
         self._set_fitted(best, X.shape[1])
         return self
+
+    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:
+        """Fit, then return the labels of the training rows (with y for a family
+        with a response, as in :meth:`fit`)."""
+        self.fit(X, y, sample_weight=sample_weight)
+        return self.predict(self._with_response(check_input(X, owner="MixtureModel.fit"),
+                                                y, "MixtureModel.fit_predict"))
 
     def _set_fitted(self, result: FitResult, n_features: int) -> None:
         super()._set_fitted(result, n_features)

@@ -124,6 +124,10 @@ CAPABILITIES = {
     "covariance_type:spherical": "Gaussian family with one variance per component "
                                  "(informational)",
     **SUPPORTS,
+    "response": "the family models one column of X (its ``response_column``) given the "
+                "others: a conditional density, normalised over that column only, so "
+                "the conformance suite's normalisation and moment checks do not apply; "
+                "MixtureModel.fit(X, y) appends y to X as that (last) column",
 }
 """The capability vocabulary. A record declaring a string outside it is rejected
 (ValueError naming the record and the string; the registry then reports the plugin
@@ -158,6 +162,12 @@ class Family(abc.ABC):
     #: from a hard partition. 0 for a family whose parameter space is open (emcore's
     #: Gaussian), which then starts from the plain partition.
     init_smoothing: float = 0.05
+
+    #: For a family declaring the ``response`` capability (a regression): the column
+    #: of X it models given the other columns. ``MixtureModel.fit(X, y)`` appends y
+    #: to X as the last column and requires that column here. None: x is modelled
+    #: whole (every other family).
+    response_column: Optional[int] = None
 
     def __init__(self, n_components: int, n_features: int):
         self.n_components = int(n_components)

@@ -19,7 +19,7 @@ from emcore import hookspecs
 from emcore.plugin_api import FamilyRecord, PosteriorRuleRecord
 
 __all__ = ["ENTRY_POINT_GROUP", "BrokenPlugin", "Registered", "Registry",
-           "get_registry", "load_registry"]
+           "get_registry", "load_registry", "registered_family"]
 
 ENTRY_POINT_GROUP = "emcore"
 _FIRST_PARTY = "emcore"
@@ -185,3 +185,10 @@ def _collect(reg: Registry, hook_name: str, record_type: type, table: dict,
 def get_registry() -> Registry:
     """Return the process-wide registry, loading the plugins on first use."""
     return load_registry()
+
+
+def registered_family(name: str) -> FamilyRecord:
+    """Return the :class:`~emcore.plugin_api.FamilyRecord` registered under ``name``
+    (``emcore.registered_family``): for a family built of other registered families,
+    such as 'product'. A ValueError names the registered families if none has it."""
+    return get_registry().family(name)

@@ -26,6 +26,15 @@ def _prior(covariance_type: str, n_components: int = 2, n_features: int = 2):
     return emcore.GaussianPrior().resolve(X, n_components, None, covariance_type)
 
 
+# the product family over n_features=2 columns (check_family's default)
+_PRODUCT_PARTS = (
+    ("gaussians", [("gaussian", [1], {"covariance_type": "spherical", "reg_covar": 0.0}),
+                   ("gaussian", [0], {"reg_covar": 0.0})], frozenset({"support:real"})),
+    ("regression", [("gaussian", [0], {"prior": _prior("full", 2, 1)}),
+                    ("linear_regression", [1])], frozenset()),
+)
+
+
 def _first_party_families() -> dict:
     """{test id: FamilyRecord} for every first-party family and variant."""
     specs = {}
@@ -33,10 +42,18 @@ def _first_party_families() -> dict:
         if entry.distribution != "emcore":
             continue
         record = entry.record
-        # every first-party family says where x lives (support:*), which the
-        # normalisation and moment checks need
-        assert any(c.startswith("support:") for c in record.capabilities), name
         caps = record.capabilities
+        if name == "product":
+            # its parts say where x lives; parts of one support make it that support
+            for variant, parts, support in _PRODUCT_PARTS:
+                factory = functools.partial(record.factory, parts=parts)
+                specs[f"product-{variant}"] = dataclasses.replace(
+                    record, factory=factory, capabilities=caps | support)
+            continue
+        # every first-party family says where x lives (support:*), which the
+        # normalisation and moment checks need; a regression's density is
+        # conditional on its covariates (capability 'response'): no support on R^d
+        assert "response" in caps or any(c.startswith("support:") for c in caps), name
         if name != "gaussian":
             specs[name] = dataclasses.replace(record, capabilities=caps)
             continue

@@ -47,7 +47,7 @@ import emcore.exceptions
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 #: what a block needs besides emcore's own dependencies: text in the block -> module
-_USES_PLUGIN = {'family="poisson"': "emcore_poisson"}
+_USES_PLUGIN = {'family="poisson"': "emcore_poisson", '("poisson", [': "emcore_poisson"}
 _OPTIONAL = {"dask", "distributed", "h5py", "zarr", "emcore_poisson"}
 
 
