@@ -159,6 +159,16 @@ class Family(abc.ABC):
     #: Gaussian), which then starts from the plain partition.
     init_smoothing: float = 0.05
 
+    #: True for a family whose statistics depend on the parameters of the pass as
+    #: well as on q: a scale mixture (the Student t, whose E-step also weights each
+    #: row by its latent scale's posterior mean at the current parameters). Every
+    #: caller of :meth:`chunk_stats` then passes ``params=`` the parameters the
+    #: chunk's q was computed at (the engine's pass, the conformance suite), or
+    #: ``params=None`` where there are none yet (statistics of a starting
+    #: partition, :meth:`initial_params`). False (the default): ``chunk_stats(X,
+    #: weights)`` only, as before.
+    stats_need_params: bool = False
+
     def __init__(self, n_components: int, n_features: int):
         self.n_components = int(n_components)
         self.n_features = int(n_features)
@@ -178,7 +188,9 @@ class Family(abc.ABC):
         """Return the statistics of a chunk.
 
         ``weights[i, k]`` is q_ik times the sample weight of row i. Use centred or
-        shifted second moments, never raw E[x x^T] - mu mu^T.
+        shifted second moments, never raw E[x x^T] - mu mu^T. A family with
+        :attr:`stats_need_params` takes a keyword ``params`` too
+        (``chunk_stats(X, weights, params=None)``): see there.
         """
 
     @abc.abstractmethod
@@ -495,6 +507,15 @@ def _validate_in_debug(family: "Family", params: Params, where: str) -> None:
         except ValueError as exc:
             raise ValueError(f"{type(family).__name__} returned invalid parameters "
                              f"{where}: {exc}") from exc
+
+
+def _chunk_stats(family: "Family", X: np.ndarray, weights: np.ndarray,
+                 params: Optional[Params]) -> Any:
+    """``family.chunk_stats`` as every caller must call it: with ``params=`` for a
+    family that declares :attr:`Family.stats_need_params`, without otherwise."""
+    if family.stats_need_params:
+        return family.chunk_stats(X, weights, params=params)
+    return family.chunk_stats(X, weights)
 
 
 class PosteriorRule(abc.ABC):
