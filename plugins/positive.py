@@ -184,6 +184,31 @@ class ExponentialFamily(_PositiveFamily):
         return {"rates": rates}
 
 
+#: from this shape on, log a - psi(a) and its derivative by their asymptotic series
+#: (the direct difference loses u log(a) / (1 / 2a) of its value: 4e-7 at a = 5e7)
+_SERIES_FROM = 12.0
+
+
+def _log_minus_digamma(a: np.ndarray) -> tuple:
+    """(log a - psi(a), its derivative 1/a - psi'(a)), each to a relative ~1e-14.
+
+    Below ``_SERIES_FROM`` directly; from there by the asymptotic series
+    1/(2a) + sum_k B_2k / (2k a^2k) and its derivative, to the a^-14 (a^-15)
+    term, whose successor is below 1e-16 of the value at a = 12.
+    """
+    direct = a < _SERIES_FROM
+    ad = np.where(direct, a, 1.0)
+    f = np.log(ad) - digamma(ad)
+    fp = 1.0 / ad - polygamma(1, ad)
+    big = np.where(direct, _SERIES_FROM, a)
+    z = 1.0 / (big * big)
+    f_big = 0.5 / big + z * (1 / 12 - z * (1 / 120 - z * (1 / 252 - z * (
+        1 / 240 - z * (1 / 132 - z * (691 / 32760 - z / 12))))))
+    fp_big = -0.5 * z - z / big * (1 / 6 - z * (1 / 30 - z * (1 / 42 - z * (
+        1 / 30 - z * (5 / 66 - z * (691 / 2730 - z * 7 / 6))))))
+    return np.where(direct, f, f_big), np.where(direct, fp, fp_big)
+
+
 def _solve_shape(s: np.ndarray) -> np.ndarray:
     """The a > 0 with log a - psi(a) = s (s > 0), elementwise, to relative SHAPE_RTOL.
 
@@ -194,8 +219,8 @@ def _solve_shape(s: np.ndarray) -> np.ndarray:
     """
     a = (3.0 - s + np.sqrt((s - 3.0) ** 2 + 24.0 * s)) / (12.0 * s)
     for _ in range(_MAX_NEWTON):
-        f = np.log(a) - digamma(a) - s
-        fp = 1.0 / a - polygamma(1, a)
+        f, fp = _log_minus_digamma(a)
+        f = f - s
         inv = 1.0 / a + f / (a * a * fp)
         inv = np.where(inv > 0, inv, 0.5 / a)
         new = 1.0 / inv
