@@ -214,9 +214,11 @@ class StudentTFamily(Family):
         except DegenerateComponentError as exc:
             raise DegenerateComponentError(
                 f"The scale matrix of Student-t component {exc.component} is not "
-                "numerically positive definite (its rows, weighted by their latent "
-                "scales, span fewer than n_features dimensions); reduce n_components, "
-                "use covariance_type='diag', or choose another initialisation.",
+                "numerically positive definite: the rows it holds, weighted by their "
+                "latent scales, span fewer than n_features dimensions (a component "
+                "collapsing on a few points, where the t-mixture likelihood is unbounded "
+                "as the Gaussian's is); reduce n_components or choose another "
+                "initialisation.",
                 component=exc.component) from None
         if not self.estimates_dof:
             dofs = self.dof.copy()

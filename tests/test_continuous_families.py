@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 import scipy.stats
-from hypothesis import given, settings, strategies as st
+from hypothesis import event, given, settings, strategies as st
 from scipy.special import logsumexp
 
 import emcore
@@ -245,8 +245,15 @@ def test_chain_holds_over_fits(name, k, d, seed, weighted):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         # a ChainViolationWarning is an error here (pyproject's filterwarnings)
-        model = emcore.MixtureModel(k, family=name, tol=0.0, max_iter=25,
-                                    random_state=seed).fit(X, sample_weight=w)
+        try:
+            model = emcore.MixtureModel(k, family=name, tol=0.0, max_iter=25,
+                                        random_state=seed).fit(X, sample_weight=w)
+        except emcore.DegenerateComponentError:
+            # a component collapsing on one point (the likelihood is unbounded
+            # there, e.g. student_t, k=3, d=1, seed=2, weighted): reported, not a
+            # chain question
+            event("a component collapsed")
+            return
     slacks = [max(it.chain_slacks().values()) for it in model.history_]
     assert all(s <= 1.0 for s in slacks), slacks
     values = [it.value for it in model.history_]
