@@ -96,8 +96,13 @@ class StudentTFamily(Family):
 
     #: the E-step's scale weights E[u_ik] need the pass's parameters
     stats_need_params = True
-    #: the parameter space is open: start from the plain partition
-    init_smoothing = 0.0
+    #: the default start mixes a uniform share into the starting partition
+    #: (Family.init_smoothing): k-means++ seeds a far outlier as readily as a
+    #: cluster, and the plain partition then gives that component one row and a
+    #: singular scale matrix (the smoothed one starts it wide; EM may still
+    #: collapse it on the outlier, where the likelihood is unbounded: use
+    #: another random_state or init_params then)
+    init_smoothing = 0.05
 
     def __init__(self, n_components: int, n_features: int, *,
                  covariance_type: str = "full",
@@ -280,8 +285,9 @@ class StudentTFamily(Family):
     # --- starting values and the parameter space ---------------------------------
     def initial_params(self, X: Any, rng: np.random.Generator,
                        sample_weight: Optional[np.ndarray] = None, resp: Any = None) -> dict:
-        """The Gaussian moments of the starting partition (u = 1), with an estimated
-        nu starting at ``DOF_START`` (a fixed nu as given)."""
+        """The Gaussian moments of the starting partition (u = 1, smoothed by
+        ``init_smoothing``), with an estimated nu starting at ``DOF_START`` (a fixed
+        nu as given)."""
         params = super().initial_params(X, rng, sample_weight, resp)
         if self.estimates_dof:
             params["dofs"] = np.full(self.n_components, DOF_START)
