@@ -100,8 +100,8 @@ class StudentTFamily(Family):
     #: (Family.init_smoothing): k-means++ seeds a far outlier as readily as a
     #: cluster, and the plain partition then gives that component one row and a
     #: singular scale matrix (the smoothed one starts it wide; EM may still
-    #: collapse it on the outlier, where the likelihood is unbounded: use
-    #: another random_state or init_params then)
+    #: collapse it on the outlier, where the likelihood is unbounded: on data
+    #: with far outliers use init_params='random_from_data', docs/student_t.md#start)
     init_smoothing = 0.05
 
     def __init__(self, n_components: int, n_features: int, *,

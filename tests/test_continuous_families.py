@@ -388,3 +388,30 @@ def test_one_far_outlier_moves_t_means_100_times_less(options, outlier, tails):
     gaussian = _outlier_shift("gaussian", {}, outlier, tails)
     t = _outlier_shift("student_t", options, outlier, tails)
     assert t * 100 <= gaussian, (t, gaussian)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"covariance_type": "tied"}, r"'covariance_type' parameter of StudentTFamily"),
+    ({"dof": 0.0}, r"'dof' parameter of StudentTFamily"),
+    ({"dof": [3.0, -1.0]}, r"'dof' parameter of StudentTFamily"),
+    ({"dof": [3.0, 4.0, 5.0]}, r"."),            # one per component: K = 2
+])
+def test_student_t_options_are_checked(options, match):
+    X = np.random.default_rng(0).standard_normal((30, 2))
+    with pytest.raises(ValueError, match=match):
+        emcore.MixtureModel(2, family="student_t", family_options=options,
+                            random_state=0).fit(X)
+
+
+def test_fixed_dof_is_kept_and_validated():
+    fam = StudentTFamily(2, 2, dof=[3.0, 7.0])
+    params = fam.random_params(np.random.default_rng(0))
+    np.testing.assert_array_equal(params["dofs"], [3.0, 7.0])
+    X = fam.sample(params, np.array([80, 80]), np.random.default_rng(1))
+    # t_3 tails reach far: k-means++ (D^2 sampling) seeds one, and a component
+    # started on one row collapses (docs/student_t.md#start); random rows do not
+    model = emcore.MixtureModel(2, family="student_t", family_options={"dof": [3.0, 7.0]},
+                                init_params="random_from_data", random_state=0).fit(X)
+    np.testing.assert_array_equal(model.params_["dofs"], [3.0, 7.0])
+    with pytest.raises(ValueError, match="fixed dof"):
+        fam.validate_params({**params, "dofs": np.array([3.0, 8.0])})
