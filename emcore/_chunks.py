@@ -42,5 +42,10 @@ def stats_from_assignments(X: np.ndarray, family: Any,
         if sample_weight is not None:
             resp = resp * sample_weight[start:stop, None]
         resp_sum += resp.sum(axis=0)
-        stats = family.merge_stats(stats, family.chunk_stats(X[start:stop], resp))
+        # no parameters yet: a family whose statistics need them gets params=None
+        # (emcore.plugin_api.Family.stats_need_params)
+        part = (family.chunk_stats(X[start:stop], resp, params=None)
+                if getattr(family, "stats_need_params", False)
+                else family.chunk_stats(X[start:stop], resp))
+        stats = family.merge_stats(stats, part)
     return stats, resp_sum

@@ -39,7 +39,8 @@ from emcore._chunks import chunk_rows_for, stats_from_assignments
 from emcore._core._passes import MAX_BLOCKS, data_pass as _compiled_pass
 from emcore._threads import effective_n_threads, single_threaded_blas
 from emcore.exceptions import ChainViolationWarning, ConvergenceWarning, _sklearn_compatible
-from emcore.plugin_api import UNIT_ROUNDOFF, Family, PosteriorRule, _validate_in_debug
+from emcore.plugin_api import (UNIT_ROUNDOFF, Family, PosteriorRule, family_chunk_stats,
+                               _validate_in_debug)
 
 __all__ = ["PassResult", "Iteration", "FitResult", "data_pass", "run_em",
            "best_of_starts", "stats_from_assignments", "chunk_rows_for",
@@ -381,7 +382,7 @@ def _python_pass(X, family, rule, log_w, params, sample_weight, chunk_rows, with
             resp = resp * row_w[:, None]
         resp_sum += resp.sum(axis=0)
         if with_stats:
-            stats = family.merge_stats(stats, family.chunk_stats(chunk, resp))
+            stats = family.merge_stats(stats, family_chunk_stats(family, chunk, resp, params))
     return stats, resp_sum, totals
 
 

@@ -83,6 +83,7 @@ __all__ = [
     "ResolvedGaussianPrior",
     "SUPPORTS",
     "check_support",
+    "family_chunk_stats",
     "debug_enabled",
     "hookimpl",
     "set_debug",
@@ -168,6 +169,15 @@ class Family(abc.ABC):
     #: to X as the last column and requires that column here. None: x is modelled
     #: whole (every other family).
     response_column: Optional[int] = None
+    #: True for a family whose statistics depend on the parameters of the pass as
+    #: well as on q: a scale mixture (the Student t, whose E-step also weights each
+    #: row by its latent scale's posterior mean at the current parameters). Every
+    #: caller of :meth:`chunk_stats` then passes ``params=`` the parameters the
+    #: chunk's q was computed at (the engine's pass, the conformance suite), or
+    #: ``params=None`` where there are none yet (statistics of a starting
+    #: partition, :meth:`initial_params`). False (the default): ``chunk_stats(X,
+    #: weights)`` only, as before.
+    stats_need_params: bool = False
 
     def __init__(self, n_components: int, n_features: int):
         self.n_components = int(n_components)
@@ -188,7 +198,9 @@ class Family(abc.ABC):
         """Return the statistics of a chunk.
 
         ``weights[i, k]`` is q_ik times the sample weight of row i. Use centred or
-        shifted second moments, never raw E[x x^T] - mu mu^T.
+        shifted second moments, never raw E[x x^T] - mu mu^T. A family with
+        :attr:`stats_need_params` takes a keyword ``params`` too
+        (``chunk_stats(X, weights, params=None)``): see there.
         """
 
     @abc.abstractmethod
@@ -505,6 +517,19 @@ def _validate_in_debug(family: "Family", params: Params, where: str) -> None:
         except ValueError as exc:
             raise ValueError(f"{type(family).__name__} returned invalid parameters "
                              f"{where}: {exc}") from exc
+
+
+def family_chunk_stats(family: "Family", X: np.ndarray, weights: np.ndarray,
+                       params: Optional[Params]) -> Any:
+    """``family.chunk_stats`` as every caller must call it: with ``params=`` for a
+    family that declares :attr:`Family.stats_need_params`, without otherwise.
+
+    Public for plugins that call other families (a product of families, a latent
+    structure handing its posteriors to the emission family).
+    """
+    if family.stats_need_params:
+        return family.chunk_stats(X, weights, params=params)
+    return family.chunk_stats(X, weights)
 
 
 class PosteriorRule(abc.ABC):

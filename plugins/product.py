@@ -32,8 +32,8 @@ from typing import Any, Optional
 import numpy as np
 
 from emcore import DegenerateComponentError, registered_family
-from emcore.plugin_api import (Family, FamilyRecord, Params, check_support, hookimpl,
-                               support_of)
+from emcore.plugin_api import (Family, FamilyRecord, Params, check_support, family_chunk_stats,
+                               hookimpl, support_of)
 
 __all__ = ["ProductFamily"]
 
@@ -134,6 +134,8 @@ class ProductFamily(Family):
         self.fixed_weights = any(f.fixed_weights for _, _, f, _ in self._parts)
         # the default start's smoothing (without a given partition): what every part needs
         self.init_smoothing = max(float(f.init_smoothing) for _, _, f, _ in self._parts)
+        # a part whose statistics depend on the pass's parameters (Student t) gets them
+        self.stats_need_params = any(f.stats_need_params for _, _, f, _ in self._parts)
 
     # --- the parts' views --------------------------------------------------------------
     def _block(self, X: Any, cols: np.ndarray) -> Any:
@@ -180,10 +182,12 @@ class ProductFamily(Family):
     def empty_stats(self) -> tuple:
         return tuple(fam.empty_stats() for _, _, fam, _ in self._parts)
 
-    def chunk_stats(self, X: np.ndarray, weights: np.ndarray) -> tuple:
+    def chunk_stats(self, X: np.ndarray, weights: np.ndarray,
+                    params: Optional[Params] = None) -> tuple:
         X = np.asarray(X, dtype=np.float64)
-        return tuple(fam.chunk_stats(self._block(X, cols), weights)
-                     for _, cols, fam, _ in self._parts)
+        per_part = ([None] * len(self._parts) if params is None else self._split(params))
+        return tuple(family_chunk_stats(fam, self._block(X, cols), weights, p)
+                     for (_, cols, fam, _), p in zip(self._parts, per_part))
 
     def merge_stats(self, a: tuple, b: tuple) -> tuple:
         return tuple(fam.merge_stats(sa, sb)

@@ -58,6 +58,8 @@ WHEEL_REQUIRED = (
     "emcore/plugins/gaussian.py",
     "emcore/plugins/posterior.py",
     "emcore/plugins/constrained.py",
+    "emcore/plugins/positive.py",
+    "emcore/plugins/student_t.py",
 )
 
 # The first-party plugins come through the same entry-point group a third party uses.

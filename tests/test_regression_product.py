@@ -367,6 +367,31 @@ def test_product_with_a_regression_part():
     assert m.family_.n_parameters() == 2 * 2 + 2 * 3
 
 
+def test_product_passes_the_pass_parameters_to_a_part_that_needs_them():
+    # a Student t part's statistics depend on the parameters of the pass (its latent
+    # scales' posterior means): the product must hand them on, or the part's E-step
+    # weights are wrong and the ELBO at the pass's parameters is not the loglik
+    rng = np.random.default_rng(4)
+    X = np.column_stack([rng.standard_t(3, size=(400, 2)), rng.normal(size=400)])
+    X[200:] += [4.0, -3.0, 2.0]
+    fam = _product(2, 3, [("student_t", [0, 1], {"covariance_type": "diag", "dof": 3.0}),
+                          ("gaussian", [2], {"covariance_type": "diag"})])
+    assert fam.stats_need_params
+    params = fam.random_params(np.random.default_rng(5))
+    W = np.random.default_rng(6).dirichlet(np.ones(2), size=400)
+    t_fam = get_registry().family("student_t").factory(2, 2, covariance_type="diag", dof=3.0)
+    t_params = {k[6:]: v for k, v in params.items() if k.startswith("part0.")}
+    stats = fam.chunk_stats(X, W, params=params)
+    direct = t_fam.chunk_stats(np.ascontiguousarray(X[:, :2]), W, params=t_params)
+    np.testing.assert_array_equal(t_fam.m_step(stats[0], t_params)["means"],
+                                  t_fam.m_step(direct, t_params)["means"])
+    m = MixtureModel(2, family="product", family_options={"parts": [
+        ("student_t", [0, 1], {"covariance_type": "diag", "dof": 3.0}),
+        ("gaussian", [2], {"covariance_type": "diag"})]}, random_state=0,
+        init_params="random_from_data").fit(X)
+    assert all(it.chain_holds() for it in m.history_)
+
+
 # --- emcore plugins -------------------------------------------------------------------------
 
 def test_plugins_lists_every_family_with_a_description(capsys, monkeypatch):

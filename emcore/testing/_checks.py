@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 from scipy.special import gammaln, log_softmax, logsumexp
 
-from emcore.plugin_api import SUPPORTS, Family, FamilyRecord, _outside
+from emcore.plugin_api import SUPPORTS, Family, FamilyRecord, family_chunk_stats, _outside
 from emcore.testing._params import can_draw_params, draw_params
 from emcore.testing._tolerances import (UNIT_ROUNDOFF as U, elbo_direct,
                                         rounding_magnitude, tolerance_across,
@@ -272,7 +272,7 @@ def check_pickle_roundtrip(ctx: _Context) -> None:
     for label, params, _ in ctx.params:
         try:
             params2 = pickle.loads(pickle.dumps(params))
-            stats = fam.chunk_stats(X, W)
+            stats = family_chunk_stats(fam, X, W, params)
             stats2 = pickle.loads(pickle.dumps(stats))
         except Exception as exc:
             raise _Failed(f"parameters or statistics do not pickle: "
@@ -700,8 +700,9 @@ def check_stats_merge(ctx: _Context) -> None:
     W = _random_responsibilities(rng, n, fam.n_components, zeros=True)
     cuts = np.sort(rng.choice(np.arange(1, n), size=3, replace=False))
     chunks = [(X[a:b], W[a:b]) for a, b in zip(np.r_[0, cuts], np.r_[cuts, n])]
-    parts = [fam.chunk_stats(x, w) for x, w in chunks]
-    union = fam.chunk_stats(X, W)
+    at = ctx.params[0][1]       # the parameters of the statistics (stats_need_params)
+    parts = [family_chunk_stats(fam, x, w, at) for x, w in chunks]
+    union = family_chunk_stats(fam, X, W, at)
     chain = fam.empty_stats()
     for s in parts:
         chain = _merge_checked(fam, chain, s)
@@ -743,9 +744,11 @@ def check_params_valid(ctx: _Context) -> None:
     valid(fam.initial_params(X, rng), "initial_params(X, rng)")
     previous = ctx.params[0][1]
     for j in range(3):
-        stats = fam.chunk_stats(X, _random_responsibilities(rng, n, k, zeros=j > 0))
+        stats = family_chunk_stats(fam, X, _random_responsibilities(rng, n, k, zeros=j > 0),
+                             previous)
         valid(fam.m_step(stats, previous), f"the M-step of random responsibilities (#{j})")
-    params = fam.m_step(fam.chunk_stats(X, _random_responsibilities(rng, n, k)), None)
+    params = fam.m_step(family_chunk_stats(fam, X, _random_responsibilities(rng, n, k), None),
+                        None)
     valid(params, "the M-step of random responsibilities without previous")
     # EM with the mixture weights held equal: every M-step is the family's own
     weights, rule = np.full(k, 1.0 / k), _soft_rule()
@@ -769,7 +772,9 @@ def check_weights_are_repetitions(ctx: _Context) -> None:
     mult[:2] = (2, 0)
     X_rep, W_rep = np.repeat(X, mult, axis=0), np.repeat(W, mult, axis=0)
     W_weighted = W * mult[:, None]
-    _compare_stats(ctx, fam.chunk_stats(X, W_weighted), fam.chunk_stats(X_rep, W_rep),
+    at = ctx.params[0][1]
+    _compare_stats(ctx, family_chunk_stats(fam, X, W_weighted, at),
+                   family_chunk_stats(fam, X_rep, W_rep, at),
                    X, W_weighted, "weighted rows vs repeated rows (chunk_stats)")
 
     rule = _soft_rule()
@@ -809,7 +814,7 @@ def check_expected_log_likelihood(ctx: _Context) -> None:
     for label, params, _ in ctx.params:
         a = _log_density(fam, X, params)
         direct = _weighted_sum(W, a)
-        stats = fam.chunk_stats(X, W)
+        stats = family_chunk_stats(fam, X, W, params)
         got = float(fam.expected_log_likelihood(stats, params))
         tau = _tau_stats(fam, X, W, params, stats=stats)
         if not abs(got - direct) <= tau:
@@ -843,8 +848,8 @@ def check_m_step_maximises(ctx: _Context) -> None:
     rng = ctx.rng(8)
     n, k = X.shape[0], fam.n_components
     W = _random_responsibilities(rng, n, k)
-    stats = fam.chunk_stats(X, W)
     previous = ctx.params[0][1]
+    stats = family_chunk_stats(fam, X, W, previous)
     best = fam.m_step(stats, previous)
     q_best, mag_best = _q_objective(fam, stats, best)
     candidates = [(lab, p) for lab, p, _ in ctx.params]
@@ -852,7 +857,7 @@ def check_m_step_maximises(ctx: _Context) -> None:
         for j in range(4):
             W2 = W * np.exp(eps * rng.standard_normal((n, k)))
             candidates.append((f"M-step of weights perturbed by {eps} (#{j})",
-                               fam.m_step(fam.chunk_stats(X, W2), previous)))
+                               fam.m_step(family_chunk_stats(fam, X, W2, previous), previous)))
     for label, other in candidates:
         q_other, mag_other = _q_objective(fam, stats, other)
         tau = (_tau_stats(fam, X, W, best, other) + 2.0 * U * (mag_best + mag_other)
@@ -907,7 +912,7 @@ def check_elbo_bound(ctx: _Context) -> None:
             with np.errstate(invalid="ignore"):
                 entropy = -math.fsum(np.where(q > 0, q * lq, 0.0).ravel())
             n_k = q.sum(axis=0)
-            stats = fam.chunk_stats(X, q)
+            stats = family_chunk_stats(fam, X, q, params)
             elbo = (float(fam.expected_log_likelihood(stats, params))
                     + math.fsum(np.where(n_k > 0, n_k * log_pi, 0.0)) + entropy)
             M = rounding_magnitude(a, lq) + rounding_magnitude(a, log_post)
@@ -944,7 +949,8 @@ def check_em_chain(ctx: _Context) -> None:
     rng = ctx.rng(10)
     n, k = X.shape[0], fam.n_components
     rule = _soft_rule()
-    start = fam.m_step(fam.chunk_stats(X, _random_responsibilities(rng, n, k)), None)
+    start = fam.m_step(family_chunk_stats(fam, X, _random_responsibilities(rng, n, k), None),
+                       None)
     for what, sw in (("", None), (" with sample weights",
                                   rng.integers(1, 4, n).astype(np.float64))):
         try:
@@ -987,7 +993,7 @@ def check_n_parameters(ctx: _Context) -> None:
     eps = U ** (1.0 / 3.0)
 
     def f(W2):
-        theta = fam.m_step(fam.chunk_stats(X, W2), previous)
+        theta = fam.m_step(family_chunk_stats(fam, X, W2, previous), previous)
         return _log_density(fam, X, theta).ravel()
 
     D = np.empty((P, n * k))
