@@ -16,7 +16,9 @@ from emcore.mixture_model import MixtureModel
 from emcore.kmeans import KMeans
 from emcore.priors import GaussianPrior
 from emcore.model_selection import ModelSelection, select_model  # after GaussianMixture
+from emcore.bayesian_mixture import BayesianGaussianMixture
 
 __all__ = ["GaussianMixture", "MixtureModel", "KMeans", "GaussianPrior", "ModelSelection", "select_model",
            "Constraints", "ChainViolationWarning", "ConvergenceWarning",
-           "DegenerateComponentError", "NotFittedError", "__version__"]
+           "DegenerateComponentError", "NotFittedError", "__version__",
+           "BayesianGaussianMixture"]
