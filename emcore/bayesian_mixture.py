@@ -31,6 +31,7 @@ from emcore import _validation as v
 from emcore._estimator import BaseEstimator
 from emcore._init import CountedPartition, starting_partition
 from emcore._input import check_input
+from emcore._threads import single_threaded_blas
 from emcore._mixture import INIT_PARAMS
 from emcore.engine import (Iteration, chain_tolerance, chunk_rows_for, data_pass,
                            equality_tolerance, stats_from_assignments, summation_depth,
@@ -79,6 +80,12 @@ class _State:
 def _psi_d(nu: np.ndarray, d: int) -> np.ndarray:
     """sum_{j=0}^{d-1} digamma((nu - j) / 2): E[log |Lambda|] - d log 2 - log |W|."""
     return np.sum(digamma(0.5 * (np.asarray(nu)[:, None] - np.arange(d))), axis=1)
+
+
+def _log_gamma_d(nu: np.ndarray, d: int) -> np.ndarray:
+    """log Gamma_d(nu / 2), the multivariate log-gamma, for each entry of nu."""
+    return (0.25 * d * (d - 1) * math.log(math.pi)
+            + np.sum(gammaln(0.5 * (np.asarray(nu)[:, None] - np.arange(d))), axis=1))
 
 
 def _expected_log_weights(state: _State, kind: str) -> np.ndarray:
@@ -138,8 +145,8 @@ def _gauss_wishart_kl(state: _State, prior: _Prior, d: int) -> tuple:
              0.5 * d * (np.log(beta) - math.log(b0)), 0.5 * quad,
              np.full(beta.shape, 0.5 * nu0 * log_det_w0), -0.5 * nu0 * log_det_w,
              0.5 * (nu - nu0) * _psi_d(nu, d),
-             np.full(beta.shape, multigammaln(0.5 * nu0, d)),
-             -np.array([multigammaln(0.5 * x, d) for x in nu]), 0.5 * trace, -0.5 * nu * d]
+             np.full(beta.shape, multigammaln(0.5 * nu0, d)), -_log_gamma_d(nu, d),
+             0.5 * trace, -0.5 * nu * d]
     terms = np.concatenate(terms)
     return float(np.sum(terms)), float(np.sum(np.abs(terms)))
 
@@ -253,6 +260,9 @@ def _vb_pass(X, family, rule, state: _State, prior: _Prior, *, n_jobs, with_stat
     n = float(np.sum(res.resp_sum))
     if out_row_value is not None:
         out_row_value += shift
+    if not with_stats:                 # scoring: the rows' values are all it needs
+        return _Pass(None, res.resp_sum, np.nan, np.nan, res.entropy, res.magnitude,
+                     np.nan, c_mag)
     kl, kl_mag = _kl(state, prior, k, d)
     return _Pass(stats=res.stats, resp_sum=res.resp_sum, value=res.value + shift * n - kl,
                  elbo=res.expected_log_joint + shift * n + res.entropy - kl,
@@ -555,6 +565,20 @@ default 'dirichlet_process'
         warm = (self.warm_start and hasattr(self, "_state")
                 and self._fitted_shape == (self.n_components, self.covariance_type, d))
         prior = self._prior if warm else self._resolve_prior(X)
+        # BLAS on one thread for the whole fit, as the engine's run_em: the chunk
+        # loop's threads are ours, and the d x d factorisations are too small to gain
+        with single_threaded_blas():
+            best = self._run_starts(X, family, rule, prior, rng, warm)
+        if best["stop_reason"] == "max_iter":
+            warnings.warn(f"BayesianGaussianMixture stopped after max_iter={self.max_iter} "
+                          f"iterations before the relative change fell to tol={self.tol:g}; "
+                          "increase max_iter or tol.", _sklearn_compatible(ConvergenceWarning),
+                          stacklevel=2)
+        self._set_fitted(best, prior, d)
+        return self
+
+    def _run_starts(self, X, family, rule, prior: _Prior, rng, warm: bool) -> dict:
+        """Coordinate ascent from ``n_init`` starts (one if warm); the best bound wins."""
         best = None
         for _ in range(1 if warm else self.n_init):
             state = (self._state if warm else
@@ -564,15 +588,8 @@ default 'dirichlet_process'
             if best is None or result["lower_bound"] > best["lower_bound"]:
                 best = result
             if result["stop_reason"] == "interrupted":
-                best = dict(best, stop_reason="interrupted")
-                break
-        if best["stop_reason"] == "max_iter":
-            warnings.warn(f"BayesianGaussianMixture stopped after max_iter={self.max_iter} "
-                          f"iterations before the relative change fell to tol={self.tol:g}; "
-                          "increase max_iter or tol.", _sklearn_compatible(ConvergenceWarning),
-                          stacklevel=2)
-        self._set_fitted(best, prior, d)
-        return self
+                return dict(best, stop_reason="interrupted")
+        return best
 
     def _run(self, X: np.ndarray, family, rule, prior: _Prior, state: _State) -> dict:
         """Coordinate ascent from q(theta) = ``state`` until the stopping rule fires."""
@@ -682,9 +699,10 @@ default 'dirichlet_process'
         family = get_registry().family("gaussian").factory(k, d, covariance_type=t)
         log_resp = np.empty((X.shape[0], k))
         row = np.empty(X.shape[0])
-        _vb_pass(X, family, get_registry().posterior_rule("soft").factory(), self._state,
-                 self._prior, n_jobs=self.n_jobs, with_stats=False, out_log_resp=log_resp,
-                 out_row_value=row, chunk_rows=chunk_rows_for(d))
+        with single_threaded_blas():
+            _vb_pass(X, family, get_registry().posterior_rule("soft").factory(),
+                     self._state, self._prior, n_jobs=self.n_jobs, with_stats=False,
+                     out_log_resp=log_resp, out_row_value=row, chunk_rows=chunk_rows_for(d))
         return row, log_resp
 
     def score_samples(self, X: Any) -> np.ndarray:
