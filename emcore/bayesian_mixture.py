@@ -494,8 +494,8 @@ default 'dirichlet_process'
         t = self.covariance_type
         if X.shape[0] < 2:
             raise ValueError("The 'covariance_prior' parameter of BayesianGaussianMixture "
-                             "must be given when X has one row (its default is the "
-                             "sample covariance of X).")
+                             "must be given when X has one row (n_samples=1): its default "
+                             "is the sample covariance of X.")
         if t in ("full", "tied"):
             cov = np.atleast_2d(np.cov(X.T))
         else:
