@@ -253,3 +253,30 @@ def test_bad_parameters(data, params, match):
 def test_not_fitted():
     with pytest.raises(emcore.NotFittedError):
         BayesianGaussianMixture(2).predict(np.zeros((3, 2)))
+
+
+def test_n_init_keeps_the_best_bound(data, monkeypatch):
+    """n_init starts: the fitted model is the start with the highest lower_bound_."""
+    X, _ = data
+    bounds = []
+    real = BayesianGaussianMixture._run
+
+    def recording(self, *args):
+        result = real(self, *args)
+        bounds.append(result["lower_bound"])
+        return result
+
+    monkeypatch.setattr(BayesianGaussianMixture, "_run", recording)
+    model = BayesianGaussianMixture(6, n_init=3, init_params="random", max_iter=300,
+                                    random_state=4).fit(X)
+    assert len(bounds) == 3 and len(set(bounds)) > 1
+    assert model.lower_bound_ == max(bounds)
+
+
+def test_verbose_prints_each_iteration(data, capsys):
+    X, _ = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        BayesianGaussianMixture(2, max_iter=3, tol=0.0, verbose=1, random_state=0).fit(X)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines] == [["iteration", str(t)] for t in range(3)]
