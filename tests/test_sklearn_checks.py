@@ -20,7 +20,7 @@ with warnings.catch_warnings():
                             category=UserWarning)
     _all_checks = parametrize_with_checks(
         [GaussianMixture(n_jobs=1), emcore.KMeans(n_clusters=3, n_jobs=1),
-         emcore.MixtureModel(n_jobs=1)],
+         emcore.MixtureModel(n_jobs=1), emcore.BayesianGaussianMixture(n_jobs=1)],
         # scikit-learn marks this check as an expected failure for its own KMeans:
         # k-means++ seeding draws differently from weighted and repeated rows, so
         # the two fits may reach different local optima. tests/test_kmeans.py
