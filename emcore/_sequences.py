@@ -9,7 +9,7 @@ sequence, never O(n K) for all the data (docs/hidden_markov.md#memory).
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -19,8 +19,10 @@ __all__ = ["GROUP_ROWS", "sequence_groups", "read_rows"]
 GROUP_ROWS = 1 << 16
 
 
-def sequence_groups(starts: np.ndarray, target: int = GROUP_ROWS) -> Iterator[tuple]:
-    """(first sequence, one past the last) of each group, in order."""
+def sequence_groups(starts: np.ndarray, target: Optional[int] = None) -> Iterator[tuple]:
+    """(first sequence, one past the last) of each group, in order (``target``
+    rows per group, default :data:`GROUP_ROWS`)."""
+    target = GROUP_ROWS if target is None else int(target)
     n_seq = starts.shape[0] - 1
     i = 0
     while i < n_seq:
