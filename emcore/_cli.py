@@ -72,7 +72,8 @@ def _plugins(args: argparse.Namespace) -> int:
     from emcore.registry import get_registry
 
     reg = get_registry()
-    for title, table in (("Families", reg.families), ("Posterior rules", reg.posterior_rules)):
+    for title, table in (("Families", reg.families), ("Posterior rules", reg.posterior_rules),
+                         ("Latent structures", reg.structures)):
         print(f"{title}:")
         if not table:
             print("  (none)")

@@ -91,7 +91,11 @@ FAMILY_IDS = ["gaussian-full", "gaussian-tied", "gaussian-diag", "gaussian-spher
 
 # --- the plugin kind ------------------------------------------------------------------
 
-def test_structures_are_registered():
+def test_structures_are_registered(capsys):
+    from emcore import _cli
+    assert _cli.main(["plugins"]) == 0
+    listed = capsys.readouterr().out.split("Latent structures:")[1]
+    assert "markov_chain from emcore" in listed and "mixture      from emcore" in listed
     reg = get_registry()
     assert isinstance(reg.structure("markov_chain").factory(3), MarkovChain)
     assert reg.structure("mixture").factory(3).unit == "row"
