@@ -59,6 +59,39 @@ def transition_counts(path: np.ndarray, local_starts: np.ndarray, K: int) -> np.
         .astype(np.float64)
 
 
+def _group_pass(rows: np.ndarray, start: int, shared: tuple, local: np.ndarray) -> tuple:
+    """One group of whole sequences (rows ``start:...``, sequence offsets ``local``
+    within them): (family statistics, sum_t gamma_t, start counts, transition
+    counts, [value, sum gamma log b, entropy, magnitude]). Pure, so a cluster runs
+    it where the rows are."""
+    family, hard, lpi, lA, params, n_jobs = shared
+    K = lpi.shape[0]
+    n = rows.shape[0]
+    log_b = np.ascontiguousarray(family.log_density(rows, params), dtype=np.float64)
+    lengths = np.diff(local)
+    try:
+        if hard:
+            path, log_prob = viterbi(log_b, lengths, lpi, lA, n_jobs)
+            gamma = np.zeros((n, K))
+            gamma[np.arange(n), path] = 1.0
+            start_counts = np.bincount(path[local[:-1]], minlength=K).astype(np.float64)
+            xi = transition_counts(path, local, K)
+            value = float(np.sum(log_prob))
+            entropy, magnitude = 0.0, float(np.sum(np.abs(log_prob)))
+        else:
+            fb = forward_backward(log_b, lengths, lpi, lA, n_jobs)
+            gamma, start_counts, xi = fb.gamma, fb.start, fb.xi
+            value = float(np.sum(fb.log_likelihood))
+            entropy = float(np.sum(fb.entropy))
+            magnitude = float(np.sum(fb.magnitude)) + float(
+                np.sum(np.abs(fb.log_likelihood)))
+    except ValueError as exc:
+        raise ValueError(f"in the sequences starting at row {start} of X: {exc}") from None
+    e_rows, m_rows = _masked_dot(gamma, log_b)
+    return (family.chunk_stats(rows, gamma), gamma.sum(axis=0), start_counts, xi,
+            np.array([value, e_rows, entropy, magnitude + m_rows]))
+
+
 class MarkovChain(LatentStructure):
     """First-order hidden Markov chain: z_1 ~ startprob, z_{t+1} | z_t ~ transmat[z_t].
 
@@ -117,45 +150,27 @@ class MarkovChain(LatentStructure):
         hard = _is_hard(rule)
         K = self.n_components
         starts = check_lengths(lengths, X.shape[0], "MarkovChain.data_pass")
-        lpi, lA = _log(weights[0]), _log(weights[1:])
+        shared = (family, hard, _log(weights[0]), _log(weights[1:]), params, n_jobs)
+        ranges = [(int(starts[i]), int(starts[j]), starts[i:j + 1] - starts[i])
+                  for i, j in sequence_groups(starts)]
+        map_ranges = getattr(X, "map_ranges", None)
+        if map_ranges is not None:          # a cluster: each group where its rows are
+            parts = map_ranges(_group_pass, shared, [(s, e) for s, e, _ in ranges],
+                               [local for _, _, local in ranges])
+        else:
+            parts = (_group_pass(read_rows(X, s, e), s, shared, local)
+                     for s, e, local in ranges)
         stats = family.empty_stats()
-        resp_sum = np.zeros(K)
-        start_counts = np.zeros(K)
-        xi = np.zeros((K, K))
-        value = e_rows = entropy = magnitude = 0.0
-        for i, j in sequence_groups(starts):
-            s, e = int(starts[i]), int(starts[j])
-            rows = read_rows(X, s, e)
-            log_b = np.ascontiguousarray(family.log_density(rows, params), dtype=np.float64)
-            local = starts[i:j + 1] - s
-            lengths_g = np.diff(local)
-            try:
-                if hard:
-                    path, log_prob = viterbi(log_b, lengths_g, lpi, lA, n_jobs)
-                    gamma = np.zeros((e - s, K))
-                    gamma[np.arange(e - s), path] = 1.0
-                    start_counts += np.bincount(path[local[:-1]], minlength=K)
-                    xi += transition_counts(path, local, K)
-                    value += float(np.sum(log_prob))
-                    magnitude += float(np.sum(np.abs(log_prob)))
-                else:
-                    fb = forward_backward(log_b, lengths_g, lpi, lA, n_jobs)
-                    gamma = fb.gamma
-                    start_counts += fb.start
-                    xi += fb.xi
-                    value += float(np.sum(fb.log_likelihood))
-                    entropy += float(np.sum(fb.entropy))
-                    magnitude += float(np.sum(fb.magnitude)) + float(
-                        np.sum(np.abs(fb.log_likelihood)))
-            except ValueError as exc:
-                raise ValueError(f"in the sequences starting at row {s} of X: {exc}") \
-                    from None
-            v, m = _masked_dot(gamma, log_b)
-            e_rows += v
-            magnitude += m
-            resp_sum += gamma.sum(axis=0)
-            stats = family.merge_stats(stats, family.chunk_stats(rows, gamma))
-        e_chain, m_chain = self._expected(start_counts, xi, lpi, lA)
+        resp_sum, start_counts, xi = np.zeros(K), np.zeros(K), np.zeros((K, K))
+        totals = np.zeros(4)     # value, sum gamma log b, entropy, magnitude
+        for part in parts:       # merged in group order, whatever ran them
+            stats = family.merge_stats(stats, part[0])
+            resp_sum += part[1]
+            start_counts += part[2]
+            xi += part[3]
+            totals += part[4]
+        value, e_rows, entropy, magnitude = (float(t) for t in totals)
+        e_chain, m_chain = self._expected(start_counts, xi, shared[2], shared[3])
         return PassResult(stats, resp_sum, value, e_rows + e_chain, entropy,
                           magnitude + m_chain + abs(value), None, (start_counts, xi))
 

@@ -508,3 +508,17 @@ def test_unfitted_and_constructor_conventions():
         model.means_
     X, lengths, _ = _gaussian_data()
     assert model.fit(X, lengths) is model
+
+
+def test_poisson_rate_zero_has_a_finite_rounding_amplification():
+    """Viterbi training gives a state whose rows are all 0 the rate 0 (the maximum
+    likelihood); the example plugin's rounding bound took 0 * log 0 there (NaN and
+    a RuntimeWarning, an error in the tests) and must treat the term as 0."""
+    mod = poisson_module()
+    if mod is None:
+        pytest.skip("the example Poisson plugin is not available")
+    family = mod.PoissonFamily(2, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        amp = family.rounding_amplification({"rates": np.array([[0.0], [2.0]])})
+    assert amp == 1.0 + 2.0 * (2.0 * np.log(2.0) + 1.0)
