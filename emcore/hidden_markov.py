@@ -148,15 +148,12 @@ class HiddenMarkovModel(BaseEstimator):
     # --- checks ---------------------------------------------------------------------
     def _data(self, X: Any, lengths: Any, owner: str, n_features: Optional[int] = None):
         """(X checked, row offsets of the sequences)."""
-        if isinstance(X, (list, tuple)):
+        if isinstance(X, (list, tuple)) and X and all(np.ndim(x) == 2 for x in X):
+            # a list of sequences (a plain nested list of rows is one 2-D array)
             if lengths is not None:
                 raise ValueError(f"The 'lengths' parameter of {owner} must be None when X "
                                  "is a list of sequences (their lengths are the lengths).")
             parts = [np.asarray(x) for x in X]
-            if not parts or any(p.ndim != 2 for p in parts):
-                raise ValueError(f"The 'X' parameter of {owner} must be a 2-D array or a "
-                                 "non-empty list of 2-D arrays (one per sequence). Got "
-                                 f"{[p.shape for p in parts]} instead.")
             lengths = [p.shape[0] for p in parts]
             X = np.concatenate(parts) if len(parts) > 1 else parts[0]
         X = check_input(X, owner=owner, n_features=n_features)
@@ -394,7 +391,8 @@ class HiddenMarkovModel(BaseEstimator):
     def decode(self, X: Any, lengths: Any = None, algorithm: str = "viterbi") -> tuple:
         """(log-probability, states): 'viterbi': the most probable path and
         log p(X, path); 'map': each row's most probable state (argmax of the
-        posteriors, which need not form a possible path) and log p(X)."""
+        posteriors, which need not form a possible path) and log p(X) (hmmlearn
+        0.3 returns the sum of the largest posteriors there, not a log-probability)."""
         owner = f"{_OWNER}.decode"
         v.check_choice(algorithm, "algorithm", owner, ("viterbi", "map"))
         if algorithm == "map":

@@ -283,6 +283,8 @@ def test_list_of_sequences_is_the_same_fit_as_lengths():
     assert a.history_ == b.history_
     np.testing.assert_array_equal(a.transmat_, b.transmat_)
     assert a.score(X, lengths) == b.score(parts)
+    # a nested list of rows is one 2-D array, as for any estimator
+    assert b.score(X[:20].tolist()) == b.score(X[:20])
 
 
 def test_memmap_with_lengths_is_the_same_fit(tmp_path):
