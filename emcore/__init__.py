@@ -18,8 +18,9 @@ from emcore.priors import GaussianPrior
 from emcore.model_selection import ModelSelection, select_model  # after GaussianMixture
 from emcore.registry import registered_family
 from emcore.bayesian_mixture import BayesianGaussianMixture
+from emcore.hidden_markov import HiddenMarkovModel
 
 __all__ = ["GaussianMixture", "MixtureModel", "KMeans", "GaussianPrior", "ModelSelection", "select_model",
            "Constraints", "ChainViolationWarning", "ConvergenceWarning",
            "DegenerateComponentError", "NotFittedError", "__version__", "registered_family",
-           "BayesianGaussianMixture"]
+           "BayesianGaussianMixture", "HiddenMarkovModel"]

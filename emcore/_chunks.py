@@ -11,7 +11,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-__all__ = ["chunk_rows_for", "stats_from_assignments"]
+
+__all__ = ["chunk_rows_for", "family_chunk_stats", "stats_from_assignments"]
 
 
 def chunk_rows_for(n_features: int) -> int:
@@ -44,8 +45,19 @@ def stats_from_assignments(X: np.ndarray, family: Any,
         resp_sum += resp.sum(axis=0)
         # no parameters yet: a family whose statistics need them gets params=None
         # (emcore.plugin_api.Family.stats_need_params)
-        part = (family.chunk_stats(X[start:stop], resp, params=None)
-                if getattr(family, "stats_need_params", False)
-                else family.chunk_stats(X[start:stop], resp))
+        part = family_chunk_stats(family, X[start:stop], resp, None)
         stats = family.merge_stats(stats, part)
     return stats, resp_sum
+
+
+def family_chunk_stats(family: Any, X: np.ndarray, weights: np.ndarray,
+                       params: Optional[Any]) -> Any:
+    """``family.chunk_stats`` as every caller must call it: with ``params=`` for a
+    family that declares :attr:`Family.stats_need_params`, without otherwise.
+
+    Public for plugins that call other families (a product of families, a latent
+    structure handing its posteriors to the emission family).
+    """
+    if family.stats_need_params:
+        return family.chunk_stats(X, weights, params=params)
+    return family.chunk_stats(X, weights)

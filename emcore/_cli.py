@@ -82,8 +82,10 @@ def _plugins(args: argparse.Namespace) -> int:
 
     reg = get_registry()
     # one column of names, as wide as the longest (at least 12)
-    width = max([12, *map(len, reg.families), *map(len, reg.posterior_rules)])
-    for title, table in (("Families", reg.families), ("Posterior rules", reg.posterior_rules)):
+    width = max([12, *map(len, reg.families), *map(len, reg.posterior_rules),
+                 *map(len, reg.structures)])
+    for title, table in (("Families", reg.families), ("Posterior rules", reg.posterior_rules),
+                         ("Latent structures", reg.structures)):
         print(f"{title}:")
         if not table:
             print("  (none)")

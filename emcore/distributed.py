@@ -222,6 +222,18 @@ class DaskSource(ChunkedSource):
         for (start, stop), part in zip(self.block_bounds(), parts):
             out[start:stop] = part
 
+    def map_ranges(self, fn: Callable, shared: Any, ranges: list, extras: list) -> list:
+        """``fn(rows, start, shared, extra)`` of each ``(start, stop)`` row range, run on
+        the workers (a range's rows are assembled there from the blocks that hold
+        them), gathered in order: a pass whose unit is not a block, e.g. the whole
+        sequences of a hidden Markov model (plugins/structures.py), never split."""
+        from dask import delayed
+        shared_key = delayed(_shared, pure=False)(shared)
+        tasks = [delayed(_on_block, pure=False)(fn, self._data[start:stop], start,
+                                               shared_key, extra)
+                 for (start, stop), extra in zip(ranges, extras)]
+        return self._gather(tasks)
+
     def map_blocks(self, fn: Callable, shared: Any, *, row_inputs: tuple = (),
                    row_outputs: tuple = ()) -> Iterable:
         """``fn(rows, start, shared, *inputs, *outputs)`` of each block, run on the

@@ -39,10 +39,11 @@ from emcore._chunks import chunk_rows_for, stats_from_assignments
 from emcore._core._passes import MAX_BLOCKS, data_pass as _compiled_pass
 from emcore._threads import effective_n_threads, single_threaded_blas
 from emcore.exceptions import ChainViolationWarning, ConvergenceWarning, _sklearn_compatible
-from emcore.plugin_api import (UNIT_ROUNDOFF, Family, PosteriorRule, family_chunk_stats,
-                               _validate_in_debug)
+from emcore.plugin_api import (UNIT_ROUNDOFF, Family, LatentStructure, MixtureStructure,
+                               PassResult, PosteriorRule, _validate_in_debug,
+                               family_chunk_stats)
 
-__all__ = ["PassResult", "Iteration", "FitResult", "data_pass", "run_em",
+__all__ = ["PassResult", "Iteration", "FitResult", "data_pass", "run_em", "MixtureStructure",
            "best_of_starts", "stats_from_assignments", "chunk_rows_for",
            "equality_tolerance", "chain_tolerance"]
 
@@ -90,23 +91,6 @@ def chain_tolerance(n_components: int, n_features: int, depth: int, amplificatio
     """
     return (2.0 * (n_components + n_features + 4 + depth) * UNIT_ROUNDOFF
             * (amplification * magnitude + stats_magnitude))
-
-
-@dataclass(frozen=True)
-class PassResult:
-    """What one pass over the data at fixed parameters returns."""
-    stats: Any                  #: the family's merged statistics (None if not asked)
-    resp_sum: np.ndarray        #: sum_i w_i q_ik, shape (n_components,)
-    value: float                #: F = sum_i w_i f_i, the rule's objective (soft: loglik)
-    expected_log_joint: float   #: sum_i w_i sum_k q_ik log p(x_i, z_i=k)
-    entropy: float              #: sum_i w_i H(q_i)
-    magnitude: float            #: rounding magnitude M (docs/elbo_chain.md#magnitude)
-    rule_state: Optional[dict] = None  #: the rule's report() after the pass (Python path)
-
-    @property
-    def elbo(self) -> float:
-        """ELBO(q, theta) at the parameters of the pass."""
-        return self.expected_log_joint + self.entropy
 
 
 @dataclass(frozen=True)
@@ -400,44 +384,14 @@ def _param_change(old_w, old_p, new_w, new_p) -> float:
     return change
 
 
-def _weights_m_step(resp_sum: np.ndarray, concentration: Optional[np.ndarray]) -> np.ndarray:
-    # ML: N_k / n; with a Dirichlet(alpha) prior, alpha_k >= 1, the posterior mode
-    # (N_k + alpha_k - 1) / (n + sum(alpha) - K) (docs/gaussian.md#map-m-step)
-    if concentration is None:
-        return resp_sum / float(np.sum(resp_sum))
-    # (alpha - 1) first: exactly 0 for a flat prior, so a tiny N_k (a component
-    # nearly emptied, e.g. by a constrained E-step) is not rounded away to pi_k = 0
-    # while N_k log pi_k still counts it
-    counts = resp_sum + (concentration - 1.0)
-    return counts / float(np.sum(counts))
-
-
-def _weights_log_prior(weights: np.ndarray, concentration: Optional[np.ndarray]):
-    """(log Dir(pi | alpha), sum of the terms' magnitudes); (0, 0) without a prior."""
-    if concentration is None:
-        return 0.0, 0.0
-    a = concentration
-    mask = a != 1.0            # (alpha - 1) log pi is 0 for alpha = 1, even at pi = 0
-    with np.errstate(divide="ignore"):
-        terms = np.concatenate([[math.lgamma(float(np.sum(a)))], -np.array(
-            [math.lgamma(float(x)) for x in a]), (a[mask] - 1.0) * np.log(weights[mask])])
-    return float(np.sum(terms)), float(np.sum(np.abs(terms)))
-
-
-def _weights_expected(resp_sum: np.ndarray, weights: np.ndarray) -> float:
-    # sum_k N_k log pi_k with 0 log 0 = 0
-    mask = resp_sum > 0
-    with np.errstate(divide="ignore"):
-        return float(np.sum(resp_sum[mask] * np.log(weights[mask])))
-
-
 def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarray,
            params: dict, *, max_iter: int = 100, tol: float = 1e-6,
            n_jobs: Optional[int] = 1, sample_weight: Optional[np.ndarray] = None,
            verbose: int = 0, callback: Optional[Callable[[Iteration], None]] = None,
            chunk_rows: Optional[int] = None,
            weight_concentration: Optional[np.ndarray] = None,
-           converged: Optional[Callable[[Iteration, dict, dict], bool]] = None
+           converged: Optional[Callable[[Iteration, dict, dict], bool]] = None,
+           structure: Optional[LatentStructure] = None, lengths: Any = None
            ) -> FitResult:
     """Run EM from (weights, params) until the stopping rule fires.
 
@@ -450,15 +404,47 @@ def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarr
     ``max_iter`` M-steps ('max_iter'), or on KeyboardInterrupt ('interrupted'; the
     last parameters whose objective was computed are returned). The mixture
     weights stay as given when ``family.fixed_weights`` is true (k-means).
+
+    ``structure`` links the latent variables (default: the mixture,
+    :class:`MixtureStructure`, with ``weight_concentration`` and
+    ``family.fixed_weights``); another structure (the 'markov_chain' of the
+    registry, whose ``weights`` are the start probabilities over the transition
+    matrix and whose units are the sequences of ``lengths``) runs the same loop
+    through its own pass, M-step and log prior (docs/hidden_markov.md).
     """
     n, d = X.shape
     chunk_rows = chunk_rows or chunk_rows_for(d)
     t_start = time.perf_counter()
     weights = np.asarray(weights, dtype=np.float64)
 
-    def run_pass(w, p):
-        return data_pass(X, family, rule, w, p, n_jobs=n_jobs, sample_weight=sample_weight,
-                         chunk_rows=chunk_rows)
+    if structure is None:
+        structure = MixtureStructure(
+            family.n_components, fixed=family.fixed_weights,
+            concentration=(None if weight_concentration is None else
+                           np.asarray(weight_concentration, dtype=np.float64)))
+    elif weight_concentration is not None:
+        raise ValueError("run_em: 'weight_concentration' belongs to the default mixture "
+                         "structure; a structure given as 'structure' holds its own prior")
+    if structure.unit == "row":
+        # the mixture (and any row-unit structure): the engine's own row pass
+        if lengths is not None:
+            raise ValueError("run_em: 'lengths' must be None for a structure whose unit "
+                             "is a row.")
+        depth = (summation_depth(n, chunk_rows) if isinstance(X, np.ndarray)
+                 else X.summation_depth(chunk_rows))
+
+        def run_pass(w, p):
+            return data_pass(X, family, rule, w, p, n_jobs=n_jobs,
+                             sample_weight=sample_weight, chunk_rows=chunk_rows)
+    else:
+        if sample_weight is not None:
+            raise ValueError(f"run_em: 'sample_weight' must be None for a structure whose "
+                             f"unit is a {structure.unit}.")
+        depth = structure.summation_depth(X, chunk_rows, lengths)
+
+        def run_pass(w, p):
+            return structure.data_pass(X, family, rule, w, p, n_jobs=n_jobs,
+                                       chunk_rows=chunk_rows, lengths=lengths)
 
     # BLAS on one thread for the whole fit: the chunk loop's threads are ours, and
     # the M-step's d x d factorisations are too small to gain from BLAS threads
@@ -466,25 +452,21 @@ def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarr
     with single_threaded_blas():
         return _run_em(X, family, rule, weights, params, max_iter=max_iter, tol=tol,
                        run_pass=run_pass, verbose=verbose, callback=callback,
-                       depth=(summation_depth(n, chunk_rows) if isinstance(X, np.ndarray)
-                              else X.summation_depth(chunk_rows)), t_start=t_start,
-                       concentration=(None if weight_concentration is None else
-                                      np.asarray(weight_concentration, dtype=np.float64)),
-                       converged=converged)
+                       depth=depth, t_start=t_start, structure=structure, converged=converged)
 
 
 def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbose,
-            callback, depth, t_start, concentration, converged) -> FitResult:
+            callback, depth, t_start, structure, converged) -> FitResult:
     n, d = X.shape
     k = family.n_components
     history = []
     def log_prior(w, p, family_prior=None):
-        value_w, magnitude_w = _weights_log_prior(w, concentration)
+        value_w, magnitude_w = structure.log_prior(w)
         value_f, magnitude_f = family_prior or family.log_prior(p)
         return value_w + value_f, magnitude_w + magnitude_f
 
     family_prior = family.log_prior(params)
-    has_prior = concentration is not None or family_prior != (0.0, 0.0)
+    has_prior = structure.has_prior or family_prior != (0.0, 0.0)
     current = run_pass(weights, params)
     prior_now, prior_mag_now = log_prior(weights, params, family_prior)
     amp_now = family.rounding_amplification(params)
@@ -498,11 +480,11 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
             stats = current.stats
             new_params = family.m_step(stats, params)
             _validate_in_debug(family, new_params, f"at iteration {t}")
-            new_weights = (weights if family.fixed_weights
-                           else _weights_m_step(current.resp_sum, concentration))
+            new_weights = structure.m_step(current, weights)
             empty = tuple(int(j) for j in np.flatnonzero(~(current.resp_sum > 0)))
             elbo = (family.expected_log_likelihood(stats, new_params)
-                    + _weights_expected(current.resp_sum, new_weights) + current.entropy)
+                    + structure.expected_log_likelihood(current, new_weights)
+                    + current.entropy)
             pen_old = family.m_step_penalty(stats, params)
             pen_new = family.m_step_penalty(stats, new_params)
             nxt = run_pass(new_weights, new_params)

@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Sequence
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
-    from emcore.plugin_api import FamilyRecord, PosteriorRuleRecord
+    from emcore.plugin_api import FamilyRecord, PosteriorRuleRecord, StructureRecord
 
 hookspec = pluggy.HookspecMarker("emcore")
 
-__all__ = ["hookspec", "emcore_register_families", "emcore_register_posterior_rules"]
+__all__ = ["hookspec", "emcore_register_families", "emcore_register_posterior_rules",
+           "emcore_register_structures"]
 
 
 @hookspec
@@ -57,4 +58,18 @@ def emcore_register_posterior_rules() -> Sequence["PosteriorRuleRecord"]:
     -------
     sequence of PosteriorRuleRecord
         One record per rule, names unique across all installed plugins.
+    """
+
+
+@hookspec
+def emcore_register_structures() -> Sequence["StructureRecord"]:
+    """Return the latent structures (how z is linked: 'mixture', 'markov_chain', ...)
+    this plugin provides.
+
+    Called once per registry load (not ``firstresult``: every plugin answers).
+
+    Returns
+    -------
+    sequence of StructureRecord
+        One record per structure, names unique across all installed plugins.
     """

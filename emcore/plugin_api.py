@@ -59,6 +59,7 @@ Plugins publish them with records returned from the registration hooks of
 from __future__ import annotations
 
 import abc
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Protocol, Union, runtime_checkable
@@ -66,7 +67,11 @@ from typing import Any, Callable, Mapping, Optional, Protocol, Union, runtime_ch
 import numpy as np
 import pluggy
 
+from emcore._chunks import family_chunk_stats
 from emcore._float import UNIT_ROUNDOFF
+from emcore._markov import ForwardBackward, forward_backward, viterbi
+from emcore._markov import _check_lengths as check_lengths
+from emcore._sequences import read_rows, sequence_groups
 from emcore.constraints import ResolvedConstraints
 from emcore.priors import ResolvedGaussianPrior
 
@@ -76,9 +81,22 @@ __all__ = [
     "Family",
     "FamilyRecord",
     "GaussianFamilyProtocol",
+    "ForwardBackward",
+    "LatentStructure",
+    "MixtureStructure",
     "Params",
+    "PassResult",
     "PosteriorRule",
     "PosteriorRuleRecord",
+    "StructureRecord",
+    "categorical_expected",
+    "categorical_m_step",
+    "check_lengths",
+    "dirichlet_log_prior",
+    "forward_backward",
+    "read_rows",
+    "sequence_groups",
+    "viterbi",
     "ResolvedConstraints",
     "ResolvedGaussianPrior",
     "SUPPORTS",
@@ -519,19 +537,6 @@ def _validate_in_debug(family: "Family", params: Params, where: str) -> None:
                              f"{where}: {exc}") from exc
 
 
-def family_chunk_stats(family: "Family", X: np.ndarray, weights: np.ndarray,
-                       params: Optional[Params]) -> Any:
-    """``family.chunk_stats`` as every caller must call it: with ``params=`` for a
-    family that declares :attr:`Family.stats_need_params`, without otherwise.
-
-    Public for plugins that call other families (a product of families, a latent
-    structure handing its posteriors to the emission family).
-    """
-    if family.stats_need_params:
-        return family.chunk_stats(X, weights, params=params)
-    return family.chunk_stats(X, weights)
-
-
 class PosteriorRule(abc.ABC):
     """Turns log joint probabilities a_ik = log p(x_i, z_i = k) into q.
 
@@ -663,3 +668,167 @@ class PosteriorRuleRecord:
     def __post_init__(self):
         _check_record("posterior rule", self.name, self.factory, self.capabilities)
 
+
+
+# --- latent structures -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PassResult:
+    """What one pass over the data at fixed parameters returns."""
+    stats: Any                  #: the family's merged statistics (None if not asked)
+    resp_sum: np.ndarray        #: sum_i w_i q_ik, shape (n_components,)
+    value: float                #: F = sum_i w_i f_i, the rule's objective (soft: loglik)
+    expected_log_joint: float   #: sum_i w_i sum_k q_ik log p(x_i, z_i=k)
+    entropy: float              #: sum_i w_i H(q_i)
+    magnitude: float            #: rounding magnitude M (docs/elbo_chain.md#magnitude)
+    rule_state: Optional[dict] = None  #: the rule's report() after the pass (Python path)
+    #: what the latent structure's M-step needs beyond resp_sum (a Markov chain's
+    #: expected start and transition counts); None for the mixture
+    structure_stats: Any = None
+
+    @property
+    def elbo(self) -> float:
+        """ELBO(q, theta) at the parameters of the pass."""
+        return self.expected_log_joint + self.entropy
+
+
+
+def categorical_m_step(resp_sum: np.ndarray, concentration: Optional[np.ndarray]) -> np.ndarray:
+    """Probabilities maximising sum_k N_k log p_k (+ log Dir(p | alpha)): the mixture
+    weights' M-step, and a Markov chain's start probabilities and transition rows'."""
+    # ML: N_k / n; with a Dirichlet(alpha) prior, alpha_k >= 1, the posterior mode
+    # (N_k + alpha_k - 1) / (n + sum(alpha) - K) (docs/gaussian.md#map-m-step)
+    if concentration is None:
+        return resp_sum / float(np.sum(resp_sum))
+    # (alpha - 1) first: exactly 0 for a flat prior, so a tiny N_k (a component
+    # nearly emptied, e.g. by a constrained E-step) is not rounded away to pi_k = 0
+    # while N_k log pi_k still counts it
+    counts = resp_sum + (concentration - 1.0)
+    return counts / float(np.sum(counts))
+
+
+def dirichlet_log_prior(weights: np.ndarray, concentration: Optional[np.ndarray]) -> tuple:
+    """(log Dir(pi | alpha), sum of the terms' magnitudes); (0, 0) without a prior."""
+    if concentration is None:
+        return 0.0, 0.0
+    a = concentration
+    mask = a != 1.0            # (alpha - 1) log pi is 0 for alpha = 1, even at pi = 0
+    with np.errstate(divide="ignore"):
+        terms = np.concatenate([[math.lgamma(float(np.sum(a)))], -np.array(
+            [math.lgamma(float(x)) for x in a]), (a[mask] - 1.0) * np.log(weights[mask])])
+    return float(np.sum(terms)), float(np.sum(np.abs(terms)))
+
+
+def categorical_expected(resp_sum: np.ndarray, weights: np.ndarray) -> float:
+    """sum_k N_k log p_k with 0 log 0 = 0."""
+    mask = resp_sum > 0
+    with np.errstate(divide="ignore"):
+        return float(np.sum(resp_sum[mask] * np.log(weights[mask])))
+
+
+
+class LatentStructure(abc.ABC):
+    """How the latent variables z are linked: the third plugin kind, next to the
+    family (p(x | z)) and the posterior rule (how q is formed).
+
+    A structure owns its parameters (one float64 array: the mixture weights pi (K,);
+    for a Markov chain the start probabilities stacked over the transition matrix,
+    (K + 1, K)), its E-step over a unit of data (a row; a whole sequence), the
+    statistics of that E-step (sum_i q_ik; expected start and transition counts)
+    and its M-step. The family is unchanged: the structure hands the family's
+    ``chunk_stats`` the posteriors q as weights. :func:`emcore.engine.run_em` drives
+    a structure through these methods only (docs/hidden_markov.md#the-structure).
+    """
+
+    #: what one E-step unit is: 'row' (independent rows) or 'sequence'
+    unit: str = "row"
+
+    def __init__(self, n_components: int):
+        self.n_components = int(n_components)
+
+    def data_pass(self, X: Any, family: "Family", rule: "PosteriorRule",
+                  weights: np.ndarray, params: Params, *, n_jobs: Optional[int] = 1,
+                  chunk_rows: Optional[int] = None, lengths: Any = None) -> PassResult:
+        """One E-step pass over X at (weights, params): a :class:`PassResult` whose
+        ``resp_sum`` is sum_i q_ik and whose ``structure_stats`` are what
+        :meth:`m_step` needs; ``lengths`` are the sequences' lengths (None: one).
+        A structure whose unit is a row does not implement it: the engine runs its
+        own compiled row pass (``emcore.engine.data_pass``) with the structure's
+        weights."""
+        raise NotImplementedError(f"{type(self).__name__}: the engine runs the row pass")
+
+    @abc.abstractmethod
+    def m_step(self, result: Any, previous: np.ndarray) -> np.ndarray:
+        """The structure's parameters maximising its part of E_q[log p(x, z)] (+ log
+        prior) from the pass ``result``; ``previous`` where the statistics leave
+        them free."""
+
+    @abc.abstractmethod
+    def expected_log_likelihood(self, result: Any, weights: np.ndarray) -> float:
+        """The structure's part of E_q[log p(x, z | theta)] from the pass statistics
+        (0 log 0 = 0)."""
+
+    def log_prior(self, weights: np.ndarray) -> tuple:
+        """(log p(weights), sum of its terms' magnitudes); (0.0, 0.0) without a prior."""
+        return 0.0, 0.0
+
+    @property
+    def has_prior(self) -> bool:
+        """True if :meth:`log_prior` is not identically 0 (MAP-EM)."""
+        return False
+
+    def summation_depth(self, X: Any, chunk_rows: int, lengths: Any = None) -> int:
+        """The error count of a pass total (the ``depth`` of
+        ``emcore.engine.equality_tolerance`` and ``chain_tolerance``) for a structure
+        with its own :meth:`data_pass`; the engine's own for a row unit."""
+        raise NotImplementedError(f"{type(self).__name__}: the engine runs the row pass")
+
+
+class MixtureStructure(LatentStructure):
+    """The independent mixture: z_i ~ pi row by row (the registry's 'mixture').
+
+    Today's engine described as a structure: the E-step is the engine's row pass,
+    the statistics ``resp_sum`` = sum_i q_ik, the M-step N_k / n (or the Dirichlet
+    posterior mode with ``concentration``); with ``fixed`` (k-means' family) the
+    weights stay as given.
+    """
+
+    unit = "row"
+
+    def __init__(self, n_components: int, *, concentration: Optional[np.ndarray] = None,
+                 fixed: bool = False):
+        super().__init__(n_components)
+        self.concentration = (None if concentration is None
+                              else np.asarray(concentration, dtype=np.float64))
+        self.fixed = bool(fixed)
+
+    def m_step(self, result: PassResult, previous: np.ndarray) -> np.ndarray:
+        if self.fixed:
+            return previous
+        return categorical_m_step(result.resp_sum, self.concentration)
+
+    def expected_log_likelihood(self, result: PassResult, weights: np.ndarray) -> float:
+        return categorical_expected(result.resp_sum, weights)
+
+    def log_prior(self, weights: np.ndarray) -> tuple:
+        return dirichlet_log_prior(weights, self.concentration)
+
+    @property
+    def has_prior(self) -> bool:
+        return self.concentration is not None
+
+
+@dataclass(frozen=True)
+class StructureRecord:
+    """What a plugin registers for one latent structure ('mixture', 'markov_chain').
+
+    ``factory(n_components, **options) -> LatentStructure``; other fields as in
+    :class:`FamilyRecord`.
+    """
+    name: str
+    factory: Callable[..., LatentStructure]
+    capabilities: frozenset = field(default_factory=frozenset)
+    description: str = ""
+
+    def __post_init__(self):
+        _check_record("latent structure", self.name, self.factory, self.capabilities)

@@ -16,7 +16,7 @@ from typing import Iterable, Optional
 import pluggy
 
 from emcore import hookspecs
-from emcore.plugin_api import FamilyRecord, PosteriorRuleRecord
+from emcore.plugin_api import FamilyRecord, PosteriorRuleRecord, StructureRecord
 
 __all__ = ["ENTRY_POINT_GROUP", "BrokenPlugin", "Registered", "Registry",
            "get_registry", "load_registry", "registered_family"]
@@ -42,11 +42,12 @@ class Registered:
 
 
 class Registry:
-    """Families and posterior rules, resolved once from the installed plugins."""
+    """Families, posterior rules and latent structures, resolved once from the installed plugins."""
 
     def __init__(self) -> None:
         self.families: dict[str, Registered] = {}
         self.posterior_rules: dict[str, Registered] = {}
+        self.structures: dict[str, Registered] = {}
         self.broken: list[BrokenPlugin] = []
         self.plugin_manager = pluggy.PluginManager("emcore")
         self.plugin_manager.add_hookspecs(hookspecs)
@@ -58,6 +59,10 @@ class Registry:
     def posterior_rule(self, name: str) -> PosteriorRuleRecord:
         """Return the posterior rule registered under ``name``."""
         return self._lookup(self.posterior_rules, name, "posterior rule").record
+
+    def structure(self, name: str) -> StructureRecord:
+        """Return the latent structure registered under ``name``."""
+        return self._lookup(self.structures, name, "latent structure").record
 
     def _lookup(self, table: dict, name: str, kind: str) -> Registered:
         try:
@@ -138,6 +143,8 @@ def load_registry(entry_points: Optional[Iterable[md.EntryPoint]] = None) -> Reg
     _collect(reg, "emcore_register_families", FamilyRecord, reg.families, where, "family")
     _collect(reg, "emcore_register_posterior_rules", PosteriorRuleRecord,
              reg.posterior_rules, where, "posterior rule")
+    _collect(reg, "emcore_register_structures", StructureRecord, reg.structures, where,
+             "latent structure")
     return reg
 
 

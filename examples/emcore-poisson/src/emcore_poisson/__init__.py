@@ -142,7 +142,8 @@ class PoissonFamily(Family):
         # while |log p| is only ~ log(2 pi lambda) / 2. Their ratio, summed over the
         # coordinates, bounds the amplification of rounding (>= 1).
         rates = np.asarray(params["rates"], dtype=np.float64)
-        with np.errstate(divide="ignore"):
+        # a rate 0 (a component whose rows are all 0) contributes 0, not 0 * inf
+        with np.errstate(divide="ignore", invalid="ignore"):
             terms = np.where(rates > 0, rates * (2.0 * np.abs(np.log(rates)) + 1.0), 0.0)
         return 1.0 + float(np.max(np.sum(terms, axis=1)))
 
