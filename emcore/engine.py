@@ -875,6 +875,15 @@ def _squarem(steps: _Steps, point: _Point, max_iter: int, emit, stops) -> tuple:
     stabilising EM step; else the fit stays at theta_2 (a 'squarem-fallback' record)
     and s_max shrinks. F never decreases. The stopping rule is tested on EM steps.
     """
+    latest = [point]            # the last point with a computed objective (Ctrl-C)
+    try:
+        return _squarem_cycles(steps, point, max_iter, emit, stops, latest)
+    except KeyboardInterrupt:
+        return latest[0], "interrupted"
+
+
+def _squarem_cycles(steps: _Steps, point: _Point, max_iter: int, emit, stops,
+                    latest: list) -> tuple:
     family = steps.family
     step_max = _SQUAREM_STEP_MAX0
     t = 0
@@ -883,6 +892,7 @@ def _squarem(steps: _Steps, point: _Point, max_iter: int, emit, stops) -> tuple:
     def em(a: _Point) -> tuple:
         nonlocal t, n_m_steps
         record, b = steps.em(t, a)
+        latest[0] = b
         t += 1
         n_m_steps += 1
         emit(record)
@@ -937,6 +947,7 @@ def _squarem(steps: _Steps, point: _Point, max_iter: int, emit, stops) -> tuple:
             continue
         if s == step_max:
             step_max *= _SQUAREM_MSTEP
+        latest[0] = prime
         record = steps.jump(t, p2, prime, dict(extrapolation, accepted=True))
         t += 1
         emit(dataclass_replace(record, seconds=time.perf_counter() - t0))

@@ -290,6 +290,23 @@ def test_squarem_runs_other_families_through_the_same_engine():
     assert all(it.chain_holds() for it in fit.history)
 
 
+def test_squarem_interrupted_returns_the_last_point_reached():
+    X = _overlapping(600, spread=2.0)
+    w0, p0 = _start(X, 3)
+    seen = []
+
+    def callback(record):
+        seen.append(record)
+        if len(seen) == 9:
+            raise KeyboardInterrupt
+
+    result = run_em(X, _gaussian(3, 2), SoftPosterior(), w0, p0, max_iter=500, tol=0.0,
+                    accelerate="squarem", callback=callback)
+    assert result.stop_reason == "interrupted" and len(result.history) == 9
+    assert result.objective == seen[-1].objective
+    assert result.objective > seen[0].value
+
+
 def test_accelerate_is_checked():
     X = _overlapping(100)
     with pytest.raises(ValueError, match="'accelerate' parameter of GaussianMixture"):
