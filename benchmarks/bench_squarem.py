@@ -119,6 +119,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reg-covar", type=float, default=1e-6)
     parser.add_argument("--sklearn-max-iter", type=int, default=300)
+    parser.add_argument("--plain-max-iter", type=int, default=20000)
     parser.add_argument("--no-sklearn", action="store_true")
     args = parser.parse_args(argv)
     if args.issue_size:
@@ -129,15 +130,17 @@ def main(argv=None) -> None:
     n, d, k = args.n, args.d, args.k
     print(f"GMM full, overlapping clusters (centre scale 1.5): n={n} d={d} k={k}, "
           f"{args.threads} thread(s), reg_covar={args.reg_covar:g}, target: loglik within "
-          f"{TARGET:g} relative of L*")
+          f"{TARGET:g} relative of L*", flush=True)
     X = make_data(n, d, k, args.seed)
     with threadpool_limits(args.threads):
         w0, p0, prec0 = start(X, k, args.reg_covar, args.seed, args.threads)
         sq, sq_trace = run_emcore(X, k, w0, p0, args.reg_covar, args.threads, "squarem")
         L_star = sq.objective
         target = L_star - TARGET * abs(L_star)
+        print(f"  SQUAREM to L*: {sq.n_passes} passes, {sq.seconds:.1f} s", flush=True)
         plain, plain_trace = run_emcore(X, k, w0, p0, args.reg_covar, args.threads, None,
-                                        target=target)
+                                        target=target, max_iter=args.plain_max_iter)
+        print(f"  plain EM: {plain.n_passes} passes, {plain.seconds:.1f} s", flush=True)
         rows = []
         for name, result, trace in (("emcore plain EM", plain, plain_trace),
                                     ("emcore + SQUAREM", sq, sq_trace)):
