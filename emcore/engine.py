@@ -21,6 +21,11 @@ One iteration t, for parameters theta_t = (pi_t, family parameters):
 
 Every M-step is followed by a pass, so each :class:`Iteration` record is complete
 and the fitted parameters always have a computed log-likelihood.
+The variants (docs/variants.md) run through the same steps: a generalized-EM
+family (``Family.generalized_m_step``) is checked for ascent only, any other for
+a maximising M-step too; SQUAREM (``accelerate='squarem'``) adds extrapolation
+records between EM steps; a Monte-Carlo rule (``PosteriorRule.stochastic``) has
+its drawn q's chain checked. ``Iteration.step`` says which step a record is.
 No registry or hook is called here: the caller resolves the family and rule once.
 """
 
