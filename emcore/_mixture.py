@@ -146,6 +146,10 @@ class _MixtureBase(BaseEstimator):
         if n_jobs == 0:
             raise ValueError(f"The 'n_jobs' parameter of {owner} must be None, a "
                              "positive int or a negative int (-1 = all CPUs). Got 0 instead.")
+        accelerate = getattr(self, "accelerate", None)
+        if accelerate is not None and accelerate != "squarem":
+            raise ValueError(f"The 'accelerate' parameter of {owner} must be None or "
+                             f"'squarem'. Got {accelerate!r} instead.")
         n = X.shape[0]
         if n < k:
             raise ValueError(f"The 'n_components' parameter of {owner} must be at "
@@ -185,10 +189,12 @@ class _MixtureBase(BaseEstimator):
             return run_em(X, family, rule, weights, params, max_iter=self.max_iter,
                           tol=self.tol, n_jobs=self.n_jobs, verbose=self.verbose,
                           sample_weight=sample_weight,
-                          weight_concentration=weight_concentration, converged=converged)
+                          weight_concentration=weight_concentration, converged=converged,
+                          accelerate=getattr(self, "accelerate", None), random_state=rng)
 
         best = best_of_starts(1 if warm else self.n_init, start, run)
-        if best.stop_reason == "max_iter":
+        # stochastic EM is a Markov chain that runs max_iter by design
+        if best.stop_reason == "max_iter" and getattr(rule, "stochastic", None) != "sem":
             warnings.warn(f"{self._owner} stopped after max_iter={self.max_iter} "
                           f"iterations before the relative change fell to tol={self.tol:g}; "
                           "increase max_iter or tol.", _sklearn_compatible(ConvergenceWarning),

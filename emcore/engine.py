@@ -21,6 +21,11 @@ One iteration t, for parameters theta_t = (pi_t, family parameters):
 
 Every M-step is followed by a pass, so each :class:`Iteration` record is complete
 and the fitted parameters always have a computed log-likelihood.
+The variants (docs/variants.md) run through the same steps: a generalized-EM
+family (``Family.generalized_m_step``) is checked for ascent only, any other for
+a maximising M-step too; SQUAREM (``accelerate='squarem'``) adds extrapolation
+records between EM steps; a Monte-Carlo rule (``PosteriorRule.stochastic``) has
+its drawn q's chain checked. ``Iteration.step`` says which step a record is.
 No registry or hook is called here: the caller resolves the family and rule once.
 """
 
@@ -30,7 +35,7 @@ import math
 import re
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace as dataclass_replace
 from typing import Any, Callable, Iterable, Optional, Protocol
 
 import numpy as np
@@ -48,6 +53,9 @@ __all__ = ["PassResult", "Iteration", "FitResult", "data_pass", "run_em", "Mixtu
            "equality_tolerance", "chain_tolerance"]
 
 STOP_REASONS = ("tol", "max_iter", "interrupted")
+
+#: the steps whose q is drawn, not computed: no monotone objective (docs/variants.md)
+STOCHASTIC_STEPS = ("mcem", "sem")
 
 
 def summation_depth(n_rows: int, chunk_rows: int) -> int:
@@ -128,6 +136,24 @@ class Iteration:
     #: the rule's report() for the pass at theta_t (PR: J, loglik, violations,
     #: duality gap, lambda), None for rules without one
     rule_state: Optional[dict] = field(default=None, compare=False)
+    #: which kind of step ran (docs/variants.md): 'em' (an M-step that maximises;
+    #: checked by ``m_step_gain``), 'gem' (a family's M-step that only increases Q:
+    #: ``Family.generalized_m_step``), 'squarem' (an accepted SQUAREM extrapolation:
+    #: ``elbo`` is ELBO(q', theta') at the extrapolated point, so the chain says the
+    #: jump did not lower F), 'squarem-fallback' (a rejected one: the fit stays),
+    #: 'mcem' / 'sem' (Monte-Carlo / stochastic EM: q is a draw, see chain_slacks)
+    step: str = "em"
+    #: Q_t(M(theta_{t+1})) - Q_t(theta_{t+1}): what a second M-step from the first's
+    #: output gains; 0 for a maximising M-step. Computed for 'em' steps at
+    #: t = 0, 1, 2, 4, 8, ... (0 when not computed)
+    m_step_gain: float = 0.0
+    #: MCEM: the Monte-Carlo standard error of the sampled ascent
+    #: Q^_t(theta_{t+1}) - Q^_t(theta_t) (0 for exact E-steps)
+    mc_standard_error: float = 0.0
+    #: SQUAREM records: the step length s (clamped; ``step_length_s3`` the S3 value
+    #: ||r|| / ||v||), what was compared (``compared``, ``objective_before``,
+    #: ``objective_extrapolated``), ``accepted``, and for a fallback its ``reason``
+    extrapolation: Optional[dict] = field(default=None, compare=False)
 
     @property
     def gap(self) -> float:
@@ -145,14 +171,36 @@ class Iteration:
         ``tolerance + tolerance_rule``.
         With ``penalised=False`` the ascent link ignores the penalty (the plain
         EM inequality, which a reg_covar step need not satisfy).
+        For ``step`` 'em', also ``maximal``: ``m_step_gain`` against ``tolerance``
+        (an M-step declared maximising that only increases Q fails it). For the
+        Monte-Carlo steps ('mcem', 'sem') the chain of the drawn q:
+        ELBO(q_t, theta_t) <= F(theta_t) (``equality``, one-sided),
+        ELBO(q_t, theta_t) <= ELBO(q_t, theta_{t+1}) (``ascent``) and ``bound``;
+        F is not monotone there (docs/variants.md).
         """
         pen = self.penalty_change if penalised else 0.0
-        return {
+        if self.step in STOCHASTIC_STEPS:
+            # q_t is a draw, not the maximiser of ELBO(., theta_t): ELBO(q_t, theta_t)
+            # <= F(theta_t) only, and the M-step ascends from ELBO(q_t, theta_t)
+            # (docs/variants.md#mcem); F itself is not monotone
+            return {
+                "equality": (self.elbo_at_start - self.value) / self.tolerance_equality,
+                "ascent": ((self.elbo_at_start + self.log_prior + pen)
+                           - (self.elbo + self.log_prior_next)) / self.tolerance,
+                "bound": (self.elbo - self.value_next)
+                         / (self.tolerance + self.tolerance_rule),
+            }
+        slacks = {
             "equality": abs(self.elbo_at_start - self.value) / self.tolerance_equality,
             "ascent": ((self.value + self.log_prior + pen)
                        - (self.elbo + self.log_prior_next)) / self.tolerance,
             "bound": (self.elbo - self.value_next) / (self.tolerance + self.tolerance_rule),
         }
+        if self.step == "em":
+            # a maximising M-step gains nothing when applied again to its output
+            # (docs/variants.md#gem); a GEM step only has to ascend
+            slacks["maximal"] = self.m_step_gain / self.tolerance
+        return slacks
 
     def chain_holds(self, penalised: bool = True) -> bool:
         """True if every link of the chain holds within its tolerance."""
@@ -175,6 +223,13 @@ class FitResult:
     resp_sum: np.ndarray = field(default=None)
     stats: Any = None         #: the family's statistics at the returned parameters
     rule_state: Optional[dict] = None   #: the rule's report() at the returned parameters
+    #: passes over the data the fit made (one per record, plus the first; a rejected
+    #: SQUAREM point that failed validation costs none; SEM adds one at the average)
+    n_passes: int = 0
+    #: SEM: the chain's last (weights, params); the returned ones are its running
+    #: average over ``n_averaged`` iterations after the rule's burn-in
+    chain_last: Optional[tuple] = None
+    n_averaged: int = 0
 
     @property
     def converged(self) -> bool:
@@ -391,6 +446,8 @@ def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarr
            chunk_rows: Optional[int] = None,
            weight_concentration: Optional[np.ndarray] = None,
            converged: Optional[Callable[[Iteration, dict, dict], bool]] = None,
+           accelerate: Optional[str] = None,
+           random_state: Optional[np.random.Generator] = None,
            structure: Optional[LatentStructure] = None, lengths: Any = None
            ) -> FitResult:
     """Run EM from (weights, params) until the stopping rule fires.
@@ -411,7 +468,22 @@ def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarr
     registry, whose ``weights`` are the start probabilities over the transition
     matrix and whose units are the sequences of ``lengths``) runs the same loop
     through its own pass, M-step and log prior (docs/hidden_markov.md).
+
+    ``accelerate='squarem'`` runs SQUAREM around the EM map (same fixed points,
+    fewer passes; every step keeps the objective non-decreasing; docs/variants.md#squarem).
+    A Monte-Carlo rule (``rule.stochastic``: 'sampled', 'stochastic') draws its z
+    from a stream seeded from ``random_state`` (a numpy Generator), if given.
     """
+    if accelerate not in (None, "squarem"):
+        raise ValueError("The 'accelerate' parameter of run_em must be None or "
+                         f"'squarem'. Got {accelerate!r} instead.")
+    if accelerate is not None and getattr(rule, "stochastic", None):
+        raise ValueError("The 'accelerate' parameter of run_em must be None with the "
+                         f"Monte-Carlo posterior rule {type(rule).__name__} (its steps "
+                         "are random; extrapolating them has no monotone safeguard). "
+                         f"Got {accelerate!r} instead.")
+    if random_state is not None and getattr(rule, "stochastic", None):
+        rule.set_random_state(random_state)
     n, d = X.shape
     chunk_rows = chunk_rows or chunk_rows_for(d)
     t_start = time.perf_counter()
@@ -452,114 +524,449 @@ def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarr
     with single_threaded_blas():
         return _run_em(X, family, rule, weights, params, max_iter=max_iter, tol=tol,
                        run_pass=run_pass, verbose=verbose, callback=callback,
-                       depth=depth, t_start=t_start, structure=structure, converged=converged)
+                       depth=depth, t_start=t_start, structure=structure,
+                       converged=converged, accelerate=accelerate)
+
+
+@dataclass
+class _Point:
+    """Parameters with the pass at them and what the chain's tolerances need."""
+    weights: np.ndarray
+    params: dict
+    result: PassResult
+    prior: float              #: log p(theta) (0 without a prior)
+    prior_magnitude: float
+    amplification: float
+
+    @property
+    def objective(self) -> float:
+        return self.result.value + self.prior
+
+
+class _Steps:
+    """The steps a fit is made of, each closed by one pass and one :class:`Iteration`:
+    the EM step (with its chain and the maximality check of the M-step), and
+    SQUAREM's extrapolation and its fallback (docs/variants.md). Counts the passes."""
+
+    def __init__(self, X, family, rule, run_pass, depth, structure):
+        self.family, self.rule, self.depth = family, rule, depth
+        self.structure = structure
+        # weights the structure never moves (a mixture with fixed weights: k-means)
+        self.weights_fixed = getattr(structure, "fixed", False) is True
+        self.k, self.d = family.n_components, X.shape[1]
+        self._run_pass = run_pass
+        self.n_passes = 0
+        self.stochastic = getattr(rule, "stochastic", None)
+
+    def run_pass(self, w, p) -> PassResult:
+        self.n_passes += 1
+        return self._run_pass(w, p)
+
+    def log_prior(self, w, p, family_prior=None) -> tuple:
+        value_w, magnitude_w = self.structure.log_prior(w)
+        value_f, magnitude_f = family_prior or self.family.log_prior(p)
+        return value_w + value_f, magnitude_w + magnitude_f
+
+    def point(self, w, p, result: Optional[PassResult] = None, family_prior=None) -> _Point:
+        result = self.run_pass(w, p) if result is None else result
+        prior, prior_mag = self.log_prior(w, p, family_prior)
+        return _Point(w, p, result, prior, prior_mag, self.family.rounding_amplification(p))
+
+    def _tolerances(self, a: _Point, b: _Point, stats, new_params, extra_magnitude=0.0):
+        # docs/elbo_chain.md#check-a, #check-b, with the summation depth of our
+        # chunked sums in place of ceil(log2 n): tau_A for the equality, tau_B over
+        # both passes, the penalties and the log priors, plus the statistics-based
+        # Q's own magnitude, then absolute terms
+        family = self.family
+        amp = max(a.amplification, b.amplification)
+        tol_eq = equality_tolerance(self.k, self.depth, a.result.magnitude)
+        tol_chain = (chain_tolerance(
+                         self.k, self.d, self.depth, amp,
+                         a.result.magnitude + b.result.magnitude + extra_magnitude
+                         + a.prior_magnitude + b.prior_magnitude,
+                         family.expected_log_likelihood_magnitude(stats, new_params))
+                     # the M-step's maximiser rounded to doubles (second order)
+                     + 2.0 * family.parameter_rounding(stats, new_params)
+                     # log-densities through a cancelling formula (k-means)
+                     + family.log_density_rounding(a.result.stats, a.params)
+                     + family.log_density_rounding(stats, new_params))
+        return max(tol_eq, np.finfo(float).tiny), max(tol_chain, np.finfo(float).tiny)
+
+    def _m_step_gain(self, stats, new_params) -> float:
+        """Q_t(M(theta_{t+1})) - Q_t(theta_{t+1}), penalised and with the family's log
+        prior: 0 for an M-step that maximises (applied again from its own output it
+        cannot gain), > 0 for one that only increases Q (docs/variants.md#gem)."""
+        family = self.family
+        again = family.m_step(stats, new_params)
+        if all(np.array_equal(again[key], new_params[key]) for key in new_params):
+            return 0.0
+
+        def penalised(p):
+            return (family.expected_log_likelihood(stats, p) - family.m_step_penalty(stats, p)
+                    + family.log_prior(p)[0])
+        return penalised(again) - penalised(new_params)
+
+    def em(self, t: int, a: _Point) -> tuple:
+        """One EM (or GEM, or Monte-Carlo) step from ``a``: (record, point after it)."""
+        family, rule = self.family, self.rule
+        t0 = time.perf_counter()
+        current = a.result
+        stats = current.stats
+        new_params = family.m_step(stats, a.params)
+        _validate_in_debug(family, new_params, f"at iteration {t}")
+        new_weights = self.structure.m_step(current, a.weights)
+        empty = tuple(int(j) for j in np.flatnonzero(~(current.resp_sum > 0)))
+        elbo = (family.expected_log_likelihood(stats, new_params)
+                + self.structure.expected_log_likelihood(current, new_weights)
+                + current.entropy)
+        pen_old = family.m_step_penalty(stats, a.params)
+        pen_new = family.m_step_penalty(stats, new_params)
+        nxt = self.run_pass(new_weights, new_params)
+        b = self.point(new_weights, new_params, nxt)
+        # an E-step solved to a solver's accuracy (PR) loosens the bound link
+        tol_rule = float(rule.bound_tolerance(current.rule_state, nxt.rule_state))
+        _check_finite(b.objective, f"the objective after iteration {t}")
+        tol_eq, tol_chain = self._tolerances(a, b, stats, new_params,
+                                             abs(pen_old) + abs(pen_new))
+        generalized = bool(getattr(family, "generalized_m_step", False))
+        step = self.stochastic or ("gem" if generalized else "em")
+        # an extra M-step, at t = 0, 1, 2, 4, 8, ...: a non-maximising M-step gains
+        # most far from convergence, and the check then costs log2(T) M-steps
+        checked = not (generalized or self.stochastic) and (t & (t - 1)) == 0
+        gain = self._m_step_gain(stats, new_params) if checked else 0.0
+        mc_se = 0.0
+        if self.stochastic == "mcem" and nxt.rule_state:
+            mc_se = float(nxt.rule_state.get("mc_standard_error", 0.0))
+        record = Iteration(
+            iteration=t, value=current.value, elbo_at_start=current.elbo, elbo=elbo,
+            value_next=nxt.value, objective=b.objective,
+            relative_change=_relative(a.objective, b.objective),
+            penalty_change=pen_new - pen_old,
+            param_change=_param_change(a.weights, a.params, new_weights, new_params),
+            tolerance_equality=tol_eq, tolerance=tol_chain,
+            empty_components=empty, seconds=time.perf_counter() - t0,
+            log_prior=a.prior, log_prior_next=b.prior, tolerance_rule=tol_rule,
+            rule_state=current.rule_state, step=step, m_step_gain=gain,
+            mc_standard_error=mc_se)
+        return record, b
+
+    def jump(self, t: int, a: _Point, b: _Point, extrapolation: dict) -> Iteration:
+        """The record of SQUAREM's move from ``a`` (two EM steps done) to the
+        extrapolated ``b``: the chain F(a) <= ELBO(q_b, b) <= F(b) says the move did
+        not lower the objective."""
+        tol_eq, tol_chain = self._tolerances(a, b, b.result.stats, b.params)
+        return Iteration(
+            iteration=t, value=a.result.value, elbo_at_start=a.result.elbo,
+            elbo=b.result.elbo, value_next=b.result.value, objective=b.objective,
+            relative_change=_relative(a.objective, b.objective), penalty_change=0.0,
+            param_change=_param_change(a.weights, a.params, b.weights, b.params),
+            tolerance_equality=tol_eq, tolerance=tol_chain,
+            log_prior=a.prior, log_prior_next=b.prior,
+            tolerance_rule=float(self.rule.bound_tolerance(a.result.rule_state,
+                                                           b.result.rule_state)),
+            rule_state=a.result.rule_state, step="squarem", extrapolation=extrapolation)
+
+    def fallback(self, t: int, a: _Point, extrapolation: dict) -> Iteration:
+        """The record of a rejected extrapolation: the fit stays at ``a``."""
+        tol_eq, tol_chain = self._tolerances(a, a, a.result.stats, a.params)
+        return Iteration(
+            iteration=t, value=a.result.value, elbo_at_start=a.result.elbo,
+            elbo=a.result.elbo, value_next=a.result.value, objective=a.objective,
+            relative_change=0.0, penalty_change=0.0, param_change=0.0,
+            tolerance_equality=tol_eq, tolerance=tol_chain,
+            log_prior=a.prior, log_prior_next=a.prior, rule_state=a.result.rule_state,
+            step="squarem-fallback", extrapolation=extrapolation)
+
+
+def _relative(before: float, after: float) -> float:
+    return abs(after - before) / max(abs(after), np.finfo(float).tiny)
+
+
+#: one-sided 95% normal quantile: MCEM stops when the upper confidence bound of its
+#: ascent is below tol (Caffo, Jank & Jones 2005; docs/variants.md#mcem)
+_MCEM_Z = 1.6448536269514722
 
 
 def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbose,
-            callback, depth, t_start, structure, converged) -> FitResult:
-    n, d = X.shape
-    k = family.n_components
-    history = []
-    def log_prior(w, p, family_prior=None):
-        value_w, magnitude_w = structure.log_prior(w)
-        value_f, magnitude_f = family_prior or family.log_prior(p)
-        return value_w + value_f, magnitude_w + magnitude_f
-
+            callback, depth, t_start, structure, converged,
+            accelerate: Optional[str] = None) -> FitResult:
+    steps = _Steps(X, family, rule, run_pass, depth, structure)
     family_prior = family.log_prior(params)
     has_prior = structure.has_prior or family_prior != (0.0, 0.0)
-    current = run_pass(weights, params)
-    prior_now, prior_mag_now = log_prior(weights, params, family_prior)
-    amp_now = family.rounding_amplification(params)
-    _check_finite(current.value + prior_now, "the objective at the initial parameters")
-    n_samples = float(np.sum(current.resp_sum))
+    point = steps.point(weights, params, family_prior=family_prior)
+    _check_finite(point.objective, "the objective at the initial parameters")
+    n_samples = float(np.sum(point.result.resp_sum))
+    history = []
+    noisy = []     # the first iteration whose rounding bound exceeds tol x |objective|
+    sem = _RunningAverage(family, rule) if steps.stochastic == "sem" else None
+
+    def emit(record: Iteration) -> None:
+        """Record an iteration: history, the rounding-noise check, verbose, callback."""
+        history.append(record)
+        if (not noisy and converged is None and tol > 0 and not steps.stochastic
+                and record.tolerance + record.tolerance_rule > tol * abs(record.objective)):
+            noisy.append(record)
+        if verbose:
+            print(f"iteration {record.iteration:4d}  {rule.objective} "
+                  f"{record.value_next: .10e}  change {record.relative_change:.3e}  "
+                  f"({record.seconds:.3f} s){'' if record.step == 'em' else '  ' + record.step}")
+        if callback is not None:
+            callback(record)
+
+    def stops(record: Iteration, before: dict, after: dict) -> bool:
+        if converged is not None:
+            return bool(converged(record, before, after))
+        if steps.stochastic == "mcem":
+            # the Monte-Carlo ascent Q^_t(theta_{t+1}) - Q^_t(theta_t) (>= 0: the M-step
+            # maximises the sampled Q) and its standard error from the next pass
+            ascent = (record.elbo + record.log_prior_next
+                      - record.elbo_at_start - record.log_prior)
+            return ascent + _MCEM_Z * record.mc_standard_error < tol * abs(record.objective)
+        if steps.stochastic == "sem":
+            return False          # a Markov chain: runs max_iter, reports the average
+        return record.relative_change < tol
+
     stop_reason = "max_iter"
-    noisy = None      # the first iteration whose rounding bound exceeds tol x |objective|
     try:
-        for t in range(max_iter):
-            t0 = time.perf_counter()
-            stats = current.stats
-            new_params = family.m_step(stats, params)
-            _validate_in_debug(family, new_params, f"at iteration {t}")
-            new_weights = structure.m_step(current, weights)
-            empty = tuple(int(j) for j in np.flatnonzero(~(current.resp_sum > 0)))
-            elbo = (family.expected_log_likelihood(stats, new_params)
-                    + structure.expected_log_likelihood(current, new_weights)
-                    + current.entropy)
-            pen_old = family.m_step_penalty(stats, params)
-            pen_new = family.m_step_penalty(stats, new_params)
-            nxt = run_pass(new_weights, new_params)
-            # an E-step solved to a solver's accuracy (PR) loosens the bound link
-            tol_rule = float(rule.bound_tolerance(current.rule_state, nxt.rule_state))
-            prior_next, prior_mag_next = log_prior(new_weights, new_params)
-            _check_finite(nxt.value + prior_next, f"the objective after iteration {t}")
-            amp_next = family.rounding_amplification(new_params)
-            amp = max(amp_now, amp_next)
-            # docs/elbo_chain.md#check-a, #check-b, with the summation depth of
-            # our chunked sums in place of ceil(log2 n): tau_A for the equality,
-            # tau_B over both passes, the penalties and the log priors, plus the
-            # statistics-based Q's own magnitude, then absolute terms
-            tol_eq = equality_tolerance(k, depth, current.magnitude)
-            tol_chain = (chain_tolerance(
-                             k, d, depth, amp,
-                             current.magnitude + nxt.magnitude + abs(pen_old) + abs(pen_new)
-                             + prior_mag_now + prior_mag_next,
-                             family.expected_log_likelihood_magnitude(stats, new_params))
-                         # the M-step's maximiser rounded to doubles (second order)
-                         + 2.0 * family.parameter_rounding(stats, new_params)
-                         # log-densities through a cancelling formula (k-means)
-                         + family.log_density_rounding(stats, params)
-                         + family.log_density_rounding(stats, new_params))
-            objective_now = current.value + prior_now
-            objective_next = nxt.value + prior_next
-            rel = abs(objective_next - objective_now) / max(abs(objective_next),
-                                                             np.finfo(float).tiny)
-            record = Iteration(
-                iteration=t, value=current.value, elbo_at_start=current.elbo, elbo=elbo,
-                value_next=nxt.value, objective=objective_next, relative_change=rel,
-                penalty_change=pen_new - pen_old,
-                param_change=_param_change(weights, params, new_weights, new_params),
-                tolerance_equality=max(tol_eq, np.finfo(float).tiny),
-                tolerance=max(tol_chain, np.finfo(float).tiny),
-                empty_components=empty, seconds=time.perf_counter() - t0,
-                log_prior=prior_now, log_prior_next=prior_next, tolerance_rule=tol_rule,
-                rule_state=current.rule_state)
-            history.append(record)
-            if (noisy is None and converged is None and tol > 0
-                    and record.tolerance + tol_rule > tol * abs(objective_next)):
-                noisy = record
-            previous_params = params
-            weights, params, current = new_weights, new_params, nxt
-            prior_now, prior_mag_now, amp_now = prior_next, prior_mag_next, amp_next
-            if verbose:
-                print(f"iteration {t:4d}  {rule.objective} {record.value_next: .10e}  "
-                      f"change {rel:.3e}  ({record.seconds:.3f} s)")
-            if callback is not None:
-                callback(record)
-            if (converged(record, previous_params, params) if converged is not None
-                    else rel < tol):
-                stop_reason = "tol"
-                break
+        if accelerate == "squarem":
+            point, stop_reason = _squarem(steps, point, max_iter, emit, stops)
+        else:
+            for t in range(max_iter):
+                record, nxt = steps.em(t, point)
+                emit(record)
+                before, point = point, nxt
+                if sem is not None:
+                    sem.add(t, point)
+                if stops(record, before.params, point.params):
+                    stop_reason = "tol"
+                    break
     except KeyboardInterrupt:
         stop_reason = "interrupted"
     _warn_if_the_chain_fails(history)
-    if noisy is not None:
+    if noisy:
+        record = noisy[0]
         warnings.warn(
-            f"The objective is known only to within {noisy.tolerance:.3g} (the derived "
-            f"rounding bound at iteration {noisy.iteration}), more than tol x |objective| "
-            f"= {tol * abs(noisy.objective):.3g}: the relative change the stopping rule "
+            f"The objective is known only to within {record.tolerance:.3g} (the derived "
+            f"rounding bound at iteration {record.iteration}), more than tol x |objective| "
+            f"= {tol * abs(record.objective):.3g}: the relative change the stopping rule "
             "tests is rounding noise, so the fit may stop by chance or oscillate without "
             "converging. Either tol is below what double precision resolves for this fit "
             "(raise it), or the data are far from the origin relative to their spread (an "
             "offset of 1e15 on unit-scale data leaves the means a grid of 0.125): centre "
             "the data (subtract the column means) before fitting.",
             _sklearn_compatible(ConvergenceWarning), stacklevel=3)
-    return FitResult(weights=weights, params=params, history=tuple(history),
-                     n_iter=len(history), stop_reason=stop_reason, value=current.value,
-                     objective=current.value + prior_now,
+    last = point
+    if sem is not None and sem.count:
+        w_avg, p_avg = sem.average()
+        point = steps.point(w_avg, p_avg)
+    return FitResult(weights=point.weights, params=point.params, history=tuple(history),
+                     n_iter=len(history), stop_reason=stop_reason, value=point.result.value,
+                     objective=point.objective,
                      objective_name=rule.objective + (" + log prior" if has_prior else ""),
                      n_samples=n_samples, seconds=time.perf_counter() - t_start,
-                     resp_sum=current.resp_sum, stats=current.stats,
-                     rule_state=current.rule_state)
+                     resp_sum=point.result.resp_sum, stats=point.result.stats,
+                     rule_state=point.result.rule_state, n_passes=steps.n_passes,
+                     chain_last=(None if sem is None else (last.weights, last.params)),
+                     n_averaged=0 if sem is None else sem.count)
+
+
+class _RunningAverage:
+    """SEM's estimate: the average of the chain's parameters after ``rule.burn_in``
+    iterations, the family's in its unconstrained coordinates (so it is valid:
+    ``Family.to_unconstrained``), the weights on the simplex (docs/variants.md#sem)."""
+
+    def __init__(self, family, rule):
+        self.family = family
+        self.burn_in = int(getattr(rule, "burn_in", 0))
+        self.count = 0
+        self.weights = None
+        self.coords = None
+
+    def add(self, t: int, point: _Point) -> None:
+        if t < self.burn_in:
+            return
+        coords = self.family.to_unconstrained(point.params)
+        self.count += 1
+        if self.count == 1:
+            self.weights = np.array(point.weights, dtype=np.float64)
+            self.coords = {key: np.array(value, dtype=np.float64)
+                           for key, value in coords.items()}
+            return
+        rate = 1.0 / self.count
+        self.weights += rate * (point.weights - self.weights)
+        for key, value in coords.items():
+            self.coords[key] += rate * (value - self.coords[key])
+
+    def average(self) -> tuple:
+        return self.weights / np.sum(self.weights), self.family.from_unconstrained(self.coords)
+
+
+# --- SQUAREM ------------------------------------------------------------------------
+
+#: step-length bounds of the SQUAREM package (Varadhan & Roland): s in [1, s_max],
+#: s_max from 1, multiplied by 4 whenever the clamp binds, divided by 4 on a fallback
+_SQUAREM_STEP_MIN, _SQUAREM_STEP_MAX0, _SQUAREM_MSTEP = 1.0, 1.0, 4.0
+
+
+def _flatten(family, weights: np.ndarray, params: dict, fixed: bool) -> tuple:
+    """The extrapolation coordinates of (weights, params) as one vector, and how to
+    read them back: centred log-weights (any vector maps back onto the simplex by
+    softmax; raw weights when one is 0), then the family's
+    ``to_unconstrained(params)`` arrays in key order (docs/variants.md#squarem).
+    ``weights`` is one simplex (a mixture's pi) or a stack of them, one per row (a
+    Markov chain's start probabilities over its transition matrix); ``fixed``
+    weights (k-means) are not extrapolated."""
+    coords = family.to_unconstrained(params)
+    keys = sorted(coords)
+    parts = []
+    rows = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    log_weights = not fixed and bool(np.all(rows > 0))
+    if not fixed:
+        if log_weights:
+            lw = np.log(rows)
+            parts.append((lw - np.mean(lw, axis=1, keepdims=True)).ravel())
+        else:
+            parts.append(rows.ravel())
+    shapes = [np.shape(coords[key]) for key in keys]
+    parts += [np.asarray(coords[key], dtype=np.float64).ravel() for key in keys]
+    return np.concatenate(parts), (keys, shapes, log_weights, weights, fixed)
+
+
+def _unflatten(family, vector: np.ndarray, layout: tuple) -> tuple:
+    keys, shapes, log_weights, given, fixed = layout
+    if fixed:
+        weights, offset = given, 0
+    else:
+        shape = np.atleast_2d(given).shape
+        offset = shape[0] * shape[1]
+        head = vector[:offset].reshape(shape)
+        if log_weights:
+            e = np.exp(head - np.max(head, axis=1, keepdims=True))
+            rows = e / np.sum(e, axis=1, keepdims=True)
+        else:
+            if np.any(head < 0) or not np.all(np.isfinite(head)):
+                raise ValueError("an extrapolated mixture weight is negative")
+            rows = head / np.sum(head, axis=1, keepdims=True)
+        weights = rows.reshape(np.shape(given))
+    coords = {}
+    for key, shape in zip(keys, shapes):
+        size = int(np.prod(shape))
+        coords[key] = vector[offset:offset + size].reshape(shape)
+        offset += size
+    params = family.from_unconstrained(coords)
+    if not (np.all(np.isfinite(weights)) and np.all(weights >= 0)):
+        raise ValueError("an extrapolated mixture weight is not a probability")
+    family.validate_params(params)
+    return weights, params
+
+
+def _keep_unmoved_rows(weights: np.ndarray, *points) -> np.ndarray:
+    """Rows of the weights that no EM step of the cycle moved (a Markov chain's fixed
+    start or transition probabilities) stay exactly as they were, not as the
+    log/softmax round trip rounds them."""
+    rows = np.atleast_2d(np.array(weights, dtype=np.float64))
+    same = np.ones(rows.shape[0], dtype=bool)
+    first = np.atleast_2d(points[0].weights)
+    for p in points[1:]:
+        same &= np.all(np.atleast_2d(p.weights) == first, axis=1)
+    rows[same] = first[same]
+    return rows.reshape(np.shape(weights))
+
+
+def _squarem(steps: _Steps, point: _Point, max_iter: int, emit, stops) -> tuple:
+    """SQUAREM (Varadhan & Roland 2008, S3 step length) around the EM map, with the
+    monotone safeguard; returns (last point, stop reason). docs/variants.md#squarem.
+
+    A cycle from theta_0: two EM steps to theta_1, theta_2 (each recorded with its
+    chain), r = c_1 - c_0, v = c_2 - 2 c_1 + c_0 in the extrapolation coordinates c,
+    s = ||r|| / ||v|| (S3, alpha = -s) clamped to [1, s_max], c' = c_0 + 2 s r + s^2 v;
+    if s = 1, c' is theta_2 and the cycle ends there. Otherwise theta' is accepted
+    when it is valid and F(theta') >= F(theta_2) (a 'squarem' record), then one
+    stabilising EM step; else the fit stays at theta_2 (a 'squarem-fallback' record)
+    and s_max shrinks. F never decreases. The stopping rule is tested on EM steps.
+    """
+    latest = [point]            # the last point with a computed objective (Ctrl-C)
+    try:
+        return _squarem_cycles(steps, point, max_iter, emit, stops, latest)
+    except KeyboardInterrupt:
+        return latest[0], "interrupted"
+
+
+def _squarem_cycles(steps: _Steps, point: _Point, max_iter: int, emit, stops,
+                    latest: list) -> tuple:
+    family = steps.family
+    step_max = _SQUAREM_STEP_MAX0
+    t = 0
+    n_m_steps = 0
+
+    def em(a: _Point) -> tuple:
+        nonlocal t, n_m_steps
+        record, b = steps.em(t, a)
+        latest[0] = b
+        t += 1
+        n_m_steps += 1
+        emit(record)
+        return b, stops(record, a.params, b.params)
+
+    while n_m_steps < max_iter:
+        p0 = point
+        p1, done = em(p0)
+        if done or n_m_steps >= max_iter:
+            return p1, "tol" if done else "max_iter"
+        p2, done = em(p1)
+        if done:
+            return p2, "tol"
+        point = p2
+        fixed = steps.weights_fixed
+        c0, layout = _flatten(family, p0.weights, p0.params, fixed)
+        c1 = _flatten(family, p1.weights, p1.params, fixed)[0]
+        c2 = _flatten(family, p2.weights, p2.params, fixed)[0]
+        r = c1 - c0
+        v = c2 - 2.0 * c1 + c0
+        norm_r, norm_v = float(np.linalg.norm(r)), float(np.linalg.norm(v))
+        if not (norm_v > 0 and np.isfinite(norm_r) and np.isfinite(norm_v)):
+            continue                # no curvature to extrapolate along: plain EM
+        raw = norm_r / norm_v
+        s = min(max(raw, _SQUAREM_STEP_MIN), step_max)
+        if s == 1.0:
+            if s == step_max:
+                step_max *= _SQUAREM_MSTEP
+            continue                # c' = c_2: the cycle was two EM steps
+        extrapolation = {"step_length": s, "step_length_s3": raw,
+                         "compared": "objective(extrapolated) >= objective(after two "
+                                     "EM steps)",
+                         "objective_before": p2.objective}
+        t0 = time.perf_counter()
+        try:
+            weights, params = _unflatten(family, c0 + 2.0 * s * r + s * s * v, layout)
+            weights = _keep_unmoved_rows(weights, p0, p1, p2)
+            prime = steps.point(weights, params)
+            if not math.isfinite(prime.objective):
+                raise FloatingPointError("the objective at the extrapolated point is "
+                                         "not finite")
+        except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
+            prime, reason = None, f"invalid extrapolated parameters: {exc}"
+        else:
+            reason = None if prime.objective >= p2.objective else "lower objective"
+            extrapolation["objective_extrapolated"] = prime.objective
+        if reason is not None:
+            if s == step_max:
+                step_max = max(_SQUAREM_STEP_MAX0, step_max / _SQUAREM_MSTEP)
+            record = steps.fallback(t, p2, dict(extrapolation, accepted=False,
+                                                reason=reason))
+            t += 1
+            emit(dataclass_replace(record, seconds=time.perf_counter() - t0))
+            continue
+        if s == step_max:
+            step_max *= _SQUAREM_MSTEP
+        latest[0] = prime
+        record = steps.jump(t, p2, prime, dict(extrapolation, accepted=True))
+        t += 1
+        emit(dataclass_replace(record, seconds=time.perf_counter() - t0))
+        point, done = em(prime)      # the stabilising EM step
+        if done:
+            return point, "tol"
+    return point, "max_iter"
 
 
 def _warn_if_the_chain_fails(history) -> None:

@@ -261,6 +261,12 @@ class GaussianMixture(_MixtureBase):
         lambda), runs on one thread, and ``predict_proba(X, constrained=True)``
         gives the constrained posterior of the training rows. A registry name or
         rule object uses that rule (see :class:`emcore.MixtureModel`).
+    accelerate : None or 'squarem', default None
+        'squarem': SQUAREM (Varadhan & Roland 2008) around the EM map: the same
+        fixed point in fewer passes over the data, the objective still
+        non-decreasing (an extrapolation that would lower it falls back to the EM
+        step); ``history_[t].step`` says which kind of step each record is
+        (docs/variants.md#squarem).
 
     Attributes
     ----------
@@ -316,7 +322,7 @@ class GaussianMixture(_MixtureBase):
                  precisions_init: Any = None, random_state: Any = None,
                  warm_start: bool = False, n_jobs: Optional[int] = None,
                  verbose: int = 0, prior: Any = None, posterior: Any = None,
-                 online_step_exponent: float = 0.6):
+                 online_step_exponent: float = 0.6, accelerate: Optional[str] = None):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -334,6 +340,7 @@ class GaussianMixture(_MixtureBase):
         self.prior = prior
         self.online_step_exponent = online_step_exponent
         self.posterior = posterior
+        self.accelerate = accelerate
 
     # --- resolution and validation --------------------------------------------------
     def _family(self, n_features: int, n_components: Optional[int] = None, prior=None):

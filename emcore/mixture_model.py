@@ -89,6 +89,12 @@ class MixtureModel(_MixtureBase):
     n_jobs : int or None, default None
         Threads for the chunk loop (results are identical for every value).
     verbose : int, default 0
+    accelerate : None or 'squarem', default None
+        'squarem': SQUAREM (Varadhan & Roland 2008) around the EM map: the same
+        fixed point in fewer passes over the data, the objective still
+        non-decreasing (an extrapolation that would lower it falls back to the EM
+        step); ``history_[t].step`` says which kind of step each record is
+        (docs/variants.md#squarem).
 
     Attributes
     ----------
@@ -117,7 +123,8 @@ class MixtureModel(_MixtureBase):
                  tol: float = 1e-6, max_iter: int = 100, n_init: int = 1,
                  init_params: str = "k-means++", weights_init: Any = None,
                  params_init: Optional[Mapping[str, Any]] = None, random_state: Any = None,
-                 n_jobs: Optional[int] = None, verbose: int = 0):
+                 n_jobs: Optional[int] = None, verbose: int = 0,
+                 accelerate: Optional[str] = None):
         self.n_components = n_components
         self.family = family
         self.family_options = family_options
@@ -132,6 +139,7 @@ class MixtureModel(_MixtureBase):
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.verbose = verbose
+        self.accelerate = accelerate
 
     # --- resolution -----------------------------------------------------------------
     def _family(self, n_features: int, n_components: Optional[int] = None, prior=None):

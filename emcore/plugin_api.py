@@ -172,6 +172,16 @@ class Family(abc.ABC):
     #: engine then keeps the initial weights instead of estimating them.
     fixed_weights: bool = False
 
+    #: True for a generalized-EM family, whose ``m_step`` only increases the
+    #: (penalised) expected log-likelihood Q instead of maximising it (an ECM
+    #: sequence of conditional maximisations, a gradient or Newton step where Q has
+    #: no closed-form maximiser). The engine then checks the ascent
+    #: ELBO(q_t, theta_{t+1}) >= ELBO(q_t, theta_t), records the step as 'gem', and
+    #: does not check maximality; for a family that leaves this False it also checks
+    #: that a second ``m_step`` from the first's output gains nothing (a
+    #: ChainViolationWarning otherwise). docs/variants.md#gem.
+    generalized_m_step: bool = False
+
     #: The uniform share epsilon the default :meth:`initial_params` mixes into the
     #: starting responsibilities, q -> (1 - epsilon) q + epsilon / K: every component
     #: then starts with a positive weight on every row, so no parameter starts at an
@@ -394,6 +404,26 @@ class Family(abc.ABC):
         """
         return 0.0
 
+    # --- coordinates for extrapolation and averaging -------------------------------
+    def to_unconstrained(self, params: Params) -> dict:
+        """The parameters in coordinates where any real values are valid parameters.
+
+        SQUAREM extrapolates linearly in them and stochastic EM averages in them
+        (docs/variants.md#squarem). Returns a dict of float arrays;
+        :meth:`from_unconstrained` is its inverse. Default: the parameters
+        themselves, so an extrapolation that leaves the parameter space is
+        rejected by :meth:`validate_params` and SQUAREM falls back to its EM
+        step; a family with constraints (positive rates, probabilities,
+        covariances) accelerates better with its own coordinates (log rates,
+        log-probabilities, a log-diagonal Cholesky factor).
+        """
+        return {key: np.array(value, dtype=np.float64) for key, value in params.items()}
+
+    def from_unconstrained(self, coords: Mapping[str, np.ndarray]) -> dict:
+        """The parameters of :meth:`to_unconstrained` coordinates (its inverse).
+        Raise ValueError when they give no valid parameters. Default: as given."""
+        return {key: np.array(value, dtype=np.float64) for key, value in coords.items()}
+
     # --- compiled path ------------------------------------------------------------
     def compiled_kernel(self, params: Params):
         """Return an ``emcore.kernel.FamilyKernel`` for ``params``, or None."""
@@ -558,6 +588,16 @@ class PosteriorRule(abc.ABC):
     #: all rows before each pass; estimators use the soft rule for new data.
     needs_all_rows: bool = False
 
+    #: None for a rule whose q is computed; 'mcem' for a rule averaging draws
+    #: of z from the posterior (Monte-Carlo EM), 'sem' for one drawing a single z
+    #: per row (stochastic EM). The engine then checks the chain of the drawn q
+    #: (not a monotone objective), uses the rule's stopping rule, and seeds the
+    #: draws through :meth:`set_random_state` (docs/variants.md#mcem).
+    stochastic: Optional[str] = None
+
+    def set_random_state(self, random_state: np.random.Generator) -> None:
+        """Seed the draws of a stochastic rule from a fit's generator. Default: nothing."""
+
     @abc.abstractmethod
     def posterior(self, log_joint: np.ndarray, row_weights: Optional[np.ndarray] = None,
                   *, start: int = 0):
@@ -720,10 +760,16 @@ def dirichlet_log_prior(weights: np.ndarray, concentration: Optional[np.ndarray]
 
 
 def categorical_expected(resp_sum: np.ndarray, weights: np.ndarray) -> float:
-    """sum_k N_k log p_k with 0 log 0 = 0."""
+    """sum_k N_k log p_k with 0 log 0 = 0.
+
+    A p_k that the M-step's N_k / N rounded to 0 (N_k below N times the smallest
+    subnormal, 2^-1074) counts as that smallest subnormal: the term is then at most
+    N x 2^-1074 x 745 in size, far below any tolerance, where log 0 would make the
+    ELBO -inf for a count that is merely tiny (a transition seen with probability
+    1e-320 in a chain posterior)."""
     mask = resp_sum > 0
-    with np.errstate(divide="ignore"):
-        return float(np.sum(resp_sum[mask] * np.log(weights[mask])))
+    p = np.maximum(weights[mask], np.nextafter(0.0, 1.0))
+    return float(np.sum(resp_sum[mask] * np.log(p)))
 
 
 

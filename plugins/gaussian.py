@@ -141,6 +141,28 @@ class GaussianFamily(Family):
             covariances[k] = 0.5 * (covariances[k] + covariances[k].T)
         return self.params_from_covariances(means, covariances)
 
+    def to_unconstrained(self, params: Params) -> dict:
+        """Means, and the lower Cholesky factor L of each covariance (Sigma = L L^T)
+        with the log of its diagonal: any real values give a positive definite
+        matrix (docs/variants.md#squarem). Zeros of the covariance type ('diag',
+        'spherical': off the diagonal) and equalities ('tied', 'spherical') are
+        kept by a linear extrapolation, since they hold in every input."""
+        L = np.linalg.cholesky(np.asarray(params["covariances"], dtype=np.float64))
+        i = np.arange(self.n_features)
+        L[:, i, i] = np.log(L[:, i, i])
+        return {"means": np.array(params["means"], dtype=np.float64), "log_cholesky": L}
+
+    def from_unconstrained(self, coords) -> dict:
+        """The inverse of :meth:`to_unconstrained`; DegenerateComponentError (a
+        ValueError) for a covariance beyond the condition-number limit."""
+        L = np.tril(np.asarray(coords["log_cholesky"], dtype=np.float64))
+        i = np.arange(self.n_features)
+        with np.errstate(over="ignore"):
+            L[:, i, i] = np.exp(L[:, i, i])
+        cov = L @ np.swapaxes(L, 1, 2)
+        return self.params_from_covariances(coords["means"],
+                                            0.5 * (cov + np.swapaxes(cov, 1, 2)))
+
     def validate_params(self, params: Params) -> None:
         """Means finite (k, d); covariances (k, d, d) symmetric, positive definite and of
         the family's type; precisions_cholesky upper triangular with a positive diagonal

@@ -266,6 +266,7 @@ PARAMETERS = {
         "prior": ["bogus", 3, {"dof": 3}],
         "posterior": [3.0, "bogus", ["soft"]],
         "online_step_exponent": [0.5, 1.5, -1.0, np.nan, "0.6", None, True],
+        "accelerate": ["anderson", "SQUAREM", True, 1],
     },
     "KMeans": {
         "n_clusters": _INT_BAD + [N + 1],
@@ -295,6 +296,7 @@ PARAMETERS = {
         "random_state": _RANDOM_STATE_BAD,
         "n_jobs": _N_JOBS_BAD,
         "verbose": [-1, 1.5, "1", None],
+        "accelerate": ["anderson", "SQUAREM", True, 1],
     },
 }
 

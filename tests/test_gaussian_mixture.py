@@ -100,7 +100,8 @@ def test_constructor_only_stores_its_arguments():
                 reg_covar=-1.0, max_iter=0, n_init=2.5, init_params="kmeans",
                 weights_init=object(), means_init=[[1, 2]], precisions_init="p",
                 random_state="seed", warm_start="yes", n_jobs=0, verbose=-3,
-                prior="nonsense", online_step_exponent="fast", posterior="nonsense")
+                prior="nonsense", online_step_exponent="fast", posterior="nonsense",
+                accelerate="nonsense")
     model = GaussianMixture(**args)          # no validation here
     for name, value in args.items():
         assert getattr(model, name) is value, name
@@ -115,7 +116,8 @@ def test_parameters_are_scikit_learns_plus_n_jobs_and_prior():
     theirs = SkGaussianMixture().get_params()
     assert set(ours) == (set(theirs) - {"verbose_interval"}) | {"n_jobs", "prior",
                                                                   "online_step_exponent",
-                                                                  "posterior"}
+                                                                  "posterior",
+                                                                  "accelerate"}
     # Same defaults except the documented differences (README: stopping rule and
     # 'kmeans' initialisation).
     for name in set(ours) & set(theirs) - {"tol", "init_params"}:

@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import emcore
 from emcore import HiddenMarkovModel
@@ -166,6 +166,9 @@ def test_elbo_of_any_chain_is_below_loglik_for_every_family(index, seed, lengths
 @settings(max_examples=4, deadline=None)
 @given(seed=st.integers(0, 2 ** 32 - 1),
        lengths=st.lists(st.integers(1, 60), min_size=1, max_size=4))
+# a transition count of ~1e-320 whose probability the M-step rounds to 0: the
+# ELBO was -inf there (log 0) before categorical_expected took the subnormal floor
+@example(seed=9437, lengths=[13])
 def test_every_family_is_an_emission_and_the_chain_holds(index, rule, seed, lengths):
     """EM over the chain with any family: every iteration's chain holds (equality,
     ascent, bound within the derived tolerances) and the objective never drops."""

@@ -276,7 +276,8 @@ def test_first_party_plugins_load_only_through_their_entry_points():
     reg = load_registry(entry_points=first_party)
     assert set(reg.families) == {"gaussian", "kmeans", "linear_regression", "product",
                                  "exponential", "gamma", "student_t"}
-    assert set(reg.posterior_rules) == {"soft", "hard", "tempered", "constrained"}
+    assert set(reg.posterior_rules) == {"soft", "hard", "tempered", "constrained", "sampled",
+                                        "stochastic"}
 
 
 def test_get_registry_is_loaded_once_and_cached():
@@ -610,7 +611,8 @@ def test_installed_broken_plugins_do_not_stop_a_gaussian_fit_or_emcore_plugins(i
     assert out["loglik"] == pytest.approx(-1130.264, abs=1e-2)
     assert out["families"]["gaussian"] == ["gaussian", "emcore"]
     assert out["families"]["toy"] == ["toy", "emcore-toy-family"]
-    assert out["rules"] == {**{name: ["soft", "emcore"] for name in ("soft", "hard", "tempered")},
+    assert out["rules"] == {**{name: ["soft", "emcore"] for name in ("soft", "hard", "tempered",
+                                                                     "sampled", "stochastic")},
                             "constrained": ["constrained", "emcore"]}
     assert {(n, d) for n, d, _ in out["broken"]} == set(expected)
 
