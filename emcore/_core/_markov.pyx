@@ -221,6 +221,13 @@ cdef extern from "_markov.h":
                        Py_ssize_t K) noexcept nogil
     void emm_viterbi_step(const double* lA, const double* d, double* best, int* arg,
                           Py_ssize_t K) noexcept nogil
+    int emm_forward_scaled(Py_ssize_t T, Py_ssize_t K, const double* lb, const double* pi,
+                           const double* A, double* G, double* W, double* c, double* m,
+                           double* sums, Py_ssize_t* bad_row) noexcept nogil
+    int emm_backward_scaled(Py_ssize_t T, Py_ssize_t K, const double* lb, const double* AT,
+                            double* G, double* W, const double* c, const double* m,
+                            double* S, double* work, double C, double max_drift,
+                            double* sums) noexcept nogil
 
 
 # --- BLAS forms of the three K^2 steps (row-major arrays, see emcore/blas.pxd) ---
@@ -278,6 +285,27 @@ cdef int _forward_backward_one(
     cdef double* bt
     cdef double* bcur
     cdef double* wt
+    cdef double sums[3]
+    cdef int code
+
+    if not blas:
+        # small K: the fused single-loop passes of _markov.h (the same
+        # recursions and checks as below, Bb as their 3 K work doubles)
+        code = emm_forward_scaled(T, K, lb, pi, A, G, W, c, m, sums, bad_row)
+        if code != 0:
+            return code
+        sum_logc = sums[0]
+        sum_m = sums[1]
+        mag = sums[2]
+        code = emm_backward_scaled(T, K, lb, AT, G, W, c, m, S, Bb, C, max_drift, sums)
+        if code != 0:
+            return code
+        ent_b = sums[0]
+        mag = mag + sums[1]
+        D = sums[2]
+        if not (D <= _U_OVER_ETA):
+            return _RANGE
+        return _finish_one(K, G, lpi, sum_logc, sum_m, ent_b, mag, res)
 
     # forward
     for t in range(T):
@@ -385,8 +413,15 @@ cdef int _forward_backward_one(
     # (module docstring): more than u, and the log-space pass decides
     if not (D <= _U_OVER_ETA):
         return _RANGE
+    return _finish_one(K, G, lpi, sum_logc, sum_m, ent_b, mag, res)
+
+
+cdef inline int _finish_one(Py_ssize_t K, const double* G, const double* lpi,
+                            double sum_logc, double sum_m, double ent_b, double mag,
+                            double* res) noexcept nogil:
     # start term (the transition term needs A * S, done by the caller)
-    cdef double ent_pi = 0.0
+    cdef Py_ssize_t j
+    cdef double g, ent_pi = 0.0
     for j in range(K):
         g = G[j]
         if g != 0.0:
