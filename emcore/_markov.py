@@ -8,6 +8,10 @@ chain's ``log_startprob`` (K,) and ``log_transmat`` (K, K), taken as given
 (the estimator normalises them; with unnormalised weights the "log-likelihood"
 is the log of the total weight of all paths). Zeros of the start and
 transition probabilities are ``-inf`` and are handled without NaN.
+
+:func:`forward_backward_stats` is the E-step fused with a family's compiled
+kernel (emissions, posteriors and the family's weighted statistics a group of
+sequences at a time), for a fit that needs no per-row posteriors.
 """
 
 from __future__ import annotations

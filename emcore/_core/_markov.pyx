@@ -118,6 +118,28 @@ holding ``b~`` (overwritten by ``w`` during the backward pass), two length-T
 vectors (``c_t``, ``m_t``) and ``_TIME_BLOCK`` x K backward rows. The
 likelihood-only pass (``posteriors=False``) keeps O(K).
 
+``forward_backward_stats`` fuses the E-step with the family: per group of whole
+sequences (at most ``group_rows`` rows, or one longer sequence), the family
+kernel's log-densities of the group, the posteriors, and the kernel's weighted
+statistics, in sub-chunks of at most ``group_rows`` rows. Its memory per block
+in flight is three (group rows) x K arrays plus the kernel's scratch for
+``group_rows`` rows: bounded by the group size for short sequences, O(T K) for
+a sequence longer than ``group_rows`` (its forward rows must be kept for the
+backward pass), never O(n_rows K) for the whole data.
+
+Small K
+-------
+Below the BLAS switch (emcore/_markov.py) the scaled pass of a sequence runs as
+two single loops over the rows in C (_markov.h: ``emm_forward_scaled``,
+``emm_backward_scaled``), compiled for AVX2/FMA and for baseline x86-64
+(``EMC_CLONES``) with the 4-lane exp of emcore/vexp.h: the same recursions,
+checks and bound D as the BLAS form, but a row's whole work (its maximum, the
+exp, the K^2 step, the scaling; then beta, the rank-one update of S with the
+forward row still in place, w and the posterior row) is done while the row is
+in registers, instead of one pass over the rows per step. The per-state
+entropy and magnitude terms are summed per state over t and then over states
+(a fixed order).
+
 Entropy of the chain posterior
 ------------------------------
 The posterior q(z) = p(z | x) is a Markov chain, so
