@@ -8,6 +8,10 @@ chain's ``log_startprob`` (K,) and ``log_transmat`` (K, K), taken as given
 (the estimator normalises them; with unnormalised weights the "log-likelihood"
 is the log of the total weight of all paths). Zeros of the start and
 transition probabilities are ``-inf`` and are handled without NaN.
+
+:func:`forward_backward_stats` is the E-step fused with a family's compiled
+kernel (emissions, posteriors and the family's weighted statistics a group of
+sequences at a time), for a fit that needs no per-row posteriors.
 """
 
 from __future__ import annotations
@@ -96,6 +100,11 @@ def _check_inputs(log_b: Any, lengths: Any, log_startprob: Any, log_transmat: An
     starts = _check_lengths(lengths, n, owner)
     lpi = np.ascontiguousarray(log_startprob, dtype=np.float64)
     lA = np.ascontiguousarray(log_transmat, dtype=np.float64)
+    _check_chain(lpi, lA, K, owner)
+    return log_b, starts, lpi, lA
+
+
+def _check_chain(lpi: np.ndarray, lA: np.ndarray, K: int, owner: str) -> None:
     for name, value, shape in (("log_startprob", lpi, (K,)),
                                ("log_transmat", lA, (K, K))):
         if value.shape != shape:
@@ -105,7 +114,6 @@ def _check_inputs(log_b: Any, lengths: Any, log_startprob: Any, log_transmat: An
         if np.isnan(value).any() or np.isposinf(value).any():
             raise ValueError(f"The {name!r} parameter of {owner} must hold log "
                              f"probabilities (finite or -inf). Got NaN or +inf instead.")
-    return log_b, starts, lpi, lA
 
 
 def _raise_on_status(status: np.ndarray, fail_row: np.ndarray, starts: np.ndarray,
@@ -191,6 +199,99 @@ def forward_backward(log_b: Any, lengths: Any, log_startprob: Any, log_transmat:
     _raise_on_status(status, fail_row, starts, log_b, owner, zero_ok=False)
     return ForwardBackward(loglik, gamma, xi, start, entropy, magnitude,
                            used_log.astype(bool))
+
+
+class ForwardBackwardStats(NamedTuple):
+    """What one fused pass (:func:`forward_backward_stats`) returns.
+
+    log_likelihood, xi, start, entropy, magnitude, log_space : as :class:`ForwardBackward`
+    stats : (n_stats,) the family kernel's merged statistics slot, weighted by the
+            state posteriors (``family.stats_from_buffer(stats)`` makes them the
+            family's statistics object)
+    """
+
+    log_likelihood: np.ndarray
+    xi: np.ndarray
+    start: np.ndarray
+    entropy: np.ndarray
+    magnitude: np.ndarray
+    log_space: np.ndarray
+    stats: np.ndarray
+
+
+def forward_backward_stats(X: Any, lengths: Any, log_startprob: Any, log_transmat: Any,
+                           kernel: Any, n_jobs: Optional[int] = None, *,
+                           group_rows: Optional[int] = None) -> ForwardBackwardStats:
+    """One E-step of a hidden Markov model with the family's statistics, fused.
+
+    Computes, group of whole sequences by group, the emission log-densities with
+    the family's compiled kernel, forward-backward, and the family's statistics
+    weighted by the state posteriors, without forming any (n_rows, n_states)
+    array: memory is O(rows of a group x K) per thread, O(T K) for a sequence
+    longer than ``group_rows``. The same numbers as ``log_b = kernel.log_density(X)``,
+    :func:`forward_backward` and the kernel's statistics of its posteriors, up to
+    the statistics' summation order; bitwise the same for any ``n_jobs``.
+
+    Parameters
+    ----------
+    X : float64 C-contiguous array of shape (n_rows, n_features)
+        The sequences end to end (a memory map is read a group at a time).
+    lengths, log_startprob, log_transmat, n_jobs
+        As :func:`forward_backward`.
+    kernel : emcore.kernel.FamilyKernel
+        The family's compiled kernel at its current parameters
+        (``family.compiled_kernel(params)``).
+    group_rows : int, optional
+        Rows per group of short sequences (default: the engine's chunk size for
+        this n_features).
+
+    Returns
+    -------
+    ForwardBackwardStats
+
+    Raises
+    ------
+    ValueError
+        For malformed inputs, a sequence of probability zero under the model, or
+        a kernel that fails on the data.
+    """
+    from emcore._chunks import chunk_rows_for
+    from emcore.kernel import FamilyKernel
+
+    owner = "forward_backward_stats"
+    if not isinstance(kernel, FamilyKernel):
+        raise TypeError(f"The 'kernel' parameter of {owner} must be an "
+                        f"emcore.kernel.FamilyKernel (family.compiled_kernel(params)). "
+                        f"Got {type(kernel).__name__} instead.")
+    X = np.asarray(X)
+    if X.dtype != np.float64 or X.ndim != 2 or not X.flags.c_contiguous \
+            or X.shape[1] != kernel.n_features or X.shape[0] == 0:
+        raise ValueError(f"The 'X' parameter of {owner} must be a C-contiguous float64 "
+                         f"array of shape (n_rows >= 1, {kernel.n_features}). Got "
+                         f"{X.dtype} of shape {X.shape} instead.")
+    n, K = X.shape[0], kernel.n_components
+    starts = _check_lengths(lengths, n, owner)
+    lpi = np.ascontiguousarray(log_startprob, dtype=np.float64)
+    lA = np.ascontiguousarray(log_transmat, dtype=np.float64)
+    _check_chain(lpi, lA, K, owner)
+    if group_rows is None:
+        group_rows = chunk_rows_for(X.shape[1])
+    with _blas_context(K):
+        loglik, entropy, magnitude, xi, start, stats, status, fail_row, used_log = \
+            _markov.forward_backward_stats(kernel, X, starts, lpi, lA,
+                                           effective_n_threads(n_jobs),
+                                           K >= _BLAS_MIN_STATES, int(group_rows))
+    if (status == _markov.STATUS_KERNEL).any():
+        q = int(np.flatnonzero(status == _markov.STATUS_KERNEL)[0])
+        raise ValueError(f"{owner}: the family kernel failed on the rows of sequence {q} "
+                         f"(rows {starts[q]}..{starts[q + 1] - 1}).")
+    if (status == _markov.STATUS_INVALID_LOG_B).any():
+        q = int(np.flatnonzero(status == _markov.STATUS_INVALID_LOG_B)[0])
+        raise ValueError(f"{owner}: the family's log-density is NaN or +inf at row "
+                         f"{fail_row[q]} (sequence {q}).")
+    _raise_on_status(status, fail_row, starts, None, owner, zero_ok=False)
+    return ForwardBackwardStats(loglik, xi, start, entropy, magnitude,
+                                used_log.astype(bool), stats)
 
 
 def log_likelihood(log_b: Any, lengths: Any, log_startprob: Any, log_transmat: Any,

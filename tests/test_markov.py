@@ -658,3 +658,87 @@ def test_hmmlearn_oracle(covariance_type, implementation):
     # posteriors: theirs are renormalised per row; both are within ~n K u
     np.testing.assert_allclose(res.gamma, model.predict_proba(X, lengths), rtol=0,
                                atol=tau(K, max(lengths), abs(theirs) + 1.0))
+
+
+# --- the fused pass: emissions, forward-backward and the family's statistics ----------
+
+def _gaussian_problem(K, d, n_seq, seed, max_len=60, cov_type="full"):
+    from emcore.registry import get_registry
+    rng = np.random.default_rng(seed)
+    family = get_registry().family("gaussian").factory(K, d, covariance_type=cov_type)
+    B = rng.normal(size=(K, d, d))
+    covs = B @ np.swapaxes(B, 1, 2) + 0.5 * np.eye(d)
+    if cov_type == "diag":
+        covs = covs * np.eye(d)
+    params = family.params_from_covariances(rng.normal(scale=2.0, size=(K, d)), covs)
+    lengths = rng.integers(1, max_len, size=n_seq)
+    X = rng.normal(scale=2.0, size=(int(lengths.sum()), d)) + 5.0
+    lpi = np.log(rng.dirichlet(np.ones(K)))
+    A = rng.dirichlet(np.ones(K), size=K)
+    A[A < 0.2 / K] = 0.0
+    A[np.arange(K), np.arange(K)] += 0.1
+    with np.errstate(divide="ignore"):
+        lA = np.log(A / A.sum(axis=1, keepdims=True))
+    return family, params, X, lengths, lpi, lA
+
+
+@pytest.mark.parametrize("K, cov_type", [(3, "full"), (_markov._BLAS_MIN_STATES + 1, "diag")])
+@pytest.mark.parametrize("group_rows", [1, 50, 4096])
+def test_fused_pass_matches_the_separate_pieces(K, cov_type, group_rows):
+    # group_rows 1: every sequence its own group, its rows in 1-row sub-chunks
+    family, params, X, lengths, lpi, lA = _gaussian_problem(K, 2, 60, seed=K,
+                                                            cov_type=cov_type)
+    fused = _markov.forward_backward_stats(X, lengths, lpi, lA,
+                                           family.compiled_kernel(params), n_jobs=1,
+                                           group_rows=group_rows)
+    log_b = family.log_density(X, params)
+    fb = _markov.forward_backward(log_b, lengths, lpi, lA, n_jobs=1)
+    # per sequence the same log-densities and the same recursion: within the
+    # forward-backward tolerance (and in practice bitwise)
+    t = tau(K, int(max(lengths)), float(fb.magnitude.max()) + 1.0)
+    assert np.abs(fused.log_likelihood - fb.log_likelihood).max() <= t
+    assert np.abs(fused.entropy - fb.entropy).max() <= t
+    assert np.abs(fused.xi - fb.xi).max() <= t * len(lengths)
+    assert np.abs(fused.start - fb.start).max() <= t * len(lengths)
+    assert fused.log_space.tobytes() == fb.log_space.tobytes()
+    # the statistics differ by their summation order only: n rows, each sum off
+    # by at most n u of its absolute sum, twice (both orders)
+    ours = family.stats_from_buffer(fused.stats)
+    ref = family.chunk_stats(X, fb.gamma)
+    n = X.shape[0]
+    assert np.abs(ours.weight - ref.weight).max() <= 2 * (n + 4 * int(max(lengths))
+                                                          * (K + 4)) * U * n
+    m_ours = family.m_step(ours, params)
+    m_ref = family.m_step(ref, params)
+    scale = np.abs(X).max() + 1.0
+    assert np.abs(m_ours["means"] - m_ref["means"]).max() <= 1e3 * n * U * scale
+
+
+@pytest.mark.parametrize("K", [3, _markov._BLAS_MIN_STATES + 1])
+def test_fused_pass_bitwise_identical_for_any_thread_count(K):
+    family, params, X, lengths, lpi, lA = _gaussian_problem(K, 3, 300, seed=20 + K,
+                                                            cov_type="diag")
+    kernel = family.compiled_kernel(params)
+    runs = [_markov.forward_backward_stats(X, lengths, lpi, lA, kernel, n_jobs=j,
+                                           group_rows=97) for j in (1, 2, 3)]
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert a.tobytes() == b.tobytes()
+
+
+def test_fused_pass_errors():
+    family, params, X, lengths, lpi, lA = _gaussian_problem(2, 2, 5, seed=1)
+    kernel = family.compiled_kernel(params)
+    with pytest.raises(TypeError, match="'kernel' parameter"):
+        _markov.forward_backward_stats(X, lengths, lpi, lA, family)
+    with pytest.raises(ValueError, match="'X' parameter"):
+        _markov.forward_backward_stats(X[:, :1].copy(), lengths, lpi, lA, kernel)
+    with pytest.raises(ValueError, match="'lengths' parameter"):
+        _markov.forward_backward_stats(X, [1], lpi, lA, kernel)
+    bad = X.copy()
+    bad[3, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or \\+inf at row 3"):
+        _markov.forward_backward_stats(bad, lengths, lpi, lA, kernel)
+    # a chain that cannot start in any state
+    with pytest.raises(ValueError, match="probability zero"):
+        _markov.forward_backward_stats(X, lengths, np.full(2, -np.inf), lA, kernel)

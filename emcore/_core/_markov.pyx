@@ -118,6 +118,28 @@ holding ``b~`` (overwritten by ``w`` during the backward pass), two length-T
 vectors (``c_t``, ``m_t``) and ``_TIME_BLOCK`` x K backward rows. The
 likelihood-only pass (``posteriors=False``) keeps O(K).
 
+``forward_backward_stats`` fuses the E-step with the family: per group of whole
+sequences (at most ``group_rows`` rows, or one longer sequence), the family
+kernel's log-densities of the group, the posteriors, and the kernel's weighted
+statistics, in sub-chunks of at most ``group_rows`` rows. Its memory per block
+in flight is three (group rows) x K arrays plus the kernel's scratch for
+``group_rows`` rows: bounded by the group size for short sequences, O(T K) for
+a sequence longer than ``group_rows`` (its forward rows must be kept for the
+backward pass), never O(n_rows K) for the whole data.
+
+Small K
+-------
+Below the BLAS switch (emcore/_markov.py) the scaled pass of a sequence runs as
+two single loops over the rows in C (_markov.h: ``emm_forward_scaled``,
+``emm_backward_scaled``), compiled for AVX2/FMA and for baseline x86-64
+(``EMC_CLONES``) with the 4-lane exp of emcore/vexp.h: the same recursions,
+checks and bound D as the BLAS form, but a row's whole work (its maximum, the
+exp, the K^2 step, the scaling; then beta, the rank-one update of S with the
+forward row still in place, w and the posterior row) is done while the row is
+in registers, instead of one pass over the rows per step. The per-state
+entropy and magnitude terms are summed per state over t and then over states
+(a fixed order).
+
 Entropy of the chain posterior
 ------------------------------
 The posterior q(z) = p(z | x) is a Markov chain, so
@@ -187,6 +209,7 @@ from cython.parallel cimport prange
 from libc.math cimport exp, log, fabs, INFINITY
 from libc.stdlib cimport malloc, free
 cimport scipy.linalg.cython_blas as fblas
+from emcore.kernel cimport FamilyKernel
 
 import numpy as np
 
@@ -199,10 +222,12 @@ DEF _TIME_BLOCK = 64
 STATUS_ZERO_PROBABILITY = 1
 STATUS_INVALID_LOG_B = 2
 STATUS_NO_MEMORY = 3
+STATUS_KERNEL = 5
 cdef enum:
     _ZERO = 1
     _INVALID = 2
     _NOMEM = 3
+    _KERNEL = 5       # the family kernel returned a non-zero code
     _RANGE = 4        # internal: the scaled recursion left double range (see below)
 
 cdef double _U = 2.0 ** -53
@@ -221,6 +246,13 @@ cdef extern from "_markov.h":
                        Py_ssize_t K) noexcept nogil
     void emm_viterbi_step(const double* lA, const double* d, double* best, int* arg,
                           Py_ssize_t K) noexcept nogil
+    int emm_forward_scaled(Py_ssize_t T, Py_ssize_t K, const double* lb, const double* pi,
+                           const double* A, double* G, double* W, double* c, double* m,
+                           double* sums, Py_ssize_t* bad_row) noexcept nogil
+    int emm_backward_scaled(Py_ssize_t T, Py_ssize_t K, const double* lb, const double* AT,
+                            double* G, double* W, const double* c, const double* m,
+                            double* S, double* work, double C, double max_drift,
+                            double* sums) noexcept nogil
 
 
 # --- BLAS forms of the three K^2 steps (row-major arrays, see emcore/blas.pxd) ---
@@ -278,6 +310,27 @@ cdef int _forward_backward_one(
     cdef double* bt
     cdef double* bcur
     cdef double* wt
+    cdef double sums[3]
+    cdef int code
+
+    if not blas:
+        # small K: the fused single-loop passes of _markov.h (the same
+        # recursions and checks as below, Bb as their 3 K work doubles)
+        code = emm_forward_scaled(T, K, lb, pi, A, G, W, c, m, sums, bad_row)
+        if code != 0:
+            return code
+        sum_logc = sums[0]
+        sum_m = sums[1]
+        mag = sums[2]
+        code = emm_backward_scaled(T, K, lb, AT, G, W, c, m, S, Bb, C, max_drift, sums)
+        if code != 0:
+            return code
+        ent_b = sums[0]
+        mag = mag + sums[1]
+        D = sums[2]
+        if not (D <= _U_OVER_ETA):
+            return _RANGE
+        return _finish_one(K, G, lpi, sum_logc, sum_m, ent_b, mag, res)
 
     # forward
     for t in range(T):
@@ -385,8 +438,15 @@ cdef int _forward_backward_one(
     # (module docstring): more than u, and the log-space pass decides
     if not (D <= _U_OVER_ETA):
         return _RANGE
+    return _finish_one(K, G, lpi, sum_logc, sum_m, ent_b, mag, res)
+
+
+cdef inline int _finish_one(Py_ssize_t K, const double* G, const double* lpi,
+                            double sum_logc, double sum_m, double ent_b, double mag,
+                            double* res) noexcept nogil:
     # start term (the transition term needs A * S, done by the caller)
-    cdef double ent_pi = 0.0
+    cdef Py_ssize_t j
+    cdef double g, ent_pi = 0.0
     for j in range(K):
         g = G[j]
         if g != 0.0:
@@ -648,6 +708,47 @@ cdef int _viterbi_one(Py_ssize_t T, Py_ssize_t K, const double* lb, const double
     return 0
 
 
+cdef int _posterior_one(
+        Py_ssize_t T, Py_ssize_t K, const double* lb, const double* pi,
+        const double* lpi, const double* A, const double* AT, const double* lA,
+        double* G, double* W, double* c, double* m, double* Bb, double* S,
+        double* lt, double* res, Py_ssize_t* bad_row, bint blas, double C,
+        bint tiny_params, bint* direct) noexcept nogil:
+    """One sequence's posteriors into G, its transition counts Xi into S (K x K,
+    overwritten), res = (log-likelihood, entropy, magnitude) complete: the scaled
+    pass, or the log-space one when it leaves the range (direct[0] says which)."""
+    cdef Py_ssize_t i
+    cdef int code
+    cdef double x, hA = 0.0, mA = 0.0
+    for i in range(K * K):
+        S[i] = 0.0
+    if tiny_params:
+        code = _RANGE
+    else:
+        code = _forward_backward_one(T, K, lb, pi, lpi, A, AT, lA, G, W, c, m, Bb, S,
+                                     res, bad_row, blas, C)
+    direct[0] = code == _RANGE
+    if direct[0]:
+        # S becomes the transition counts themselves
+        bad_row[0] = -1
+        code = _forward_backward_log_one(T, K, lb, lpi, lA, G, W, m, lt, S, res,
+                                         bad_row)
+    if code != 0:
+        return code
+    # transition counts Xi = A * S (S itself from the log pass), and the entropy's
+    # transition term (the log pass's res[1] is the whole entropy already)
+    for i in range(K * K):
+        x = S[i] if direct[0] else A[i] * S[i]
+        S[i] = x
+        if x != 0.0:
+            hA = hA + x * lA[i]
+            mA = mA + x * fabs(lA[i])
+    if not direct[0]:
+        res[1] = res[1] - hA
+    res[2] = res[2] + mA
+    return 0
+
+
 # --- the batch --------------------------------------------------------------------
 
 def _check_starts(starts, Py_ssize_t n):
@@ -729,7 +830,7 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
     cdef double* a0
     cdef double* a1
     cdef double* lt
-    cdef double hA, mA, x, dummy, sum_m
+    cdef double dummy, sum_m
     cdef int code
     cdef bint direct
     cdef const double* lbp = &log_b[0, 0] if n else NULL
@@ -773,22 +874,10 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
                     r0 = starts[q]
                     T = starts[q + 1] - r0
                     if posteriors:
-                        for i in range(K * K):
-                            S[i] = 0.0
-                        if tiny_params:
-                            code = _RANGE
-                        else:
-                            code = _forward_backward_one(
-                                T, K, lbp + r0 * K, &pi[0], lpi, &A[0, 0], &AT[0, 0],
-                                lA, gp + r0 * K, W, c, mm, Bb, S, res, &fr[q],
-                                use_blas, C)
-                        direct = code == _RANGE
-                        if direct:
-                            # S becomes the transition counts themselves
-                            fr[q] = -1
-                            code = _forward_backward_log_one(
-                                T, K, lbp + r0 * K, lpi, lA, gp + r0 * K, W, mm, lt,
-                                S, res, &fr[q])
+                        code = _posterior_one(T, K, lbp + r0 * K, &pi[0], lpi, &A[0, 0],
+                                              &AT[0, 0], lA, gp + r0 * K, W, c, mm, Bb,
+                                              S, lt, res, &fr[q], use_blas, C,
+                                              tiny_params, &direct)
                     else:
                         if tiny_params:
                             code = _RANGE
@@ -814,22 +903,12 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
                         continue
                     ll[q] = res[0]
                     if posteriors:
-                        # transition counts Xi = A * S (S itself from the log
-                        # pass), and the entropy's transition term (the log
-                        # pass's res[1] is the whole entropy)
-                        hA = 0.0
-                        mA = 0.0
-                        for i in range(K):
-                            for j in range(K):
-                                x = S[i * K + j] if direct else A[i, j] * S[i * K + j]
-                                if x != 0.0:
-                                    hA = hA + x * log_transmat[i, j]
-                                    mA = mA + x * fabs(log_transmat[i, j])
-                                bS[b, i, j] += x
+                        for i in range(K * K):
+                            (&bS[b, 0, 0])[i] += S[i]
                         for j in range(K):
                             bst[b, j] += gp[r0 * K + j]
-                        ent[q] = res[1] if direct else res[1] - hA
-                        mg[q] = res[2] + mA
+                        ent[q] = res[1]
+                        mg[q] = res[2]
             free(res)
             free(lt)
             free(W)
@@ -847,6 +926,203 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
         xi += block_S[b]
         start += block_start[b]
     return loglik, entropy, magnitude, xi, start, status, fail_row, used_log
+
+
+def forward_backward_stats(FamilyKernel kernel, const double[:, ::1] X,
+                           const Py_ssize_t[::1] starts, const double[::1] log_startprob,
+                           const double[:, ::1] log_transmat, int n_threads,
+                           bint use_blas, Py_ssize_t group_rows):
+    """The E-step of a hidden Markov model fused with the family's statistics.
+
+    Per block of sequences (as forward_backward's), a group of whole sequences of
+    at most ``group_rows`` rows at a time (one sequence alone when longer): the
+    family kernel's log-densities of the group's rows, forward-backward of each
+    sequence into the group's posterior rows, then the kernel's weighted
+    statistics of the group, in sub-chunks of at most ``group_rows`` rows. No
+    array over all rows is formed: memory per block in flight is O(rows of the
+    group x K), O(T K) for a sequence longer than ``group_rows``. The groups
+    depend only on the lengths and ``group_rows``, block slots are merged in
+    block order: bitwise the same for any thread count.
+
+    Returns (loglik, entropy, magnitude, xi, start, stats, status, fail_row,
+    used_log); ``stats`` is the kernel's merged statistics slot.
+    """
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], K = kernel.n_components
+    cdef Py_ssize_t NS = kernel.n_stats
+    cdef Py_ssize_t n_seq = starts.shape[0] - 1
+    if d != kernel.n_features:
+        raise ValueError("X and the kernel disagree on n_features")
+    if log_startprob.shape[0] != K or log_transmat.shape[0] != K \
+            or log_transmat.shape[1] != K:
+        raise ValueError("the kernel, log_startprob and log_transmat disagree on K")
+    if group_rows < 1:
+        raise ValueError("group_rows must be >= 1")
+    _check_starts(starts, n)
+    cdef Py_ssize_t n_blocks = _blocks(n_seq)
+    cdef Py_ssize_t n_slots = max(n_blocks, 1)
+
+    pi_arr = np.exp(np.asarray(log_startprob))
+    A_arr = np.ascontiguousarray(np.exp(np.asarray(log_transmat)))
+    AT_arr = np.ascontiguousarray(A_arr.T)
+    cdef const double[::1] pi = pi_arr
+    cdef const double[:, ::1] A = A_arr
+    cdef const double[:, ::1] AT = AT_arr
+    lpos = np.concatenate([np.asarray(log_startprob), np.asarray(log_transmat).ravel()])
+    lpos = lpos[lpos > -np.inf]
+    cdef double p_min = float(np.exp(lpos.min())) if lpos.size else 1.0
+    cdef bint tiny_params = not (p_min >= _DBL_MIN)
+    cdef double C = K + 1.0 + 2.0 * max(1.0, float(pi_arr.max(initial=0.0)),
+                                        float(A_arr.max(initial=0.0)))
+
+    loglik = np.zeros(n_seq)
+    entropy = np.zeros(n_seq)
+    magnitude = np.zeros(n_seq)
+    status = np.zeros(n_seq, dtype=np.intc)
+    fail_row = np.full(n_seq, -1, dtype=np.intp)
+    used_log = np.zeros(n_seq, dtype=np.intc)
+    block_S = np.zeros((n_slots, K, K))
+    block_start = np.zeros((n_slots, K))
+    block_stats = np.zeros((n_slots, max(NS, 1)))
+    cdef int[::1] ul = used_log
+    cdef double[::1] ll = loglik, ent = entropy, mg = magnitude
+    cdef int[::1] st = status
+    cdef Py_ssize_t[::1] fr = fail_row
+    cdef double[:, :, ::1] bS = block_S
+    cdef double[:, ::1] bst = block_start
+    cdef double[:, ::1] bstat = block_stats
+
+    cdef Py_ssize_t b, q, q0, q1, g0, R, Rmax, Tmax, T, i, j, r0, rg, o, nr, sub
+    cdef double* LB
+    cdef double* G
+    cdef double* W
+    cdef double* c
+    cdef double* mm
+    cdef double* Bb
+    cdef double* S
+    cdef double* res
+    cdef double* lt
+    cdef double* scratch
+    cdef int code, kcode
+    cdef bint direct, failed
+    cdef const double* xp = &X[0, 0] if n else NULL
+    cdef const double* lpi = &log_startprob[0] if K else NULL
+    cdef const double* lA = &log_transmat[0, 0] if K else NULL
+
+    if n_seq and K:
+        n_threads = <int>min(<Py_ssize_t>max(n_threads, 1), n_blocks)
+        for b in prange(n_blocks, nogil=True, schedule="dynamic", num_threads=n_threads):
+            q0 = b * n_seq // n_blocks
+            q1 = (b + 1) * n_seq // n_blocks
+            kernel.clear_stats(&bstat[b, 0])
+            # the groups' sizes: the same walk as below
+            Rmax = 0
+            Tmax = 0
+            for q in range(q0, q1):
+                Tmax = max(Tmax, starts[q + 1] - starts[q])
+            q = q0
+            while q < q1:
+                R = starts[q + 1] - starts[q]
+                q = q + 1
+                while q < q1 and R + starts[q + 1] - starts[q] <= group_rows:
+                    R = R + starts[q + 1] - starts[q]
+                    q = q + 1
+                Rmax = max(Rmax, R)
+            sub = min(Rmax, group_rows)
+            LB = <double*>malloc(Rmax * K * sizeof(double))
+            G = <double*>malloc(Rmax * K * sizeof(double))
+            W = <double*>malloc(Tmax * K * sizeof(double))
+            c = <double*>malloc(Tmax * sizeof(double))
+            mm = <double*>malloc(Tmax * sizeof(double))
+            Bb = <double*>malloc(_TIME_BLOCK * K * sizeof(double))
+            S = <double*>malloc(K * K * sizeof(double))
+            res = <double*>malloc(3 * sizeof(double))
+            lt = <double*>malloc(2 * K * sizeof(double))
+            scratch = <double*>malloc((kernel.scratch_size(sub) + 1) * sizeof(double))
+            if LB == NULL or G == NULL or W == NULL or c == NULL or mm == NULL or \
+                    Bb == NULL or S == NULL or res == NULL or lt == NULL or scratch == NULL:
+                for q in range(q0, q1):
+                    st[q] = _NOMEM
+            else:
+                q = q0
+                while q < q1:
+                    g0 = q
+                    R = starts[q + 1] - starts[q]
+                    q = q + 1
+                    while q < q1 and R + starts[q + 1] - starts[q] <= group_rows:
+                        R = R + starts[q + 1] - starts[q]
+                        q = q + 1
+                    rg = starts[g0]
+                    # the family's log-densities of the group, sub-chunk by sub-chunk
+                    kcode = 0
+                    o = 0
+                    while o < R and kcode == 0:
+                        nr = min(sub, R - o)
+                        kcode = kernel.chunk_log_density(xp + (rg + o) * d, nr, LB + o * K,
+                                                         scratch)
+                        o = o + nr
+                    if kcode != 0:
+                        for i in range(g0, q):
+                            st[i] = _KERNEL
+                        continue
+                    failed = False
+                    for i in range(g0, q):
+                        r0 = starts[i] - rg
+                        T = starts[i + 1] - starts[i]
+                        code = _posterior_one(T, K, LB + r0 * K, &pi[0], lpi, &A[0, 0],
+                                              &AT[0, 0], lA, G + r0 * K, W, c, mm, Bb, S,
+                                              lt, res, &fr[i], use_blas, C, tiny_params,
+                                              &direct)
+                        st[i] = code
+                        ul[i] = direct
+                        if code != 0:
+                            failed = True
+                            if fr[i] >= 0:
+                                fr[i] = fr[i] + starts[i]
+                            if code == _ZERO:
+                                ll[i] = -INFINITY
+                            continue
+                        ll[i] = res[0]
+                        ent[i] = res[1]
+                        mg[i] = res[2]
+                        for j in range(K * K):
+                            (&bS[b, 0, 0])[j] += S[j]
+                        for j in range(K):
+                            bst[b, j] += G[r0 * K + j]
+                    if failed:
+                        continue
+                    # the family's statistics weighted by the posteriors
+                    o = 0
+                    while o < R and kcode == 0:
+                        nr = min(sub, R - o)
+                        kcode = kernel.chunk_accumulate(xp + (rg + o) * d, nr, G + o * K,
+                                                        &bstat[b, 0], scratch)
+                        o = o + nr
+                    if kcode != 0:
+                        for i in range(g0, q):
+                            st[i] = _KERNEL
+            free(LB)
+            free(G)
+            free(W)
+            free(c)
+            free(mm)
+            free(Bb)
+            free(S)
+            free(res)
+            free(lt)
+            free(scratch)
+
+    # block slots in block order
+    xi = np.zeros((K, K))
+    start = np.zeros(K)
+    stats = np.zeros(max(NS, 1))
+    cdef double[::1] sv = stats
+    kernel.clear_stats(&sv[0])
+    for b in range(n_blocks):
+        xi += block_S[b]
+        start += block_start[b]
+        kernel.merge_stats(&sv[0], &bstat[b, 0])
+    return (loglik, entropy, magnitude, xi, start, stats[:NS], status, fail_row,
+            used_log)
 
 
 def viterbi(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
