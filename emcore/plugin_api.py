@@ -273,6 +273,16 @@ class Family(abc.ABC):
                                           sample_weight=sample_weight)
         return self.m_step(stats, None)
 
+    def check_data(self, X: Any, *, owner: str) -> None:
+        """Raise ValueError if X holds values the family cannot model within its support.
+
+        The estimators call it at fit, score and predict, after :func:`check_support`
+        (``owner`` names the method, e.g. ``"MixtureModel.fit"``), for a limit the
+        support cannot state (a categorical family's number of levels). The message
+        names the entry and its column. X is an array or a chunked source. Default:
+        nothing beyond the support.
+        """
+
     def validate_params(self, params: Params) -> None:
         """Raise ValueError if ``params`` lie outside the family's parameter space.
 

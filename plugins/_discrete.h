@@ -1,0 +1,88 @@
+/* The loops of the discrete families' kernels (plugins/_discrete_kernel.pyx,
+   whose docstring describes the pattern tables). */
+#ifndef EMCORE_DISCRETE_H
+#define EMCORE_DISCRETE_H
+#include <math.h>
+#include "emcore/vec4.h"   /* emc_v4 and its operations, EMC_CLONES */
+
+/* The pattern index of each group of one row x (d codes stored as doubles), into
+   idx[g] (offset of the group's first pattern included). Returns 0 if every
+   code is an integer in [0, L_j), 1 otherwise (NaN included). Group g covers
+   features first[g] .. first[g + 1] - 1; stride[j] is the product of the levels
+   of the group's earlier features. */
+EMC_ALWAYS_INLINE int emdc_patterns(const double* x, Py_ssize_t G, const Py_ssize_t* first,
+                                    const double* levels, const Py_ssize_t* stride,
+                                    const Py_ssize_t* offset, Py_ssize_t* idx)
+{
+    int bad = 0;
+    for (Py_ssize_t g = 0; g < G; g++) {
+        Py_ssize_t s = 0;
+        for (Py_ssize_t j = first[g]; j < first[g + 1]; j++) {
+            double v = x[j];
+            int ok = (v >= 0.0) & (v < levels[j]);
+            Py_ssize_t c = ok ? (Py_ssize_t)v : 0;
+            bad |= !ok | ((double)c != v);
+            s += c * stride[j];
+        }
+        idx[g] = offset[g] + s;
+    }
+    return bad;
+}
+
+/* out[i, k] = sum_g T[idx_g(x_i), k] for k < K (T: patterns x Kp, the log
+   probability of each group's pattern under each component), -inf for a row
+   with a code outside its feature's levels. acc: Kp doubles, idx: G entries. */
+EMC_CLONES
+static void emdc_log_density(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
+                             Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
+                             const double* levels, const Py_ssize_t* stride,
+                             const Py_ssize_t* offset, const double* T, double* acc,
+                             Py_ssize_t* idx, double* out)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int bad = emdc_patterns(X + i * d, G, first, levels, stride, offset, idx);
+        double* o = out + i * K;
+        if (bad) {
+            for (Py_ssize_t k = 0; k < K; k++) o[k] = -INFINITY;
+            continue;
+        }
+        for (Py_ssize_t v = 0; v < Kp; v += 4) {
+            emc_v4 a = emc_load(T + idx[0] * Kp + v);
+            for (Py_ssize_t g = 1; g < G; g++)
+                a = EMC_ADD(a, emc_load(T + idx[g] * Kp + v));
+            emc_store(acc + v, a);
+        }
+        for (Py_ssize_t k = 0; k < K; k++) o[k] = acc[k];
+    }
+}
+
+/* A[idx_g(x_i), k] += w[i, k] for every group g (A: patterns x Kp); w is n x K,
+   copied into wrow (Kp, zero padded). Returns 0, or 1 + the first row with a
+   code outside its levels and a positive weight (such a row has no density). */
+EMC_CLONES
+static Py_ssize_t emdc_accumulate(const double* X, Py_ssize_t n, Py_ssize_t d,
+                                  Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t G,
+                                  const Py_ssize_t* first, const double* levels,
+                                  const Py_ssize_t* stride, const Py_ssize_t* offset,
+                                  const double* w, double* wrow, Py_ssize_t* idx, double* A)
+{
+    for (Py_ssize_t k = K; k < Kp; k++) wrow[k] = 0.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int bad = emdc_patterns(X + i * d, G, first, levels, stride, offset, idx);
+        int any = 0;
+        for (Py_ssize_t k = 0; k < K; k++) {
+            wrow[k] = w[i * K + k];
+            any |= wrow[k] != 0.0;
+        }
+        if (!any) continue;
+        if (bad) return 1 + i;
+        for (Py_ssize_t g = 0; g < G; g++) {
+            double* a = A + idx[g] * Kp;
+            for (Py_ssize_t v = 0; v < Kp; v += 4)
+                emc_store(a + v, EMC_ADD(emc_load(a + v), emc_load(wrow + v)));
+        }
+    }
+    return 0;
+}
+
+#endif
