@@ -11,20 +11,22 @@
    features first[g] .. first[g + 1] - 1; stride[j] is the product of the levels
    of the group's earlier features. */
 EMC_ALWAYS_INLINE int emdc_patterns(const double* x, Py_ssize_t G, const Py_ssize_t* first,
-                                    const double* levels, const Py_ssize_t* stride,
+                                    const double* levels, const double* stride,
                                     const Py_ssize_t* offset, Py_ssize_t* idx)
 {
+    /* in doubles, branch-free (the loop over a group's features vectorises):
+       index sums below 2^53 are exact */
     int bad = 0;
     for (Py_ssize_t g = 0; g < G; g++) {
-        Py_ssize_t s = 0;
+        double s = 0.0;
         for (Py_ssize_t j = first[g]; j < first[g + 1]; j++) {
             double v = x[j];
             int ok = (v >= 0.0) & (v < levels[j]);
-            Py_ssize_t c = ok ? (Py_ssize_t)v : 0;
-            bad |= !ok | ((double)c != v);
+            double c = ok ? v : 0.0;
+            bad |= !ok | (c != trunc(c));
             s += c * stride[j];
         }
-        idx[g] = offset[g] + s;
+        idx[g] = offset[g] + (Py_ssize_t)s;
     }
     return bad;
 }
@@ -35,7 +37,7 @@ EMC_ALWAYS_INLINE int emdc_patterns(const double* x, Py_ssize_t G, const Py_ssiz
 EMC_CLONES
 static void emdc_log_density(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
                              Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
-                             const double* levels, const Py_ssize_t* stride,
+                             const double* levels, const double* stride,
                              const Py_ssize_t* offset, const double* T, double* acc,
                              Py_ssize_t* idx, double* out)
 {

@@ -39,13 +39,13 @@ cdef enum:
 cdef extern from "_discrete.h":
     void emdc_log_density(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
                           Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
-                          const double* levels, const Py_ssize_t* stride,
+                          const double* levels, const double* stride,
                           const Py_ssize_t* offset, const double* T, double* acc,
                           Py_ssize_t* idx, double* out) noexcept nogil
     Py_ssize_t emdc_accumulate(const double* X, Py_ssize_t n, Py_ssize_t d,
                                Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t G,
                                const Py_ssize_t* first, const double* levels,
-                               const Py_ssize_t* stride, const Py_ssize_t* offset,
+                               const double* stride, const Py_ssize_t* offset,
                                const double* w, double* wrow, Py_ssize_t* idx,
                                double* A) noexcept nogil
 
@@ -93,7 +93,7 @@ cdef class CodesKernel(FamilyKernel):
     cdef object levels_list
     cdef const double[::1] levels      # (d,) as doubles: the codes' upper bounds
     cdef const Py_ssize_t[::1] first
-    cdef const Py_ssize_t[::1] stride
+    cdef const double[::1] stride      # (d,) place values, as doubles
     cdef const Py_ssize_t[::1] offset
     cdef const double[:, ::1] table    # (n_patterns, Kp)
     cdef readonly Py_ssize_t n_groups
@@ -111,7 +111,8 @@ cdef class CodesKernel(FamilyKernel):
         self.levels_list = [int(v) for v in levels]
         self.log_probs_flat = lp.reshape(K, -1)
         first, stride, offset, total = pattern_groups(self.levels_list)
-        self.first, self.stride, self.offset = first, stride, offset
+        self.first, self.offset = first, offset
+        self.stride = stride.astype(np.float64)
         self.levels = np.asarray(self.levels_list, dtype=np.float64)
         self.n_groups = len(offset)
         self.n_patterns = total
@@ -140,7 +141,7 @@ cdef class CodesKernel(FamilyKernel):
         offset = np.asarray(self.offset)
         weight = None
         for g in range(self.n_groups):
-            digits = _digits(self.levels_list, first, self.stride, g)
+            digits = _digits(self.levels_list, first, np.asarray(self.stride, dtype=np.intp), g)
             Ag = A[offset[g]:offset[g] + digits.shape[0]]
             if weight is None:
                 weight = Ag.sum(axis=0)

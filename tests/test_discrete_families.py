@@ -283,3 +283,12 @@ def test_the_families_are_listed_with_descriptions():
         entry = get_registry().families[name]
         assert entry.distribution == "emcore" and entry.record.description
         assert "compiled_kernel" in entry.record.capabilities
+
+
+def test_categorical_map_passes_the_conformance_suite():
+    # the MAP variant (alpha > 0): its M-step maximises Q + log prior, and the
+    # chain checks hold in their MAP form; with per-feature levels
+    from emcore.testing import check_family
+    report = check_family(lambda k, d: CategoricalFamily(k, d, n_levels=(2, 4), alpha=0.5),
+                          capabilities={"sampling", "support:nonnegative_integers"})
+    assert not report.failed

@@ -274,7 +274,7 @@ def test_first_party_plugins_load_only_through_their_entry_points():
     first_party = [ep for ep in md.entry_points(group=ENTRY_POINT_GROUP)
                    if ep.dist is not None and ep.dist.name == "emcore"]
     reg = load_registry(entry_points=first_party)
-    assert set(reg.families) == {"gaussian", "kmeans"}
+    assert set(reg.families) == {"gaussian", "kmeans", "categorical", "bernoulli", "poisson"}
     assert set(reg.posterior_rules) == {"soft", "hard", "tempered", "constrained"}
 
 
