@@ -11,22 +11,25 @@
    features first[g] .. first[g + 1] - 1; stride[j] is the product of the levels
    of the group's earlier features. */
 EMC_ALWAYS_INLINE int emdc_patterns(const double* x, Py_ssize_t G, const Py_ssize_t* first,
-                                    const double* levels, const double* stride,
+                                    const double* top, const int* stride,
                                     const Py_ssize_t* offset, Py_ssize_t* idx)
 {
-    /* in doubles, branch-free (the loop over a group's features vectorises):
-       index sums below 2^53 are exact */
+    /* branch-free, in 32-bit integers (the loop over a group's features
+       vectorises: truncation to int32 and integer sums are vector operations,
+       a sum of doubles in order is not); levels < 2^31 and patterns per group
+       below MAX_PATTERNS keep every value exact */
     int bad = 0;
     for (Py_ssize_t g = 0; g < G; g++) {
-        double s = 0.0;
+        int s = 0;
         for (Py_ssize_t j = first[g]; j < first[g + 1]; j++) {
             double v = x[j];
-            int ok = (v >= 0.0) & (v < levels[j]);
-            double c = ok ? v : 0.0;
-            bad |= !ok | (c != trunc(c));
+            double t = v > 0.0 ? v : 0.0;                  /* NaN -> 0 */
+            t = t < top[j] ? t : top[j];                   /* top = L_j - 1 */
+            int c = (int)t;
+            bad |= (double)c != v;                         /* outside, non-integer, NaN */
             s += c * stride[j];
         }
-        idx[g] = offset[g] + (Py_ssize_t)s;
+        idx[g] = offset[g] + s;
     }
     return bad;
 }
@@ -37,12 +40,12 @@ EMC_ALWAYS_INLINE int emdc_patterns(const double* x, Py_ssize_t G, const Py_ssiz
 EMC_CLONES
 static void emdc_log_density(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
                              Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
-                             const double* levels, const double* stride,
+                             const double* top, const int* stride,
                              const Py_ssize_t* offset, const double* T, double* acc,
                              Py_ssize_t* idx, double* out)
 {
     for (Py_ssize_t i = 0; i < n; i++) {
-        int bad = emdc_patterns(X + i * d, G, first, levels, stride, offset, idx);
+        int bad = emdc_patterns(X + i * d, G, first, top, stride, offset, idx);
         double* o = out + i * K;
         if (bad) {
             for (Py_ssize_t k = 0; k < K; k++) o[k] = -INFINITY;
@@ -64,13 +67,13 @@ static void emdc_log_density(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssi
 EMC_CLONES
 static Py_ssize_t emdc_accumulate(const double* X, Py_ssize_t n, Py_ssize_t d,
                                   Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t G,
-                                  const Py_ssize_t* first, const double* levels,
-                                  const Py_ssize_t* stride, const Py_ssize_t* offset,
+                                  const Py_ssize_t* first, const double* top,
+                                  const int* stride, const Py_ssize_t* offset,
                                   const double* w, double* wrow, Py_ssize_t* idx, double* A)
 {
     for (Py_ssize_t k = K; k < Kp; k++) wrow[k] = 0.0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        int bad = emdc_patterns(X + i * d, G, first, levels, stride, offset, idx);
+        int bad = emdc_patterns(X + i * d, G, first, top, stride, offset, idx);
         int any = 0;
         for (Py_ssize_t k = 0; k < K; k++) {
             wrow[k] = w[i * K + k];

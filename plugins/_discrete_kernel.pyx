@@ -39,13 +39,13 @@ cdef enum:
 cdef extern from "_discrete.h":
     void emdc_log_density(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
                           Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
-                          const double* levels, const double* stride,
+                          const double* top, const int* stride,
                           const Py_ssize_t* offset, const double* T, double* acc,
                           Py_ssize_t* idx, double* out) noexcept nogil
     Py_ssize_t emdc_accumulate(const double* X, Py_ssize_t n, Py_ssize_t d,
                                Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t G,
-                               const Py_ssize_t* first, const double* levels,
-                               const double* stride, const Py_ssize_t* offset,
+                               const Py_ssize_t* first, const double* top,
+                               const int* stride, const Py_ssize_t* offset,
                                const double* w, double* wrow, Py_ssize_t* idx,
                                double* A) noexcept nogil
 
@@ -91,9 +91,9 @@ cdef class CodesKernel(FamilyKernel):
     unused), with ``levels`` (d,) level counts."""
     cdef const double[:, ::1] log_probs_flat
     cdef object levels_list
-    cdef const double[::1] levels      # (d,) as doubles: the codes' upper bounds
+    cdef const double[::1] top         # (d,) L_j - 1, the largest code, as doubles
     cdef const Py_ssize_t[::1] first
-    cdef const double[::1] stride      # (d,) place values, as doubles
+    cdef const int[::1] stride         # (d,) place values (int32: they vectorise)
     cdef const Py_ssize_t[::1] offset
     cdef const double[:, ::1] table    # (n_patterns, Kp)
     cdef readonly Py_ssize_t n_groups
@@ -104,6 +104,8 @@ cdef class CodesKernel(FamilyKernel):
         lp = np.ascontiguousarray(log_probs, dtype=np.float64)
         if lp.ndim != 3 or lp.shape[1] != len(levels) or max(levels) > lp.shape[2]:
             raise ValueError("log_probs must be (k, d, L) with L >= every level count")
+        if max(levels) >= 2 ** 31:
+            raise ValueError("a feature has 2^31 levels or more (codes are indexed in int32)")
         K, d, _ = lp.shape
         self.n_components = K
         self.n_features = d
@@ -112,8 +114,8 @@ cdef class CodesKernel(FamilyKernel):
         self.log_probs_flat = lp.reshape(K, -1)
         first, stride, offset, total = pattern_groups(self.levels_list)
         self.first, self.offset = first, offset
-        self.stride = stride.astype(np.float64)
-        self.levels = np.asarray(self.levels_list, dtype=np.float64)
+        self.stride = stride.astype(np.intc)
+        self.top = np.asarray(self.levels_list, dtype=np.float64) - 1.0
         self.n_groups = len(offset)
         self.n_patterns = total
         self.n_stats = total * self.Kp
@@ -157,7 +159,7 @@ cdef class CodesKernel(FamilyKernel):
     cdef int chunk_log_density(self, const double* X, Py_ssize_t n_rows,
                                double* out, double* scratch) noexcept nogil:
         emdc_log_density(X, n_rows, self.n_features, self.n_components, self.Kp,
-                         self.n_groups, &self.first[0], &self.levels[0], &self.stride[0],
+                         self.n_groups, &self.first[0], &self.top[0], &self.stride[0],
                          &self.offset[0], &self.table[0, 0], scratch,
                          <Py_ssize_t*>(scratch + self.Kp), out)
         return 0
@@ -167,7 +169,7 @@ cdef class CodesKernel(FamilyKernel):
                               double* scratch) noexcept nogil:
         cdef Py_ssize_t bad = emdc_accumulate(
             X, n_rows, self.n_features, self.n_components, self.Kp, self.n_groups,
-            &self.first[0], &self.levels[0], &self.stride[0], &self.offset[0], weights,
+            &self.first[0], &self.top[0], &self.stride[0], &self.offset[0], weights,
             scratch, <Py_ssize_t*>(scratch + self.Kp), stats)
         return 1 if bad else 0
 
