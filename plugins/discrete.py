@@ -26,7 +26,8 @@ All three start (``Family.initial_params``) from one M-step on a partition
 smoothed by ``init_smoothing`` (every row gives every component a share): no
 probability or rate starts at an exact zero the data does not force. The kernels
 (``_discrete_kernel.pyx``) compute log-densities and statistics without the GIL;
-the pure-Python methods delegate to them (one implementation).
+the pure-Python methods delegate to them (one implementation). Formulas, the
+pattern-table kernel and what float64 codes cost: docs/discrete.md.
 """
 
 from __future__ import annotations

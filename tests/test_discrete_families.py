@@ -209,6 +209,7 @@ def test_fits_keep_the_chain_and_count_parameters(name):
     assert m.family_.n_parameters() == p
     ll = m.score(X) * X.shape[0]
     assert m.bic(X) == pytest.approx(-2 * ll + (p + 1) * np.log(X.shape[0]), rel=1e-12)
+    assert m.aic(X) == pytest.approx(-2 * ll + 2 * (p + 1), rel=1e-12)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
