@@ -36,7 +36,8 @@ EMC_ALWAYS_INLINE int emdc_patterns(const double* x, Py_ssize_t G, const Py_ssiz
 
 /* out[i, k] = sum_g T[idx_g(x_i), k] for k < K (T: patterns x Kp, the log
    probability of each group's pattern under each component), -inf for a row
-   with a code outside its feature's levels. acc: Kp doubles, idx: G entries. */
+   with a code outside its feature's levels. acc: Kp doubles; idx: n x G, the
+   rows' pattern indices, kept for emdc_accumulate (-1 first for a bad row). */
 EMC_CLONES
 static void emdc_log_density(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
                              Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
@@ -45,16 +46,18 @@ static void emdc_log_density(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssi
                              Py_ssize_t* idx, double* out)
 {
     for (Py_ssize_t i = 0; i < n; i++) {
-        int bad = emdc_patterns(X + i * d, G, first, top, stride, offset, idx);
+        Py_ssize_t* ix = idx + i * G;
+        int bad = emdc_patterns(X + i * d, G, first, top, stride, offset, ix);
         double* o = out + i * K;
         if (bad) {
+            ix[0] = -1;
             for (Py_ssize_t k = 0; k < K; k++) o[k] = -INFINITY;
             continue;
         }
         for (Py_ssize_t v = 0; v < Kp; v += 4) {
-            emc_v4 a = emc_load(T + idx[0] * Kp + v);
+            emc_v4 a = emc_load(T + ix[0] * Kp + v);
             for (Py_ssize_t g = 1; g < G; g++)
-                a = EMC_ADD(a, emc_load(T + idx[g] * Kp + v));
+                a = EMC_ADD(a, emc_load(T + ix[g] * Kp + v));
             emc_store(acc + v, a);
         }
         for (Py_ssize_t k = 0; k < K; k++) o[k] = acc[k];
@@ -62,18 +65,23 @@ static void emdc_log_density(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssi
 }
 
 /* A[idx_g(x_i), k] += w[i, k] for every group g (A: patterns x Kp); w is n x K,
-   copied into wrow (Kp, zero padded). Returns 0, or 1 + the first row with a
-   code outside its levels and a positive weight (such a row has no density). */
+   copied into wrow (Kp, zero padded). idx (n x G): the indices emdc_log_density
+   kept for these rows if cached, else room to compute them. Returns 0, or 1 +
+   the first row with a code outside its levels and a positive weight (such a
+   row has no density). */
 EMC_CLONES
 static Py_ssize_t emdc_accumulate(const double* X, Py_ssize_t n, Py_ssize_t d,
                                   Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t G,
                                   const Py_ssize_t* first, const double* top,
                                   const int* stride, const Py_ssize_t* offset,
-                                  const double* w, double* wrow, Py_ssize_t* idx, double* A)
+                                  const double* w, double* wrow, Py_ssize_t* idx,
+                                  int cached, double* A)
 {
     for (Py_ssize_t k = K; k < Kp; k++) wrow[k] = 0.0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        int bad = emdc_patterns(X + i * d, G, first, top, stride, offset, idx);
+        Py_ssize_t* ix = idx + i * G;
+        int bad = cached ? ix[0] < 0
+                         : emdc_patterns(X + i * d, G, first, top, stride, offset, ix);
         int any = 0;
         for (Py_ssize_t k = 0; k < K; k++) {
             wrow[k] = w[i * K + k];
@@ -82,7 +90,7 @@ static Py_ssize_t emdc_accumulate(const double* X, Py_ssize_t n, Py_ssize_t d,
         if (!any) continue;
         if (bad) return 1 + i;
         for (Py_ssize_t g = 0; g < G; g++) {
-            double* a = A + idx[g] * Kp;
+            double* a = A + ix[g] * Kp;
             for (Py_ssize_t v = 0; v < Kp; v += 4)
                 emc_store(a + v, EMC_ADD(emc_load(a + v), emc_load(wrow + v)));
         }

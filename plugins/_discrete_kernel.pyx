@@ -47,7 +47,7 @@ cdef extern from "_discrete.h":
                                const Py_ssize_t* first, const double* top,
                                const int* stride, const Py_ssize_t* offset,
                                const double* w, double* wrow, Py_ssize_t* idx,
-                               double* A) noexcept nogil
+                               int cached, double* A) noexcept nogil
 
 
 def pattern_groups(levels):
@@ -85,6 +85,9 @@ def _digits(levels, first, stride, g):
                      for j in range(first[g], first[g + 1])], axis=1)
 
 
+cdef long long _serial = 0      # kernels made so far (CodesKernel.serial)
+
+
 cdef class CodesKernel(FamilyKernel):
     """Kernel for K components of independent categorical features at fixed
     log-probabilities ``log_probs`` (K, d, L) (entries beyond a feature's levels
@@ -99,6 +102,7 @@ cdef class CodesKernel(FamilyKernel):
     cdef readonly Py_ssize_t n_groups
     cdef readonly Py_ssize_t n_patterns
     cdef Py_ssize_t Kp
+    cdef long long serial              # unique per kernel object (the scratch tag)
 
     def __init__(self, log_probs, levels):
         lp = np.ascontiguousarray(log_probs, dtype=np.float64)
@@ -107,6 +111,9 @@ cdef class CodesKernel(FamilyKernel):
         if max(levels) >= 2 ** 31:
             raise ValueError("a feature has 2^31 levels or more (codes are indexed in int32)")
         K, d, _ = lp.shape
+        global _serial
+        _serial += 1
+        self.serial = _serial
         self.n_components = K
         self.n_features = d
         self.Kp = ((K + 3) // 4) * 4
@@ -152,25 +159,46 @@ cdef class CodesKernel(FamilyKernel):
                     counts[:, j, level] = Ag[digits[:, col] == level].sum(axis=0)
         return weight, counts
 
+    # Scratch: [acc or wrow (Kp) | tag (3) | pattern indices (n_rows x G)]. The
+    # engine's chunk loop calls chunk_log_density, then chunk_accumulate, on the
+    # same chunk with the same scratch: the second reuses the indices the first
+    # kept, when the tag (this kernel's serial number, the chunk's address and
+    # row count) says they are this chunk's. The serial is unique per kernel
+    # object (a new one per pass), the data do not change within a pass.
+
+    def _scratch(self, Py_ssize_t n_rows):
+        # the Python faces: zeroed, so that no stale tag can match
+        return np.zeros(max(1, self.scratch_size(n_rows)))
+
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
-        # acc or wrow (Kp) + the group indices (G, stored in doubles' room)
-        return self.Kp + self.n_groups
+        return self.Kp + 3 + n_rows * self.n_groups
+
+    cdef inline bint _tagged(self, const double* X, Py_ssize_t n_rows,
+                             const double* scratch) noexcept nogil:
+        cdef const double* tag = scratch + self.Kp
+        return (tag[0] == <double>self.serial and tag[1] == <double><size_t>X
+                and tag[2] == <double>n_rows)
 
     cdef int chunk_log_density(self, const double* X, Py_ssize_t n_rows,
                                double* out, double* scratch) noexcept nogil:
+        cdef double* tag = scratch + self.Kp
         emdc_log_density(X, n_rows, self.n_features, self.n_components, self.Kp,
                          self.n_groups, &self.first[0], &self.top[0], &self.stride[0],
                          &self.offset[0], &self.table[0, 0], scratch,
-                         <Py_ssize_t*>(scratch + self.Kp), out)
+                         <Py_ssize_t*>(tag + 3), out)
+        tag[0] = <double>self.serial
+        tag[1] = <double><size_t>X
+        tag[2] = <double>n_rows
         return 0
 
     cdef int chunk_accumulate(self, const double* X, Py_ssize_t n_rows,
                               const double* weights, double* stats,
                               double* scratch) noexcept nogil:
+        cdef bint cached = self._tagged(X, n_rows, scratch)
         cdef Py_ssize_t bad = emdc_accumulate(
             X, n_rows, self.n_features, self.n_components, self.Kp, self.n_groups,
             &self.first[0], &self.top[0], &self.stride[0], &self.offset[0], weights,
-            scratch, <Py_ssize_t*>(scratch + self.Kp), stats)
+            scratch, <Py_ssize_t*>(scratch + self.Kp + 3), cached, stats)
         return 1 if bad else 0
 
     cdef void merge_stats(self, double* into, const double* other) noexcept nogil:

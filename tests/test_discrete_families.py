@@ -293,3 +293,23 @@ def test_categorical_map_passes_the_conformance_suite():
     report = check_family(lambda k, d: CategoricalFamily(k, d, n_levels=(2, 4), alpha=0.5),
                           capabilities={"sampling", "support:nonnegative_integers"})
     assert not report.failed
+
+
+def test_engine_pass_statistics_equal_the_direct_ones():
+    # the compiled pass reuses each chunk's pattern indices from its log-densities
+    # for its statistics: they must be those of the chunk's own rows
+    from emcore.engine import data_pass
+    rng = np.random.default_rng(11)
+    fam = BernoulliFamily(3, 20)
+    params = fam.random_params(rng)
+    X = fam.sample(params, np.array([3000, 2000, 1000]), rng)
+    X = X[rng.permutation(X.shape[0])]
+    weights = np.array([0.5, 0.3, 0.2])
+    log_resp = np.empty((X.shape[0], 3))
+    rule = get_registry().posterior_rule("soft").factory()
+    res = data_pass(X, fam, rule, weights, params, n_jobs=2, out_log_resp=log_resp,
+                    chunk_rows=512)
+    direct = fam.chunk_stats(X, np.exp(log_resp))
+    # the same sums of the same weights in another order: n u relative
+    np.testing.assert_allclose(res.stats.counts, direct.counts, rtol=X.shape[0] * 2.0 ** -52)
+    np.testing.assert_allclose(res.stats.weight, direct.weight, rtol=X.shape[0] * 2.0 ** -52)
