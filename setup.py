@@ -49,6 +49,8 @@ MODULES = {
                                           ["plugins/_soft_posterior.h"] + SHARED),
     "emcore.plugins._kmeans_kernel": ("plugins/_kmeans_kernel.pyx",
                                       ["plugins/_lloyd.h"] + SHARED),
+    "emcore.plugins._discrete_kernel": ("plugins/_discrete_kernel.pyx",
+                                        ["plugins/_discrete.h"] + SHARED),
 }
 
 extensions = [

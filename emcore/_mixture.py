@@ -223,6 +223,7 @@ class _MixtureBase(BaseEstimator):
         out_log_resp = np.empty((X.shape[0], weights.shape[0])) if log_resp else None
         check_support(X, self._support, family=str(getattr(self, "family", self._owner)),
                       owner=owner)
+        family.check_data(X, owner=owner)
         row_value = np.empty(X.shape[0])
         data_pass(X, family, rule or self._likelihood_rule(), weights,
                   params, n_jobs=self.n_jobs, with_stats=False,

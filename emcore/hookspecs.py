@@ -11,7 +11,7 @@ A plugin is a module (or object) with functions decorated by
 
     # pyproject.toml of a third-party distribution
     [project.entry-points.emcore]
-    poisson = "my_package.emcore_plugin"
+    my_poisson = "my_package.emcore_plugin"
 
 Hooks, by lifecycle (only registration hooks exist so far):
 """

@@ -305,6 +305,7 @@ class MixtureModel(_MixtureBase):
                              "'response'): give y, or the response's column, not both.")
         support = support_of(get_registry().family(self.family).capabilities)
         check_support(X, support, family=self.family, owner="MixtureModel.fit")
+        family.check_data(X, owner="MixtureModel.fit")
         rule = self._fit_rule()
         rng = v.check_random_state(self.random_state, "MixtureModel")
         self._init = self._check_init(family)      # read by _initial_parameters

@@ -50,7 +50,7 @@ Plugins publish them with records returned from the registration hooks of
 
     @hookimpl
     def emcore_register_families():
-        return [FamilyRecord(name="poisson", factory=PoissonFamily,
+        return [FamilyRecord(name="my_poisson", factory=PoissonFamily,
                              capabilities=frozenset({"sampling",
                                                      "support:nonnegative_integers"}),
                              description="independent Poisson counts")]
@@ -322,6 +322,16 @@ class Family(abc.ABC):
         stats, _ = stats_from_assignments(X, self, smoothed if eps > 0 else resp,
                                           sample_weight=sample_weight)
         return self.m_step(stats, None)
+
+    def check_data(self, X: Any, *, owner: str) -> None:
+        """Raise ValueError if X holds values the family cannot model within its support.
+
+        The estimators call it at fit, score and predict, after :func:`check_support`
+        (``owner`` names the method, e.g. ``"MixtureModel.fit"``), for a limit the
+        support cannot state (a categorical family's number of levels). The message
+        names the entry and its column. X is an array or a chunked source. Default:
+        nothing beyond the support.
+        """
 
     def validate_params(self, params: Params) -> None:
         """Raise ValueError if ``params`` lie outside the family's parameter space.

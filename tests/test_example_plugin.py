@@ -53,7 +53,7 @@ def counts():
 
 
 def test_discovered_through_the_registry(plugin):
-    entry = get_registry().families["poisson"]
+    entry = get_registry().families["example_poisson"]
     assert (entry.plugin, entry.distribution) == ("poisson", DISTRIBUTION)
     assert entry.record.factory is plugin.PoissonFamily
     assert {"sampling", "support:nonnegative_integers"} <= entry.record.capabilities
@@ -65,7 +65,7 @@ def test_listed_by_emcore_plugins(plugin, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     families = proc.stdout.split("Posterior rules:")[0]
-    assert re.search(rf"^  poisson\s+from {DISTRIBUTION} \(entry point 'poisson'\)$",
+    assert re.search(rf"^  example_poisson\s+from {DISTRIBUTION} \(entry point 'poisson'\)$",
                      families, re.M), proc.stdout
     assert "capabilities: sampling, support:nonnegative_integers" in families
 
@@ -86,7 +86,7 @@ def test_written_against_the_public_plugin_api_only(plugin):
 
 def test_fits_by_name(plugin, counts):
     X, rates = counts
-    model = emcore.MixtureModel(n_components=2, family="poisson", random_state=0).fit(X)
+    model = emcore.MixtureModel(n_components=2, family="example_poisson", random_state=0).fit(X)
     assert isinstance(model.family_, plugin.PoissonFamily)
     assert model.converged_ and model.stop_reason_ == "tol"
     assert all(it.chain_holds() for it in model.history_)
@@ -102,7 +102,7 @@ def test_fits_by_name(plugin, counts):
 def test_one_component_is_the_direct_maximum_likelihood_estimate(plugin, counts):
     X, _ = counts
     n, d = X.shape
-    model = emcore.MixtureModel(n_components=1, family="poisson", random_state=0).fit(X)
+    model = emcore.MixtureModel(n_components=1, family="example_poisson", random_state=0).fit(X)
     # The MLE of independent Poisson rates is the column mean. The fit sums
     # non-negative counts in chunks (relative error <= depth u) and divides once,
     # against a correctly rounded reference: 2 (depth + 2) u relative.
@@ -159,7 +159,7 @@ def test_zero_rates_are_exact(plugin):
 
 @pytest.mark.parametrize("n_features", [1, 2, 3])
 def test_passes_the_conformance_suite(plugin, n_features):
-    report = check_family(get_registry().family("poisson"), n_features=n_features)
+    report = check_family(get_registry().family("example_poisson"), n_features=n_features)
     statuses = {r.name: r.status for r in report.results}
     assert list(statuses) == list(FAMILY_CHECKS)
     # every check applies at any number of features (the normalisation and moment
@@ -174,19 +174,19 @@ def test_data_outside_the_support_is_rejected_at_fit(plugin, counts):
     X = counts[0].copy()
     X[7, 1] = -3.0
     with pytest.raises(ValueError, match=r"'X' parameter of MixtureModel.fit must lie in "
-                                         r"the support of family 'poisson' "
+                                         r"the support of family 'example_poisson' "
                                          r"\(support:nonnegative_integers.*X\[7, 1\] = -3\.0"):
-        emcore.MixtureModel(2, family="poisson", random_state=0).fit(X)
+        emcore.MixtureModel(2, family="example_poisson", random_state=0).fit(X)
     X[7, 1] = 2.5
     with pytest.raises(ValueError, match=r"X\[7, 1\] = 2\.5 \(column 1\)"):
-        emcore.MixtureModel(2, family="poisson", random_state=0).fit(X)
+        emcore.MixtureModel(2, family="example_poisson", random_state=0).fit(X)
 
 
 @pytest.mark.parametrize("method", ["score", "score_samples", "predict", "predict_proba",
                                     "bic"])
 def test_data_outside_the_support_is_rejected_by_a_fitted_model(plugin, counts, method):
     # before: score on all-negative data was +6.25 (a log-likelihood above 0 for counts)
-    model = emcore.MixtureModel(2, family="poisson", random_state=0).fit(counts[0])
+    model = emcore.MixtureModel(2, family="example_poisson", random_state=0).fit(counts[0])
     with pytest.raises(ValueError, match=rf"'X' parameter of MixtureModel.{method} must lie "
-                                         r"in the support of family 'poisson'.*X\[0, 0\] = -1"):
+                                         r"in the support of family 'example_poisson'.*X\[0, 0\] = -1"):
         getattr(model, method)(-np.ones((4, 2)))

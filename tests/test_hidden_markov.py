@@ -445,12 +445,12 @@ def test_poisson_emission_from_the_example_plugin():
     lengths = [400, 300]
     z = _chain_states(rng, np.array([0.5, 0.5]), A, lengths)
     X = rng.poisson(rates[z]).astype(float)
-    model = HiddenMarkovModel(2, family="poisson", random_state=0).fit(X, lengths)
+    model = HiddenMarkovModel(2, family="example_poisson", random_state=0).fit(X, lengths)
     assert all(it.chain_holds() for it in model.history_)
     order = np.argsort(model.rates_[:, 0])
     np.testing.assert_allclose(model.rates_[order], rates, rtol=0.15)
     np.testing.assert_allclose(model.transmat_[np.ix_(order, order)], A, atol=0.05)
-    with pytest.raises(ValueError, match="support of family 'poisson'"):
+    with pytest.raises(ValueError, match="support of family 'example_poisson'"):
         model.score(-X, lengths)
 
 

@@ -20,7 +20,7 @@ How the blocks are run:
 * Files the blocks write (the memmap, HDF5 and zarr examples) go to a temporary
   working directory.
 * A block that imports an optional package (dask, distributed, h5py, zarr) or uses
-  the example plugin (``emcore_poisson``, ``family="poisson"``) is skipped when that
+  the example plugin (``emcore_poisson``, ``family="example_poisson"``) is skipped when that
   is not installed, except under ``EMCORE_TEST_INSTALLED`` (CI installs them all):
   there it must run. Blocks that follow a skipped one must not depend on it.
 
@@ -47,7 +47,7 @@ import emcore.exceptions
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 #: what a block needs besides emcore's own dependencies: text in the block -> module
-_USES_PLUGIN = {'family="poisson"': "emcore_poisson", '("poisson", [': "emcore_poisson"}
+_USES_PLUGIN = {'family="example_poisson"': "emcore_poisson"}
 _OPTIONAL = {"dask", "distributed", "h5py", "zarr", "emcore_poisson"}
 
 

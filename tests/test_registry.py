@@ -275,7 +275,8 @@ def test_first_party_plugins_load_only_through_their_entry_points():
                    if ep.dist is not None and ep.dist.name == "emcore"]
     reg = load_registry(entry_points=first_party)
     assert set(reg.families) == {"gaussian", "kmeans", "linear_regression", "product",
-                                 "exponential", "gamma", "student_t"}
+                                 "exponential", "gamma", "student_t",
+                                 "categorical", "bernoulli", "poisson"}
     assert set(reg.posterior_rules) == {"soft", "hard", "tempered", "constrained", "sampled",
                                         "stochastic"}
 

@@ -17,7 +17,7 @@ registered through the ``emcore`` entry-point group (see pyproject.toml), as any
 third-party plugin would be::
 
     import emcore
-    model = emcore.MixtureModel(n_components=2, family="poisson").fit(counts)
+    model = emcore.MixtureModel(n_components=2, family="example_poisson").fit(counts)
     model.params_["rates"]
 """
 
@@ -162,6 +162,6 @@ class PoissonFamily(Family):
 @hookimpl
 def emcore_register_families():
     return [FamilyRecord(
-        name="poisson", factory=PoissonFamily,
+        name="example_poisson", factory=PoissonFamily,
         capabilities=frozenset({"sampling", "support:nonnegative_integers"}),
         description="independent Poisson counts per component (example plugin)")]

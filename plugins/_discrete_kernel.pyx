@@ -1,0 +1,307 @@
+# cython: language_level=3
+"""Compiled kernels of the discrete families (plugins/discrete.py).
+
+**Codes (categorical, bernoulli): pattern tables.** Features are cut into groups
+of consecutive features whose level counts multiply to at most ``MAX_PATTERNS``
+(8 binary features, 5 ternary ones; a feature with more levels is a group of its
+own). A row's codes in a group form one pattern index (mixed radix), and
+
+    log p(x | z = k) = sum_g T_g[pattern_g(x), k],   T_g[p, k] = sum_{j in g} log P_{k j p_j}
+
+so a row costs G = ceil(d / 8) table lookups of K numbers (binary data), not the
+d K multiply-adds of ``X @ log(P).T``. The statistics are the same tables of
+weights, A_g[p, k] += w_ik (one add of K numbers per group and row); the level
+counts C_kjl = sum_{p: p_j = l} A_g[p, k] are expanded once per pass, in
+``stats_from_buffer``. A code that is not an integer in [0, L_j) (NaN included)
+gives the row log-density -inf (probability 0); the estimators reject such data
+before (``check_support``, ``Family.check_data``). Codes arrive as float64 (the
+engine's chunk loop reads float64 rows): comparing, truncating and checking them
+costs a few vector operations per code, and the pass reads 8 bytes per code.
+
+**Counts (poisson).** log p(x | k) = sum_j x_j log lambda_kj - sum_j lambda_kj -
+sum_j log x_j!, the last term from a table for counts below 1024, lgamma
+otherwise. Statistics per component: N_k, S_kj = sum_i w_ik x_ij and
+L_k = sum_i w_ik sum_j log x_ij!, stored as (d + 2) x Kp tables.
+
+Every sum is taken in row order within a chunk: the same chunk gives the same
+bits on any thread.
+"""
+from libc.math cimport INFINITY, floor, lgamma
+
+from emcore.kernel cimport FamilyKernel
+
+import numpy as np
+
+MAX_PATTERNS = 256
+cdef enum:
+    _LOG_FACTORIAL_TABLE = 1024   # log x! tabulated below this count
+
+cdef extern from "_discrete.h":
+    void emdc_log_density(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
+                          Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
+                          const double* top, const int* stride,
+                          const Py_ssize_t* offset, const double* T, double* acc,
+                          Py_ssize_t* idx, double* out) noexcept nogil
+    Py_ssize_t emdc_accumulate(const double* X, Py_ssize_t n, Py_ssize_t d,
+                               Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t G,
+                               const Py_ssize_t* first, const double* top,
+                               const int* stride, const Py_ssize_t* offset,
+                               const double* w, double* wrow, Py_ssize_t* idx,
+                               int cached, double* A) noexcept nogil
+
+
+def pattern_groups(levels):
+    """Return (first, stride, offset, n_patterns) of the groups of ``levels``.
+
+    first (G + 1,): group g covers features first[g]:first[g + 1]; stride (d,): the
+    place value of feature j's code in its group's pattern index; offset (G,): the
+    group's first row in the stacked tables; n_patterns: their total.
+    """
+    levels = [int(v) for v in levels]
+    # (no negative indices: this module is compiled with wraparound=False)
+    first, stride, offset = [0], [], []
+    size, total, begin = 1, 0, 0
+    for j, L in enumerate(levels):
+        if j > begin and size * L > MAX_PATTERNS:
+            offset.append(total)
+            total += size
+            first.append(j)
+            begin, size = j, 1
+        stride.append(size)
+        size *= L
+    offset.append(total)
+    total += size
+    first.append(len(levels))
+    return (np.array(first, dtype=np.intp), np.array(stride, dtype=np.intp),
+            np.array(offset, dtype=np.intp), total)
+
+
+def _digits(levels, first, stride, g):
+    """(P_g, m) codes of each pattern of group g, one column per feature."""
+    lv = np.asarray(levels[first[g]:first[g + 1]], dtype=np.intp)
+    P = int(np.prod(lv))
+    p = np.arange(P)
+    return np.stack([(p // stride[j]) % lv[j - first[g]]
+                     for j in range(first[g], first[g + 1])], axis=1)
+
+
+cdef long long _serial = 0      # kernels made so far (CodesKernel.serial)
+
+
+cdef class CodesKernel(FamilyKernel):
+    """Kernel for K components of independent categorical features at fixed
+    log-probabilities ``log_probs`` (K, d, L) (entries beyond a feature's levels
+    unused), with ``levels`` (d,) level counts."""
+    cdef const double[:, ::1] log_probs_flat
+    cdef object levels_list
+    cdef const double[::1] top         # (d,) L_j - 1, the largest code, as doubles
+    cdef const Py_ssize_t[::1] first
+    cdef const int[::1] stride         # (d,) place values (int32: they vectorise)
+    cdef const Py_ssize_t[::1] offset
+    cdef const double[:, ::1] table    # (n_patterns, Kp)
+    cdef readonly Py_ssize_t n_groups
+    cdef readonly Py_ssize_t n_patterns
+    cdef Py_ssize_t Kp
+    cdef long long serial              # unique per kernel object (the scratch tag)
+
+    def __init__(self, log_probs, levels):
+        lp = np.ascontiguousarray(log_probs, dtype=np.float64)
+        if lp.ndim != 3 or lp.shape[1] != len(levels) or max(levels) > lp.shape[2]:
+            raise ValueError("log_probs must be (k, d, L) with L >= every level count")
+        if max(levels) >= 2 ** 31:
+            raise ValueError("a feature has 2^31 levels or more (codes are indexed in int32)")
+        K, d, _ = lp.shape
+        global _serial
+        _serial += 1
+        self.serial = _serial
+        self.n_components = K
+        self.n_features = d
+        self.Kp = ((K + 3) // 4) * 4
+        self.levels_list = [int(v) for v in levels]
+        self.log_probs_flat = lp.reshape(K, -1)
+        first, stride, offset, total = pattern_groups(self.levels_list)
+        self.first, self.offset = first, offset
+        self.stride = stride.astype(np.intc)
+        self.top = np.asarray(self.levels_list, dtype=np.float64) - 1.0
+        self.n_groups = len(offset)
+        self.n_patterns = total
+        self.n_stats = total * self.Kp
+        table = np.zeros((total, self.Kp))
+        for g in range(self.n_groups):
+            digits = _digits(self.levels_list, first, stride, g)
+            block = np.zeros((digits.shape[0], K))
+            for col, j in enumerate(range(first[g], first[g + 1])):
+                block += lp[:, j, digits[:, col]].T
+            table[offset[g]:offset[g] + digits.shape[0], :K] = block
+        self.table = table
+
+    def __reduce__(self):
+        K = self.n_components
+        return (CodesKernel, (np.asarray(self.log_probs_flat).reshape(K, self.n_features, -1),
+                              self.levels_list))
+
+    def expand(self, buffer):
+        """(weights (K,), counts (K, d, L)) from a statistics slot (pattern tables)."""
+        K, d = self.n_components, self.n_features
+        A = np.asarray(buffer, dtype=np.float64).reshape(self.n_patterns, self.Kp)[:, :K]
+        L = max(self.levels_list)
+        counts = np.zeros((K, d, L))
+        first = np.asarray(self.first)
+        offset = np.asarray(self.offset)
+        weight = None
+        for g in range(self.n_groups):
+            digits = _digits(self.levels_list, first, np.asarray(self.stride, dtype=np.intp), g)
+            Ag = A[offset[g]:offset[g] + digits.shape[0]]
+            if weight is None:
+                weight = Ag.sum(axis=0)
+            for col, j in enumerate(range(first[g], first[g + 1])):
+                for level in range(self.levels_list[j]):
+                    counts[:, j, level] = Ag[digits[:, col] == level].sum(axis=0)
+        return weight, counts
+
+    # Scratch: [acc or wrow (Kp) | tag (3) | pattern indices (n_rows x G)]. The
+    # engine's chunk loop calls chunk_log_density, then chunk_accumulate, on the
+    # same chunk with the same scratch: the second reuses the indices the first
+    # kept, when the tag (this kernel's serial number, the chunk's address and
+    # row count) says they are this chunk's. The serial is unique per kernel
+    # object (a new one per pass), the data do not change within a pass.
+
+    def _scratch(self, Py_ssize_t n_rows):
+        # the Python faces: zeroed, so that no stale tag can match
+        return np.zeros(max(1, self.scratch_size(n_rows)))
+
+    cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
+        return self.Kp + 3 + n_rows * self.n_groups
+
+    cdef inline bint _tagged(self, const double* X, Py_ssize_t n_rows,
+                             const double* scratch) noexcept nogil:
+        cdef const double* tag = scratch + self.Kp
+        return (tag[0] == <double>self.serial and tag[1] == <double><size_t>X
+                and tag[2] == <double>n_rows)
+
+    cdef int chunk_log_density(self, const double* X, Py_ssize_t n_rows,
+                               double* out, double* scratch) noexcept nogil:
+        cdef double* tag = scratch + self.Kp
+        emdc_log_density(X, n_rows, self.n_features, self.n_components, self.Kp,
+                         self.n_groups, &self.first[0], &self.top[0], &self.stride[0],
+                         &self.offset[0], &self.table[0, 0], scratch,
+                         <Py_ssize_t*>(tag + 3), out)
+        tag[0] = <double>self.serial
+        tag[1] = <double><size_t>X
+        tag[2] = <double>n_rows
+        return 0
+
+    cdef int chunk_accumulate(self, const double* X, Py_ssize_t n_rows,
+                              const double* weights, double* stats,
+                              double* scratch) noexcept nogil:
+        cdef bint cached = self._tagged(X, n_rows, scratch)
+        cdef Py_ssize_t bad = emdc_accumulate(
+            X, n_rows, self.n_features, self.n_components, self.Kp, self.n_groups,
+            &self.first[0], &self.top[0], &self.stride[0], &self.offset[0], weights,
+            scratch, <Py_ssize_t*>(scratch + self.Kp + 3), cached, stats)
+        return 1 if bad else 0
+
+    cdef void merge_stats(self, double* into, const double* other) noexcept nogil:
+        cdef Py_ssize_t i
+        for i in range(self.n_stats):
+            into[i] += other[i]
+
+
+cdef double[::1] _log_factorials = np.array(
+    [lgamma(v + 1.0) for v in range(_LOG_FACTORIAL_TABLE)], dtype=np.float64)
+
+
+cdef inline double _log_factorial(double x) noexcept nogil:
+    # log x! for a count x; +inf for anything else (negative, non-integer, NaN), so
+    # that a row outside the support gets log-density -inf
+    cdef Py_ssize_t c
+    if x >= 0.0 and x < _LOG_FACTORIAL_TABLE:
+        c = <Py_ssize_t>x
+        if <double>c == x:
+            return _log_factorials[c]
+        return INFINITY
+    if x >= 0.0 and x == floor(x) and x < INFINITY:
+        return lgamma(x + 1.0)
+    return INFINITY
+
+
+cdef class PoissonKernel(FamilyKernel):
+    """Kernel for K components of independent Poisson counts with rates (K, d)."""
+    cdef const double[:, ::1] rates
+    cdef const double[:, ::1] log_rates   # (d, Kp): log lambda, transposed, zero padded
+    cdef const double[::1] base           # (Kp,): -sum_j lambda_kj
+    cdef Py_ssize_t Kp
+
+    def __init__(self, rates):
+        rates = np.ascontiguousarray(rates, dtype=np.float64)
+        K, d = rates.shape
+        self.n_components = K
+        self.n_features = d
+        self.Kp = ((K + 3) // 4) * 4
+        self.n_stats = (d + 2) * self.Kp
+        self.rates = rates
+        lr = np.zeros((d, self.Kp))
+        with np.errstate(divide="ignore"):
+            lr[:, :K] = np.log(rates).T
+        self.log_rates = lr
+        base = np.zeros(self.Kp)
+        base[:K] = -rates.sum(axis=1)
+        self.base = base
+
+    def __reduce__(self):
+        return (PoissonKernel, (np.asarray(self.rates),))
+
+    def expand(self, buffer):
+        """(weights (K,), sums (K, d), log-factorial sums (K,)) from a statistics slot."""
+        K, d = self.n_components, self.n_features
+        B = np.asarray(buffer, dtype=np.float64).reshape(d + 2, self.Kp)[:, :K]
+        return B[0].copy(), B[1:d + 1].T.copy(), B[d + 1].copy()
+
+    cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
+        return self.Kp
+
+    cdef int chunk_log_density(self, const double* X, Py_ssize_t n_rows,
+                               double* out, double* scratch) noexcept nogil:
+        cdef Py_ssize_t i, j, k, d = self.n_features, K = self.n_components, Kp = self.Kp
+        cdef double x, lf
+        cdef const double* lr = &self.log_rates[0, 0]
+        for i in range(n_rows):
+            lf = 0.0
+            for k in range(Kp):
+                scratch[k] = self.base[k]
+            for j in range(d):
+                x = X[i * d + j]
+                lf += _log_factorial(x)
+                if x != 0.0:         # 0 log 0 = 0: a zero rate allows a zero count
+                    for k in range(Kp):
+                        scratch[k] += x * lr[j * Kp + k]
+            for k in range(K):
+                # a code outside the support: lf = +inf, log-density -inf
+                out[i * K + k] = scratch[k] - lf if lf < INFINITY else -INFINITY
+        return 0
+
+    cdef int chunk_accumulate(self, const double* X, Py_ssize_t n_rows,
+                              const double* weights, double* stats,
+                              double* scratch) noexcept nogil:
+        cdef Py_ssize_t i, j, k, d = self.n_features, K = self.n_components, Kp = self.Kp
+        cdef double x, lf, w
+        for i in range(n_rows):
+            lf = 0.0
+            for j in range(d):
+                lf += _log_factorial(X[i * d + j])
+            for k in range(K):
+                w = weights[i * K + k]
+                if w == 0.0:
+                    continue
+                if not lf < INFINITY:
+                    return 1          # a row outside the support with positive weight
+                stats[k] += w
+                for j in range(d):
+                    stats[(j + 1) * Kp + k] += w * X[i * d + j]
+                stats[(d + 1) * Kp + k] += w * lf
+        return 0
+
+    cdef void merge_stats(self, double* into, const double* other) noexcept nogil:
+        cdef Py_ssize_t i
+        for i in range(self.n_stats):
+            into[i] += other[i]
