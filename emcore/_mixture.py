@@ -16,6 +16,7 @@ import numpy as np
 
 from emcore import _validation as v
 from emcore._estimator import BaseEstimator
+from emcore._feature_names import check_feature_names
 from emcore._init import CountedPartition, starting_partition
 from emcore._input import check_input
 from emcore.constraints import Constraints
@@ -138,7 +139,7 @@ class _MixtureBase(BaseEstimator):
         owner = self._owner
         k = v.check_int(self.n_components, "n_components", owner, low=1)
         v.check_float(self.tol, "tol", owner)
-        v.check_int(self.max_iter, "max_iter", owner, low=1)
+        v.check_int(self.max_iter, "max_iter", owner, low=0)
         v.check_int(self.n_init, "n_init", owner, low=1)
         v.check_choice(self.init_params, "init_params", owner, INIT_PARAMS)
         v.check_int(self.verbose, "verbose", owner, low=0)
@@ -188,7 +189,9 @@ class _MixtureBase(BaseEstimator):
                           weight_concentration=weight_concentration, converged=converged)
 
         best = best_of_starts(1 if warm else self.n_init, start, run)
-        if best.stop_reason == "max_iter":
+        # max_iter=0 asks for the initial parameters (scikit-learn's), tol=0 for
+        # exactly max_iter iterations: neither is a fit that failed to converge
+        if best.stop_reason == "max_iter" and self.max_iter > 0 and self.tol > 0:
             warnings.warn(f"{self._owner} stopped after max_iter={self.max_iter} "
                           f"iterations before the relative change fell to tol={self.tol:g}; "
                           "increase max_iter or tol.", _sklearn_compatible(ConvergenceWarning),
@@ -213,6 +216,7 @@ class _MixtureBase(BaseEstimator):
         """
         owner = f"{self._owner}.{method}"
         family, weights, params = self._fitted_model(owner)
+        check_feature_names(self, X)
         X = check_input(X, owner=owner, n_features=family.n_features)
         out_log_resp = np.empty((X.shape[0], weights.shape[0])) if log_resp else None
         check_support(X, self._support, family=str(getattr(self, "family", self._owner)),

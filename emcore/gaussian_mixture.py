@@ -9,6 +9,7 @@ import numpy as np
 import scipy.linalg
 
 from emcore import _validation as v
+from emcore._feature_names import check_feature_names, record_feature_names
 from emcore._input import check_input
 from emcore._mixture import _MixtureBase, _check_weights
 from emcore._online import check_exponent, stepwise_update
@@ -215,7 +216,8 @@ class GaussianMixture(_MixtureBase):
         objective: ``history_`` records the penalty change so the ELBO chain is
         checked in its penalised form. Use 0 for the plain maximum-likelihood EM.
     max_iter : int, default 100
-        Maximum number of M-steps.
+        Maximum number of M-steps (0: the initial parameters, as scikit-learn).
+        Reaching it warns (ConvergenceWarning) unless ``tol`` or ``max_iter`` is 0.
     n_init : int, default 1
         Number of initialisations; the fit with the highest log-likelihood is kept.
     init_params : {'k-means++', 'random', 'random_from_data'}, default 'k-means++'
@@ -518,6 +520,7 @@ class GaussianMixture(_MixtureBase):
             in proportion to their weight. ``lower_bound_`` is then the weighted
             mean log-likelihood.
         """
+        record_feature_names(self, X)
         X = check_input(X, owner="GaussianMixture.fit")
         self._check_parameters(X)
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0],
@@ -597,6 +600,10 @@ class GaussianMixture(_MixtureBase):
         # a fitted model (by fit, partial_fit, from_parameters or its attributes)
         # is where online EM continues from; only an unfitted one initialises
         fitted = self._fitted_model(owner) if hasattr(self, "weights_") else None
+        if fitted is None:
+            record_feature_names(self, X)
+        else:
+            check_feature_names(self, X)
         X = check_input(X, owner=owner,
                          n_features=None if fitted is None else fitted[0].n_features)
         if not isinstance(X, np.ndarray):

@@ -16,6 +16,8 @@ import numpy as np
 
 from emcore import _validation as v
 from emcore._estimator import BaseEstimator
+from emcore._feature_names import (check_feature_names, check_output_kind, names_out,
+                                   record_feature_names, wrap_output)
 from emcore._init import kmeans_plusplus, sq_distances
 from emcore._input import check_input
 from emcore.engine import Iteration, best_of_starts, chunk_rows_for, data_pass, run_em
@@ -196,6 +198,7 @@ class KMeans(BaseEstimator):
             Non-negative row weights (at least n_clusters positive): a weight of 2
             counts the row twice in the centres and the inertia.
         """
+        record_feature_names(self, X)
         X = check_input(X, owner="KMeans.fit")
         k, centres, n_init = self._check_parameters(X)
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0],
@@ -283,6 +286,7 @@ class KMeans(BaseEstimator):
                              f"n_features_in_={n_in} columns. Got shape {centres.shape} "
                              "instead (set n_features_in_ too when the model changes "
                              "dimension).")
+        check_feature_names(self, X)
         return check_input(X, owner=owner, n_features=centres.shape[1]), centres
 
     def predict(self, X: Any) -> np.ndarray:
@@ -298,13 +302,29 @@ class KMeans(BaseEstimator):
 
         Computed on differences, chunk by chunk (no cancellation).
         """
-        X, centres = self._checked(X, "transform")
-        out = np.empty((X.shape[0], centres.shape[0]))
-        chunk = chunk_rows_for(X.shape[1])
-        for start in range(0, X.shape[0], chunk):
+        data, centres = self._checked(X, "transform")
+        out = np.empty((data.shape[0], centres.shape[0]))
+        chunk = chunk_rows_for(data.shape[1])
+        for start in range(0, data.shape[0], chunk):
             out[start:start + chunk] = np.sqrt(
-                sq_distances(X[start:start + chunk], centres))
-        return out
+                sq_distances(data[start:start + chunk], centres))
+        return wrap_output(self, out, X)
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        """Names of the columns of :meth:`transform`: ``kmeans0``, ``kmeans1``, ...
+        (scikit-learn's). ``input_features``, if given, must match
+        ``feature_names_in_``."""
+        self._check_fitted("cluster_centers_")
+        return names_out(self, np.shape(self.cluster_centers_)[0], input_features)
+
+    def set_output(self, *, transform: Optional[str] = None) -> "KMeans":
+        """The container of :meth:`transform`'s output, as scikit-learn's ``set_output``:
+        'default' (numpy), 'pandas' or 'polars' (a DataFrame whose columns are
+        :meth:`get_feature_names_out`), or None (unchanged). Returns self."""
+        check_output_kind(transform, "KMeans")
+        if transform is not None:
+            self._sklearn_output_config = {"transform": transform}
+        return self
 
     def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:
         """Fit, then return ``transform(X)``."""

@@ -7,6 +7,7 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 
 from emcore import _validation as v
+from emcore._feature_names import record_feature_names
 from emcore._input import check_input
 from emcore._mixture import _MixtureBase, _check_weights
 from emcore.constraints import Constraints
@@ -68,7 +69,8 @@ class MixtureModel(_MixtureBase):
         Stop when the relative change of the rule's objective between two
         iterations is below ``tol`` (0: never, run ``max_iter`` iterations).
     max_iter : int, default 100
-        Maximum number of M-steps.
+        Maximum number of M-steps (0: the initial parameters). Reaching it warns
+        (ConvergenceWarning) unless ``tol`` or ``max_iter`` is 0.
     n_init : int, default 1
         Number of initialisations; the fit with the highest objective is kept.
     init_params : {'k-means++', 'random', 'random_from_data'}, default 'k-means++'
@@ -243,6 +245,7 @@ class MixtureModel(_MixtureBase):
         sample_weight : array-like of shape (n_samples,), optional
             Non-negative row weights; a weight of 2 fits like the row repeated.
         """
+        record_feature_names(self, X)
         X = check_input(X, owner="MixtureModel.fit")
         self._check_common(X)
         if not isinstance(self.family, str):

@@ -50,7 +50,7 @@ def test_convergence_warning_is_scikit_learns_when_scikit_learn_is_loaded():
     X = np.random.default_rng(0).normal(size=(30, 2))
     for filtered in (SkConvergenceWarning, emcore.ConvergenceWarning):
         with pytest.warns(filtered):
-            GaussianMixture(2, max_iter=1, tol=0.0, random_state=0).fit(X)
+            GaussianMixture(2, max_iter=1, tol=1e-12, random_state=0).fit(X)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             warnings.simplefilter("ignore", filtered)
