@@ -16,7 +16,8 @@ from emcore.mixture_model import MixtureModel
 from emcore.kmeans import KMeans
 from emcore.priors import GaussianPrior
 from emcore.model_selection import ModelSelection, select_model  # after GaussianMixture
+from emcore.persistence import load
 
 __all__ = ["GaussianMixture", "MixtureModel", "KMeans", "GaussianPrior", "ModelSelection", "select_model",
            "Constraints", "ChainViolationWarning", "ConvergenceWarning",
-           "DegenerateComponentError", "NotFittedError", "__version__"]
+           "DegenerateComponentError", "NotFittedError", "__version__", "load"]
