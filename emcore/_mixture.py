@@ -19,6 +19,7 @@ from emcore._estimator import BaseEstimator
 from emcore._feature_names import check_feature_names
 from emcore._init import CountedPartition, starting_partition
 from emcore._input import check_input
+from emcore._logging import check_callback
 from emcore.constraints import Constraints
 from emcore.engine import FitResult, best_of_starts, chunk_rows_for, data_pass, run_em
 from emcore.exceptions import ConvergenceWarning, _sklearn_compatible
@@ -143,6 +144,7 @@ class _MixtureBase(BaseEstimator):
         v.check_int(self.n_init, "n_init", owner, low=1)
         v.check_choice(self.init_params, "init_params", owner, INIT_PARAMS)
         v.check_int(self.verbose, "verbose", owner, low=0)
+        check_callback(self.callback, owner)
         n_jobs = v.check_int(self.n_jobs, "n_jobs", owner, allow_none=True)
         if n_jobs == 0:
             raise ValueError(f"The 'n_jobs' parameter of {owner} must be None, a "
@@ -182,13 +184,19 @@ class _MixtureBase(BaseEstimator):
                 return weights, params
             return self._initial_parameters(X, family, rng, sample_weight)
 
+        n_starts = 1 if warm else self.n_init
+        started = []
+
         def run(weights, params):
+            started.append(None)
             return run_em(X, family, rule, weights, params, max_iter=self.max_iter,
                           tol=self.tol, n_jobs=self.n_jobs, verbose=self.verbose,
                           sample_weight=sample_weight,
-                          weight_concentration=weight_concentration, converged=converged)
+                          weight_concentration=weight_concentration, converged=converged,
+                          callback=self.callback,
+                          label=f"start {len(started)}/{n_starts}" if n_starts > 1 else "")
 
-        best = best_of_starts(1 if warm else self.n_init, start, run)
+        best = best_of_starts(n_starts, start, run)
         # max_iter=0 asks for the initial parameters (scikit-learn's), tol=0 for
         # exactly max_iter iterations: neither is a fit that failed to converge
         if best.stop_reason == "max_iter" and self.max_iter > 0 and self.tol > 0:

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Optional, Protocol
 import numpy as np
 
 from emcore._chunks import chunk_rows_for, stats_from_assignments
+from emcore._logging import FitReporter, verbose_output
 from emcore._core._passes import MAX_BLOCKS, data_pass as _compiled_pass
 from emcore._threads import effective_n_threads, single_threaded_blas
 from emcore.exceptions import ChainViolationWarning, ConvergenceWarning, _sklearn_compatible
@@ -45,7 +46,7 @@ __all__ = ["PassResult", "Iteration", "FitResult", "data_pass", "run_em",
            "best_of_starts", "stats_from_assignments", "chunk_rows_for",
            "equality_tolerance", "chain_tolerance"]
 
-STOP_REASONS = ("tol", "max_iter", "interrupted")
+STOP_REASONS = ("tol", "max_iter", "interrupted", "callback")
 
 
 def summation_depth(n_rows: int, chunk_rows: int) -> int:
@@ -181,7 +182,7 @@ class FitResult:
     params: dict
     history: tuple
     n_iter: int
-    stop_reason: str          #: 'tol', 'max_iter' or 'interrupted'
+    stop_reason: str          #: 'tol', 'max_iter', 'interrupted' or 'callback'
     value: float              #: F, the rule's objective, at the returned parameters
     objective: float          #: the monotone objective at the returned parameters
     objective_name: str
@@ -433,11 +434,11 @@ def _weights_expected(resp_sum: np.ndarray, weights: np.ndarray) -> float:
 def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarray,
            params: dict, *, max_iter: int = 100, tol: float = 1e-6,
            n_jobs: Optional[int] = 1, sample_weight: Optional[np.ndarray] = None,
-           verbose: int = 0, callback: Optional[Callable[[Iteration], None]] = None,
+           verbose: int = 0, callback: Optional[Callable[[Iteration], Any]] = None,
            chunk_rows: Optional[int] = None,
            weight_concentration: Optional[np.ndarray] = None,
-           converged: Optional[Callable[[Iteration, dict, dict], bool]] = None
-           ) -> FitResult:
+           converged: Optional[Callable[[Iteration, dict, dict], bool]] = None,
+           label: str = "") -> FitResult:
     """Run EM from (weights, params) until the stopping rule fires.
 
     The objective J is the rule's objective F (the log-likelihood for the soft
@@ -446,8 +447,11 @@ def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarr
     ``weight_concentration``, all entries >= 1). Stops when the relative change
     |J_{t+1} - J_t| / |J_{t+1}| is below ``tol`` ('tol'; tol=0 never fires; or when
     ``converged(record, params_t, params_t+1)`` is true, if given), after
-    ``max_iter`` M-steps ('max_iter'), or on KeyboardInterrupt ('interrupted'; the
-    last parameters whose objective was computed are returned). The mixture
+    ``max_iter`` M-steps ('max_iter'), on KeyboardInterrupt ('interrupted'; the
+    last parameters whose objective was computed are returned), or when
+    ``callback(record)``, called after each iteration, returns False ('callback').
+    Each iteration is logged on the ``emcore`` logger (emcore/_logging.py; INFO
+    with ``verbose``, labelled with ``label`` and the grid cell, if any). The mixture
     weights stay as given when ``family.fixed_weights`` is true (k-means).
     """
     n, d = X.shape
@@ -462,9 +466,10 @@ def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarr
     # BLAS on one thread for the whole fit: the chunk loop's threads are ours, and
     # the M-step's d x d factorisations are too small to gain from BLAS threads
     # (measured under load: 0.5 ms became ~185 ms per M-step with 2 BLAS threads).
-    with single_threaded_blas():
+    reporter = FitReporter(verbose, callback, label)
+    with single_threaded_blas(), verbose_output(verbose):
         return _run_em(X, family, rule, weights, params, max_iter=max_iter, tol=tol,
-                       run_pass=run_pass, verbose=verbose, callback=callback,
+                       run_pass=run_pass, reporter=reporter,
                        depth=(summation_depth(n, chunk_rows) if isinstance(X, np.ndarray)
                               else X.summation_depth(chunk_rows)), t_start=t_start,
                        concentration=(None if weight_concentration is None else
@@ -472,8 +477,8 @@ def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarr
                        converged=converged)
 
 
-def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbose,
-            callback, depth, t_start, concentration, converged) -> FitResult:
+def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, reporter,
+            depth, t_start, concentration, converged) -> FitResult:
     n, d = X.shape
     k = family.n_components
     history = []
@@ -547,11 +552,9 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
             previous_params = params
             weights, params, current = new_weights, new_params, nxt
             prior_now, prior_mag_now, amp_now = prior_next, prior_mag_next, amp_next
-            if verbose:
-                print(f"iteration {t:4d}  {rule.objective} {record.value_next: .10e}  "
-                      f"change {rel:.3e}  ({record.seconds:.3f} s)")
-            if callback is not None:
-                callback(record)
+            if not reporter.iteration(record, rule.objective):
+                stop_reason = "callback"
+                break
             if (converged(record, previous_params, params) if converged is not None
                     else rel < tol):
                 stop_reason = "tol"
@@ -620,8 +623,9 @@ def best_of_starts(n_starts: int, start: Callable[[], tuple],
         result = run(weights, params)
         if best is None or result.objective > best.objective:
             best = result
-        if result.stop_reason == "interrupted":
-            return replace(best, stop_reason="interrupted")
+        if result.stop_reason in ("interrupted", "callback"):
+            # Ctrl-C, or the user's callback asked to stop: the whole fit stops
+            return replace(best, stop_reason=result.stop_reason)
     return best
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from emcore._input import check_input
 from emcore._mixture import _MixtureBase, _check_weights
 from emcore._online import check_exponent, stepwise_update
 from emcore.constraints import Constraints
-from emcore.engine import FitResult
+from emcore.engine import FitResult, Iteration
 from emcore.exceptions import DegenerateComponentError
 from emcore.plugin_api import PosteriorRule
 from emcore.priors import GaussianPrior, ResolvedGaussianPrior
@@ -242,6 +242,12 @@ class GaussianMixture(_MixtureBase):
         are bitwise identical for every value.
     verbose : int, default 0
         Print one line per iteration if > 0.
+    callback : callable, optional
+        Called after each iteration with its :class:`emcore.engine.Iteration`
+        record; returning False stops the fit (``stop_reason_ == 'callback'``,
+        the other starts are not run). Lines per iteration go to the logger
+        ``emcore`` (INFO with ``verbose``, labelled with the start; 2 adds the
+        ELBO chain's links).
     prior : None, 'default' or emcore.GaussianPrior, default None
         None: maximum likelihood. 'default': the conjugate prior of Fraley & Raftery
         (2007) with mclust's default hyperparameters, and a flat Dirichlet prior on
@@ -277,7 +283,7 @@ class GaussianMixture(_MixtureBase):
         'diag' and 'spherical' the inverse standard deviations.
     converged_ : bool
         True if the ``tol`` rule fired.
-    stop_reason_ : {'tol', 'max_iter', 'interrupted', 'partial_fit'}
+    stop_reason_ : {'tol', 'max_iter', 'interrupted', 'callback', 'partial_fit'}
         Which stopping rule fired ('partial_fit' after online EM).
     n_iter_ : int
         Number of M-steps of the best fit.
@@ -318,7 +324,8 @@ class GaussianMixture(_MixtureBase):
                  precisions_init: Any = None, random_state: Any = None,
                  warm_start: bool = False, n_jobs: Optional[int] = None,
                  verbose: int = 0, prior: Any = None, posterior: Any = None,
-                 online_step_exponent: float = 0.6):
+                 online_step_exponent: float = 0.6,
+                 callback: Optional[Callable[[Iteration], Any]] = None):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -336,6 +343,7 @@ class GaussianMixture(_MixtureBase):
         self.prior = prior
         self.online_step_exponent = online_step_exponent
         self.posterior = posterior
+        self.callback = callback
 
     # --- resolution and validation --------------------------------------------------
     def _family(self, n_features: int, n_components: Optional[int] = None, prior=None):

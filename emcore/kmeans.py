@@ -10,7 +10,7 @@ holds" says "the inertia never increased".
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from emcore._feature_names import (check_feature_names, check_output_kind, names
                                    record_feature_names, wrap_output)
 from emcore._init import kmeans_plusplus, sq_distances
 from emcore._input import check_input
+from emcore._logging import check_callback
 from emcore.engine import Iteration, best_of_starts, chunk_rows_for, data_pass, run_em
 from emcore.exceptions import ConvergenceWarning, _sklearn_compatible
 from emcore.plugin_api import UNIT_ROUNDOFF as _U
@@ -91,6 +92,12 @@ class KMeans(BaseEstimator):
         Threads for the chunk loop (None: all CPUs). Results are identical for
         every value.
     verbose : int, default 0
+    callback : callable, optional
+        Called after each iteration with its :class:`emcore.engine.Iteration`
+        record; returning False stops the fit (``stop_reason_ == 'callback'``,
+        the other starts are not run). Lines per iteration go to the logger
+        ``emcore`` (INFO with ``verbose``, labelled with the start; 2 adds the
+        ELBO chain's links).
 
     Attributes
     ----------
@@ -104,7 +111,7 @@ class KMeans(BaseEstimator):
         sum_i w_i ||x_i - c_{label_i}||^2 at the fitted centres, from exact
         differences.
     n_iter_ : int
-    stop_reason_ : {'tol', 'max_iter', 'interrupted'}
+    stop_reason_ : {'tol', 'max_iter', 'interrupted', 'callback'}
     converged_ : bool
     history_ : tuple of emcore.engine.Iteration
         Per iteration, the classification log-likelihood before and after
@@ -122,7 +129,8 @@ class KMeans(BaseEstimator):
 
     def __init__(self, n_clusters: int = 8, *, init: Union[str, Any] = "k-means++",
                  n_init: Union[str, int] = "auto", max_iter: int = 300, tol: float = 1e-4,
-                 random_state: Any = None, n_jobs: Optional[int] = None, verbose: int = 0):
+                 random_state: Any = None, n_jobs: Optional[int] = None, verbose: int = 0,
+                 callback: Optional[Callable[[Iteration], Any]] = None):
         self.n_clusters = n_clusters
         self.init = init
         self.n_init = n_init
@@ -131,6 +139,7 @@ class KMeans(BaseEstimator):
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.verbose = verbose
+        self.callback = callback
 
     # --- validation -----------------------------------------------------------------
     def _check_parameters(self, X: np.ndarray):
@@ -143,6 +152,7 @@ class KMeans(BaseEstimator):
         v.check_int(self.max_iter, "max_iter", owner, low=1)
         v.check_float(self.tol, "tol", owner)
         v.check_int(self.verbose, "verbose", owner, low=0)
+        check_callback(self.callback, owner)
         n_jobs = v.check_int(self.n_jobs, "n_jobs", owner, allow_none=True)
         if n_jobs == 0:
             raise ValueError("The 'n_jobs' parameter of KMeans must be None, a positive "
@@ -216,10 +226,14 @@ class KMeans(BaseEstimator):
             return np.full(k, 1.0 / k), {"means": centres if centres is not None
                                          else self._seeds(X, k, rng, sample_weight)}
 
+        started = []
+
         def run(weights, params):
+            started.append(None)
             return run_em(X, family, rule, weights, params, max_iter=self.max_iter,
                           n_jobs=self.n_jobs, sample_weight=sample_weight,
-                          verbose=self.verbose, converged=converged)
+                          verbose=self.verbose, converged=converged, callback=self.callback,
+                          label=f"start {len(started)}/{n_init}" if n_init > 1 else "")
 
         best = best_of_starts(n_init, start, run)
         if best.stop_reason == "max_iter":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 
@@ -11,7 +11,7 @@ from emcore._feature_names import record_feature_names
 from emcore._input import check_input
 from emcore._mixture import _MixtureBase, _check_weights
 from emcore.constraints import Constraints
-from emcore.engine import FitResult
+from emcore.engine import FitResult, Iteration
 from emcore.plugin_api import PosteriorRule, check_support, support_of
 from emcore.registry import get_registry
 
@@ -91,6 +91,12 @@ class MixtureModel(_MixtureBase):
     n_jobs : int or None, default None
         Threads for the chunk loop (results are identical for every value).
     verbose : int, default 0
+    callback : callable, optional
+        Called after each iteration with its :class:`emcore.engine.Iteration`
+        record; returning False stops the fit (``stop_reason_ == 'callback'``,
+        the other starts are not run). Lines per iteration go to the logger
+        ``emcore`` (INFO with ``verbose``, labelled with the start; 2 adds the
+        ELBO chain's links).
 
     Attributes
     ----------
@@ -119,7 +125,8 @@ class MixtureModel(_MixtureBase):
                  tol: float = 1e-6, max_iter: int = 100, n_init: int = 1,
                  init_params: str = "k-means++", weights_init: Any = None,
                  params_init: Optional[Mapping[str, Any]] = None, random_state: Any = None,
-                 n_jobs: Optional[int] = None, verbose: int = 0):
+                 n_jobs: Optional[int] = None, verbose: int = 0,
+                 callback: Optional[Callable[[Iteration], Any]] = None):
         self.n_components = n_components
         self.family = family
         self.family_options = family_options
@@ -134,6 +141,7 @@ class MixtureModel(_MixtureBase):
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.verbose = verbose
+        self.callback = callback
 
     # --- resolution -----------------------------------------------------------------
     def _family(self, n_features: int, n_components: Optional[int] = None, prior=None):

@@ -264,6 +264,7 @@ PARAMETERS = {
         "warm_start": _BOOL_BAD,
         "n_jobs": _N_JOBS_BAD,
         "verbose": [-1, 1.5, "1", None],
+        "callback": [3, "print"],
         "prior": ["bogus", 3, {"dof": 3}],
         "posterior": [3.0, "bogus", ["soft"]],
         "online_step_exponent": [0.5, 1.5, -1.0, np.nan, "0.6", None, True],
@@ -278,6 +279,7 @@ PARAMETERS = {
         "random_state": _RANDOM_STATE_BAD,
         "n_jobs": _N_JOBS_BAD,
         "verbose": [-1, 1.5, "1", None],
+        "callback": [3, "print"],
     },
     "MixtureModel": {
         "n_components": _INT_BAD + [N + 1],
@@ -296,6 +298,7 @@ PARAMETERS = {
         "random_state": _RANDOM_STATE_BAD,
         "n_jobs": _N_JOBS_BAD,
         "verbose": [-1, 1.5, "1", None],
+        "callback": [3, "print"],
     },
 }
 
