@@ -45,6 +45,7 @@ def emcore_register_families() -> Sequence["FamilyRecord"]:
         (building one with another string raises ValueError, and the plugin is
         reported as broken): at most one ``support:*`` says where x lives.
     """
+    raise NotImplementedError   # a specification: pluggy calls the plugins' hooks
 
 
 @hookspec
@@ -58,3 +59,4 @@ def emcore_register_posterior_rules() -> Sequence["PosteriorRuleRecord"]:
     sequence of PosteriorRuleRecord
         One record per rule, names unique across all installed plugins.
     """
+    raise NotImplementedError   # a specification: pluggy calls the plugins' hooks

@@ -191,7 +191,7 @@ class Family(abc.ABC):
 
     # --- M-step -------------------------------------------------------------------
     @abc.abstractmethod
-    def m_step(self, stats: Any, previous: Optional[Params]) -> dict:
+    def m_step(self, stats: Any, previous: Optional[Params]) -> dict[str, np.ndarray]:
         """Return the parameters maximising the (penalised) expected log-likelihood.
 
         ``previous`` is None at initialisation. A component whose statistics hold
@@ -220,7 +220,7 @@ class Family(abc.ABC):
     def initial_params(self, X: Any, rng: np.random.Generator,
                        sample_weight: Optional[np.ndarray] = None,
                        resp: Union[None, np.ndarray, Callable[[int, int], np.ndarray]] = None
-                       ) -> dict:
+                       ) -> dict[str, np.ndarray]:
         """Return starting parameters of the K components.
 
         Parameters
@@ -254,7 +254,7 @@ class Family(abc.ABC):
         if resp is None:
             centres = X[kmeans_plusplus(X, k, rng, sample_weight)]
 
-            def resp(start, stop):
+            def resp(start: int, stop: int) -> np.ndarray:
                 return one_hot(nearest_centre(X, centres, start, stop), k)
         elif not callable(resp):
             given = np.asarray(resp, dtype=np.float64)
@@ -263,11 +263,11 @@ class Family(abc.ABC):
                                  f"initial_params must have shape ({X.shape[0]}, {k}). "
                                  f"Got {given.shape} instead.")
 
-            def resp(start, stop):
+            def resp(start: int, stop: int) -> np.ndarray:
                 return given[start:stop]
         eps = float(self.init_smoothing)
 
-        def smoothed(start, stop):
+        def smoothed(start: int, stop: int) -> np.ndarray:
             return (1.0 - eps) * np.asarray(resp(start, stop), dtype=np.float64) + eps / k
         stats, _ = stats_from_assignments(X, self, smoothed if eps > 0 else resp,
                                           sample_weight=sample_weight)
@@ -301,7 +301,7 @@ class Family(abc.ABC):
         """
         return 1.0
 
-    def log_prior(self, params: Params) -> tuple:
+    def log_prior(self, params: Params) -> tuple[float, float]:
         """Return (log p(theta), sum of the magnitudes of its terms) for MAP-EM.
 
         A family with a prior makes ``m_step`` return the posterior mode given the
@@ -355,7 +355,7 @@ class Family(abc.ABC):
         return 0.0
 
     # --- compiled path ------------------------------------------------------------
-    def compiled_kernel(self, params: Params):
+    def compiled_kernel(self, params: Params) -> Any:
         """Return an ``emcore.kernel.FamilyKernel`` for ``params``, or None."""
         return None
 
@@ -366,7 +366,7 @@ class Family(abc.ABC):
 
     # --- testing --------------------------------------------------------------------
     def random_params(self, rng: np.random.Generator, *,
-                      nearly_degenerate: bool = False) -> dict:
+                      nearly_degenerate: bool = False) -> dict[str, np.ndarray]:
         """Return random valid parameters of the K components (optional).
 
         Used by :mod:`emcore.testing` (``family_parameters``, ``check_family``) to
@@ -395,11 +395,12 @@ class GaussianFamilyProtocol(Protocol):
     covariance_type: str
 
     def params_from_covariances(self, means: np.ndarray, covariances: np.ndarray,
-                                n_k: Optional[np.ndarray] = None) -> dict:
+                                n_k: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
         """Parameters from means (K, d) and covariances (K, d, d); raise
         DegenerateComponentError for a matrix that is not positive definite."""
 
-    def params_from_precisions(self, means: np.ndarray, precisions: np.ndarray) -> dict:
+    def params_from_precisions(self, means: np.ndarray, precisions: np.ndarray
+                               ) -> dict[str, np.ndarray]:
         """Parameters from means (K, d) and precision matrices (K, d, d)."""
 
 
@@ -416,7 +417,7 @@ class CentroidFamilyProtocol(Protocol):
 
 # --- support ---------------------------------------------------------------------------
 
-def support_of(capabilities: frozenset) -> Optional[str]:
+def support_of(capabilities: frozenset[str]) -> Optional[str]:
     """The ``support:*`` capability among ``capabilities``, or None if none is declared."""
     found = sorted(set(capabilities) & set(SUPPORTS))
     return found[0] if found else None
@@ -520,7 +521,8 @@ class PosteriorRule(abc.ABC):
 
     @abc.abstractmethod
     def posterior(self, log_joint: np.ndarray, row_weights: Optional[np.ndarray] = None,
-                  *, start: int = 0):
+                  *, start: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Return ``(log_resp, resp, row_value, totals)`` for a chunk.
 
         The rule picks, row by row, the q of its set maximising
@@ -547,11 +549,12 @@ class PosteriorRule(abc.ABC):
         nothing.
         """
 
-    def report(self) -> Optional[dict]:
+    def report(self) -> Optional[dict[str, Any]]:
         """What the rule has to say about the last pass (recorded per iteration), or None."""
         return None
 
-    def bound_tolerance(self, before: Optional[dict], after: Optional[dict]) -> float:
+    def bound_tolerance(self, before: Optional[dict[str, Any]],
+                        after: Optional[dict[str, Any]]) -> float:
         """Extra tolerance of the chain link ELBO(q_t, theta_{t+1}) <= F(theta_{t+1}).
 
         For a rule whose q is the maximiser over its set only to a solver's
@@ -560,7 +563,7 @@ class PosteriorRule(abc.ABC):
         """
         return 0.0
 
-    def compiled_kernel(self):
+    def compiled_kernel(self) -> Any:
         """Return an ``emcore.kernel.PosteriorKernel``, or None."""
         return None
 
@@ -607,10 +610,10 @@ class FamilyRecord:
     """
     name: str
     factory: Callable[..., Family]
-    capabilities: frozenset = field(default_factory=frozenset)
+    capabilities: frozenset[str] = field(default_factory=frozenset)
     description: str = ""
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check_record("family", self.name, self.factory, self.capabilities)
 
 
@@ -622,9 +625,9 @@ class PosteriorRuleRecord:
     """
     name: str
     factory: Callable[..., PosteriorRule]
-    capabilities: frozenset = field(default_factory=frozenset)
+    capabilities: frozenset[str] = field(default_factory=frozenset)
     description: str = ""
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check_record("posterior rule", self.name, self.factory, self.capabilities)
 
