@@ -10,6 +10,7 @@ import inspect
 import warnings
 from typing import Any
 
+from emcore import persistence
 from emcore._version import __version__
 
 from emcore.exceptions import NotFittedError, _sklearn_compatible
@@ -51,12 +52,15 @@ class BaseEstimator:
             shown.append(f"{name}={value!r}")
         return f"{type(self).__name__}({', '.join(shown)})"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        persistence._register_estimator(cls)     # what emcore.load may build
+
     def save(self, path: Any) -> None:
         """Write this estimator to ``path`` without pickle (a zip of ``.npy`` arrays and
         a JSON manifest; :func:`emcore.load` reads it back). See
         :mod:`emcore.persistence`."""
-        from emcore.persistence import save
-        save(self, path)
+        persistence.save(self, path)
 
     def __getstate__(self) -> dict:
         # pickles carry the version that wrote them (as scikit-learn's do)

@@ -94,7 +94,7 @@ class _Writer:
             if not all(isinstance(k, str) for k in value):
                 raise TypeError(f"{where} is a dict with non-string keys")
             return {"$dict": {k: self.encode(x, f"{where}[{k!r}]") for k, x in value.items()}}
-        name = _OBJECT_NAMES.get(type(value))
+        name = {cls: key for key, cls in _object_classes().items()}.get(type(value))
         if name is not None:
             fields = {f.name: self.encode(getattr(value, f.name), f"{where}.{f.name}")
                       for f in dataclasses.fields(value)}
@@ -104,22 +104,11 @@ class _Writer:
 
 
 def _object_classes() -> dict:
+    """The dataclasses the format stores, by name (Iteration records, priors)."""
     from emcore.engine import Iteration
     from emcore.priors import GaussianPrior, ResolvedGaussianPrior
     return {"Iteration": Iteration, "GaussianPrior": GaussianPrior,
             "ResolvedGaussianPrior": ResolvedGaussianPrior}
-
-
-class _ObjectNames(dict):
-    """type -> name of the dataclasses the format stores (filled on first use)."""
-
-    def get(self, key, default=None):  # type: ignore[override]
-        if not self:
-            self.update({cls: name for name, cls in _object_classes().items()})
-        return super().get(key, default)
-
-
-_OBJECT_NAMES = _ObjectNames()
 
 
 def _decode(node: Any, arrays: dict) -> Any:
@@ -148,16 +137,20 @@ def _decode(node: Any, arrays: dict) -> Any:
     raise ValueError(f"unexpected manifest entry {node!r}")
 
 
+# emcore's public estimator classes by name, the only classes load builds: every
+# public subclass of emcore._estimator.BaseEstimator defined in emcore registers
+# itself here when its module is imported (importing emcore imports them all)
+_ESTIMATORS: dict = {}
+
+
+def _register_estimator(cls: type) -> None:
+    """Called by ``BaseEstimator.__init_subclass__``."""
+    if not cls.__name__.startswith("_") and cls.__module__.split(".")[0] == "emcore":
+        _ESTIMATORS[cls.__name__] = cls
+
+
 def _estimator_classes() -> dict:
-    """emcore's public estimator classes by name: the only classes load builds."""
-    import emcore
-    from emcore._estimator import BaseEstimator
-    out = {}
-    for name in emcore.__all__:
-        obj = getattr(emcore, name, None)
-        if isinstance(obj, type) and issubclass(obj, BaseEstimator):
-            out[name] = obj
-    return out
+    return dict(_ESTIMATORS)
 
 
 def _distribution_version(name: str) -> str:
@@ -371,6 +364,10 @@ def _restore(estimator: Any) -> None:
         estimator._fitted_rule = estimator._fit_rule()
     if hasattr(estimator, "_fitted_model"):
         estimator._fitted_model(f"{type(estimator).__name__} (loaded)")
-    elif hasattr(estimator, "_checked"):
-        from emcore.kmeans import _check_centres
-        _check_centres(estimator.cluster_centers_, "cluster_centers_", "KMeans (loaded)")
+    else:                                        # KMeans: the centres are the model
+        centres = estimator.cluster_centers_
+        if not (isinstance(centres, np.ndarray) and centres.ndim == 2
+                and centres.dtype == np.float64 and np.all(np.isfinite(centres))
+                and centres.shape[1] == estimator.n_features_in_):
+            raise ValueError("cluster_centers_ is not a finite float64 array of shape "
+                             "(n_clusters, n_features_in_)")
