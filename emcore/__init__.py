@@ -19,8 +19,9 @@ from emcore.model_selection import ModelSelection, select_model  # after Gaussia
 from emcore.registry import registered_family
 from emcore.bayesian_mixture import BayesianGaussianMixture
 from emcore.hidden_markov import HiddenMarkovModel
+from emcore.persistence import load
 
 __all__ = ["GaussianMixture", "MixtureModel", "KMeans", "GaussianPrior", "ModelSelection", "select_model",
            "Constraints", "ChainViolationWarning", "ConvergenceWarning",
            "DegenerateComponentError", "NotFittedError", "__version__", "registered_family",
-           "BayesianGaussianMixture", "HiddenMarkovModel"]
+           "BayesianGaussianMixture", "HiddenMarkovModel", "load"]

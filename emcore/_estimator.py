@@ -7,7 +7,11 @@ them back from the ``__init__`` signature, so ``sklearn.base.clone`` works.
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any
+
+from emcore import persistence
+from emcore._version import __version__
 
 from emcore.exceptions import NotFittedError, _sklearn_compatible
 
@@ -47,6 +51,33 @@ class BaseEstimator:
                 continue
             shown.append(f"{name}={value!r}")
         return f"{type(self).__name__}({', '.join(shown)})"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        persistence._register_estimator(cls)     # what emcore.load may build
+
+    def save(self, path: Any) -> None:
+        """Write this estimator to ``path`` without pickle (a zip of ``.npy`` arrays and
+        a JSON manifest; :func:`emcore.load` reads it back). See
+        :mod:`emcore.persistence`."""
+        persistence.save(self, path)
+
+    def __getstate__(self) -> dict:
+        # pickles carry the version that wrote them (as scikit-learn's do)
+        state = dict(self.__dict__)
+        state["_emcore_version"] = __version__
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        version = state.pop("_emcore_version", None)
+        if version != __version__:
+            warnings.warn(f"Unpickling a {type(self).__name__} pickled by emcore "
+                          f"{version or '(unknown: older than the version stamp)'} "
+                          f"with emcore {__version__}: the result may be wrong or "
+                          "break. Prefer est.save(path) / emcore.load(path).",
+                          UserWarning, stacklevel=2)
+        self.__dict__.update(state)
 
     def __sklearn_tags__(self):
         """scikit-learn's estimator tags (only scikit-learn calls this, so it is there)."""

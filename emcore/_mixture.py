@@ -16,8 +16,10 @@ import numpy as np
 
 from emcore import _validation as v
 from emcore._estimator import BaseEstimator
+from emcore._feature_names import check_feature_names
 from emcore._init import CountedPartition, starting_partition
 from emcore._input import check_input
+from emcore._logging import check_callback
 from emcore.constraints import Constraints
 from emcore.engine import FitResult, best_of_starts, chunk_rows_for, data_pass, run_em
 from emcore.exceptions import ConvergenceWarning, _sklearn_compatible
@@ -138,10 +140,11 @@ class _MixtureBase(BaseEstimator):
         owner = self._owner
         k = v.check_int(self.n_components, "n_components", owner, low=1)
         v.check_float(self.tol, "tol", owner)
-        v.check_int(self.max_iter, "max_iter", owner, low=1)
+        v.check_int(self.max_iter, "max_iter", owner, low=0)
         v.check_int(self.n_init, "n_init", owner, low=1)
         v.check_choice(self.init_params, "init_params", owner, INIT_PARAMS)
         v.check_int(self.verbose, "verbose", owner, low=0)
+        check_callback(self.callback, owner)
         n_jobs = v.check_int(self.n_jobs, "n_jobs", owner, allow_none=True)
         if n_jobs == 0:
             raise ValueError(f"The 'n_jobs' parameter of {owner} must be None, a "
@@ -185,16 +188,25 @@ class _MixtureBase(BaseEstimator):
                 return weights, params
             return self._initial_parameters(X, family, rng, sample_weight)
 
+        n_starts = 1 if warm else self.n_init
+        started = []
+
         def run(weights, params):
+            started.append(None)
             return run_em(X, family, rule, weights, params, max_iter=self.max_iter,
                           tol=self.tol, n_jobs=self.n_jobs, verbose=self.verbose,
                           sample_weight=sample_weight,
                           weight_concentration=weight_concentration, converged=converged,
-                          accelerate=getattr(self, "accelerate", None), random_state=rng)
+                          accelerate=getattr(self, "accelerate", None), random_state=rng,
+                          callback=self.callback,
+                          label=f"start {len(started)}/{n_starts}" if n_starts > 1 else "")
 
-        best = best_of_starts(1 if warm else self.n_init, start, run)
-        # stochastic EM is a Markov chain that runs max_iter by design
-        if best.stop_reason == "max_iter" and getattr(rule, "stochastic", None) != "sem":
+        best = best_of_starts(n_starts, start, run)
+        # max_iter=0 asks for the initial parameters (scikit-learn's), tol=0 for
+        # exactly max_iter iterations, and stochastic EM is a Markov chain that runs
+        # max_iter by design: none of them is a fit that failed to converge
+        if (best.stop_reason == "max_iter" and self.max_iter > 0 and self.tol > 0
+                and getattr(rule, "stochastic", None) != "sem"):
             warnings.warn(f"{self._owner} stopped after max_iter={self.max_iter} "
                           f"iterations before the relative change fell to tol={self.tol:g}; "
                           "increase max_iter or tol.", _sklearn_compatible(ConvergenceWarning),
@@ -219,6 +231,7 @@ class _MixtureBase(BaseEstimator):
         """
         owner = f"{self._owner}.{method}"
         family, weights, params = self._fitted_model(owner)
+        check_feature_names(self, X)
         X = check_input(X, owner=owner, n_features=family.n_features)
         out_log_resp = np.empty((X.shape[0], weights.shape[0])) if log_resp else None
         check_support(X, self._support, family=str(getattr(self, "family", self._owner)),

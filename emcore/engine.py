@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable, Optional, Protocol
 import numpy as np
 
 from emcore._chunks import chunk_rows_for, stats_from_assignments
+from emcore._logging import FitReporter, verbose_output
 from emcore._core._passes import MAX_BLOCKS, data_pass as _compiled_pass
 from emcore._threads import effective_n_threads, single_threaded_blas
 from emcore.exceptions import ChainViolationWarning, ConvergenceWarning, _sklearn_compatible
@@ -52,7 +53,7 @@ __all__ = ["PassResult", "Iteration", "FitResult", "data_pass", "run_em", "Mixtu
            "best_of_starts", "stats_from_assignments", "chunk_rows_for",
            "equality_tolerance", "chain_tolerance"]
 
-STOP_REASONS = ("tol", "max_iter", "interrupted")
+STOP_REASONS = ("tol", "max_iter", "interrupted", "callback")
 
 #: the steps whose q is drawn, not computed: no monotone objective (docs/variants.md)
 STOCHASTIC_STEPS = ("mcem", "sem")
@@ -214,7 +215,7 @@ class FitResult:
     params: dict
     history: tuple
     n_iter: int
-    stop_reason: str          #: 'tol', 'max_iter' or 'interrupted'
+    stop_reason: str          #: 'tol', 'max_iter', 'interrupted' or 'callback'
     value: float              #: F, the rule's objective, at the returned parameters
     objective: float          #: the monotone objective at the returned parameters
     objective_name: str
@@ -442,14 +443,14 @@ def _param_change(old_w, old_p, new_w, new_p) -> float:
 def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarray,
            params: dict, *, max_iter: int = 100, tol: float = 1e-6,
            n_jobs: Optional[int] = 1, sample_weight: Optional[np.ndarray] = None,
-           verbose: int = 0, callback: Optional[Callable[[Iteration], None]] = None,
+           verbose: int = 0, callback: Optional[Callable[[Iteration], Any]] = None,
            chunk_rows: Optional[int] = None,
            weight_concentration: Optional[np.ndarray] = None,
            converged: Optional[Callable[[Iteration, dict, dict], bool]] = None,
            accelerate: Optional[str] = None,
            random_state: Optional[np.random.Generator] = None,
-           structure: Optional[LatentStructure] = None, lengths: Any = None
-           ) -> FitResult:
+           structure: Optional[LatentStructure] = None, lengths: Any = None,
+           label: str = "") -> FitResult:
     """Run EM from (weights, params) until the stopping rule fires.
 
     The objective J is the rule's objective F (the log-likelihood for the soft
@@ -458,8 +459,11 @@ def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarr
     ``weight_concentration``, all entries >= 1). Stops when the relative change
     |J_{t+1} - J_t| / |J_{t+1}| is below ``tol`` ('tol'; tol=0 never fires; or when
     ``converged(record, params_t, params_t+1)`` is true, if given), after
-    ``max_iter`` M-steps ('max_iter'), or on KeyboardInterrupt ('interrupted'; the
-    last parameters whose objective was computed are returned). The mixture
+    ``max_iter`` M-steps ('max_iter'), on KeyboardInterrupt ('interrupted'; the
+    last parameters whose objective was computed are returned), or when
+    ``callback(record)``, called after each iteration, returns False ('callback').
+    Each iteration is logged on the ``emcore`` logger (emcore/_logging.py; INFO
+    with ``verbose``, labelled with ``label`` and the grid cell, if any). The mixture
     weights stay as given when ``family.fixed_weights`` is true (k-means).
 
     ``structure`` links the latent variables (default: the mixture,
@@ -521,9 +525,10 @@ def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarr
     # BLAS on one thread for the whole fit: the chunk loop's threads are ours, and
     # the M-step's d x d factorisations are too small to gain from BLAS threads
     # (measured under load: 0.5 ms became ~185 ms per M-step with 2 BLAS threads).
-    with single_threaded_blas():
+    reporter = FitReporter(verbose, callback, label)
+    with single_threaded_blas(), verbose_output(verbose):
         return _run_em(X, family, rule, weights, params, max_iter=max_iter, tol=tol,
-                       run_pass=run_pass, verbose=verbose, callback=callback,
+                       run_pass=run_pass, reporter=reporter,
                        depth=depth, t_start=t_start, structure=structure,
                        converged=converged, accelerate=accelerate)
 
@@ -687,8 +692,8 @@ def _relative(before: float, after: float) -> float:
 _MCEM_Z = 1.6448536269514722
 
 
-def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbose,
-            callback, depth, t_start, structure, converged,
+def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, reporter,
+            depth, t_start, structure, converged,
             accelerate: Optional[str] = None) -> FitResult:
     steps = _Steps(X, family, rule, run_pass, depth, structure)
     family_prior = family.log_prior(params)
@@ -700,20 +705,21 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
     noisy = []     # the first iteration whose rounding bound exceeds tol x |objective|
     sem = _RunningAverage(family, rule) if steps.stochastic == "sem" else None
 
+    stopped_by_callback = []
+
     def emit(record: Iteration) -> None:
-        """Record an iteration: history, the rounding-noise check, verbose, callback."""
+        """Record an iteration: history, the rounding-noise check, the log line and
+        the callback (which may ask to stop: the next stopping test then fires)."""
         history.append(record)
         if (not noisy and converged is None and tol > 0 and not steps.stochastic
                 and record.tolerance + record.tolerance_rule > tol * abs(record.objective)):
             noisy.append(record)
-        if verbose:
-            print(f"iteration {record.iteration:4d}  {rule.objective} "
-                  f"{record.value_next: .10e}  change {record.relative_change:.3e}  "
-                  f"({record.seconds:.3f} s){'' if record.step == 'em' else '  ' + record.step}")
-        if callback is not None:
-            callback(record)
+        if not reporter.iteration(record, rule.objective):
+            stopped_by_callback.append(record.iteration)
 
     def stops(record: Iteration, before: dict, after: dict) -> bool:
+        if stopped_by_callback:
+            return True
         if converged is not None:
             return bool(converged(record, before, after))
         if steps.stochastic == "mcem":
@@ -742,6 +748,8 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, verbos
                     break
     except KeyboardInterrupt:
         stop_reason = "interrupted"
+    if stopped_by_callback and stop_reason != "interrupted":
+        stop_reason = "callback"
     _warn_if_the_chain_fails(history)
     if noisy:
         record = noisy[0]
@@ -1010,8 +1018,9 @@ def best_of_starts(n_starts: int, start: Callable[[], tuple],
         result = run(weights, params)
         if best is None or result.objective > best.objective:
             best = result
-        if result.stop_reason == "interrupted":
-            return replace(best, stop_reason="interrupted")
+        if result.stop_reason in ("interrupted", "callback"):
+            # Ctrl-C, or the user's callback asked to stop: the whole fit stops
+            return replace(best, stop_reason=result.stop_reason)
     return best
 
 

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 import scipy.linalg
 
 from emcore import _validation as v
+from emcore._feature_names import check_feature_names, record_feature_names
 from emcore._input import check_input
 from emcore._mixture import _MixtureBase, _check_weights
 from emcore._online import check_exponent, stepwise_update
 from emcore.constraints import Constraints
-from emcore.engine import FitResult
+from emcore.engine import FitResult, Iteration
 from emcore.exceptions import DegenerateComponentError
 from emcore.plugin_api import PosteriorRule
 from emcore.priors import GaussianPrior, ResolvedGaussianPrior
@@ -215,7 +216,8 @@ class GaussianMixture(_MixtureBase):
         objective: ``history_`` records the penalty change so the ELBO chain is
         checked in its penalised form. Use 0 for the plain maximum-likelihood EM.
     max_iter : int, default 100
-        Maximum number of M-steps.
+        Maximum number of M-steps (0: the initial parameters, as scikit-learn).
+        Reaching it warns (ConvergenceWarning) unless ``tol`` or ``max_iter`` is 0.
     n_init : int, default 1
         Number of initialisations; the fit with the highest log-likelihood is kept.
     init_params : {'k-means++', 'random', 'random_from_data'}, default 'k-means++'
@@ -240,6 +242,12 @@ class GaussianMixture(_MixtureBase):
         are bitwise identical for every value.
     verbose : int, default 0
         Print one line per iteration if > 0.
+    callback : callable, optional
+        Called after each iteration with its :class:`emcore.engine.Iteration`
+        record; returning False stops the fit (``stop_reason_ == 'callback'``,
+        the other starts are not run). Lines per iteration go to the logger
+        ``emcore`` (INFO with ``verbose``, labelled with the start; 2 adds the
+        ELBO chain's links).
     prior : None, 'default' or emcore.GaussianPrior, default None
         None: maximum likelihood. 'default': the conjugate prior of Fraley & Raftery
         (2007) with mclust's default hyperparameters, and a flat Dirichlet prior on
@@ -281,7 +289,7 @@ class GaussianMixture(_MixtureBase):
         'diag' and 'spherical' the inverse standard deviations.
     converged_ : bool
         True if the ``tol`` rule fired.
-    stop_reason_ : {'tol', 'max_iter', 'interrupted', 'partial_fit'}
+    stop_reason_ : {'tol', 'max_iter', 'interrupted', 'callback', 'partial_fit'}
         Which stopping rule fired ('partial_fit' after online EM).
     n_iter_ : int
         Number of M-steps of the best fit.
@@ -322,7 +330,8 @@ class GaussianMixture(_MixtureBase):
                  precisions_init: Any = None, random_state: Any = None,
                  warm_start: bool = False, n_jobs: Optional[int] = None,
                  verbose: int = 0, prior: Any = None, posterior: Any = None,
-                 online_step_exponent: float = 0.6, accelerate: Optional[str] = None):
+                 online_step_exponent: float = 0.6, accelerate: Optional[str] = None,
+                 callback: Optional[Callable[[Iteration], Any]] = None):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -341,6 +350,7 @@ class GaussianMixture(_MixtureBase):
         self.online_step_exponent = online_step_exponent
         self.posterior = posterior
         self.accelerate = accelerate
+        self.callback = callback
 
     # --- resolution and validation --------------------------------------------------
     def _family(self, n_features: int, n_components: Optional[int] = None, prior=None):
@@ -525,6 +535,7 @@ class GaussianMixture(_MixtureBase):
             in proportion to their weight. ``lower_bound_`` is then the weighted
             mean log-likelihood.
         """
+        record_feature_names(self, X)
         X = check_input(X, owner="GaussianMixture.fit")
         self._check_parameters(X)
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0],
@@ -604,6 +615,10 @@ class GaussianMixture(_MixtureBase):
         # a fitted model (by fit, partial_fit, from_parameters or its attributes)
         # is where online EM continues from; only an unfitted one initialises
         fitted = self._fitted_model(owner) if hasattr(self, "weights_") else None
+        if fitted is None:
+            record_feature_names(self, X)
+        else:
+            check_feature_names(self, X)
         X = check_input(X, owner=owner,
                          n_features=None if fitted is None else fitted[0].n_features)
         if not isinstance(X, np.ndarray):

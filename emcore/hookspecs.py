@@ -46,6 +46,7 @@ def emcore_register_families() -> Sequence["FamilyRecord"]:
         (building one with another string raises ValueError, and the plugin is
         reported as broken): at most one ``support:*`` says where x lives.
     """
+    raise NotImplementedError   # a specification: pluggy calls the plugins' hooks
 
 
 @hookspec
@@ -59,6 +60,7 @@ def emcore_register_posterior_rules() -> Sequence["PosteriorRuleRecord"]:
     sequence of PosteriorRuleRecord
         One record per rule, names unique across all installed plugins.
     """
+    raise NotImplementedError   # a specification: pluggy calls the plugins' hooks
 
 
 @hookspec
@@ -73,3 +75,4 @@ def emcore_register_structures() -> Sequence["StructureRecord"]:
     sequence of StructureRecord
         One record per structure, names unique across all installed plugins.
     """
+    raise NotImplementedError   # a specification: pluggy calls the plugins' hooks

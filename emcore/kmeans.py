@@ -10,14 +10,17 @@ holds" says "the inertia never increased".
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
 from emcore import _validation as v
 from emcore._estimator import BaseEstimator
+from emcore._feature_names import (check_feature_names, check_output_kind, names_out,
+                                   record_feature_names, wrap_output)
 from emcore._init import kmeans_plusplus, sq_distances
 from emcore._input import check_input
+from emcore._logging import check_callback
 from emcore.engine import Iteration, best_of_starts, chunk_rows_for, data_pass, run_em
 from emcore.exceptions import ConvergenceWarning, _sklearn_compatible
 from emcore.plugin_api import UNIT_ROUNDOFF as _U
@@ -89,6 +92,12 @@ class KMeans(BaseEstimator):
         Threads for the chunk loop (None: all CPUs). Results are identical for
         every value.
     verbose : int, default 0
+    callback : callable, optional
+        Called after each iteration with its :class:`emcore.engine.Iteration`
+        record; returning False stops the fit (``stop_reason_ == 'callback'``,
+        the other starts are not run). Lines per iteration go to the logger
+        ``emcore`` (INFO with ``verbose``, labelled with the start; 2 adds the
+        ELBO chain's links).
 
     Attributes
     ----------
@@ -102,7 +111,7 @@ class KMeans(BaseEstimator):
         sum_i w_i ||x_i - c_{label_i}||^2 at the fitted centres, from exact
         differences.
     n_iter_ : int
-    stop_reason_ : {'tol', 'max_iter', 'interrupted'}
+    stop_reason_ : {'tol', 'max_iter', 'interrupted', 'callback'}
     converged_ : bool
     history_ : tuple of emcore.engine.Iteration
         Per iteration, the classification log-likelihood before and after
@@ -120,7 +129,8 @@ class KMeans(BaseEstimator):
 
     def __init__(self, n_clusters: int = 8, *, init: Union[str, Any] = "k-means++",
                  n_init: Union[str, int] = "auto", max_iter: int = 300, tol: float = 1e-4,
-                 random_state: Any = None, n_jobs: Optional[int] = None, verbose: int = 0):
+                 random_state: Any = None, n_jobs: Optional[int] = None, verbose: int = 0,
+                 callback: Optional[Callable[[Iteration], Any]] = None):
         self.n_clusters = n_clusters
         self.init = init
         self.n_init = n_init
@@ -129,6 +139,7 @@ class KMeans(BaseEstimator):
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.verbose = verbose
+        self.callback = callback
 
     # --- validation -----------------------------------------------------------------
     def _check_parameters(self, X: np.ndarray):
@@ -141,6 +152,7 @@ class KMeans(BaseEstimator):
         v.check_int(self.max_iter, "max_iter", owner, low=1)
         v.check_float(self.tol, "tol", owner)
         v.check_int(self.verbose, "verbose", owner, low=0)
+        check_callback(self.callback, owner)
         n_jobs = v.check_int(self.n_jobs, "n_jobs", owner, allow_none=True)
         if n_jobs == 0:
             raise ValueError("The 'n_jobs' parameter of KMeans must be None, a positive "
@@ -196,6 +208,7 @@ class KMeans(BaseEstimator):
             Non-negative row weights (at least n_clusters positive): a weight of 2
             counts the row twice in the centres and the inertia.
         """
+        record_feature_names(self, X)
         X = check_input(X, owner="KMeans.fit")
         k, centres, n_init = self._check_parameters(X)
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0],
@@ -213,10 +226,14 @@ class KMeans(BaseEstimator):
             return np.full(k, 1.0 / k), {"means": centres if centres is not None
                                          else self._seeds(X, k, rng, sample_weight)}
 
+        started = []
+
         def run(weights, params):
+            started.append(None)
             return run_em(X, family, rule, weights, params, max_iter=self.max_iter,
                           n_jobs=self.n_jobs, sample_weight=sample_weight,
-                          verbose=self.verbose, converged=converged)
+                          verbose=self.verbose, converged=converged, callback=self.callback,
+                          label=f"start {len(started)}/{n_init}" if n_init > 1 else "")
 
         best = best_of_starts(n_init, start, run)
         if best.stop_reason == "max_iter":
@@ -283,6 +300,7 @@ class KMeans(BaseEstimator):
                              f"n_features_in_={n_in} columns. Got shape {centres.shape} "
                              "instead (set n_features_in_ too when the model changes "
                              "dimension).")
+        check_feature_names(self, X)
         return check_input(X, owner=owner, n_features=centres.shape[1]), centres
 
     def predict(self, X: Any) -> np.ndarray:
@@ -298,13 +316,29 @@ class KMeans(BaseEstimator):
 
         Computed on differences, chunk by chunk (no cancellation).
         """
-        X, centres = self._checked(X, "transform")
-        out = np.empty((X.shape[0], centres.shape[0]))
-        chunk = chunk_rows_for(X.shape[1])
-        for start in range(0, X.shape[0], chunk):
+        data, centres = self._checked(X, "transform")
+        out = np.empty((data.shape[0], centres.shape[0]))
+        chunk = chunk_rows_for(data.shape[1])
+        for start in range(0, data.shape[0], chunk):
             out[start:start + chunk] = np.sqrt(
-                sq_distances(X[start:start + chunk], centres))
-        return out
+                sq_distances(data[start:start + chunk], centres))
+        return wrap_output(self, out, X)
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        """Names of the columns of :meth:`transform`: ``kmeans0``, ``kmeans1``, ...
+        (scikit-learn's). ``input_features``, if given, must match
+        ``feature_names_in_``."""
+        self._check_fitted("cluster_centers_")
+        return names_out(self, np.shape(self.cluster_centers_)[0], input_features)
+
+    def set_output(self, *, transform: Optional[str] = None) -> "KMeans":
+        """The container of :meth:`transform`'s output, as scikit-learn's ``set_output``:
+        'default' (numpy), 'pandas' or 'polars' (a DataFrame whose columns are
+        :meth:`get_feature_names_out`), or None (unchanged). Returns self."""
+        check_output_kind(transform, "KMeans")
+        if transform is not None:
+            self._sklearn_output_config = {"transform": transform}
+        return self
 
     def fit_transform(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:
         """Fit, then return ``transform(X)``."""

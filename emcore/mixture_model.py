@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 
 from emcore import _validation as v
+from emcore._feature_names import record_feature_names
 from emcore._input import check_input
 from emcore._mixture import _MixtureBase, _check_weights
 from emcore.constraints import Constraints
-from emcore.engine import FitResult
+from emcore.engine import FitResult, Iteration
 from emcore.plugin_api import PosteriorRule, check_support, support_of
 from emcore.registry import get_registry
 
@@ -68,7 +69,8 @@ class MixtureModel(_MixtureBase):
         Stop when the relative change of the rule's objective between two
         iterations is below ``tol`` (0: never, run ``max_iter`` iterations).
     max_iter : int, default 100
-        Maximum number of M-steps.
+        Maximum number of M-steps (0: the initial parameters). Reaching it warns
+        (ConvergenceWarning) unless ``tol`` or ``max_iter`` is 0.
     n_init : int, default 1
         Number of initialisations; the fit with the highest objective is kept.
     init_params : {'k-means++', 'random', 'random_from_data'}, default 'k-means++'
@@ -95,6 +97,12 @@ class MixtureModel(_MixtureBase):
         non-decreasing (an extrapolation that would lower it falls back to the EM
         step); ``history_[t].step`` says which kind of step each record is
         (docs/variants.md#squarem).
+    callback : callable, optional
+        Called after each iteration with its :class:`emcore.engine.Iteration`
+        record; returning False stops the fit (``stop_reason_ == 'callback'``,
+        the other starts are not run). Lines per iteration go to the logger
+        ``emcore`` (INFO with ``verbose``, labelled with the start; 2 adds the
+        ELBO chain's links).
 
     Attributes
     ----------
@@ -124,7 +132,8 @@ class MixtureModel(_MixtureBase):
                  init_params: str = "k-means++", weights_init: Any = None,
                  params_init: Optional[Mapping[str, Any]] = None, random_state: Any = None,
                  n_jobs: Optional[int] = None, verbose: int = 0,
-                 accelerate: Optional[str] = None):
+                 accelerate: Optional[str] = None,
+                 callback: Optional[Callable[[Iteration], Any]] = None):
         self.n_components = n_components
         self.family = family
         self.family_options = family_options
@@ -140,6 +149,7 @@ class MixtureModel(_MixtureBase):
         self.n_jobs = n_jobs
         self.verbose = verbose
         self.accelerate = accelerate
+        self.callback = callback
 
     # --- resolution -----------------------------------------------------------------
     def _family(self, n_features: int, n_components: Optional[int] = None, prior=None):
@@ -284,6 +294,7 @@ class MixtureModel(_MixtureBase):
         sample_weight : array-like of shape (n_samples,), optional
             Non-negative row weights; a weight of 2 fits like the row repeated.
         """
+        record_feature_names(self, X)
         X_in = check_input(X, owner="MixtureModel.fit")
         X = self._with_response(X_in, y, "MixtureModel.fit")
         self._check_common(X)

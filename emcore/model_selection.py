@@ -28,6 +28,7 @@ import numpy as np
 
 from emcore import _validation as v
 from emcore._input import check_input
+from emcore._logging import fit_label
 from emcore.exceptions import ConvergenceWarning
 from emcore.gaussian_mixture import GaussianMixture
 from emcore.registry import get_registry
@@ -602,7 +603,8 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
             model = GaussianMixture(n_components=k, covariance_type=t, n_init=n_init,
                                     random_state=seed, **estimator_params)
             try:
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(), \
+                        fit_label(f"n_components={k} covariance_type={t}"):
                     warnings.simplefilter("ignore", ConvergenceWarning)
                     model.fit(X, sample_weight=w)
                 values = _criteria(model, X, w)

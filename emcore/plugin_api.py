@@ -241,7 +241,7 @@ class Family(abc.ABC):
 
     # --- M-step -------------------------------------------------------------------
     @abc.abstractmethod
-    def m_step(self, stats: Any, previous: Optional[Params]) -> dict:
+    def m_step(self, stats: Any, previous: Optional[Params]) -> dict[str, np.ndarray]:
         """Return the parameters maximising the (penalised) expected log-likelihood.
 
         ``previous`` is None at initialisation. A component whose statistics hold
@@ -270,7 +270,7 @@ class Family(abc.ABC):
     def initial_params(self, X: Any, rng: np.random.Generator,
                        sample_weight: Optional[np.ndarray] = None,
                        resp: Union[None, np.ndarray, Callable[[int, int], np.ndarray]] = None
-                       ) -> dict:
+                       ) -> dict[str, np.ndarray]:
         """Return starting parameters of the K components.
 
         Parameters
@@ -304,7 +304,7 @@ class Family(abc.ABC):
         if resp is None:
             centres = X[kmeans_plusplus(X, k, rng, sample_weight)]
 
-            def resp(start, stop):
+            def resp(start: int, stop: int) -> np.ndarray:
                 return one_hot(nearest_centre(X, centres, start, stop), k)
         elif not callable(resp):
             given = np.asarray(resp, dtype=np.float64)
@@ -313,11 +313,11 @@ class Family(abc.ABC):
                                  f"initial_params must have shape ({X.shape[0]}, {k}). "
                                  f"Got {given.shape} instead.")
 
-            def resp(start, stop):
+            def resp(start: int, stop: int) -> np.ndarray:
                 return given[start:stop]
         eps = float(self.init_smoothing)
 
-        def smoothed(start, stop):
+        def smoothed(start: int, stop: int) -> np.ndarray:
             return (1.0 - eps) * np.asarray(resp(start, stop), dtype=np.float64) + eps / k
         stats, _ = stats_from_assignments(X, self, smoothed if eps > 0 else resp,
                                           sample_weight=sample_weight)
@@ -361,7 +361,7 @@ class Family(abc.ABC):
         """
         return 1.0
 
-    def log_prior(self, params: Params) -> tuple:
+    def log_prior(self, params: Params) -> tuple[float, float]:
         """Return (log p(theta), sum of the magnitudes of its terms) for MAP-EM.
 
         A family with a prior makes ``m_step`` return the posterior mode given the
@@ -415,7 +415,7 @@ class Family(abc.ABC):
         return 0.0
 
     # --- coordinates for extrapolation and averaging -------------------------------
-    def to_unconstrained(self, params: Params) -> dict:
+    def to_unconstrained(self, params: Params) -> dict[str, np.ndarray]:
         """The parameters in coordinates where any real values are valid parameters.
 
         SQUAREM extrapolates linearly in them and stochastic EM averages in them
@@ -429,13 +429,13 @@ class Family(abc.ABC):
         """
         return {key: np.array(value, dtype=np.float64) for key, value in params.items()}
 
-    def from_unconstrained(self, coords: Mapping[str, np.ndarray]) -> dict:
+    def from_unconstrained(self, coords: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The parameters of :meth:`to_unconstrained` coordinates (its inverse).
         Raise ValueError when they give no valid parameters. Default: as given."""
         return {key: np.array(value, dtype=np.float64) for key, value in coords.items()}
 
     # --- compiled path ------------------------------------------------------------
-    def compiled_kernel(self, params: Params):
+    def compiled_kernel(self, params: Params) -> Any:
         """Return an ``emcore.kernel.FamilyKernel`` for ``params``, or None."""
         return None
 
@@ -446,7 +446,7 @@ class Family(abc.ABC):
 
     # --- testing --------------------------------------------------------------------
     def random_params(self, rng: np.random.Generator, *,
-                      nearly_degenerate: bool = False) -> dict:
+                      nearly_degenerate: bool = False) -> dict[str, np.ndarray]:
         """Return random valid parameters of the K components (optional).
 
         Used by :mod:`emcore.testing` (``family_parameters``, ``check_family``) to
@@ -475,11 +475,12 @@ class GaussianFamilyProtocol(Protocol):
     covariance_type: str
 
     def params_from_covariances(self, means: np.ndarray, covariances: np.ndarray,
-                                n_k: Optional[np.ndarray] = None) -> dict:
+                                n_k: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
         """Parameters from means (K, d) and covariances (K, d, d); raise
         DegenerateComponentError for a matrix that is not positive definite."""
 
-    def params_from_precisions(self, means: np.ndarray, precisions: np.ndarray) -> dict:
+    def params_from_precisions(self, means: np.ndarray, precisions: np.ndarray
+                               ) -> dict[str, np.ndarray]:
         """Parameters from means (K, d) and precision matrices (K, d, d)."""
 
 
@@ -496,7 +497,7 @@ class CentroidFamilyProtocol(Protocol):
 
 # --- support ---------------------------------------------------------------------------
 
-def support_of(capabilities: frozenset) -> Optional[str]:
+def support_of(capabilities: frozenset[str]) -> Optional[str]:
     """The ``support:*`` capability among ``capabilities``, or None if none is declared."""
     found = sorted(set(capabilities) & set(SUPPORTS))
     return found[0] if found else None
@@ -610,7 +611,8 @@ class PosteriorRule(abc.ABC):
 
     @abc.abstractmethod
     def posterior(self, log_joint: np.ndarray, row_weights: Optional[np.ndarray] = None,
-                  *, start: int = 0):
+                  *, start: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Return ``(log_resp, resp, row_value, totals)`` for a chunk.
 
         The rule picks, row by row, the q of its set maximising
@@ -637,11 +639,12 @@ class PosteriorRule(abc.ABC):
         nothing.
         """
 
-    def report(self) -> Optional[dict]:
+    def report(self) -> Optional[dict[str, Any]]:
         """What the rule has to say about the last pass (recorded per iteration), or None."""
         return None
 
-    def bound_tolerance(self, before: Optional[dict], after: Optional[dict]) -> float:
+    def bound_tolerance(self, before: Optional[dict[str, Any]],
+                        after: Optional[dict[str, Any]]) -> float:
         """Extra tolerance of the chain link ELBO(q_t, theta_{t+1}) <= F(theta_{t+1}).
 
         For a rule whose q is the maximiser over its set only to a solver's
@@ -650,7 +653,7 @@ class PosteriorRule(abc.ABC):
         """
         return 0.0
 
-    def compiled_kernel(self):
+    def compiled_kernel(self) -> Any:
         """Return an ``emcore.kernel.PosteriorKernel``, or None."""
         return None
 
@@ -697,10 +700,10 @@ class FamilyRecord:
     """
     name: str
     factory: Callable[..., Family]
-    capabilities: frozenset = field(default_factory=frozenset)
+    capabilities: frozenset[str] = field(default_factory=frozenset)
     description: str = ""
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check_record("family", self.name, self.factory, self.capabilities)
 
 
@@ -712,10 +715,10 @@ class PosteriorRuleRecord:
     """
     name: str
     factory: Callable[..., PosteriorRule]
-    capabilities: frozenset = field(default_factory=frozenset)
+    capabilities: frozenset[str] = field(default_factory=frozenset)
     description: str = ""
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check_record("posterior rule", self.name, self.factory, self.capabilities)
 
 
@@ -731,7 +734,7 @@ class PassResult:
     expected_log_joint: float   #: sum_i w_i sum_k q_ik log p(x_i, z_i=k)
     entropy: float              #: sum_i w_i H(q_i)
     magnitude: float            #: rounding magnitude M (docs/elbo_chain.md#magnitude)
-    rule_state: Optional[dict] = None  #: the rule's report() after the pass (Python path)
+    rule_state: Optional[dict[str, Any]] = None  #: the rule's report() after the pass (Python path)
     #: what the latent structure's M-step needs beyond resp_sum (a Markov chain's
     #: expected start and transition counts); None for the mixture
     structure_stats: Any = None
@@ -757,7 +760,7 @@ def categorical_m_step(resp_sum: np.ndarray, concentration: Optional[np.ndarray]
     return counts / float(np.sum(counts))
 
 
-def dirichlet_log_prior(weights: np.ndarray, concentration: Optional[np.ndarray]) -> tuple:
+def dirichlet_log_prior(weights: np.ndarray, concentration: Optional[np.ndarray]) -> tuple[float, float]:
     """(log Dir(pi | alpha), sum of the terms' magnitudes); (0, 0) without a prior."""
     if concentration is None:
         return 0.0, 0.0
@@ -824,7 +827,7 @@ class LatentStructure(abc.ABC):
         """The structure's part of E_q[log p(x, z | theta)] from the pass statistics
         (0 log 0 = 0)."""
 
-    def log_prior(self, weights: np.ndarray) -> tuple:
+    def log_prior(self, weights: np.ndarray) -> tuple[float, float]:
         """(log p(weights), sum of its terms' magnitudes); (0.0, 0.0) without a prior."""
         return 0.0, 0.0
 
@@ -866,7 +869,7 @@ class MixtureStructure(LatentStructure):
     def expected_log_likelihood(self, result: PassResult, weights: np.ndarray) -> float:
         return categorical_expected(result.resp_sum, weights)
 
-    def log_prior(self, weights: np.ndarray) -> tuple:
+    def log_prior(self, weights: np.ndarray) -> tuple[float, float]:
         return dirichlet_log_prior(weights, self.concentration)
 
     @property
@@ -883,8 +886,8 @@ class StructureRecord:
     """
     name: str
     factory: Callable[..., LatentStructure]
-    capabilities: frozenset = field(default_factory=frozenset)
+    capabilities: frozenset[str] = field(default_factory=frozenset)
     description: str = ""
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check_record("latent structure", self.name, self.factory, self.capabilities)

@@ -16,13 +16,14 @@ from typing import Iterable, Optional
 import pluggy
 
 from emcore import hookspecs
+from emcore._version import DISTRIBUTION
 from emcore.plugin_api import FamilyRecord, PosteriorRuleRecord, StructureRecord
 
 __all__ = ["ENTRY_POINT_GROUP", "BrokenPlugin", "Registered", "Registry",
            "get_registry", "load_registry", "registered_family"]
 
 ENTRY_POINT_GROUP = "emcore"
-_FIRST_PARTY = "emcore"
+_FIRST_PARTY = DISTRIBUTION     # the distribution of the first-party plugins
 
 
 @dataclass(frozen=True)

@@ -237,6 +237,7 @@ def test_accepted_inputs_behave_like_their_float64_c_ordered_copy(est_name, meth
 
 _EYE2 = np.array([np.eye(D)] * 2)
 _INT_BAD = [0, -1, 2.5, 2.0, "2", None, True]
+_MAX_ITER_BAD = _INT_BAD[1:]          # max_iter=0: the initial parameters (scikit-learn's)
 _FLOAT_BAD = [-1.0, np.nan, np.inf, -np.inf, "0.1", None, True, 1e-3 + 0j]
 _CHOICE_BAD = ["bogus", "", None, 3, ["full"]]
 _RANDOM_STATE_BAD = [-1, "seed", 1.5, [0]]
@@ -249,7 +250,7 @@ PARAMETERS = {
         "covariance_type": _CHOICE_BAD,
         "tol": _FLOAT_BAD,
         "reg_covar": _FLOAT_BAD,
-        "max_iter": _INT_BAD,
+        "max_iter": _MAX_ITER_BAD,
         "n_init": _INT_BAD,
         "init_params": _CHOICE_BAD + ["kmeans"],
         "weights_init": [[1.0], [0.5, 0.6], [1.5, -0.5], [np.nan, 1.0], "ab", [[0.5, 0.5]],
@@ -263,6 +264,7 @@ PARAMETERS = {
         "warm_start": _BOOL_BAD,
         "n_jobs": _N_JOBS_BAD,
         "verbose": [-1, 1.5, "1", None],
+        "callback": [3, "print"],
         "prior": ["bogus", 3, {"dof": 3}],
         "posterior": [3.0, "bogus", ["soft"]],
         "online_step_exponent": [0.5, 1.5, -1.0, np.nan, "0.6", None, True],
@@ -278,6 +280,7 @@ PARAMETERS = {
         "random_state": _RANDOM_STATE_BAD,
         "n_jobs": _N_JOBS_BAD,
         "verbose": [-1, 1.5, "1", None],
+        "callback": [3, "print"],
     },
     "MixtureModel": {
         "n_components": _INT_BAD + [N + 1],
@@ -286,7 +289,7 @@ PARAMETERS = {
         "posterior": [3.0, "bogus", None, ["soft"]],
         "posterior_options": [3, {"bogus_option": 1}],
         "tol": _FLOAT_BAD,
-        "max_iter": _INT_BAD,
+        "max_iter": _MAX_ITER_BAD,
         "n_init": _INT_BAD,
         "init_params": _CHOICE_BAD,
         # the default family is the Gaussian one, k = 2 components
@@ -297,6 +300,7 @@ PARAMETERS = {
         "n_jobs": _N_JOBS_BAD,
         "verbose": [-1, 1.5, "1", None],
         "accelerate": ["anderson", "SQUAREM", True, 1],
+        "callback": [3, "print"],
     },
 }
 

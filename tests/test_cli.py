@@ -77,11 +77,11 @@ def test_plugins_without_third_party_plugins(capsys, monkeypatch):
     families, rest = out.split("Posterior rules:")
     rules, broken = rest.split("Broken plugins:")
     assert families.startswith("Families:")
-    assert re.search(r"^  gaussian\s+from emcore \(entry point 'gaussian'\)$", families, re.M)
+    assert re.search(r"^  gaussian\s+from emcore-learn \(entry point 'gaussian'\)$", families, re.M)
     assert re.search(r"capabilities: compiled_kernel, covariance_type:diag, "
                      r"covariance_type:full, covariance_type:spherical, "
                      r"covariance_type:tied, sampling, support:real", families)
-    assert re.search(r"^  soft\s+from emcore \(entry point 'soft'\)$", rules, re.M)
+    assert re.search(r"^  soft\s+from emcore-learn \(entry point 'soft'\)$", rules, re.M)
     assert broken.strip() == "(none)"
 
 

@@ -1,6 +1,6 @@
 """Every first-party family passes the conformance suite (emcore.testing).
 
-Parametrised over the registry's first-party families (distribution 'emcore'), so
+Parametrised over the registry's first-party families (distribution emcore._version.DISTRIBUTION), so
 a family added to plugins/ is checked without touching this file; the Gaussian
 family in each covariance type, with reg_covar = 0, with the default reg_covar
 (a penalised M-step) and with the conjugate prior (MAP-EM). The checks and their
@@ -15,6 +15,7 @@ import functools
 import numpy as np
 
 import emcore
+from emcore._version import DISTRIBUTION
 from emcore.registry import get_registry
 from emcore.testing import FAMILY_CHECKS, parametrize_with_family_checks
 
@@ -39,7 +40,7 @@ def _first_party_families() -> dict:
     """{test id: FamilyRecord} for every first-party family and variant."""
     specs = {}
     for name, entry in sorted(get_registry().families.items()):
-        if entry.distribution != "emcore":
+        if entry.distribution != DISTRIBUTION:
             continue
         record = entry.record
         caps = record.capabilities
@@ -70,7 +71,7 @@ FAMILIES = _first_party_families()
 
 
 def test_every_first_party_family_is_covered():
-    names = {name for name, e in get_registry().families.items() if e.distribution == "emcore"}
+    names = {name for name, e in get_registry().families.items() if e.distribution == DISTRIBUTION}
     assert "gaussian" in names
     covered = {fid.split("-")[0] for fid in FAMILIES}
     assert covered == names

@@ -20,6 +20,7 @@ import scipy.special
 import scipy.stats
 
 import emcore
+from emcore._version import DISTRIBUTION
 from emcore.plugins.discrete import BernoulliFamily, CategoricalFamily, PoissonFamily
 from emcore.registry import get_registry
 
@@ -282,7 +283,7 @@ def test_no_probability_starts_or_stays_at_zero():
 def test_the_families_are_listed_with_descriptions():
     for name in ("categorical", "bernoulli", "poisson"):
         entry = get_registry().families[name]
-        assert entry.distribution == "emcore" and entry.record.description
+        assert entry.distribution == DISTRIBUTION and entry.record.description
         assert "compiled_kernel" in entry.record.capabilities
 
 

@@ -27,6 +27,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from emcore._version import DISTRIBUTION
+
 # --- what the artifacts must and must not hold -------------------------------------------
 
 # Compiled modules (dotted name); setup.py's MODULES. The wheel needs each one built.
@@ -152,7 +154,7 @@ def wheel_problems(path) -> list[str]:
         dist_info = dist_infos.pop()
 
         # Only the package, its vendored libraries (auditwheel/delvewheel) and metadata.
-        allowed_top = {"emcore", "emcore.libs", dist_info}
+        allowed_top = {"emcore", "emcore_learn.libs", "emcore.libs", dist_info}
         for top in sorted({n.split("/")[0] for n in names} - allowed_top):
             problems.append(f"unexpected top-level entry {top!r} (only the emcore package "
                             "belongs in the wheel: no tests, benchmarks, ci or a flat "
@@ -287,7 +289,7 @@ def test_the_emcore_under_test_is_the_wheel():
     """Every file the wheel installs is, byte for byte, the one imported here."""
     wheel = _artifact("EMCORE_WHEEL")
     import emcore
-    dist = importlib.metadata.distribution("emcore")
+    dist = importlib.metadata.distribution(DISTRIBUTION)
     package_dir = Path(emcore.__file__).parent
     assert Path(dist.locate_file("emcore/__init__.py")).resolve() == \
         (package_dir / "__init__.py").resolve()

@@ -36,9 +36,13 @@ def _module_name(package: str, root: Path, path: Path) -> str:
 
 
 def _modules() -> dict:
-    """{module name: path} of every Python module of the package and its plugins."""
+    """{module name: path} of every Python module of the package and its plugins, and
+    of every compiled (Cython) module: ``from emcore.kernel import FamilyKernel`` is
+    an edge to emcore.kernel, not to the package emcore. A compiled module's own
+    imports are not read (it is not Python source; the kernels import numpy,
+    emcore.kernel and their .pxd declarations only)."""
     return {_module_name(package, root, p): p for package, root in _roots().items()
-            for p in sorted(root.rglob("*.py"))}
+            for pattern in ("*.pyx", "*.py") for p in sorted(root.rglob(pattern))}
 
 
 def _resolve(name: str, modules: dict):
@@ -58,6 +62,9 @@ def import_graph() -> dict:
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         edges = set()
+        if path.suffix == ".pyx":
+            graph[name] = edges
+            continue
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]

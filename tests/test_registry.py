@@ -26,6 +26,7 @@ import pytest
 
 import emcore
 from emcore import registry as registry_mod
+from emcore._version import DISTRIBUTION
 from emcore.datasets import load_old_faithful
 from emcore.plugin_api import FamilyRecord, PosteriorRuleRecord
 from emcore.registry import ENTRY_POINT_GROUP, BrokenPlugin, get_registry, load_registry
@@ -236,7 +237,7 @@ def _subprocess_env(extra_path: Path) -> dict:
 
 def test_first_party_plugins_are_entry_points_of_the_emcore_group():
     eps = {(ep.name, ep.value) for ep in md.entry_points(group=ENTRY_POINT_GROUP)
-           if ep.dist is not None and ep.dist.name == "emcore"}
+           if ep.dist is not None and ep.dist.name == DISTRIBUTION}
     assert ENTRY_POINT_GROUP == "emcore"
     assert ("gaussian", GAUSSIAN_MODULE) in eps
     assert ("soft", POSTERIOR_MODULE) in eps
@@ -248,22 +249,22 @@ def test_fresh_registry_has_first_party_family_and_rule():
 
     reg = load_registry()
     gaussian = reg.families["gaussian"]
-    assert (gaussian.plugin, gaussian.distribution) == ("gaussian", "emcore")
+    assert (gaussian.plugin, gaussian.distribution) == ("gaussian", DISTRIBUTION)
     assert isinstance(gaussian.record, FamilyRecord)
     assert reg.family("gaussian").factory is GaussianFamily
     assert {"compiled_kernel", "sampling", "covariance_type:full"} <= \
         reg.family("gaussian").capabilities
     soft = reg.posterior_rules["soft"]
-    assert (soft.plugin, soft.distribution) == ("soft", "emcore")
+    assert (soft.plugin, soft.distribution) == ("soft", DISTRIBUTION)
     assert isinstance(soft.record, PosteriorRuleRecord)
     assert reg.posterior_rule("soft").factory is SoftPosterior
     # The first-party modules are registered with the plugin manager under their
     # distribution-qualified names.
-    assert reg.plugin_manager.get_plugin("emcore:gaussian") is \
+    assert reg.plugin_manager.get_plugin(f"{DISTRIBUTION}:gaussian") is \
         importlib.import_module(GAUSSIAN_MODULE)
-    assert reg.plugin_manager.get_plugin("emcore:soft") is \
+    assert reg.plugin_manager.get_plugin(f"{DISTRIBUTION}:soft") is \
         importlib.import_module(POSTERIOR_MODULE)
-    assert [b for b in reg.broken if b.distribution == "emcore"] == []
+    assert [b for b in reg.broken if b.distribution == DISTRIBUTION] == []
 
 
 def test_first_party_plugins_load_only_through_their_entry_points():
@@ -272,7 +273,7 @@ def test_first_party_plugins_load_only_through_their_entry_points():
     reg = load_registry(entry_points=[])
     assert reg.families == {} and reg.posterior_rules == {} and reg.broken == []
     first_party = [ep for ep in md.entry_points(group=ENTRY_POINT_GROUP)
-                   if ep.dist is not None and ep.dist.name == "emcore"]
+                   if ep.dist is not None and ep.dist.name == DISTRIBUTION]
     reg = load_registry(entry_points=first_party)
     assert set(reg.families) == {"gaussian", "kmeans", "linear_regression", "product",
                                  "exponential", "gamma", "student_t",
@@ -454,8 +455,8 @@ def test_broken_plugins_are_reported_by_name_and_skipped(installer):
     reg = load_registry()
 
     # First-party plugins are untouched.
-    assert reg.families["gaussian"].distribution == "emcore"
-    assert reg.posterior_rules["soft"].distribution == "emcore"
+    assert reg.families["gaussian"].distribution == DISTRIBUTION
+    assert reg.posterior_rules["soft"].distribution == DISTRIBUTION
 
     # The good third-party family loads, with its entry point and distribution.
     toy = reg.families["toy"]
@@ -477,7 +478,7 @@ def test_broken_plugins_are_reported_by_name_and_skipped(installer):
     # third-party plugins, such as the example in examples/, may be there too.)
     first_party = load_registry(entry_points=[
         ep for ep in md.entry_points(group=ENTRY_POINT_GROUP)
-        if ep.dist is not None and ep.dist.name == "emcore"])
+        if ep.dist is not None and ep.dist.name == DISTRIBUTION])
     assert set(first_party.families) | {"toy"} <= set(reg.families)
     assert set(first_party.posterior_rules) <= set(reg.posterior_rules)
     assert "dict-family" not in reg.families
@@ -610,11 +611,11 @@ def test_installed_broken_plugins_do_not_stop_a_gaussian_fit_or_emcore_plugins(i
     assert out["stop_reason"] == "tol"
     # The Old Faithful maximum (checked against scikit-learn in test_cli.py).
     assert out["loglik"] == pytest.approx(-1130.264, abs=1e-2)
-    assert out["families"]["gaussian"] == ["gaussian", "emcore"]
+    assert out["families"]["gaussian"] == ["gaussian", DISTRIBUTION]
     assert out["families"]["toy"] == ["toy", "emcore-toy-family"]
-    assert out["rules"] == {**{name: ["soft", "emcore"] for name in ("soft", "hard", "tempered",
-                                                                     "sampled", "stochastic")},
-                            "constrained": ["constrained", "emcore"]}
+    assert out["rules"] == {**{name: ["soft", DISTRIBUTION] for name in ("soft", "hard", "tempered",
+                                                                        "sampled", "stochastic")},
+                            "constrained": ["constrained", DISTRIBUTION]}
     assert {(n, d) for n, d, _ in out["broken"]} == set(expected)
 
     # `emcore plugins` lists who provides what, and the broken ones with why.
@@ -624,10 +625,10 @@ def test_installed_broken_plugins_do_not_stop_a_gaussian_fit_or_emcore_plugins(i
     text = proc.stdout
     families, rest = text.split("Posterior rules:")
     rules, broken = rest.split("Broken plugins:")
-    assert re.search(r"^\s+gaussian\s+from emcore \(entry point 'gaussian'\)", families, re.M)
+    assert re.search(r"^\s+gaussian\s+from emcore-learn \(entry point 'gaussian'\)", families, re.M)
     assert re.search(r"^\s+toy\s+from emcore-toy-family \(entry point 'toy'\)", families, re.M)
     assert "a tiny pure-Python test family" in families
-    assert re.search(r"^\s+soft\s+from emcore \(entry point 'soft'\)", rules, re.M)
+    assert re.search(r"^\s+soft\s+from emcore-learn \(entry point 'soft'\)", rules, re.M)
     assert "(none)" not in broken
     for (ep, dist), needles in expected.items():
         start = broken.index(f"  {ep} from {dist}: ")
@@ -667,9 +668,9 @@ def test_duplicate_names_do_not_replace_first_party_plugins(installer):
 
     _install_evil_duplicates(installer)
     reg = load_registry()
-    assert reg.families["gaussian"].distribution == "emcore"
+    assert reg.families["gaussian"].distribution == DISTRIBUTION
     assert reg.family("gaussian").factory is GaussianFamily
-    assert reg.posterior_rules["soft"].distribution == "emcore"
+    assert reg.posterior_rules["soft"].distribution == DISTRIBUTION
     assert reg.posterior_rule("soft").factory is SoftPosterior
     reasons = _broken_by_key(reg)
     assert set(reasons) == {("gaussian", "aaa-evil-gaussian")}
@@ -711,8 +712,8 @@ def test_installed_duplicate_gaussian_does_not_stop_a_gaussian_fit(installer):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["families"]["gaussian"] == ["gaussian", "emcore"]
-    assert out["rules"]["soft"] == ["soft", "emcore"]
+    assert out["families"]["gaussian"] == ["gaussian", DISTRIBUTION]
+    assert out["rules"]["soft"] == ["soft", DISTRIBUTION]
     assert [[n, d] for n, d, _ in out["broken"]] == [["gaussian", "aaa-evil-gaussian"]] * 2
 
 
@@ -740,7 +741,7 @@ def test_distribution_without_a_name_does_not_break_the_registry(installer):
     installer.dist("emcore-nameless", [("nameless", mod)],
                    metadata="Metadata-Version: 2.1\nVersion: 0.1\n")
     reg = load_registry()
-    assert reg.families["gaussian"].distribution == "emcore"
+    assert reg.families["gaussian"].distribution == DISTRIBUTION
     loaded = {e.plugin for e in reg.families.values()}
     assert "nameless" in loaded | {b.name for b in reg.broken}
 

@@ -15,6 +15,7 @@ from scipy.special import logsumexp, log_softmax
 
 from emcore import DegenerateComponentError, MixtureModel, _cli
 from emcore import registry as registry_mod
+from emcore._version import DISTRIBUTION
 from emcore.plugin_api import FamilyRecord, UNIT_ROUNDOFF
 from emcore.registry import Registered, get_registry
 
@@ -400,10 +401,11 @@ def test_plugins_lists_every_family_with_a_description(capsys, monkeypatch):
     families = capsys.readouterr().out.split("Posterior rules:")[0]
     reg = registry_mod.load_registry()
     for name, entry in reg.families.items():
-        if entry.distribution != "emcore":
+        if entry.distribution != DISTRIBUTION:
             continue
         assert entry.record.description, name
-        head = re.search(rf"^  {re.escape(name)} +from emcore .*\n +(.+)\n", families, re.M)
+        head = re.search(rf"^  {re.escape(name)} +from {re.escape(DISTRIBUTION)} .*\n +(.+)\n",
+                         families, re.M)
         assert head and head.group(1) == entry.record.description, name
     for name in ("linear_regression", "product"):
         assert name in reg.families

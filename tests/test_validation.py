@@ -134,7 +134,8 @@ BAD_CALLS = [
       for name in ("max_iter", "n_init")
       for label, value in (("0", 0), ("neg", -1), ("float", 2.5),
                            ("integral-float", 10.0), ("str", "10"), ("None", None),
-                           ("bool", True))],
+                           ("bool", True))
+      if (name, label) != ("max_iter", "0")],   # max_iter=0: the initial parameters
     # --- init_params: 'kmeans' (scikit-learn's default) is not supported yet ----------
     bad("init_params-kmeans", fit(init_params="kmeans"), "'init_params'", "'k-means++'",
         "'random'", "'random_from_data'", "'kmeans'"),
