@@ -8,7 +8,7 @@ on the same data.
 
 * emcore: the estimator users run, ``emcore.HiddenMarkovModel(...).fit`` from
   the same start (``startprob_init``, ``transmat_init``, ``params_init``,
-  ``reg_covar=0``), ``max_iter=3``, ``tol=0``; seconds per iteration = the
+  ``reg_covar=0``), ``max_iter=8``, ``tol=0``; seconds per iteration = the
   median of ``history_[t].seconds`` (each an M-step, the pass over the data at
   the new parameters -- the markov_chain structure's fused compiled pass:
   emissions, forward-backward and the family's statistics, a group of sequences
@@ -109,7 +109,7 @@ def emcore_setup(p: dict):
 
 
 #: iterations per timed emcore fit (its per-iteration time is their median)
-EMCORE_ITERATIONS = 3
+EMCORE_ITERATIONS = 8
 
 
 def emcore_iteration(p: dict, state, threads: int) -> tuple:
