@@ -208,6 +208,11 @@ class ForwardBackwardStats(NamedTuple):
     stats : (n_stats,) the family kernel's merged statistics slot, weighted by the
             state posteriors (``family.stats_from_buffer(stats)`` makes them the
             family's statistics object)
+    resp_sum : (K,) the state posteriors summed over all rows
+    expected_emission : sum over rows and states of gamma log b (entries with
+            gamma > 0), the emissions' part of the expected complete-data
+            log-likelihood
+    emission_magnitude : sum of the absolute values of those terms
     """
 
     log_likelihood: np.ndarray
@@ -217,6 +222,9 @@ class ForwardBackwardStats(NamedTuple):
     magnitude: np.ndarray
     log_space: np.ndarray
     stats: np.ndarray
+    resp_sum: np.ndarray
+    expected_emission: float
+    emission_magnitude: float
 
 
 def forward_backward_stats(X: Any, lengths: Any, log_startprob: Any, log_transmat: Any,
@@ -277,8 +285,8 @@ def forward_backward_stats(X: Any, lengths: Any, log_startprob: Any, log_transma
     if group_rows is None:
         group_rows = chunk_rows_for(X.shape[1])
     with _blas_context(K):
-        loglik, entropy, magnitude, xi, start, stats, status, fail_row, used_log = \
-            _markov.forward_backward_stats(kernel, X, starts, lpi, lA,
+        (loglik, entropy, magnitude, xi, start, stats, status, fail_row, used_log,
+         resp_sum, emission) = _markov.forward_backward_stats(kernel, X, starts, lpi, lA,
                                            effective_n_threads(n_jobs),
                                            K >= _BLAS_MIN_STATES, int(group_rows))
     if (status == _markov.STATUS_KERNEL).any():
@@ -291,7 +299,8 @@ def forward_backward_stats(X: Any, lengths: Any, log_startprob: Any, log_transma
                          f"{fail_row[q]} (sequence {q}).")
     _raise_on_status(status, fail_row, starts, None, owner, zero_ok=False)
     return ForwardBackwardStats(loglik, xi, start, entropy, magnitude,
-                                used_log.astype(bool), stats)
+                                used_log.astype(bool), stats, resp_sum,
+                                np.float64(emission[0]), np.float64(emission[1]))
 
 
 def log_likelihood(log_b: Any, lengths: Any, log_startprob: Any, log_transmat: Any,

@@ -83,6 +83,12 @@ class HiddenMarkovModel(BaseEstimator):
     n_jobs : int or None
         Threads over sequences (results are identical for every value).
     verbose : int, default 0
+    accelerate : None or 'squarem', default None
+        'squarem': SQUAREM (Varadhan & Roland 2008) around the Baum-Welch map: the
+        same fixed point in fewer passes over the data, the objective still
+        non-decreasing (an extrapolation that would lower it falls back to the EM
+        step); the start and transition rows are extrapolated row by row and
+        fixed rows are kept (docs/hidden_markov.md#squarem).
 
     Attributes
     ----------
@@ -117,7 +123,8 @@ class HiddenMarkovModel(BaseEstimator):
                  transmat_init: Any = None, params_init: Optional[Mapping[str, Any]] = None,
                  fixed: Iterable[str] = (), init_params: str = "k-means++",
                  tol: float = 1e-6, max_iter: int = 100, n_init: int = 1,
-                 random_state: Any = None, n_jobs: Optional[int] = None, verbose: int = 0):
+                 random_state: Any = None, n_jobs: Optional[int] = None, verbose: int = 0,
+                 accelerate: Optional[str] = None):
         self.n_states = n_states
         self.family = family
         self.family_options = family_options
@@ -135,6 +142,7 @@ class HiddenMarkovModel(BaseEstimator):
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.verbose = verbose
+        self.accelerate = accelerate
 
     # --- the family's parameters under their names ----------------------------------
     def __getattr__(self, name: str):
@@ -274,6 +282,9 @@ class HiddenMarkovModel(BaseEstimator):
         v.check_int(self.n_init, "n_init", _OWNER, low=1)
         v.check_choice(self.init_params, "init_params", _OWNER, INIT_PARAMS)
         v.check_int(self.verbose, "verbose", _OWNER, low=0)
+        if self.accelerate is not None and self.accelerate != "squarem":
+            raise ValueError(f"The 'accelerate' parameter of {_OWNER} must be None or "
+                             f"'squarem'. Got {self.accelerate!r} instead.")
         n_jobs = v.check_int(self.n_jobs, "n_jobs", _OWNER, allow_none=True)
         if n_jobs == 0:
             raise ValueError(f"The 'n_jobs' parameter of {_OWNER} must be None, a positive "
@@ -316,7 +327,8 @@ class HiddenMarkovModel(BaseEstimator):
         def run(chain, params):
             return run_em(X, family, rule, chain, params, max_iter=self.max_iter,
                           tol=self.tol, n_jobs=n_jobs, verbose=self.verbose,
-                          structure=structure, lengths=lengths)
+                          structure=structure, lengths=lengths,
+                          accelerate=self.accelerate)
 
         best = best_of_starts(self.n_init, start, run)
         if best.stop_reason == "max_iter":

@@ -70,6 +70,7 @@ import pluggy
 from emcore._chunks import family_chunk_stats
 from emcore._float import UNIT_ROUNDOFF
 from emcore._markov import ForwardBackward, forward_backward, viterbi
+from emcore._markov import forward_backward_stats
 from emcore._markov import _check_lengths as check_lengths
 from emcore._sequences import read_rows, sequence_groups
 from emcore.constraints import ResolvedConstraints
@@ -107,6 +108,7 @@ __all__ = [
     "set_debug",
     "support_of",
     "UNIT_ROUNDOFF",
+    "forward_backward_stats",
 ]
 
 

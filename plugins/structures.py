@@ -17,6 +17,7 @@ import numpy as np
 from emcore.plugin_api import (LatentStructure, MixtureStructure, PassResult, family_chunk_stats,
                                StructureRecord, categorical_expected, categorical_m_step,
                                check_lengths, dirichlet_log_prior, forward_backward,
+                               forward_backward_stats,
                                hookimpl, read_rows, sequence_groups, viterbi)
 
 __all__ = ["MarkovChain", "FIXABLE"]
@@ -59,12 +60,38 @@ def transition_counts(path: np.ndarray, local_starts: np.ndarray, K: int) -> np.
         .astype(np.float64)
 
 
+#: use the fused compiled pass (emcore._markov.forward_backward_stats) when it
+#: applies; tests set it False to compare with the unfused pass
+_FUSED = True
+
+
+def _fused_pass(rows: np.ndarray, start: int, kernel, lpi: np.ndarray, lA: np.ndarray,
+                family, local: np.ndarray, n_jobs) -> tuple:
+    """:func:`_group_pass` by the family's compiled kernel (soft rule): emissions,
+    forward-backward and the family's posterior-weighted statistics in one
+    compiled pass over the group, no rows x K array in Python; the same numbers
+    up to the summation order."""
+    try:
+        fb = forward_backward_stats(rows, np.diff(local), lpi, lA, kernel, n_jobs)
+    except ValueError as exc:
+        raise ValueError(f"in the sequences starting at row {start} of X: {exc}") from None
+    value = float(np.sum(fb.log_likelihood))
+    magnitude = float(np.sum(fb.magnitude)) + float(np.sum(np.abs(fb.log_likelihood)))
+    return (family.stats_from_buffer(fb.stats), fb.resp_sum, fb.start, fb.xi,
+            np.array([value, fb.expected_emission, float(np.sum(fb.entropy)),
+                      magnitude + fb.emission_magnitude]))
+
+
 def _group_pass(rows: np.ndarray, start: int, shared: tuple, local: np.ndarray) -> tuple:
     """One group of whole sequences (rows ``start:...``, sequence offsets ``local``
     within them): (family statistics, sum_t gamma_t, start counts, transition
     counts, [value, sum gamma log b, entropy, magnitude]). Pure, so a cluster runs
     it where the rows are."""
     family, hard, lpi, lA, params, n_jobs = shared
+    if not hard and _FUSED:
+        kernel = family.compiled_kernel(params)
+        if kernel is not None:
+            return _fused_pass(rows, start, kernel, lpi, lA, family, local, n_jobs)
     K = lpi.shape[0]
     n = rows.shape[0]
     log_b = np.ascontiguousarray(family.log_density(rows, params), dtype=np.float64)
@@ -89,6 +116,104 @@ def _group_pass(rows: np.ndarray, start: int, shared: tuple, local: np.ndarray) 
         raise ValueError(f"in the sequences starting at row {start} of X: {exc}") from None
     e_rows, m_rows = _masked_dot(gamma, log_b)
     return (family_chunk_stats(family, rows, gamma, params), gamma.sum(axis=0), start_counts, xi,
+            np.array([value, e_rows, entropy, magnitude + m_rows]))
+
+
+#: the soft rule runs a sequence longer than this many rows in segments
+#: (:func:`_checkpointed_pass`): memory O(segment x K) instead of three T x K arrays
+_CHECKPOINT_ROWS = 1 << 20
+#: the segments' least length (a segment is max(sqrt(T), this) rows)
+_MIN_SEGMENT_ROWS = 1 << 14
+
+
+def _mutual_information(joint: np.ndarray) -> float:
+    """I(z; z') of a joint distribution (K, K) summing to 1 (0 log 0 = 0)."""
+    def neg_h(p):
+        p = p[p > 0]
+        return float(np.sum(p * np.log(p)))
+    return neg_h(joint) - neg_h(joint.sum(axis=1)) - neg_h(joint.sum(axis=0))
+
+
+def _checkpointed_pass(X: Any, start: int, stop: int, shared: tuple) -> tuple:
+    """The soft pass of one long sequence (rows ``start:stop`` of X) in segments,
+    holding O(segment x K) at a time (docs/hidden_markov.md#long-sequences): the
+    same tuple as :func:`_group_pass`, equal to it up to rounding.
+
+    A forward sweep keeps, per segment, the predictive start distribution
+    p(z_first | x before) and the filtered last p(z_last | x up to it) (2 K
+    numbers). The backward sweep, from the last segment, runs forward-backward on
+    each segment with that start and its last row's emission tilted by the
+    message from the right, p(x after | z_last) = A r, r(j) = p(x from the next
+    segment on | its z_first = j), read off the next segment's first posterior
+    row divided by its predictive start. That segment posterior is the exact
+    conditional of the segment's states given every row; the transition across a
+    boundary is filtered(i) A_ij r(j), normalised; the chain's entropy is the
+    segments' entropies minus each boundary's mutual information (the posterior
+    is Markov). Rows are read twice, emissions computed twice.
+    """
+    from math import isqrt
+    family, hard, lpi, lA, params, n_jobs = shared
+    K = lpi.shape[0]
+    A = np.exp(lA)
+    seg = max(isqrt(stop - start), _MIN_SEGMENT_ROWS)
+    bounds = list(range(start, stop, seg)) + [stop]
+    n_seg = len(bounds) - 1
+    pred = np.empty((n_seg, K))                 # log p(z_first | x before)
+    filtered = np.empty((n_seg, K))             # p(z_last | x up to it)
+
+    def segment(g: int, start_lp: np.ndarray, tilt: Optional[np.ndarray]):
+        rows = read_rows(X, bounds[g], bounds[g + 1])
+        log_b = np.array(family.log_density(rows, params), dtype=np.float64, order="C")
+        last = log_b[-1].copy()
+        if tilt is not None:
+            log_b[-1] += tilt
+        try:
+            fb = forward_backward(log_b, None, start_lp, lA, n_jobs)
+        except ValueError as exc:
+            raise ValueError(f"in the sequence starting at row {start} of X (its rows "
+                             f"{bounds[g]}..{bounds[g + 1] - 1}): {exc}") from None
+        log_b[-1] = last
+        return rows, log_b, fb
+
+    value = 0.0
+    start_lp = lpi
+    for g in range(n_seg):
+        pred[g] = start_lp
+        _, _, fb = segment(g, start_lp, None)
+        value += float(fb.log_likelihood[0])
+        filtered[g] = fb.gamma[-1]
+        start_lp = _log(filtered[g] @ A)
+
+    stats = family.empty_stats()
+    resp_sum, start_counts, xi = np.zeros(K), np.zeros(K), np.zeros((K, K))
+    entropy = e_rows = m_rows = 0.0
+    magnitude = abs(value)
+    tilt = None
+    r = None
+    for g in reversed(range(n_seg)):
+        rows, log_b, fb = segment(g, pred[g], tilt)
+        gamma = fb.gamma
+        stats = family.merge_stats(stats, family_chunk_stats(family, rows, gamma, params))
+        resp_sum += gamma.sum(axis=0)
+        xi += fb.xi
+        entropy += float(fb.entropy[0])
+        magnitude += float(fb.magnitude[0]) + abs(float(fb.log_likelihood[0]))
+        er, mr = _masked_dot(gamma, log_b)
+        e_rows += er
+        m_rows += mr
+        if r is not None:                       # the transition into segment g + 1
+            joint = filtered[g][:, None] * A * r[None, :]
+            joint /= joint.sum()
+            xi += joint
+            entropy -= _mutual_information(joint)
+        p0 = np.exp(pred[g])
+        r = np.zeros(K)
+        np.divide(gamma[0], p0, out=r, where=p0 > 0)
+        r /= r.max()
+        tilt = _log(A @ r)
+        if g == 0:
+            start_counts = fb.start.copy()
+    return (stats, resp_sum, start_counts, xi,
             np.array([value, e_rows, entropy, magnitude + m_rows]))
 
 
@@ -154,7 +279,14 @@ class MarkovChain(LatentStructure):
         ranges = [(int(starts[i]), int(starts[j]), starts[i:j + 1] - starts[i])
                   for i, j in sequence_groups(starts)]
         map_ranges = getattr(X, "map_ranges", None)
-        if map_ranges is not None:          # a cluster: each group where its rows are
+        long_soft = not hard and int(np.max(np.diff(starts))) > _CHECKPOINT_ROWS
+        if long_soft and map_ranges is None:
+            # a long sequence alone in its group runs in segments, bounded memory
+            parts = (_checkpointed_pass(X, s, e, shared)
+                     if len(local) == 2 and e - s > _CHECKPOINT_ROWS
+                     else _group_pass(read_rows(X, s, e), s, shared, local)
+                     for s, e, local in ranges)
+        elif map_ranges is not None:        # a cluster: each group where its rows are
             parts = map_ranges(_group_pass, shared, [(s, e) for s, e, _ in ranges],
                                [local for _, _, local in ranges])
         else:

@@ -317,13 +317,15 @@ def test_a_pass_reads_whole_sequences_in_bounded_groups(monkeypatch):
     with pytest.warns(ConvergenceWarning):
         reference.fit(X, lengths)
     seen = []
-    real = structures.forward_backward
 
-    def spy(log_b, lens, *args, **kwargs):
-        seen.append((log_b.shape[0], list(lens)))
-        return real(log_b, lens, *args, **kwargs)
+    def spy(real):              # the unfused and the fused (compiled kernel) pass
+        def call(rows, lens, *args, **kwargs):
+            seen.append((rows.shape[0], list(lens)))
+            return real(rows, lens, *args, **kwargs)
+        return call
     monkeypatch.setattr(seqs, "GROUP_ROWS", 100)
-    monkeypatch.setattr(structures, "forward_backward", spy)
+    for name in ("forward_backward", "forward_backward_stats"):
+        monkeypatch.setattr(structures, name, spy(getattr(structures, name)))
     model = HiddenMarkovModel(3, random_state=0, max_iter=5, tol=0)
     with pytest.warns(ConvergenceWarning):
         model.fit(X, lengths)
@@ -566,3 +568,181 @@ def test_dask_array_with_lengths_is_the_same_fit():
     assert calls and all(r == calls[0] for r in calls)
     assert remote.history_ == reference.history_
     np.testing.assert_array_equal(remote.transmat_, reference.transmat_)
+
+
+# --- the fused compiled pass and SQUAREM --------------------------------------------
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_fused_pass_is_the_unfused_pass_to_rounding(monkeypatch, covariance_type):
+    """The structure's soft pass through the family's compiled kernel
+    (emcore._markov.forward_backward_stats) and through log_density +
+    forward_backward + chunk_stats: the same totals, counts and M-step.
+    Tolerance: the two sum the same terms in different orders (sequential per
+    block vs numpy's pairwise), each within n K u of the terms' magnitude M
+    (n rows, K states); 4 n K u M covers both."""
+    import emcore.plugins.structures as structures
+    X, lengths, _ = _gaussian_data()
+    K, d = 3, X.shape[1]
+    family = GaussianFamily(K, d, covariance_type=covariance_type)
+    params = family.initial_params(X, np.random.default_rng(0), None)
+    chain = np.vstack([np.full(K, 1 / K), 0.7 * np.eye(K) + 0.1])
+    structure = MarkovChain(K)
+    calls = []
+    real = structures.forward_backward_stats
+    monkeypatch.setattr(structures, "forward_backward_stats",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    fused = structure.data_pass(X, family, SoftPosterior(), chain, params, lengths=lengths)
+    assert calls, "the fused pass was not taken"
+    monkeypatch.setattr(structures, "_FUSED", False)
+    plain = structure.data_pass(X, family, SoftPosterior(), chain, params, lengths=lengths)
+    assert len(calls) == 1
+    tol = 4 * X.shape[0] * K * np.finfo(float).eps * plain.magnitude
+    for name in ("value", "expected_log_joint", "entropy"):
+        assert abs(getattr(fused, name) - getattr(plain, name)) <= tol, name
+    np.testing.assert_allclose(fused.resp_sum, plain.resp_sum, rtol=4 * X.shape[0] * 2.2e-16)
+    for a, b in zip(fused.structure_stats, plain.structure_stats):
+        np.testing.assert_allclose(a, b, rtol=4 * X.shape[0] * 2.2e-16)
+    new_f, new_p = family.m_step(fused.stats, params), family.m_step(plain.stats, params)
+    for key in new_p:
+        np.testing.assert_allclose(new_f[key], new_p[key], rtol=1e-10, atol=1e-12)
+
+
+def test_fused_and_unfused_fits_agree_and_the_chain_holds(monkeypatch):
+    import emcore.plugins.structures as structures
+    X, lengths, _ = _gaussian_data()
+    fast = HiddenMarkovModel(3, random_state=0, max_iter=30).fit(X, lengths)
+    monkeypatch.setattr(structures, "_FUSED", False)
+    slow = HiddenMarkovModel(3, random_state=0, max_iter=30).fit(X, lengths)
+    assert fast.n_iter_ == slow.n_iter_
+    assert all(it.chain_holds() for it in fast.history_)
+    # 30 contracting EM steps carry the passes' rounding differences (above) along:
+    # 1e-9 relative is far above that and far below any missing term
+    np.testing.assert_allclose([it.objective for it in fast.history_],
+                               [it.objective for it in slow.history_], rtol=1e-9)
+    np.testing.assert_allclose(fast.transmat_, slow.transmat_, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(fast.means_, slow.means_, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_squarem_reaches_the_baum_welch_fixed_point_in_fewer_passes(monkeypatch):
+    """Overlapping states (Baum-Welch contracts slowly, ~0.83 per iteration here):
+    SQUAREM is within 1e-8 of plain Baum-Welch's fixed point (200 iterations,
+    parameter steps below 1e-14 by then) after fewer passes than plain
+    Baum-Welch, which with the same number of passes is still further away.
+    The start probabilities are fixed: their ML value is on the simplex's edge,
+    reached sublinearly by either. (~3 s: three fits of 70-200 passes.)"""
+    rng = np.random.default_rng(0)
+    A = np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.05, 0.05, 0.9]])
+    lengths = [400, 600]
+    z = _chain_states(rng, np.full(3, 1 / 3), A, lengths)
+    means = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]])
+    X = means[z] + rng.normal(size=(len(z), 2))
+    passes = []
+    real = MarkovChain.data_pass
+    monkeypatch.setattr(MarkovChain, "data_pass",
+                        lambda self, *a, **k: passes.append(1) or real(self, *a, **k))
+
+    def fit(accelerate, max_iter):
+        n0 = len(passes)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model = HiddenMarkovModel(
+                3, params_init={"means": means + 0.3, "covariances": np.stack([np.eye(2)] * 3)},
+                startprob_init=np.full(3, 1 / 3), fixed=("startprob",), tol=0.0,
+                max_iter=max_iter, accelerate=accelerate).fit(X, lengths)
+        assert all(it.chain_holds() for it in model.history_)
+        return model, len(passes) - n0
+
+    def distance(a, b):
+        return max(float(np.max(np.abs(a.transmat_ - b.transmat_))),
+                   float(np.max(np.abs(a.means_ - b.means_))),
+                   float(np.max(np.abs(a.covariances_ - b.covariances_))))
+
+    plain, n_plain = fit(None, 200)
+    assert plain.history_[-1].param_change < 1e-12
+    fast, n_fast = fit("squarem", 50)
+    assert any(it.step == "squarem" for it in fast.history_)
+    assert distance(fast, plain) <= 1e-8
+    assert n_fast < n_plain
+    same_budget, _ = fit(None, n_fast)
+    assert distance(same_budget, plain) > 1e-8
+    with pytest.raises(ValueError, match="'accelerate' parameter of HiddenMarkovModel"):
+        HiddenMarkovModel(2, accelerate="aitken").fit(X, lengths)
+
+
+# --- one long sequence in segments (bounded memory) -----------------------------------
+
+def _long_problem(T=20000, K=3):
+    X, lengths, _ = _gaussian_data(lengths=(T,), K=K)
+    family = GaussianFamily(K, X.shape[1], covariance_type="full")
+    params = family.initial_params(X, np.random.default_rng(1), None)
+    chain = np.vstack([np.array([0.5, 0.3, 0.2])[:K],
+                       0.8 * np.eye(K) + 0.2 / K])
+    chain[1:] /= chain[1:].sum(axis=1, keepdims=True)
+    return X, lengths, family, params, chain
+
+
+def test_a_long_sequence_in_segments_is_the_whole_recursion(monkeypatch):
+    """The checkpointed pass (a sequence longer than _CHECKPOINT_ROWS) against the
+    whole-sequence forward-backward: log-likelihood, entropy, gamma-weighted
+    statistics, start and transition counts. Tolerance: each posterior of either
+    is within 4 T (K + 4) u relative of the exact one (tests/test_markov.py
+    derives it), so any sum of them within 8 T (K + 4) u relative, and the totals
+    within that of their terms' magnitude."""
+    import emcore.plugins.structures as structures
+    X, lengths, family, params, chain = _long_problem()
+    T, K = X.shape[0], 3
+    structure = MarkovChain(K)
+    monkeypatch.setattr(structures, "_FUSED", False)
+    plain = structure.data_pass(X, family, SoftPosterior(), chain, params, lengths=lengths)
+    monkeypatch.setattr(structures, "_CHECKPOINT_ROWS", 1000)
+    monkeypatch.setattr(structures, "_MIN_SEGMENT_ROWS", 1500)     # 14 segments
+    calls = []
+    real = structures._checkpointed_pass
+    monkeypatch.setattr(structures, "_checkpointed_pass",
+                        lambda *a: calls.append(1) or real(*a))
+    seg = structure.data_pass(X, family, SoftPosterior(), chain, params, lengths=lengths)
+    assert calls == [1]
+    rel = 8 * T * (K + 4) * np.finfo(float).eps
+    for name in ("value", "expected_log_joint", "entropy"):
+        assert abs(getattr(seg, name) - getattr(plain, name)) <= rel * plain.magnitude, name
+    np.testing.assert_allclose(seg.resp_sum, plain.resp_sum, rtol=rel)
+    for a, b in zip(seg.structure_stats, plain.structure_stats):   # start counts, xi
+        np.testing.assert_allclose(a, b, rtol=rel, atol=rel * T)
+    new_s, new_p = family.m_step(seg.stats, params), family.m_step(plain.stats, params)
+    for key in new_p:
+        np.testing.assert_allclose(new_s[key], new_p[key], rtol=1e-9)
+
+
+def test_a_long_sequence_in_segments_holds_o_segment_memory(monkeypatch):
+    """Peak memory of the segmented pass is far below one T x K array."""
+    import tracemalloc
+    import emcore.plugins.structures as structures
+    X, lengths, family, params, chain = _long_problem()
+    monkeypatch.setattr(structures, "_CHECKPOINT_ROWS", 1000)
+    monkeypatch.setattr(structures, "_MIN_SEGMENT_ROWS", 1000)
+    structure = MarkovChain(3)
+    structure.data_pass(X, family, SoftPosterior(), chain, params, lengths=lengths)  # warm
+    tracemalloc.start()
+    try:
+        structure.data_pass(X, family, SoftPosterior(), chain, params, lengths=lengths)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    one_t_by_k = X.shape[0] * 3 * 8
+    assert peak < one_t_by_k / 2, (peak, one_t_by_k)
+
+
+def test_fit_of_a_long_sequence_in_segments_holds_the_chain(monkeypatch):
+    import emcore.plugins.structures as structures
+    X, lengths, _ = _gaussian_data(lengths=(6000,))
+    whole = HiddenMarkovModel(3, random_state=0, max_iter=15, tol=1e-8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        whole.fit(X, lengths)
+        monkeypatch.setattr(structures, "_CHECKPOINT_ROWS", 1000)
+        monkeypatch.setattr(structures, "_MIN_SEGMENT_ROWS", 700)
+        seg = HiddenMarkovModel(3, random_state=0, max_iter=15, tol=1e-8).fit(X, lengths)
+    assert all(it.chain_holds() for it in seg.history_)
+    np.testing.assert_allclose([it.objective for it in seg.history_],
+                               [it.objective for it in whole.history_], rtol=1e-9)

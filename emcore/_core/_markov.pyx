@@ -945,7 +945,10 @@ def forward_backward_stats(FamilyKernel kernel, const double[:, ::1] X,
     block order: bitwise the same for any thread count.
 
     Returns (loglik, entropy, magnitude, xi, start, stats, status, fail_row,
-    used_log); ``stats`` is the kernel's merged statistics slot.
+    used_log, resp_sum, emission); ``stats`` is the kernel's merged statistics
+    slot, ``resp_sum`` (K,) the posteriors summed over the rows, ``emission`` (2,)
+    the sum of gamma log b over the entries with gamma > 0 and the sum of its
+    terms' absolute values (what the unfused pass computes from its gamma array).
     """
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1], K = kernel.n_components
     cdef Py_ssize_t NS = kernel.n_stats
@@ -983,6 +986,12 @@ def forward_backward_stats(FamilyKernel kernel, const double[:, ::1] X,
     block_S = np.zeros((n_slots, K, K))
     block_start = np.zeros((n_slots, K))
     block_stats = np.zeros((n_slots, max(NS, 1)))
+    block_resp = np.zeros((n_slots, K))
+    block_emis = np.zeros((n_slots, 2))
+    cdef double[:, ::1] brs = block_resp
+    cdef double[:, ::1] bem = block_emis
+    cdef double gv, tv
+    cdef Py_ssize_t t, k
     cdef int[::1] ul = used_log
     cdef double[::1] ll = loglik, ent = entropy, mg = magnitude
     cdef int[::1] st = status
@@ -1088,6 +1097,15 @@ def forward_backward_stats(FamilyKernel kernel, const double[:, ::1] X,
                             (&bS[b, 0, 0])[j] += S[j]
                         for j in range(K):
                             bst[b, j] += G[r0 * K + j]
+                        # sum_t gamma_t and sum gamma log b (0 log 0 = 0)
+                        for t in range(T):
+                            for k in range(K):
+                                gv = G[(r0 + t) * K + k]
+                                brs[b, k] += gv
+                                if gv > 0:
+                                    tv = gv * LB[(r0 + t) * K + k]
+                                    bem[b, 0] += tv
+                                    bem[b, 1] += fabs(tv)
                     if failed:
                         continue
                     # the family's statistics weighted by the posteriors
@@ -1115,14 +1133,18 @@ def forward_backward_stats(FamilyKernel kernel, const double[:, ::1] X,
     xi = np.zeros((K, K))
     start = np.zeros(K)
     stats = np.zeros(max(NS, 1))
+    resp_sum = np.zeros(K)
+    emission = np.zeros(2)
     cdef double[::1] sv = stats
     kernel.clear_stats(&sv[0])
     for b in range(n_blocks):
         xi += block_S[b]
         start += block_start[b]
+        resp_sum += block_resp[b]
+        emission += block_emis[b]
         kernel.merge_stats(&sv[0], &bstat[b, 0])
     return (loglik, entropy, magnitude, xi, start, stats[:NS], status, fail_row,
-            used_log)
+            used_log, resp_sum, emission)
 
 
 def viterbi(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
