@@ -1,4 +1,5 @@
-"""The ``emcore`` command: ``emcore demo``, ``emcore plugins``, ``emcore --version``."""
+"""The ``emcore`` command: ``emcore demo``, ``emcore plugins``, ``emcore fit``,
+``emcore --version``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from emcore._fit_command import add_parser as add_fit_parser
 from emcore._version import __version__
 
 
@@ -119,6 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     plugins = sub.add_parser("plugins", help="list registered families and posterior "
                                              "rules, and broken plugins with why")
     plugins.set_defaults(func=_plugins)
+    add_fit_parser(sub)
     args = parser.parse_args(argv)
     np.set_printoptions(precision=6, suppress=True)
     try:

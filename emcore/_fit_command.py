@@ -1,0 +1,209 @@
+"""``emcore fit FILE``: fit a mixture to a user's CSV/TSV/Parquet file, print its summary.
+
+Reading: a header row is required; every column must be numeric (a column that is
+not names itself in the error). The delimiter is ',' for .csv, a tab for .tsv/.tab,
+else sniffed. Parquet needs pyarrow. Without ``--components`` or ``--covariance``
+the Gaussian model is chosen by BIC over a grid (``select_model``: G = 1..6 and the
+four covariance types, or the one given). Bad files and options are one line on
+stderr and exit status 2 (:class:`CommandError`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+
+import numpy as np
+
+#: the default grid of numbers of components when --components is not given
+DEFAULT_COMPONENTS = range(1, 7)
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+
+class CommandError(Exception):
+    """A user error of the command: printed as one line, exit status 2."""
+
+
+def read_table(path: str) -> tuple:
+    """(names, X) of a delimited text or Parquet file with a header row."""
+    if not os.path.isfile(path):
+        raise CommandError(f"{path}: no such file")
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".parquet", ".pq"):
+        return _read_parquet(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"{path}: cannot read the file as text ({exc})") from None
+    if not text.strip():
+        raise CommandError(f"{path}: the file is empty")
+    if ext == ".csv":
+        delimiter = ","
+    elif ext in (".tsv", ".tab"):
+        delimiter = "\t"
+    else:
+        try:
+            delimiter = csv.Sniffer().sniff(text[:65536], delimiters=",\t;| ").delimiter
+        except csv.Error:
+            raise CommandError(f"{path}: cannot tell the delimiter; name the file .csv or "
+                               ".tsv") from None
+    rows = [r for r in csv.reader(text.splitlines(), delimiter=delimiter)
+            if any(c.strip() for c in r)]
+    names = [c.strip() for c in rows[0]]
+    if any(_is_number(c) for c in names):
+        raise CommandError(f"{path}: the first row must be a header of column names; "
+                           f"got {rows[0]!r}")
+    if len(rows) < 2:
+        raise CommandError(f"{path}: no data rows after the header")
+    d = len(names)
+    X = np.empty((len(rows) - 1, d))
+    for i, row in enumerate(rows[1:]):
+        if len(row) != d:
+            raise CommandError(f"{path}: line {i + 2} has {len(row)} fields, the header "
+                               f"has {d}")
+        for j, cell in enumerate(row):
+            try:
+                X[i, j] = float(cell)
+            except ValueError:
+                raise CommandError(f"{path}: column {names[j]!r} is not numeric (line "
+                                   f"{i + 2}: {cell.strip()!r})") from None
+            if not np.isfinite(X[i, j]):
+                raise CommandError(f"{path}: column {names[j]!r} has a missing or "
+                                   f"non-finite value (line {i + 2}: {cell.strip()!r})")
+    return names, X
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_parquet(path: str) -> tuple:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise CommandError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)"
+                           ) from None
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow's errors: one line, not a traceback
+        raise CommandError(f"{path}: cannot read as Parquet ({exc})") from None
+    names = list(table.column_names)
+    columns = []
+    for name in names:
+        try:
+            col = np.asarray(table.column(name).to_numpy(), dtype=np.float64)
+        except (TypeError, ValueError):
+            raise CommandError(f"{path}: column {name!r} is not numeric") from None
+        if not np.all(np.isfinite(col)):
+            raise CommandError(f"{path}: column {name!r} has missing or non-finite values")
+        columns.append(col)
+    if not columns or columns[0].shape[0] == 0:
+        raise CommandError(f"{path}: no data")
+    return names, np.column_stack(columns)
+
+
+def _fit(args: argparse.Namespace, X: np.ndarray):
+    from emcore.gaussian_mixture import GaussianMixture
+    from emcore.mixture_model import MixtureModel
+    from emcore.model_selection import select_model
+
+    common = dict(max_iter=args.max_iter, tol=args.tol, random_state=args.seed,
+                  n_jobs=args.jobs)
+    if args.family != "gaussian":
+        if args.covariance is not None:
+            raise CommandError("--covariance is for the Gaussian family only")
+        k = args.components or 2
+        return MixtureModel(n_components=k, family=args.family, **common).fit(X), None
+    if args.components is not None and args.covariance is not None:
+        return GaussianMixture(n_components=args.components,
+                               covariance_type=args.covariance, **common).fit(X), None
+    grid = (DEFAULT_COMPONENTS if args.components is None else [args.components])
+    types = COVARIANCE_TYPES if args.covariance is None else (args.covariance,)
+    selection = select_model(X, n_components=grid, covariance_types=types, **common)
+    return selection.best_model, selection
+
+
+def _write_labels(path: str, model, X: np.ndarray) -> None:
+    labels = model.predict(X)
+    proba = model.predict_proba(X)
+    header = ["label", *(f"p{k}" for k in range(proba.shape[1]))]
+    try:
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            for label, p in zip(labels, proba):
+                w.writerow([int(label), *(repr(float(x)) for x in p)])
+    except OSError as exc:
+        raise CommandError(f"--out {path}: cannot write ({exc.strerror})") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``emcore fit`` command (args from :func:`add_parser`)."""
+    import warnings
+
+    from emcore.summary import summarise
+
+    if args.components is not None and args.components < 1:
+        raise CommandError(f"--components must be a positive integer; got {args.components}")
+    if args.max_iter < 0:
+        raise CommandError(f"--max-iter must be >= 0; got {args.max_iter}")
+    if not args.tol >= 0:
+        raise CommandError(f"--tol must be >= 0; got {args.tol}")
+    if args.jobs == 0:
+        raise CommandError("--jobs must be a positive integer or -1 (all CPUs); got 0")
+    names, X = read_table(args.file)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model, selection = _fit(args, X)
+    except (ValueError, TypeError) as exc:
+        raise CommandError(str(exc)) from None
+    for w in caught:  # a fit that warns says so, one line each, without a traceback
+        print(f"warning: {w.message}", file=sys.stderr)
+    if selection is not None:
+        row = selection.best
+        print(f"Chosen by BIC over {len(selection.table)} models: "
+              f"{row.n_components} components, {row.covariance_type} covariance\n")
+    print(summarise(model, X, parameters=args.parameters, feature_names=names))
+    if args.out:
+        _write_labels(args.out, model, X)
+    return 0
+
+
+def add_parser(sub) -> None:
+    """Add the ``fit`` subcommand to the ``emcore`` parser's subparsers."""
+    fit = sub.add_parser("fit", help="fit a mixture to a CSV/TSV/Parquet file with a "
+                                     "header and print its summary")
+    fit.add_argument("file", help="data file: .csv, .tsv or .parquet, header row, numeric "
+                                  "columns")
+    fit.add_argument("--family", default="gaussian",
+                     help="registered family (default gaussian; see `emcore plugins`)")
+    fit.add_argument("--components", type=int, default=None,
+                     help="number of components G (default: chosen by BIC over 1..6)")
+    fit.add_argument("--covariance", choices=COVARIANCE_TYPES, default=None,
+                     help="Gaussian covariance type (default: chosen by BIC)")
+    fit.add_argument("--max-iter", type=int, default=100)
+    fit.add_argument("--tol", type=float, default=1e-3)
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--jobs", type=int, default=None)
+    fit.add_argument("--parameters", action="store_true",
+                     help="also print the weights, means and covariances")
+    fit.add_argument("--out", default=None,
+                     help="write each row's label and posteriors to this CSV file")
+    fit.set_defaults(func=_checked_run)
+
+
+def _checked_run(args: argparse.Namespace) -> int:
+    try:
+        return run(args)
+    except CommandError as exc:
+        print(f"emcore fit: error: {exc}", file=sys.stderr)
+        return 2
+
