@@ -14,6 +14,8 @@ import argparse
 import csv
 import os
 import sys
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -109,6 +111,14 @@ def _read_parquet(path: str) -> tuple:
     return names, np.column_stack(columns)
 
 
+@dataclass(frozen=True)
+class _Chosen:
+    """What the BIC search looked at and chose."""
+    n_models: int
+    n_components: int
+    covariance_type: Optional[str]
+
+
 def _fit(args: argparse.Namespace, X: np.ndarray):
     from emcore.gaussian_mixture import GaussianMixture
     from emcore.mixture_model import MixtureModel
@@ -119,15 +129,25 @@ def _fit(args: argparse.Namespace, X: np.ndarray):
     if args.family != "gaussian":
         if args.covariance is not None:
             raise CommandError("--covariance is for the Gaussian family only")
-        k = args.components or 2
-        return MixtureModel(n_components=k, family=args.family, **common).fit(X), None
+        if args.components is not None:
+            return MixtureModel(n_components=args.components, family=args.family,
+                                **common).fit(X), None
+        # G by BIC over the default grid (select_model is for the Gaussian family);
+        # ties go to fewer components, as in select_model
+        fits = [MixtureModel(n_components=k, family=args.family, **common).fit(X)
+                for k in DEFAULT_COMPONENTS if k <= X.shape[0]]
+        bics = [m.bic(X) for m in fits]
+        best = int(np.argmin(bics))
+        return fits[best], _Chosen(len(fits), fits[best].n_components, None)
     if args.components is not None and args.covariance is not None:
         return GaussianMixture(n_components=args.components,
                                covariance_type=args.covariance, **common).fit(X), None
     grid = (DEFAULT_COMPONENTS if args.components is None else [args.components])
     types = COVARIANCE_TYPES if args.covariance is None else (args.covariance,)
     selection = select_model(X, n_components=grid, covariance_types=types, **common)
-    return selection.best_model, selection
+    best = selection.best
+    return selection.best_model, _Chosen(len(selection.table), best.n_components,
+                                         best.covariance_type)
 
 
 def _write_labels(path: str, model, X: np.ndarray) -> None:
@@ -168,9 +188,10 @@ def run(args: argparse.Namespace) -> int:
     for w in caught:  # a fit that warns says so, one line each, without a traceback
         print(f"warning: {w.message}", file=sys.stderr)
     if selection is not None:
-        row = selection.best
-        print(f"Chosen by BIC over {len(selection.table)} models: "
-              f"{row.n_components} components, {row.covariance_type} covariance\n")
+        what = f"{selection.n_components} components"
+        if selection.covariance_type is not None:
+            what += f", {selection.covariance_type} covariance"
+        print(f"Chosen by BIC over {selection.n_models} models: {what}\n")
     print(summarise(model, X, parameters=args.parameters, feature_names=names))
     if args.out:
         _write_labels(args.out, model, X)

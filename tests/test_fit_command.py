@@ -157,3 +157,19 @@ def test_installed_command(faithful_csv, tmp_path):
     assert proc.stderr == f"emcore fit: error: {bad}: column 'b' is not numeric " \
                           "(line 2: 'oops')\n"
     assert "Traceback" not in proc.stderr
+
+
+def test_other_family_chooses_g_by_bic(tmp_path, capsys):
+    from emcore import MixtureModel
+
+    rng = np.random.default_rng(1)
+    X = np.vstack([rng.poisson(1.0, (80, 2)), rng.poisson(12.0, (80, 2))]).astype(float)
+    path = _write(tmp_path / "counts.csv", ["u", "v"], X)
+    status, out, err = _fit([path, "--family", "poisson", "--seed", 0], capsys)
+    assert status == 0, err
+    bics = [MixtureModel(n_components=k, family="poisson", random_state=0,
+                         max_iter=100, tol=1e-3).fit(X).bic(X) for k in range(1, 7)]
+    k = int(np.argmin(bics)) + 1
+    assert out.startswith(f"Chosen by BIC over 6 models: {k} components\n")
+    assert f"MixtureModel: poisson, {k} component" in out
+    assert f"{min(bics):.3f}" in out
