@@ -27,15 +27,13 @@ _ELLIPSE_RADIUS = float(np.sqrt(-2.0 * np.log(0.05)))
 
 
 def _axes(ax: Any):
+    """``ax``, else a new figure's Axes; the one place matplotlib is imported."""
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib.pyplot as plt
     except ImportError:
         raise ImportError("emcore.plot needs matplotlib, which is not installed: "
                           "pip install matplotlib (or emcore-learn[plot]).") from None
-    if ax is not None:
-        return ax
-    import matplotlib.pyplot as plt
-    return plt.subplots()[1]
+    return ax if ax is not None else plt.subplots()[1]
 
 
 def _names(model: Any, d: int) -> list:
@@ -89,13 +87,12 @@ def classification(model: Any, X: Any, features: Sequence[int] = (0, 1), ax: Any
     """The rows of X in two features, coloured by ``model.predict(X)``, with each
     component's mean and 95% ellipse (Gaussian components: the covariance's
     2 x 2 block of the two features)."""
-    from matplotlib.patches import Ellipse
-
     family, weights, params = model._fitted_model("classification")
     labels = model.predict(X)
     X = np.asarray(X, dtype=np.float64)
     i, j = _check_features(features, X.shape[1], "classification")
     ax = _axes(ax)
+    from matplotlib.patches import Ellipse
     colours = [f"C{k % 10}" for k in range(weights.shape[0])]
     ax.scatter(X[:, i], X[:, j], c=[colours[k] for k in labels], s=12)
     if "means" in params and "covariances" in params:
