@@ -15,7 +15,7 @@ import csv
 import os
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -117,6 +117,7 @@ class _Chosen:
     n_models: int
     n_components: int
     covariance_type: Optional[str]
+    selection: Any = None       #: select_model's result (the Gaussian grid)
 
 
 def _fit(args: argparse.Namespace, X: np.ndarray):
@@ -147,7 +148,7 @@ def _fit(args: argparse.Namespace, X: np.ndarray):
     selection = select_model(X, n_components=grid, covariance_types=types, **common)
     best = selection.best
     return selection.best_model, _Chosen(len(selection.table), best.n_components,
-                                         best.covariance_type)
+                                         best.covariance_type, selection)
 
 
 def _write_labels(path: str, model, X: np.ndarray) -> None:
@@ -162,6 +163,36 @@ def _write_labels(path: str, model, X: np.ndarray) -> None:
                 w.writerow([int(label), *(repr(float(x)) for x in p)])
     except OSError as exc:
         raise CommandError(f"--out {path}: cannot write ({exc.strerror})") from None
+
+
+def _write_plot(path: str, model, X: np.ndarray, names: list,
+                chosen: Optional[_Chosen]) -> None:
+    """The classification, the uncertainty, and the BIC curves (when chosen by
+    BIC) or the EM trace, side by side, to an image file (no display needed)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise CommandError("--plot needs matplotlib, which is not installed: pip install "
+                           "matplotlib (or emcore-learn[plot])") from None
+    from emcore import plot
+
+    if X.shape[1] < 2:
+        raise CommandError("--plot needs at least two columns (it plots the first two)")
+    fig = Figure(figsize=(15, 4.5), layout="constrained")
+    ax_class, ax_unc, ax_last = fig.subplots(1, 3)
+    plot.classification(model, X, ax=ax_class)
+    plot.uncertainty(model, X, ax=ax_unc)
+    for ax in (ax_class, ax_unc):
+        ax.set_xlabel(names[0])
+        ax.set_ylabel(names[1])
+    if chosen is not None and chosen.selection is not None:
+        plot.criterion_curves(chosen.selection, ax=ax_last)
+    else:
+        plot.trace(model, ax=ax_last)
+    try:
+        fig.savefig(path)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"--plot {path}: cannot write ({exc})") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -195,6 +226,8 @@ def run(args: argparse.Namespace) -> int:
     print(summarise(model, X, parameters=args.parameters, feature_names=names))
     if args.out:
         _write_labels(args.out, model, X)
+    if args.plot:
+        _write_plot(args.plot, model, X, names, selection)
     return 0
 
 
@@ -218,6 +251,9 @@ def add_parser(sub) -> None:
                      help="also print the weights, means and covariances")
     fit.add_argument("--out", default=None,
                      help="write each row's label and posteriors to this CSV file")
+    fit.add_argument("--plot", default=None,
+                     help="write the classification, uncertainty and BIC (or EM trace) "
+                          "plots to this image file (.png, .pdf, .svg; needs matplotlib)")
     fit.set_defaults(func=_checked_run)
 
 

@@ -173,3 +173,32 @@ def test_other_family_chooses_g_by_bic(tmp_path, capsys):
     assert out.startswith(f"Chosen by BIC over 6 models: {k} components\n")
     assert f"MixtureModel: poisson, {k} component" in out
     assert f"{min(bics):.3f}" in out
+
+
+def test_plot_is_written(faithful_csv, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    fig = tmp_path / "fig.png"
+    status, _, err = _fit([faithful_csv, "--components", "2", "--covariance", "full",
+                           "--plot", fig], capsys)
+    assert status == 0, err
+    assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    status, _, err = _fit([faithful_csv, "--components", "2", "--covariance", "full",
+                           "--plot", tmp_path / "no" / "fig.png"], capsys)
+    assert status == 2 and err.startswith("emcore fit: error: --plot ")
+
+
+def test_plot_without_matplotlib(faithful_csv, tmp_path, capsys, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    status, _, err = _fit([faithful_csv, "--components", "2", "--covariance", "full",
+                           "--plot", tmp_path / "fig.png"], capsys)
+    assert status == 2
+    assert err == "emcore fit: error: --plot needs matplotlib, which is not installed: " \
+                  "pip install matplotlib (or emcore-learn[plot])\n"
