@@ -5,6 +5,8 @@
 * :func:`classification` -- the rows in two features coloured by their component,
   with each Gaussian component's ellipse.
 * :func:`uncertainty` -- the rows in two features, sized by 1 - max posterior.
+* :func:`density` -- contours of the fitted density of two features (the
+  Gaussian mixture's marginal), over the rows.
 * :func:`trace` -- log-likelihood and ELBO per EM iteration (``history_``).
 
 Each draws on ``ax`` (a matplotlib Axes) when given, else on a new figure's, and
@@ -19,7 +21,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["criterion_curves", "classification", "uncertainty", "trace"]
+__all__ = ["criterion_curves", "classification", "uncertainty", "density", "trace"]
 
 # the ellipse holds this much of a Gaussian's mass in the plotted plane:
 # sqrt of the chi-square(2) quantile at 0.95, -2 ln(0.05)
@@ -127,6 +129,54 @@ def uncertainty(model: Any, X: Any, features: Sequence[int] = (0, 1), ax: Any = 
     ax.set_xlabel(names[i])
     ax.set_ylabel(names[j])
     ax.set_title("uncertainty (1 - max posterior)")
+    return ax
+
+
+def _log_density_mesh(model: Any, X: np.ndarray, i: int, j: int, grid: int) -> tuple:
+    """(U, W, log density) on a grid x grid mesh over the rows' range (+5%) in
+    features i and j: the Gaussian marginal, or the model's density when d = 2."""
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+
+    family, weights, params = model._fitted_model("density")
+    gaussian = "means" in params and "covariances" in params
+    if not gaussian and X.shape[1] != 2:
+        raise ValueError("The 'X' parameter of density must have two columns for a "
+                         f"non-Gaussian family. Got {X.shape[1]} instead.")
+    lo, hi = X[:, [i, j]].min(axis=0), X[:, [i, j]].max(axis=0)
+    pad = 0.05 * (hi - lo)
+    U, W = np.meshgrid(np.linspace(lo[0] - pad[0], hi[0] + pad[0], grid),
+                       np.linspace(lo[1] - pad[1], hi[1] + pad[1], grid))
+    points = np.column_stack([U.ravel(), W.ravel()])
+    if gaussian:
+        pair = [i, j]
+        log_density = logsumexp(
+            [np.log(weights[k]) + multivariate_normal(
+                params["means"][k][pair],
+                params["covariances"][k][np.ix_(pair, pair)]).logpdf(points)
+             for k in range(weights.shape[0])], axis=0)
+    else:
+        log_density = model.score_samples(points if (i, j) == (0, 1) else points[:, ::-1])
+    return U, W, log_density.reshape(U.shape)
+
+
+def density(model: Any, X: Any, features: Sequence[int] = (0, 1), ax: Any = None,
+            levels: int = 10, grid: int = 100):
+    """Contours of the log density of the features pair over a ``grid`` x ``grid``
+    mesh spanning the rows of X (drawn as points). For a Gaussian mixture the
+    density is the exact marginal of the two features (a mixture of the means'
+    and covariances' blocks, so any d works); for another family X must have
+    two columns (the model's own density)."""
+    X = np.asarray(X, dtype=np.float64)
+    i, j = _check_features(features, X.shape[1], "density")
+    U, W, log_density = _log_density_mesh(model, X, i, j, grid)
+    ax = _axes(ax)
+    ax.scatter(X[:, i], X[:, j], s=6, color="grey")
+    ax.contour(U, W, log_density, levels=levels)
+    names = _names(model, X.shape[1])
+    ax.set_xlabel(names[i])
+    ax.set_ylabel(names[j])
+    ax.set_title("log density")
     return ax
 
 

@@ -116,3 +116,29 @@ def test_without_matplotlib(fitted, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     with pytest.raises(ImportError, match="emcore.plot needs matplotlib"):
         plot.trace(fitted)
+
+
+def test_density_is_the_models(fitted, faithful):
+    U, W, Z = plot._log_density_mesh(fitted, faithful, 0, 1, 30)
+    assert U.shape == W.shape == Z.shape == (30, 30)
+    # 2-D: the marginal is the model itself
+    expected = fitted.score_samples(np.column_stack([U.ravel(), W.ravel()]))
+    np.testing.assert_allclose(Z.ravel(), expected, rtol=1e-10)
+    ax = plot.density(fitted, faithful, ax=_ax(), grid=30)
+    assert any(hasattr(c, "levels") for c in ax.collections)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("x0", "x1")
+
+
+def test_density_marginal_in_higher_dimensions(faithful):
+    rng = np.random.default_rng(0)
+    X3 = np.column_stack([faithful, rng.normal(size=272)])
+    gm = GaussianMixture(n_components=2, random_state=0).fit(X3)
+    U, W, Z = plot._log_density_mesh(gm, X3, 2, 0, 20)
+    # the marginal of features (2, 0): the mixture of the blocks of the parameters
+    pair = [2, 0]
+    marginal = GaussianMixture.from_parameters(
+        gm.weights_, gm.means_[:, pair], gm.covariances_[:, pair][:, :, pair])
+    expected = marginal.score_samples(np.column_stack([U.ravel(), W.ravel()]))
+    np.testing.assert_allclose(Z.ravel(), expected, rtol=1e-10)
+    ax = plot.density(gm, X3, features=(2, 0), ax=_ax(), grid=20)
+    assert ax.get_xlabel() == "x2" and ax.get_ylabel() == "x0"
