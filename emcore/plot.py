@@ -80,6 +80,7 @@ def criterion_curves(selection: Any, criterion: Optional[str] = None,
         ax.plot([best.n_components], [best.value(criterion)], marker="o", ms=14,
                 mfc="none", color="black", linestyle="none", label="chosen")
     ax.set_xlabel("number of components")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel(f"{criterion.upper()} (lower is better)")
     ax.legend(title="covariance")
     return ax
