@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -52,15 +54,27 @@ def read_table(path: str) -> tuple:
         except csv.Error:
             raise CommandError(f"{path}: cannot tell the delimiter; name the file .csv or "
                                ".tsv") from None
-    rows = [r for r in csv.reader(text.splitlines(), delimiter=delimiter)
-            if any(c.strip() for c in r)]
-    names = [c.strip() for c in rows[0]]
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.strip())
+    header = next(csv.reader([lines[first]], delimiter=delimiter))
+    names = [c.strip() for c in header]
     if any(_is_number(c) for c in names):
         raise CommandError(f"{path}: the first row must be a header of column names; "
-                           f"got {rows[0]!r}")
+                           f"got {header!r}")
+    d = len(names)
+    try:  # numpy's parser; on any failure the loop below finds the cell and says it
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # loadtxt warns on no data: said below
+            X = np.loadtxt(io.StringIO("\n".join(lines[first + 1:])), delimiter=delimiter,
+                           quotechar='"', ndmin=2, dtype=np.float64)
+        if X.shape[0] > 0 and X.shape[1] == d and np.all(np.isfinite(X)):
+            return names, X
+    except ValueError:
+        pass
+    rows = [r for r in csv.reader(lines[first:], delimiter=delimiter)
+            if any(c.strip() for c in r)]
     if len(rows) < 2:
         raise CommandError(f"{path}: no data rows after the header")
-    d = len(names)
     X = np.empty((len(rows) - 1, d))
     for i, row in enumerate(rows[1:]):
         if len(row) != d:
@@ -197,8 +211,6 @@ def _write_plot(path: str, model, X: np.ndarray, names: list,
 
 def run(args: argparse.Namespace) -> int:
     """The ``emcore fit`` command (args from :func:`add_parser`)."""
-    import warnings
-
     from emcore.summary import summarise
 
     if args.components is not None and args.components < 1:
@@ -261,6 +273,7 @@ def _checked_run(args: argparse.Namespace) -> int:
     try:
         return run(args)
     except CommandError as exc:
-        print(f"emcore fit: error: {exc}", file=sys.stderr)
+        # one line, whatever the message (an estimator's may span lines)
+        print(f"emcore fit: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
 

@@ -202,3 +202,22 @@ def test_plot_without_matplotlib(faithful_csv, tmp_path, capsys, monkeypatch):
     assert status == 2
     assert err == "emcore fit: error: --plot needs matplotlib, which is not installed: " \
                   "pip install matplotlib (or emcore-learn[plot])\n"
+
+
+def test_quoted_cells_and_blank_lines(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_text('\n"a","b"\n"1","2.5"\n\n3,4\n')
+    names, X = read_table(str(path))
+    assert names == ["a", "b"]
+    np.testing.assert_array_equal(X, [[1, 2.5], [3, 4]])
+
+
+def test_multiline_messages_are_one_line(faithful_csv, capsys, monkeypatch):
+    from emcore import _fit_command
+
+    def fails(args, X):
+        raise ValueError("first line\nsecond line")
+
+    monkeypatch.setattr(_fit_command, "_fit", fails)
+    status, _, err = _fit([faithful_csv], capsys)
+    assert status == 2 and err == "emcore fit: error: first line second line\n"
