@@ -1,4 +1,5 @@
-"""The ``emcore`` command: ``emcore demo``, ``emcore plugins``, ``emcore --version``."""
+"""The ``emcore`` command: ``emcore demo``, ``emcore plugins``, ``emcore fit``,
+``emcore --version``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from emcore._fit_command import add_parser as add_fit_parser
 from emcore._version import __version__
 
 
@@ -22,6 +24,8 @@ def _demo(args: argparse.Namespace) -> int:
     gm.fit(X)
     print(f"emcore {__version__}: Gaussian mixture (full covariance) fitted by EM to the "
           f"Old Faithful data ({X.shape[0]} x {X.shape[1]}: {', '.join(OLD_FAITHFUL_COLUMNS)})")
+    if not args.audit:
+        return _demo_summary(args, gm, X)
     print(f"n_components={gm.n_components}, init k-means++ (random_state="
           f"{args.random_state}), tol={gm.tol:g}, reg_covar={gm.reg_covar:g}\n")
     print("Each iteration t must satisfy, up to a derived rounding tolerance,")
@@ -68,6 +72,28 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if all_hold else 1
 
 
+def _demo_summary(args: argparse.Namespace, gm, X: np.ndarray) -> int:
+    """The demo without --audit: the summary, the chain's verdict in one line, and
+    the plot with --plot."""
+    from emcore.datasets import OLD_FAITHFUL_COLUMNS
+    from emcore.summary import summarise
+
+    print()
+    print(summarise(gm, X, parameters=True, feature_names=OLD_FAITHFUL_COLUMNS))
+    holds = all(it.chain_holds(penalised=True) for it in gm.history_)
+    print(f"\nELBO chain: {'holds' if holds else 'FAILS'} at every iteration "
+          "(emcore demo --audit shows each link)")
+    if args.plot:
+        from emcore._fit_command import CommandError, _write_plot
+        try:
+            _write_plot(args.plot, gm, X, list(OLD_FAITHFUL_COLUMNS), None)
+        except CommandError as exc:
+            print(f"emcore demo: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"Plot written to {args.plot}")
+    return 0 if holds else 1
+
+
 def _description(record) -> str:
     """The record's one-line description, else the first line of its factory's
     docstring (a third-party record without one still says what it is)."""
@@ -110,15 +136,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--version", action="version", version=f"emcore {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="fit a Gaussian mixture to the bundled Old "
-                                       "Faithful data and show the ELBO chain")
+                                       "Faithful data and show its summary (--audit: "
+                                       "the ELBO chain)")
     demo.add_argument("--n-components", type=int, default=2)
     demo.add_argument("--random-state", type=int, default=0)
     demo.add_argument("--tol", type=float, default=1e-8)
     demo.add_argument("--n-jobs", type=int, default=None)
+    demo.add_argument("--audit", action="store_true",
+                      help="show the ELBO chain link by link instead of the summary")
+    demo.add_argument("--plot", default=None,
+                      help="write the classification, uncertainty and EM trace plots "
+                           "to this image file (needs matplotlib)")
     demo.set_defaults(func=_demo)
     plugins = sub.add_parser("plugins", help="list registered families and posterior "
                                              "rules, and broken plugins with why")
     plugins.set_defaults(func=_plugins)
+    add_fit_parser(sub)
     args = parser.parse_args(argv)
     np.set_printoptions(precision=6, suppress=True)
     try:

@@ -373,3 +373,26 @@ class _MixtureBase(BaseEstimator):
             loglik, n = float(np.dot(w, row_loglik)), float(w.sum())
             classification = float(np.dot(w, log_max_q))
         return float(self._information_criteria(loglik, n)[0]) - 2.0 * classification
+
+    def summary(self, X: Any, parameters: bool = False):
+        """What was fitted, in ten lines: an :class:`emcore.summary.Summary`.
+
+        Like mclust's ``summary()``: the model (family, covariance type), n, d, G,
+        log-likelihood, degrees of freedom, BIC, AIC, ICL (lower is better, as
+        :meth:`bic`), the clustering table (rows of X per component, from
+        :meth:`predict`) and the stopping rule; ``print(model.summary(X))`` shows
+        the report, and its fields are data.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Usually the training data: the fit keeps no data, so n, the criteria
+            and the clustering table are computed on X (equal to ``bic(X)``,
+            ``aic(X)``, ``icl(X)`` and ``predict(X)``).
+        parameters : bool, default False
+            Also the weights and the family's parameters (for a Gaussian mixture
+            the means and the (G, d, d) covariances), labelled by
+            ``feature_names_in_`` (else x0, x1, ...).
+        """
+        from emcore.summary import summarise
+        return summarise(self, X, parameters)

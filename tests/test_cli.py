@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -99,8 +100,8 @@ def _sklearn_fit():
     return sk.score(X) * X.shape[0], sk.weights_[order], sk.means_[order]
 
 
-def test_demo(tmp_path):
-    proc = _run(["demo"], tmp_path)
+def test_demo_audit(tmp_path):
+    proc = _run(["demo", "--audit"], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     lines = out.splitlines()
@@ -148,7 +149,27 @@ def test_demo(tmp_path):
     assert len(re.findall(r"^\s+covariance \[.*,.*\]$", out, re.M)) == 4
 
 
-@pytest.mark.parametrize("command", [["plugins"], ["demo"]])
+def test_demo_prints_the_summary(tmp_path):
+    from emcore import GaussianMixture
+    from emcore.summary import summarise
+
+    fig = tmp_path / "demo.png"
+    has_matplotlib = importlib.util.find_spec("matplotlib") is not None
+    command = ["demo", "--plot", str(fig)] if has_matplotlib else ["demo"]
+    proc = _run(command, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    X = load_old_faithful()
+    gm = GaussianMixture(n_components=2, random_state=0, tol=1e-8).fit(X)
+    expected = str(summarise(gm, X, parameters=True, feature_names=OLD_FAITHFUL_COLUMNS))
+    assert expected in proc.stdout
+    assert "ELBO chain: holds at every iteration" in proc.stdout
+    assert "iter" not in proc.stdout.split()          # the audit table only with --audit
+    if has_matplotlib:
+        assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"Plot written to {fig}" in proc.stdout
+
+
+@pytest.mark.parametrize("command", [["plugins"], ["demo"], ["demo", "--audit"]])
 def test_output_piped_into_a_closed_reader_is_not_an_error(tmp_path, command):
     # `emcore plugins | head -1`: the reader is gone before the output is written
     proc = subprocess.Popen(emcore_command() + command, cwd=tmp_path,

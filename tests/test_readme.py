@@ -48,7 +48,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 #: what a block needs besides emcore's own dependencies: text in the block -> module
 _USES_PLUGIN = {'family="example_poisson"': "emcore_poisson"}
-_OPTIONAL = {"dask", "distributed", "h5py", "zarr", "emcore_poisson"}
+_OPTIONAL = {"dask", "distributed", "h5py", "zarr", "emcore_poisson", "matplotlib"}
 
 
 @dataclass(frozen=True)
