@@ -5,7 +5,8 @@ L(theta) = sum_i log sum_k w_k N(x_i,o | mu_k,o, Sigma_k,oo), o = o(i) the
 coordinates observed in row i. The E-step's q_t(z, x_m) = p(z, x_m | x_o, theta_t)
 is the exact posterior of the component *and* the missing coordinates, so
 ELBO(q_t, theta_t) = L(theta_t) and the chain of docs/elbo_chain.md holds for L
-(derivation: docs/missing_values.md).
+(derivation: docs/missing_values.md; why a loop of its own:
+docs/missing_values.md#design).
 
 Rows are grouped by missingness pattern: each pattern's factorisation (the
 Cholesky factor of Sigma_k,oo, the regression Sigma_k,mo Sigma_k,oo^-1 and the
