@@ -554,7 +554,6 @@ class GaussianMixture(_MixtureBase):
         """
         record_feature_names(self, X)
         X = self._checked_input(X, "GaussianMixture.fit")
-        self.n_rows_dropped_ = 0
         if isinstance(X, np.ndarray) and np.isnan(X).any():
             return self._fit_missing(X, sample_weight)
         self._check_parameters(X)
@@ -581,6 +580,7 @@ class GaussianMixture(_MixtureBase):
         self._fitted_rule = rule
         self.prior_ = prior
         self._online = None          # fit discards partial_fit's running state
+        self.n_rows_dropped_ = 0
         return self
 
     # --- missing values (docs/missing_values.md) -------------------------------------
