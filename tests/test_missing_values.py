@@ -127,6 +127,8 @@ def _fast_observed_loglik(X, w, means, covs):
 
 
 def test_two_components_reach_the_direct_maximum_from_the_same_start():
+    # ~4 s: BFGS with finite-difference gradients over the 11 free parameters (the
+    # outside reference issue 17 asks for)
     _, X = _two_clusters(n=200, d=2, rate=0.2, seed=2)
     w0 = np.array([0.5, 0.5])
     m0 = np.array([[0.5, 0.5], [2.0, 1.5]])
@@ -147,7 +149,8 @@ def test_two_components_reach_the_direct_maximum_from_the_same_start():
 
 # --- the chain, every covariance type, hypothesis-drawn MCAR masks ---------------------
 
-@settings(max_examples=8, deadline=None,
+# ~0.5 s per example (15 iterations, 4 covariance types drawn): 6 examples
+@settings(max_examples=6, deadline=None,
           phases=(Phase.explicit, Phase.reuse, Phase.generate))     # fast: no shrinking
 @given(seed=st.integers(0, 2**31 - 1), rate=st.floats(0.05, 0.4),
        covariance_type=st.sampled_from(TYPES))
