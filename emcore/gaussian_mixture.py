@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -10,12 +11,14 @@ import scipy.linalg
 
 from emcore import _validation as v
 from emcore._feature_names import check_feature_names, record_feature_names
-from emcore._input import check_input
+from emcore import _missing
+from emcore._input import check_input, is_chunked
 from emcore._mixture import _MixtureBase, _check_weights
 from emcore._online import check_exponent, stepwise_update
 from emcore.constraints import Constraints
 from emcore.engine import FitResult, Iteration
-from emcore.exceptions import DegenerateComponentError
+from emcore.exceptions import (ConvergenceWarning, DegenerateComponentError,
+                               _sklearn_compatible)
 from emcore.plugin_api import PosteriorRule
 from emcore.priors import GaussianPrior, ResolvedGaussianPrior
 from emcore.registry import get_registry
@@ -275,6 +278,15 @@ class GaussianMixture(_MixtureBase):
         non-decreasing (an extrapolation that would lower it falls back to the EM
         step); ``history_[t].step`` says which kind of step each record is
         (docs/variants.md#squarem).
+    missing : {'error', 'marginalize'}, default 'error'
+        What NaN entries of X mean. 'error': they are refused (ValueError).
+        'marginalize': they are missing values: ``fit`` runs exact EM for the
+        observed-data likelihood (each row's observed coordinates; the missing
+        ones enter through their conditional distribution given the observed ones),
+        and ``score_samples``/``predict_proba``/``predict`` use each row's marginal
+        density; :meth:`impute` fills them in. Maximum likelihood only (no
+        ``prior``, ``posterior``, ``accelerate`` or ``sample_weight`` with NaN in
+        X), in memory (docs/missing_values.md).
 
     Attributes
     ----------
@@ -301,6 +313,9 @@ class GaussianMixture(_MixtureBase):
         loglik(theta_{t+1}), penalty change, parameter change and the derived
         rounding tolerances; ``it.chain_holds()`` checks the chain.
     n_features_in_ : int
+    n_rows_dropped_ : int
+        Rows of the last ``fit`` with every coordinate missing (dropped, with a
+        warning); 0 without NaN.
     prior_ : emcore.priors.ResolvedGaussianPrior or None
         The prior with its defaults filled in from the training data.
 
@@ -331,7 +346,8 @@ class GaussianMixture(_MixtureBase):
                  warm_start: bool = False, n_jobs: Optional[int] = None,
                  verbose: int = 0, prior: Any = None, posterior: Any = None,
                  online_step_exponent: float = 0.6, accelerate: Optional[str] = None,
-                 callback: Optional[Callable[[Iteration], Any]] = None):
+                 callback: Optional[Callable[[Iteration], Any]] = None,
+                 missing: str = "error"):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -351,6 +367,7 @@ class GaussianMixture(_MixtureBase):
         self.posterior = posterior
         self.accelerate = accelerate
         self.callback = callback
+        self.missing = missing
 
     # --- resolution and validation --------------------------------------------------
     def _family(self, n_features: int, n_components: Optional[int] = None, prior=None):
@@ -536,7 +553,9 @@ class GaussianMixture(_MixtureBase):
             mean log-likelihood.
         """
         record_feature_names(self, X)
-        X = check_input(X, owner="GaussianMixture.fit")
+        X = self._checked_input(X, "GaussianMixture.fit")
+        if isinstance(X, np.ndarray) and np.isnan(X).any():
+            return self._fit_missing(X, sample_weight)
         self._check_parameters(X)
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0],
                                               owner="GaussianMixture.fit",
@@ -561,7 +580,134 @@ class GaussianMixture(_MixtureBase):
         self._fitted_rule = rule
         self.prior_ = prior
         self._online = None          # fit discards partial_fit's running state
+        self.n_rows_dropped_ = 0
         return self
+
+    # --- missing values (docs/missing_values.md) -------------------------------------
+    def _checked_input(self, X: Any, owner: str, n_features: Optional[int] = None):
+        """X as check_input gives it; with missing='marginalize', in-memory X may
+        hold NaN (every other check unchanged)."""
+        missing = v.check_choice(self.missing, "missing", "GaussianMixture",
+                                 ("error", "marginalize"))
+        if missing == "error" or is_chunked(X):
+            return check_input(X, owner=owner, n_features=n_features)
+        try:
+            arr = np.asarray(X, dtype=np.float64)
+        except (TypeError, ValueError):
+            return check_input(X, owner=owner, n_features=n_features)
+        nan = np.isnan(arr)
+        if not nan.any():
+            return check_input(X, owner=owner, n_features=n_features)
+        checked = check_input(np.where(nan, 0.0, arr), owner=owner, n_features=n_features)
+        checked[nan] = np.nan
+        return checked
+
+    def _fit_missing(self, X: np.ndarray, sample_weight: Any) -> "GaussianMixture":
+        owner = "GaussianMixture.fit"
+        for name, value in (("prior", self.prior), ("posterior", self.posterior),
+                            ("accelerate", self.accelerate),
+                            ("sample_weight", sample_weight)):
+            if value is not None:
+                raise ValueError(f"The {name!r} parameter of {owner} must be None when X "
+                                 "has missing values (missing='marginalize' fits by maximum "
+                                 f"likelihood, unweighted). Got {value!r} instead.")
+        X, n_dropped = _missing.drop_empty_rows(X, owner)
+        self._check_parameters(X)
+        data = _missing.prepare(X)
+        family = self._family(X.shape[1])
+        rng = v.check_random_state(self.random_state, "GaussianMixture")
+        # starts from the data with each missing entry set to its column's mean
+        # (a start only: EM then treats them as missing)
+        column_means = np.nanmean(X, axis=0)
+        filled = np.where(data.observed, X, column_means)
+        names = getattr(self, "feature_names_in_", None)
+        warm = self.warm_start and hasattr(self, "weights_")
+        if warm:
+            fitted = self._fitted_model(owner)[0]
+            v._check_n_features(X.shape[1], fitted.n_features, "X",
+                                "GaussianMixture.fit (warm_start=True)")
+            warm = (fitted.n_components == self.n_components
+                    and self._fitted_covariance_type == self.covariance_type)
+        best = None
+        for _ in range(1 if warm else self.n_init):
+            if warm:
+                weights, params = self._fitted_model(owner)[1:]
+            else:
+                weights, params = self._initial_parameters(filled, family, rng)
+            result = _missing.run_missing_em(data, family, weights, params,
+                                             max_iter=self.max_iter, tol=self.tol,
+                                             callback=self.callback, feature_names=names)
+            if best is None or result.value > best.value:
+                best = result
+            if result.stop_reason == "callback":
+                break
+        if best.stop_reason == "max_iter" and self.max_iter > 0 and self.tol > 0:
+            warnings.warn(f"GaussianMixture stopped after max_iter={self.max_iter} "
+                          "iterations before the relative change fell to "
+                          f"tol={self.tol:g}; increase max_iter or tol.",
+                          _sklearn_compatible(ConvergenceWarning), stacklevel=3)
+        self._set_fitted(best, X.shape[1])
+        self._fitted_rule = self._likelihood_rule()
+        self.prior_ = None
+        self._online = None
+        self.n_rows_dropped_ = n_dropped
+        return self
+
+    def _evaluate(self, X: Any, method: str, log_resp: bool = False, rule=None):
+        owner = f"{self._owner}.{method}"
+        if self.missing == "marginalize" and not is_chunked(X):
+            family, weights, params = self._fitted_model(owner)
+            check_feature_names(self, X)
+            X = self._checked_input(X, owner, n_features=family.n_features)
+            if np.isnan(X).any():
+                # the marginal density of each row's observed coordinates (the
+                # exact posterior: rules other than soft need complete rows)
+                ps = _missing.missing_pass(_missing.prepare(X), weights, params["means"],
+                                           params["covariances"])
+                return ps.row_loglik, (ps.log_resp if log_resp else None)
+        return super()._evaluate(X, method, log_resp=log_resp, rule=rule)
+
+    def impute(self, X: Any, return_std: bool = False):
+        """The missing (NaN) entries of X filled with their conditional means
+        E[x_m | x_o] under the fitted mixture (observed entries unchanged).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            NaN marks a missing entry (needs ``missing='marginalize'``).
+        return_std : bool, default False
+            Also return the conditional standard deviations sqrt(Var[x_m | x_o])
+            (0 at observed entries).
+
+        Returns
+        -------
+        X_imputed : ndarray of shape (n_samples, n_features)
+        std : ndarray of shape (n_samples, n_features), if ``return_std``
+        """
+        owner = "GaussianMixture.impute"
+        v.check_bool(return_std, "return_std", owner)
+        family, weights, params = self._fitted_model(owner)
+        check_feature_names(self, X)
+        X = np.array(self._checked_input(X, owner, n_features=family.n_features))
+        std = np.zeros_like(X)
+        if np.isnan(X).any():
+            data = _missing.prepare(X)
+            ps = _missing.missing_pass(data, weights, params["means"], params["covariances"])
+            resp = np.exp(ps.log_resp)
+            for obs, rows in data.patterns:
+                m = np.flatnonzero(~obs)
+                if not m.size:
+                    continue
+                X_o = data.X[np.ix_(rows, np.flatnonzero(obs))]
+                _, cm, cc = _missing.conditionals(params["means"], params["covariances"],
+                                                  obs, X_o)
+                r = resp[rows][:, :, None]
+                mean = np.sum(r * cm, axis=1)
+                # law of total variance over the components
+                second = np.sum(r * (cm * cm + np.einsum("kjj->kj", cc)[None]), axis=1)
+                X[np.ix_(rows, m)] = mean
+                std[np.ix_(rows, m)] = np.sqrt(np.maximum(second - mean * mean, 0.0))
+        return (X, std) if return_std else X
 
     def _set_fitted(self, result: FitResult, n_features: int) -> None:
         # the family keeps full (k, d, d) arrays for every type; users see

@@ -269,6 +269,7 @@ PARAMETERS = {
         "posterior": [3.0, "bogus", ["soft"]],
         "online_step_exponent": [0.5, 1.5, -1.0, np.nan, "0.6", None, True],
         "accelerate": ["anderson", "SQUAREM", True, 1],
+        "missing": ["drop", "MARGINALIZE", None, True, 1],
     },
     "KMeans": {
         "n_clusters": _INT_BAD + [N + 1],
