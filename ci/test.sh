@@ -9,9 +9,9 @@ VENV=${EMCORE_TEST_VENV:-.venv-test}
 
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
-# the optional sources too (Dask, h5py, zarr: wheels, ~20 s): with EMCORE_TEST_INSTALLED
-# set, tests/test_distributed.py and tests/test_sources.py must run, never skip
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ".[test,dask,hdf5,zarr]"
+# the optional extras too (Dask, h5py, zarr, matplotlib: wheels, ~30 s): with EMCORE_TEST_INSTALLED
+# set, tests/test_distributed.py, test_sources.py, test_plot.py and the README's plot block must run, never skip
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ".[test,dask,hdf5,zarr,plot]"
 # The example third-party plugin, as its own distribution next to emcore
 # (tests/test_example_plugin.py needs it when EMCORE_TEST_INSTALLED is set).
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ./examples/emcore-poisson
