@@ -763,6 +763,24 @@ def _blocks(Py_ssize_t n_seq):
     return min(n_seq, MAX_BLOCKS)
 
 
+def _chain_constants(log_startprob, log_transmat, Py_ssize_t K):
+    """(pi, A, A^T, p, C) of a chain for the scaled passes.
+
+    The parameters' range (module docstring, "Leaving the double range"): p is
+    the smallest non-zero start or transition probability (below DBL_MIN it is a
+    subnormal with fewer significant bits, and every sequence goes to the
+    log-space pass); C is the underflow bound's constant for the others.
+    """
+    pi_arr = np.exp(np.asarray(log_startprob))
+    A_arr = np.ascontiguousarray(np.exp(np.asarray(log_transmat)))
+    AT_arr = np.ascontiguousarray(A_arr.T)
+    lpos = np.concatenate([np.asarray(log_startprob), np.asarray(log_transmat).ravel()])
+    lpos = lpos[lpos > -np.inf]
+    p_min = float(np.exp(lpos.min())) if lpos.size else 1.0
+    C = K + 1.0 + 2.0 * max(1.0, float(pi_arr.max(initial=0.0)), float(A_arr.max(initial=0.0)))
+    return pi_arr, A_arr, AT_arr, p_min, C
+
+
 def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
                      const double[::1] log_startprob, const double[:, ::1] log_transmat,
                      double[:, ::1] gamma, int n_threads, bint use_blas,
@@ -788,22 +806,14 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
     cdef Py_ssize_t n_blocks = _blocks(n_seq)
     cdef Py_ssize_t n_slots = max(n_blocks, 1)
 
-    pi_arr = np.exp(np.asarray(log_startprob))
-    A_arr = np.ascontiguousarray(np.exp(np.asarray(log_transmat)))
-    AT_arr = np.ascontiguousarray(A_arr.T)
+    pi_arr, A_arr, AT_arr, smallest, bound_constant = _chain_constants(log_startprob,
+                                                                       log_transmat, K)
     cdef const double[::1] pi = pi_arr
     cdef const double[:, ::1] A = A_arr
     cdef const double[:, ::1] AT = AT_arr
-    # the parameters' range (module docstring, "Leaving the double range"): a
-    # non-zero start or transition probability below DBL_MIN is a subnormal with
-    # fewer significant bits, so every sequence goes to the log-space pass; p
-    # (smallest non-zero) and C (the underflow bound's constant) for the others
-    lpos = np.concatenate([np.asarray(log_startprob), np.asarray(log_transmat).ravel()])
-    lpos = lpos[lpos > -np.inf]
-    cdef double p_min = float(np.exp(lpos.min())) if lpos.size else 1.0
+    cdef double p_min = smallest
     cdef bint tiny_params = not (p_min >= _DBL_MIN)
-    cdef double C = K + 1.0 + 2.0 * max(1.0, float(pi_arr.max(initial=0.0)),
-                                        float(A_arr.max(initial=0.0)))
+    cdef double C = bound_constant
 
     loglik = np.zeros(n_seq)
     entropy = np.zeros(n_seq)
@@ -964,18 +974,14 @@ def forward_backward_stats(FamilyKernel kernel, const double[:, ::1] X,
     cdef Py_ssize_t n_blocks = _blocks(n_seq)
     cdef Py_ssize_t n_slots = max(n_blocks, 1)
 
-    pi_arr = np.exp(np.asarray(log_startprob))
-    A_arr = np.ascontiguousarray(np.exp(np.asarray(log_transmat)))
-    AT_arr = np.ascontiguousarray(A_arr.T)
+    pi_arr, A_arr, AT_arr, smallest, bound_constant = _chain_constants(log_startprob,
+                                                                       log_transmat, K)
     cdef const double[::1] pi = pi_arr
     cdef const double[:, ::1] A = A_arr
     cdef const double[:, ::1] AT = AT_arr
-    lpos = np.concatenate([np.asarray(log_startprob), np.asarray(log_transmat).ravel()])
-    lpos = lpos[lpos > -np.inf]
-    cdef double p_min = float(np.exp(lpos.min())) if lpos.size else 1.0
+    cdef double p_min = smallest
     cdef bint tiny_params = not (p_min >= _DBL_MIN)
-    cdef double C = K + 1.0 + 2.0 * max(1.0, float(pi_arr.max(initial=0.0)),
-                                        float(A_arr.max(initial=0.0)))
+    cdef double C = bound_constant
 
     loglik = np.zeros(n_seq)
     entropy = np.zeros(n_seq)
