@@ -145,10 +145,7 @@ class _MixtureBase(BaseEstimator):
         v.check_choice(self.init_params, "init_params", owner, INIT_PARAMS)
         v.check_int(self.verbose, "verbose", owner, low=0)
         check_callback(self.callback, owner)
-        n_jobs = v.check_int(self.n_jobs, "n_jobs", owner, allow_none=True)
-        if n_jobs == 0:
-            raise ValueError(f"The 'n_jobs' parameter of {owner} must be None, a "
-                             "positive int or a negative int (-1 = all CPUs). Got 0 instead.")
+        v.check_n_jobs(self.n_jobs, owner)
         accelerate = getattr(self, "accelerate", None)
         if accelerate is not None and accelerate != "squarem":
             raise ValueError(f"The 'accelerate' parameter of {owner} must be None or "

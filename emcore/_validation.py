@@ -156,6 +156,15 @@ def check_int(value: Any, name: str, owner: str, *, low: Optional[int] = None,
     return int(value)
 
 
+def check_n_jobs(value: Any, owner: str) -> Optional[int]:
+    """The 'n_jobs' parameter: None, a positive int or a negative int (-1 = all CPUs)."""
+    n_jobs = check_int(value, "n_jobs", owner, allow_none=True)
+    if n_jobs == 0:
+        raise ValueError(f"The 'n_jobs' parameter{_where(owner)} must be None, a positive "
+                         "int or a negative int (-1 = all CPUs). Got 0 instead.")
+    return n_jobs
+
+
 def check_float(value: Any, name: str, owner: str, *, low: float = 0.0) -> float:
     """Return value as a finite float >= low."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or \

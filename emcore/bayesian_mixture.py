@@ -439,10 +439,7 @@ default 'dirichlet_process'
                        "weight_concentration_prior_type", owner, _PRIOR_TYPES)
         v.check_bool(self.warm_start, "warm_start", owner)
         v.check_int(self.verbose, "verbose", owner, low=0)
-        n_jobs = v.check_int(self.n_jobs, "n_jobs", owner, allow_none=True)
-        if n_jobs == 0:
-            raise ValueError(f"The 'n_jobs' parameter of {owner} must be None, a "
-                             "positive int or a negative int (-1 = all CPUs). Got 0 instead.")
+        v.check_n_jobs(self.n_jobs, owner)
         if X.shape[0] < k:
             raise ValueError(f"The 'n_components' parameter of {owner} must be at most "
                              f"n_samples={X.shape[0]} (the rows of X). Got "

@@ -285,10 +285,7 @@ class HiddenMarkovModel(BaseEstimator):
         if self.accelerate is not None and self.accelerate != "squarem":
             raise ValueError(f"The 'accelerate' parameter of {_OWNER} must be None or "
                              f"'squarem'. Got {self.accelerate!r} instead.")
-        n_jobs = v.check_int(self.n_jobs, "n_jobs", _OWNER, allow_none=True)
-        if n_jobs == 0:
-            raise ValueError(f"The 'n_jobs' parameter of {_OWNER} must be None, a positive "
-                             "int or a negative int (-1 = all CPUs). Got 0 instead.")
+        n_jobs = v.check_n_jobs(self.n_jobs, _OWNER)
         if X.shape[0] < K:
             raise ValueError(f"The 'n_states' parameter of {_OWNER} must be at most "
                              f"n_samples={X.shape[0]} (the rows of X). Got n_states={K} "

@@ -153,10 +153,7 @@ class KMeans(BaseEstimator):
         v.check_float(self.tol, "tol", owner)
         v.check_int(self.verbose, "verbose", owner, low=0)
         check_callback(self.callback, owner)
-        n_jobs = v.check_int(self.n_jobs, "n_jobs", owner, allow_none=True)
-        if n_jobs == 0:
-            raise ValueError("The 'n_jobs' parameter of KMeans must be None, a positive "
-                             "int or a negative int (-1 = all CPUs). Got 0 instead.")
+        v.check_n_jobs(self.n_jobs, owner)
         if isinstance(self.init, str):
             v.check_choice(self.init, "init", owner, _INIT)
             centres = None
