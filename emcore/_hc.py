@@ -30,7 +30,7 @@ best partner took part in the merge.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -70,59 +70,94 @@ class _Groups:
         centred = Z - Z.mean(axis=0)
         self.alpha = max(float(np.einsum("ij,ij->", centred, centred)) / (Z.shape[0] * d),
                          np.finfo(float).eps)
-        self.term = self._term(self.n, self.W, self.trace)
+        self.term = self._term(self.n, self.trace)
 
-    def _term(self, n, W, trace):
+    def _term(self, n, trace, scatter=None):
+        """The criterion's term of groups of sizes ``n`` and traces ``trace``;
+        ``scatter()`` gives the W of the groups with n > d (only those need it)."""
         if self.model == "EII":
             return trace.copy()
         beta = 1.0
         # l <= d (or zero scatter): the trace part alone
         base = np.log(beta * (trace + self.alpha) / n)
         out = n * base
-        big = (n > self.d) & (trace > 0)
-        if np.any(big):
-            sign, logdet = np.linalg.slogdet(W[big] / n[big, None, None])
+        big = n > self.d
+        if scatter is not None and np.any(big):
+            sign, logdet = np.linalg.slogdet(scatter() / n[big, None, None])
+            with_det = trace[big] > 0
             logdet = np.where(sign > 0, logdet, -np.inf)
-            out[big] = n[big] * np.logaddexp(logdet, base[big])
+            out[big] = np.where(with_det, n[big] * np.logaddexp(logdet, base[big]),
+                                out[big])
         return out
 
     def merged(self, i: int, others: np.ndarray) -> tuple:
-        """(n, mean, W, trace, term) of group i merged with each group of ``others``."""
+        """(n, mean, trace, term, W of those with n > d) of group i merged with each
+        group of ``others``."""
         n_i, n_o = self.n[i], self.n[others]
         n = n_i + n_o
         diff = self.mean[others] - self.mean[i]
         c = n_i * n_o / n
         mean = self.mean[i] + diff * (n_o / n)[:, None]
         trace = self.trace[i] + self.trace[others] + c * np.einsum("ij,ij->i", diff, diff)
-        if self.model == "EII":
-            W = None
-        else:
-            W = self.W[i] + self.W[others] + c[:, None, None] * (diff[:, :, None]
-                                                                  * diff[:, None, :])
-        return n, mean, W, trace, self._term(n, W, trace)
+        big = n > self.d
+        W = []
+
+        def scatter():
+            o, cb, db = others[big], c[big], diff[big]
+            W.append(self.W[i] + self.W[o] + cb[:, None, None] * (db[:, :, None]
+                                                                  * db[:, None, :]))
+            return W[0]
+        term = self._term(n, trace, scatter)
+        return n, mean, trace, term, (W[0] if W else None)
+
+    def _scatter(self, i: int, j: int) -> np.ndarray:
+        n_i, n_j = self.n[i], self.n[j]
+        diff = self.mean[j] - self.mean[i]
+        return self.W[i] + self.W[j] + (n_i * n_j / (n_i + n_j)) * np.outer(diff, diff)
 
     def costs(self, i: int, others: np.ndarray) -> np.ndarray:
         """Change of the criterion when group i merges with each of ``others``."""
-        term = self.merged(i, others)[4]
+        term = self.merged(i, others)[3]
         return term - self.term[i] - self.term[others]
 
     def merge(self, i: int, j: int) -> None:
-        n, mean, W, trace, term = self.merged(i, np.array([j]))
+        n, mean, trace, term, W = self.merged(i, np.array([j]))
+        if self.model != "EII":
+            self.W[i] = W[0] if W is not None else self._scatter(i, j)
         self.n[i], self.mean[i], self.trace[i], self.term[i] = n[0], mean[0], trace[0], term[0]
-        if W is not None:
-            self.W[i] = W[0]
 
 
-def hc_labels(X: np.ndarray, n_clusters: int, model: str = "VVV",
+def _cut(parent: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """Labels of the n rows (-1 outside ``rows``) of the groups ``parent`` (group ->
+    the group it was merged into, itself if active) leaves, numbered by first
+    appearance."""
+    root = parent.copy()
+    while True:                       # follow each starting group to where it ended
+        nxt = root[root]
+        if np.array_equal(nxt, root):
+            break
+        root = nxt
+    _, first, labels = np.unique(root, return_index=True, return_inverse=True)
+    rank = np.empty(first.shape[0], dtype=np.intp)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.shape[0])
+    out = np.full(n, -1, dtype=np.intp)
+    out[rows] = rank[labels.reshape(-1)]
+    return out
+
+
+def hc_labels(X: np.ndarray, n_clusters: Union[int, Sequence[int]], model: str = "VVV",
               rng: Optional[np.random.Generator] = None,
-              subset: int = SUBSET, transform: bool = True) -> np.ndarray:
-    """Labels (0 .. n_clusters - 1, numbered by first appearance) of the rows of X cut
-    from the model-based agglomeration at ``n_clusters`` groups; -1 for rows outside
-    the random subset hc ran on (n > ``subset``).
+              subset: int = SUBSET, transform: bool = True):
+    """Labels (0 .. G - 1, numbered by first appearance) of the rows of X cut from the
+    model-based agglomeration at G = ``n_clusters`` groups; -1 for rows outside the
+    random subset hc ran on (n > ``subset``). A sequence of G: {G: labels}, from
+    one agglomeration.
 
     ``transform``: apply :func:`hc_transform` first (mclust's default, "SVD");
     False agglomerates X as given ("VARS").
     """
+    many = not isinstance(n_clusters, (int, np.integer))
+    wanted = sorted({int(G) for G in (n_clusters if many else [n_clusters])})
     if model not in HC_MODELS:
         raise ValueError(f"hc model must be one of {HC_MODELS}. Got {model!r} instead.")
     X = np.asarray(X, dtype=np.float64)
@@ -135,9 +170,11 @@ def hc_labels(X: np.ndarray, n_clusters: int, model: str = "VVV",
     Z = hc_transform(data) if transform else data
     if Z.shape[1] == 0:                      # every column constant: one spread-free group
         Z = np.zeros((data.shape[0], 1))
-    group = np.arange(data.shape[0])          # singletons (mclust's hc() start)
-    groups = _Groups(Z, group, model)
-    g = groups.n.shape[0]
+    g = data.shape[0]
+    if not 1 <= wanted[0] <= wanted[-1] <= g:
+        raise ValueError(f"hc can cut {g} rows into 1 to {g} groups. Got {n_clusters!r} "
+                         "instead.")
+    groups = _Groups(Z, np.arange(g), model)   # singletons (mclust's hc() start)
     # Groups live in slots 0 .. m-1 (m active); cost[i, j] (i < j) is the change of
     # the criterion when the groups in slots i and j merge. As mclust's hcVVV/hcEII
     # (so that exact ties, e.g. identical rows, are broken as mclust breaks them):
@@ -162,7 +199,8 @@ def hc_labels(X: np.ndarray, n_clusters: int, model: str = "VVV",
         refresh(j)
     parent = np.arange(g)                     # group -> group it was merged into
     m = g
-    for _ in range(g - n_clusters):
+    cuts = {g: _cut(parent, rows, n)} if g in wanted else {}
+    for _ in range(g - wanted[0]):
         top = col_best[:m]
         j = m - 1 - int(np.argmin(top[::-1]))  # the last column with the minimum
         i = int(col_arg[j])
@@ -195,19 +233,6 @@ def hc_labels(X: np.ndarray, n_clusters: int, model: str = "VVV",
         for col in cols[stale]:
             refresh(int(col))
         col_best[m:] = np.inf
-    # follow each starting group to the group it ended in
-    root = parent.copy()
-    while True:
-        nxt = root[root]
-        if np.array_equal(nxt, root):
-            break
-        root = nxt
-    _, labels = np.unique(root[group], return_inverse=True)
-    labels = labels.reshape(-1)
-    # numbered by first appearance
-    _, first = np.unique(labels, return_index=True)
-    rank = np.empty(n_clusters, dtype=np.intp)
-    rank[np.argsort(first, kind="stable")] = np.arange(n_clusters)
-    out = np.full(n, -1, dtype=np.intp)
-    out[rows] = rank[labels]
-    return out
+        if m in wanted:
+            cuts[m] = _cut(parent, rows, n)
+    return cuts if many else cuts[wanted[0]]
