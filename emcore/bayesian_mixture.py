@@ -737,6 +737,24 @@ default 'dirichlet_process'
         """Fit, then return the labels of X under the fitted q(theta)."""
         return self.fit(X).predict(X)
 
+    def summary(self, X: Any, parameters: bool = False):
+        """What was fitted, in a few lines: an :class:`emcore.summary.VBSummary` (the
+        ELBO, the effective components, the weights, the clustering table of
+        ``predict(X)``, iterations and the stopping rule); ``print`` shows the
+        report, its fields are data.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Usually the training data (the fit keeps no data): n and the clustering table
+            are computed on X.
+        parameters : bool, default False
+            Also the means and the (G, d, d) covariances of q(theta), labelled by ``feature_names_in_`` (else the
+            columns of a DataFrame X, else x0, x1, ...).
+        """
+        from emcore.summary import summarise_vb
+        return summarise_vb(self, X, parameters)
+
     def sample(self, n_samples: int = 1) -> tuple:
         """Draw (X, y) from the mixture with ``weights_``, ``means_`` and
         ``covariances_`` (as scikit-learn does); y is each row's component."""

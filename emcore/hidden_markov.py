@@ -464,6 +464,25 @@ class HiddenMarkovModel(BaseEstimator):
         """The most probable state path (Viterbi), shape (n_samples,)."""
         return self.decode(X, lengths, algorithm="viterbi")[1]
 
+    def summary(self, X: Any, lengths: Any = None, parameters: bool = False):
+        """What was fitted, in a few lines: an :class:`emcore.summary.HMMSummary` (the
+        log-likelihood of X, BIC and AIC, the start and transition probabilities,
+        the state counts of the Viterbi path ``predict(X)``, iterations and the
+        stopping rule); ``print`` shows the report, its fields are data.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), or a list of such arrays
+            Usually the training sequences (the fit keeps no data).
+        lengths : array of int, optional
+            As in :meth:`fit`.
+        parameters : bool, default False
+            Also the emission parameters, labelled by the columns of a DataFrame X
+            (else x0, x1, ...).
+        """
+        from emcore.summary import summarise_hmm
+        return summarise_hmm(self, X, lengths, parameters)
+
     def sample(self, n_samples: int = 1, random_state: Any = None) -> tuple:
         """Draw one sequence of ``n_samples`` rows; returns (X, states).
 

@@ -376,6 +376,24 @@ class KMeans(BaseEstimator):
         stats = self._pass(X, centres, sample_weight=w, with_stats=True).stats
         return -float(np.sum(self._family(k, d).within_scatter(stats, {"means": centres})))
 
+    def summary(self, X: Any, parameters: bool = False):
+        """What was fitted, in a few lines: an :class:`emcore.summary.KMeansSummary`
+        (inertia and cluster sizes on X, equal to ``-score(X)`` and the counts of
+        ``predict(X)``, iterations and the stopping rule); ``print`` shows the
+        report, its fields are data.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Usually the training data (the fit keeps no data): n and the inertia and the cluster sizes
+            are computed on X.
+        parameters : bool, default False
+            Also the cluster centres, labelled by ``feature_names_in_`` (else the
+            columns of a DataFrame X, else x0, x1, ...).
+        """
+        from emcore.summary import summarise_kmeans
+        return summarise_kmeans(self, X, parameters)
+
     def __sklearn_tags__(self):
         """scikit-learn's tags for a clusterer/transformer."""
         from sklearn.utils import InputTags, Tags, TargetTags, TransformerTags
