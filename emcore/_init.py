@@ -11,6 +11,10 @@ from typing import Optional
 
 import numpy as np
 
+from emcore._chunks import stats_from_assignments
+from emcore._hc import hc_labels
+from emcore._validation import as_float_array
+
 _CHUNK = 65536
 
 
@@ -130,9 +134,21 @@ def starting_partition(X: np.ndarray, n_components: int, init_params: str,
     'k-means++': D^2-sampled seed rows, each row assigned to the nearest seed;
     'random_from_data': distinct seed rows drawn in proportion to their weight
     (:func:`random_rows`), the same assignment; 'random': responsibilities drawn
-    uniformly and normalised (drawn when asked for, in row order).
+    uniformly and normalised (drawn when asked for, in row order); 'hc': mclust's
+    model-based hierarchical agglomeration ("VVV", emcore._hc) cut at
+    ``n_components`` groups (unweighted: ``sample_weight`` enters the M-step on
+    the partition, not the agglomeration); above ``emcore._hc.SUBSET`` rows it
+    runs on a random subset and the other rows get no share (all-zero rows).
     """
     k = n_components
+    if init_params == "hc":
+        labels = hc_labels(np.asarray(X[0:X.shape[0]], dtype=np.float64), k, "VVV", rng)
+        resp = one_hot(np.maximum(labels, 0), k)
+        resp[labels < 0] = 0.0
+
+        def responsibilities(start, stop):
+            return resp[start:stop]
+        return responsibilities
     if init_params == "random":
         def responsibilities(start, stop):
             r = rng.random((stop - start, k))
@@ -182,3 +198,61 @@ class CountedPartition:
         for key in keys:
             total += self._sums[key]
         return total
+
+
+def check_resp_init(resp: object, n_samples: int, n_components: int,
+                    owner: str, name: str = "resp_init") -> np.ndarray:
+    """``resp_init`` as a float64 (n_samples, n_components) array of finite,
+    non-negative rows summing to 1, each component with some responsibility, or a
+    ValueError naming ``name``.
+
+    A row may differ from 1 by ``n_components`` eps: the rounding of a row
+    normalised in float64 (each q_k = fl(r_k / s) off by u relative, s = fl(sum r)
+    by (G - 1) u, the check's own sum by (G - 1) u: (3G - 2) u < 2 G u =
+    G eps to first order). Rows are used as given (not renormalised).
+    """
+    n, k = n_samples, n_components
+    prefix = (f"The {name!r} parameter of {owner} must be an array of shape ({n}, {k}) "
+              "(n_samples, n_components) of finite, non-negative responsibilities whose "
+              "rows sum to 1 (one-hot rows for a partition)")
+    r = as_float_array(resp, prefix)
+    if r.shape != (n, k):
+        raise ValueError(f"{prefix}. Got an array of shape {r.shape} instead.")
+    if not np.all(np.isfinite(r)):
+        raise ValueError(f"{prefix}. Got non-finite entries instead.")
+    if np.any(r < 0):
+        i = int(np.argwhere(r < 0)[0, 0])
+        raise ValueError(f"{prefix}. Got a negative entry in row {i} instead.")
+    error = np.abs(r.sum(axis=1) - 1.0)
+    if np.any(error > k * np.finfo(np.float64).eps):
+        i = int(np.argmax(error))
+        raise ValueError(f"{prefix}. Got row {i} summing to {float(r[i].sum())!r} "
+                         "instead.")
+    empty = np.flatnonzero(~(r.sum(axis=0) > 0))
+    if empty.size:
+        raise ValueError(f"{prefix}, every component with some responsibility. Got "
+                         f"none for component {int(empty[0])} instead.")
+    return np.ascontiguousarray(r)
+
+
+def check_resp_conflicts(owner: str, given: dict) -> None:
+    """Raise if ``resp_init`` comes with another start: ``given`` maps each
+    conflicting parameter to whether it is set (not its default)."""
+    for other, is_set in given.items():
+        if is_set:
+            raise ValueError(f"The 'resp_init' parameter of {owner} conflicts with "
+                             f"{other!r}: both say where the fit starts. Give one of "
+                             f"'resp_init' and {other!r}.")
+
+
+def m_step_from_resp(X: np.ndarray, family, resp: np.ndarray,
+                     sample_weight: Optional[np.ndarray] = None) -> tuple:
+    """(weights, params) of the M-step from responsibilities ``resp`` (mclust's
+    ``me(z=...)``: the fit's first step): the family's M-step on their statistics
+    (with its prior, if any), the weights their weighted column shares."""
+    stats, resp_sum = stats_from_assignments(X, family, lambda a, b: resp[a:b],
+                                             sample_weight=sample_weight)
+    k = family.n_components
+    weights = (np.full(k, 1.0 / k) if family.fixed_weights
+               else resp_sum / resp_sum.sum())
+    return weights, family.m_step(stats, None)

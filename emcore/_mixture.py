@@ -17,7 +17,8 @@ import numpy as np
 from emcore import _validation as v
 from emcore._estimator import BaseEstimator
 from emcore._feature_names import check_feature_names
-from emcore._init import CountedPartition, starting_partition
+from emcore._init import (CountedPartition, check_resp_conflicts, check_resp_init,
+                          m_step_from_resp, starting_partition)
 from emcore._input import check_input
 from emcore._logging import check_callback
 from emcore.constraints import Constraints
@@ -26,7 +27,7 @@ from emcore.exceptions import ConvergenceWarning, _sklearn_compatible
 from emcore.plugin_api import PosteriorRule, _validate_in_debug, check_support
 from emcore.registry import get_registry
 
-INIT_PARAMS = ("k-means++", "random", "random_from_data")
+INIT_PARAMS = ("k-means++", "random", "random_from_data", "hc")
 
 # sum(weights_) may differ from 1 by this much: the contract of ``weights_init``
 # (probabilities as a user types them, e.g. to six decimals), not a rounding bound
@@ -155,6 +156,11 @@ class _MixtureBase(BaseEstimator):
             raise ValueError(f"The 'n_components' parameter of {owner} must be at "
                              f"most n_samples={n} (the rows of X). Got n_components={k} "
                              "instead.")
+        if getattr(self, "resp_init", None) is not None:
+            check_resp_init(self.resp_init, n, k, owner)
+            check_resp_conflicts(owner, {"init_params": self.init_params != "k-means++",
+                                         "warm_start": bool(getattr(self, "warm_start",
+                                                                    False))})
         return k
 
     # --- initialisation -------------------------------------------------------------
@@ -162,8 +168,14 @@ class _MixtureBase(BaseEstimator):
                             sample_weight: Optional[np.ndarray] = None):
         """(weights, params): the partition of ``init_params`` (emcore._init.
         starting_partition), the family's ``initial_params`` on it, and the weights
-        of the partition."""
+        of the partition. With ``resp_init``: the M-step from it (checked in
+        ``_check_common``)."""
         k = self.n_components
+        if getattr(self, "resp_init", None) is not None:
+            resp = check_resp_init(self.resp_init, X.shape[0], k, self._owner)
+            weights, params = m_step_from_resp(X, family, resp, sample_weight)
+            _validate_in_debug(family, params, "from resp_init")
+            return weights, params
         partition = CountedPartition(starting_partition(X, k, self.init_params, rng,
                                                         sample_weight),
                                      X.shape[0], k, sample_weight)

@@ -29,7 +29,8 @@ from scipy.special import betaln, digamma, gammaln, multigammaln
 
 from emcore import _validation as v
 from emcore._estimator import BaseEstimator
-from emcore._init import CountedPartition, starting_partition
+from emcore._init import (CountedPartition, check_resp_conflicts, check_resp_init,
+                          starting_partition)
 from emcore._input import check_input
 from emcore._threads import single_threaded_blas
 from emcore._mixture import INIT_PARAMS
@@ -316,7 +317,7 @@ class BayesianGaussianMixture(BaseEstimator):
         Maximum number of iterations (updates of q(theta)).
     n_init : int, default 1
         Number of initialisations; the fit with the highest ``lower_bound_`` is kept.
-    init_params : {'k-means++', 'random', 'random_from_data'}, default 'k-means++'
+    init_params : {'k-means++', 'random', 'random_from_data', 'hc'}, default 'k-means++'
         The starting partition (as :class:`emcore.GaussianMixture`); q(theta)
         starts from its statistics. (scikit-learn's default 'kmeans' runs k-means
         to convergence first.)
@@ -347,6 +348,12 @@ default 'dirichlet_process'
     n_jobs : int or None, default None
         Threads for the chunk loop (None: all available CPUs). Results are
         bitwise identical for every value.
+
+    resp_init : array of shape (n_samples, n_components), optional
+        A starting q(z): one-hot rows (a partition) or responsibilities, checked
+        as in :class:`emcore.GaussianMixture`; the first step is the update of
+        q(theta) from its statistics. Cannot come with ``init_params`` (other
+        than the default) or ``warm_start=True``.
 
     Attributes
     ----------
@@ -406,7 +413,7 @@ default 'dirichlet_process'
                  degrees_of_freedom_prior: Optional[float] = None,
                  covariance_prior: Any = None, random_state: Any = None,
                  warm_start: bool = False, verbose: int = 0,
-                 n_jobs: Optional[int] = None):
+                 n_jobs: Optional[int] = None, resp_init: Any = None):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -424,6 +431,7 @@ default 'dirichlet_process'
         self.warm_start = warm_start
         self.verbose = verbose
         self.n_jobs = n_jobs
+        self.resp_init = resp_init
 
     # --- checks ---------------------------------------------------------------------
     def _check_parameters(self, X: np.ndarray) -> None:
@@ -444,6 +452,10 @@ default 'dirichlet_process'
             raise ValueError(f"The 'n_components' parameter of {owner} must be at most "
                              f"n_samples={X.shape[0]} (the rows of X). Got "
                              f"n_components={k} instead.")
+        if self.resp_init is not None:
+            check_resp_init(self.resp_init, X.shape[0], k, owner)
+            check_resp_conflicts(owner, {"init_params": self.init_params != "k-means++",
+                                         "warm_start": self.warm_start})
 
     def _positive(self, name: str) -> Optional[float]:
         value = getattr(self, name)
@@ -535,8 +547,11 @@ default 'dirichlet_process'
             reg_covar=self.reg_covar)
 
     def _initial_stats(self, X: np.ndarray, family, rng: np.random.Generator):
-        """Statistics of the starting partition of ``init_params``."""
+        """Statistics of the starting partition of ``init_params`` (or ``resp_init``)."""
         k = self.n_components
+        if self.resp_init is not None:
+            resp = check_resp_init(self.resp_init, X.shape[0], k, "BayesianGaussianMixture")
+            return stats_from_assignments(X, family, lambda a, b: resp[a:b])[0]
         partition = CountedPartition(starting_partition(X, k, self.init_params, rng),
                                      X.shape[0], k)
         return stats_from_assignments(X, family, partition)[0]
@@ -721,6 +736,24 @@ default 'dirichlet_process'
     def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
         """Fit, then return the labels of X under the fitted q(theta)."""
         return self.fit(X).predict(X)
+
+    def summary(self, X: Any, parameters: bool = False):
+        """What was fitted, in a few lines: an :class:`emcore.summary.VBSummary` (the
+        ELBO, the effective components, the weights, the clustering table of
+        ``predict(X)``, iterations and the stopping rule); ``print`` shows the
+        report, its fields are data.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Usually the training data (the fit keeps no data): n and the clustering table
+            are computed on X.
+        parameters : bool, default False
+            Also the means and the (G, d, d) covariances of q(theta), labelled by ``feature_names_in_`` (else the
+            columns of a DataFrame X, else x0, x1, ...).
+        """
+        from emcore.summary import summarise_vb
+        return summarise_vb(self, X, parameters)
 
     def sample(self, n_samples: int = 1) -> tuple:
         """Draw (X, y) from the mixture with ``weights_``, ``means_`` and

@@ -12,6 +12,7 @@ import scipy.linalg
 from emcore import _validation as v
 from emcore._feature_names import check_feature_names, record_feature_names
 from emcore import _missing
+from emcore._init import check_resp_conflicts
 from emcore._input import check_input, is_chunked
 from emcore._mixture import _MixtureBase, _check_weights
 from emcore._online import check_exponent, stepwise_update
@@ -223,10 +224,14 @@ class GaussianMixture(_MixtureBase):
         Reaching it warns (ConvergenceWarning) unless ``tol`` or ``max_iter`` is 0.
     n_init : int, default 1
         Number of initialisations; the fit with the highest log-likelihood is kept.
-    init_params : {'k-means++', 'random', 'random_from_data'}, default 'k-means++'
+    init_params : {'k-means++', 'random', 'random_from_data', 'hc'}, default 'k-means++'
         'k-means++': D^2-sampled seeds, each row assigned to the nearest seed, then
         one M-step. 'random_from_data': uniformly drawn distinct rows as seeds, the
         same assignment. 'random': responsibilities drawn uniformly and normalised.
+        'hc': mclust's default start, model-based hierarchical agglomeration
+        (VVV criterion, on the data scaled and rotated as mclust's ``hcUse="SVD"``;
+        above 2000 rows on a random subset of 2000) cut at ``n_components``
+        groups, then one M-step (docs/gaussian.md#hierarchical-start).
     weights_init : array of shape (n_components,), optional
     means_init : array of shape (n_components, n_features), optional
     precisions_init : array, optional
@@ -288,6 +293,16 @@ class GaussianMixture(_MixtureBase):
         ``prior``, ``posterior``, ``accelerate`` or ``sample_weight`` with NaN in
         X), in memory (docs/missing_values.md).
 
+    resp_init : array of shape (n_samples, n_components), optional
+        A starting partition (one-hot rows) or responsibilities, as mclust's
+        ``me(z=...)``: the fit's first step is the M-step from them (the
+        weights, means and covariances they give, with ``reg_covar`` and the
+        prior). Finite, non-negative rows summing to 1 (within n_components
+        eps), every component with some responsibility. It is the start, so it
+        cannot come with ``init_params`` (other than the default), the
+        ``*_init`` parameters or ``warm_start=True`` (ValueError naming both);
+        each of the ``n_init`` starts is this one.
+
     Attributes
     ----------
     weights_ : ndarray (n_components,)
@@ -347,7 +362,7 @@ class GaussianMixture(_MixtureBase):
                  verbose: int = 0, prior: Any = None, posterior: Any = None,
                  online_step_exponent: float = 0.6, accelerate: Optional[str] = None,
                  callback: Optional[Callable[[Iteration], Any]] = None,
-                 missing: str = "error"):
+                 missing: str = "error", resp_init: Any = None):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -368,6 +383,7 @@ class GaussianMixture(_MixtureBase):
         self.accelerate = accelerate
         self.callback = callback
         self.missing = missing
+        self.resp_init = resp_init
 
     # --- resolution and validation --------------------------------------------------
     def _family(self, n_features: int, n_components: Optional[int] = None, prior=None):
@@ -498,6 +514,9 @@ class GaussianMixture(_MixtureBase):
                              "emcore.Constraints, a registry name (str) or a PosteriorRule. "
                              f"Got {self.posterior!r} instead.")
         d = X.shape[1]
+        if self.resp_init is not None:
+            check_resp_conflicts(owner, {name: getattr(self, name) is not None for name in
+                                         ("weights_init", "means_init", "precisions_init")})
         if self.weights_init is not None:
             _check_weights(self.weights_init, "weights_init", owner, k)
         if self.means_init is not None:

@@ -17,7 +17,8 @@ import numpy as np
 from emcore import _markov
 from emcore import _validation as v
 from emcore._estimator import BaseEstimator
-from emcore._init import CountedPartition, starting_partition
+from emcore._init import (CountedPartition, check_resp_conflicts, check_resp_init,
+                          m_step_from_resp, starting_partition)
 from emcore._input import check_input
 from emcore._mixture import INIT_PARAMS, _check_weights
 from emcore._sequences import read_rows, sequence_groups
@@ -31,6 +32,27 @@ __all__ = ["HiddenMarkovModel"]
 
 _OWNER = "HiddenMarkovModel"
 _FIXABLE = ("startprob", "transmat")
+
+
+def _chain_from_resp(resp: np.ndarray, starts: np.ndarray, startprob, transmat
+                     ) -> np.ndarray:
+    """The (K + 1, K) chain (start probabilities, transition rows) of the M-step from
+    state posteriors: the mean of the sequences' first rows, and the normalised
+    sum of gamma_t gamma_{t+1}^T over consecutive rows of a sequence (rows no
+    transition leaves: uniform). Given ``startprob``/``transmat`` are kept."""
+    K = resp.shape[1]
+    chain = np.empty((K + 1, K))
+    first = resp[starts[:-1]]
+    chain[0] = first.sum(axis=0) / first.sum() if startprob is None else startprob
+    if transmat is not None:
+        chain[1:] = transmat
+        return chain
+    follows = np.ones(resp.shape[0], dtype=bool)      # row t + 1 continues row t's sequence
+    follows[starts[1:] - 1] = False
+    counts = resp[:-1][follows[:-1]].T @ resp[1:][follows[:-1]]
+    total = counts.sum(axis=1, keepdims=True)
+    chain[1:] = np.where(total > 0, counts / np.where(total > 0, total, 1.0), 1.0 / K)
+    return chain
 
 
 class HiddenMarkovModel(BaseEstimator):
@@ -72,7 +94,7 @@ class HiddenMarkovModel(BaseEstimator):
         Chain parameters the fit keeps at their ``*_init`` value (which must then
         be given). E.g. ``transmat_init=A, fixed=("transmat",)`` fits a model with a
         known transition matrix.
-    init_params : {'k-means++', 'random', 'random_from_data'}, default 'k-means++'
+    init_params : {'k-means++', 'random', 'random_from_data', 'hc'}, default 'k-means++'
         The starting partition of the rows (as :class:`emcore.MixtureModel`).
     tol : float, default 1e-6
         Stop when the relative change of the objective is below ``tol``.
@@ -89,6 +111,19 @@ class HiddenMarkovModel(BaseEstimator):
         non-decreasing (an extrapolation that would lower it falls back to the EM
         step); the start and transition rows are extrapolated row by row and
         fixed rows are kept (docs/hidden_markov.md#squarem).
+
+    resp_init : array of shape (n_samples, n_states), optional
+        Starting state posteriors, one row per row of X (one-hot rows: a
+        labelling), checked as in :class:`emcore.GaussianMixture`. The first
+        step is the M-step from them: the emission parameters the family's
+        M-step gives, the start probabilities the mean of the first rows of the
+        sequences, the transition matrix the normalised sum over consecutive
+        rows of gamma_t gamma_{t+1}^T (the counted transitions for one-hot rows;
+        for soft rows the pair posteriors are not given, and this product is
+        the estimate); a state no row leaves gets a uniform row.
+        ``startprob_init``/``transmat_init``, when given, are used instead.
+        Cannot come with ``params_init`` or ``init_params`` (other than the
+        default).
 
     Attributes
     ----------
@@ -124,7 +159,7 @@ class HiddenMarkovModel(BaseEstimator):
                  fixed: Iterable[str] = (), init_params: str = "k-means++",
                  tol: float = 1e-6, max_iter: int = 100, n_init: int = 1,
                  random_state: Any = None, n_jobs: Optional[int] = None, verbose: int = 0,
-                 accelerate: Optional[str] = None):
+                 accelerate: Optional[str] = None, resp_init: Any = None):
         self.n_states = n_states
         self.family = family
         self.family_options = family_options
@@ -143,6 +178,7 @@ class HiddenMarkovModel(BaseEstimator):
         self.n_jobs = n_jobs
         self.verbose = verbose
         self.accelerate = accelerate
+        self.resp_init = resp_init
 
     # --- the family's parameters under their names ----------------------------------
     def __getattr__(self, name: str):
@@ -308,11 +344,19 @@ class HiddenMarkovModel(BaseEstimator):
             fixed=fixed)
         rng = v.check_random_state(self.random_state, _OWNER)
         lengths = np.diff(starts)
+        resp = None
+        if self.resp_init is not None:
+            resp = check_resp_init(self.resp_init, X.shape[0], K, _OWNER)
+            check_resp_conflicts(_OWNER, {"params_init": self.params_init is not None,
+                                          "init_params": self.init_params != "k-means++"})
 
         def start():
             chain = np.empty((K + 1, K))
             chain[0] = np.full(K, 1.0 / K) if startprob is None else startprob
             chain[1:] = np.full((K, K), 1.0 / K) if transmat is None else transmat
+            if resp is not None:
+                return _chain_from_resp(resp, starts, startprob, transmat), \
+                    m_step_from_resp(X, family, resp)[1]
             if params_init is not None:
                 return chain, {key: value.copy() for key, value in params_init.items()}
             partition = CountedPartition(starting_partition(X, K, self.init_params, rng),
@@ -419,6 +463,25 @@ class HiddenMarkovModel(BaseEstimator):
     def predict(self, X: Any, lengths: Any = None) -> np.ndarray:
         """The most probable state path (Viterbi), shape (n_samples,)."""
         return self.decode(X, lengths, algorithm="viterbi")[1]
+
+    def summary(self, X: Any, lengths: Any = None, parameters: bool = False):
+        """What was fitted, in a few lines: an :class:`emcore.summary.HMMSummary` (the
+        log-likelihood of X, BIC and AIC, the start and transition probabilities,
+        the state counts of the Viterbi path ``predict(X)``, iterations and the
+        stopping rule); ``print`` shows the report, its fields are data.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), or a list of such arrays
+            Usually the training sequences (the fit keeps no data).
+        lengths : array of int, optional
+            As in :meth:`fit`.
+        parameters : bool, default False
+            Also the emission parameters, labelled by the columns of a DataFrame X
+            (else x0, x1, ...).
+        """
+        from emcore.summary import summarise_hmm
+        return summarise_hmm(self, X, lengths, parameters)
 
     def sample(self, n_samples: int = 1, random_state: Any = None) -> tuple:
         """Draw one sequence of ``n_samples`` rows; returns (X, states).

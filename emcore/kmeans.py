@@ -18,7 +18,8 @@ from emcore import _validation as v
 from emcore._estimator import BaseEstimator
 from emcore._feature_names import (check_feature_names, check_output_kind, names_out,
                                    record_feature_names, wrap_output)
-from emcore._init import kmeans_plusplus, sq_distances
+from emcore._init import (check_resp_conflicts, check_resp_init, kmeans_plusplus,
+                          m_step_from_resp, one_hot, sq_distances)
 from emcore._input import check_input
 from emcore._logging import check_callback
 from emcore.engine import Iteration, best_of_starts, chunk_rows_for, data_pass, run_em
@@ -99,6 +100,14 @@ class KMeans(BaseEstimator):
         ``emcore`` (INFO with ``verbose``, labelled with the start; 2 adds the
         ELBO chain's links).
 
+    resp_init : array of shape (n_samples, n_clusters), optional
+        A starting partition: one-hot rows, or responsibilities (checked as in
+        :class:`emcore.GaussianMixture`) of which each row's argmax is taken
+        (ties: the lowest index; k-means is hard, as its E-step). The first step
+        is the M-step from it: each centre the (weighted) mean of its rows, so
+        every cluster must get a row. Cannot come with ``init`` other than the
+        default 'k-means++'; one start.
+
     Attributes
     ----------
     cluster_centers_ : ndarray (n_clusters, n_features)
@@ -130,7 +139,8 @@ class KMeans(BaseEstimator):
     def __init__(self, n_clusters: int = 8, *, init: Union[str, Any] = "k-means++",
                  n_init: Union[str, int] = "auto", max_iter: int = 300, tol: float = 1e-4,
                  random_state: Any = None, n_jobs: Optional[int] = None, verbose: int = 0,
-                 callback: Optional[Callable[[Iteration], Any]] = None):
+                 callback: Optional[Callable[[Iteration], Any]] = None,
+                 resp_init: Any = None):
         self.n_clusters = n_clusters
         self.init = init
         self.n_init = n_init
@@ -140,6 +150,7 @@ class KMeans(BaseEstimator):
         self.n_jobs = n_jobs
         self.verbose = verbose
         self.callback = callback
+        self.resp_init = resp_init
 
     # --- validation -----------------------------------------------------------------
     def _check_parameters(self, X: np.ndarray):
@@ -173,6 +184,17 @@ class KMeans(BaseEstimator):
             n_init = 10 if isinstance(self.init, str) and self.init == "random" else 1
         else:
             n_init = v.check_int(self.n_init, "n_init", owner, low=1)
+        if self.resp_init is not None:
+            resp = check_resp_init(self.resp_init, n, k, owner)
+            check_resp_conflicts(owner, {"init": not (isinstance(self.init, str)
+                                                      and self.init == "k-means++")})
+            labels = np.argmax(resp, axis=1)
+            empty = np.flatnonzero(np.bincount(labels, minlength=k) == 0)
+            if empty.size:
+                raise ValueError(f"The 'resp_init' parameter of {owner} must give every "
+                                 "cluster a row (each row goes to its argmax). Got none "
+                                 f"for cluster {int(empty[0])} instead.")
+            n_init = 1          # one given start; its M-step is in fit (it needs the weights)
         if centres is not None:
             n_init = 1          # one given start (scikit-learn warns and does the same)
         return k, centres, n_init
@@ -212,6 +234,11 @@ class KMeans(BaseEstimator):
                                               owner="KMeans.fit", min_positive=k)
         rng = v.check_random_state(self.random_state, "KMeans")
         family, rule = self._family(k, X.shape[1]), self._rule()
+        if self.resp_init is not None:          # the M-step from the partition
+            labels = np.argmax(check_resp_init(self.resp_init, X.shape[0], k, "KMeans"),
+                               axis=1)
+            centres = m_step_from_resp(X, family, one_hot(labels, k), sample_weight)[1][
+                "means"]
         tol_shift = self.tol * _mean_feature_variance(X)
 
         def converged(record: Iteration, old: dict, new: dict) -> bool:
@@ -348,6 +375,24 @@ class KMeans(BaseEstimator):
         k, d = centres.shape
         stats = self._pass(X, centres, sample_weight=w, with_stats=True).stats
         return -float(np.sum(self._family(k, d).within_scatter(stats, {"means": centres})))
+
+    def summary(self, X: Any, parameters: bool = False):
+        """What was fitted, in a few lines: an :class:`emcore.summary.KMeansSummary`
+        (inertia and cluster sizes on X, equal to ``-score(X)`` and the counts of
+        ``predict(X)``, iterations and the stopping rule); ``print`` shows the
+        report, its fields are data.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Usually the training data (the fit keeps no data): n and the inertia and the cluster sizes
+            are computed on X.
+        parameters : bool, default False
+            Also the cluster centres, labelled by ``feature_names_in_`` (else the
+            columns of a DataFrame X, else x0, x1, ...).
+        """
+        from emcore.summary import summarise_kmeans
+        return summarise_kmeans(self, X, parameters)
 
     def __sklearn_tags__(self):
         """scikit-learn's tags for a clusterer/transformer."""

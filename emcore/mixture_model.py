@@ -8,6 +8,7 @@ import numpy as np
 
 from emcore import _validation as v
 from emcore._feature_names import record_feature_names
+from emcore._init import check_resp_conflicts
 from emcore._input import check_input
 from emcore._mixture import _MixtureBase, _check_weights
 from emcore.constraints import Constraints
@@ -73,10 +74,11 @@ class MixtureModel(_MixtureBase):
         (ConvergenceWarning) unless ``tol`` or ``max_iter`` is 0.
     n_init : int, default 1
         Number of initialisations; the fit with the highest objective is kept.
-    init_params : {'k-means++', 'random', 'random_from_data'}, default 'k-means++'
+    init_params : {'k-means++', 'random', 'random_from_data', 'hc'}, default 'k-means++'
         The starting partition, as in :class:`emcore.GaussianMixture`: rows
         assigned to the nearest (Euclidean) of K seed rows (k-means++ or distinct
-        random rows), or random responsibilities. The family's
+        random rows), random responsibilities, or mclust's hierarchical
+        agglomeration ('hc'). The family's
         ``initial_params`` turns it into starting parameters (by default one
         M-step on it, mixed with a small uniform share: ``Family.init_smoothing``).
     weights_init : array-like of shape (n_components,), optional
@@ -103,6 +105,13 @@ class MixtureModel(_MixtureBase):
         the other starts are not run). Lines per iteration go to the logger
         ``emcore`` (INFO with ``verbose``, labelled with the start; 2 adds the
         ELBO chain's links).
+
+    resp_init : array of shape (n_samples, n_components), optional
+        A starting partition (one-hot rows) or responsibilities (mclust's
+        ``me(z=...)``): the first step is the family's M-step from them (no
+        ``init_smoothing``), the weights their column shares. As in
+        :class:`emcore.GaussianMixture`; cannot come with ``init_params`` (other
+        than the default), ``weights_init`` or ``params_init``.
 
     Attributes
     ----------
@@ -133,7 +142,8 @@ class MixtureModel(_MixtureBase):
                  params_init: Optional[Mapping[str, Any]] = None, random_state: Any = None,
                  n_jobs: Optional[int] = None, verbose: int = 0,
                  accelerate: Optional[str] = None,
-                 callback: Optional[Callable[[Iteration], Any]] = None):
+                 callback: Optional[Callable[[Iteration], Any]] = None,
+                 resp_init: Any = None):
         self.n_components = n_components
         self.family = family
         self.family_options = family_options
@@ -150,6 +160,7 @@ class MixtureModel(_MixtureBase):
         self.verbose = verbose
         self.accelerate = accelerate
         self.callback = callback
+        self.resp_init = resp_init
 
     # --- resolution -----------------------------------------------------------------
     def _family(self, n_features: int, n_components: Optional[int] = None, prior=None):
@@ -219,6 +230,9 @@ class MixtureModel(_MixtureBase):
     def _check_init(self, family) -> tuple:
         """(weights_init, params_init) as float arrays, or None, validated."""
         k = family.n_components
+        if self.resp_init is not None:
+            check_resp_conflicts("MixtureModel", {"weights_init": self.weights_init is not None,
+                                                  "params_init": self.params_init is not None})
         weights = None
         if self.weights_init is not None:
             weights = _check_weights(self.weights_init, "weights_init", "MixtureModel", k)

@@ -243,6 +243,11 @@ _CHOICE_BAD = ["bogus", "", None, 3, ["full"]]
 _RANDOM_STATE_BAD = [-1, "seed", 1.5, [0]]
 _N_JOBS_BAD = [0, 1.5, "2", True]
 _BOOL_BAD = ["yes", "False", 1, 0.0, None]
+#: resp_init (n, 2): wrong shape, a row not summing to 1, negative, NaN, an empty
+#: component, not numbers
+_RESP_BAD = [np.ones((N, 1)), np.full((N, 2), 0.4), np.tile([1.5, -0.5], (N, 1)),
+             np.full((N, 2), np.nan), np.tile([1.0, 0.0], (N, 1)), "z",
+             np.full((N - 1, 2), 0.5)]
 
 PARAMETERS = {
     "GaussianMixture": {
@@ -270,6 +275,7 @@ PARAMETERS = {
         "online_step_exponent": [0.5, 1.5, -1.0, np.nan, "0.6", None, True],
         "accelerate": ["anderson", "SQUAREM", True, 1],
         "missing": ["drop", "MARGINALIZE", None, True, 1],
+        "resp_init": _RESP_BAD,
     },
     "KMeans": {
         "n_clusters": _INT_BAD + [N + 1],
@@ -282,6 +288,7 @@ PARAMETERS = {
         "n_jobs": _N_JOBS_BAD,
         "verbose": [-1, 1.5, "1", None],
         "callback": [3, "print"],
+        "resp_init": _RESP_BAD,
     },
     "MixtureModel": {
         "n_components": _INT_BAD + [N + 1],
@@ -302,6 +309,7 @@ PARAMETERS = {
         "verbose": [-1, 1.5, "1", None],
         "accelerate": ["anderson", "SQUAREM", True, 1],
         "callback": [3, "print"],
+        "resp_init": _RESP_BAD,
     },
 }
 

@@ -101,7 +101,8 @@ def test_constructor_only_stores_its_arguments():
                 weights_init=object(), means_init=[[1, 2]], precisions_init="p",
                 random_state="seed", warm_start="yes", n_jobs=0, verbose=-3,
                 prior="nonsense", online_step_exponent="fast", posterior="nonsense",
-                accelerate="nonsense", callback="not callable", missing="nonsense")
+                accelerate="nonsense", callback="not callable", missing="nonsense",
+                resp_init="z")
     model = GaussianMixture(**args)          # no validation here
     for name, value in args.items():
         assert getattr(model, name) is value, name
@@ -119,7 +120,7 @@ def test_parameters_are_scikit_learns_plus_n_jobs_and_prior():
                                                                   "posterior",
                                                                   "accelerate",
                                                                   "callback",
-                                                                  "missing"}
+                                                                  "missing", "resp_init"}
     # Same defaults except the documented differences (README: stopping rule and
     # 'kmeans' initialisation).
     for name in set(ours) & set(theirs) - {"tol", "init_params"}:
