@@ -164,8 +164,10 @@ class _MixtureBase(BaseEstimator):
         starting_partition), the family's ``initial_params`` on it, and the weights
         of the partition."""
         k = self.n_components
+        seeding = family.seeding_weights(X, sample_weight)
         partition = CountedPartition(starting_partition(X, k, self.init_params, rng,
-                                                        sample_weight),
+                                                        sample_weight if seeding is None
+                                                        else seeding),
                                      X.shape[0], k, sample_weight)
         params = family.initial_params(X, rng, sample_weight, resp=partition)
         _validate_in_debug(family, params, "from initial_params")
