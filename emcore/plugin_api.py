@@ -339,7 +339,7 @@ class Family(abc.ABC):
         Returns
         -------
         array of shape (n_samples,) or None
-            Non-negative weights, positive on at least K distinct rows; None (the
+            Non-negative weights, positive on at least K rows; None (the
             default) draws with ``sample_weight``. A heavy-tailed family returns
             0 on far outliers, which would otherwise seed a component of one row
             (the Student t: docs/student_t.md#start).

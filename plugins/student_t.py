@@ -298,8 +298,9 @@ class StudentTFamily(Family):
         """The Gaussian moments of each cell of the starting partition (u = 1,
         smoothed by ``init_smoothing``) without the rows :meth:`seeding_weights`
         trims: the trimmed k-means start (docs/student_t.md#start). An estimated nu
-        starts at ``DOF_START``, a fixed nu as given. (With ``resp=None`` the
-        k-means++ seeds are drawn with the seeding weights of the trimmed weights.)"""
+        starts at ``DOF_START``, a fixed nu as given. (With ``resp=None``, the
+        default partition's k-means++ seeds are drawn from the kept rows, trimmed
+        once more.)"""
         kept = self.seeding_weights(X, sample_weight)
         params = super().initial_params(X, rng, sample_weight if kept is None else kept,
                                         resp)
