@@ -169,7 +169,7 @@ R = _parse(R_OUTPUT)
 #: our side runs EM with tol=0 for this many iterations: to the fixed point in
 #: double precision (EM's rate r <= 0.6 on these fits, so the gain falls by 1e-16
 #: in under 80 iterations; ``_fit`` checks that the last gains are rounding noise)
-MAX_ITER = 300
+MAX_ITER = 150
 
 
 # --- the data and the common start ---------------------------------------------------
