@@ -176,8 +176,10 @@ class _MixtureBase(BaseEstimator):
             weights, params = m_step_from_resp(X, family, resp, sample_weight)
             _validate_in_debug(family, params, "from resp_init")
             return weights, params
+        seeding = family.seeding_weights(X, sample_weight)
         partition = CountedPartition(starting_partition(X, k, self.init_params, rng,
-                                                        sample_weight),
+                                                        sample_weight if seeding is None
+                                                        else seeding),
                                      X.shape[0], k, sample_weight)
         params = family.initial_params(X, rng, sample_weight, resp=partition)
         _validate_in_debug(family, params, "from initial_params")

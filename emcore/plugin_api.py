@@ -304,7 +304,9 @@ class Family(abc.ABC):
 
         k = self.n_components
         if resp is None:
-            centres = X[kmeans_plusplus(X, k, rng, sample_weight)]
+            seeding = self.seeding_weights(X, sample_weight)
+            centres = X[kmeans_plusplus(X, k, rng,
+                                        sample_weight if seeding is None else seeding)]
 
             def resp(start: int, stop: int) -> np.ndarray:
                 return one_hot(nearest_centre(X, centres, start, stop), k)
@@ -324,6 +326,25 @@ class Family(abc.ABC):
         stats, _ = stats_from_assignments(X, self, smoothed if eps > 0 else resp,
                                           sample_weight=sample_weight)
         return self.m_step(stats, None)
+
+    def seeding_weights(self, X: Any, sample_weight: Optional[np.ndarray] = None
+                        ) -> Optional[np.ndarray]:
+        """Return the row weights the seeds of a starting partition are drawn with.
+
+        The estimators draw the seed rows of ``init_params`` 'k-means++' and
+        'random_from_data' (and the default :meth:`initial_params` its k-means++
+        seeds) in proportion to these weights; every row is still assigned to its
+        nearest seed, and the starting mixture weights still count ``sample_weight``.
+
+        Returns
+        -------
+        array of shape (n_samples,) or None
+            Non-negative weights, positive on at least K rows; None (the
+            default) draws with ``sample_weight``. A heavy-tailed family returns
+            0 on far outliers, which would otherwise seed a component of one row
+            (the Student t: docs/student_t.md#start).
+        """
+        return None
 
     def check_data(self, X: Any, *, owner: str) -> None:
         """Raise ValueError if X holds values the family cannot model within its support.

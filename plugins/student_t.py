@@ -54,6 +54,18 @@ DOF_RTOL = 1e-13
 DOF_START = 10.0
 """An estimated nu's starting value in ``initial_params``."""
 
+SEED_TRIM = 0.05
+"""The share of the row weight, farthest from the data's robust centre, that draws
+no seed of a starting partition (``seeding_weights``): the trimming level of
+trimmed k-means and tclust's default (García-Escudero et al. 2008)."""
+
+_ROBUST_ROWS = 100_000
+"""The robust centre and scales are taken from at most about this many rows
+(every m-th row of a larger X): medians to a relative rank error ~ 1/sqrt(rows)."""
+
+_BLOCK = 65536
+"""Rows read at a time from X (a chunked source) for the robust distances."""
+
 _LOG_2PI = np.log(2.0 * np.pi)
 
 
@@ -96,12 +108,10 @@ class StudentTFamily(Family):
 
     #: the E-step's scale weights E[u_ik] need the pass's parameters
     stats_need_params = True
-    #: the default start mixes a uniform share into the starting partition
-    #: (Family.init_smoothing): k-means++ seeds a far outlier as readily as a
-    #: cluster, and the plain partition then gives that component one row and a
-    #: singular scale matrix (the smoothed one starts it wide; EM may still
-    #: collapse it on the outlier, where the likelihood is unbounded: on data
-    #: with far outliers use init_params='random_from_data', docs/student_t.md#start)
+    #: the start mixes a uniform share into the starting partition
+    #: (Family.init_smoothing), so a cell of few rows does not start singular; the
+    #: seeds and the start's moments leave out the farthest rows (seeding_weights,
+    #: initial_params; docs/student_t.md#start)
     init_smoothing = 0.05
 
     def __init__(self, n_components: int, n_features: int, *,
@@ -285,13 +295,41 @@ class StudentTFamily(Family):
     # --- starting values and the parameter space ---------------------------------
     def initial_params(self, X: Any, rng: np.random.Generator,
                        sample_weight: Optional[np.ndarray] = None, resp: Any = None) -> dict:
-        """The Gaussian moments of the starting partition (u = 1, smoothed by
-        ``init_smoothing``), with an estimated nu starting at ``DOF_START`` (a fixed
-        nu as given)."""
-        params = super().initial_params(X, rng, sample_weight, resp)
+        """The Gaussian moments of each cell of the starting partition (u = 1,
+        smoothed by ``init_smoothing``) without the rows :meth:`seeding_weights`
+        trims: the trimmed k-means start (docs/student_t.md#start). An estimated nu
+        starts at ``DOF_START``, a fixed nu as given. (With ``resp=None``, the
+        default partition's k-means++ seeds are drawn from the kept rows, trimmed
+        once more.)"""
+        kept = self.seeding_weights(X, sample_weight)
+        params = super().initial_params(X, rng, sample_weight if kept is None else kept,
+                                        resp)
         if self.estimates_dof:
             params["dofs"] = np.full(self.n_components, DOF_START)
         return params
+
+    def seeding_weights(self, X: Any, sample_weight: Optional[np.ndarray] = None
+                        ) -> Optional[np.ndarray]:
+        """``sample_weight`` (or ones) with 0 on the rows farthest from the data's
+        robust centre, holding a share ``SEED_TRIM`` of the total weight.
+
+        k-means++ draws seeds in proportion to the squared distance, so a far
+        outlier seeds a component almost surely, and that component collapses on
+        it (docs/student_t.md#start). The distance is sum_j ((x_j - m_j) / s_j)^2
+        about the coordinate-wise median m with the scaled median absolute
+        deviations s (robust to any share of outliers below one half). None (no
+        trimming) if fewer than K rows would keep a positive weight.
+        """
+        n = X.shape[0]
+        w = (np.ones(n) if sample_weight is None
+             else np.asarray(sample_weight, dtype=np.float64).copy())
+        delta = _robust_distances(X)
+        far_first = np.argsort(delta, kind="stable")[::-1]
+        trimmed = far_first[np.cumsum(w[far_first]) <= SEED_TRIM * w.sum()]
+        w[trimmed] = 0.0
+        if np.count_nonzero(w) < self.n_components:
+            return None
+        return w
 
     def validate_params(self, params: Params) -> None:
         """The Gaussian family's means, covariances and precisions_cholesky (of this
@@ -359,6 +397,26 @@ class StudentTFamily(Family):
         else:
             params["dofs"] = 10.0 ** rng.uniform(np.log10(6.0), np.log10(40.0), k)
         return params
+
+
+def _robust_distances(X: Any) -> np.ndarray:
+    """sum_j ((x_ij - m_j) / s_j)^2 for every row, m the coordinate-wise median and
+    s = 1.4826 MAD (the standard deviation for Gaussian data); a feature whose MAD
+    is 0 (more than half its values equal) is scaled by its standard deviation, or
+    not at all if that is 0 too. Read a block of rows at a time (a chunked source)."""
+    n = X.shape[0]
+    step = max(1, n // _ROBUST_ROWS)
+    sub = np.concatenate([np.asarray(X[a:min(n, a + _BLOCK)], dtype=np.float64)
+                          [(-a) % step::step] for a in range(0, n, _BLOCK)])
+    centre = np.median(sub, axis=0)
+    scale = 1.4826 * np.median(np.abs(sub - centre), axis=0)
+    sd = np.std(sub, axis=0)
+    scale = np.where(scale > 0, scale, np.where(sd > 0, sd, 1.0))
+    out = np.empty(n)
+    for a in range(0, n, _BLOCK):
+        z = (np.asarray(X[a:min(n, a + _BLOCK)], dtype=np.float64) - centre) / scale
+        out[a:a + z.shape[0]] = np.einsum("ij,ij->i", z, z)
+    return out
 
 
 def _dof_score(log_nu: float, c: float) -> float:
