@@ -1,0 +1,8 @@
+"""
+K-means
+=======
+
+Placeholder.
+"""
+import emcore
+print(emcore.__version__)
