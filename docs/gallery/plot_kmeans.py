@@ -1,8 +1,0 @@
-"""
-K-means
-=======
-
-Placeholder.
-"""
-import emcore
-print(emcore.__version__)
