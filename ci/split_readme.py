@@ -232,8 +232,10 @@ def split(root: Path, dry_run: bool = False) -> int:
     contents = ["## Contents", "", "The user guide, in `docs/guide/` (and on the "
                 "docs site, `bash ci/docs.sh`):", ""]
     for page, (title, secs) in pages.items():
-        subs = ", ".join(h for h, _ in secs)
-        contents.append(f"- [{title}](docs/guide/{page}): {subs}")
+        # a page's sections, or for a page of one section, its subsections
+        subs = [h for h, _ in secs] if len(secs) > 1 else _headings(secs[0][1])[1:]
+        contents.append(f"- [{title}](docs/guide/{page})" + (": " + ", ".join(subs)
+                                                               if subs else ""))
     contents += ["", "The mathematics the code cites is in [docs/](docs/README.md).", ""]
     kept_text = "\n".join(_rewrite_links(s, "README.md", anchors) for _, s in kept)
     new_readme = (head.rstrip("\n") + "\n\n" + SPLIT_MARKER + "\n\n"

@@ -219,3 +219,77 @@ def test_readme_has_python_blocks():
                                                  for b in _BLOCKS])
 def test_readme_block(block, session):
     session.run(block)
+
+
+# --- ci/split_readme.py: the README's manual moved to docs/guide/ keeps every example
+
+SPLIT_SCRIPT = ROOT / "ci" / "split_readme.py"
+
+
+def _split_readme():
+    if not SPLIT_SCRIPT.is_file():
+        pytest.skip("ci/split_readme.py is not next to the tests (an installed test suite)")
+    spec = importlib.util.spec_from_file_location("split_readme", SPLIT_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _scratch_repository(tmp_path: Path, readme: str) -> Path:
+    """A repository with the files the split reads and writes."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text(readme, encoding="utf-8")
+    for name in ("index.md", "README.md"):
+        (tmp_path / "docs" / name).write_text(
+            (ROOT / "docs" / name).read_text(encoding="utf-8"), encoding="utf-8")
+    return tmp_path
+
+
+def _examples(root: Path) -> list[tuple[str, str, Optional[str]]]:
+    pages = [root / "README.md", *sorted((root / "docs" / "guide").glob("*.md"))]
+    return sorted((b.section, b.code, b.output) for p in pages
+                  for b in _blocks(p.read_text(encoding="utf-8"), p.name))
+
+
+def test_split_readme_moves_every_example_and_is_idempotent(tmp_path):
+    split = _split_readme()
+    readme = README.read_text(encoding="utf-8")
+    if split.SPLIT_MARKER in readme:
+        pytest.skip("README.md is already split")
+    root = _scratch_repository(tmp_path, readme)
+    before = _examples(root)
+    assert split.main(["--root", str(root)]) == 0
+    # every block, with its output, in a section of the same name (its namespace)
+    assert _examples(root) == before
+    new = (root / "README.md").read_text(encoding="utf-8")
+    assert new.startswith(readme[:readme.index("\n## ")])     # the first screen stays
+    assert not [b for b in _blocks(new) if b.section not in split.KEEP]
+    assert "guide/index" in (root / "docs" / "index.md").read_text(encoding="utf-8")
+    files = {p: p.read_bytes() for p in root.rglob("*.md")}
+    assert split.main(["--root", str(root)]) == 0            # a second run changes nothing
+    assert {p: p.read_bytes() for p in root.rglob("*.md")} == files
+
+
+def test_split_readme_rewrites_links_and_catches_unknown_sections(tmp_path):
+    split = _split_readme()
+    root = _scratch_repository(tmp_path, (
+        "# emcore\n\nWhat it is.\n\n## Using it\n\nSee [the summary](#summary), "
+        "[the chain](docs/elbo_chain.md#check-b) and [benchmarks](benchmarks/README.md).\n\n"
+        "## Summary\n\nBack to [using](#using-it).\n\n## Something new\n\nText.\n"))
+    assert split.main(["--root", str(root)]) == 0
+    guide = root / "docs" / "guide"
+    using = (guide / "using.md").read_text(encoding="utf-8")
+    assert "[the summary](results.md#summary)" in using
+    assert "[the chain](../elbo_chain.md#check-b)" in using
+    assert f"[benchmarks]({split.REPOSITORY_URL}benchmarks/README.md)" in using
+    assert "[using](using.md#using-it)" in (guide / "results.md").read_text(encoding="utf-8")
+    catch_all = (guide / split.CATCH_ALL[0]).read_text(encoding="utf-8")
+    assert "## Something new" in catch_all
+
+
+def test_split_readme_refuses_a_readme_it_does_not_know(tmp_path):
+    split = _split_readme()
+    root = _scratch_repository(tmp_path, "# other\n\n## Foo\n\nbar\n")
+    assert split.main(["--root", str(root)]) == 1
+    assert not (root / "docs" / "guide").exists()
+    assert (root / "README.md").read_text(encoding="utf-8") == "# other\n\n## Foo\n\nbar\n"
