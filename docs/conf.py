@@ -8,11 +8,7 @@ sphinx-gallery executes at every build, so a broken example fails the build.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import emcore
-
-HERE = Path(__file__).resolve().parent
 
 project = "emcore"
 author = "emcore developers"
@@ -30,14 +26,13 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-# images/ holds the README's figures; _build and the gallery's generated pages
-# are not sources of their own.
+# images/ holds the figures the pages show; _build is the output.
 exclude_patterns = ["_build", "images", "gallery/README.txt", "**.ipynb_checkpoints"]
 
 # --- MyST: the pages are GitHub Markdown with explicit <a id="..."></a> anchors
 # (docs/README.md: "Citing these pages from code"), which stay raw HTML; headings
 # get slugs as well so a page can link to another's section.
-myst_enable_extensions = ["dollarmath", "colon_fence", "deflist"]
+myst_enable_extensions = ["colon_fence", "deflist"]   # no dollarmath: a $ is a $
 myst_heading_anchors = 4
 
 # --- autodoc + numpydoc
