@@ -44,6 +44,18 @@ numpydoc_class_members_toctree = False
 numpydoc_xref_param_type = False
 
 # --- sphinx-gallery: gallery/*.py run at build time (each a few seconds, seeded)
+#
+# The examples run in this process. As for the README's examples
+# (tests/test_readme.py), a warning of emcore's own (a fit that did not converge, a
+# chain that broke) is an error: the gallery must not show a fit that warns.
+import warnings as _warnings
+
+import emcore.exceptions as _exceptions
+
+for _category in vars(_exceptions).values():
+    if isinstance(_category, type) and issubclass(_category, Warning):
+        _warnings.filterwarnings("error", category=_category)
+
 sphinx_gallery_conf = {
     "examples_dirs": ["gallery"],
     "gallery_dirs": ["auto_examples"],
