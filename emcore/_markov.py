@@ -36,17 +36,25 @@ _BLAS_MIN_STATES = 20
 class ForwardBackward(NamedTuple):
     """What one forward-backward pass returns.
 
-    log_likelihood : (n_seq,)  log p(x_1..T) of each sequence
-    gamma          : (n_rows, K) state posteriors q(z_t = k)
-    xi             : (K, K)    expected transition counts, summed over t and sequences
-    start          : (K,)      expected start counts sum_seq q(z_1 = k)
-    entropy        : (n_seq,)  entropy of each sequence's chain posterior
-    magnitude      : (n_seq,)  size of the terms summed (round-off scale u * M)
-    log_space      : (n_seq,)  bool: the sequence left the scaled recursion's range of
-                               normal doubles (underflow that could move the result
-                               by more than round-off, an overflow, or a non-zero
-                               start or transition probability below DBL_MIN) and
-                               was computed in log space (slower, exact)
+    Attributes
+    ----------
+    log_likelihood : (n_seq,)
+        log p(x_1..T) of each sequence
+    gamma : (n_rows, K)
+        state posteriors q(z_t = k)
+    xi : (K, K)
+        expected transition counts, summed over t and sequences
+    start : (K,)
+        expected start counts sum_seq q(z_1 = k)
+    entropy : (n_seq,)
+        entropy of each sequence's chain posterior
+    magnitude : (n_seq,)
+        size of the terms summed (round-off scale u * M)
+    log_space : (n_seq,) bool
+        the sequence left the scaled recursion's range of normal doubles
+        (underflow that could move the result by more than round-off, an
+        overflow, or a non-zero start or transition probability below DBL_MIN)
+        and was computed in log space (slower, exact)
     """
 
     log_likelihood: np.ndarray

@@ -378,7 +378,7 @@ default 'dirichlet_process'
     n_iter_ : int
     lower_bound_ : float
         The last of ``lower_bounds_``.
-    lower_bounds_ : ndarray (n_iter_,)
+    lower_bounds_ : ndarray, one entry per iteration
         Per iteration t, the ELBO (all constants: a lower bound on the log
         evidence log p(X)) at q_t(z) and the updated q_{t+1}(theta), minus
         reg_covar's penalty (0 for reg_covar=0) -- the quantity scikit-learn

@@ -212,7 +212,7 @@ class GaussianMixture(_MixtureBase):
         component ('spherical'). Fitted attributes have scikit-learn's shapes.
     tol : float, default 1e-6
         Stop when the relative change of the log-likelihood between two
-        iterations, |L_{t+1} - L_t| / |L_{t+1}|, is below ``tol`` (0: never, run
+        iterations, ``|L_{t+1} - L_t| / |L_{t+1}|``, is below ``tol`` (0: never, run
         max_iter iterations).
         (scikit-learn stops on the *absolute* change of the per-sample mean.)
     reg_covar : float, default 1e-6

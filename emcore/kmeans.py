@@ -86,7 +86,7 @@ class KMeans(BaseEstimator):
     tol : float, default 1e-4
         scikit-learn's rule: stop when sum_k ||c_k(t+1) - c_k(t)||^2 <= tol * mean
         feature variance of X. The fit also stops when the centres move by no more
-        than rounding (8 u |c|, the labels are then stable), so ``tol=0`` runs to
+        than rounding (``8 u |c|``, the labels are then stable), so ``tol=0`` runs to
         the fixed point.
     random_state : None, int, numpy RandomState or Generator
     n_jobs : int or None, default None

@@ -400,7 +400,7 @@ class Family(abc.ABC):
         The M-step's exact maximiser is rounded to the nearest doubles; Q is
         stationary there, so the loss is second order, but it is amplified by the
         parameters' magnitude relative to their scale (for a Gaussian mean,
-        (|mu| / sigma)^2 u^2 per point). Added to the chain tolerance. Default 0.
+        ``(|mu| / sigma)^2 u^2`` per point). Added to the chain tolerance. Default 0.
         """
         return 0.0
 
@@ -643,7 +643,7 @@ class PosteriorRule(abc.ABC):
         ``row_value[i]`` is that maximum f_i (log p(x_i) for the exact posterior).
         ``totals`` has ``emcore.kernel.N_TOTALS_`` entries: the row-weighted sums of
         f_i, sum_k q_ik a_ik, tau H(q_i), and the rounding magnitude
-        |f_i| + sum_k q_ik (|a_ik| + tau |log q_ik|). ``start`` is the index of the
+        ``|f_i| + sum_k q_ik (|a_ik| + tau |log q_ik|)``. ``start`` is the index of the
         chunk's first row in the data of the pass (rules that are functions of the
         row alone ignore it).
         """

@@ -17,11 +17,18 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 TITLE = "## Writing a family"
 
 
+def _manual() -> str:
+    """README.md, then the user guide's pages (where ci/split_readme.py moves the
+    README's sections, headings unchanged)."""
+    guide = sorted((README.parent / "docs" / "guide").glob("*.md"))
+    return "\n".join(p.read_text(encoding="utf-8") for p in [README, *guide])
+
+
 @pytest.fixture(scope="module")
 def section() -> str:
     if not README.is_file():
         pytest.skip("README.md is not next to the tests (an installed test suite)")
-    text = README.read_text(encoding="utf-8")
+    text = _manual()
     assert TITLE in text, f"README.md has no {TITLE!r} section"
     body = text.split(TITLE, 1)[1]
     return body.split("\n## ", 1)[0]
@@ -52,7 +59,7 @@ def _signature(fn) -> str:
 def test_readme_sections_are_in_order():
     if not README.is_file():
         pytest.skip("README.md is not next to the tests (an installed test suite)")
-    heads = re.findall(r"^## (.+)$", README.read_text(encoding="utf-8"), re.M)
+    heads = re.findall(r"^## (.+)$", _manual(), re.M)
     at = heads.index("Writing a family")
     assert heads[at - 1] == "Plugins" and heads[at + 1] == "How a fit runs"
 

@@ -265,7 +265,7 @@ class ConstraintSet:
     docs/posterior_regularization.md#per-example-features). ``witness_log_q`` (n, k) is a
     q that satisfies every constraint: E_witness[phi_j] equals ``b_j`` minus a
     slack >= 0 (zero for equalities and for active inequalities), up to the
-    rounding of that sum (at most 2 n k u sum_ik q_ik |phi_ikj|).
+    rounding of that sum (at most ``2 n k u sum_ik q_ik |phi_ikj|``).
     """
     phi: np.ndarray                 #: (n, k, m) constraint features
     bounds: np.ndarray              #: (m,) b

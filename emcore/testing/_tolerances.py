@@ -28,7 +28,7 @@ def summation_depth_for(n_samples: int, n_features: int) -> int:
 
 
 def rounding_magnitude(log_joint: np.ndarray, log_q: np.ndarray) -> float:
-    """M = sum_i [ |l_i| + sum_k q_ik (|a_ik| + |log q_ik|) ] (docs/elbo_chain.md#magnitude).
+    """``M = sum_i [ |l_i| + sum_k q_ik (|a_ik| + |log q_ik|) ]`` (docs/elbo_chain.md#magnitude).
 
     The magnitude of the terms behind ELBO(q, theta) and loglik(theta) computed
     from the log joint ``a`` (n, k); terms with q_ik = 0 contribute nothing.
