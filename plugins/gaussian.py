@@ -605,7 +605,7 @@ class GaussianFamily(Family):
         if self._type in _mclust.MODELS:        # mclust's nMclustParams without weights
             return k * d + _mclust.n_covariance_parameters(self._type, k, d)
         covariance = {"full": k * d * (d + 1) // 2, "tied": d * (d + 1) // 2,
-                      "diag": k * d, "spherical": k}[self.covariance_type]
+                      "diag": k * d, "spherical": k}[self._type]
         return k * d + covariance
 
     def sample(self, params: Params, counts: np.ndarray,
