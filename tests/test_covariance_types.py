@@ -466,3 +466,10 @@ def test_select_model_all_is_mclusts_fourteen(blobs):
         (k, t) for k in (1, 2) for t in MCLUST]
     for row in result.table:
         assert row.mclust_bic == -row.bic and row.mclust_icl == -row.icl
+
+
+def test_summary_names_mclust_models(blobs):
+    gm = GaussianMixture(2, covariance_type="VEV", random_state=0).fit(blobs)
+    summary = gm.summary(blobs)
+    assert summary.model_name == "gaussian, mclust VEV covariance"
+    assert "mclust VEV" in str(summary)
