@@ -110,22 +110,36 @@ def _orientation_sweep(W, D, M):
     d = D.shape[0]
     D = D.copy()
     WD = W @ D                                   # (k, d, d): W_k D, rotated along
-    for i in range(d - 1):
-        for j in range(i + 1, d):
-            a = D[:, i] @ WD[:, :, i].T
-            b = D[:, j] @ WD[:, :, j].T
-            c = D[:, i] @ WD[:, :, j].T
-            dm = M[:, i] - M[:, j]
-            P, R = 0.5 * float(dm @ (a - b)), float(dm @ c)
-            if P == 0.0 and R == 0.0:
-                continue
-            theta = 0.5 * np.arctan2(-R, -P)      # (cos 2t, sin 2t) = -(P, R) / h
-            cs, sn = np.cos(theta), np.sin(theta)
-            for A in (D, WD):
-                ci, cj = A[..., i].copy(), A[..., j].copy()
-                A[..., i] = cs * ci + sn * cj
-                A[..., j] = -sn * ci + cs * cj
+    for I, J in _round_robin(d):
+        # rotations of disjoint column pairs commute and each reads only its own
+        # two columns: one round of the tournament at once
+        a = np.einsum("mp,kmp->kp", D[:, I], WD[:, :, I])
+        b = np.einsum("mp,kmp->kp", D[:, J], WD[:, :, J])
+        c = np.einsum("mp,kmp->kp", D[:, I], WD[:, :, J])
+        dm = M[:, I] - M[:, J]
+        P = 0.5 * np.sum(dm * (a - b), axis=0)
+        R = np.sum(dm * c, axis=0)
+        still = (P == 0.0) & (R == 0.0)          # atan2(-0, -0) would swap the pair
+        theta = np.where(still, 0.0, 0.5 * np.arctan2(-R, -P))
+        cs, sn = np.cos(theta), np.sin(theta)
+        for A in (D, WD):
+            ci, cj = A[..., I], A[..., J]
+            A[..., I], A[..., J] = cs * ci + sn * cj, cs * cj - sn * ci
     return D
+
+
+def _round_robin(d: int) -> list:
+    """The rounds of a round-robin tournament on d columns (the circle method):
+    d - 1 rounds (d for odd d) of disjoint pairs, every pair once."""
+    players = list(range(d)) + ([-1] if d % 2 else [])
+    m = len(players)
+    rounds = []
+    for _ in range(m - 1):
+        pairs = [(players[i], players[m - 1 - i]) for i in range(m // 2)]
+        pairs = [(min(p), max(p)) for p in pairs if -1 not in p]
+        rounds.append((np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])))
+        players = [players[0], players[-1]] + players[1:-1]
+    return rounds
 
 
 def _rotated(W, D):
