@@ -378,7 +378,8 @@ def test_stored_me_numbers_are_mclusts(tmp_path):
 def test_stored_bic_tables_are_mclusts(tmp_path):
     rows = _run_r(tmp_path, R_BIC, MCLUST_BIC)
     for name in MCLUST_BIC:
-        got = np.array([[float(v) for v in r[1:]] for r in rows if r[0] == name])
+        got = np.array([[math.nan if v == "NA" else float(v) for v in r[1:]]
+                        for r in rows if r[0] == name])
         want = np.array(MCLUST_BIC[name])
         assert got.shape == want.shape == (9, 14)
         assert np.array_equal(np.isnan(got), np.isnan(want))
