@@ -26,17 +26,34 @@ from emcore.registry import get_registry
 
 __all__ = ["GaussianMixture"]
 
-_COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+#: mclust's fourteen models (the Gaussian family's covariance types beyond
+#: scikit-learn's four, which are VVV, EEE, VVI and VII; docs/gaussian.md#mclust-models)
+_MCLUST_MODELS = ("EII", "VII", "EEI", "VEI", "EVI", "VVI", "EEE", "VEE", "EVE", "VVE",
+                  "EEV", "VEV", "EVV", "VVV")
+_COVARIANCE_TYPES = ("full", "tied", "diag", "spherical") + _MCLUST_MODELS
+#: the scikit-learn shape each type's fitted attributes take: one variance per
+#: component (k,) for EII, VII; per-feature variances (k, d) for EEI, VEI, EVI, VVI;
+#: one matrix (d, d) for EEE; matrices (k, d, d) for the others
+_SHAPE_KIND = {"full": "full", "tied": "tied", "diag": "diag", "spherical": "spherical",
+               "EII": "spherical", "VII": "spherical", "EEI": "diag", "VEI": "diag",
+               "EVI": "diag", "VVI": "diag", "EEE": "tied",
+               **{m: "full" for m in ("VEE", "EVE", "VVE", "EEV", "VEV", "EVV", "VVV")}}
+
+
+#: the types with a scikit-learn name (and the conjugate prior): that name
+_SKLEARN_NAME = {"full": "full", "tied": "tied", "diag": "diag", "spherical": "spherical",
+                 "VVV": "full", "EEE": "tied", "VVI": "diag", "VII": "spherical"}
 
 
 def _parameter_shape(covariance_type: str, k: int, d: int) -> tuple:
     """scikit-learn's shape of covariances_/precisions_ for a covariance type."""
     return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[
-        covariance_type]
+        _SHAPE_KIND[covariance_type]]
 
 
 def _compact(full: np.ndarray, covariance_type: str) -> np.ndarray:
     """(k, d, d) -> scikit-learn's shape for the type (a copy)."""
+    covariance_type = _SHAPE_KIND[covariance_type]
     if covariance_type == "full":
         return full.copy()
     if covariance_type == "tied":
@@ -49,6 +66,7 @@ def _compact(full: np.ndarray, covariance_type: str) -> np.ndarray:
 def _expand(compact: np.ndarray, covariance_type: str, k: int, d: int) -> np.ndarray:
     """scikit-learn's shape for the type -> (k, d, d)."""
     compact = np.asarray(compact, dtype=np.float64)
+    covariance_type = _SHAPE_KIND[covariance_type]
     if covariance_type == "full":
         return compact.copy()
     if covariance_type == "tied":
@@ -96,10 +114,10 @@ def _representations(value: Any, name: str, representation: str, covariance_type
     (the Gaussian family's criterion: condition number below 1 / (d eps)); a
     Cholesky factor upper triangular with a positive diagonal, as scikit-learn's.
     """
-    t = covariance_type
+    t = _SHAPE_KIND[covariance_type]
     prefix = (f"The {name!r} {_kind(name)} of {owner} must be a finite array of "
-              f"{_WHAT[representation][t]} for covariance_type={t!r}, of shape "
-              f"{_SHAPE_NAMES[t]}")
+              f"{_WHAT[representation][t]} for covariance_type={covariance_type!r}, of "
+              f"shape {_SHAPE_NAMES[t]}")
     arr = v.as_float_array(value, prefix)
     ndim = {"full": 3, "tied": 2, "diag": 2, "spherical": 1}[t]
     if arr.ndim != ndim or 0 in arr.shape or (t in ("full", "tied")
@@ -206,10 +224,18 @@ class GaussianMixture(_MixtureBase):
     ----------
     n_components : int, default 1
         Number of mixture components.
-    covariance_type : {'full', 'tied', 'diag', 'spherical'}, default 'full'
+    covariance_type : {'full', 'tied', 'diag', 'spherical'} or an mclust name, default 'full'
         As in scikit-learn: each component its own covariance matrix ('full'), one
         shared matrix ('tied'), diagonal matrices ('diag'), or one variance per
         component ('spherical'). Fitted attributes have scikit-learn's shapes.
+        Or one of mclust's fourteen models 'EII', 'VII', 'EEI', 'VEI', 'EVI',
+        'VVI', 'EEE', 'VEE', 'EVE', 'VVE', 'EEV', 'VEV', 'EVV', 'VVV' (volume,
+        shape and orientation Equal or Variable across components, 'I' for none;
+        'VVV', 'EEE', 'VVI', 'VII' are 'full', 'tied', 'diag', 'spherical'); their
+        fitted attributes take the shape of their representation: (k,) for EII
+        and VII, (k, d) for EEI, VEI, EVI, VVI, (d, d) for EEE, (k, d, d) for the
+        others (docs/gaussian.md#mclust-models). No ``prior`` for the ten beyond
+        scikit-learn's four.
     tol : float, default 1e-6
         Stop when the relative change of the log-likelihood between two
         iterations, ``|L_{t+1} - L_t| / |L_{t+1}|``, is below ``tol`` (0: never, run
@@ -308,7 +334,8 @@ class GaussianMixture(_MixtureBase):
     weights_ : ndarray (n_components,)
     means_ : ndarray (n_components, n_features)
     covariances_ : ndarray
-        Shape (k, d, d) 'full', (d, d) 'tied', (k, d) 'diag', (k,) 'spherical'.
+        Shape (k, d, d) 'full', (d, d) 'tied', (k, d) 'diag', (k,) 'spherical'
+        (mclust's models: see ``covariance_type``).
     precisions_ : ndarray
         Inverses of the covariances, same shapes.
     precisions_cholesky_ : ndarray
@@ -401,7 +428,8 @@ class GaussianMixture(_MixtureBase):
             raise ValueError("The 'prior' parameter of GaussianMixture must be None when X "
                              "is a chunked source (memmap, h5py, zarr, Dask): the prior's "
                              "defaults are computed from all rows in memory.")
-        return prior.resolve(X, self.n_components, sample_weight, self.covariance_type)
+        return prior.resolve(X, self.n_components, sample_weight,
+                             _SKLEARN_NAME[self.covariance_type])
 
     def _fit_rule(self):
         return self._resolve_rule(self.posterior)
@@ -500,6 +528,12 @@ class GaussianMixture(_MixtureBase):
         owner = "GaussianMixture"
         k = self._check_common(X)
         v.check_choice(self.covariance_type, "covariance_type", owner, _COVARIANCE_TYPES)
+        if self.prior is not None and self.covariance_type not in _SKLEARN_NAME:
+            raise ValueError(f"The 'prior' parameter of {owner} must be None for "
+                             f"covariance_type={self.covariance_type!r}: the conjugate "
+                             "prior is implemented for 'full', 'tied', 'diag' and "
+                             "'spherical' (mclust's VVV, EEE, VVI, VII) only. Got "
+                             f"{self.prior!r} instead.")
         v.check_float(self.reg_covar, "reg_covar", owner)
         v.check_bool(self.warm_start, "warm_start", owner)
         check_exponent(self.online_step_exponent, owner)      # (used by partial_fit)

@@ -30,7 +30,7 @@ from emcore import _validation as v
 from emcore._input import check_input
 from emcore._logging import fit_label
 from emcore.exceptions import ConvergenceWarning
-from emcore.gaussian_mixture import GaussianMixture
+from emcore.gaussian_mixture import _MCLUST_MODELS, _SHAPE_KIND, GaussianMixture
 from emcore.registry import get_registry
 
 __all__ = ["icl", "select_model", "ModelSelection", "SelectionRow", "CRITERIA"]
@@ -48,6 +48,12 @@ _SPIKE_FACTOR = 2.0
 # Initial values whose shape depends on n_components cannot be shared by a grid.
 _PER_CELL_PARAMS = ("weights_init", "means_init", "precisions_init")
 _GRID_PARAMS = ("n_components", "covariance_type", "n_init", "random_state")
+
+
+#: the types whose every component needs its own nonsingular d x d scatter
+#: (d + 1 rows): 'full' (VVV) and EVV (Sigma_k proportional to W_k); the other
+#: mclust models pool the scatters or use their eigenvalues / diagonals
+_OWN_MATRIX = ("full", "VVV", "EVV")
 
 
 # --- the criteria -----------------------------------------------------------------
@@ -164,7 +170,7 @@ def _spike_components(model: GaussianMixture) -> tuple:
         return ()
     cov = np.asarray(model.covariances_, dtype=np.float64)
     k = model.weights_.shape[0]
-    t = model.covariance_type
+    t = _SHAPE_KIND[model.covariance_type]
     if t == "full":
         smallest = np.linalg.eigvalsh(cov)[:, 0]
     elif t == "tied":
@@ -182,8 +188,9 @@ def _max_components(covariance_type: str, n_rows: int, n_features: int,
 
     Without ``cap``: n_rows (each component needs a row). With it: the largest k
     for which every component can hold m rows, the rows its own covariance needs
-    to be nonsingular: m = d + 1 for 'full' (a d x d scatter about the
-    component's own mean), 2 for 'diag' and 'spherical' (a variance about it).
+    to be nonsingular: m = d + 1 for 'full' and EVV (a d x d scatter about the
+    component's own mean), 2 for 'diag' and 'spherical' (a variance about it)
+    and the other mclust models (pooled scatters, or their eigenvalues).
     Beyond that, some component has n_k < m (pigeonhole: sum_k n_k = n), so its
     covariance is singular but for ``reg_covar``: a spike, never chosen. For
     'tied', m = 2 too: a component on a single row contributes nothing to the
@@ -195,12 +202,13 @@ def _max_components(covariance_type: str, n_rows: int, n_features: int,
     if not cap:
         return n_rows, "more components than rows"
     d = n_features
-    m = d + 1 if covariance_type == "full" else 2
-    limit = n_rows // m if covariance_type != "tied" else max(0, min(n_rows // m,
-                                                                     n_rows - d))
-    what = "d + 1 = " if covariance_type == "full" else ""
+    own = covariance_type in _OWN_MATRIX
+    shared = covariance_type in ("tied", "EEE")
+    m = d + 1 if own else 2
+    limit = n_rows // m if not shared else max(0, min(n_rows // m, n_rows - d))
+    what = "d + 1 = " if own else ""
     return limit, (f"{covariance_type!r} needs {what}{m} rows per component"
-                   f"{' and n - k >= d' if covariance_type == 'tied' else ''}: {n_rows} "
+                   f"{' and n - k >= d' if shared else ''}: {n_rows} "
                    f"rows allow at most {limit}")
 
 
@@ -232,6 +240,16 @@ class SelectionRow:
         """The value of ``criterion`` ('bic', 'aic' or 'icl') for this cell."""
         v.check_choice(criterion, "criterion", "SelectionRow.value", CRITERIA)
         return getattr(self, criterion)
+
+    @property
+    def mclust_bic(self) -> float:
+        """BIC in mclust's sign convention, 2 L - p ln n (higher is better): -``bic``."""
+        return -self.bic
+
+    @property
+    def mclust_icl(self) -> float:
+        """ICL in mclust's sign convention (higher is better): -``icl``."""
+        return -self.icl
 
     @property
     def ok(self) -> bool:
@@ -405,7 +423,9 @@ def _check_n_components(value: Any) -> list:
 def _check_covariance_types(value: Any, X: np.ndarray) -> tuple:
     what = ("The 'covariance_types' parameter of select_model must be a non-empty "
             "iterable of strings (or one string)")
-    if isinstance(value, str):
+    if isinstance(value, str) and value == "all":
+        values = list(_MCLUST_MODELS)         # mclust's fourteen, in mclust's order
+    elif isinstance(value, str):
         values = [value]
     elif isinstance(value, bytes) or not isinstance(value, Iterable):
         raise ValueError(f"{what}. Got {value!r} instead.")
@@ -494,7 +514,9 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
     covariance_types : str or iterable of str, default all four
         Covariance types to try ('full', 'tied', 'diag', 'spherical', like mclust's
         default of trying every model); an unsupported one raises a ValueError
-        before anything is fitted.
+        before anything is fitted. ``"all"``: mclust's fourteen models, 'EII' to
+        'VVV' in mclust's order (docs/gaussian.md#mclust-models); rows give
+        mclust's sign too (``row.mclust_bic``, ``row.mclust_icl``).
     criterion : {'bic', 'aic', 'icl'}, default 'bic'
         The criterion the best model is chosen by (lower is better). Ties go to
         the first cell in table order: fewer components, then the earlier type.

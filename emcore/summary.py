@@ -27,6 +27,9 @@ __all__ = ["Summary", "KMeansSummary", "HMMSummary", "VBSummary"]
 
 #: scikit-learn's covariance types and the mclust models they are
 MCLUST_NAMES = {"full": "VVV", "diag": "VVI", "spherical": "VII", "tied": "EEE"}
+#: mclust's own names, which the Gaussian family takes as covariance types too
+_MCLUST_MODELS = frozenset({"EII", "VII", "EEI", "VEI", "EVI", "VVI", "EEE", "VEE", "EVE",
+                            "VVE", "EEV", "VEV", "EVV", "VVV"})
 
 # parameters derived from others (not shown with parameters=True)
 _DERIVED = ("precisions_cholesky", "precisions")
@@ -65,6 +68,8 @@ class Summary:
         """e.g. 'gaussian, full covariance (mclust VVV)'."""
         if self.covariance_type is None:
             return self.family
+        if self.covariance_type in _MCLUST_MODELS:       # already mclust's name
+            return f"{self.family}, mclust {self.covariance_type} covariance"
         mclust = MCLUST_NAMES.get(self.covariance_type)
         return (f"{self.family}, {self.covariance_type} covariance"
                 + (f" (mclust {mclust})" if mclust else ""))

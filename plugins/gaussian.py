@@ -1,4 +1,5 @@
-"""The Gaussian component family (``gaussian``): full, tied, diag, spherical.
+"""The Gaussian component family (``gaussian``): full, tied, diag, spherical, and
+mclust's fourteen parametrisations (EII ... VVV, plugins/_mclust_models.py).
 
 Parameters (a dict, scikit-learn's names and shapes):
 ``means`` (k, d), ``covariances`` (k, d, d) and ``precisions_cholesky`` (k, d, d),
@@ -23,12 +24,21 @@ from emcore.plugin_api import (UNIT_ROUNDOFF, Family, FamilyRecord, Params, Reso
                                hookimpl)
 from emcore.plugins._gaussian_diag_kernel import GaussianDiagKernel
 from emcore.plugins._gaussian_kernel import GaussianFullKernel
+from emcore.plugins import _mclust_models as _mclust
 
 __all__ = ["GaussianFamily", "GaussianStats", "COVARIANCE_TYPES"]
 
-COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+#: scikit-learn's four names (aliases of VVV, EEE, VVI, VII: the same code, bit for
+#: bit), then mclust's fourteen models
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical") + _mclust.MODELS
 _DIAGONAL_TYPES = ("diag", "spherical")   # diagonal precisions: the diagonal kernel
+#: the internal name of each type: the scikit-learn name for the four it has
+_INTERNAL = {**{m: m for m in _mclust.MODELS},
+             **{m: t for t, m in _mclust.SKLEARN_ALIASES.items()},
+             **{t: t for t in _mclust.SKLEARN_ALIASES}}
 _LOG_2PI = np.log(2.0 * np.pi)
+#: the models whose constraint is not linear in the log-Cholesky coordinates
+_NONLINEAR = frozenset({"VEE", "EVE", "VVE", "EEV", "VEV"})
 
 
 @dataclass(frozen=True)
@@ -73,12 +83,17 @@ class GaussianFamily(Family):
     ----------
     n_components, n_features : int
         K and d.
-    covariance_type : {'full', 'tied', 'diag', 'spherical'}
+    covariance_type : {'full', 'tied', 'diag', 'spherical'} or an mclust model name
         Parameters are stored in full form for every type (``covariances`` (k, d, d),
         diagonal or scalar multiples of I, or all equal). 'full' and 'tied' run
         through the full-covariance kernel (d x d statistics), 'diag' and
         'spherical' through the diagonal kernel (per-feature statistics); the
         M-step, the log prior and the parameter count apply the constraint.
+        mclust's names: 'VVV', 'EEE', 'VVI', 'VII' are 'full', 'tied', 'diag',
+        'spherical'; EII, EEI, VEI, EVI run through the diagonal kernel, VEE, EVE,
+        VVE, EEV, VEV, EVV through the full one (docs/gaussian.md#mclust-models).
+        VEI, VEE, VEV, EVE and VVE iterate in their M-step and declare it a
+        generalized-EM step (``generalized_m_step``).
     reg_covar : float, default 1e-6
         Added to the diagonal of every covariance after the M-step (scikit-learn's
         ``reg_covar``). This is the exact maximiser of the expected log-likelihood
@@ -99,6 +114,13 @@ class GaussianFamily(Family):
             raise ValueError(
                 f"covariance_type must be one of {', '.join(map(repr, COVARIANCE_TYPES))}; "
                 f"got {covariance_type!r}")
+        self._type = _INTERNAL[covariance_type]
+        if prior is not None and self._type in _mclust.MODELS:
+            raise ValueError(
+                f"The 'prior' parameter of the Gaussian family must be None for "
+                f"covariance_type={covariance_type!r}: the conjugate prior is implemented "
+                "for 'full', 'tied', 'diag' and 'spherical' (mclust's VVV, EEE, VVI, VII) "
+                "only.")
         reg_covar = float(reg_covar)
         if not np.isfinite(reg_covar) or reg_covar < 0:
             raise ValueError(f"reg_covar must be a finite number >= 0; got {reg_covar!r}")
@@ -109,7 +131,11 @@ class GaussianFamily(Family):
         self.reg_covar = reg_covar
         self.prior = prior
         d, k = self.n_features, self.n_components
-        self._diagonal = covariance_type in _DIAGONAL_TYPES
+        self._diagonal = (self._type in _DIAGONAL_TYPES
+                          or _mclust.REPRESENTATION.get(self._type) in ("spherical",
+                                                                        "diagonal"))
+        #: the iterative M-steps only increase Q (docs/gaussian.md#mclust-models)
+        self.generalized_m_step = self._type in _mclust.ITERATIVE
         self._stats_kernel = self._kernel({
             "means": np.zeros((k, d)),
             "precisions_cholesky": np.broadcast_to(np.eye(d), (k, d, d))})
@@ -154,7 +180,15 @@ class GaussianFamily(Family):
 
     def from_unconstrained(self, coords) -> dict:
         """The inverse of :meth:`to_unconstrained`; DegenerateComponentError (a
-        ValueError) for a covariance beyond the condition-number limit."""
+        ValueError) for a covariance beyond the condition-number limit. mclust's VEE,
+        EVE, VVE, EEV and VEV constrain the Cholesky factors non-linearly (a product
+        of a volume and a shared matrix, shared eigenvalues or eigenvectors), which a
+        linear extrapolation does not keep: ValueError (SQUAREM then takes its EM
+        step; docs/gaussian.md#mclust-models)."""
+        if self._type in _NONLINEAR:
+            raise ValueError(f"covariance_type={self.covariance_type!r} has no "
+                             "unconstrained coordinates (its constraint is not linear "
+                             "in the log-Cholesky factors)")
         L = np.tril(np.asarray(coords["log_cholesky"], dtype=np.float64))
         i = np.arange(self.n_features)
         with np.errstate(over="ignore"):
@@ -166,8 +200,13 @@ class GaussianFamily(Family):
     def validate_params(self, params: Params) -> None:
         """Means finite (k, d); covariances (k, d, d) symmetric, positive definite and of
         the family's type; precisions_cholesky upper triangular with a positive diagonal
-        and U U^T the inverse of the covariance."""
+        and U U^T the inverse of the covariance. (mclust's models: their representation,
+        diagonal or multiples of I, and the exact equalities of EII and EEI; the
+        volume, shape and orientation constraints of the others hold only to rounding
+        and are not checked.)"""
         k, d, t = self.n_components, self.n_features, self.covariance_type
+        it = self._type
+        rep = _representation(it)
         for key, shape in (("means", (k, d)), ("covariances", (k, d, d)),
                            ("precisions_cholesky", (k, d, d))):
             value = np.asarray(params[key])
@@ -193,15 +232,15 @@ class GaussianFamily(Family):
                                  f"Cholesky factor of the inverse covariance (U^T Sigma U "
                                  f"differs from I by {resid:.3g})")
             off = cov[j] - np.diag(np.diagonal(cov[j]))
-            if t in ("diag", "spherical") and np.any(off != 0):
+            if rep != "full" and np.any(off != 0):
                 raise ValueError(f"'covariances' of component {j} is not diagonal "
                                  f"(covariance_type={t!r})")
-            if t == "spherical" and np.any(np.diagonal(cov[j]) != cov[j, 0, 0]):
+            if rep == "spherical" and np.any(np.diagonal(cov[j]) != cov[j, 0, 0]):
                 raise ValueError(f"'covariances' of component {j} is not a multiple of "
-                                 "the identity (covariance_type='spherical')")
-            if t == "tied" and np.any(cov[j] != cov[0]):
+                                 f"the identity (covariance_type={t!r})")
+            if it in ("tied", "EII", "EEI") and np.any(cov[j] != cov[0]):
                 raise ValueError(f"'covariances' of component {j} differs from component "
-                                 "0's (covariance_type='tied')")
+                                 f"0's (covariance_type={t!r})")
 
     def random_params(self, rng: np.random.Generator, *,
                       nearly_degenerate: bool = False) -> dict:
@@ -212,8 +251,11 @@ class GaussianFamily(Family):
         or variances ~1e-8 times the squared offset of the means (spherical, where
         the condition number is always 1); far inside the limit 1 / (d eps).
         """
-        k, d, kind = self.n_components, self.n_features, self.covariance_type
+        k, d, kind = self.n_components, self.n_features, self._type
         means = rng.uniform(-10.0, 10.0, (k, d))
+        if kind in _mclust.MODELS:
+            return self.params_from_covariances(
+                means, _random_mclust_covariances(rng, kind, k, d, nearly_degenerate))
 
         def matrix():
             scale = 10.0 ** rng.uniform(-1.0, 1.0)
@@ -355,11 +397,14 @@ class GaussianFamily(Family):
             delta = mean - p.mean
             numerator = (np.where(has.reshape(wshape), scatter, 0.0)
                          + shrink.reshape(wshape) * _outer(delta, delta, diag))
-        denominator = self._denominator(w)
-        covariances = self._constrained(
-            numerator, 0.0 if self.prior is None else self.prior.scale, denominator)
-        covariances = 0.5 * (covariances + np.swapaxes(covariances, 1, 2))
-        covariances += self.reg_covar * np.eye(d)
+        if self._type in _mclust.MODELS:       # maximum likelihood only (no prior)
+            covariances = self._mclust_covariances(numerator, w, previous)
+        else:
+            denominator = self._denominator(w)
+            covariances = self._constrained(
+                numerator, 0.0 if self.prior is None else self.prior.scale, denominator)
+            covariances = 0.5 * (covariances + np.swapaxes(covariances, 1, 2))
+            covariances += self.reg_covar * np.eye(d)
         if self.prior is None and not has.all():
             # N_k = 0: the objective does not depend on (mu_k, Sigma_k); keeping the
             # previous values is a valid M-step (a tied covariance is shared anyway)
@@ -371,15 +416,52 @@ class GaussianFamily(Family):
                     "use a prior (prior='default'), or choose another "
                     "initialisation.", component=k)
             means[~has] = previous["means"][~has]
-            if self.covariance_type != "tied":
+            if self._type not in ("tied", "EII", "EEI"):
                 covariances[~has] = previous["covariances"][~has]
         return self.params_from_covariances(means, covariances, n_k=w)
+
+    def _mclust_covariances(self, scatter: np.ndarray, w: np.ndarray,
+                            previous: Optional[Params]) -> np.ndarray:
+        """The covariances of an mclust model from the centred scatters (k, d, d), or
+        their diagonals (k, d), of the components with weight (the others get the
+        first one's, replaced by their previous values unless all are shared).
+
+        reg_covar enters as reg_covar * N_k I added to each scatter: the exact
+        constrained maximiser of Q - reg_covar / 2 sum_k N_k tr(P_k), the penalty
+        ``m_step_penalty`` records (for the four scikit-learn types this is the same
+        as adding reg_covar * I after the M-step)."""
+        k, d, t = self.n_components, self.n_features, self._type
+        has = w > 0
+        W = scatter[has]
+        if self.reg_covar > 0:
+            W = W + self.reg_covar * (w[has, None] if W.ndim == 2
+                                      else w[has, None, None] * np.eye(d))
+        prev = None
+        if previous is not None:
+            prev = np.asarray(previous["covariances"], dtype=np.float64)[has]
+        try:
+            with np.errstate(divide="raise", invalid="raise", over="raise"):
+                active = _mclust.constrained_covariances(t, w[has], W, prev)
+        except (np.linalg.LinAlgError, FloatingPointError):
+            active = None
+        if active is None or not np.all(np.isfinite(active)):
+            raise DegenerateComponentError(
+                f"The M-step of covariance_type={self.covariance_type!r} has no finite "
+                "maximiser: a component's scatter matrix is singular (it holds too few "
+                f"distinct points in {d} dimensions). Increase reg_covar (now "
+                f"{self.reg_covar:g}), reduce n_components, choose a more constrained "
+                "covariance type, or choose another initialisation.",
+                component=int(np.argmin(np.where(has, w, np.inf))))
+        covariances = np.empty((k, d, d))
+        covariances[has] = active
+        covariances[~has] = active[0]
+        return 0.5 * (covariances + np.swapaxes(covariances, 1, 2))
 
     def _denominator(self, w: np.ndarray):
         """D of Sigma = B / D: counts (ML), or the powers of Sigma in the joint
         posterior (MAP: likelihood, inverse Wishart / gamma, and the normal prior
         on the means when shrinkage > 0). 'tied' returns one number."""
-        d, k, t = self.n_features, self.n_components, self.covariance_type
+        d, k, t = self.n_features, self.n_components, self._type
         if self.prior is None:
             return {"full": w, "diag": w, "spherical": d * w, "tied": np.sum(w)}[t]
         nu, mean_prior = self.prior.dof, self.prior.shrinkage > 0
@@ -396,7 +478,7 @@ class GaussianFamily(Family):
         scale enters once per covariance matrix: once in all for 'tied'). The
         numerator is (k, d, d) for 'full'/'tied' and its diagonal (k, d) for
         'diag'/'spherical' (scale: a (d, d) matrix, or 0 without a prior)."""
-        d, k, t = self.n_features, self.n_components, self.covariance_type
+        d, k, t = self.n_features, self.n_components, self._type
         if t == "tied":
             cov = (scale + np.sum(numerator, axis=0)) / denominator
             return np.broadcast_to(cov, (k, d, d)).copy()
@@ -413,7 +495,7 @@ class GaussianFamily(Family):
         """c_k with pen = reg_covar / 2 sum_k c_k tr(P_k) (see m_step_penalty)."""
         if self.prior is None:
             return w
-        t, k, d = self.covariance_type, self.n_components, self.n_features
+        t, k, d = self._type, self.n_components, self.n_features
         den = self._denominator(w)
         if t == "spherical":
             return den / d
@@ -425,7 +507,7 @@ class GaussianFamily(Family):
         """(log p(theta), sum of its terms' magnitudes) for the type's conjugate prior."""
         if self.prior is None:
             return 0.0, 0.0
-        p, d, k, t = self.prior, self.n_features, self.n_components, self.covariance_type
+        p, d, k, t = self.prior, self.n_features, self.n_components, self._type
         kappa = p.shrinkage
         terms = []
         if t in ("full", "tied"):
@@ -520,8 +602,10 @@ class GaussianFamily(Family):
     # --- size, sampling, numerics -------------------------------------------------
     def n_parameters(self) -> int:
         k, d = self.n_components, self.n_features
+        if self._type in _mclust.MODELS:        # mclust's nMclustParams without weights
+            return k * d + _mclust.n_covariance_parameters(self._type, k, d)
         covariance = {"full": k * d * (d + 1) // 2, "tied": d * (d + 1) // 2,
-                      "diag": k * d, "spherical": k}[self.covariance_type]
+                      "diag": k * d, "spherical": k}[self._type]
         return k * d + covariance
 
     def sample(self, params: Params, counts: np.ndarray,
@@ -582,6 +666,52 @@ def _condition_of_factor(factor: np.ndarray) -> float:
     return float((s[0] / s[-1]) ** 2) if s[-1] > 0 else np.inf
 
 
+def _representation(internal_type: str) -> str:
+    """'spherical', 'diagonal' or 'full': how a type's covariances are stored."""
+    if internal_type in _mclust.MODELS:
+        return _mclust.REPRESENTATION[internal_type]
+    return {"spherical": "spherical", "diag": "diagonal"}.get(internal_type, "full")
+
+
+def _random_mclust_covariances(rng: np.random.Generator, model: str, k: int, d: int,
+                               nearly_degenerate: bool) -> np.ndarray:
+    """Random covariances lambda_k D_k A_k D_k^T of an mclust model: volumes
+    10^U(-1, 1) (equal or per component), shapes with log10 condition number U(0, 2)
+    (nearly degenerate: U(6, 9), both ends of the range included; for the spherical
+    models, whose condition number is 1, volumes 1e-9-1e-7 instead), orientations
+    random orthogonal (equal or per component, I for the diagonal models)."""
+    def count(letter):
+        return 1 if letter == "E" else k
+
+    if _mclust.REPRESENTATION[model] == "spherical" and nearly_degenerate:
+        vol = 10.0 ** rng.uniform(-9.0, -7.0, count(model[0]))
+    else:
+        vol = 10.0 ** rng.uniform(-1.0, 1.0, count(model[0]))
+    vol = np.broadcast_to(vol, (k,))
+    if model[1] == "I":
+        shape = np.ones((k, d))
+    else:
+        shape = np.empty((count(model[1]), d))
+        for row in shape:
+            cond = rng.uniform(6.0, 9.0) if nearly_degenerate else rng.uniform(0.0, 2.0)
+            e = rng.uniform(0.0, cond, d)
+            if d > 1:
+                e[:2] = 0.0, cond
+            e = np.sort(e)[::-1]
+            row[:] = 10.0 ** (e - np.mean(e))               # |A| = 1, decreasing
+        shape = np.broadcast_to(shape, (k, d))
+    if model[2] == "I":
+        orient = np.broadcast_to(np.eye(d), (k, d, d))
+    else:
+        orient = np.empty((count(model[2]), d, d))
+        for m in range(orient.shape[0]):
+            Q, R = np.linalg.qr(rng.standard_normal((d, d)))
+            orient[m] = Q * np.where(np.diag(R) < 0, -1.0, 1.0)
+        orient = np.broadcast_to(orient, (k, d, d))
+    cov = vol[:, None, None] * np.einsum("kij,kj,klj->kil", orient, shape, orient)
+    return 0.5 * (cov + np.swapaxes(cov, 1, 2))
+
+
 @hookimpl
 def emcore_register_families():
     return [FamilyRecord(
@@ -590,4 +720,4 @@ def emcore_register_families():
                                 "covariance_type:full", "covariance_type:tied",
                                 "covariance_type:diag", "covariance_type:spherical"}),
         description="multivariate normal components (covariance_type: full, tied, "
-                    "diag, spherical)")]
+                    "diag, spherical, or mclust's EII ... VVV)")]

@@ -20,6 +20,9 @@ from emcore.registry import get_registry
 from emcore.testing import FAMILY_CHECKS, parametrize_with_family_checks
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+# mclust's models beyond those four (VVV, EEE, VVI, VII are their aliases: the same
+# code); maximum likelihood only (no conjugate prior for them)
+MCLUST_TYPES = ("EII", "EEI", "VEI", "EVI", "VEE", "EVE", "VVE", "EEV", "VEV", "EVV")
 
 
 def _prior(covariance_type: str, n_components: int = 2, n_features: int = 2):
@@ -64,6 +67,11 @@ def _first_party_families() -> dict:
                 factory = functools.partial(record.factory, covariance_type=t, **options)
                 specs[f"gaussian-{t}-{variant}"] = dataclasses.replace(
                     record, factory=factory, capabilities=caps)
+        for t in MCLUST_TYPES:
+            for variant, options in (("ml", {"reg_covar": 0.0}), ("reg_covar", {})):
+                factory = functools.partial(record.factory, covariance_type=t, **options)
+                specs[f"gaussian-{t}-{variant}"] = dataclasses.replace(
+                    record, factory=factory, capabilities=caps)
     return specs
 
 
@@ -75,7 +83,7 @@ def test_every_first_party_family_is_covered():
     assert "gaussian" in names
     covered = {fid.split("-")[0] for fid in FAMILIES}
     assert covered == names
-    assert sum(fid.startswith("gaussian-") for fid in FAMILIES) == 12
+    assert sum(fid.startswith("gaussian-") for fid in FAMILIES) == 12 + 2 * len(MCLUST_TYPES)
 
 
 @parametrize_with_family_checks(FAMILIES)

@@ -217,3 +217,259 @@ def test_sample_weights_act_as_repetition_for_every_type(blobs, covariance_type)
     b = _quiet(GaussianMixture(2, **kw), np.repeat(X, w.astype(int), axis=0))
     assert np.allclose(a.covariances_, b.covariances_, rtol=1e-9, atol=1e-12)
     assert np.allclose(a.means_, b.means_, rtol=1e-9, atol=1e-12)
+
+
+# --- mclust's fourteen models (docs/gaussian.md#mclust-models) ---------------------
+
+MCLUST = ("EII", "VII", "EEI", "VEI", "EVI", "VVI", "EEE", "VEE", "EVE", "VVE", "EEV",
+          "VEV", "EVV", "VVV")
+ALIASES = {"full": "VVV", "tied": "EEE", "diag": "VVI", "spherical": "VII"}
+
+
+def _scatters(seed: int, k: int = 3, d: int = 3):
+    """Weights n_k and centred scatters W_k of k unequal, differently shaped and
+    rotated clusters (so that every constraint binds)."""
+    rng = np.random.default_rng(seed)
+    n = np.array([40.0, 25.0, 60.0])[:k]
+    W = []
+    for j in range(k):
+        A = rng.standard_normal((d, d)) * (1.0 + j)
+        Y = rng.standard_normal((int(n[j]), d)) @ A
+        Y -= Y.mean(axis=0)
+        W.append(Y.T @ Y)
+    return n, np.array(W)
+
+
+def _objective(n, W, S):
+    # sum_k n_k log|Sigma_k| + tr(W_k Sigma_k^{-1}): minus twice Q's covariance part
+    return float(sum(n[j] * np.linalg.slogdet(S[j])[1] + np.trace(np.linalg.solve(S[j], W[j]))
+                     for j in range(len(n))))
+
+
+def _decompose(model: str, S: np.ndarray):
+    """(volumes, log-shapes, orientations) of covariances of ``model``, one entry
+    per distinct ('E') or per-component ('V') factor; 'I' factors are None."""
+    k, d = S.shape[0], S.shape[1]
+    vol = np.exp(np.linalg.slogdet(S)[1] / d)
+    if model[2] == "I":
+        D = np.broadcast_to(np.eye(d), (k, d, d))
+    elif model[2] == "E":
+        # the shared eigenvectors: those of a generic combination
+        D = np.broadcast_to(np.linalg.eigh(np.einsum("k,kij->ij", np.arange(1.0, k + 1),
+                                                     S))[1], (k, d, d))
+    else:
+        D = np.linalg.eigh(S)[1]
+    shape = np.einsum("kji,kjl,kli->ki", D, S, D) / vol[:, None]
+    pick = {"E": slice(0, 1), "V": slice(None), "I": slice(0, 0)}
+    return (np.log(vol[pick[model[0]]]), np.log(shape[pick[model[1]]]),
+            D[pick[model[2]]] if model[2] != "I" else None)
+
+
+def _compose(model, k, d, log_vol, log_shape, D, skew):
+    """Covariances from the factors, each orientation turned by the Cayley
+    transform (I - A)^-1 (I + A) of the skew-symmetric A with upper triangle skew."""
+    vol = np.broadcast_to(np.exp(log_vol), (k,))
+    if model[1] == "I":
+        shape = np.ones((k, d))
+    else:
+        ls = log_shape - log_shape.mean(axis=1, keepdims=True)          # |A| = 1
+        shape = np.broadcast_to(np.exp(ls), (k, d))
+    if D is None:
+        R = np.broadcast_to(np.eye(d), (k, d, d))
+    else:
+        iu = np.triu_indices(d, 1)
+        R = []
+        for j, s in enumerate(skew):
+            A = np.zeros((d, d))
+            A[iu] = s
+            A -= A.T
+            R.append(D[j] @ np.linalg.solve(np.eye(d) - A, np.eye(d) + A))
+        R = np.array(R)
+        R = np.broadcast_to(R, (k, d, d))
+    return vol[:, None, None] * np.einsum("kij,kj,klj->kil", R, shape, R)
+
+
+@pytest.mark.parametrize("model", MCLUST)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mclust_m_step_is_the_constrained_minimiser(model, seed):
+    # The M-step's covariances (i) satisfy the model's constraint: they are
+    # rebuilt from their volume / shape / orientation factors, shared as the name
+    # says, to rounding; (ii) no move of those factors lowers the objective: a
+    # quasi-Newton minimiser started there finds nothing (an M-step stopped short,
+    # as mclust's VVE, is improved by ~1 here). Tolerance: the objective is a sum
+    # of k terms of size n_k (d + |log|Sigma_k||) ~ 1e3 computed to ~1e-13 relative;
+    # BFGS's own gains below 1e-7 are its line-search noise.
+    from scipy.optimize import minimize
+    n, W = _scatters(seed)
+    k, d = W.shape[0], W.shape[1]
+    family = get_registry().family("gaussian").factory(k, d, covariance_type=model,
+                                                        reg_covar=0.0)
+    stats = family.chunk_stats(*_rows_of(n, W))
+    S = family.m_step(stats, None)["covariances"]
+    f0 = _objective(n, W, S)
+    log_vol, log_shape, D = _decompose(model, S)
+    n_skew = 0 if D is None else D.shape[0]
+    sizes = (log_vol.size, log_shape.size, n_skew * d * (d - 1) // 2)
+
+    def unpack(theta):
+        a, b = sizes[0], sizes[0] + sizes[1]
+        return (theta[:a], theta[a:b].reshape(log_shape.shape),
+                theta[b:].reshape(n_skew, d * (d - 1) // 2))
+
+    def f(theta):
+        lv, ls, skew = unpack(theta)
+        return _objective(n, W, _compose(model, k, d, lv, ls, D, skew))
+
+    theta0 = np.concatenate([log_vol, log_shape.ravel(), np.zeros(sizes[2])])
+    rebuilt = _compose(model, k, d, *unpack(theta0)[:2], D, unpack(theta0)[2])
+    assert np.allclose(rebuilt, S, rtol=1e-9, atol=1e-12 * np.max(np.abs(S)))
+    best = minimize(f, theta0, method="BFGS").fun
+    assert best >= f0 - 1e-7 * abs(f0), (f0, best)
+
+
+def _rows_of(n, W):
+    """Rows X and one-hot responsibilities whose weights and centred scatters are
+    n and W (each cluster: points m_k +- the scaled eigenvectors of W_k)."""
+    k, d = W.shape[0], W.shape[1]
+    rows, resp = [], []
+    for j in range(k):
+        w, V = np.linalg.eigh(W[j])
+        # 2d points m +- s_i v_i with weights n_k / (2d): scatter (n_k / d) sum_i
+        # s_i^2 v_i v_i^T = W_k for s_i^2 = d w_i / n_k
+        s = V * np.sqrt(d * np.maximum(w, 0.0) / n[j])
+        pts = np.concatenate([s, -s], axis=1).T + 10.0 * j
+        rows.append(pts)
+        r = np.zeros((2 * d, k))
+        r[:, j] = n[j] / (2 * d)
+        resp.append(r)
+    return np.concatenate(rows), np.concatenate(resp)
+
+
+@pytest.mark.parametrize("alias", sorted(ALIASES))
+def test_sklearn_names_are_the_mclust_models_bit_for_bit(blobs, alias):
+    fits = [GaussianMixture(3, covariance_type=t, random_state=0, n_jobs=1).fit(blobs)
+            for t in (alias, ALIASES[alias])]
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        assert np.array_equal(getattr(fits[0], name), getattr(fits[1], name)), name
+    assert fits[0].lower_bound_ == fits[1].lower_bound_
+    assert fits[0].bic(blobs) == fits[1].bic(blobs)
+
+
+# mclust 6.0.0: nVarParams(m, d = 3, G = 4) (covariance parameters only)
+MCLUST_N_VAR_PARAMS = {"EII": 1, "VII": 4, "EEI": 3, "VEI": 6, "EVI": 9, "VVI": 12,
+                       "EEE": 6, "VEE": 9, "EVE": 12, "VVE": 15, "EEV": 15, "VEV": 18,
+                       "EVV": 21, "VVV": 24}
+SHAPES = {**{m: (4,) for m in ("EII", "VII")},
+          **{m: (4, 3) for m in ("EEI", "VEI", "EVI", "VVI")}, "EEE": (3, 3),
+          **{m: (4, 3, 3) for m in ("VEE", "EVE", "VVE", "EEV", "VEV", "EVV", "VVV")}}
+
+
+@pytest.mark.parametrize("model", MCLUST)
+def test_mclust_model_sizes_shapes_and_constraints(blobs, model):
+    family = get_registry().family("gaussian").factory(4, 3, covariance_type=model)
+    assert family.n_parameters() == 4 * 3 + MCLUST_N_VAR_PARAMS[model]
+    gm = GaussianMixture(4, covariance_type=model, reg_covar=0.0, random_state=1,
+                         n_jobs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # no chain violation, converged
+        gm.fit(blobs)
+    assert gm.covariances_.shape == gm.precisions_.shape == SHAPES[model]
+    # mclust's nMclustParams: weights, means and the covariances' count
+    n = len(blobs)
+    assert gm.bic(blobs) == pytest.approx(-2 * gm.score(blobs) * n
+                                          + (3 + 12 + MCLUST_N_VAR_PARAMS[model]) * np.log(n),
+                                          rel=1e-12)
+    cov = np.linalg.inv(np.array([gm.precisions_cholesky_[j] @ gm.precisions_cholesky_[j].T
+                                  for j in range(4)])) if len(SHAPES[model]) == 3 else None
+    if cov is not None:
+        vol = np.exp(np.linalg.slogdet(cov)[1] / 3)
+        if model[0] == "E":          # equal volumes, to the rounding of an inverse
+            assert np.allclose(vol, vol[0], rtol=1e-10)
+    family.validate_params({"means": gm.means_, **{
+        "covariances": _expand_cov(gm.covariances_, 4, 3),
+        "precisions_cholesky": _expand_cov(gm.precisions_cholesky_, 4, 3)}})
+    # the iterative M-steps are declared generalized: their records say so
+    steps = {it.step for it in gm.history_}
+    assert steps == ({"gem"} if model in ("VEI", "VEE", "VEV", "EVE", "VVE") else {"em"})
+    assert all(it.chain_holds() for it in gm.history_)
+
+
+def _expand_cov(a, k, d):
+    a = np.asarray(a)
+    if a.ndim == 1:
+        return a[:, None, None] * np.eye(d)
+    if a.shape == (k, d):
+        return a[:, :, None] * np.eye(d)
+    if a.ndim == 2:
+        return np.broadcast_to(a, (k, d, d)).copy()
+    return a
+
+
+@pytest.mark.parametrize("model", ["EEI", "VEE", "EVE", "EEV", "EVV"])
+def test_mclust_models_take_sample_weights(blobs, model):
+    # a weight of 2 fits as the row repeated (same start: given parameters)
+    X = blobs[:200]
+    w = np.where(np.arange(200) % 3 == 0, 2.0, 1.0)
+    start = GaussianMixture(2, covariance_type=model, reg_covar=0.0, max_iter=0,
+                            random_state=0).fit(X)
+    kw = dict(covariance_type=model, reg_covar=0.0, tol=0.0, max_iter=15,
+              weights_init=start.weights_, means_init=start.means_,
+              precisions_init=start.precisions_, n_jobs=1)
+    weighted = GaussianMixture(2, **kw).fit(X, sample_weight=w)
+    repeated = GaussianMixture(2, **kw).fit(np.repeat(X, w.astype(int), axis=0))
+    # two sums of the same terms in another order: rounding, and the inner
+    # iterations' stopping rule (1e-14 of the objective) seen through 15 steps
+    for name in ("weights_", "means_", "covariances_"):
+        np.testing.assert_allclose(getattr(weighted, name), getattr(repeated, name),
+                                   rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("model", ["VEI", "EVE", "EVV"])
+def test_mclust_models_have_no_prior_yet(blobs, model):
+    with pytest.raises(ValueError, match=f"'prior'.*covariance_type='{model}'"):
+        GaussianMixture(2, covariance_type=model, prior="default").fit(blobs)
+    with pytest.raises(ValueError, match="'prior'"):
+        get_registry().family("gaussian").factory(
+            2, 3, covariance_type=model,
+            prior=GaussianPrior().resolve(blobs, 2, None, "full"))
+    # the aliases of scikit-learn's four keep their conjugate priors
+    GaussianMixture(2, covariance_type="VVV", prior="default", random_state=0).fit(blobs)
+
+
+def test_singular_scatter_is_a_degenerate_component_error():
+    # EVV needs each component's scatter nonsingular: two points in 3-D
+    X = np.array([[0.0, 0, 0], [1, 1, 1], [10, 0, 0], [11, 2, 0], [10, 1, 3], [12, 0, 1]])
+    family = get_registry().family("gaussian").factory(2, 3, covariance_type="EVV",
+                                                        reg_covar=0.0)
+    z = np.zeros((6, 2))
+    z[:2, 0] = z[2:, 1] = 1.0
+    with pytest.raises(DegenerateComponentError, match="covariance_type='EVV'"):
+        family.m_step(family.chunk_stats(X, z), None)
+
+
+def test_squarem_falls_back_for_non_linear_constraints(blobs):
+    # VEE's constraint is not linear in the log-Cholesky coordinates: SQUAREM's
+    # extrapolation is refused and it takes EM steps (the fit still converges)
+    gm = GaussianMixture(3, covariance_type="VEE", accelerate="squarem", random_state=0,
+                         n_jobs=1).fit(blobs)
+    assert gm.converged_
+    assert "squarem" not in {it.step for it in gm.history_}
+    assert all(it.chain_holds() for it in gm.history_)
+
+
+def test_select_model_all_is_mclusts_fourteen(blobs):
+    from emcore.model_selection import select_model
+    result = select_model(blobs[::4], n_components=[1, 2], covariance_types="all",
+                          random_state=0, n_init=1)
+    assert result.covariance_types == MCLUST
+    assert [(r.n_components, r.covariance_type) for r in result.table] == [
+        (k, t) for k in (1, 2) for t in MCLUST]
+    for row in result.table:
+        assert row.mclust_bic == -row.bic and row.mclust_icl == -row.icl
+
+
+def test_summary_names_mclust_models(blobs):
+    gm = GaussianMixture(2, covariance_type="VEV", random_state=0).fit(blobs)
+    summary = gm.summary(blobs)
+    assert summary.model_name == "gaussian, mclust VEV covariance"
+    assert "mclust VEV" in str(summary)

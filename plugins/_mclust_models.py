@@ -1,0 +1,269 @@
+"""mclust's fourteen covariance parametrisations: their M-steps and sizes.
+
+Each component covariance is Sigma_k = lambda_k D_k A_k D_k^T (Banfield & Raftery
+1993; Celeux & Govaert 1995): volume lambda_k = |Sigma_k|^(1/d), shape A_k diagonal
+with |A_k| = 1 (decreasing entries), orientation D_k orthogonal. A model's name
+says, in this order, whether the volume, the shape and the orientation are Equal
+or Variable across components ('I': the identity, no shape / orientation).
+
+The M-step of every model maximises the expected complete-data log-likelihood over
+the covariances given the weights n_k and the centred scatter matrices W_k:
+minimise f = sum_k [n_k log|Sigma_k| + tr(W_k Sigma_k^{-1})] under the constraint.
+Nine models have closed forms; VEI, VEE, VEV (alternating exact maximisations over
+the volumes and the shared shape / matrix) and EVE, VVE (exact volumes and shapes
+given the orientation, and a sweep of exact plane rotations of the shared
+orientation given them) iterate. Formulas and the convergence control:
+docs/gaussian.md#mclust-models.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["MODELS", "SKLEARN_ALIASES", "REPRESENTATION", "ITERATIVE",
+           "INNER_TOL", "INNER_MAX_ITER", "n_covariance_parameters",
+           "constrained_covariances"]
+
+MODELS = ("EII", "VII", "EEI", "VEI", "EVI", "VVI", "EEE", "VEE", "EVE", "VVE",
+          "EEV", "VEV", "EVV", "VVV")
+#: scikit-learn's four names and the mclust models they are
+SKLEARN_ALIASES = {"full": "VVV", "diag": "VVI", "spherical": "VII", "tied": "EEE"}
+#: how the covariances are stored and run through the E-step kernels:
+#: 'spherical' (a multiple of I), 'diagonal' or 'full'
+REPRESENTATION = {**{m: "spherical" for m in ("EII", "VII")},
+                  **{m: "diagonal" for m in ("EEI", "VEI", "EVI", "VVI")},
+                  **{m: "full" for m in ("EEE", "VEE", "EVE", "VVE", "EEV", "VEV",
+                                         "EVV", "VVV")}}
+#: the models whose M-step iterates (generalized EM steps, docs/gaussian.md)
+ITERATIVE = frozenset({"VEI", "VEE", "VEV", "EVE", "VVE"})
+#: the inner iterations stop when f decreases by at most INNER_TOL times its scale
+#: (n d + sum_k n_k |log|Sigma_k||), a few units of rounding of f, or after
+#: INNER_MAX_ITER iterations
+INNER_TOL = 1e-14
+INNER_MAX_ITER = 5000
+
+
+def n_covariance_parameters(model: str, k: int, d: int) -> int:
+    """Free parameters of the K covariances (mclust's ``nVarParams``)."""
+    vol = 1 if model[0] == "E" else k
+    shape = 0 if model[1] == "I" else (d - 1) * (1 if model[1] == "E" else k)
+    orient = 0 if model[2] == "I" else d * (d - 1) // 2 * (1 if model[2] == "E" else k)
+    if model == "EEE":
+        return d * (d + 1) // 2
+    return vol + shape + orient
+
+
+def _geometric_mean(a: np.ndarray) -> np.ndarray:
+    """exp(mean(log a)) along the last axis (|diag(a)|^(1/d)), a > 0."""
+    return np.exp(np.mean(np.log(a), axis=-1))
+
+
+def _volumes_of(previous: np.ndarray) -> np.ndarray:
+    """lambda_k = |Sigma_k|^(1/d) of previous covariances (k, d, d)."""
+    L = np.linalg.cholesky(previous)
+    return np.exp(2.0 * np.mean(np.log(np.diagonal(L, axis1=1, axis2=2)), axis=1))
+
+
+def _diag_objective(n, w, var):
+    """f for diagonal covariances var (k, d) given per-axis scatters w (k, d)."""
+    return float(np.sum(n * np.sum(np.log(var), axis=1) + np.sum(w / var, axis=1)))
+
+
+def _stopped(before: float, after: float, scale: float) -> bool:
+    return before - after <= INNER_TOL * scale
+
+
+def _scale(n, var):
+    return float(np.sum(n) * var.shape[1] + np.sum(n * np.abs(np.sum(np.log(var), axis=1))))
+
+
+def _vei(n, w, lam):
+    """Sigma_k = lambda_k diag(a), |diag(a)| = 1, on per-axis scatters w (k, d),
+    from volumes ``lam``: alternate the exact a given lambda and lambda given a."""
+    d = w.shape[1]
+    f = np.inf
+    for _ in range(INNER_MAX_ITER):
+        s = np.sum(w / lam[:, None], axis=0)
+        a = s / _geometric_mean(s)
+        lam = np.sum(w / a, axis=1) / (d * n)
+        var = lam[:, None] * a
+        f_new = _diag_objective(n, w, var)
+        if _stopped(f, f_new, _scale(n, var)):
+            return var
+        f = f_new
+    return var
+
+
+def _orientation_sweep(W, D, M):
+    """One Jacobi sweep for the shared orientation D minimising
+    sum_k tr(W_k D M_k D^T), M_k = diag(m_k) > 0 (over orthogonal D): for each pair
+    of columns (i, j) the exact minimiser over the plane rotation
+    d_i <- c d_i + s d_j, d_j <- -s d_i + c d_j. With a_k, b_k, c_k the entries
+    (ii), (jj), (ij) of D^T W_k D, the objective is, up to a constant,
+    cos(2t) P + sin(2t) R with P = sum_k (m_ki - m_kj)(a_k - b_k) / 2 and
+    R = sum_k (m_ki - m_kj) c_k, minimal at (cos 2t, sin 2t) = -(P, R) / |(P, R)|.
+    Each rotation is an exact minimisation over one coordinate of the orthogonal
+    group, so the objective never increases (Flury & Gautschi 1986 solve the same
+    problem by pairwise rotations)."""
+    d = D.shape[0]
+    D = D.copy()
+    WD = W @ D                                   # (k, d, d): W_k D, rotated along
+    for I, J in _round_robin(d):
+        # rotations of disjoint column pairs commute and each reads only its own
+        # two columns: one round of the tournament at once
+        a = np.einsum("mp,kmp->kp", D[:, I], WD[:, :, I])
+        b = np.einsum("mp,kmp->kp", D[:, J], WD[:, :, J])
+        c = np.einsum("mp,kmp->kp", D[:, I], WD[:, :, J])
+        dm = M[:, I] - M[:, J]
+        P = 0.5 * np.sum(dm * (a - b), axis=0)
+        R = np.sum(dm * c, axis=0)
+        still = (P == 0.0) & (R == 0.0)          # atan2(-0, -0) would swap the pair
+        theta = np.where(still, 0.0, 0.5 * np.arctan2(-R, -P))
+        cs, sn = np.cos(theta), np.sin(theta)
+        for A in (D, WD):
+            ci, cj = A[..., I], A[..., J]
+            A[..., I], A[..., J] = cs * ci + sn * cj, cs * cj - sn * ci
+    return D
+
+
+def _round_robin(d: int) -> list:
+    """The rounds of a round-robin tournament on d columns (the circle method):
+    d - 1 rounds (d for odd d) of disjoint pairs, every pair once."""
+    players = list(range(d)) + ([-1] if d % 2 else [])
+    m = len(players)
+    rounds = []
+    for _ in range(m - 1):
+        pairs = [(players[i], players[m - 1 - i]) for i in range(m // 2)]
+        pairs = [(min(p), max(p)) for p in pairs if -1 not in p]
+        rounds.append((np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])))
+        players = [players[0], players[-1]] + players[1:-1]
+    return rounds
+
+
+def _rotated(W, D):
+    """diag(D^T W_k D) (k, d)."""
+    return np.einsum("ji,kjl,li->ki", D, W, D)
+
+
+def _shared_orientation(n, W, D, equal_volume: bool):
+    """EVE (equal_volume) or VVE: Sigma_k = D diag(v_k) D^T with a shared D; v_k
+    exact given D (EVI's / VVI's closed forms on the rotated scatters), D by one
+    sweep of exact plane rotations given v_k, alternately from D."""
+    f = np.inf
+    for _ in range(INNER_MAX_ITER):
+        e = _rotated(W, D)
+        var = _evi(n, e) if equal_volume else e / n[:, None]
+        f_new = _diag_objective(n, e, var)
+        if _stopped(f, f_new, _scale(n, var)):
+            break
+        f = f_new
+        D = _orientation_sweep(W, D, 1.0 / var)
+    return np.einsum("ij,kj,lj->kil", D, var, D)
+
+
+def _evi(n, w):
+    """Sigma_k = lambda diag(a_k), |diag(a_k)| = 1: a_k = w_k / g_k and lambda =
+    sum_k g_k / n, g_k = |diag(w_k)|^(1/d) (w: per-axis scatters (k, d))."""
+    g = _geometric_mean(w)
+    return (np.sum(g) / np.sum(n)) * (w / g[:, None])
+
+
+def _eigh_decreasing(W):
+    """Eigenvalues (k, d) in decreasing order and eigenvectors (k, d, d) of W_k."""
+    omega, V = np.linalg.eigh(W)
+    return omega[:, ::-1], V[:, :, ::-1]
+
+
+def _compose(V, var):
+    """V_k diag(var_k) V_k^T (k, d, d)."""
+    return np.einsum("kij,kj,klj->kil", V, var, V)
+
+
+def _orientation_of(previous: np.ndarray) -> np.ndarray:
+    """A shared orientation D of previous covariances Sigma_k = D diag(v_k) D^T: the
+    eigenvectors of sum_k c_k Sigma_k / tr(Sigma_k) with distinct weights c_k = k + 1
+    (distinct eigenvalues in all but degenerate cases, so D diagonalises each)."""
+    k = previous.shape[0]
+    c = (np.arange(k) + 1.0) / np.trace(previous, axis1=1, axis2=2)
+    return np.linalg.eigh(np.einsum("k,kij->ij", c, previous))[1]
+
+
+def constrained_covariances(model: str, n: np.ndarray, W: np.ndarray,
+                            previous: Optional[np.ndarray] = None) -> np.ndarray:
+    """The covariances (k, d, d) of ``model`` minimising
+    f = sum_k [n_k log|Sigma_k| + tr(W_k Sigma_k^{-1})].
+
+    Parameters
+    ----------
+    model : one of MODELS
+    n : (k,) the components' weights, all > 0
+    W : (k, d, d) centred scatters, or their diagonals (k, d) for the spherical and
+        diagonal models
+    previous : (k, d, d), optional
+        The current covariances: an iterative model starts from them, so each
+        of its inner steps (an exact block maximisation or an MM step) keeps f at
+        or below its value there (a generalized EM step).
+    """
+    k = n.shape[0]
+    rep = REPRESENTATION[model]
+    if rep != "full":
+        w = W if W.ndim == 2 else np.einsum("kjj->kj", W)
+        d = w.shape[1]
+        if model == "EII":
+            var = np.full((k, d), np.sum(w) / (d * np.sum(n)))
+        elif model == "VII":
+            var = np.repeat((np.sum(w, axis=1) / (d * n))[:, None], d, axis=1)
+        elif model == "EEI":
+            var = np.broadcast_to(np.sum(w, axis=0) / np.sum(n), (k, d))
+        elif model == "VVI":
+            var = w / n[:, None]
+        elif model == "EVI":
+            var = _evi(n, w)
+        else:                                                    # VEI
+            lam = (_volumes_of(previous) if previous is not None
+                   else np.sum(w, axis=1) / (d * n))
+            var = _vei(n, w, lam)
+        return var[:, :, None] * np.eye(d)
+    d = W.shape[1]
+    if model == "EEE":
+        return np.broadcast_to(np.sum(W, axis=0) / np.sum(n), (k, d, d)).copy()
+    if model == "VVV":
+        return W / n[:, None, None]
+    if model == "EVV":
+        # Sigma_k = lambda C_k, |C_k| = 1: C_k = W_k / |W_k|^(1/d), lambda = sum_k |W_k|^(1/d) / n
+        g = _volumes_of(W)
+        return (np.sum(g) / np.sum(n)) * W / g[:, None, None]
+    if model == "VEE":
+        lam = (_volumes_of(previous) if previous is not None
+               else np.trace(W, axis1=1, axis2=2) / (d * n))
+        f = np.inf
+        for _ in range(INNER_MAX_ITER):
+            S = np.sum(W / lam[:, None, None], axis=0)
+            C = S / _volumes_of(S[None])[0]
+            Lc = np.linalg.cholesky(C)
+            # tr(W_k C^{-1}) = ||Lc^{-1} W_k^{1/2}||^2 through a solve per component
+            Y = np.linalg.solve(Lc[None], W)
+            tr = np.einsum("kii->k", np.linalg.solve(Lc[None], np.swapaxes(Y, 1, 2)))
+            lam = tr / (d * n)
+            f_new = float(np.sum(n * d * np.log(lam) + tr / lam))
+            if _stopped(f, f_new, float(np.sum(n) * d + np.sum(n * d * np.abs(np.log(lam))))):
+                break
+            f = f_new
+        return lam[:, None, None] * C
+    if model in ("EVE", "VVE"):
+        D = (_orientation_of(previous) if previous is not None
+             else np.linalg.eigh(np.sum(W, axis=0))[1])
+        return _shared_orientation(n, W, D, equal_volume=model == "EVE")
+    # EEV, VEV: the orientations are the eigenvectors of W_k (for any shape with
+    # decreasing entries), the shape and volumes as EEI / VEI on the eigenvalues
+    omega, V = _eigh_decreasing(W)
+    omega = np.maximum(omega, 0.0)      # rounding of a singular W_k: >= 0
+    if model == "EEV":
+        var = np.broadcast_to(np.sum(omega, axis=0) / np.sum(n), (k, d))
+    else:                                                        # VEV
+        lam = (_volumes_of(previous) if previous is not None
+               else np.sum(omega, axis=1) / (d * n))
+        var = _vei(n, omega, lam)
+    return _compose(V, var)
