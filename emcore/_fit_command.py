@@ -4,7 +4,8 @@ Reading: a header row is required; every column must be numeric (a column that i
 not names itself in the error). The delimiter is ',' for .csv, a tab for .tsv/.tab,
 else sniffed. Parquet needs pyarrow. Without ``--components`` or ``--covariance``
 the Gaussian model is chosen by BIC over a grid (``select_model``: G = 1..6 and the
-four covariance types, or the one given). Bad files and options are one line on
+four scikit-learn covariance types, or the one given; ``--covariance all`` searches
+mclust's fourteen parametrisations). Bad files and options are one line on
 stderr and exit status 2 (:class:`CommandError`), never a traceback.
 """
 
@@ -21,9 +22,13 @@ from typing import Any, Optional
 
 import numpy as np
 
+from emcore.gaussian_mixture import _MCLUST_MODELS
+
 #: the default grid of numbers of components when --components is not given
 DEFAULT_COMPONENTS = range(1, 7)
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+#: accepted by --covariance: the four above, mclust's fourteen names, and "all"
+_COVARIANCE_CHOICES = COVARIANCE_TYPES + _MCLUST_MODELS + ("all",)
 
 
 class CommandError(Exception):
@@ -154,11 +159,12 @@ def _fit(args: argparse.Namespace, X: np.ndarray):
         bics = [m.bic(X) for m in fits]
         best = int(np.argmin(bics))
         return fits[best], _Chosen(len(fits), fits[best].n_components, None)
-    if args.components is not None and args.covariance is not None:
+    if args.components is not None and args.covariance not in (None, "all"):
         return GaussianMixture(n_components=args.components,
                                covariance_type=args.covariance, **common).fit(X), None
     grid = (DEFAULT_COMPONENTS if args.components is None else [args.components])
-    types = COVARIANCE_TYPES if args.covariance is None else (args.covariance,)
+    types = (COVARIANCE_TYPES if args.covariance is None
+             else "all" if args.covariance == "all" else (args.covariance,))
     selection = select_model(X, n_components=grid, covariance_types=types, **common)
     best = selection.best
     return selection.best_model, _Chosen(len(selection.table), best.n_components,
@@ -253,8 +259,10 @@ def add_parser(sub) -> None:
                      help="registered family (default gaussian; see `emcore plugins`)")
     fit.add_argument("--components", type=int, default=None,
                      help="number of components G (default: chosen by BIC over 1..6)")
-    fit.add_argument("--covariance", choices=COVARIANCE_TYPES, default=None,
-                     help="Gaussian covariance type (default: chosen by BIC)")
+    fit.add_argument("--covariance", choices=_COVARIANCE_CHOICES, default=None,
+                     help="Gaussian covariance type, scikit-learn's or mclust's name, "
+                          "or 'all' (mclust's fourteen; default: chosen by BIC among "
+                          "full, tied, diag, spherical)")
     fit.add_argument("--max-iter", type=int, default=100)
     fit.add_argument("--tol", type=float, default=1e-3)
     fit.add_argument("--seed", type=int, default=0)

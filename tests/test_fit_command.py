@@ -221,3 +221,26 @@ def test_multiline_messages_are_one_line(faithful_csv, capsys, monkeypatch):
     monkeypatch.setattr(_fit_command, "_fit", fails)
     status, _, err = _fit([faithful_csv], capsys)
     assert status == 2 and err == "emcore fit: error: first line second line\n"
+
+
+
+def test_covariance_takes_mclust_names_and_all(tmp_path, capsys):
+    """--covariance takes an mclust name (that model: the estimator's own fit) and
+    'all' (the BIC choice over mclust's fourteen, as select_model makes it)."""
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 1, (60, 2)), rng.normal(8, 1, (60, 2))])
+    path = _write(tmp_path / "two.csv", ["a", "b"], X)
+    status, out, err = _fit([path, "--components", 2, "--covariance", "VEI",
+                             "--seed", 1], capsys)
+    assert status == 0, err
+    gm = GaussianMixture(n_components=2, covariance_type="VEI", random_state=1,
+                         max_iter=100, tol=1e-3).fit(X)
+    assert f"{gm.score(X) * X.shape[0]:.3f}" in out.replace(",", "")
+    status, out, err = _fit([path, "--components", 2, "--covariance", "all",
+                             "--seed", 1], capsys)
+    assert status == 0, err
+    sel = select_model(X, n_components=[2], covariance_types="all", random_state=1,
+                       max_iter=100, tol=1e-3)
+    assert len(sel.table) == 14
+    assert out.startswith("Chosen by BIC over 14 models: 2 components, "
+                          f"{sel.best.covariance_type} covariance\n")
