@@ -138,7 +138,17 @@ exp, the K^2 step, the scaling; then beta, the rank-one update of S with the
 forward row still in place, w and the posterior row) is done while the row is
 in registers, instead of one pass over the rows per step. The per-state
 entropy and magnitude terms are summed per state over t and then over states
-(a fixed order).
+(a fixed order). For K = 4, 8, 12 and 16 (``K = 4 NV``, NV = 1..4 vectors of 4
+doubles) the two passes are compiled once per NV with the row held in registers
+(``emm_forward_nv``, ``emm_backward_nv``): the generic loops chain each K^2 step
+through memory (``a[j] += a_i A_ij``, one load-add-store after the other), and
+forward and backward are each one chain from row to row, so that latency, not
+the arithmetic, set their speed. The register form splits each K-term dot
+product into two independent partial sums and forms a row's sum in every lane at
+once; the same terms in another order, inside the (K + 4) u per step of the
+round-off bound. The backward pass also sums the posteriors per state (sum_t
+gamma, sum_t gamma log b and its magnitude) for the fused pass, which used to
+read every posterior row and log-density again for them.
 
 Entropy of the chain posterior
 ------------------------------
