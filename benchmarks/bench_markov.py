@@ -294,6 +294,9 @@ def run_case(case: str, repeats: int, scale: float, peer_python) -> dict:
                 med.update(json.loads(r.stdout.strip().splitlines()[-1]))
             else:
                 print(f"  (pomegranate run failed: {r.stderr.strip().splitlines()[-1:]})")
+        else:
+            print("  (pomegranate skipped: torch and pomegranate are not importable here; "
+                  "--peer-python names a Python that has them)")
     _, _, K, d, cov_type = CASES[case]
     row = {"case": case, "shape": (len(p["lengths"]), int(p["lengths"][0]), K, d, cov_type),
            "scale": scale, "repeats": repeats, "seconds": med}
