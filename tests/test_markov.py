@@ -510,7 +510,7 @@ def _random_batch(K, n_seq, seed, max_len=60):
     return lb, lengths, lpi, lA
 
 
-@pytest.mark.parametrize("K", [3, _markov._BLAS_MIN_STATES + 1])
+@pytest.mark.parametrize("K", [3, 8, _markov._BLAS_MIN_STATES + 1])
 def test_bitwise_identical_for_any_thread_count(K):
     lb, lengths, lpi, lA = _random_batch(K, 400, seed=K)
     one = _markov.forward_backward(lb, lengths, lpi, lA, n_jobs=1)
@@ -804,7 +804,7 @@ def test_fused_pass_posterior_sums(K, cov_type, tiny):
     assert abs(fused.emission_magnitude - mag) <= t * mag
 
 
-@pytest.mark.parametrize("K", [3, _markov._BLAS_MIN_STATES + 1])
+@pytest.mark.parametrize("K", [3, 8, _markov._BLAS_MIN_STATES + 1])
 def test_fused_pass_bitwise_identical_for_any_thread_count(K):
     family, params, X, lengths, lpi, lA = _gaussian_problem(K, 3, 300, seed=20 + K,
                                                             cov_type="diag")
