@@ -33,6 +33,13 @@ DGEMM rate measured in the same run. Medians over ``--repeats``, libraries
 interleaved; ratio = peer / emcore (> 1: emcore faster). Thread limits through
 threadpoolctl (BLAS, OpenMP) and ``torch.set_num_threads``.
 
+At 1 thread the CPU time of the calling thread per iteration is printed too
+(``time.thread_time``: emcore's as the difference of a fit of EMCORE_ITERATIONS
+iterations and of one, over EMCORE_ITERATIONS - 1; hmmlearn's around its
+``fit(n_iter=1)``). Both run wholly in the calling thread at 1 thread, so that
+ratio does not move with other jobs competing for the cores, while the
+wall-clock one does.
+
 ``--memory`` measures the peak anonymous memory (RssAnon, sampled) beyond the
 input of one fused pass over T = 1e7 rows, K = 8, d = 4 read from a memory map:
 as 1000 sequences of 1e4 rows and as one sequence. ``--blas-threshold`` times
@@ -112,13 +119,7 @@ def emcore_setup(p: dict):
 EMCORE_ITERATIONS = 8
 
 
-def emcore_iteration(p: dict, state, threads: int) -> tuple:
-    """``emcore.HiddenMarkovModel`` fitted from the problem's start for
-    EMCORE_ITERATIONS iterations: (log-likelihood at the start, seconds per
-    iteration = the median of ``history_[t].seconds``). An iteration record is
-    one M-step and one pass over the data at the new parameters (the pass at
-    the start is the fit's set-up, as hmmlearn's first E-step is part of its
-    n_iter=1 fit: this favours neither side by more than the M-step)."""
+def _emcore_fit(p: dict, threads: int, max_iter: int):
     import warnings
     from emcore import HiddenMarkovModel
     from emcore.exceptions import ConvergenceWarning
@@ -126,12 +127,33 @@ def emcore_iteration(p: dict, state, threads: int) -> tuple:
         p["K"], family_options={"covariance_type": p["cov_type"], "reg_covar": 0.0},
         startprob_init=p["startprob"], transmat_init=p["transmat"],
         params_init={"means": p["means"], "covariances": p["covars"]},
-        max_iter=EMCORE_ITERATIONS, tol=0.0, n_jobs=threads)
+        max_iter=max_iter, tol=0.0, n_jobs=threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(p["X"], p["lengths"])
+    return model
+
+
+def emcore_iteration(p: dict, state, threads: int) -> tuple:
+    """``emcore.HiddenMarkovModel`` fitted from the problem's start for
+    EMCORE_ITERATIONS iterations: (log-likelihood at the start, seconds per
+    iteration = the median of ``history_[t].seconds``). An iteration record is
+    one M-step and one pass over the data at the new parameters (the pass at
+    the start is the fit's set-up, as hmmlearn's first E-step is part of its
+    n_iter=1 fit: this favours neither side by more than the M-step)."""
+    model = _emcore_fit(p, threads, EMCORE_ITERATIONS)
     return (float(model.history_[0].value),
             statistics.median(it.seconds for it in model.history_))
+
+
+def emcore_cpu_iteration(p: dict, state) -> float:
+    """CPU seconds of this thread per iteration at n_jobs=1: a fit of
+    EMCORE_ITERATIONS iterations minus a fit of one, over the difference."""
+    def cpu(max_iter: int) -> float:
+        t0 = time.thread_time()
+        _emcore_fit(p, 1, max_iter)
+        return time.thread_time() - t0
+    return (cpu(EMCORE_ITERATIONS) - cpu(1)) / (EMCORE_ITERATIONS - 1)
 
 
 # --- hmmlearn ------------------------------------------------------------------------
@@ -190,11 +212,11 @@ def limits(threads: int):
     return threadpool_limits(limits=threads)
 
 
-def timed(fn) -> float:
+def timed(fn, clock=time.perf_counter) -> float:
     gc.collect()
-    t0 = time.perf_counter()
+    t0 = clock()
     fn()
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def run_peers_only(case: str, repeats: int, threads_list, scale: float) -> dict:
@@ -240,7 +262,9 @@ def run_case(case: str, repeats: int, scale: float, peer_python) -> dict:
     runs = {"hmmlearn-log": lambda: hmmlearn_iteration(p, "log"),
             "hmmlearn-scaling": lambda: hmmlearn_iteration(p, "scaling"),
             "emcore-1": lambda: emcore_iteration(p, state, 1),
-            "emcore-2": lambda: emcore_iteration(p, state, 2)}
+            "emcore-2": lambda: emcore_iteration(p, state, 2),
+            "cpu-emcore-1": lambda: emcore_cpu_iteration(p, state),
+            "cpu-hmmlearn-scaling": lambda: hmmlearn_iteration(p, "scaling")}
     times = {k: [] for k in runs}
     for r in range(repeats):
         for key in (list(runs) if r % 2 == 0 else list(reversed(runs))):
@@ -251,6 +275,10 @@ def run_case(case: str, repeats: int, scale: float, peer_python) -> dict:
             with limits(th):
                 if key.startswith("emcore"):     # its own per-iteration time
                     times[key].append(runs[key]()[1])
+                elif key == "cpu-emcore-1":
+                    times[key].append(runs[key]())
+                elif key.startswith("cpu-"):
+                    times[key].append(timed(runs[key], clock=time.thread_time))
                 else:
                     times[key].append(timed(runs[key]))
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -266,6 +294,9 @@ def run_case(case: str, repeats: int, scale: float, peer_python) -> dict:
                 med.update(json.loads(r.stdout.strip().splitlines()[-1]))
             else:
                 print(f"  (pomegranate run failed: {r.stderr.strip().splitlines()[-1:]})")
+        else:
+            print("  (pomegranate skipped: torch and pomegranate are not importable here; "
+                  "--peer-python names a Python that has them)")
     _, _, K, d, cov_type = CASES[case]
     row = {"case": case, "shape": (len(p["lengths"]), int(p["lengths"][0]), K, d, cov_type),
            "scale": scale, "repeats": repeats, "seconds": med}
@@ -285,6 +316,10 @@ def print_row(row: dict) -> None:
     for peer in ("hmmlearn-log", "hmmlearn-scaling"):
         print(f"  {peer:<20}{s[peer]:>10.4f}{'':>11}{s[peer] / e1:>10.2f}"
               f"{s[peer] / e2:>10.2f}")
+    if "cpu-emcore-1" in s:
+        ce, ch = s["cpu-emcore-1"], s["cpu-hmmlearn-scaling"]
+        print(f"  CPU s of the thread, 1 thread: emcore {ce:.4f}, hmmlearn-scaling {ch:.4f}:"
+              f" ratio {ch / ce:.2f}")
     if "pomegranate-1" in s:
         p1, p2 = s["pomegranate-1"], s["pomegranate-2"]
         print(f"  {'pomegranate f32':<20}{p1:>10.4f}{p2:>11.4f}{p1 / e1:>10.2f}{p2 / e2:>10.2f}")

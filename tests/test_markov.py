@@ -510,7 +510,7 @@ def _random_batch(K, n_seq, seed, max_len=60):
     return lb, lengths, lpi, lA
 
 
-@pytest.mark.parametrize("K", [3, _markov._BLAS_MIN_STATES + 1])
+@pytest.mark.parametrize("K", [3, 8, _markov._BLAS_MIN_STATES + 1])
 def test_bitwise_identical_for_any_thread_count(K):
     lb, lengths, lpi, lA = _random_batch(K, 400, seed=K)
     one = _markov.forward_backward(lb, lengths, lpi, lA, n_jobs=1)
@@ -539,6 +539,65 @@ def test_blas_and_loop_paths_agree(K):
     assert np.abs(ll0 - ll1).max() <= t and np.abs(H0 - H1).max() <= t
     assert np.abs(g0 - g1).max() <= t and np.abs(xi0 - xi1).max() <= t
     assert np.abs(st0 - st1).max() <= t
+
+
+@pytest.mark.parametrize("K", [4, 8, 12, 16])
+def test_register_paths_match_the_blas_path(K):
+    # K = 4 NV (NV <= 4) runs the register form of _markov.h (emm_forward_nv,
+    # emm_backward_nv); the BLAS form is the same recursion with the generic
+    # order of additions. Sequences of 1, 2 and 3 rows (the first row's own
+    # branch, no transition), impossible emissions (-inf: masked products) and
+    # exact zeros in A.
+    rng = np.random.default_rng(40 + K)
+    lengths = [1, 2, 3, 64, 65, 300]
+    lb = rng.normal(scale=4.0, size=(sum(lengths), K))
+    lb[rng.random(lb.shape) < 0.2] = -np.inf
+    lb[np.arange(lb.shape[0]), rng.integers(0, K, lb.shape[0])] = 0.0   # never all -inf
+    A = rng.dirichlet(np.ones(K), size=K)
+    A[A < 0.3 / K] = 0.0
+    A[np.arange(K), np.arange(K)] += 0.1
+    with np.errstate(divide="ignore"):
+        lA = np.log(A / A.sum(axis=1, keepdims=True))
+    lpi = np.log(rng.dirichlet(np.ones(K)))
+    starts = np.r_[0, np.cumsum(lengths)].astype(np.intp)
+    outs = []
+    for blas in (False, True):
+        g = np.empty_like(lb)
+        outs.append(_core.forward_backward(lb, starts, lpi, lA, g, 1, blas) + (g,))
+    (ll0, H0, M0, xi0, st0, status0, _, log0, g0), (ll1, H1, M1, xi1, st1, *_, g1) = outs
+    assert not status0.any() and not log0.any()       # the scaled path, no fallback
+    t = tau(K, max(lengths), M0.max() + 1) * len(lengths)
+    assert np.abs(ll0 - ll1).max() <= t and np.abs(H0 - H1).max() <= t
+    assert np.abs(M0 - M1).max() <= t
+    assert np.abs(g0 - g1).max() <= t and np.abs(xi0 - xi1).max() <= t
+    assert np.abs(st0 - st1).max() <= t
+    assert np.all(g0[lb == -np.inf] == 0.0) and np.all(xi0[A == 0.0] == 0.0)
+    # the likelihood-only pass (O(K) memory, its own loops) agrees too
+    ll = _markov.log_likelihood(lb, lengths, lpi, lA)
+    assert np.abs(ll - ll0).max() <= t
+
+
+@pytest.mark.parametrize("K", [2, 4, 8])
+def test_underflow_bound_alone_sends_to_log_space(K):
+    # K absorbing states; the data favour state 0 by e^30 a row for 30 rows (state
+    # 1's forward value underflows to 0), then state 1 by e^39.3 for 18 rows. Its
+    # beta reaches e^707 without overflowing any w, no posterior row loses mass:
+    # only the bound D (> C e^707 > u / eta) sees the lost state. K = 2 runs the
+    # generic loops, K = 4, 8 the register form of _markov.h.
+    T1, T2 = 30, 18
+    lb = np.full((T1 + T2, K), -60.0)
+    lb[:T1, 0], lb[:T1, 1] = 0.0, -30.0
+    lb[T1:, 0], lb[T1:, 1] = -39.3, 0.0
+    lpi = np.log(np.full(K, 1.0 / K))
+    with np.errstate(divide="ignore"):
+        lA = np.log(np.eye(K))
+    res = _markov.forward_backward(lb, None, lpi, lA)
+    assert res.log_space[0]
+    # one path per state: -39.3 T2, -30 T1, and -60 (T1 + T2) for the others
+    ll = math.log(1.0 / K) + _logsumexp(np.array(
+        [-39.3 * T2, -30.0 * T1] + [-60.0 * (T1 + T2)] * (K - 2)))
+    t = tau(K, lb.shape[0], res.magnitude[0] + path_scale(lb, lpi, lA) + abs(ll) + 1)
+    assert abs(res.log_likelihood[0] - ll) <= t
 
 
 def test_out_is_written_and_returned():
@@ -714,7 +773,38 @@ def test_fused_pass_matches_the_separate_pieces(K, cov_type, group_rows):
     assert np.abs(m_ours["means"] - m_ref["means"]).max() <= 1e3 * n * U * scale
 
 
-@pytest.mark.parametrize("K", [3, _markov._BLAS_MIN_STATES + 1])
+@pytest.mark.parametrize("K, cov_type, tiny", [(3, "full", False), (8, "full", False),
+                                             (8, "diag", True),
+                                             (_markov._BLAS_MIN_STATES + 1, "diag", False)])
+def test_fused_pass_posterior_sums(K, cov_type, tiny):
+    # resp_sum and the emission terms come from the pass itself (the register
+    # backward for K = 8, emm_gamma_sums after the BLAS or the log-space pass:
+    # tiny = a transition probability below DBL_MIN sends every sequence there)
+    family, params, X, lengths, lpi, lA = _gaussian_problem(K, 2, 40, seed=30 + K,
+                                                            cov_type=cov_type)
+    if tiny:
+        lA = lA.copy()
+        lA[0, 1] = -720.0                   # e^-720 ~ 1e-313, a subnormal
+        lA[0] -= np.logaddexp.reduce(lA[0])
+    fused = _markov.forward_backward_stats(X, lengths, lpi, lA,
+                                           family.compiled_kernel(params), n_jobs=1,
+                                           group_rows=97)
+    assert fused.log_space.all() == tiny and fused.log_space.any() == tiny
+    log_b = family.log_density(X, params)
+    fb = _markov.forward_backward(log_b, lengths, lpi, lA, n_jobs=1)
+    g = fb.gamma
+    terms = np.where(g > 0, g * np.where(g > 0, log_b, 0.0), 0.0)
+    mag = float(np.abs(terms).sum())
+    n = X.shape[0]
+    # sums of n K terms in another order, posteriors within the forward-backward
+    # tolerance (relative 4 T (K + 4) u each)
+    t = 2 * (n * K + 4 * int(max(lengths)) * (K + 4)) * U
+    assert np.abs(fused.resp_sum - g.sum(axis=0)).max() <= t * n
+    assert abs(fused.expected_emission - terms.sum()) <= t * mag
+    assert abs(fused.emission_magnitude - mag) <= t * mag
+
+
+@pytest.mark.parametrize("K", [3, 8, _markov._BLAS_MIN_STATES + 1])
 def test_fused_pass_bitwise_identical_for_any_thread_count(K):
     family, params, X, lengths, lpi, lA = _gaussian_problem(K, 3, 300, seed=20 + K,
                                                             cov_type="diag")

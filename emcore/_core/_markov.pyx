@@ -138,7 +138,17 @@ exp, the K^2 step, the scaling; then beta, the rank-one update of S with the
 forward row still in place, w and the posterior row) is done while the row is
 in registers, instead of one pass over the rows per step. The per-state
 entropy and magnitude terms are summed per state over t and then over states
-(a fixed order).
+(a fixed order). For K = 4, 8, 12 and 16 (``K = 4 NV``, NV = 1..4 vectors of 4
+doubles) the two passes are compiled once per NV with the row held in registers
+(``emm_forward_nv``, ``emm_backward_nv``): the generic loops chain each K^2 step
+through memory (``a[j] += a_i A_ij``, one load-add-store after the other), and
+forward and backward are each one chain from row to row, so that latency, not
+the arithmetic, set their speed. The register form splits each K-term dot
+product into two independent partial sums and forms a row's sum in every lane at
+once; the same terms in another order, inside the (K + 4) u per step of the
+round-off bound. The backward pass also sums the posteriors per state (sum_t
+gamma, sum_t gamma log b and its magnitude) for the fused pass, which used to
+read every posterior row and log-density again for them.
 
 Entropy of the chain posterior
 ------------------------------
@@ -252,7 +262,9 @@ cdef extern from "_markov.h":
     int emm_backward_scaled(Py_ssize_t T, Py_ssize_t K, const double* lb, const double* AT,
                             double* G, double* W, const double* c, const double* m,
                             double* S, double* work, double C, double max_drift,
-                            double* sums) noexcept nogil
+                            double* sums, double* gsum) noexcept nogil
+    void emm_gamma_sums(Py_ssize_t T, Py_ssize_t K, const double* G, const double* lb,
+                        double* gsum) noexcept nogil
 
 
 # --- BLAS forms of the three K^2 steps (row-major arrays, see emcore/blas.pxd) ---
@@ -294,12 +306,14 @@ cdef int _forward_backward_one(
         Py_ssize_t T, Py_ssize_t K, const double* lb, const double* pi,
         const double* lpi, const double* A, const double* AT, const double* lA,
         double* G, double* W, double* c, double* m, double* Bb, double* S,
-        double* res, Py_ssize_t* bad_row, bint blas, double C) noexcept nogil:
+        double* res, Py_ssize_t* bad_row, bint blas, double C,
+        double* gsum) noexcept nogil:
     """Posteriors of one sequence into G (T x K); S += sum_t a_t w_{t+1}^T.
 
-    res[0:3] = (log-likelihood, entropy, magnitude). Returns a status code;
-    _RANGE when the underflow bound D (module docstring, with this C) exceeds
-    u / eta.
+    res[0:3] = (log-likelihood, entropy, magnitude); unless NULL, gsum (3 K) the
+    posteriors' per-state sums (emm_gamma_sums in _markov.h). Returns a status
+    code; _RANGE when the underflow bound D (module docstring, with this C)
+    exceeds u / eta.
     """
     cdef Py_ssize_t t, j, s, e, e2, r
     cdef double mt, v, ct, sum_logc = 0.0, sum_m = 0.0, mag = 0.0
@@ -315,14 +329,15 @@ cdef int _forward_backward_one(
 
     if not blas:
         # small K: the fused single-loop passes of _markov.h (the same
-        # recursions and checks as below, Bb as their 3 K work doubles)
+        # recursions and checks as below, Bb as their 5 K work doubles)
         code = emm_forward_scaled(T, K, lb, pi, A, G, W, c, m, sums, bad_row)
         if code != 0:
             return code
         sum_logc = sums[0]
         sum_m = sums[1]
         mag = sums[2]
-        code = emm_backward_scaled(T, K, lb, AT, G, W, c, m, S, Bb, C, max_drift, sums)
+        code = emm_backward_scaled(T, K, lb, AT, G, W, c, m, S, Bb, C, max_drift, sums,
+                                   gsum)
         if code != 0:
             return code
         ent_b = sums[0]
@@ -438,6 +453,8 @@ cdef int _forward_backward_one(
     # (module docstring): more than u, and the log-space pass decides
     if not (D <= _U_OVER_ETA):
         return _RANGE
+    if gsum != NULL:
+        emm_gamma_sums(T, K, G, lb, gsum)
     return _finish_one(K, G, lpi, sum_logc, sum_m, ent_b, mag, res)
 
 
@@ -713,10 +730,11 @@ cdef int _posterior_one(
         const double* lpi, const double* A, const double* AT, const double* lA,
         double* G, double* W, double* c, double* m, double* Bb, double* S,
         double* lt, double* res, Py_ssize_t* bad_row, bint blas, double C,
-        bint tiny_params, bint* direct) noexcept nogil:
+        bint tiny_params, bint* direct, double* gsum) noexcept nogil:
     """One sequence's posteriors into G, its transition counts Xi into S (K x K,
     overwritten), res = (log-likelihood, entropy, magnitude) complete: the scaled
-    pass, or the log-space one when it leaves the range (direct[0] says which)."""
+    pass, or the log-space one when it leaves the range (direct[0] says which).
+    Unless NULL, gsum (3 K) the posteriors' per-state sums (emm_gamma_sums)."""
     cdef Py_ssize_t i
     cdef int code
     cdef double x, hA = 0.0, mA = 0.0
@@ -726,13 +744,15 @@ cdef int _posterior_one(
         code = _RANGE
     else:
         code = _forward_backward_one(T, K, lb, pi, lpi, A, AT, lA, G, W, c, m, Bb, S,
-                                     res, bad_row, blas, C)
+                                     res, bad_row, blas, C, gsum)
     direct[0] = code == _RANGE
     if direct[0]:
         # S becomes the transition counts themselves
         bad_row[0] = -1
         code = _forward_backward_log_one(T, K, lb, lpi, lA, G, W, m, lt, S, res,
                                          bad_row)
+        if code == 0 and gsum != NULL:
+            emm_gamma_sums(T, K, G, lb, gsum)
     if code != 0:
         return code
     # transition counts Xi = A * S (S itself from the log pass), and the entropy's
@@ -887,7 +907,7 @@ def forward_backward(const double[:, ::1] log_b, const Py_ssize_t[::1] starts,
                         code = _posterior_one(T, K, lbp + r0 * K, &pi[0], lpi, &A[0, 0],
                                               &AT[0, 0], lA, gp + r0 * K, W, c, mm, Bb,
                                               S, lt, res, &fr[q], use_blas, C,
-                                              tiny_params, &direct)
+                                              tiny_params, &direct, NULL)
                     else:
                         if tiny_params:
                             code = _RANGE
@@ -996,8 +1016,7 @@ def forward_backward_stats(FamilyKernel kernel, const double[:, ::1] X,
     block_emis = np.zeros((n_slots, 2))
     cdef double[:, ::1] brs = block_resp
     cdef double[:, ::1] bem = block_emis
-    cdef double gv, tv
-    cdef Py_ssize_t t, k
+    cdef Py_ssize_t k
     cdef int[::1] ul = used_log
     cdef double[::1] ll = loglik, ent = entropy, mg = magnitude
     cdef int[::1] st = status
@@ -1017,6 +1036,7 @@ def forward_backward_stats(FamilyKernel kernel, const double[:, ::1] X,
     cdef double* res
     cdef double* lt
     cdef double* scratch
+    cdef double* gs
     cdef int code, kcode
     cdef bint direct, failed
     cdef const double* xp = &X[0, 0] if n else NULL
@@ -1043,18 +1063,26 @@ def forward_backward_stats(FamilyKernel kernel, const double[:, ::1] X,
                     q = q + 1
                 Rmax = max(Rmax, R)
             sub = min(Rmax, group_rows)
-            LB = <double*>malloc(Rmax * K * sizeof(double))
-            G = <double*>malloc(Rmax * K * sizeof(double))
-            W = <double*>malloc(Tmax * K * sizeof(double))
-            c = <double*>malloc(Tmax * sizeof(double))
-            mm = <double*>malloc(Tmax * sizeof(double))
-            Bb = <double*>malloc(_TIME_BLOCK * K * sizeof(double))
-            S = <double*>malloc(K * K * sizeof(double))
-            res = <double*>malloc(3 * sizeof(double))
-            lt = <double*>malloc(2 * K * sizeof(double))
-            scratch = <double*>malloc((kernel.scratch_size(sub) + 1) * sizeof(double))
-            if LB == NULL or G == NULL or W == NULL or c == NULL or mm == NULL or \
-                    Bb == NULL or S == NULL or res == NULL or lt == NULL or scratch == NULL:
+            # one allocation for the block's arrays: a single large request is
+            # what glibc's malloc keeps on its heap once the first call has freed
+            # it (its mmap and trim thresholds adapt to the largest freed block),
+            # so later passes reuse the pages instead of faulting in ~3 T K
+            # fresh doubles each time (5000 page faults a pass at T = 1e5, K = 8)
+            LB = <double*>malloc(((2 * Rmax + Tmax) * K + 2 * Tmax + _TIME_BLOCK * K
+                                  + K * K + 3 + 5 * K + kernel.scratch_size(sub) + 1)
+                                 * sizeof(double))
+            if LB != NULL:
+                G = LB + Rmax * K
+                W = G + Rmax * K
+                c = W + Tmax * K
+                mm = c + Tmax
+                Bb = mm + Tmax
+                S = Bb + _TIME_BLOCK * K
+                res = S + K * K
+                lt = res + 3
+                gs = lt + 2 * K
+                scratch = gs + 3 * K
+            if LB == NULL:
                 for q in range(q0, q1):
                     st[q] = _NOMEM
             else:
@@ -1086,7 +1114,7 @@ def forward_backward_stats(FamilyKernel kernel, const double[:, ::1] X,
                         code = _posterior_one(T, K, LB + r0 * K, &pi[0], lpi, &A[0, 0],
                                               &AT[0, 0], lA, G + r0 * K, W, c, mm, Bb, S,
                                               lt, res, &fr[i], use_blas, C, tiny_params,
-                                              &direct)
+                                              &direct, gs)
                         st[i] = code
                         ul[i] = direct
                         if code != 0:
@@ -1103,15 +1131,12 @@ def forward_backward_stats(FamilyKernel kernel, const double[:, ::1] X,
                             (&bS[b, 0, 0])[j] += S[j]
                         for j in range(K):
                             bst[b, j] += G[r0 * K + j]
-                        # sum_t gamma_t and sum gamma log b (0 log 0 = 0)
-                        for t in range(T):
-                            for k in range(K):
-                                gv = G[(r0 + t) * K + k]
-                                brs[b, k] += gv
-                                if gv > 0:
-                                    tv = gv * LB[(r0 + t) * K + k]
-                                    bem[b, 0] += tv
-                                    bem[b, 1] += fabs(tv)
+                        # sum_t gamma_t and sum gamma log b (0 log 0 = 0), per
+                        # state from the pass, then over the states in order
+                        for k in range(K):
+                            brs[b, k] += gs[k]
+                            bem[b, 0] += gs[K + k]
+                            bem[b, 1] += gs[2 * K + k]
                     if failed:
                         continue
                     # the family's statistics weighted by the posteriors
@@ -1125,15 +1150,6 @@ def forward_backward_stats(FamilyKernel kernel, const double[:, ::1] X,
                         for i in range(g0, q):
                             st[i] = _KERNEL
             free(LB)
-            free(G)
-            free(W)
-            free(c)
-            free(mm)
-            free(Bb)
-            free(S)
-            free(res)
-            free(lt)
-            free(scratch)
 
     # block slots in block order
     xi = np.zeros((K, K))
