@@ -314,3 +314,45 @@ def test_engine_pass_statistics_equal_the_direct_ones():
     # the same sums of the same weights in another order: n u relative
     np.testing.assert_allclose(res.stats.counts, direct.counts, rtol=X.shape[0] * 2.0 ** -52)
     np.testing.assert_allclose(res.stats.weight, direct.weight, rtol=X.shape[0] * 2.0 ** -52)
+
+
+@pytest.mark.parametrize("d", [3, 13, 20, 70])
+def test_binary_bit_path_equals_the_direct_sums(d):
+    # all-binary data take the bit path (a group's pattern is byte g of the row's
+    # bits, formed 64 codes at a time): widths below 4, not a multiple of 4 or 8,
+    # and above 64 (two words); invalid codes (non-integer, out of range, NaN,
+    # inf) give -inf and their rows are refused in the statistics; -0.0 is code 0
+    from emcore.plugins._discrete_kernel import CodesKernel
+    rng = np.random.default_rng(d)
+    K = 5
+    P = rng.uniform(0.05, 0.95, (K, d))
+    log_probs = np.stack([np.log1p(-P), np.log(P)], axis=-1)
+    kernel = CodesKernel(log_probs, (2,) * d)
+    assert kernel.binary
+    X = (rng.random((300, d)) < 0.5).astype(np.float64)
+    X[7, d - 1] = -0.0
+    bad_rows = {11: 0.5, 12: 2.0, 13: -1.0, 14: np.nan, 15: np.inf, 16: 1.0 + 2.0 ** -52}
+    for i, value in bad_rows.items():
+        X[i, (i * 7) % d] = value
+    good = np.ones(X.shape[0], dtype=bool)
+    good[list(bad_rows)] = False
+    codes = np.where(good[:, None], X, 0.0).astype(np.intp)
+    direct = log_probs[:, np.arange(d), codes].sum(axis=-1).T   # (n, K), in feature order
+    got = kernel.log_density(X)
+    assert np.all(got[~good] == -np.inf)
+    # the same d terms (|log p| <= -log 0.05 < 3) summed in another grouping: each
+    # order is within (d - 1) u sum|t| <= (d - 1) u 3 d of the exact sum
+    np.testing.assert_allclose(got[good], direct[good], rtol=0,
+                               atol=2 * (d - 1) * 2.0 ** -53 * 3.0 * d)
+    # the statistics from the same indices: the weighted counts of ones
+    W = rng.dirichlet(np.ones(K), size=X.shape[0])
+    weight, counts = kernel.expand(kernel.accumulate(X[good], W[good]))
+    ones = W[good].T @ X[good]
+    np.testing.assert_allclose(counts[..., 1], ones, rtol=X.shape[0] * 2.0 ** -52)
+    np.testing.assert_allclose(weight, W[good].sum(axis=0), rtol=X.shape[0] * 2.0 ** -52)
+    with pytest.raises(FloatingPointError):
+        kernel.accumulate(X, W)
+    # a bad row with zero weight is no error
+    W0 = W.copy()
+    W0[~good] = 0.0
+    kernel.accumulate(X, W0)
