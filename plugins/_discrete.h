@@ -111,12 +111,11 @@ EMC_ALWAYS_INLINE void emdc_sum_tables(const double* T, Py_ssize_t Kp, Py_ssize_
    in out: the Kp - K padding lanes land on the next row's first entries,
    which that row overwrites next (rows go in order); the last rows go
    through acc. */
-EMC_CLONES
-static void emdc_log_density(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
-                             Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
-                             const double* top, const int* stride,
-                             const Py_ssize_t* offset, int binary, const double* T,
-                             double* acc, Py_ssize_t* idx, double* out)
+EMC_ALWAYS_INLINE void emdc_log_density_rows(
+        const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K, Py_ssize_t Kp,
+        Py_ssize_t G, const Py_ssize_t* first, const double* top, const int* stride,
+        const Py_ssize_t* offset, int binary, const double* T, double* acc,
+        Py_ssize_t* idx, double* out)
 {
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_ssize_t* ix = idx + i * G;
@@ -135,6 +134,23 @@ static void emdc_log_density(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssi
         if (!whole)
             for (Py_ssize_t k = 0; k < K; k++) o[k] = acc[k];
     }
+}
+
+/* (the row loop is compiled once per path, so that each path's constants
+   stay out of it) */
+EMC_CLONES
+static void emdc_log_density(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
+                             Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
+                             const double* top, const int* stride,
+                             const Py_ssize_t* offset, int binary, const double* T,
+                             double* acc, Py_ssize_t* idx, double* out)
+{
+    if (binary)
+        emdc_log_density_rows(X, n, d, K, Kp, G, first, top, stride, offset, 1, T, acc,
+                              idx, out);
+    else
+        emdc_log_density_rows(X, n, d, K, Kp, G, first, top, stride, offset, 0, T, acc,
+                              idx, out);
 }
 
 /* A[p, :] += wrow (nv vectors of 4) for each of the row's G patterns p. */
@@ -163,18 +179,31 @@ static Py_ssize_t emdc_accumulate(const double* X, Py_ssize_t n, Py_ssize_t d,
                                   int cached, double* A)
 {
     for (Py_ssize_t k = K; k < Kp; k++) wrow[k] = 0.0;
+#if EMC_GNUC
+    /* the last vector's lanes k >= K: zero (the row's weights are read whole,
+       with the next row's first ones in those lanes, where they fit in w) */
+    emc_m4 tail;
+    for (int l = 0; l < 4; l++) tail[l] = Kp - 4 + l < K ? -1 : 0;
+#endif
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_ssize_t* ix = idx + i * G;
         int bad = cached ? ix[0] < 0
                          : emdc_row_patterns(X + i * d, d, G, first, top, stride, offset,
                                              binary, ix);
-        for (Py_ssize_t k = 0; k < K; k++) wrow[k] = w[i * K + k];
         if (bad) {
             /* a row without density is an error only if it has weight */
             for (Py_ssize_t k = 0; k < K; k++)
-                if (wrow[k] != 0.0) return 1 + i;
+                if (w[i * K + k] != 0.0) return 1 + i;
             continue;
         }
+#if EMC_GNUC
+        if (i * K + Kp <= n * K) {
+            const double* wi = w + i * K;
+            for (Py_ssize_t v = 0; v + 4 < Kp; v += 4) emc_store(wrow + v, emc_load(wi + v));
+            emc_store(wrow + Kp - 4, EMC_SEL(tail, emc_load(wi + Kp - 4), emc_set1(0.0)));
+        } else
+#endif
+        for (Py_ssize_t k = 0; k < K; k++) wrow[k] = w[i * K + k];
         /* zero weights add +0.0: the sums are those of the rows with weight */
         if (Kp == 4) emdc_add_tables(A, 4, 1, G, ix, wrow);
         else if (Kp == 8) emdc_add_tables(A, 8, 2, G, ix, wrow);

@@ -356,3 +356,48 @@ def test_binary_bit_path_equals_the_direct_sums(d):
     W0 = W.copy()
     W0[~good] = 0.0
     kernel.accumulate(X, W0)
+
+
+@pytest.mark.parametrize("K", [1, 2, 3, 4, 5, 7, 8])
+@pytest.mark.parametrize("T", [1.0, 0.7])
+def test_soft_posterior_across_rows_equals_the_formula(K, T):
+    # the soft posterior takes fewer than 8 components four rows at a time, one
+    # row per lane (the LCA benchmark's K = 5), the last n mod 4 rows by row:
+    # against the formula, with -inf entries (q = 0), an exp below -745
+    # (q = +0), zero row weights, and the first failing row named
+    from emcore.plugins._posterior_kernels import SoftPosteriorKernel
+    kernel = SoftPosteriorKernel(T)
+    rng = np.random.default_rng(K)
+    n = 23
+    A = rng.uniform(-50.0, 0.0, (n, K))
+    A[3, 0] = -np.inf if K > 1 else A[3, 0]
+    A[9, -1] = A[9].max() - 800.0
+    w = rng.uniform(0.5, 2.0, n)
+    w[5] = 0.0
+    log_q, q, f, totals = kernel.posterior(A, w)
+    B = A / T
+    m = B.max(axis=1, keepdims=True)
+    log_s = np.log(np.exp(B - m).sum(axis=1, keepdims=True))
+    ref_lq = (B - m) - log_s
+    ref_q = np.exp(ref_lq)
+    ref_f = T * (m[:, 0] + log_s[:, 0])
+    # |b|, |m| <= 50 / 0.7 < 72: the rounding of b - m and log s is at most a few
+    # units of 72 u absolute in log q, so q agrees to 2^8 u relative
+    u = 2.0 ** -52
+    fin = np.isfinite(ref_lq)
+    np.testing.assert_array_equal(np.isfinite(log_q), fin)
+    np.testing.assert_allclose(log_q[fin], ref_lq[fin], rtol=0, atol=4 * 72 * u)
+    np.testing.assert_allclose(q, ref_q, rtol=2 ** 8 * u, atol=0)
+    np.testing.assert_allclose(f, ref_f, rtol=0, atol=4 * 72 * u)
+    pos = ref_q > 0
+    H = -np.where(pos, ref_q * np.where(pos, ref_lq, 0.0), 0.0).sum(axis=1)
+    E = np.where(pos, ref_q * np.where(pos, A, 0.0), 0.0).sum(axis=1)
+    ref_totals = [w @ ref_f, w @ E, w @ (T * H)]
+    # n rows of terms below 72 K in size, each within 2^8 u relative
+    np.testing.assert_allclose(totals[:3], ref_totals, rtol=0,
+                               atol=2 ** 8 * u * n * 72 * K * w.max())
+    for bad_row, value in ((6, np.nan), (2, -np.inf), (21, np.inf)):
+        A_bad = A.copy()
+        A_bad[bad_row] = value
+        with pytest.raises(ValueError, match=f"row {bad_row} "):
+            kernel.posterior(A_bad, w)
