@@ -17,6 +17,9 @@ gives the row log-density -inf (probability 0); the estimators reject such data
 before (``check_support``, ``Family.check_data``). Codes arrive as float64 (the
 engine's chunk loop reads float64 rows): comparing, truncating and checking them
 costs a few vector operations per code, and the pass reads 8 bytes per code.
+When every feature is binary (``CodesKernel.binary``) the groups are bytes of
+the row's bit string, formed four codes per vector compare (docs/discrete.md,
+"The bit path").
 
 **Counts (poisson).** log p(x | k) = sum_j x_j log lambda_kj - sum_j lambda_kj -
 sum_j log x_j!, the last term from a table for counts below 1024, lgamma
