@@ -7,7 +7,9 @@ The issue's case: 20 binary items, K = 5 classes, n = 1e6 rows (seeded), one sta
   (``emcore.engine.data_pass``: the family's compiled kernel, the soft posterior,
   the statistics) and the M-step, at ``n_jobs`` = 1 and 2. The data arrive as uint8;
   the estimators hand the engine float64 rows, so the pass reads X as float64
-  (8 bytes per item). The families' kernels look rows up in pattern tables
+  (8 bytes per item): the engine's kernel interface reads ``const double*``
+  rows, so float64 is the dtype the data arrive in at the pass, and the bound
+  to compare with is one float64 read of X (the uint8 read is printed too). The families' kernels look rows up in pattern tables
   (plugins/_discrete_kernel.pyx): ceil(20 / 8) = 3 lookups of K numbers per row
   for the log-densities and 3 adds of K numbers for the statistics.
 * **numpy EM**, written here: log-space, one matrix product for the log-densities
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import time
 
 import numpy as np
@@ -113,6 +116,9 @@ def main(argv=None):
     rule = get_registry().posterior_rule("soft").factory()
     print(f"LCA: n = {args.n}, d = {args.d} binary items, K = {args.k}; "
           f"{args.iterations} iterations x {args.repeats} repeats (medians)")
+    print("load average (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
+          + f" on {os.cpu_count()} CPUs; OPENBLAS_CORETYPE="
+          + os.environ.get("OPENBLAS_CORETYPE", "(unset)"))
     if importlib.util.find_spec("pomegranate") is None:
         print("pomegranate: not importable (skipped)")
     else:

@@ -34,33 +34,134 @@ EMC_ALWAYS_INLINE int emdc_patterns(const double* x, Py_ssize_t G, const Py_ssiz
     return bad;
 }
 
+/* emdc_patterns when every feature has 2 levels (bernoulli, categorical with 2
+   levels): the groups are features 8g .. 8g + 7 (pattern_groups), stride[j] =
+   2^(j - 8g), so group g's pattern index is byte g of the row's bit string
+   (bit j = code j). A code is valid if it is exactly 0.0 or 1.0 (-0.0
+   included, as emdc_patterns takes it). The bits are formed 64 features at a
+   time, four codes per vector compare (x == 1 gives the bits, x == 0 | x == 1
+   the check), with no per-group loop: a handful of vector operations per row
+   instead of a clamp, a truncation and a multiply-add per code. The same
+   indices and the same verdict as emdc_patterns. */
+EMC_ALWAYS_INLINE int emdc_patterns_binary(const double* x, Py_ssize_t d,
+                                           const Py_ssize_t* offset, Py_ssize_t* idx)
+{
+    int bad = 0;
+#if EMC_GNUC
+    const emc_v4 one = emc_set1(1.0), zero = emc_set1(0.0);
+    const emc_m4 place = {1, 2, 4, 8};
+    emc_m4 ok = {-1, -1, -1, -1};
+#endif
+    for (Py_ssize_t w0 = 0; w0 < d; w0 += 64) {
+        Py_ssize_t w1 = w0 + 64 < d ? w0 + 64 : d, j = w0;
+        unsigned long long s = 0;
+#if EMC_GNUC
+        emc_m4 sv = {0, 0, 0, 0};
+        for (; j + 4 <= w1; j += 4) {
+            emc_v4 v = emc_load(x + j);
+            emc_m4 is_one = (emc_m4)(v == one);
+            ok &= is_one | (emc_m4)(v == zero);
+            sv |= is_one & (place << (j - w0));
+        }
+        s = (unsigned long long)((sv[0] | sv[1]) | (sv[2] | sv[3]));
+#endif
+        for (; j < w1; j++) {
+            double v = x[j];
+            s |= (unsigned long long)(v == 1.0) << (j - w0);
+            bad |= !(v == 1.0 || v == 0.0);
+        }
+        for (Py_ssize_t g = w0 / 8; g * 8 < w1; g++)
+            idx[g] = offset[g] + (Py_ssize_t)((s >> (8 * g - w0)) & 255u);
+    }
+#if EMC_GNUC
+    bad |= !((ok[0] & ok[1]) & (ok[2] & ok[3]));
+#endif
+    return bad;
+}
+
+/* The pattern indices of row x by the binary path or the general one. */
+EMC_ALWAYS_INLINE int emdc_row_patterns(const double* x, Py_ssize_t d, Py_ssize_t G,
+                                        const Py_ssize_t* first, const double* top,
+                                        const int* stride, const Py_ssize_t* offset,
+                                        int binary, Py_ssize_t* idx)
+{
+    return binary ? emdc_patterns_binary(x, d, offset, idx)
+                  : emdc_patterns(x, G, first, top, stride, offset, idx);
+}
+
+/* One row's sum of its groups' table rows into o (Kp doubles): nv vectors of
+   4, a constant where the callers below pass one (so the loop over them is
+   unrolled and the sums stay in registers). */
+EMC_ALWAYS_INLINE void emdc_sum_tables(const double* T, Py_ssize_t Kp, Py_ssize_t nv,
+                                       Py_ssize_t G, const Py_ssize_t* ix, double* o)
+{
+    for (Py_ssize_t v = 0; v < nv; v++) {
+        emc_v4 a = emc_load(T + ix[0] * Kp + 4 * v);
+        for (Py_ssize_t g = 1; g < G; g++)
+            a = EMC_ADD(a, emc_load(T + ix[g] * Kp + 4 * v));
+        emc_store(o + 4 * v, a);
+    }
+}
+
 /* out[i, k] = sum_g T[idx_g(x_i), k] for k < K (T: patterns x Kp, the log
    probability of each group's pattern under each component), -inf for a row
    with a code outside its feature's levels. acc: Kp doubles; idx: n x G, the
-   rows' pattern indices, kept for emdc_accumulate (-1 first for a bad row). */
-EMC_CLONES
-static void emdc_log_density(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
-                             Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
-                             const double* top, const int* stride,
-                             const Py_ssize_t* offset, const double* T, double* acc,
-                             Py_ssize_t* idx, double* out)
+   rows' pattern indices, kept for emdc_accumulate (-1 first for a bad row).
+   A row's Kp sums are stored whole into out at the row's place when they fit
+   in out: the Kp - K padding lanes land on the next row's first entries,
+   which that row overwrites next (rows go in order); the last rows go
+   through acc. */
+EMC_ALWAYS_INLINE void emdc_log_density_rows(
+        const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K, Py_ssize_t Kp,
+        Py_ssize_t G, const Py_ssize_t* first, const double* top, const int* stride,
+        const Py_ssize_t* offset, int binary, const double* T, double* acc,
+        Py_ssize_t* idx, double* out)
 {
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_ssize_t* ix = idx + i * G;
-        int bad = emdc_patterns(X + i * d, G, first, top, stride, offset, ix);
+        int bad = emdc_row_patterns(X + i * d, d, G, first, top, stride, offset, binary, ix);
         double* o = out + i * K;
         if (bad) {
             ix[0] = -1;
             for (Py_ssize_t k = 0; k < K; k++) o[k] = -INFINITY;
             continue;
         }
-        for (Py_ssize_t v = 0; v < Kp; v += 4) {
-            emc_v4 a = emc_load(T + ix[0] * Kp + v);
-            for (Py_ssize_t g = 1; g < G; g++)
-                a = EMC_ADD(a, emc_load(T + ix[g] * Kp + v));
-            emc_store(acc + v, a);
-        }
-        for (Py_ssize_t k = 0; k < K; k++) o[k] = acc[k];
+        int whole = i * K + Kp <= n * K;
+        double* dst = whole ? o : acc;
+        if (Kp == 4) emdc_sum_tables(T, 4, 1, G, ix, dst);
+        else if (Kp == 8) emdc_sum_tables(T, 8, 2, G, ix, dst);
+        else emdc_sum_tables(T, Kp, Kp / 4, G, ix, dst);
+        if (!whole)
+            for (Py_ssize_t k = 0; k < K; k++) o[k] = acc[k];
+    }
+}
+
+/* (the row loop is compiled once per path, so that each path's constants
+   stay out of it) */
+EMC_CLONES
+static void emdc_log_density(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
+                             Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
+                             const double* top, const int* stride,
+                             const Py_ssize_t* offset, int binary, const double* T,
+                             double* acc, Py_ssize_t* idx, double* out)
+{
+    if (binary)
+        emdc_log_density_rows(X, n, d, K, Kp, G, first, top, stride, offset, 1, T, acc,
+                              idx, out);
+    else
+        emdc_log_density_rows(X, n, d, K, Kp, G, first, top, stride, offset, 0, T, acc,
+                              idx, out);
+}
+
+/* A[p, :] += wrow (nv vectors of 4) for each of the row's G patterns p. */
+EMC_ALWAYS_INLINE void emdc_add_tables(double* A, Py_ssize_t Kp, Py_ssize_t nv,
+                                       Py_ssize_t G, const Py_ssize_t* ix,
+                                       const double* wrow)
+{
+    for (Py_ssize_t g = 0; g < G; g++) {
+        double* a = A + ix[g] * Kp;
+        for (Py_ssize_t v = 0; v < nv; v++)
+            emc_store(a + 4 * v, EMC_ADD(emc_load(a + 4 * v), emc_load(wrow + 4 * v)));
     }
 }
 
@@ -73,27 +174,40 @@ EMC_CLONES
 static Py_ssize_t emdc_accumulate(const double* X, Py_ssize_t n, Py_ssize_t d,
                                   Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t G,
                                   const Py_ssize_t* first, const double* top,
-                                  const int* stride, const Py_ssize_t* offset,
+                                  const int* stride, const Py_ssize_t* offset, int binary,
                                   const double* w, double* wrow, Py_ssize_t* idx,
                                   int cached, double* A)
 {
     for (Py_ssize_t k = K; k < Kp; k++) wrow[k] = 0.0;
+#if EMC_GNUC
+    /* the last vector's lanes k >= K: zero (the row's weights are read whole,
+       with the next row's first ones in those lanes, where they fit in w) */
+    emc_m4 tail;
+    for (int l = 0; l < 4; l++) tail[l] = Kp - 4 + l < K ? -1 : 0;
+#endif
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_ssize_t* ix = idx + i * G;
         int bad = cached ? ix[0] < 0
-                         : emdc_patterns(X + i * d, G, first, top, stride, offset, ix);
-        int any = 0;
-        for (Py_ssize_t k = 0; k < K; k++) {
-            wrow[k] = w[i * K + k];
-            any |= wrow[k] != 0.0;
+                         : emdc_row_patterns(X + i * d, d, G, first, top, stride, offset,
+                                             binary, ix);
+        if (bad) {
+            /* a row without density is an error only if it has weight */
+            for (Py_ssize_t k = 0; k < K; k++)
+                if (w[i * K + k] != 0.0) return 1 + i;
+            continue;
         }
-        if (!any) continue;
-        if (bad) return 1 + i;
-        for (Py_ssize_t g = 0; g < G; g++) {
-            double* a = A + ix[g] * Kp;
-            for (Py_ssize_t v = 0; v < Kp; v += 4)
-                emc_store(a + v, EMC_ADD(emc_load(a + v), emc_load(wrow + v)));
-        }
+#if EMC_GNUC
+        if (i * K + Kp <= n * K) {
+            const double* wi = w + i * K;
+            for (Py_ssize_t v = 0; v + 4 < Kp; v += 4) emc_store(wrow + v, emc_load(wi + v));
+            emc_store(wrow + Kp - 4, EMC_SEL(tail, emc_load(wi + Kp - 4), emc_set1(0.0)));
+        } else
+#endif
+        for (Py_ssize_t k = 0; k < K; k++) wrow[k] = w[i * K + k];
+        /* zero weights add +0.0: the sums are those of the rows with weight */
+        if (Kp == 4) emdc_add_tables(A, 4, 1, G, ix, wrow);
+        else if (Kp == 8) emdc_add_tables(A, 8, 2, G, ix, wrow);
+        else emdc_add_tables(A, Kp, Kp / 4, G, ix, wrow);
     }
     return 0;
 }

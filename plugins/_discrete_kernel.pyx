@@ -17,6 +17,9 @@ gives the row log-density -inf (probability 0); the estimators reject such data
 before (``check_support``, ``Family.check_data``). Codes arrive as float64 (the
 engine's chunk loop reads float64 rows): comparing, truncating and checking them
 costs a few vector operations per code, and the pass reads 8 bytes per code.
+When every feature is binary (``CodesKernel.binary``) the groups are bytes of
+the row's bit string, formed four codes per vector compare (docs/discrete.md,
+"The bit path").
 
 **Counts (poisson).** log p(x | k) = sum_j x_j log lambda_kj - sum_j lambda_kj -
 sum_j log x_j!, the last term from a table for counts below 1024, lgamma
@@ -40,12 +43,12 @@ cdef extern from "_discrete.h":
     void emdc_log_density(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
                           Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
                           const double* top, const int* stride,
-                          const Py_ssize_t* offset, const double* T, double* acc,
-                          Py_ssize_t* idx, double* out) noexcept nogil
+                          const Py_ssize_t* offset, int binary, const double* T,
+                          double* acc, Py_ssize_t* idx, double* out) noexcept nogil
     Py_ssize_t emdc_accumulate(const double* X, Py_ssize_t n, Py_ssize_t d,
                                Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t G,
                                const Py_ssize_t* first, const double* top,
-                               const int* stride, const Py_ssize_t* offset,
+                               const int* stride, const Py_ssize_t* offset, int binary,
                                const double* w, double* wrow, Py_ssize_t* idx,
                                int cached, double* A) noexcept nogil
 
@@ -102,6 +105,7 @@ cdef class CodesKernel(FamilyKernel):
     cdef readonly Py_ssize_t n_groups
     cdef readonly Py_ssize_t n_patterns
     cdef Py_ssize_t Kp
+    cdef readonly bint binary          # every feature has 2 levels (the bit path)
     cdef long long serial              # unique per kernel object (the scratch tag)
 
     def __init__(self, log_probs, levels):
@@ -124,6 +128,7 @@ cdef class CodesKernel(FamilyKernel):
         self.stride = stride.astype(np.intc)
         self.top = np.asarray(self.levels_list, dtype=np.float64) - 1.0
         self.n_groups = len(offset)
+        self.binary = all(v == 2 for v in self.levels_list)
         self.n_patterns = total
         self.n_stats = total * self.Kp
         table = np.zeros((total, self.Kp))
@@ -184,7 +189,7 @@ cdef class CodesKernel(FamilyKernel):
         cdef double* tag = scratch + self.Kp
         emdc_log_density(X, n_rows, self.n_features, self.n_components, self.Kp,
                          self.n_groups, &self.first[0], &self.top[0], &self.stride[0],
-                         &self.offset[0], &self.table[0, 0], scratch,
+                         &self.offset[0], self.binary, &self.table[0, 0], scratch,
                          <Py_ssize_t*>(tag + 3), out)
         tag[0] = <double>self.serial
         tag[1] = <double><size_t>X
@@ -197,7 +202,8 @@ cdef class CodesKernel(FamilyKernel):
         cdef bint cached = self._tagged(X, n_rows, scratch)
         cdef Py_ssize_t bad = emdc_accumulate(
             X, n_rows, self.n_features, self.n_components, self.Kp, self.n_groups,
-            &self.first[0], &self.top[0], &self.stride[0], &self.offset[0], weights,
+            &self.first[0], &self.top[0], &self.stride[0], &self.offset[0], self.binary,
+            weights,
             scratch, <Py_ssize_t*>(scratch + self.Kp + 3), cached, stats)
         return 1 if bad else 0
 

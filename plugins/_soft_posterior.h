@@ -17,7 +17,7 @@
    The same operations per row either way. Returns 0, or i + 1 for the
    first row with a NaN or no finite entry. */
 #define EMC_SOFT_ROWS 16
-EMC_CLONES static Py_ssize_t emc_soft_rows(
+EMC_ALWAYS_INLINE Py_ssize_t emc_soft_rows_by_row(
         double* restrict log_joint, double* restrict resp,
         double* restrict row_value, const double* restrict row_weights,
         Py_ssize_t n, Py_ssize_t K, double T, double* objective,
@@ -145,6 +145,106 @@ EMC_CLONES static Py_ssize_t emc_soft_rows(
     *entropy += sum_H;
     *magnitude += sum_mag;
     return 0;
+}
+
+#if EMC_GNUC
+/* Fewer than 8 components (K < EMC_SOFT_ACROSS): four rows at a time, one row
+   per lane, so that every exp is a vector one (by row, K = 5 costs one vector
+   exp and one of libm's per row, K = 2 or 3 only libm's). The same steps per
+   entry as by row (m, e = exp(b - m) <= 1, s, log s, log q = (b - m) - log s,
+   q = e / s, the totals' terms of the entries with q > 0); a row's sums over k
+   in k order, the rows' totals in row order. Returns as emc_soft_rows. */
+#define EMC_SOFT_ACROSS 8
+EMC_ALWAYS_INLINE Py_ssize_t emc_soft_rows_across(
+        double* restrict log_joint, double* restrict resp,
+        double* restrict row_value, const double* restrict row_weights,
+        Py_ssize_t n, Py_ssize_t K, double T, double* objective,
+        double* log_joint_total, double* entropy, double* magnitude) {
+    double sum_f = 0.0, sum_E = 0.0, sum_H = 0.0, sum_mag = 0.0;
+    const emc_v4 zero = emc_set1(0.0), it = emc_set1(1.0 / T), Tv = emc_set1(T);
+    const emc_v4 inf = emc_set1(HUGE_VAL);
+    const emc_m4 abs_mask = {0x7fffffffffffffffLL, 0x7fffffffffffffffLL,
+                             0x7fffffffffffffffLL, 0x7fffffffffffffffLL};
+    for (Py_ssize_t i = 0; i < n; i += 4) {
+        emc_v4 a[EMC_SOFT_ACROSS], e[EMC_SOFT_ACROSS];
+        for (Py_ssize_t k = 0; k < K; k++)
+            for (int l = 0; l < 4; l++) a[k][l] = log_joint[(i + l) * K + k];
+        /* each row's maximum; a NaN or no finite maximum fails the row */
+        emc_v4 m = emc_set1(-HUGE_VAL);
+        emc_m4 nan = {0, 0, 0, 0};
+        for (Py_ssize_t k = 0; k < K; k++) {
+            nan |= (emc_m4)(a[k] != a[k]);
+            m = EMC_SEL((emc_m4)(a[k] > m), a[k], m);
+        }
+        emc_v4 abs_m = (emc_v4)((emc_m4)m & abs_mask);
+        emc_m4 fail = nan | ~(emc_m4)(abs_m < inf);
+        for (int l = 0; l < 4; l++)
+            if (fail[l]) return i + l + 1;
+        emc_v4 mm = m * it, sv = zero;
+        for (Py_ssize_t k = 0; k < K; k++) {
+            e[k] = emc_exp_nonpos(a[k] * it - mm);
+            sv += e[k];
+        }
+        emc_v4 ls;
+        for (int l = 0; l < 4; l++) ls[l] = log(sv[l]);
+        emc_v4 is = emc_set1(1.0) / sv, f = Tv * (mm + ls);
+        emc_v4 H = zero, E = zero, mag = zero;
+        for (Py_ssize_t k = 0; k < K; k++) {
+            emc_v4 lq = (a[k] * it - mm) - ls;
+            emc_v4 q = e[k] * is;
+            emc_m4 pos = (emc_m4)(q > zero);
+            emc_v4 abs_a = (emc_v4)((emc_m4)a[k] & abs_mask);
+            emc_v4 abs_lq = (emc_v4)((emc_m4)lq & abs_mask);
+            H -= EMC_SEL(pos, q * lq, zero);
+            E += EMC_SEL(pos, q * a[k], zero);
+            mag += EMC_SEL(pos, q * (abs_a + Tv * abs_lq), zero);
+            for (int l = 0; l < 4; l++) {
+                log_joint[(i + l) * K + k] = lq[l];
+                resp[(i + l) * K + k] = q[l];
+            }
+        }
+        mag += (emc_v4)((emc_m4)f & abs_mask);
+        for (int l = 0; l < 4; l++) {
+            row_value[i + l] = f[l];
+            double w = row_weights != NULL ? row_weights[i + l] : 1.0;
+            if (w != 0.0) {
+                sum_f += w * f[l];
+                sum_E += w * E[l];
+                sum_H += w * (T * H[l]);
+                sum_mag += w * mag[l];
+            }
+        }
+    }
+    *objective += sum_f;
+    *log_joint_total += sum_E;
+    *entropy += sum_H;
+    *magnitude += sum_mag;
+    return 0;
+}
+#endif
+
+/* The soft posterior of n rows (see emc_soft_rows_by_row): with fewer than 8
+   components, the rows in fours across lanes, the last n mod 4 by row. */
+EMC_CLONES static Py_ssize_t emc_soft_rows(
+        double* restrict log_joint, double* restrict resp,
+        double* restrict row_value, const double* restrict row_weights,
+        Py_ssize_t n, Py_ssize_t K, double T, double* objective,
+        double* log_joint_total, double* entropy, double* magnitude) {
+    Py_ssize_t n4 = 0;
+#if EMC_GNUC
+    if (K < EMC_SOFT_ACROSS) {
+        n4 = n & ~(Py_ssize_t)3;
+        Py_ssize_t status = emc_soft_rows_across(
+            log_joint, resp, row_value, row_weights, n4, K, T, objective,
+            log_joint_total, entropy, magnitude);
+        if (status) return status;
+    }
+#endif
+    Py_ssize_t status = emc_soft_rows_by_row(
+        log_joint + n4 * K, resp + n4 * K, row_value + n4,
+        row_weights != NULL ? row_weights + n4 : NULL, n - n4, K, T, objective,
+        log_joint_total, entropy, magnitude);
+    return status ? n4 + status : 0;
 }
 
 #endif

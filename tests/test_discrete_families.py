@@ -314,3 +314,90 @@ def test_engine_pass_statistics_equal_the_direct_ones():
     # the same sums of the same weights in another order: n u relative
     np.testing.assert_allclose(res.stats.counts, direct.counts, rtol=X.shape[0] * 2.0 ** -52)
     np.testing.assert_allclose(res.stats.weight, direct.weight, rtol=X.shape[0] * 2.0 ** -52)
+
+
+@pytest.mark.parametrize("d", [3, 13, 20, 70])
+def test_binary_bit_path_equals_the_direct_sums(d):
+    # all-binary data take the bit path (a group's pattern is byte g of the row's
+    # bits, formed 64 codes at a time): widths below 4, not a multiple of 4 or 8,
+    # and above 64 (two words); invalid codes (non-integer, out of range, NaN,
+    # inf) give -inf and their rows are refused in the statistics; -0.0 is code 0
+    from emcore.plugins._discrete_kernel import CodesKernel
+    rng = np.random.default_rng(d)
+    K = 5
+    P = rng.uniform(0.05, 0.95, (K, d))
+    log_probs = np.stack([np.log1p(-P), np.log(P)], axis=-1)
+    kernel = CodesKernel(log_probs, (2,) * d)
+    assert kernel.binary
+    X = (rng.random((300, d)) < 0.5).astype(np.float64)
+    X[7, d - 1] = -0.0
+    bad_rows = {11: 0.5, 12: 2.0, 13: -1.0, 14: np.nan, 15: np.inf, 16: 1.0 + 2.0 ** -52}
+    for i, value in bad_rows.items():
+        X[i, (i * 7) % d] = value
+    good = np.ones(X.shape[0], dtype=bool)
+    good[list(bad_rows)] = False
+    codes = np.where(good[:, None], X, 0.0).astype(np.intp)
+    direct = log_probs[:, np.arange(d), codes].sum(axis=-1).T   # (n, K), in feature order
+    got = kernel.log_density(X)
+    assert np.all(got[~good] == -np.inf)
+    # the same d terms (|log p| <= -log 0.05 < 3) summed in another grouping: each
+    # order is within (d - 1) u sum|t| <= (d - 1) u 3 d of the exact sum
+    np.testing.assert_allclose(got[good], direct[good], rtol=0,
+                               atol=2 * (d - 1) * 2.0 ** -53 * 3.0 * d)
+    # the statistics from the same indices: the weighted counts of ones
+    W = rng.dirichlet(np.ones(K), size=X.shape[0])
+    weight, counts = kernel.expand(kernel.accumulate(X[good], W[good]))
+    ones = W[good].T @ X[good]
+    np.testing.assert_allclose(counts[..., 1], ones, rtol=X.shape[0] * 2.0 ** -52)
+    np.testing.assert_allclose(weight, W[good].sum(axis=0), rtol=X.shape[0] * 2.0 ** -52)
+    with pytest.raises(FloatingPointError):
+        kernel.accumulate(X, W)
+    # a bad row with zero weight is no error
+    W0 = W.copy()
+    W0[~good] = 0.0
+    kernel.accumulate(X, W0)
+
+
+@pytest.mark.parametrize("K", [1, 2, 3, 4, 5, 7, 8])
+@pytest.mark.parametrize("T", [1.0, 0.7])
+def test_soft_posterior_across_rows_equals_the_formula(K, T):
+    # the soft posterior takes fewer than 8 components four rows at a time, one
+    # row per lane (the LCA benchmark's K = 5), the last n mod 4 rows by row:
+    # against the formula, with -inf entries (q = 0), an exp below -745
+    # (q = +0), zero row weights, and the first failing row named
+    from emcore.plugins._posterior_kernels import SoftPosteriorKernel
+    kernel = SoftPosteriorKernel(T)
+    rng = np.random.default_rng(K)
+    n = 23
+    A = rng.uniform(-50.0, 0.0, (n, K))
+    A[3, 0] = -np.inf if K > 1 else A[3, 0]
+    A[9, -1] = A[9].max() - 800.0
+    w = rng.uniform(0.5, 2.0, n)
+    w[5] = 0.0
+    log_q, q, f, totals = kernel.posterior(A, w)
+    B = A / T
+    m = B.max(axis=1, keepdims=True)
+    log_s = np.log(np.exp(B - m).sum(axis=1, keepdims=True))
+    ref_lq = (B - m) - log_s
+    ref_q = np.exp(ref_lq)
+    ref_f = T * (m[:, 0] + log_s[:, 0])
+    # |b|, |m| <= 50 / 0.7 < 72: the rounding of b - m and log s is at most a few
+    # units of 72 u absolute in log q, so q agrees to 2^8 u relative
+    u = 2.0 ** -52
+    fin = np.isfinite(ref_lq)
+    np.testing.assert_array_equal(np.isfinite(log_q), fin)
+    np.testing.assert_allclose(log_q[fin], ref_lq[fin], rtol=0, atol=4 * 72 * u)
+    np.testing.assert_allclose(q, ref_q, rtol=2 ** 8 * u, atol=0)
+    np.testing.assert_allclose(f, ref_f, rtol=0, atol=4 * 72 * u)
+    pos = ref_q > 0
+    H = -np.where(pos, ref_q * np.where(pos, ref_lq, 0.0), 0.0).sum(axis=1)
+    E = np.where(pos, ref_q * np.where(pos, A, 0.0), 0.0).sum(axis=1)
+    ref_totals = [w @ ref_f, w @ E, w @ (T * H)]
+    # n rows of terms below 72 K in size, each within 2^8 u relative
+    np.testing.assert_allclose(totals[:3], ref_totals, rtol=0,
+                               atol=2 ** 8 * u * n * 72 * K * w.max())
+    for bad_row, value in ((6, np.nan), (2, -np.inf), (21, np.inf)):
+        A_bad = A.copy()
+        A_bad[bad_row] = value
+        with pytest.raises(ValueError, match=f"row {bad_row} "):
+            kernel.posterior(A_bad, w)
