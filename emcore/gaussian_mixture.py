@@ -13,7 +13,8 @@ from emcore import _validation as v
 from emcore._feature_names import check_feature_names, record_feature_names
 from emcore import _missing
 from emcore._init import check_resp_conflicts
-from emcore._input import check_input, is_chunked
+from emcore._input import check_input, is_chunked, is_sparse
+from emcore._logging import progress_bar
 from emcore._mixture import _MixtureBase, _check_weights
 from emcore._online import check_exponent, stepwise_update
 from emcore.constraints import Constraints
@@ -256,6 +257,9 @@ class GaussianMixture(_MixtureBase):
         the other starts are not run). Lines per iteration go to the logger
         ``emcore`` (INFO with ``verbose``, labelled with the start; 2 adds the
         ELBO chain's links).
+    progress : bool, default False
+        Show a tqdm progress bar (the optional extra ``progress``) over the starts,
+        or the iterations of a single start.
     prior : None, 'default' or emcore.GaussianPrior, default None
         None: maximum likelihood. 'default': the conjugate prior of Fraley & Raftery
         (2007) with mclust's default hyperparameters, and a flat Dirichlet prior on
@@ -362,7 +366,7 @@ class GaussianMixture(_MixtureBase):
                  verbose: int = 0, prior: Any = None, posterior: Any = None,
                  online_step_exponent: float = 0.6, accelerate: Optional[str] = None,
                  callback: Optional[Callable[[Iteration], Any]] = None,
-                 missing: str = "error", resp_init: Any = None):
+                 missing: str = "error", resp_init: Any = None, progress: bool = False):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -384,6 +388,7 @@ class GaussianMixture(_MixtureBase):
         self.callback = callback
         self.missing = missing
         self.resp_init = resp_init
+        self.progress = progress
 
     # --- resolution and validation --------------------------------------------------
     def _family(self, n_features: int, n_components: Optional[int] = None, prior=None):
@@ -561,8 +566,10 @@ class GaussianMixture(_MixtureBase):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-            Finite numbers; n_samples >= n_components.
+        X : array-like or scipy.sparse matrix of shape (n_samples, n_features)
+            Finite numbers; n_samples >= n_components. A sparse X (CSR; other
+            formats converted once) is densified a block of rows at a time: the fit
+            of ``X.toarray()`` without holding it.
         y : ignored
         sample_weight : array-like of shape (n_samples,), optional
             Non-negative weight of each row (at least n_components positive). The
@@ -572,7 +579,7 @@ class GaussianMixture(_MixtureBase):
             mean log-likelihood.
         """
         record_feature_names(self, X)
-        X = self._checked_input(X, "GaussianMixture.fit")
+        X = self._checked_input(X, "GaussianMixture.fit", accept_sparse=True)
         if isinstance(X, np.ndarray) and np.isnan(X).any():
             return self._fit_missing(X, sample_weight)
         self._check_parameters(X)
@@ -592,9 +599,11 @@ class GaussianMixture(_MixtureBase):
             warm = (fitted.n_components == self.n_components
                     and self._fitted_covariance_type == self.covariance_type)
         rule = self._fit_rule()
-        best = self._run_starts(X, family, rule, sample_weight, rng, warm=warm,
-                                weight_concentration=(None if prior is None
-                                                      else prior.weight_concentration))
+        with progress_bar(getattr(self, "progress", False), "GaussianMixture",
+                          starts=1 if warm else self.n_init, max_iter=self.max_iter):
+            best = self._run_starts(X, family, rule, sample_weight, rng, warm=warm,
+                                    weight_concentration=(None if prior is None
+                                                          else prior.weight_concentration))
         self._set_fitted(best, X.shape[1])
         self._fitted_rule = rule
         self.prior_ = prior
@@ -603,13 +612,15 @@ class GaussianMixture(_MixtureBase):
         return self
 
     # --- missing values (docs/missing_values.md) -------------------------------------
-    def _checked_input(self, X: Any, owner: str, n_features: Optional[int] = None):
+    def _checked_input(self, X: Any, owner: str, n_features: Optional[int] = None,
+                       accept_sparse: bool = False):
         """X as check_input gives it; with missing='marginalize', in-memory X may
         hold NaN (every other check unchanged)."""
         missing = v.check_choice(self.missing, "missing", "GaussianMixture",
                                  ("error", "marginalize"))
         if missing == "error" or is_chunked(X):
-            return check_input(X, owner=owner, n_features=n_features)
+            return check_input(X, owner=owner, n_features=n_features,
+                               accept_sparse=accept_sparse)
         try:
             arr = np.asarray(X, dtype=np.float64)
         except (TypeError, ValueError):
@@ -674,6 +685,9 @@ class GaussianMixture(_MixtureBase):
 
     def _evaluate(self, X: Any, method: str, log_resp: bool = False, rule=None):
         owner = f"{self._owner}.{method}"
+        if is_sparse(X):        # rows densified a block at a time (emcore._sources)
+            check_feature_names(self, X)
+            X = check_input(X, owner=owner, accept_sparse=True)
         if self.missing == "marginalize" and not is_chunked(X):
             family, weights, params = self._fitted_model(owner)
             check_feature_names(self, X)
