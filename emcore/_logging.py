@@ -36,6 +36,8 @@ import logging
 import sys
 from typing import Any, Callable, Iterator, Optional
 
+from emcore._validation import check_bool
+
 __all__ = ["logger", "FitReporter", "fit_label", "verbose_output", "check_callback",
            "progress_bar", "progress_start", "check_progress"]
 
@@ -82,9 +84,7 @@ _PROGRESS: contextvars.ContextVar[Optional[_Progress]] = contextvars.ContextVar(
 
 def check_progress(progress: Any, owner: str) -> bool:
     """The ``progress`` parameter: a bool; True needs tqdm (the ``progress`` extra)."""
-    if not isinstance(progress, bool):
-        raise ValueError(f"The 'progress' parameter of {owner} must be a bool. Got "
-                         f"{progress!r} instead.")
+    progress = check_bool(progress, "progress", owner)
     if progress:
         _tqdm_class(owner)
     return progress
