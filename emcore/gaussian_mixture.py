@@ -390,6 +390,12 @@ class GaussianMixture(_MixtureBase):
         self.resp_init = resp_init
         self.progress = progress
 
+    def __sklearn_tags__(self):
+        """scikit-learn's tags: the mixtures', accepting sparse X (emcore._sources)."""
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
     # --- resolution and validation --------------------------------------------------
     def _family(self, n_features: int, n_components: Optional[int] = None, prior=None):
         record = get_registry().family("gaussian")
