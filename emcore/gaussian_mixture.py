@@ -14,7 +14,7 @@ from emcore._feature_names import check_feature_names, record_feature_names
 from emcore import _missing
 from emcore._init import check_resp_conflicts
 from emcore._input import check_input, is_chunked, is_sparse
-from emcore._logging import progress_bar
+from emcore._logging import progress_bar, progress_start
 from emcore._mixture import _MixtureBase, _check_weights
 from emcore._online import check_exponent, stepwise_update
 from emcore.constraints import Constraints
@@ -173,6 +173,18 @@ def _check_means(means: Any, k: int, name: str, owner: str,
     if not np.all(np.isfinite(m)):
         raise ValueError(f"{prefix}. Got non-finite entries instead.")
     return m
+
+
+def _with_progress(callback: Optional[Callable], progress: Any) -> Optional[Callable]:
+    """``callback`` that also advances the open progress bar (a loop without the
+    engine's reporter: missing values); its return value unchanged."""
+    if progress is None:
+        return callback
+
+    def report(record: Iteration) -> Any:
+        progress.iteration("", record)
+        return None if callback is None else callback(record)
+    return report
 
 
 def _representation_property(name: str) -> property:
@@ -665,18 +677,22 @@ class GaussianMixture(_MixtureBase):
             warm = (fitted.n_components == self.n_components
                     and self._fitted_covariance_type == self.covariance_type)
         best = None
-        for _ in range(1 if warm else self.n_init):
-            if warm:
-                weights, params = self._fitted_model(owner)[1:]
-            else:
-                weights, params = self._initial_parameters(filled, family, rng)
-            result = _missing.run_missing_em(data, family, weights, params,
-                                             max_iter=self.max_iter, tol=self.tol,
-                                             callback=self.callback, feature_names=names)
-            if best is None or result.value > best.value:
-                best = result
-            if result.stop_reason == "callback":
-                break
+        n_starts = 1 if warm else self.n_init
+        with progress_bar(getattr(self, "progress", False), "GaussianMixture",
+                          starts=n_starts, max_iter=self.max_iter):
+            for _ in range(n_starts):
+                if warm:
+                    weights, params = self._fitted_model(owner)[1:]
+                else:
+                    weights, params = self._initial_parameters(filled, family, rng)
+                result = _missing.run_missing_em(
+                    data, family, weights, params, max_iter=self.max_iter, tol=self.tol,
+                    callback=_with_progress(self.callback, progress_start()),
+                    feature_names=names)
+                if best is None or result.value > best.value:
+                    best = result
+                if result.stop_reason == "callback":
+                    break
         if best.stop_reason == "max_iter" and self.max_iter > 0 and self.tol > 0:
             warnings.warn(f"GaussianMixture stopped after max_iter={self.max_iter} "
                           "iterations before the relative change fell to "

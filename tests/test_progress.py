@@ -83,3 +83,15 @@ def test_progress_without_tqdm_names_the_extra(X, monkeypatch):
 def test_progress_must_be_a_bool(X):
     with pytest.raises(ValueError, match="'progress' parameter of KMeans must be a bool"):
         KMeans(2, random_state=0, progress="yes").fit(X)
+
+
+def test_bar_over_the_iterations_of_a_fit_with_missing_values(X, capsys):
+    _needs_tqdm()
+    Xm = X.copy()
+    Xm[::7, 1] = np.nan
+    gm = GaussianMixture(2, random_state=0, missing="marginalize", progress=True).fit(Xm)
+    n, total = _final_counts(capsys.readouterr().err, "GaussianMixture")
+    assert n == total == len(gm.history_) >= 2
+    stopped = GaussianMixture(2, random_state=0, missing="marginalize", progress=True,
+                              callback=lambda it: it.iteration < 1).fit(Xm)
+    assert stopped.stop_reason_ == "callback" and len(stopped.history_) == 2
