@@ -9,9 +9,9 @@ VENV=${EMCORE_TEST_VENV:-.venv-test}
 
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
-# the optional extras too (Dask, h5py, zarr, matplotlib: wheels, ~30 s): with EMCORE_TEST_INSTALLED
+# the optional extras too (Dask, h5py, zarr, matplotlib, tqdm: wheels, ~30 s): with EMCORE_TEST_INSTALLED
 # set, tests/test_distributed.py, test_sources.py, test_plot.py and the README's plot block must run, never skip
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ".[test,dask,hdf5,zarr,plot]"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ".[test,dask,hdf5,zarr,plot,progress]"
 # The example third-party plugin, as its own distribution next to emcore
 # (tests/test_example_plugin.py needs it when EMCORE_TEST_INSTALLED is set).
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ./examples/emcore-poisson

@@ -81,7 +81,7 @@ if nocc sh -c 'gcc --version || cc --version' >/dev/null 2>&1; then fail "a comp
 step "fresh venv without a compiler: install the repaired wheel, dependencies as wheels only"
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
-nocc "$VENV/bin/python" -m pip install "${PIP_QUIET[@]}" --only-binary :all: "$WHEEL[test,dask,hdf5,zarr,plot]"
+nocc "$VENV/bin/python" -m pip install "${PIP_QUIET[@]}" --only-binary :all: "$WHEEL[test,dask,hdf5,zarr,plot,progress]"
 # The example third-party plugin (pure Python, built from its folder without a
 # compiler), as a plugin user installs it next to emcore.
 nocc "$VENV/bin/python" -m pip install "${PIP_QUIET[@]}" "$ROOT/examples/emcore-poisson"

@@ -9,6 +9,8 @@ each kind (so none of them needs to know the others):
   ``.shape``, a numpy ``.dtype`` and row slicing), or a dask array without an
   active ``dask.distributed`` client: an :class:`emcore._sources.ChunkedSource`,
   read a block at a time here;
+- a scipy.sparse array or matrix, where the estimator accepts it (``accept_sparse``):
+  an :class:`emcore._sources.SparseSource`, densified a block at a time;
 - a dask array with an active client: an :class:`emcore.distributed.DaskSource`,
   whose passes run on the cluster's workers.
 
@@ -22,11 +24,11 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from emcore._sources import ChunkedSource
-from emcore._validation import check_data
+from emcore._sources import ChunkedSource, SparseSource, is_sparse
+from emcore._validation import _InputTypeError, _data_prefix, check_data
 from emcore.distributed import DaskSource, active_client
 
-__all__ = ["check_input", "is_chunked", "as_source"]
+__all__ = ["check_input", "is_chunked", "as_source", "is_sparse"]
 
 
 def _is_dask(X: Any) -> bool:
@@ -34,14 +36,15 @@ def _is_dask(X: Any) -> bool:
 
 
 def is_chunked(X: Any) -> bool:
-    """True for inputs read a block at a time: a numpy memmap, a dask array, or any
+    """True for inputs read a block at a time: a numpy memmap, a dask array, a
+    scipy.sparse matrix (densified a block at a time, where accepted), or any
     non-numpy 2-D array-like with ``.shape``, a numpy ``.dtype`` and row slicing
     (h5py, zarr, ...)."""
-    if isinstance(X, (ChunkedSource, np.memmap)) or _is_dask(X):
+    if isinstance(X, (ChunkedSource, np.memmap)) or _is_dask(X) or is_sparse(X):
         return True
     if isinstance(X, np.ndarray) or hasattr(X, "tocsr") or \
             type(X).__module__.startswith("scipy.sparse"):
-        return False            # in memory, or sparse (check_data refuses it)
+        return False            # in memory, or sparse-like (check_data refuses it)
     shape = getattr(X, "shape", None)
     if not hasattr(X, "__getitem__") or not isinstance(shape, tuple) or len(shape) != 2:
         return False
@@ -59,6 +62,9 @@ def as_source(X: Any, *, name: str = "X", owner: str = "",
     if isinstance(X, ChunkedSource):
         X._check_n_features(n_features)
         return X
+    if is_sparse(X):
+        return SparseSource(X, name=name, owner=owner, n_features=n_features,
+                            block_rows=block_rows)
     if _is_dask(X):
         if active_client() is not None:      # passes on the cluster's workers
             return DaskSource(X, name=name, owner=owner, n_features=n_features,
@@ -68,10 +74,20 @@ def as_source(X: Any, *, name: str = "X", owner: str = "",
 
 
 def check_input(X: Any, *, name: str = "X", owner: str = "",
-                n_features: Optional[int] = None) -> Union[np.ndarray, ChunkedSource]:
+                n_features: Optional[int] = None, accept_sparse: bool = False
+                ) -> Union[np.ndarray, ChunkedSource]:
     """X checked at the edge: a chunked input as a validated source (:func:`as_source`),
     anything else as a C-contiguous float64 array (:func:`emcore._validation.check_data`).
+
+    A scipy.sparse X becomes a :class:`emcore._sources.SparseSource` when
+    ``accept_sparse`` (the caller runs on any source), else an error naming X and
+    ``owner``.
     """
+    if is_sparse(X) and not accept_sparse:
+        raise _InputTypeError(
+            f"{_data_prefix(name, owner)}. Got a sparse matrix instead: sparse input is "
+            f"not supported by {owner or 'this function'} (it is by KMeans and "
+            "GaussianMixture's fit, predict and score); pass dense data (X.toarray()).")
     if is_chunked(X):
         return as_source(X, name=name, owner=owner, n_features=n_features)
     return check_data(X, name=name, owner=owner, n_features=n_features)

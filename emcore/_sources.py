@@ -38,7 +38,7 @@ from emcore._validation import (_check_dtype, _check_n_features, _check_shape,
                                 _data_prefix, block_summary, check_blocks)
 from emcore.engine import chunk_rows_for, summation_depth
 
-__all__ = ["ChunkedSource"]
+__all__ = ["ChunkedSource", "SparseSource"]
 
 _DEFAULT_BLOCK_CHUNKS = 16    # = MAX_BLOCKS: one block keeps every thread busy
 
@@ -182,3 +182,32 @@ class ChunkedSource:
         return (fn(rows, start, shared,
                    *(None if a is None else a[start:stop] for a in arrays))
                 for start, stop, rows in self.blocks())
+
+
+def is_sparse(X: Any) -> bool:
+    """True for a scipy.sparse array or matrix (any format)."""
+    return hasattr(X, "tocsr") and type(X).__module__.startswith("scipy.sparse")
+
+
+class SparseSource(ChunkedSource):
+    """Rows of a scipy.sparse array or matrix, densified a block at a time.
+
+    The matrix is held as CSR (any other format, CSC included, is converted once
+    here); each block's rows are sliced from it and densified to C-contiguous
+    float64, so the compiled kernels run unchanged on exactly the numbers of
+    ``X.toarray()`` and peak memory is the sparse matrix plus one dense block
+    (``block_rows`` rows; never the whole dense matrix). Everything else is a
+    :class:`ChunkedSource`: a matrix of at most one block (n <= ``block_rows``)
+    fits bitwise as ``X.toarray()`` does; a longer one as a memmap of
+    ``X.toarray()`` does, to the bound of the module docstring.
+    """
+
+    def __init__(self, data: Any, *, name: str = "X", owner: str = "",
+                 n_features: Optional[int] = None, block_rows: Optional[int] = None):
+        if getattr(data, "format", None) != "csr":
+            data = data.tocsr()
+        super().__init__(data, name=name, owner=owner, n_features=n_features,
+                         block_rows=block_rows)
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        return np.ascontiguousarray(self._data[start:stop].toarray(), dtype=np.float64)

@@ -32,6 +32,7 @@ from emcore._estimator import BaseEstimator
 from emcore._init import (CountedPartition, check_resp_conflicts, check_resp_init,
                           starting_partition)
 from emcore._input import check_input
+from emcore._logging import progress_bar, progress_start
 from emcore._threads import single_threaded_blas
 from emcore._mixture import INIT_PARAMS
 from emcore.engine import (Iteration, chain_tolerance, chunk_rows_for, data_pass,
@@ -355,6 +356,9 @@ default 'dirichlet_process'
         q(theta) from its statistics. Cannot come with ``init_params`` (other
         than the default) or ``warm_start=True``.
 
+    progress : bool, default False
+        Show a tqdm progress bar (the optional extra ``progress``) over the starts,
+        or the iterations of a single start.
     Attributes
     ----------
     weights_ : ndarray (n_components,)
@@ -413,7 +417,8 @@ default 'dirichlet_process'
                  degrees_of_freedom_prior: Optional[float] = None,
                  covariance_prior: Any = None, random_state: Any = None,
                  warm_start: bool = False, verbose: int = 0,
-                 n_jobs: Optional[int] = None, resp_init: Any = None):
+                 n_jobs: Optional[int] = None, resp_init: Any = None,
+                 progress: bool = False):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -432,6 +437,7 @@ default 'dirichlet_process'
         self.verbose = verbose
         self.n_jobs = n_jobs
         self.resp_init = resp_init
+        self.progress = progress
 
     # --- checks ---------------------------------------------------------------------
     def _check_parameters(self, X: np.ndarray) -> None:
@@ -579,7 +585,9 @@ default 'dirichlet_process'
         prior = self._prior if warm else self._resolve_prior(X)
         # BLAS on one thread for the whole fit, as the engine's run_em: the chunk
         # loop's threads are ours, and the d x d factorisations are too small to gain
-        with single_threaded_blas():
+        with single_threaded_blas(), progress_bar(
+                getattr(self, "progress", False), "BayesianGaussianMixture",
+                starts=1 if warm else self.n_init, max_iter=self.max_iter):
             best = self._run_starts(X, family, rule, prior, rng, warm)
         if best["stop_reason"] == "max_iter":
             warnings.warn(f"BayesianGaussianMixture stopped after max_iter={self.max_iter} "
@@ -616,6 +624,7 @@ default 'dirichlet_process'
 
         history, bounds = [], []
         stop_reason = "max_iter"
+        progress = progress_start()        # the tqdm bar of progress=True, if open
         current = run_pass(state)
         amp_now = family.rounding_amplification(state.params)
         try:
@@ -655,6 +664,8 @@ default 'dirichlet_process'
                     empty_components=tuple(int(j) for j in np.flatnonzero(~(n_k > 0))),
                     seconds=time.perf_counter() - t0))
                 state, current, amp_now = new, nxt, amp_next
+                if progress is not None:
+                    progress.iteration("", history[-1])
                 if self.verbose:
                     print(f"iteration {t:4d}  lower bound {bound: .10e}  change {rel:.3e}  "
                           f"({history[-1].seconds:.3f} s)")

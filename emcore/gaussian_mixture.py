@@ -13,7 +13,8 @@ from emcore import _validation as v
 from emcore._feature_names import check_feature_names, record_feature_names
 from emcore import _missing
 from emcore._init import check_resp_conflicts
-from emcore._input import check_input, is_chunked
+from emcore._input import check_input, is_chunked, is_sparse
+from emcore._logging import progress_bar, progress_start
 from emcore._mixture import _MixtureBase, _check_weights
 from emcore._online import check_exponent, stepwise_update
 from emcore.constraints import Constraints
@@ -192,6 +193,18 @@ def _check_means(means: Any, k: int, name: str, owner: str,
     return m
 
 
+def _with_progress(callback: Optional[Callable], progress: Any) -> Optional[Callable]:
+    """``callback`` that also advances the open progress bar (a loop without the
+    engine's reporter: missing values); its return value unchanged."""
+    if progress is None:
+        return callback
+
+    def report(record: Iteration) -> Any:
+        progress.iteration("", record)
+        return None if callback is None else callback(record)
+    return report
+
+
 def _representation_property(name: str) -> property:
     key = "_" + name.rstrip("_")
 
@@ -282,6 +295,9 @@ class GaussianMixture(_MixtureBase):
         the other starts are not run). Lines per iteration go to the logger
         ``emcore`` (INFO with ``verbose``, labelled with the start; 2 adds the
         ELBO chain's links).
+    progress : bool, default False
+        Show a tqdm progress bar (the optional extra ``progress``) over the starts,
+        or the iterations of a single start.
     prior : None, 'default' or emcore.GaussianPrior, default None
         None: maximum likelihood. 'default': the conjugate prior of Fraley & Raftery
         (2007) with mclust's default hyperparameters, and a flat Dirichlet prior on
@@ -389,7 +405,7 @@ class GaussianMixture(_MixtureBase):
                  verbose: int = 0, prior: Any = None, posterior: Any = None,
                  online_step_exponent: float = 0.6, accelerate: Optional[str] = None,
                  callback: Optional[Callable[[Iteration], Any]] = None,
-                 missing: str = "error", resp_init: Any = None):
+                 missing: str = "error", resp_init: Any = None, progress: bool = False):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -411,6 +427,13 @@ class GaussianMixture(_MixtureBase):
         self.callback = callback
         self.missing = missing
         self.resp_init = resp_init
+        self.progress = progress
+
+    def __sklearn_tags__(self):
+        """scikit-learn's tags: the mixtures', accepting sparse X (emcore._sources)."""
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
 
     # --- resolution and validation --------------------------------------------------
     def _family(self, n_features: int, n_components: Optional[int] = None, prior=None):
@@ -595,8 +618,10 @@ class GaussianMixture(_MixtureBase):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-            Finite numbers; n_samples >= n_components.
+        X : array-like or scipy.sparse matrix of shape (n_samples, n_features)
+            Finite numbers; n_samples >= n_components. A sparse X (CSR; other
+            formats converted once) is densified a block of rows at a time: the fit
+            of ``X.toarray()`` without holding it.
         y : ignored
         sample_weight : array-like of shape (n_samples,), optional
             Non-negative weight of each row (at least n_components positive). The
@@ -606,7 +631,7 @@ class GaussianMixture(_MixtureBase):
             mean log-likelihood.
         """
         record_feature_names(self, X)
-        X = self._checked_input(X, "GaussianMixture.fit")
+        X = self._checked_input(X, "GaussianMixture.fit", accept_sparse=True)
         if isinstance(X, np.ndarray) and np.isnan(X).any():
             return self._fit_missing(X, sample_weight)
         self._check_parameters(X)
@@ -626,9 +651,11 @@ class GaussianMixture(_MixtureBase):
             warm = (fitted.n_components == self.n_components
                     and self._fitted_covariance_type == self.covariance_type)
         rule = self._fit_rule()
-        best = self._run_starts(X, family, rule, sample_weight, rng, warm=warm,
-                                weight_concentration=(None if prior is None
-                                                      else prior.weight_concentration))
+        with progress_bar(getattr(self, "progress", False), "GaussianMixture",
+                          starts=1 if warm else self.n_init, max_iter=self.max_iter):
+            best = self._run_starts(X, family, rule, sample_weight, rng, warm=warm,
+                                    weight_concentration=(None if prior is None
+                                                          else prior.weight_concentration))
         self._set_fitted(best, X.shape[1])
         self._fitted_rule = rule
         self.prior_ = prior
@@ -637,13 +664,15 @@ class GaussianMixture(_MixtureBase):
         return self
 
     # --- missing values (docs/missing_values.md) -------------------------------------
-    def _checked_input(self, X: Any, owner: str, n_features: Optional[int] = None):
+    def _checked_input(self, X: Any, owner: str, n_features: Optional[int] = None,
+                       accept_sparse: bool = False):
         """X as check_input gives it; with missing='marginalize', in-memory X may
         hold NaN (every other check unchanged)."""
         missing = v.check_choice(self.missing, "missing", "GaussianMixture",
                                  ("error", "marginalize"))
         if missing == "error" or is_chunked(X):
-            return check_input(X, owner=owner, n_features=n_features)
+            return check_input(X, owner=owner, n_features=n_features,
+                               accept_sparse=accept_sparse)
         try:
             arr = np.asarray(X, dtype=np.float64)
         except (TypeError, ValueError):
@@ -682,18 +711,22 @@ class GaussianMixture(_MixtureBase):
             warm = (fitted.n_components == self.n_components
                     and self._fitted_covariance_type == self.covariance_type)
         best = None
-        for _ in range(1 if warm else self.n_init):
-            if warm:
-                weights, params = self._fitted_model(owner)[1:]
-            else:
-                weights, params = self._initial_parameters(filled, family, rng)
-            result = _missing.run_missing_em(data, family, weights, params,
-                                             max_iter=self.max_iter, tol=self.tol,
-                                             callback=self.callback, feature_names=names)
-            if best is None or result.value > best.value:
-                best = result
-            if result.stop_reason == "callback":
-                break
+        n_starts = 1 if warm else self.n_init
+        with progress_bar(getattr(self, "progress", False), "GaussianMixture",
+                          starts=n_starts, max_iter=self.max_iter):
+            for _ in range(n_starts):
+                if warm:
+                    weights, params = self._fitted_model(owner)[1:]
+                else:
+                    weights, params = self._initial_parameters(filled, family, rng)
+                result = _missing.run_missing_em(
+                    data, family, weights, params, max_iter=self.max_iter, tol=self.tol,
+                    callback=_with_progress(self.callback, progress_start()),
+                    feature_names=names)
+                if best is None or result.value > best.value:
+                    best = result
+                if result.stop_reason == "callback":
+                    break
         if best.stop_reason == "max_iter" and self.max_iter > 0 and self.tol > 0:
             warnings.warn(f"GaussianMixture stopped after max_iter={self.max_iter} "
                           "iterations before the relative change fell to "
@@ -708,6 +741,9 @@ class GaussianMixture(_MixtureBase):
 
     def _evaluate(self, X: Any, method: str, log_resp: bool = False, rule=None):
         owner = f"{self._owner}.{method}"
+        if is_sparse(X):        # rows densified a block at a time (emcore._sources)
+            check_feature_names(self, X)
+            X = check_input(X, owner=owner, accept_sparse=True)
         if self.missing == "marginalize" and not is_chunked(X):
             family, weights, params = self._fitted_model(owner)
             check_feature_names(self, X)

@@ -22,6 +22,7 @@ from emcore._init import (CountedPartition, check_resp_conflicts, check_resp_ini
 from emcore._input import check_input
 from emcore._mixture import INIT_PARAMS, _check_weights
 from emcore._sequences import read_rows, sequence_groups
+from emcore._logging import progress_bar
 from emcore.engine import FitResult, best_of_starts, run_em
 from emcore.exceptions import ConvergenceWarning, _sklearn_compatible
 from emcore.plugin_api import (GaussianFamilyProtocol, _validate_in_debug, check_support,
@@ -125,6 +126,9 @@ class HiddenMarkovModel(BaseEstimator):
         Cannot come with ``params_init`` or ``init_params`` (other than the
         default).
 
+    progress : bool, default False
+        Show a tqdm progress bar (the optional extra ``progress``) over the starts,
+        or the iterations of a single start.
     Attributes
     ----------
     startprob_ : ndarray (n_states,)
@@ -159,7 +163,8 @@ class HiddenMarkovModel(BaseEstimator):
                  fixed: Iterable[str] = (), init_params: str = "k-means++",
                  tol: float = 1e-6, max_iter: int = 100, n_init: int = 1,
                  random_state: Any = None, n_jobs: Optional[int] = None, verbose: int = 0,
-                 accelerate: Optional[str] = None, resp_init: Any = None):
+                 accelerate: Optional[str] = None, resp_init: Any = None,
+                 progress: bool = False):
         self.n_states = n_states
         self.family = family
         self.family_options = family_options
@@ -179,6 +184,7 @@ class HiddenMarkovModel(BaseEstimator):
         self.verbose = verbose
         self.accelerate = accelerate
         self.resp_init = resp_init
+        self.progress = progress
 
     # --- the family's parameters under their names ----------------------------------
     def __getattr__(self, name: str):
@@ -371,7 +377,9 @@ class HiddenMarkovModel(BaseEstimator):
                           structure=structure, lengths=lengths,
                           accelerate=self.accelerate)
 
-        best = best_of_starts(self.n_init, start, run)
+        with progress_bar(getattr(self, "progress", False), "HiddenMarkovModel",
+                          starts=self.n_init, max_iter=self.max_iter):
+            best = best_of_starts(self.n_init, start, run)
         if best.stop_reason == "max_iter":
             warnings.warn(f"{_OWNER} stopped after max_iter={self.max_iter} iterations "
                           f"before the relative change fell to tol={self.tol:g}; increase "

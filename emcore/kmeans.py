@@ -21,7 +21,7 @@ from emcore._feature_names import (check_feature_names, check_output_kind, names
 from emcore._init import (check_resp_conflicts, check_resp_init, kmeans_plusplus,
                           m_step_from_resp, one_hot, sq_distances)
 from emcore._input import check_input
-from emcore._logging import check_callback
+from emcore._logging import check_callback, progress_bar
 from emcore.engine import Iteration, best_of_starts, chunk_rows_for, data_pass, run_em
 from emcore.exceptions import ConvergenceWarning, _sklearn_compatible
 from emcore.plugin_api import UNIT_ROUNDOFF as _U
@@ -107,6 +107,9 @@ class KMeans(BaseEstimator):
         is the M-step from it: each centre the (weighted) mean of its rows, so
         every cluster must get a row. Cannot come with ``init`` other than the
         default 'k-means++'; one start.
+    progress : bool, default False
+        Show a tqdm progress bar (the optional extra ``progress``) over the starts,
+        or the iterations of a single start.
 
     Attributes
     ----------
@@ -140,7 +143,7 @@ class KMeans(BaseEstimator):
                  n_init: Union[str, int] = "auto", max_iter: int = 300, tol: float = 1e-4,
                  random_state: Any = None, n_jobs: Optional[int] = None, verbose: int = 0,
                  callback: Optional[Callable[[Iteration], Any]] = None,
-                 resp_init: Any = None):
+                 resp_init: Any = None, progress: bool = False):
         self.n_clusters = n_clusters
         self.init = init
         self.n_init = n_init
@@ -151,6 +154,7 @@ class KMeans(BaseEstimator):
         self.verbose = verbose
         self.callback = callback
         self.resp_init = resp_init
+        self.progress = progress
 
     # --- validation -----------------------------------------------------------------
     def _check_parameters(self, X: np.ndarray):
@@ -221,14 +225,16 @@ class KMeans(BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like or scipy.sparse matrix of shape (n_samples, n_features)
+            A sparse X (CSR; other formats converted once) is densified a block
+            of rows at a time: the fit of ``X.toarray()`` without holding it.
         y : ignored
         sample_weight : array-like of shape (n_samples,), optional
             Non-negative row weights (at least n_clusters positive): a weight of 2
             counts the row twice in the centres and the inertia.
         """
         record_feature_names(self, X)
-        X = check_input(X, owner="KMeans.fit")
+        X = check_input(X, owner="KMeans.fit", accept_sparse=True)
         k, centres, n_init = self._check_parameters(X)
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0],
                                               owner="KMeans.fit", min_positive=k)
@@ -259,7 +265,9 @@ class KMeans(BaseEstimator):
                           verbose=self.verbose, converged=converged, callback=self.callback,
                           label=f"start {len(started)}/{n_init}" if n_init > 1 else "")
 
-        best = best_of_starts(n_init, start, run)
+        with progress_bar(getattr(self, "progress", False), "KMeans", starts=n_init,
+                          max_iter=self.max_iter):
+            best = best_of_starts(n_init, start, run)
         if best.stop_reason == "max_iter":
             warnings.warn(f"KMeans stopped after max_iter={self.max_iter} iterations before "
                           "the centres settled; increase max_iter or tol.",
@@ -325,7 +333,8 @@ class KMeans(BaseEstimator):
                              "instead (set n_features_in_ too when the model changes "
                              "dimension).")
         check_feature_names(self, X)
-        return check_input(X, owner=owner, n_features=centres.shape[1]), centres
+        return (check_input(X, owner=owner, n_features=centres.shape[1], accept_sparse=True),
+                centres)
 
     def predict(self, X: Any) -> np.ndarray:
         """Index of the nearest centre of each row (ties: the lowest index)."""
@@ -399,4 +408,4 @@ class KMeans(BaseEstimator):
         from sklearn.utils import InputTags, Tags, TargetTags, TransformerTags
         return Tags(estimator_type="clusterer", target_tags=TargetTags(required=False),
                     transformer_tags=TransformerTags(), regressor_tags=None,
-                    classifier_tags=None, input_tags=InputTags(allow_nan=False, sparse=False))
+                    classifier_tags=None, input_tags=InputTags(allow_nan=False, sparse=True))

@@ -10,6 +10,7 @@ from emcore import _validation as v
 from emcore._feature_names import record_feature_names
 from emcore._init import check_resp_conflicts
 from emcore._input import check_input
+from emcore._logging import progress_bar
 from emcore._mixture import _MixtureBase, _check_weights
 from emcore.constraints import Constraints
 from emcore.engine import FitResult, Iteration
@@ -112,6 +113,9 @@ class MixtureModel(_MixtureBase):
         ``init_smoothing``), the weights their column shares. As in
         :class:`emcore.GaussianMixture`; cannot come with ``init_params`` (other
         than the default), ``weights_init`` or ``params_init``.
+    progress : bool, default False
+        Show a tqdm progress bar (the optional extra ``progress``) over the starts,
+        or the iterations of a single start.
 
     Attributes
     ----------
@@ -143,7 +147,7 @@ class MixtureModel(_MixtureBase):
                  n_jobs: Optional[int] = None, verbose: int = 0,
                  accelerate: Optional[str] = None,
                  callback: Optional[Callable[[Iteration], Any]] = None,
-                 resp_init: Any = None):
+                 resp_init: Any = None, progress: bool = False):
         self.n_components = n_components
         self.family = family
         self.family_options = family_options
@@ -161,6 +165,7 @@ class MixtureModel(_MixtureBase):
         self.accelerate = accelerate
         self.callback = callback
         self.resp_init = resp_init
+        self.progress = progress
 
     # --- resolution -----------------------------------------------------------------
     def _family(self, n_features: int, n_components: Optional[int] = None, prior=None):
@@ -335,7 +340,9 @@ class MixtureModel(_MixtureBase):
         rng = v.check_random_state(self.random_state, "MixtureModel")
         self._init = self._check_init(family)      # read by _initial_parameters
         try:
-            best = self._run_starts(X, family, rule, sample_weight, rng)
+            with progress_bar(getattr(self, "progress", False), "MixtureModel",
+                              starts=self.n_init, max_iter=self.max_iter):
+                best = self._run_starts(X, family, rule, sample_weight, rng)
         finally:
             del self._init
         self.family_ = family

@@ -28,7 +28,7 @@ import numpy as np
 
 from emcore import _validation as v
 from emcore._input import check_input
-from emcore._logging import fit_label
+from emcore._logging import fit_label, progress_bar
 from emcore.exceptions import ConvergenceWarning
 from emcore.gaussian_mixture import _MCLUST_MODELS, _SHAPE_KIND, GaussianMixture
 from emcore.registry import get_registry
@@ -480,7 +480,7 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
                                                                 "spherical"),
                  criterion: str = "bic", n_init: int = 3, random_state: Any = None,
                  sample_weight: Any = None, include_spikes: bool = False,
-                 **estimator_params: Any) -> ModelSelection:
+                 progress: bool = False, **estimator_params: Any) -> ModelSelection:
     """Fit a grid of Gaussian mixtures and choose one by BIC, AIC or ICL.
 
     Like mclust's ``mclustBIC``: every (``n_components``, ``covariance_type``) cell
@@ -544,6 +544,9 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
         data BIC favours such degenerate fits. By default they stay in the table
         (``row.spike``, ``row.spike_components``, shown as ``spike``, where
         mclust prints NA) and are never chosen.
+    progress : bool, default False
+        Show a tqdm progress bar (the optional extra ``progress``) over the grid's
+        cells, its text naming the cell, start and iteration.
     **estimator_params
         Other ``GaussianMixture`` parameters, the same for every cell (``tol``,
         ``reg_covar``, ``max_iter``, ``init_params``, ``n_jobs``, ...). The initial
@@ -614,6 +617,15 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
                     **estimator_params)._check_parameters(X)
     entropy = _root_entropy(random_state)
 
+    n_cells = sum(k <= limits[t][0] for k in fitted_ks for t in types)
+    with progress_bar(progress, owner, cells=n_cells):
+        return _fit_grid(X, w, fitted_ks, types, limits, n_init, entropy, criterion,
+                         estimator_params, include_spikes, skipped, skipped_cells)
+
+
+def _fit_grid(X, w, fitted_ks, types, limits, n_init, entropy, criterion,
+              estimator_params, include_spikes, skipped, skipped_cells) -> ModelSelection:
+    """select_model's loop over the cells (inside its progress bar)."""
     rows = []
     best_row: Optional[SelectionRow] = None
     best_model: Optional[GaussianMixture] = None

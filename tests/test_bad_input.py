@@ -276,6 +276,7 @@ PARAMETERS = {
         "accelerate": ["anderson", "SQUAREM", True, 1],
         "missing": ["drop", "MARGINALIZE", None, True, 1],
         "resp_init": _RESP_BAD,
+        "progress": ["yes", 1, None],
     },
     "KMeans": {
         "n_clusters": _INT_BAD + [N + 1],
@@ -289,6 +290,7 @@ PARAMETERS = {
         "verbose": [-1, 1.5, "1", None],
         "callback": [3, "print"],
         "resp_init": _RESP_BAD,
+        "progress": ["yes", 1, None],
     },
     "MixtureModel": {
         "n_components": _INT_BAD + [N + 1],
@@ -310,6 +312,7 @@ PARAMETERS = {
         "accelerate": ["anderson", "SQUAREM", True, 1],
         "callback": [3, "print"],
         "resp_init": _RESP_BAD,
+        "progress": ["yes", 1, None],
     },
 }
 

@@ -102,7 +102,7 @@ def test_constructor_only_stores_its_arguments():
                 random_state="seed", warm_start="yes", n_jobs=0, verbose=-3,
                 prior="nonsense", online_step_exponent="fast", posterior="nonsense",
                 accelerate="nonsense", callback="not callable", missing="nonsense",
-                resp_init="z")
+                resp_init="z", progress="maybe")
     model = GaussianMixture(**args)          # no validation here
     for name, value in args.items():
         assert getattr(model, name) is value, name
@@ -120,7 +120,8 @@ def test_parameters_are_scikit_learns_plus_n_jobs_and_prior():
                                                                   "posterior",
                                                                   "accelerate",
                                                                   "callback",
-                                                                  "missing", "resp_init"}
+                                                                  "missing", "resp_init",
+                                                                  "progress"}
     # Same defaults except the documented differences (README: stopping rule and
     # 'kmeans' initialisation).
     for name in set(ours) & set(theirs) - {"tol", "init_params"}:

@@ -24,7 +24,8 @@ How the blocks are run:
 * Files the blocks write (the memmap, HDF5 and zarr examples) go to a temporary
   working directory.
 * A block that imports an optional package (dask, distributed, h5py, zarr) or uses
-  the example plugin (``emcore_poisson``, ``family="example_poisson"``) is skipped when that
+  the example plugin (``emcore_poisson``, ``family="example_poisson"``) or a
+  progress bar (``progress=True``: tqdm) is skipped when that
   is not installed, except under ``EMCORE_TEST_INSTALLED`` (CI installs them all):
   there it must run. Blocks that follow a skipped one must not depend on it.
 
@@ -57,8 +58,8 @@ README = ROOT / "README.md"
 _GENERATED = {"_build", "auto_examples"}
 
 #: what a block needs besides emcore's own dependencies: text in the block -> module
-_USES_PLUGIN = {'family="example_poisson"': "emcore_poisson"}
-_OPTIONAL = {"dask", "distributed", "h5py", "zarr", "emcore_poisson", "matplotlib"}
+_USES_PLUGIN = {'family="example_poisson"': "emcore_poisson", "progress=True": "tqdm"}
+_OPTIONAL = {"dask", "distributed", "h5py", "zarr", "emcore_poisson", "matplotlib", "tqdm"}
 
 
 @dataclass(frozen=True)
