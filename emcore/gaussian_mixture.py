@@ -604,23 +604,26 @@ class GaussianMixture(_MixtureBase):
 
     def _fit_missing(self, X: np.ndarray, sample_weight: Any) -> "GaussianMixture":
         owner = "GaussianMixture.fit"
-        for name, value in (("prior", self.prior), ("posterior", self.posterior),
-                            ("accelerate", self.accelerate),
-                            ("sample_weight", sample_weight)):
-            if value is not None:
-                raise ValueError(f"The {name!r} parameter of {owner} must be None when X "
-                                 "has missing values (missing='marginalize' fits by maximum "
-                                 f"likelihood, unweighted). Got {value!r} instead.")
-        X, n_dropped = _missing.drop_empty_rows(X, owner)
+        if self.posterior is not None:
+            raise ValueError(f"The 'posterior' parameter of {owner} must be None when X has "
+                             "missing values (the E-step is the exact posterior of the "
+                             "component and the missing coordinates). Got "
+                             f"{self.posterior!r} instead.")
+        sample_weight = v.check_sample_weight(sample_weight, X.shape[0], owner=owner)
+        X, sample_weight, n_dropped = _missing.drop_empty_rows(X, owner, sample_weight)
         self._check_parameters(X)
-        data = _missing.prepare(X)
-        family = self._family(X.shape[1])
+        sample_weight = v.check_sample_weight(sample_weight, X.shape[0], owner=owner,
+                                              min_positive=self.n_components)
+        # the start (and a prior's data-based defaults) see each missing entry set to
+        # its column's (weighted) mean; EM then treats them as missing
+        w = np.ones(X.shape[0]) if sample_weight is None else sample_weight
+        observed = ~np.isnan(X)
+        column_means = (np.where(observed, X, 0.0).T @ w) / np.maximum(observed.T @ w,
+                                                                      np.finfo(float).tiny)
+        filled = np.where(observed, X, column_means)
+        prior = self._resolved_prior(filled, sample_weight)
+        family = self._family(X.shape[1], prior=prior)
         rng = v.check_random_state(self.random_state, "GaussianMixture")
-        # starts from the data with each missing entry set to its column's mean
-        # (a start only: EM then treats them as missing)
-        column_means = np.nanmean(X, axis=0)
-        filled = np.where(data.observed, X, column_means)
-        names = getattr(self, "feature_names_in_", None)
         warm = self.warm_start and hasattr(self, "weights_")
         if warm:
             fitted = self._fitted_model(owner)[0]
@@ -628,19 +631,17 @@ class GaussianMixture(_MixtureBase):
                                 "GaussianMixture.fit (warm_start=True)")
             warm = (fitted.n_components == self.n_components
                     and self._fitted_covariance_type == self.covariance_type)
-        best = None
-        for _ in range(1 if warm else self.n_init):
+
+        def start():
             if warm:
-                weights, params = self._fitted_model(owner)[1:]
-            else:
-                weights, params = self._initial_parameters(filled, family, rng)
-            result = _missing.run_missing_em(data, family, weights, params,
-                                             max_iter=self.max_iter, tol=self.tol,
-                                             callback=self.callback, feature_names=names)
-            if best is None or result.value > best.value:
-                best = result
-            if result.stop_reason == "callback":
-                break
+                return self._fitted_model(owner)[1:]
+            return self._initial_parameters(filled, family, rng, sample_weight)
+
+        best = _missing.fit_starts(
+            self, X, family, start, 1 if warm else self.n_init,
+            feature_names=getattr(self, "feature_names_in_", None),
+            sample_weight=sample_weight,
+            weight_concentration=None if prior is None else prior.weight_concentration)
         if best.stop_reason == "max_iter" and self.max_iter > 0 and self.tol > 0:
             warnings.warn(f"GaussianMixture stopped after max_iter={self.max_iter} "
                           "iterations before the relative change fell to "
@@ -648,7 +649,7 @@ class GaussianMixture(_MixtureBase):
                           _sklearn_compatible(ConvergenceWarning), stacklevel=3)
         self._set_fitted(best, X.shape[1])
         self._fitted_rule = self._likelihood_rule()
-        self.prior_ = None
+        self.prior_ = prior
         self._online = None
         self.n_rows_dropped_ = n_dropped
         return self
@@ -662,9 +663,9 @@ class GaussianMixture(_MixtureBase):
             if np.isnan(X).any():
                 # the marginal density of each row's observed coordinates (the
                 # exact posterior: rules other than soft need complete rows)
-                ps = _missing.missing_pass(_missing.prepare(X), weights, params["means"],
-                                           params["covariances"])
-                return ps.row_loglik, (ps.log_resp if log_resp else None)
+                out = _missing.row_pass(X, weights, params, log_resp=log_resp,
+                                        n_jobs=self.n_jobs)
+                return out["row_value"], out.get("log_resp")
         return super()._evaluate(X, method, log_resp=log_resp, rule=rule)
 
     def impute(self, X: Any, return_std: bool = False):
@@ -677,7 +678,7 @@ class GaussianMixture(_MixtureBase):
             NaN marks a missing entry (needs ``missing='marginalize'``).
         return_std : bool, default False
             Also return the conditional standard deviations sqrt(Var[x_m | x_o])
-            (0 at observed entries).
+            (0 at observed entries; the law of total variance over the components).
 
         Returns
         -------
@@ -691,22 +692,8 @@ class GaussianMixture(_MixtureBase):
         X = np.array(self._checked_input(X, owner, n_features=family.n_features))
         std = np.zeros_like(X)
         if np.isnan(X).any():
-            data = _missing.prepare(X)
-            ps = _missing.missing_pass(data, weights, params["means"], params["covariances"])
-            resp = np.exp(ps.log_resp)
-            for obs, rows in data.patterns:
-                m = np.flatnonzero(~obs)
-                if not m.size:
-                    continue
-                X_o = data.X[np.ix_(rows, np.flatnonzero(obs))]
-                _, cm, cc = _missing.conditionals(params["means"], params["covariances"],
-                                                  obs, X_o)
-                r = resp[rows][:, :, None]
-                mean = np.sum(r * cm, axis=1)
-                # law of total variance over the components
-                second = np.sum(r * (cm * cm + np.einsum("kjj->kj", cc)[None]), axis=1)
-                X[np.ix_(rows, m)] = mean
-                std[np.ix_(rows, m)] = np.sqrt(np.maximum(second - mean * mean, 0.0))
+            out = _missing.row_pass(X, weights, params, impute=True, n_jobs=self.n_jobs)
+            X, std = out["mean"], np.sqrt(np.maximum(out["var"], 0.0))
         return (X, std) if return_std else X
 
     def _set_fitted(self, result: FitResult, n_features: int) -> None:

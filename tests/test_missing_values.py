@@ -259,10 +259,10 @@ def test_nan_is_an_error_by_default_and_missing_is_checked():
         GaussianMixture(2, random_state=0).fit(X)
     with pytest.raises(ValueError, match="'missing' parameter"):
         GaussianMixture(2, missing="drop").fit(X)
-    with pytest.raises(ValueError, match="'prior' parameter"):
-        GaussianMixture(2, missing="marginalize", prior="default").fit(X)
-    with pytest.raises(ValueError, match="'sample_weight' parameter"):
-        GaussianMixture(2, missing="marginalize").fit(X, sample_weight=np.ones(len(X)))
+    with pytest.raises(ValueError, match="'posterior' parameter"):
+        GaussianMixture(2, missing="marginalize", posterior="hard").fit(X)
+    with pytest.raises(ValueError, match="sample_weight"):
+        GaussianMixture(2, missing="marginalize").fit(X, sample_weight=-np.ones(len(X)))
     Xinf = X.copy()
     Xinf[0, 0] = np.inf
     with pytest.raises(ValueError, match="X"):
