@@ -24,6 +24,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from emcore._core._missing_kernel import TILE_ROWS, _FactorError
+from emcore._sources import ChunkedSource
+from emcore._validation import check_blocks
 from emcore._core._missing_kernel import missing_pass as _compiled_pass
 from emcore._threads import effective_n_threads, single_threaded_blas
 from emcore.engine import FitResult, Iteration, best_of_starts, run_em, summation_depth
@@ -31,7 +33,7 @@ from emcore.exceptions import DegenerateComponentError
 from emcore.plugin_api import MixtureStructure, PassResult
 
 __all__ = ["MissingValues", "MissingData", "prepare", "row_pass", "run_missing_em",
-           "drop_empty_rows", "fit_starts"]
+           "drop_empty_rows", "warn_empty_rows", "fit_starts", "as_source_with_nan", "filled_array", "filled_source"]
 
 
 class MissingData:
@@ -225,10 +227,113 @@ def drop_empty_rows(X: np.ndarray, owner: str, sample_weight=None) -> tuple:
     """(X without its all-NaN rows, their sample weights, the number dropped),
     warning when some are."""
     empty = np.all(np.isnan(X), axis=1)
-    n_dropped = int(empty.sum())
+    n_dropped = warn_empty_rows(int(empty.sum()), owner)
+    return (X[~empty], None if sample_weight is None else sample_weight[~empty],
+            n_dropped)
+
+
+def warn_empty_rows(n_dropped: int, owner: str) -> int:
+    """Warn that ``n_dropped`` rows with every coordinate missing are left out."""
     if n_dropped:
         warnings.warn(f"{owner}: {n_dropped} row(s) with every coordinate missing carry "
                       "no information and were dropped (n_rows_dropped_).", UserWarning,
-                      stacklevel=3)
-    return (X[~empty], None if sample_weight is None else sample_weight[~empty],
-            n_dropped)
+                      stacklevel=4)
+    return n_dropped
+
+
+# --- chunked sources (memmap, h5py, zarr, Dask) with NaN --------------------------------
+
+def _nan_summary(rows: np.ndarray, start: int, shared: Any) -> tuple:
+    """What validation needs of a block with missing entries: the first infinite
+    entry (NaN is allowed), the column minima and maxima of the observed entries,
+    their column sums and counts (for the start's column means), the number of
+    rows with every entry missing and whether any entry is missing."""
+    rows = np.asarray(rows, dtype=np.float64)
+    nan = np.isnan(rows)
+    inf = np.isinf(rows)
+    if inf.any():
+        i, j = np.argwhere(inf)[0]
+        return (int(i), int(j), float(rows[i, j])), None, None, None, None, 0, True
+    observed = ~nan
+    # a column missing in the whole block: +inf / -inf, which the running min / max
+    # of check_blocks ignore
+    lo = np.where(observed, rows, np.inf).min(axis=0)
+    hi = np.where(observed, rows, -np.inf).max(axis=0)
+    return (None, lo, hi, np.where(observed, rows, 0.0).sum(axis=0), observed.sum(axis=0),
+            int(np.all(nan, axis=1).sum()), bool(nan.any()))
+
+
+class _TakesNaN:
+    """A source whose validation accepts NaN (missing entries); records
+    ``has_nan``, ``n_empty_rows`` and ``column_means`` (of the observed entries)."""
+
+    def _validate(self) -> None:
+        summaries = list(self.map_blocks(_nan_summary, None))
+        starts = [start for start, _ in self.block_bounds()]
+        check_blocks(zip(starts, [s[:3] for s in summaries]), self.shape[1],
+                     name=self._name, owner=self._owner)
+        sums = np.sum([s[3] for s in summaries], axis=0)
+        counts = np.sum([s[4] for s in summaries], axis=0)
+        self.has_nan = any(s[6] for s in summaries)
+        self.n_empty_rows = int(sum(s[5] for s in summaries))
+        self.column_means = sums / np.maximum(counts, 1)
+
+
+class _ChunkedWithNaN(_TakesNaN, ChunkedSource):
+    pass
+
+
+def as_source_with_nan(X: Any, *, name: str = "X", owner: str = "",
+                       n_features: Optional[int] = None) -> ChunkedSource:
+    """A chunked input (see :func:`emcore._input.is_chunked`) wrapped as
+    :func:`emcore._input.as_source` does, validated with NaN allowed."""
+    from emcore._input import _is_dask
+    from emcore.distributed import DaskSource, active_client
+    if isinstance(X, ChunkedSource):
+        X = X._data
+    if _is_dask(X) and active_client() is not None:
+        cls = type("_DaskWithNaN", (_TakesNaN, DaskSource), {})
+        return cls(X, name=name, owner=owner, n_features=n_features)
+    return _ChunkedWithNaN(X, name=name, owner=owner, n_features=n_features)
+
+
+class _Filled:
+    """Rows of an array-like with NaN read as the given column values (a start's
+    view of the data: initialisation reads rows, never writes)."""
+
+    def __init__(self, data: Any, values: np.ndarray):
+        self._data, self._values = data, values
+        self.shape, self.dtype = tuple(data.shape), np.dtype(np.float64)
+
+    def __getitem__(self, key):
+        rows = self._data[key]
+        if hasattr(rows, "compute"):
+            rows = rows.compute()
+        rows = np.asarray(rows, dtype=np.float64)
+        return np.where(np.isnan(rows), self._values, rows)
+
+
+def filled_array(X: np.ndarray, sample_weight: Optional[np.ndarray] = None) -> np.ndarray:
+    """X with each missing entry set to its column's (weighted) mean of the observed
+    entries (a start's view; without weights the same numbers as a one-block
+    source's :func:`filled_source`)."""
+    observed = ~np.isnan(X)
+    if sample_weight is None:
+        summary = _nan_summary(X, 0, None)
+        means = summary[3] / np.maximum(summary[4], 1)
+    else:
+        means = ((np.where(observed, X, 0.0).T @ sample_weight)
+                 / np.maximum(observed.T @ sample_weight, np.finfo(float).tiny))
+    return np.where(observed, X, means)
+
+
+def filled_source(source: ChunkedSource) -> Any:
+    """The source with each missing entry read as its column's mean: what the
+    initialisation sees (a start only). A Dask array gets a lazily filled array."""
+    values = source.column_means
+    data = source._data
+    if hasattr(data, "map_blocks") and hasattr(data, "chunks"):      # dask
+        import dask.array as da
+        from emcore._input import as_source
+        return as_source(da.where(da.isnan(data), values, data), n_features=data.shape[1])
+    return ChunkedSource(_Filled(data, values), block_rows=source.block_rows)

@@ -554,7 +554,7 @@ class GaussianMixture(_MixtureBase):
         """
         record_feature_names(self, X)
         X = self._checked_input(X, "GaussianMixture.fit")
-        if isinstance(X, np.ndarray) and np.isnan(X).any():
+        if getattr(X, "has_nan", False) or (isinstance(X, np.ndarray) and np.isnan(X).any()):
             return self._fit_missing(X, sample_weight)
         self._check_parameters(X)
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0],
@@ -589,8 +589,10 @@ class GaussianMixture(_MixtureBase):
         hold NaN (every other check unchanged)."""
         missing = v.check_choice(self.missing, "missing", "GaussianMixture",
                                  ("error", "marginalize"))
-        if missing == "error" or is_chunked(X):
+        if missing == "error":
             return check_input(X, owner=owner, n_features=n_features)
+        if is_chunked(X):
+            return _missing.as_source_with_nan(X, owner=owner, n_features=n_features)
         try:
             arr = np.asarray(X, dtype=np.float64)
         except (TypeError, ValueError):
@@ -610,17 +612,19 @@ class GaussianMixture(_MixtureBase):
                              "component and the missing coordinates). Got "
                              f"{self.posterior!r} instead.")
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0], owner=owner)
-        X, sample_weight, n_dropped = _missing.drop_empty_rows(X, owner, sample_weight)
+        if isinstance(X, np.ndarray):
+            X, sample_weight, n_dropped = _missing.drop_empty_rows(X, owner, sample_weight)
+        else:       # a source: the pass skips them (docs/missing_values.md#chunked)
+            n_dropped = _missing.warn_empty_rows(X.n_empty_rows, owner)
         self._check_parameters(X)
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0], owner=owner,
                                               min_positive=self.n_components)
         # the start (and a prior's data-based defaults) see each missing entry set to
         # its column's (weighted) mean; EM then treats them as missing
-        w = np.ones(X.shape[0]) if sample_weight is None else sample_weight
-        observed = ~np.isnan(X)
-        column_means = (np.where(observed, X, 0.0).T @ w) / np.maximum(observed.T @ w,
-                                                                      np.finfo(float).tiny)
-        filled = np.where(observed, X, column_means)
+        if isinstance(X, np.ndarray):
+            filled = _missing.filled_array(X, sample_weight)
+        else:
+            filled = _missing.filled_source(X)
         prior = self._resolved_prior(filled, sample_weight)
         family = self._family(X.shape[1], prior=prior)
         rng = v.check_random_state(self.random_state, "GaussianMixture")

@@ -43,7 +43,8 @@ from libc.math cimport INFINITY, exp, fabs, log, sqrt
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
-from emcore.blas cimport syrk_t, trmm_right_upper
+from emcore.blas cimport gemm_nt
+cimport scipy.linalg.cython_blas as fblas
 
 import numpy as np
 
@@ -72,6 +73,7 @@ cdef struct _Pass:
     const double* log_w        # (K,) log pi_k (-inf for pi_k = 0)
     const double* means        # (K, d)
     const double* U            # (K, d, d) upper Cholesky factors of the precisions
+    const double* Ut           # (K, d, d) their transposes
     const double* log_det_u    # (K,) sum_j log U_jj
     const double* sw           # (n,) sample weights, or NULL (all 1)
     double* out_log_resp       # (n, K) log r, or NULL
@@ -104,7 +106,8 @@ cdef struct _Work:
     double* log_det_a          # (TILE, K) per (run, k)
     double* D                  # (K, TILE, d) xhat - mu_k (sorted order)
     double* Y                  # (TILE, d) (xhat - mu_k) U_k
-    double* B                  # (TILE, d) sqrt(w r) (xhat - mu_k)
+    double* X0                 # (TILE, d) the tile's rows, sorted, NaN -> 0
+    double* B                  # (TILE, d) w r (xhat - mu_k)
     double* G                  # (d, d) a tile's scatter
     double* a                  # (TILE, K) log joint
     double* h                  # (TILE, K) the missing coordinates' entropy
@@ -128,6 +131,7 @@ cdef bint _allocate(_Work* w, Py_ssize_t K, Py_ssize_t d) noexcept nogil:
     w.log_det_a = <double*>malloc(T * K * sizeof(double))
     w.D = <double*>malloc(K * T * d * sizeof(double))
     w.Y = <double*>malloc(T * d * sizeof(double))
+    w.X0 = <double*>malloc(T * d * sizeof(double))
     w.B = <double*>malloc(T * d * sizeof(double))
     w.G = <double*>malloc(d * d * sizeof(double))
     w.a = <double*>malloc(T * K * sizeof(double))
@@ -139,7 +143,7 @@ cdef bint _allocate(_Work* w, Py_ssize_t K, Py_ssize_t d) noexcept nogil:
     w.seen = <char*>malloc(d * sizeof(char))
     return not (w.cnt == NULL or w.idx == NULL or w.perm == NULL or w.tmp == NULL
                 or w.run_start == NULL or w.arena_off == NULL or w.arena == NULL
-                or w.log_det_a == NULL or w.D == NULL or w.Y == NULL or w.B == NULL
+                or w.log_det_a == NULL or w.D == NULL or w.Y == NULL or w.X0 == NULL or w.B == NULL
                 or w.G == NULL or w.a == NULL or w.h == NULL or w.r == NULL
                 or w.lr == NULL or w.g == NULL or w.A == NULL or w.seen == NULL)
 
@@ -155,6 +159,7 @@ cdef void _release(_Work* w) noexcept nogil:
     free(w.log_det_a)
     free(w.D)
     free(w.Y)
+    free(w.X0)
     free(w.B)
     free(w.G)
     free(w.a)
@@ -228,9 +233,22 @@ cdef inline bint _same_pattern(const _Work* w, Py_ssize_t d, Py_ssize_t p,
     return True
 
 
+cdef void _gemm_tn_add(Py_ssize_t n, Py_ssize_t d, const double* A, const double* B,
+                       double* C) noexcept nogil:
+    # C += A^T B, A and B (n x d) row-major, C (d x d) row-major. Column-major, A is
+    # A^T (d x n) and C is C^T: C^T += B^T A = (B^T)(A^T)^T, op ('N', 'T').
+    cdef char ta = b'N', tb = b'T'
+    cdef int M = <int>d, N = <int>d, K = <int>n, ld = <int>d
+    cdef double alpha = 1.0, beta = 1.0
+    if n == 0:
+        return
+    fblas.dgemm(&ta, &tb, &M, &N, &K, &alpha, <double*>B, &ld, <double*>A, &ld, &beta,
+                C, &ld)
+
+
 # --- small dense algebra (|m| x |m|, |m| is small) ----------------------------------
 
-cdef bint _cholesky(const double* A, double* L, int m) noexcept nogil:
+cdef inline bint _cholesky(const double* A, double* L, int m) noexcept nogil:
     # A = L L^T, L lower triangular (row-major, upper part zeroed); False if A is
     # not numerically positive definite
     cdef int i, j, l
@@ -252,7 +270,7 @@ cdef bint _cholesky(const double* A, double* L, int m) noexcept nogil:
     return True
 
 
-cdef void _solve(const double* L, double* x, int m) noexcept nogil:
+cdef inline void _solve(const double* L, double* x, int m) noexcept nogil:
     # x <- (L L^T)^-1 x: forward then back substitution
     cdef int i, l
     cdef double s
@@ -268,7 +286,7 @@ cdef void _solve(const double* L, double* x, int m) noexcept nogil:
         x[i] = s / L[i * m + i]
 
 
-cdef void _inverse(const double* L, double* C, double* col, int m) noexcept nogil:
+cdef inline void _inverse(const double* L, double* C, double* col, int m) noexcept nogil:
     # C = (L L^T)^-1, column by column, symmetrised
     cdef int i, c
     for c in range(m):
@@ -324,6 +342,12 @@ cdef int _tile(const _Pass* p, _Work* w, _Slot* slot, Py_ssize_t r0,
             need += 2 * K * m * m
             n_runs += 1
     w.run_start[n_runs] = nr
+    # the tile's rows in sorted order, NaN read as 0 (never used at missing entries)
+    for q in range(nr):
+        x = p.X + (r0 + w.perm[q]) * d
+        for j in range(d):
+            v = x[j]
+            w.X0[q * d + j] = v if v == v else 0.0
     if need > w.arena_size:
         L = <double*>realloc(w.arena, need * sizeof(double))
         if L == NULL:
@@ -338,14 +362,17 @@ cdef int _tile(const _Pass* p, _Work* w, _Slot* slot, Py_ssize_t r0,
         Uk = p.U + k * d * d
         mu = p.means + k * d
         Dk = w.D + k * _TILE * d
-        for q in range(nr):
-            x = p.X + (r0 + w.perm[q]) * d
+        for q in range(nr):                # branch-free; missing entries zeroed below
+            x = w.X0 + q * d
             Dp = Dk + q * d
             for j in range(d):
-                v = x[j]
-                Dp[j] = (v - mu[j]) if v == v else 0.0
-        memcpy(w.Y, Dk, nr * d * sizeof(double))
-        trmm_right_upper(nr, d, Uk, w.Y)           # Y = (x0 - mu) U
+                Dp[j] = x[j] - mu[j]
+        for q in range(w.run_start[1] if w.cnt[w.perm[0]] == 0 else 0, nr):
+            i = w.perm[q]
+            for a in range(w.cnt[i]):
+                Dk[q * d + w.idx[i * d + a]] = 0.0
+        # Y = (x0 - mu) U as D (U^T)^T: DGEMM beats DTRMM on these small shapes
+        gemm_nt(nr, d, d, 1.0, Dk, p.Ut + k * d * d, 0.0, w.Y)
         for run in range(n_runs):
             s = w.run_start[run]
             e = w.run_start[run + 1]
@@ -456,19 +483,12 @@ cdef int _tile(const _Pass* p, _Work* w, _Slot* slot, Py_ssize_t r0,
             w.lr[q * K + k] = wr                  # (log r no longer needed)
             Dp = Dk + q * d
             Yp = w.B + q * d
-            if wr > 0.0:
-                acc += wr
-                v = sqrt(wr)
-                for j in range(d):
-                    slot.R[k * d + j] += wr * Dp[j]
-                    Yp[j] = v * Dp[j]
-            else:
-                for j in range(d):
-                    Yp[j] = 0.0
+            acc += wr
+            for j in range(d):
+                Yp[j] = wr * Dp[j]
+                slot.R[k * d + j] += Yp[j]
         slot.N[k] += acc
-        syrk_t(nr, d, w.B, w.G)
-        for j in range(d * d):
-            slot.S[k * d * d + j] += w.G[j]
+        _gemm_tn_add(nr, d, w.B, Dk, slot.S + k * d * d)     # S_k += (w r D)^T D
         for run in range(n_runs):
             s = w.run_start[run]
             e = w.run_start[run + 1]
@@ -574,6 +594,9 @@ def missing_pass(const double[:, ::1] X, const double[::1] log_weights,
     p.log_w = &log_weights[0]
     p.means = &means[0, 0]
     p.U = &precisions_cholesky[0, 0, 0]
+    Ut = np.ascontiguousarray(np.swapaxes(np.asarray(precisions_cholesky), 1, 2))
+    cdef const double[:, :, ::1] utv = Ut
+    p.Ut = &utv[0, 0, 0]
     p.log_det_u = &ldu[0]
     p.sw = NULL
     p.out_log_resp = p.out_row_value = p.out_mean = p.out_var = NULL
