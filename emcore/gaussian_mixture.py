@@ -756,8 +756,12 @@ class GaussianMixture(_MixtureBase):
             record_feature_names(self, X)
         else:
             check_feature_names(self, X)
-        X = check_input(X, owner=owner,
-                         n_features=None if fitted is None else fitted[0].n_features)
+        X = self._checked_input(X, owner,
+                                n_features=None if fitted is None else fitted[0].n_features)
+        if getattr(X, "has_nan", False) or (isinstance(X, np.ndarray) and np.isnan(X).any()):
+            raise ValueError(f"The 'X' parameter of {owner} must not have missing values "
+                             "(NaN): online EM with missing='marginalize' is not "
+                             "implemented; use fit, or impute the batch first.")
         if not isinstance(X, np.ndarray):
             X = np.ascontiguousarray(X[0:X.shape[0]])        # a batch fits in memory
         alpha = check_exponent(self.online_step_exponent, "GaussianMixture")
