@@ -430,3 +430,23 @@ def test_a_memmap_with_nan_over_several_blocks_fits_as_in_memory(tmp_path):
     assert a.lower_bound_ == pytest.approx(b.lower_bound_, rel=1e-12)
     # a source without NaN is the ordinary one
     assert not hasattr(as_source(_memmap(tmp_path, np.ones((4, 2)), "y.dat")), "has_nan")
+
+
+# ~2 s of CPU (a local cluster in threads: its start-up dominates)
+def test_a_dask_array_with_nan_fits_as_in_memory():
+    da = pytest.importorskip("dask.array")
+    distributed = pytest.importorskip("distributed")
+    _, X = _two_clusters(n=3000, d=3, rate=0.2, seed=19)
+    kw = dict(missing="marginalize", tol=0.0, max_iter=6, **_given_start())
+    a = GaussianMixture(2, **kw).fit(X)
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=1,
+                            dashboard_address=None):
+        # rechunked to one block (a multiple of 4096 rows at d = 3): the same kernel
+        # call on the same rows, on the worker
+        b = GaussianMixture(2, **kw).fit(da.from_array(X, chunks=(1000, 3)))
+        # the default start (k-means++ on the column-mean-filled array) runs there too
+        c = GaussianMixture(2, missing="marginalize", max_iter=3, tol=0.0,
+                            random_state=0).fit(da.from_array(X, chunks=(1000, 3)))
+    np.testing.assert_array_equal(a.means_, b.means_)
+    np.testing.assert_array_equal(a.covariances_, b.covariances_)
+    assert np.all(np.isfinite(c.means_)) and c.n_iter_ == 3
