@@ -48,6 +48,16 @@ cimport scipy.linalg.cython_blas as fblas
 
 import numpy as np
 
+cdef extern from "_missing.h":
+    void emc_miss_centre(const double* X0, const double* mu, Py_ssize_t n, Py_ssize_t d,
+                         double* D) noexcept nogil
+    void emc_miss_row_sq(const double* Y, Py_ssize_t n, Py_ssize_t d,
+                         double* out) noexcept nogil
+    void emc_miss_weigh(const double* D, const double* w, Py_ssize_t stride, Py_ssize_t n,
+                        Py_ssize_t d, double* B, double* racc) noexcept nogil
+    Py_ssize_t emc_miss_posterior(const double* a, Py_ssize_t n, Py_ssize_t K, double* lr,
+                                  double* r, double* lse, double* tmp) noexcept nogil
+
 cdef enum:
     _TILE = 256          # rows per tile
 
@@ -114,6 +124,8 @@ cdef struct _Work:
     double* r                  # (TILE, K) responsibilities
     double* lr                 # (TILE, K) log responsibilities
     double* g                  # (d,)
+    double* racc               # (d,) a tile's residual sum
+    double* quad               # (TILE,) ||row of Y||^2; then log p(x_io)
     double* A                  # (d, d)
     char* seen                 # (d,)
 
@@ -138,14 +150,16 @@ cdef bint _allocate(_Work* w, Py_ssize_t K, Py_ssize_t d) noexcept nogil:
     w.h = <double*>malloc(T * K * sizeof(double))
     w.r = <double*>malloc(T * K * sizeof(double))
     w.lr = <double*>malloc(T * K * sizeof(double))
-    w.g = <double*>malloc(d * sizeof(double))
+    w.g = <double*>malloc(max(d, K) * sizeof(double))
+    w.racc = <double*>malloc(d * sizeof(double))
+    w.quad = <double*>malloc(T * sizeof(double))
     w.A = <double*>malloc(d * d * sizeof(double))
     w.seen = <char*>malloc(d * sizeof(char))
     return not (w.cnt == NULL or w.idx == NULL or w.perm == NULL or w.tmp == NULL
                 or w.run_start == NULL or w.arena_off == NULL or w.arena == NULL
                 or w.log_det_a == NULL or w.D == NULL or w.Y == NULL or w.X0 == NULL or w.B == NULL
                 or w.G == NULL or w.a == NULL or w.h == NULL or w.r == NULL
-                or w.lr == NULL or w.g == NULL or w.A == NULL or w.seen == NULL)
+                or w.lr == NULL or w.g == NULL or w.racc == NULL or w.quad == NULL or w.A == NULL or w.seen == NULL)
 
 
 cdef void _release(_Work* w) noexcept nogil:
@@ -167,6 +181,8 @@ cdef void _release(_Work* w) noexcept nogil:
     free(w.r)
     free(w.lr)
     free(w.g)
+    free(w.racc)
+    free(w.quad)
     free(w.A)
     free(w.seen)
 
@@ -248,11 +264,12 @@ cdef void _gemm_tn_add(Py_ssize_t n, Py_ssize_t d, const double* A, const double
 
 # --- small dense algebra (|m| x |m|, |m| is small) ----------------------------------
 
-cdef inline bint _cholesky(const double* A, double* L, int m) noexcept nogil:
-    # A = L L^T, L lower triangular (row-major, upper part zeroed); False if A is
-    # not numerically positive definite
+cdef inline bint _cholesky(const double* A, double* L, int m, double* log_det) noexcept nogil:
+    # A = L L^T, L lower triangular (row-major, upper part zeroed), stored with its
+    # diagonal inverted (1 / L_jj: the solves multiply); log_det = log det A
+    # = log prod_j L_jj^2. False if A is not numerically positive definite.
     cdef int i, j, l
-    cdef double s
+    cdef double s, r, prod = 1.0, logs = 0.0
     for i in range(m * m):
         L[i] = 0.0
     for j in range(m):
@@ -261,29 +278,35 @@ cdef inline bint _cholesky(const double* A, double* L, int m) noexcept nogil:
             s -= L[j * m + l] * L[j * m + l]
         if not s > 0.0:
             return False
-        L[j * m + j] = sqrt(s)
+        prod *= s
+        if not (1e-250 < prod < 1e250):       # one log per few factors, no overflow
+            logs += log(prod)
+            prod = 1.0
+        r = 1.0 / sqrt(s)
+        L[j * m + j] = r
         for i in range(j + 1, m):
             s = A[i * m + j]
             for l in range(j):
                 s -= L[i * m + l] * L[j * m + l]
-            L[i * m + j] = s / L[j * m + j]
+            L[i * m + j] = s * r
+    log_det[0] = logs + log(prod)
     return True
 
 
 cdef inline void _solve(const double* L, double* x, int m) noexcept nogil:
-    # x <- (L L^T)^-1 x: forward then back substitution
+    # x <- (L L^T)^-1 x: forward then back substitution (L's diagonal inverted)
     cdef int i, l
     cdef double s
     for i in range(m):
         s = x[i]
         for l in range(i):
             s -= L[i * m + l] * x[l]
-        x[i] = s / L[i * m + i]
+        x[i] = s * L[i * m + i]
     for i in range(m - 1, -1, -1):
         s = x[i]
         for l in range(i + 1, m):
             s -= L[l * m + i] * x[l]
-        x[i] = s / L[i * m + i]
+        x[i] = s * L[i * m + i]
 
 
 cdef inline void _inverse(const double* L, double* C, double* col, int m) noexcept nogil:
@@ -362,11 +385,7 @@ cdef int _tile(const _Pass* p, _Work* w, _Slot* slot, Py_ssize_t r0,
         Uk = p.U + k * d * d
         mu = p.means + k * d
         Dk = w.D + k * _TILE * d
-        for q in range(nr):                # branch-free; missing entries zeroed below
-            x = w.X0 + q * d
-            Dp = Dk + q * d
-            for j in range(d):
-                Dp[j] = x[j] - mu[j]
+        emc_miss_centre(w.X0, mu, nr, d, Dk)       # missing entries zeroed below
         for q in range(w.run_start[1] if w.cnt[w.perm[0]] == 0 else 0, nr):
             i = w.perm[q]
             for a in range(w.cnt[i]):
@@ -394,15 +413,11 @@ cdef int _tile(const _Pass* p, _Work* w, _Slot* slot, Py_ssize_t r0,
             off = w.arena_off[run] + 2 * k * m * m
             L = w.arena + off
             C = L + m * m
-            if not _cholesky(w.A, L, m):
+            if not _cholesky(w.A, L, m, &w.log_det_a[run * K + k]):
                 slot.status = _FAILED_FACTOR
                 slot.failed_row = r0 + i
                 slot.failed_component = k
                 return _FAILED_FACTOR
-            lda = 0.0
-            for a in range(m):
-                lda += log(L[a * m + a])
-            w.log_det_a[run * K + k] = 2.0 * lda
             _inverse(L, C, w.g, m)
             for q in range(s, e):
                 Yp = w.Y + q * d
@@ -420,36 +435,25 @@ cdef int _tile(const _Pass* p, _Work* w, _Slot* slot, Py_ssize_t r0,
                     Dp[ja] = w.g[a]
                     for l in range(ja, d):
                         Yp[l] += w.g[a] * Uk[ja * d + l]
+        emc_miss_row_sq(w.Y, nr, d, w.quad)
         for run in range(n_runs):
             m = w.cnt[w.perm[w.run_start[run]]]
             lda = w.log_det_a[run * K + k]
             for q in range(w.run_start[run], w.run_start[run + 1]):
-                Yp = w.Y + q * d
-                quad = 0.0
-                for l in range(d):
-                    quad += Yp[l] * Yp[l]
+                quad = w.quad[q]
                 w.a[q * K + k] = (p.log_w[k] + p.log_det_u[k] - 0.5 * lda
                                   - 0.5 * (d - m) * _LOG_2PI - 0.5 * quad)
                 w.h[q * K + k] = 0.5 * (m * (_LOG_2PI + 1.0) - lda) if m else 0.0
 
     # --- posteriors and totals ------------------------------------------------------
+    q = emc_miss_posterior(w.a, nr, K, w.lr, w.r, w.quad, w.g)
+    if q:
+        slot.status = _FAILED_LIKELIHOOD
+        slot.failed_row = r0 + w.perm[q - 1]
+        return _FAILED_LIKELIHOOD
     for q in range(nr):
         i = w.perm[q]
-        mx = -_INF
-        for k in range(K):
-            if w.a[q * K + k] > mx:
-                mx = w.a[q * K + k]
-        if not (mx > -_INF and mx < _INF):
-            slot.status = _FAILED_LIKELIHOOD
-            slot.failed_row = r0 + i
-            return _FAILED_LIKELIHOOD
-        tot = 0.0
-        for k in range(K):
-            tot += exp(w.a[q * K + k] - mx)
-        lse = mx + log(tot)
-        for k in range(K):
-            w.lr[q * K + k] = (w.a[q * K + k] - mx) - log(tot)
-            w.r[q * K + k] = exp(w.lr[q * K + k])
+        lse = w.quad[q]
         if p.out_log_resp != NULL:
             memcpy(p.out_log_resp + (r0 + i) * K, w.lr + q * K, K * sizeof(double))
         if p.out_row_value != NULL:
@@ -476,18 +480,18 @@ cdef int _tile(const _Pass* p, _Work* w, _Slot* slot, Py_ssize_t r0,
     for k in range(K):
         Dk = w.D + k * _TILE * d
         acc = 0.0
+        for j in range(d):
+            w.racc[j] = 0.0
         for q in range(nr):
             i = w.perm[q]
             wt = 1.0 if p.sw == NULL else p.sw[r0 + i]
             wr = wt * w.r[q * K + k] if (wt > 0.0 and w.cnt[i] < d) else 0.0
             w.lr[q * K + k] = wr                  # (log r no longer needed)
-            Dp = Dk + q * d
-            Yp = w.B + q * d
             acc += wr
-            for j in range(d):
-                Yp[j] = wr * Dp[j]
-                slot.R[k * d + j] += Yp[j]
+        emc_miss_weigh(Dk, w.lr + k, K, nr, d, w.B, w.racc)
         slot.N[k] += acc
+        for j in range(d):
+            slot.R[k * d + j] += w.racc[j]
         _gemm_tn_add(nr, d, w.B, Dk, slot.S + k * d * d)     # S_k += (w r D)^T D
         for run in range(n_runs):
             s = w.run_start[run]
