@@ -57,6 +57,9 @@ cdef extern from "_missing.h":
                         Py_ssize_t d, double* B, double* racc) noexcept nogil
     Py_ssize_t emc_miss_posterior(const double* a, Py_ssize_t n, Py_ssize_t K, double* lr,
                                   double* r, double* lse, double* tmp) noexcept nogil
+    int emc_miss_run(const double* U, Py_ssize_t d, const int* idx, int m, Py_ssize_t n,
+                     double* Y, double* D, double* LC, double* log_det, double* A,
+                     double* g) noexcept nogil
 
 cdef enum:
     _TILE = 256          # rows per tile
@@ -262,68 +265,6 @@ cdef void _gemm_tn_add(Py_ssize_t n, Py_ssize_t d, const double* A, const double
                 C, &ld)
 
 
-# --- small dense algebra (|m| x |m|, |m| is small) ----------------------------------
-
-cdef inline bint _cholesky(const double* A, double* L, int m, double* log_det) noexcept nogil:
-    # A = L L^T, L lower triangular (row-major, upper part zeroed), stored with its
-    # diagonal inverted (1 / L_jj: the solves multiply); log_det = log det A
-    # = log prod_j L_jj^2. False if A is not numerically positive definite.
-    cdef int i, j, l
-    cdef double s, r, prod = 1.0, logs = 0.0
-    for i in range(m * m):
-        L[i] = 0.0
-    for j in range(m):
-        s = A[j * m + j]
-        for l in range(j):
-            s -= L[j * m + l] * L[j * m + l]
-        if not s > 0.0:
-            return False
-        prod *= s
-        if not (1e-250 < prod < 1e250):       # one log per few factors, no overflow
-            logs += log(prod)
-            prod = 1.0
-        r = 1.0 / sqrt(s)
-        L[j * m + j] = r
-        for i in range(j + 1, m):
-            s = A[i * m + j]
-            for l in range(j):
-                s -= L[i * m + l] * L[j * m + l]
-            L[i * m + j] = s * r
-    log_det[0] = logs + log(prod)
-    return True
-
-
-cdef inline void _solve(const double* L, double* x, int m) noexcept nogil:
-    # x <- (L L^T)^-1 x: forward then back substitution (L's diagonal inverted)
-    cdef int i, l
-    cdef double s
-    for i in range(m):
-        s = x[i]
-        for l in range(i):
-            s -= L[i * m + l] * x[l]
-        x[i] = s * L[i * m + i]
-    for i in range(m - 1, -1, -1):
-        s = x[i]
-        for l in range(i + 1, m):
-            s -= L[l * m + i] * x[l]
-        x[i] = s * L[i * m + i]
-
-
-cdef inline void _inverse(const double* L, double* C, double* col, int m) noexcept nogil:
-    # C = (L L^T)^-1, column by column, symmetrised
-    cdef int i, c
-    for c in range(m):
-        for i in range(m):
-            col[i] = 1.0 if i == c else 0.0
-        _solve(L, col, m)
-        for i in range(m):
-            C[i * m + c] = col[i]
-    for i in range(m):
-        for c in range(i + 1, m):
-            C[i * m + c] = 0.5 * (C[i * m + c] + C[c * m + i])
-            C[c * m + i] = C[i * m + c]
-
-
 # --- one tile -----------------------------------------------------------------------
 
 cdef int _tile(const _Pass* p, _Work* w, _Slot* slot, Py_ssize_t r0,
@@ -400,41 +341,14 @@ cdef int _tile(const _Pass* p, _Work* w, _Slot* slot, Py_ssize_t r0,
             if m == 0:
                 w.log_det_a[run * K + k] = 0.0
                 continue
-            # A = P_mm = U_m U_m^T (row j of U is zero left of column j)
-            for a in range(m):
-                ja = w.idx[i * d + a]
-                for b in range(a + 1):
-                    jb = w.idx[i * d + b]
-                    acc = 0.0
-                    for l in range(ja, d):          # ja >= jb
-                        acc += Uk[ja * d + l] * Uk[jb * d + l]
-                    w.A[a * m + b] = acc
-                    w.A[b * m + a] = acc
-            off = w.arena_off[run] + 2 * k * m * m
-            L = w.arena + off
-            C = L + m * m
-            if not _cholesky(w.A, L, m, &w.log_det_a[run * K + k]):
+            # A = P_mm, its factor and inverse, then the run's conditional means
+            if emc_miss_run(Uk, d, w.idx + i * d, m, e - s, w.Y + s * d, Dk + s * d,
+                            w.arena + w.arena_off[run] + 2 * k * m * m,
+                            &w.log_det_a[run * K + k], w.A, w.g):
                 slot.status = _FAILED_FACTOR
                 slot.failed_row = r0 + i
                 slot.failed_component = k
                 return _FAILED_FACTOR
-            _inverse(L, C, w.g, m)
-            for q in range(s, e):
-                Yp = w.Y + q * d
-                Dp = Dk + q * d
-                # g = -(P (x0 - mu))_m = -(Y U^T)_m, then delta_m = A^-1 g
-                for a in range(m):
-                    ja = w.idx[i * d + a]
-                    acc = 0.0
-                    for l in range(ja, d):
-                        acc += Yp[l] * Uk[ja * d + l]
-                    w.g[a] = -acc
-                _solve(L, w.g, m)
-                for a in range(m):
-                    ja = w.idx[i * d + a]
-                    Dp[ja] = w.g[a]
-                    for l in range(ja, d):
-                        Yp[l] += w.g[a] * Uk[ja * d + l]
         emc_miss_row_sq(w.Y, nr, d, w.quad)
         for run in range(n_runs):
             m = w.cnt[w.perm[w.run_start[run]]]
