@@ -20,8 +20,8 @@ EMC_ALWAYS_INLINE void emc_miss_exp(const double* x, Py_ssize_t n, double* out)
 
 /* D (n x d) = X0 - mu, row by row */
 EMC_CLONES
-static void emc_miss_centre(const double* X0, const double* mu, Py_ssize_t n,
-                            Py_ssize_t d, double* D)
+static void emc_miss_centre(const double* restrict X0, const double* restrict mu,
+                            Py_ssize_t n, Py_ssize_t d, double* restrict D)
 {
     Py_ssize_t i, j;
     for (i = 0; i < n; i++)
@@ -49,8 +49,9 @@ static void emc_miss_row_sq(const double* Y, Py_ssize_t n, Py_ssize_t d, double*
 
 /* B[i, :] = w[i * stride] D[i, :], racc += sum_i B[i, :] */
 EMC_CLONES
-static void emc_miss_weigh(const double* D, const double* w, Py_ssize_t stride,
-                           Py_ssize_t n, Py_ssize_t d, double* B, double* racc)
+static void emc_miss_weigh(const double* restrict D, const double* restrict w,
+                           Py_ssize_t stride, Py_ssize_t n, Py_ssize_t d,
+                           double* restrict B, double* restrict racc)
 {
     Py_ssize_t i, j;
     for (i = 0; i < n; i++) {
@@ -85,6 +86,18 @@ static Py_ssize_t emc_miss_posterior(const double* a, Py_ssize_t n, Py_ssize_t K
         lse[i] = mx + lt;
     }
     return 0;
+}
+
+/* sum_i x[i] y[i], four lanes then the tail */
+EMC_ALWAYS_INLINE double emc_miss_dot(const double* x, const double* y, Py_ssize_t n)
+{
+    Py_ssize_t i;
+    emc_v4 acc = emc_set1(0.0);
+    double s;
+    for (i = 0; i + 4 <= n; i += 4) EMC_FMA(acc, emc_load(x + i), emc_load(y + i));
+    s = EMC_HSUM(acc);
+    for (; i < n; i++) s += x[i] * y[i];
+    return s;
 }
 
 /* --- a run of rows with the same missing coordinates (|m| x |m| algebra) ------------ */
@@ -156,8 +169,8 @@ static int emc_miss_run(const double* U, Py_ssize_t d, const int* idx, int m,
         const double* ua = U + idx[a] * d;
         for (b = 0; b <= a; b++) {
             const double* ub = U + idx[b] * d;
-            double acc = 0.0;
-            for (l = idx[a]; l < d; l++) acc += ua[l] * ub[l];     /* idx[a] >= idx[b] */
+            /* idx[a] >= idx[b]: row idx[a] of U is zero left of idx[a] */
+            double acc = emc_miss_dot(ua + idx[a], ub + idx[a], d - idx[a]);
             A[a * m + b] = acc;
             A[b * m + a] = acc;
         }
@@ -178,9 +191,7 @@ static int emc_miss_run(const double* U, Py_ssize_t d, const int* idx, int m,
         double* dd = D + i * d;
         for (a = 0; a < m; a++) {
             const double* ua = U + idx[a] * d;
-            double acc = 0.0;
-            for (l = idx[a]; l < d; l++) acc += y[l] * ua[l];
-            g[a] = -acc;
+            g[a] = -emc_miss_dot(y + idx[a], ua + idx[a], d - idx[a]);
         }
         emc_miss_solve(L, g, m);
         for (a = 0; a < m; a++) {
