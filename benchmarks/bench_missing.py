@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -66,12 +65,13 @@ def timed_fit(X, start, max_iter: int, n_jobs: int, missing: str) -> float:
                         means_init=m0, precisions_init=p0, n_jobs=n_jobs, missing=missing)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         g.fit(X)
-        return time.perf_counter() - t0
+        return np.array([time.perf_counter() - t0, time.process_time() - c0])
 
 
-def per_iteration(X, start, max_iter: int, n_jobs: int, missing: str) -> float:
+def per_iteration(X, start, max_iter: int, n_jobs: int, missing: str) -> np.ndarray:
+    """(wall, CPU) seconds per iteration."""
     return (timed_fit(X, start, max_iter, n_jobs, missing)
             - timed_fit(X, start, 1, n_jobs, missing)) / (max_iter - 1)
 
@@ -116,18 +116,23 @@ def main(argv=None) -> int:
                                                  missing))
             for name in TARGETS:
                 ratios[name].append(times[name][-1] / times["complete"][-1])
-            print(f"  repeat {r + 1}: " + ", ".join(f"{name} {times[name][-1]:.3f} s"
-                                                    for name in data))
-    print(f"\n{'case':<12}{'s / iteration (median)':>24}{'ratio to complete':>20}"
-          f"{'target':>9}")
-    print(f"{'complete':<12}{statistics.median(times['complete']):>24.3f}")
+            print(f"  repeat {r + 1} (wall / CPU s per iteration): " + ", ".join(
+                f"{name} {times[name][-1][0]:.3f} / {times[name][-1][1]:.3f}"
+                for name in data))
+    # CPU time as well as wall time: on a loaded machine the wall-time ratio mixes
+    # in how much of a core each case happened to get (n_jobs=1: one thread, BLAS
+    # held to one thread, so the process's CPU time is the fit's work)
+    print(f"\n{'case':<12}{'wall s/it':>11}{'CPU s/it':>10}{'ratio (wall)':>14}"
+          f"{'ratio (CPU)':>13}{'target':>9}")
+    med = {name: np.median(np.array(times[name]), axis=0) for name in data}
+    print(f"{'complete':<12}{med['complete'][0]:>11.3f}{med['complete'][1]:>10.3f}")
     ok = True
     for name, target in TARGETS.items():
-        ratio = statistics.median(ratios[name])
-        ok &= ratio <= target
-        print(f"{name:<12}{statistics.median(times[name]):>24.3f}{ratio:>19.2f}x"
-              f"{'<= ' + format(target, 'g') + 'x':>9}")
-    print("\nall targets met" if ok else "\nsome target missed")
+        ratio = np.median(np.array(ratios[name]), axis=0)
+        ok &= bool(ratio[0] <= target)
+        print(f"{name:<12}{med[name][0]:>11.3f}{med[name][1]:>10.3f}{ratio[0]:>13.2f}x"
+              f"{ratio[1]:>12.2f}x{'<= ' + format(target, 'g') + 'x':>9}")
+    print("\nall targets met (wall)" if ok else "\nsome target missed (wall)")
     return 0
 
 
