@@ -284,9 +284,9 @@ class GaussianMixture(_MixtureBase):
         observed-data likelihood (each row's observed coordinates; the missing
         ones enter through their conditional distribution given the observed ones),
         and ``score_samples``/``predict_proba``/``predict`` use each row's marginal
-        density; :meth:`impute` fills them in. Maximum likelihood only (no
-        ``prior``, ``posterior``, ``accelerate`` or ``sample_weight`` with NaN in
-        X), in memory (docs/missing_values.md).
+        density; :meth:`impute` fills them in. ``sample_weight``, ``prior``,
+        ``accelerate`` and chunked inputs take NaN as they take complete data; a
+        ``posterior`` rule and ``partial_fit`` refuse it (docs/missing_values.md).
 
     Attributes
     ----------
