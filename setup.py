@@ -41,6 +41,8 @@ MODULES = {
     "emcore._core._passes": ("emcore/_core/_passes.pyx", ["emcore/_core/_rows.h"]),
     "emcore._core._markov": ("emcore/_core/_markov.pyx",
                              ["emcore/_core/_markov.h", HEADERS + "vec4.h", HEADERS + "vexp.h"]),
+    "emcore._core._missing_kernel": ("emcore/_core/_missing_kernel.pyx",
+                                     ["emcore/_core/_missing.h"] + SHARED),
     "emcore.plugins._gaussian_kernel": ("plugins/_gaussian_kernel.pyx",
                                         ["plugins/_gaussian_full.h"] + SHARED),
     "emcore.plugins._gaussian_diag_kernel": ("plugins/_gaussian_diag_kernel.pyx",

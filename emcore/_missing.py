@@ -1,170 +1,114 @@
 """Exact EM for Gaussian mixtures on data with missing entries (NaN).
 
 The objective is the observed-data log-likelihood
-L(theta) = sum_i log sum_k w_k N(x_i,o | mu_k,o, Sigma_k,oo), o = o(i) the
-coordinates observed in row i. The E-step's q_t(z, x_m) = p(z, x_m | x_o, theta_t)
-is the exact posterior of the component *and* the missing coordinates, so
-ELBO(q_t, theta_t) = L(theta_t) and the chain of docs/elbo_chain.md holds for L
-(derivation: docs/missing_values.md; why a loop of its own:
-docs/missing_values.md#design).
+L(theta) = sum_i w_i log sum_k pi_k N(x_i,o | mu_k,o, Sigma_k,oo), o = o(i) the
+coordinates observed in row i (w_i the sample weights, 1 by default). The E-step's
+q_t(z, x_m) = p(z, x_m | x_o, theta_t) is the exact posterior of the component
+*and* the missing coordinates, so ELBO(q_t, theta_t) = L(theta_t) and the chain of
+docs/elbo_chain.md holds for L (derivation: docs/missing_values.md).
 
-Rows are grouped by missingness pattern: each pattern's factorisation (the
-Cholesky factor of Sigma_k,oo, the regression Sigma_k,mo Sigma_k,oo^-1 and the
-conditional covariance) is computed once per component per pass, and the rows
-of the pattern are processed together (numpy, vectorised).
-
-This is a self-contained loop beside :func:`emcore.engine.run_em` (the compiled
-pass takes complete rows only): it produces the engine's
-:class:`emcore.engine.Iteration` records with the engine's tolerances
-(:func:`emcore.engine.equality_tolerance`, :func:`emcore.engine.chain_tolerance`)
-and warns as the engine does when the chain breaks.
+The E-step is the compiled pass :mod:`emcore._core._missing_kernel`
+(docs/missing_values.md#the-compiled-pass). The loop is the engine's
+:func:`emcore.engine.run_em`: :class:`MissingValues` is a latent structure (the
+independent mixture) with its own pass, so the records, the tolerances, the chain
+warning, MAP priors, SQUAREM, callbacks and Ctrl-C are the engine's
+(docs/missing_values.md#design). In-memory arrays and chunked sources (memmap,
+h5py, zarr, Dask) run the same kernel, a block at a time for a source.
 """
 
 from __future__ import annotations
 
-import time
 import warnings
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
-import scipy.linalg
-from scipy.special import logsumexp
 
-from emcore.engine import (FitResult, Iteration, _param_change, _relative,
-                           _warn_if_the_chain_fails, chain_tolerance, equality_tolerance)
+from emcore._core._missing_kernel import TILE_ROWS, _FactorError
+from emcore._sources import ChunkedSource
+from emcore._validation import check_blocks
+from emcore._core._missing_kernel import missing_pass as _compiled_pass
+from emcore._threads import effective_n_threads, single_threaded_blas
+from emcore.engine import FitResult, Iteration, best_of_starts, run_em, summation_depth
 from emcore.exceptions import DegenerateComponentError
+from emcore.plugin_api import MixtureStructure, PassResult
 
-__all__ = ["MissingData", "prepare", "missing_pass", "run_missing_em", "conditionals"]
+__all__ = ["MissingValues", "MissingData", "prepare", "row_pass", "run_missing_em",
+           "drop_empty_rows", "warn_empty_rows", "fit_starts", "as_source_with_nan", "filled_array", "filled_source"]
 
-_LOG_2PI = np.log(2.0 * np.pi)
 
-
-@dataclass(frozen=True)
 class MissingData:
-    """X with its missingness patterns. ``X`` has NaN replaced by 0 (never read at
-    missing entries); ``observed`` (n, d) bool; ``patterns`` a list of
-    (observed coordinates (d,) bool, row indices)."""
-    X: np.ndarray
-    observed: np.ndarray
-    patterns: tuple
+    """X (n, d) float64 with NaN at the missing entries (in memory), as the pass
+    reads it."""
+
+    def __init__(self, X: np.ndarray):
+        self.X = np.ascontiguousarray(X, dtype=np.float64)
 
 
 def prepare(X: np.ndarray) -> MissingData:
-    """Group the rows of X (no all-NaN row) by missingness pattern."""
-    observed = ~np.isnan(X)
-    uniq, inverse = np.unique(observed, axis=0, return_inverse=True)
-    inverse = np.asarray(inverse).ravel()
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.searchsorted(inverse[order], np.arange(uniq.shape[0] + 1))
-    patterns = tuple((uniq[p], order[bounds[p]:bounds[p + 1]]) for p in range(uniq.shape[0]))
-    return MissingData(np.where(observed, X, 0.0), observed, patterns)
+    """X as the missing-value pass reads it (C-contiguous float64, NaN = missing)."""
+    return MissingData(X)
 
 
-def conditionals(means: np.ndarray, covariances: np.ndarray, obs: np.ndarray,
-                 X_o: np.ndarray):
-    """For rows X_o (n, p) with observed coordinates ``obs`` (d,) bool, per component:
-    log N(x_o | mu_o, Sigma_oo) (n, k), the conditional means of the missing
-    coordinates (n, k, m) and their conditional covariances (k, m, m)."""
-    k = means.shape[0]
-    o, m = np.flatnonzero(obs), np.flatnonzero(~obs)
-    n = X_o.shape[0]
-    log_dens = np.empty((n, k))
-    cond_mean = np.empty((n, k, m.size))
-    cond_cov = np.empty((k, m.size, m.size))
-    if o.size == 0:          # nothing observed: the prior of every coordinate
-        log_dens[:] = 0.0
-        cond_mean[:] = means[None, :, :]
-        cond_cov[:] = covariances
-        return log_dens, cond_mean, cond_cov
-    for j in range(k):
-        S = covariances[j]
-        S_oo = S[np.ix_(o, o)]
-        try:
-            L = scipy.linalg.cholesky(S_oo, lower=True)
-        except np.linalg.LinAlgError:
-            raise DegenerateComponentError(
-                f"The covariance matrix of component {j} restricted to the observed "
-                f"coordinates {o.tolist()} is not positive definite.", component=j) from None
-        diff = X_o - means[j, o]                                   # (n, p)
-        y = np.linalg.solve(L, diff.T)        # L^-1 (x - mu), (p, n)
-        log_dens[:, j] = (-0.5 * np.sum(y * y, axis=0) - np.sum(np.log(np.diag(L)))
-                          - 0.5 * o.size * _LOG_2PI)
-        if m.size:
-            # B = Sigma_mo Sigma_oo^-1 = (L^-1 Sigma_om)^T L^-1
-            G = np.linalg.solve(L, S[np.ix_(o, m)])   # L^-1 Sigma_om, (p, m)
-            cond_mean[:, j] = means[j, m] + (G.T @ y).T
-            C = S[np.ix_(m, m)] - G.T @ G
-            cond_cov[j] = 0.5 * (C + C.T)
-    return log_dens, cond_mean, cond_cov
-
-
-@dataclass
-class MissingPass:
-    """One E-step over all rows at (weights, params)."""
-    value: float            #: observed-data log-likelihood L(theta)
-    elbo: float             #: ELBO(q, theta) from the statistics (= value up to rounding)
-    row_loglik: np.ndarray  #: (n,)
-    log_resp: np.ndarray    #: (n, k)
-    weight: np.ndarray      #: N_k
-    mean: np.ndarray        #: (k, d): sum_i r_ik E[x_i | x_o, k] / N_k
-    scatter: np.ndarray     #: (k, d, d): centred, conditional covariances added
-    observed_mass: np.ndarray  #: (k, d): sum_i r_ik [x_ij observed]
-    entropy: float          #: H(q): the component's and the missing coordinates'
-    magnitude: float        #: rounding magnitude of the pass (docs/elbo_chain.md)
-
-
-def missing_pass(data: MissingData, weights: np.ndarray, means: np.ndarray,
-                 covariances: np.ndarray) -> MissingPass:
-    n, d = data.X.shape
-    k = weights.shape[0]
+def _log_weights(weights: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore"):
-        log_w = np.log(weights)
-    log_joint = np.empty((n, k))
-    xhat = np.empty((n, k, d))
-    cov_by_pattern = []
-    entropy_missing = np.zeros((n, k))
-    for obs, rows in data.patterns:
-        X_o = data.X[np.ix_(rows, np.flatnonzero(obs))]
-        ld, cm, cc = conditionals(means, covariances, obs, X_o)
-        log_joint[rows] = ld + log_w
-        xhat[rows] = data.X[rows][:, None, :]
-        if (~obs).any():
-            xhat[np.ix_(rows, np.arange(k), np.flatnonzero(~obs))] = cm
-            # entropy of N(., C_k): 1/2 (m log(2 pi e) + log det C_k)
-            logdet = np.linalg.slogdet(cc)[1] if cc.shape[1] else np.zeros(k)
-            entropy_missing[rows] = 0.5 * ((~obs).sum() * (_LOG_2PI + 1.0) + logdet)
-        cov_by_pattern.append(cc)
-    row_loglik = logsumexp(log_joint, axis=1)
-    log_resp = log_joint - row_loglik[:, None]
-    resp = np.exp(log_resp)
-    N = resp.sum(axis=0)
-    safe = np.where(N > 0, N, 1.0)
-    mean = np.einsum("nk,nkd->kd", resp, xhat) / safe[:, None]
-    dev = xhat - mean[None]
-    scatter = np.einsum("nk,nkd,nke->kde", resp, dev, dev)
-    for (obs, rows), cc in zip(data.patterns, cov_by_pattern):
-        if cc.shape[1]:
-            m = np.flatnonzero(~obs)
-            scatter[np.ix_(np.arange(k), m, m)] += resp[rows].sum(axis=0)[:, None, None] * cc
-    with np.errstate(invalid="ignore"):
-        rlogr = np.where(resp > 0, resp * log_resp, 0.0)
-    entropy = float(-np.sum(rlogr) + np.sum(resp * entropy_missing))
-    observed_mass = resp.T @ data.observed.astype(np.float64)
-    magnitude = float(np.sum(np.abs(row_loglik)) + np.sum(resp * np.abs(log_joint))
-                      - np.sum(rlogr) + np.sum(resp * np.abs(entropy_missing)))
-    value = float(np.sum(row_loglik))
-    ps = MissingPass(value, 0.0, row_loglik, log_resp, N, mean, scatter, observed_mass,
-                     entropy, magnitude)
-    return ps
+        return np.log(np.asarray(weights, dtype=np.float64))
 
 
-def _check_observed(ps: MissingPass, feature_names=None) -> None:
+def _kernel(X: np.ndarray, weights: np.ndarray, params: dict, sample_weight=None,
+            n_jobs: Optional[int] = 1, **outputs) -> tuple:
+    """The compiled pass over in-memory rows; (N, R, S, observed mass, totals)."""
+    U = np.ascontiguousarray(params["precisions_cholesky"], dtype=np.float64)
+    means = np.ascontiguousarray(params["means"], dtype=np.float64)
+    sw = None if sample_weight is None else np.ascontiguousarray(sample_weight,
+                                                                 dtype=np.float64)
+    try:
+        with single_threaded_blas():
+            return _compiled_pass(np.ascontiguousarray(X, dtype=np.float64),
+                                  _log_weights(weights), means, U, sw,
+                                  effective_n_threads(n_jobs), **outputs)
+    except _FactorError as exc:
+        raise DegenerateComponentError(
+            f"The precision matrix of component {exc.component} restricted to the "
+            f"coordinates missing in row {exc.row} is not positive definite.",
+            component=exc.component) from None
+
+
+def row_pass(X: np.ndarray, weights: np.ndarray, params: dict, *, log_resp: bool = False,
+             impute: bool = False, n_jobs: Optional[int] = 1) -> dict:
+    """Per-row outputs at fixed parameters: 'row_value' log p(x_io) (n,), and
+    'log_resp' (n, k) and/or 'mean', 'var' (n, d): E[x | x_o] and Var[x_j | x_o]
+    (0 at observed entries) when asked."""
+    n, d = X.shape
+    k = np.shape(weights)[0]
+    out = {"out_row_value": np.empty(n)}
+    if log_resp:
+        out["out_log_resp"] = np.empty((n, k))
+    if impute:
+        out["out_mean"] = np.empty((n, d))
+        out["out_var"] = np.empty((n, d))
+    _kernel(X, weights, params, None, n_jobs, **out)
+    return {key[4:]: value for key, value in out.items()}
+
+
+# --- statistics, checks --------------------------------------------------------------
+
+def _stats(family, N, R, S, means):
+    """The family's statistics (emcore.plugins.gaussian.GaussianStats) about the
+    reference points mu_k: weight N, residual R, scatter S (its diagonal for
+    'diag' and 'spherical')."""
+    GaussianStats = type(family.empty_stats())
+    diag = family.covariance_type in ("diag", "spherical")
+    scatter = np.einsum("kjj->kj", S).copy() if diag else S
+    return GaussianStats(weight=N.copy(), mean=np.array(means, dtype=np.float64),
+                         residual=R, scatter=scatter)
+
+
+def _check_observed(N: np.ndarray, observed_mass: np.ndarray, feature_names=None) -> None:
     """A component whose responsibility mass never sees a coordinate has no data on it."""
     # below eps times the component's mass: numerically no observation (a mass the
     # rounding of N_k alone can produce)
-    tiny = np.finfo(np.float64).eps * ps.weight[:, None]
-    bad = np.argwhere((ps.observed_mass <= tiny) & (ps.weight[:, None] > 0))
+    tiny = np.finfo(np.float64).eps * N[:, None]
+    bad = np.argwhere((observed_mass <= tiny) & (N[:, None] > 0))
     if bad.size:
         j, c = (int(a) for a in bad[0])
         name = f"{c}" if feature_names is None else f"{c} ({feature_names[c]!r})"
@@ -175,96 +119,221 @@ def _check_observed(ps: MissingPass, feature_names=None) -> None:
             "or drop the coordinate.")
 
 
-def _stats(family, ps: MissingPass):
-    # the family's own statistics type (emcore.plugins.gaussian.GaussianStats)
-    GaussianStats = type(family.empty_stats())
-    diag = family.covariance_type in ("diag", "spherical")
-    scatter = np.einsum("kjj->kj", ps.scatter).copy() if diag else ps.scatter
-    return GaussianStats(weight=ps.weight.copy(), mean=ps.mean.copy(),
-                         residual=np.zeros_like(ps.mean), scatter=scatter)
+def _block_pass(rows: np.ndarray, start: int, shared: tuple,
+                sample_weight: Optional[np.ndarray] = None) -> tuple:
+    """The kernel over one block of a source (what ``map_blocks`` maps; runs on a
+    Dask worker for a DaskSource): only the block's sums come back."""
+    weights, params, n_jobs = shared
+    try:
+        return _kernel(rows, weights, params, sample_weight, n_jobs)
+    except DegenerateComponentError as exc:
+        raise ValueError(f"{exc} (row numbers from row {start})") from None
 
 
-def _elbo(family, ps: MissingPass, stats, weights, params) -> float:
-    with np.errstate(divide="ignore"):
-        log_w = np.where(ps.weight > 0, np.log(weights), 0.0)
-    return float(family.expected_log_likelihood(stats, params) + np.dot(ps.weight, log_w)
-                 + ps.entropy)
+class MissingValues(MixtureStructure):
+    """The independent mixture over rows with missing entries: the engine's loop
+    with this pass (docs/missing_values.md#design).
+
+    Parameters
+    ----------
+    n_components : int
+    concentration : array of shape (n_components,), optional
+        Dirichlet prior on the weights (MAP), as :class:`MixtureStructure`'s.
+    sample_weight : array of shape (n_samples,), optional
+        w_i: row i counts w_i times.
+    feature_names : sequence of str, optional
+        For the error naming a coordinate a component never observes.
+    """
+
+    unit = "row with missing entries"
+
+    def __init__(self, n_components: int, *, concentration: Optional[np.ndarray] = None,
+                 sample_weight: Optional[np.ndarray] = None, feature_names=None):
+        super().__init__(n_components, concentration=concentration)
+        self.sample_weight = sample_weight
+        self.feature_names = feature_names
+
+    def data_pass(self, X: Any, family, rule, weights: np.ndarray, params, *,
+                  n_jobs: Optional[int] = 1, chunk_rows: Optional[int] = None,
+                  lengths: Any = None) -> PassResult:
+        if isinstance(X, MissingData):
+            X = X.X
+        if isinstance(X, np.ndarray):
+            N, R, S, OM, T = _kernel(X, weights, params, self.sample_weight, n_jobs)
+        else:
+            # a source: blocks merged in block order (on a cluster, each block where
+            # it lives); within a block, the kernel's own tiles and sub-blocks
+            parts = X.map_blocks(_block_pass, (np.asarray(weights, dtype=np.float64),
+                                               params, n_jobs),
+                                 row_inputs=(self.sample_weight,))
+            N = R = S = OM = T = None
+            for part in parts:
+                if N is None:
+                    N, R, S, OM, T = (np.array(a) for a in part)
+                else:
+                    for total, a in zip((N, R, S, OM, T), part):
+                        total += a
+        _check_observed(N, OM, self.feature_names)
+        stats = _stats(family, N, R, S, params["means"])
+        return PassResult(stats, N, float(T[0]), float(T[1]), float(T[2]), float(T[3]))
+
+    def summation_depth(self, X: Any, chunk_rows: int, lengths: Any = None) -> int:
+        # the kernel's tiles grouped into blocks as the engine's chunks are
+        if isinstance(X, MissingData):
+            X = X.X
+        if isinstance(X, np.ndarray):
+            return summation_depth(X.shape[0], TILE_ROWS)
+        return X.summation_depth(TILE_ROWS)
 
 
-def run_missing_em(data: MissingData, family, weights: np.ndarray, params: dict, *,
+def run_missing_em(data: Any, family, weights: np.ndarray, params: dict, *,
                    max_iter: int, tol: float,
                    callback: Optional[Callable[[Iteration], object]] = None,
-                   feature_names=None) -> FitResult:
-    """EM for the observed-data likelihood from (weights, params); the engine's
-    records, tolerances and chain warning."""
-    t_start = time.perf_counter()
-    k, d = family.n_components, family.n_features
-    n = data.X.shape[0]
-    depth = n + 2          # sequential-sum bound (numpy sums pairwise: smaller)
-
-    def at(w, p):
-        ps = missing_pass(data, w, p["means"], p["covariances"])
-        _check_observed(ps, feature_names)
-        return ps
-
-    ps = at(weights, params)
-    history = []
-    stop_reason = "max_iter"
-    for t in range(max_iter):
-        t0 = time.perf_counter()
-        stats = _stats(family, ps)
-        elbo_start = _elbo(family, ps, stats, weights, params)
-        new_params = family.m_step(stats, params)
-        new_weights = ps.weight / ps.weight.sum()
-        elbo = _elbo(family, ps, stats, new_weights, new_params)
-        pen_old = family.m_step_penalty(stats, params)
-        pen_new = family.m_step_penalty(stats, new_params)
-        nxt = at(new_weights, new_params)
-        amp = max(family.rounding_amplification(params),
-                  family.rounding_amplification(new_params))
-        tol_eq = equality_tolerance(k, depth, ps.magnitude)
-        tol_chain = (chain_tolerance(k, d, depth, amp,
-                                     ps.magnitude + nxt.magnitude + abs(pen_old) + abs(pen_new),
-                                     family.expected_log_likelihood_magnitude(stats, new_params))
-                     + 2.0 * family.parameter_rounding(stats, new_params))
-        again = family.m_step(stats, new_params)
-        gain = 0.0
-        if not all(np.array_equal(again[key], new_params[key]) for key in new_params):
-            def q(p):
-                return family.expected_log_likelihood(stats, p) - family.m_step_penalty(stats, p)
-            gain = q(again) - q(new_params)
-        record = Iteration(
-            iteration=t, value=ps.value, elbo_at_start=elbo_start, elbo=elbo,
-            value_next=nxt.value, objective=nxt.value,
-            relative_change=_relative(ps.value, nxt.value),
-            penalty_change=pen_new - pen_old,
-            param_change=_param_change(weights, params, new_weights, new_params),
-            tolerance_equality=max(tol_eq, np.finfo(float).tiny),
-            tolerance=max(tol_chain, np.finfo(float).tiny),
-            empty_components=tuple(int(j) for j in np.flatnonzero(~(ps.weight > 0))),
-            seconds=time.perf_counter() - t0, step="em", m_step_gain=gain)
-        history.append(record)
-        weights, params, ps = new_weights, new_params, nxt
-        if callback is not None and callback(record) is False:
-            stop_reason = "callback"
-            break
-        if record.relative_change < tol:
-            stop_reason = "tol"
-            break
-    _warn_if_the_chain_fails(history)
-    return FitResult(weights=weights, params=params, history=tuple(history),
-                     n_iter=len(history), stop_reason=stop_reason, value=ps.value,
-                     objective=ps.value, objective_name="observed-data log-likelihood",
-                     n_samples=float(n), seconds=time.perf_counter() - t_start,
-                     resp_sum=ps.weight, n_passes=len(history) + 1)
+                   feature_names=None, sample_weight: Optional[np.ndarray] = None,
+                   weight_concentration: Optional[np.ndarray] = None,
+                   accelerate: Optional[str] = None, n_jobs: Optional[int] = 1,
+                   verbose: int = 0, label: str = "") -> FitResult:
+    """EM for the observed-data likelihood from (weights, params): the engine's
+    :func:`emcore.engine.run_em` with the :class:`MissingValues` structure."""
+    from emcore.registry import get_registry
+    X = data.X if isinstance(data, MissingData) else data
+    structure = MissingValues(family.n_components, concentration=weight_concentration,
+                              sample_weight=sample_weight, feature_names=feature_names)
+    rule = get_registry().posterior_rule("soft").factory()
+    return run_em(X, family, rule, weights, params, max_iter=max_iter, tol=tol,
+                  n_jobs=n_jobs, verbose=verbose, callback=callback, structure=structure,
+                  accelerate=accelerate, label=label)
 
 
-def drop_empty_rows(X: np.ndarray, owner: str) -> tuple:
-    """(X without its all-NaN rows, the number dropped), warning when some are."""
+def fit_starts(estimator, X: Any, family, start: Callable[[], tuple], n_starts: int,
+               **options) -> FitResult:
+    """:func:`run_missing_em` from ``n_starts`` starts drawn by ``start()``; the best
+    objective (:func:`emcore.engine.best_of_starts`)."""
+    started = []
+
+    def run(weights, params):
+        started.append(None)
+        return run_missing_em(X, family, weights, params, max_iter=estimator.max_iter,
+                              tol=estimator.tol, callback=estimator.callback,
+                              accelerate=estimator.accelerate, n_jobs=estimator.n_jobs,
+                              verbose=estimator.verbose,
+                              label=f"start {len(started)}/{n_starts}" if n_starts > 1
+                              else "", **options)
+
+    return best_of_starts(n_starts, start, run)
+
+
+def drop_empty_rows(X: np.ndarray, owner: str, sample_weight=None) -> tuple:
+    """(X without its all-NaN rows, their sample weights, the number dropped),
+    warning when some are."""
     empty = np.all(np.isnan(X), axis=1)
-    n_dropped = int(empty.sum())
+    n_dropped = warn_empty_rows(int(empty.sum()), owner)
+    return (X[~empty], None if sample_weight is None else sample_weight[~empty],
+            n_dropped)
+
+
+def warn_empty_rows(n_dropped: int, owner: str) -> int:
+    """Warn that ``n_dropped`` rows with every coordinate missing are left out."""
     if n_dropped:
         warnings.warn(f"{owner}: {n_dropped} row(s) with every coordinate missing carry "
                       "no information and were dropped (n_rows_dropped_).", UserWarning,
-                      stacklevel=3)
-    return X[~empty], n_dropped
+                      stacklevel=4)
+    return n_dropped
+
+
+# --- chunked sources (memmap, h5py, zarr, Dask) with NaN --------------------------------
+
+def _nan_summary(rows: np.ndarray, start: int, shared: Any) -> tuple:
+    """What validation needs of a block with missing entries: the first infinite
+    entry (NaN is allowed), the column minima and maxima of the observed entries,
+    their column sums and counts (for the start's column means), the number of
+    rows with every entry missing and whether any entry is missing."""
+    rows = np.asarray(rows, dtype=np.float64)
+    nan = np.isnan(rows)
+    inf = np.isinf(rows)
+    if inf.any():
+        i, j = np.argwhere(inf)[0]
+        return (int(i), int(j), float(rows[i, j])), None, None, None, None, 0, True
+    observed = ~nan
+    # a column missing in the whole block: +inf / -inf, which the running min / max
+    # of check_blocks ignore
+    lo = np.where(observed, rows, np.inf).min(axis=0)
+    hi = np.where(observed, rows, -np.inf).max(axis=0)
+    return (None, lo, hi, np.where(observed, rows, 0.0).sum(axis=0), observed.sum(axis=0),
+            int(np.all(nan, axis=1).sum()), bool(nan.any()))
+
+
+class _TakesNaN:
+    """A source whose validation accepts NaN (missing entries); records
+    ``has_nan``, ``n_empty_rows`` and ``column_means`` (of the observed entries)."""
+
+    def _validate(self) -> None:
+        summaries = list(self.map_blocks(_nan_summary, None))
+        starts = [start for start, _ in self.block_bounds()]
+        check_blocks(zip(starts, [s[:3] for s in summaries]), self.shape[1],
+                     name=self._name, owner=self._owner)
+        sums = np.sum([s[3] for s in summaries], axis=0)
+        counts = np.sum([s[4] for s in summaries], axis=0)
+        self.has_nan = any(s[6] for s in summaries)
+        self.n_empty_rows = int(sum(s[5] for s in summaries))
+        self.column_means = sums / np.maximum(counts, 1)
+
+
+class _ChunkedWithNaN(_TakesNaN, ChunkedSource):
+    pass
+
+
+def as_source_with_nan(X: Any, *, name: str = "X", owner: str = "",
+                       n_features: Optional[int] = None) -> ChunkedSource:
+    """A chunked input (see :func:`emcore._input.is_chunked`) wrapped as
+    :func:`emcore._input.as_source` does, validated with NaN allowed."""
+    from emcore._input import _is_dask
+    from emcore.distributed import DaskSource, active_client
+    if isinstance(X, ChunkedSource):
+        X = X._data
+    if _is_dask(X) and active_client() is not None:
+        cls = type("_DaskWithNaN", (_TakesNaN, DaskSource), {})
+        return cls(X, name=name, owner=owner, n_features=n_features)
+    return _ChunkedWithNaN(X, name=name, owner=owner, n_features=n_features)
+
+
+class _Filled:
+    """Rows of an array-like with NaN read as the given column values (a start's
+    view of the data: initialisation reads rows, never writes)."""
+
+    def __init__(self, data: Any, values: np.ndarray):
+        self._data, self._values = data, values
+        self.shape, self.dtype = tuple(data.shape), np.dtype(np.float64)
+
+    def __getitem__(self, key):
+        rows = self._data[key]
+        if hasattr(rows, "compute"):
+            rows = rows.compute()
+        rows = np.asarray(rows, dtype=np.float64)
+        return np.where(np.isnan(rows), self._values, rows)
+
+
+def filled_array(X: np.ndarray, sample_weight: Optional[np.ndarray] = None) -> np.ndarray:
+    """X with each missing entry set to its column's (weighted) mean of the observed
+    entries (a start's view; without weights the same numbers as a one-block
+    source's :func:`filled_source`)."""
+    observed = ~np.isnan(X)
+    if sample_weight is None:
+        summary = _nan_summary(X, 0, None)
+        means = summary[3] / np.maximum(summary[4], 1)
+    else:
+        means = ((np.where(observed, X, 0.0).T @ sample_weight)
+                 / np.maximum(observed.T @ sample_weight, np.finfo(float).tiny))
+    return np.where(observed, X, means)
+
+
+def filled_source(source: ChunkedSource) -> Any:
+    """The source with each missing entry read as its column's mean: what the
+    initialisation sees (a start only). A Dask array gets a lazily filled array."""
+    values = source.column_means
+    data = source._data
+    if hasattr(data, "map_blocks") and hasattr(data, "chunks"):      # dask
+        import dask.array as da
+        from emcore._input import as_source
+        return as_source(da.where(da.isnan(data), values, data), n_features=data.shape[1])
+    return ChunkedSource(_Filled(data, values), block_rows=source.block_rows)

@@ -14,7 +14,7 @@ from emcore._feature_names import check_feature_names, record_feature_names
 from emcore import _missing
 from emcore._init import check_resp_conflicts
 from emcore._input import check_input, is_chunked, is_sparse
-from emcore._logging import progress_bar, progress_start
+from emcore._logging import progress_bar
 from emcore._mixture import _MixtureBase, _check_weights
 from emcore._online import check_exponent, stepwise_update
 from emcore.constraints import Constraints
@@ -193,18 +193,6 @@ def _check_means(means: Any, k: int, name: str, owner: str,
     return m
 
 
-def _with_progress(callback: Optional[Callable], progress: Any) -> Optional[Callable]:
-    """``callback`` that also advances the open progress bar (a loop without the
-    engine's reporter: missing values); its return value unchanged."""
-    if progress is None:
-        return callback
-
-    def report(record: Iteration) -> Any:
-        progress.iteration("", record)
-        return None if callback is None else callback(record)
-    return report
-
-
 def _representation_property(name: str) -> property:
     key = "_" + name.rstrip("_")
 
@@ -331,9 +319,9 @@ class GaussianMixture(_MixtureBase):
         observed-data likelihood (each row's observed coordinates; the missing
         ones enter through their conditional distribution given the observed ones),
         and ``score_samples``/``predict_proba``/``predict`` use each row's marginal
-        density; :meth:`impute` fills them in. Maximum likelihood only (no
-        ``prior``, ``posterior``, ``accelerate`` or ``sample_weight`` with NaN in
-        X), in memory (docs/missing_values.md).
+        density; :meth:`impute` fills them in. ``sample_weight``, ``prior``,
+        ``accelerate`` and chunked inputs take NaN as they take complete data; a
+        ``posterior`` rule and ``partial_fit`` refuse it (docs/missing_values.md).
 
     resp_init : array of shape (n_samples, n_components), optional
         A starting partition (one-hot rows) or responsibilities, as mclust's
@@ -632,7 +620,7 @@ class GaussianMixture(_MixtureBase):
         """
         record_feature_names(self, X)
         X = self._checked_input(X, "GaussianMixture.fit", accept_sparse=True)
-        if isinstance(X, np.ndarray) and np.isnan(X).any():
+        if getattr(X, "has_nan", False) or (isinstance(X, np.ndarray) and np.isnan(X).any()):
             return self._fit_missing(X, sample_weight)
         self._check_parameters(X)
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0],
@@ -670,9 +658,11 @@ class GaussianMixture(_MixtureBase):
         hold NaN (every other check unchanged)."""
         missing = v.check_choice(self.missing, "missing", "GaussianMixture",
                                  ("error", "marginalize"))
-        if missing == "error" or is_chunked(X):
+        if missing == "error":
             return check_input(X, owner=owner, n_features=n_features,
                                accept_sparse=accept_sparse)
+        if is_chunked(X):
+            return _missing.as_source_with_nan(X, owner=owner, n_features=n_features)
         try:
             arr = np.asarray(X, dtype=np.float64)
         except (TypeError, ValueError):
@@ -686,23 +676,28 @@ class GaussianMixture(_MixtureBase):
 
     def _fit_missing(self, X: np.ndarray, sample_weight: Any) -> "GaussianMixture":
         owner = "GaussianMixture.fit"
-        for name, value in (("prior", self.prior), ("posterior", self.posterior),
-                            ("accelerate", self.accelerate),
-                            ("sample_weight", sample_weight)):
-            if value is not None:
-                raise ValueError(f"The {name!r} parameter of {owner} must be None when X "
-                                 "has missing values (missing='marginalize' fits by maximum "
-                                 f"likelihood, unweighted). Got {value!r} instead.")
-        X, n_dropped = _missing.drop_empty_rows(X, owner)
+        if self.posterior is not None:
+            raise ValueError(f"The 'posterior' parameter of {owner} must be None when X has "
+                             "missing values (the E-step is the exact posterior of the "
+                             "component and the missing coordinates). Got "
+                             f"{self.posterior!r} instead.")
+        sample_weight = v.check_sample_weight(sample_weight, X.shape[0], owner=owner)
+        if isinstance(X, np.ndarray):
+            X, sample_weight, n_dropped = _missing.drop_empty_rows(X, owner, sample_weight)
+        else:       # a source: the pass skips them (docs/missing_values.md#chunked)
+            n_dropped = _missing.warn_empty_rows(X.n_empty_rows, owner)
         self._check_parameters(X)
-        data = _missing.prepare(X)
-        family = self._family(X.shape[1])
+        sample_weight = v.check_sample_weight(sample_weight, X.shape[0], owner=owner,
+                                              min_positive=self.n_components)
+        # the start (and a prior's data-based defaults) see each missing entry set to
+        # its column's (weighted) mean; EM then treats them as missing
+        if isinstance(X, np.ndarray):
+            filled = _missing.filled_array(X, sample_weight)
+        else:
+            filled = _missing.filled_source(X)
+        prior = self._resolved_prior(filled, sample_weight)
+        family = self._family(X.shape[1], prior=prior)
         rng = v.check_random_state(self.random_state, "GaussianMixture")
-        # starts from the data with each missing entry set to its column's mean
-        # (a start only: EM then treats them as missing)
-        column_means = np.nanmean(X, axis=0)
-        filled = np.where(data.observed, X, column_means)
-        names = getattr(self, "feature_names_in_", None)
         warm = self.warm_start and hasattr(self, "weights_")
         if warm:
             fitted = self._fitted_model(owner)[0]
@@ -710,23 +705,21 @@ class GaussianMixture(_MixtureBase):
                                 "GaussianMixture.fit (warm_start=True)")
             warm = (fitted.n_components == self.n_components
                     and self._fitted_covariance_type == self.covariance_type)
-        best = None
+
+        def start():
+            if warm:
+                return self._fitted_model(owner)[1:]
+            return self._initial_parameters(filled, family, rng, sample_weight)
+
+        # run_em's reporter advances the bar (a start, each iteration)
         n_starts = 1 if warm else self.n_init
         with progress_bar(getattr(self, "progress", False), "GaussianMixture",
                           starts=n_starts, max_iter=self.max_iter):
-            for _ in range(n_starts):
-                if warm:
-                    weights, params = self._fitted_model(owner)[1:]
-                else:
-                    weights, params = self._initial_parameters(filled, family, rng)
-                result = _missing.run_missing_em(
-                    data, family, weights, params, max_iter=self.max_iter, tol=self.tol,
-                    callback=_with_progress(self.callback, progress_start()),
-                    feature_names=names)
-                if best is None or result.value > best.value:
-                    best = result
-                if result.stop_reason == "callback":
-                    break
+            best = _missing.fit_starts(
+                self, X, family, start, n_starts,
+                feature_names=getattr(self, "feature_names_in_", None),
+                sample_weight=sample_weight,
+                weight_concentration=None if prior is None else prior.weight_concentration)
         if best.stop_reason == "max_iter" and self.max_iter > 0 and self.tol > 0:
             warnings.warn(f"GaussianMixture stopped after max_iter={self.max_iter} "
                           "iterations before the relative change fell to "
@@ -734,7 +727,7 @@ class GaussianMixture(_MixtureBase):
                           _sklearn_compatible(ConvergenceWarning), stacklevel=3)
         self._set_fitted(best, X.shape[1])
         self._fitted_rule = self._likelihood_rule()
-        self.prior_ = None
+        self.prior_ = prior
         self._online = None
         self.n_rows_dropped_ = n_dropped
         return self
@@ -751,9 +744,9 @@ class GaussianMixture(_MixtureBase):
             if np.isnan(X).any():
                 # the marginal density of each row's observed coordinates (the
                 # exact posterior: rules other than soft need complete rows)
-                ps = _missing.missing_pass(_missing.prepare(X), weights, params["means"],
-                                           params["covariances"])
-                return ps.row_loglik, (ps.log_resp if log_resp else None)
+                out = _missing.row_pass(X, weights, params, log_resp=log_resp,
+                                        n_jobs=self.n_jobs)
+                return out["row_value"], out.get("log_resp")
         return super()._evaluate(X, method, log_resp=log_resp, rule=rule)
 
     def impute(self, X: Any, return_std: bool = False):
@@ -766,7 +759,7 @@ class GaussianMixture(_MixtureBase):
             NaN marks a missing entry (needs ``missing='marginalize'``).
         return_std : bool, default False
             Also return the conditional standard deviations sqrt(Var[x_m | x_o])
-            (0 at observed entries).
+            (0 at observed entries; the law of total variance over the components).
 
         Returns
         -------
@@ -780,22 +773,8 @@ class GaussianMixture(_MixtureBase):
         X = np.array(self._checked_input(X, owner, n_features=family.n_features))
         std = np.zeros_like(X)
         if np.isnan(X).any():
-            data = _missing.prepare(X)
-            ps = _missing.missing_pass(data, weights, params["means"], params["covariances"])
-            resp = np.exp(ps.log_resp)
-            for obs, rows in data.patterns:
-                m = np.flatnonzero(~obs)
-                if not m.size:
-                    continue
-                X_o = data.X[np.ix_(rows, np.flatnonzero(obs))]
-                _, cm, cc = _missing.conditionals(params["means"], params["covariances"],
-                                                  obs, X_o)
-                r = resp[rows][:, :, None]
-                mean = np.sum(r * cm, axis=1)
-                # law of total variance over the components
-                second = np.sum(r * (cm * cm + np.einsum("kjj->kj", cc)[None]), axis=1)
-                X[np.ix_(rows, m)] = mean
-                std[np.ix_(rows, m)] = np.sqrt(np.maximum(second - mean * mean, 0.0))
+            out = _missing.row_pass(X, weights, params, impute=True, n_jobs=self.n_jobs)
+            X, std = out["mean"], np.sqrt(np.maximum(out["var"], 0.0))
         return (X, std) if return_std else X
 
     def _set_fitted(self, result: FitResult, n_features: int) -> None:
@@ -854,8 +833,12 @@ class GaussianMixture(_MixtureBase):
             record_feature_names(self, X)
         else:
             check_feature_names(self, X)
-        X = check_input(X, owner=owner,
-                         n_features=None if fitted is None else fitted[0].n_features)
+        X = self._checked_input(X, owner,
+                                n_features=None if fitted is None else fitted[0].n_features)
+        if getattr(X, "has_nan", False) or (isinstance(X, np.ndarray) and np.isnan(X).any()):
+            raise ValueError(f"The 'X' parameter of {owner} must not have missing values "
+                             "(NaN): online EM with missing='marginalize' is not "
+                             "implemented; use fit, or impute the batch first.")
         if not isinstance(X, np.ndarray):
             X = np.ascontiguousarray(X[0:X.shape[0]])        # a batch fits in memory
         alpha = check_exponent(self.online_step_exponent, "GaussianMixture")

@@ -259,10 +259,10 @@ def test_nan_is_an_error_by_default_and_missing_is_checked():
         GaussianMixture(2, random_state=0).fit(X)
     with pytest.raises(ValueError, match="'missing' parameter"):
         GaussianMixture(2, missing="drop").fit(X)
-    with pytest.raises(ValueError, match="'prior' parameter"):
-        GaussianMixture(2, missing="marginalize", prior="default").fit(X)
-    with pytest.raises(ValueError, match="'sample_weight' parameter"):
-        GaussianMixture(2, missing="marginalize").fit(X, sample_weight=np.ones(len(X)))
+    with pytest.raises(ValueError, match="'posterior' parameter"):
+        GaussianMixture(2, missing="marginalize", posterior="hard").fit(X)
+    with pytest.raises(ValueError, match="sample_weight"):
+        GaussianMixture(2, missing="marginalize").fit(X, sample_weight=-np.ones(len(X)))
     Xinf = X.copy()
     Xinf[0, 0] = np.inf
     with pytest.raises(ValueError, match="X"):
@@ -290,3 +290,163 @@ def test_a_component_that_never_observes_a_coordinate_is_an_error():
         GaussianMixture(2, missing="marginalize", weights_init=[0.5, 0.5],
                         means_init=[[0.0, 0.0], [40.0, 40.0]],
                         precisions_init=[np.eye(2), np.eye(2)]).fit(X)
+
+
+# --- sample weights, priors, SQUAREM, threads (issue 17, second part) ---------------------
+
+def _given_start(d=3):
+    return dict(weights_init=[0.5, 0.5], means_init=[np.zeros(d), np.full(d, 2.0)],
+                precisions_init=[np.eye(d), np.eye(d)])
+
+
+def test_integer_sample_weights_equal_repeated_rows():
+    _, X = _two_clusters(n=150, d=3, rate=0.25, seed=11)
+    counts = np.random.default_rng(11).integers(0, 4, size=X.shape[0])
+    kw = dict(missing="marginalize", tol=0.0, max_iter=12, **_given_start())
+    g = GaussianMixture(2, **kw).fit(X, sample_weight=counts.astype(float))
+    h = GaussianMixture(2, **kw).fit(np.repeat(X, counts, axis=0))
+    # the same sums in another order (rows repeated vs weighted): the statistics
+    # agree to a few hundred ulps (summation depth ~ n u), and 12 EM steps on these
+    # well-conditioned covariances (condition < 10) keep that within 1e-10
+    np.testing.assert_allclose(g.weights_, h.weights_, rtol=1e-10)
+    np.testing.assert_allclose(g.means_, h.means_, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(g.covariances_, h.covariances_, rtol=1e-10, atol=1e-12)
+    assert g.lower_bound_ == pytest.approx(h.lower_bound_, rel=1e-12)
+    # and the weights matter: unweighted is another fit
+    u = GaussianMixture(2, **kw).fit(X)
+    assert not np.allclose(u.means_, g.means_, rtol=1e-6)
+
+
+def test_map_prior_through_the_missing_pass_equals_the_complete_data_map_fit():
+    # without NaN the public fit takes the compiled complete-data path; the missing
+    # pass (run_missing_em) with the same resolved prior must give the same MAP fit
+    X, _ = _two_clusters(n=150, d=3, seed=12)
+    g = GaussianMixture(2, prior="default", tol=0.0, max_iter=10, **_given_start()).fit(X)
+    prior = g.prior_
+    family = g._family(3, prior=prior)
+    start = GaussianMixture(2, prior="default", max_iter=0, **_given_start()).fit(X)
+    weights, params = start._initial_parameters(X, family, np.random.default_rng(0))
+    result = run_missing_em(prepare(X), family, weights, params, max_iter=10, tol=0.0,
+                            weight_concentration=prior.weight_concentration)
+    np.testing.assert_allclose(result.weights, g.weights_, rtol=1e-9)
+    np.testing.assert_allclose(result.params["means"], g.means_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(result.params["covariances"], g.covariances_, rtol=1e-8,
+                               atol=1e-12)
+    assert "log prior" in result.objective_name
+
+
+@pytest.mark.parametrize("covariance_type", TYPES)
+def test_map_fit_with_missing_values_keeps_its_chain(covariance_type):
+    _, X = _two_clusters(n=150, d=3, rate=0.2, seed=13)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ChainViolationWarning)
+        g = GaussianMixture(2, covariance_type=covariance_type, prior="default",
+                            missing="marginalize", tol=0.0, max_iter=15,
+                            random_state=0).fit(X)
+        ml = GaussianMixture(2, covariance_type=covariance_type, missing="marginalize",
+                             tol=0.0, max_iter=15, random_state=0).fit(X)
+    assert g.prior_ is not None
+    objectives = [it.objective for it in g.history_]
+    for it in g.history_:
+        assert it.chain_holds(), (it.iteration, it.chain_slacks())
+        assert it.log_prior != 0.0
+    # MAP-EM: loglik + log prior never decreases (up to each record's tolerance)
+    for a, b, it in zip(objectives, objectives[1:], g.history_[1:]):
+        assert b >= a - it.tolerance
+    assert not np.allclose(g.covariances_, ml.covariances_, rtol=1e-6)
+
+
+def test_squarem_with_missing_values_reaches_the_em_maximum_in_fewer_passes():
+    _, X = _two_clusters(n=300, d=3, rate=0.3, seed=14)
+    kw = dict(missing="marginalize", tol=1e-10, max_iter=2000, **_given_start())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ChainViolationWarning)
+        em = GaussianMixture(2, **kw).fit(X)
+        sq = GaussianMixture(2, accelerate="squarem", **kw).fit(X)
+    assert sq.converged_ and em.converged_
+    assert sq.lower_bound_ == pytest.approx(em.lower_bound_, rel=1e-8)
+    assert any(it.step == "squarem" for it in sq.history_)
+    assert len(sq.history_) < len(em.history_)
+    for it in sq.history_:
+        assert it.chain_holds(), (it.iteration, it.step, it.chain_slacks())
+
+
+def test_missing_value_fit_is_bitwise_the_same_for_any_n_jobs():
+    # > 16 tiles of 256 rows: several blocks, run by 1 or 3 threads
+    _, X = _two_clusters(n=5000, d=3, rate=0.2, seed=15)
+    kw = dict(missing="marginalize", tol=0.0, max_iter=5, random_state=0)
+    a = GaussianMixture(2, n_jobs=1, **kw).fit(X)
+    b = GaussianMixture(2, n_jobs=3, **kw).fit(X)
+    np.testing.assert_array_equal(a.means_, b.means_)
+    np.testing.assert_array_equal(a.covariances_, b.covariances_)
+    assert a.lower_bound_ == b.lower_bound_
+
+
+def test_partial_fit_with_missing_values_is_a_clear_error():
+    _, X = _two_clusters(seed=16)
+    with pytest.raises(ValueError, match="partial_fit must not have missing values"):
+        GaussianMixture(2, missing="marginalize", random_state=0).partial_fit(X)
+
+
+# --- chunked sources ------------------------------------------------------------------
+
+def _memmap(tmp_path, X, name="x.dat"):
+    mm = np.memmap(tmp_path / name, dtype=np.float64, mode="w+", shape=X.shape)
+    mm[:] = X
+    mm.flush()
+    return np.memmap(tmp_path / name, dtype=np.float64, mode="r", shape=X.shape)
+
+
+def test_a_memmap_with_nan_fits_bitwise_as_in_memory(tmp_path):
+    # n below one block (65536 rows at d = 3): the same kernel call on the same rows
+    _, X = _two_clusters(n=3000, d=3, rate=0.2, seed=17)
+    kw = dict(missing="marginalize", tol=0.0, max_iter=8, random_state=0)
+    a = GaussianMixture(2, **kw).fit(X)
+    b = GaussianMixture(2, **kw).fit(_memmap(tmp_path, X))
+    np.testing.assert_array_equal(a.means_, b.means_)
+    np.testing.assert_array_equal(a.covariances_, b.covariances_)
+    assert a.lower_bound_ == b.lower_bound_
+
+
+def test_a_memmap_with_nan_over_several_blocks_fits_as_in_memory(tmp_path):
+    from emcore._input import as_source
+    from emcore._missing import as_source_with_nan
+    _, X = _two_clusters(n=3000, d=3, rate=0.2, seed=18)
+    X[5] = np.nan                         # an all-missing row: skipped by the pass
+    source = as_source_with_nan(_memmap(tmp_path, X))
+    assert source.has_nan and source.n_empty_rows == 1
+    source.block_rows = 1024              # 3 blocks of 4 tiles
+    kw = dict(missing="marginalize", tol=0.0, max_iter=8, **_given_start())
+    with pytest.warns(UserWarning, match="1 row"):
+        a = GaussianMixture(2, **kw).fit(X)
+    with pytest.warns(UserWarning, match="1 row"):
+        b = GaussianMixture(2, **kw).fit(source)
+    assert a.n_rows_dropped_ == b.n_rows_dropped_ == 1
+    # the same terms summed in another grouping (blocks, and the empty row's place in
+    # the tiles): statistics within ~depth u ~ 1e-13 relative; 8 EM steps on
+    # covariances of condition < 10 keep the parameters within 1e-10
+    np.testing.assert_allclose(a.means_, b.means_, rtol=1e-10)
+    np.testing.assert_allclose(a.covariances_, b.covariances_, rtol=1e-10)
+    assert a.lower_bound_ == pytest.approx(b.lower_bound_, rel=1e-12)
+    # a source without NaN is the ordinary one
+    assert not hasattr(as_source(_memmap(tmp_path, np.ones((4, 2)), "y.dat")), "has_nan")
+
+
+# ~2 s of CPU (a local cluster in threads: its start-up dominates)
+def test_a_dask_array_with_nan_fits_as_in_memory():
+    da = pytest.importorskip("dask.array")
+    distributed = pytest.importorskip("distributed")
+    _, X = _two_clusters(n=3000, d=3, rate=0.2, seed=19)
+    kw = dict(missing="marginalize", tol=0.0, max_iter=6, **_given_start())
+    a = GaussianMixture(2, **kw).fit(X)
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=1,
+                            dashboard_address=None):
+        # rechunked to one block (a multiple of 4096 rows at d = 3): the same kernel
+        # call on the same rows, on the worker
+        b = GaussianMixture(2, **kw).fit(da.from_array(X, chunks=(1000, 3)))
+        # the default start (k-means++ on the column-mean-filled array) runs there too
+        c = GaussianMixture(2, missing="marginalize", max_iter=3, tol=0.0,
+                            random_state=0).fit(da.from_array(X, chunks=(1000, 3)))
+    np.testing.assert_array_equal(a.means_, b.means_)
+    np.testing.assert_array_equal(a.covariances_, b.covariances_)
+    assert np.all(np.isfinite(c.means_)) and c.n_iter_ == 3
