@@ -11,12 +11,20 @@ The target: the log-likelihood within 1e-8 relative of its converged value L*,
 L* being emcore + SQUAREM's run to a relative change of 1e-13 (checked against
 plain EM's last value). For each method: the passes over the data and the wall time
 until the target is first reached (emcore: per record, from ``callback``; plain EM
-stops there). scikit-learn has no per-iteration trace, so it runs one iteration per
-``fit`` call (``warm_start=True, max_iter=1``; the lower bound after call j is the
-log-likelihood at the parameters before its M-step) until it reaches the target or
-``--sklearn-max-iter`` iterations, whichever comes first: when it never reaches the
-target its time at that cap is reported, a lower bound of its time to the target
-(said in the output). Ratios printed: plain / SQUAREM passes (target >= 3) and
+stops there, or at ``--plain-max-passes``, by default 5x SQUAREM's passes to the
+target: enough to show the >= 3x ratio, printed as a lower bound when plain EM is
+still short of the target). scikit-learn runs its own algorithm, unchanged, in one
+``fit`` call (tol=0, ``max_iter=--sklearn-max-iter``) on a subclass whose ``_e_step``
+only records (time, n * log_prob_norm): the E-step of iteration j gives the
+log-likelihood at the parameters before its M-step, timed from the end of
+``_initialize``; the fit is stopped at the first E-step that reaches the target
+(what a tol tightened just enough would cost, short of its final E-step). When it
+never does, its time at the cap is reported, a lower bound (said in the output).
+The script checks that scikit-learn's per-iteration log-likelihoods are emcore plain
+EM's (same iterates: they agree to ~1e-15 relative) and prints the largest
+difference. The load averages at start and end are printed (the machine may be
+shared). ``--dry-run N`` only times N iterations of each, to choose the caps.
+Ratios printed: plain / SQUAREM passes (target >= 3) and
 scikit-learn / SQUAREM wall time (target >= 30).
 
     cd /tmp && python /path/to/benchmarks/bench_squarem.py            # (2e5, 16, 16)
@@ -27,6 +35,7 @@ scikit-learn / SQUAREM wall time (target >= 30).
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
 
@@ -89,21 +98,86 @@ def first_reaching(trace, target):
     return None
 
 
-def run_sklearn(X, k, w0, p0, prec0, reg_covar, target, max_iter):
+class _TargetReached(Exception):
+    """Raised from the recording E-step once scikit-learn's log-likelihood reaches
+    the target: its remaining iterations up to the cap would only cost time."""
+
+
+def _recording_gaussian_mixture():
+    """scikit-learn's GaussianMixture, its algorithm unchanged, recording per E-step
+    (time.perf_counter(), n * log_prob_norm): the E-step of iteration j is at the
+    parameters before that iteration's M-step, so record j is log L(theta_{j-1})
+    (the last record, fit's final E-step for the labels, is at theta_max_iter).
+    ``t0`` is taken at the end of ``_initialize`` (the given start, no k-means),
+    so the time counts the EM iterations only, as emcore's does."""
     from sklearn.mixture import GaussianMixture as SkGM
-    sk = SkGM(k, covariance_type="full", reg_covar=reg_covar, max_iter=1, tol=0.0,
-              weights_init=w0, means_init=p0["means"], precisions_init=prec0,
-              warm_start=True)
-    n = X.shape[0]
-    t0 = time.perf_counter()
+
+    class RecordingGaussianMixture(SkGM):
+        target = None
+        t0 = None
+        records: list
+
+        def _initialize(self, X, resp, xp=None):
+            super()._initialize(X, resp, xp=xp)
+            self.records = []
+            self.t0 = time.perf_counter()
+
+        def _e_step(self, X, xp=None):
+            log_prob_norm, log_resp = super()._e_step(X, xp=xp)
+            loglik = float(log_prob_norm) * X.shape[0]
+            self.records.append((time.perf_counter() - self.t0, loglik))
+            if self.target is not None and loglik >= self.target:
+                raise _TargetReached
+            return log_prob_norm, log_resp
+
+    return RecordingGaussianMixture
+
+
+def run_sklearn(X, k, w0, p0, prec0, reg_covar, target, max_iter):
+    """scikit-learn's EM from the same start, one ``fit`` call capped at ``max_iter``
+    iterations with tol=0, stopped as soon as an E-step's log-likelihood reaches
+    ``target`` (None: never). Returns the records [(seconds, loglik)], record j
+    being log L(theta_j) for j = 0, 1, ... (see _recording_gaussian_mixture)."""
+    cls = _recording_gaussian_mixture()
+    sk = cls(k, covariance_type="full", reg_covar=reg_covar, max_iter=max_iter, tol=0.0,
+             weights_init=w0, means_init=p0["means"], precisions_init=prec0)
+    sk.target = target
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")          # max_iter=1: ConvergenceWarning
-        for it in range(1, max_iter + 1):
+        warnings.simplefilter("ignore")          # the cap: ConvergenceWarning
+        try:
             sk.fit(X)
-            if sk.lower_bound_ * n >= target:
-                # the lower bound is at the parameters before this call's M-step
-                return time.perf_counter() - t0, it, True, sk.lower_bound_ * n
-    return time.perf_counter() - t0, max_iter, False, sk.lower_bound_ * n
+        except _TargetReached:
+            pass
+    return sk.records
+
+
+def check_sklearn_matches_plain(sk_records, plain_trace) -> float:
+    """Largest relative difference between scikit-learn's log L(theta_j) and emcore
+    plain EM's over the iterations both ran (j >= 1: emcore's first record is after
+    its first EM step); printed, as the check that both run the same EM iterates."""
+    m = min(len(sk_records) - 1, len(plain_trace))
+    sk = np.array([ll for _, ll in sk_records[1:m + 1]])
+    em = np.array([obj for _, _, obj in plain_trace[:m]])
+    worst = float(np.max(np.abs(sk - em) / np.abs(em))) if m else float("nan")
+    print(f"check: scikit-learn's per-iteration log-likelihood vs emcore plain EM's, "
+          f"{m} iterations from the same start: max relative difference {worst:.2e}",
+          flush=True)
+    return worst
+
+
+def _load() -> str:
+    return "load averages (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def dry_run(X, k, w0, p0, prec0, reg_covar, threads, iterations) -> None:
+    """A few iterations of each, to time one: chooses the caps of a full run."""
+    _, trace = run_emcore(X, k, w0, p0, reg_covar, threads, None, max_iter=iterations)
+    per_emcore = (trace[-1][0] - trace[0][0]) / (len(trace) - 1)
+    print(f"emcore: {per_emcore:.3f} s per pass ({len(trace)} passes)", flush=True)
+    records = run_sklearn(X, k, w0, p0, prec0, reg_covar, None, iterations)
+    per_sk = (records[-1][0] - records[0][0]) / (len(records) - 1)
+    print(f"scikit-learn: {per_sk:.3f} s per iteration ({iterations} iterations)")
+    check_sklearn_matches_plain(records, trace)
 
 
 def main(argv=None) -> None:
@@ -119,8 +193,12 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reg-covar", type=float, default=1e-6)
     parser.add_argument("--sklearn-max-iter", type=int, default=300)
-    parser.add_argument("--plain-max-iter", type=int, default=20000)
+    parser.add_argument("--plain-max-passes", type=int, default=None,
+                        help="cap on plain EM's passes (default: 5x SQUAREM's passes to "
+                             "the target, enough to show the >= 3x ratio)")
     parser.add_argument("--no-sklearn", action="store_true")
+    parser.add_argument("--dry-run", type=int, default=0, metavar="ITERATIONS",
+                        help="only time this many iterations of emcore and scikit-learn")
     args = parser.parse_args(argv)
     if args.issue_size:
         args.n = 1_000_000
@@ -129,67 +207,89 @@ def main(argv=None) -> None:
         args.sklearn_max_iter = min(args.sklearn_max_iter, 30)
     n, d, k = args.n, args.d, args.k
     print(f"GMM full, overlapping clusters (centre scale 1.5): n={n} d={d} k={k}, "
-          f"{args.threads} thread(s), reg_covar={args.reg_covar:g}, target: loglik within "
-          f"{TARGET:g} relative of L*", flush=True)
+          f"{args.threads} thread(s), seed {args.seed}, reg_covar={args.reg_covar:g}, "
+          f"target: loglik within {TARGET:g} relative of L*", flush=True)
+    print(f"start: {time.strftime('%H:%M:%S UTC', time.gmtime())}, {_load()} "
+          f"on {os.cpu_count()} cores", flush=True)
     X = make_data(n, d, k, args.seed)
     with threadpool_limits(args.threads):
         w0, p0, prec0 = start(X, k, args.reg_covar, args.seed, args.threads)
+        if args.dry_run:
+            dry_run(X, k, w0, p0, prec0, args.reg_covar, args.threads, args.dry_run)
+            print(f"end: {time.strftime('%H:%M:%S UTC', time.gmtime())}, {_load()}")
+            return
         sq, sq_trace = run_emcore(X, k, w0, p0, args.reg_covar, args.threads, "squarem")
         L_star = sq.objective
         target = L_star - TARGET * abs(L_star)
-        print(f"  SQUAREM to L*: {sq.n_passes} passes, {sq.seconds:.1f} s", flush=True)
+        sq_hit = first_reaching(sq_trace, target)
+        print(f"  SQUAREM to L*: {sq.n_passes} passes, {sq.seconds:.1f} s; to the target: "
+              f"{sq_hit[1]} passes, {sq_hit[0]:.1f} s", flush=True)
+        plain_max_passes = (args.plain_max_passes if args.plain_max_passes is not None
+                            else 5 * sq_hit[1])
+        # run_em's max_iter counts M-steps: one pass more (the start's)
         plain, plain_trace = run_emcore(X, k, w0, p0, args.reg_covar, args.threads, None,
-                                        target=target, max_iter=args.plain_max_iter)
-        print(f"  plain EM: {plain.n_passes} passes, {plain.seconds:.1f} s", flush=True)
-        rows = []
-        for name, result, trace in (("emcore plain EM", plain, plain_trace),
-                                    ("emcore + SQUAREM", sq, sq_trace)):
-            hit = first_reaching(trace, target)
-            rows.append((name, hit, result))
+                                        target=target, max_iter=plain_max_passes - 1)
+        plain_hit = first_reaching(plain_trace, target)
+        print(f"  plain EM: {plain.n_passes} passes, {plain.seconds:.1f} s, target "
+              f"{'reached' if plain_hit else 'not reached'}", flush=True)
         print(f"L* = {L_star:.12e} (SQUAREM to a relative change of 1e-13, "
               f"{sq.n_passes} passes, {sq.seconds:.1f} s); plain EM's last value "
-              f"{plain.objective:.12e}")
+              f"{plain.objective:.12e}", flush=True)
         steps = {}
         for it in sq.history:
             steps[it.step] = steps.get(it.step, 0) + 1
-        print(f"SQUAREM records: {steps}")
-        sk = None
+        print(f"SQUAREM records: {steps}", flush=True)
+        sk_records = None
         if not args.no_sklearn:
-            sk = run_sklearn(X, k, w0, p0, prec0, args.reg_covar, target,
-                             args.sklearn_max_iter)
+            sk_records = run_sklearn(X, k, w0, p0, prec0, args.reg_covar, target,
+                                     args.sklearn_max_iter)
+            check_sklearn_matches_plain(sk_records, plain_trace)
+    print(f"end: {time.strftime('%H:%M:%S UTC', time.gmtime())}, {_load()}")
     print()
     print(f"{'method':<24} {'passes':>8} {'seconds':>10}  to loglik within {TARGET:g} of L*")
-    for name, hit, result in rows:
+    for name, hit, result in (("emcore plain EM", plain_hit, plain),
+                              ("emcore + SQUAREM", sq_hit, sq)):
         if hit is None:
-            print(f"{name:<24} {'--':>8} {'--':>10}  not reached ({result.n_passes} passes)")
+            print(f"{name:<24} {result.n_passes:>7d}+ {result.seconds:>9.2f}+  NOT reached "
+                  f"(capped; loglik {result.objective:.10e}, "
+                  f"{(L_star - result.objective) / abs(L_star):.2e} relative below L*): "
+                  "lower bounds")
         else:
             print(f"{name:<24} {hit[1]:>8d} {hit[0]:>10.2f}")
-    if sk is not None:
-        seconds, iters, reached, last = sk
-        note = ("reached" if reached else
-                f"NOT reached after max_iter={iters} (loglik {last:.10e}, "
-                f"{(L_star - last) / abs(L_star):.2e} relative below L*): time at max_iter, "
-                "a lower bound")
-        print(f"{'scikit-learn':<24} {iters:>8d} {seconds:>10.2f}  {note}")
-    plain_hit, sq_hit = rows[0][1], rows[1][1]
+    if sk_records is not None:
+        seconds, last = sk_records[-1]
+        # record j is log L(theta_j), known after j + 1 passes (E-steps) over the data
+        sk_passes = len(sk_records)
+        if last >= target:
+            print(f"{'scikit-learn':<24} {sk_passes:>8d} {seconds:>10.2f}  reached")
+        else:
+            print(f"{'scikit-learn':<24} {sk_passes:>7d}+ {seconds:>9.2f}+  NOT reached at "
+                  f"max_iter={args.sklearn_max_iter} (loglik {last:.10e}, "
+                  f"{(L_star - last) / abs(L_star):.2e} relative below L*): time at "
+                  "max_iter, a lower bound")
     print()
-    if plain_hit and sq_hit:
+    if plain_hit:
         print(f"passes, plain / SQUAREM: {plain_hit[1] / sq_hit[1]:.2f}x  (target >= 3)")
         print(f"time, plain / SQUAREM: {plain_hit[0] / sq_hit[0]:.2f}x")
-    elif sq_hit:
-        print(f"passes, plain / SQUAREM: > {plain.n_passes / sq_hit[1]:.2f}x (plain EM did "
-              f"not reach the target in {plain.n_passes} passes)  (target >= 3)")
-    if sk is not None and sq_hit:
-        bound = "" if sk[2] else " (at least: scikit-learn never reached the target)"
-        print(f"time, scikit-learn / SQUAREM: {sk[0] / sq_hit[0]:.1f}x{bound}  (target >= 30)")
-        if not sk[2]:
-            # the same EM iterates as emcore's plain EM (same start, same reg_covar):
-            # scikit-learn needs at least as many iterations as plain EM did
+    else:
+        print(f"passes, plain / SQUAREM: > {plain.n_passes / sq_hit[1]:.2f}x, a lower bound "
+              f"(plain EM did not reach the target in {plain.n_passes} passes)  "
+              "(target >= 3)")
+        print(f"time, plain / SQUAREM: > {plain.seconds / sq_hit[0]:.2f}x, a lower bound")
+    if sk_records is not None:
+        reached = sk_records[-1][1] >= target
+        bound = "" if reached else " (a lower bound: scikit-learn never reached the target)"
+        print(f"time, scikit-learn / SQUAREM: {sk_records[-1][0] / sq_hit[0]:.1f}x{bound}  "
+              "(target >= 30)")
+        if not reached:
+            # the same EM iterates as emcore's plain EM (same start, same reg_covar;
+            # the check above): scikit-learn needs as many iterations as plain EM
             plain_iters = plain_hit[1] - 1 if plain_hit else plain.n_passes - 1
-            estimate = sk[0] / sk[1] * plain_iters
-            print(f"  estimate: scikit-learn's time per iteration x the {plain_iters}"
-                  f"{'' if plain_hit else '+'} EM iterations plain emcore needed = "
-                  f"{estimate:.0f} s, {estimate / sq_hit[0]:.0f}x SQUAREM's time"
+            per_iter = sk_records[-1][0] / (len(sk_records) - 1)
+            estimate = per_iter * plain_iters
+            print(f"  estimate: scikit-learn's {per_iter:.2f} s per iteration x the "
+                  f"{plain_iters}{'' if plain_hit else '+'} EM iterations plain emcore "
+                  f"needed = {estimate:.0f} s, {estimate / sq_hit[0]:.0f}x SQUAREM's time"
                   f"{'' if plain_hit else ' (a lower bound)'}")
 
 
