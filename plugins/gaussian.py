@@ -134,13 +134,18 @@ class GaussianFamily(Family):
         self._diagonal = (self._type in _DIAGONAL_TYPES
                           or _mclust.REPRESENTATION.get(self._type) in ("spherical",
                                                                         "diagonal"))
-        #: the iterative M-steps only increase Q (docs/gaussian.md#mclust-models)
-        self.generalized_m_step = self._type in _mclust.ITERATIVE
         self._stats_kernel = self._kernel({
             "means": np.zeros((k, d)),
             "precisions_cholesky": np.broadcast_to(np.eye(d), (k, d, d))})
 
     # --- parameters ---------------------------------------------------------------
+
+    @property
+    def generalized_m_step(self) -> bool:
+        """The iterative mclust M-steps only increase Q (docs/gaussian.md#mclust-models).
+        A property, not an instance attribute, so that a subclass's own class-level
+        ``generalized_m_step`` (e.g. an ECM variant of a closed-form type) still wins."""
+        return self._type in _mclust.ITERATIVE
     def params_from_covariances(self, means: np.ndarray, covariances: np.ndarray,
                                 n_k: Optional[np.ndarray] = None) -> dict:
         """Return parameters from means and covariances: U_k = L_k^{-T} with
