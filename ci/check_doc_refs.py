@@ -28,6 +28,8 @@ from pathlib import Path
 
 SCANNED = ("emcore", "plugins", "tests", "benchmarks", "examples")
 SCANNED_FILES = ("README.md",)
+#: the user guide moved out of the README (ci/split_readme.py) is checked as it was
+SCANNED_GLOBS = ("docs/guide/*.md",)
 SUFFIXES = {".py", ".pyx", ".pxd", ".pxi", ".h", ".c", ".md", ".txt", ".toml", ".cfg",
             ".sh", ".rst"}
 SKIP_DIRS = {"__pycache__", "build", ".hypothesis", ".pytest_cache"}
@@ -79,6 +81,8 @@ def scanned_files(root: Path):
     for name in SCANNED_FILES:
         if (root / name).is_file():
             yield root / name
+    for pattern in SCANNED_GLOBS:
+        yield from sorted(root.glob(pattern))
     for top in SCANNED:
         base = root / top
         if not base.is_dir():
