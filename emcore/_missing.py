@@ -28,7 +28,8 @@ from emcore._sources import ChunkedSource
 from emcore._validation import check_blocks
 from emcore._core._missing_kernel import missing_pass as _compiled_pass
 from emcore._threads import effective_n_threads, single_threaded_blas
-from emcore.engine import FitResult, Iteration, best_of_starts, run_em, summation_depth
+from emcore.engine import (FitResult, Iteration, _log_weights, best_of_starts, run_em,
+                           summation_depth)
 from emcore.exceptions import DegenerateComponentError
 from emcore.plugin_api import MixtureStructure, PassResult
 
@@ -47,11 +48,6 @@ class MissingData:
 def prepare(X: np.ndarray) -> MissingData:
     """X as the missing-value pass reads it (C-contiguous float64, NaN = missing)."""
     return MissingData(X)
-
-
-def _log_weights(weights: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore"):
-        return np.log(np.asarray(weights, dtype=np.float64))
 
 
 def _kernel(X: np.ndarray, weights: np.ndarray, params: dict, sample_weight=None,
