@@ -473,3 +473,17 @@ def test_summary_names_mclust_models(blobs):
     summary = gm.summary(blobs)
     assert summary.model_name == "gaussian, mclust VEV covariance"
     assert "mclust VEV" in str(summary)
+
+
+def test_the_estimators_list_of_mclust_models_is_the_familys():
+    """GaussianMixture keeps its own copy of mclust's names and attribute shapes (an
+    estimator does not import plugins): it must be the family's list, in mclust's
+    order, with each model's attribute shape its representation's."""
+    from emcore import gaussian_mixture as gmm
+    from emcore.plugins import _mclust_models as mclust
+    assert gmm._MCLUST_MODELS == mclust.MODELS
+    shape_of = {"spherical": {"spherical"}, "diagonal": {"diag"}, "full": {"tied", "full"}}
+    for model in mclust.MODELS:
+        assert gmm._SHAPE_KIND[model] in shape_of[mclust.REPRESENTATION[model]], model
+    # one matrix for all components exactly where mclust's model shares it
+    assert [m for m in mclust.MODELS if gmm._SHAPE_KIND[m] == "tied"] == ["EEE"]
