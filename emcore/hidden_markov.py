@@ -365,7 +365,10 @@ class HiddenMarkovModel(BaseEstimator):
                     m_step_from_resp(X, family, resp)[1]
             if params_init is not None:
                 return chain, {key: value.copy() for key, value in params_init.items()}
-            partition = CountedPartition(starting_partition(X, K, self.init_params, rng),
+            # seeds drawn with the family's seeding weights, as MixtureModel's
+            # (a heavy-tailed emission keeps them off far outliers)
+            partition = CountedPartition(starting_partition(X, K, self.init_params, rng,
+                                                            family.seeding_weights(X)),
                                          X.shape[0], K)
             params = family.initial_params(X, rng, None, resp=partition)
             _validate_in_debug(family, params, "from initial_params")

@@ -483,3 +483,14 @@ def test_seeding_weights_trim_the_farthest_share():
     np.testing.assert_array_equal(w2[w2 > 0], sw[w2 > 0])
     # too few rows left for K seeds: no trimming
     assert StudentTFamily(20, 2).seeding_weights(X[:20]) is None
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_hmm_with_t_emissions_takes_the_trimmed_seeding(seed):
+    # the HiddenMarkovModel draws its starting partition as MixtureModel does: with
+    # the family's seeding weights, so a Student-t emission's seeds stay off the far
+    # outlier (one sequence; the two clusters alternate in runs of 300 rows)
+    X = _far_outlier_data()
+    hmm = emcore.HiddenMarkovModel(2, family="student_t", random_state=seed).fit(X)
+    means = hmm.params_["means"][np.argsort(hmm.params_["means"][:, 0])]
+    np.testing.assert_allclose(means, [[0.0, 0.0], [8.0, 0.0]], atol=0.3)
