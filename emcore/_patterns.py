@@ -50,11 +50,14 @@ def _integer_keys(X: np.ndarray) -> Optional[tuple]:
     low_j + 1), or None when the key would not be exact (a partial sum of 2^53 or
     more). X holds integers."""
     n, d = X.shape
-    low, high = np.full(d, np.inf), np.full(d, -np.inf)
-    for s in range(0, n, _BLOCK_ROWS):
-        block = X[s:s + _BLOCK_ROWS]
-        low = np.minimum(low, block.min(axis=0))
-        high = np.maximum(high, block.max(axis=0))
+    # the whole array's range first (two contiguous reductions); per column (slower:
+    # reductions along axis 0) only when the common range would not fit
+    low, high = np.full(d, float(X.min())), np.full(d, float(X.max()))
+    if np.isfinite(high[0] - low[0]) and d * np.log2(high[0] - low[0] + 1.0) >= 52:
+        for s in range(0, n, _BLOCK_ROWS):
+            block = X[s:s + _BLOCK_ROWS]
+            low = block.min(axis=0) if s == 0 else np.minimum(low, block.min(axis=0))
+            high = block.max(axis=0) if s == 0 else np.maximum(high, block.max(axis=0))
     radix = high - low + 1.0
     if not np.all(np.isfinite(radix)):
         return None                         # NaN (missing values): compare bytes
@@ -88,7 +91,7 @@ def row_patterns(X: np.ndarray, sample_weight: Optional[np.ndarray] = None, *,
     n, d = X.shape
     packed = _integer_keys(X) if integer_codes and n > 0 else None
     if packed is not None:
-        keys, low, radix, stride = packed
+        keys, radix = packed[0], packed[2]
         size = int(np.prod(radix))
         if size <= max(_TABLE_PER_ROW * n, _MIN_TABLE):
             counts = np.bincount(keys, minlength=size)
@@ -98,9 +101,10 @@ def row_patterns(X: np.ndarray, sample_weight: Optional[np.ndarray] = None, *,
             inverse = rank[keys]
         else:
             present, inverse = np.unique(keys, return_inverse=True)
-        # the rows from their keys' digits: exact integers
-        rows = low + (present[:, None] // stride.astype(np.int64)) % radix.astype(np.int64)
-        rows = np.ascontiguousarray(rows, dtype=np.float64)
+        # a row of each pattern (any one: they are equal), gathered from X
+        index = np.empty(present.shape[0], dtype=np.intp)
+        index[inverse] = np.arange(n)
+        rows = X[index]
     else:
         view = X.view(np.dtype((np.void, X.dtype.itemsize * d))).reshape(n)
         _, index, inverse = np.unique(view, return_index=True, return_inverse=True)

@@ -486,7 +486,7 @@ def test_compress_auto_is_on_for_repeated_discrete_rows_only(monkeypatch):
     assert seen[-1] == 300
 
 
-def test_compress_is_validated():
+def test_compress_is_validated(tmp_path, monkeypatch):
     X = _binary_data(50, np.random.default_rng(34))
     with pytest.raises(ValueError, match="'compress' parameter of MixtureModel must be"):
         emcore.MixtureModel(2, family="bernoulli", compress="yes").fit(X)
@@ -494,3 +494,13 @@ def test_compress_is_validated():
                                          "posterior rule"):
         emcore.MixtureModel(2, family="bernoulli", posterior="stochastic",
                             compress=True).fit(X)
+    # a chunked source (a memory map) is read a block at a time: no patterns
+    mm = np.memmap(tmp_path / "X.dat", dtype=np.float64, mode="w+", shape=X.shape)
+    mm[:] = X
+    mm.flush()
+    with pytest.raises(ValueError, match="'compress' parameter of MixtureModel needs X "
+                                         "in memory"):
+        emcore.MixtureModel(2, family="bernoulli", compress=True).fit(mm)
+    seen = _em_rows(monkeypatch)
+    emcore.MixtureModel(2, family="bernoulli", random_state=0).fit(mm)     # 'auto'
+    assert seen == [X.shape[0]]
