@@ -17,8 +17,9 @@ Per iteration, medians over repeats, at 1 and 2 threads:
   ``const double*``).
 * **emcore compressed**: the same pass over the distinct rows of X with their
   counts as sample weights (``emcore._patterns.row_patterns``; what
-  ``MixtureModel(compress='auto')`` does for discrete data, docs/discrete.md#
-  compression). Its one-time cost (packing and counting the rows) is printed.
+  ``MixtureModel(compress='auto')`` does for discrete data,
+  docs/discrete.md#compression). Its one-time cost (packing and counting the
+  rows) is printed.
 * **numpy EM on the patterns**: the numpy EM over the same distinct rows with
   the counts as weights. Compression is an algorithmic saving any implementation
   can make: this column says how much of emcore's lead is the kernel.
