@@ -16,6 +16,8 @@ from typing import Optional
 
 import numpy as np
 
+from emcore._core._pack import pack_rows
+
 __all__ = ["RowPatterns", "row_patterns"]
 
 # integer codes are packed into one float64 key per row while every partial sum of
@@ -44,11 +46,11 @@ class RowPatterns:
         return self.rows.shape[0]
 
 
-def _integer_keys(X: np.ndarray) -> Optional[tuple]:
-    """(keys (n,) int64, low, radix, stride (d,) each) with key = sum_j (x_j -
-    low_j) stride_j (mixed radix over the columns' ranges, radix_j = high_j -
-    low_j + 1), or None when the key would not be exact (a partial sum of 2^53 or
-    more). X holds integers."""
+def _code_ranges(X: np.ndarray) -> Optional[tuple]:
+    """(low, radix, stride), each (d,): the columns' smallest codes, ranges
+    (radix_j = high_j - low_j + 1) and mixed-radix place values (stride_j =
+    prod_{l<j} radix_l), or None when a key would not be an exact integer (NaN,
+    or partial sums of 2^53 or more). X holds integers."""
     n, d = X.shape
     # the whole array's range first (two contiguous reductions); per column (slower:
     # reductions along axis 0) only when the common range would not fit
@@ -62,12 +64,11 @@ def _integer_keys(X: np.ndarray) -> Optional[tuple]:
     if not np.all(np.isfinite(radix)):
         return None                         # NaN (missing values): compare bytes
     stride = np.cumprod(np.concatenate([[1.0], radix[:-1]]))
-    # the largest partial sum of X @ stride in magnitude bounds every rounding
+    # X @ stride (the sort path) is exact while its largest partial sum is
     if float(stride[-1] * radix[-1]) >= _EXACT_INTEGERS or \
             float(np.maximum(np.abs(low), np.abs(high)) @ stride) >= _EXACT_INTEGERS:
         return None
-    keys = (X @ stride - float(low @ stride)).astype(np.int64)
-    return keys, low, radix, stride
+    return low, radix, stride
 
 
 def row_patterns(X: np.ndarray, sample_weight: Optional[np.ndarray] = None, *,
@@ -89,26 +90,23 @@ def row_patterns(X: np.ndarray, sample_weight: Optional[np.ndarray] = None, *,
     """
     X = np.ascontiguousarray(X, dtype=np.float64)
     n, d = X.shape
-    packed = _integer_keys(X) if integer_codes and n > 0 else None
-    if packed is not None:
-        keys, radix = packed[0], packed[2]
+    ranges = _code_ranges(X) if integer_codes and n > 0 else None
+    packed = None
+    if ranges is not None:
+        low, radix, stride = ranges
         size = int(np.prod(radix))
         if size <= max(_TABLE_PER_ROW * n, _MIN_TABLE):
-            counts = np.bincount(keys, minlength=size)
-            present = np.flatnonzero(counts)
-            rank = np.zeros(size, dtype=np.intp)
-            rank[present] = np.arange(present.shape[0])
-            inverse = rank[keys]
+            packed = pack_rows(X, low, stride, size)        # one pass, compiled
         else:
-            present, inverse = np.unique(keys, return_inverse=True)
-        # a row of each pattern (any one: they are equal), gathered from X
-        index = np.empty(present.shape[0], dtype=np.intp)
-        index[inverse] = np.arange(n)
-        rows = X[index]
-    else:
+            keys = X @ stride                               # exact (_code_ranges)
+            _, index, inverse = np.unique(keys, return_index=True, return_inverse=True)
+            packed = inverse, index
+    if packed is None:
         view = X.view(np.dtype((np.void, X.dtype.itemsize * d))).reshape(n)
         _, index, inverse = np.unique(view, return_index=True, return_inverse=True)
-        rows = np.ascontiguousarray(X[index])
+    else:
+        inverse, index = packed
+    rows = np.ascontiguousarray(X[index])
     inverse = np.asarray(inverse, dtype=np.intp).reshape(n)
     weight = np.bincount(inverse, weights=sample_weight, minlength=rows.shape[0])
     return RowPatterns(rows=rows, weight=weight.astype(np.float64), inverse=inverse)
