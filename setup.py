@@ -53,6 +53,7 @@ MODULES = {
                                       ["plugins/_lloyd.h"] + SHARED),
     "emcore.plugins._discrete_kernel": ("plugins/_discrete_kernel.pyx",
                                         ["plugins/_discrete.h"] + SHARED),
+    "emcore._core._pack": ("emcore/_core/_pack.pyx", []),
 }
 
 extensions = [

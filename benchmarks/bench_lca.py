@@ -1,27 +1,38 @@
-"""Seconds per EM iteration of latent class analysis: emcore vs a vectorised numpy EM.
+"""Seconds per EM iteration of latent class analysis: emcore vs numpy EM vs pomegranate.
 
 The issue's case: 20 binary items, K = 5 classes, n = 1e6 rows (seeded), one start
-(the same weights and item probabilities for everyone). Per iteration:
+(the same weights and item probabilities for everyone). The data arrive as uint8.
+Per iteration, medians over repeats, at 1 and 2 threads:
 
-* **emcore** ``bernoulli`` and ``categorical`` (2 levels): one pass of the engine
-  (``emcore.engine.data_pass``: the family's compiled kernel, the soft posterior,
-  the statistics) and the M-step, at ``n_jobs`` = 1 and 2. The data arrive as uint8;
-  the estimators hand the engine float64 rows, so the pass reads X as float64
-  (8 bytes per item): the engine's kernel interface reads ``const double*``
-  rows, so float64 is the dtype the data arrive in at the pass, and the bound
-  to compare with is one float64 read of X (the uint8 read is printed too). The families' kernels look rows up in pattern tables
-  (plugins/_discrete_kernel.pyx): ceil(20 / 8) = 3 lookups of K numbers per row
-  for the log-densities and 3 adds of K numbers for the statistics.
-* **numpy EM**, written here: log-space, one matrix product for the log-densities
-  (X @ log(p / (1 - p)).T + sum log(1 - p)) and one for the statistics
-  (resp.T @ X), at 1 and 2 BLAS threads (threadpoolctl); X float64.
-* **pomegranate** 1.x (product of Bernoullis): not timed by this version (torch is
-  not installed where the figures were taken); the script says if it is importable.
+* **numpy EM on the rows** (the issue's anchor), written here: log-space, one
+  matrix product for the log-densities (log p(x | k) = x . log(p_k / (1 - p_k)) +
+  sum log(1 - p_k)), a max-shifted exp in place, one matrix product for the
+  statistics, float64. Two layouts, both timed: rows (X as (n, d), responsibilities
+  (n, K)) and features-major (X stored once as (d, n), responsibilities (K, n):
+  the per-row max, exp and sums then run along contiguous memory). The faster is
+  the anchor. (float32 products would not give the log-likelihood to 1e-9.)
+* **emcore per row**: one pass of the engine (``emcore.engine.data_pass``: the
+  ``bernoulli`` family's compiled kernel, the soft posterior, the statistics) and
+  the M-step, X handed to the engine as float64 rows (the kernel interface reads
+  ``const double*``).
+* **emcore compressed**: the same pass over the distinct rows of X with their
+  counts as sample weights (``emcore._patterns.row_patterns``; what
+  ``MixtureModel(compress='auto')`` does for discrete data,
+  docs/discrete.md#compression). Its one-time cost (packing and counting the
+  rows) is printed.
+* **numpy EM on the patterns**: the numpy EM over the same distinct rows with
+  the counts as weights. Compression is an algorithmic saving any implementation
+  can make: this column says how much of emcore's lead is the kernel.
+* **pomegranate** 1.x (``GeneralMixtureModel`` of ``Bernoulli``, float32, its
+  default dtype; CPU torch): ``summarize`` + ``from_summaries`` per iteration, run
+  in a separate process with the interpreter ``--pomegranate-python`` (default
+  /tmp/pomvenv/bin/python if it exists, else this one if it imports pomegranate).
 
-Both run M iterations from the same start and their log-likelihoods are checked
-to agree (relative 1e-9: the same arithmetic up to summation order). Reported:
-medians over repeats, the ratios, and the bandwidth bound: the time of one read of
-X (a reduction over all of it) as uint8 and as float64.
+All run M iterations from the same start; the float64 ones' log-likelihoods are
+checked to agree (relative 1e-9: the same arithmetic up to summation order), and
+pomegranate's (float32) difference is printed. The bandwidth bounds: one read of
+X (a reduction over all of it) as uint8, the dtype the data arrive in, and as
+float64.
 
     cd /tmp && python /path/to/benchmarks/bench_lca.py            # n = 1e6
     cd /tmp && python /path/to/benchmarks/bench_lca.py --quick    # n = 2e5, < 60 s
@@ -30,16 +41,14 @@ X (a reduction over all of it) as uint8 and as float64.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
-import scipy.special
-from threadpoolctl import threadpool_limits
-
-from emcore.engine import data_pass
-from emcore.registry import get_registry
 
 
 def make_data(n: int, d: int, k: int, seed: int = 0):
@@ -53,38 +62,58 @@ def make_data(n: int, d: int, k: int, seed: int = 0):
 
 # --- the numpy EM ----------------------------------------------------------------------
 
-def numpy_em_iteration(X: np.ndarray, w: np.ndarray, p: np.ndarray):
-    """One EM iteration; returns (new w, new p, log-likelihood at the old ones)."""
-    log_p, log_q = np.log(p), np.log1p(-p)
-    A = X @ (log_p - log_q).T                      # (n, K): one matrix product
+def numpy_em_iteration(X: np.ndarray, w: np.ndarray, p: np.ndarray,
+                       counts: np.ndarray = None):
+    """One EM iteration over the rows of X (n, d) (weighted by ``counts`` if
+    given); returns (new w, new p, log-likelihood at the old ones)."""
+    log_q = np.log1p(-p)
+    A = X @ (np.log(p) - log_q).T                  # (n, K): one matrix product
     A += log_q.sum(axis=1) + np.log(w)
-    lse = scipy.special.logsumexp(A, axis=1)
-    R = np.exp(A - lse[:, None])
-    Nk = R.sum(axis=0)
-    S = R.T @ X                                    # (K, d): one matrix product
-    return Nk / Nk.sum(), S / Nk[:, None], float(lse.sum())
+    top = A.max(axis=1, keepdims=True)
+    A -= top
+    np.exp(A, out=A)
+    total = A.sum(axis=1, keepdims=True)
+    lse = top[:, 0] + np.log(total[:, 0])
+    A /= total
+    if counts is not None:
+        A *= counts[:, None]
+    Nk = A.sum(axis=0)
+    S = A.T @ X                                    # (K, d): one matrix product
+    loglik = float(lse.sum() if counts is None else lse @ counts)
+    return Nk / Nk.sum(), S / Nk[:, None], loglik
+
+
+def numpy_em_iteration_t(XT: np.ndarray, w: np.ndarray, p: np.ndarray,
+                         counts: np.ndarray = None):
+    """numpy_em_iteration with X stored features-major, XT (d, n)."""
+    log_q = np.log1p(-p)
+    A = (np.log(p) - log_q) @ XT                   # (K, n): one matrix product
+    A += (log_q.sum(axis=1) + np.log(w))[:, None]
+    top = A.max(axis=0)
+    A -= top
+    np.exp(A, out=A)
+    total = A.sum(axis=0)
+    lse = top + np.log(total)
+    A /= total
+    if counts is not None:
+        A *= counts
+    Nk = A.sum(axis=1)
+    S = A @ XT.T                                   # (K, d): one matrix product
+    loglik = float(lse.sum() if counts is None else lse @ counts)
+    return Nk / Nk.sum(), S / Nk[:, None], loglik
 
 
 def numpy_loglik(X, w, p):
     A = X @ (np.log(p) - np.log1p(-p)).T + np.log1p(-p).sum(axis=1) + np.log(w)
-    return float(scipy.special.logsumexp(A, axis=1).sum())
+    top = A.max(axis=1)
+    return float((top + np.log(np.exp(A - top[:, None]).sum(axis=1))).sum())
 
 
 # --- emcore ------------------------------------------------------------------------------
 
-def emcore_case(name: str, d: int, k: int, p: np.ndarray):
-    record = get_registry().family(name)
-    if name == "categorical":
-        family = record.factory(k, d, n_levels=2)
-        params = {"probabilities": np.stack([1.0 - p, p], axis=-1)}
-    else:
-        family = record.factory(k, d)
-        params = {"probabilities": p.copy()}
-    return family, params
-
-
-def emcore_iteration(X, family, rule, w, params, n_jobs):
-    res = data_pass(X, family, rule, w, params, n_jobs=n_jobs)
+def emcore_iteration(X, family, rule, w, params, n_jobs, sample_weight=None):
+    from emcore.engine import data_pass
+    res = data_pass(X, family, rule, w, params, n_jobs=n_jobs, sample_weight=sample_weight)
     return res.resp_sum / res.resp_sum.sum(), family.m_step(res.stats, params), res.value
 
 
@@ -100,6 +129,62 @@ def bandwidth(X: np.ndarray, repeats: int) -> float:
     return float(np.median(times))
 
 
+def _timed(step, data, w0, p0, iterations, counts=None):
+    """(seconds per iteration, log-likelihood of the last iteration's start)."""
+    w, p = w0.copy(), p0.copy()
+    t = time.perf_counter()
+    for _ in range(iterations):
+        w, p, value = step(data, w, p, counts)
+    return (time.perf_counter() - t) / iterations, value
+
+
+# --- pomegranate, in its own process -------------------------------------------------------
+
+def pomegranate_worker(path: str, threads: int, iterations: int, repeats: int) -> None:
+    """Print {"seconds": median per iteration, "loglik": the last pass's} as JSON."""
+    import torch
+    from pomegranate.distributions import Bernoulli
+    from pomegranate.gmm import GeneralMixtureModel
+    torch.set_num_threads(threads)
+    data = np.load(path)
+    X = torch.from_numpy(data["X"].astype(np.float32))
+    times, value = [], None
+    for _ in range(repeats):
+        model = GeneralMixtureModel(
+            [Bernoulli(probs=row.astype(np.float32)) for row in data["p0"]],
+            priors=data["w0"].astype(np.float32), max_iter=1, check_data=False)
+        t = time.perf_counter()
+        for _ in range(iterations):
+            value = float(model.summarize(X))
+            model.from_summaries()
+        times.append((time.perf_counter() - t) / iterations)
+    print(json.dumps({"seconds": float(np.median(times)), "loglik": value,
+                      "version": __import__("pomegranate").__version__,
+                      "torch": torch.__version__}))
+
+
+def _pomegranate_python(given):
+    if given:
+        return given
+    if os.path.exists("/tmp/pomvenv/bin/python"):
+        return "/tmp/pomvenv/bin/python"
+    import importlib.util
+    return sys.executable if importlib.util.find_spec("pomegranate") else None
+
+
+def run_pomegranate(python, X8, w0, p0, threads, iterations, repeats):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "lca.npz")
+        np.savez(path, X=X8, w0=w0, p0=p0)
+        out = subprocess.run([python, os.path.abspath(__file__), "--pomegranate-worker",
+                              path, str(threads), str(iterations), str(repeats)],
+                             capture_output=True, text=True, cwd=tmp,
+                             env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    if out.returncode != 0:
+        return None, out.stderr.strip().splitlines()[-1:] or ["failed"]
+    return json.loads(out.stdout.strip().splitlines()[-1]), None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -108,65 +193,117 @@ def main(argv=None):
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="n = 2e5, 1 repeat")
+    parser.add_argument("--pomegranate-python", default=None,
+                        help="interpreter with pomegranate 1.x and torch ('' to skip)")
+    parser.add_argument("--pomegranate-worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.pomegranate_worker:
+        path, threads, iterations, repeats = args.pomegranate_worker
+        return pomegranate_worker(path, int(threads), int(iterations), int(repeats))
     if args.quick:
         args.n, args.repeats, args.iterations = 200_000, 1, 5
+
+    from threadpoolctl import threadpool_limits
+
+    from emcore._patterns import row_patterns
+    from emcore.registry import get_registry
+
     X8, w0, p0 = make_data(args.n, args.d, args.k)
     X = X8.astype(np.float64)
+    XT = np.ascontiguousarray(X.T)
     rule = get_registry().posterior_rule("soft").factory()
+    family = get_registry().family("bernoulli").factory(args.k, args.d)
     print(f"LCA: n = {args.n}, d = {args.d} binary items, K = {args.k}; "
           f"{args.iterations} iterations x {args.repeats} repeats (medians)")
     print("load average (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
           + f" on {os.cpu_count()} CPUs; OPENBLAS_CORETYPE="
           + os.environ.get("OPENBLAS_CORETYPE", "(unset)"))
-    if importlib.util.find_spec("pomegranate") is None:
-        print("pomegranate: not importable (skipped)")
-    else:
-        print("pomegranate importable, but not timed by this version of the script")
 
+    pack = []
+    for _ in range(3 * args.repeats):
+        t = time.perf_counter()
+        patterns = row_patterns(X, integer_codes=True)
+        pack.append(time.perf_counter() - t)
+    P, counts = patterns.rows, patterns.weight
+    PT = np.ascontiguousarray(P.T)
+    print(f"distinct rows: {patterns.n_patterns} of {args.n} "
+          f"({patterns.n_patterns / args.n:.3f}); packing them once: "
+          f"{np.median(pack) * 1e3:.1f} ms (median)")
+
+    def em_step(weight, threads):
+        def step(data, w, p, _):
+            w, params_, value = emcore_iteration(data, family, rule, w,
+                                                 {"probabilities": p}, threads, weight)
+            return w, params_["probabilities"], value
+        return step
+
+    cases = ("numpy rows", "numpy rows (d,n)", "numpy patterns", "emcore rows",
+             "emcore patterns")
     results, finals = {}, {}
     for threads in (1, 2):
-        per = {"numpy": [], "bernoulli": [], "categorical": []}
+        per = {key: [] for key in cases}
         for _ in range(args.repeats):
             with threadpool_limits(threads):
-                w, p = w0.copy(), p0.copy()
-                t = time.perf_counter()
-                for _ in range(args.iterations):
-                    w, p, _ = numpy_em_iteration(X, w, p)
-                per["numpy"].append((time.perf_counter() - t) / args.iterations)
-                finals[("numpy", threads)] = numpy_loglik(X, w, p)
-                for name in ("bernoulli", "categorical"):
-                    family, params = emcore_case(name, args.d, args.k, p0)
-                    w = w0.copy()
-                    t = time.perf_counter()
-                    for _ in range(args.iterations):
-                        w, params, _ = emcore_iteration(X, family, rule, w, params, threads)
-                    per[name].append((time.perf_counter() - t) / args.iterations)
-                    pe = params["probabilities"]
-                    pe = pe[..., 1] if pe.ndim == 3 else pe
-                    finals[(name, threads)] = numpy_loglik(X, w, pe)
+                for key, step, data, weight in (
+                        ("numpy rows", numpy_em_iteration, X, None),
+                        ("numpy rows (d,n)", numpy_em_iteration_t, XT, None),
+                        ("numpy patterns", numpy_em_iteration_t, PT, counts),
+                        ("emcore rows", em_step(None, threads), X, None),
+                        ("emcore patterns", em_step(counts, threads), P,
+                         counts)):
+                    seconds, value = _timed(step, data, w0, p0, args.iterations,
+                                            counts=weight)
+                    per[key].append(seconds)
+                    finals[(key, threads)] = value
         for key, values in per.items():
             results[(key, threads)] = float(np.median(values))
 
-    ref = finals[("numpy", 1)]
+    ref = finals[("numpy rows", 1)]
     for key, value in finals.items():
         rel = abs(value - ref) / abs(ref)
         assert rel <= 1e-9, f"{key}: log-likelihood {value!r} differs from numpy's {ref!r}"
-    print(f"log-likelihood after {args.iterations} iterations: {ref:.10g} (all agree to "
-          "1e-9 relative)")
+    print(f"log-likelihood at the start of iteration {args.iterations}: {ref:.12g} "
+          "(every float64 case agrees to 1e-9 relative)")
+
+    python = _pomegranate_python(args.pomegranate_python)
+    for threads in (1, 2):
+        if not python:
+            print("pomegranate: no interpreter with it (skipped)")
+            break
+        res, err = run_pomegranate(python, X8, w0, p0, threads, args.iterations,
+                                   args.repeats)
+        if res is None:
+            print(f"pomegranate ({python}) failed: {err}")
+            break
+        results[("pomegranate", threads)] = res["seconds"]
+        if threads == 1:
+            print(f"pomegranate {res['version']} (torch {res['torch']}, float32): "
+                  f"log-likelihood {res['loglik']:.12g}, relative difference "
+                  f"{abs(res['loglik'] - ref) / abs(ref):.1e}")
 
     bw8 = bandwidth(X8, 5 * args.repeats)
     bw64 = bandwidth(X, 5 * args.repeats)
     print(f"bandwidth bound (one read of X): uint8 {bw8 * 1e3:.2f} ms, "
           f"float64 {bw64 * 1e3:.2f} ms")
-    print(f"{'threads':>7} {'numpy EM':>10} {'bernoulli':>10} {'categorical':>12} "
-          f"{'numpy/bern':>11} {'numpy/cat':>10} {'bern/bw64':>10} {'bern/bw8':>9}")
+    print("per iteration, ms (ratios: the anchor = the faster numpy EM on the rows):")
+    names = cases + (("pomegranate",) if ("pomegranate", 1) in results else ())
+    print(f"{'threads':>7} " + " ".join(f"{name:>17}" for name in names))
     for threads in (1, 2):
-        r = {key: results[(key, threads)] for key in ("numpy", "bernoulli", "categorical")}
-        print(f"{threads:>7} {r['numpy'] * 1e3:>8.1f}ms {r['bernoulli'] * 1e3:>8.1f}ms "
-              f"{r['categorical'] * 1e3:>10.1f}ms {r['numpy'] / r['bernoulli']:>10.1f}x "
-              f"{r['numpy'] / r['categorical']:>9.1f}x {r['bernoulli'] / bw64:>9.1f}x "
-              f"{r['bernoulli'] / bw8:>8.1f}x")
+        print(f"{threads:>7} " + " ".join(f"{results[(name, threads)] * 1e3:>15.1f}ms"
+                                          for name in names))
+    for threads in (1, 2):
+        r = {name: results[(name, threads)] for name in names}
+        anchor = min(r["numpy rows"], r["numpy rows (d,n)"])
+        line = (f"{threads} thread{'s' if threads > 1 else ''}: anchor/emcore rows "
+                f"{anchor / r['emcore rows']:.1f}x, anchor/emcore patterns "
+                f"{anchor / r['emcore patterns']:.1f}x, numpy patterns/emcore patterns "
+                f"{r['numpy patterns'] / r['emcore patterns']:.1f}x; emcore rows / "
+                f"float64 read {r['emcore rows'] / bw64:.1f}x, / uint8 read "
+                f"{r['emcore rows'] / bw8:.1f}x; emcore patterns / uint8 read "
+                f"{r['emcore patterns'] / bw8:.1f}x")
+        if "pomegranate" in r:
+            line += f"; pomegranate/anchor {r['pomegranate'] / anchor:.1f}x"
+        print(line)
     return results
 
 

@@ -191,8 +191,15 @@ class _MixtureBase(BaseEstimator):
     # --- fitting --------------------------------------------------------------------
     def _run_starts(self, X: np.ndarray, family, rule, sample_weight, rng, *,
                     warm: bool = False, weight_concentration=None,
-                    converged=None) -> FitResult:
-        """Run EM from ``n_init`` starts (one if warm) and keep the best objective."""
+                    converged=None, patterns=None) -> FitResult:
+        """Run EM from ``n_init`` starts (one if warm) and keep the best objective.
+
+        With ``patterns`` (emcore._patterns.RowPatterns of X): the starts are drawn
+        from the rows of X, the EM iterations run over the distinct rows with
+        their summed weights (the same sums, docs/discrete.md#compression)."""
+        em_X, em_weight = ((X, sample_weight) if patterns is None
+                           else (patterns.rows, patterns.weight))
+
         def start():
             if warm:
                 _, weights, params = self._fitted_model(f"{self._owner}.fit")
@@ -204,9 +211,9 @@ class _MixtureBase(BaseEstimator):
 
         def run(weights, params):
             started.append(None)
-            return run_em(X, family, rule, weights, params, max_iter=self.max_iter,
+            return run_em(em_X, family, rule, weights, params, max_iter=self.max_iter,
                           tol=self.tol, n_jobs=self.n_jobs, verbose=self.verbose,
-                          sample_weight=sample_weight,
+                          sample_weight=em_weight,
                           weight_concentration=weight_concentration, converged=converged,
                           accelerate=getattr(self, "accelerate", None), random_state=rng,
                           callback=self.callback,

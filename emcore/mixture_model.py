@@ -12,12 +12,22 @@ from emcore._init import check_resp_conflicts
 from emcore._input import check_input
 from emcore._logging import progress_bar
 from emcore._mixture import _MixtureBase, _check_weights
+from emcore._patterns import RowPatterns, row_patterns
 from emcore.constraints import Constraints
 from emcore.engine import FitResult, Iteration
 from emcore.plugin_api import PosteriorRule, check_support, support_of
 from emcore.registry import get_registry
 
 __all__ = ["MixtureModel"]
+
+# compress='auto' packs the rows of a family with one of these supports (integer
+# codes, checked at fit) ...
+_DISCRETE_SUPPORTS = ("support:binary", "support:integers",
+                      "support:nonnegative_integers")
+# ... and runs over the patterns when at most this fraction of the rows is
+# distinct: the packing costs about one pass over X (docs/discrete.md#compression),
+# each iteration then saves at least half of one
+_AUTO_DISTINCT = 0.5
 
 
 def _check_family_params(params: Any, k: int, name: str, owner: str) -> dict:
@@ -116,6 +126,17 @@ class MixtureModel(_MixtureBase):
     progress : bool, default False
         Show a tqdm progress bar (the optional extra ``progress``) over the starts,
         or the iterations of a single start.
+    compress : 'auto', True or False, default 'auto'
+        Run the EM iterations over the distinct rows of X with their counts
+        (summed sample weights) instead of every row: the same statistics and
+        log-likelihood up to summation order, so the same fit from the same
+        start (the starts are drawn from the rows of X), with fewer rows per
+        pass when rows repeat (discrete data: latent class analysis; see
+        docs/discrete.md#compression). 'auto': when the family's support is
+        discrete and at most half the rows are distinct. It needs X in memory and
+        a posterior rule that treats rows one by one (not a Monte-Carlo rule
+        or constraints): 'auto' is then off, True a ValueError. Scores,
+        predictions and ``history_`` are per row as without it.
 
     Attributes
     ----------
@@ -147,7 +168,8 @@ class MixtureModel(_MixtureBase):
                  n_jobs: Optional[int] = None, verbose: int = 0,
                  accelerate: Optional[str] = None,
                  callback: Optional[Callable[[Iteration], Any]] = None,
-                 resp_init: Any = None, progress: bool = False):
+                 resp_init: Any = None, progress: bool = False,
+                 compress: Union[str, bool] = "auto"):
         self.n_components = n_components
         self.family = family
         self.family_options = family_options
@@ -166,6 +188,7 @@ class MixtureModel(_MixtureBase):
         self.callback = callback
         self.resp_init = resp_init
         self.progress = progress
+        self.compress = compress
 
     # --- resolution -----------------------------------------------------------------
     def _family(self, n_features: int, n_components: Optional[int] = None, prior=None):
@@ -342,7 +365,9 @@ class MixtureModel(_MixtureBase):
         try:
             with progress_bar(getattr(self, "progress", False), "MixtureModel",
                               starts=self.n_init, max_iter=self.max_iter):
-                best = self._run_starts(X, family, rule, sample_weight, rng)
+                best = self._run_starts(X, family, rule, sample_weight, rng,
+                                        patterns=self._patterns(X, support, rule,
+                                                                sample_weight))
         finally:
             del self._init
         self.family_ = family
@@ -350,6 +375,35 @@ class MixtureModel(_MixtureBase):
         self._fitted_rule = rule
         self._set_fitted(best, X.shape[1])
         return self
+
+    def _patterns(self, X: Any, support: Optional[str], rule: PosteriorRule,
+                  sample_weight: Optional[np.ndarray]) -> Optional[RowPatterns]:
+        """The distinct rows the EM iterations run over (``compress``), or None."""
+        compress = self.compress
+        if not (isinstance(compress, (bool, np.bool_)) or compress == "auto"):
+            raise ValueError("The 'compress' parameter of MixtureModel must be 'auto', "
+                             f"True or False. Got {compress!r} instead.")
+        if compress is False or compress is np.False_:
+            return None
+        if not isinstance(X, np.ndarray):
+            why = "needs X in memory (an array), not a chunked source"
+        elif rule.needs_all_rows or getattr(rule, "stochastic", None):
+            why = (f"needs a posterior rule that treats rows one by one; "
+                   f"{type(rule).__name__} draws or constrains them jointly")
+        else:
+            why = None
+        if why is not None:
+            if compress == "auto":
+                return None
+            raise ValueError(f"The 'compress' parameter of MixtureModel {why}: set it to "
+                             "'auto' or False. Got True instead.")
+        discrete = support in _DISCRETE_SUPPORTS
+        if compress == "auto" and not discrete:
+            return None
+        patterns = row_patterns(X, sample_weight, integer_codes=discrete)
+        if compress == "auto" and patterns.n_patterns > _AUTO_DISTINCT * X.shape[0]:
+            return None
+        return patterns
 
     def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:
         """Fit, then return the labels of the training rows (with y for a family

@@ -313,6 +313,7 @@ PARAMETERS = {
         "callback": [3, "print"],
         "resp_init": _RESP_BAD,
         "progress": ["yes", 1, None],
+        "compress": ["yes", 1, None, "on"],
     },
 }
 

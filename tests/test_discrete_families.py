@@ -401,3 +401,106 @@ def test_soft_posterior_across_rows_equals_the_formula(K, T):
         A_bad[bad_row] = value
         with pytest.raises(ValueError, match=f"row {bad_row} "):
             kernel.posterior(A_bad, w)
+
+
+# --- compression: EM over the distinct rows (docs/discrete.md#compression) ------------
+
+def test_row_patterns_are_the_distinct_rows_with_their_weights():
+    from emcore._patterns import row_patterns
+    rng = np.random.default_rng(31)
+    X = rng.integers(-2, 3, size=(500, 4)).astype(np.float64)   # negative codes too
+    w = rng.uniform(0.0, 2.0, X.shape[0])
+    for codes in (True, False):
+        P = row_patterns(X, w, integer_codes=codes)
+        np.testing.assert_array_equal(P.rows[P.inverse], X)
+        assert np.unique(P.rows, axis=0).shape[0] == P.n_patterns   # each once
+        # a pattern's weight sums its rows' weights in a different order: the
+        # sum of at most 500 terms in [0, 2] differs by at most 500 u times its size
+        ref = np.array([w[P.inverse == p].sum() for p in range(P.n_patterns)])
+        np.testing.assert_allclose(P.weight, ref, rtol=500 * 2.0 ** -52)
+    # without weights: counts; a NaN (a missing value) is compared by its bytes
+    X[3, 1] = np.nan
+    P = row_patterns(X, integer_codes=True)
+    np.testing.assert_array_equal(P.rows[P.inverse], X)
+    assert P.weight.sum() == X.shape[0] and np.all(P.weight == np.round(P.weight))
+
+
+def _em_rows(monkeypatch):
+    """The rows each run_em of MixtureModel.fit is given, recorded."""
+    import emcore._mixture
+    seen, run_em = [], emcore._mixture.run_em
+
+    def spy(X, *args, **kwargs):
+        seen.append(X.shape[0])
+        return run_em(X, *args, **kwargs)
+    monkeypatch.setattr(emcore._mixture, "run_em", spy)
+    return seen
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_compressed_fit_is_the_per_row_fit(name, monkeypatch):
+    make, data, key, *_ = CASES[name]
+    rng = np.random.default_rng(32)
+    X = data(400, rng)
+    w = rng.uniform(0.5, 2.0, X.shape[0])
+    seen = _em_rows(monkeypatch)
+    fits = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", emcore.ConvergenceWarning)
+        for compress in (False, True):
+            fits[compress] = emcore.MixtureModel(
+                2, family=name, random_state=3, max_iter=20, tol=0.0,
+                compress=compress).fit(X, sample_weight=w)
+    n_patterns = np.unique(X, axis=0).shape[0]
+    assert seen == [X.shape[0], n_patterns] and n_patterns < X.shape[0] / 2
+    a, b = fits[False], fits[True]
+    # the same start (drawn from the rows) and the same sums in another order:
+    # as test_sample_weight_two_is_a_repeated_row, 20 iterations agree to 1e-10
+    np.testing.assert_allclose(b.params_[key], a.params_[key], rtol=1e-10)
+    np.testing.assert_allclose(b.weights_, a.weights_, rtol=1e-10)
+    assert b.lower_bound_ == pytest.approx(a.lower_bound_, rel=1e-10)
+    # the history reports the rows' log-likelihood and the chain holds
+    assert len(b.history_) == len(a.history_) and b.n_iter_ == a.n_iter_
+    assert all(it.chain_holds() for it in b.history_)
+    for ra, rb in zip(a.history_, b.history_):
+        assert rb.value == pytest.approx(ra.value, rel=1e-10)
+    np.testing.assert_array_equal(b.predict(X), a.predict(X))
+
+
+def test_compress_auto_is_on_for_repeated_discrete_rows_only(monkeypatch):
+    rng = np.random.default_rng(33)
+    seen = _em_rows(monkeypatch)
+    binary = _binary_data(300, rng)                        # at most 16 patterns
+    emcore.MixtureModel(2, family="bernoulli", random_state=0).fit(binary)
+    assert seen[-1] == np.unique(binary, axis=0).shape[0]
+    spread = rng.integers(0, 40, size=(300, 3)).astype(np.float64)  # rows distinct
+    emcore.MixtureModel(2, family="poisson", random_state=0).fit(spread)
+    assert seen[-1] == 300
+    # a continuous family: not even when rows repeat
+    gauss = np.repeat(rng.normal(size=(30, 2)), 10, axis=0)
+    emcore.MixtureModel(2, random_state=0).fit(gauss)
+    assert seen[-1] == 300
+    # nor with a Monte-Carlo rule, which draws z per row
+    emcore.MixtureModel(2, family="bernoulli", posterior="stochastic", max_iter=5,
+                        random_state=0).fit(binary)
+    assert seen[-1] == 300
+
+
+def test_compress_is_validated(tmp_path, monkeypatch):
+    X = _binary_data(50, np.random.default_rng(34))
+    with pytest.raises(ValueError, match="'compress' parameter of MixtureModel must be"):
+        emcore.MixtureModel(2, family="bernoulli", compress="yes").fit(X)
+    with pytest.raises(ValueError, match="'compress' parameter of MixtureModel needs a "
+                                         "posterior rule"):
+        emcore.MixtureModel(2, family="bernoulli", posterior="stochastic",
+                            compress=True).fit(X)
+    # a chunked source (a memory map) is read a block at a time: no patterns
+    mm = np.memmap(tmp_path / "X.dat", dtype=np.float64, mode="w+", shape=X.shape)
+    mm[:] = X
+    mm.flush()
+    with pytest.raises(ValueError, match="'compress' parameter of MixtureModel needs X "
+                                         "in memory"):
+        emcore.MixtureModel(2, family="bernoulli", compress=True).fit(mm)
+    seen = _em_rows(monkeypatch)
+    emcore.MixtureModel(2, family="bernoulli", random_state=0).fit(mm)     # 'auto'
+    assert seen == [X.shape[0]]
