@@ -425,15 +425,16 @@ def test_mclust_models_take_sample_weights(blobs, model):
 
 
 @pytest.mark.parametrize("model", ["VEI", "EVE", "EVV"])
-def test_mclust_models_have_no_prior_yet(blobs, model):
+def test_mclust_models_refuse_a_prior_of_the_wrong_kind(blobs, model):
+    # every model takes a prior (docs/gaussian.md#mclust-prior), resolved for its kind
+    # of scale: a number for the diagonal models, a matrix for the others
+    wrong = "spherical" if model != "VEI" else "full"
     with pytest.raises(ValueError, match=f"'prior'.*covariance_type='{model}'"):
-        GaussianMixture(2, covariance_type=model, prior="default").fit(blobs)
-    with pytest.raises(ValueError, match="'prior'"):
         get_registry().family("gaussian").factory(
             2, 3, covariance_type=model,
-            prior=GaussianPrior().resolve(blobs, 2, None, "full"))
-    # the aliases of scikit-learn's four keep their conjugate priors
-    GaussianMixture(2, covariance_type="VVV", prior="default", random_state=0).fit(blobs)
+            prior=GaussianPrior().resolve(blobs, 2, None, wrong))
+    gm = GaussianMixture(2, covariance_type=model, prior="default", random_state=0).fit(blobs)
+    assert gm.prior_.covariance_type == ("diag" if model == "VEI" else "full")
 
 
 def test_singular_scatter_is_a_degenerate_component_error():
