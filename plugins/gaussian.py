@@ -37,7 +37,8 @@ _INTERNAL = {**{m: m for m in _mclust.MODELS},
              **{m: t for t, m in _mclust.SKLEARN_ALIASES.items()},
              **{t: t for t in _mclust.SKLEARN_ALIASES}}
 _LOG_2PI = np.log(2.0 * np.pi)
-#: the models whose constraint is not linear in the log-Cholesky coordinates
+#: the models whose constraint is not linear in the log-Cholesky coordinates (their
+#: extrapolated covariances are projected back onto the model: from_unconstrained)
 _NONLINEAR = frozenset({"VEE", "EVE", "VVE", "EEV", "VEV"})
 
 
@@ -190,19 +191,28 @@ class GaussianFamily(Family):
         ValueError) for a covariance beyond the condition-number limit. mclust's VEE,
         EVE, VVE, EEV and VEV constrain the Cholesky factors non-linearly (a product
         of a volume and a shared matrix, shared eigenvalues or eigenvectors), which a
-        linear extrapolation does not keep: ValueError (SQUAREM then takes its EM
-        step; docs/gaussian.md#mclust-models)."""
-        if self._type in _NONLINEAR:
-            raise ValueError(f"covariance_type={self.covariance_type!r} has no "
-                             "unconstrained coordinates (its constraint is not linear "
-                             "in the log-Cholesky factors)")
+        linear extrapolation does not keep: their covariances are projected back
+        onto the model, the model's M-step with unit weights and scatters the
+        extrapolated covariances S_k (the model's covariances nearest to S in
+        sum_k KL(N(0, S_k) || N(0, Sigma_k)), which leaves a point of the model where
+        it is; docs/gaussian.md#mclust-models). ValueError (SQUAREM then takes its EM
+        step) when that has no finite answer."""
         L = np.tril(np.asarray(coords["log_cholesky"], dtype=np.float64))
         i = np.arange(self.n_features)
         with np.errstate(over="ignore"):
             L[:, i, i] = np.exp(L[:, i, i])
         cov = L @ np.swapaxes(L, 1, 2)
-        return self.params_from_covariances(coords["means"],
-                                            0.5 * (cov + np.swapaxes(cov, 1, 2)))
+        cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+        if self._type in _NONLINEAR:
+            try:
+                with np.errstate(divide="raise", invalid="raise", over="raise"):
+                    cov = _mclust.constrained_covariances(
+                        self._type, np.ones(self.n_components), cov)
+            except (np.linalg.LinAlgError, FloatingPointError) as exc:
+                raise ValueError(f"the extrapolated covariances have no projection onto "
+                                 f"covariance_type={self.covariance_type!r}: {exc}") from exc
+            cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+        return self.params_from_covariances(coords["means"], cov)
 
     def validate_params(self, params: Params) -> None:
         """Means finite (k, d); covariances (k, d, d) symmetric, positive definite and of
