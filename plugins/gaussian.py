@@ -102,6 +102,8 @@ class GaussianFamily(Family):
         current N_k: not a fixed objective (see ``m_step_penalty``).
     prior : emcore.priors.ResolvedGaussianPrior, optional
         The conjugate prior; ``m_step`` then returns the posterior mode (MAP-EM).
+        mclust's models take it resolved for their kind of scale
+        (``_mclust_models.PRIOR_KIND``; docs/gaussian.md#mclust-prior).
     """
 
     #: the parameter space is open: start from the plain partition (Family.initial_params)
