@@ -55,7 +55,8 @@ class GaussianPrior:
     mean : array of shape (n_features,), optional
         mu_0; default: the column means of X.
     dof : float, optional
-        nu > n_features - 1; default: n_features + 2.
+        nu > n_features - 1; default: n_features + 2. (mclust's VEV prior has no
+        power term: nu does not enter that model's M-step; docs/gaussian.md#mclust-prior.)
     scale : array of shape (n_features, n_features), or float, optional
         For 'full' and 'tied': Lambda of the inverse-Wishart prior, symmetric
         positive definite; for 'diag' and 'spherical': varsigma^2 > 0 of the
