@@ -34,16 +34,12 @@ _MCLUST_MODELS = ("EII", "VII", "EEI", "VEI", "EVI", "VVI", "EEE", "VEE", "EVE",
 _COVARIANCE_TYPES = ("full", "tied", "diag", "spherical") + _MCLUST_MODELS
 #: the scikit-learn shape each type's fitted attributes take: one variance per
 #: component (k,) for EII, VII; per-feature variances (k, d) for EEI, VEI, EVI, VVI;
-#: one matrix (d, d) for EEE; matrices (k, d, d) for the others
+#: one matrix (d, d) for EEE; matrices (k, d, d) for the others. Also the kind of
+#: conjugate prior each takes (GaussianPrior.resolve's covariance_type)
 _SHAPE_KIND = {"full": "full", "tied": "tied", "diag": "diag", "spherical": "spherical",
                "EII": "spherical", "VII": "spherical", "EEI": "diag", "VEI": "diag",
                "EVI": "diag", "VVI": "diag", "EEE": "tied",
                **{m: "full" for m in ("VEE", "EVE", "VVE", "EEV", "VEV", "EVV", "VVV")}}
-
-
-#: the types with a scikit-learn name (and the conjugate prior): that name
-_SKLEARN_NAME = {"full": "full", "tied": "tied", "diag": "diag", "spherical": "spherical",
-                 "VVV": "full", "EEE": "tied", "VVI": "diag", "VII": "spherical"}
 
 
 def _parameter_shape(covariance_type: str, k: int, d: int) -> tuple:
@@ -235,8 +231,8 @@ class GaussianMixture(_MixtureBase):
         'VVV', 'EEE', 'VVI', 'VII' are 'full', 'tied', 'diag', 'spherical'); their
         fitted attributes take the shape of their representation: (k,) for EII
         and VII, (k, d) for EEI, VEI, EVI, VVI, (d, d) for EEE, (k, d, d) for the
-        others (docs/gaussian.md#mclust-models). No ``prior`` for the ten beyond
-        scikit-learn's four.
+        others (docs/gaussian.md#mclust-models); each takes a ``prior``
+        (docs/gaussian.md#mclust-prior).
     tol : float, default 1e-6
         Stop when the relative change of the log-likelihood between two
         iterations, ``|L_{t+1} - L_t| / |L_{t+1}|``, is below ``tol`` (0: never, run
@@ -440,7 +436,7 @@ class GaussianMixture(_MixtureBase):
                              "is a chunked source (memmap, h5py, zarr, Dask): the prior's "
                              "defaults are computed from all rows in memory.")
         return prior.resolve(X, self.n_components, sample_weight,
-                             _SKLEARN_NAME[self.covariance_type])
+                             _SHAPE_KIND[self.covariance_type])
 
     def _fit_rule(self):
         return self._resolve_rule(self.posterior)
@@ -539,12 +535,6 @@ class GaussianMixture(_MixtureBase):
         owner = "GaussianMixture"
         k = self._check_common(X)
         v.check_choice(self.covariance_type, "covariance_type", owner, _COVARIANCE_TYPES)
-        if self.prior is not None and self.covariance_type not in _SKLEARN_NAME:
-            raise ValueError(f"The 'prior' parameter of {owner} must be None for "
-                             f"covariance_type={self.covariance_type!r}: the conjugate "
-                             "prior is implemented for 'full', 'tied', 'diag' and "
-                             "'spherical' (mclust's VVV, EEE, VVI, VII) only. Got "
-                             f"{self.prior!r} instead.")
         v.check_float(self.reg_covar, "reg_covar", owner)
         v.check_bool(self.warm_start, "warm_start", owner)
         check_exponent(self.online_step_exponent, owner)      # (used by partial_fit)

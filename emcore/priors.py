@@ -8,6 +8,10 @@ Per covariance type (docs/gaussian.md#map):
     spherical: sigma^2_k ~ InverseGamma(dof/2, scale/2),  mu_k | . ~ N(mean, sigma^2_k I / kappa)
     weights:   pi ~ Dirichlet(weight_concentration).
 
+mclust's ten other models take the same hyperparameters in the form mclust's
+``priorControl`` gives them (docs/gaussian.md#mclust-prior): a number varsigma^2 for
+EII, EEI, VEI, EVI, a matrix for the others (``resolve``'s ``covariance_type``).
+
 With a prior, EM maximises log-likelihood + log prior (MAP-EM) and keeps that sum
 non-decreasing; degenerate components (identical points, a component collapsing
 on one point, fewer points than dimensions) cannot occur, since every covariance
@@ -51,7 +55,8 @@ class GaussianPrior:
     mean : array of shape (n_features,), optional
         mu_0; default: the column means of X.
     dof : float, optional
-        nu > n_features - 1; default: n_features + 2.
+        nu > n_features - 1; default: n_features + 2. (mclust's VEV prior has no
+        power term: nu does not enter that model's M-step; docs/gaussian.md#mclust-prior.)
     scale : array of shape (n_features, n_features), or float, optional
         For 'full' and 'tied': Lambda of the inverse-Wishart prior, symmetric
         positive definite; for 'diag' and 'spherical': varsigma^2 > 0 of the
@@ -77,6 +82,11 @@ class GaussianPrior:
                 sample_weight: Optional[np.ndarray] = None,
                 covariance_type: str = "full") -> ResolvedGaussianPrior:
         """Fill in the defaults from the data (weights act as repetitions).
+
+        ``covariance_type`` is the kind of scale: 'full' or 'tied' (a matrix), 'diag'
+        or 'spherical' (a number); for mclust's models, the kind their prior takes
+        ('spherical' for EII and VII, 'diag' for EEI, VEI, EVI and VVI, 'tied' for
+        EEE, 'full' for the others; docs/gaussian.md#mclust-prior).
 
         Raises ValueError naming the hyperparameter that is invalid.
         """

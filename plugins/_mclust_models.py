@@ -14,6 +14,10 @@ the volumes and the shared shape / matrix) and EVE, VVE (exact volumes and shape
 given the orientation, and a sweep of exact plane rotations of the shared
 orientation given them) iterate. Formulas and the convergence control:
 docs/gaussian.md#mclust-models.
+
+With a conjugate prior (``prior_terms``) the M-step minimises the same f with the
+counts raised by the prior's powers and the scatters by its scale, so the same
+functions give the posterior mode (docs/gaussian.md#mclust-prior).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 
 __all__ = ["MODELS", "SKLEARN_ALIASES", "REPRESENTATION", "ITERATIVE",
            "INNER_TOL", "INNER_MAX_ITER", "n_covariance_parameters",
-           "constrained_covariances"]
+           "constrained_covariances", "PRIOR_KIND", "prior_terms"]
 
 MODELS = ("EII", "VII", "EEI", "VEI", "EVI", "VVI", "EEE", "VEE", "EVE", "VVE",
           "EEV", "VEV", "EVV", "VVV")
@@ -43,6 +47,14 @@ ITERATIVE = frozenset({"VEI", "VEE", "VEV", "EVE", "VVE"})
 #: INNER_MAX_ITER iterations
 INNER_TOL = 1e-14
 INNER_MAX_ITER = 5000
+#: the kind of conjugate prior each model takes (emcore.priors.GaussianPrior.resolve's
+#: covariance_type): an inverse gamma with a number varsigma^2 as scale
+#: ('spherical': varsigma^2 / d per variance; 'diag': varsigma^2 per variance) or an
+#: inverse Wishart with a matrix scale Lambda ('full', 'tied')
+PRIOR_KIND = {**{m: "spherical" for m in ("EII", "VII")},
+              **{m: "diag" for m in ("EEI", "VEI", "EVI", "VVI")},
+              "EEE": "tied",
+              **{m: "full" for m in ("VEE", "EVE", "VVE", "EEV", "VEV", "EVV", "VVV")}}
 
 
 def n_covariance_parameters(model: str, k: int, d: int) -> int:
@@ -267,3 +279,46 @@ def constrained_covariances(model: str, n: np.ndarray, W: np.ndarray,
                else np.sum(omega, axis=1) / (d * n))
         var = _vei(n, omega, lam)
     return _compose(V, var)
+
+
+def prior_terms(model: str, k: int, d: int, dof: float, mean_prior: bool) -> tuple:
+    """How the conjugate prior enters the M-step of ``model`` (not VVV, EEE, VVI, VII:
+    the Gaussian family's four have their own closed forms, docs/gaussian.md#map).
+
+    Returns (c, share): with a prior the M-step minimises, over the model's
+    constraint set,
+
+        f = sum_k [(n_k + c_k) log|Sigma_k| + tr((W_k + share Lambda) Sigma_k^-1)]
+
+    with W_k the scatters about the posterior-mode means (the shrinkage term
+    s_k delta_k delta_k^T included) and Lambda the prior's scale matrix (varsigma^2 / d I
+    for EII, varsigma^2 I for the diagonal models). That is the exact maximiser of
+    Q + log p(theta) with
+
+        log p(theta) = -1/2 sum_k [c_k log|Sigma_k| + share tr(Lambda Sigma_k^-1)
+                                   + kappa (mu_k - mu_0)^T Sigma_k^-1 (mu_k - mu_0)]
+
+    (up to a constant), the penalty ``GaussianFamily.log_prior`` computes. For EII,
+    EEI, VEI, EVI, EEV and VEV the powers are those of mclust 6.0.0's ``me()`` with
+    ``priorControl()`` (docs/gaussian.md#mclust-prior says where mclust differs);
+    for VEE, EVE, VVE and EVV, which mclust gives no prior, it is VVV's inverse
+    Wishart and normal prior on each component (c_k = nu + d + 1, + 1 with a mean
+    prior). A total spread over the k components (c_k = total / k) is for the models
+    whose |Sigma_k| is one number (equal volumes), where only the total enters.
+    """
+    m = 1.0 if mean_prior else 0.0
+    if model == "EII":                    # sigma^2: nu + 2 (+ k d with a mean prior) powers
+        return np.full(k, (dof + 2.0 + m * k * d) / (d * k)), 1.0 / k
+    if model == "EEI":                    # one diagonal: nu + 1 (+ 1), the scale once
+        return np.full(k, (dof + 1.0 + m) / k), 1.0 / k
+    if model == "VEI":                    # (nu + 2 (+ 1)) / d per component
+        return np.full(k, (dof + 2.0 + m) / d), 1.0
+    if model == "EVI":                    # the shared volume: nu + 1 (+ 1) in all
+        return np.full(k, (dof + 1.0 + m) / k), 1.0
+    if model == "EEV":                    # the shared volume and shape: nu + d + 1 (+ 1)
+        return np.full(k, (dof + d + 1.0 + m) / k), 1.0
+    if model == "VEV":                    # mclust's VEV: no power, the scale per component
+        return np.zeros(k), 1.0
+    if model in ("VEE", "EVE", "VVE", "EVV"):
+        return np.full(k, dof + d + 1.0 + m), 1.0
+    raise ValueError(f"prior_terms has no rule for covariance_type={model!r}")

@@ -37,7 +37,8 @@ _INTERNAL = {**{m: m for m in _mclust.MODELS},
              **{m: t for t, m in _mclust.SKLEARN_ALIASES.items()},
              **{t: t for t in _mclust.SKLEARN_ALIASES}}
 _LOG_2PI = np.log(2.0 * np.pi)
-#: the models whose constraint is not linear in the log-Cholesky coordinates
+#: the models whose constraint is not linear in the log-Cholesky coordinates (their
+#: extrapolated covariances are projected back onto the model: from_unconstrained)
 _NONLINEAR = frozenset({"VEE", "EVE", "VVE", "EEV", "VEV"})
 
 
@@ -101,6 +102,8 @@ class GaussianFamily(Family):
         current N_k: not a fixed objective (see ``m_step_penalty``).
     prior : emcore.priors.ResolvedGaussianPrior, optional
         The conjugate prior; ``m_step`` then returns the posterior mode (MAP-EM).
+        mclust's models take it resolved for their kind of scale
+        (``_mclust_models.PRIOR_KIND``; docs/gaussian.md#mclust-prior).
     """
 
     #: the parameter space is open: start from the plain partition (Family.initial_params)
@@ -115,18 +118,20 @@ class GaussianFamily(Family):
                 f"covariance_type must be one of {', '.join(map(repr, COVARIANCE_TYPES))}; "
                 f"got {covariance_type!r}")
         self._type = _INTERNAL[covariance_type]
-        if prior is not None and self._type in _mclust.MODELS:
-            raise ValueError(
-                f"The 'prior' parameter of the Gaussian family must be None for "
-                f"covariance_type={covariance_type!r}: the conjugate prior is implemented "
-                "for 'full', 'tied', 'diag' and 'spherical' (mclust's VVV, EEE, VVI, VII) "
-                "only.")
         reg_covar = float(reg_covar)
         if not np.isfinite(reg_covar) or reg_covar < 0:
             raise ValueError(f"reg_covar must be a finite number >= 0; got {reg_covar!r}")
         if prior is not None and not isinstance(prior, ResolvedGaussianPrior):
             raise TypeError("prior must be an emcore.priors.ResolvedGaussianPrior "
                             "(GaussianPrior(...).resolve(X, n_components)) or None")
+        if prior is not None and self._type in _mclust.MODELS:
+            kind = _mclust.PRIOR_KIND[self._type]
+            if prior.covariance_type != kind:
+                raise ValueError(
+                    f"The 'prior' parameter of the Gaussian family must be resolved for "
+                    f"covariance_type={covariance_type!r} (its {kind!r} kind of scale: "
+                    f"GaussianPrior(...).resolve(X, n_components, None, {kind!r})). "
+                    f"Got a prior resolved for {prior.covariance_type!r} instead.")
         self.covariance_type = covariance_type
         self.reg_covar = reg_covar
         self.prior = prior
@@ -188,19 +193,28 @@ class GaussianFamily(Family):
         ValueError) for a covariance beyond the condition-number limit. mclust's VEE,
         EVE, VVE, EEV and VEV constrain the Cholesky factors non-linearly (a product
         of a volume and a shared matrix, shared eigenvalues or eigenvectors), which a
-        linear extrapolation does not keep: ValueError (SQUAREM then takes its EM
-        step; docs/gaussian.md#mclust-models)."""
-        if self._type in _NONLINEAR:
-            raise ValueError(f"covariance_type={self.covariance_type!r} has no "
-                             "unconstrained coordinates (its constraint is not linear "
-                             "in the log-Cholesky factors)")
+        linear extrapolation does not keep: their covariances are projected back
+        onto the model, the model's M-step with unit weights and scatters the
+        extrapolated covariances S_k (the model's covariances nearest to S in
+        sum_k KL(N(0, S_k) || N(0, Sigma_k)), which leaves a point of the model where
+        it is; docs/gaussian.md#mclust-models). ValueError (SQUAREM then takes its EM
+        step) when that has no finite answer."""
         L = np.tril(np.asarray(coords["log_cholesky"], dtype=np.float64))
         i = np.arange(self.n_features)
         with np.errstate(over="ignore"):
             L[:, i, i] = np.exp(L[:, i, i])
         cov = L @ np.swapaxes(L, 1, 2)
-        return self.params_from_covariances(coords["means"],
-                                            0.5 * (cov + np.swapaxes(cov, 1, 2)))
+        cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+        if self._type in _NONLINEAR:
+            try:
+                with np.errstate(divide="raise", invalid="raise", over="raise"):
+                    cov = _mclust.constrained_covariances(
+                        self._type, np.ones(self.n_components), cov)
+            except (np.linalg.LinAlgError, FloatingPointError) as exc:
+                raise ValueError(f"the extrapolated covariances have no projection onto "
+                                 f"covariance_type={self.covariance_type!r}: {exc}") from exc
+            cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+        return self.params_from_covariances(coords["means"], cov)
 
     def validate_params(self, params: Params) -> None:
         """Means finite (k, d); covariances (k, d, d) symmetric, positive definite and of
@@ -402,8 +416,21 @@ class GaussianFamily(Family):
             delta = mean - p.mean
             numerator = (np.where(has.reshape(wshape), scatter, 0.0)
                          + shrink.reshape(wshape) * _outer(delta, delta, diag))
-        if self._type in _mclust.MODELS:       # maximum likelihood only (no prior)
-            covariances = self._mclust_covariances(numerator, w, previous)
+        if self._type in _mclust.MODELS:
+            counts, scale = self._mclust_prior_inputs(w, diag)
+            covariances = self._mclust_covariances(numerator + scale, counts, previous)
+            if self.prior is not None and not np.all(counts > 0):
+                # VEV's prior has no power (c_k = 0): an empty component's covariance
+                # has no maximiser (log p grows without bound as Sigma_k does); it
+                # keeps its previous value, which leaves the objective where it was
+                if previous is None:
+                    raise DegenerateComponentError(
+                        f"Component {int(np.argmin(counts))} received no data at "
+                        f"initialisation, and covariance_type={self.covariance_type!r}'s "
+                        "prior (mclust's) does not define its covariance; reduce "
+                        "n_components or choose another initialisation.",
+                        component=int(np.argmin(counts)))
+                covariances[counts <= 0] = previous["covariances"][counts <= 0]
         else:
             denominator = self._denominator(w)
             covariances = self._constrained(
@@ -425,14 +452,28 @@ class GaussianFamily(Family):
                 covariances[~has] = previous["covariances"][~has]
         return self.params_from_covariances(means, covariances, n_k=w)
 
+    def _mclust_prior_inputs(self, w: np.ndarray, diagonal: bool) -> tuple:
+        """(counts, scale) of an mclust model's M-step: the components' weights and
+        0 without a prior; with one, the weights plus the prior's powers c_k and its
+        scale matrix (its diagonal for the diagonal kernel) times its share, as
+        ``_mclust.prior_terms`` says (docs/gaussian.md#mclust-prior)."""
+        if self.prior is None:
+            return w, 0.0
+        p, k, d = self.prior, self.n_components, self.n_features
+        c, share = _mclust.prior_terms(self._type, k, d, p.dof, p.shrinkage > 0)
+        scale = share * (np.diagonal(p.scale) if diagonal else p.scale)
+        return w + c, np.broadcast_to(scale, (k,) + scale.shape)
+
     def _mclust_covariances(self, scatter: np.ndarray, w: np.ndarray,
                             previous: Optional[Params]) -> np.ndarray:
         """The covariances of an mclust model from the centred scatters (k, d, d), or
-        their diagonals (k, d), of the components with weight (the others get the
-        first one's, replaced by their previous values unless all are shared).
+        their diagonals (k, d), and the counts w (with a prior: the scatters plus the
+        prior's scale, the weights plus its powers), of the components with a
+        positive count (the others get the first one's, replaced by their previous
+        values unless all are shared).
 
-        reg_covar enters as reg_covar * N_k I added to each scatter: the exact
-        constrained maximiser of Q - reg_covar / 2 sum_k N_k tr(P_k), the penalty
+        reg_covar enters as reg_covar * w_k I added to each scatter: the exact
+        constrained maximiser of Q - reg_covar / 2 sum_k w_k tr(P_k), the penalty
         ``m_step_penalty`` records (for the four scikit-learn types this is the same
         as adding reg_covar * I after the M-step)."""
         k, d, t = self.n_components, self.n_features, self._type
@@ -501,6 +542,8 @@ class GaussianFamily(Family):
         if self.prior is None:
             return w
         t, k, d = self._type, self.n_components, self.n_features
+        if t in _mclust.MODELS:
+            return self._mclust_prior_inputs(w, self._diagonal)[0]
         den = self._denominator(w)
         if t == "spherical":
             return den / d
@@ -515,7 +558,18 @@ class GaussianFamily(Family):
         p, d, k, t = self.prior, self.n_features, self.n_components, self._type
         kappa = p.shrinkage
         terms = []
-        if t in ("full", "tied"):
+        if t in _mclust.MODELS:
+            # -1/2 sum_k [c_k log|Sigma_k| + share tr(Lambda P_k) + kappa |(mu_k - mu_0) U_k|^2]
+            # (_mclust.prior_terms; up to a constant: not normalised on the model's set)
+            U = params["precisions_cholesky"]
+            c, share = _mclust.prior_terms(t, k, d, p.dof, kappa > 0)
+            log_det = -2.0 * np.sum(np.log(np.diagonal(U, axis1=1, axis2=2)), axis=1)
+            terms += [-0.5 * c * log_det,
+                      -0.5 * share * np.sum((p.scale @ U) * U, axis=(1, 2))]
+            if kappa > 0:
+                y = np.einsum("kj,kjl->kl", params["means"] - p.mean, U)
+                terms.append(-0.5 * kappa * np.sum(y * y, axis=1))
+        elif t in ("full", "tied"):
             U = params["precisions_cholesky"]
             log_det = -2.0 * np.sum(np.log(np.diagonal(U, axis1=1, axis2=2)), axis=1)
             trace = np.sum((p.scale @ U) * U, axis=(1, 2))      # tr(Lambda P_k)
