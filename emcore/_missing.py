@@ -36,7 +36,8 @@ from emcore.plugin_api import MixtureStructure, PassResult
 __all__ = ["MissingValues", "MissingData", "prepare", "row_pass", "run_missing_em",
            "drop_empty_rows", "warn_empty_rows", "fit_starts", "as_source_with_nan",
            "filled_array", "filled_source", "ObservedRows", "ObservedMixture",
-           "observed_pass", "fit_observed_starts", "observed_fill", "check_input_with_nan"]
+           "observed_pass", "fit_observed_starts", "observed_fill", "check_input_with_nan",
+           "source_row_pass"]
 
 
 class MissingData:
@@ -85,6 +86,39 @@ def row_pass(X: np.ndarray, weights: np.ndarray, params: dict, *, log_resp: bool
         out["out_mean"] = np.empty((n, d))
         out["out_var"] = np.empty((n, d))
     _kernel(X, weights, params, None, n_jobs, **out)
+    return {key[4:]: value for key, value in out.items()}
+
+
+def _block_outputs(rows: np.ndarray, start: int, shared: tuple, *outputs) -> None:
+    """The kernel's per-row outputs for one block of a source, written in place
+    into the block's slices of the output arrays (what ``map_blocks`` maps)."""
+    weights, params, n_jobs, names = shared
+    given = {name: out for name, out in zip(names, outputs)}
+    try:
+        _kernel(rows, weights, params, None, n_jobs, **given)
+    except DegenerateComponentError as exc:
+        raise ValueError(f"{exc} (row numbers from row {start})") from None
+
+
+def source_row_pass(source: ChunkedSource, weights: np.ndarray, params: dict, *,
+                    log_resp: bool = False, impute: bool = False,
+                    n_jobs: Optional[int] = 1) -> dict:
+    """:func:`row_pass` over a chunked source with NaN (memmap, h5py, zarr, Dask), a
+    block at a time: the same kernel on each block's rows, writing the block's
+    slices of in-memory (n, ...) outputs (docs/missing_values.md#chunked)."""
+    n, d = source.shape
+    k = np.shape(weights)[0]
+    out = {"out_row_value": np.empty(n)}
+    if log_resp:
+        out["out_log_resp"] = np.empty((n, k))
+    if impute:
+        out["out_mean"] = np.empty((n, d))
+        out["out_var"] = np.empty((n, d))
+    names = tuple(out)
+    for _ in source.map_blocks(_block_outputs,
+                               (np.asarray(weights, dtype=np.float64), params, n_jobs,
+                                names), row_outputs=tuple(out.values())):
+        pass
     return {key[4:]: value for key, value in out.items()}
 
 
