@@ -313,6 +313,7 @@ PARAMETERS = {
         "callback": [3, "print"],
         "resp_init": _RESP_BAD,
         "progress": ["yes", 1, None],
+        "missing": ["drop", "MARGINALIZE", None, True, 1],
     },
 }
 
