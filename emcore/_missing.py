@@ -31,13 +31,13 @@ from emcore._threads import effective_n_threads, single_threaded_blas
 from emcore.engine import (FitResult, Iteration, _log_weights, best_of_starts, run_em,
                            summation_depth)
 from emcore.exceptions import DegenerateComponentError
-from emcore.plugin_api import MixtureStructure, PassResult
+from emcore.plugin_api import Family, MixtureStructure, PassResult
 
 __all__ = ["MissingValues", "MissingData", "prepare", "row_pass", "run_missing_em",
            "drop_empty_rows", "warn_empty_rows", "fit_starts", "as_source_with_nan",
            "filled_array", "filled_source", "ObservedRows", "ObservedMixture",
            "observed_pass", "fit_observed_starts", "observed_fill", "check_input_with_nan",
-           "source_row_pass"]
+           "source_row_pass", "MaskedFamily"]
 
 
 class MissingData:
@@ -573,3 +573,116 @@ def check_input_with_nan(X: Any, owner: str, n_features: Optional[int] = None) -
     checked = check_input(np.where(nan, 0.0, arr), owner=owner, n_features=n_features)
     checked[nan] = np.nan
     return checked
+
+
+class MaskedFamily(Family):
+    """A product-form family (``supports_missing``) seen by code that only calls
+    ``log_density`` and ``chunk_stats`` (a hidden Markov model's forward-backward
+    pass): rows with NaN go to the family's ``log_density_observed`` /
+    ``chunk_stats_observed``, complete rows to its own methods; everything else is
+    the family's (docs/missing_values.md#product-form-families). No compiled kernel
+    (the pass then runs the family's methods on each group of rows)."""
+
+    def __init__(self, family: Family):
+        super().__init__(family.n_components, family.n_features)
+        self.family = family
+        for name in ("fixed_weights", "generalized_m_step", "init_smoothing",
+                     "stats_need_params"):
+            setattr(self, name, getattr(family, name))
+        self.supports_missing = True
+
+    def log_density(self, X: np.ndarray, params) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        observed = ~np.isnan(X)
+        complete = observed.all(axis=1)
+        if complete.all():
+            return self.family.log_density(X, params)
+        out = np.empty((X.shape[0], self.n_components))
+        if complete.any():
+            out[complete] = self.family.log_density(np.ascontiguousarray(X[complete]),
+                                                    params)
+        out[~complete] = self.family.log_density_observed(X[~complete],
+                                                          observed[~complete], params)
+        return out
+
+    def chunk_stats(self, X: np.ndarray, weights: np.ndarray, params=None) -> Any:
+        from emcore.plugin_api import family_chunk_stats
+        X = np.asarray(X, dtype=np.float64)
+        observed = ~np.isnan(X)
+        complete = observed.all(axis=1)
+        stats = family_chunk_stats(self.family, np.ascontiguousarray(X[complete]),
+                                   weights[complete], params)
+        if complete.all():
+            return stats
+        return self.family.merge_stats(stats, self.family.chunk_stats_observed(
+            X[~complete], observed[~complete], weights[~complete]))
+
+    # the family's own, unchanged
+    def log_density_observed(self, X, observed, params):
+        return self.family.log_density_observed(X, observed, params)
+
+    def chunk_stats_observed(self, X, observed, weights):
+        return self.family.chunk_stats_observed(X, observed, weights)
+
+    def marginal(self, columns, params):
+        return self.family.marginal(columns, params)
+
+    def empty_stats(self):
+        return self.family.empty_stats()
+
+    def merge_stats(self, a, b):
+        return self.family.merge_stats(a, b)
+
+    def scale_stats(self, stats, factor):
+        return self.family.scale_stats(stats, factor)
+
+    def m_step(self, stats, previous):
+        return self.family.m_step(stats, previous)
+
+    def expected_log_likelihood(self, stats, params):
+        return self.family.expected_log_likelihood(stats, params)
+
+    def m_step_penalty(self, stats, params):
+        return self.family.m_step_penalty(stats, params)
+
+    def initial_params(self, X, rng, sample_weight=None, resp=None):
+        return self.family.initial_params(X, rng, sample_weight, resp)
+
+    def seeding_weights(self, X, sample_weight=None):
+        return self.family.seeding_weights(X, sample_weight)
+
+    def check_data(self, X, *, owner):
+        return self.family.check_data(X, owner=owner)
+
+    def validate_params(self, params):
+        return self.family.validate_params(params)
+
+    def n_parameters(self):
+        return self.family.n_parameters()
+
+    def sample(self, params, counts, rng):
+        return self.family.sample(params, counts, rng)
+
+    def rounding_amplification(self, params):
+        return self.family.rounding_amplification(params)
+
+    def log_prior(self, params):
+        return self.family.log_prior(params)
+
+    def parameter_rounding(self, stats, params):
+        return self.family.parameter_rounding(stats, params)
+
+    def log_density_rounding(self, stats, params):
+        return self.family.log_density_rounding(stats, params)
+
+    def expected_log_likelihood_magnitude(self, stats, params):
+        return self.family.expected_log_likelihood_magnitude(stats, params)
+
+    def to_unconstrained(self, params):
+        return self.family.to_unconstrained(params)
+
+    def from_unconstrained(self, coords):
+        return self.family.from_unconstrained(coords)
+
+    def random_params(self, rng, *, nearly_degenerate=False):
+        return self.family.random_params(rng, nearly_degenerate=nearly_degenerate)

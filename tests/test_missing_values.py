@@ -806,3 +806,51 @@ def test_a_diag_gaussian_through_the_capability_reaches_the_gaussian_paths_fit()
     steps = [next(t for t, it in enumerate(h) if it.param_change < 1e-8)
              for h in (fit.history, g.history_)]
     assert steps[0] < steps[1]
+
+
+# --- HiddenMarkovModel with a product-form emission ----------------------------------
+
+def _forward_loglik(X, lengths, pi, A, rates):
+    """log p(X) of a Poisson HMM by the forward recursion, each row's emission the
+    product over its observed entries (scipy), written independently."""
+    total, start = 0.0, 0
+    for L in lengths:
+        seq = X[start:start + L]
+        start += L
+        terms = scipy.stats.poisson.logpmf(np.nan_to_num(seq)[:, None, :], rates[None])
+        log_b = np.where(np.isnan(seq)[:, None, :], 0.0, terms).sum(axis=2)
+        alpha = np.log(pi) + log_b[0]
+        for t in range(1, L):
+            alpha = logsumexp(alpha[:, None] + np.log(A), axis=0) + log_b[t]
+        total += logsumexp(alpha)
+    return total
+
+
+# ~2 s under load (15 forward-backward passes through the Python emission path)
+def test_a_hidden_markov_model_marginalizes_missing_emissions():
+    from emcore import HiddenMarkovModel
+    rng = np.random.default_rng(24)
+    A = np.array([[0.9, 0.1], [0.2, 0.8]])
+    states = [0]
+    for _ in range(299):
+        states.append(rng.choice(2, p=A[states[-1]]))
+    X = rng.poisson(np.array([[1.0, 6.0], [7.0, 1.5]])[states]).astype(float)
+    X[rng.random(X.shape) < 0.25] = np.nan
+    X[10] = np.nan                     # a step with nothing observed: emission density 1
+    lengths = [150, 150]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # tol=0 runs max_iter steps on purpose (HiddenMarkovModel still says so)
+        warnings.filterwarnings("ignore", "HiddenMarkovModel stopped after")
+        h = HiddenMarkovModel(2, family="poisson", missing="marginalize", tol=0.0,
+                              max_iter=15, random_state=0).fit(X, lengths=lengths)
+    assert all(it.chain_holds() for it in h.history_)
+    # the objective is the observed-data likelihood of the chain: 300 forward steps
+    # of terms ~|log p| < 20, summed in another order, agree to ~300 * 20 * 8 u
+    direct = _forward_loglik(X, lengths, h.startprob_, h.transmat_, h.params_["rates"])
+    assert h.score(X, lengths=lengths) == pytest.approx(direct, rel=1e-11)
+    assert h.history_[-1].value_next == pytest.approx(direct, rel=1e-11)
+    with pytest.raises(ValueError, match="family 'gaussian' does not support missing"):
+        HiddenMarkovModel(2, missing="marginalize").fit(X, lengths=lengths)
+    with pytest.raises(ValueError):
+        HiddenMarkovModel(2, family="poisson").fit(X, lengths=lengths)
