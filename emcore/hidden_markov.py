@@ -217,7 +217,9 @@ class HiddenMarkovModel(BaseEstimator):
             parts = [np.asarray(x) for x in X]
             lengths = [p.shape[0] for p in parts]
             X = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        missing = v.check_choice(self.missing, "missing", _OWNER, ("error", "marginalize"))
+        # getattr: a model saved before the parameter existed predicts as before
+        missing = v.check_choice(getattr(self, "missing", "error"), "missing", _OWNER,
+                                 ("error", "marginalize"))
         if missing == "marginalize" and isinstance(X, (np.ndarray, list, tuple)) and \
                 not isinstance(X, np.memmap):
             X = _missing.check_input_with_nan(X, owner, n_features=n_features)
