@@ -28,6 +28,13 @@ probability or rate starts at an exact zero the data does not force. The kernels
 (``_discrete_kernel.pyx``) compute log-densities and statistics without the GIL;
 the pure-Python methods delegate to them (one implementation). Formulas, the
 pattern-table kernel and what float64 codes cost: docs/discrete.md.
+
+Missing values (``Family.supports_missing``): NaN in a float array marks a missing
+code or count (an integer array, e.g. uint8 codes, cannot hold NaN). Rows with a
+NaN go through ``log_density_observed`` / ``chunk_stats_observed`` (vectorised
+NumPy; complete rows keep the kernels), which drop the missing entries' terms and
+count each feature over the rows observing it (the statistics' ``observed``):
+docs/missing_values.md#product-form-families.
 """
 
 from __future__ import annotations
