@@ -497,7 +497,7 @@ class Family(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} does not support missing "
                                   "values (supports_missing is False)")
 
-    def marginal(self, columns: Any, params: Params) -> tuple:
+    def marginal(self, columns: Any, params: Params) -> tuple["Family", dict[str, np.ndarray]]:
         """Return ``(family, params)``: the model of the coordinates ``columns``
         alone (a sequence of column indices), the same family on fewer columns
         with the matching parameters. For a product form this is the marginal
