@@ -31,10 +31,13 @@ from emcore._threads import effective_n_threads, single_threaded_blas
 from emcore.engine import (FitResult, Iteration, _log_weights, best_of_starts, run_em,
                            summation_depth)
 from emcore.exceptions import DegenerateComponentError
-from emcore.plugin_api import MixtureStructure, PassResult
+from emcore.plugin_api import Family, MixtureStructure, PassResult
 
 __all__ = ["MissingValues", "MissingData", "prepare", "row_pass", "run_missing_em",
-           "drop_empty_rows", "warn_empty_rows", "fit_starts", "as_source_with_nan", "filled_array", "filled_source"]
+           "drop_empty_rows", "warn_empty_rows", "fit_starts", "as_source_with_nan",
+           "filled_array", "filled_source", "ObservedRows", "ObservedMixture",
+           "observed_pass", "fit_observed_starts", "observed_fill", "check_input_with_nan",
+           "source_row_pass", "MaskedFamily"]
 
 
 class MissingData:
@@ -83,6 +86,39 @@ def row_pass(X: np.ndarray, weights: np.ndarray, params: dict, *, log_resp: bool
         out["out_mean"] = np.empty((n, d))
         out["out_var"] = np.empty((n, d))
     _kernel(X, weights, params, None, n_jobs, **out)
+    return {key[4:]: value for key, value in out.items()}
+
+
+def _block_outputs(rows: np.ndarray, start: int, shared: tuple, *outputs) -> None:
+    """The kernel's per-row outputs for one block of a source, written in place
+    into the block's slices of the output arrays (what ``map_blocks`` maps)."""
+    weights, params, n_jobs, names = shared
+    given = {name: out for name, out in zip(names, outputs)}
+    try:
+        _kernel(rows, weights, params, None, n_jobs, **given)
+    except DegenerateComponentError as exc:
+        raise ValueError(f"{exc} (row numbers from row {start})") from None
+
+
+def source_row_pass(source: ChunkedSource, weights: np.ndarray, params: dict, *,
+                    log_resp: bool = False, impute: bool = False,
+                    n_jobs: Optional[int] = 1) -> dict:
+    """:func:`row_pass` over a chunked source with NaN (memmap, h5py, zarr, Dask), a
+    block at a time: the same kernel on each block's rows, writing the block's
+    slices of in-memory (n, ...) outputs (docs/missing_values.md#chunked)."""
+    n, d = source.shape
+    k = np.shape(weights)[0]
+    out = {"out_row_value": np.empty(n)}
+    if log_resp:
+        out["out_log_resp"] = np.empty((n, k))
+    if impute:
+        out["out_mean"] = np.empty((n, d))
+        out["out_var"] = np.empty((n, d))
+    names = tuple(out)
+    for _ in source.map_blocks(_block_outputs,
+                               (np.asarray(weights, dtype=np.float64), params, n_jobs,
+                                names), row_outputs=tuple(out.values())):
+        pass
     return {key[4:]: value for key, value in out.items()}
 
 
@@ -333,3 +369,320 @@ def filled_source(source: ChunkedSource) -> Any:
         from emcore._input import as_source
         return as_source(da.where(da.isnan(data), values, data), n_features=data.shape[1])
     return ChunkedSource(_Filled(data, values), block_rows=source.block_rows)
+
+
+# --- product-form families (Family.supports_missing) -------------------------------------
+# docs/missing_values.md#product-form-families: the latent variable is z alone; the
+# model of a row's observed entries is the product of their factors, so a missing
+# entry's term is dropped from the log-density and from its coordinate's statistics.
+
+class ObservedRows:
+    """X (n, d) with NaN entries, split once for the pass: the complete rows (the
+    engine's pass, a compiled kernel when the family has one) and the rows with a
+    missing entry (the family's ``log_density_observed`` / ``chunk_stats_observed``),
+    with their sample weights."""
+
+    def __init__(self, X: np.ndarray, sample_weight: Optional[np.ndarray] = None):
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        observed = ~np.isnan(X)
+        complete = observed.all(axis=1)
+        self.shape = X.shape
+        self.complete_rows = np.flatnonzero(complete)
+        self.incomplete_rows = np.flatnonzero(~complete)
+        self.complete = np.ascontiguousarray(X[complete])
+        self.incomplete = np.ascontiguousarray(X[~complete])
+        self.observed = np.ascontiguousarray(observed[~complete])
+        sw = sample_weight
+        self.complete_weight = None if sw is None else np.ascontiguousarray(sw[complete])
+        self.incomplete_weight = None if sw is None else np.ascontiguousarray(sw[~complete])
+
+
+def _observed_part(rows: ObservedRows, family, rule, log_w: np.ndarray, params, *,
+                   chunk_rows: int, with_stats: bool = True,
+                   out_log_resp: Optional[np.ndarray] = None,
+                   out_row_value: Optional[np.ndarray] = None) -> tuple:
+    """The pass over the rows with a missing entry, a chunk at a time (NumPy):
+    (stats, resp_sum, totals (4,), observed mass (K, d))."""
+    X, observed, sw = rows.incomplete, rows.observed, rows.incomplete_weight
+    n, d = X.shape
+    k = log_w.shape[0]
+    stats = family.empty_stats() if with_stats else None
+    resp_sum, totals, mass = np.zeros(k), np.zeros(4), np.zeros((k, d))
+    for start in range(0, n, chunk_rows):
+        stop = min(n, start + chunk_rows)
+        x, obs = X[start:stop], observed[start:stop]
+        row_w = None if sw is None else sw[start:stop]
+        log_joint = np.asarray(family.log_density_observed(x, obs, params),
+                               dtype=np.float64) + log_w
+        try:
+            log_resp, resp, row_value, chunk_totals = rule.posterior(log_joint, row_w,
+                                                                     start=start)
+        except ValueError as exc:
+            raise ValueError(f"in the rows with missing entries: {exc}") from None
+        totals += chunk_totals
+        if out_log_resp is not None:
+            out_log_resp[rows.incomplete_rows[start:stop]] = log_resp
+        if out_row_value is not None:
+            out_row_value[rows.incomplete_rows[start:stop]] = row_value
+        if row_w is not None:
+            resp = resp * row_w[:, None]
+        resp_sum += resp.sum(axis=0)
+        mass += resp.T @ obs.astype(np.float64)
+        if with_stats:
+            stats = family.merge_stats(stats, family.chunk_stats_observed(x, obs, resp))
+    return stats, resp_sum, totals, mass
+
+
+def observed_pass(rows: ObservedRows, family, rule, weights: np.ndarray, params, *,
+                  n_jobs: Optional[int] = 1, chunk_rows: Optional[int] = None,
+                  with_stats: bool = True, out_log_resp: Optional[np.ndarray] = None,
+                  out_row_value: Optional[np.ndarray] = None) -> tuple:
+    """One E-step over ``rows``: the complete rows by the engine's pass, the others by
+    the family's observed-entry methods, merged (complete rows first).
+    Returns (PassResult, observed mass (K, d): sum_i w_i q_ik [j observed in i])."""
+    from emcore.engine import chunk_rows_for, data_pass
+    d = rows.shape[1]
+    chunk_rows = chunk_rows or chunk_rows_for(d)
+    k = np.shape(weights)[0]
+    stats = family.empty_stats() if with_stats else None
+    resp_sum, totals, mass = np.zeros(k), np.zeros(4), np.zeros((k, d))
+    if rows.complete.shape[0]:
+        n_c = rows.complete.shape[0]
+        lr = None if out_log_resp is None else np.empty((n_c, k))
+        rv = None if out_row_value is None else np.empty(n_c)
+        res = data_pass(rows.complete, family, rule, weights, params, n_jobs=n_jobs,
+                        with_stats=with_stats, sample_weight=rows.complete_weight,
+                        out_log_resp=lr, out_row_value=rv, chunk_rows=chunk_rows)
+        if lr is not None:
+            out_log_resp[rows.complete_rows] = lr
+        if rv is not None:
+            out_row_value[rows.complete_rows] = rv
+        stats, resp_sum = res.stats, res.resp_sum.copy()
+        totals += (res.value, res.expected_log_joint, res.entropy, res.magnitude)
+        mass += res.resp_sum[:, None]
+    if rows.incomplete.shape[0]:
+        part = _observed_part(rows, family, rule, _log_weights(weights), params,
+                              chunk_rows=chunk_rows, with_stats=with_stats,
+                              out_log_resp=out_log_resp, out_row_value=out_row_value)
+        if with_stats:
+            stats = family.merge_stats(stats, part[0])
+        resp_sum += part[1]
+        totals += part[2]
+        mass += part[3]
+    return PassResult(stats, resp_sum, float(totals[0]), float(totals[1]),
+                      float(totals[2]), float(totals[3])), mass
+
+
+class ObservedMixture(MixtureStructure):
+    """The independent mixture over rows with missing entries for a product-form
+    family (``Family.supports_missing``): the engine's loop with
+    :func:`observed_pass` (docs/missing_values.md#product-form-families).
+
+    Parameters
+    ----------
+    n_components : int
+    concentration : array of shape (n_components,), optional
+        Dirichlet prior on the weights (MAP), as :class:`MixtureStructure`'s.
+    fixed : bool, default False
+        Keep the weights as given (a family with ``fixed_weights``).
+    feature_names : sequence of str, optional
+        For the error naming a coordinate a component never observes.
+    """
+
+    unit = "row with missing entries"
+
+    def __init__(self, n_components: int, *, concentration: Optional[np.ndarray] = None,
+                 fixed: bool = False, feature_names=None):
+        super().__init__(n_components, concentration=concentration, fixed=fixed)
+        self.feature_names = feature_names
+
+    def data_pass(self, X: Any, family, rule, weights: np.ndarray, params, *,
+                  n_jobs: Optional[int] = 1, chunk_rows: Optional[int] = None,
+                  lengths: Any = None) -> PassResult:
+        result, mass = observed_pass(X, family, rule, weights, params, n_jobs=n_jobs,
+                                     chunk_rows=chunk_rows)
+        _check_observed(result.resp_sum, mass, self.feature_names)
+        return result
+
+    def summation_depth(self, X: Any, chunk_rows: int, lengths: Any = None) -> int:
+        # the complete rows' total (the engine's depth) plus the incomplete rows'
+        # (rows within a chunk, then chunks in sequence), added once
+        n_c, n_m = X.complete.shape[0], X.incomplete.shape[0]
+        depth_m = min(n_m, chunk_rows) + -(-n_m // chunk_rows)
+        return max(summation_depth(n_c, chunk_rows) if n_c else 0, depth_m) + 1
+
+
+def fit_observed_starts(estimator, rows: ObservedRows, family,
+                        start: Callable[[], tuple], n_starts: int, *,
+                        feature_names=None,
+                        weight_concentration: Optional[np.ndarray] = None) -> FitResult:
+    """EM for the observed-data likelihood of a product-form family from
+    ``n_starts`` starts drawn by ``start()``: the engine's :func:`run_em` with the
+    :class:`ObservedMixture` structure; the best objective."""
+    from emcore.registry import get_registry
+    started = []
+
+    def run(weights, params):
+        started.append(None)
+        structure = ObservedMixture(
+            family.n_components, fixed=family.fixed_weights, feature_names=feature_names,
+            concentration=(None if weight_concentration is None
+                           else np.asarray(weight_concentration, dtype=np.float64)))
+        rule = get_registry().posterior_rule("soft").factory()
+        return run_em(rows, family, rule, weights, params, max_iter=estimator.max_iter,
+                      tol=estimator.tol, n_jobs=estimator.n_jobs,
+                      verbose=estimator.verbose, callback=estimator.callback,
+                      structure=structure, accelerate=estimator.accelerate,
+                      label=f"start {len(started)}/{n_starts}" if n_starts > 1 else "")
+
+    return best_of_starts(n_starts, start, run)
+
+
+def observed_fill(X: np.ndarray, sample_weight: Optional[np.ndarray] = None) -> np.ndarray:
+    """X with each missing entry set to its column's (weighted) lower median of the
+    observed entries: a value the column holds, so in any family's support (an
+    integer code stays a code). A start's view only; a column with no observed
+    entry is a ValueError for the caller."""
+    out = X.copy()
+    for j in range(X.shape[1]):
+        col = X[:, j]
+        seen = ~np.isnan(col)
+        missing = ~seen
+        if not missing.any() or not seen.any():
+            continue
+        values = col[seen]
+        w = np.ones(values.size) if sample_weight is None else sample_weight[seen]
+        order = np.argsort(values, kind="stable")
+        cum = np.cumsum(w[order])
+        at = int(np.searchsorted(cum, 0.5 * cum[-1]))
+        out[missing, j] = values[order][min(at, values.size - 1)]
+    return out
+
+
+def check_input_with_nan(X: Any, owner: str, n_features: Optional[int] = None) -> np.ndarray:
+    """In-memory X as :func:`emcore._input.check_input` gives it, NaN kept (every
+    other check unchanged: infinities, shape, n_features)."""
+    from emcore._input import check_input
+    try:
+        arr = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError):
+        return check_input(X, owner=owner, n_features=n_features)
+    nan = np.isnan(arr)
+    if not nan.any():
+        return check_input(X, owner=owner, n_features=n_features)
+    checked = check_input(np.where(nan, 0.0, arr), owner=owner, n_features=n_features)
+    checked[nan] = np.nan
+    return checked
+
+
+class MaskedFamily(Family):
+    """A product-form family (``supports_missing``) seen by code that only calls
+    ``log_density`` and ``chunk_stats`` (a hidden Markov model's forward-backward
+    pass): rows with NaN go to the family's ``log_density_observed`` /
+    ``chunk_stats_observed``, complete rows to its own methods; everything else is
+    the family's (docs/missing_values.md#product-form-families). No compiled kernel
+    (the pass then runs the family's methods on each group of rows)."""
+
+    def __init__(self, family: Family):
+        super().__init__(family.n_components, family.n_features)
+        self.family = family
+        for name in ("fixed_weights", "generalized_m_step", "init_smoothing",
+                     "stats_need_params"):
+            setattr(self, name, getattr(family, name))
+        self.supports_missing = True
+
+    def log_density(self, X: np.ndarray, params) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        observed = ~np.isnan(X)
+        complete = observed.all(axis=1)
+        if complete.all():
+            return self.family.log_density(X, params)
+        out = np.empty((X.shape[0], self.n_components))
+        if complete.any():
+            out[complete] = self.family.log_density(np.ascontiguousarray(X[complete]),
+                                                    params)
+        out[~complete] = self.family.log_density_observed(X[~complete],
+                                                          observed[~complete], params)
+        return out
+
+    def chunk_stats(self, X: np.ndarray, weights: np.ndarray, params=None) -> Any:
+        from emcore.plugin_api import family_chunk_stats
+        X = np.asarray(X, dtype=np.float64)
+        observed = ~np.isnan(X)
+        complete = observed.all(axis=1)
+        stats = family_chunk_stats(self.family, np.ascontiguousarray(X[complete]),
+                                   weights[complete], params)
+        if complete.all():
+            return stats
+        return self.family.merge_stats(stats, self.family.chunk_stats_observed(
+            X[~complete], observed[~complete], weights[~complete]))
+
+    # the family's own, unchanged
+    def log_density_observed(self, X, observed, params):
+        return self.family.log_density_observed(X, observed, params)
+
+    def chunk_stats_observed(self, X, observed, weights):
+        return self.family.chunk_stats_observed(X, observed, weights)
+
+    def marginal(self, columns, params):
+        return self.family.marginal(columns, params)
+
+    def empty_stats(self):
+        return self.family.empty_stats()
+
+    def merge_stats(self, a, b):
+        return self.family.merge_stats(a, b)
+
+    def scale_stats(self, stats, factor):
+        return self.family.scale_stats(stats, factor)
+
+    def m_step(self, stats, previous):
+        return self.family.m_step(stats, previous)
+
+    def expected_log_likelihood(self, stats, params):
+        return self.family.expected_log_likelihood(stats, params)
+
+    def m_step_penalty(self, stats, params):
+        return self.family.m_step_penalty(stats, params)
+
+    def initial_params(self, X, rng, sample_weight=None, resp=None):
+        return self.family.initial_params(X, rng, sample_weight, resp)
+
+    def seeding_weights(self, X, sample_weight=None):
+        return self.family.seeding_weights(X, sample_weight)
+
+    def check_data(self, X, *, owner):
+        return self.family.check_data(X, owner=owner)
+
+    def validate_params(self, params):
+        return self.family.validate_params(params)
+
+    def n_parameters(self):
+        return self.family.n_parameters()
+
+    def sample(self, params, counts, rng):
+        return self.family.sample(params, counts, rng)
+
+    def rounding_amplification(self, params):
+        return self.family.rounding_amplification(params)
+
+    def log_prior(self, params):
+        return self.family.log_prior(params)
+
+    def parameter_rounding(self, stats, params):
+        return self.family.parameter_rounding(stats, params)
+
+    def log_density_rounding(self, stats, params):
+        return self.family.log_density_rounding(stats, params)
+
+    def expected_log_likelihood_magnitude(self, stats, params):
+        return self.family.expected_log_likelihood_magnitude(stats, params)
+
+    def to_unconstrained(self, params):
+        return self.family.to_unconstrained(params)
+
+    def from_unconstrained(self, coords):
+        return self.family.from_unconstrained(coords)
+
+    def random_params(self, rng, *, nearly_degenerate=False):
+        return self.family.random_params(rng, nearly_degenerate=nearly_degenerate)

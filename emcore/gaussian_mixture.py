@@ -737,6 +737,17 @@ class GaussianMixture(_MixtureBase):
                 out = _missing.row_pass(X, weights, params, log_resp=log_resp,
                                         n_jobs=self.n_jobs)
                 return out["row_value"], out.get("log_resp")
+        if self.missing == "marginalize" and is_chunked(X):
+            # a chunked input with NaN: the same kernel a block at a time
+            # (docs/missing_values.md#chunked); without NaN, the ordinary pass
+            family, weights, params = self._fitted_model(owner)
+            check_feature_names(self, X)
+            source = _missing.as_source_with_nan(X, owner=owner,
+                                                 n_features=family.n_features)
+            if source.has_nan:
+                out = _missing.source_row_pass(source, weights, params,
+                                               log_resp=log_resp, n_jobs=self.n_jobs)
+                return out["row_value"], out.get("log_resp")
         return super()._evaluate(X, method, log_resp=log_resp, rule=rule)
 
     def impute(self, X: Any, return_std: bool = False):
@@ -760,7 +771,15 @@ class GaussianMixture(_MixtureBase):
         v.check_bool(return_std, "return_std", owner)
         family, weights, params = self._fitted_model(owner)
         check_feature_names(self, X)
-        X = np.array(self._checked_input(X, owner, n_features=family.n_features))
+        X = self._checked_input(X, owner, n_features=family.n_features)
+        if not isinstance(X, np.ndarray):
+            # a chunked input (docs/missing_values.md#chunked): block by block into
+            # in-memory outputs; observed entries come back as they are
+            out = _missing.source_row_pass(X, weights, params, impute=True,
+                                           n_jobs=self.n_jobs)
+            X, std = out["mean"], np.sqrt(np.maximum(out["var"], 0.0))
+            return (X, std) if return_std else X
+        X = np.array(X)
         std = np.zeros_like(X)
         if np.isnan(X).any():
             out = _missing.row_pass(X, weights, params, impute=True, n_jobs=self.n_jobs)

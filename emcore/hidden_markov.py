@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
-from emcore import _markov
+from emcore import _markov, _missing
 from emcore import _validation as v
 from emcore._estimator import BaseEstimator
 from emcore._init import (CountedPartition, check_resp_conflicts, check_resp_init,
@@ -129,6 +129,16 @@ class HiddenMarkovModel(BaseEstimator):
     progress : bool, default False
         Show a tqdm progress bar (the optional extra ``progress``) over the starts,
         or the iterations of a single start.
+    missing : {'error', 'marginalize'}, default 'error'
+        What NaN entries of X mean. 'error': refused. 'marginalize': missing
+        values of an emission family with ``Family.supports_missing`` (a product
+        form: 'poisson', 'categorical', 'bernoulli', 'exponential', 'gamma', a
+        'product' of them): each row's emission density is that of its observed
+        entries (a row with none observed has density 1), so EM is exact for the
+        observed-data likelihood; in-memory X, the soft posterior; ``family_`` is
+        then the family wrapped to route rows with NaN
+        (docs/missing_values.md#product-form-families). Other families refuse it,
+        naming the family.
     Attributes
     ----------
     startprob_ : ndarray (n_states,)
@@ -164,8 +174,9 @@ class HiddenMarkovModel(BaseEstimator):
                  tol: float = 1e-6, max_iter: int = 100, n_init: int = 1,
                  random_state: Any = None, n_jobs: Optional[int] = None, verbose: int = 0,
                  accelerate: Optional[str] = None, resp_init: Any = None,
-                 progress: bool = False):
+                 progress: bool = False, missing: str = "error"):
         self.n_states = n_states
+        self.missing = missing
         self.family = family
         self.family_options = family_options
         self.posterior = posterior
@@ -206,7 +217,14 @@ class HiddenMarkovModel(BaseEstimator):
             parts = [np.asarray(x) for x in X]
             lengths = [p.shape[0] for p in parts]
             X = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        X = check_input(X, owner=owner, n_features=n_features)
+        # getattr: a model saved before the parameter existed predicts as before
+        missing = v.check_choice(getattr(self, "missing", "error"), "missing", _OWNER,
+                                 ("error", "marginalize"))
+        if missing == "marginalize" and isinstance(X, (np.ndarray, list, tuple)) and \
+                not isinstance(X, np.memmap):
+            X = _missing.check_input_with_nan(X, owner, n_features=n_features)
+        else:
+            X = check_input(X, owner=owner, n_features=n_features)
         starts = _markov._check_lengths(lengths, X.shape[0], owner)
         return X, starts
 
@@ -335,7 +353,10 @@ class HiddenMarkovModel(BaseEstimator):
         rule = self._rule()
         fixed = self._fixed()
         family, support = self._family(X.shape[1])
-        check_support(X, support, family=self.family, owner=owner)
+        X_start = X                     # what the start sees (NaN filled)
+        if isinstance(X, np.ndarray) and np.isnan(X).any():
+            family, X_start = self._masked(family, X, owner)
+        check_support(X_start, support, family=self.family, owner=owner)
         startprob = (None if self.startprob_init is None else
                      self._check_chain(self.startprob_init, "startprob_init", K, _OWNER))
         transmat = (None if self.transmat_init is None else
@@ -362,15 +383,15 @@ class HiddenMarkovModel(BaseEstimator):
             chain[1:] = np.full((K, K), 1.0 / K) if transmat is None else transmat
             if resp is not None:
                 return _chain_from_resp(resp, starts, startprob, transmat), \
-                    m_step_from_resp(X, family, resp)[1]
+                    m_step_from_resp(X_start, family, resp)[1]
             if params_init is not None:
                 return chain, {key: value.copy() for key, value in params_init.items()}
             # seeds drawn with the family's seeding weights, as MixtureModel's
             # (a heavy-tailed emission keeps them off far outliers)
-            partition = CountedPartition(starting_partition(X, K, self.init_params, rng,
-                                                            family.seeding_weights(X)),
-                                         X.shape[0], K)
-            params = family.initial_params(X, rng, None, resp=partition)
+            partition = CountedPartition(starting_partition(
+                X_start, K, self.init_params, rng, family.seeding_weights(X_start)),
+                X.shape[0], K)
+            params = family.initial_params(X_start, rng, None, resp=partition)
             _validate_in_debug(family, params, "from initial_params")
             return chain, params
 
@@ -390,6 +411,26 @@ class HiddenMarkovModel(BaseEstimator):
                           stacklevel=2)
         self._set_fitted(best, family, support, X.shape[1])
         return self
+
+    def _masked(self, family, X: np.ndarray, owner: str) -> tuple:
+        """(the family wrapped to marginalise NaN entries, X with them filled for the
+        start), or a ValueError (docs/missing_values.md#product-form-families)."""
+        if not getattr(family, "supports_missing", False):
+            raise ValueError(f"The 'missing' parameter of {owner} is 'marginalize', but "
+                             f"family {self.family!r} does not support missing values "
+                             "(Family.supports_missing is False). Remove the rows with "
+                             "NaN or use missing='error'.")
+        if self.posterior != "soft":
+            raise ValueError(f"The 'posterior' parameter of {owner} must be 'soft' when X "
+                             f"has missing values. Got {self.posterior!r} instead.")
+        never = np.flatnonzero(np.all(np.isnan(X), axis=0))
+        if never.size:
+            raise ValueError(f"The 'X' parameter of {owner} has no observed value in "
+                             f"column {int(never[0])}: the data say nothing about it. Drop "
+                             "the column.")
+        filled = _missing.observed_fill(X)
+        family.check_data(filled, owner=owner)
+        return _missing.MaskedFamily(family), filled
 
     def _set_fitted(self, result: FitResult, family, support, n_features: int) -> None:
         self.startprob_ = result.weights[0].copy()
@@ -420,7 +461,19 @@ class HiddenMarkovModel(BaseEstimator):
         """(rows, log_b, lengths of the group, first row) of each group of sequences."""
         family, lpi, lA, params = self._fitted_model(owner)
         X, starts = self._data(X, lengths, owner, n_features=family.n_features)
-        check_support(X, self._support, family=str(self.family), owner=owner)
+        if isinstance(X, np.ndarray) and np.isnan(X).any():
+            # rows with NaN (missing='marginalize'): their observed entries' density
+            seen = ~np.all(np.isnan(X), axis=0)
+            check_support(_missing.observed_fill(X)[:, seen], self._support,
+                          family=str(self.family), owner=owner)
+            if not isinstance(family, _missing.MaskedFamily):
+                if not getattr(family, "supports_missing", False):
+                    raise ValueError(f"The 'X' parameter of {owner} has missing values, "
+                                     f"which family {self.family!r} cannot marginalise "
+                                     "(Family.supports_missing is False).")
+                family = _missing.MaskedFamily(family)
+        else:
+            check_support(X, self._support, family=str(self.family), owner=owner)
         for i, j in sequence_groups(starts):
             s, e = int(starts[i]), int(starts[j])
             rows = read_rows(X, s, e)

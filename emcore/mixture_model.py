@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 
+from emcore import _missing
 from emcore import _validation as v
-from emcore._feature_names import record_feature_names
+from emcore._feature_names import check_feature_names, record_feature_names
 from emcore._init import check_resp_conflicts
-from emcore._input import check_input
+from emcore._input import check_input, is_chunked, is_sparse
 from emcore._logging import progress_bar
 from emcore._mixture import _MixtureBase, _check_weights
 from emcore._patterns import RowPatterns, row_patterns
 from emcore.constraints import Constraints
 from emcore.engine import FitResult, Iteration
+from emcore.exceptions import ConvergenceWarning, _sklearn_compatible
 from emcore.plugin_api import PosteriorRule, check_support, support_of
 from emcore.registry import get_registry
 
@@ -137,6 +140,16 @@ class MixtureModel(_MixtureBase):
         a posterior rule that treats rows one by one (not a Monte-Carlo rule
         or constraints): 'auto' is then off, True a ValueError. Scores,
         predictions and ``history_`` are per row as without it.
+    missing : {'error', 'marginalize'}, default 'error'
+        What NaN entries of X mean. 'error': they are refused (ValueError).
+        'marginalize': they are missing values, and ``fit`` runs exact EM for the
+        observed-data likelihood; ``score_samples``, ``predict_proba`` and
+        ``predict`` use each row's observed entries. For 'gaussian' (every
+        covariance type), as :class:`emcore.GaussianMixture`; for a family with
+        ``Family.supports_missing`` (a product form: 'poisson', 'categorical',
+        'bernoulli', 'exponential', 'gamma', a 'product' of such parts) by dropping
+        the missing entries' terms; other families refuse it, naming the family.
+        In-memory X, the 'soft' posterior (docs/missing_values.md#product-form-families).
 
     Attributes
     ----------
@@ -156,6 +169,9 @@ class MixtureModel(_MixtureBase):
         As in :class:`emcore.GaussianMixture`.
     lower_bound_ : float
         The rule's objective per sample at the fitted parameters.
+    n_rows_dropped_ : int
+        Rows of the last ``fit`` with every entry missing (dropped, with a
+        warning); 0 without NaN.
     """
 
     def __init__(self, n_components: int = 1, *, family: str = "gaussian",
@@ -169,7 +185,7 @@ class MixtureModel(_MixtureBase):
                  accelerate: Optional[str] = None,
                  callback: Optional[Callable[[Iteration], Any]] = None,
                  resp_init: Any = None, progress: bool = False,
-                 compress: Union[str, bool] = "auto"):
+                 compress: Union[str, bool] = "auto", missing: str = "error"):
         self.n_components = n_components
         self.family = family
         self.family_options = family_options
@@ -189,6 +205,7 @@ class MixtureModel(_MixtureBase):
         self.resp_init = resp_init
         self.progress = progress
         self.compress = compress
+        self.missing = missing
 
     # --- resolution -----------------------------------------------------------------
     def _family(self, n_features: int, n_components: Optional[int] = None, prior=None):
@@ -337,6 +354,9 @@ class MixtureModel(_MixtureBase):
             Non-negative row weights; a weight of 2 fits like the row repeated.
         """
         record_feature_names(self, X)
+        if self._marginalizes(X) and np.isnan(
+                _missing.check_input_with_nan(X, "MixtureModel.fit")).any():
+            return self._fit_missing(X, y, sample_weight)
         X_in = check_input(X, owner="MixtureModel.fit")
         X = self._with_response(X_in, y, "MixtureModel.fit")
         self._check_common(X)
@@ -374,6 +394,7 @@ class MixtureModel(_MixtureBase):
         self._support = support
         self._fitted_rule = rule
         self._set_fitted(best, X.shape[1])
+        self.n_rows_dropped_ = 0
         return self
 
     def _patterns(self, X: Any, support: Optional[str], rule: PosteriorRule,
@@ -404,6 +425,118 @@ class MixtureModel(_MixtureBase):
         if compress == "auto" and patterns.n_patterns > _AUTO_DISTINCT * X.shape[0]:
             return None
         return patterns
+    # --- missing values (docs/missing_values.md) -------------------------------------
+    def _marginalizes(self, X: Any) -> bool:
+        """True when NaN in in-memory X are missing values (missing='marginalize')."""
+        missing = v.check_choice(self.missing, "missing", "MixtureModel",
+                                 ("error", "marginalize"))
+        return missing == "marginalize" and not is_chunked(X) and not is_sparse(X)
+
+    def _missing_family(self, family, owner: str) -> bool:
+        """True for the Gaussian path (emcore._missing.MissingValues); a product-form
+        family (supports_missing) takes the observed-entry pass; others: ValueError."""
+        if self.family == "gaussian":
+            return True
+        if not getattr(family, "supports_missing", False):
+            raise ValueError(f"The 'missing' parameter of {owner} is 'marginalize', but "
+                             f"family {self.family!r} does not support missing values "
+                             "(Family.supports_missing is False: its coordinates are not "
+                             "independent given the component, or it does not say how to "
+                             "marginalise them). Remove the rows with NaN or use "
+                             "missing='error'.")
+        return False
+
+    def _fit_missing(self, X: Any, y: Any, sample_weight: Any) -> "MixtureModel":
+        owner = "MixtureModel.fit"
+        X = self._with_response(_missing.check_input_with_nan(X, owner), y, owner)
+        if not isinstance(self.family, str):
+            raise ValueError("The 'family' parameter of MixtureModel must be a registry "
+                             f"name (str). Got {self.family!r} instead.")
+        if not (isinstance(self.posterior, str) and self.posterior == "soft"):
+            raise ValueError(f"The 'posterior' parameter of {owner} must be 'soft' when X "
+                             "has missing values (the E-step is the exact posterior given "
+                             f"each row's observed entries). Got {self.posterior!r} "
+                             "instead.")
+        sample_weight = v.check_sample_weight(sample_weight, X.shape[0], owner=owner)
+        X, sample_weight, n_dropped = _missing.drop_empty_rows(X, owner, sample_weight)
+        self._check_common(X)
+        sample_weight = v.check_sample_weight(sample_weight, X.shape[0], owner=owner,
+                                              min_positive=self.n_components)
+        d = X.shape[1]
+        family = self._family(d)
+        gaussian = self._missing_family(family, owner)
+        never = np.flatnonzero(np.all(np.isnan(X), axis=0))
+        if never.size:
+            raise ValueError(f"The 'X' parameter of {owner} has no observed value in "
+                             f"column {int(never[0])}: the data say nothing about it. Drop "
+                             "the column.")
+        # the start sees each missing entry filled (the Gaussian: the column's mean;
+        # otherwise an observed value of the column, its lower median, which is in
+        # the family's support); EM then treats them as missing
+        filled = (_missing.filled_array(X, sample_weight) if gaussian
+                  else _missing.observed_fill(X, sample_weight))
+        support = support_of(get_registry().family(self.family).capabilities)
+        check_support(filled, support, family=self.family, owner=owner)
+        family.check_data(filled, owner=owner)
+        rng = v.check_random_state(self.random_state, "MixtureModel")
+        self._init = self._check_init(family)      # read by _initial_parameters
+        names = getattr(self, "feature_names_in_", None)
+        try:
+            def start():
+                return self._initial_parameters(filled, family, rng, sample_weight)
+
+            with progress_bar(getattr(self, "progress", False), "MixtureModel",
+                              starts=self.n_init, max_iter=self.max_iter):
+                if gaussian:
+                    best = _missing.fit_starts(self, X, family, start, self.n_init,
+                                               feature_names=names,
+                                               sample_weight=sample_weight)
+                else:
+                    best = _missing.fit_observed_starts(
+                        self, _missing.ObservedRows(X, sample_weight), family, start,
+                        self.n_init, feature_names=names)
+        finally:
+            del self._init
+        if best.stop_reason == "max_iter" and self.max_iter > 0 and self.tol > 0:
+            warnings.warn(f"MixtureModel stopped after max_iter={self.max_iter} "
+                          "iterations before the relative change fell to "
+                          f"tol={self.tol:g}; increase max_iter or tol.",
+                          _sklearn_compatible(ConvergenceWarning), stacklevel=3)
+        self.family_ = family
+        self._support = support
+        self._fitted_rule = self._likelihood_rule()
+        self._set_fitted(best, d)
+        self.n_rows_dropped_ = n_dropped
+        return self
+
+    def _evaluate(self, X: Any, method: str, log_resp: bool = False, rule=None):
+        if getattr(self, "missing", "error") == "marginalize" and not is_chunked(X) \
+                and not is_sparse(X):
+            owner = f"MixtureModel.{method}"
+            family, weights, params = self._fitted_model(owner)
+            check_feature_names(self, X)
+            X = _missing.check_input_with_nan(X, owner, n_features=family.n_features)
+            nan = np.isnan(X)
+            if nan.any():
+                # the marginal density of each row's observed entries and the exact
+                # posterior given them (rules other than soft need complete rows)
+                if self._missing_family(family, owner):
+                    out = _missing.row_pass(X, weights, params, log_resp=log_resp,
+                                            n_jobs=self.n_jobs)
+                    return out["row_value"], out.get("log_resp")
+                seen = ~np.all(nan, axis=0)       # columns with an entry to check
+                filled = _missing.observed_fill(X)[:, seen]
+                check_support(filled, self._support, family=str(self.family), owner=owner)
+                if seen.all():
+                    family.check_data(filled, owner=owner)
+                row_value = np.empty(X.shape[0])
+                out_log_resp = np.empty((X.shape[0], weights.shape[0])) if log_resp else None
+                _missing.observed_pass(_missing.ObservedRows(X), family,
+                                       self._likelihood_rule(), weights, params,
+                                       n_jobs=self.n_jobs, with_stats=False,
+                                       out_log_resp=out_log_resp, out_row_value=row_value)
+                return row_value, out_log_resp
+        return super()._evaluate(X, method, log_resp=log_resp, rule=rule)
 
     def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:
         """Fit, then return the labels of the training rows (with y for a family

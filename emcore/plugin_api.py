@@ -208,6 +208,15 @@ class Family(abc.ABC):
     #: partition, :meth:`initial_params`). False (the default): ``chunk_stats(X,
     #: weights)`` only, as before.
     stats_need_params: bool = False
+    #: True for a family whose coordinates are independent given z (a product
+    #: form: log p(x | z = k) = sum_j log p_j(x_j | theta_kj)) and that marginalises
+    #: missing coordinates by dropping their terms: it implements
+    #: :meth:`log_density_observed`, :meth:`chunk_stats_observed` and
+    #: :meth:`marginal`. ``MixtureModel(missing="marginalize")`` then fits rows
+    #: with NaN entries by exact EM for the observed-data likelihood
+    #: (docs/missing_values.md#product-form-families); the conformance suite checks
+    #: it (``check_missing_values``). False: such a fit is refused, naming the family.
+    supports_missing: bool = False
 
     def __init__(self, n_components: int, n_features: int):
         self.n_components = int(n_components)
@@ -456,6 +465,45 @@ class Family(abc.ABC):
         """The parameters of :meth:`to_unconstrained` coordinates (its inverse).
         Raise ValueError when they give no valid parameters. Default: as given."""
         return {key: np.array(value, dtype=np.float64) for key, value in coords.items()}
+
+    # --- missing coordinates (supports_missing) -------------------------------------
+    def log_density_observed(self, X: np.ndarray, observed: np.ndarray,
+                             params: Params) -> np.ndarray:
+        """Return log p(x_io | z_i = k, theta_k), shape (n_rows, n_components): the
+        log-density of each row's observed coordinates only.
+
+        ``observed`` (n_rows, n_features) is a boolean mask, True where X holds a
+        value; X is float64 with NaN where it is False (never read there). For a
+        product-form family (:attr:`supports_missing`) this is the sum of the
+        observed coordinates' terms; with every entry observed it equals
+        :meth:`log_density`. The engine calls it only for rows with a missing entry.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support missing "
+                                  "values (supports_missing is False)")
+
+    def chunk_stats_observed(self, X: np.ndarray, observed: np.ndarray,
+                             weights: np.ndarray) -> Any:
+        """Return the statistics of a chunk whose rows miss the entries where
+        ``observed`` is False, mergeable with :meth:`chunk_stats`'s.
+
+        Each coordinate's statistics count only the rows that observe it (with
+        their own weight per coordinate: the weight of component k on coordinate j
+        is sum_i weights[i, k] [observed[i, j]]), so that :meth:`m_step` maximises
+        the expected log-likelihood of the observed entries:
+        sum_i sum_k q_ik sum_{j observed in i} log p_j(x_ij | theta_kj), which is
+        what :meth:`expected_log_likelihood` then returns. A component with zero
+        weight on a coordinate keeps its ``previous`` parameters there.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support missing "
+                                  "values (supports_missing is False)")
+
+    def marginal(self, columns: Any, params: Params) -> tuple["Family", dict[str, np.ndarray]]:
+        """Return ``(family, params)``: the model of the coordinates ``columns``
+        alone (a sequence of column indices), the same family on fewer columns
+        with the matching parameters. For a product form this is the marginal
+        distribution; the conformance suite compares :meth:`log_density_observed`
+        and :meth:`chunk_stats_observed` with it."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement marginal()")
 
     # --- compiled path ------------------------------------------------------------
     def compiled_kernel(self, params: Params) -> Any:

@@ -28,6 +28,13 @@ probability or rate starts at an exact zero the data does not force. The kernels
 (``_discrete_kernel.pyx``) compute log-densities and statistics without the GIL;
 the pure-Python methods delegate to them (one implementation). Formulas, the
 pattern-table kernel and what float64 codes cost: docs/discrete.md.
+
+Missing values (``Family.supports_missing``): NaN in a float array marks a missing
+code or count (an integer array, e.g. uint8 codes, cannot hold NaN). Rows with a
+NaN go through ``log_density_observed`` / ``chunk_stats_observed`` (vectorised
+NumPy; complete rows keep the kernels), which drop the missing entries' terms and
+count each feature over the rows observing it (the statistics' ``observed``):
+docs/missing_values.md#product-form-families.
 """
 
 from __future__ import annotations
@@ -66,22 +73,52 @@ def _keep_empty(value: np.ndarray, weight: np.ndarray, previous: Optional[Params
     has = weight > 0
     if has.all():
         return value
-    k = int(np.flatnonzero(~has)[0])
+    k = int(np.argwhere(~has)[0][0])
     if previous is None:
         raise DegenerateComponentError(
             f"{what} component {k} received no data at initialisation; reduce "
             "n_components or choose another initialisation.", component=k)
-    shape = (-1,) + (1,) * (value.ndim - 1)
+    shape = weight.shape + (1,) * (value.ndim - weight.ndim)
     return np.where(has.reshape(shape), value, previous[key])
+
+
+# --- missing coordinates (Family.supports_missing; docs/missing_values.md) ------------------
+
+def _merged_observed(a: Any, b: Any, d: int) -> Optional[np.ndarray]:
+    """The per-coordinate weights (K, d) of merged statistics: None when neither
+    side has rows with missing entries, else each side's ``observed`` (N_k on every
+    coordinate for a side of complete rows) added."""
+    if a.observed is None and b.observed is None:
+        return None
+    per = [s.observed if s.observed is not None else
+           np.repeat(s.weight[:, None], d, axis=1) for s in (a, b)]
+    return per[0] + per[1]
+
+
+def _observed_weights(observed: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """sum_i weights[i, k] [observed[i, j]], (K, d)."""
+    return np.asarray(weights, dtype=np.float64).T @ observed.astype(np.float64)
+
+
+def _check_columns(columns: Any, d: int, owner: str) -> np.ndarray:
+    cols = np.atleast_1d(np.asarray(columns))
+    if cols.ndim != 1 or cols.size == 0 or cols.dtype.kind not in "iu" or \
+            np.any(cols < 0) or np.any(cols >= d) or np.unique(cols).size != cols.size:
+        raise ValueError(f"The 'columns' parameter of {owner}.marginal must be distinct "
+                         f"column indices in [0, {d - 1}]. Got {columns!r} instead.")
+    return cols.astype(np.intp)
 
 
 # --- categorical and bernoulli -----------------------------------------------------------
 
 @dataclass(frozen=True)
 class CategoricalStats:
-    """N_k (K,) and the level counts C_kjl (K, d, L) (zero beyond a feature's levels)."""
+    """N_k (K,) and the level counts C_kjl (K, d, L) (zero beyond a feature's levels);
+    ``observed`` (K, d) the weight of component k on coordinate j when rows miss
+    some (None: N_k on every coordinate)."""
     weight: np.ndarray
     counts: np.ndarray
+    observed: Optional[np.ndarray] = None
 
 
 def _check_alpha(alpha: Any, owner: str) -> float:
@@ -217,20 +254,66 @@ class CategoricalFamily(Family):
         return self.stats_from_buffer(buffer)
 
     def merge_stats(self, a: CategoricalStats, b: CategoricalStats) -> CategoricalStats:
-        return CategoricalStats(a.weight + b.weight, a.counts + b.counts)
+        return type(a)(a.weight + b.weight, a.counts + b.counts,
+                       _merged_observed(a, b, self.n_features))
 
     def scale_stats(self, stats: CategoricalStats, factor: float) -> CategoricalStats:
-        return CategoricalStats(stats.weight * factor, stats.counts * factor)
+        return type(stats)(stats.weight * factor, stats.counts * factor,
+                           None if stats.observed is None else stats.observed * factor)
+
+    # --- missing codes (supports_missing): NaN in a float array marks a missing code -----
+    supports_missing = True
+
+    def log_density_observed(self, X: np.ndarray, observed: np.ndarray,
+                             params: Params) -> np.ndarray:
+        """sum over the observed features of log P_{k j x_j} (vectorised numpy: the
+        rows with a missing code only; complete rows take the compiled kernel)."""
+        self._fix_levels(params)
+        table = self._table(params)
+        codes = np.where(observed, X, 0.0).astype(np.intp)
+        with np.errstate(divide="ignore"):
+            log_table = np.log(table)                                  # (K, d, L)
+        j = np.arange(self.n_features)
+        terms = log_table[:, j[None, :], codes]                        # (K, n, d)
+        return np.where(observed[None], terms, 0.0).sum(axis=2).T
+
+    def chunk_stats_observed(self, X: np.ndarray, observed: np.ndarray,
+                             weights: np.ndarray) -> CategoricalStats:
+        """Level counts of the observed codes; ``observed`` (K, d) their weights."""
+        levels = self._require_levels("chunk_stats_observed")
+        W = np.asarray(weights, dtype=np.float64)
+        codes = np.where(observed, X, 0.0).astype(np.intp)
+        counts = np.zeros((self.n_components, self.n_features, max(levels)))
+        for level in range(max(levels)):
+            counts[:, :, level] = W.T @ (observed & (codes == level)).astype(np.float64)
+        cls = BernoulliStats if isinstance(self, BernoulliFamily) else CategoricalStats
+        return cls(W.sum(axis=0), counts, _observed_weights(observed, W))
+
+    def marginal(self, columns: Any, params: Params) -> tuple:
+        """The same family on ``columns`` (their levels, alpha) and their probabilities."""
+        cols = _check_columns(columns, self.n_features, type(self).__name__)
+        levels = self._levels_of(params)
+        if isinstance(self, BernoulliFamily):
+            fam = BernoulliFamily(self.n_components, cols.size, alpha=self.alpha)
+            return fam, {"probabilities": np.asarray(params["probabilities"])[:, cols]}
+        sub = tuple(levels[j] for j in cols)
+        fam = CategoricalFamily(self.n_components, cols.size, n_levels=list(sub),
+                                alpha=self.alpha)
+        return fam, {"probabilities": self._table(params)[:, cols, :max(sub)]}
 
     # --- M-step ------------------------------------------------------------------------
     def m_step(self, stats: CategoricalStats, previous: Optional[Params]) -> dict:
         levels = self._require_levels("m_step")
         mask = self._level_mask(levels)
         a = self.alpha
-        denom = stats.weight[:, None, None] + a * np.asarray(levels)[None, :, None]
+        # N_k, or N_kj when rows miss codes (each feature counts the rows observing it)
+        n = (stats.weight[:, None, None] if stats.observed is None
+             else stats.observed[:, :, None])
+        denom = n + a * np.asarray(levels)[None, :, None]
         with np.errstate(invalid="ignore", divide="ignore"):
             table = np.where(mask, (stats.counts + a) / denom, 0.0)
-        weight = stats.weight if a == 0 else np.ones_like(stats.weight)
+        weight = stats.weight if stats.observed is None else stats.observed
+        weight = weight if a == 0 else np.ones_like(weight)
         params = self._params(table)
         key = next(iter(params))
         prev = None if previous is None else {key: np.asarray(previous[key])}
@@ -427,10 +510,13 @@ class BernoulliFamily(CategoricalFamily):
 
 @dataclass(frozen=True)
 class PoissonStats:
-    """N_k (K,), S_kj = sum_i w_ik x_ij (K, d), L_k = sum_i w_ik sum_j log x_ij! (K,)."""
+    """N_k (K,), S_kj = sum_i w_ik x_ij (K, d), L_k = sum_i w_ik sum_j log x_ij! (K,);
+    ``observed`` (K, d) the weight of component k on coordinate j when rows miss
+    some (None: N_k on every coordinate; the sums are then over observed entries)."""
     weight: np.ndarray
     sums: np.ndarray
     log_fact: np.ndarray
+    observed: Optional[np.ndarray] = None
 
 
 class PoissonFamily(Family):
@@ -471,22 +557,67 @@ class PoissonFamily(Family):
         return self.stats_from_buffer(buffer)
 
     def merge_stats(self, a: PoissonStats, b: PoissonStats) -> PoissonStats:
-        return PoissonStats(a.weight + b.weight, a.sums + b.sums, a.log_fact + b.log_fact)
+        return PoissonStats(a.weight + b.weight, a.sums + b.sums, a.log_fact + b.log_fact,
+                            _merged_observed(a, b, self.n_features))
 
     def scale_stats(self, stats: PoissonStats, factor: float) -> PoissonStats:
         return PoissonStats(stats.weight * factor, stats.sums * factor,
-                            stats.log_fact * factor)
+                            stats.log_fact * factor,
+                            None if stats.observed is None else stats.observed * factor)
 
     def m_step(self, stats: PoissonStats, previous: Optional[Params]) -> dict:
+        if stats.observed is None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rates = stats.sums / stats.weight[:, None]
+            return {"rates": _keep_empty(np.where(stats.weight[:, None] > 0, rates, 0.0),
+                                         stats.weight, previous, "rates", "Poisson")}
+        # rows missing counts: each rate over the rows observing its coordinate
+        n = stats.observed
         with np.errstate(invalid="ignore", divide="ignore"):
-            rates = stats.sums / stats.weight[:, None]
-        return {"rates": _keep_empty(np.where(stats.weight[:, None] > 0, rates, 0.0),
-                                     stats.weight, previous, "rates", "Poisson")}
+            rates = stats.sums / n
+        return {"rates": _keep_empty(np.where(n > 0, rates, 0.0), n, previous, "rates",
+                                     "Poisson")}
 
     def expected_log_likelihood(self, stats: PoissonStats, params: Params) -> float:
         rates = np.asarray(params["rates"], dtype=np.float64)
-        return float(np.sum(_xlogy(stats.sums, rates))
-                     - np.sum(stats.weight * rates.sum(axis=1)) - np.sum(stats.log_fact))
+        if stats.observed is None:
+            lam = np.sum(stats.weight * rates.sum(axis=1))
+        else:
+            lam = np.sum(stats.observed * rates)
+        return float(np.sum(_xlogy(stats.sums, rates)) - lam - np.sum(stats.log_fact))
+
+    # --- missing counts (supports_missing): NaN in a float array marks a missing count ---
+    supports_missing = True
+
+    def log_density_observed(self, X: np.ndarray, observed: np.ndarray,
+                             params: Params) -> np.ndarray:
+        """sum over the observed coordinates of x log lambda - lambda - log x!
+        (vectorised numpy: rows with a missing count only)."""
+        rates = np.asarray(params["rates"], dtype=np.float64)
+        x = np.where(observed, X, 0.0)
+        with np.errstate(divide="ignore"):
+            log_r = np.log(rates)
+        # x log lambda with 0 log 0 = 0: a product over finite logs, then -inf where a
+        # positive count meets a zero rate
+        out = x @ np.where(rates > 0, log_r, 0.0).T - observed.astype(np.float64) @ rates.T
+        out -= scipy.special.gammaln(x + 1.0).sum(axis=1)[:, None]
+        zero = (x > 0).astype(np.float64) @ (rates == 0).astype(np.float64).T
+        return np.where(zero > 0, -np.inf, out)
+
+    def chunk_stats_observed(self, X: np.ndarray, observed: np.ndarray,
+                             weights: np.ndarray) -> PoissonStats:
+        """Sums and log x! of the observed counts; ``observed`` (K, d) their weights."""
+        W = np.asarray(weights, dtype=np.float64)
+        x = np.where(observed, X, 0.0)
+        return PoissonStats(W.sum(axis=0), W.T @ x,
+                            W.T @ scipy.special.gammaln(x + 1.0).sum(axis=1),
+                            _observed_weights(observed, W))
+
+    def marginal(self, columns: Any, params: Params) -> tuple:
+        """A Poisson family on ``columns`` and their rates."""
+        cols = _check_columns(columns, self.n_features, "PoissonFamily")
+        return (PoissonFamily(self.n_components, cols.size),
+                {"rates": np.asarray(params["rates"])[:, cols]})
 
     def validate_params(self, params: Params) -> None:
         """rates (K, d), finite and >= 0."""

@@ -47,12 +47,22 @@ class PositiveStats:
 
     ``weight`` (k,) N_k; ``total`` (k, d) S_k = sum_i w_ik x_i; ``log_total`` (k, d)
     L_k = sum_i w_ik log x_i and ``abs_log_total`` (k, d) sum_i w_ik |log x_i| (both
-    zero-sized for the exponential, which needs neither).
+    zero-sized for the exponential, which needs neither); ``observed`` (k, d) the
+    weight of component k on feature j when rows miss some (None: N_k on every
+    feature; the sums are then over the observed entries only).
     """
     weight: np.ndarray
     total: np.ndarray
     log_total: np.ndarray
     abs_log_total: np.ndarray
+    observed: Optional[np.ndarray] = None
+
+
+def _per_feature(stats: PositiveStats) -> np.ndarray:
+    """The weight of each component on each feature (k, d)."""
+    if stats.observed is not None:
+        return stats.observed
+    return np.repeat(stats.weight[:, None], stats.total.shape[1], axis=1)
 
 
 def _check_shape(params: Params, key: str, shape: tuple) -> np.ndarray:
@@ -87,31 +97,77 @@ class _PositiveFamily(Family):
         return PositiveStats(W.sum(axis=0), W.T @ X, empty, empty)
 
     def merge_stats(self, a: PositiveStats, b: PositiveStats) -> PositiveStats:
+        observed = (None if a.observed is None and b.observed is None
+                    else _per_feature(a) + _per_feature(b))
         return PositiveStats(a.weight + b.weight, a.total + b.total,
-                             a.log_total + b.log_total, a.abs_log_total + b.abs_log_total)
+                             a.log_total + b.log_total, a.abs_log_total + b.abs_log_total,
+                             observed)
 
     def scale_stats(self, stats: PositiveStats, factor: float) -> PositiveStats:
         return PositiveStats(stats.weight * factor, stats.total * factor,
-                             stats.log_total * factor, stats.abs_log_total * factor)
+                             stats.log_total * factor, stats.abs_log_total * factor,
+                             None if stats.observed is None else stats.observed * factor)
+
+    def _weight(self, stats: PositiveStats) -> np.ndarray:
+        """N_k as (k, 1), or N_kj (k, d) when rows miss entries."""
+        return stats.weight[:, None] if stats.observed is None else stats.observed
 
     def _keep_empty(self, stats: PositiveStats, new: dict,
                     previous: Optional[Params]) -> dict:
-        """N_k = 0: the objective does not depend on component k; keep ``previous``."""
-        has = stats.weight > 0
+        """N_k = 0 (N_kj = 0 with missing entries): the objective does not depend on
+        component k (on its feature j); keep ``previous``."""
+        has = np.broadcast_to(self._weight(stats) > 0, new[next(iter(new))].shape)
         if has.all():
             return new
-        k = int(np.flatnonzero(~has)[0])
+        k = int(np.argwhere(~has)[0][0])
         if previous is None:
             raise DegenerateComponentError(
                 f"Component {k} received no data at initialisation; reduce "
                 "n_components or choose another initialisation.", component=k)
-        return {key: np.where(has[:, None], value, np.asarray(previous[key]))
+        return {key: np.where(has, value, np.asarray(previous[key]))
                 for key, value in new.items()}
 
     def _safe_ratio(self, stats: PositiveStats) -> np.ndarray:
         """S_k / N_k, the weighted means (1 where N_k = 0: replaced by previous)."""
+        if stats.observed is not None:
+            n = stats.observed
+            return stats.total / np.where(n > 0, n, 1.0)
         has = stats.weight > 0
         return stats.total / np.where(has, stats.weight, 1.0)[:, None]
+
+    # --- missing entries (supports_missing; docs/missing_values.md) ---------------------
+    supports_missing = True
+
+    def log_density_observed(self, X: np.ndarray, observed: np.ndarray,
+                             params: Params) -> np.ndarray:
+        """The log-density of each row's observed features (vectorised numpy: the
+        rows with a missing entry only)."""
+        return self._observed_terms(np.where(observed, X, 1.0), observed, params)
+
+    def chunk_stats_observed(self, X: np.ndarray, observed: np.ndarray,
+                             weights: np.ndarray) -> PositiveStats:
+        """The statistics of the observed entries; ``observed`` (k, d) their weights."""
+        W = np.asarray(weights, dtype=np.float64)
+        mask = observed.astype(np.float64)
+        x = np.where(observed, X, 0.0)
+        if self._needs_logs:
+            log_x = np.where(observed, np.log(np.where(observed, X, 1.0)), 0.0)
+            logs = (W.T @ log_x, W.T @ np.abs(log_x))
+        else:
+            logs = (np.zeros((self.n_components, 0)),) * 2
+        return PositiveStats(W.sum(axis=0), W.T @ x, *logs, W.T @ mask)
+
+    def marginal(self, columns, params: Params) -> tuple:
+        """The same family on ``columns`` and their parameters."""
+        cols = np.atleast_1d(np.asarray(columns))
+        d = self.n_features
+        if cols.ndim != 1 or cols.size == 0 or cols.dtype.kind not in "iu" or \
+                np.any(cols < 0) or np.any(cols >= d) or np.unique(cols).size != cols.size:
+            raise ValueError(f"The 'columns' parameter of {type(self).__name__}.marginal "
+                             f"must be distinct column indices in [0, {d - 1}]. Got "
+                             f"{columns!r} instead.")
+        return (type(self)(self.n_components, cols.size),
+                {key: np.asarray(value)[:, cols] for key, value in params.items()})
 
 
 class ExponentialFamily(_PositiveFamily):
@@ -130,12 +186,22 @@ class ExponentialFamily(_PositiveFamily):
         rates = np.asarray(params["rates"], dtype=np.float64)
         return np.sum(np.log(rates), axis=1) - X @ rates.T
 
+    def _observed_terms(self, X: np.ndarray, observed: np.ndarray,
+                        params: Params) -> np.ndarray:
+        rates = np.asarray(params["rates"], dtype=np.float64)
+        return observed.astype(np.float64) @ np.log(rates).T - np.where(
+            observed, X, 0.0) @ rates.T
+
     def m_step(self, stats: PositiveStats, previous: Optional[Params]) -> dict:
         mean = self._safe_ratio(stats)
         return self._keep_empty(stats, {"rates": 1.0 / mean}, previous)
 
     def expected_log_likelihood(self, stats: PositiveStats, params: Params) -> float:
         rates = np.asarray(params["rates"], dtype=np.float64)
+        if stats.observed is not None:
+            n = stats.observed
+            return float(np.sum(np.where(n > 0, n * np.log(rates), 0.0))
+                         - np.sum(rates * stats.total))
         per = stats.weight * np.sum(np.log(rates), axis=1) - np.sum(rates * stats.total, 1)
         return float(np.sum(np.where(stats.weight > 0, per, 0.0)))
 
@@ -144,7 +210,7 @@ class ExponentialFamily(_PositiveFamily):
         # the terms of Q before they cancel: N_k sum_j |log lambda_kj| + sum_j lambda S;
         # they also bound the per-row terms |log lambda| + lambda x of log_density
         rates = np.asarray(params["rates"], dtype=np.float64)
-        return float(np.sum(stats.weight * np.sum(np.abs(np.log(rates)), axis=1))
+        return float(np.sum(_per_feature(stats) * np.abs(np.log(rates)))
                      + np.sum(rates * stats.total))
 
     def validate_params(self, params: Params) -> None:
@@ -258,13 +324,21 @@ class GammaFamily(_PositiveFamily):
         const = np.sum(a * np.log(b) - gammaln(a), axis=1)
         return const + np.log(X) @ (a - 1.0).T - X @ b.T
 
+    def _observed_terms(self, X: np.ndarray, observed: np.ndarray,
+                        params: Params) -> np.ndarray:
+        a = np.asarray(params["shapes"], dtype=np.float64)
+        b = np.asarray(params["rates"], dtype=np.float64)
+        log_x = np.where(observed, np.log(X), 0.0)
+        return (observed.astype(np.float64) @ (a * np.log(b) - gammaln(a)).T
+                + log_x @ (a - 1.0).T - np.where(observed, X, 0.0) @ b.T)
+
     def m_step(self, stats: PositiveStats, previous: Optional[Params]) -> dict:
-        has = stats.weight > 0
-        n = np.where(has, stats.weight, 1.0)[:, None]
+        has = self._weight(stats) > 0                      # (k, 1) or (k, d)
+        n = np.where(has, self._weight(stats), 1.0)
         mean = self._safe_ratio(stats)
         # s = log(mean x) - mean(log x) >= 0 (Jensen), 0 only for equal values
         s = np.log(mean) - stats.log_total / n
-        s = np.where(has[:, None], s, 1.0)
+        s = np.where(has, s, 1.0)
         bad = ~(s > 0)
         if bad.any():
             k, j = np.unravel_index(int(np.argmax(bad)), s.shape)
@@ -280,6 +354,10 @@ class GammaFamily(_PositiveFamily):
     def expected_log_likelihood(self, stats: PositiveStats, params: Params) -> float:
         a = np.asarray(params["shapes"], dtype=np.float64)
         b = np.asarray(params["rates"], dtype=np.float64)
+        if stats.observed is not None:
+            n = stats.observed
+            return float(np.sum(np.where(n > 0, n * (a * np.log(b) - gammaln(a)), 0.0))
+                         + np.sum((a - 1.0) * stats.log_total - b * stats.total))
         per = (stats.weight * np.sum(a * np.log(b) - gammaln(a), axis=1)
                + np.sum((a - 1.0) * stats.log_total - b * stats.total, axis=1))
         return float(np.sum(np.where(stats.weight > 0, per, 0.0)))
@@ -291,7 +369,7 @@ class GammaFamily(_PositiveFamily):
         a = np.asarray(params["shapes"], dtype=np.float64)
         b = np.asarray(params["rates"], dtype=np.float64)
         per_row = np.abs(a * np.log(b)) + np.abs(gammaln(a))
-        return float(np.sum(stats.weight[:, None] * per_row)
+        return float(np.sum(_per_feature(stats) * per_row)
                      + np.sum(np.abs(a - 1.0) * stats.abs_log_total) + np.sum(b * stats.total))
 
     def validate_params(self, params: Params) -> None:

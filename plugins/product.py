@@ -136,6 +136,9 @@ class ProductFamily(Family):
         self.init_smoothing = max(float(f.init_smoothing) for _, _, f, _ in self._parts)
         # a part whose statistics depend on the pass's parameters (Student t) gets them
         self.stats_need_params = any(f.stats_need_params for _, _, f, _ in self._parts)
+        # missing entries are marginalised when every part marginalises its own
+        # (the parts are independent given z: docs/missing_values.md#product-form-families)
+        self.supports_missing = all(f.supports_missing for _, _, f, _ in self._parts)
 
     # --- the parts' views --------------------------------------------------------------
     def _block(self, X: Any, cols: np.ndarray) -> Any:
@@ -177,6 +180,63 @@ class ProductFamily(Family):
         for (_, cols, fam, _), p in zip(self._parts, self._split(params)):
             out += fam.log_density(self._block(X, cols), p)
         return out
+
+    # --- missing entries (supports_missing when every part has it) -----------------------
+    def log_density_observed(self, X: np.ndarray, observed: np.ndarray,
+                             params: Params) -> np.ndarray:
+        """The sum of the parts' ``log_density_observed`` on their columns."""
+        self._require_missing("log_density_observed")
+        X = np.asarray(X, dtype=np.float64)
+        out = np.zeros((X.shape[0], self.n_components))
+        for (_, cols, fam, _), p in zip(self._parts, self._split(params)):
+            out += fam.log_density_observed(X[:, cols], observed[:, cols], p)
+        return out
+
+    def chunk_stats_observed(self, X: np.ndarray, observed: np.ndarray,
+                             weights: np.ndarray) -> tuple:
+        """Each part's ``chunk_stats_observed`` on its columns."""
+        self._require_missing("chunk_stats_observed")
+        X = np.asarray(X, dtype=np.float64)
+        return tuple(fam.chunk_stats_observed(X[:, cols], observed[:, cols], weights)
+                     for _, cols, fam, _ in self._parts)
+
+    def marginal(self, columns: Any, params: Params) -> tuple:
+        """The product of the parts' marginals on the ``columns`` they hold (a part
+        holding none of them is left out), columns renumbered in the given order."""
+        self._require_missing("marginal")
+        cols = np.atleast_1d(np.asarray(columns))
+        if cols.ndim != 1 or cols.size == 0 or cols.dtype.kind not in "iu" or \
+                np.any(cols < 0) or np.any(cols >= self.n_features) or \
+                np.unique(cols).size != cols.size:
+            raise ValueError(f"The 'columns' parameter of {_OWNER}.marginal must be "
+                             f"distinct column indices in [0, {self.n_features - 1}]. Got "
+                             f"{columns!r} instead.")
+        position = {int(c): i for i, c in enumerate(cols)}
+        parts, per_part = [], []
+        for (name, part_cols, fam, _), p in zip(self._parts, self._split(params)):
+            kept = [i for i, c in enumerate(part_cols) if int(c) in position]
+            if not kept:
+                continue
+            sub, sub_params = fam.marginal(kept, p)
+            parts.append((name, [position[int(part_cols[i])] for i in kept], sub))
+            per_part.append(sub_params)
+        out = ProductFamily.__new__(ProductFamily)
+        Family.__init__(out, self.n_components, cols.size)
+        out.parts = [(name, c) for name, c, _ in parts]
+        out._parts = [(name, np.asarray(c, dtype=np.intp), sub, None)
+                      for name, c, sub in parts]
+        out.fixed_weights = self.fixed_weights
+        out.init_smoothing = self.init_smoothing
+        out.stats_need_params = any(f.stats_need_params for _, _, f, _ in out._parts)
+        out.supports_missing = True
+        return out, self._join(per_part)
+
+    def _require_missing(self, what: str) -> None:
+        if not self.supports_missing:
+            names = [name for name, _, f, _ in self._parts if not f.supports_missing]
+            raise NotImplementedError(f"{_OWNER}.{what}: part(s) of family "
+                                      f"{', '.join(map(repr, names))} do not support "
+                                      "missing values")
 
     # --- statistics -----------------------------------------------------------------------
     def empty_stats(self) -> tuple:

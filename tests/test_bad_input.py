@@ -314,6 +314,7 @@ PARAMETERS = {
         "resp_init": _RESP_BAD,
         "progress": ["yes", 1, None],
         "compress": ["yes", 1, None, "on"],
+        "missing": ["drop", "MARGINALIZE", None, True, 1],
     },
 }
 

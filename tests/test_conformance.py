@@ -36,6 +36,9 @@ _PRODUCT_PARTS = (
                    ("gaussian", [0], {"reg_covar": 0.0})], frozenset({"support:real"})),
     ("regression", [("gaussian", [0], {"prior": _prior("full", 2, 1)}),
                     ("linear_regression", [1])], frozenset()),
+    # parts that marginalise missing entries: the product does too (check_missing_values)
+    ("counts", [("poisson", [1]), ("poisson", [0])],
+     frozenset({"support:nonnegative_integers"})),
 )
 
 
@@ -94,3 +97,49 @@ def test_first_party_family_conformance(family, check):
 def test_the_suite_has_every_check():
     # one test per (family, check): a check added to emcore.testing runs here too
     assert len(FAMILY_CHECKS) == 12
+
+
+# --- the missing-values check (Family.supports_missing; issue 17, item 4) ----------------
+
+def test_the_missing_values_check_runs_for_every_family_declaring_it():
+    from emcore.testing import CAPABILITY_CHECKS, check_family
+    assert CAPABILITY_CHECKS == ("check_missing_values",)
+    declaring = {fid for fid, record in FAMILIES.items()
+                 if getattr(record.factory(2, 2), "supports_missing", False)}
+    assert {"poisson", "bernoulli", "categorical", "exponential", "gamma",
+            "product-counts"} <= declaring
+    for fid in sorted(declaring):
+        report = check_family(FAMILIES[fid], checks=["check_missing_values"])
+        assert [(r.name, r.status) for r in report.results] == [
+            ("check_missing_values", "passed")], fid
+    # a family without the capability: not applicable, and not added by default
+    report = check_family(FAMILIES["gaussian-full-ml"], checks=["check_missing_values"])
+    assert report.results[0].status == "not applicable"
+
+
+def test_the_missing_values_check_catches_the_usual_mistakes():
+    import pytest
+    from emcore.plugins.discrete import PoissonFamily, PoissonStats
+    from emcore.testing import check_family
+
+    class ImputesZero(PoissonFamily):
+        # a missing count read as 0: the term -lambda stays in the log-density
+        def log_density_observed(self, X, observed, params):
+            return self.log_density(np.where(observed, X, 0.0), params)
+
+    class CountsEveryRow(PoissonFamily):
+        # each rate divided by every row's weight, not the rows observing it
+        def chunk_stats_observed(self, X, observed, weights):
+            s = super().chunk_stats_observed(X, observed, weights)
+            return PoissonStats(s.weight, s.sums, s.log_fact)
+
+    for mutant, found in ((ImputesZero, "marginal model's log_density"),
+                          (CountsEveryRow, "expected_log_likelihood of chunk_stats_observed")):
+        with pytest.raises(AssertionError, match=found):
+            check_family(mutant(2, 2), capabilities=frozenset(
+                {"sampling", "support:nonnegative_integers"}),
+                checks=["check_missing_values"])
+    # check_family adds the check for a family declaring the capability
+    report = check_family(PoissonFamily(2, 2), capabilities=frozenset(
+        {"sampling", "support:nonnegative_integers"}))
+    assert report.results[-1].name == "check_missing_values"

@@ -20,7 +20,10 @@ The checks (:data:`FAMILY_CHECKS`) are chosen by the family's declared
 capabilities (``FamilyRecord.capabilities``): ``sampling`` enables the moment
 check and the checks that need data drawn from the family; a support
 capability (:data:`SUPPORT_CAPABILITIES`, the ``support:*`` entries of
-``emcore.plugin_api.SUPPORTS``) enables the normalisation check. Parameters
+``emcore.plugin_api.SUPPORTS``) enables the normalisation check. A family with
+``Family.supports_missing`` also gets ``check_missing_values``
+(:data:`CAPABILITY_CHECKS`): log-densities and statistics with masked coordinates
+equal those of the marginal model. Parameters
 come from the family's optional ``Family.random_params(rng, *,
 nearly_degenerate=False)``, or are passed in.
 
@@ -39,7 +42,8 @@ from __future__ import annotations
 
 import importlib
 
-from emcore.testing._checks import (FAMILY_CHECKS, SUPPORT_CAPABILITIES, CheckResult,
+from emcore.testing._checks import (CAPABILITY_CHECKS, FAMILY_CHECKS, SUPPORT_CAPABILITIES,
+                                    CheckResult,
                                     FamilyCheckReport, check_family,
                                     parametrize_with_family_checks)
 from emcore.testing._tolerances import (UNIT_ROUNDOFF, elbo_direct, rounding_magnitude,
@@ -53,7 +57,8 @@ _STRATEGIES = ("ConstraintSet", "MixtureDataset", "constraint_sets", "family_par
 __all__ = ["FAMILY_CHECKS", "SUPPORT_CAPABILITIES", "CheckResult", "FamilyCheckReport",
            "check_family", "parametrize_with_family_checks",
            "UNIT_ROUNDOFF", "elbo_direct", "rounding_magnitude", "summation_depth_for",
-           "tolerance_across", "tolerance_same_array", *_STRATEGIES]
+           "tolerance_across", "tolerance_same_array", *_STRATEGIES,
+           "CAPABILITY_CHECKS"]
 
 
 def __getattr__(name: str):

@@ -30,7 +30,7 @@ from emcore.testing._tolerances import (UNIT_ROUNDOFF as U, elbo_direct,
                                         rounding_magnitude, tolerance_across,
                                         tolerance_same_array)
 
-__all__ = ["FAMILY_CHECKS", "SUPPORT_CAPABILITIES", "CheckResult", "FamilyCheckReport",
+__all__ = ["CAPABILITY_CHECKS", "FAMILY_CHECKS", "SUPPORT_CAPABILITIES", "CheckResult", "FamilyCheckReport",
            "check_family", "parametrize_with_family_checks"]
 
 SUPPORT_CAPABILITIES = dict(SUPPORTS)
@@ -1011,13 +1011,162 @@ def check_n_parameters(ctx: _Context) -> None:
                       f"around the cut: {np.array2string(around, precision=2)})")
 
 
+def _observed_mask(rng, n, d, rate=0.35):
+    """A random mask (n, d) of observed entries, at least one per row."""
+    observed = rng.random((n, d)) >= rate
+    observed[~observed.any(axis=1), 0] = True
+    return observed
+
+
+def _tau_observed(fam, X, observed, W, *params_sets, stats=None):
+    """tau_B (docs/elbo_chain.md#check-b) for sums of W_ik log p(x_io | k) computed
+    two ways: the magnitude from ``log_density_observed`` at every parameter set,
+    the family's amplification and, with ``stats``, its statistics' magnitude."""
+    n, d = X.shape
+    amp, M, M_Q = 1.0, 0.0, 0.0
+    for p in params_sets:
+        amp = max(amp, float(fam.rounding_amplification(p)))
+        M += _weighted_magnitude(W, np.asarray(fam.log_density_observed(X, observed, p)))
+        if stats is not None:
+            M_Q += float(fam.expected_log_likelihood_magnitude(stats, p))
+    return tolerance_across(fam.n_components, n, d, amp, M, M_Q)
+
+
+def check_missing_values(ctx: _Context) -> None:
+    """For a family with ``supports_missing`` (a product form that marginalises
+    missing coordinates): ``log_density_observed`` with every entry observed is
+    ``log_density``; with a random mask, each row's value is the log-density of
+    the marginal model on its observed columns (``Family.marginal``); the
+    statistics of ``chunk_stats_observed`` give, coordinate by coordinate, the
+    expected log-likelihood and the M-step of the one-column marginal model on
+    the rows observing that coordinate; their expected log-likelihood is the
+    direct sum_ik W_ik log p(x_io | k); and the statistics of complete rows
+    (``chunk_stats``) merged with those of incomplete rows equal the statistics
+    of all rows through ``chunk_stats_observed``. Tolerances: per entry 4 (d + 4) a
+    u max |log p| (as ``check_log_density_rows``), sums tau_B (``_tau_observed``,
+    ``_tau_stats``), M-steps compared through their Q as ``_compare_stats`` does.
+    """
+    fam, X = ctx.family, ctx.X
+    if not getattr(fam, "supports_missing", False):
+        raise _NotApplicable("the family does not declare supports_missing")
+    rng = ctx.rng(12)
+    n, d = X.shape
+    k = fam.n_components
+    everything = np.ones((n, d), dtype=bool)
+    observed = _observed_mask(rng, n, d)
+    Xm = np.where(observed, X, np.nan)
+    W = _random_responsibilities(rng, n, k)
+    previous = ctx.params[0][1]
+    for label, params, _ in ctx.params:
+        amp = float(fam.rounding_amplification(params))
+        full = np.asarray(fam.log_density_observed(X, everything, params), dtype=np.float64)
+        a = _log_density(fam, X, params)
+        finite = np.isfinite(a)
+        if full.shape != a.shape or not np.array_equal(finite, np.isfinite(full)):
+            raise _Failed(f"{label}: log_density_observed with every entry observed is "
+                          "not log_density (shape or infinite entries differ)")
+        if finite.any():
+            tau = 4.0 * (d + 4) * amp * U * float(np.max(np.abs(a[finite])))
+            diff = float(np.max(np.abs(full[finite] - a[finite])))
+            if diff > tau:
+                raise _Failed(f"{label}: log_density_observed with every entry observed "
+                              f"differs from log_density by {_fmt(diff)} (tolerance "
+                              f"{_fmt(tau)})")
+        X_copy = Xm.copy()
+        got = np.asarray(fam.log_density_observed(Xm, observed, params), dtype=np.float64)
+        if not np.array_equal(Xm, X_copy, equal_nan=True):
+            raise _Failed("log_density_observed modified its input X")
+        if got.shape != (n, k) or np.isnan(got).any():
+            raise _Failed(f"{label}: log_density_observed returned shape {got.shape} or NaN")
+        patterns, which = np.unique(observed, axis=0, return_inverse=True)
+        for p_index, pattern in enumerate(patterns):
+            rows = np.flatnonzero(which.ravel() == p_index)
+            cols = np.flatnonzero(pattern)
+            sub, sub_params = fam.marginal(cols, params)
+            want = _log_density(sub, np.ascontiguousarray(X[np.ix_(rows, cols)]), sub_params)
+            mine = got[rows]
+            ok = np.isfinite(want)
+            if not np.array_equal(ok, np.isfinite(mine)):
+                raise _Failed(f"{label}: rows observing columns {cols.tolist()}: "
+                              "log_density_observed and the marginal model's log_density "
+                              "differ in their infinite entries")
+            if ok.any():
+                amp_m = max(amp, float(sub.rounding_amplification(sub_params)))
+                tau = 4.0 * (d + 4) * amp_m * U * float(np.max(np.abs(want[ok])))
+                diff = float(np.max(np.abs(mine[ok] - want[ok])))
+                if diff > tau:
+                    raise _Failed(f"{label}: rows observing columns {cols.tolist()}: "
+                                  f"log_density_observed differs from the marginal "
+                                  f"model's log_density by {_fmt(diff)} (tolerance "
+                                  f"{_fmt(tau)})")
+        if not np.isfinite(got).all():
+            continue
+        stats = fam.chunk_stats_observed(Xm, observed, W)
+        ell = float(fam.expected_log_likelihood(stats, params))
+        direct = _weighted_sum(W, got)
+        tau = _tau_observed(fam, Xm, observed, W, params, stats=stats)
+        if not abs(ell - direct) <= tau:
+            raise _Failed(f"{label}: expected_log_likelihood of chunk_stats_observed is "
+                          f"{ell!r}, directly sum_ik W_ik log p(x_io | k) = {direct!r} "
+                          f"(tolerance {_fmt(tau)})")
+    # coordinate by coordinate: the one-column marginal model on the rows observing it
+    stats = fam.chunk_stats_observed(Xm, observed, W)
+    theta = fam.m_step(stats, previous)
+    for j in range(d):
+        rows = observed[:, j]
+        Xj, Wj = np.ascontiguousarray(X[rows][:, [j]]), W[rows]
+        sub, sub_prev = fam.marginal([j], previous)
+        sub_stats = family_chunk_stats(sub, Xj, Wj, sub_prev)
+        for label, params, _ in ctx.params:
+            _, p_j = fam.marginal([j], params)
+            e_sub = float(sub.expected_log_likelihood(sub_stats, p_j))
+            direct = _weighted_sum(Wj, _log_density(sub, Xj, p_j))
+            tau = _tau_stats(sub, Xj, Wj, p_j, stats=sub_stats)
+            if not abs(e_sub - direct) <= tau:
+                raise _Failed(f"column {j}: the marginal model's expected log-likelihood "
+                              f"{e_sub!r} vs direct {direct!r} ({label})")
+        t_full = fam.marginal([j], theta)[1]
+        t_sub = sub.m_step(sub_stats, sub_prev)
+        q1, m1 = _q_objective(sub, sub_stats, t_full)
+        q2, m2 = _q_objective(sub, sub_stats, t_sub)
+        tau = (_tau_stats(sub, Xj, Wj, t_full, t_sub) + 2.0 * U * (m1 + m2)
+               + 2.0 * (sub.parameter_rounding(sub_stats, t_full)
+                        + sub.parameter_rounding(sub_stats, t_sub)))
+        if not abs(q1 - q2) <= tau:
+            raise _Failed(f"column {j}: the M-step of chunk_stats_observed gives Q = "
+                          f"{q1!r} on the one-column marginal model, whose own M-step on "
+                          f"the rows observing column {j} gives {q2!r} (tolerance "
+                          f"{_fmt(tau)})")
+    # complete rows by chunk_stats merged with the others: the same statistics
+    complete = observed.all(axis=1)
+    merged = fam.merge_stats(family_chunk_stats(fam, X[complete], W[complete], previous),
+                             fam.chunk_stats_observed(Xm[~complete], observed[~complete],
+                                                      W[~complete]))
+    for label, params, _ in ctx.params:
+        if not np.isfinite(fam.log_density_observed(Xm, observed, params)).all():
+            continue
+        e1 = float(fam.expected_log_likelihood(merged, params))
+        e2 = float(fam.expected_log_likelihood(stats, params))
+        tau = _tau_observed(fam, Xm, observed, W, params, stats=stats)
+        if not abs(e1 - e2) <= tau:
+            raise _Failed(f"{label}: complete rows' chunk_stats merged with the others' "
+                          f"chunk_stats_observed give expected log-likelihood {e1!r}, "
+                          f"chunk_stats_observed of all rows {e2!r} (tolerance "
+                          f"{_fmt(tau)})")
+
+
+#: checks run only for a family declaring what they check (its ``supports_missing``);
+#: :func:`check_family` adds them for such a family, after :data:`FAMILY_CHECKS`
+CAPABILITY_CHECKS: tuple = ("check_missing_values",)
+
+
 _CHECKS: dict = {f.__name__: f for f in (
     check_pickle_roundtrip, check_log_density_rows, check_log_density_normalises,
     check_sampling_moments, check_stats_merge, check_weights_are_repetitions,
     check_expected_log_likelihood, check_m_step_maximises, check_params_valid,
-    check_elbo_bound, check_em_chain, check_n_parameters)}
+    check_elbo_bound, check_em_chain, check_n_parameters, check_missing_values)}
 
-FAMILY_CHECKS: tuple = tuple(_CHECKS)
+FAMILY_CHECKS: tuple = tuple(name for name in _CHECKS if name not in CAPABILITY_CHECKS)
 """Names of the conformance checks, in the order :func:`check_family` runs them."""
 
 
@@ -1036,6 +1185,11 @@ def _validate_known_failures(known_failures) -> dict:
         if not isinstance(reason, str) or not reason.strip():
             raise ValueError(f"known_failures[{name!r}] must be a non-empty reason")
     return dict(known_failures)
+
+
+def _capability_checks(family: Family) -> list:
+    """The :data:`CAPABILITY_CHECKS` that apply to ``family``."""
+    return ["check_missing_values"] if getattr(family, "supports_missing", False) else []
 
 
 def _validate_checks(checks) -> list:
@@ -1077,7 +1231,10 @@ def check_family(family: FamilySpec, *, params: Union[None, Mapping, Sequence[Ma
     known_failures : mapping {check name: reason}, optional
         Checks not run, reported as known failures.
     checks : str or sequence of str, optional
-        Run only these (names from :data:`FAMILY_CHECKS`).
+        Run only these (names from :data:`FAMILY_CHECKS` and
+        :data:`CAPABILITY_CHECKS`). Default: every check of :data:`FAMILY_CHECKS`,
+        then those of :data:`CAPABILITY_CHECKS` the family declares
+        (``check_missing_values`` for ``Family.supports_missing``).
     n_components, n_features : int, default 2
         Size of the family built from a record or a factory.
     random_state : int, default 0
@@ -1096,6 +1253,8 @@ def check_family(family: FamilySpec, *, params: Union[None, Mapping, Sequence[Ma
     known = _validate_known_failures(known_failures)
     names = _validate_checks(checks)
     fam, caps = _resolve(family, capabilities, n_components, n_features)
+    if checks is None:
+        names += _capability_checks(fam)
     ctx = _build_context(fam, caps, params, X, random_state)
     report = FamilyCheckReport(_describe(fam))
     for name in names:
@@ -1194,7 +1353,11 @@ def parametrize_with_family_checks(families: Union[Sequence[FamilySpec],
                    capabilities=None if capabilities is None else frozenset(capabilities))
     cases = []
     for fid, spec in items:
-        for name in FAMILY_CHECKS:
+        try:
+            extra = _capability_checks(_resolve(spec, options["capabilities"], 2, 2)[0])
+        except Exception:               # reported by the checks themselves
+            extra = []
+        for name in list(FAMILY_CHECKS) + extra:
             # a declared known failure is reported as an expected failure and not
             # run (run=False): it is neither a pass nor an ordinary test
             marks = ([pytest.mark.xfail(reason=known[name], run=False)]
