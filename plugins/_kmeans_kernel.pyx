@@ -68,14 +68,14 @@ cdef extern from "_lloyd.h":
     double emc_sq_dist(const double* x, const double* y, Py_ssize_t d) noexcept nogil
     Py_ssize_t emc_lloyd_rows(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
                               Py_ssize_t Kp, const double* c, const double* mt,
-                              const double* off, const double* row_weights,
+                              const double* off, double* xc, const double* row_weights,
                               const double* means, const double* row_const, double h,
                               double* stats, Py_ssize_t* labels, double* row_value,
                               double* objective, double* log_joint,
                               double* magnitude) noexcept nogil
     Py_ssize_t emc_lloyd_rows_f32(const float* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
                                   Py_ssize_t Kp, const float* c, const float* mt,
-                                  const float* off, const double* row_weights,
+                                  const float* off, float* xc, const double* row_weights,
                                   const double* means, const double* row_const, double h,
                                   double* stats, Py_ssize_t* labels, double* row_value,
                                   double* objective, double* log_joint,
@@ -158,8 +158,9 @@ cdef class KMeansKernel(FamilyKernel):
 
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
         # kp32 >= kp: the float32 step's offsets (kp32 floats) fit where the
-        # float64 step's (kp doubles) go
-        return n_rows * self.n_features + max(n_rows, self.kp32 + self.n_components)
+        # float64 step's (kp doubles) go; then the Lloyd step's 2 centred rows
+        return (n_rows * self.n_features + max(n_rows, self.kp32 + self.n_components)
+                + 2 * self.n_features)
 
     cdef int chunk_log_density(self, const double* X, Py_ssize_t n_rows,
                                double* out, double* scratch) noexcept nogil:
@@ -202,7 +203,8 @@ cdef class KMeansKernel(FamilyKernel):
         for k in range(K):
             row_const[k] = self.const + log_weights[k]
         return <int>emc_lloyd_rows(X, n_rows, d, K, self.kp, &self.centre[0],
-                                   &self.scaled_means_t[0, 0], off, row_weights,
+                                   &self.scaled_means_t[0, 0], off,
+                                   scratch + self.kp32 + K, row_weights,
                                    &self.means[0, 0], row_const, self.h, stats, labels,
                                    row_value, &totals[TOTAL_OBJECTIVE],
                                    &totals[TOTAL_EXPECTED_LOG_JOINT],
@@ -231,7 +233,8 @@ cdef class KMeansKernel(FamilyKernel):
         for k in range(K):
             row_const[k] = self.const + log_weights[k]
         return <int>emc_lloyd_rows_f32(X, n_rows, d, K, self.kp32, &self.centre32[0],
-                                       &self.scaled_means_t32[0, 0], off, row_weights,
+                                       &self.scaled_means_t32[0, 0], off,
+                                       <float*>(scratch + self.kp32 + K), row_weights,
                                        &self.means[0, 0], row_const, self.h, stats, labels,
                                        row_value, &totals[TOTAL_OBJECTIVE],
                                        &totals[TOTAL_EXPECTED_LOG_JOINT],

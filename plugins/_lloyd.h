@@ -50,7 +50,10 @@
 /* 8 floats (one ymm with AVX2), and their lane masks */
 typedef float emc_v8f __attribute__((vector_size(32)));
 typedef int emc_m8 __attribute__((vector_size(32)));
-static inline emc_v8f emc_set1_f8(float x) { emc_v8f v = {x, x, x, x, x, x, x, x}; return v; }
+/* x in every lane: scalar + vector is one vbroadcastss in GCC 12's AVX2 clone,
+   where the initialiser {x, x, ...} becomes a chain of vinsertps (callgrind:
+   a third of the float32 step); + 0 changes only the sign of a zero */
+static inline emc_v8f emc_set1_f8(float x) { return (emc_v8f){0} + x; }
 #define EMC_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define EMC_NOINLINE __attribute__((noinline))
 #else
@@ -213,13 +216,14 @@ EMC_ALWAYS_INLINE void EMC_T(emc_lloyd_accumulate)(
 
 #if EMC_GNUC
 /* One block of up to 4 LANES centres (nv vectors of LANES) for R rows (1 or
-   2): the scores off_k + sum_j (x_j - c_j) MT[j, k] accumulated in registers
-   in j order, in REAL, then folded into each row's running per-lane maximum
-   (bv, bi): strict '>', so each lane keeps its first maximum. R and nv are
-   constants at every call; two rows give the FMA chains room to overlap. */
+   2): the scores off_k + sum_j xc_j MT[j, k] (xc = x - c, the centred rows)
+   accumulated in registers in j order, in REAL, then folded into each row's
+   running per-lane maximum (bv, bi): strict '>', so each lane keeps its first
+   maximum. R and nv are constants at every call; two rows give the FMA
+   chains room to overlap. */
 EMC_ALWAYS_INLINE void EMC_T(emc_score_block)(
-        const REAL* restrict x, Py_ssize_t d, const int R,
-        const REAL* restrict c, const REAL* restrict mt, Py_ssize_t ld,
+        const REAL* restrict xc, Py_ssize_t d, const int R,
+        const REAL* restrict mt, Py_ssize_t ld,
         const REAL* restrict off, const int nv, REAL first,
         EMC_LLOYD_V* restrict bv, EMC_LLOYD_V* restrict bi) {
     EMC_LLOYD_V acc[2][4];
@@ -227,7 +231,7 @@ EMC_ALWAYS_INLINE void EMC_T(emc_score_block)(
         for (int v = 0; v < nv; v++) memcpy(&acc[r][v], off + LANES * v, sizeof acc[r][v]);
     for (Py_ssize_t j = 0; j < d; j++) {
         EMC_LLOYD_V t[2];
-        for (int r = 0; r < R; r++) t[r] = EMC_LLOYD_SET1(x[r * d + j] - c[j]);
+        for (int r = 0; r < R; r++) t[r] = EMC_LLOYD_SET1(xc[r * d + j]);
         for (int v = 0; v < nv; v++) {
             EMC_LLOYD_V m;
             memcpy(&m, mt + j * ld + LANES * v, sizeof m);
@@ -246,18 +250,21 @@ EMC_ALWAYS_INLINE void EMC_T(emc_score_block)(
 }
 
 /* labels of R rows (1 or 2) starting at x; 0, or 1 + the first row (of the
-   R) whose best score is not finite */
+   R) whose best score is not finite. xc: R d REALs of workspace, the centred
+   rows x - c (formed once here, then each entry broadcast from memory) */
 EMC_ALWAYS_INLINE int EMC_T(emc_label_rows)(
         const REAL* restrict x, Py_ssize_t d, const int R, Py_ssize_t Kp,
         const REAL* restrict c, const REAL* restrict mt,
-        const REAL* restrict off, Py_ssize_t* restrict labels) {
+        const REAL* restrict off, REAL* restrict xc, Py_ssize_t* restrict labels) {
     EMC_LLOYD_V bv[2], bi[2];
+    for (int r = 0; r < R; r++)
+        for (Py_ssize_t j = 0; j < d; j++) xc[r * d + j] = x[r * d + j] - c[j];
     for (int r = 0; r < R; r++) {
         bv[r] = EMC_LLOYD_SET1(-(REAL)HUGE_VAL);
         bi[r] = EMC_LLOYD_SET1(0);
     }
     for (Py_ssize_t kb = 0; kb < Kp; kb += 4 * LANES) {
-#define EMC_SCORES(NV) EMC_T(emc_score_block)(x, d, R, c, mt + kb, Kp, off + kb, NV, \
+#define EMC_SCORES(NV) EMC_T(emc_score_block)(xc, d, R, mt + kb, Kp, off + kb, NV, \
                                               (REAL)kb, bv, bi)
         switch ((Kp - kb) >= 4 * LANES ? 4 : (int)((Kp - kb) / LANES)) {
             case 4: EMC_SCORES(4); break;
@@ -283,20 +290,20 @@ EMC_ALWAYS_INLINE int EMC_T(emc_label_rows)(
    as in EMC_LANE_MAX); the row added to its component's slot (w_i > 0; stats
    may be NULL); the row value f_i = row_const[z] - h ||x_i - mu_z||^2 from the
    exact difference; the chunk's objective, expected log joint and magnitude
-   sums (rows in order) added to the totals. Returns 0, or i + 1 for the
-   first row whose best score is not finite. */
+   sums (rows in order) added to the totals. xc: 2 d REALs of workspace.
+   Returns 0, or i + 1 for the first row whose best score is not finite. */
 EMC_CLONES static Py_ssize_t EMC_T(emc_lloyd_rows)(
         const REAL* restrict X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
         Py_ssize_t Kp, const REAL* restrict c, const REAL* restrict mt,
-        const REAL* restrict off, const double* restrict row_weights,
+        const REAL* restrict off, REAL* restrict xc, const double* restrict row_weights,
         const double* restrict means, const double* restrict row_const, double h,
         double* restrict stats, Py_ssize_t* restrict labels,
         double* restrict row_value, double* objective, double* log_joint,
         double* magnitude) {
     for (Py_ssize_t i = 0; i < n; i += 2) {
         int bad = (i + 1 < n)
-            ? EMC_T(emc_label_rows)(X + i * d, d, 2, Kp, c, mt, off, labels + i)
-            : EMC_T(emc_label_rows)(X + i * d, d, 1, Kp, c, mt, off, labels + i);
+            ? EMC_T(emc_label_rows)(X + i * d, d, 2, Kp, c, mt, off, xc, labels + i)
+            : EMC_T(emc_label_rows)(X + i * d, d, 1, Kp, c, mt, off, xc, labels + i);
         if (bad) return i + bad;
     }
     EMC_T(emc_lloyd_accumulate)(X, n, d, labels, row_weights, means, row_const, h, stats,
@@ -307,7 +314,7 @@ EMC_CLONES static Py_ssize_t EMC_T(emc_lloyd_rows)(
 /* without GNU vectors (EMC_GNUC 0): the same step, one score at a time (j order) */
 static Py_ssize_t EMC_T(emc_lloyd_rows)(
         const REAL* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K, Py_ssize_t Kp,
-        const REAL* c, const REAL* mt, const REAL* off,
+        const REAL* c, const REAL* mt, const REAL* off, REAL* xc,
         const double* row_weights, const double* means, const double* row_const,
         double h, double* stats, Py_ssize_t* labels, double* row_value,
         double* objective, double* log_joint, double* magnitude) {
