@@ -76,6 +76,7 @@ static inline emc_v4 emc_load_row_f32(const float* p) {
 #define EMC_LLOYD_REAL double
 #define EMC_T(name) name
 #define EMC_LLOYD_LANES 4
+#define EMC_LLOYD_ROWS 2      /* rows scored together (the register budget: below) */
 #if EMC_GNUC
 #define EMC_LLOYD_V emc_v4
 #define EMC_LLOYD_M emc_m4
@@ -89,6 +90,7 @@ static inline emc_v4 emc_load_row_f32(const float* p) {
 #undef EMC_LLOYD_REAL
 #undef EMC_T
 #undef EMC_LLOYD_LANES
+#undef EMC_LLOYD_ROWS
 #undef EMC_LLOYD_V
 #undef EMC_LLOYD_M
 #undef EMC_LLOYD_IOTA
@@ -98,6 +100,7 @@ static inline emc_v4 emc_load_row_f32(const float* p) {
 #define EMC_LLOYD_REAL float
 #define EMC_T(name) EMC_LLOYD_PASTE(name, _f32)
 #define EMC_LLOYD_LANES 8
+#define EMC_LLOYD_ROWS 4
 #if EMC_GNUC
 #define EMC_LLOYD_V emc_v8f
 #define EMC_LLOYD_M emc_m8
@@ -112,6 +115,7 @@ static inline emc_v4 emc_load_row_f32(const float* p) {
 #undef EMC_LLOYD_REAL
 #undef EMC_T
 #undef EMC_LLOYD_LANES
+#undef EMC_LLOYD_ROWS
 #undef EMC_LLOYD_V
 #undef EMC_LLOYD_M
 #undef EMC_LLOYD_IOTA
@@ -122,6 +126,7 @@ static inline emc_v4 emc_load_row_f32(const float* p) {
 #else   /* EMC_LLOYD_REAL defined: the functions for rows of EMC_LLOYD_REAL */
 #define REAL EMC_LLOYD_REAL
 #define LANES EMC_LLOYD_LANES
+#define ROWS EMC_LLOYD_ROWS
 
 /* The per-row work of the Lloyd step in C on 32-byte vectors, compiled
    twice (AVX2/FMA and baseline x86-64, EMC_CLONES): a fixed order of
@@ -226,11 +231,11 @@ EMC_ALWAYS_INLINE void EMC_T(emc_score_block)(
         const REAL* restrict mt, Py_ssize_t ld,
         const REAL* restrict off, const int nv, REAL first,
         EMC_LLOYD_V* restrict bv, EMC_LLOYD_V* restrict bi) {
-    EMC_LLOYD_V acc[2][4];
+    EMC_LLOYD_V acc[ROWS][4];
     for (int r = 0; r < R; r++)
         for (int v = 0; v < nv; v++) memcpy(&acc[r][v], off + LANES * v, sizeof acc[r][v]);
     for (Py_ssize_t j = 0; j < d; j++) {
-        EMC_LLOYD_V t[2];
+        EMC_LLOYD_V t[ROWS];
         for (int r = 0; r < R; r++) t[r] = EMC_LLOYD_SET1(xc[r * d + j]);
         for (int v = 0; v < nv; v++) {
             EMC_LLOYD_V m;
@@ -249,24 +254,29 @@ EMC_ALWAYS_INLINE void EMC_T(emc_score_block)(
     }
 }
 
-/* labels of R rows (1 or 2) starting at x; 0, or 1 + the first row (of the
-   R) whose best score is not finite. xc: R d REALs of workspace, the centred
-   rows x - c (formed once here, then each entry broadcast from memory) */
+/* labels of R rows (1 or ROWS) starting at x; 0, or 1 + the first row (of
+   the R) whose best score is not finite. xc: R d REALs of workspace, the
+   centred rows x - c (formed once here, then each entry broadcast). Blocks
+   of NB vectors of centres, NB = 4 for up to 2 rows, 2 for 4 rows: R NB
+   accumulators + R broadcasts + 1 table vector stay within 16 registers.
+   The blocking never changes a label: lane l meets the components k = l
+   (mod LANES) in increasing order whatever the blocks. */
 EMC_ALWAYS_INLINE int EMC_T(emc_label_rows)(
         const REAL* restrict x, Py_ssize_t d, const int R, Py_ssize_t Kp,
         const REAL* restrict c, const REAL* restrict mt,
         const REAL* restrict off, REAL* restrict xc, Py_ssize_t* restrict labels) {
-    EMC_LLOYD_V bv[2], bi[2];
+    EMC_LLOYD_V bv[ROWS], bi[ROWS];
+    const int NB = R > 2 ? 2 : 4;
     for (int r = 0; r < R; r++)
         for (Py_ssize_t j = 0; j < d; j++) xc[r * d + j] = x[r * d + j] - c[j];
     for (int r = 0; r < R; r++) {
         bv[r] = EMC_LLOYD_SET1(-(REAL)HUGE_VAL);
         bi[r] = EMC_LLOYD_SET1(0);
     }
-    for (Py_ssize_t kb = 0; kb < Kp; kb += 4 * LANES) {
+    for (Py_ssize_t kb = 0; kb < Kp; kb += NB * LANES) {
 #define EMC_SCORES(NV) EMC_T(emc_score_block)(xc, d, R, mt + kb, Kp, off + kb, NV, \
                                               (REAL)kb, bv, bi)
-        switch ((Kp - kb) >= 4 * LANES ? 4 : (int)((Kp - kb) / LANES)) {
+        switch ((Kp - kb) >= NB * LANES ? NB : (int)((Kp - kb) / LANES)) {
             case 4: EMC_SCORES(4); break;
             case 3: EMC_SCORES(3); break;
             case 2: EMC_SCORES(2); break;
@@ -285,12 +295,13 @@ EMC_ALWAYS_INLINE int EMC_T(emc_label_rows)(
 /* One Lloyd step over n rows, fused: the scores through the GEMM identity
    on centred data, score_k = off_k + 2h (x - c).(mu_k - c) with MT (d x Kp)
    = 2h (mu - c)^T (columns K..Kp-1 zero, their offsets -inf: they never
-   win; Kp a multiple of LANES), computed in registers a block of 4 LANES
+   win; Kp a multiple of LANES), computed in registers a block of (up to) 4 LANES
    centres at a time; label = the first index of the maximum (lanes compared
    as in EMC_LANE_MAX); the row added to its component's slot (w_i > 0; stats
    may be NULL); the row value f_i = row_const[z] - h ||x_i - mu_z||^2 from the
    exact difference; the chunk's objective, expected log joint and magnitude
-   sums (rows in order) added to the totals. xc: 2 d REALs of workspace.
+   sums (rows in order) added to the totals. xc: ROWS d REALs of workspace
+   (ROWS = 2 doubles or 4 floats: 2 d doubles either way).
    Returns 0, or i + 1 for the first row whose best score is not finite. */
 EMC_CLONES static Py_ssize_t EMC_T(emc_lloyd_rows)(
         const REAL* restrict X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
@@ -300,10 +311,13 @@ EMC_CLONES static Py_ssize_t EMC_T(emc_lloyd_rows)(
         double* restrict stats, Py_ssize_t* restrict labels,
         double* restrict row_value, double* objective, double* log_joint,
         double* magnitude) {
-    for (Py_ssize_t i = 0; i < n; i += 2) {
-        int bad = (i + 1 < n)
-            ? EMC_T(emc_label_rows)(X + i * d, d, 2, Kp, c, mt, off, xc, labels + i)
-            : EMC_T(emc_label_rows)(X + i * d, d, 1, Kp, c, mt, off, xc, labels + i);
+    Py_ssize_t i = 0;
+    for (; i + ROWS <= n; i += ROWS) {
+        int bad = EMC_T(emc_label_rows)(X + i * d, d, ROWS, Kp, c, mt, off, xc, labels + i);
+        if (bad) return i + bad;
+    }
+    for (; i < n; i++) {
+        int bad = EMC_T(emc_label_rows)(X + i * d, d, 1, Kp, c, mt, off, xc, labels + i);
         if (bad) return i + bad;
     }
     EMC_T(emc_lloyd_accumulate)(X, n, d, labels, row_weights, means, row_const, h, stats,
@@ -338,4 +352,5 @@ static Py_ssize_t EMC_T(emc_lloyd_rows)(
 
 #undef REAL
 #undef LANES
+#undef ROWS
 #endif  /* EMC_LLOYD_REAL */
