@@ -47,6 +47,12 @@ def _mean_feature_variance(X: np.ndarray) -> float:
     return float(np.mean(np.maximum(s2 - s1 * s1 / n, 0.0) / n))
 
 
+def _is_float32(X: Any) -> bool:
+    """True for a float32 array or scipy.sparse matrix (whose blocks are read as
+    float64): the fit's attributes and ``transform`` are then float32."""
+    return getattr(X, "dtype", None) == np.float32
+
+
 def _check_centres(centres: Any, name: str, owner: str) -> np.ndarray:
     """Cluster centres as a finite float64 (n_clusters, n_features) array, or a
     ValueError naming ``name``."""
@@ -235,6 +241,7 @@ class KMeans(BaseEstimator):
             counts the row twice in the centres and the inertia.
         """
         record_feature_names(self, X)
+        single = _is_float32(X)         # also a sparse float32 X (read as float64)
         X = check_input(X, owner="KMeans.fit", accept_sparse=True, keep_float32=True)
         k, centres, n_init = self._check_parameters(X)
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0],
@@ -278,7 +285,7 @@ class KMeans(BaseEstimator):
         self.converged_ = best.converged
         self.history_ = best.history
         self.n_features_in_ = X.shape[1]
-        if X.dtype == np.float32:
+        if single:
             # scikit-learn's convention: the centres in X's dtype; the labels and
             # the inertia are those of the rounded centres, as predict and score
             # give them (one pass for both)
@@ -363,7 +370,8 @@ class KMeans(BaseEstimator):
         float32 for a float32 X (scikit-learn's convention).
         """
         data, centres = self._checked(X, "transform")
-        out = np.empty((data.shape[0], centres.shape[0]), dtype=data.dtype)
+        out = np.empty((data.shape[0], centres.shape[0]),
+                       dtype=np.float32 if _is_float32(X) else np.float64)
         chunk = chunk_rows_for(data.shape[1])
         for start in range(0, data.shape[0], chunk):
             out[start:start + chunk] = np.sqrt(sq_distances(

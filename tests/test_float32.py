@@ -60,6 +60,20 @@ def test_kmeans_float32_attributes_and_outputs_are_float32():
     assert km64.cluster_centers_.dtype == np.float64
 
 
+def test_kmeans_sparse_float32_gives_float32_attributes():
+    # a sparse X is densified a block at a time as float64; scikit-learn's
+    # convention still holds: the attributes in X's dtype (the test of
+    # scikit-learn's test_float_precision that failed on sparse input)
+    sparse = pytest.importorskip("scipy.sparse")
+    X = _blobs(np.random.default_rng(9), 300, 4, 3)
+    km = emcore.KMeans(3, n_init=1, random_state=0).fit(sparse.csr_matrix(X))
+    assert km.cluster_centers_.dtype == np.float32
+    assert km.transform(sparse.csr_matrix(X)).dtype == np.float32
+    dense = emcore.KMeans(3, n_init=1, random_state=0).fit(X.astype(np.float64))
+    np.testing.assert_array_equal(km.cluster_centers_,
+                                  dense.cluster_centers_.astype(np.float32))
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2 ** 31), d=st.integers(1, 20), k=st.integers(1, 20),
        offset=st.sampled_from([0.0, 1e3, -1e4]))
