@@ -16,16 +16,23 @@ and a warning says when they differ from M.) Peak RSS of one fit of each case
 is measured in a fresh subprocess (VmHWM after resetting it), as in
 bench_gaussian.py.
 
+float32 (``--dtype float32``, the default runs both): the same data rounded to
+float32, the same rounded centres, scikit-learn's float32 KMeans against
+emcore's (float32 scores, float64 sums: docs/elbo_chain.md#float32), side by
+side with the float64 rows.
+
 Run from outside the source tree so that the installed emcore is imported:
 
     cd /tmp && python /path/to/benchmarks/bench_kmeans.py                  # both shapes
     cd /tmp && python /path/to/benchmarks/bench_kmeans.py --case 1e6 --repeats 3
+    cd /tmp && python /path/to/benchmarks/bench_kmeans.py --quick          # < 60 s
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import statistics
@@ -43,10 +50,10 @@ from bench_gaussian import _status_mib, environment  # noqa: E402
 CASES = {"1e6": (1_000_000, 16, 16), "2e5": (200_000, 64, 32)}
 
 
-def make_data(n: int, d: int, k: int, seed: int):
-    """X uniform in [0, 1)^d, C-contiguous float64; initial centres: k rows of X."""
+def make_data(n: int, d: int, k: int, seed: int, dtype: str = "float64"):
+    """X uniform in [0, 1)^d, C-contiguous, of ``dtype``; initial centres: k rows of X."""
     rng = np.random.default_rng(seed)
-    X = rng.random((n, d))
+    X = rng.random((n, d)).astype(dtype)
     centres = np.ascontiguousarray(X[rng.choice(n, k, replace=False)])
     return X, centres
 
@@ -74,7 +81,7 @@ def timed_fit(lib: str, X, centres, max_iter: int, threads: int):
 
 
 def rss_child(args) -> None:
-    X, centres = make_data(args.n, args.d, args.k, args.seed)
+    X, centres = make_data(args.n, args.d, args.k, args.seed, args.rss_dtype)
     if args.rss_child == "sklearn":
         import sklearn.cluster  # noqa: F401
     else:
@@ -93,19 +100,20 @@ def rss_child(args) -> None:
                       "peak_is_fit_only": reset}))
 
 
-def measure_rss(args, n, d, k, lib: str, threads: int) -> dict:
+def measure_rss(args, n, d, k, lib: str, threads: int, dtype: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--n", str(n), "--d", str(d),
            "--k", str(k), "--seed", str(args.seed), "--rss-child", lib,
-           "--rss-threads", str(threads)]
+           "--rss-threads", str(threads), "--rss-dtype", dtype]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_case(args, n, d, k) -> list:
+def run_case(args, n, d, k, dtype) -> list:
     M = args.max_iter
     libs = ("sklearn", "emcore")
-    X, centres = make_data(n, d, k, args.seed)
-    print(f"\n=== (n, d, k) = ({n}, {d}, {k}), uniform data {X.nbytes / 2 ** 20:.0f} MiB, "
+    X, centres = make_data(n, d, k, args.seed, dtype)
+    print(f"\n=== (n, d, k) = ({n}, {d}, {k}), {dtype}, uniform data "
+          f"{X.nbytes / 2 ** 20:.0f} MiB, "
           f"M={M}, repeats={args.repeats}, threads={args.threads}")
     for lib in libs:  # warm-up
         timed_fit(lib, np.ascontiguousarray(X[:5000]), centres, 1, 1)
@@ -126,7 +134,7 @@ def run_case(args, n, d, k) -> list:
     if any(v != M for v in n_iter.values()):
         print(f"WARNING: not every fit ran M={M} iterations: {n_iter}")
     med = {key: statistics.median(v) for key, v in per_iter.items()}
-    rss = {} if args.no_rss else {(lib, t): measure_rss(args, n, d, k, lib, t)
+    rss = {} if args.no_rss else {(lib, t): measure_rss(args, n, d, k, lib, t, dtype)
                                   for lib in libs for t in args.threads}
     rows = []
     print(f"{'threads':>7}  {'sklearn s/iter':>22}  {'emcore s/iter':>22}  "
@@ -137,7 +145,8 @@ def run_case(args, n, d, k) -> list:
         print(f"{t:>7}  {sk:8.4f} [{min(rs):.4f}-{max(rs):.4f}]  "
               f"{em:8.4f} [{min(re_):.4f}-{max(re_):.4f}]  {em / sk:19.2f}  "
               f"({n_iter[('sklearn', t)]}, {n_iter[('emcore', t)]})")
-        rows.append((n, d, k, t, sk, em, n_iter[("sklearn", t)], n_iter[("emcore", t)]))
+        rows.append((n, d, k, dtype, t, sk, em, n_iter[("sklearn", t)],
+                     n_iter[("emcore", t)]))
     for (lib, t), v in rss.items():
         print(f"  peak RSS {lib:8s} {t} thread(s): added by the fit "
               f"{v['peak_mib'] - v['rss_before_fit_mib']:.0f} MiB (before {v['rss_before_fit_mib']:.0f})")
@@ -157,11 +166,19 @@ def parse_args(argv=None):
     p.add_argument("--max-iter", type=int, default=61)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float64", "float32"), nargs="+",
+                   default=["float64", "float32"])
+    p.add_argument("--quick", action="store_true",
+                   help="(2e5, 16, 16), 3 repeats, M = 11, no RSS: under a minute")
     p.add_argument("--no-rss", action="store_true")
     p.add_argument("--markdown", metavar="PATH", help="append a Markdown table to PATH")
     p.add_argument("--rss-child", choices=("sklearn", "emcore"), help=argparse.SUPPRESS)
     p.add_argument("--rss-threads", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--rss-dtype", default="float64", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.quick:
+        args.n, args.d, args.k = args.n or 200_000, args.d or 16, args.k or 16
+        args.repeats, args.max_iter, args.no_rss = 3, 11, True
     if args.max_iter < 2:
         p.error("--max-iter must be at least 2")
     return args
@@ -183,17 +200,17 @@ def main(argv=None) -> int:
               else [CASES[c] for c in args.case])
     md = [f"\n### KMeans (Lloyd), {env['date']}, emcore {env['emcore']}, scikit-learn "
           f"{env['sklearn']}, medians of {args.repeats}, M = {args.max_iter}\n",
-          "| (n, d, k) | threads | scikit-learn s/iter | emcore s/iter "
+          "| (n, d, k) | dtype | threads | scikit-learn s/iter | emcore s/iter "
           "| emcore / scikit-learn time | n_iter_ (sk, em) | peak RSS added sk / em MiB |",
-          "|---|---|---|---|---|---|---|"]
-    for n, d, k in shapes:
-        rows, rss, _ = run_case(args, n, d, k)
-        for (n_, d_, k_, t, sk, em, ns, ne) in rows:
+          "|---|---|---|---|---|---|---|---|"]
+    for (n, d, k), dtype in itertools.product(shapes, args.dtype):
+        rows, rss, _ = run_case(args, n, d, k, dtype)
+        for (n_, d_, k_, dt, t, sk, em, ns, ne) in rows:
             mem = (f"{rss[('sklearn', t)]['peak_mib'] - rss[('sklearn', t)]['rss_before_fit_mib']:.0f}"
                    f" / {rss[('emcore', t)]['peak_mib'] - rss[('emcore', t)]['rss_before_fit_mib']:.0f}"
                    if rss else "-")
-            md.append(f"| ({n_:g}, {d_}, {k_}) | {t} | {sk * 1e3:.1f} ms | {em * 1e3:.1f} ms "
-                      f"| **{em / sk:.2f}** | ({ns}, {ne}) | {mem} |")
+            md.append(f"| ({n_:g}, {d_}, {k_}) | {dt} | {t} | {sk * 1e3:.1f} ms | "
+                      f"{em * 1e3:.1f} ms | **{em / sk:.2f}** | ({ns}, {ne}) | {mem} |")
     print(f"load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.markdown:
         with open(args.markdown, "a") as f:

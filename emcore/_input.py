@@ -74,10 +74,12 @@ def as_source(X: Any, *, name: str = "X", owner: str = "",
 
 
 def check_input(X: Any, *, name: str = "X", owner: str = "",
-                n_features: Optional[int] = None, accept_sparse: bool = False
-                ) -> Union[np.ndarray, ChunkedSource]:
+                n_features: Optional[int] = None, accept_sparse: bool = False,
+                keep_float32: bool = False) -> Union[np.ndarray, ChunkedSource]:
     """X checked at the edge: a chunked input as a validated source (:func:`as_source`),
-    anything else as a C-contiguous float64 array (:func:`emcore._validation.check_data`).
+    anything else as a C-contiguous float64 array (:func:`emcore._validation.check_data`),
+    or float32 for a float32 X with ``keep_float32`` (the estimators that keep
+    float32 end to end; chunked sources are read as float64).
 
     A scipy.sparse X becomes a :class:`emcore._sources.SparseSource` when
     ``accept_sparse`` (the caller runs on any source), else an error naming X and
@@ -90,4 +92,5 @@ def check_input(X: Any, *, name: str = "X", owner: str = "",
             "GaussianMixture's fit, predict and score); pass dense data (X.toarray()).")
     if is_chunked(X):
         return as_source(X, name=name, owner=owner, n_features=n_features)
-    return check_data(X, name=name, owner=owner, n_features=n_features)
+    return check_data(X, name=name, owner=owner, n_features=n_features,
+                      keep_float32=keep_float32)

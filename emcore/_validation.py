@@ -61,7 +61,9 @@ def _check_n_features(n_columns: int, n_features: Optional[int], name: str,
 def block_summary(block: np.ndarray) -> tuple:
     """(first non-finite entry as (row, column, value) or None, column minima,
     column maxima) of a 2-D float block: what validation needs of each block."""
-    block = np.asarray(block, dtype=np.float64)
+    block = np.asarray(block)
+    if block.dtype not in (np.float64, np.float32):     # float32 is read as it is
+        block = np.asarray(block, dtype=np.float64)
     finite = np.isfinite(block)
     if not finite.all():
         i, j = np.argwhere(~finite)[0]
@@ -94,11 +96,13 @@ def check_blocks(summaries, n_columns: int, *, name: str = "X", owner: str = "")
 
 
 def check_data(X: Any, *, name: str = "X", owner: str = "",
-               n_features: Optional[int] = None) -> np.ndarray:
+               n_features: Optional[int] = None, keep_float32: bool = False) -> np.ndarray:
     """Return X as a C-contiguous float64 2-D array of finite numbers, or raise ValueError.
 
     In-memory data only; :func:`emcore._input.check_input` sends chunked inputs
     (memmap, h5py, zarr, Dask) to a source instead, validated a block at a time.
+    ``keep_float32``: a float32 X stays float32 (C-contiguous, not copied if it
+    already is), for the callers that run on float32 rows (docs/elbo_chain.md#float32).
     """
     prefix = _data_prefix(name, owner)
     if X is None:
@@ -121,7 +125,8 @@ def check_data(X: Any, *, name: str = "X", owner: str = "",
                              "number) instead.") from None
     _check_dtype(arr.dtype, prefix)
     _check_shape(arr.shape, prefix)
-    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    arr = np.ascontiguousarray(
+        arr, dtype=np.float32 if keep_float32 and arr.dtype == np.float32 else np.float64)
     check_blocks([(0, block_summary(arr))], arr.shape[1], name=name, owner=owner)
     _check_n_features(arr.shape[1], n_features, name, owner)
     return arr

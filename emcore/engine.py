@@ -288,9 +288,9 @@ def data_pass(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.nd
                 out_labels)
         stats = family.stats_from_buffer(buffer) if with_stats else None
         rule_state = None
-    else:
+    else:       # Python families read float64 rows (a float32 X is converted here)
         stats, resp_sum, totals = _python_pass(
-            X, family, rule, log_w, params, sample_weight, chunk_rows, with_stats,
+            np.asarray(X, dtype=np.float64), family, rule, log_w, params, sample_weight, chunk_rows, with_stats,
             out_log_resp, out_row_value, out_labels)
         rule_state = rule.report()
     return PassResult(stats, resp_sum, float(totals[0]), float(totals[1]),

@@ -483,8 +483,15 @@ class GaussianMixture(_MixtureBase):
                              f"{shape} for covariance_type={t!r} with weights_ of {k} "
                              f"components and means_ of {d} features. Got shape "
                              f"{self._covariances.shape} instead.")
-        params = {"means": means, "covariances": _expand(self._covariances, t, k, d),
-                  "precisions_cholesky": _expand(self._precisions_cholesky, t, k, d)}
+        cov, U = self._covariances, self._precisions_cholesky
+        if cov.dtype == np.float32 or U.dtype == np.float32:
+            # float32 attributes (a float32 fit): each representation was rounded
+            # on its own, so they agree only to u32; the model is the covariances,
+            # the factor derived from them in float64
+            cov, _, U = _representations(np.asarray(cov, dtype=np.float64), "covariances_",
+                                         "covariances_", t, owner)
+        params = {"means": means, "covariances": _expand(cov, t, k, d),
+                  "precisions_cholesky": _expand(U, t, k, d)}
         family = get_registry().family("gaussian").factory(k, d, covariance_type=t)
         return family, weights, params
 
@@ -635,11 +642,23 @@ class GaussianMixture(_MixtureBase):
                                     weight_concentration=(None if prior is None
                                                           else prior.weight_concentration))
         self._set_fitted(best, X.shape[1])
+        if X.dtype == np.float32:
+            self._round_to_float32()
         self._fitted_rule = rule
         self.prior_ = prior
         self._online = None          # fit discards partial_fit's running state
         self.n_rows_dropped_ = 0
         return self
+
+    def _round_to_float32(self) -> None:
+        # scikit-learn's convention: a float32 X gives float32 parameters. The fit
+        # ran in float64 (statistics and parameters); its result is rounded once,
+        # each representation from its own float64 value. The weights then sum to
+        # 1 within u32 = 2**-24 (sum_k w_k |delta_k| <= u32).
+        self.weights_ = np.asarray(self.weights_, dtype=np.float32)
+        self.means_ = np.asarray(self.means_, dtype=np.float32)
+        for key in ("_covariances", "_precisions_cholesky", "_precisions"):
+            self.__dict__[key] = np.asarray(self.__dict__[key], dtype=np.float32)
 
     # --- missing values (docs/missing_values.md) -------------------------------------
     def _checked_input(self, X: Any, owner: str, n_features: Optional[int] = None,
@@ -648,9 +667,9 @@ class GaussianMixture(_MixtureBase):
         hold NaN (every other check unchanged)."""
         missing = v.check_choice(self.missing, "missing", "GaussianMixture",
                                  ("error", "marginalize"))
-        if missing == "error":
+        if missing == "error":     # float32 kept (docs/elbo_chain.md#float32)
             return check_input(X, owner=owner, n_features=n_features,
-                               accept_sparse=accept_sparse)
+                               accept_sparse=accept_sparse, keep_float32=True)
         if is_chunked(X):
             return _missing.as_source_with_nan(X, owner=owner, n_features=n_features)
         try:

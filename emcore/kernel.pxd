@@ -32,6 +32,7 @@ cdef class FamilyKernel:
     cdef readonly Py_ssize_t n_features
     cdef readonly Py_ssize_t n_stats   # doubles in one statistics slot
     cdef readonly bint fused_hard_step  # implements chunk_hard_step (default False)
+    cdef readonly bint float32_rows     # implements the *_f32 methods (default False)
 
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil
     # Doubles of scratch the two chunk methods need for a chunk of n_rows.
@@ -73,6 +74,25 @@ cdef class FamilyKernel:
     # the statistics of each row added to its component. work: n_rows *
     # n_components doubles; scratch: scratch_size(n_rows). Return 0, or 1 + the
     # index of the first row with no finite value.
+
+    # float32 rows (set float32_rows = True): the same four methods on a chunk of
+    # float32 data, with every other array, and every sum, still float64. The pass
+    # calls them for a float32 X; a kernel without them gets each chunk converted
+    # to float64 (docs/elbo_chain.md#float32).
+    cdef int chunk_log_density_f32(self, const float* X, Py_ssize_t n_rows,
+                                   double* out, double* scratch) noexcept nogil
+    cdef int chunk_accumulate_f32(self, const float* X, Py_ssize_t n_rows,
+                                  const double* weights, double* stats,
+                                  double* scratch) noexcept nogil
+    cdef int chunk_accumulate_hard_f32(self, const float* X, Py_ssize_t n_rows,
+                                       const Py_ssize_t* labels, const double* row_weights,
+                                       double* one_hot, double* stats,
+                                       double* scratch) noexcept nogil
+    cdef int chunk_hard_step_f32(self, const float* X, Py_ssize_t n_rows,
+                                 const double* log_weights, const double* row_weights,
+                                 double* work, double* scratch, Py_ssize_t* labels,
+                                 double* row_value, double* totals,
+                                 double* stats) noexcept nogil
 
 
 cdef class PosteriorKernel:

@@ -90,10 +90,40 @@ cdef class FamilyKernel:
                              double* stats) noexcept nogil:
         return -1
 
+    cdef int chunk_log_density_f32(self, const float* X, Py_ssize_t n_rows,
+                                   double* out, double* scratch) noexcept nogil:
+        return -1
+
+    cdef int chunk_accumulate_f32(self, const float* X, Py_ssize_t n_rows,
+                                  const double* weights, double* stats,
+                                  double* scratch) noexcept nogil:
+        return -1
+
+    cdef int chunk_accumulate_hard_f32(self, const float* X, Py_ssize_t n_rows,
+                                       const Py_ssize_t* labels, const double* row_weights,
+                                       double* one_hot, double* stats,
+                                       double* scratch) noexcept nogil:
+        cdef Py_ssize_t i, K = self.n_components
+        for i in range(n_rows * K):
+            one_hot[i] = 0.0
+        for i in range(n_rows):
+            one_hot[i * K + labels[i]] = row_weights[i] if row_weights != NULL else 1.0
+        return self.chunk_accumulate_f32(X, n_rows, one_hot, stats, scratch)
+
+    cdef int chunk_hard_step_f32(self, const float* X, Py_ssize_t n_rows,
+                                 const double* log_weights, const double* row_weights,
+                                 double* work, double* scratch, Py_ssize_t* labels,
+                                 double* row_value, double* totals,
+                                 double* stats) noexcept nogil:
+        return -1
+
     # --- Python face -------------------------------------------------------------
 
     def _check_X(self, X):
-        X = np.ascontiguousarray(X, dtype=np.float64)
+        # float32 rows stay float32 where the kernel computes on them (float32_rows)
+        dtype = (np.float32 if self.float32_rows and np.asarray(X).dtype == np.float32
+                 else np.float64)
+        X = np.ascontiguousarray(X, dtype=dtype)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(
                 f"X must have shape (n_rows, {self.n_features}); got {X.shape}")
@@ -103,9 +133,18 @@ cdef class FamilyKernel:
         return np.empty(max(1, self.scratch_size(n_rows)))
 
     def log_density(self, X):
-        """Return log p(x_i | z_i = k) as an (n_rows, n_components) array."""
-        cdef const double[:, ::1] Xv = self._check_X(X)
-        cdef Py_ssize_t n = Xv.shape[0]
+        """Return log p(x_i | z_i = k) as an (n_rows, n_components) array (float64;
+        computed from float32 rows by the ``_f32`` methods for a float32 X, where
+        the kernel has them)."""
+        X = self._check_X(X)
+        cdef const double[:, ::1] Xv
+        cdef const float[:, ::1] Xs
+        cdef bint single = X.dtype == np.float32
+        if single:
+            Xs = X
+        else:
+            Xv = X
+        cdef Py_ssize_t n = X.shape[0]
         out = np.empty((n, self.n_components))
         cdef double[:, ::1] ov = out
         cdef double[::1] scratch = self._scratch(n)
@@ -113,7 +152,10 @@ cdef class FamilyKernel:
         if n == 0:
             return out
         with nogil:
-            status = self.chunk_log_density(&Xv[0, 0], n, &ov[0, 0], &scratch[0])
+            if single:
+                status = self.chunk_log_density_f32(&Xs[0, 0], n, &ov[0, 0], &scratch[0])
+            else:
+                status = self.chunk_log_density(&Xv[0, 0], n, &ov[0, 0], &scratch[0])
         if status != 0:
             raise FloatingPointError(f"{type(self).__name__}.chunk_log_density "
                                      f"failed with code {status}")
@@ -128,13 +170,20 @@ cdef class FamilyKernel:
 
     def accumulate(self, X, weights):
         """Return the statistics of X with per-row, per-component weights."""
-        cdef const double[:, ::1] Xv = self._check_X(X)
+        X = self._check_X(X)
+        cdef const double[:, ::1] Xv
+        cdef const float[:, ::1] Xs
+        cdef bint single = X.dtype == np.float32
+        if single:
+            Xs = X
+        else:
+            Xv = X
         W = np.ascontiguousarray(weights, dtype=np.float64)
-        if W.shape != (Xv.shape[0], self.n_components):
-            raise ValueError(f"weights must have shape ({Xv.shape[0]}, "
+        if W.shape != (X.shape[0], self.n_components):
+            raise ValueError(f"weights must have shape ({X.shape[0]}, "
                              f"{self.n_components}); got {W.shape}")
         cdef const double[:, ::1] Wv = W
-        cdef Py_ssize_t n = Xv.shape[0]
+        cdef Py_ssize_t n = X.shape[0]
         stats = self.empty_stats()
         cdef double[::1] sv = stats
         cdef double[::1] scratch = self._scratch(n)
@@ -142,7 +191,11 @@ cdef class FamilyKernel:
         if n == 0:
             return stats
         with nogil:
-            status = self.chunk_accumulate(&Xv[0, 0], n, &Wv[0, 0], &sv[0], &scratch[0])
+            if single:
+                status = self.chunk_accumulate_f32(&Xs[0, 0], n, &Wv[0, 0], &sv[0],
+                                                   &scratch[0])
+            else:
+                status = self.chunk_accumulate(&Xv[0, 0], n, &Wv[0, 0], &sv[0], &scratch[0])
         if status != 0:
             raise FloatingPointError(f"{type(self).__name__}.chunk_accumulate "
                                      f"failed with code {status}")

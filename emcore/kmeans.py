@@ -41,10 +41,16 @@ def _mean_feature_variance(X: np.ndarray) -> float:
     s1 = np.zeros(d)
     s2 = np.zeros(d)
     for start in range(0, n, chunk):
-        diff = X[start:start + chunk] - shift
+        diff = X[start:start + chunk] - np.asarray(shift, dtype=np.float64)  # float64 sums
         s1 += diff.sum(axis=0)
         s2 += np.einsum("ij,ij->j", diff, diff)
     return float(np.mean(np.maximum(s2 - s1 * s1 / n, 0.0) / n))
+
+
+def _is_float32(X: Any) -> bool:
+    """True for a float32 array or scipy.sparse matrix (whose blocks are read as
+    float64): the fit's attributes and ``transform`` are then float32."""
+    return getattr(X, "dtype", None) == np.float32
 
 
 def _check_centres(centres: Any, name: str, owner: str) -> np.ndarray:
@@ -204,8 +210,9 @@ class KMeans(BaseEstimator):
         return k, centres, n_init
 
     # --- fitting --------------------------------------------------------------------
-    def _family(self, k: int, d: int):
-        return get_registry().family("kmeans").factory(k, d)
+    def _family(self, k: int, d: int, dtype: Any = np.float64):
+        # float32 data: the Lloyd step's scores in float32 (docs/elbo_chain.md#float32)
+        return get_registry().family("kmeans").factory(k, d, dtype=np.dtype(dtype).name)
 
     @staticmethod
     def _rule():
@@ -218,7 +225,7 @@ class KMeans(BaseEstimator):
         else:
             p = None if sample_weight is None else sample_weight / sample_weight.sum()
             idx = rng.choice(X.shape[0], size=k, replace=False, p=p)
-        return X[idx].copy()
+        return X[idx].astype(np.float64)     # the fit's parameters are float64
 
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "KMeans":
         """Compute the clustering; returns self.
@@ -234,12 +241,13 @@ class KMeans(BaseEstimator):
             counts the row twice in the centres and the inertia.
         """
         record_feature_names(self, X)
-        X = check_input(X, owner="KMeans.fit", accept_sparse=True)
+        single = _is_float32(X)         # also a sparse float32 X (read as float64)
+        X = check_input(X, owner="KMeans.fit", accept_sparse=True, keep_float32=True)
         k, centres, n_init = self._check_parameters(X)
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0],
                                               owner="KMeans.fit", min_positive=k)
         rng = v.check_random_state(self.random_state, "KMeans")
-        family, rule = self._family(k, X.shape[1]), self._rule()
+        family, rule = self._family(k, X.shape[1], X.dtype), self._rule()
         if self.resp_init is not None:          # the M-step from the partition
             labels = np.argmax(check_resp_init(self.resp_init, X.shape[0], k, "KMeans"),
                                axis=1)
@@ -272,13 +280,24 @@ class KMeans(BaseEstimator):
             warnings.warn(f"KMeans stopped after max_iter={self.max_iter} iterations before "
                           "the centres settled; increase max_iter or tol.",
                           _sklearn_compatible(ConvergenceWarning), stacklevel=2)
-        self.cluster_centers_ = best.params["means"]
-        self.inertia_ = float(np.sum(family.within_scatter(best.stats, best.params)))
         self.n_iter_ = best.n_iter
         self.stop_reason_ = best.stop_reason
         self.converged_ = best.converged
         self.history_ = best.history
         self.n_features_in_ = X.shape[1]
+        if single:
+            # scikit-learn's convention: the centres in X's dtype; the labels and
+            # the inertia are those of the rounded centres, as predict and score
+            # give them (one pass for both)
+            self.cluster_centers_ = best.params["means"].astype(np.float32)
+            centres = self.cluster_centers_.astype(np.float64)
+            self.labels_ = np.empty(X.shape[0], dtype=np.intp)
+            stats = self._pass(X, centres, labels=self.labels_, sample_weight=sample_weight,
+                               with_stats=True).stats
+            self.inertia_ = float(np.sum(family.within_scatter(stats, {"means": centres})))
+            return self
+        self.cluster_centers_ = best.params["means"]
+        self.inertia_ = float(np.sum(family.within_scatter(best.stats, best.params)))
         self.labels_ = self._labels(X, self.cluster_centers_)
         return self
 
@@ -310,7 +329,7 @@ class KMeans(BaseEstimator):
               labels: Optional[np.ndarray] = None,
               sample_weight: Optional[np.ndarray] = None, with_stats: bool = False):
         k, d = centres.shape
-        return data_pass(X, self._family(k, d), self._rule(), np.full(k, 1.0 / k),
+        return data_pass(X, self._family(k, d, X.dtype), self._rule(), np.full(k, 1.0 / k),
                          {"means": centres}, n_jobs=self.n_jobs,
                          with_stats=with_stats, sample_weight=sample_weight,
                          out_labels=labels, chunk_rows=chunk_rows_for(X.shape[1]))
@@ -333,8 +352,8 @@ class KMeans(BaseEstimator):
                              "instead (set n_features_in_ too when the model changes "
                              "dimension).")
         check_feature_names(self, X)
-        return (check_input(X, owner=owner, n_features=centres.shape[1], accept_sparse=True),
-                centres)
+        return (check_input(X, owner=owner, n_features=centres.shape[1], accept_sparse=True,
+                            keep_float32=True), centres)
 
     def predict(self, X: Any) -> np.ndarray:
         """Index of the nearest centre of each row (ties: the lowest index)."""
@@ -347,14 +366,16 @@ class KMeans(BaseEstimator):
     def transform(self, X: Any) -> np.ndarray:
         """Euclidean distance of each row to each centre, shape (n_samples, n_clusters).
 
-        Computed on differences, chunk by chunk (no cancellation).
+        Computed on differences in float64, chunk by chunk (no cancellation);
+        float32 for a float32 X (scikit-learn's convention).
         """
         data, centres = self._checked(X, "transform")
-        out = np.empty((data.shape[0], centres.shape[0]))
+        out = np.empty((data.shape[0], centres.shape[0]),
+                       dtype=np.float32 if _is_float32(X) else np.float64)
         chunk = chunk_rows_for(data.shape[1])
         for start in range(0, data.shape[0], chunk):
-            out[start:start + chunk] = np.sqrt(
-                sq_distances(data[start:start + chunk], centres))
+            out[start:start + chunk] = np.sqrt(sq_distances(
+                np.asarray(data[start:start + chunk], dtype=np.float64), centres))
         return wrap_output(self, out, X)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
@@ -383,7 +404,8 @@ class KMeans(BaseEstimator):
         w = v.check_sample_weight(sample_weight, X.shape[0], owner="KMeans.score")
         k, d = centres.shape
         stats = self._pass(X, centres, sample_weight=w, with_stats=True).stats
-        return -float(np.sum(self._family(k, d).within_scatter(stats, {"means": centres})))
+        return -float(np.sum(self._family(k, d, X.dtype).within_scatter(
+            stats, {"means": centres})))
 
     def summary(self, X: Any, parameters: bool = False):
         """What was fitted, in a few lines: an :class:`emcore.summary.KMeansSummary`

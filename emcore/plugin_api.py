@@ -68,7 +68,7 @@ import numpy as np
 import pluggy
 
 from emcore._chunks import family_chunk_stats
-from emcore._float import UNIT_ROUNDOFF
+from emcore._float import FLOAT32_UNIT_ROUNDOFF, UNIT_ROUNDOFF
 from emcore._markov import ForwardBackward, forward_backward, viterbi
 from emcore._markov import forward_backward_stats
 from emcore._markov import _check_lengths as check_lengths
@@ -109,6 +109,7 @@ __all__ = [
     "support_of",
     "UNIT_ROUNDOFF",
     "forward_backward_stats",
+    "FLOAT32_UNIT_ROUNDOFF",
 ]
 
 

@@ -34,9 +34,18 @@ and through them the M-step and the inertia, carry no cancellation error.
 Slots with different references merge by re-shifting exactly (the moment merge
 of emcore/moments.h, the scatter as its trace); the slot layout is declared in
 _lloyd.h, with the Lloyd step's C.
+
+float32 rows (``float32_rows``; the ``_f32`` methods of emcore/kernel.pxd): the
+Lloyd step's scores are computed in float32 (the centring point, the scaled
+centres and the offsets rounded to float32; 8-float vectors), so only the
+labels see float32 rounding; the row values, the statistics and the
+log-densities of the soft rules come from the rows widened exactly to double,
+as for float64 data (docs/elbo_chain.md#float32 derives the labels' effect on
+the chain).
 """
 from libc.math cimport INFINITY, log, M_PI
 from libc.stdlib cimport free, malloc
+from cython cimport floating
 
 from emcore.blas cimport gemm_nt
 from emcore.kernel cimport (FamilyKernel, TOTAL_EXPECTED_LOG_JOINT, TOTAL_MAGNITUDE,
@@ -55,14 +64,22 @@ cdef extern from "_lloyd.h":
     Py_ssize_t EMC_KM_FAR_POINT(Py_ssize_t d) noexcept nogil
     Py_ssize_t EMC_KM_SLOT_SIZE(Py_ssize_t d) noexcept nogil
     double emc_add_row(double* slot, const double* x, double w, Py_ssize_t d) noexcept nogil
+    double emc_add_row_f32(double* slot, const float* x, double w, Py_ssize_t d) noexcept nogil
     double emc_sq_dist(const double* x, const double* y, Py_ssize_t d) noexcept nogil
     Py_ssize_t emc_lloyd_rows(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
                               Py_ssize_t Kp, const double* c, const double* mt,
-                              const double* off, const double* row_weights,
+                              const double* off, double* xc, const double* row_weights,
                               const double* means, const double* row_const, double h,
                               double* stats, Py_ssize_t* labels, double* row_value,
                               double* objective, double* log_joint,
                               double* magnitude) noexcept nogil
+    Py_ssize_t emc_lloyd_rows_f32(const float* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
+                                  Py_ssize_t Kp, const float* c, const float* mt,
+                                  const float* off, float* xc, const double* row_weights,
+                                  const double* means, const double* row_const, double h,
+                                  double* stats, Py_ssize_t* labels, double* row_value,
+                                  double* objective, double* log_joint,
+                                  double* magnitude) noexcept nogil
 
 
 cdef class KMeansKernel(FamilyKernel):
@@ -81,6 +98,10 @@ cdef class KMeansKernel(FamilyKernel):
     cdef double[::1] offsets           # (k,) const - h ||mu - c||^2
     cdef double[:, ::1] scaled_means_t  # (d, kp) 2h (mu - c)^T, zero columns k..kp-1
     cdef Py_ssize_t kp                 # k rounded up to a multiple of 4
+    cdef float[::1] centre32           # (d,) c32, c rounded to float32
+    cdef float[:, ::1] scaled_means_t32  # (d, kp32) 2h (mu - c32)^T rounded to float32
+    cdef double[::1] offsets32         # (k,) -h ||mu - c32||^2 (no const: see below)
+    cdef Py_ssize_t kp32               # k rounded up to a multiple of 8
     cdef readonly double variance
     cdef double h, const
 
@@ -108,6 +129,18 @@ cdef class KMeansKernel(FamilyKernel):
         mt[:, :k] = (2.0 * self.h) * (means - c).T
         self.scaled_means_t = mt
         self.fused_hard_step = True
+        # the float32 Lloyd step's copies (8-float vectors: columns to a multiple of
+        # 8), about c32 = float32(c) so that the identity holds for the centring
+        # point the step subtracts; computed in double, then rounded
+        self.kp32 = -(-k // 8) * 8
+        c32 = c.astype(np.float32)
+        cm32 = means - c32.astype(np.float64)
+        mt32 = np.zeros((d, self.kp32), dtype=np.float32)
+        mt32[:, :k] = (2.0 * self.h) * cm32.T
+        self.scaled_means_t32 = mt32
+        self.centre32 = c32
+        self.offsets32 = -self.h * np.einsum("kj,kj->k", cm32, cm32)
+        self.float32_rows = True
 
     def __reduce__(self):
         return (KMeansKernel, (np.asarray(self.means), self.variance))
@@ -124,29 +157,26 @@ cdef class KMeansKernel(FamilyKernel):
                 "far_point": slice(EMC_KM_FAR_POINT(d), EMC_KM_FAR_POINT(d) + d)}
 
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
-        return n_rows * self.n_features + max(n_rows, self.kp + self.n_components)
-
-    cdef inline void _centre_rows(self, const double* X, Py_ssize_t n_rows, double* Xc,
-                                  double* qn) noexcept nogil:
-        # Xc = X - c, qn[i] = ||x_i - c||^2
-        cdef Py_ssize_t i, j, d = self.n_features
-        cdef const double* c = &self.centre[0]
-        cdef double s, t
-        for i in range(n_rows):
-            s = 0.0
-            for j in range(d):
-                t = X[i * d + j] - c[j]
-                Xc[i * d + j] = t
-                s += t * t
-            qn[i] = s
+        # kp32 >= kp: the float32 step's offsets (kp32 floats) fit where the
+        # float64 step's (kp doubles) go; then the Lloyd step's 2 centred rows
+        return (n_rows * self.n_features + max(n_rows, self.kp32 + self.n_components)
+                + 2 * self.n_features)
 
     cdef int chunk_log_density(self, const double* X, Py_ssize_t n_rows,
                                double* out, double* scratch) noexcept nogil:
+        return _log_density(self, X, n_rows, out, scratch)
+
+    cdef int chunk_log_density_f32(self, const float* X, Py_ssize_t n_rows,
+                                   double* out, double* scratch) noexcept nogil:
+        return _log_density(self, X, n_rows, out, scratch)
+
+    cdef int _log_density_centred(self, Py_ssize_t n_rows, double* out,
+                                  double* scratch) noexcept nogil:
+        # out from the centred rows Xc and their norms qn (in scratch, _log_density)
         cdef Py_ssize_t i, k, K = self.n_components
         cdef double* Xc = scratch
         cdef double* qn = scratch + n_rows * self.n_features
         cdef double s, h = self.h
-        self._centre_rows(X, n_rows, Xc, qn)
         # out = 2h Xc @ mu~.T, then + (-h ||x~||^2) + (const - h ||mu~||^2)
         gemm_nt(n_rows, K, self.n_features, 2.0 * h, Xc, &self.centred_means[0, 0], 0.0, out)
         for i in range(n_rows):
@@ -173,11 +203,42 @@ cdef class KMeansKernel(FamilyKernel):
         for k in range(K):
             row_const[k] = self.const + log_weights[k]
         return <int>emc_lloyd_rows(X, n_rows, d, K, self.kp, &self.centre[0],
-                                   &self.scaled_means_t[0, 0], off, row_weights,
+                                   &self.scaled_means_t[0, 0], off,
+                                   scratch + self.kp32 + K, row_weights,
                                    &self.means[0, 0], row_const, self.h, stats, labels,
                                    row_value, &totals[TOTAL_OBJECTIVE],
                                    &totals[TOTAL_EXPECTED_LOG_JOINT],
                                    &totals[TOTAL_MAGNITUDE])
+
+    cdef int chunk_hard_step_f32(self, const float* X, Py_ssize_t n_rows,
+                                 const double* log_weights, const double* row_weights,
+                                 double* work, double* scratch, Py_ssize_t* labels,
+                                 double* row_value, double* totals,
+                                 double* stats) noexcept nogil:
+        # chunk_hard_step on float32 rows: the scores in float32, less the constant
+        # const + max_k log pi_k that does not move the argmax (so that float32
+        # rounds only what differs between components: docs/elbo_chain.md#float32);
+        # the offsets computed in double, then rounded. The rest in double.
+        cdef Py_ssize_t k, d = self.n_features, K = self.n_components
+        cdef double* row_const = scratch                 # (k) const + log pi_k
+        cdef float* off = <float*>(scratch + K)          # (kp32) score offsets
+        cdef double top = -INFINITY
+        for k in range(K):
+            if log_weights[k] > top:
+                top = log_weights[k]
+        if not (top > -INFINITY and top < INFINITY):
+            top = 0.0
+        for k in range(self.kp32):
+            off[k] = <float>(self.offsets32[k] + (log_weights[k] - top)) if k < K else -INFINITY
+        for k in range(K):
+            row_const[k] = self.const + log_weights[k]
+        return <int>emc_lloyd_rows_f32(X, n_rows, d, K, self.kp32, &self.centre32[0],
+                                       &self.scaled_means_t32[0, 0], off,
+                                       <float*>(scratch + self.kp32 + K), row_weights,
+                                       &self.means[0, 0], row_const, self.h, stats, labels,
+                                       row_value, &totals[TOTAL_OBJECTIVE],
+                                       &totals[TOTAL_EXPECTED_LOG_JOINT],
+                                       &totals[TOTAL_MAGNITUDE])
 
     cdef void clear_stats(self, double* stats) noexcept nogil:
         cdef Py_ssize_t k, j, d = self.n_features, S = EMC_KM_SLOT_SIZE(d)
@@ -195,26 +256,24 @@ cdef class KMeansKernel(FamilyKernel):
     cdef int chunk_accumulate(self, const double* X, Py_ssize_t n_rows,
                               const double* weights, double* stats,
                               double* scratch) noexcept nogil:
-        cdef Py_ssize_t i, k, d = self.n_features, K = self.n_components, S = EMC_KM_SLOT_SIZE(d)
-        cdef double w
-        for i in range(n_rows):
-            for k in range(K):
-                w = weights[i * K + k]
-                if w > 0.0:
-                    emc_add_row(stats + k * S, X + i * d, w, d)
-        return 0
+        return _accumulate(X, n_rows, self.n_features, self.n_components, weights, stats)
+
+    cdef int chunk_accumulate_f32(self, const float* X, Py_ssize_t n_rows,
+                                  const double* weights, double* stats,
+                                  double* scratch) noexcept nogil:
+        return _accumulate(X, n_rows, self.n_features, self.n_components, weights, stats)
 
     cdef int chunk_accumulate_hard(self, const double* X, Py_ssize_t n_rows,
                                    const Py_ssize_t* labels, const double* row_weights,
                                    double* one_hot, double* stats,
                                    double* scratch) noexcept nogil:
-        cdef Py_ssize_t i, d = self.n_features, S = EMC_KM_SLOT_SIZE(d)
-        cdef double w
-        for i in range(n_rows):
-            w = row_weights[i] if row_weights != NULL else 1.0
-            if w > 0.0:
-                emc_add_row(stats + labels[i] * S, X + i * d, w, d)
-        return 0
+        return _accumulate_hard(X, n_rows, self.n_features, labels, row_weights, stats)
+
+    cdef int chunk_accumulate_hard_f32(self, const float* X, Py_ssize_t n_rows,
+                                       const Py_ssize_t* labels, const double* row_weights,
+                                       double* one_hot, double* stats,
+                                       double* scratch) noexcept nogil:
+        return _accumulate_hard(X, n_rows, self.n_features, labels, row_weights, stats)
 
     cdef void merge_stats(self, double* into, const double* other) noexcept nogil:
         cdef Py_ssize_t k, d = self.n_features, S = EMC_KM_SLOT_SIZE(d)
@@ -228,6 +287,58 @@ cdef class KMeansKernel(FamilyKernel):
             _merge_slot(d, into + k * S, other + k * S, tmp)
         if tmp != stack_tmp:
             free(tmp)
+
+
+# --- the row loops, on float64 or float32 rows (the slots are float64) ------------
+
+cdef int _log_density(KMeansKernel kernel, const floating* X, Py_ssize_t n_rows,
+                      double* out, double* scratch) noexcept nogil:
+    # scratch: Xc = X - c (n_rows x d, in double), then qn[i] = ||x_i - c||^2
+    cdef Py_ssize_t i, j, d = kernel.n_features
+    cdef const double* c = &kernel.centre[0]
+    cdef double* Xc = scratch
+    cdef double* qn = scratch + n_rows * d
+    cdef double s, t
+    for i in range(n_rows):
+        s = 0.0
+        for j in range(d):
+            t = X[i * d + j] - c[j]
+            Xc[i * d + j] = t
+            s += t * t
+        qn[i] = s
+    return kernel._log_density_centred(n_rows, out, scratch)
+
+
+cdef inline double _add_row(double* slot, const floating* x, double w,
+                            Py_ssize_t d) noexcept nogil:
+    if floating is float:
+        return emc_add_row_f32(slot, x, w, d)
+    else:
+        return emc_add_row(slot, x, w, d)
+
+
+cdef int _accumulate(const floating* X, Py_ssize_t n_rows, Py_ssize_t d, Py_ssize_t K,
+                     const double* weights, double* stats) noexcept nogil:
+    cdef Py_ssize_t i, k, S = EMC_KM_SLOT_SIZE(d)
+    cdef double w
+    for i in range(n_rows):
+        for k in range(K):
+            w = weights[i * K + k]
+            if w > 0.0:
+                _add_row(stats + k * S, X + i * d, w, d)
+    return 0
+
+
+cdef int _accumulate_hard(const floating* X, Py_ssize_t n_rows, Py_ssize_t d,
+                          const Py_ssize_t* labels, const double* row_weights,
+                          double* stats) noexcept nogil:
+    cdef Py_ssize_t i, S = EMC_KM_SLOT_SIZE(d)
+    cdef double w
+    for i in range(n_rows):
+        w = row_weights[i] if row_weights != NULL else 1.0
+        if w > 0.0:
+            _add_row(stats + labels[i] * S, X + i * d, w, d)
+    return 0
 
 
 cdef void _merge_slot(Py_ssize_t d, double* a, const double* b, double* tmp) noexcept nogil:

@@ -1,5 +1,15 @@
 /* The k-means kernel's Lloyd step and row statistics (plugins/_kmeans_kernel.pyx,
-   whose docstring describes them). */
+   whose docstring describes them).
+
+   One source for two element types of the rows: this file includes itself
+   twice, with EMC_LLOYD_REAL = double (the functions' plain names) and = float
+   (the same names + _f32). The rows, the centring point, the scaled centres and
+   the score offsets are REAL: the scores (and so the labels) are computed in
+   REAL on 32-byte vectors of REAL (4 doubles or 8 floats). Everything that is
+   summed is double whatever REAL is: the rows are widened (exactly) to double
+   before their differences to the double reference points, the row values,
+   the slots and the totals (docs/elbo_chain.md#float32). */
+#ifndef EMC_LLOYD_REAL
 #ifndef EMCORE_LLOYD_H
 #define EMCORE_LLOYD_H
 #include <math.h>
@@ -18,83 +28,160 @@
    ref (slot + EMC_KM_REFERENCE(d) + d, ...), the pointer sums the loops always
    had, so that GCC emits the same code for them */
 
-/* The per-row work of the Lloyd step in C on 4-double vectors, compiled
-   twice (AVX2/FMA and baseline x86-64, EMC_CLONES): a fixed order of
-   operations for each build, so the same bits on any thread count. Slot of
-   component k: [W, SS, D, ref (d), s (d), far (d)] (see the docstring). */
-
-/* 4-double lanes: lane l of bv holds its first maximum, bi its index. Pair
-   lanes (0, 2) and (1, 3), then (0, 1): the larger value, on equal values
-   the lower index; lane 0 then holds the first index of the maximum. */
 #if EMC_GNUC
+/* the lanes of v permuted (a GNU vector of REAL, M the mask type of its width) */
 #if defined(__clang__)
-#define EMC_SWAPPED(v, a, b, c, d) __builtin_shufflevector(v, v, a, b, c, d)
+#define EMC_SWAPPED(v, M, ...) __builtin_shufflevector(v, v, __VA_ARGS__)
 #else
-#define EMC_SWAPPED(v, a, b, c, d) __builtin_shuffle(v, (emc_m4){a, b, c, d})
+#define EMC_SWAPPED(v, M, ...) __builtin_shuffle(v, (M){__VA_ARGS__})
 #endif
-#define EMC_LANE_MAX(bv, bi, a, b, c, d) do {                                        \
-        emc_v4 ov_ = EMC_SWAPPED(bv, a, b, c, d), oi_ = EMC_SWAPPED(bi, a, b, c, d); \
-        emc_m4 take_ = (emc_m4)(ov_ > bv) | ((emc_m4)(ov_ == bv) & (emc_m4)(oi_ < bi)); \
-        bv = EMC_SEL(take_, ov_, bv);                                                   \
-        bi = EMC_SEL(take_, oi_, bi);                                                   \
+/* mask ? a : b for vector type V with mask type M */
+#define EMC_VSEL(V, M, mask, a, b) ((V)(((mask) & (M)(a)) | (~(mask) & (M)(b))))
+/* lane l of bv holds its first maximum, bi its index: pair each lane with the
+   lane the permutation names; the larger value wins, on equal values the
+   lower index. The permutations of EMC_LLOYD_FOLD end with lane 0 holding the
+   first index of the maximum. */
+#define EMC_LANE_MAX(V, M, bv, bi, ...) do {                                       \
+        V ov_ = EMC_SWAPPED(bv, M, __VA_ARGS__), oi_ = EMC_SWAPPED(bi, M, __VA_ARGS__); \
+        M take_ = (M)(ov_ > bv) | ((M)(ov_ == bv) & (M)(oi_ < bi));                 \
+        bv = EMC_VSEL(V, M, take_, ov_, bv);                                        \
+        bi = EMC_VSEL(V, M, take_, oi_, bi);                                        \
     } while (0)
-#endif
-
-/* s += w (x - ref); returns ||x - ref||^2 (4 partial sums, then added) */
-static inline double emc_shift_add(const double* restrict x, const double* restrict ref,
-                                   double* restrict s, double w, Py_ssize_t d) {
-    emc_v4 acc = emc_set1(0.0), wv = emc_set1(w);
-    Py_ssize_t j = 0;
-    for (; j + 4 <= d; j += 4) {
-        emc_v4 t = EMC_SUB(emc_load(x + j), emc_load(ref + j));
-        emc_store(s + j, EMC_ADD(emc_load(s + j), EMC_MUL(wv, t)));
-        EMC_FMA(acc, t, t);
-    }
-    double r = EMC_HSUM(acc);
-    for (; j < d; j++) {
-        double t = x[j] - ref[j];
-        s[j] += w * t;
-        r += t * t;
-    }
-    return r;
-}
-
-static inline double emc_sq_dist(const double* restrict x, const double* restrict y,
-                                 Py_ssize_t d) {
-    emc_v4 acc = emc_set1(0.0);
-    Py_ssize_t j = 0;
-    for (; j + 4 <= d; j += 4) {
-        emc_v4 t = EMC_SUB(emc_load(x + j), emc_load(y + j));
-        EMC_FMA(acc, t, t);
-    }
-    double r = EMC_HSUM(acc);
-    for (; j < d; j++) { double t = x[j] - y[j]; r += t * t; }
-    return r;
-}
-
-#if EMC_GNUC
+/* 8 floats (one ymm with AVX2), and their lane masks */
+typedef float emc_v8f __attribute__((vector_size(32)));
+typedef int emc_m8 __attribute__((vector_size(32)));
+/* x in every lane: scalar + vector is one vbroadcastss in GCC 12's AVX2 clone,
+   where the initialiser {x, x, ...} becomes a chain of vinsertps (callgrind:
+   a third of the float32 step); + 0 changes only the sign of a zero */
+static inline emc_v8f emc_set1_f8(float x) { return (emc_v8f){0} + x; }
 #define EMC_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define EMC_NOINLINE __attribute__((noinline))
 #else
 #define EMC_UNLIKELY(x) (x)
 #define EMC_NOINLINE
 #endif
+
+/* 4 row entries as doubles (exact for float) */
+static inline emc_v4 emc_load_row(const double* p) { return emc_load(p); }
+static inline emc_v4 emc_load_row_f32(const float* p) {
+    emc_v4 v;
+    EMC_LANE(v, 0) = p[0]; EMC_LANE(v, 1) = p[1];
+    EMC_LANE(v, 2) = p[2]; EMC_LANE(v, 3) = p[3];
+    return v;
+}
+
+#define EMC_LLOYD_PASTE_(a, b) a##b
+#define EMC_LLOYD_PASTE(a, b) EMC_LLOYD_PASTE_(a, b)
+
+#define EMC_LLOYD_REAL double
+#define EMC_T(name) name
+#define EMC_LLOYD_LANES 4
+#define EMC_LLOYD_ROWS 2      /* rows scored together (the register budget: below) */
+#if EMC_GNUC
+#define EMC_LLOYD_V emc_v4
+#define EMC_LLOYD_M emc_m4
+#define EMC_LLOYD_IOTA {0.0, 1.0, 2.0, 3.0}
+#define EMC_LLOYD_SET1 emc_set1
+#define EMC_LLOYD_FOLD(bv, bi) do {                                \
+        EMC_LANE_MAX(emc_v4, emc_m4, bv, bi, 2, 3, 0, 1);          \
+        EMC_LANE_MAX(emc_v4, emc_m4, bv, bi, 1, 0, 3, 2); } while (0)
+#endif
+#include "_lloyd.h"
+#undef EMC_LLOYD_REAL
+#undef EMC_T
+#undef EMC_LLOYD_LANES
+#undef EMC_LLOYD_ROWS
+#undef EMC_LLOYD_V
+#undef EMC_LLOYD_M
+#undef EMC_LLOYD_IOTA
+#undef EMC_LLOYD_SET1
+#undef EMC_LLOYD_FOLD
+
+#define EMC_LLOYD_REAL float
+#define EMC_T(name) EMC_LLOYD_PASTE(name, _f32)
+#define EMC_LLOYD_LANES 8
+#define EMC_LLOYD_ROWS 4
+#if EMC_GNUC
+#define EMC_LLOYD_V emc_v8f
+#define EMC_LLOYD_M emc_m8
+#define EMC_LLOYD_IOTA {0.0f, 1.0f, 2.0f, 3.0f, 4.0f, 5.0f, 6.0f, 7.0f}
+#define EMC_LLOYD_SET1 emc_set1_f8
+#define EMC_LLOYD_FOLD(bv, bi) do {                                          \
+        EMC_LANE_MAX(emc_v8f, emc_m8, bv, bi, 4, 5, 6, 7, 0, 1, 2, 3);      \
+        EMC_LANE_MAX(emc_v8f, emc_m8, bv, bi, 2, 3, 0, 1, 6, 7, 4, 5);      \
+        EMC_LANE_MAX(emc_v8f, emc_m8, bv, bi, 1, 0, 3, 2, 5, 4, 7, 6); } while (0)
+#endif
+#include "_lloyd.h"
+#undef EMC_LLOYD_REAL
+#undef EMC_T
+#undef EMC_LLOYD_LANES
+#undef EMC_LLOYD_ROWS
+#undef EMC_LLOYD_V
+#undef EMC_LLOYD_M
+#undef EMC_LLOYD_IOTA
+#undef EMC_LLOYD_SET1
+#undef EMC_LLOYD_FOLD
+
+#endif  /* EMCORE_LLOYD_H */
+#else   /* EMC_LLOYD_REAL defined: the functions for rows of EMC_LLOYD_REAL */
+#define REAL EMC_LLOYD_REAL
+#define LANES EMC_LLOYD_LANES
+#define ROWS EMC_LLOYD_ROWS
+
+/* The per-row work of the Lloyd step in C on 32-byte vectors, compiled
+   twice (AVX2/FMA and baseline x86-64, EMC_CLONES): a fixed order of
+   operations for each build, so the same bits on any thread count. Slot of
+   component k: [W, SS, D, ref (d), s (d), far (d)] (see the docstring). */
+
+/* s += w (x - ref); returns ||x - ref||^2 (4 partial sums, then added), in double */
+static inline double EMC_T(emc_shift_add)(const REAL* restrict x, const double* restrict ref,
+                                          double* restrict s, double w, Py_ssize_t d) {
+    emc_v4 acc = emc_set1(0.0), wv = emc_set1(w);
+    Py_ssize_t j = 0;
+    for (; j + 4 <= d; j += 4) {
+        emc_v4 t = EMC_SUB(EMC_T(emc_load_row)(x + j), emc_load(ref + j));
+        emc_store(s + j, EMC_ADD(emc_load(s + j), EMC_MUL(wv, t)));
+        EMC_FMA(acc, t, t);
+    }
+    double r = EMC_HSUM(acc);
+    for (; j < d; j++) {
+        double t = (double)x[j] - ref[j];
+        s[j] += w * t;
+        r += t * t;
+    }
+    return r;
+}
+
+/* ||x - y||^2 in double */
+static inline double EMC_T(emc_sq_dist)(const REAL* restrict x, const double* restrict y,
+                                        Py_ssize_t d) {
+    emc_v4 acc = emc_set1(0.0);
+    Py_ssize_t j = 0;
+    for (; j + 4 <= d; j += 4) {
+        emc_v4 t = EMC_SUB(EMC_T(emc_load_row)(x + j), emc_load(y + j));
+        EMC_FMA(acc, t, t);
+    }
+    double r = EMC_HSUM(acc);
+    for (; j < d; j++) { double t = (double)x[j] - y[j]; r += t * t; }
+    return r;
+}
+
 /* out of line: the hot loop stays small (a new farthest row is rare) */
-EMC_NOINLINE static void emc_new_farthest(double* slot, const double* x, double dist,
-                                          Py_ssize_t d) {
+EMC_NOINLINE static void EMC_T(emc_new_farthest)(double* slot, const REAL* x, double dist,
+                                                 Py_ssize_t d) {
     slot[EMC_KM_FAR_DIST(d)] = dist;
-    memcpy(slot + EMC_KM_REFERENCE(d) + 2 * d, x, (size_t)d * sizeof(double));
+    for (Py_ssize_t j = 0; j < d; j++) slot[EMC_KM_REFERENCE(d) + 2 * d + j] = x[j];
 }
 
 /* adds row x with weight w to a slot; returns ||x - ref||^2 */
-static inline double emc_add_row(double* restrict slot, const double* restrict x,
-                                  double w, Py_ssize_t d) {
-    double dist = emc_shift_add(x, slot + EMC_KM_REFERENCE(d), slot + EMC_KM_REFERENCE(d) + d,
-                                w, d);
+static inline double EMC_T(emc_add_row)(double* restrict slot, const REAL* restrict x,
+                                        double w, Py_ssize_t d) {
+    double dist = EMC_T(emc_shift_add)(x, slot + EMC_KM_REFERENCE(d),
+                                       slot + EMC_KM_REFERENCE(d) + d, w, d);
     slot[EMC_KM_WEIGHT(d)] += w;
     slot[EMC_KM_SCATTER(d)] += w * dist;
     if (EMC_UNLIKELY(dist > slot[EMC_KM_FAR_DIST(d)])) {   /* strict: the first such row wins */
-        emc_new_farthest(slot, x, dist, d);
+        EMC_T(emc_new_farthest)(slot, x, dist, d);
     }
     return dist;
 }
@@ -104,8 +191,8 @@ static inline double emc_add_row(double* restrict slot, const double* restrict x
    f_i = row_const[z] - h ||x_i - mu_z||^2 from the exact difference, and the
    chunk's objective, expected log joint and magnitude sums (rows in order)
    added to the totals once. */
-EMC_ALWAYS_INLINE void emc_lloyd_accumulate(
-        const double* restrict X, Py_ssize_t n, Py_ssize_t d,
+EMC_ALWAYS_INLINE void EMC_T(emc_lloyd_accumulate)(
+        const REAL* restrict X, Py_ssize_t n, Py_ssize_t d,
         const Py_ssize_t* restrict labels, const double* restrict row_weights,
         const double* restrict means, const double* restrict row_const, double h,
         double* restrict stats, double* restrict row_value, double* objective,
@@ -113,13 +200,13 @@ EMC_ALWAYS_INLINE void emc_lloyd_accumulate(
     Py_ssize_t S = EMC_KM_SLOT_SIZE(d);
     double sum_f = 0.0, sum_mag = 0.0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        const double* x = X + i * d;
+        const REAL* x = X + i * d;
         Py_ssize_t best = labels[i];
         double w = row_weights != NULL ? row_weights[i] : 1.0, dist;
         if (stats != NULL && w > 0.0)
-            dist = emc_add_row(stats + best * S, x, w, d);
+            dist = EMC_T(emc_add_row)(stats + best * S, x, w, d);
         else
-            dist = emc_sq_dist(x, means + best * d, d);
+            dist = EMC_T(emc_sq_dist)(x, means + best * d, d);
         double f = row_const[best] - h * dist;
         row_value[i] = f;
         if (w != 0.0) {
@@ -133,54 +220,72 @@ EMC_ALWAYS_INLINE void emc_lloyd_accumulate(
 }
 
 #if EMC_GNUC
-/* One block of up to 16 centres (nv vectors of 4) for R rows (1 or 2): the
-   scores off_k + sum_j (x_j - c_j) MT[j, k] accumulated in registers in j
-   order, then folded into each row's running per-lane maximum (bv, bi):
-   strict '>', so each lane keeps its first maximum. R and nv are constants
-   at every call; two rows give the FMA chains room to overlap. */
-EMC_ALWAYS_INLINE void emc_score_block(
-        const double* restrict x, Py_ssize_t d, const int R,
-        const double* restrict c, const double* restrict mt, Py_ssize_t ld,
-        const double* restrict off, const int nv, double first,
-        emc_v4* restrict bv, emc_v4* restrict bi) {
-    emc_v4 acc[2][4];
+/* One block of up to 4 LANES centres (nv vectors of LANES) for R rows (1 or
+   2): the scores off_k + sum_j xc_j MT[j, k] (xc = x - c, the centred rows)
+   accumulated in registers in j order, in REAL, then folded into each row's
+   running per-lane maximum (bv, bi): strict '>', so each lane keeps its first
+   maximum. R and nv are constants at every call; two rows give the FMA
+   chains room to overlap. */
+EMC_ALWAYS_INLINE void EMC_T(emc_score_block)(
+        const REAL* restrict xc, Py_ssize_t d, const int R,
+        const REAL* restrict mt, Py_ssize_t ld,
+        const REAL* restrict off, const int nv, REAL first,
+        EMC_LLOYD_V* restrict bv, EMC_LLOYD_V* restrict bi) {
+    EMC_LLOYD_V acc[ROWS][4];
     for (int r = 0; r < R; r++)
-        for (int v = 0; v < nv; v++) acc[r][v] = emc_load(off + 4 * v);
+        for (int v = 0; v < nv; v++) memcpy(&acc[r][v], off + LANES * v, sizeof acc[r][v]);
     for (Py_ssize_t j = 0; j < d; j++) {
-        emc_v4 t[2];
-        for (int r = 0; r < R; r++) t[r] = emc_set1(x[r * d + j] - c[j]);
+        EMC_LLOYD_V t[ROWS];
+        for (int r = 0; r < R; r++) t[r] = EMC_LLOYD_SET1(xc[r * d + j]);
         for (int v = 0; v < nv; v++) {
-            emc_v4 m = emc_load(mt + j * ld + 4 * v);
+            EMC_LLOYD_V m;
+            memcpy(&m, mt + j * ld + LANES * v, sizeof m);
             for (int r = 0; r < R; r++) EMC_FMA(acc[r][v], t[r], m);
         }
     }
     for (int r = 0; r < R; r++) {
-        emc_v4 idx = {first, first + 1.0, first + 2.0, first + 3.0};
+        EMC_LLOYD_V idx = (EMC_LLOYD_V)EMC_LLOYD_IOTA + first;
         for (int v = 0; v < nv; v++) {
-            emc_m4 gt = (emc_m4)(acc[r][v] > bv[r]);
-            bv[r] = EMC_SEL(gt, acc[r][v], bv[r]);
-            bi[r] = EMC_SEL(gt, idx, bi[r]);
-            idx = idx + emc_set1(4.0);
+            EMC_LLOYD_M gt = (EMC_LLOYD_M)(acc[r][v] > bv[r]);
+            bv[r] = EMC_VSEL(EMC_LLOYD_V, EMC_LLOYD_M, gt, acc[r][v], bv[r]);
+            bi[r] = EMC_VSEL(EMC_LLOYD_V, EMC_LLOYD_M, gt, idx, bi[r]);
+            idx = idx + (REAL)LANES;
         }
     }
 }
 
-/* labels of R rows (1 or 2) starting at x; 0, or 1 + the first row (of the
-   R) whose best score is not finite */
-EMC_ALWAYS_INLINE int emc_label_rows(
-        const double* restrict x, Py_ssize_t d, const int R, Py_ssize_t Kp,
-        const double* restrict c, const double* restrict mt,
-        const double* restrict off, Py_ssize_t* restrict labels) {
-    emc_v4 bv[2], bi[2];
-    for (int r = 0; r < R; r++) { bv[r] = emc_set1(-HUGE_VAL); bi[r] = emc_set1(0.0); }
-    for (Py_ssize_t kb = 0; kb < Kp; kb += 16) {
-#define EMC_SCORES(NV) emc_score_block(x, d, R, c, mt + kb, Kp, off + kb, NV, (double)kb, bv, bi)
-        EMC_WITH_NV(Kp - kb, EMC_SCORES);
+/* labels of R rows (1 or ROWS) starting at x; 0, or 1 + the first row (of
+   the R) whose best score is not finite. xc: R d REALs of workspace, the
+   centred rows x - c (formed once here, then each entry broadcast). Blocks
+   of NB vectors of centres, NB = 4 for up to 2 rows, 2 for 4 rows: R NB
+   accumulators + R broadcasts + 1 table vector stay within 16 registers.
+   The blocking never changes a label: lane l meets the components k = l
+   (mod LANES) in increasing order whatever the blocks. */
+EMC_ALWAYS_INLINE int EMC_T(emc_label_rows)(
+        const REAL* restrict x, Py_ssize_t d, const int R, Py_ssize_t Kp,
+        const REAL* restrict c, const REAL* restrict mt,
+        const REAL* restrict off, REAL* restrict xc, Py_ssize_t* restrict labels) {
+    EMC_LLOYD_V bv[ROWS], bi[ROWS];
+    const int NB = R > 2 ? 2 : 4;
+    for (int r = 0; r < R; r++)
+        for (Py_ssize_t j = 0; j < d; j++) xc[r * d + j] = x[r * d + j] - c[j];
+    for (int r = 0; r < R; r++) {
+        bv[r] = EMC_LLOYD_SET1(-(REAL)HUGE_VAL);
+        bi[r] = EMC_LLOYD_SET1(0);
+    }
+    for (Py_ssize_t kb = 0; kb < Kp; kb += NB * LANES) {
+#define EMC_SCORES(NV) EMC_T(emc_score_block)(xc, d, R, mt + kb, Kp, off + kb, NV, \
+                                              (REAL)kb, bv, bi)
+        switch ((Kp - kb) >= NB * LANES ? NB : (int)((Kp - kb) / LANES)) {
+            case 4: EMC_SCORES(4); break;
+            case 3: EMC_SCORES(3); break;
+            case 2: EMC_SCORES(2); break;
+            default: EMC_SCORES(1); break;
+        }
 #undef EMC_SCORES
     }
     for (int r = 0; r < R; r++) {
-        EMC_LANE_MAX(bv[r], bi[r], 2, 3, 0, 1);
-        EMC_LANE_MAX(bv[r], bi[r], 1, 0, 3, 2);
+        EMC_LLOYD_FOLD(bv[r], bi[r]);
         if (!isfinite(bv[r][0])) return r + 1;
         labels[r] = (Py_ssize_t)bi[r][0];
     }
@@ -190,54 +295,62 @@ EMC_ALWAYS_INLINE int emc_label_rows(
 /* One Lloyd step over n rows, fused: the scores through the GEMM identity
    on centred data, score_k = off_k + 2h (x - c).(mu_k - c) with MT (d x Kp)
    = 2h (mu - c)^T (columns K..Kp-1 zero, their offsets -inf: they never
-   win), computed in registers a block of 16 centres at a time; label = the
-   first index of the maximum (lanes compared as in EMC_LANE_MAX); the row
-   added to its component's slot (w_i > 0; stats may be NULL); the row
-   value f_i = row_const[z] - h ||x_i - mu_z||^2 from the exact difference;
-   the chunk's objective, expected log joint and magnitude sums (rows in
-   order) added to the totals. Returns 0, or i + 1 for the first row whose
-   best score is not finite. */
-EMC_CLONES static Py_ssize_t emc_lloyd_rows(
-        const double* restrict X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
-        Py_ssize_t Kp, const double* restrict c, const double* restrict mt,
-        const double* restrict off, const double* restrict row_weights,
+   win; Kp a multiple of LANES), computed in registers a block of (up to) 4 LANES
+   centres at a time; label = the first index of the maximum (lanes compared
+   as in EMC_LANE_MAX); the row added to its component's slot (w_i > 0; stats
+   may be NULL); the row value f_i = row_const[z] - h ||x_i - mu_z||^2 from the
+   exact difference; the chunk's objective, expected log joint and magnitude
+   sums (rows in order) added to the totals. xc: ROWS d REALs of workspace
+   (ROWS = 2 doubles or 4 floats: 2 d doubles either way).
+   Returns 0, or i + 1 for the first row whose best score is not finite. */
+EMC_CLONES static Py_ssize_t EMC_T(emc_lloyd_rows)(
+        const REAL* restrict X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
+        Py_ssize_t Kp, const REAL* restrict c, const REAL* restrict mt,
+        const REAL* restrict off, REAL* restrict xc, const double* restrict row_weights,
         const double* restrict means, const double* restrict row_const, double h,
         double* restrict stats, Py_ssize_t* restrict labels,
         double* restrict row_value, double* objective, double* log_joint,
         double* magnitude) {
-    for (Py_ssize_t i = 0; i < n; i += 2) {
-        int bad = (i + 1 < n) ? emc_label_rows(X + i * d, d, 2, Kp, c, mt, off, labels + i)
-                              : emc_label_rows(X + i * d, d, 1, Kp, c, mt, off, labels + i);
+    Py_ssize_t i = 0;
+    for (; i + ROWS <= n; i += ROWS) {
+        int bad = EMC_T(emc_label_rows)(X + i * d, d, ROWS, Kp, c, mt, off, xc, labels + i);
         if (bad) return i + bad;
     }
-    emc_lloyd_accumulate(X, n, d, labels, row_weights, means, row_const, h, stats,
-                         row_value, objective, log_joint, magnitude);
+    for (; i < n; i++) {
+        int bad = EMC_T(emc_label_rows)(X + i * d, d, 1, Kp, c, mt, off, xc, labels + i);
+        if (bad) return i + bad;
+    }
+    EMC_T(emc_lloyd_accumulate)(X, n, d, labels, row_weights, means, row_const, h, stats,
+                                row_value, objective, log_joint, magnitude);
     return 0;
 }
 #else
 /* without GNU vectors (EMC_GNUC 0): the same step, one score at a time (j order) */
-static Py_ssize_t emc_lloyd_rows(
-        const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K, Py_ssize_t Kp,
-        const double* c, const double* mt, const double* off,
+static Py_ssize_t EMC_T(emc_lloyd_rows)(
+        const REAL* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K, Py_ssize_t Kp,
+        const REAL* c, const REAL* mt, const REAL* off, REAL* xc,
         const double* row_weights, const double* means, const double* row_const,
         double h, double* stats, Py_ssize_t* labels, double* row_value,
         double* objective, double* log_joint, double* magnitude) {
     for (Py_ssize_t i = 0; i < n; i++) {
-        const double* x = X + i * d;
-        double m = -HUGE_VAL;
+        const REAL* x = X + i * d;
+        REAL m = -(REAL)HUGE_VAL;
         Py_ssize_t best = 0;
         for (Py_ssize_t k = 0; k < K; k++) {
-            double a = off[k];
-            for (Py_ssize_t j = 0; j < d; j++) a += (x[j] - c[j]) * mt[j * Kp + k];
+            REAL a = off[k];
+            for (Py_ssize_t j = 0; j < d; j++) a += (REAL)(x[j] - c[j]) * mt[j * Kp + k];
             if (a > m) { m = a; best = k; }
         }
         if (!isfinite(m)) return i + 1;
         labels[i] = best;
     }
-    emc_lloyd_accumulate(X, n, d, labels, row_weights, means, row_const, h, stats,
-                         row_value, objective, log_joint, magnitude);
+    EMC_T(emc_lloyd_accumulate)(X, n, d, labels, row_weights, means, row_const, h, stats,
+                                row_value, objective, log_joint, magnitude);
     return 0;
 }
 #endif
 
-#endif
+#undef REAL
+#undef LANES
+#undef ROWS
+#endif  /* EMC_LLOYD_REAL */

@@ -29,7 +29,8 @@ from typing import Optional
 import numpy as np
 
 from emcore import DegenerateComponentError
-from emcore.plugin_api import UNIT_ROUNDOFF as _U, Family, FamilyRecord, Params, hookimpl
+from emcore.plugin_api import (FLOAT32_UNIT_ROUNDOFF as _U32, UNIT_ROUNDOFF as _U, Family,
+                               FamilyRecord, Params, hookimpl)
 from emcore.plugins._kmeans_kernel import KMeansKernel
 
 __all__ = ["KMeansFamily", "KMeansStats"]
@@ -69,6 +70,11 @@ class KMeansFamily(Family):
         The shared variance sigma^2 > 0. With 0.5, log p(x | k) =
         -||x - mu_k||^2 - d/2 log(pi), so the classification log-likelihood is
         minus the inertia plus a constant.
+    dtype : {'float64', 'float32'}, default 'float64'
+        The data's: with 'float32' the Lloyd step's scores (so the labels) are
+        computed in float32, and :meth:`log_density_rounding` bounds what that
+        costs the chain (docs/elbo_chain.md#float32). Statistics and parameters
+        are float64 either way.
 
     Parameters of a fit: ``{"means": (k, d)}``.
     """
@@ -78,13 +84,18 @@ class KMeansFamily(Family):
     init_smoothing = 0.0
 
 
-    def __init__(self, n_components: int, n_features: int, variance: float = 0.5):
+    def __init__(self, n_components: int, n_features: int, variance: float = 0.5,
+                 dtype: str = "float64"):
         super().__init__(n_components, n_features)
         if isinstance(variance, bool) or not isinstance(variance, (int, float)) or \
                 not (np.isfinite(variance) and variance > 0):
             raise ValueError("The 'variance' option of the kmeans family must be a positive "
                              f"finite number. Got {variance!r} instead.")
+        if dtype not in ("float64", "float32"):
+            raise ValueError("The 'dtype' option of the kmeans family must be 'float64' or "
+                             f"'float32'. Got {dtype!r} instead.")
         self.variance = float(variance)
+        self.dtype = dtype
 
     # --- kernel and statistics ------------------------------------------------------
     def compiled_kernel(self, params: Params) -> KMeansKernel:
@@ -202,14 +213,22 @@ class KMeansFamily(Family):
         # |ref_j - c| and |mu~_k| <= R = max_k |mu~_k|, so by (a + b + c)^2 <=
         # 3 (a^2 + b^2 + c^2) the q-weighted sum of the errors is at most
         # 1.01 (d + 3) u h 3 sum_j (SS_j + W_j |ref_j - c|^2 + W_j R^2).
-        means = params["means"]
+        # float32 rows (docs/elbo_chain.md#float32): only the Lloyd step's argmax
+        # is float32, its scores about c32 = float32(c) with the same error
+        # bound at u32 = 2**-24 (the constant common to all components removed);
+        # a row given component z' for z* loses a_iz* - a_iz' <= err_z* + err_z',
+        # so twice that bound, at u32.
+        means = np.asarray(params["means"], dtype=np.float64)
         c = means.mean(axis=0)
+        if self.dtype == "float32":
+            c = c.astype(np.float32).astype(np.float64)
         R2 = float(np.max(np.sum((means - c) ** 2, axis=1)))
         full = stats.weight > 0
         ref_off = np.sum((stats.ref[full] - c) ** 2, axis=1)
         total = np.sum(stats.scatter[full] + stats.weight[full] * (ref_off + R2))
         h = 0.5 / self.variance
-        return float(1.01 * (self.n_features + 3) * _U * h * 3.0 * total)
+        u = 2.0 * _U32 if self.dtype == "float32" else _U
+        return float(1.01 * (self.n_features + 3) * u * h * 3.0 * total)
 
     def parameter_rounding(self, stats: KMeansStats, params: Params) -> float:
         # Rounding mu_k to doubles moves it by |delta_j| <= u |mu_kj|; Q is stationary

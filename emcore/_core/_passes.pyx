@@ -7,6 +7,11 @@ processed by one thread, chunk after chunk, in row order; the slots are then
 merged in block order. The grouping depends only on (n_rows, chunk_rows), never
 on the thread count, so the result is bitwise the same for any ``n_threads``
 (given that BLAS runs single-threaded, which the caller arranges).
+
+X is float64 or float32. A float32 X goes to the family kernel's ``_f32``
+methods when it has them (``float32_rows``), else each chunk is converted to
+float64 into the block's own buffer (never the whole array); everything else
+(log joints, q, statistics, totals) is float64 either way.
 """
 from cython.parallel cimport prange
 from libc.stdlib cimport calloc, free, malloc
@@ -37,7 +42,9 @@ cdef enum:
 cdef struct _Pass:
     # What every block of one pass reads, and the optional outputs (rows disjoint
     # between blocks, NULL when not asked for).
-    const double* X               # (n, d) the data
+    const double* X               # (n, d) the data (float64), or NULL
+    const float* X32              # (n, d) the data (float32), or NULL
+    bint convert                  # X32 converted a chunk at a time (no _f32 kernel)
     Py_ssize_t n, d, K
     Py_ssize_t chunk_rows, n_chunks, n_blocks
     const double* log_weights     # (K,) log pi_k
@@ -59,6 +66,7 @@ cdef struct _ChunkBuffers:
     double* scratch         # the family's scratch (+ 1, never empty)
     double* totals          # (N_TOTALS,) the chunk's totals
     Py_ssize_t* labels      # (chunk_rows,) the components of a hard rule's rows
+    double* rows            # (chunk_rows, d) a float32 chunk as float64 (convert)
 
 
 cdef struct _Block:
@@ -78,8 +86,10 @@ cdef bint _allocate(_ChunkBuffers* buf, const _Pass* p) noexcept nogil:
     buf.scratch = <double*>malloc((p.scratch_size + 1) * sizeof(double))
     buf.totals = <double*>malloc(N_TOTALS * sizeof(double))
     buf.labels = <Py_ssize_t*>malloc(rows * sizeof(Py_ssize_t))
+    buf.rows = <double*>malloc(rows * p.d * sizeof(double)) if p.convert else NULL
     return not (buf.log_joint == NULL or buf.resp == NULL or buf.row_value == NULL
-                or buf.scratch == NULL or buf.totals == NULL or buf.labels == NULL)
+                or buf.scratch == NULL or buf.totals == NULL or buf.labels == NULL
+                or (p.convert and buf.rows == NULL))
 
 
 cdef void _release(_ChunkBuffers* buf) noexcept nogil:
@@ -89,19 +99,37 @@ cdef void _release(_ChunkBuffers* buf) noexcept nogil:
     free(buf.scratch)
     free(buf.totals)
     free(buf.labels)
+    free(buf.rows)
 
 
 cdef inline const double* _row_weights(const _Pass* p, Py_ssize_t r0) noexcept nogil:
     return (p.sample_weight + r0) if p.sample_weight != NULL else NULL
 
 
+cdef const double* _chunk_rows(const _Pass* p, _ChunkBuffers* buf, Py_ssize_t r0,
+                               Py_ssize_t nr) noexcept nogil:
+    # the chunk's rows as float64: in place, converted into buf.rows, or NULL when
+    # the family reads the float32 rows itself (p.X32 + r0 d)
+    cdef Py_ssize_t i
+    cdef const float* xs
+    if p.X != NULL:
+        return p.X + r0 * p.d
+    if not p.convert:
+        return NULL
+    xs = p.X32 + r0 * p.d
+    for i in range(nr * p.d):
+        buf.rows[i] = xs[i]
+    return buf.rows
+
+
 cdef int _chunk_e_step(FamilyKernel family, PosteriorKernel rule, const _Pass* p,
-                       _ChunkBuffers* buf, Py_ssize_t r0, Py_ssize_t nr,
+                       _ChunkBuffers* buf, const double* x, Py_ssize_t r0, Py_ssize_t nr,
                        _Block* block) noexcept nogil:
     # The chunk's E-step into buf: log joint, q (or labels), row values and the
     # chunk's totals, which are added to the block's (even on failure). Returns 0,
-    # or records the failure in block and returns its code.
-    cdef const double* x = p.X + r0 * p.d
+    # or records the failure in block and returns its code. x: the chunk's rows
+    # (_chunk_rows), NULL for the family's float32 methods.
+    cdef const float* xs = p.X32 + r0 * p.d if x == NULL else NULL
     cdef Py_ssize_t i, K = p.K
     cdef int status
     # a hard rule writes q (one-hot) only when log q is asked for
@@ -112,11 +140,21 @@ cdef int _chunk_e_step(FamilyKernel family, PosteriorKernel rule, const _Pass* p
         buf.totals[i] = 0.0
     if p.fused:
         # the family's own hard E-step, fused with its accumulation
-        status = family.chunk_hard_step(
-            x, nr, p.log_weights, _row_weights(p, r0), buf.log_joint, buf.scratch,
-            buf.labels, buf.row_value, buf.totals, block.stats if p.with_stats else NULL)
+        if x == NULL:
+            status = family.chunk_hard_step_f32(
+                xs, nr, p.log_weights, _row_weights(p, r0), buf.log_joint, buf.scratch,
+                buf.labels, buf.row_value, buf.totals,
+                block.stats if p.with_stats else NULL)
+        else:
+            status = family.chunk_hard_step(
+                x, nr, p.log_weights, _row_weights(p, r0), buf.log_joint, buf.scratch,
+                buf.labels, buf.row_value, buf.totals,
+                block.stats if p.with_stats else NULL)
     else:
-        status = family.chunk_log_density(x, nr, buf.log_joint, buf.scratch)
+        if x == NULL:
+            status = family.chunk_log_density_f32(xs, nr, buf.log_joint, buf.scratch)
+        else:
+            status = family.chunk_log_density(x, nr, buf.log_joint, buf.scratch)
         if status != 0:
             block.status = _FAILED_DENSITY
             block.failed_row = r0
@@ -160,13 +198,20 @@ cdef void _add_resp_sum(const _Pass* p, _ChunkBuffers* buf, Py_ssize_t r0, Py_ss
 
 
 cdef int _accumulate(FamilyKernel family, const _Pass* p, _ChunkBuffers* buf,
-                     Py_ssize_t r0, Py_ssize_t nr, _Block* block) noexcept nogil:
-    # the chunk's statistics into the block's slot (by label for a hard rule)
-    cdef const double* x = p.X + r0 * p.d
+                     const double* x, Py_ssize_t r0, Py_ssize_t nr,
+                     _Block* block) noexcept nogil:
+    # the chunk's statistics into the block's slot (by label for a hard rule);
+    # x as in _chunk_e_step
+    cdef const float* xs = p.X32 + r0 * p.d if x == NULL else NULL
     cdef int status
-    if p.hard:
+    if p.hard and x == NULL:
+        status = family.chunk_accumulate_hard_f32(xs, nr, buf.labels, _row_weights(p, r0),
+                                                  buf.resp, block.stats, buf.scratch)
+    elif p.hard:
         status = family.chunk_accumulate_hard(x, nr, buf.labels, _row_weights(p, r0),
                                               buf.resp, block.stats, buf.scratch)
+    elif x == NULL:
+        status = family.chunk_accumulate_f32(xs, nr, buf.resp, block.stats, buf.scratch)
     else:
         status = family.chunk_accumulate(x, nr, buf.resp, block.stats, buf.scratch)
     if status != 0:
@@ -180,6 +225,7 @@ cdef void _run_block(FamilyKernel family, PosteriorKernel rule, const _Pass* p,
     # Block b's chunks, in row order, into its own slot and sums (one thread).
     cdef _ChunkBuffers buf
     cdef Py_ssize_t c, r0, nr
+    cdef const double* x
     if not _allocate(&buf, p):
         block.status = _FAILED_ALLOC
     else:
@@ -187,21 +233,23 @@ cdef void _run_block(FamilyKernel family, PosteriorKernel rule, const _Pass* p,
         for c in range(b * p.n_chunks // p.n_blocks, (b + 1) * p.n_chunks // p.n_blocks):
             r0 = c * p.chunk_rows
             nr = min(p.chunk_rows, p.n - r0)
-            if _chunk_e_step(family, rule, p, &buf, r0, nr, block) != 0:
+            x = _chunk_rows(p, &buf, r0, nr)
+            if _chunk_e_step(family, rule, p, &buf, x, r0, nr, block) != 0:
                 break
             _write_outputs(p, &buf, r0, nr)
             _add_resp_sum(p, &buf, r0, nr, block.resp_sum)
             if p.with_stats and not p.fused:
-                if _accumulate(family, p, &buf, r0, nr, block) != 0:
+                if _accumulate(family, p, &buf, x, r0, nr, block) != 0:
                     break
     _release(&buf)
 
 
-def data_pass(FamilyKernel family, PosteriorKernel rule, const double[:, ::1] X,
+def data_pass(FamilyKernel family, PosteriorKernel rule, X,
               const double[::1] log_weights, sample_weight, Py_ssize_t chunk_rows,
               int n_threads, bint with_stats, out_log_resp=None, out_row_value=None,
               out_labels=None):
-    """Run one E-step pass; return (stats, resp_sum, totals).
+    """Run one E-step pass over X (C-contiguous float64 or float32, (n, d));
+    return (stats, resp_sum, totals).
 
     stats      (family.n_stats,)  merged sufficient statistics (zeros if not with_stats)
     resp_sum   (n_components,)    sum_i w_i q_ik
@@ -259,16 +307,27 @@ def data_pass(FamilyKernel family, PosteriorKernel rule, const double[:, ::1] X,
 
 
 cdef void _fill_pass(_Pass* p, FamilyKernel family, PosteriorKernel rule,
-                     const double[:, ::1] X, const double[::1] log_weights,
+                     X, const double[::1] log_weights,
                      sample_weight, bint with_stats, out_log_resp, out_row_value,
                      out_labels) except *:
     # the inputs' and the optional outputs' pointers, checked against the shapes
     cdef Py_ssize_t n = p.n, K = p.K
+    cdef const double[:, ::1] Xv
+    cdef const float[:, ::1] Xs
     cdef const double[::1] swv
     cdef double[:, ::1] lrv
     cdef double[::1] llv
     cdef Py_ssize_t[::1] labv
-    p.X = &X[0, 0] if n else NULL
+    p.X = NULL
+    p.X32 = NULL
+    p.convert = False
+    if X.dtype == np.float32:
+        Xs = X
+        p.X32 = &Xs[0, 0] if n else NULL
+        p.convert = not family.float32_rows
+    else:
+        Xv = X
+        p.X = &Xv[0, 0] if n else NULL
     p.log_weights = &log_weights[0] if K else NULL
     p.sample_weight = NULL
     if sample_weight is not None:

@@ -1,0 +1,213 @@
+"""float32 data end to end (docs/elbo_chain.md#float32).
+
+KMeans: float32 X stays float32, the Lloyd step scores in float32 (only the
+labels), every sum in float64, attributes in float32. GaussianMixture: float32 X
+stays float32 (each chunk widened to float64 in the pass), attributes in
+float32. Checked here: the dtype of every fitted attribute, agreement with the
+float64 fit of the same (widened) data within the derived bounds, the float32
+score bound itself, thread invariance, and the chain on hypothesis-drawn data.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import emcore
+from emcore._chunks import chunk_rows_for
+from emcore._core._passes import data_pass as compiled_pass
+from emcore._input import check_input
+from emcore.exceptions import ChainViolationWarning
+from emcore.plugin_api import FLOAT32_UNIT_ROUNDOFF as U32
+from emcore.plugins._gaussian_kernel import GaussianFullKernel
+from emcore.plugins._kmeans_kernel import KMeansKernel
+from emcore.registry import get_registry
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+
+def _blobs(rng, n, d, k, offset=0.0, spread=0.3):
+    centres = 4.0 * rng.standard_normal((k, d)) + offset
+    labels = rng.integers(0, k, n)
+    return (centres[labels] + spread * rng.standard_normal((n, d))).astype(np.float32)
+
+
+# --- input: no copy, float32 kept only where asked ------------------------------------
+
+def test_float32_input_is_kept_without_a_copy():
+    X = np.random.default_rng(0).random((50, 3)).astype(np.float32)
+    kept = check_input(X, keep_float32=True)
+    assert kept.dtype == np.float32 and np.shares_memory(kept, X)
+    assert check_input(X).dtype == np.float64          # the other estimators: float64
+
+
+# --- KMeans ---------------------------------------------------------------------------
+
+def test_kmeans_float32_attributes_and_outputs_are_float32():
+    X = _blobs(np.random.default_rng(1), 600, 5, 4)
+    km = emcore.KMeans(4, n_init=1, random_state=0).fit(X)
+    assert km.cluster_centers_.dtype == np.float32
+    assert km.transform(X).dtype == np.float32
+    assert km.labels_.dtype == np.intp and isinstance(km.inertia_, float)
+    # labels_ and inertia_ are those of the rounded centres, as predict and score see them
+    np.testing.assert_array_equal(km.labels_, km.predict(X))
+    assert km.inertia_ == -km.score(X)
+    # float64 data keeps float64 attributes
+    km64 = emcore.KMeans(4, n_init=1, random_state=0).fit(X.astype(np.float64))
+    assert km64.cluster_centers_.dtype == np.float64
+
+
+def test_kmeans_sparse_float32_gives_float32_attributes():
+    # a sparse X is densified a block at a time as float64; scikit-learn's
+    # convention still holds: the attributes in X's dtype (the test of
+    # scikit-learn's test_float_precision that failed on sparse input)
+    sparse = pytest.importorskip("scipy.sparse")
+    X = _blobs(np.random.default_rng(9), 300, 4, 3)
+    km = emcore.KMeans(3, n_init=1, random_state=0).fit(sparse.csr_matrix(X))
+    assert km.cluster_centers_.dtype == np.float32
+    assert km.transform(sparse.csr_matrix(X)).dtype == np.float32
+    dense = emcore.KMeans(3, n_init=1, random_state=0).fit(X.astype(np.float64))
+    np.testing.assert_array_equal(km.cluster_centers_,
+                                  dense.cluster_centers_.astype(np.float32))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2 ** 31), d=st.integers(1, 20), k=st.integers(1, 20),
+       offset=st.sampled_from([0.0, 1e3, -1e4]))
+def test_kmeans_float32_labels_are_within_the_float32_score_bound(seed, d, k, offset):
+    # The float32 Lloyd step's label loses at most err_z* + err_z' against the
+    # exact best component, err_k <= 1.01 (d + 3) u32 h (|x - c32| + |mu_k - c32|)^2
+    # (docs/elbo_chain.md#float32); the exact scores are computed here in float64.
+    rng = np.random.default_rng(seed)
+    n = 300
+    X = (offset + rng.standard_normal((n, d))).astype(np.float32)
+    means = X[rng.choice(n, k, replace=False)].astype(np.float64)
+    means[-1] = means[0] + 1e-5 * rng.standard_normal(d)     # near-ties
+    family = get_registry().family("kmeans").factory(k, d, dtype="float32")
+    rule = get_registry().posterior_rule("hard").factory()
+    labels = np.empty(n, dtype=np.intp)
+    compiled_pass(family.compiled_kernel({"means": means}), rule.compiled_kernel(), X,
+                  np.full(k, np.log(1.0 / k)), None, 64, 1, False, out_labels=labels)
+    Xd = X.astype(np.float64)
+    d2 = ((Xd[:, None, :] - means[None]) ** 2).sum(axis=2)
+    h = 1.0                                                  # variance 0.5
+    c32 = means.mean(axis=0).astype(np.float32).astype(np.float64)
+    radius = np.sqrt(((means - c32) ** 2).sum(axis=1)).max()
+    row = np.sqrt(((Xd - c32) ** 2).sum(axis=1))
+    bound = 2 * 1.01 * (d + 3) * U32 * h * (row + radius) ** 2
+    loss = h * (d2[np.arange(n), labels] - d2.min(axis=1))
+    assert np.all(loss <= bound), float(np.max(loss / bound))
+
+
+def test_kmeans_float32_fit_matches_float64_fit_of_the_same_data():
+    # Well separated: the same labels every iteration, so the same float64 centres,
+    # then rounded once to float32 (|c32 - c64| <= u32 |c64| elementwise).
+    X = _blobs(np.random.default_rng(2), 3000, 6, 5, offset=100.0)
+    init = X[:5].astype(np.float64)
+    km32 = emcore.KMeans(5, init=init, random_state=0).fit(X)
+    km64 = emcore.KMeans(5, init=init, random_state=0).fit(X.astype(np.float64))
+    np.testing.assert_array_equal(km32.labels_, km64.labels_)
+    assert km32.n_iter_ == km64.n_iter_
+    np.testing.assert_array_equal(km32.cluster_centers_,
+                                  km64.cluster_centers_.astype(np.float32))
+
+
+def test_kmeans_float32_is_bitwise_the_same_for_any_n_jobs():
+    X = _blobs(np.random.default_rng(3), 20_000, 4, 6)
+    assert X.shape[0] > 4 * chunk_rows_for(4)            # several blocks
+    fits = [emcore.KMeans(6, n_init=1, random_state=0, n_jobs=j, max_iter=20).fit(X)
+            for j in (1, 2)]
+    np.testing.assert_array_equal(fits[0].cluster_centers_, fits[1].cluster_centers_)
+    np.testing.assert_array_equal(fits[0].labels_, fits[1].labels_)
+    assert fits[0].history_ == fits[1].history_
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2 ** 31), d=st.integers(1, 12), k=st.integers(2, 12),
+       offset=st.sampled_from([0.0, 50.0, 1e4]), spread=st.sampled_from([0.05, 1.0, 5.0]))
+def test_kmeans_float32_chain_holds(seed, d, k, offset, spread):
+    X = _blobs(np.random.default_rng(seed), 400, d, k, offset=offset, spread=spread)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ChainViolationWarning)
+        warnings.simplefilter("ignore", emcore.ConvergenceWarning)
+        km = emcore.KMeans(k, n_init=1, random_state=seed % 1000, max_iter=30).fit(X)
+    assert km.history_ and all(it.chain_holds() for it in km.history_)
+
+
+def test_kmeans_float32_agrees_with_scikit_learn_float32():
+    sklearn_cluster = pytest.importorskip("sklearn.cluster")
+    X = _blobs(np.random.default_rng(4), 2000, 8, 4, offset=10.0)
+    init = X[[0, 1, 2, 3]]
+    ours = emcore.KMeans(4, init=init, n_init=1).fit(X)
+    theirs = sklearn_cluster.KMeans(4, init=init, n_init=1, algorithm="lloyd").fit(X)
+    assert theirs.cluster_centers_.dtype == ours.cluster_centers_.dtype == np.float32
+    np.testing.assert_array_equal(ours.labels_, theirs.labels_)
+    # scikit-learn sums in float32 (pairwise, chunked): its centres are within a few
+    # hundred u32 of the exact means; ours within u32
+    np.testing.assert_allclose(ours.cluster_centers_, theirs.cluster_centers_,
+                               rtol=512 * U32, atol=0)
+
+
+def test_kmeans_kernel_log_density_of_float32_rows_is_that_of_the_widened_rows():
+    # the soft rules' path: float32 rows widened to double, the same arithmetic
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((100, 7)).astype(np.float32)
+    kernel = KMeansKernel(rng.standard_normal((3, 7)), 0.7)
+    assert kernel.float32_rows
+    np.testing.assert_array_equal(kernel.log_density(X), kernel.log_density(X.astype(float)))
+    w = rng.random((100, 3))
+    np.testing.assert_array_equal(kernel.accumulate(X, w), kernel.accumulate(X.astype(float), w))
+
+
+# --- GaussianMixture ------------------------------------------------------------------
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_gaussian_mixture_float32_attributes_are_float32(covariance_type):
+    X = _blobs(np.random.default_rng(6), 500, 3, 3)
+    gm = emcore.GaussianMixture(3, covariance_type=covariance_type, random_state=0).fit(X)
+    for name in ("weights_", "means_", "covariances_", "precisions_",
+                 "precisions_cholesky_"):
+        assert getattr(gm, name).dtype == np.float32, name
+    # predictions use the fitted (rounded) model and agree with its float64 copy
+    copy = emcore.GaussianMixture.from_parameters(
+        gm.weights_.astype(float), gm.means_.astype(float), gm.covariances_.astype(float),
+        covariance_type=covariance_type)
+    np.testing.assert_array_equal(gm.predict(X), copy.predict(X))
+    np.testing.assert_allclose(gm.score_samples(X), copy.score_samples(X), rtol=0,
+                               atol=64 * U32 * np.max(np.abs(copy.score_samples(X))))
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_gaussian_mixture_float32_fit_is_the_float64_fit_of_the_widened_rows(
+        covariance_type):
+    # The pass widens each float32 chunk to float64 exactly (no float32 arithmetic):
+    # the fit is bitwise the float64 fit of X.astype(float64), rounded once at the end.
+    X = _blobs(np.random.default_rng(7), 9000, 3, 3)
+    kwargs = dict(covariance_type=covariance_type, init_params="random_from_data",
+                  random_state=0, max_iter=15, tol=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", emcore.ConvergenceWarning)
+        gm32 = emcore.GaussianMixture(3, n_jobs=2, **kwargs).fit(X)
+        gm64 = emcore.GaussianMixture(3, n_jobs=1, **kwargs).fit(X.astype(np.float64))
+    assert gm32.history_ == gm64.history_
+    for name in ("weights_", "means_", "covariances_"):
+        np.testing.assert_array_equal(getattr(gm32, name),
+                                      getattr(gm64, name).astype(np.float32))
+
+
+def test_pass_widens_float32_chunks_for_a_kernel_without_float32_rows():
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((1000, 3)).astype(np.float32)
+    means = rng.standard_normal((2, 3))
+    U = np.broadcast_to(np.eye(3), (2, 3, 3)).copy()
+    kernel = GaussianFullKernel(means, U)
+    assert not kernel.float32_rows
+    rule = get_registry().posterior_rule("soft").factory().compiled_kernel()
+    lw = np.log(np.full(2, 0.5))
+    a = compiled_pass(kernel, rule, X, lw, None, 128, 2, True)
+    b = compiled_pass(kernel, rule, X.astype(np.float64), lw, None, 128, 1, True)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
