@@ -30,11 +30,14 @@ best partner took part in the merge.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+import contextlib
+import contextvars
+import threading
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-__all__ = ["hc_labels", "hc_transform", "HC_MODELS", "SUBSET"]
+__all__ = ["hc_labels", "hc_transform", "HC_MODELS", "SUBSET", "shared_agglomerations"]
 
 #: mclust.options("subset"): above this many rows, hc runs on a random subset
 SUBSET = 2000
@@ -127,6 +130,38 @@ class _Groups:
         self.n[i], self.mean[i], self.trace[i], self.term[i] = n[0], mean[0], trace[0], term[0]
 
 
+#: the memo of :func:`shared_agglomerations`: {key: (lock, [labels, state after, X])}
+_MEMO: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar(
+    "emcore_hc_memo", default=None)
+
+
+@contextlib.contextmanager
+def shared_agglomerations() -> Iterator[None]:
+    """Inside, :func:`hc_labels` computes each agglomeration once: a call with the
+    same X (the same array in memory), arguments and generator state as an
+    earlier one returns that call's labels and leaves the generator in the state
+    that call left it in, so the results are those of recomputing.
+    ``select_model`` fits every covariance type of an ``n_components`` from the
+    same seed, hence the same subset and tree (one agglomeration of 2000 rows
+    costs about as much as fitting the cell). Thread-safe: a second thread asking
+    for an agglomeration being computed waits for it."""
+    token = _MEMO.set({})
+    try:
+        yield
+    finally:
+        _MEMO.reset(token)
+
+
+def _memo_key(X: np.ndarray, wanted: tuple, model: str, rng, subset: int,
+              transform: bool):
+    n = X.shape[0]
+    state = repr(rng.bit_generator.state) if n > subset and rng is not None else None
+    if n > subset and rng is None:
+        return None                 # a fresh generator each call: nothing to share
+    return (X.__array_interface__["data"][0], X.shape, X.strides, wanted, model,
+            subset, transform, state)
+
+
 def _cut(parent: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
     """Labels of the n rows (-1 outside ``rows``) of the groups ``parent`` (group ->
     the group it was merged into, itself if active) leaves, numbered by first
@@ -161,6 +196,26 @@ def hc_labels(X: np.ndarray, n_clusters: Union[int, Sequence[int]], model: str =
     if model not in HC_MODELS:
         raise ValueError(f"hc model must be one of {HC_MODELS}. Got {model!r} instead.")
     X = np.asarray(X, dtype=np.float64)
+    memo = _MEMO.get()
+    key = (None if memo is None
+           else _memo_key(X, (many, tuple(wanted)), model, rng, subset, transform))
+    if key is None:
+        return _hc_labels(X, n_clusters, wanted, many, model, rng, subset, transform)
+    # the entry holds X, so that its memory (the key) is not reused while the memo lives
+    lock, entry = memo.setdefault(key, (threading.Lock(), []))
+    with lock:
+        if not entry:
+            labels = _hc_labels(X, n_clusters, wanted, many, model, rng, subset,
+                                transform)
+            entry.extend([labels, None if rng is None else rng.bit_generator.state, X])
+        elif rng is not None:
+            rng.bit_generator.state = entry[1]
+    labels = entry[0]
+    return ({G: v.copy() for G, v in labels.items()} if many else labels.copy())
+
+
+def _hc_labels(X, n_clusters, wanted, many, model, rng, subset, transform):
+    """:func:`hc_labels` (its arguments checked)."""
     n = X.shape[0]
     rows = np.arange(n)
     if n > subset:
