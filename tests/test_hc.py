@@ -18,7 +18,8 @@ import pytest
 from sklearn.datasets import load_iris
 
 from emcore import GaussianMixture
-from emcore._hc import SUBSET, hc_labels, hc_transform
+from emcore import _hc
+from emcore._hc import SUBSET, hc_labels, hc_transform, shared_agglomerations
 from emcore.datasets import load_old_faithful
 
 DATA = {"faithful": load_old_faithful(), "iris": load_iris().data}
@@ -154,3 +155,33 @@ def test_hc_refuses_impossible_cuts():
         hc_labels(DATA["iris"], 151)
     with pytest.raises(ValueError, match="hc model"):
         hc_labels(DATA["iris"], 2, model="VVI")
+
+
+def test_shared_agglomerations_returns_what_recomputing_returns(monkeypatch):
+    # the same X, arguments and generator state: the labels and the generator's state
+    # after the call are those of recomputing; the agglomeration runs once per state
+    X = DATA["iris"]
+    calls = []
+    agglomerate = _hc._hc_labels
+
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return agglomerate(*args, **kwargs)
+
+    def draws(rng, G):
+        first = hc_labels(X, G, "VVV", rng, subset=60)
+        return first, hc_labels(X, G, "VVV", rng, subset=60), rng.random()
+
+    expected = [draws(np.random.default_rng(seed), 3) for seed in (0, 0, 1)]
+    monkeypatch.setattr(_hc, "_hc_labels", counting)
+    with shared_agglomerations():
+        got = [draws(np.random.default_rng(seed), 3) for seed in (0, 0, 1)]
+        assert len(calls) == 4             # seeds 0 and 1, two subsets each
+        got[0][0][:] = -7                  # the caller owns its copy
+        assert np.array_equal(hc_labels(X, 3, "VVV", np.random.default_rng(0),
+                                        subset=60), expected[0][0])
+    for (a1, a2, a3), (b1, b2, b3) in zip(expected[1:], got[1:]):
+        assert np.array_equal(a1, b1) and np.array_equal(a2, b2) and a3 == b3
+    calls.clear()
+    hc_labels(X, 3, "VVV", np.random.default_rng(0), subset=60)
+    assert len(calls) == 1                 # outside the context: no memo

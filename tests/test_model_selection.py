@@ -207,6 +207,59 @@ def test_same_random_state_same_table(three_clusters):
     assert refit.bic(X) == row.bic
 
 
+def test_cells_are_fitted_side_by_side_and_the_table_does_not_depend_on_n_jobs(
+        three_clusters, monkeypatch):
+    # n_jobs=2: the cells run on two threads, each fit with one (its share); the
+    # table and the chosen model are those of the one-thread grid, bit for bit
+    X = three_clusters[:120]
+    kw = dict(n_components=[1, 2, 3], covariance_types=["VVV", "EII", "VEV"],
+              n_init=2, random_state=3)
+    serial = select_model(X, n_jobs=1, **kw)
+    threads, jobs = set(), set()
+    fit = GaussianMixture.fit
+
+    def recording_fit(self, *args, **kwargs):
+        import threading
+        import time
+        threads.add(threading.get_ident())
+        jobs.add(self.n_jobs)
+        time.sleep(0.02)          # both workers take a cell, even on a busy machine
+        return fit(self, *args, **kwargs)
+    monkeypatch.setattr(GaussianMixture, "fit", recording_fit)
+    parallel = select_model(X, n_jobs=2, **kw)
+    assert len(threads) == 2 and jobs == {1}
+    assert parallel.table == serial.table
+    assert parallel.best_params == serial.best_params
+    np.testing.assert_array_equal(parallel.best_model.means_, serial.best_model.means_)
+    # a callback (called from the fit as it runs) keeps the cells on the caller's thread
+    threads.clear()
+    select_model(X, n_jobs=2, callback=lambda record: None, **kw)
+    assert len(threads) == 1
+
+
+def test_an_hc_grid_agglomerates_once_per_n_components(three_clusters, monkeypatch):
+    # every covariance type of an n_components starts from the same seed, hence the
+    # same hc tree: computed once, and the table is that of recomputing it per cell
+    import emcore._hc as hc
+    X = three_clusters[:100]
+    kw = dict(n_components=[2, 3], covariance_types=["VVV", "EEE", "VII"],
+              init_params="hc", n_init=1, random_state=0, n_jobs=1)
+    calls = []
+    agglomerate = hc._hc_labels
+
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return agglomerate(*args, **kwargs)
+    monkeypatch.setattr(hc, "_hc_labels", counting)
+    shared = select_model(X, **kw)
+    assert sorted(calls) == [2, 3]
+    import contextlib
+    monkeypatch.setattr(ms, "shared_agglomerations", contextlib.nullcontext)
+    calls.clear()
+    assert select_model(X, **kw).table == shared.table
+    assert len(calls) == 6
+
+
 def test_degenerate_cells_are_recorded_and_never_chosen():
     # 10 distinct points, each three times: with reg_covar=0 any component holding
     # fewer than 3 distinct points has a singular covariance
