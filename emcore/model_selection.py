@@ -696,7 +696,9 @@ def _fit_grid(X, w, fitted_ks, types, limits, n_init, entropy, criterion,
     else:
         results = []
         for k, t, seed in cells:
-            with warnings.catch_warnings():
+            # BLAS on one thread for the starts and criteria too, as for each fit's
+            # loop: their d x d factorisations only wait for a second BLAS thread
+            with single_threaded_blas(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 results.append(_fit_cell(X, w, k, t, seed, n_init, estimator_params))
             if results[-1][0].stop_reason == "interrupted":
