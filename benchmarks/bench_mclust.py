@@ -29,6 +29,7 @@ is not installed.
     cd /tmp && python /path/to/benchmarks/bench_mclust.py          # (1e5, 8), ~10 min
     cd /tmp && python /path/to/benchmarks/bench_mclust.py --quick  # (5e3, 8), hc only
     options: --n N --d D --threads T --init {hc,k-means++,both} --no-r
+             --components G [G ...] (a part of the grid, e.g. one row: 5)
 
 Target (issue 20): emcore >= 10x faster than mclust with 2 threads.
 """
@@ -52,7 +53,7 @@ suppressMessages(library(mclust))
 X <- as.matrix(read.csv("data.csv", header = FALSE))
 set.seed(0)
 t0 <- proc.time()
-fit <- Mclust(X, G = 1:9, verbose = FALSE)
+fit <- Mclust(X, G = GRID, verbose = FALSE)
 t1 <- proc.time()
 cpu <- (t1[["user.self"]] + t1[["sys.self"]]) - (t0[["user.self"]] + t0[["sys.self"]])
 cat(sprintf("%.6f %.6f %s %d %.10g\n", t1[["elapsed"]] - t0[["elapsed"]], cpu,
@@ -77,14 +78,14 @@ def make_data(n: int, d: int, seed: int = 0) -> np.ndarray:
     return X[rng.permutation(n)]
 
 
-def run_emcore(X: np.ndarray, threads: int, init: str):
+def run_emcore(X: np.ndarray, threads: int, init: str, components=range(1, 10)):
     """(wall s, CPU s, model, G, mclust's BIC, total EM iterations) of the grid."""
     from emcore.exceptions import ConvergenceWarning
     from emcore.model_selection import select_model
     t0, c0 = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        result = select_model(X, n_components=range(1, 10), covariance_types="all",
+        result = select_model(X, n_components=components, covariance_types="all",
                               n_init=1, tol=1e-5, reg_covar=0.0, random_state=0,
                               n_jobs=threads, max_iter=1000, init_params=init)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -93,14 +94,14 @@ def run_emcore(X: np.ndarray, threads: int, init: str):
             -result.best_model.bic(X), sum(row.n_iter for row in result.table))
 
 
-def run_mclust(X: np.ndarray):
+def run_mclust(X: np.ndarray, components=range(1, 10)):
     exe = shutil.which("Rscript")
     if exe is None:
         return None
     with tempfile.TemporaryDirectory() as folder:
         np.savetxt(os.path.join(folder, "data.csv"), X, delimiter=",", fmt="%.17g")
         with open(os.path.join(folder, "run.R"), "w") as f:
-            f.write(R_SCRIPT)
+            f.write(R_SCRIPT.replace("GRID", "c(" + ", ".join(map(str, components)) + ")"))
         out = subprocess.run([exe, "run.R"], cwd=folder, capture_output=True, text=True)
     if out.returncode != 0:
         print(f"R failed (mclust not installed?): {out.stderr.strip()[:200]}")
@@ -119,22 +120,26 @@ def main() -> None:
     parser.add_argument("--init", choices=("hc", "k-means++", "both"), default=None,
                         help="emcore's start (default: both; hc with --quick)")
     parser.add_argument("--no-r", action="store_true", help="emcore only")
+    parser.add_argument("--components", type=int, nargs="+", default=list(range(1, 10)),
+                        help="the G of the grid (default 1..9; e.g. one row: --components 5)")
     args = parser.parse_args()
     n = args.n or (5000 if args.quick else 100_000)
     inits = {"both": ("hc", "k-means++"), None: ("hc",) if args.quick else
              ("hc", "k-means++")}.get(args.init, (args.init,))
     X = make_data(n, args.d)
-    print(f"data: ({n}, {args.d}); grid G = 1..9 x 14 models, one start per cell, "
+    G = args.components
+    print(f"data: ({n}, {args.d}); grid G = {G[0]}..{G[-1]} ({len(G)}) x 14 models, "
+          "one start per cell, "
           f"tol 1e-5; load average {os.getloadavg()[0]:.1f}; "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}")
     runs = []
     for init in inits:
-        em = run_emcore(X, args.threads, init)
+        em = run_emcore(X, args.threads, init, G)
         runs.append((init, em))
         print(f"emcore {init:>9} start ({args.threads} threads): {em[0]:8.1f} s wall, "
               f"{em[1]:8.1f} s CPU, {em[5]} EM iterations, chose {em[2]},{em[3]} "
               f"(mclust's BIC sign: {em[4]:.2f})")
-    r = None if args.no_r else run_mclust(X)
+    r = None if args.no_r else run_mclust(X, G)
     print(f"load average {os.getloadavg()[0]:.1f}")
     if r is None:
         print("mclust: skipped" + ("" if args.no_r else " (Rscript with mclust not found)"))
