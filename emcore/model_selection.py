@@ -580,7 +580,14 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
     and its ``error``, and is never chosen. Fits
     stopping at ``max_iter`` raise no ConvergenceWarning here: their rows say so
     (``converged``, ``stop_reason``). Ctrl-C during a fit stops the whole grid
-    (KeyboardInterrupt).
+    (KeyboardInterrupt; with cells fitted side by side, once the running ones end).
+
+    With ``n_jobs`` of two or more threads (the default, None, is all CPUs) the
+    cells are fitted side by side, each fit on its share of the threads; the
+    table is the same for any ``n_jobs``. A ``callback``, ``verbose`` output or
+    ``progress`` keeps them on the calling thread, one after the other. With
+    ``init_params='hc'`` each agglomeration is computed once for the grid and cut
+    for every cell that starts from it (docs/guide/using.md#choosing-the-number-of-components).
 
     Examples
     --------
