@@ -231,6 +231,15 @@ def test_cells_are_fitted_side_by_side_and_the_table_does_not_depend_on_n_jobs(
     assert parallel.table == serial.table
     assert parallel.best_params == serial.best_params
     np.testing.assert_array_equal(parallel.best_model.means_, serial.best_model.means_)
+    # the criteria (one pass per cell) are the estimator's methods', bit for bit
+    best = parallel.best_model
+    w = np.random.default_rng(0).integers(0, 3, X.shape[0]).astype(float)
+    weighted = select_model(X, n_jobs=2, sample_weight=w, **kw)
+    for grid, weights in ((parallel, None), (weighted, w)):
+        best = grid.best_model
+        assert (grid.best.bic, grid.best.aic, grid.best.icl) == (
+            best.bic(X, sample_weight=weights), best.aic(X, sample_weight=weights),
+            best.icl(X, sample_weight=weights))
     # a callback (called from the fit as it runs) keeps the cells on the caller's thread
     threads.clear()
     select_model(X, n_jobs=2, callback=lambda record: None, **kw)
