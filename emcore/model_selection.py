@@ -17,18 +17,22 @@ Formulas and parameter counts: docs/gaussian.md#model-selection.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import numbers
 import warnings
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 import numpy as np
 
 from emcore import _validation as v
+from emcore._hc import shared_agglomerations
 from emcore._input import check_input
 from emcore._logging import fit_label, progress_bar
+from emcore._threads import effective_n_threads, single_threaded_blas
 from emcore.exceptions import ConvergenceWarning
 from emcore.gaussian_mixture import _MCLUST_MODELS, _SHAPE_KIND, GaussianMixture
 from emcore.registry import get_registry
@@ -576,7 +580,14 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
     and its ``error``, and is never chosen. Fits
     stopping at ``max_iter`` raise no ConvergenceWarning here: their rows say so
     (``converged``, ``stop_reason``). Ctrl-C during a fit stops the whole grid
-    (KeyboardInterrupt).
+    (KeyboardInterrupt; with cells fitted side by side, once the running ones end).
+
+    With ``n_jobs`` of two or more threads (the default, None, is all CPUs) the
+    cells are fitted side by side, each fit on its share of the threads; the
+    table is the same for any ``n_jobs``. A ``callback``, ``verbose`` output or
+    ``progress`` keeps them on the calling thread, one after the other. With
+    ``init_params='hc'`` each agglomeration is computed once for the grid and cut
+    for every cell that starts from it (docs/guide/using.md#choosing-the-number-of-components).
 
     Examples
     --------
@@ -618,54 +629,103 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
     entropy = _root_entropy(random_state)
 
     n_cells = sum(k <= limits[t][0] for k in fitted_ks for t in types)
-    with progress_bar(progress, owner, cells=n_cells):
+    # a progress bar counts cells as they finish in order: fit them one at a time
+    workers = 1 if progress else _cell_workers(n_cells, estimator_params)
+    with progress_bar(progress, owner, cells=n_cells), shared_agglomerations():
         return _fit_grid(X, w, fitted_ks, types, limits, n_init, entropy, criterion,
-                         estimator_params, include_spikes, skipped, skipped_cells)
+                         estimator_params, include_spikes, skipped, skipped_cells,
+                         workers)
+
+
+def _fit_cell(X, w, k, t, seed, n_init, estimator_params) -> tuple:
+    """(row, fitted model or None) of one cell of the grid."""
+    model = GaussianMixture(n_components=k, covariance_type=t, n_init=n_init,
+                            random_state=seed, **estimator_params)
+    try:
+        with fit_label(f"n_components={k} covariance_type={t}"):
+            model.fit(X, sample_weight=w)
+        values = _criteria(model, X, w)
+        if not math.isfinite(values["log_likelihood"]):
+            raise FloatingPointError(
+                f"the log-likelihood at the fit is {values['log_likelihood']}")
+    except (ValueError, FloatingPointError) as exc:
+        return SelectionRow(
+            n_components=k, covariance_type=t, log_likelihood=math.nan,
+            n_parameters=_n_parameters(k, t, X.shape[1]),
+            bic=math.nan, aic=math.nan, icl=math.nan, converged=False,
+            stop_reason=None, n_iter=0, random_state=seed,
+            error=f"{type(exc).__name__}: {exc}"), None
+    return SelectionRow(n_components=k, covariance_type=t,
+                        converged=bool(model.converged_),
+                        stop_reason=model.stop_reason_, n_iter=int(model.n_iter_),
+                        random_state=seed, spike_components=_spike_components(model),
+                        **values), model
+
+
+def _cell_workers(n_cells: int, estimator_params: dict) -> int:
+    """Threads fitting cells at once: the fit's threads (``n_jobs``), unless a cell
+    reports as it runs (a callback, verbose output) or there is one cell. Cells
+    are independent and each fit's numbers do not depend on its thread count, so
+    the table is the same either way; fitting cells side by side, each on its
+    share of the threads, keeps every thread busy through the M-steps and the
+    small passes of a grid's cells, where one fit's threads mostly wait for
+    each other (docs/guide/using.md#choosing-the-number-of-components)."""
+    if (n_cells < 2 or estimator_params.get("callback") is not None
+            or estimator_params.get("verbose", 0)):
+        return 1
+    return max(1, min(n_cells, effective_n_threads(estimator_params.get("n_jobs"))))
 
 
 def _fit_grid(X, w, fitted_ks, types, limits, n_init, entropy, criterion,
-              estimator_params, include_spikes, skipped, skipped_cells) -> ModelSelection:
+              estimator_params, include_spikes, skipped, skipped_cells,
+              workers: int = 1) -> ModelSelection:
     """select_model's loop over the cells (inside its progress bar)."""
+    cells = [(k, t, _cell_seed(entropy, k)) for k in fitted_ks for t in types
+             if k <= limits[t][0]]
+    if workers > 1:
+        # each cell on its share of the threads (the same numbers for any share)
+        params = {**estimator_params,
+                  "n_jobs": max(1, effective_n_threads(estimator_params.get("n_jobs"))
+                                // workers)}
+        # one BLAS limit around the threads (theirs nest inside it and restore 1),
+        # and one warning filter (the filters are global, not per thread)
+        with single_threaded_blas(), warnings.catch_warnings(), \
+                ThreadPoolExecutor(max_workers=workers) as pool:
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            futures = [pool.submit(contextvars.copy_context().run, _fit_cell, X, w, k, t,
+                                   seed, n_init, params) for k, t, seed in cells]
+            try:
+                results = [f.result() for f in futures]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    else:
+        results = []
+        for k, t, seed in cells:
+            # BLAS on one thread for the starts and criteria too, as for each fit's
+            # loop: their d x d factorisations only wait for a second BLAS thread
+            with single_threaded_blas(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                results.append(_fit_cell(X, w, k, t, seed, n_init, estimator_params))
+            if results[-1][0].stop_reason == "interrupted":
+                break
+
     rows = []
     best_row: Optional[SelectionRow] = None
     best_model: Optional[GaussianMixture] = None
-    for k in fitted_ks:
-        seed = _cell_seed(entropy, k)
-        for t in types:
-            if k > limits[t][0]:
-                continue
-            model = GaussianMixture(n_components=k, covariance_type=t, n_init=n_init,
-                                    random_state=seed, **estimator_params)
-            try:
-                with warnings.catch_warnings(), \
-                        fit_label(f"n_components={k} covariance_type={t}"):
-                    warnings.simplefilter("ignore", ConvergenceWarning)
-                    model.fit(X, sample_weight=w)
-                values = _criteria(model, X, w)
-                if not math.isfinite(values["log_likelihood"]):
-                    raise FloatingPointError(
-                        f"the log-likelihood at the fit is {values['log_likelihood']}")
-            except (ValueError, FloatingPointError) as exc:
-                rows.append(SelectionRow(
-                    n_components=k, covariance_type=t, log_likelihood=math.nan,
-                    n_parameters=_n_parameters(k, t, X.shape[1]),
-                    bic=math.nan, aic=math.nan, icl=math.nan, converged=False,
-                    stop_reason=None, n_iter=0, random_state=seed,
-                    error=f"{type(exc).__name__}: {exc}"))
-                continue
-            row = SelectionRow(n_components=k, covariance_type=t,
-                               converged=bool(model.converged_),
-                               stop_reason=model.stop_reason_, n_iter=int(model.n_iter_),
-                               random_state=seed, spike_components=_spike_components(model),
-                               **values)
-            rows.append(row)
-            if model.stop_reason_ == "interrupted":
-                raise KeyboardInterrupt(f"select_model interrupted while fitting "
-                                        f"n_components={k}, covariance_type={t!r}")
-            value = row.value(criterion)
-            if (include_spikes or not row.spike) and math.isfinite(value) and (
-                    best_row is None or value < best_row.value(criterion)):
-                best_row, best_model = row, model
+    for row, model in results:
+        rows.append(row)
+        if model is None:
+            continue
+        if model.stop_reason_ == "interrupted":
+            raise KeyboardInterrupt(f"select_model interrupted while fitting "
+                                    f"n_components={row.n_components}, "
+                                    f"covariance_type={row.covariance_type!r}")
+        value = row.value(criterion)
+        if (include_spikes or not row.spike) and math.isfinite(value) and (
+                best_row is None or value < best_row.value(criterion)):
+            best_row, best_model = row, model
 
     if best_row is None:
         def reason(r):

@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 import scipy.linalg
 import scipy.special
+from scipy.linalg.lapack import dpotrf as _dpotrf, dtrtrs as _dtrtrs
 
 from emcore import DegenerateComponentError
 from emcore.plugin_api import (UNIT_ROUNDOFF, Family, FamilyRecord, Params, ResolvedGaussianPrior,
@@ -162,7 +163,12 @@ class GaussianFamily(Family):
         eye = np.eye(self.n_features)
         for k, cov in enumerate(covariances):
             L = self._cholesky(cov, k, n_k=None if n_k is None else n_k[k])
-            prec_chol[k] = scipy.linalg.solve_triangular(L, eye, lower=True).T
+            # L^{-1} by LAPACK's triangular solve L Y = I, called as
+            # scipy.linalg.solve_triangular(L, eye, lower=True) calls it (on the
+            # Fortran-ordered L^T, transposed): the same numbers without its
+            # per-call checks, a third of an M-step of a small model (d = 8, k = 5)
+            inverse, _ = _dtrtrs(L.T, eye, lower=0, trans=1)
+            prec_chol[k] = inverse.T
         return {"means": means, "covariances": covariances,
                 "precisions_cholesky": prec_chol}
 
@@ -310,10 +316,11 @@ class GaussianFamily(Family):
         kappa = np.inf
         L = None
         if np.all(np.isfinite(matrix)):
-            try:
-                L = scipy.linalg.cholesky(matrix, lower=True)
+            # LAPACK's potrf, called as scipy.linalg.cholesky(lower=True) calls it
+            L, info = _dpotrf(matrix, lower=1, clean=1)
+            if info == 0:
                 kappa = _condition_of_factor(L)
-            except (np.linalg.LinAlgError, ValueError):
+            else:
                 L = None
         if L is None or not kappa < 1.0 / (d * np.finfo(np.float64).eps):
             held = (f" It holds {n_k:.6g} effective points in {d} dimensions."

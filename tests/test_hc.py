@@ -18,7 +18,8 @@ import pytest
 from sklearn.datasets import load_iris
 
 from emcore import GaussianMixture
-from emcore._hc import SUBSET, hc_labels, hc_transform
+from emcore import _hc
+from emcore._hc import SUBSET, hc_labels, hc_transform, shared_agglomerations
 from emcore.datasets import load_old_faithful
 
 DATA = {"faithful": load_old_faithful(), "iris": load_iris().data}
@@ -154,3 +155,42 @@ def test_hc_refuses_impossible_cuts():
         hc_labels(DATA["iris"], 151)
     with pytest.raises(ValueError, match="hc model"):
         hc_labels(DATA["iris"], 2, model="VVI")
+
+
+def test_shared_agglomerations_returns_what_recomputing_returns(monkeypatch):
+    # the same X, arguments and generator state: the labels at any G and the
+    # generator's state after the call are those of recomputing; the agglomeration
+    # runs once per generator state
+    X = DATA["iris"]
+    calls = []
+    agglomerate = _hc._agglomeration
+
+    def counting(*args, **kwargs):
+        calls.append(None)
+        return agglomerate(*args, **kwargs)
+
+    def draws(seed, G):
+        rng = np.random.default_rng(seed)
+        first = hc_labels(X, G, "VVV", rng, subset=60)
+        return first, hc_labels(X, [G, 5], "VVV", rng, subset=60), rng.random()
+
+    cases = [(0, 3), (0, 2), (1, 4), (0, 3)]
+    expected = [draws(seed, G) for seed, G in cases]
+    monkeypatch.setattr(_hc, "_agglomeration", counting)
+    with shared_agglomerations():
+        got = [draws(seed, G) for seed, G in cases]
+        assert len(calls) == 4             # seeds 0 and 1, two subsets each
+        got[0][0][:] = -7                  # the caller owns its copy
+        assert np.array_equal(hc_labels(X, 3, "VVV", np.random.default_rng(0),
+                                        subset=60), expected[0][0])
+        # at most `subset` rows: no generator, one tree whatever G
+        whole = [hc_labels(X, G, "VVV") for G in (2, 3, 7)]
+        assert len(calls) == 5
+    for (a1, a2, a3), (b1, b2, b3) in zip(expected[1:], got[1:]):
+        assert np.array_equal(a1, b1) and a2.keys() == b2.keys() and a3 == b3
+        assert all(np.array_equal(a2[G], b2[G]) for G in a2)
+    for G, labels in zip((2, 3, 7), whole):
+        assert np.array_equal(labels, hc_labels(X, G, "VVV"))
+    calls.clear()
+    hc_labels(X, 3, "VVV", np.random.default_rng(0), subset=60)
+    assert len(calls) == 1                 # outside the context: no memo

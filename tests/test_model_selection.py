@@ -207,6 +207,69 @@ def test_same_random_state_same_table(three_clusters):
     assert refit.bic(X) == row.bic
 
 
+def test_cells_are_fitted_side_by_side_and_the_table_does_not_depend_on_n_jobs(
+        three_clusters, monkeypatch):
+    # n_jobs=2: the cells run on two threads, each fit with one (its share); the
+    # table and the chosen model are those of the one-thread grid, bit for bit
+    X = three_clusters[:120]
+    kw = dict(n_components=[1, 2, 3], covariance_types=["VVV", "EII", "VEV"],
+              n_init=2, random_state=3)
+    serial = select_model(X, n_jobs=1, **kw)
+    threads, jobs = set(), set()
+    fit = GaussianMixture.fit
+
+    def recording_fit(self, *args, **kwargs):
+        import threading
+        import time
+        threads.add(threading.get_ident())
+        jobs.add(self.n_jobs)
+        time.sleep(0.02)          # both workers take a cell, even on a busy machine
+        return fit(self, *args, **kwargs)
+    monkeypatch.setattr(GaussianMixture, "fit", recording_fit)
+    parallel = select_model(X, n_jobs=2, **kw)
+    assert len(threads) == 2 and jobs == {1}
+    assert parallel.table == serial.table
+    assert parallel.best_params == serial.best_params
+    np.testing.assert_array_equal(parallel.best_model.means_, serial.best_model.means_)
+    # the criteria (one pass per cell) are the estimator's methods', bit for bit
+    best = parallel.best_model
+    w = np.random.default_rng(0).integers(0, 3, X.shape[0]).astype(float)
+    weighted = select_model(X, n_jobs=2, sample_weight=w, **kw)
+    for grid, weights in ((parallel, None), (weighted, w)):
+        best = grid.best_model
+        assert (grid.best.bic, grid.best.aic, grid.best.icl) == (
+            best.bic(X, sample_weight=weights), best.aic(X, sample_weight=weights),
+            best.icl(X, sample_weight=weights))
+    # a callback (called from the fit as it runs) keeps the cells on the caller's thread
+    threads.clear()
+    select_model(X, n_jobs=2, callback=lambda record: None, **kw)
+    assert len(threads) == 1
+
+
+def test_an_hc_grid_agglomerates_once(three_clusters, monkeypatch):
+    # every cell's hc start cuts the same tree (at most 2000 rows: no random subset,
+    # so one tree for the grid); computed once, and the table is that of
+    # recomputing it per cell
+    import emcore._hc as hc
+    X = three_clusters[:100]
+    kw = dict(n_components=[2, 3], covariance_types=["VVV", "EEE", "VII"],
+              init_params="hc", n_init=1, random_state=0, n_jobs=1)
+    calls = []
+    agglomerate = hc._agglomeration
+
+    def counting(*args, **kwargs):
+        calls.append(None)
+        return agglomerate(*args, **kwargs)
+    monkeypatch.setattr(hc, "_agglomeration", counting)
+    shared = select_model(X, **kw)
+    assert len(calls) == 1
+    import contextlib
+    monkeypatch.setattr(ms, "shared_agglomerations", contextlib.nullcontext)
+    calls.clear()
+    assert select_model(X, **kw).table == shared.table
+    assert len(calls) == 6
+
+
 def test_degenerate_cells_are_recorded_and_never_chosen():
     # 10 distinct points, each three times: with reg_covar=0 any component holding
     # fewer than 3 distinct points has a singular covariance

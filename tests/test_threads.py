@@ -97,3 +97,17 @@ def test_one_pass_is_bitwise_identical_for_any_thread_count(data, n_rows):
         for field in ("weight", "mean", "residual", "scatter"):
             assert np.array_equal(getattr(out.stats, field), getattr(base.stats, field))
         assert np.array_equal(lr, base_lr)
+
+
+def test_a_pass_gives_each_thread_at_least_two_chunks():
+    # a second thread on a pass of one or two chunks pays a fork and join (and, on a
+    # busy machine, waits for a time slice) for at most a few hundred rows of gain
+    from emcore.engine import _CHUNKS_PER_THREAD, _pass_threads
+    assert _CHUNKS_PER_THREAD == 2
+    assert _pass_threads(1, C, 2) == 1
+    assert _pass_threads(C + 1, C, 2) == 1          # two chunks: one thread
+    assert _pass_threads(3 * C, C, 2) == 1
+    assert _pass_threads(3 * C + 1, C, 2) == 2      # four chunks: two threads
+    assert _pass_threads(100 * C, C, 3) == 3
+    assert _pass_threads(100 * C, C, 1) == 1
+    assert _pass_threads(9 * C, C, None) == min(effective_n_threads(None), 4)
