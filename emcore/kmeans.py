@@ -19,7 +19,7 @@ from emcore._estimator import BaseEstimator
 from emcore._feature_names import (check_feature_names, check_output_kind, names_out,
                                    record_feature_names, wrap_output)
 from emcore._init import (check_resp_conflicts, check_resp_init, kmeans_plusplus,
-                          m_step_from_resp, one_hot, sq_distances)
+                          m_step_from_resp, one_hot, random_rows, sq_distances)
 from emcore._input import check_input
 from emcore._logging import check_callback, progress_bar
 from emcore.engine import Iteration, best_of_starts, chunk_rows_for, data_pass, run_em
@@ -76,7 +76,7 @@ class KMeans(BaseEstimator):
         Number of clusters k (1 <= k <= n_samples).
     init : {'k-means++', 'random'} or array of shape (n_clusters, n_features)
         'k-means++': greedy D^2 seeding with 2 + log(k) candidates per step
-        (scikit-learn's); 'random': k distinct rows drawn in proportion to their
+        (scikit-learn's); 'random': k rows of distinct values, drawn in proportion to their
         weight; an array: the initial centres.
     n_init : 'auto' or int, default 'auto'
         Number of initialisations, the one with the lowest inertia kept. 'auto': 1
@@ -215,9 +215,8 @@ class KMeans(BaseEstimator):
         if self.init == "k-means++":
             idx = kmeans_plusplus(X, k, rng, sample_weight,
                                   n_local_trials=2 + int(np.log(k)))
-        else:
-            p = None if sample_weight is None else sample_weight / sample_weight.sum()
-            idx = rng.choice(X.shape[0], size=k, replace=False, p=p)
+        else:                   # 'random': distinct rows, drawn by weight
+            idx = random_rows(X, k, rng, sample_weight)
         return X[idx].copy()
 
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "KMeans":
