@@ -10,7 +10,7 @@ holds" says "the inertia never increased".
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from emcore.engine import Iteration, best_of_starts, chunk_rows_for, data_pass, 
 from emcore.exceptions import ConvergenceWarning, _sklearn_compatible
 from emcore.plugin_api import UNIT_ROUNDOFF as _U
 from emcore.registry import get_registry
+
+if TYPE_CHECKING:                    # what summary() returns
+    from emcore.summary import KMeansSummary
 
 __all__ = ["KMeans"]
 
@@ -384,7 +387,7 @@ class KMeans(BaseEstimator):
         stats = self._pass(X, centres, sample_weight=w, with_stats=True).stats
         return -float(np.sum(self._family(k, d).within_scatter(stats, {"means": centres})))
 
-    def summary(self, X: Any, parameters: bool = False):
+    def summary(self, X: Any, parameters: bool = False) -> KMeansSummary:
         """What was fitted, in a few lines: an :class:`emcore.summary.KMeansSummary`
         (inertia and cluster sizes on X, equal to ``-score(X)`` and the counts of
         ``predict(X)``, iterations and the stopping rule); ``print`` shows the

@@ -128,6 +128,14 @@ def test_not_fitted_error_is_scikit_learns_when_scikit_learn_is_loaded():
         GaussianMixture().predict([[0.0]])
 
 
+def test_not_fitted_message_is_scikit_learns():
+    # scikit-learn's own test files match its message (ci/sklearn_suites.py)
+    msg = ("This KMeans instance is not fitted yet. Call 'fit' with appropriate "
+           "arguments before using this estimator.")
+    with pytest.raises(SkNotFittedError, match=msg):
+        emcore.KMeans().predict([[0.0]])
+
+
 def test_convergence_warning_is_scikit_learns_when_scikit_learn_is_loaded():
     from sklearn.exceptions import ConvergenceWarning as SkConvergenceWarning
     X = np.random.default_rng(0).normal(size=(30, 2))
