@@ -23,6 +23,7 @@ tests/test_sklearn_suites.py runs it in the test suite (marked slow).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -48,55 +49,23 @@ SUITES = {
 INTERNALS = "tests scikit-learn's internals"
 FLOAT32 = "float32: in progress (issue 21 item 2, float32 kept end to end)"
 
-#: test function name (without its parameters; a regular expression matched against
-#: the start of "file::name[params]") -> why it fails against emcore. One place.
+#: "file::test_name" (a regular expression: the test and all its parametrizations,
+#: or with "\[" some of them) -> why it fails against emcore. The one list.
 KNOWN: dict[str, str] = {
     # --- test_gaussian_mixture.py ------------------------------------------------
-    r"test_gaussian_mixture\.py::test_gaussian_mixture_attributes":
-        "documented difference: parameter checks raise emcore's messages (same "
-        "exception types), and 'kmeans' init_params is emcore's 'k-means++'",
     r"test_gaussian_mixture\.py::test_check_weights":
         INTERNALS + " (the private _check_weights and its message)",
     r"test_gaussian_mixture\.py::test_check_means":
         INTERNALS + " (the private _check_means)",
     r"test_gaussian_mixture\.py::test_check_precisions":
         INTERNALS + " (the private _check_precisions and its messages)",
-    r"test_gaussian_mixture\.py::test_suffstat_sk_":
-        INTERNALS + " (the private _estimate_gaussian_covariances_*)",
-    r"test_gaussian_mixture\.py::test_compute_log_det_cholesky":
-        INTERNALS + " (the private _compute_log_det_cholesky)",
-    r"test_gaussian_mixture\.py::test_gaussian_mixture_log_probabilities":
-        INTERNALS + " (the private _estimate_log_gaussian_prob)",
-    r"test_gaussian_mixture\.py::test_gaussian_mixture_estimate_log_prob_resp":
-        INTERNALS + " (the private _estimate_log_prob_resp)",
-    r"test_gaussian_mixture\.py::test_gaussian_mixture_fit_predict_n_init":
-        "documented difference: emcore's n_init starts draw their own seeds",
-    r"test_gaussian_mixture\.py::test_gaussian_mixture_fit_best_params":
-        "documented difference: emcore's n_init starts draw their own seeds",
     r"test_gaussian_mixture\.py::test_gaussian_mixture_fit_convergence_warning":
         "documented difference: emcore's ConvergenceWarning message",
-    r"test_gaussian_mixture\.py::test_multiple_init":
-        "documented difference: emcore's n_init starts draw their own seeds",
-    r"test_gaussian_mixture\.py::test_gaussian_mixture_n_parameters":
-        INTERNALS + " (the private _n_parameters)",
-    r"test_gaussian_mixture\.py::test_bic_1d_1component":
-        INTERNALS + " (scikit-learn's covariance_type list on one feature)",
-    r"test_gaussian_mixture\.py::test_gaussian_mixture_verbose":
-        "documented difference: verbose writes to the 'emcore' logger, not print; "
-        "no verbose_interval",
-    r"test_gaussian_mixture\.py::test_warm_start":
-        "documented difference: warm_start continues from the fitted model's "
-        "parameters and its own stopping rule",
-    r"test_gaussian_mixture\.py::test_convergence_detected_with_warm_start":
-        "documented difference: warm_start continues from the fitted model's "
-        "parameters and its own stopping rule",
     r"test_gaussian_mixture\.py::test_monotonic_likelihood":
         INTERNALS + " (the private _initialize/_m_step/_e_step loop)",
     r"test_gaussian_mixture\.py::test_regularisation":
         "documented difference: a component reduced to a point raises emcore's "
         "DegenerateComponentError naming the component",
-    r"test_gaussian_mixture\.py::test_property":
-        INTERNALS + " (the private _compute_precision_cholesky)",
     r"test_gaussian_mixture\.py::test_init":
         "documented difference: emcore's starts draw their own seeds",
     r"test_gaussian_mixture\.py::test_gaussian_mixture_setting_best_params":
@@ -105,13 +74,6 @@ KNOWN: dict[str, str] = {
         INTERNALS + " (mocks the private _initialize)",
     r"test_gaussian_mixture\.py::test_means_for_all_inits":
         "documented difference: init_params 'kmeans' is emcore's 'k-means++'",
-    r"test_gaussian_mixture\.py::test_max_iter_zero":
-        "documented difference: emcore's message for max_iter=0",
-    r"test_gaussian_mixture\.py::test_gaussian_mixture_precisions_init_diag":
-        INTERNALS + " (the private _compute_precision_cholesky)",
-    r"test_gaussian_mixture\.py::test_gaussian_mixture_single_component_stable":
-        "documented difference: one row per component raises emcore's "
-        "DegenerateComponentError",
     r"test_gaussian_mixture\.py::test_gaussian_mixture_all_init_does_not_estimate_"
     r"gaussian_parameters":
         INTERNALS + " (mocks the private _estimate_gaussian_parameters)",
@@ -128,59 +90,51 @@ KNOWN: dict[str, str] = {
         "documented difference: no algorithm='elkan' (one Lloyd kernel)",
     r"test_k_means\.py::test_kmeans_convergence":
         "documented difference: no algorithm parameter",
-    r"test_k_means\.py::test_algorithm_auto_full_deprecation":
-        "documented difference: no algorithm parameter",
-    r"test_k_means\.py::test_predict_sample_weight_deprecation_warning":
-        INTERNALS,
-    r"test_k_means\.py::test_minibatch_":
-        INTERNALS + " (MiniBatchKMeans' own tests)",
     r"test_k_means\.py::test_kmeans_copyx":
         "documented difference: no copy_x (X is never modified)",
-    r"test_k_means\.py::test_score_max_iter":
-        "documented difference: emcore's n_init starts draw their own seeds",
     r"test_k_means\.py::test_kmeans_verbose":
         "documented difference: verbose writes to the 'emcore' logger, not print",
     r"test_k_means\.py::test_kmeans_warns_less_centers_than_unique_points":
         "documented difference: emcore's message when fewer distinct points than "
         "clusters",
-    r"test_k_means\.py::test_kmeans_empty_cluster_relocated":
-        "documented difference: an empty cluster moves to the farthest point of "
-        "another cluster, recorded in history_",
     r"test_k_means\.py::test_kmeans_relocated_clusters":
         "documented difference: an empty cluster moves to the farthest point of "
         "another cluster, recorded in history_",
-    r"test_k_means\.py::test_dense_sparse":
-        INTERNALS + " (scikit-learn's own seeding on both)",
-    r"test_k_means\.py::test_euclidean_distance":
-        INTERNALS + " (the private _euclidean_*_dense_dense)",
-    r"test_k_means\.py::test_inertia":
-        INTERNALS + " (the private _inertia_*)",
-    r"test_k_means\.py::test_kmeans_plusplus_":
-        INTERNALS + " (scikit-learn's kmeans_plusplus function)",
-    r"test_k_means\.py::test_sample_weight_unchanged":
-        INTERNALS,
     r"test_k_means\.py::test_n_init_auto":
         "documented difference: emcore's n_init='auto' is 1 for k-means++ and 10 "
         "for 'random' (the same rule) but counts its starts its own way",
     r"test_k_means\.py::test_relocating_with_duplicates":
         INTERNALS + " (the private _relocate_empty_clusters_*)",
-    r"test_k_means\.py::test_result_equal_in_diff_n_threads":
-        "documented difference: n_jobs, not threadpoolctl's limits, sets emcore's "
-        "threads (the result is bitwise the same for any n_jobs)",
     r"test_k_means\.py::test_warning_n_init_precomputed_centers":
         "documented difference: emcore's message for n_init with given centres",
-    r"test_k_means\.py::test_kmeans_with_array_like_or_np_scalar_init":
-        "documented difference: emcore's n_init rule with given centres",
     r"test_k_means\.py::test_wrong_params":
         "documented difference: emcore's parameter messages",
-    r"test_k_means\.py::test_kmeans_init_fitted_centers":
-        "documented difference: emcore's n_init rule with given centres",
     r"test_k_means\.py::test_kmeans_results":
         "documented difference: no algorithm parameter",
-    r"test_k_means\.py::test_fortran_aligned_data":
+    r"test_k_means\.py::test_k_means_1_iteration":
         "documented difference: no algorithm parameter",
+    r"test_k_means\.py::test_kmeans_predict":
+        "documented difference: no algorithm parameter (set_params(algorithm=...))",
+    r"test_k_means\.py::test_kmeans_elkan_iter_attribute":
+        "documented difference: no algorithm='elkan'",
+    r"test_k_means\.py::test_warning_elkan_1_cluster":
+        "documented difference: no algorithm='elkan' (so no warning about it)",
+    r"test_k_means\.py::test_all_init\[KMeans-callable":
+        "documented difference: init is not accepted as a callable",
+    r"test_k_means\.py::test_kmeans_init_auto_with_initial_centroids":
+        INTERNALS + " (reads the private _n_init)",
+    r"test_k_means\.py::test_sample_weight_init":
+        INTERNALS + " (calls the private _init_centroids)",
+    r"test_k_means\.py::test_sample_weight_zero":
+        INTERNALS + " (calls the private _init_centroids)",
+    r"test_gaussian_mixture\.py::test_gaussian_mixture_precisions_init":
+        INTERNALS + " (the private _set_parameters and _initialize)",
+    # --- any test run on float32 data not listed above ---------------------------
+    r"test_k_means\.py::test_float_precision":
+        FLOAT32,
+    r"test_(?:gaussian_mixture|k_means)\.py::\w+\[[^\]]*float32":
+        FLOAT32,
 }
-
 
 def _sklearn_root(python: str) -> Path:
     out = subprocess.run([python, "-c", "import sklearn, os; "
@@ -220,11 +174,17 @@ def _outcomes(junit: Path) -> dict[str, str]:
 
 
 def known_reason(test: str) -> str | None:
-    """Why ``test`` ('file::name[params]') may fail, or None if it may not."""
+    """Why ``test`` ('file::name[params]') may fail, or None if it may not. A
+    pattern names a test (and so all its parametrizations) or, with ``\\[``, some
+    of its parametrizations."""
     for pattern, why in KNOWN.items():
-        if re.match(pattern, test):
+        if _matches(pattern, test):
             return why
     return None
+
+
+def _matches(pattern: str, test: str) -> bool:
+    return bool(re.match(pattern if r"\[" in pattern else pattern + r"(?:\[|$)", test))
 
 
 def run(python: str = sys.executable, select: str | None = None,
@@ -244,7 +204,9 @@ def run(python: str = sys.executable, select: str | None = None,
                "-W", "ignore::DeprecationWarning", f"--junitxml={junit}"]
         if select:
             cmd += ["-k", select]
-        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
+        # scikit-learn's float32 variants run too (its conftest skips them otherwise)
+        env = {**os.environ, "SKLEARN_RUN_FLOAT32_TESTS": "1"}
+        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, env=env)
         if not junit.is_file():
             print(proc.stdout[-4000:], proc.stderr[-4000:])
             return 1
@@ -269,8 +231,8 @@ def run(python: str = sys.executable, select: str | None = None,
             print(f"    ... {len(tests) - 3} more")
     if not select:
         stale = [p for p in KNOWN
-                 if not any(re.match(p, t) for t in failed)
-                 and any(re.match(p, t) for t in outcomes)]
+                 if not any(_matches(p, t) for t in failed)
+                 and any(_matches(p, t) for t in outcomes)]
         if stale:
             print("\nlisted in KNOWN but passing now (remove them):")
             for p in stale:
