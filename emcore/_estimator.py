@@ -91,7 +91,8 @@ class BaseEstimator:
         if not hasattr(self, attribute):
             raise _not_fitted_error()(
                 f"This {type(self).__name__} instance is not fitted yet. "
-                "Call 'fit' with appropriate arguments first.")
+                "Call 'fit' with appropriate arguments before using this "
+                "estimator.")
 
 
 def _not_fitted_error() -> type:

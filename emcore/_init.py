@@ -34,6 +34,66 @@ def _sq_dist_to(X: np.ndarray, centre: np.ndarray, out: np.ndarray) -> None:
         row_sq_dist(X[start:start + step], centre, out=out[start:start + step])
 
 
+# --- the rows the seeds are drawn from ------------------------------------------------
+#
+# Seeds are drawn among the *distinct* rows of X, each with the summed weight of the
+# rows equal to it, taken in an order fixed by the rows' values (a 64-bit hash of
+# each row): so a row of weight 2 and the same row given twice, or the rows of X in
+# any order, are the same draw, seed for seed (scikit-learn's
+# check_sample_weight_equivalence shuffles the weighted rows). The hash is one O(n d)
+# pass (on the workers for a Dask source) and the grouping one O(n log n) sort of
+# n keys, once per fit; the seeds' distance passes are unchanged. Two different
+# rows share a key with probability about n^2 / 2^65 (3e-8 at n = 1e6): they then
+# count as one row of the start, which changes which rows can seed, never the fit.
+
+_HASH_SEED = np.uint64(0x9E3779B97F4A7C15)
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_S27, _S30, _S31 = np.uint64(27), np.uint64(30), np.uint64(31)
+
+
+def _row_keys(rows: np.ndarray, start: int = 0, shared: object = None) -> np.ndarray:
+    """A 64-bit hash of each row's float64 values: equal rows, equal keys (-0.0 is
+    0.0). Each column's bits are mixed into the row's key by splitmix64's
+    finaliser. (The signature is a ``map_blocks`` function's.)"""
+    block = np.ascontiguousarray(rows, dtype=np.float64) + 0.0      # -0.0 -> +0.0
+    words = block.view(np.uint64).reshape(block.shape)
+    h = np.full(block.shape[0], _HASH_SEED, dtype=np.uint64)
+    for j in range(block.shape[1]):
+        h ^= words[:, j]
+        h ^= h >> _S30
+        h *= _MIX1
+        h ^= h >> _S27
+        h *= _MIX2
+        h ^= h >> _S31
+    return h
+
+
+def _all_row_keys(X) -> np.ndarray:
+    if not isinstance(X, np.ndarray) and hasattr(X, "map_blocks"):
+        # a chunked source (emcore._sources), on a Dask cluster's workers if there
+        return np.concatenate(list(X.map_blocks(_row_keys, None)))
+    n = X.shape[0]
+    return np.concatenate([_row_keys(X[start:start + _CHUNK])
+                           for start in range(0, n, _CHUNK)] or [np.empty(0, np.uint64)])
+
+
+def distinct_rows(X, sample_weight: Optional[np.ndarray] = None) -> tuple:
+    """(rows, weights): one row index per distinct row of X, in an order that depends
+    on the rows' values only, and the summed ``sample_weight`` of the rows equal to
+    it (their count without weights). What every seed is drawn from."""
+    keys = _all_row_keys(X)
+    _, rows, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    weights = np.bincount(inverse.ravel(), weights=w, minlength=rows.shape[0])
+    return rows, weights.astype(np.float64, copy=False)
+
+
+def _inverse_cdf(cum: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Indices i with cum[i-1] <= u * cum[-1] < cum[i]: draws in proportion to the
+    increments of ``cum`` (an entry of zero weight is never drawn)."""
+    return np.minimum(np.searchsorted(cum, u * cum[-1], side="right"), cum.shape[0] - 1)
+
+
 def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator,
                     sample_weight: Optional[np.ndarray] = None,
                     n_local_trials: int = 1) -> np.ndarray:
@@ -41,38 +101,34 @@ def kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator,
 
     With ``n_local_trials`` > 1, the greedy variant scikit-learn uses: each step
     draws that many candidates by D^2 and keeps the one that lowers the potential
-    sum_i w_i D_i^2 most. If X has fewer distinct rows (of positive weight) than
-    ``n_clusters``, the last seeds are drawn by weight and may repeat a row.
+    sum_i w_i D_i^2 most. The draws run over X's distinct rows with their summed
+    weights (:func:`distinct_rows`), so weights and repeated rows, in any row
+    order, give the same seeds. If X has fewer distinct rows (of positive weight)
+    than ``n_clusters``, the last seeds are drawn by weight and may repeat a row.
     """
-    n = X.shape[0]
-    w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-    p = w / w.sum()
+    rows, w = distinct_rows(X, sample_weight)
     seeds = np.empty(n_clusters, dtype=np.intp)
-    seeds[0] = rng.choice(n, p=p)
-    d2 = np.empty(n)
-    _sq_dist_to(X, X[seeds[0]], d2)
-    tmp = np.empty(n)
-    best_d2 = np.empty(n)
+    scratch = np.empty(X.shape[0])
+    first = int(_inverse_cdf(np.cumsum(w), rng.random(1))[0])
+    seeds[0] = rows[first]
+    _sq_dist_to(X, X[seeds[0]], scratch)
+    d2 = scratch[rows]                     # D^2 of each distinct row
+    best_d2 = d2
     for c in range(1, n_clusters):
         cum = np.cumsum(w * d2)
-        total = cum[-1]
-        if not total > 0:
+        if not cum[-1] > 0:
             # fewer distinct rows (of positive weight) than clusters: no spread left
             # to sample from; draw by weight, duplicates allowed. The duplicate seed's
             # component then gets no data, which the M-step reports (or a prior fills).
             cum = np.cumsum(w)
-            total = cum[-1]
-        candidates = np.minimum(np.searchsorted(cum, rng.random(n_local_trials) * total,
-                                                side="right"), n - 1)
         best_potential = np.inf
-        for idx in candidates:
-            _sq_dist_to(X, X[idx], tmp)
-            np.minimum(d2, tmp, out=tmp)
-            potential = float(np.dot(w, tmp))
+        for idx in _inverse_cdf(cum, rng.random(n_local_trials)):
+            _sq_dist_to(X, X[rows[idx]], scratch)
+            trial = np.minimum(d2, scratch[rows])
+            potential = float(np.dot(w, trial))
             if potential < best_potential:
-                best_potential, seeds[c] = potential, idx
-                best_d2, tmp = tmp, best_d2
-        d2, best_d2 = best_d2, d2
+                best_potential, seeds[c], best_d2 = potential, rows[idx], trial
+        d2 = best_d2
     return seeds
 
 
@@ -100,31 +156,22 @@ def random_rows(X: np.ndarray, n_clusters: int, rng: np.random.Generator,
     """Row indices of ``n_clusters`` seeds drawn in proportion to the rows' weights,
     holding distinct values ('random_from_data').
 
-    Drawn without replacement among the rows; if two seeds hold the same values
-    (data with repeated rows), the seeds are drawn again one at a time, each among
-    the rows equal to no seed drawn before, with probability proportional to their
-    weight: identical seeds would leave all but one of their components without
-    rows. If X has fewer distinct rows (of positive weight) than ``n_clusters``,
+    Drawn without replacement among X's distinct rows, each with the summed weight
+    of the rows equal to it (:func:`distinct_rows`): identical seeds would leave
+    all but one of their components without rows, and a row of weight 2 draws as
+    the same row given twice. If X has fewer distinct rows (of positive weight)
+    than ``n_clusters``, those come first, in a random order drawn by weight, and
     the last seeds are drawn by weight and may repeat a row (as k-means++ does).
     """
-    n = X.shape[0]
-    p = None if sample_weight is None else sample_weight / sample_weight.sum()
-    seeds = rng.choice(n, size=n_clusters, replace=False, p=p)
-    if np.unique(np.asarray(X[seeds]), axis=0).shape[0] == n_clusters:
-        return seeds
-    w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-    available = w.copy()           # the weight of rows equal to no seed so far
-    d2 = np.empty(n)
-    for c in range(n_clusters):
-        cum = np.cumsum(available)
-        if not cum[-1] > 0:        # fewer distinct rows than clusters
-            available = w.copy()
-            cum = np.cumsum(available)
-        seeds[c] = min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")),
-                       n - 1)
-        _sq_dist_to(X, np.asarray(X[seeds[c]], dtype=np.float64), d2)
-        available[d2 == 0.0] = 0.0
-    return seeds
+    rows, w = distinct_rows(X, sample_weight)
+    positive = np.flatnonzero(w > 0)
+    take = min(n_clusters, positive.shape[0])
+    chosen = positive[rng.choice(positive.shape[0], size=take, replace=False,
+                                 p=w[positive] / w[positive].sum())]
+    if take < n_clusters:
+        chosen = np.concatenate([chosen, _inverse_cdf(np.cumsum(w),
+                                                      rng.random(n_clusters - take))])
+    return rows[chosen]
 
 
 def starting_partition(X: np.ndarray, n_components: int, init_params: str,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from emcore.engine import FitResult, best_of_starts, chunk_rows_for, data_pass, 
 from emcore.exceptions import ConvergenceWarning, _sklearn_compatible
 from emcore.plugin_api import PosteriorRule, _validate_in_debug, check_support
 from emcore.registry import get_registry
+
+if TYPE_CHECKING:                    # what summary() returns
+    from emcore.summary import Summary
 
 INIT_PARAMS = ("k-means++", "random", "random_from_data", "hc")
 
@@ -322,7 +325,7 @@ class _MixtureBase(BaseEstimator):
         """Fit, then return the labels of X under the fitted parameters."""
         return self.fit(X, sample_weight=sample_weight).predict(X)
 
-    def sample(self, n_samples: int = 1):
+    def sample(self, n_samples: int = 1) -> tuple:
         """Draw samples; returns (X, y) with y the component of each row."""
         family, weights, params = self._fitted_model(f"{self._owner}.sample")
         n_samples = v.check_int(n_samples, "n_samples", f"{self._owner}.sample", low=1)
@@ -392,7 +395,7 @@ class _MixtureBase(BaseEstimator):
             classification = float(np.dot(w, log_max_q))
         return float(self._information_criteria(loglik, n)[0]) - 2.0 * classification
 
-    def summary(self, X: Any, parameters: bool = False):
+    def summary(self, X: Any, parameters: bool = False) -> Summary:
         """What was fitted, in ten lines: an :class:`emcore.summary.Summary`.
 
         Like mclust's ``summary()``: the model (family, covariance type), n, d, G,

@@ -22,7 +22,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 from scipy.special import betaln, digamma, gammaln, multigammaln
@@ -42,6 +42,9 @@ from emcore.exceptions import ConvergenceWarning, _sklearn_compatible
 from emcore.gaussian_mixture import _compact, _expand
 from emcore.plugin_api import UNIT_ROUNDOFF
 from emcore.registry import get_registry
+
+if TYPE_CHECKING:                    # what summary() returns
+    from emcore.summary import VBSummary
 
 __all__ = ["BayesianGaussianMixture", "EFFECTIVE_WEIGHT_THRESHOLD"]
 
@@ -748,7 +751,7 @@ default 'dirichlet_process'
         """Fit, then return the labels of X under the fitted q(theta)."""
         return self.fit(X).predict(X)
 
-    def summary(self, X: Any, parameters: bool = False):
+    def summary(self, X: Any, parameters: bool = False) -> VBSummary:
         """What was fitted, in a few lines: an :class:`emcore.summary.VBSummary` (the
         ELBO, the effective components, the weights, the clustering table of
         ``predict(X)``, iterations and the stopping rule); ``print`` shows the

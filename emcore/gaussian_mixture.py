@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -769,7 +769,7 @@ class GaussianMixture(_MixtureBase):
                 return out["row_value"], out.get("log_resp")
         return super()._evaluate(X, method, log_resp=log_resp, rule=rule)
 
-    def impute(self, X: Any, return_std: bool = False):
+    def impute(self, X: Any, return_std: bool = False) -> Union[np.ndarray, tuple]:
         """The missing (NaN) entries of X filled with their conditional means
         E[x_m | x_o] under the fitted mixture (observed entries unchanged).
 

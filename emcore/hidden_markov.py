@@ -10,7 +10,7 @@ the chain's ELBO and its tolerances: docs/hidden_markov.md.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from emcore.exceptions import ConvergenceWarning, _sklearn_compatible
 from emcore.plugin_api import (GaussianFamilyProtocol, _validate_in_debug, check_support,
                                support_of)
 from emcore.registry import get_registry
+
+if TYPE_CHECKING:                    # what summary() returns
+    from emcore.summary import HMMSummary
 
 __all__ = ["HiddenMarkovModel"]
 
@@ -528,7 +531,8 @@ class HiddenMarkovModel(BaseEstimator):
         """The most probable state path (Viterbi), shape (n_samples,)."""
         return self.decode(X, lengths, algorithm="viterbi")[1]
 
-    def summary(self, X: Any, lengths: Any = None, parameters: bool = False):
+    def summary(self, X: Any, lengths: Any = None,
+                parameters: bool = False) -> HMMSummary:
         """What was fitted, in a few lines: an :class:`emcore.summary.HMMSummary` (the
         log-likelihood of X, BIC and AIC, the start and transition probabilities,
         the state counts of the Viterbi path ``predict(X)``, iterations and the

@@ -10,7 +10,7 @@ holds" says "the inertia never increased".
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -19,13 +19,16 @@ from emcore._estimator import BaseEstimator
 from emcore._feature_names import (check_feature_names, check_output_kind, names_out,
                                    record_feature_names, wrap_output)
 from emcore._init import (check_resp_conflicts, check_resp_init, kmeans_plusplus,
-                          m_step_from_resp, one_hot, sq_distances)
+                          m_step_from_resp, one_hot, random_rows, sq_distances)
 from emcore._input import check_input
 from emcore._logging import check_callback, progress_bar
 from emcore.engine import Iteration, best_of_starts, chunk_rows_for, data_pass, run_em
 from emcore.exceptions import ConvergenceWarning, _sklearn_compatible
 from emcore.plugin_api import UNIT_ROUNDOFF as _U
 from emcore.registry import get_registry
+
+if TYPE_CHECKING:                    # what summary() returns
+    from emcore.summary import KMeansSummary
 
 __all__ = ["KMeans"]
 
@@ -82,7 +85,7 @@ class KMeans(BaseEstimator):
         Number of clusters k (1 <= k <= n_samples).
     init : {'k-means++', 'random'} or array of shape (n_clusters, n_features)
         'k-means++': greedy D^2 seeding with 2 + log(k) candidates per step
-        (scikit-learn's); 'random': k distinct rows drawn in proportion to their
+        (scikit-learn's); 'random': k rows of distinct values, drawn in proportion to their
         weight; an array: the initial centres.
     n_init : 'auto' or int, default 'auto'
         Number of initialisations, the one with the lowest inertia kept. 'auto': 1
@@ -222,9 +225,8 @@ class KMeans(BaseEstimator):
         if self.init == "k-means++":
             idx = kmeans_plusplus(X, k, rng, sample_weight,
                                   n_local_trials=2 + int(np.log(k)))
-        else:
-            p = None if sample_weight is None else sample_weight / sample_weight.sum()
-            idx = rng.choice(X.shape[0], size=k, replace=False, p=p)
+        else:                   # 'random': distinct rows, drawn by weight
+            idx = random_rows(X, k, rng, sample_weight)
         return X[idx].astype(np.float64)     # the fit's parameters are float64
 
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "KMeans":
@@ -407,7 +409,7 @@ class KMeans(BaseEstimator):
         return -float(np.sum(self._family(k, d, X.dtype).within_scatter(
             stats, {"means": centres})))
 
-    def summary(self, X: Any, parameters: bool = False):
+    def summary(self, X: Any, parameters: bool = False) -> KMeansSummary:
         """What was fitted, in a few lines: an :class:`emcore.summary.KMeansSummary`
         (inertia and cluster sizes on X, equal to ``-score(X)`` and the counts of
         ``predict(X)``, iterations and the stopping rule); ``print`` shows the

@@ -555,7 +555,8 @@ def test_the_rules_tolerance_term_is_needed_and_enough():
     # rounding; the rule's term max(gap, 0) + sum |lambda| viol (weak duality, see
     # plugins/constrained.py) covers it, tightly.
     X = load_old_faithful()
-    rule = _LooseDual(emcore.Constraints(proportions={0: (0.25, 0.25)}), max_dual_iter=1)
+    rule = _LooseDual(emcore.Constraints(proportions={1: (0.25, 0.25)}), max_dual_iter=1)
+    # (component 1: the short eruptions, 36% unconstrained, from this seed)
     mm = _quiet(emcore.MixtureModel(2, posterior=rule, random_state=0, max_iter=30, tol=0.0),
                 X)
     without = max((it.elbo - it.value_next) / it.tolerance for it in mm.history_)

@@ -275,7 +275,7 @@ def test_no_probability_starts_or_stays_at_zero():
         warnings.simplefilter("error")
         mp = emcore.MixtureModel(2, family="categorical",
                                  family_options={"n_levels": (4, 2), "alpha": 0.5},
-                                 random_state=0).fit(X)
+                                 random_state=0, max_iter=1000).fit(X)   # converged
     assert np.all(mp.params_["probabilities"][:, 0, :] > 0)
     assert all(it.chain_holds() for it in mp.history_)
 
