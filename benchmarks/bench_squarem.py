@@ -23,8 +23,8 @@ on a subclass whose ``_e_step`` only records (time, n * log_prob_norm): the E-st
 of iteration j gives the log-likelihood at the parameters before its M-step, timed
 from the end of ``_initialize``; the fit is stopped at the first E-step that
 reaches the target (what a tol tightened just enough would cost, short of its
-final E-step). When it never does, its time at the cap is reported, a lower bound (said in the output);
-besides ``--sklearn-max-iter`` the cap can be a time, ``--sklearn-time-cap R``
+final E-step). When it never does, its time at the cap is reported, a lower
+bound (said in the output); besides ``--sklearn-max-iter`` the cap can be a time, ``--sklearn-time-cap R``
 (R x SQUAREM's time to the target: still short there proves the ratio >= R) or
 ``--sklearn-max-seconds`` (a machine-time budget), whichever comes first, each
 taking effect at the end of an E-step as max_iter set to that iteration would.
