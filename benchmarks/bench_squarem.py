@@ -11,29 +11,29 @@ parameters (one emcore EM step from a seeded k-means++ partition, given to
 scikit-learn as weights_init / means_init / precisions_init) with the same
 reg_covar, and run at the same thread count.
 
-The target: the log-likelihood within 1e-8 relative of its converged value L*,
-L* being emcore + SQUAREM's run to a relative change of 1e-13 (checked against
-plain EM's last value). For each method: the passes over the data and the wall time
-until the target is first reached (emcore: per record, from ``callback``; plain EM
-stops there, or at ``--plain-max-passes``, by default ``--plain-cap-multiple`` (5)
-x SQUAREM's passes to the target: enough to show the >= 3x ratio, printed as a
-lower bound when plain EM is still short of the target). scikit-learn runs its own
+The target: the log-likelihood within 1e-8 relative of its converged value L*, L*
+being emcore + SQUAREM's run to a relative change of 1e-13 (checked against plain
+EM's last value). For each method: the passes over the data and the wall time until
+the target is first reached (emcore: per record, from ``callback``; plain EM stops
+there, or at ``--plain-max-passes``, by default ``--plain-cap-multiple`` (5) x
+SQUAREM's passes to the target: enough to show the >= 3x ratio, printed as a lower
+bound when plain EM is still short of the target). scikit-learn runs its own
 algorithm, unchanged, in one ``fit`` call (tol=0, ``max_iter=--sklearn-max-iter``)
 on a subclass whose ``_e_step`` only records (time, n * log_prob_norm): the E-step
 of iteration j gives the log-likelihood at the parameters before its M-step, timed
-from the end of ``_initialize``; the fit is stopped at the first E-step that
-reaches the target (what a tol tightened just enough would cost, short of its
-final E-step). When it never does, its time at the cap is reported, a lower
-bound (said in the output); besides ``--sklearn-max-iter`` the cap can be a time, ``--sklearn-time-cap R``
-(R x SQUAREM's time to the target: still short there proves the ratio >= R) or
+from the end of ``_initialize``; the fit is stopped at the first E-step that reaches
+the target (what a tol tightened just enough would cost, short of its final E-step).
+When it never does, its time at the cap is reported, a lower bound (said in the
+output); besides ``--sklearn-max-iter`` the cap can be a time,
+``--sklearn-time-cap R`` (R x SQUAREM's time to the target: still short there proves the ratio >= R) or
 ``--sklearn-max-seconds`` (a machine-time budget), whichever comes first, each
-taking effect at the end of an E-step as max_iter set to that iteration would.
-The median seconds per pass of each method are printed: unlike the totals, they
-can be compared with a quieter run's.
-The script checks that scikit-learn's per-iteration log-likelihoods are emcore plain
-EM's (same iterates: they agree to ~1e-15 relative) and prints the largest
-difference. The load averages at start and end are printed (the machine may be
-shared). ``--dry-run N`` only times N iterations of each, to choose the caps.
+taking effect at the end of an E-step as max_iter set to that iteration would. The
+median seconds per pass of each method are printed: unlike the totals, they can be
+compared with a quieter run's. The script checks that scikit-learn's per-iteration
+log-likelihoods are emcore plain EM's (same iterates: they agree to ~1e-15 relative)
+and prints the largest difference. The load averages at start and end are printed
+(the machine may be shared). ``--dry-run N`` only times N iterations of each, to
+choose the caps.
 Ratios printed: plain / SQUAREM passes (target >= 3) and
 scikit-learn / SQUAREM wall time (target >= 30).
 
