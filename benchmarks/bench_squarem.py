@@ -80,8 +80,9 @@ def start(X: np.ndarray, k: int, reg_covar: float, seed: int, n_jobs: int):
 
 
 def run_emcore(X, k, w0, p0, reg_covar, n_jobs, accelerate, target=None, max_iter=100000,
-               stop_rel=1e-13):
-    """(FitResult, trace) where trace is [(seconds, passes, objective)] per record."""
+               stop_rel=1e-13, progress=0):
+    """(FitResult, trace) where trace is [(seconds, passes, objective)] per record;
+    with ``progress`` > 0 a line every ``progress`` records (a long run's state)."""
     family = get_registry().family("gaussian").factory(k, X.shape[1], reg_covar=reg_covar)
     rule = get_registry().posterior_rule("soft").factory()
     trace = []
@@ -93,6 +94,9 @@ def run_emcore(X, k, w0, p0, reg_covar, n_jobs, accelerate, target=None, max_ite
         if not reason.startswith("invalid"):       # an invalid point costs no pass
             passes[0] += 1
         trace.append((time.perf_counter() - t0, passes[0], record.objective))
+        if progress and len(trace) % progress == 0:
+            print(f"    {'SQUAREM' if accelerate else 'plain EM'}: {passes[0]} passes, "
+                  f"{trace[-1][0]:.1f} s, objective {record.objective:.12e}", flush=True)
 
     def converged(record, before, after):
         if record.step != "em":
@@ -259,6 +263,8 @@ def main(argv=None) -> None:
     parser.add_argument("--plain-cap-multiple", type=float, default=5.0,
                         help="without --plain-max-passes, plain EM's cap is this multiple "
                              "of SQUAREM's passes to the target (default 5)")
+    parser.add_argument("--progress", type=int, default=0, metavar="RECORDS",
+                        help="print emcore's state every RECORDS records (long runs)")
     parser.add_argument("--no-sklearn", action="store_true")
     parser.add_argument("--dry-run", type=int, default=0, metavar="ITERATIONS",
                         help="only time this many iterations of emcore and scikit-learn")
@@ -293,7 +299,8 @@ def main(argv=None) -> None:
             dry_run(X, k, w0, p0, prec0, args.reg_covar, args.threads, args.dry_run)
             print(f"end: {time.strftime('%H:%M:%S UTC', time.gmtime())}, {_load()}")
             return
-        sq, sq_trace = run_emcore(X, k, w0, p0, args.reg_covar, args.threads, "squarem")
+        sq, sq_trace = run_emcore(X, k, w0, p0, args.reg_covar, args.threads, "squarem",
+                                  progress=args.progress)
         L_star = sq.objective
         target = L_star - TARGET * abs(L_star)
         sq_hit = first_reaching(sq_trace, target)
@@ -303,7 +310,8 @@ def main(argv=None) -> None:
                             else int(np.ceil(args.plain_cap_multiple * sq_hit[1])))
         # run_em's max_iter counts M-steps: one pass more (the start's)
         plain, plain_trace = run_emcore(X, k, w0, p0, args.reg_covar, args.threads, None,
-                                        target=target, max_iter=plain_max_passes - 1)
+                                        target=target, max_iter=plain_max_passes - 1,
+                                        progress=args.progress)
         plain_hit = first_reaching(plain_trace, target)
         print(f"  plain EM: {plain.n_passes} passes, {plain.seconds:.1f} s, target "
               f"{'reached' if plain_hit else 'not reached'}", flush=True)
