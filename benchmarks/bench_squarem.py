@@ -62,7 +62,7 @@ TARGET = 1e-8
 #: slowest at (1e5, 16, 16)) the only one from which plain EM crawls; from seed 0
 #: it converges in 28 iterations there, leaving SQUAREM nothing to accelerate.
 #: Provisional: from seed 7 SQUAREM reached a point 1.8e-3 relative higher than
-#: plain EM's after 462 passes (benchmarks/README.md); whether plain EM ends there
+#: plain EM's after 715 passes (benchmarks/README.md); whether plain EM ends there
 #: too (the same fixed point) is not settled
 ISSUE_SEED = 7
 
