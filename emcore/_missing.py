@@ -72,19 +72,25 @@ def _kernel(X: np.ndarray, weights: np.ndarray, params: dict, sample_weight=None
             component=exc.component) from None
 
 
-def row_pass(X: np.ndarray, weights: np.ndarray, params: dict, *, log_resp: bool = False,
-             impute: bool = False, n_jobs: Optional[int] = 1) -> dict:
-    """Per-row outputs at fixed parameters: 'row_value' log p(x_io) (n,), and
-    'log_resp' (n, k) and/or 'mean', 'var' (n, d): E[x | x_o] and Var[x_j | x_o]
-    (0 at observed entries) when asked."""
-    n, d = X.shape
-    k = np.shape(weights)[0]
+def _row_outputs(shape: tuple, k: int, log_resp: bool, impute: bool) -> dict:
+    """The kernel's per-row output arrays for an (n, d) input, by keyword: 'row_value'
+    always, 'log_resp' and 'mean'/'var' when asked."""
+    n, d = shape
     out = {"out_row_value": np.empty(n)}
     if log_resp:
         out["out_log_resp"] = np.empty((n, k))
     if impute:
         out["out_mean"] = np.empty((n, d))
         out["out_var"] = np.empty((n, d))
+    return out
+
+
+def row_pass(X: np.ndarray, weights: np.ndarray, params: dict, *, log_resp: bool = False,
+             impute: bool = False, n_jobs: Optional[int] = 1) -> dict:
+    """Per-row outputs at fixed parameters: 'row_value' log p(x_io) (n,), and
+    'log_resp' (n, k) and/or 'mean', 'var' (n, d): E[x | x_o] and Var[x_j | x_o]
+    (0 at observed entries) when asked."""
+    out = _row_outputs(X.shape, np.shape(weights)[0], log_resp, impute)
     _kernel(X, weights, params, None, n_jobs, **out)
     return {key[4:]: value for key, value in out.items()}
 
@@ -106,14 +112,7 @@ def source_row_pass(source: ChunkedSource, weights: np.ndarray, params: dict, *,
     """:func:`row_pass` over a chunked source with NaN (memmap, h5py, zarr, Dask), a
     block at a time: the same kernel on each block's rows, writing the block's
     slices of in-memory (n, ...) outputs (docs/missing_values.md#chunked)."""
-    n, d = source.shape
-    k = np.shape(weights)[0]
-    out = {"out_row_value": np.empty(n)}
-    if log_resp:
-        out["out_log_resp"] = np.empty((n, k))
-    if impute:
-        out["out_mean"] = np.empty((n, d))
-        out["out_var"] = np.empty((n, d))
+    out = _row_outputs(source.shape, np.shape(weights)[0], log_resp, impute)
     names = tuple(out)
     for _ in source.map_blocks(_block_outputs,
                                (np.asarray(weights, dtype=np.float64), params, n_jobs,

@@ -672,16 +672,7 @@ class GaussianMixture(_MixtureBase):
                                accept_sparse=accept_sparse, keep_float32=True)
         if is_chunked(X):
             return _missing.as_source_with_nan(X, owner=owner, n_features=n_features)
-        try:
-            arr = np.asarray(X, dtype=np.float64)
-        except (TypeError, ValueError):
-            return check_input(X, owner=owner, n_features=n_features)
-        nan = np.isnan(arr)
-        if not nan.any():
-            return check_input(X, owner=owner, n_features=n_features)
-        checked = check_input(np.where(nan, 0.0, arr), owner=owner, n_features=n_features)
-        checked[nan] = np.nan
-        return checked
+        return _missing.check_input_with_nan(X, owner, n_features)
 
     def _fit_missing(self, X: np.ndarray, sample_weight: Any) -> "GaussianMixture":
         owner = "GaussianMixture.fit"
