@@ -375,6 +375,21 @@ def filled_source(source: ChunkedSource) -> Any:
 # model of a row's observed entries is the product of their factors, so a missing
 # entry's term is dropped from the log-density and from its coordinate's statistics.
 
+def check_supports_missing(family, name: Any, owner: str, *,
+                           parameter: str = "missing",
+                           state: str = "is 'marginalize'") -> None:
+    """Raise the ValueError for a family that cannot marginalise NaN entries
+    (``Family.supports_missing`` False), naming the family: one message for every
+    estimator and method that meets missing values."""
+    if not getattr(family, "supports_missing", False):
+        raise ValueError(f"The '{parameter}' parameter of {owner} {state}, but family "
+                         f"{name!r} does not support missing values "
+                         "(Family.supports_missing is False: its coordinates are not "
+                         "independent given the component, or it does not say how to "
+                         "marginalise them). Remove the rows with NaN or use "
+                         "missing='error'.")
+
+
 class ObservedRows:
     """X (n, d) with NaN entries, split once for the pass: the complete rows (the
     engine's pass, a compiled kernel when the family has one) and the rows with a

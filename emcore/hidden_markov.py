@@ -418,11 +418,7 @@ class HiddenMarkovModel(BaseEstimator):
     def _masked(self, family, X: np.ndarray, owner: str) -> tuple:
         """(the family wrapped to marginalise NaN entries, X with them filled for the
         start), or a ValueError (docs/missing_values.md#product-form-families)."""
-        if not getattr(family, "supports_missing", False):
-            raise ValueError(f"The 'missing' parameter of {owner} is 'marginalize', but "
-                             f"family {self.family!r} does not support missing values "
-                             "(Family.supports_missing is False). Remove the rows with "
-                             "NaN or use missing='error'.")
+        _missing.check_supports_missing(family, self.family, owner)
         if self.posterior != "soft":
             raise ValueError(f"The 'posterior' parameter of {owner} must be 'soft' when X "
                              f"has missing values. Got {self.posterior!r} instead.")
@@ -470,10 +466,8 @@ class HiddenMarkovModel(BaseEstimator):
             check_support(_missing.observed_fill(X)[:, seen], self._support,
                           family=str(self.family), owner=owner)
             if not isinstance(family, _missing.MaskedFamily):
-                if not getattr(family, "supports_missing", False):
-                    raise ValueError(f"The 'X' parameter of {owner} has missing values, "
-                                     f"which family {self.family!r} cannot marginalise "
-                                     "(Family.supports_missing is False).")
+                _missing.check_supports_missing(family, self.family, owner,
+                                                parameter="X", state="has missing values")
                 family = _missing.MaskedFamily(family)
         else:
             check_support(X, self._support, family=str(self.family), owner=owner)

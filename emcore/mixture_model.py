@@ -437,13 +437,7 @@ class MixtureModel(_MixtureBase):
         family (supports_missing) takes the observed-entry pass; others: ValueError."""
         if self.family == "gaussian":
             return True
-        if not getattr(family, "supports_missing", False):
-            raise ValueError(f"The 'missing' parameter of {owner} is 'marginalize', but "
-                             f"family {self.family!r} does not support missing values "
-                             "(Family.supports_missing is False: its coordinates are not "
-                             "independent given the component, or it does not say how to "
-                             "marginalise them). Remove the rows with NaN or use "
-                             "missing='error'.")
+        _missing.check_supports_missing(family, self.family, owner)
         return False
 
     def _fit_missing(self, X: Any, y: Any, sample_weight: Any) -> "MixtureModel":
