@@ -50,6 +50,18 @@ def moment_slot_layout(Py_ssize_t n_features, scatter="full"):
                              EMC_SLOT_SCATTER(d) + emc_scatter_size(d, shape))}
 
 
+cdef inline void _fill_one_hot(const Py_ssize_t* labels, const double* row_weights,
+                               Py_ssize_t n_rows, Py_ssize_t K,
+                               double* one_hot) noexcept nogil:
+    """The (n_rows, K) weights of hard labels: row_weights[i] (1 without them) at
+    (i, labels[i]), 0 elsewhere (the default hard accumulation, either dtype)."""
+    cdef Py_ssize_t i
+    for i in range(n_rows * K):
+        one_hot[i] = 0.0
+    for i in range(n_rows):
+        one_hot[i * K + labels[i]] = row_weights[i] if row_weights != NULL else 1.0
+
+
 cdef class FamilyKernel:
 
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
@@ -76,11 +88,7 @@ cdef class FamilyKernel:
                                    const Py_ssize_t* labels, const double* row_weights,
                                    double* one_hot, double* stats,
                                    double* scratch) noexcept nogil:
-        cdef Py_ssize_t i, k, K = self.n_components
-        for i in range(n_rows * K):
-            one_hot[i] = 0.0
-        for i in range(n_rows):
-            one_hot[i * K + labels[i]] = row_weights[i] if row_weights != NULL else 1.0
+        _fill_one_hot(labels, row_weights, n_rows, self.n_components, one_hot)
         return self.chunk_accumulate(X, n_rows, one_hot, stats, scratch)
 
     cdef int chunk_hard_step(self, const double* X, Py_ssize_t n_rows,
@@ -103,11 +111,7 @@ cdef class FamilyKernel:
                                        const Py_ssize_t* labels, const double* row_weights,
                                        double* one_hot, double* stats,
                                        double* scratch) noexcept nogil:
-        cdef Py_ssize_t i, K = self.n_components
-        for i in range(n_rows * K):
-            one_hot[i] = 0.0
-        for i in range(n_rows):
-            one_hot[i * K + labels[i]] = row_weights[i] if row_weights != NULL else 1.0
+        _fill_one_hot(labels, row_weights, n_rows, self.n_components, one_hot)
         return self.chunk_accumulate_f32(X, n_rows, one_hot, stats, scratch)
 
     cdef int chunk_hard_step_f32(self, const float* X, Py_ssize_t n_rows,
