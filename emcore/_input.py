@@ -28,7 +28,7 @@ from emcore._sources import ChunkedSource, SparseSource, is_sparse
 from emcore._validation import _InputTypeError, _data_prefix, check_data
 from emcore.distributed import DaskSource, active_client
 
-__all__ = ["check_input", "is_chunked", "as_source", "is_sparse"]
+__all__ = ["check_input", "is_chunked", "as_source", "is_sparse", "is_float32"]
 
 
 def _is_dask(X: Any) -> bool:
@@ -71,6 +71,13 @@ def as_source(X: Any, *, name: str = "X", owner: str = "",
                               block_rows=block_rows)
     return ChunkedSource(X, name=name, owner=owner, n_features=n_features,
                          block_rows=block_rows)
+
+
+def is_float32(X: Any) -> bool:
+    """True for a float32 array or scipy.sparse matrix (whose blocks are read as
+    float64): the estimators that keep float32 (KMeans, GaussianMixture) then give
+    float32 attributes and outputs (scikit-learn's convention)."""
+    return getattr(X, "dtype", None) == np.float32
 
 
 def check_input(X: Any, *, name: str = "X", owner: str = "",

@@ -13,7 +13,7 @@ from emcore import _validation as v
 from emcore._feature_names import check_feature_names, record_feature_names
 from emcore import _missing
 from emcore._init import check_resp_conflicts
-from emcore._input import check_input, is_chunked, is_sparse
+from emcore._input import check_input, is_chunked, is_float32, is_sparse
 from emcore._logging import progress_bar
 from emcore._mixture import _MixtureBase, _check_weights
 from emcore._online import check_exponent, stepwise_update
@@ -207,6 +207,12 @@ def _representation_property(name: str) -> property:
 
     return property(fget, fset, doc=f"Fitted ``{name}`` (assigning it updates the "
                                     "other two representations of the covariances).")
+
+
+def _in_dtype_of(X: Any, out: np.ndarray) -> np.ndarray:
+    """``out`` (computed in float64) as float32 for a float32 X: the outputs follow
+    the input's precision, as the fitted attributes do (docs/elbo_chain.md#float32)."""
+    return out.astype(np.float32) if is_float32(X) else out
 
 
 class GaussianMixture(_MixtureBase):
@@ -759,6 +765,21 @@ class GaussianMixture(_MixtureBase):
                                                log_resp=log_resp, n_jobs=self.n_jobs)
                 return out["row_value"], out.get("log_resp")
         return super()._evaluate(X, method, log_resp=log_resp, rule=rule)
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """Log-likelihood log p(x_i) of each row, shape (n_samples,); the marginal
+        density of the observed coordinates for a row with NaN
+        (``missing='marginalize'``). float32 for a float32 X (scikit-learn's
+        convention): computed in float64, rounded once."""
+        return _in_dtype_of(X, super().score_samples(X))
+
+    def predict_proba(self, X: Any, *, constrained: bool = False) -> np.ndarray:
+        """Posterior probabilities of the components, shape (n_samples, n_components),
+        as :meth:`emcore.MixtureModel.predict_proba` (``constrained=True``: the
+        constrained posterior of a model fitted with ``posterior=
+        emcore.Constraints(...)``). float32 for a float32 X (scikit-learn's
+        convention): computed in float64, rounded once."""
+        return _in_dtype_of(X, super().predict_proba(X, constrained=constrained))
 
     def impute(self, X: Any, return_std: bool = False) -> Union[np.ndarray, tuple]:
         """The missing (NaN) entries of X filled with their conditional means

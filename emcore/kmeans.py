@@ -20,7 +20,7 @@ from emcore._feature_names import (check_feature_names, check_output_kind, names
                                    record_feature_names, wrap_output)
 from emcore._init import (check_resp_conflicts, check_resp_init, kmeans_plusplus,
                           m_step_from_resp, one_hot, random_rows, sq_distances)
-from emcore._input import check_input
+from emcore._input import check_input, is_float32
 from emcore._logging import check_callback, progress_bar
 from emcore.engine import Iteration, best_of_starts, chunk_rows_for, data_pass, run_em
 from emcore.exceptions import ConvergenceWarning, _sklearn_compatible
@@ -48,12 +48,6 @@ def _mean_feature_variance(X: np.ndarray) -> float:
         s1 += diff.sum(axis=0)
         s2 += np.einsum("ij,ij->j", diff, diff)
     return float(np.mean(np.maximum(s2 - s1 * s1 / n, 0.0) / n))
-
-
-def _is_float32(X: Any) -> bool:
-    """True for a float32 array or scipy.sparse matrix (whose blocks are read as
-    float64): the fit's attributes and ``transform`` are then float32."""
-    return getattr(X, "dtype", None) == np.float32
 
 
 def _check_centres(centres: Any, name: str, owner: str) -> np.ndarray:
@@ -243,7 +237,7 @@ class KMeans(BaseEstimator):
             counts the row twice in the centres and the inertia.
         """
         record_feature_names(self, X)
-        single = _is_float32(X)         # also a sparse float32 X (read as float64)
+        single = is_float32(X)         # also a sparse float32 X (read as float64)
         X = check_input(X, owner="KMeans.fit", accept_sparse=True, keep_float32=True)
         k, centres, n_init = self._check_parameters(X)
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0],
@@ -373,7 +367,7 @@ class KMeans(BaseEstimator):
         """
         data, centres = self._checked(X, "transform")
         out = np.empty((data.shape[0], centres.shape[0]),
-                       dtype=np.float32 if _is_float32(X) else np.float64)
+                       dtype=np.float32 if is_float32(X) else np.float64)
         chunk = chunk_rows_for(data.shape[1])
         for start in range(0, data.shape[0], chunk):
             out[start:start + chunk] = np.sqrt(sq_distances(

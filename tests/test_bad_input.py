@@ -162,7 +162,7 @@ def test_methods_before_fit_raise_not_fitted(est_name, method):
 def _outcome(call, rounded_to=None):
     """What a call gives: its result (a fitted estimator as its fitted arrays), or
     the type and message of what it raised. ``rounded_to``: the fitted float arrays
-    rounded to that dtype (what a float32 fit returns)."""
+    and a per-row float output rounded to that dtype (what a float32 X gives)."""
     try:
         result = _quietly(call)
     except (ValueError, TypeError, ArithmeticError) as exc:
@@ -181,7 +181,12 @@ def _outcome(call, rounded_to=None):
         return ("fitted", state)
     if isinstance(result, tuple):
         return ("tuple", [np.asarray(r).tolist() for r in result])
-    return ("value", np.asarray(result).tolist())
+    value = np.asarray(result)
+    if rounded_to is not None and value.ndim and value.dtype.kind == "f":
+        # per-row outputs of a float32 X: the float64 values rounded once
+        # (score_samples, predict_proba); a scalar (score, bic) stays float64
+        value = value.astype(rounded_to)
+    return ("value", value.tolist())
 
 
 def _fortran(a):

@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.sparse
 from hypothesis import given, settings, strategies as st
 
 import emcore
@@ -178,6 +179,22 @@ def test_gaussian_mixture_float32_attributes_are_float32(covariance_type):
     np.testing.assert_array_equal(gm.predict(X), copy.predict(X))
     np.testing.assert_allclose(gm.score_samples(X), copy.score_samples(X), rtol=0,
                                atol=64 * U32 * np.max(np.abs(copy.score_samples(X))))
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_gaussian_mixture_outputs_follow_the_dtype_of_x(covariance_type):
+    # scikit-learn's convention (its test_score[float32]): score_samples and
+    # predict_proba of a float32 X are float32 -- the float64 values of the same
+    # (exactly widened) rows rounded once; a float64 X keeps float64 outputs.
+    X = _blobs(np.random.default_rng(8), 400, 3, 3)
+    gm = emcore.GaussianMixture(3, covariance_type=covariance_type, random_state=0).fit(X)
+    wide = X.astype(np.float64)
+    for method in ("score_samples", "predict_proba"):
+        out32, out64 = getattr(gm, method)(X), getattr(gm, method)(wide)
+        assert out32.dtype == np.float32 and out64.dtype == np.float64, method
+        np.testing.assert_array_equal(out32, out64.astype(np.float32))
+        sparse32 = getattr(gm, method)(scipy.sparse.csr_matrix(X))
+        assert sparse32.dtype == np.float32, method
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
