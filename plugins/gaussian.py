@@ -597,7 +597,7 @@ class GaussianFamily(Family):
         the scatter over the observed entries divided by the observed-entry mass
         (ML), or the posterior mode. A coordinate no row of a component observes
         keeps its previous mean and variance (ML; MAP: the prior's mode)."""
-        d, k = self.n_features, self.n_components
+        d = self.n_features
         n_kj = np.where(stats.observed > 0, stats.observed, 0.0)
         has = n_kj > 0
         mean, scatter = stats.centred()

@@ -690,118 +690,41 @@ def test_predictions_on_a_dask_array_with_nan_are_those_in_memory():
         h.score_samples(dx)
 
 
-# --- a diagonal Gaussian through the capability equals the Gaussian path ---------------
+# --- the Gaussian family's own capability ('diag', 'spherical') vs the compiled path ---
 
-class _DiagGaussianProduct:
-    """Built on first use (the plugin API imported lazily): a pure-Python diagonal
-    Gaussian written as a product-form family with ``supports_missing``, as a
-    third-party author would, to compare with GaussianMixture's own missing path."""
-
-    _cls = None
-
-    @classmethod
-    def make(cls, k, d):
-        if cls._cls is None:
-            from dataclasses import dataclass
-            from typing import Optional
-
-            from emcore.plugin_api import Family
-
-            @dataclass(frozen=True)
-            class Stats:
-                weight: np.ndarray      # (k,)
-                n: np.ndarray           # (k, d) weight of the rows observing j
-                s1: np.ndarray          # (k, d) sum w x
-                s2: np.ndarray          # (k, d) sum w x^2 (data near 0: no cancellation)
-
-            class DiagProduct(Family):
-                supports_missing = True
-                init_smoothing = 0.0
-
-                def log_density_observed(self, X, observed, params):
-                    mu, var = params["means"], params["variances"]
-                    x = np.where(observed, X, 0.0)
-                    o = observed.astype(float)
-                    quad = (x ** 2) @ (1 / var).T - 2 * x @ (mu / var).T + o @ (mu ** 2 / var).T
-                    return -0.5 * (o @ np.log(2 * np.pi * var).T + quad)
-
-                def log_density(self, X, params):
-                    return self.log_density_observed(X, np.ones(X.shape, bool), params)
-
-                def chunk_stats_observed(self, X, observed, weights):
-                    x = np.where(observed, X, 0.0)
-                    o = observed.astype(float)
-                    return Stats(weights.sum(0), weights.T @ o, weights.T @ x,
-                                 weights.T @ x ** 2)
-
-                def chunk_stats(self, X, weights):
-                    return self.chunk_stats_observed(X, np.ones(X.shape, bool), weights)
-
-                def empty_stats(self):
-                    k, d = self.n_components, self.n_features
-                    return Stats(np.zeros(k), *np.zeros((3, k, d)))
-
-                def merge_stats(self, a, b):
-                    return Stats(a.weight + b.weight, a.n + b.n, a.s1 + b.s1, a.s2 + b.s2)
-
-                def m_step(self, stats, previous: Optional[dict]):
-                    mu = stats.s1 / stats.n
-                    return {"means": mu, "variances": stats.s2 / stats.n - mu ** 2}
-
-                def expected_log_likelihood(self, stats, params):
-                    mu, var = params["means"], params["variances"]
-                    return float(np.sum(-0.5 * (stats.n * np.log(2 * np.pi * var) + (
-                        stats.s2 - 2 * mu * stats.s1 + stats.n * mu ** 2) / var)))
-
-                def n_parameters(self):
-                    return 2 * self.n_components * self.n_features
-
-                def marginal(self, columns, params):
-                    return DiagProduct(self.n_components, len(columns)), {
-                        key: np.asarray(v)[:, columns] for key, v in params.items()}
-
-                def random_params(self, rng, *, nearly_degenerate=False):
-                    k, d = self.n_components, self.n_features
-                    return {"means": rng.normal(0, 1, (k, d)),
-                            "variances": rng.uniform(0.5, 2.0, (k, d))}
-
-                def sample(self, params, counts, rng):
-                    return np.concatenate([rng.normal(params["means"][k],
-                                                      np.sqrt(params["variances"][k]),
-                                                      (int(c), self.n_features))
-                                           for k, c in enumerate(counts)])
-
-            cls._cls = DiagProduct
-        return cls._cls(k, d)
-
-
-def test_a_diag_gaussian_through_the_capability_reaches_the_gaussian_paths_fit():
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+def test_the_gaussian_family_through_the_capability_reaches_the_gaussian_paths_fit(
+        covariance_type):
     from emcore._missing import ObservedRows, ObservedMixture
     from emcore.engine import run_em
+    from emcore.plugins.gaussian import GaussianFamily
     from emcore.registry import get_registry
-    from emcore.testing import check_family
 
-    family = _DiagGaussianProduct.make(2, 3)
-    # the kit's check holds for this third-party-style family
-    check_family(family, checks=["check_missing_values"], capabilities={"sampling"})
+    family = GaussianFamily(2, 3, covariance_type=covariance_type, reg_covar=0.0)
     _, X = _two_clusters(n=200, d=3, rate=0.2, seed=23)
     means = np.array([np.zeros(3), np.full(3, 2.0)])
-    g = GaussianMixture(2, covariance_type="diag", missing="marginalize", tol=0.0,
+    g = GaussianMixture(2, covariance_type=covariance_type, missing="marginalize", tol=0.0,
                         max_iter=400, reg_covar=0.0, weights_init=[0.5, 0.5],
-                        means_init=means, precisions_init=np.ones((2, 3))).fit(X)
+                        means_init=means, precisions_init=np.ones(
+                            (2, 3) if covariance_type == "diag" else 2)).fit(X)
+    # the plugin API's route (what HiddenMarkovModel and a 'product' with Gaussian
+    # parts run): complete rows by the compiled kernel, the others by the family's
+    # log_density_observed / chunk_stats_observed
     rule = get_registry().posterior_rule("soft").factory()
     fit = run_em(ObservedRows(X), family, rule, np.array([0.5, 0.5]),
-                 {"means": means, "variances": np.ones((2, 3))}, max_iter=400, tol=0.0,
-                 structure=ObservedMixture(2))
+                 family.params_from_covariances(means, np.broadcast_to(np.eye(3), (2, 3, 3))),
+                 max_iter=400, tol=0.0, structure=ObservedMixture(2))
     assert all(it.chain_holds() for it in fit.history)
-    # two different exact EMs for the same observed-data likelihood (the Gaussian
+    # two different exact EMs for the same observed-data likelihood (the compiled
     # path also treats the missing coordinates as latent, so it steps more slowly)
     # from the same start: the same fixed point. After 400 steps both have stopped
     # moving (parameter change below 1e-12; EM's rate here is < 0.9, so each is
     # within 1e-11 of its fixed point), hence rtol 1e-9 on the parameters
     assert g.history_[-1].param_change < 1e-12 and fit.history[-1].param_change < 1e-12
     np.testing.assert_allclose(fit.params["means"], g.means_, rtol=1e-9, atol=1e-10)
-    np.testing.assert_allclose(fit.params["variances"], g.covariances_, rtol=1e-9)
+    variances = np.einsum("kjj->kj", fit.params["covariances"])
+    np.testing.assert_allclose(variances if covariance_type == "diag" else variances[:, 0],
+                               g.covariances_, rtol=1e-9)
     np.testing.assert_allclose(fit.weights, g.weights_, rtol=1e-9)
     assert fit.value == pytest.approx(g.lower_bound_ * X.shape[0], rel=1e-12)
     # the product-form EM takes fewer steps to get there (no imputation drag)
@@ -812,14 +735,15 @@ def test_a_diag_gaussian_through_the_capability_reaches_the_gaussian_paths_fit()
 
 # --- HiddenMarkovModel with a product-form emission ----------------------------------
 
-def _forward_loglik(X, lengths, pi, A, rates):
-    """log p(X) of a Poisson HMM by the forward recursion, each row's emission the
-    product over its observed entries (scipy), written independently."""
+def _forward_loglik(X, lengths, pi, A, log_terms):
+    """log p(X) of an HMM by the forward recursion, each row's emission the product
+    over its observed entries, written independently: ``log_terms(rows)`` gives the
+    per-entry log-densities (L, K, d) by scipy (rows with NaN read as 0)."""
     total, start = 0.0, 0
     for L in lengths:
         seq = X[start:start + L]
         start += L
-        terms = scipy.stats.poisson.logpmf(np.nan_to_num(seq)[:, None, :], rates[None])
+        terms = log_terms(np.nan_to_num(seq))
         log_b = np.where(np.isnan(seq)[:, None, :], 0.0, terms).sum(axis=2)
         alpha = np.log(pi) + log_b[0]
         for t in range(1, L):
@@ -849,10 +773,55 @@ def test_a_hidden_markov_model_marginalizes_missing_emissions():
     assert all(it.chain_holds() for it in h.history_)
     # the objective is the observed-data likelihood of the chain: 300 forward steps
     # of terms ~|log p| < 20, summed in another order, agree to ~300 * 20 * 8 u
-    direct = _forward_loglik(X, lengths, h.startprob_, h.transmat_, h.params_["rates"])
+    rates = h.params_["rates"]
+    direct = _forward_loglik(X, lengths, h.startprob_, h.transmat_,
+                             lambda rows: scipy.stats.poisson.logpmf(rows[:, None, :],
+                                                                     rates[None]))
     assert h.score(X, lengths=lengths) == pytest.approx(direct, rel=1e-11)
     assert h.history_[-1].value_next == pytest.approx(direct, rel=1e-11)
-    with pytest.raises(ValueError, match="family 'gaussian' does not support missing"):
-        HiddenMarkovModel(2, missing="marginalize").fit(X, lengths=lengths)
+    with pytest.raises(ValueError, match="family 'student_t' does not support missing"):
+        HiddenMarkovModel(2, family="student_t", missing="marginalize").fit(
+            X, lengths=lengths)
     with pytest.raises(ValueError):
         HiddenMarkovModel(2, family="poisson").fit(X, lengths=lengths)
+
+
+# ~1 s per type (15 forward-backward passes through the Python emission path)
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+def test_a_hidden_markov_model_marginalizes_missing_gaussian_emissions(covariance_type):
+    from emcore import HiddenMarkovModel
+    rng = np.random.default_rng(25)
+    A = np.array([[0.9, 0.1], [0.2, 0.8]])
+    states = [0]
+    for _ in range(299):
+        states.append(rng.choice(2, p=A[states[-1]]))
+    X = np.array([[0.0, 3.0, 1.0], [4.0, -1.0, 2.0]])[states] + rng.normal(size=(300, 3))
+    X[rng.random(X.shape) < 0.25] = np.nan
+    X[10] = np.nan                     # a step with nothing observed: emission density 1
+    lengths = [150, 150]
+    options = {"covariance_type": covariance_type}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", "HiddenMarkovModel stopped after")
+        h = HiddenMarkovModel(2, family="gaussian", family_options=options,
+                              missing="marginalize", tol=0.0, max_iter=15,
+                              random_state=0).fit(X, lengths=lengths)
+    assert all(it.chain_holds() for it in h.history_)
+    means = h.params_["means"]
+    sd = np.sqrt(np.einsum("kjj->kj", h.params_["covariances"]))
+    if covariance_type == "spherical":
+        assert np.all(sd == sd[:, :1])             # one variance per state
+    # the observed-data likelihood of the chain by scipy.stats.norm on the observed
+    # coordinates: 300 forward steps of terms |log p| < 20 summed in another order
+    # agree to ~300 * 20 * 8 u, as for the Poisson emissions above
+    direct = _forward_loglik(X, lengths, h.startprob_, h.transmat_,
+                             lambda rows: scipy.stats.norm.logpdf(rows[:, None, :],
+                                                                  means[None], sd[None]))
+    assert h.score(X, lengths=lengths) == pytest.approx(direct, rel=1e-11)
+    assert h.history_[-1].value_next == pytest.approx(direct, rel=1e-11)
+    # 'full' correlates the coordinates: refused, naming the type and the way out
+    with pytest.raises(ValueError, match=r"family 'gaussian' with covariance_type='full' "
+                                         r"does not support missing values.*'diag' or "
+                                         r"'spherical'.*GaussianMixture"):
+        HiddenMarkovModel(2, family="gaussian", missing="marginalize").fit(
+            X, lengths=lengths)
