@@ -37,7 +37,7 @@ __all__ = ["MissingValues", "MissingData", "prepare", "row_pass", "run_missing_e
            "drop_empty_rows", "warn_empty_rows", "fit_starts", "as_source_with_nan",
            "filled_array", "filled_source", "ObservedRows", "ObservedMixture",
            "observed_pass", "fit_observed_starts", "observed_fill", "check_input_with_nan",
-           "observed_fill_values",
+           "observed_fill_values", "observed_rows_pass",
            "source_row_pass", "MaskedFamily"]
 
 
@@ -297,7 +297,8 @@ def _nan_summary(rows: np.ndarray, start: int, shared: Any) -> tuple:
 
 class _TakesNaN:
     """A source whose validation accepts NaN (missing entries); records
-    ``has_nan``, ``n_empty_rows`` and ``column_means`` (of the observed entries)."""
+    ``has_nan``, ``n_empty_rows``, ``column_means`` and ``column_counts`` (of the
+    observed entries)."""
 
     def _validate(self) -> None:
         summaries = list(self.map_blocks(_nan_summary, None))
@@ -309,6 +310,7 @@ class _TakesNaN:
         self.has_nan = any(s[6] for s in summaries)
         self.n_empty_rows = int(sum(s[5] for s in summaries))
         self.column_means = sums / np.maximum(counts, 1)
+        self.column_counts = counts
 
 
 class _ChunkedWithNaN(_TakesNaN, ChunkedSource):
@@ -331,18 +333,21 @@ def as_source_with_nan(X: Any, *, name: str = "X", owner: str = "",
 
 class _Filled:
     """Rows of an array-like with NaN read as the given column values (a start's
-    view of the data: initialisation reads rows, never writes)."""
+    view of the data: initialisation reads rows, never writes), optionally only
+    the ``columns`` (a boolean mask)."""
 
-    def __init__(self, data: Any, values: np.ndarray):
-        self._data, self._values = data, values
-        self.shape, self.dtype = tuple(data.shape), np.dtype(np.float64)
+    def __init__(self, data: Any, values: np.ndarray, columns: Optional[np.ndarray] = None):
+        self._data, self._values, self._columns = data, values, columns
+        d = data.shape[1] if columns is None else int(np.sum(columns))
+        self.shape, self.dtype = (data.shape[0], d), np.dtype(np.float64)
 
     def __getitem__(self, key):
         rows = self._data[key]
         if hasattr(rows, "compute"):
             rows = rows.compute()
         rows = np.asarray(rows, dtype=np.float64)
-        return np.where(np.isnan(rows), self._values, rows)
+        rows = np.where(np.isnan(rows), self._values, rows)
+        return rows if self._columns is None else rows[..., self._columns]
 
 
 def _column_means(X: np.ndarray, sample_weight: Optional[np.ndarray] = None) -> np.ndarray:
@@ -395,17 +400,22 @@ def observed_fill_values(X: Any, sample_weight: Optional[np.ndarray] = None) -> 
     return np.where(np.isfinite(found[1]), found[1], np.nan)
 
 
-def filled_source(source: ChunkedSource, values: Optional[np.ndarray] = None) -> Any:
+def filled_source(source: ChunkedSource, values: Optional[np.ndarray] = None,
+                  columns: Optional[np.ndarray] = None) -> Any:
     """The source with each missing entry read as ``values[j]`` (default: its
-    column's mean): what the initialisation sees (a start only). A Dask array
-    gets a lazily filled array."""
+    column's mean), only the ``columns`` (a boolean mask) if given: what the
+    initialisation and the support check see. A Dask array gets a lazily filled
+    array."""
     values = source.column_means if values is None else values
     data = source._data
     if hasattr(data, "map_blocks") and hasattr(data, "chunks"):      # dask
         import dask.array as da
         from emcore._input import as_source
-        return as_source(da.where(da.isnan(data), values, data), n_features=data.shape[1])
-    return ChunkedSource(_Filled(data, values), block_rows=source.block_rows)
+        filled = da.where(da.isnan(data), values, data)
+        if columns is not None:
+            filled = filled[:, np.flatnonzero(columns)]
+        return as_source(filled, n_features=filled.shape[1])
+    return ChunkedSource(_Filled(data, values, columns), block_rows=source.block_rows)
 
 
 # --- product-form families (Family.supports_missing) -------------------------------------
@@ -537,6 +547,36 @@ def observed_pass(rows: ObservedRows, family, rule, weights: np.ndarray, params,
         mass += part[3]
     return PassResult(stats, resp_sum, float(totals[0]), float(totals[1]),
                       float(totals[2]), float(totals[3])), mass
+
+
+def _observed_rows_block(rows: np.ndarray, start: int, shared: tuple, *outputs) -> None:
+    """:func:`observed_pass` without statistics over one block of a source, writing
+    the block's slices of the per-row outputs (what ``map_blocks`` maps)."""
+    family, rule, weights, params, n_jobs = shared
+    observed_pass(ObservedRows(rows), family, rule, weights, params, n_jobs=n_jobs,
+                  with_stats=False, out_row_value=outputs[0],
+                  out_log_resp=outputs[1] if len(outputs) > 1 else None)
+
+
+def observed_rows_pass(X: Any, family, rule, weights: np.ndarray, params, *,
+                       log_resp: bool = False, n_jobs: Optional[int] = 1) -> tuple:
+    """(row values (n,), log responsibilities (n, K) or None) of a product-form
+    family at fixed parameters: :func:`observed_pass` over in-memory X, or over a
+    source with NaN a block at a time into in-memory outputs (a row with no entry:
+    log sum_k w_k and the weights as its posterior)."""
+    n, k = X.shape[0], np.shape(weights)[0]
+    row_value = np.empty(n)
+    out_log_resp = np.empty((n, k)) if log_resp else None
+    if isinstance(X, np.ndarray):
+        observed_pass(ObservedRows(X), family, rule, weights, params, n_jobs=n_jobs,
+                      with_stats=False, out_log_resp=out_log_resp, out_row_value=row_value)
+        return row_value, out_log_resp
+    outputs = (row_value,) if out_log_resp is None else (row_value, out_log_resp)
+    for _ in X.map_blocks(_observed_rows_block,
+                          (family, rule, np.asarray(weights, dtype=np.float64), params,
+                           n_jobs), row_outputs=outputs):
+        pass
+    return row_value, out_log_resp
 
 
 class ObservedMixture(MixtureStructure):
