@@ -152,11 +152,13 @@ class MixtureModel(_MixtureBase):
         'marginalize': they are missing values, and ``fit`` runs exact EM for the
         observed-data likelihood; ``score_samples``, ``predict_proba`` and
         ``predict`` use each row's observed entries. For 'gaussian' (every
-        covariance type), as :class:`emcore.GaussianMixture`; for a family with
-        ``Family.supports_missing`` (a product form: 'poisson', 'categorical',
-        'bernoulli', 'exponential', 'gamma', a 'product' of such parts) by dropping
-        the missing entries' terms; other families refuse it, naming the family.
-        In-memory X, the 'soft' posterior (docs/missing_values.md#product-form-families).
+        covariance type), as :class:`emcore.GaussianMixture` (its compiled path);
+        for a family with ``Family.supports_missing`` (a product form: 'poisson',
+        'categorical', 'bernoulli', 'exponential', 'gamma', a 'product' of such
+        parts, 'diag' or 'spherical' Gaussian parts included) by dropping the
+        missing entries' terms; other families refuse it, naming the family. X in
+        memory or a chunked source (memmap, h5py, zarr, Dask: a block at a
+        time), the 'soft' posterior (docs/missing_values.md#product-form-families).
 
     Attributes
     ----------

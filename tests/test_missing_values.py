@@ -495,11 +495,14 @@ def _direct_observed_loglik(name, options, X, weights, params):
             return scipy.stats.expon.logpdf(x, scale=1.0 / p["rates"][k, j])
         if fam == "gamma":
             return scipy.stats.gamma.logpdf(x, p["shapes"][k, j], scale=1.0 / p["rates"][k, j])
+        if fam == "gaussian":              # 'diag' or 'spherical'
+            return scipy.stats.norm.logpdf(x, p["means"][k, j],
+                                           np.sqrt(p["covariances"][k, j, j]))
         raise AssertionError(fam)
 
     if name == "product":
         columns = []
-        for g, (part, cols) in enumerate(options["parts"]):
+        for g, (part, cols, *_) in enumerate(options["parts"]):
             sub = {key.split(".", 1)[1]: v for key, v in params.items()
                    if key.startswith(f"part{g}.")}
             columns += [(c, part, i, sub) for i, c in enumerate(cols)]
@@ -537,6 +540,30 @@ def test_product_form_chain_holds_with_hypothesis_masks(seed, rate, name):
     direct = _direct_observed_loglik(name, options, X, m.weights_, m.params_)
     assert m.history_[-1].value_next == pytest.approx(direct, rel=1e-10)
     # and prediction on the same rows uses the same marginal densities
+    assert m.score_samples(X).sum() == pytest.approx(direct, rel=1e-10)
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+def test_a_product_with_a_gaussian_part_marginalizes_through_the_capability(
+        covariance_type):
+    # the Gaussian family's own capability reached through the plugin API
+    options = {"parts": [("gaussian", [0, 2], {"covariance_type": covariance_type}),
+                         ("poisson", [1])]}
+    rng = np.random.default_rng(34)
+    z = rng.random(300) < 0.5
+    X = _mask(np.column_stack([rng.normal(np.where(z, 0.0, 3.0), 1.0),
+                               rng.poisson(np.where(z, 2.0, 6.0)),
+                               rng.normal(np.where(z, 1.0, -1.0), 0.5)]), 0.25, rng)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ChainViolationWarning)
+        m = MixtureModel(2, family="product", family_options=options,
+                         missing="marginalize", tol=0.0, max_iter=12,
+                         random_state=0).fit(X)
+    assert all(it.chain_holds() for it in m.history_)
+    # as in the hypothesis test above: n = 300 row values |log p| <~ 20 summed in
+    # another order agree to ~n * 20 * d u
+    direct = _direct_observed_loglik("product", options, X, m.weights_, m.params_)
+    assert m.history_[-1].value_next == pytest.approx(direct, rel=1e-10)
     assert m.score_samples(X).sum() == pytest.approx(direct, rel=1e-10)
 
 
