@@ -87,6 +87,41 @@ def test_one_component_equals_the_classic_missing_data_em():
         _observed_loglik(X, [1.0], g.means_, g.covariances_), rel=1e-12)
 
 
+def test_one_component_reaches_the_direct_maximum_of_the_observed_likelihood():
+    # K = 1 (issue 17): the converged EM against scipy.optimize of the same
+    # objective (9 free parameters: mean and log-Cholesky factor), from the same start
+    _, X = _two_clusters(n=120, d=3, rate=0.25, seed=3)
+    mu0, sigma0 = np.nanmean(X, axis=0), np.diag(np.nanvar(X, axis=0))
+    g = GaussianMixture(1, missing="marginalize", reg_covar=0.0, tol=1e-11,
+                        max_iter=3000, means_init=mu0[None], weights_init=[1.0],
+                        precisions_init=np.linalg.inv(sigma0)[None]).fit(X)
+    em = g.lower_bound_ * X.shape[0]
+
+    groups = [(o, X[np.all(~np.isnan(X) == o, axis=1)][:, o])
+              for o in np.unique(~np.isnan(X), axis=0)]     # the patterns, once
+
+    def negative(theta):         # -L(theta) for one normal, pattern by pattern
+        _, (mean,), (cov,) = _unpack(theta, 1, 3)
+        total = 0.0
+        for o, rows in groups:
+            total += np.sum(scipy.stats.multivariate_normal.logpdf(
+                rows, mean[o], cov[np.ix_(o, o)]))
+        return -total
+
+    res = scipy.optimize.minimize(negative, _pack(np.ones(1), mu0[None], sigma0[None]),
+                                  method="BFGS", options={"gtol": 1e-9, "maxiter": 5000})
+    # the optimiser's accuracy: at |gradient| <= gtol = 1e-9 per parameter the value
+    # is within ~gtol^2 / curvature of the maximum, and its finite-difference
+    # gradients (steps ~1.5e-8) leave ~1e-7 relative on the parameters; 1e-9
+    # relative on the value (|L| ~ 500) covers both. EM stops at a relative change
+    # of 1e-11 (its rate here < 0.5: within ~1e-11 of its maximum)
+    assert em == pytest.approx(-res.fun, rel=1e-9)
+    assert em >= -res.fun - 1e-9 * abs(res.fun)
+    # (the parameters: the value is flat at the maximum, so a value within 5e-7
+    # places them only within ~sqrt(2 5e-7 / curvature) ~ 1e-4; the classic EM
+    # test above checks them at 1e-10)
+
+
 # --- K = 2: a direct maximisation of the same objective ------------------------------
 
 def _unpack(theta, k, d):
@@ -290,6 +325,40 @@ def test_a_component_that_never_observes_a_coordinate_is_an_error():
         GaussianMixture(2, missing="marginalize", weights_init=[0.5, 0.5],
                         means_init=[[0.0, 0.0], [40.0, 40.0]],
                         precisions_init=[np.eye(2), np.eye(2)]).fit(X)
+
+
+# ~0.1 s per example: a hypothesis-drawn mask that hides a coordinate from every
+# row of one cluster, on top of MCAR gaps
+@settings(max_examples=8, deadline=None,
+          phases=(Phase.explicit, Phase.reuse, Phase.generate))     # fast: no shrinking
+@given(seed=st.integers(0, 2**31 - 1), d=st.integers(2, 4), data=st.data(),
+       rate=st.floats(0.0, 0.3), covariance_type=st.sampled_from(TYPES))
+def test_a_drawn_mask_that_hides_a_coordinate_from_a_component_is_named(
+        seed, d, data, rate, covariance_type):
+    hidden = data.draw(st.integers(0, d - 1), label="coordinate")
+    cluster = data.draw(st.integers(0, 1), label="component")
+    rng = np.random.default_rng(seed)
+    # two clusters 40 standard deviations apart: each row's posterior is one-hot to
+    # the last bit (exp(-800) underflows), so the hiding cluster's component sees
+    # no value of the hidden coordinate at all
+    centres = np.array([np.zeros(d), np.full(d, 40.0)])
+    X = np.vstack([rng.normal(c, 1.0, (50, d)) for c in centres])
+    gone = rng.random(X.shape) < rate
+    gone[50 * cluster:50 * (cluster + 1), hidden] = True
+    keep = (hidden + 1) % d                            # one coordinate left per row
+    gone[np.all(gone, axis=1), keep] = False
+    X[gone] = np.nan
+    with pytest.raises(ValueError, match=rf"Component {cluster} has no observed value "
+                                         rf"of coordinate {hidden}\b"):
+        GaussianMixture(2, covariance_type=covariance_type, missing="marginalize",
+                        weights_init=[0.5, 0.5], means_init=centres,
+                        precisions_init=_identity_precisions(covariance_type, d),
+                        max_iter=5).fit(X)
+
+
+def _identity_precisions(covariance_type, d, k=2):
+    return {"full": np.broadcast_to(np.eye(d), (k, d, d)), "tied": np.eye(d),
+            "diag": np.ones((k, d)), "spherical": np.ones(k)}[covariance_type]
 
 
 # --- sample weights, priors, SQUAREM, threads (issue 17, second part) ---------------------
