@@ -566,8 +566,10 @@ class MixtureModel(_MixtureBase):
         """Fit, then return the labels of the training rows (with y for a family
         with a response, as in :meth:`fit`)."""
         self.fit(X, y, sample_weight=sample_weight)
-        return self.predict(self._with_response(check_input(X, owner="MixtureModel.fit"),
-                                                y, "MixtureModel.fit_predict"))
+        owner = "MixtureModel.fit"
+        checked = (self._input_with_nan(X, owner) if self._marginalizes(X)
+                   else check_input(X, owner=owner))        # NaN: missing values
+        return self.predict(self._with_response(checked, y, "MixtureModel.fit_predict"))
 
     def _set_fitted(self, result: FitResult, n_features: int) -> None:
         super()._set_fitted(result, n_features)

@@ -1010,3 +1010,14 @@ def test_mixture_model_fits_a_dask_array_with_nan_as_in_memory():
         e = MixtureModel(2, **kw).fit(dx)         # the pass on the worker
         np.testing.assert_array_equal(a.predict_proba(X), a.predict_proba(dx))
     np.testing.assert_array_equal(a.params_["rates"], e.params_["rates"])
+
+
+@pytest.mark.parametrize("name", ["poisson", "gaussian"])
+def test_fit_predict_with_missing_values_is_fit_then_predict(tmp_path, name):
+    # fit_predict re-read X without NaN allowed after a fit that took them
+    X = _product_data(name, 300, seed=35)
+    kw = dict(family=name, missing="marginalize", random_state=0, max_iter=5, tol=0.0)
+    labels = MixtureModel(2, **kw).fit_predict(X)
+    np.testing.assert_array_equal(labels, MixtureModel(2, **kw).fit(X).predict(X))
+    np.testing.assert_array_equal(labels, MixtureModel(2, **kw).fit_predict(
+        _memmap(tmp_path, X)))
