@@ -37,6 +37,7 @@ __all__ = ["MissingValues", "MissingData", "prepare", "row_pass", "run_missing_e
            "drop_empty_rows", "warn_empty_rows", "fit_starts", "as_source_with_nan",
            "filled_array", "filled_source", "ObservedRows", "ObservedMixture",
            "observed_pass", "fit_observed_starts", "observed_fill", "check_input_with_nan",
+           "observed_fill_values", "observed_rows_pass",
            "source_row_pass", "MaskedFamily"]
 
 
@@ -296,7 +297,8 @@ def _nan_summary(rows: np.ndarray, start: int, shared: Any) -> tuple:
 
 class _TakesNaN:
     """A source whose validation accepts NaN (missing entries); records
-    ``has_nan``, ``n_empty_rows`` and ``column_means`` (of the observed entries)."""
+    ``has_nan``, ``n_empty_rows``, ``column_means`` and ``column_counts`` (of the
+    observed entries)."""
 
     def _validate(self) -> None:
         summaries = list(self.map_blocks(_nan_summary, None))
@@ -308,6 +310,7 @@ class _TakesNaN:
         self.has_nan = any(s[6] for s in summaries)
         self.n_empty_rows = int(sum(s[5] for s in summaries))
         self.column_means = sums / np.maximum(counts, 1)
+        self.column_counts = counts
 
 
 class _ChunkedWithNaN(_TakesNaN, ChunkedSource):
@@ -330,44 +333,89 @@ def as_source_with_nan(X: Any, *, name: str = "X", owner: str = "",
 
 class _Filled:
     """Rows of an array-like with NaN read as the given column values (a start's
-    view of the data: initialisation reads rows, never writes)."""
+    view of the data: initialisation reads rows, never writes), optionally only
+    the ``columns`` (a boolean mask)."""
 
-    def __init__(self, data: Any, values: np.ndarray):
-        self._data, self._values = data, values
-        self.shape, self.dtype = tuple(data.shape), np.dtype(np.float64)
+    def __init__(self, data: Any, values: np.ndarray, columns: Optional[np.ndarray] = None):
+        self._data, self._values, self._columns = data, values, columns
+        d = data.shape[1] if columns is None else int(np.sum(columns))
+        self.shape, self.dtype = (data.shape[0], d), np.dtype(np.float64)
 
     def __getitem__(self, key):
         rows = self._data[key]
         if hasattr(rows, "compute"):
             rows = rows.compute()
         rows = np.asarray(rows, dtype=np.float64)
-        return np.where(np.isnan(rows), self._values, rows)
+        rows = np.where(np.isnan(rows), self._values, rows)
+        return rows if self._columns is None else rows[..., self._columns]
+
+
+def _column_means(X: np.ndarray, sample_weight: Optional[np.ndarray] = None) -> np.ndarray:
+    """The (weighted) means of each column's observed entries (without weights the
+    same numbers as a one-block source's ``column_means``)."""
+    observed = ~np.isnan(X)
+    if sample_weight is None:
+        summary = _nan_summary(X, 0, None)
+        return summary[3] / np.maximum(summary[4], 1)
+    return ((np.where(observed, X, 0.0).T @ sample_weight)
+            / np.maximum(observed.T @ sample_weight, np.finfo(float).tiny))
 
 
 def filled_array(X: np.ndarray, sample_weight: Optional[np.ndarray] = None) -> np.ndarray:
     """X with each missing entry set to its column's (weighted) mean of the observed
     entries (a start's view; without weights the same numbers as a one-block
     source's :func:`filled_source`)."""
-    observed = ~np.isnan(X)
-    if sample_weight is None:
-        summary = _nan_summary(X, 0, None)
-        means = summary[3] / np.maximum(summary[4], 1)
+    return np.where(np.isnan(X), _column_means(X, sample_weight), X)
+
+
+def _nearest_observed(rows: np.ndarray, start: int, means: np.ndarray) -> tuple:
+    """Per column, (distance, value) of the observed entry of ``rows`` nearest
+    ``means`` (the lower value on a tie); (inf, inf) for a column with none."""
+    rows = np.asarray(rows, dtype=np.float64)
+    dist = np.where(np.isnan(rows), np.inf, np.abs(rows - means))
+    best = dist.min(axis=0) if rows.shape[0] else np.full(rows.shape[1], np.inf)
+    value = np.where(dist == best, rows, np.inf)
+    return best, (value.min(axis=0) if rows.shape[0] else best.copy())
+
+
+def _closer(a: tuple, b: tuple) -> tuple:
+    """The nearer of two (distance, value) per column (the lower value on a tie):
+    the same answer for any grouping of the rows into blocks."""
+    better = (b[0] < a[0]) | ((b[0] == a[0]) & (b[1] < a[1]))
+    return np.where(better, b[0], a[0]), np.where(better, b[1], a[1])
+
+
+def observed_fill_values(X: Any, sample_weight: Optional[np.ndarray] = None) -> np.ndarray:
+    """Per column, the observed entry nearest the column's (weighted) mean of its
+    observed entries, the lower on a tie: a value the column holds, so in any
+    family's support (an integer code stays a code); NaN for a column with no
+    observed entry. X in memory, or a source with NaN (a pass over its blocks,
+    unweighted: its ``column_means``)."""
+    if isinstance(X, np.ndarray):
+        found = _nearest_observed(X, 0, _column_means(X, sample_weight))
     else:
-        means = ((np.where(observed, X, 0.0).T @ sample_weight)
-                 / np.maximum(observed.T @ sample_weight, np.finfo(float).tiny))
-    return np.where(observed, X, means)
+        found = None
+        for part in X.map_blocks(_nearest_observed, X.column_means):
+            found = part if found is None else _closer(found, part)
+    return np.where(np.isfinite(found[1]), found[1], np.nan)
 
 
-def filled_source(source: ChunkedSource) -> Any:
-    """The source with each missing entry read as its column's mean: what the
-    initialisation sees (a start only). A Dask array gets a lazily filled array."""
-    values = source.column_means
+def filled_source(source: ChunkedSource, values: Optional[np.ndarray] = None,
+                  columns: Optional[np.ndarray] = None) -> Any:
+    """The source with each missing entry read as ``values[j]`` (default: its
+    column's mean), only the ``columns`` (a boolean mask) if given: what the
+    initialisation and the support check see. A Dask array gets a lazily filled
+    array."""
+    values = source.column_means if values is None else values
     data = source._data
     if hasattr(data, "map_blocks") and hasattr(data, "chunks"):      # dask
         import dask.array as da
         from emcore._input import as_source
-        return as_source(da.where(da.isnan(data), values, data), n_features=data.shape[1])
-    return ChunkedSource(_Filled(data, values), block_rows=source.block_rows)
+        filled = da.where(da.isnan(data), values, data)
+        if columns is not None:
+            filled = filled[:, np.flatnonzero(columns)]
+        return as_source(filled, n_features=filled.shape[1])
+    return ChunkedSource(_Filled(data, values, columns), block_rows=source.block_rows)
 
 
 # --- product-form families (Family.supports_missing) -------------------------------------
@@ -382,24 +430,38 @@ def check_supports_missing(family, name: Any, owner: str, *,
     (``Family.supports_missing`` False), naming the family: one message for every
     estimator and method that meets missing values."""
     if not getattr(family, "supports_missing", False):
-        raise ValueError(f"The '{parameter}' parameter of {owner} {state}, but family "
-                         f"{name!r} does not support missing values "
+        which, hint = f"family {name!r}", ""
+        if name == "gaussian":           # the Gaussian family: by covariance type
+            which += f" with covariance_type={family.covariance_type!r}"
+            hint = (" Use covariance_type 'diag' or 'spherical' (independent "
+                    "coordinates), or GaussianMixture / MixtureModel(family="
+                    "'gaussian') with missing='marginalize', which integrate "
+                    "correlated missing coordinates out exactly.")
+        raise ValueError(f"The '{parameter}' parameter of {owner} {state}, but {which} "
+                         "does not support missing values "
                          "(Family.supports_missing is False: its coordinates are not "
                          "independent given the component, or it does not say how to "
-                         "marginalise them). Remove the rows with NaN or use "
-                         "missing='error'.")
+                         f"marginalise them).{hint} Otherwise remove the rows with NaN "
+                         "or use missing='error'.")
 
 
 class ObservedRows:
     """X (n, d) with NaN entries, split once for the pass: the complete rows (the
     engine's pass, a compiled kernel when the family has one) and the rows with a
     missing entry (the family's ``log_density_observed`` / ``chunk_stats_observed``),
-    with their sample weights."""
+    with their sample weights. ``drop_empty``: leave out the rows with no observed
+    entry (a source's block at fit; in memory they are dropped before)."""
 
-    def __init__(self, X: np.ndarray, sample_weight: Optional[np.ndarray] = None):
+    def __init__(self, X: np.ndarray, sample_weight: Optional[np.ndarray] = None, *,
+                 drop_empty: bool = False):
         X = np.ascontiguousarray(X, dtype=np.float64)
         observed = ~np.isnan(X)
         complete = observed.all(axis=1)
+        if drop_empty:         # a source's block: rows with no entry are skipped
+            kept = observed.any(axis=1)
+            if not kept.all():
+                X, observed, complete = X[kept], observed[kept], complete[kept]
+                sample_weight = None if sample_weight is None else sample_weight[kept]
         self.shape = X.shape
         self.complete_rows = np.flatnonzero(complete)
         self.incomplete_rows = np.flatnonzero(~complete)
@@ -487,6 +549,36 @@ def observed_pass(rows: ObservedRows, family, rule, weights: np.ndarray, params,
                       float(totals[2]), float(totals[3])), mass
 
 
+def _observed_rows_block(rows: np.ndarray, start: int, shared: tuple, *outputs) -> None:
+    """:func:`observed_pass` without statistics over one block of a source, writing
+    the block's slices of the per-row outputs (what ``map_blocks`` maps)."""
+    family, rule, weights, params, n_jobs = shared
+    observed_pass(ObservedRows(rows), family, rule, weights, params, n_jobs=n_jobs,
+                  with_stats=False, out_row_value=outputs[0],
+                  out_log_resp=outputs[1] if len(outputs) > 1 else None)
+
+
+def observed_rows_pass(X: Any, family, rule, weights: np.ndarray, params, *,
+                       log_resp: bool = False, n_jobs: Optional[int] = 1) -> tuple:
+    """(row values (n,), log responsibilities (n, K) or None) of a product-form
+    family at fixed parameters: :func:`observed_pass` over in-memory X, or over a
+    source with NaN a block at a time into in-memory outputs (a row with no entry:
+    log sum_k w_k and the weights as its posterior)."""
+    n, k = X.shape[0], np.shape(weights)[0]
+    row_value = np.empty(n)
+    out_log_resp = np.empty((n, k)) if log_resp else None
+    if isinstance(X, np.ndarray):
+        observed_pass(ObservedRows(X), family, rule, weights, params, n_jobs=n_jobs,
+                      with_stats=False, out_log_resp=out_log_resp, out_row_value=row_value)
+        return row_value, out_log_resp
+    outputs = (row_value,) if out_log_resp is None else (row_value, out_log_resp)
+    for _ in X.map_blocks(_observed_rows_block,
+                          (family, rule, np.asarray(weights, dtype=np.float64), params,
+                           n_jobs), row_outputs=outputs):
+        pass
+    return row_value, out_log_resp
+
+
 class ObservedMixture(MixtureStructure):
     """The independent mixture over rows with missing entries for a product-form
     family (``Family.supports_missing``): the engine's loop with
@@ -506,33 +598,76 @@ class ObservedMixture(MixtureStructure):
     unit = "row with missing entries"
 
     def __init__(self, n_components: int, *, concentration: Optional[np.ndarray] = None,
-                 fixed: bool = False, feature_names=None):
+                 fixed: bool = False, feature_names=None,
+                 sample_weight: Optional[np.ndarray] = None):
         super().__init__(n_components, concentration=concentration, fixed=fixed)
         self.feature_names = feature_names
+        self.sample_weight = sample_weight
 
     def data_pass(self, X: Any, family, rule, weights: np.ndarray, params, *,
                   n_jobs: Optional[int] = 1, chunk_rows: Optional[int] = None,
                   lengths: Any = None) -> PassResult:
-        result, mass = observed_pass(X, family, rule, weights, params, n_jobs=n_jobs,
-                                     chunk_rows=chunk_rows)
+        if isinstance(X, ObservedRows):
+            result, mass = observed_pass(X, family, rule, weights, params, n_jobs=n_jobs,
+                                         chunk_rows=chunk_rows)
+        else:
+            # a source with NaN (memmap, h5py, zarr, Dask): the same pass on each
+            # block's rows (on a cluster, where the block lives), merged in block
+            # order (docs/missing_values.md#chunked)
+            shared = (family, rule, np.asarray(weights, dtype=np.float64), params,
+                      n_jobs, chunk_rows)
+            result = mass = None
+            for part, part_mass in X.map_blocks(_observed_block, shared,
+                                                row_inputs=(self.sample_weight,)):
+                if result is None:
+                    result, mass = part, np.array(part_mass)
+                    continue
+                result = PassResult(
+                    family.merge_stats(result.stats, part.stats),
+                    result.resp_sum + part.resp_sum, result.value + part.value,
+                    result.expected_log_joint + part.expected_log_joint,
+                    result.entropy + part.entropy, result.magnitude + part.magnitude)
+                mass += part_mass
         _check_observed(result.resp_sum, mass, self.feature_names)
         return result
 
     def summation_depth(self, X: Any, chunk_rows: int, lengths: Any = None) -> int:
         # the complete rows' total (the engine's depth) plus the incomplete rows'
-        # (rows within a chunk, then chunks in sequence), added once
-        n_c, n_m = X.complete.shape[0], X.incomplete.shape[0]
+        # (rows within a chunk, then chunks in sequence), added once; a source:
+        # that for a whole block (either kind of row up to every row of it), then
+        # one addition per block
+        if isinstance(X, ObservedRows):
+            n_c, n_m = X.complete.shape[0], X.incomplete.shape[0]
+        else:
+            n_c = n_m = min(X.shape[0], X.block_rows)
         depth_m = min(n_m, chunk_rows) + -(-n_m // chunk_rows)
-        return max(summation_depth(n_c, chunk_rows) if n_c else 0, depth_m) + 1
+        depth = max(summation_depth(n_c, chunk_rows) if n_c else 0, depth_m) + 1
+        return depth if isinstance(X, ObservedRows) else depth + len(X.block_bounds())
 
 
-def fit_observed_starts(estimator, rows: ObservedRows, family,
+def _observed_block(rows: np.ndarray, start: int, shared: tuple,
+                    sample_weight: Optional[np.ndarray] = None) -> tuple:
+    """:func:`observed_pass` over one block of a source, its rows with no entry left
+    out (what ``map_blocks`` maps; runs on a Dask worker for a DaskSource):
+    (PassResult, observed mass)."""
+    family, rule, weights, params, n_jobs, chunk_rows = shared
+    rows = ObservedRows(rows, sample_weight, drop_empty=True)
+    try:
+        return observed_pass(rows, family, rule, weights, params, n_jobs=n_jobs,
+                             chunk_rows=chunk_rows)
+    except DegenerateComponentError as exc:
+        raise ValueError(f"{exc} (row numbers from row {start})") from None
+
+
+def fit_observed_starts(estimator, rows: Any, family,
                         start: Callable[[], tuple], n_starts: int, *,
-                        feature_names=None,
+                        feature_names=None, sample_weight: Optional[np.ndarray] = None,
                         weight_concentration: Optional[np.ndarray] = None) -> FitResult:
     """EM for the observed-data likelihood of a product-form family from
     ``n_starts`` starts drawn by ``start()``: the engine's :func:`run_em` with the
-    :class:`ObservedMixture` structure; the best objective."""
+    :class:`ObservedMixture` structure; the best objective. ``rows``: an
+    :class:`ObservedRows` (its own sample weights), or a source with NaN
+    (:func:`as_source_with_nan`) with ``sample_weight``."""
     from emcore.registry import get_registry
     started = []
 
@@ -540,6 +675,7 @@ def fit_observed_starts(estimator, rows: ObservedRows, family,
         started.append(None)
         structure = ObservedMixture(
             family.n_components, fixed=family.fixed_weights, feature_names=feature_names,
+            sample_weight=None if isinstance(rows, ObservedRows) else sample_weight,
             concentration=(None if weight_concentration is None
                            else np.asarray(weight_concentration, dtype=np.float64)))
         rule = get_registry().posterior_rule("soft").factory()
@@ -553,24 +689,11 @@ def fit_observed_starts(estimator, rows: ObservedRows, family,
 
 
 def observed_fill(X: np.ndarray, sample_weight: Optional[np.ndarray] = None) -> np.ndarray:
-    """X with each missing entry set to its column's (weighted) lower median of the
-    observed entries: a value the column holds, so in any family's support (an
-    integer code stays a code). A start's view only; a column with no observed
-    entry is a ValueError for the caller."""
-    out = X.copy()
-    for j in range(X.shape[1]):
-        col = X[:, j]
-        seen = ~np.isnan(col)
-        missing = ~seen
-        if not missing.any() or not seen.any():
-            continue
-        values = col[seen]
-        w = np.ones(values.size) if sample_weight is None else sample_weight[seen]
-        order = np.argsort(values, kind="stable")
-        cum = np.cumsum(w[order])
-        at = int(np.searchsorted(cum, 0.5 * cum[-1]))
-        out[missing, j] = values[order][min(at, values.size - 1)]
-    return out
+    """X with each missing entry set to its column's :func:`observed_fill_values`
+    (a start's view only). A column with no observed entry stays NaN: a
+    ValueError for the caller."""
+    values = observed_fill_values(X, sample_weight)
+    return np.where(np.isnan(X), values, X)
 
 
 def check_input_with_nan(X: Any, owner: str, n_features: Optional[int] = None) -> np.ndarray:

@@ -135,8 +135,9 @@ class HiddenMarkovModel(BaseEstimator):
     missing : {'error', 'marginalize'}, default 'error'
         What NaN entries of X mean. 'error': refused. 'marginalize': missing
         values of an emission family with ``Family.supports_missing`` (a product
-        form: 'poisson', 'categorical', 'bernoulli', 'exponential', 'gamma', a
-        'product' of them): each row's emission density is that of its observed
+        form: 'poisson', 'categorical', 'bernoulli', 'exponential', 'gamma',
+        'gaussian' with covariance_type 'diag' or 'spherical', a 'product' of
+        them): each row's emission density is that of its observed
         entries (a row with none observed has density 1), so EM is exact for the
         observed-data likelihood; in-memory X, the soft posterior; ``family_`` is
         then the family wrapped to route rows with NaN

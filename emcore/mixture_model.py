@@ -53,6 +53,13 @@ def _check_family_params(params: Any, k: int, name: str, owner: str) -> dict:
     return out
 
 
+def _has_nan(X: Any) -> bool:
+    """True if X (an array, or a source from ``_input_with_nan``) has a NaN entry."""
+    if isinstance(X, np.ndarray):
+        return bool(np.isnan(X).any())
+    return bool(getattr(X, "has_nan", False))
+
+
 class MixtureModel(_MixtureBase):
     """A mixture of any registered component family, fitted by an EM variant.
 
@@ -145,11 +152,13 @@ class MixtureModel(_MixtureBase):
         'marginalize': they are missing values, and ``fit`` runs exact EM for the
         observed-data likelihood; ``score_samples``, ``predict_proba`` and
         ``predict`` use each row's observed entries. For 'gaussian' (every
-        covariance type), as :class:`emcore.GaussianMixture`; for a family with
-        ``Family.supports_missing`` (a product form: 'poisson', 'categorical',
-        'bernoulli', 'exponential', 'gamma', a 'product' of such parts) by dropping
-        the missing entries' terms; other families refuse it, naming the family.
-        In-memory X, the 'soft' posterior (docs/missing_values.md#product-form-families).
+        covariance type), as :class:`emcore.GaussianMixture` (its compiled path);
+        for a family with ``Family.supports_missing`` (a product form: 'poisson',
+        'categorical', 'bernoulli', 'exponential', 'gamma', a 'product' of such
+        parts, 'diag' or 'spherical' Gaussian parts included) by dropping the
+        missing entries' terms; other families refuse it, naming the family. X in
+        memory or a chunked source (memmap, h5py, zarr, Dask: a block at a
+        time), the 'soft' posterior (docs/missing_values.md#product-form-families).
 
     Attributes
     ----------
@@ -354,9 +363,12 @@ class MixtureModel(_MixtureBase):
             Non-negative row weights; a weight of 2 fits like the row repeated.
         """
         record_feature_names(self, X)
-        if self._marginalizes(X) and np.isnan(
-                _missing.check_input_with_nan(X, "MixtureModel.fit")).any():
-            return self._fit_missing(X, y, sample_weight)
+        if self._marginalizes(X):
+            checked = self._input_with_nan(X, "MixtureModel.fit")
+            if _has_nan(checked):
+                return self._fit_missing(checked, y, sample_weight)
+            if not isinstance(checked, np.ndarray):
+                X = checked                      # a source validated once
         X_in = check_input(X, owner="MixtureModel.fit")
         X = self._with_response(X_in, y, "MixtureModel.fit")
         self._check_common(X)
@@ -427,10 +439,19 @@ class MixtureModel(_MixtureBase):
         return patterns
     # --- missing values (docs/missing_values.md) -------------------------------------
     def _marginalizes(self, X: Any) -> bool:
-        """True when NaN in in-memory X are missing values (missing='marginalize')."""
-        missing = v.check_choice(self.missing, "missing", "MixtureModel",
-                                 ("error", "marginalize"))
-        return missing == "marginalize" and not is_chunked(X) and not is_sparse(X)
+        """True when NaN in X (in memory or a chunked source) are missing values
+        (missing='marginalize')."""
+        missing = v.check_choice(getattr(self, "missing", "error"), "missing",
+                                 "MixtureModel", ("error", "marginalize"))
+        return missing == "marginalize" and not is_sparse(X)
+
+    @staticmethod
+    def _input_with_nan(X: Any, owner: str, n_features: Optional[int] = None) -> Any:
+        """X checked with NaN allowed: a float64 array, or a chunked input as a
+        validated source recording ``has_nan`` (docs/missing_values.md#chunked)."""
+        if is_chunked(X):
+            return _missing.as_source_with_nan(X, owner=owner, n_features=n_features)
+        return _missing.check_input_with_nan(X, owner, n_features)
 
     def _missing_family(self, family, owner: str) -> bool:
         """True for the Gaussian path (emcore._missing.MissingValues); a product-form
@@ -442,7 +463,8 @@ class MixtureModel(_MixtureBase):
 
     def _fit_missing(self, X: Any, y: Any, sample_weight: Any) -> "MixtureModel":
         owner = "MixtureModel.fit"
-        X = self._with_response(_missing.check_input_with_nan(X, owner), y, owner)
+        X = self._with_response(X, y, owner)
+        in_memory = isinstance(X, np.ndarray)
         if not isinstance(self.family, str):
             raise ValueError("The 'family' parameter of MixtureModel must be a registry "
                              f"name (str). Got {self.family!r} instead.")
@@ -452,23 +474,31 @@ class MixtureModel(_MixtureBase):
                              f"each row's observed entries). Got {self.posterior!r} "
                              "instead.")
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0], owner=owner)
-        X, sample_weight, n_dropped = _missing.drop_empty_rows(X, owner, sample_weight)
+        if in_memory:
+            X, sample_weight, n_dropped = _missing.drop_empty_rows(X, owner, sample_weight)
+        else:       # a source: the passes skip them (docs/missing_values.md#chunked)
+            n_dropped = _missing.warn_empty_rows(X.n_empty_rows, owner)
         self._check_common(X)
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0], owner=owner,
                                               min_positive=self.n_components)
         d = X.shape[1]
         family = self._family(d)
         gaussian = self._missing_family(family, owner)
-        never = np.flatnonzero(np.all(np.isnan(X), axis=0))
+        never = np.flatnonzero(np.all(np.isnan(X), axis=0) if in_memory
+                               else X.column_counts == 0)
         if never.size:
             raise ValueError(f"The 'X' parameter of {owner} has no observed value in "
                              f"column {int(never[0])}: the data say nothing about it. Drop "
                              "the column.")
         # the start sees each missing entry filled (the Gaussian: the column's mean;
-        # otherwise an observed value of the column, its lower median, which is in
-        # the family's support); EM then treats them as missing
-        filled = (_missing.filled_array(X, sample_weight) if gaussian
-                  else _missing.observed_fill(X, sample_weight))
+        # otherwise the observed value nearest it, which is in the family's
+        # support); EM then treats them as missing
+        if in_memory:
+            filled = (_missing.filled_array(X, sample_weight) if gaussian
+                      else _missing.observed_fill(X, sample_weight))
+        else:
+            filled = _missing.filled_source(
+                X, None if gaussian else _missing.observed_fill_values(X))
         support = support_of(get_registry().family(self.family).capabilities)
         check_support(filled, support, family=self.family, owner=owner)
         family.check_data(filled, owner=owner)
@@ -487,8 +517,9 @@ class MixtureModel(_MixtureBase):
                                                sample_weight=sample_weight)
                 else:
                     best = _missing.fit_observed_starts(
-                        self, _missing.ObservedRows(X, sample_weight), family, start,
-                        self.n_init, feature_names=names)
+                        self, _missing.ObservedRows(X, sample_weight) if in_memory else X,
+                        family, start, self.n_init, feature_names=names,
+                        sample_weight=sample_weight)
         finally:
             del self._init
         if best.stop_reason == "max_iter" and self.max_iter > 0 and self.tol > 0:
@@ -504,40 +535,41 @@ class MixtureModel(_MixtureBase):
         return self
 
     def _evaluate(self, X: Any, method: str, log_resp: bool = False, rule=None):
-        if getattr(self, "missing", "error") == "marginalize" and not is_chunked(X) \
-                and not is_sparse(X):
+        if self._marginalizes(X):
             owner = f"MixtureModel.{method}"
             family, weights, params = self._fitted_model(owner)
             check_feature_names(self, X)
-            X = _missing.check_input_with_nan(X, owner, n_features=family.n_features)
-            nan = np.isnan(X)
-            if nan.any():
+            X = self._input_with_nan(X, owner, n_features=family.n_features)
+            if _has_nan(X):
                 # the marginal density of each row's observed entries and the exact
-                # posterior given them (rules other than soft need complete rows)
+                # posterior given them (rules other than soft need complete rows);
+                # a source a block at a time (docs/missing_values.md#chunked)
+                in_memory = isinstance(X, np.ndarray)
                 if self._missing_family(family, owner):
-                    out = _missing.row_pass(X, weights, params, log_resp=log_resp,
-                                            n_jobs=self.n_jobs)
+                    out = (_missing.row_pass if in_memory else _missing.source_row_pass)(
+                        X, weights, params, log_resp=log_resp, n_jobs=self.n_jobs)
                     return out["row_value"], out.get("log_resp")
-                seen = ~np.all(nan, axis=0)       # columns with an entry to check
-                filled = _missing.observed_fill(X)[:, seen]
+                # the support of the observed entries (columns with one)
+                values = _missing.observed_fill_values(X)
+                seen = ~np.isnan(values)
+                filled = (np.where(np.isnan(X), values, X)[:, seen] if in_memory
+                          else _missing.filled_source(X, values, columns=seen))
                 check_support(filled, self._support, family=str(self.family), owner=owner)
                 if seen.all():
                     family.check_data(filled, owner=owner)
-                row_value = np.empty(X.shape[0])
-                out_log_resp = np.empty((X.shape[0], weights.shape[0])) if log_resp else None
-                _missing.observed_pass(_missing.ObservedRows(X), family,
-                                       self._likelihood_rule(), weights, params,
-                                       n_jobs=self.n_jobs, with_stats=False,
-                                       out_log_resp=out_log_resp, out_row_value=row_value)
-                return row_value, out_log_resp
+                return _missing.observed_rows_pass(
+                    X, family, self._likelihood_rule(), weights, params,
+                    log_resp=log_resp, n_jobs=self.n_jobs)
         return super()._evaluate(X, method, log_resp=log_resp, rule=rule)
 
     def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:
         """Fit, then return the labels of the training rows (with y for a family
         with a response, as in :meth:`fit`)."""
         self.fit(X, y, sample_weight=sample_weight)
-        return self.predict(self._with_response(check_input(X, owner="MixtureModel.fit"),
-                                                y, "MixtureModel.fit_predict"))
+        owner = "MixtureModel.fit"
+        checked = (self._input_with_nan(X, owner) if self._marginalizes(X)
+                   else check_input(X, owner=owner))        # NaN: missing values
+        return self.predict(self._with_response(checked, y, "MixtureModel.fit_predict"))
 
     def _set_fitted(self, result: FitResult, n_features: int) -> None:
         super()._set_fitted(result, n_features)

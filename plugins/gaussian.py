@@ -12,6 +12,7 @@ Formulas: docs/gaussian.md.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -52,25 +53,63 @@ class GaussianStats:
     rounding residual of c_k; scatter (k, d, d) = sum_i w_ik (x_i - c_k)(x_i - c_k)^T,
     or only its diagonal (k, d) (``diagonal``: what 'diag' and 'spherical' need).
     Exact moments about c_k, so nothing is lost to the data's offset.
+
+    ``observed`` (k, d), diagonal statistics only: rows with missing coordinates
+    (``GaussianFamily.chunk_stats_observed``). Coordinate j of component k then
+    has its own weight observed[k, j] = sum_i w_ik [j observed in i], and mean,
+    residual and scatter sum over those rows only. None: every coordinate has
+    the weight ``weight``.
     """
     weight: np.ndarray
     mean: np.ndarray
     residual: np.ndarray
     scatter: np.ndarray
+    observed: Optional[np.ndarray] = None
 
     @property
     def diagonal(self) -> bool:
         """True if ``scatter`` holds only the per-feature second moments (k, d)."""
         return self.scatter.ndim == 2
 
+    def coordinate_weight(self) -> np.ndarray:
+        """The weight of each coordinate (k, d): ``observed``, or ``weight`` on each."""
+        if self.observed is not None:
+            return self.observed
+        return np.repeat(self.weight[:, None], self.mean.shape[1], axis=1)
+
     def centred(self):
         """Return (weighted mean, centred scatter) per component (weight > 0)."""
+        if self.observed is not None:       # per coordinate: its own weight
+            w = np.where(self.observed > 0, self.observed, 1.0)
+            return (self.mean + self.residual / w,
+                    self.scatter - self.residual * self.residual / w)
         w = np.where(self.weight > 0, self.weight, 1.0)
         mean = self.mean + self.residual / w[:, None]
         shape = (-1, 1) if self.diagonal else (-1, 1, 1)
         scatter = self.scatter - (_outer(self.residual, self.residual, self.diagonal)
                                   / w.reshape(shape))
         return mean, scatter
+
+
+def _merge_observed(a: GaussianStats, b: GaussianStats) -> GaussianStats:
+    """The merge of diagonal statistics with per-coordinate weights (at least one
+    side from rows with missing coordinates): emcore/moments.h's exact merge
+    coordinate by coordinate, the common reference point the weighted mean of
+    the two, c_a + (W_b / W) (c_b - c_a) as rounded, each side moved to it."""
+    wa, wb = a.coordinate_weight(), b.coordinate_weight()
+    w = wa + wb
+    both = (wa > 0) & (wb > 0)
+    f = np.where(both, wb / np.where(w > 0, w, 1.0), 0.0)
+    ref = np.where(wa > 0, np.where(both, a.mean + f * (b.mean - a.mean), a.mean), b.mean)
+    residual = np.zeros_like(ref)
+    scatter = np.zeros_like(ref)
+    for side, ws in ((a, wa), (b, wb)):
+        delta = np.where(ws > 0, side.mean - ref, 0.0)       # c_old - c_new
+        # r <- r + W delta, S <- S + 2 r delta + W delta^2 (the old r)
+        scatter += np.where(ws > 0, side.scatter + 2.0 * side.residual * delta
+                            + ws * delta * delta, 0.0)
+        residual += np.where(ws > 0, side.residual + ws * delta, 0.0)
+    return GaussianStats(a.weight + b.weight, ref, residual, scatter, w)
 
 
 def _outer(u: np.ndarray, v: np.ndarray, diagonal: bool) -> np.ndarray:
@@ -145,6 +184,13 @@ class GaussianFamily(Family):
             "precisions_cholesky": np.broadcast_to(np.eye(d), (k, d, d))})
 
     # --- parameters ---------------------------------------------------------------
+
+    @property
+    def supports_missing(self) -> bool:
+        """'diag' and 'spherical' (and their mclust names VVI, VII): independent
+        coordinates given the component, so a row's missing coordinates are
+        marginalised by dropping their terms (docs/missing_values.md#gaussian-family)."""
+        return self._type in _DIAGONAL_TYPES
 
     @property
     def generalized_m_step(self) -> bool:
@@ -348,6 +394,71 @@ class GaussianFamily(Family):
     def log_density(self, X: np.ndarray, params: Params) -> np.ndarray:
         return self._kernel(params).log_density(X)
 
+    # --- missing coordinates (supports_missing: 'diag', 'spherical') -----------------
+    def _require_missing(self, what: str) -> None:
+        if not self.supports_missing:
+            raise NotImplementedError(
+                f"GaussianFamily.{what}: covariance_type={self.covariance_type!r} "
+                "correlates the coordinates given the component, so a missing "
+                "coordinate is not dropped but integrated out (its conditional "
+                "distribution given the observed ones): use GaussianMixture or "
+                "MixtureModel(family='gaussian') with missing='marginalize', or "
+                "covariance_type 'diag' or 'spherical' (docs/missing_values.md)")
+
+    def log_density_observed(self, X: np.ndarray, observed: np.ndarray,
+                             params: Params) -> np.ndarray:
+        """sum over the observed j of log N(x_ij | mu_kj, sigma_kj^2): the marginal
+        density of a row's observed coordinates ('diag', 'spherical'), with
+        (x_ij - mu_kj) / sigma_kj formed directly (exact at any offset)."""
+        self._require_missing("log_density_observed")
+        X = np.asarray(X, dtype=np.float64)
+        observed = np.asarray(observed, dtype=bool)
+        u = np.diagonal(params["precisions_cholesky"], axis1=1, axis2=2)   # 1 / sigma
+        means = np.asarray(params["means"], dtype=np.float64)
+        x = np.where(observed, X, 0.0)
+        out = observed.astype(np.float64) @ (np.log(u) - 0.5 * _LOG_2PI).T
+        for k in range(self.n_components):
+            z = np.where(observed, (x - means[k]) * u[k], 0.0)
+            out[:, k] -= 0.5 * np.einsum("ij,ij->i", z, z)
+        return out
+
+    def chunk_stats_observed(self, X: np.ndarray, observed: np.ndarray,
+                             weights: np.ndarray) -> GaussianStats:
+        """Per coordinate, the moments of the rows observing it about their weighted
+        mean c_kj (as rounded), with the rounding residual; ``observed`` (k, d)
+        their weights (:class:`GaussianStats`)."""
+        self._require_missing("chunk_stats_observed")
+        W = np.asarray(weights, dtype=np.float64)
+        observed = np.asarray(observed, dtype=bool)
+        x = np.where(observed, np.asarray(X, dtype=np.float64), 0.0)
+        n_kj = W.T @ observed.astype(np.float64)
+        has = n_kj > 0
+        ref = np.where(has, (W.T @ x) / np.where(has, n_kj, 1.0), 0.0)
+        residual, scatter = np.empty_like(ref), np.empty_like(ref)
+        for k in range(self.n_components):
+            dx = np.where(observed, x - ref[k], 0.0)
+            residual[k] = W[:, k] @ dx
+            scatter[k] = W[:, k] @ (dx * dx)
+        return GaussianStats(W.sum(axis=0), ref, residual, scatter, n_kj)
+
+    def marginal(self, columns, params: Params) -> tuple:
+        """The Gaussian family of the same type on ``columns`` (a prior restricted to
+        them), with the means and (diagonal) covariances of those coordinates."""
+        from emcore.plugins.discrete import _check_columns
+        self._require_missing("marginal")
+        cols = _check_columns(columns, self.n_features, "GaussianFamily")
+        prior = self.prior
+        if prior is not None:
+            prior = dataclasses.replace(prior, mean=np.asarray(prior.mean)[cols],
+                                        scale=np.asarray(prior.scale)[np.ix_(cols, cols)])
+        sub = GaussianFamily(self.n_components, cols.size,
+                             covariance_type=self.covariance_type,
+                             reg_covar=self.reg_covar, prior=prior)
+        block = np.ix_(np.arange(self.n_components), cols, cols)
+        return sub, {"means": np.asarray(params["means"])[:, cols].copy(),
+                     "covariances": np.asarray(params["covariances"])[block],
+                     "precisions_cholesky": np.asarray(params["precisions_cholesky"])[block]}
+
     # --- statistics ---------------------------------------------------------------
     def empty_stats(self) -> GaussianStats:
         return self.stats_from_buffer(self._stats_kernel.empty_stats())
@@ -369,7 +480,8 @@ class GaussianFamily(Family):
     def scale_stats(self, stats: GaussianStats, factor: float) -> GaussianStats:
         # the reference points stay; the sums over rows scale
         return GaussianStats(stats.weight * factor, stats.mean, stats.residual * factor,
-                             stats.scatter * factor)
+                             stats.scatter * factor,
+                             None if stats.observed is None else stats.observed * factor)
 
     def _to_buffer(self, stats: GaussianStats) -> np.ndarray:
         # the inverse of stats_from_buffer
@@ -387,6 +499,8 @@ class GaussianFamily(Family):
         # point): the same code, and the same bits, as the compiled chunk loop's
         if a.diagonal != b.diagonal or a.diagonal != self._diagonal:
             raise ValueError("cannot merge full (k, d, d) and per-feature (k, d) statistics")
+        if a.observed is not None or b.observed is not None:
+            return _merge_observed(a, b)
         return self.stats_from_buffer(self._stats_kernel.merge(self._to_buffer(a),
                                                                self._to_buffer(b)))
 
@@ -399,6 +513,8 @@ class GaussianFamily(Family):
         tr(B_k) / D_k, 'tied' (sum_k B_k) / D, with B the (prior scale +) centred
         scatter and D the counts (ML) or the posterior's powers of Sigma (MAP).
         """
+        if stats.observed is not None:
+            return self._m_step_observed(stats, previous)
         d = self.n_features
         mean, scatter = stats.centred()
         diag = self._diagonal
@@ -458,6 +574,70 @@ class GaussianFamily(Family):
             if self._type not in ("tied", "EII", "EEI"):
                 covariances[~has] = previous["covariances"][~has]
         return self.params_from_covariances(means, covariances, n_k=w)
+
+    def _observed_denominator(self, n_kj: np.ndarray) -> np.ndarray:
+        """D of sigma^2 = B / D for statistics with per-coordinate weights n_kj:
+        'diag' (k, d), one per coordinate as for a column alone; 'spherical' (k,),
+        the observed-entry mass sum_j n_kj (ML), or with the prior's powers
+        (_denominator's, with w d replaced by sum_j n_kj)."""
+        d = self.n_features
+        if self._type == "diag":
+            if self.prior is None:
+                return n_kj
+            return self.prior.dof + n_kj + (3.0 if self.prior.shrinkage > 0 else 2.0)
+        mass = np.sum(n_kj, axis=1)
+        if self.prior is None:
+            return mass
+        return self.prior.dof + mass + (d if self.prior.shrinkage > 0 else 0.0) + 2.0
+
+    def _m_step_observed(self, stats: GaussianStats, previous: Optional[Params]) -> dict:
+        """The M-step of statistics from rows with missing coordinates ('diag',
+        'spherical'; docs/missing_values.md#gaussian-family): each mean over the
+        rows observing its coordinate; 'diag' each variance likewise, 'spherical'
+        the scatter over the observed entries divided by the observed-entry mass
+        (ML), or the posterior mode. A coordinate no row of a component observes
+        keeps its previous mean and variance (ML; MAP: the prior's mode)."""
+        d = self.n_features
+        n_kj = np.where(stats.observed > 0, stats.observed, 0.0)
+        has = n_kj > 0
+        mean, scatter = stats.centred()
+        numerator = np.where(has, scatter, 0.0)
+        scale = 0.0
+        if self.prior is None:
+            means = np.where(has, mean, 0.0)
+        else:
+            p = self.prior
+            kappa = p.shrinkage
+            mean = np.where(has, mean, p.mean)
+            if kappa > 0:
+                means = (n_kj * mean + kappa * p.mean) / (n_kj + kappa)
+                numerator = numerator + kappa * n_kj / (kappa + n_kj) * (mean - p.mean) ** 2
+            else:
+                means = mean.copy()
+            scale = np.diagonal(p.scale)
+        den = self._observed_denominator(n_kj)
+        safe = np.where(den > 0, den, 1.0)
+        if self._type == "diag":
+            var = (numerator + scale) / safe
+        else:
+            var = np.repeat((np.sum(numerator + scale, axis=1) / safe)[:, None], d, axis=1)
+        covariances = var[:, :, None] * np.eye(d) + self.reg_covar * np.eye(d)
+        if self.prior is None and not has.all():
+            # no observed entry of coordinate j in component k: the objective does
+            # not depend on mu_kj (nor, for 'diag', on sigma_kj); keep them
+            if previous is None:
+                c, j = (int(a) for a in np.argwhere(~has)[0])
+                raise DegenerateComponentError(
+                    f"Component {c} received no observed value of coordinate {j} at "
+                    "initialisation; reduce n_components or choose another "
+                    "initialisation.", component=c)
+            prev_cov = np.asarray(previous["covariances"], dtype=np.float64)
+            means = np.where(has, means, previous["means"])
+            keep = ~has if self._type == "diag" else ~has.any(axis=1, keepdims=True) & ~has
+            i = np.arange(d)
+            diag_cov = covariances[:, i, i]
+            covariances[:, i, i] = np.where(keep, prev_cov[:, i, i], diag_cov)
+        return self.params_from_covariances(means, covariances, n_k=stats.weight)
 
     def _mclust_prior_inputs(self, w: np.ndarray, diagonal: bool) -> tuple:
         """(counts, scale) of an mclust model's M-step: the components' weights and
@@ -614,6 +794,16 @@ class GaussianFamily(Family):
         U = params["precisions_cholesky"]
         d = self.n_features
         diag_u = np.diagonal(U, axis1=1, axis2=2)
+        if stats.observed is not None:
+            # per-coordinate weights n_kj (diagonal U): the same sum coordinate by
+            # coordinate, each over the rows observing it
+            n_kj = stats.observed
+            e, f = (stats.mean - params["means"]) * diag_u, stats.residual * diag_u
+            quad = np.sum(stats.scatter * diag_u * diag_u + 2.0 * e * f + n_kj * e * e,
+                          axis=1)
+            per_component = (np.sum(n_kj * (np.log(diag_u) - 0.5 * _LOG_2PI), axis=1)
+                             - 0.5 * quad)
+            return float(np.sum(np.where(stats.weight > 0, per_component, 0.0)))
         log_det_u = np.sum(np.log(diag_u), axis=1)
         if stats.diagonal:     # only for diagonal U ('diag', 'spherical')
             trace = np.sum(stats.scatter * diag_u * diag_u, axis=1)
@@ -652,7 +842,11 @@ class GaussianFamily(Family):
         else:
             s = np.sqrt(np.abs(np.einsum("kjj->kj", stats.scatter)))
             quad = np.sum(np.einsum("kj,kjl->kl", s, np.abs(U)) ** 2, axis=1)
-        per = quad + 2.0 * np.sum(np.abs(e * f), axis=1) + stats.weight * np.sum(e * e, axis=1)
+        if stats.observed is not None:      # per-coordinate weights
+            offset = np.sum(stats.observed * e * e, axis=1)
+        else:
+            offset = stats.weight * np.sum(e * e, axis=1)
+        per = quad + 2.0 * np.sum(np.abs(e * f), axis=1) + offset
         return float(np.sum(np.where(stats.weight > 0, per, 0.0)))
 
     def m_step_penalty(self, stats: GaussianStats, params: Params) -> float:
@@ -662,6 +856,15 @@ class GaussianFamily(Family):
         if self.reg_covar == 0.0:
             return 0.0
         U = params["precisions_cholesky"]
+        if stats.observed is not None:
+            # per-coordinate weights: reg_covar/2 sum_kj c_kj P_kjj with c_kj the
+            # denominator of sigma_kj^2 ('diag'), or D_k / d on each ('spherical')
+            n_kj = np.where(stats.observed > 0, stats.observed, 0.0)
+            c = self._observed_denominator(n_kj)
+            if self._type == "spherical":
+                c = np.repeat((c / self.n_features)[:, None], self.n_features, axis=1)
+            u = np.diagonal(U, axis1=1, axis2=2)
+            return float(0.5 * self.reg_covar * np.sum(c * u * u))
         c = self._penalty_weights(np.where(stats.weight > 0, stats.weight, 0.0))
         return float(0.5 * self.reg_covar * np.sum(c * np.sum(U * U, axis=(1, 2))))
 

@@ -39,6 +39,10 @@ _PRODUCT_PARTS = (
     # parts that marginalise missing entries: the product does too (check_missing_values)
     ("counts", [("poisson", [1]), ("poisson", [0])],
      frozenset({"support:nonnegative_integers"})),
+    # Gaussian parts with independent coordinates: they marginalise too
+    ("diag-gaussians", [("gaussian", [1], {"covariance_type": "spherical"}),
+                        ("gaussian", [0], {"covariance_type": "diag", "reg_covar": 0.0})],
+     frozenset({"support:real"})),
 )
 
 
@@ -107,7 +111,7 @@ def test_the_missing_values_check_runs_for_every_family_declaring_it():
     declaring = {fid for fid, record in FAMILIES.items()
                  if getattr(record.factory(2, 2), "supports_missing", False)}
     assert {"poisson", "bernoulli", "categorical", "exponential", "gamma",
-            "product-counts"} <= declaring
+            "product-counts", "product-diag-gaussians"} <= declaring
     for fid in sorted(declaring):
         report = check_family(FAMILIES[fid], checks=["check_missing_values"])
         assert [(r.name, r.status) for r in report.results] == [
@@ -143,3 +147,41 @@ def test_the_missing_values_check_catches_the_usual_mistakes():
     report = check_family(PoissonFamily(2, 2), capabilities=frozenset(
         {"sampling", "support:nonnegative_integers"}))
     assert report.results[-1].name == "check_missing_values"
+
+
+def test_the_gaussian_family_declares_missing_values_for_independent_coordinates():
+    # 'diag' and 'spherical' (maximum likelihood, reg_covar, conjugate prior) declare
+    # it, so the parametrised suite above runs check_missing_values for them (and
+    # the test above); 'full' and 'tied' correlate the coordinates given the
+    # component and do not (their exact path is the compiled one)
+    for t in COVARIANCE_TYPES:
+        for variant in ("ml", "reg_covar", "prior"):
+            fid = f"gaussian-{t}-{variant}"
+            family = FAMILIES[fid].factory(2, 2)
+            assert family.supports_missing == (t in ("diag", "spherical")), fid
+
+
+def test_the_missing_values_check_catches_an_m_step_that_ignores_the_mask():
+    # the check compares the M-step with the objective Q_obs along lines through
+    # it, so it needs no per-coordinate separability (a spherical variance is
+    # shared) and still catches an M-step dividing by every row's weight
+    import pytest
+    from emcore.plugins.discrete import PoissonFamily
+    from emcore.plugins.gaussian import GaussianFamily
+    from emcore.testing import check_family
+
+    class PoissonAllRows(PoissonFamily):
+        def m_step(self, stats, previous):
+            return super().m_step(dataclasses.replace(stats, observed=None), previous)
+
+    class SphericalEveryEntry(GaussianFamily):
+        # the variance divided by d N_k, as if every entry were observed
+        def _observed_denominator(self, n_kj):
+            return self.n_features * np.max(n_kj, axis=1)
+
+    for mutant, support in ((PoissonAllRows(2, 2), "support:nonnegative_integers"),
+                            (SphericalEveryEntry(2, 2, covariance_type="spherical",
+                                                 reg_covar=0.0), "support:real")):
+        with pytest.raises(AssertionError, match="the M-step of chunk_stats_observed"):
+            check_family(mutant, capabilities=frozenset({"sampling", support}),
+                         checks=["check_missing_values"])

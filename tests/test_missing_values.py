@@ -87,6 +87,41 @@ def test_one_component_equals_the_classic_missing_data_em():
         _observed_loglik(X, [1.0], g.means_, g.covariances_), rel=1e-12)
 
 
+def test_one_component_reaches_the_direct_maximum_of_the_observed_likelihood():
+    # K = 1 (issue 17): the converged EM against scipy.optimize of the same
+    # objective (9 free parameters: mean and log-Cholesky factor), from the same start
+    _, X = _two_clusters(n=120, d=3, rate=0.25, seed=3)
+    mu0, sigma0 = np.nanmean(X, axis=0), np.diag(np.nanvar(X, axis=0))
+    g = GaussianMixture(1, missing="marginalize", reg_covar=0.0, tol=1e-11,
+                        max_iter=3000, means_init=mu0[None], weights_init=[1.0],
+                        precisions_init=np.linalg.inv(sigma0)[None]).fit(X)
+    em = g.lower_bound_ * X.shape[0]
+
+    groups = [(o, X[np.all(~np.isnan(X) == o, axis=1)][:, o])
+              for o in np.unique(~np.isnan(X), axis=0)]     # the patterns, once
+
+    def negative(theta):         # -L(theta) for one normal, pattern by pattern
+        _, (mean,), (cov,) = _unpack(theta, 1, 3)
+        total = 0.0
+        for o, rows in groups:
+            total += np.sum(scipy.stats.multivariate_normal.logpdf(
+                rows, mean[o], cov[np.ix_(o, o)]))
+        return -total
+
+    res = scipy.optimize.minimize(negative, _pack(np.ones(1), mu0[None], sigma0[None]),
+                                  method="BFGS", options={"gtol": 1e-9, "maxiter": 5000})
+    # the optimiser's accuracy: at |gradient| <= gtol = 1e-9 per parameter the value
+    # is within ~gtol^2 / curvature of the maximum, and its finite-difference
+    # gradients (steps ~1.5e-8) leave ~1e-7 relative on the parameters; 1e-9
+    # relative on the value (|L| ~ 500) covers both. EM stops at a relative change
+    # of 1e-11 (its rate here < 0.5: within ~1e-11 of its maximum)
+    assert em == pytest.approx(-res.fun, rel=1e-9)
+    assert em >= -res.fun - 1e-9 * abs(res.fun)
+    # (the parameters: the value is flat at the maximum, so a value within 5e-7
+    # places them only within ~sqrt(2 5e-7 / curvature) ~ 1e-4; the classic EM
+    # test above checks them at 1e-10)
+
+
 # --- K = 2: a direct maximisation of the same objective ------------------------------
 
 def _unpack(theta, k, d):
@@ -292,6 +327,40 @@ def test_a_component_that_never_observes_a_coordinate_is_an_error():
                         precisions_init=[np.eye(2), np.eye(2)]).fit(X)
 
 
+# ~0.1 s per example: a hypothesis-drawn mask that hides a coordinate from every
+# row of one cluster, on top of MCAR gaps
+@settings(max_examples=8, deadline=None,
+          phases=(Phase.explicit, Phase.reuse, Phase.generate))     # fast: no shrinking
+@given(seed=st.integers(0, 2**31 - 1), d=st.integers(2, 4), data=st.data(),
+       rate=st.floats(0.0, 0.3), covariance_type=st.sampled_from(TYPES))
+def test_a_drawn_mask_that_hides_a_coordinate_from_a_component_is_named(
+        seed, d, data, rate, covariance_type):
+    hidden = data.draw(st.integers(0, d - 1), label="coordinate")
+    cluster = data.draw(st.integers(0, 1), label="component")
+    rng = np.random.default_rng(seed)
+    # two clusters 40 standard deviations apart: each row's posterior is one-hot to
+    # the last bit (exp(-800) underflows), so the hiding cluster's component sees
+    # no value of the hidden coordinate at all
+    centres = np.array([np.zeros(d), np.full(d, 40.0)])
+    X = np.vstack([rng.normal(c, 1.0, (50, d)) for c in centres])
+    gone = rng.random(X.shape) < rate
+    gone[50 * cluster:50 * (cluster + 1), hidden] = True
+    keep = (hidden + 1) % d                            # one coordinate left per row
+    gone[np.all(gone, axis=1), keep] = False
+    X[gone] = np.nan
+    with pytest.raises(ValueError, match=rf"Component {cluster} has no observed value "
+                                         rf"of coordinate {hidden}\b"):
+        GaussianMixture(2, covariance_type=covariance_type, missing="marginalize",
+                        weights_init=[0.5, 0.5], means_init=centres,
+                        precisions_init=_identity_precisions(covariance_type, d),
+                        max_iter=5).fit(X)
+
+
+def _identity_precisions(covariance_type, d, k=2):
+    return {"full": np.broadcast_to(np.eye(d), (k, d, d)), "tied": np.eye(d),
+            "diag": np.ones((k, d)), "spherical": np.ones(k)}[covariance_type]
+
+
 # --- sample weights, priors, SQUAREM, threads (issue 17, second part) ---------------------
 
 def _given_start(d=3):
@@ -495,11 +564,14 @@ def _direct_observed_loglik(name, options, X, weights, params):
             return scipy.stats.expon.logpdf(x, scale=1.0 / p["rates"][k, j])
         if fam == "gamma":
             return scipy.stats.gamma.logpdf(x, p["shapes"][k, j], scale=1.0 / p["rates"][k, j])
+        if fam == "gaussian":              # 'diag' or 'spherical'
+            return scipy.stats.norm.logpdf(x, p["means"][k, j],
+                                           np.sqrt(p["covariances"][k, j, j]))
         raise AssertionError(fam)
 
     if name == "product":
         columns = []
-        for g, (part, cols) in enumerate(options["parts"]):
+        for g, (part, cols, *_) in enumerate(options["parts"]):
             sub = {key.split(".", 1)[1]: v for key, v in params.items()
                    if key.startswith(f"part{g}.")}
             columns += [(c, part, i, sub) for i, c in enumerate(cols)]
@@ -537,6 +609,30 @@ def test_product_form_chain_holds_with_hypothesis_masks(seed, rate, name):
     direct = _direct_observed_loglik(name, options, X, m.weights_, m.params_)
     assert m.history_[-1].value_next == pytest.approx(direct, rel=1e-10)
     # and prediction on the same rows uses the same marginal densities
+    assert m.score_samples(X).sum() == pytest.approx(direct, rel=1e-10)
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+def test_a_product_with_a_gaussian_part_marginalizes_through_the_capability(
+        covariance_type):
+    # the Gaussian family's own capability reached through the plugin API
+    options = {"parts": [("gaussian", [0, 2], {"covariance_type": covariance_type}),
+                         ("poisson", [1])]}
+    rng = np.random.default_rng(34)
+    z = rng.random(300) < 0.5
+    X = _mask(np.column_stack([rng.normal(np.where(z, 0.0, 3.0), 1.0),
+                               rng.poisson(np.where(z, 2.0, 6.0)),
+                               rng.normal(np.where(z, 1.0, -1.0), 0.5)]), 0.25, rng)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ChainViolationWarning)
+        m = MixtureModel(2, family="product", family_options=options,
+                         missing="marginalize", tol=0.0, max_iter=12,
+                         random_state=0).fit(X)
+    assert all(it.chain_holds() for it in m.history_)
+    # as in the hypothesis test above: n = 300 row values |log p| <~ 20 summed in
+    # another order agree to ~n * 20 * d u
+    direct = _direct_observed_loglik("product", options, X, m.weights_, m.params_)
+    assert m.history_[-1].value_next == pytest.approx(direct, rel=1e-10)
     assert m.score_samples(X).sum() == pytest.approx(direct, rel=1e-10)
 
 
@@ -690,118 +786,41 @@ def test_predictions_on_a_dask_array_with_nan_are_those_in_memory():
         h.score_samples(dx)
 
 
-# --- a diagonal Gaussian through the capability equals the Gaussian path ---------------
+# --- the Gaussian family's own capability ('diag', 'spherical') vs the compiled path ---
 
-class _DiagGaussianProduct:
-    """Built on first use (the plugin API imported lazily): a pure-Python diagonal
-    Gaussian written as a product-form family with ``supports_missing``, as a
-    third-party author would, to compare with GaussianMixture's own missing path."""
-
-    _cls = None
-
-    @classmethod
-    def make(cls, k, d):
-        if cls._cls is None:
-            from dataclasses import dataclass
-            from typing import Optional
-
-            from emcore.plugin_api import Family
-
-            @dataclass(frozen=True)
-            class Stats:
-                weight: np.ndarray      # (k,)
-                n: np.ndarray           # (k, d) weight of the rows observing j
-                s1: np.ndarray          # (k, d) sum w x
-                s2: np.ndarray          # (k, d) sum w x^2 (data near 0: no cancellation)
-
-            class DiagProduct(Family):
-                supports_missing = True
-                init_smoothing = 0.0
-
-                def log_density_observed(self, X, observed, params):
-                    mu, var = params["means"], params["variances"]
-                    x = np.where(observed, X, 0.0)
-                    o = observed.astype(float)
-                    quad = (x ** 2) @ (1 / var).T - 2 * x @ (mu / var).T + o @ (mu ** 2 / var).T
-                    return -0.5 * (o @ np.log(2 * np.pi * var).T + quad)
-
-                def log_density(self, X, params):
-                    return self.log_density_observed(X, np.ones(X.shape, bool), params)
-
-                def chunk_stats_observed(self, X, observed, weights):
-                    x = np.where(observed, X, 0.0)
-                    o = observed.astype(float)
-                    return Stats(weights.sum(0), weights.T @ o, weights.T @ x,
-                                 weights.T @ x ** 2)
-
-                def chunk_stats(self, X, weights):
-                    return self.chunk_stats_observed(X, np.ones(X.shape, bool), weights)
-
-                def empty_stats(self):
-                    k, d = self.n_components, self.n_features
-                    return Stats(np.zeros(k), *np.zeros((3, k, d)))
-
-                def merge_stats(self, a, b):
-                    return Stats(a.weight + b.weight, a.n + b.n, a.s1 + b.s1, a.s2 + b.s2)
-
-                def m_step(self, stats, previous: Optional[dict]):
-                    mu = stats.s1 / stats.n
-                    return {"means": mu, "variances": stats.s2 / stats.n - mu ** 2}
-
-                def expected_log_likelihood(self, stats, params):
-                    mu, var = params["means"], params["variances"]
-                    return float(np.sum(-0.5 * (stats.n * np.log(2 * np.pi * var) + (
-                        stats.s2 - 2 * mu * stats.s1 + stats.n * mu ** 2) / var)))
-
-                def n_parameters(self):
-                    return 2 * self.n_components * self.n_features
-
-                def marginal(self, columns, params):
-                    return DiagProduct(self.n_components, len(columns)), {
-                        key: np.asarray(v)[:, columns] for key, v in params.items()}
-
-                def random_params(self, rng, *, nearly_degenerate=False):
-                    k, d = self.n_components, self.n_features
-                    return {"means": rng.normal(0, 1, (k, d)),
-                            "variances": rng.uniform(0.5, 2.0, (k, d))}
-
-                def sample(self, params, counts, rng):
-                    return np.concatenate([rng.normal(params["means"][k],
-                                                      np.sqrt(params["variances"][k]),
-                                                      (int(c), self.n_features))
-                                           for k, c in enumerate(counts)])
-
-            cls._cls = DiagProduct
-        return cls._cls(k, d)
-
-
-def test_a_diag_gaussian_through_the_capability_reaches_the_gaussian_paths_fit():
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+def test_the_gaussian_family_through_the_capability_reaches_the_gaussian_paths_fit(
+        covariance_type):
     from emcore._missing import ObservedRows, ObservedMixture
     from emcore.engine import run_em
+    from emcore.plugins.gaussian import GaussianFamily
     from emcore.registry import get_registry
-    from emcore.testing import check_family
 
-    family = _DiagGaussianProduct.make(2, 3)
-    # the kit's check holds for this third-party-style family
-    check_family(family, checks=["check_missing_values"], capabilities={"sampling"})
+    family = GaussianFamily(2, 3, covariance_type=covariance_type, reg_covar=0.0)
     _, X = _two_clusters(n=200, d=3, rate=0.2, seed=23)
     means = np.array([np.zeros(3), np.full(3, 2.0)])
-    g = GaussianMixture(2, covariance_type="diag", missing="marginalize", tol=0.0,
+    g = GaussianMixture(2, covariance_type=covariance_type, missing="marginalize", tol=0.0,
                         max_iter=400, reg_covar=0.0, weights_init=[0.5, 0.5],
-                        means_init=means, precisions_init=np.ones((2, 3))).fit(X)
+                        means_init=means, precisions_init=np.ones(
+                            (2, 3) if covariance_type == "diag" else 2)).fit(X)
+    # the plugin API's route (what HiddenMarkovModel and a 'product' with Gaussian
+    # parts run): complete rows by the compiled kernel, the others by the family's
+    # log_density_observed / chunk_stats_observed
     rule = get_registry().posterior_rule("soft").factory()
     fit = run_em(ObservedRows(X), family, rule, np.array([0.5, 0.5]),
-                 {"means": means, "variances": np.ones((2, 3))}, max_iter=400, tol=0.0,
-                 structure=ObservedMixture(2))
+                 family.params_from_covariances(means, np.broadcast_to(np.eye(3), (2, 3, 3))),
+                 max_iter=400, tol=0.0, structure=ObservedMixture(2))
     assert all(it.chain_holds() for it in fit.history)
-    # two different exact EMs for the same observed-data likelihood (the Gaussian
+    # two different exact EMs for the same observed-data likelihood (the compiled
     # path also treats the missing coordinates as latent, so it steps more slowly)
     # from the same start: the same fixed point. After 400 steps both have stopped
     # moving (parameter change below 1e-12; EM's rate here is < 0.9, so each is
     # within 1e-11 of its fixed point), hence rtol 1e-9 on the parameters
     assert g.history_[-1].param_change < 1e-12 and fit.history[-1].param_change < 1e-12
     np.testing.assert_allclose(fit.params["means"], g.means_, rtol=1e-9, atol=1e-10)
-    np.testing.assert_allclose(fit.params["variances"], g.covariances_, rtol=1e-9)
+    variances = np.einsum("kjj->kj", fit.params["covariances"])
+    np.testing.assert_allclose(variances if covariance_type == "diag" else variances[:, 0],
+                               g.covariances_, rtol=1e-9)
     np.testing.assert_allclose(fit.weights, g.weights_, rtol=1e-9)
     assert fit.value == pytest.approx(g.lower_bound_ * X.shape[0], rel=1e-12)
     # the product-form EM takes fewer steps to get there (no imputation drag)
@@ -812,14 +831,15 @@ def test_a_diag_gaussian_through_the_capability_reaches_the_gaussian_paths_fit()
 
 # --- HiddenMarkovModel with a product-form emission ----------------------------------
 
-def _forward_loglik(X, lengths, pi, A, rates):
-    """log p(X) of a Poisson HMM by the forward recursion, each row's emission the
-    product over its observed entries (scipy), written independently."""
+def _forward_loglik(X, lengths, pi, A, log_terms):
+    """log p(X) of an HMM by the forward recursion, each row's emission the product
+    over its observed entries, written independently: ``log_terms(rows)`` gives the
+    per-entry log-densities (L, K, d) by scipy (rows with NaN read as 0)."""
     total, start = 0.0, 0
     for L in lengths:
         seq = X[start:start + L]
         start += L
-        terms = scipy.stats.poisson.logpmf(np.nan_to_num(seq)[:, None, :], rates[None])
+        terms = log_terms(np.nan_to_num(seq))
         log_b = np.where(np.isnan(seq)[:, None, :], 0.0, terms).sum(axis=2)
         alpha = np.log(pi) + log_b[0]
         for t in range(1, L):
@@ -849,10 +869,155 @@ def test_a_hidden_markov_model_marginalizes_missing_emissions():
     assert all(it.chain_holds() for it in h.history_)
     # the objective is the observed-data likelihood of the chain: 300 forward steps
     # of terms ~|log p| < 20, summed in another order, agree to ~300 * 20 * 8 u
-    direct = _forward_loglik(X, lengths, h.startprob_, h.transmat_, h.params_["rates"])
+    rates = h.params_["rates"]
+    direct = _forward_loglik(X, lengths, h.startprob_, h.transmat_,
+                             lambda rows: scipy.stats.poisson.logpmf(rows[:, None, :],
+                                                                     rates[None]))
     assert h.score(X, lengths=lengths) == pytest.approx(direct, rel=1e-11)
     assert h.history_[-1].value_next == pytest.approx(direct, rel=1e-11)
-    with pytest.raises(ValueError, match="family 'gaussian' does not support missing"):
-        HiddenMarkovModel(2, missing="marginalize").fit(X, lengths=lengths)
+    with pytest.raises(ValueError, match="family 'student_t' does not support missing"):
+        HiddenMarkovModel(2, family="student_t", missing="marginalize").fit(
+            X, lengths=lengths)
     with pytest.raises(ValueError):
         HiddenMarkovModel(2, family="poisson").fit(X, lengths=lengths)
+
+
+# ~1 s per type (15 forward-backward passes through the Python emission path)
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+def test_a_hidden_markov_model_marginalizes_missing_gaussian_emissions(covariance_type):
+    from emcore import HiddenMarkovModel
+    rng = np.random.default_rng(25)
+    A = np.array([[0.9, 0.1], [0.2, 0.8]])
+    states = [0]
+    for _ in range(299):
+        states.append(rng.choice(2, p=A[states[-1]]))
+    X = np.array([[0.0, 3.0, 1.0], [4.0, -1.0, 2.0]])[states] + rng.normal(size=(300, 3))
+    X[rng.random(X.shape) < 0.25] = np.nan
+    X[10] = np.nan                     # a step with nothing observed: emission density 1
+    lengths = [150, 150]
+    options = {"covariance_type": covariance_type}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", "HiddenMarkovModel stopped after")
+        h = HiddenMarkovModel(2, family="gaussian", family_options=options,
+                              missing="marginalize", tol=0.0, max_iter=15,
+                              random_state=0).fit(X, lengths=lengths)
+    assert all(it.chain_holds() for it in h.history_)
+    means = h.params_["means"]
+    sd = np.sqrt(np.einsum("kjj->kj", h.params_["covariances"]))
+    if covariance_type == "spherical":
+        assert np.all(sd == sd[:, :1])             # one variance per state
+    # the observed-data likelihood of the chain by scipy.stats.norm on the observed
+    # coordinates: 300 forward steps of terms |log p| < 20 summed in another order
+    # agree to ~300 * 20 * 8 u, as for the Poisson emissions above
+    direct = _forward_loglik(X, lengths, h.startprob_, h.transmat_,
+                             lambda rows: scipy.stats.norm.logpdf(rows[:, None, :],
+                                                                  means[None], sd[None]))
+    assert h.score(X, lengths=lengths) == pytest.approx(direct, rel=1e-11)
+    assert h.history_[-1].value_next == pytest.approx(direct, rel=1e-11)
+    # 'full' correlates the coordinates: refused, naming the type and the way out
+    with pytest.raises(ValueError, match=r"family 'gaussian' with covariance_type='full' "
+                                         r"does not support missing values.*'diag' or "
+                                         r"'spherical'.*GaussianMixture"):
+        HiddenMarkovModel(2, family="gaussian", missing="marginalize").fit(
+            X, lengths=lengths)
+
+
+# --- MixtureModel on chunked sources with NaN (issue 17, item 5) -----------------------
+
+def _product_data(name, n, seed, rate=0.25):
+    rng = np.random.default_rng(seed)
+    if name == "gaussian":
+        return _two_clusters(n=n, d=3, rate=rate, seed=seed)[1]
+    options, draw = PRODUCT_FORMS[name]
+    return _mask(draw(n, rng), rate, rng)
+
+
+_SOURCE_STARTS = {   # given starts (the start's own reading of a source is tested apart)
+    "poisson": {"rates": [[1.0, 4.0, 2.0], [5.0, 2.0, 3.0]]},
+    "gamma": {"shapes": [[2.0, 4.0, 3.0], [4.0, 3.0, 6.0]],
+              "rates": [[1.0, 1.0, 1.0], [1.0, 1.5, 0.8]]},
+}
+
+
+@pytest.mark.parametrize("name", ["poisson", "gamma", "gaussian"])
+def test_mixture_model_fits_a_memmap_with_nan_bitwise_as_in_memory(tmp_path, name):
+    # n below one block: the same pass on the same rows, and the same start (the
+    # observed value nearest each column's mean, or the column mean for the
+    # Gaussian, computed from the source's blocks)
+    X = _product_data(name, 3000, seed=31)
+    mm = _memmap(tmp_path, X)
+    kw = dict(family=name, family_options=PRODUCT_FORMS.get(name, ({},))[0],
+              missing="marginalize", tol=0.0, max_iter=8, random_state=0)
+    a = MixtureModel(2, **kw).fit(X)
+    b = MixtureModel(2, **kw).fit(mm)
+    for key in a.params_:
+        np.testing.assert_array_equal(a.params_[key], b.params_[key])
+    np.testing.assert_array_equal(a.weights_, b.weights_)
+    assert a.lower_bound_ == b.lower_bound_
+    # predictions on the memmap: each row's outputs from that row alone
+    for method in ("score_samples", "predict_proba", "predict"):
+        np.testing.assert_array_equal(getattr(a, method)(X), getattr(a, method)(mm))
+
+
+@pytest.mark.parametrize("name", ["poisson", "gamma"])
+def test_mixture_model_fits_a_memmap_with_nan_over_several_blocks(tmp_path, name):
+    from emcore._missing import as_source_with_nan
+    X = _product_data(name, 3000, seed=32)
+    X[5] = np.nan                          # an all-missing row: skipped by the pass
+    source = as_source_with_nan(_memmap(tmp_path, X))
+    source.block_rows = 1024               # 3 blocks
+    kw = dict(family=name, missing="marginalize", tol=0.0, max_iter=8,
+              params_init=_SOURCE_STARTS[name], weights_init=[0.5, 0.5])
+    with pytest.warns(UserWarning, match="1 row"):
+        a = MixtureModel(2, **kw).fit(X)
+    with pytest.warns(UserWarning, match="1 row"):
+        b = MixtureModel(2, **kw).fit(source)
+    assert a.n_rows_dropped_ == b.n_rows_dropped_ == 1
+    assert all(it.chain_holds() for it in b.history_)
+    # the same terms summed in another grouping (blocks, and the complete / incomplete
+    # split per block): statistics within ~depth u ~ 1e-13 relative; 8 EM steps of a
+    # contraction near the fit keep the parameters within 1e-10
+    for key in a.params_:
+        np.testing.assert_allclose(a.params_[key], b.params_[key], rtol=1e-10)
+    np.testing.assert_allclose(a.weights_, b.weights_, rtol=1e-10)
+    assert a.lower_bound_ == pytest.approx(b.lower_bound_, rel=1e-12)
+    # predictions over the blocks: per row, bitwise the in-memory ones
+    for method in ("score_samples", "predict_proba", "predict"):
+        np.testing.assert_array_equal(getattr(a, method)(X), getattr(a, method)(source))
+
+
+def test_mixture_model_fits_a_dask_array_with_nan_as_in_memory():
+    da = pytest.importorskip("dask.array")
+    X = _product_data("poisson", 3000, seed=33)
+    kw = dict(family="poisson", missing="marginalize", tol=0.0, max_iter=6,
+              params_init=_SOURCE_STARTS["poisson"], weights_init=[0.5, 0.5])
+    a = MixtureModel(2, **kw).fit(X)
+    dx = da.from_array(X, chunks=(700, 3))
+    # read a block at a time (no cluster): one block of 3000 rows, the same pass
+    b = MixtureModel(2, **kw).fit(dx)
+    np.testing.assert_array_equal(a.params_["rates"], b.params_["rates"])
+    np.testing.assert_array_equal(a.score_samples(X), a.score_samples(dx))
+    # the default start (the nearest observed values, from the Dask blocks) runs too
+    c = MixtureModel(2, family="poisson", missing="marginalize", max_iter=3, tol=0.0,
+                     random_state=0).fit(dx)
+    d = MixtureModel(2, family="poisson", missing="marginalize", max_iter=3, tol=0.0,
+                     random_state=0).fit(X)
+    np.testing.assert_array_equal(c.params_["rates"], d.params_["rates"])
+    distributed = pytest.importorskip("distributed")
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=1,
+                            dashboard_address=None):
+        e = MixtureModel(2, **kw).fit(dx)         # the pass on the worker
+        np.testing.assert_array_equal(a.predict_proba(X), a.predict_proba(dx))
+    np.testing.assert_array_equal(a.params_["rates"], e.params_["rates"])
+
+
+@pytest.mark.parametrize("name", ["poisson", "gaussian"])
+def test_fit_predict_with_missing_values_is_fit_then_predict(tmp_path, name):
+    # fit_predict re-read X without NaN allowed after a fit that took them
+    X = _product_data(name, 300, seed=35)
+    kw = dict(family=name, missing="marginalize", random_state=0, max_iter=5, tol=0.0)
+    labels = MixtureModel(2, **kw).fit_predict(X)
+    np.testing.assert_array_equal(labels, MixtureModel(2, **kw).fit(X).predict(X))
+    np.testing.assert_array_equal(labels, MixtureModel(2, **kw).fit_predict(
+        _memmap(tmp_path, X)))
