@@ -89,6 +89,16 @@ EMC_ALWAYS_INLINE int emdc_row_patterns(const double* x, Py_ssize_t d, Py_ssize_
                   : emdc_patterns(x, G, first, top, stride, offset, idx);
 }
 
+/* The pattern indices of a row from its precomputed group codes (codes: G
+   bytes, the pattern index of each group within the group, as emdc_patterns
+   computes it, stored once per fit by CodesKernel's codes path): idx[g] =
+   offset[g] + codes[g]. The row was checked when its codes were made. */
+EMC_ALWAYS_INLINE void emdc_codes_patterns(const unsigned char* codes, Py_ssize_t G,
+                                           const Py_ssize_t* offset, Py_ssize_t* idx)
+{
+    for (Py_ssize_t g = 0; g < G; g++) idx[g] = offset[g] + (Py_ssize_t)codes[g];
+}
+
 /* One row's sum of its groups' table rows into o (Kp doubles): nv vectors of
    4, a constant where the callers below pass one (so the loop over them is
    unrolled and the sums stay in registers). */
@@ -110,16 +120,21 @@ EMC_ALWAYS_INLINE void emdc_sum_tables(const double* T, Py_ssize_t Kp, Py_ssize_
    A row's Kp sums are stored whole into out at the row's place when they fit
    in out: the Kp - K padding lanes land on the next row's first entries,
    which that row overwrites next (rows go in order); the last rows go
-   through acc. */
+   through acc. With codes (n x G bytes, emdc_codes_patterns) the rows are not
+   read and idx is not kept: its first G entries hold the current row's. */
 EMC_ALWAYS_INLINE void emdc_log_density_rows(
-        const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K, Py_ssize_t Kp,
-        Py_ssize_t G, const Py_ssize_t* first, const double* top, const int* stride,
-        const Py_ssize_t* offset, int binary, const double* T, double* acc,
-        Py_ssize_t* idx, double* out)
+        const double* X, const unsigned char* codes, Py_ssize_t n, Py_ssize_t d,
+        Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
+        const double* top, const int* stride, const Py_ssize_t* offset, int binary,
+        const double* T, double* acc, Py_ssize_t* idx, double* out)
 {
     for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t* ix = idx + i * G;
-        int bad = emdc_row_patterns(X + i * d, d, G, first, top, stride, offset, binary, ix);
+        Py_ssize_t* ix = codes ? idx : idx + i * G;
+        int bad = 0;
+        if (codes)
+            emdc_codes_patterns(codes + i * G, G, offset, ix);
+        else
+            bad = emdc_row_patterns(X + i * d, d, G, first, top, stride, offset, binary, ix);
         double* o = out + i * K;
         if (bad) {
             ix[0] = -1;
@@ -137,20 +152,23 @@ EMC_ALWAYS_INLINE void emdc_log_density_rows(
 }
 
 /* (the row loop is compiled once per path, so that each path's constants
-   stay out of it) */
+   stay out of it; codes: NULL, or the chunk's precomputed group codes) */
 EMC_CLONES
-static void emdc_log_density(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
-                             Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
-                             const double* top, const int* stride,
-                             const Py_ssize_t* offset, int binary, const double* T,
-                             double* acc, Py_ssize_t* idx, double* out)
+static void emdc_log_density(const double* X, const unsigned char* codes, Py_ssize_t n,
+                             Py_ssize_t d, Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t G,
+                             const Py_ssize_t* first, const double* top,
+                             const int* stride, const Py_ssize_t* offset, int binary,
+                             const double* T, double* acc, Py_ssize_t* idx, double* out)
 {
-    if (binary)
-        emdc_log_density_rows(X, n, d, K, Kp, G, first, top, stride, offset, 1, T, acc,
-                              idx, out);
+    if (codes)
+        emdc_log_density_rows(NULL, codes, n, d, K, Kp, G, first, top, stride, offset, 0,
+                              T, acc, idx, out);
+    else if (binary)
+        emdc_log_density_rows(X, NULL, n, d, K, Kp, G, first, top, stride, offset, 1, T,
+                              acc, idx, out);
     else
-        emdc_log_density_rows(X, n, d, K, Kp, G, first, top, stride, offset, 0, T, acc,
-                              idx, out);
+        emdc_log_density_rows(X, NULL, n, d, K, Kp, G, first, top, stride, offset, 0, T,
+                              acc, idx, out);
 }
 
 /* A[p, :] += wrow (nv vectors of 4) for each of the row's G patterns p. */
@@ -167,11 +185,13 @@ EMC_ALWAYS_INLINE void emdc_add_tables(double* A, Py_ssize_t Kp, Py_ssize_t nv,
 
 /* A[idx_g(x_i), k] += w[i, k] for every group g (A: patterns x Kp); w is n x K,
    copied into wrow (Kp, zero padded). idx (n x G): the indices emdc_log_density
-   kept for these rows if cached, else room to compute them. Returns 0, or 1 +
+   kept for these rows if cached, else room to compute them; with codes (n x G
+   bytes) the indices come from them (cached and X unused). Returns 0, or 1 +
    the first row with a code outside its levels and a positive weight (such a
    row has no density). */
 EMC_CLONES
-static Py_ssize_t emdc_accumulate(const double* X, Py_ssize_t n, Py_ssize_t d,
+static Py_ssize_t emdc_accumulate(const double* X, const unsigned char* codes,
+                                  Py_ssize_t n, Py_ssize_t d,
                                   Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t G,
                                   const Py_ssize_t* first, const double* top,
                                   const int* stride, const Py_ssize_t* offset, int binary,
@@ -186,8 +206,12 @@ static Py_ssize_t emdc_accumulate(const double* X, Py_ssize_t n, Py_ssize_t d,
     for (int l = 0; l < 4; l++) tail[l] = Kp - 4 + l < K ? -1 : 0;
 #endif
     for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t* ix = idx + i * G;
-        int bad = cached ? ix[0] < 0
+        Py_ssize_t* ix = codes ? idx : idx + i * G;
+        int bad = 0;
+        if (codes)
+            emdc_codes_patterns(codes + i * G, G, offset, ix);
+        else
+            bad = cached ? ix[0] < 0
                          : emdc_row_patterns(X + i * d, d, G, first, top, stride, offset,
                                              binary, ix);
         if (bad) {
@@ -208,6 +232,25 @@ static Py_ssize_t emdc_accumulate(const double* X, Py_ssize_t n, Py_ssize_t d,
         if (Kp == 4) emdc_add_tables(A, 4, 1, G, ix, wrow);
         else if (Kp == 8) emdc_add_tables(A, 8, 2, G, ix, wrow);
         else emdc_add_tables(A, Kp, Kp / 4, G, ix, wrow);
+    }
+    return 0;
+}
+
+/* The group codes of n rows into codes (n x G bytes): emdc_row_patterns's
+   indices without the offsets. Every group must have at most 256 patterns.
+   Returns 0, or 1 + the first row with a code outside its levels (codes then
+   incomplete). idx: G entries of room. */
+EMC_CLONES
+static Py_ssize_t emdc_make_codes(const double* X, Py_ssize_t n, Py_ssize_t d,
+                                  Py_ssize_t G, const Py_ssize_t* first, const double* top,
+                                  const int* stride, const Py_ssize_t* offset, int binary,
+                                  Py_ssize_t* idx, unsigned char* codes)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (emdc_row_patterns(X + i * d, d, G, first, top, stride, offset, binary, idx))
+            return 1 + i;
+        for (Py_ssize_t g = 0; g < G; g++)
+            codes[i * G + g] = (unsigned char)(idx[g] - offset[g]);
     }
     return 0;
 }

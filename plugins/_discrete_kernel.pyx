@@ -21,6 +21,18 @@ When every feature is binary (``CodesKernel.binary``) the groups are bytes of
 the row's bit string, formed four codes per vector compare (docs/discrete.md,
 "The bit path").
 
+**Group codes (the codes path).** The rows an EM fit iterates over do not
+change between its passes, nor do their pattern indices: ``GroupCodes(rows,
+levels)`` computes them once, one byte per group and row (the index within the
+group; offsets are added at use), for rows that are all valid and groups of at
+most 256 patterns (every binary or categorical grouping with levels <= 256;
+otherwise there are no codes and the kernel reads the rows). A kernel made with
+``codes=`` reads a chunk's codes instead of its float64 rows whenever the chunk
+lies inside those rows (same array, whole rows; the engine's chunks of them do):
+G bytes per row instead of 8 d, the same indices, hence the same sums. Any other
+X is read as rows. The family makes the codes for the fit's rows
+(``CategoricalFamily.codes_for``, docs/discrete.md#group-codes).
+
 **Counts (poisson).** log p(x | k) = sum_j x_j log lambda_kj - sum_j lambda_kj -
 sum_j log x_j!, the last term from a table for counts below 1024, lgamma
 otherwise. Statistics per component: N_k, S_kj = sum_i w_ik x_ij and
@@ -40,17 +52,23 @@ cdef enum:
     _LOG_FACTORIAL_TABLE = 1024   # log x! tabulated below this count
 
 cdef extern from "_discrete.h":
-    void emdc_log_density(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
+    void emdc_log_density(const double* X, const unsigned char* codes, Py_ssize_t n,
+                          Py_ssize_t d, Py_ssize_t K,
                           Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
                           const double* top, const int* stride,
                           const Py_ssize_t* offset, int binary, const double* T,
                           double* acc, Py_ssize_t* idx, double* out) noexcept nogil
-    Py_ssize_t emdc_accumulate(const double* X, Py_ssize_t n, Py_ssize_t d,
+    Py_ssize_t emdc_accumulate(const double* X, const unsigned char* codes,
+                               Py_ssize_t n, Py_ssize_t d,
                                Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t G,
                                const Py_ssize_t* first, const double* top,
                                const int* stride, const Py_ssize_t* offset, int binary,
                                const double* w, double* wrow, Py_ssize_t* idx,
                                int cached, double* A) noexcept nogil
+    Py_ssize_t emdc_make_codes(const double* X, Py_ssize_t n, Py_ssize_t d,
+                               Py_ssize_t G, const Py_ssize_t* first, const double* top,
+                               const int* stride, const Py_ssize_t* offset, int binary,
+                               Py_ssize_t* idx, unsigned char* codes) noexcept nogil
 
 
 def pattern_groups(levels):
@@ -91,6 +109,71 @@ def _digits(levels, first, stride, g):
 cdef long long _serial = 0      # kernels made so far (CodesKernel.serial)
 
 
+cdef class GroupCodes:
+    """The group codes of the rows of one array (the codes path, see above).
+
+    ``GroupCodes(rows, levels)``: rows (n, d) C-contiguous float64 (kept, by
+    reference: they must not change while the codes are in use); ``valid`` is
+    False, and there are no codes, when a row holds a code outside its feature's
+    levels or a group has more than 256 patterns.
+    """
+    cdef readonly object rows
+    cdef readonly object levels
+    cdef readonly object codes        # (n, G) uint8, or None
+    cdef readonly bint valid
+    cdef const double* base
+    cdef const unsigned char* data
+    cdef Py_ssize_t n_rows, d, G
+
+    def __init__(self, rows, levels):
+        if not (isinstance(rows, np.ndarray) and rows.dtype == np.float64
+                and rows.ndim == 2 and rows.flags.c_contiguous):
+            raise TypeError("rows must be a C-contiguous float64 (n, d) array")
+        self.levels = tuple(int(v) for v in levels)
+        if rows.shape[1] != len(self.levels):
+            raise ValueError("rows and levels disagree on the number of features")
+        self.rows = rows
+        self.n_rows, self.d = rows.shape[0], rows.shape[1]
+        first, stride, offset, total = pattern_groups(self.levels)
+        self.G = len(offset)
+        sizes = np.diff(np.append(offset, total))     # patterns per group
+        self.valid = False
+        self.codes = None
+        if self.n_rows == 0 or sizes.max() > 256:
+            return
+        codes = np.empty((self.n_rows, self.G), dtype=np.uint8)
+        cdef const double[:, ::1] Xv = rows
+        cdef unsigned char[:, ::1] cv = codes
+        cdef const Py_ssize_t[::1] fv = first
+        cdef const Py_ssize_t[::1] ov = offset
+        cdef const int[::1] sv = stride.astype(np.intc)
+        cdef const double[::1] tv = np.asarray(self.levels, dtype=np.float64) - 1.0
+        cdef Py_ssize_t[::1] idx = np.empty(self.G, dtype=np.intp)
+        cdef bint binary = all(v == 2 for v in self.levels)
+        cdef Py_ssize_t bad
+        with nogil:
+            bad = emdc_make_codes(&Xv[0, 0], self.n_rows, self.d, self.G, &fv[0], &tv[0],
+                                  &sv[0], &ov[0], binary, &idx[0], &cv[0, 0])
+        if bad:
+            return
+        self.codes = codes
+        self.valid = True
+        self.base = &Xv[0, 0]
+        self.data = &cv[0, 0]
+
+    cdef inline const unsigned char* chunk(self, const double* X,
+                                           Py_ssize_t n_rows) noexcept nogil:
+        # the codes of the chunk X (n_rows rows) when it is whole rows of these
+        # rows, else NULL
+        cdef size_t at = <size_t>X, start = <size_t>self.base, r
+        if not self.valid or at < start:
+            return NULL
+        r = (at - start) // sizeof(double)
+        if r % self.d != 0 or <Py_ssize_t>(r // self.d) + n_rows > self.n_rows:
+            return NULL
+        return self.data + (r // self.d) * self.G
+
+
 cdef class CodesKernel(FamilyKernel):
     """Kernel for K components of independent categorical features at fixed
     log-probabilities ``log_probs`` (K, d, L) (entries beyond a feature's levels
@@ -107,8 +190,9 @@ cdef class CodesKernel(FamilyKernel):
     cdef Py_ssize_t Kp
     cdef readonly bint binary          # every feature has 2 levels (the bit path)
     cdef long long serial              # unique per kernel object (the scratch tag)
+    cdef readonly GroupCodes codes     # the codes path's codes, or None
 
-    def __init__(self, log_probs, levels):
+    def __init__(self, log_probs, levels, GroupCodes codes=None):
         lp = np.ascontiguousarray(log_probs, dtype=np.float64)
         if lp.ndim != 3 or lp.shape[1] != len(levels) or max(levels) > lp.shape[2]:
             raise ValueError("log_probs must be (k, d, L) with L >= every level count")
@@ -122,6 +206,9 @@ cdef class CodesKernel(FamilyKernel):
         self.n_features = d
         self.Kp = ((K + 3) // 4) * 4
         self.levels_list = [int(v) for v in levels]
+        if codes is not None and codes.levels != tuple(self.levels_list):
+            raise ValueError("codes were made for other levels")
+        self.codes = codes if codes is not None and codes.valid else None
         self.log_probs_flat = lp.reshape(K, -1)
         first, stride, offset, total = pattern_groups(self.levels_list)
         self.first, self.offset = first, offset
@@ -184,10 +271,16 @@ cdef class CodesKernel(FamilyKernel):
         return (tag[0] == <double>self.serial and tag[1] == <double><size_t>X
                 and tag[2] == <double>n_rows)
 
+    cdef inline const unsigned char* _chunk_codes(self, const double* X,
+                                                  Py_ssize_t n_rows) noexcept nogil:
+        if self.codes is None:
+            return NULL
+        return self.codes.chunk(X, n_rows)
+
     cdef int chunk_log_density(self, const double* X, Py_ssize_t n_rows,
                                double* out, double* scratch) noexcept nogil:
         cdef double* tag = scratch + self.Kp
-        emdc_log_density(X, n_rows, self.n_features, self.n_components, self.Kp,
+        emdc_log_density(X, self._chunk_codes(X, n_rows), n_rows, self.n_features, self.n_components, self.Kp,
                          self.n_groups, &self.first[0], &self.top[0], &self.stride[0],
                          &self.offset[0], self.binary, &self.table[0, 0], scratch,
                          <Py_ssize_t*>(tag + 3), out)
@@ -201,7 +294,7 @@ cdef class CodesKernel(FamilyKernel):
                               double* scratch) noexcept nogil:
         cdef bint cached = self._tagged(X, n_rows, scratch)
         cdef Py_ssize_t bad = emdc_accumulate(
-            X, n_rows, self.n_features, self.n_components, self.Kp, self.n_groups,
+            X, self._chunk_codes(X, n_rows), n_rows, self.n_features, self.n_components, self.Kp, self.n_groups,
             &self.first[0], &self.top[0], &self.stride[0], &self.offset[0], self.binary,
             weights,
             scratch, <Py_ssize_t*>(scratch + self.Kp + 3), cached, stats)
