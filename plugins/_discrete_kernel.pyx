@@ -41,13 +41,16 @@ L_k = sum_i w_ik sum_j log x_ij!, stored as (d + 2) x Kp tables.
 Every sum is taken in row order within a chunk: the same chunk gives the same
 bits on any thread.
 """
-from libc.math cimport INFINITY, floor, lgamma
+from libc.math cimport INFINITY, exp, floor, lgamma
 
 from emcore.kernel cimport FamilyKernel
 
 import numpy as np
 
 MAX_PATTERNS = 256
+# the fused soft step is exp free while the ranges of its factors sum to at most
+# this: exp(-700) = 9.9e-305 is a normal double (> 2.2e-308), _discrete.h
+cdef double _EXP_FREE_RANGE = 700.0
 cdef enum:
     _LOG_FACTORIAL_TABLE = 1024   # log x! tabulated below this count
 
@@ -65,6 +68,14 @@ cdef extern from "_discrete.h":
                                const int* stride, const Py_ssize_t* offset, int binary,
                                const double* w, double* wrow, Py_ssize_t* idx,
                                int cached, double* A) noexcept nogil
+    Py_ssize_t emdc_soft_step(
+        const double* X, const unsigned char* codes, Py_ssize_t n, Py_ssize_t d,
+        Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
+        const double* top, const int* stride, const Py_ssize_t* offset, int binary,
+        const double* T, const double* E, double shift, const double* lw,
+        const double* ew, const double* row_weights, double* resp, double* row_value,
+        double* totals, double* A, Py_ssize_t* ix, double* a, double* e, double* h,
+        double* el, double* mg) noexcept nogil
     Py_ssize_t emdc_make_codes(const double* X, Py_ssize_t n, Py_ssize_t d,
                                Py_ssize_t G, const Py_ssize_t* first, const double* top,
                                const int* stride, const Py_ssize_t* offset, int binary,
@@ -191,6 +202,11 @@ cdef class CodesKernel(FamilyKernel):
     cdef readonly bint binary          # every feature has 2 levels (the bit path)
     cdef long long serial              # unique per kernel object (the scratch tag)
     cdef readonly GroupCodes codes     # the codes path's codes, or None
+    # the fused soft step's exp tables: exp(T_g - s_g) per group (s_g its largest
+    # finite entry), sum_g s_g, and sum_g (s_g - smallest finite entry)
+    cdef const double[:, ::1] exp_table
+    cdef readonly double exp_shift
+    cdef readonly double exp_range
 
     def __init__(self, log_probs, levels, GroupCodes codes=None):
         lp = np.ascontiguousarray(log_probs, dtype=np.float64)
@@ -226,6 +242,21 @@ cdef class CodesKernel(FamilyKernel):
                 block += lp[:, j, digits[:, col]].T
             table[offset[g]:offset[g] + digits.shape[0], :K] = block
         self.table = table
+        exp_table = np.zeros((total, self.Kp))
+        self.exp_shift, self.exp_range = 0.0, 0.0
+        for g in range(self.n_groups):
+            end = offset[g + 1] if g + 1 < self.n_groups else total
+            block = table[offset[g]:end, :K]
+            finite = block[np.isfinite(block)]
+            if finite.size == 0:
+                self.exp_range = INFINITY
+                continue
+            top_g = float(finite.max())
+            self.exp_shift += top_g
+            self.exp_range += top_g - float(finite.min())
+            exp_table[offset[g]:end, :K] = np.exp(block - top_g)     # -inf -> 0
+        self.exp_table = exp_table
+        self.fused_soft_step = True
 
     def __reduce__(self):
         K = self.n_components
@@ -263,7 +294,8 @@ cdef class CodesKernel(FamilyKernel):
         return np.zeros(max(1, self.scratch_size(n_rows)))
 
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
-        return self.Kp + 3 + n_rows * self.n_groups
+        # (+ 7 Kp: chunk_soft_step's log pi, exp weights and per-lane work)
+        return self.Kp + 3 + max(n_rows, 1) * self.n_groups + 7 * self.Kp
 
     cdef inline bint _tagged(self, const double* X, Py_ssize_t n_rows,
                              const double* scratch) noexcept nogil:
@@ -299,6 +331,38 @@ cdef class CodesKernel(FamilyKernel):
             weights,
             scratch, <Py_ssize_t*>(scratch + self.Kp + 3), cached, stats)
         return 1 if bad else 0
+
+    cdef int chunk_soft_step(self, const double* X, Py_ssize_t n_rows,
+                             const double* log_weights, const double* row_weights,
+                             double* resp, double* row_value, double* totals,
+                             double* stats, double* scratch) noexcept nogil:
+        # the exact soft posterior fused with the statistics (emdc_soft_rows): exp
+        # free when the tables' and the weights' ranges sum to at most
+        # _EXP_FREE_RANGE (every product a normal double, see _discrete.h)
+        cdef Py_ssize_t k, K = self.n_components, Kp = self.Kp
+        cdef double* tag = scratch + Kp
+        cdef Py_ssize_t* ix = <Py_ssize_t*>(tag + 3)
+        cdef double* lw = scratch + Kp + 3 + max(n_rows, 1) * self.n_groups
+        cdef double* ew = lw + Kp
+        cdef double top = -INFINITY, low = INFINITY
+        cdef Py_ssize_t status
+        tag[0] = 0.0                 # the indices below are not this chunk's
+        for k in range(Kp):
+            lw[k] = log_weights[k] if k < K else -INFINITY
+            if lw[k] > top:
+                top = lw[k]
+            if lw[k] > -INFINITY and lw[k] < low:
+                low = lw[k]
+        for k in range(Kp):
+            ew[k] = exp(lw[k] - top) if k < K else 0.0
+        cdef bint exp_free = top > -INFINITY and self.exp_range + (top - low) <= _EXP_FREE_RANGE
+        status = emdc_soft_step(
+            X, self._chunk_codes(X, n_rows), n_rows, self.n_features, K, Kp, self.n_groups,
+            &self.first[0], &self.top[0], &self.stride[0], &self.offset[0], self.binary,
+            &self.table[0, 0], &self.exp_table[0, 0] if exp_free else NULL,
+            self.exp_shift + top, lw, ew, row_weights, resp, row_value, totals, stats,
+            ix, ew + Kp, ew + 2 * Kp, ew + 3 * Kp, ew + 4 * Kp, ew + 5 * Kp)
+        return <int>status
 
     cdef void merge_stats(self, double* into, const double* other) noexcept nogil:
         cdef Py_ssize_t i
