@@ -33,6 +33,13 @@ G bytes per row instead of 8 d, the same indices, hence the same sums. Any other
 X is read as rows. The family makes the codes for the fit's rows
 (``CategoricalFamily.codes_for``, docs/discrete.md#group-codes).
 
+**The fused soft step (``chunk_soft_step``).** With the exact soft rule the
+engine lets the kernel form q, the totals and the statistics in one loop: the
+log joint a_k by table sums, exp(a_k - shift) as a product of per-group exp
+tables (no exp per entry) when the tables' ranges sum to at most 700 (every
+product a normal double), else by a vector exp, one log per row
+(docs/discrete.md#the-fused-soft-step).
+
 **Counts (poisson).** log p(x | k) = sum_j x_j log lambda_kj - sum_j lambda_kj -
 sum_j log x_j!, the last term from a table for counts below 1024, lgamma
 otherwise. Statistics per component: N_k, S_kj = sum_i w_ik x_ij and
