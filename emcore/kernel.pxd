@@ -33,6 +33,7 @@ cdef class FamilyKernel:
     cdef readonly Py_ssize_t n_stats   # doubles in one statistics slot
     cdef readonly bint fused_hard_step  # implements chunk_hard_step (default False)
     cdef readonly bint float32_rows     # implements the *_f32 methods (default False)
+    cdef readonly bint fused_soft_step  # implements chunk_soft_step (default False)
 
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil
     # Doubles of scratch the two chunk methods need for a chunk of n_rows.
@@ -75,6 +76,19 @@ cdef class FamilyKernel:
     # n_components doubles; scratch: scratch_size(n_rows). Return 0, or 1 + the
     # index of the first row with no finite value.
 
+    cdef int chunk_soft_step(self, const double* X, Py_ssize_t n_rows,
+                             const double* log_weights, const double* row_weights,
+                             double* resp, double* row_value, double* totals,
+                             double* stats, double* scratch) noexcept nogil
+    # Optional (set fused_soft_step = True): the exact soft posterior (a rule
+    # kernel with exact_soft) fused with chunk_accumulate, for kernels that can
+    # form q without writing log-densities first (the discrete families: exp-free
+    # products of tables). resp[i, k] = q_ik, row_value[i] = log p(x_i), totals
+    # incremented as the soft posterior kernel does (each row scaled by
+    # row_weights[i], NULL means 1), and, if stats is not NULL, the statistics of
+    # the weights row_weights[i] q_ik added. scratch: scratch_size(n_rows).
+    # Return 0, or 1 + the index of the first row with no finite likelihood.
+
     # float32 rows (set float32_rows = True): the same four methods on a chunk of
     # float32 data, with every other array, and every sum, still float64. The pass
     # calls them for a float32 X; a kernel without them gets each chunk converted
@@ -98,6 +112,8 @@ cdef class FamilyKernel:
 cdef class PosteriorKernel:
     """Turns a chunk's log joint probabilities into q (a posterior rule)."""
     cdef readonly bint hard   # q is a point mass: the kernel writes labels
+    cdef readonly bint exact_soft  # q = softmax of the log joint, the totals at
+                                   # temperature 1: a family may fuse (chunk_soft_step)
 
     cdef int chunk_posterior(self, double* log_joint, double* resp, double* row_value,
                              const double* row_weights, Py_ssize_t n_rows,

@@ -98,6 +98,12 @@ cdef class FamilyKernel:
                              double* stats) noexcept nogil:
         return -1
 
+    cdef int chunk_soft_step(self, const double* X, Py_ssize_t n_rows,
+                             const double* log_weights, const double* row_weights,
+                             double* resp, double* row_value, double* totals,
+                             double* stats, double* scratch) noexcept nogil:
+        return -1
+
     cdef int chunk_log_density_f32(self, const float* X, Py_ssize_t n_rows,
                                    double* out, double* scratch) noexcept nogil:
         return -1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Any, Callable, Mapping, Optional, Union
 
@@ -395,11 +396,17 @@ class MixtureModel(_MixtureBase):
         rng = v.check_random_state(self.random_state, "MixtureModel")
         self._init = self._check_init(family)      # read by _initial_parameters
         try:
+            patterns = self._patterns(X, support, rule, sample_weight)
+            em_rows = patterns.rows if patterns is not None else X
+            # the discrete families read the EM rows' group codes, made once
+            # (docs/discrete.md#group-codes)
+            codes_for = getattr(family, "codes_for", None)
             with progress_bar(getattr(self, "progress", False), "MixtureModel",
-                              starts=self.n_init, max_iter=self.max_iter):
+                              starts=self.n_init, max_iter=self.max_iter), \
+                    (codes_for(em_rows) if codes_for is not None
+                     else contextlib.nullcontext()):
                 best = self._run_starts(X, family, rule, sample_weight, rng,
-                                        patterns=self._patterns(X, support, rule,
-                                                                sample_weight))
+                                        patterns=patterns)
         finally:
             del self._init
         self.family_ = family

@@ -21,6 +21,25 @@ When every feature is binary (``CodesKernel.binary``) the groups are bytes of
 the row's bit string, formed four codes per vector compare (docs/discrete.md,
 "The bit path").
 
+**Group codes (the codes path).** The rows an EM fit iterates over do not
+change between its passes, nor do their pattern indices: ``GroupCodes(rows,
+levels)`` computes them once, one byte per group and row (the index within the
+group; offsets are added at use), for rows that are all valid and groups of at
+most 256 patterns (every binary or categorical grouping with levels <= 256;
+otherwise there are no codes and the kernel reads the rows). A kernel made with
+``codes=`` reads a chunk's codes instead of its float64 rows whenever the chunk
+lies inside those rows (same array, whole rows; the engine's chunks of them do):
+G bytes per row instead of 8 d, the same indices, hence the same sums. Any other
+X is read as rows. The family makes the codes for the fit's rows
+(``CategoricalFamily.codes_for``, docs/discrete.md#group-codes).
+
+**The fused soft step (``chunk_soft_step``).** With the exact soft rule the
+engine lets the kernel form q, the totals and the statistics in one loop: the
+log joint a_k by table sums, exp(a_k - shift) as a product of per-group exp
+tables (no exp per entry) when the tables' ranges sum to at most 700 (every
+product a normal double), else by a vector exp, one log per row
+(docs/discrete.md#the-fused-soft-step).
+
 **Counts (poisson).** log p(x | k) = sum_j x_j log lambda_kj - sum_j lambda_kj -
 sum_j log x_j!, the last term from a table for counts below 1024, lgamma
 otherwise. Statistics per component: N_k, S_kj = sum_i w_ik x_ij and
@@ -29,28 +48,45 @@ L_k = sum_i w_ik sum_j log x_ij!, stored as (d + 2) x Kp tables.
 Every sum is taken in row order within a chunk: the same chunk gives the same
 bits on any thread.
 """
-from libc.math cimport INFINITY, floor, lgamma
+from libc.math cimport INFINITY, exp, floor, lgamma
 
 from emcore.kernel cimport FamilyKernel
 
 import numpy as np
 
 MAX_PATTERNS = 256
+# the fused soft step is exp free while the ranges of its factors sum to at most
+# this: exp(-700) = 9.9e-305 is a normal double (> 2.2e-308), _discrete.h
+cdef double _EXP_FREE_RANGE = 700.0
 cdef enum:
     _LOG_FACTORIAL_TABLE = 1024   # log x! tabulated below this count
 
 cdef extern from "_discrete.h":
-    void emdc_log_density(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
+    void emdc_log_density(const double* X, const unsigned char* codes, Py_ssize_t n,
+                          Py_ssize_t d, Py_ssize_t K,
                           Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
                           const double* top, const int* stride,
                           const Py_ssize_t* offset, int binary, const double* T,
                           double* acc, Py_ssize_t* idx, double* out) noexcept nogil
-    Py_ssize_t emdc_accumulate(const double* X, Py_ssize_t n, Py_ssize_t d,
+    Py_ssize_t emdc_accumulate(const double* X, const unsigned char* codes,
+                               Py_ssize_t n, Py_ssize_t d,
                                Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t G,
                                const Py_ssize_t* first, const double* top,
                                const int* stride, const Py_ssize_t* offset, int binary,
                                const double* w, double* wrow, Py_ssize_t* idx,
                                int cached, double* A) noexcept nogil
+    Py_ssize_t emdc_soft_step(
+        const double* X, const unsigned char* codes, Py_ssize_t n, Py_ssize_t d,
+        Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
+        const double* top, const int* stride, const Py_ssize_t* offset, int binary,
+        const double* T, const double* E, double shift, const double* lw,
+        const double* ew, const double* row_weights, double* resp, double* row_value,
+        double* totals, double* A, Py_ssize_t* ix, double* a, double* e, double* h,
+        double* el, double* mg) noexcept nogil
+    Py_ssize_t emdc_make_codes(const double* X, Py_ssize_t n, Py_ssize_t d,
+                               Py_ssize_t G, const Py_ssize_t* first, const double* top,
+                               const int* stride, const Py_ssize_t* offset, int binary,
+                               Py_ssize_t* idx, unsigned char* codes) noexcept nogil
 
 
 def pattern_groups(levels):
@@ -91,6 +127,71 @@ def _digits(levels, first, stride, g):
 cdef long long _serial = 0      # kernels made so far (CodesKernel.serial)
 
 
+cdef class GroupCodes:
+    """The group codes of the rows of one array (the codes path, see above).
+
+    ``GroupCodes(rows, levels)``: rows (n, d) C-contiguous float64 (kept, by
+    reference: they must not change while the codes are in use); ``valid`` is
+    False, and there are no codes, when a row holds a code outside its feature's
+    levels or a group has more than 256 patterns.
+    """
+    cdef readonly object rows
+    cdef readonly object levels
+    cdef readonly object codes        # (n, G) uint8, or None
+    cdef readonly bint valid
+    cdef const double* base
+    cdef const unsigned char* data
+    cdef Py_ssize_t n_rows, d, G
+
+    def __init__(self, rows, levels):
+        if not (isinstance(rows, np.ndarray) and rows.dtype == np.float64
+                and rows.ndim == 2 and rows.flags.c_contiguous):
+            raise TypeError("rows must be a C-contiguous float64 (n, d) array")
+        self.levels = tuple(int(v) for v in levels)
+        if rows.shape[1] != len(self.levels):
+            raise ValueError("rows and levels disagree on the number of features")
+        self.rows = rows
+        self.n_rows, self.d = rows.shape[0], rows.shape[1]
+        first, stride, offset, total = pattern_groups(self.levels)
+        self.G = len(offset)
+        sizes = np.diff(np.append(offset, total))     # patterns per group
+        self.valid = False
+        self.codes = None
+        if self.n_rows == 0 or sizes.max() > 256:
+            return
+        codes = np.empty((self.n_rows, self.G), dtype=np.uint8)
+        cdef const double[:, ::1] Xv = rows
+        cdef unsigned char[:, ::1] cv = codes
+        cdef const Py_ssize_t[::1] fv = first
+        cdef const Py_ssize_t[::1] ov = offset
+        cdef const int[::1] sv = stride.astype(np.intc)
+        cdef const double[::1] tv = np.asarray(self.levels, dtype=np.float64) - 1.0
+        cdef Py_ssize_t[::1] idx = np.empty(self.G, dtype=np.intp)
+        cdef bint binary = all(v == 2 for v in self.levels)
+        cdef Py_ssize_t bad
+        with nogil:
+            bad = emdc_make_codes(&Xv[0, 0], self.n_rows, self.d, self.G, &fv[0], &tv[0],
+                                  &sv[0], &ov[0], binary, &idx[0], &cv[0, 0])
+        if bad:
+            return
+        self.codes = codes
+        self.valid = True
+        self.base = &Xv[0, 0]
+        self.data = &cv[0, 0]
+
+    cdef inline const unsigned char* chunk(self, const double* X,
+                                           Py_ssize_t n_rows) noexcept nogil:
+        # the codes of the chunk X (n_rows rows) when it is whole rows of these
+        # rows, else NULL
+        cdef size_t at = <size_t>X, start = <size_t>self.base, r
+        if not self.valid or at < start:
+            return NULL
+        r = (at - start) // sizeof(double)
+        if r % self.d != 0 or <Py_ssize_t>(r // self.d) + n_rows > self.n_rows:
+            return NULL
+        return self.data + (r // self.d) * self.G
+
+
 cdef class CodesKernel(FamilyKernel):
     """Kernel for K components of independent categorical features at fixed
     log-probabilities ``log_probs`` (K, d, L) (entries beyond a feature's levels
@@ -107,8 +208,14 @@ cdef class CodesKernel(FamilyKernel):
     cdef Py_ssize_t Kp
     cdef readonly bint binary          # every feature has 2 levels (the bit path)
     cdef long long serial              # unique per kernel object (the scratch tag)
+    cdef readonly GroupCodes codes     # the codes path's codes, or None
+    # the fused soft step's exp tables: exp(T_g - s_g) per group (s_g its largest
+    # finite entry), sum_g s_g, and sum_g (s_g - smallest finite entry)
+    cdef const double[:, ::1] exp_table
+    cdef readonly double exp_shift
+    cdef readonly double exp_range
 
-    def __init__(self, log_probs, levels):
+    def __init__(self, log_probs, levels, GroupCodes codes=None):
         lp = np.ascontiguousarray(log_probs, dtype=np.float64)
         if lp.ndim != 3 or lp.shape[1] != len(levels) or max(levels) > lp.shape[2]:
             raise ValueError("log_probs must be (k, d, L) with L >= every level count")
@@ -122,6 +229,9 @@ cdef class CodesKernel(FamilyKernel):
         self.n_features = d
         self.Kp = ((K + 3) // 4) * 4
         self.levels_list = [int(v) for v in levels]
+        if codes is not None and codes.levels != tuple(self.levels_list):
+            raise ValueError("codes were made for other levels")
+        self.codes = codes if codes is not None and codes.valid else None
         self.log_probs_flat = lp.reshape(K, -1)
         first, stride, offset, total = pattern_groups(self.levels_list)
         self.first, self.offset = first, offset
@@ -139,6 +249,21 @@ cdef class CodesKernel(FamilyKernel):
                 block += lp[:, j, digits[:, col]].T
             table[offset[g]:offset[g] + digits.shape[0], :K] = block
         self.table = table
+        exp_table = np.zeros((total, self.Kp))
+        self.exp_shift, self.exp_range = 0.0, 0.0
+        for g in range(self.n_groups):
+            end = offset[g + 1] if g + 1 < self.n_groups else total
+            block = table[offset[g]:end, :K]
+            finite = block[np.isfinite(block)]
+            if finite.size == 0:
+                self.exp_range = INFINITY
+                continue
+            top_g = float(finite.max())
+            self.exp_shift += top_g
+            self.exp_range += top_g - float(finite.min())
+            exp_table[offset[g]:end, :K] = np.exp(block - top_g)     # -inf -> 0
+        self.exp_table = exp_table
+        self.fused_soft_step = True
 
     def __reduce__(self):
         K = self.n_components
@@ -176,7 +301,8 @@ cdef class CodesKernel(FamilyKernel):
         return np.zeros(max(1, self.scratch_size(n_rows)))
 
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
-        return self.Kp + 3 + n_rows * self.n_groups
+        # (+ 7 Kp: chunk_soft_step's log pi, exp weights and per-lane work)
+        return self.Kp + 3 + max(n_rows, 1) * self.n_groups + 7 * self.Kp
 
     cdef inline bint _tagged(self, const double* X, Py_ssize_t n_rows,
                              const double* scratch) noexcept nogil:
@@ -184,10 +310,16 @@ cdef class CodesKernel(FamilyKernel):
         return (tag[0] == <double>self.serial and tag[1] == <double><size_t>X
                 and tag[2] == <double>n_rows)
 
+    cdef inline const unsigned char* _chunk_codes(self, const double* X,
+                                                  Py_ssize_t n_rows) noexcept nogil:
+        if self.codes is None:
+            return NULL
+        return self.codes.chunk(X, n_rows)
+
     cdef int chunk_log_density(self, const double* X, Py_ssize_t n_rows,
                                double* out, double* scratch) noexcept nogil:
         cdef double* tag = scratch + self.Kp
-        emdc_log_density(X, n_rows, self.n_features, self.n_components, self.Kp,
+        emdc_log_density(X, self._chunk_codes(X, n_rows), n_rows, self.n_features, self.n_components, self.Kp,
                          self.n_groups, &self.first[0], &self.top[0], &self.stride[0],
                          &self.offset[0], self.binary, &self.table[0, 0], scratch,
                          <Py_ssize_t*>(tag + 3), out)
@@ -201,11 +333,43 @@ cdef class CodesKernel(FamilyKernel):
                               double* scratch) noexcept nogil:
         cdef bint cached = self._tagged(X, n_rows, scratch)
         cdef Py_ssize_t bad = emdc_accumulate(
-            X, n_rows, self.n_features, self.n_components, self.Kp, self.n_groups,
+            X, self._chunk_codes(X, n_rows), n_rows, self.n_features, self.n_components, self.Kp, self.n_groups,
             &self.first[0], &self.top[0], &self.stride[0], &self.offset[0], self.binary,
             weights,
             scratch, <Py_ssize_t*>(scratch + self.Kp + 3), cached, stats)
         return 1 if bad else 0
+
+    cdef int chunk_soft_step(self, const double* X, Py_ssize_t n_rows,
+                             const double* log_weights, const double* row_weights,
+                             double* resp, double* row_value, double* totals,
+                             double* stats, double* scratch) noexcept nogil:
+        # the exact soft posterior fused with the statistics (emdc_soft_rows): exp
+        # free when the tables' and the weights' ranges sum to at most
+        # _EXP_FREE_RANGE (every product a normal double, see _discrete.h)
+        cdef Py_ssize_t k, K = self.n_components, Kp = self.Kp
+        cdef double* tag = scratch + Kp
+        cdef Py_ssize_t* ix = <Py_ssize_t*>(tag + 3)
+        cdef double* lw = scratch + Kp + 3 + max(n_rows, 1) * self.n_groups
+        cdef double* ew = lw + Kp
+        cdef double top = -INFINITY, low = INFINITY
+        cdef Py_ssize_t status
+        tag[0] = 0.0                 # the indices below are not this chunk's
+        for k in range(Kp):
+            lw[k] = log_weights[k] if k < K else -INFINITY
+            if lw[k] > top:
+                top = lw[k]
+            if lw[k] > -INFINITY and lw[k] < low:
+                low = lw[k]
+        for k in range(Kp):
+            ew[k] = exp(lw[k] - top) if k < K else 0.0
+        cdef bint exp_free = top > -INFINITY and self.exp_range + (top - low) <= _EXP_FREE_RANGE
+        status = emdc_soft_step(
+            X, self._chunk_codes(X, n_rows), n_rows, self.n_features, K, Kp, self.n_groups,
+            &self.first[0], &self.top[0], &self.stride[0], &self.offset[0], self.binary,
+            &self.table[0, 0], &self.exp_table[0, 0] if exp_free else NULL,
+            self.exp_shift + top, lw, ew, row_weights, resp, row_value, totals, stats,
+            ix, ew + Kp, ew + 2 * Kp, ew + 3 * Kp, ew + 4 * Kp, ew + 5 * Kp)
+        return <int>status
 
     cdef void merge_stats(self, double* into, const double* other) noexcept nogil:
         cdef Py_ssize_t i

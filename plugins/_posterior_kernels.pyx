@@ -32,6 +32,7 @@ cdef class SoftPosteriorKernel(PosteriorKernel):
             raise ValueError(f"temperature must be a positive finite number; got {temperature}")
         self.temperature = temperature
         self.hard = False
+        self.exact_soft = temperature == 1.0   # a family may fuse it (kernel.pxd)
 
     def __reduce__(self):
         return (SoftPosteriorKernel, (self.temperature,))

@@ -39,15 +39,16 @@ docs/missing_values.md#product-form-families.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import scipy.special
 
 from emcore import DegenerateComponentError
 from emcore.plugin_api import UNIT_ROUNDOFF, Family, FamilyRecord, Params, hookimpl
-from emcore.plugins._discrete_kernel import CodesKernel, PoissonKernel
+from emcore.plugins._discrete_kernel import CodesKernel, GroupCodes, PoissonKernel
 
 __all__ = ["BernoulliFamily", "BernoulliStats", "CategoricalFamily", "CategoricalStats",
            "PoissonFamily", "PoissonStats"]
@@ -165,6 +166,8 @@ class CategoricalFamily(Family):
         self.alpha = _check_alpha(alpha, owner)
         self.n_levels = n_levels
         self._levels: Optional[tuple] = None
+        self._code_rows: Optional[np.ndarray] = None     # codes_for's rows
+        self._codes: Optional[GroupCodes] = None
         if n_levels is not None:
             self._set_levels(self._check_levels(n_levels, owner))
 
@@ -227,10 +230,34 @@ class CategoricalFamily(Family):
         return np.arange(max(levels))[None, :] < np.asarray(levels)[:, None]
 
     # --- E-step and statistics (the compiled kernel) ---------------------------------
+    @contextlib.contextmanager
+    def codes_for(self, rows: np.ndarray) -> Iterator[None]:
+        """Within the block, the kernels read the group codes of ``rows`` (made once,
+        when the levels are known) instead of their float64 values, for passes over
+        ``rows`` or chunks of them (docs/discrete.md#group-codes): what a fit
+        does with the rows its EM iterations run over. ``rows`` must not change
+        within the block; other arrays are read as rows. A no-op for rows that are
+        not C-contiguous float64."""
+        usable = (isinstance(rows, np.ndarray) and rows.dtype == np.float64
+                  and rows.ndim == 2 and rows.flags.c_contiguous)
+        self._code_rows, self._codes = (rows if usable else None), None
+        try:
+            yield
+        finally:
+            self._code_rows, self._codes = None, None
+
+    def _group_codes(self, levels: tuple) -> Optional[GroupCodes]:
+        if self._code_rows is None:
+            return None
+        if self._codes is None or self._codes.levels != levels:
+            self._codes = GroupCodes(self._code_rows, levels)
+        return self._codes
+
     def compiled_kernel(self, params: Params) -> CodesKernel:
         levels = self._fix_levels(params)
         with np.errstate(divide="ignore"):
-            return CodesKernel(np.log(self._table(params)), levels)
+            return CodesKernel(np.log(self._table(params)), levels,
+                               self._group_codes(levels))
 
     def log_density(self, X: np.ndarray, params: Params) -> np.ndarray:
         return self.compiled_kernel(params).log_density(X)
@@ -462,9 +489,11 @@ class BernoulliFamily(CategoricalFamily):
 
     def compiled_kernel(self, params: Params) -> CodesKernel:
         p = np.asarray(params["probabilities"], dtype=np.float64)
+        levels = (2,) * p.shape[1]
         with np.errstate(divide="ignore"):
             # log(1 - p) by log1p: accurate for small p
-            return CodesKernel(np.stack([np.log1p(-p), np.log(p)], axis=-1), (2,) * p.shape[1])
+            return CodesKernel(np.stack([np.log1p(-p), np.log(p)], axis=-1), levels,
+                               self._group_codes(levels))
 
     def stats_from_buffer(self, buffer: np.ndarray) -> BernoulliStats:
         return BernoulliStats(*self._stats_kernel.expand(buffer))

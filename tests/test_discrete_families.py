@@ -11,6 +11,7 @@ sample weights as repetitions.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -504,3 +505,236 @@ def test_compress_is_validated(tmp_path, monkeypatch):
     seen = _em_rows(monkeypatch)
     emcore.MixtureModel(2, family="bernoulli", random_state=0).fit(mm)     # 'auto'
     assert seen == [X.shape[0]]
+
+
+# --- the codes path (group codes made once per fit, docs/discrete.md#group-codes) ---------
+
+# categorical levels whose groups are mixed radix (3 * 4 * 2 * 5 = 120 <= 256, then
+# 7 * 3 * 6 = 126, then 9 * 9 = 81) and binary items over three groups
+_CODE_LEVELS = {"categorical": (3, 4, 2, 5, 7, 3, 6, 9, 9), "bernoulli": (2,) * 20}
+
+
+def _codes_case(name, n, rng, K=3):
+    levels = _CODE_LEVELS[name]
+    log_probs = np.full((K, len(levels), max(levels)), -np.inf)
+    for j, L in enumerate(levels):
+        log_probs[:, j, :L] = np.log(rng.dirichlet(np.ones(L), size=K))
+    X = np.stack([rng.integers(L, size=n) for L in levels], axis=1).astype(np.float64)
+    return log_probs, levels, X
+
+
+@pytest.mark.parametrize("name", sorted(_CODE_LEVELS))
+def test_codes_path_gives_the_rows_path_sums_in_every_chunk(name):
+    # the codes are the indices the rows path derives from the float64 rows, so
+    # log-densities, statistics and totals are the same bits; a pass over many
+    # chunks (each kernel call locates its chunk within the rows) on 1 and 2
+    # threads, and a chunk of other memory (a copy), which is read as rows
+    from emcore.engine import data_pass
+    from emcore.plugins._discrete_kernel import CodesKernel, GroupCodes
+    rng = np.random.default_rng(41)
+    log_probs, levels, X = _codes_case(name, 3000, rng)
+    codes = GroupCodes(X, levels)
+    assert codes.valid and codes.codes.shape == (X.shape[0], 3)
+    rows_kernel = CodesKernel(log_probs, levels)
+    codes_kernel = CodesKernel(log_probs, levels, codes)
+    np.testing.assert_array_equal(codes_kernel.log_density(X), rows_kernel.log_density(X))
+    W = rng.dirichlet(np.ones(3), size=X.shape[0])
+    np.testing.assert_array_equal(codes_kernel.accumulate(X, W),
+                                  rows_kernel.accumulate(X, W))
+    fam = (BernoulliFamily(3, len(levels)) if name == "bernoulli"
+           else CategoricalFamily(3, len(levels), n_levels=levels))
+    p = np.exp(log_probs)
+    params = {"probabilities": p[..., 1] if name == "bernoulli" else np.nan_to_num(p)}
+    rule = get_registry().posterior_rule("soft").factory()
+    weights = np.array([0.5, 0.3, 0.2])
+    sw = rng.uniform(0.5, 2.0, X.shape[0])
+
+    def run(n_jobs, rows=X):
+        res = data_pass(rows, fam, rule, weights, params, n_jobs=n_jobs, sample_weight=sw,
+                        chunk_rows=128)
+        return res.value, res.entropy, res.resp_sum, res.stats.counts
+
+    plain = run(1)
+    with fam.codes_for(X):
+        assert fam.compiled_kernel(params).codes is not None
+        for n_jobs in (1, 2):
+            got = run(n_jobs)
+            for a, b in zip(got, plain):
+                np.testing.assert_array_equal(a, b)
+        copied = run(2, X.copy())
+        for a, b in zip(copied, plain):
+            np.testing.assert_array_equal(a, b)
+    assert fam.compiled_kernel(params).codes is None        # released
+
+
+def test_codes_path_reads_the_codes_not_the_rows():
+    # rows changed after their codes were made: a kernel with the codes still
+    # gives the old rows' values (it does not read the rows), for the whole array
+    # and for a chunk inside it; a chunk that is not whole rows of it is read as rows
+    from emcore.plugins._discrete_kernel import CodesKernel, GroupCodes
+    rng = np.random.default_rng(42)
+    log_probs, levels, X = _codes_case("categorical", 200, rng)
+    before = CodesKernel(log_probs, levels).log_density(X)
+    codes = GroupCodes(X, levels)
+    kernel = CodesKernel(log_probs, levels, codes)
+    X[:] = X[::-1]
+    np.testing.assert_array_equal(kernel.log_density(X), before)
+    np.testing.assert_array_equal(kernel.log_density(X[50:90]), before[50:90])
+    shifted = X.reshape(-1)[1:1 + 10 * X.shape[1]].reshape(10, X.shape[1])
+    np.testing.assert_array_equal(kernel.log_density(shifted),
+                                  CodesKernel(log_probs, levels).log_density(shifted))
+
+
+def test_group_codes_refuse_bad_rows_and_wide_groups():
+    # no codes (the kernel reads the rows) for a row outside its levels, or for a
+    # feature of more than 256 levels (its group's index does not fit a byte)
+    from emcore.plugins._discrete_kernel import CodesKernel, GroupCodes
+    rng = np.random.default_rng(43)
+    log_probs, levels, X = _codes_case("categorical", 50, rng)
+    X[17, 2] = 2.0                                   # feature 2 has 2 levels
+    bad = GroupCodes(X, levels)
+    assert not bad.valid and bad.codes is None
+    assert CodesKernel(log_probs, levels, bad).codes is None
+    assert np.all(CodesKernel(log_probs, levels, bad).log_density(X)[17] == -np.inf)
+    wide = GroupCodes(np.array([[300.0, 1.0], [2.0, 0.0]]), (301, 2))
+    assert not wide.valid
+    with pytest.raises(ValueError, match="other levels"):
+        CodesKernel(log_probs, levels[:-1] + (8,), GroupCodes(X[:5], levels))
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_fits_read_the_group_codes_of_their_em_rows(compress, monkeypatch):
+    # MixtureModel.fit makes the codes of the rows its EM iterations run over
+    # (the patterns when compressed) once, and the fit is the one without codes
+    import emcore.plugins.discrete as discrete
+    rng = np.random.default_rng(44)
+    X = _binary_data(600, rng, d=4)
+    made = []
+
+    def counting(rows, levels):
+        made.append(rows.shape[0])
+        return GroupCodes(rows, levels)
+
+    GroupCodes = discrete.GroupCodes
+
+    def fit():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", emcore.ConvergenceWarning)
+            return emcore.MixtureModel(2, family="bernoulli", random_state=5, max_iter=15,
+                                       tol=0.0, compress=compress).fit(X)
+
+    monkeypatch.setattr(discrete, "GroupCodes", counting)
+    with_codes = fit()
+    assert made == [np.unique(X, axis=0).shape[0] if compress else X.shape[0]]
+    monkeypatch.setattr(discrete.CategoricalFamily, "codes_for",
+                        lambda self, rows: contextlib.nullcontext())
+    without = fit()
+    assert made == made[:1]
+    assert with_codes.lower_bound_ == without.lower_bound_
+    np.testing.assert_array_equal(with_codes.params_["probabilities"],
+                                  without.params_["probabilities"])
+    assert with_codes.family_.compiled_kernel(with_codes.params_).codes is None
+
+
+# --- the fused soft step (docs/discrete.md#the-fused-soft-step) ---------------------------
+
+_U = 2.0 ** -53
+
+
+def _pass_pair(fam, params, X, weights, sw, n_jobs=1):
+    """(fused, unfused) passes: asking for log q keeps the posterior kernel."""
+    from emcore.engine import data_pass
+    rule = get_registry().posterior_rule("soft").factory()
+    fused = data_pass(X, fam, rule, weights, params, n_jobs=n_jobs, sample_weight=sw,
+                      chunk_rows=128)
+    plain = data_pass(X, fam, rule, weights, params, n_jobs=n_jobs, sample_weight=sw,
+                      chunk_rows=128, out_log_resp=np.empty((X.shape[0], len(weights))))
+    return fused, plain
+
+
+def _assert_same_pass(fused, plain, G, sw):
+    # per row, the fused step's exp(a_k - m) is a product of G + 1 table entries
+    # (each exp within 2 u) and G roundings, the soft kernel's one vector exp
+    # (within 4 u): q and s differ by at most 8 (G + 2) u relative, log s and so
+    # f = m + log s by 8 (G + 2) u + u |f|; both sum the rows in the same order,
+    # so the totals differ by at most 16 (G + 2) u (sum_i w_i + magnitude)
+    # (magnitude >= sum_i w_i |f_i| and sum_i w_i q_ik |a_ik|)
+    tol = 16 * (G + 2) * _U * (sw.sum() + plain.magnitude)
+    assert abs(fused.value - plain.value) <= tol
+    assert abs(fused.expected_log_joint - plain.expected_log_joint) <= tol
+    assert abs(fused.entropy - plain.entropy) <= tol
+    assert abs(fused.magnitude - plain.magnitude) <= 2 * tol
+    # positive terms within 8 (G + 2) u of each other, summed in the same order
+    rtol = (8 * (G + 2) + 2 * len(sw)) * _U
+    np.testing.assert_allclose(fused.resp_sum, plain.resp_sum, rtol=rtol)
+    np.testing.assert_allclose(fused.stats.counts, plain.stats.counts, rtol=rtol, atol=0)
+    np.testing.assert_allclose(fused.stats.weight, plain.stats.weight, rtol=rtol)
+
+
+@pytest.mark.parametrize("name", sorted(_CODE_LEVELS))
+def test_fused_soft_step_is_the_soft_posterior_and_its_statistics(name):
+    # exp free (the tables' ranges are far below the guard), with and without the
+    # codes, on 1 and 2 threads (the same bits: blocks of chunks, merged in order)
+    rng = np.random.default_rng(45)
+    log_probs, levels, X = _codes_case(name, 2000, rng)
+    p = np.exp(log_probs)
+    if name == "bernoulli":
+        fam, params = BernoulliFamily(3, len(levels)), {"probabilities": p[..., 1]}
+    else:
+        fam = CategoricalFamily(3, len(levels), n_levels=levels)
+        params = {"probabilities": np.nan_to_num(p)}
+    kernel = fam.compiled_kernel(params)
+    assert kernel.fused_soft_step and kernel.exp_range <= 700
+    assert get_registry().posterior_rule("soft").factory().compiled_kernel().exact_soft
+    weights = np.array([0.5, 0.3, 0.2])
+    sw = rng.uniform(0.5, 2.0, X.shape[0])
+    fused, plain = _pass_pair(fam, params, X, weights, sw)
+    _assert_same_pass(fused, plain, kernel.n_groups, sw)
+    with fam.codes_for(X):
+        for n_jobs in (1, 2):
+            again, _ = _pass_pair(fam, params, X, weights, sw, n_jobs=n_jobs)
+            assert again.value == fused.value and again.entropy == fused.entropy
+            np.testing.assert_array_equal(again.stats.counts, fused.stats.counts)
+            np.testing.assert_array_equal(again.resp_sum, fused.resp_sum)
+
+
+def test_fused_soft_step_falls_back_to_exp_beyond_the_guard():
+    # component 0 gives every item probability tiny, component 1 probability
+    # 1 - tiny, component 2 alternates them; the last row answers 1 to the even
+    # items and 0 to the odd ones: under every component its likelihood is at
+    # most tiny^(d / 2). A group of 8 items spans 8 log(1 / tiny) in its table.
+    # d = 16, tiny = 1e-18: the ranges sum to 663 <= 700, exp free, that row's
+    # products e^-331 and e^-663 (normal doubles). d = 48, tiny = 1e-30: 3316 > 700,
+    # and that row's products would be e^-1658 (0 in double): the step takes
+    # exp(a - max) per entry instead. Both agree with the soft posterior
+    rng = np.random.default_rng(46)
+    K = 3
+    for d, tiny, exp_free in ((16, 1e-18, True), (48, 1e-30, False)):
+        p = np.empty((K, d))
+        p[0], p[1] = tiny, 1.0 - tiny
+        p[2] = np.where(np.arange(d) % 2 == 0, tiny, 1.0 - tiny)
+        fam = BernoulliFamily(K, d)
+        params = {"probabilities": p}
+        kernel = fam.compiled_kernel(params)
+        assert (kernel.exp_range <= 700) == exp_free
+        z = rng.integers(K, size=600)
+        X = (rng.random((600, d)) < p[z]).astype(np.float64)
+        X[-1] = np.arange(d) % 2 == 0
+        sw = np.ones(X.shape[0])
+        fused, plain = _pass_pair(fam, params, X, np.array([0.4, 0.3, 0.3]), sw)
+        _assert_same_pass(fused, plain, kernel.n_groups, sw)
+        assert np.isfinite(fused.value)
+
+
+def test_fused_soft_step_refuses_a_row_without_likelihood():
+    # a row every component gives probability 0: the same error as the posterior
+    X = np.zeros((300, 4))
+    X[::7, :2] = 1.0
+    X[123] = [1.0, 1.0, 1.0, 1.0]
+    fam = BernoulliFamily(2, 4)
+    params = {"probabilities": np.array([[0.9, 0.8, 0.2, 0.0], [0.2, 0.3, 0.0, 0.9]])}
+    for out in (None, np.empty((300, 2))):
+        with pytest.raises(ValueError, match="row 123 of X has no finite likelihood"):
+            from emcore.engine import data_pass
+            data_pass(X, fam, get_registry().posterior_rule("soft").factory(),
+                      np.array([0.5, 0.5]), params, chunk_rows=64, out_log_resp=out)

@@ -51,6 +51,7 @@ cdef struct _Pass:
     const double* sample_weight   # (n,) w_i, or NULL (all 1)
     bint hard                     # the rule writes labels, not q
     bint fused                    # the family's chunk_hard_step does the E-step
+    bint fused_soft               # the family's chunk_soft_step does it (soft rule)
     bint with_stats
     Py_ssize_t scratch_size       # the family's scratch for chunk_rows rows
     double* out_log_resp          # (n, K) log q
@@ -150,6 +151,11 @@ cdef int _chunk_e_step(FamilyKernel family, PosteriorKernel rule, const _Pass* p
                 x, nr, p.log_weights, _row_weights(p, r0), buf.log_joint, buf.scratch,
                 buf.labels, buf.row_value, buf.totals,
                 block.stats if p.with_stats else NULL)
+    elif p.fused_soft:
+        # the family's own exact soft E-step, fused with its accumulation
+        status = family.chunk_soft_step(
+            x, nr, p.log_weights, _row_weights(p, r0), buf.resp, buf.row_value,
+            buf.totals, block.stats if p.with_stats else NULL, buf.scratch)
     else:
         if x == NULL:
             status = family.chunk_log_density_f32(xs, nr, buf.log_joint, buf.scratch)
@@ -238,7 +244,7 @@ cdef void _run_block(FamilyKernel family, PosteriorKernel rule, const _Pass* p,
                 break
             _write_outputs(p, &buf, r0, nr)
             _add_resp_sum(p, &buf, r0, nr, block.resp_sum)
-            if p.with_stats and not p.fused:
+            if p.with_stats and not p.fused and not p.fused_soft:
                 if _accumulate(family, p, &buf, x, r0, nr, block) != 0:
                     break
     _release(&buf)
@@ -362,6 +368,9 @@ cdef void _fill_pass(_Pass* p, FamilyKernel family, PosteriorKernel rule,
     p.hard = rule.hard
     # a hard rule with a family that fuses it (k-means), unless log q is asked for
     p.fused = p.hard and family.fused_hard_step and p.out_log_resp == NULL
+    # the exact soft rule with a family that fuses it (float64 rows), the same way
+    p.fused_soft = (not p.hard and rule.exact_soft and family.fused_soft_step
+                    and p.out_log_resp == NULL and p.X != NULL)
     p.with_stats = with_stats
     p.scratch_size = family.scratch_size(p.chunk_rows)
 
