@@ -108,11 +108,12 @@ def start(X: np.ndarray, k: int, reg_covar: float, seed: int, n_jobs: int):
 
 
 def run_emcore(X, k, w0, p0, reg_covar, n_jobs, accelerate, target=None, max_iter=100000,
-               stop_rel=1e-13, progress=0, reference_means=None):
+               stop_rel=1e-13, progress=0, reference_means=None, max_passes=None):
     """(FitResult, trace, distances): trace is [Mark] per record; with
     ``reference_means`` (k, d), distances[i] is max_k ||mu_k - reference_k|| at
     trace[i]'s parameters (EM records only, else nan); with ``progress`` > 0 a
-    line every ``progress`` records (a long run's state)."""
+    line every ``progress`` records (a long run's state); with ``max_passes``, it
+    stops at the first EM step at least that many passes in."""
     family = get_registry().family("gaussian").factory(k, X.shape[1], reg_covar=reg_covar)
     rule = get_registry().posterior_rule("soft").factory()
     trace = []
@@ -140,6 +141,8 @@ def run_emcore(X, k, w0, p0, reg_covar, n_jobs, accelerate, target=None, max_ite
         if reference_means is not None:
             distances[-1] = float(np.max(np.linalg.norm(after["means"] - reference_means,
                                                         axis=1)))
+        if max_passes is not None and passes[0] >= max_passes:
+            return True
         if target is not None:
             return record.objective >= target
         return record.relative_change < stop_rel
@@ -368,6 +371,40 @@ def same_maximum(plain, trace, distances, sq, L_star) -> None:
               "below does not measure acceleration to one fixed point", flush=True)
 
 
+def side_by_side(X, k, w0, p0, reg_covar, threads, passes, every=25) -> None:
+    """SQUAREM and plain EM from the same start for ``passes`` passes each, no L*:
+    their log-likelihoods pass for pass (every ``every``), which is ahead and by
+    how much, SQUAREM's extrapolations, plain EM's last change and rho, and the
+    distance of plain EM's means from SQUAREM's last ones. For a start from which
+    a run to L* does not fit the machine time: passes do not depend on the load."""
+    sq, sq_trace, _ = run_emcore(X, k, w0, p0, reg_covar, threads, "squarem",
+                                 max_passes=passes, progress=every)
+    print(f"  SQUAREM: {sq.n_passes} passes, {sq.seconds:.1f} s, {sq_trace[-1].cpu:.1f} s "
+          f"CPU", flush=True)
+    extrapolations_summary(sq.history)
+    plain, plain_trace, dist = run_emcore(X, k, w0, p0, reg_covar, threads, None,
+                                          max_passes=passes, progress=every,
+                                          reference_means=sq.params["means"])
+    print(f"  plain EM: {plain.n_passes} passes, {plain.seconds:.1f} s, "
+          f"{plain_trace[-1].cpu:.1f} s CPU", flush=True)
+
+    def at(trace, p):
+        # the last record at most p passes in
+        return [m for m in trace if m.passes <= p][-1].objective
+
+    print(f"{'passes':>7} {'plain EM':>20} {'SQUAREM':>20} {'SQUAREM above plain':>20}")
+    for p in list(range(every, passes, every)) + [passes]:
+        a, b = at(plain_trace, p), at(sq_trace, p)
+        print(f"{p:>7d} {a:>20.10e} {b:>20.10e} {(b - a) / abs(a):>20.2e}", flush=True)
+    obj = np.array([m.objective for m in plain_trace])
+    change = np.diff(obj) / np.abs(obj[1:])
+    tail = change[-11:]
+    rho = float(np.median(tail[1:] / tail[:-1]))
+    print(f"plain EM's last relative change {change[-1]:.2e}, rho {rho:.4f}; its means' "
+          f"distance from SQUAREM's last means: {dist[0]:.3e} at its first record, "
+          f"{dist[-1]:.3e} at its last", flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200_000)
@@ -407,6 +444,9 @@ def main(argv=None) -> None:
                         help="scan seeds FIRST..LAST: plain EM's passes to a relative "
                              "change of 1e-8 (capped at --scan-passes), no scikit-learn")
     parser.add_argument("--scan-passes", type=int, default=150)
+    parser.add_argument("--side-by-side", type=int, default=0, metavar="PASSES",
+                        help="only run SQUAREM and plain EM for PASSES passes each and "
+                             "compare them pass for pass (no L*, no scikit-learn)")
     args = parser.parse_args(argv)
     if args.issue_size:
         args.n = 1_000_000
@@ -429,6 +469,11 @@ def main(argv=None) -> None:
     X = make_data(n, d, k, args.seed)
     with threadpool_limits(args.threads):
         w0, p0, prec0 = start(X, k, args.reg_covar, args.seed, args.threads)
+        if args.side_by_side:
+            side_by_side(X, k, w0, p0, args.reg_covar, args.threads, args.side_by_side,
+                         every=args.progress or 25)
+            print(f"end: {time.strftime('%H:%M:%S UTC', time.gmtime())}, {_load()}")
+            return
         if args.dry_run:
             dry_run(X, k, w0, p0, prec0, args.reg_covar, args.threads, args.dry_run)
             print(f"end: {time.strftime('%H:%M:%S UTC', time.gmtime())}, {_load()}")
