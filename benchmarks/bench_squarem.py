@@ -2,7 +2,7 @@
 
 A full-covariance Gaussian mixture with overlapping clusters (centres drawn with
 scale 1.5 around 0, unit-variance clusters), by default (n, d, k) = (2e5, 16, 16);
-``--issue-size`` runs issue 19's (1e6, 16, 16), by default at seed ISSUE_SEED (7),
+``--issue-size`` runs issue 19's (1e6, 16, 16), by default at seed ISSUE_SEED (8),
 chosen by ``--scan FIRST LAST``: plain EM from each seed's start (the seed draws the
 data and the k-means++ start) to a relative change of 1e-8, capped at
 ``--scan-passes``, one line per seed (whether EM crawls depends on the mixture and
@@ -64,14 +64,15 @@ from emcore.engine import run_em
 from emcore.registry import get_registry
 
 TARGET = 1e-8
-#: --issue-size's default seed, chosen by ``--scan`` (the table is in
-#: benchmarks/README.md): of the seeds screened at (1e6, 16, 16) (0, and 5, 6, 7, the
-#: slowest at (1e5, 16, 16)) the only one from which plain EM crawls; from seed 0
-#: it converges in 28 iterations there, leaving SQUAREM nothing to accelerate.
-#: Provisional: from seed 7 SQUAREM reached a point 1.8e-3 relative higher than
-#: plain EM's after 715 passes (benchmarks/README.md); whether plain EM ends there
-#: too (the same fixed point) is not settled
-ISSUE_SEED = 7
+#: --issue-size's default seed, chosen by ``--scan`` (the table, every seed screened,
+#: is in benchmarks/README.md): at (1e6, 16, 16) plain EM from seed 8's start crawls
+#: linearly (rho 0.983 at pass 50, 0.9976 at 200) and, pass for pass, stays below
+#: SQUAREM with its means approaching SQUAREM's (``--side-by-side 200``): one maximum
+#: as far as 200 passes show. Seed 7, the earlier default, was dropped: from it
+#: SQUAREM and plain EM reach different points (a plateau left one way or the other),
+#: so its pass ratio measured escaping a saddle, not acceleration; seed 0 converges
+#: in 28 iterations there, leaving nothing to accelerate.
+ISSUE_SEED = 8
 
 
 class Mark(NamedTuple):
