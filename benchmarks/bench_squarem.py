@@ -32,14 +32,15 @@ When it never does, its time at the cap is reported, a lower bound (said in the
 output); besides ``--sklearn-max-iter`` the cap can be a time,
 ``--sklearn-time-cap R`` (past R x SQUAREM's wall time and R x its CPU time to the
 target: still short there proves both ratios >= R) or
-``--sklearn-max-seconds`` (a machine-time budget), whichever comes first, each
+``--sklearn-max-seconds`` (a wall-time budget), whichever comes first, each
 taking effect at the end of an E-step as max_iter set to that iteration would. The
 median wall and CPU seconds per pass of each method are printed: unlike the totals, they can be
 compared with a quieter run's. The script checks that scikit-learn's per-iteration
 log-likelihoods are emcore plain EM's (same iterates: they agree to ~1e-15 relative)
 and prints the largest difference. The load averages at start and end are printed
 (the machine may be shared). ``--dry-run N`` only times N iterations of each, to
-choose the caps.
+choose the caps; ``--side-by-side N`` only runs SQUAREM and plain EM, N passes each,
+and compares them pass for pass (no L*: for a start whose run to L* does not fit).
 Ratios printed: plain / SQUAREM passes (target >= 3) and
 scikit-learn / SQUAREM wall time (target >= 30), each time ratio also in CPU time.
 
