@@ -577,14 +577,13 @@ class GaussianFamily(Family):
 
     def _observed_denominator(self, n_kj: np.ndarray) -> np.ndarray:
         """D of sigma^2 = B / D for statistics with per-coordinate weights n_kj:
-        'diag' (k, d), one per coordinate as for a column alone; 'spherical' (k,),
-        the observed-entry mass sum_j n_kj (ML), or with the prior's powers
-        (_denominator's, with w d replaced by sum_j n_kj)."""
+        'diag' (k, d), :meth:`_denominator` with each coordinate's own weight (as
+        for a column alone); 'spherical' (k,), the observed-entry mass sum_j n_kj
+        (ML), or with the prior's powers (_denominator's, with w d replaced by
+        sum_j n_kj)."""
         d = self.n_features
         if self._type == "diag":
-            if self.prior is None:
-                return n_kj
-            return self.prior.dof + n_kj + (3.0 if self.prior.shrinkage > 0 else 2.0)
+            return self._denominator(n_kj)
         mass = np.sum(n_kj, axis=1)
         if self.prior is None:
             return mass
