@@ -125,9 +125,9 @@ def run_emcore(X, k, w0, p0, reg_covar, n_jobs, accelerate, target=None, max_ite
     c0 = time.process_time()
 
     def callback(record):
-        reason = (record.extrapolation or {}).get("reason", "")
-        if not reason.startswith("invalid"):       # an invalid point costs no pass
-            passes[0] += 1
+        extra = record.extrapolation or {}
+        if not extra.get("reason", "").startswith("invalid"):   # an invalid point:
+            passes[0] += extra.get("passes", 1)    # no pass; a stabilised jump: two
         trace.append(Mark(time.perf_counter() - t0, time.process_time() - c0, passes[0],
                           record.objective))
         distances.append(float("nan"))
@@ -323,6 +323,9 @@ def extrapolations_summary(history) -> None:
                 longest = max(longest, run)
             line += (f"; unclamped (s = S3) {int(np.sum(s == s3))}; longest run of "
                      f"fallbacks {longest}")
+        kept = sum(bool(e.get("stabilised")) for e in rows)
+        line += (f"; judged after the stabilising EM step (F(theta') < F(theta_2), "
+                 f"two passes): {kept if accepted else sum('passes' in e for e in rows)}")
         print(line, flush=True)
 
 

@@ -153,7 +153,9 @@ class Iteration:
     mc_standard_error: float = 0.0
     #: SQUAREM records: the step length s (clamped; ``step_length_s3`` the S3 value
     #: ||r|| / ||v||), what was compared (``compared``, ``objective_before``,
-    #: ``objective_extrapolated``), ``accepted``, and for a fallback its ``reason``
+    #: ``objective_extrapolated``), ``accepted``, and for a fallback its ``reason``;
+    #: a jump judged after its stabilising EM step (``stabilised``, ``passes`` 2)
+    #: also ``objective_stabilised`` and that step's ``stabilising_step_slacks``
     extrapolation: Optional[dict] = field(default=None, compare=False)
 
     @property
@@ -201,6 +203,10 @@ class Iteration:
             # a maximising M-step gains nothing when applied again to its output
             # (docs/variants.md#gem); a GEM step only has to ascend
             slacks["maximal"] = self.m_step_gain / self.tolerance
+        # a SQUAREM jump judged after its stabilising EM step: that step's chain too
+        for link, slack in ((self.extrapolation or {}).get("stabilising_step_slacks")
+                            or {}).items():
+            slacks[f"stabilising {link}"] = slack
         return slacks
 
     def chain_holds(self, penalised: bool = True) -> bool:
@@ -225,7 +231,8 @@ class FitResult:
     stats: Any = None         #: the family's statistics at the returned parameters
     rule_state: Optional[dict] = None   #: the rule's report() at the returned parameters
     #: passes over the data the fit made (one per record, plus the first; a rejected
-    #: SQUAREM point that failed validation costs none; SEM adds one at the average)
+    #: SQUAREM point that failed validation costs none, a SQUAREM record with
+    #: ``extrapolation["passes"]`` costs that many; SEM adds one at the average)
     n_passes: int = 0
     #: SEM: the chain's last (weights, params); the returned ones are its running
     #: average over ``n_averaged`` iterations after the rule's burn-in
@@ -671,11 +678,16 @@ class _Steps:
             mc_standard_error=mc_se)
         return record, b
 
+    def tolerances(self, a: _Point, b: _Point) -> tuple:
+        """(tau_A, tau_B) of a move from ``a`` to ``b`` with no M-step between
+        them (a SQUAREM jump): the rounding bounds its record's chain uses."""
+        return self._tolerances(a, b, b.result.stats, b.params)
+
     def jump(self, t: int, a: _Point, b: _Point, extrapolation: dict) -> Iteration:
         """The record of SQUAREM's move from ``a`` (two EM steps done) to the
         extrapolated ``b``: the chain F(a) <= ELBO(q_b, b) <= F(b) says the move did
         not lower the objective."""
-        tol_eq, tol_chain = self._tolerances(a, b, b.result.stats, b.params)
+        tol_eq, tol_chain = self.tolerances(a, b)
         return Iteration(
             iteration=t, value=a.result.value, elbo_at_start=a.result.elbo,
             elbo=b.result.elbo, value_next=b.result.value, objective=b.objective,
@@ -906,8 +918,11 @@ def _squarem(steps: _Steps, point: _Point, max_iter: int, emit, stops) -> tuple:
     s = ||r|| / ||v|| (S3, alpha = -s) clamped to [1, s_max], c' = c_0 + 2 s r + s^2 v;
     if s = 1, c' is theta_2 and the cycle ends there. Otherwise theta' is accepted
     when it is valid and F(theta') >= F(theta_2) (a 'squarem' record), then one
-    stabilising EM step; else the fit stays at theta_2 (a 'squarem-fallback' record)
-    and s_max shrinks. F never decreases. The stopping rule is tested on EM steps.
+    stabilising EM step. A valid theta' with F(theta') < F(theta_2) is judged after
+    that step, as the SQUAREM package judges every jump: the pair is kept when
+    F(M(theta')) >= F(theta_2) (one 'squarem' record from theta_2 to M(theta'),
+    two passes). Else the fit stays at theta_2 (a 'squarem-fallback' record) and
+    s_max shrinks. F never decreases. The stopping rule is tested on EM steps.
     """
     latest = [point]            # the last point with a computed objective (Ctrl-C)
     try:
@@ -973,6 +988,32 @@ def _squarem_cycles(steps: _Steps, point: _Point, max_iter: int, emit, stops,
         else:
             reason = None if prime.objective >= p2.objective else "lower objective"
             extrapolation["objective_extrapolated"] = prime.objective
+        if reason == "lower objective" and (
+                p2.objective - prime.objective <= steps.tolerances(p2, prime)[1]):
+            # lower by no more than the objectives' rounding (near a fixed point, where
+            # F no longer tells the points apart): no stabilising step either
+            reason = "lower objective, by no more than its rounding"
+        if reason == "lower objective":
+            # the SQUAREM package judges a jump after its stabilising EM step: take
+            # that step from theta' and keep both if they end no lower than theta_2
+            # (one record for two passes; F(theta') itself is never a fit's point)
+            em_record, b = steps.em(t, prime)
+            n_m_steps += 1
+            extrapolation.update(
+                objective_stabilised=b.objective, passes=2,
+                stabilising_step_slacks=em_record.chain_slacks(),
+                compared="objective(stabilising EM step from the extrapolated point) "
+                         ">= objective(after two EM steps)")
+            if b.objective >= p2.objective:
+                if s == step_max:
+                    step_max *= _SQUAREM_MSTEP
+                latest[0] = point = b
+                record = steps.jump(t, p2, b, dict(extrapolation, accepted=True,
+                                                   stabilised=True))
+                t += 1
+                emit(dataclass_replace(record, seconds=time.perf_counter() - t0))
+                continue
+            reason = "lower objective, also after the stabilising EM step"
         if reason is not None:
             if s == step_max:
                 step_max = max(_SQUAREM_STEP_MAX0, step_max / _SQUAREM_MSTEP)

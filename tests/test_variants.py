@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace as dataclass_replace
 
 import numpy as np
 import pytest
@@ -215,8 +216,19 @@ def _tight(record, before, after):
     return record.step == "em" and record.param_change < 1e-11
 
 
+def _squarem_passes(history) -> int:
+    """Passes a SQUAREM fit's records cost: one each, ``extrapolation["passes"]`` for
+    a jump judged after its stabilising step, none for an invalid extrapolation."""
+    total = 1                               # the pass at the start
+    for it in history:
+        extra = it.extrapolation or {}
+        if not extra.get("reason", "").startswith("invalid"):
+            total += extra.get("passes", 1)
+    return total
+
+
 def test_squarem_reaches_the_fixed_point_of_em_in_fewer_passes():
-    X = _overlapping(600, spread=2.0)      # plain EM: ~340 passes, SQUAREM ~90
+    X = _overlapping(600, spread=2.0)      # plain EM: 365 passes, SQUAREM 104
     w0, p0 = _start(X, 3)
     family, rule = _gaussian(3, 2), SoftPosterior()
     plain = run_em(X, family, rule, w0, p0, max_iter=20000, tol=0.0, converged=_tight)
@@ -235,7 +247,35 @@ def test_squarem_reaches_the_fixed_point_of_em_in_fewer_passes():
     assert jump.extrapolation["accepted"] and jump.extrapolation["step_length"] > 1.0
     assert jump.extrapolation["objective_extrapolated"] >= jump.extrapolation[
         "objective_before"]
-    assert fast.n_passes == 1 + len(fast.history)
+    assert fast.n_passes == _squarem_passes(fast.history)
+
+
+def test_squarem_judges_a_lower_jump_after_its_stabilising_step():
+    # theta' below theta_2 is not a fit's point; the SQUAREM package's rule (the
+    # objective after the stabilising EM step) can still keep the jump, and the
+    # record says so: F(theta_2) <= F(M(theta')), both passes counted
+    X = _overlapping(600, spread=2.0)
+    w0, p0 = _start(X, 3)
+    fast = run_em(X, _gaussian(3, 2), SoftPosterior(), w0, p0, max_iter=20000, tol=0.0,
+                  converged=_tight, accelerate="squarem")
+    kept = [it for it in fast.history if (it.extrapolation or {}).get("stabilised")]
+    assert kept, "no jump was judged after its stabilising step"
+    for it in kept:
+        e = it.extrapolation
+        assert it.step == "squarem" and e["accepted"] and e["passes"] == 2
+        assert e["objective_extrapolated"] < e["objective_before"]
+        assert e["objective_before"] == it.value <= e["objective_stabilised"] == it.objective
+        assert {"stabilising equality", "stabilising ascent", "stabilising bound"} <= set(
+            it.chain_slacks())
+        assert it.chain_holds()
+    # record to record, the objective never decreases (within each record's bound)
+    for before, it in zip(fast.history, fast.history[1:]):
+        assert it.objective >= before.objective - it.tolerance, it.iteration
+    assert fast.n_passes == _squarem_passes(fast.history)
+    # a failing link of the stabilising step fails the jump's chain
+    broken = dataclass_replace(kept[0], extrapolation=dict(
+        kept[0].extrapolation, stabilising_step_slacks={"ascent": 2.0}))
+    assert not broken.chain_holds()
 
 
 def test_squarem_rejected_extrapolations_fall_back_to_em():
