@@ -278,6 +278,26 @@ def test_squarem_judges_a_lower_jump_after_its_stabilising_step():
     assert not broken.chain_holds()
 
 
+def test_squarem_takes_no_stabilising_step_for_a_deficit_within_rounding():
+    # run on at the fixed point (tol = 0): there F cannot tell theta' from theta_2,
+    # and a stabilising step would be a pass bought for nothing
+    X = _overlapping(600, spread=2.0)
+    w0, p0 = _start(X, 3)
+    fast = run_em(X, _gaussian(3, 2), SoftPosterior(), w0, p0, max_iter=120, tol=0.0,
+                  accelerate="squarem")
+    noise = [it for it in fast.history if it.step == "squarem-fallback"
+             and it.extrapolation["reason"] == "lower objective, by no more than its rounding"]
+    assert noise
+    for it in noise:
+        e = it.extrapolation
+        assert "passes" not in e and "objective_stabilised" not in e
+        # lower, by a rounding-sized amount: the engine compared it with tau_B of the
+        # jump (about 1e-13 relative at n = 600); 1e-9 only says it is not a real drop
+        assert 0 < e["objective_before"] - e["objective_extrapolated"] < 1e-9 * abs(
+            e["objective_before"])
+    assert fast.n_passes == _squarem_passes(fast.history)
+
+
 def test_squarem_rejected_extrapolations_fall_back_to_em():
     class Unextrapolatable(GaussianFamily):
         def from_unconstrained(self, coords):
