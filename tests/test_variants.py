@@ -292,7 +292,7 @@ def test_squarem_takes_no_stabilising_step_for_a_deficit_within_rounding():
         e = it.extrapolation
         assert "passes" not in e and "objective_stabilised" not in e
         # lower, by a rounding-sized amount: the engine compared it with tau_B of the
-        # jump (about 1e-13 relative at n = 600); 1e-9 only says it is not a real drop
+        # jump (about 1.6e-12 relative at n = 600); 1e-9 only says it is not a real drop
         assert 0 < e["objective_before"] - e["objective_extrapolated"] < 1e-9 * abs(
             e["objective_before"])
     assert fast.n_passes == _squarem_passes(fast.history)
