@@ -29,7 +29,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from emcore import _validation as v
-from emcore._hc import shared_agglomerations
+from emcore._hc import grid_cell, shared_agglomerations
 from emcore._input import check_input
 from emcore._logging import fit_label, progress_bar
 from emcore._threads import effective_n_threads, single_threaded_blas
@@ -477,6 +477,13 @@ def _cell_seed(entropy: int, n_components: int) -> int:
     return int(seq.generate_state(1, dtype=np.uint32)[0])
 
 
+def _hc_subset_seed(entropy: int) -> int:
+    """The seed of the grid's hc subsets (``init_params='hc'`` above 2000 rows): from
+    (entropy, 0), a spawn key no cell has (n_components >= 1)."""
+    seq = np.random.SeedSequence(entropy, spawn_key=(0,))
+    return int(seq.generate_state(1, dtype=np.uint32)[0])
+
+
 # --- select_model -----------------------------------------------------------------
 
 def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 10),
@@ -533,7 +540,10 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
         partitions, and a cell's fit does not depend on the rest of the grid). An
         int gives a reproducible table; each row records its seed, so
         ``GaussianMixture(n_components=k, covariance_type=t, n_init=n_init,
-        random_state=row.random_state, **estimator_params).fit(X)`` refits it.
+        random_state=row.random_state, **estimator_params).fit(X)`` refits it
+        (except from ``init_params='hc'`` above 2000 rows, whose subset is the
+        grid's: ``select_model`` with the same ``random_state`` and that one
+        cell refits it).
     sample_weight : array-like of shape (n_samples,), optional
         Frequency weights, passed to ``fit``; the criteria use weighted sums and
         n = sum of the weights.
@@ -586,8 +596,12 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
     cells are fitted side by side, each fit on its share of the threads; the
     table is the same for any ``n_jobs``. A ``callback``, ``verbose`` output or
     ``progress`` keeps them on the calling thread, one after the other. With
-    ``init_params='hc'`` each agglomeration is computed once for the grid and cut
-    for every cell that starts from it (docs/guide/using.md#choosing-the-number-of-components).
+    ``init_params='hc'`` the grid's agglomeration is computed once and cut for
+    every cell: on all rows up to 2000, above that on one random subset of 2000
+    rows for the whole grid (as mclust's ``Mclust()``; with ``n_init`` starts,
+    one subset per start), drawn from ``random_state`` alone, so a part of the
+    grid starts from the same subset
+    (docs/guide/using.md#choosing-the-number-of-components).
 
     Examples
     --------
@@ -631,7 +645,11 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
     n_cells = sum(k <= limits[t][0] for k in fitted_ks for t in types)
     # a progress bar counts cells as they finish in order: fit them one at a time
     workers = 1 if progress else _cell_workers(n_cells, estimator_params)
-    with progress_bar(progress, owner, cells=n_cells), shared_agglomerations():
+    # init_params='hc' above 2000 rows: one random subset for the whole grid, as
+    # mclust's Mclust() (its seed from random_state alone; docs/gaussian.md#hierarchical-start)
+    subset_seed = (_hc_subset_seed(entropy) if estimator_params.get("init_params") == "hc"
+                   else None)
+    with progress_bar(progress, owner, cells=n_cells), shared_agglomerations(subset_seed):
         return _fit_grid(X, w, fitted_ks, types, limits, n_init, entropy, criterion,
                          estimator_params, include_spikes, skipped, skipped_cells,
                          workers)
@@ -642,7 +660,7 @@ def _fit_cell(X, w, k, t, seed, n_init, estimator_params) -> tuple:
     model = GaussianMixture(n_components=k, covariance_type=t, n_init=n_init,
                             random_state=seed, **estimator_params)
     try:
-        with fit_label(f"n_components={k} covariance_type={t}"):
+        with fit_label(f"n_components={k} covariance_type={t}"), grid_cell():
             model.fit(X, sample_weight=w)
         values = _criteria(model, X, w)
         if not math.isfinite(values["log_likelihood"]):
