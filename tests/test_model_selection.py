@@ -506,3 +506,36 @@ def test_an_hc_grid_above_the_subset_size_cuts_one_subset(monkeypatch):
     seen.clear()
     select_model(X, n_components=[2, 3], n_jobs=1, **{**kw, "n_init": 2})
     assert len(seen) == 2 and not np.array_equal(seen[0], seen[1])
+
+
+def test_the_criteria_of_each_cell_take_one_pass(three_clusters, monkeypatch):
+    # a cell's L, BIC, AIC and ICL come from one pass over X (was four: at
+    # (1e5, 8) a fifth of the grid's passes), and are still the estimator's
+    # methods' values bit for bit, weighted or not, for every cell
+    X = three_clusters
+    w = np.random.default_rng(1).integers(0, 3, X.shape[0]).astype(float)
+    calls = []
+    evaluate = GaussianMixture._evaluate
+
+    def counting(self, *args, **kwargs):
+        calls.append(args[1] if len(args) > 1 else kwargs.get("method"))
+        return evaluate(self, *args, **kwargs)
+    monkeypatch.setattr(GaussianMixture, "_evaluate", counting)
+    kw = dict(n_components=[1, 3], covariance_types=["VVV", "EVE", "VII"], n_init=1,
+              random_state=0, n_jobs=1)
+    for weights in (None, w):
+        calls.clear()
+        grid = select_model(X, sample_weight=weights, **kw)
+        assert len(calls) == len(grid.table) == 6
+        monkeypatch.setattr(GaussianMixture, "_evaluate", evaluate)
+        for row in grid.table:
+            model = GaussianMixture(row.n_components, covariance_type=row.covariance_type,
+                                    n_init=1, random_state=row.random_state,
+                                    n_jobs=1).fit(X, sample_weight=weights)
+            rows_loglik = model.score_samples(X)
+            loglik = float(np.sum(rows_loglik) if weights is None
+                           else np.dot(weights, rows_loglik))
+            assert (row.log_likelihood, row.bic, row.aic, row.icl) == (
+                loglik, model.bic(X, sample_weight=weights),
+                model.aic(X, sample_weight=weights), model.icl(X, sample_weight=weights))
+        monkeypatch.setattr(GaussianMixture, "_evaluate", counting)
