@@ -242,9 +242,26 @@ def hc_labels(X: np.ndarray, n_clusters: Union[int, Sequence[int]], model: str =
     if not 1 <= wanted[0] <= wanted[-1] <= g:
         raise ValueError(f"hc can cut {g} rows into 1 to {g} groups. Got {n_clusters!r} "
                          "instead.")
+    if n > subset and rng is None:
+        rng = np.random.default_rng()
     memo = _MEMO.get()
     cell = _CELL.get()
-    if n > subset and memo is not None and _GRID in memo and cell is not None:
+    grid = n > subset and memo is not None and _GRID in memo and cell is not None
+    if wanted == [1]:
+        # one group: every row of the subset (all rows up to ``subset``), which is
+        # the tree's cut at G = 1 without agglomerating; the generator (or the
+        # grid's count of starts) moves as for any G
+        if grid:
+            rows = _grid_subset(memo, n, subset, cell[0])
+            cell[0] += 1
+        elif n > subset:
+            rows = np.sort(rng.choice(n, size=subset, replace=False))
+        else:
+            rows = np.arange(n)
+        labels = np.full(n, -1, dtype=np.intp)
+        labels[rows] = 0
+        return {1: labels} if many else labels
+    if grid:
         # a cell of a grid with its own subsets: its start-th start cuts the
         # grid's start-th subset (the fit's generator is not used)
         start = cell[0]
@@ -259,8 +276,6 @@ def hc_labels(X: np.ndarray, n_clusters: Union[int, Sequence[int]], model: str =
         merges = entry[0]
         cuts = {G: _cut_tree(rows, merges, n, G) for G in wanted}
         return cuts if many else cuts[wanted[0]]
-    if n > subset and rng is None:
-        rng = np.random.default_rng()
     key = None if memo is None else _memo_key(X, model, rng, subset, transform)
     if key is None:
         rows, merges = _agglomeration(X, model, rng, subset, transform)
