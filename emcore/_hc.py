@@ -95,14 +95,14 @@ class _Groups:
                                 out[big])
         return out
 
-    def merged(self, i: int, others: np.ndarray) -> tuple:
+    def merged(self, i: int, others: np.ndarray, with_mean: bool = True) -> tuple:
         """(n, mean, trace, term, W of those with n > d) of group i merged with each
-        group of ``others``."""
+        group of ``others`` (mean None without ``with_mean``: costs need none)."""
         n_i, n_o = self.n[i], self.n[others]
         n = n_i + n_o
         diff = self.mean[others] - self.mean[i]
         c = n_i * n_o / n
-        mean = self.mean[i] + diff * (n_o / n)[:, None]
+        mean = self.mean[i] + diff * (n_o / n)[:, None] if with_mean else None
         trace = self.trace[i] + self.trace[others] + c * np.einsum("ij,ij->i", diff, diff)
         big = n > self.d
         W = []
@@ -122,7 +122,7 @@ class _Groups:
 
     def costs(self, i: int, others: np.ndarray) -> np.ndarray:
         """Change of the criterion when group i merges with each of ``others``."""
-        term = self.merged(i, others)[3]
+        term = self.merged(i, others, with_mean=False)[3]
         return term - self.term[i] - self.term[others]
 
     def merge(self, i: int, j: int) -> None:
