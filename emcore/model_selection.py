@@ -702,6 +702,18 @@ def _cell_workers(n_cells: int, estimator_params: dict) -> int:
     return max(1, min(n_cells, effective_n_threads(estimator_params.get("n_jobs"))))
 
 
+def _submission_order(cells: list) -> list:
+    """The order the threads take the cells (k, type, seed) in: the largest
+    n_components first (the longest fits first, so the threads end together
+    rather than one finishing the last, slowest cells alone), except that the
+    cells with one component (short, and needing no hc agglomeration) come right
+    after the first cell, keeping the other threads busy while its start
+    agglomerates. The table's order and numbers do not depend on it."""
+    by_size = sorted(range(len(cells)), key=lambda i: -cells[i][0])
+    ones = [i for i in by_size[1:] if cells[i][0] == 1]
+    return by_size[:1] + ones + [i for i in by_size[1:] if cells[i][0] != 1]
+
+
 def _fit_grid(X, w, fitted_ks, types, limits, n_init, entropy, criterion,
               estimator_params, include_spikes, skipped, skipped_cells,
               workers: int = 1) -> ModelSelection:
@@ -718,12 +730,13 @@ def _fit_grid(X, w, fitted_ks, types, limits, n_init, entropy, criterion,
         with single_threaded_blas(), warnings.catch_warnings(), \
                 ThreadPoolExecutor(max_workers=workers) as pool:
             warnings.simplefilter("ignore", ConvergenceWarning)
-            futures = [pool.submit(contextvars.copy_context().run, _fit_cell, X, w, k, t,
-                                   seed, n_init, params) for k, t, seed in cells]
+            futures = {i: pool.submit(contextvars.copy_context().run, _fit_cell, X, w,
+                                      *cells[i][:2], cells[i][2], n_init, params)
+                       for i in _submission_order(cells)}
             try:
-                results = [f.result() for f in futures]
+                results = [futures[i].result() for i in range(len(cells))]
             except BaseException:
-                for f in futures:
+                for f in futures.values():
                     f.cancel()
                 raise
     else:

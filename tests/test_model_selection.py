@@ -539,3 +539,13 @@ def test_the_criteria_of_each_cell_take_one_pass(three_clusters, monkeypatch):
                 loglik, model.bic(X, sample_weight=weights),
                 model.aic(X, sample_weight=weights), model.icl(X, sample_weight=weights))
         monkeypatch.setattr(GaussianMixture, "_evaluate", counting)
+
+
+def test_threads_take_the_largest_cells_first():
+    # the longest fits first (the threads end together), the short G = 1 cells
+    # (no hc agglomeration) right after the first, while its start agglomerates
+    cells = [(k, t, 0) for k in (1, 2, 3) for t in ("EII", "VVV")]
+    order = [cells[i][:2] for i in ms._submission_order(cells)]
+    assert order == [(3, "EII"), (1, "EII"), (1, "VVV"), (3, "VVV"), (2, "EII"),
+                     (2, "VVV")]
+    assert sorted(ms._submission_order(cells[2:])) == list(range(4))
