@@ -152,7 +152,7 @@ def shared_agglomerations(subset_seed: Optional[int] = None) -> Iterator[None]:
     generator in the state that call left it in, so the results are those of
     recomputing. With at most ``subset`` rows every cell of ``select_model``'s
     grid cuts the one tree of all rows (one agglomeration of 2000 rows in 8-D:
-    about 1.8 s of CPU, as much as fitting a cell).
+    about 1.2 s of CPU, as much as fitting a cell).
 
     ``subset_seed`` (an int): the grid's own subsets, as mclust's ``Mclust()``
     draws one subset and cuts every G and model from its one tree. Above
