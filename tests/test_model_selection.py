@@ -509,8 +509,8 @@ def test_an_hc_grid_above_the_subset_size_cuts_one_subset(monkeypatch):
 
 
 def test_the_criteria_of_each_cell_take_one_pass(three_clusters, monkeypatch):
-    # a cell's L, BIC, AIC and ICL come from one pass over X (was four: at
-    # (1e5, 8) a fifth of the grid's passes), and are still the estimator's
+    # a cell's L, BIC, AIC and ICL come from two passes over X (was four: at
+    # (1e5, 8) a sixth of the grid's passes), and are still the estimator's
     # methods' values bit for bit, weighted or not, for every cell
     X = three_clusters
     w = np.random.default_rng(1).integers(0, 3, X.shape[0]).astype(float)
@@ -526,7 +526,7 @@ def test_the_criteria_of_each_cell_take_one_pass(three_clusters, monkeypatch):
     for weights in (None, w):
         calls.clear()
         grid = select_model(X, sample_weight=weights, **kw)
-        assert len(calls) == len(grid.table) == 6
+        assert len(calls) == 2 * len(grid.table) == 12
         monkeypatch.setattr(GaussianMixture, "_evaluate", evaluate)
         for row in grid.table:
             model = GaussianMixture(row.n_components, covariance_type=row.covariance_type,
