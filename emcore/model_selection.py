@@ -728,7 +728,7 @@ def _fit_grid(X, w, fitted_ks, types, limits, n_init, entropy, criterion,
                 ThreadPoolExecutor(max_workers=workers) as pool:
             warnings.simplefilter("ignore", ConvergenceWarning)
             futures = {i: pool.submit(contextvars.copy_context().run, _fit_cell, X, w,
-                                      *cells[i][:2], cells[i][2], n_init, params)
+                                      *cells[i], n_init, params)
                        for i in _submission_order(cells)}
             try:
                 results = [futures[i].result() for i in range(len(cells))]
