@@ -13,14 +13,15 @@ digits so that R reads the same doubles), and choose by BIC:
 * emcore: ``select_model(X, n_components=range(1, 10), covariance_types="all",
   n_init=1, tol=1e-5, reg_covar=0, init_params=..., n_jobs=t)``, from the same
   kind of start, ``init_params="hc"`` (mclust's agglomeration on a random subset
-  of 2000 rows, then one M-step; one agglomeration per G, since each G has its
-  own seed), and from k-means++ (emcore's default). emcore stops on
+  of 2000 rows, then one M-step; as in ``Mclust()``, one subset and one
+  agglomeration for the whole grid), and from k-means++ (emcore's default). emcore stops on
   |dL| / |L| < tol: with |L| > 1e4 here, the two rules' thresholds differ by less
   than 1e-4 of themselves, so the same tol is the same stopping rule.
 
 It prints, for each side, the wall-clock seconds and the CPU seconds (all
 threads), the ratios (mclust / emcore), the model each chose and emcore's total
-EM iterations, with the load average before and after. On a busy machine the
+EM iterations, with the load average before and after; for emcore also how busy
+its threads were (CPU / wall: 2.0 is both threads always running). On a busy machine the
 wall-clock times stretch by the share of the CPUs each process gets, and a
 2-thread process gets more of them than R's one: read the CPU ratio there, and
 the wall-clock one on an idle machine. R is skipped when ``Rscript`` with mclust
@@ -137,8 +138,9 @@ def main() -> None:
         em = run_emcore(X, args.threads, init, G)
         runs.append((init, em))
         print(f"emcore {init:>9} start ({args.threads} threads): {em[0]:8.1f} s wall, "
-              f"{em[1]:8.1f} s CPU, {em[5]} EM iterations, chose {em[2]},{em[3]} "
-              f"(mclust's BIC sign: {em[4]:.2f})")
+              f"{em[1]:8.1f} s CPU ({em[1] / em[0]:.2f} threads busy), {em[5]} EM "
+              f"iterations, chose {em[2]},{em[3]} (mclust's BIC sign: {em[4]:.2f}); "
+              f"load average {os.getloadavg()[0]:.1f}")
     r = None if args.no_r else run_mclust(X, G)
     print(f"load average {os.getloadavg()[0]:.1f}")
     if r is None:

@@ -19,9 +19,10 @@ The data are first transformed as ``mclust.options("hcUse")`` says by default
 ("SVD"): centred, scaled to unit standard deviation, rotated to the principal
 axes and each axis scaled by 1 / sqrt(its singular value). For n above
 ``SUBSET`` (mclust's ``mclust.options("subset")``), the agglomeration runs on a
-random subset of that many rows (drawn with the fit's generator); the rows
-outside it get no share in the starting M-step (mclust: an M-step on the
-subset, then EM on all rows).
+random subset of that many rows (drawn with the fit's generator; in a grid of
+``select_model``, one subset for every cell, as mclust's ``Mclust()``: see
+:func:`shared_agglomerations`); the rows outside it get no share in the
+starting M-step (mclust: an M-step on the subset, then EM on all rows).
 
 Memory is O(g^2) for the g starting groups (g <= ``SUBSET``): the matrix of
 merge costs; each merge recomputes one row of it (O(g d^2)) and the rows whose
@@ -37,7 +38,8 @@ from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-__all__ = ["hc_labels", "hc_transform", "HC_MODELS", "SUBSET", "shared_agglomerations"]
+__all__ = ["hc_labels", "hc_transform", "HC_MODELS", "SUBSET", "shared_agglomerations",
+           "grid_cell"]
 
 #: mclust.options("subset"): above this many rows, hc runs on a random subset
 SUBSET = 2000
@@ -93,14 +95,14 @@ class _Groups:
                                 out[big])
         return out
 
-    def merged(self, i: int, others: np.ndarray) -> tuple:
+    def merged(self, i: int, others: np.ndarray, with_mean: bool = True) -> tuple:
         """(n, mean, trace, term, W of those with n > d) of group i merged with each
-        group of ``others``."""
+        group of ``others`` (mean None without ``with_mean``: costs need none)."""
         n_i, n_o = self.n[i], self.n[others]
         n = n_i + n_o
         diff = self.mean[others] - self.mean[i]
         c = n_i * n_o / n
-        mean = self.mean[i] + diff * (n_o / n)[:, None]
+        mean = self.mean[i] + diff * (n_o / n)[:, None] if with_mean else None
         trace = self.trace[i] + self.trace[others] + c * np.einsum("ij,ij->i", diff, diff)
         big = n > self.d
         W = []
@@ -120,7 +122,7 @@ class _Groups:
 
     def costs(self, i: int, others: np.ndarray) -> np.ndarray:
         """Change of the criterion when group i merges with each of ``others``."""
-        term = self.merged(i, others)[3]
+        term = self.merged(i, others, with_mean=False)[3]
         return term - self.term[i] - self.term[others]
 
     def merge(self, i: int, j: int) -> None:
@@ -134,25 +136,61 @@ class _Groups:
 #: after, X])}
 _MEMO: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar(
     "emcore_hc_memo", default=None)
+#: the memo's key of a grid's subsets: (lock, seed, {(n, subset): (generator,
+#: [subsets drawn])})
+_GRID = "grid subsets"
+#: a cell of a grid (:func:`grid_cell`): [its calls of hc_labels so far]
+_CELL: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar(
+    "emcore_hc_cell", default=None)
 
 
 @contextlib.contextmanager
-def shared_agglomerations() -> Iterator[None]:
+def shared_agglomerations(subset_seed: Optional[int] = None) -> Iterator[None]:
     """Inside, :func:`hc_labels` computes each agglomeration once: a call with the
     same X (the same array in memory), model, subset, transform and generator
     state as an earlier one cuts that call's tree (at any G) and leaves the
     generator in the state that call left it in, so the results are those of
-    recomputing. ``select_model`` fits every covariance type of an
-    ``n_components`` from the same seed, hence the same subset and tree, and with
-    at most ``subset`` rows every cell cuts the one tree of all rows (one
-    agglomeration of 2000 rows in 8-D: about 1.8 s of CPU, as much as fitting a
-    cell). Thread-safe: a second thread asking for an agglomeration being
-    computed waits for it."""
-    token = _MEMO.set({})
+    recomputing. With at most ``subset`` rows every cell of ``select_model``'s
+    grid cuts the one tree of all rows (one agglomeration of 2000 rows in 8-D:
+    about 1.2 s of CPU, as much as fitting a cell).
+
+    ``subset_seed`` (an int): the grid's own subsets, as mclust's ``Mclust()``
+    draws one subset and cuts every G and model from its one tree. Above
+    ``subset`` rows, a call inside :func:`grid_cell` ignores the generator it is
+    given (and leaves it untouched): its cell's s-th call (its s-th start) takes
+    the grid's s-th subset, drawn in order from ``default_rng(subset_seed)``, so
+    the subsets depend on ``subset_seed`` and n alone, not on which cells the
+    grid has nor on the order they run in. Thread-safe: a second thread asking
+    for an agglomeration being computed waits for it."""
+    token = _MEMO.set({} if subset_seed is None
+                      else {_GRID: (threading.Lock(), subset_seed, {})})
     try:
         yield
     finally:
         _MEMO.reset(token)
+
+
+@contextlib.contextmanager
+def grid_cell() -> Iterator[None]:
+    """One cell of a grid inside ``shared_agglomerations(subset_seed)``: counts its
+    calls of :func:`hc_labels` (its starts), the s-th taking the grid's s-th
+    subset. Outside such a grid it changes nothing."""
+    token = _CELL.set([0])
+    try:
+        yield
+    finally:
+        _CELL.reset(token)
+
+
+def _grid_subset(memo: dict, n: int, subset: int, start: int) -> np.ndarray:
+    """The grid's ``start``-th subset of n rows (sorted), drawing those before it
+    first, so each subset depends on the grid's seed, n and ``start`` alone."""
+    lock, seed, by_n = memo[_GRID]
+    with lock:
+        rng, drawn = by_n.setdefault((n, subset), (np.random.default_rng(seed), []))
+        while len(drawn) <= start:
+            drawn.append(np.sort(rng.choice(n, size=subset, replace=False)))
+        return drawn[start]
 
 
 def _memo_key(X: np.ndarray, model: str, rng, subset: int, transform: bool) -> tuple:
@@ -183,15 +221,17 @@ def _cut(parent: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
 
 def hc_labels(X: np.ndarray, n_clusters: Union[int, Sequence[int]], model: str = "VVV",
               rng: Optional[np.random.Generator] = None,
-              subset: int = SUBSET, transform: bool = True):
+              subset: Optional[int] = None, transform: bool = True):
     """Labels (0 .. G - 1, numbered by first appearance) of the rows of X cut from the
     model-based agglomeration at G = ``n_clusters`` groups; -1 for rows outside the
     random subset hc ran on (n > ``subset``). A sequence of G: {G: labels}, from
     one agglomeration.
 
-    ``transform``: apply :func:`hc_transform` first (mclust's default, "SVD");
-    False agglomerates X as given ("VARS").
+    ``subset``: default ``SUBSET`` (read when called). ``transform``: apply
+    :func:`hc_transform` first (mclust's default, "SVD"); False agglomerates X as
+    given ("VARS").
     """
+    subset = SUBSET if subset is None else subset
     many = not isinstance(n_clusters, (int, np.integer))
     wanted = sorted({int(G) for G in (n_clusters if many else [n_clusters])})
     if model not in HC_MODELS:
@@ -205,6 +245,37 @@ def hc_labels(X: np.ndarray, n_clusters: Union[int, Sequence[int]], model: str =
     if n > subset and rng is None:
         rng = np.random.default_rng()
     memo = _MEMO.get()
+    cell = _CELL.get()
+    grid = n > subset and memo is not None and _GRID in memo and cell is not None
+    if wanted == [1]:
+        # one group: every row of the subset (all rows up to ``subset``), which is
+        # the tree's cut at G = 1 without agglomerating; the generator (or the
+        # grid's count of starts) moves as for any G
+        if grid:
+            rows = _grid_subset(memo, n, subset, cell[0])
+            cell[0] += 1
+        elif n > subset:
+            rows = np.sort(rng.choice(n, size=subset, replace=False))
+        else:
+            rows = np.arange(n)
+        labels = np.full(n, -1, dtype=np.intp)
+        labels[rows] = 0
+        return {1: labels} if many else labels
+    if grid:
+        # a cell of a grid with its own subsets: its start-th start cuts the
+        # grid's start-th subset (the fit's generator is not used)
+        start = cell[0]
+        cell[0] += 1
+        rows = _grid_subset(memo, n, subset, start)
+        key = (X.__array_interface__["data"][0], X.shape, X.strides, model, subset,
+               transform, ("grid", start))
+        lock, entry = memo.setdefault(key, (threading.Lock(), []))
+        with lock:
+            if not entry:
+                entry.extend([_agglomerate(X[rows], model, transform), None, X])
+        merges = entry[0]
+        cuts = {G: _cut_tree(rows, merges, n, G) for G in wanted}
+        return cuts if many else cuts[wanted[0]]
     key = None if memo is None else _memo_key(X, model, rng, subset, transform)
     if key is None:
         rows, merges = _agglomeration(X, model, rng, subset, transform)
@@ -232,7 +303,12 @@ def _agglomeration(X, model, rng, subset, transform) -> tuple:
     if n > subset:
         rng = np.random.default_rng() if rng is None else rng
         rows = np.sort(rng.choice(n, size=subset, replace=False))
-    data = X[rows]
+    return rows, _agglomerate(X[rows], model, transform)
+
+
+def _agglomerate(data: np.ndarray, model: str, transform: bool) -> list:
+    """The merges (group, group merged into it), in order, of the agglomeration of
+    all rows of ``data`` down to one group."""
     Z = hc_transform(data) if transform else data
     if Z.shape[1] == 0:                      # every column constant: one spread-free group
         Z = np.zeros((data.shape[0], 1))
@@ -295,7 +371,7 @@ def _agglomeration(X, model, rng, subset, transform) -> tuple:
         for col in cols[stale]:
             refresh(int(col))
         col_best[m:] = np.inf
-    return rows, merges
+    return merges
 
 
 def _cut_tree(rows: np.ndarray, merges: list, n: int, G: int) -> np.ndarray:

@@ -29,7 +29,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from emcore import _validation as v
-from emcore._hc import shared_agglomerations
+from emcore._hc import grid_cell, shared_agglomerations
 from emcore._input import check_input
 from emcore._logging import fit_label, progress_bar
 from emcore._threads import effective_n_threads, single_threaded_blas
@@ -65,18 +65,23 @@ _OWN_MATRIX = ("full", "VVV", "EVV")
 def _criteria(model: GaussianMixture, X: Any, sample_weight: Any) -> dict:
     """log-likelihood, n_parameters, BIC, AIC and ICL of a fitted emcore model.
 
-    From the estimator's public methods, so the table's BIC, AIC and ICL are
-    ``model.bic(X)``, ``model.aic(X)`` and ``model.icl(X)`` bit for bit; L is the
-    (weighted) sum of ``score_samples``, the sum those methods take.
+    From the estimator's public methods, in two passes over X: L is the
+    (weighted) sum of ``score_samples``, the sum ``bic`` and ``aic`` take, and
+    BIC = -2 L + p ln n and AIC = -2 L + 2 p are their formulas on it (the same
+    operations, so ``model.bic(X)`` and ``model.aic(X)`` bit for bit, tested);
+    ICL is ``model.icl(X)``. Calling ``bic`` and ``aic`` too would cost two more
+    passes and checks of X, each about an EM iteration's time at (1e5, 8), in
+    each of mclust's 126 cells.
     """
     row_loglik = model.score_samples(X)
-    loglik = float(np.sum(row_loglik) if sample_weight is None
-                   else np.dot(sample_weight, row_loglik))
-    return {"log_likelihood": loglik,
-            "n_parameters": _n_parameters(model.n_components, model.covariance_type,
-                                          X.shape[1]),
-            "bic": model.bic(X, sample_weight=sample_weight),
-            "aic": model.aic(X, sample_weight=sample_weight),
+    if sample_weight is None:
+        loglik, n = float(np.sum(row_loglik)), float(row_loglik.shape[0])
+    else:
+        loglik, n = float(np.dot(sample_weight, row_loglik)), float(sample_weight.sum())
+    p = _n_parameters(model.n_components, model.covariance_type, X.shape[1])
+    return {"log_likelihood": loglik, "n_parameters": p,
+            "bic": float(-2.0 * loglik + p * np.log(n)),
+            "aic": float(-2.0 * loglik + 2.0 * p),
             "icl": model.icl(X, sample_weight=sample_weight)}
 
 
@@ -477,6 +482,13 @@ def _cell_seed(entropy: int, n_components: int) -> int:
     return int(seq.generate_state(1, dtype=np.uint32)[0])
 
 
+def _hc_subset_seed(entropy: int) -> int:
+    """The seed of the grid's hc subsets (``init_params='hc'`` above 2000 rows): from
+    (entropy, 0), a spawn key no cell has (n_components >= 1)."""
+    seq = np.random.SeedSequence(entropy, spawn_key=(0,))
+    return int(seq.generate_state(1, dtype=np.uint32)[0])
+
+
 # --- select_model -----------------------------------------------------------------
 
 def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 10),
@@ -533,7 +545,10 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
         partitions, and a cell's fit does not depend on the rest of the grid). An
         int gives a reproducible table; each row records its seed, so
         ``GaussianMixture(n_components=k, covariance_type=t, n_init=n_init,
-        random_state=row.random_state, **estimator_params).fit(X)`` refits it.
+        random_state=row.random_state, **estimator_params).fit(X)`` refits it
+        (except from ``init_params='hc'`` above 2000 rows, whose subset is the
+        grid's: ``select_model`` with the same ``random_state`` and that one
+        cell refits it).
     sample_weight : array-like of shape (n_samples,), optional
         Frequency weights, passed to ``fit``; the criteria use weighted sums and
         n = sum of the weights.
@@ -586,8 +601,12 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
     cells are fitted side by side, each fit on its share of the threads; the
     table is the same for any ``n_jobs``. A ``callback``, ``verbose`` output or
     ``progress`` keeps them on the calling thread, one after the other. With
-    ``init_params='hc'`` each agglomeration is computed once for the grid and cut
-    for every cell that starts from it (docs/guide/using.md#choosing-the-number-of-components).
+    ``init_params='hc'`` the grid's agglomeration is computed once and cut for
+    every cell: on all rows up to 2000, above that on one random subset of 2000
+    rows for the whole grid (as mclust's ``Mclust()``; with ``n_init`` starts,
+    one subset per start), drawn from ``random_state`` alone, so a part of the
+    grid starts from the same subset
+    (docs/guide/using.md#choosing-the-number-of-components).
 
     Examples
     --------
@@ -631,7 +650,11 @@ def select_model(X: Any, *, n_components: Union[int, Iterable[int]] = range(1, 1
     n_cells = sum(k <= limits[t][0] for k in fitted_ks for t in types)
     # a progress bar counts cells as they finish in order: fit them one at a time
     workers = 1 if progress else _cell_workers(n_cells, estimator_params)
-    with progress_bar(progress, owner, cells=n_cells), shared_agglomerations():
+    # init_params='hc' above 2000 rows: one random subset for the whole grid, as
+    # mclust's Mclust() (its seed from random_state alone; docs/gaussian.md#hierarchical-start)
+    subset_seed = (_hc_subset_seed(entropy) if estimator_params.get("init_params") == "hc"
+                   else None)
+    with progress_bar(progress, owner, cells=n_cells), shared_agglomerations(subset_seed):
         return _fit_grid(X, w, fitted_ks, types, limits, n_init, entropy, criterion,
                          estimator_params, include_spikes, skipped, skipped_cells,
                          workers)
@@ -642,7 +665,7 @@ def _fit_cell(X, w, k, t, seed, n_init, estimator_params) -> tuple:
     model = GaussianMixture(n_components=k, covariance_type=t, n_init=n_init,
                             random_state=seed, **estimator_params)
     try:
-        with fit_label(f"n_components={k} covariance_type={t}"):
+        with fit_label(f"n_components={k} covariance_type={t}"), grid_cell():
             model.fit(X, sample_weight=w)
         values = _criteria(model, X, w)
         if not math.isfinite(values["log_likelihood"]):
@@ -676,6 +699,18 @@ def _cell_workers(n_cells: int, estimator_params: dict) -> int:
     return max(1, min(n_cells, effective_n_threads(estimator_params.get("n_jobs"))))
 
 
+def _submission_order(cells: list) -> list:
+    """The order the threads take the cells (k, type, seed) in: the largest
+    n_components first (the longest fits first, so the threads end together
+    rather than one finishing the last, slowest cells alone), except that the
+    cells with one component (short, and needing no hc agglomeration) come right
+    after the first cell, keeping the other threads busy while its start
+    agglomerates. The table's order and numbers do not depend on it."""
+    by_size = sorted(range(len(cells)), key=lambda i: -cells[i][0])
+    ones = [i for i in by_size[1:] if cells[i][0] == 1]
+    return by_size[:1] + ones + [i for i in by_size[1:] if cells[i][0] != 1]
+
+
 def _fit_grid(X, w, fitted_ks, types, limits, n_init, entropy, criterion,
               estimator_params, include_spikes, skipped, skipped_cells,
               workers: int = 1) -> ModelSelection:
@@ -692,12 +727,13 @@ def _fit_grid(X, w, fitted_ks, types, limits, n_init, entropy, criterion,
         with single_threaded_blas(), warnings.catch_warnings(), \
                 ThreadPoolExecutor(max_workers=workers) as pool:
             warnings.simplefilter("ignore", ConvergenceWarning)
-            futures = [pool.submit(contextvars.copy_context().run, _fit_cell, X, w, k, t,
-                                   seed, n_init, params) for k, t, seed in cells]
+            futures = {i: pool.submit(contextvars.copy_context().run, _fit_cell, X, w,
+                                      *cells[i], n_init, params)
+                       for i in _submission_order(cells)}
             try:
-                results = [f.result() for f in futures]
+                results = [futures[i].result() for i in range(len(cells))]
             except BaseException:
-                for f in futures:
+                for f in futures.values():
                     f.cancel()
                 raise
     else:

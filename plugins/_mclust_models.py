@@ -22,6 +22,7 @@ functions give the posterior mode (docs/gaussian.md#mclust-prior).
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import numpy as np
@@ -108,55 +109,59 @@ def _vei(n, w, lam):
     return var
 
 
-def _orientation_sweep(W, D, M):
+def _orientation_sweep(B, D, M):
     """One Jacobi sweep for the shared orientation D minimising
-    sum_k tr(W_k D M_k D^T), M_k = diag(m_k) > 0 (over orthogonal D): for each pair
-    of columns (i, j) the exact minimiser over the plane rotation
-    d_i <- c d_i + s d_j, d_j <- -s d_i + c d_j. With a_k, b_k, c_k the entries
-    (ii), (jj), (ij) of D^T W_k D, the objective is, up to a constant,
+    sum_k tr(W_k D M_k D^T), M_k = diag(m_k) > 0 (over orthogonal D), given
+    B_k = D^T W_k D: for each pair of columns (i, j) the exact minimiser over the
+    plane rotation d_i <- c d_i + s d_j, d_j <- -s d_i + c d_j. With a_k, b_k, c_k
+    the entries (ii), (jj), (ij) of B_k, the objective is, up to a constant,
     cos(2t) P + sin(2t) R with P = sum_k (m_ki - m_kj)(a_k - b_k) / 2 and
     R = sum_k (m_ki - m_kj) c_k, minimal at (cos 2t, sin 2t) = -(P, R) / |(P, R)|.
     Each rotation is an exact minimisation over one coordinate of the orthogonal
     group, so the objective never increases (Flury & Gautschi 1986 solve the same
-    problem by pairwise rotations)."""
-    d = D.shape[0]
-    D = D.copy()
-    WD = W @ D                                   # (k, d, d): W_k D, rotated along
-    for I, J in _round_robin(d):
+    problem by pairwise rotations). Returns (B, D) after the sweep."""
+    k, d = B.shape[0], D.shape[0]
+    rounds, (pos_i, pos_j) = _round_robin(d)
+    dM = M[:, pos_i] - M[:, pos_j]               # (k, pairs of all rounds)
+    eye = np.eye(d)
+    for r, (I, J, II, JJ, IJ, put) in enumerate(rounds):
         # rotations of disjoint column pairs commute and each reads only its own
-        # two columns: one round of the tournament at once
-        a = np.einsum("mp,kmp->kp", D[:, I], WD[:, :, I])
-        b = np.einsum("mp,kmp->kp", D[:, J], WD[:, :, J])
-        c = np.einsum("mp,kmp->kp", D[:, I], WD[:, :, J])
-        dm = M[:, I] - M[:, J]
-        P = 0.5 * np.sum(dm * (a - b), axis=0)
-        R = np.sum(dm * c, axis=0)
+        # two columns: one round of the tournament at once, as one orthogonal
+        # G (a 2 x 2 rotation per pair): D <- D G, B_k <- G^T B_k G
+        flat = B.reshape(k, d * d)
+        dm = dM[:, r * I.shape[0]:(r + 1) * I.shape[0]]
+        P = 0.5 * np.einsum("kp,kp->p", dm, flat[:, II] - flat[:, JJ])
+        R = np.einsum("kp,kp->p", dm, flat[:, IJ])
         still = (P == 0.0) & (R == 0.0)          # atan2(-0, -0) would swap the pair
         theta = np.where(still, 0.0, 0.5 * np.arctan2(-R, -P))
         cs, sn = np.cos(theta), np.sin(theta)
-        for A in (D, WD):
-            ci, cj = A[..., I], A[..., J]
-            A[..., I], A[..., J] = cs * ci + sn * cj, cs * cj - sn * ci
-    return D
+        G = eye.copy()
+        G.flat[put] = np.concatenate([cs, cs, sn, -sn])
+        D = D @ G
+        B = G.T @ B @ G
+    return B, D
 
 
-def _round_robin(d: int) -> list:
+@functools.lru_cache(maxsize=None)
+def _round_robin(d: int) -> tuple:
     """The rounds of a round-robin tournament on d columns (the circle method):
-    d - 1 rounds (d for odd d) of disjoint pairs, every pair once."""
+    d - 1 rounds (d for odd d) of disjoint pairs, every pair once. Each round:
+    (I, J, flat indices of (i, i), (j, j), (i, j) in a d x d matrix, flat
+    indices of (i, i), (j, j), (j, i), (i, j)); and the (i, j) of all rounds in
+    order."""
     players = list(range(d)) + ([-1] if d % 2 else [])
     m = len(players)
     rounds = []
     for _ in range(m - 1):
         pairs = [(players[i], players[m - 1 - i]) for i in range(m // 2)]
         pairs = [(min(p), max(p)) for p in pairs if -1 not in p]
-        rounds.append((np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])))
+        I = np.array([p[0] for p in pairs], dtype=np.intp)
+        J = np.array([p[1] for p in pairs], dtype=np.intp)
+        rounds.append((I, J, I * d + I, J * d + J, I * d + J,
+                       np.concatenate([I * d + I, J * d + J, J * d + I, I * d + J])))
         players = [players[0], players[-1]] + players[1:-1]
-    return rounds
-
-
-def _rotated(W, D):
-    """diag(D^T W_k D) (k, d)."""
-    return np.einsum("ji,kjl,li->ki", D, W, D)
+    every = (np.concatenate([r[0] for r in rounds]), np.concatenate([r[1] for r in rounds]))
+    return tuple(rounds), every
 
 
 def _shared_orientation(n, W, D, equal_volume: bool):
@@ -165,13 +170,14 @@ def _shared_orientation(n, W, D, equal_volume: bool):
     sweep of exact plane rotations given v_k, alternately from D."""
     f = np.inf
     for _ in range(INNER_MAX_ITER):
-        e = _rotated(W, D)
+        B = D.T @ W @ D                          # D^T W_k D, afresh from D
+        e = np.einsum("kii->ki", B)
         var = _evi(n, e) if equal_volume else e / n[:, None]
         f_new = _diag_objective(n, e, var)
         if _stopped(f, f_new, _scale(n, var)):
             break
         f = f_new
-        D = _orientation_sweep(W, D, 1.0 / var)
+        D = _orientation_sweep(B, D, 1.0 / var)[1]
     return np.einsum("ij,kj,lj->kil", D, var, D)
 
 

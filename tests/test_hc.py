@@ -194,3 +194,48 @@ def test_shared_agglomerations_returns_what_recomputing_returns(monkeypatch):
     calls.clear()
     hc_labels(X, 3, "VVV", np.random.default_rng(0), subset=60)
     assert len(calls) == 1                 # outside the context: no memo
+
+
+def test_one_group_needs_no_agglomeration(monkeypatch):
+    # the tree's cut at G = 1 is every row of the subset: no agglomeration (each
+    # G = 1 cell of a grid paid one), the same labels and generator state
+    X = DATA["iris"]
+    expected = {}
+    for subset in (60, SUBSET):
+        rng = np.random.default_rng(3)
+        expected[subset] = (hc_labels(X, [1, 2], "VVV", rng, subset=subset)[1],
+                            rng.random())
+    calls = []
+    monkeypatch.setattr(_hc, "_agglomerate", lambda *a: calls.append(None))
+    for subset in (60, SUBSET):
+        rng = np.random.default_rng(3)
+        labels = hc_labels(X, 1, "VVV", rng, subset=subset)
+        assert np.array_equal(labels, expected[subset][0])
+        assert rng.random() == expected[subset][1]
+        assert np.sum(labels == 0) == min(subset, X.shape[0])
+    assert not calls
+
+
+def test_a_grid_cell_cuts_the_grids_subsets_and_leaves_its_generator(monkeypatch):
+    # inside shared_agglomerations(seed) and grid_cell(), the s-th call of a cell
+    # takes the grid's s-th subset whatever generator it is given, and does not
+    # move that generator; outside grid_cell, the call draws its own
+    X = DATA["iris"]
+    monkeypatch.setattr(_hc, "SUBSET", 60)
+    with shared_agglomerations(subset_seed=5):
+        firsts, seconds = [], []
+        for seed in (0, 1):
+            rng = np.random.default_rng(seed)
+            with _hc.grid_cell():
+                firsts.append(hc_labels(X, 3, "VVV", rng))
+                seconds.append(hc_labels(X, 2, "VVV", rng))
+            assert rng.random() == np.random.default_rng(seed).random()
+        assert np.array_equal(firsts[0], firsts[1])
+        assert np.array_equal(seconds[0] >= 0, seconds[1] >= 0)
+        assert not np.array_equal(firsts[0] >= 0, seconds[0] >= 0)
+        own = hc_labels(X, 3, "VVV", np.random.default_rng(0))
+    assert np.array_equal(own, hc_labels(X, 3, "VVV", np.random.default_rng(0)))
+    # the grid's subsets: drawn in order from default_rng(seed)
+    rng = np.random.default_rng(5)
+    rows = np.sort(rng.choice(X.shape[0], size=60, replace=False))
+    assert np.array_equal(np.flatnonzero(firsts[0] >= 0), rows)

@@ -458,3 +458,94 @@ def test_the_default_grid_tries_every_type_and_finds_three_round_clusters():
     assert result.best_params["n_components"] == 3
     # round clusters of equal size: the simplest adequate type wins by BIC
     assert result.best_params["covariance_type"] in ("spherical", "diag", "tied")
+
+
+def test_an_hc_grid_above_the_subset_size_cuts_one_subset(monkeypatch):
+    # issue 20: above mclust's `subset` rows, mclust's Mclust() draws one random
+    # subset and cuts every G and model from its one tree; so does the grid (it
+    # drew one subset per n_components, each G having its own seed). The subset
+    # size is lowered to 60 so that the test agglomerates 60 rows, not 2000.
+    import emcore._hc as hc
+    monkeypatch.setattr(hc, "SUBSET", 60)
+    X = _blobs(3, 50, [(0.0, 0.0), (6.0, 0.0), (3.0, 5.0)])          # 150 rows
+    seen = []
+    agglomerate = hc._agglomerate
+
+    def recording(data, *args, **kwargs):
+        seen.append(data.copy())
+        return agglomerate(data, *args, **kwargs)
+    monkeypatch.setattr(hc, "_agglomerate", recording)
+    kw = dict(covariance_types=["VVV", "EEE", "VII"], init_params="hc", n_init=1,
+              random_state=0)
+    grid = select_model(X, n_components=[2, 3, 4], n_jobs=1, **kw)
+    assert len(seen) == 1 and seen[0].shape[0] == 60
+    # the subset is a function of random_state alone: a part of the grid, fitted
+    # on two threads, gives the same rows
+    part = select_model(X, n_components=[3], n_jobs=2, **kw)
+    assert len(seen) == 2 and np.array_equal(seen[0], seen[1])
+    assert part.table == tuple(r for r in grid.table if r.n_components == 3)
+    # each cell's start cut from that subset: its first M-step is the M-step on
+    # the partition the grid's tree gives at G
+    with hc.shared_agglomerations(ms._hc_subset_seed(ms._root_entropy(0))), \
+            hc.grid_cell():
+        labels = hc.hc_labels(X, 3)
+    rows = labels >= 0
+    assert np.array_equal(X[rows], seen[0])
+    first = GaussianMixture(3, covariance_type="EEE", resp_init=np.eye(3)[labels[rows]],
+                            max_iter=0, n_jobs=1).fit(X[rows])
+    cell = GaussianMixture(3, covariance_type="EEE", init_params="hc", max_iter=0,
+                           n_jobs=1, random_state=part.table[1].random_state)
+    with hc.shared_agglomerations(ms._hc_subset_seed(ms._root_entropy(0))), \
+            hc.grid_cell():
+        cell.fit(X)
+    # the same 60 rows' weighted sums, in another order (zero-weight rows in
+    # between): they differ by at most 60 u max|x| (u = eps / 2)
+    np.testing.assert_allclose(cell.means_, first.means_, rtol=0,
+                               atol=60 * np.finfo(float).eps * np.abs(X).max())
+    # n_init starts: the grid's s-th subset for every cell's s-th start
+    seen.clear()
+    select_model(X, n_components=[2, 3], n_jobs=1, **{**kw, "n_init": 2})
+    assert len(seen) == 2 and not np.array_equal(seen[0], seen[1])
+
+
+def test_the_criteria_of_each_cell_take_one_pass(three_clusters, monkeypatch):
+    # a cell's L, BIC, AIC and ICL come from two passes over X (was four: at
+    # (1e5, 8) a sixth of the grid's passes), and are still the estimator's
+    # methods' values bit for bit, weighted or not, for every cell
+    X = three_clusters
+    w = np.random.default_rng(1).integers(0, 3, X.shape[0]).astype(float)
+    calls = []
+    evaluate = GaussianMixture._evaluate
+
+    def counting(self, *args, **kwargs):
+        calls.append(args[1] if len(args) > 1 else kwargs.get("method"))
+        return evaluate(self, *args, **kwargs)
+    monkeypatch.setattr(GaussianMixture, "_evaluate", counting)
+    kw = dict(n_components=[1, 3], covariance_types=["VVV", "EVE", "VII"], n_init=1,
+              random_state=0, n_jobs=1)
+    for weights in (None, w):
+        calls.clear()
+        grid = select_model(X, sample_weight=weights, **kw)
+        assert len(calls) == 2 * len(grid.table) == 12
+        monkeypatch.setattr(GaussianMixture, "_evaluate", evaluate)
+        for row in grid.table:
+            model = GaussianMixture(row.n_components, covariance_type=row.covariance_type,
+                                    n_init=1, random_state=row.random_state,
+                                    n_jobs=1).fit(X, sample_weight=weights)
+            rows_loglik = model.score_samples(X)
+            loglik = float(np.sum(rows_loglik) if weights is None
+                           else np.dot(weights, rows_loglik))
+            assert (row.log_likelihood, row.bic, row.aic, row.icl) == (
+                loglik, model.bic(X, sample_weight=weights),
+                model.aic(X, sample_weight=weights), model.icl(X, sample_weight=weights))
+        monkeypatch.setattr(GaussianMixture, "_evaluate", counting)
+
+
+def test_threads_take_the_largest_cells_first():
+    # the longest fits first (the threads end together), the short G = 1 cells
+    # (no hc agglomeration) right after the first, while its start agglomerates
+    cells = [(k, t, 0) for k in (1, 2, 3) for t in ("EII", "VVV")]
+    order = [cells[i][:2] for i in ms._submission_order(cells)]
+    assert order == [(3, "EII"), (1, "EII"), (1, "VVV"), (3, "VVV"), (2, "EII"),
+                     (2, "VVV")]
+    assert sorted(ms._submission_order(cells[2:])) == list(range(4))
