@@ -1,5 +1,6 @@
 /* The loops of the diagonal Gaussian kernel (plugins/_gaussian_diag_kernel.pyx,
    whose docstring describes them). */
+#ifndef EMD_REAL
 #ifndef EMCORE_GAUSSIAN_DIAG_H
 #define EMCORE_GAUSSIAN_DIAG_H
 #include "emcore/vec4.h"   /* emc_v4 and its operations, EMC_CLONES */
@@ -64,13 +65,115 @@ static void emd_log_density(const double* X, Py_ssize_t n, Py_ssize_t d,
     }
 }
 
+/* float32 rows: out[i, k] = base[k] - 1/2 q_ik, the quadratic form
+   q_ik = sum_j P[j, k] (y_ij - M[j, k])^2 in float on 8-float vectors, with
+   y_ij = x_ij - c_j (c: the centring point, rounded to float) and the tables
+   M = float(mu - c), P = float(U^2), d x Kp (Kp = K rounded up to 8, padded);
+   base and the result in double (docs/elbo_chain.md#float32 bounds the
+   error). acc: 2 Kp floats. Rows two at a time, components 16 at a time. */
+#if EMC_GNUC
+typedef float emd_v8f __attribute__((vector_size(32)));
+/* x in every lane: scalar + vector is one vbroadcastss in GCC 12's AVX2 clone
+   (an initialiser {x, x, ...} becomes a chain of vinsertps); + 0 changes only
+   the sign of a zero, which the square removes */
+static inline emd_v8f emd_set1_f8(float x) { return (emd_v8f){0} + x; }
+
+EMC_ALWAYS_INLINE void emd_log_density_block_f32(
+        const float* x, Py_ssize_t d, const int R, Py_ssize_t K, Py_ssize_t Kp,
+        const float* c, const float* M, const float* P, const double* base,
+        Py_ssize_t k0, const int nv, float* acc_out, double* out)
+{
+    emd_v8f a[2][2];
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < nv; v++) a[r][v] = (emd_v8f){0};
+    for (Py_ssize_t j = 0; j < d; j++) {
+        const float* m = M + j * Kp + k0;
+        const float* p = P + j * Kp + k0;
+        emd_v8f yj[2];
+        for (int r = 0; r < R; r++) yj[r] = emd_set1_f8(x[r * d + j] - c[j]);
+        for (int v = 0; v < nv; v++) {
+            emd_v8f mv, pv;
+            memcpy(&mv, m + 8 * v, sizeof mv);
+            memcpy(&pv, p + 8 * v, sizeof pv);
+            for (int r = 0; r < R; r++) {
+                emd_v8f t = yj[r] - mv;
+                a[r][v] += (pv * t) * t;
+            }
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        for (int v = 0; v < nv; v++) memcpy(acc_out + 8 * v, &a[r][v], sizeof a[r][v]);
+        Py_ssize_t top = K - k0 < 8 * nv ? K - k0 : 8 * nv;
+        for (Py_ssize_t k = 0; k < top; k++)
+            out[r * K + k0 + k] = base[k0 + k] - 0.5 * (double)acc_out[k];
+    }
+}
+
+EMC_CLONES
+static void emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
+                                Py_ssize_t K, Py_ssize_t Kp, const float* c,
+                                const float* M, const float* P, const double* base,
+                                float* acc, double* out)
+{
+    for (Py_ssize_t i = 0; i < n; i += 2) {
+        const float* x = X + i * d;
+        double* o = out + i * K;
+        for (Py_ssize_t k0 = 0; k0 < Kp; k0 += 16) {
+            const int nv = Kp - k0 >= 16 ? 2 : 1;
+            if (i + 1 < n) {
+                if (nv == 2) emd_log_density_block_f32(x, d, 2, K, Kp, c, M, P, base, k0, 2, acc, o);
+                else emd_log_density_block_f32(x, d, 2, K, Kp, c, M, P, base, k0, 1, acc, o);
+            } else {
+                if (nv == 2) emd_log_density_block_f32(x, d, 1, K, Kp, c, M, P, base, k0, 2, acc, o);
+                else emd_log_density_block_f32(x, d, 1, K, Kp, c, M, P, base, k0, 1, acc, o);
+            }
+        }
+    }
+}
+#else
+/* without GNU vectors: the same sums, one component at a time (j order) */
+static void emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
+                                Py_ssize_t K, Py_ssize_t Kp, const float* c,
+                                const float* M, const float* P, const double* base,
+                                float* acc, double* out)
+{
+    (void)acc;
+    for (Py_ssize_t i = 0; i < n; i++)
+        for (Py_ssize_t k = 0; k < K; k++) {
+            float q = 0.0f;
+            for (Py_ssize_t j = 0; j < d; j++) {
+                float t = (X[i * d + j] - c[j]) - M[j * Kp + k];
+                q += (P[j * Kp + k] * t) * t;
+            }
+            out[i * K + k] = base[k] - 0.5 * (double)q;
+        }
+}
+#endif
+
 #define EMD_ROWS 8
+#define EMD_PASTE_(a, b) a##b
+#define EMD_PASTE(a, b) EMD_PASTE_(a, b)
+/* the moments twice: rows of double (plain names), rows of float (+ _f32) */
+#define EMD_REAL double
+#define EMD_T(name) name
+#include "_gaussian_diag.h"
+#undef EMD_REAL
+#undef EMD_T
+#define EMD_REAL float
+#define EMD_T(name) EMD_PASTE(name, _f32)
+#include "_gaussian_diag.h"
+#undef EMD_REAL
+#undef EMD_T
+
+#endif  /* EMCORE_GAUSSIAN_DIAG_H */
+#else   /* EMD_REAL defined: the moments of rows of EMD_REAL */
+
 
 /* The moments of one block of nb rows for the components kb..kb+4nv-1:
    each table entry in a register for the whole block, each x_ij broadcast
    once for the nv vectors. nv and pass are constants at every call. */
-EMC_ALWAYS_INLINE void emd_moments_block(
-        const double* x, Py_ssize_t nb, Py_ssize_t d, Py_ssize_t Kp,
+EMC_ALWAYS_INLINE void EMD_T(emd_moments_block)(
+        const EMD_REAL* x, Py_ssize_t nb, Py_ssize_t d, Py_ssize_t Kp,
         const double* wblk, const int pass, const double* C, double* T1,
         double* T2, Py_ssize_t kb, const int nv)
 {
@@ -86,7 +189,7 @@ EMC_ALWAYS_INLINE void emd_moments_block(
             }
         }
         for (Py_ssize_t r = 0; r < nb; r++) {
-            emc_v4 xb = emc_set1(x[r * d + j]);
+            emc_v4 xb = emc_set1((double)x[r * d + j]);   /* exact for float */
             const double* wr = wblk + r * Kp + kb;
             for (int v = 0; v < nv; v++) {
                 if (pass == 1) {
@@ -106,7 +209,8 @@ EMC_ALWAYS_INLINE void emd_moments_block(
     }
 }
 
-/* Per-feature weighted moments of n rows, for all K components at once, as
+/* Per-feature weighted moments of n rows (of EMD_REAL: double, or float
+   widened exactly in registers: the same sums in the same order), for all K components at once, as
    d x Kp tables (w is n x K): T0[k] += w_ik (unless T0 is NULL); pass 1
    (pass == 1) T1[j, k] += w_ik x_ij;
    pass 2, about the reference points C (d x Kp): T1[j, k] += w_ik (x_ij - C[j, k])
@@ -115,7 +219,7 @@ EMC_ALWAYS_INLINE void emd_moments_block(
    entry is loaded and stored once per block; within it rows are added in
    order; components go 16 at a time (four vectors in registers). */
 EMC_CLONES
-static void emd_moments(const double* X, Py_ssize_t n, Py_ssize_t d,
+static void EMD_T(emd_moments)(const EMD_REAL* X, Py_ssize_t n, Py_ssize_t d,
                         Py_ssize_t K, Py_ssize_t Kp, const double* w, int pass,
                         const double* C, double* wblk, double* T0, double* T1,
                         double* T2)
@@ -130,10 +234,10 @@ static void emd_moments(const double* X, Py_ssize_t n, Py_ssize_t d,
         if (T0 != NULL)      /* the weights' sums, rows in order */
             for (r = 0; r < nb; r++)
                 for (k = 0; k < K; k++) T0[k] += wblk[r * Kp + k];
-        const double* x = X + i0 * d;
+        const EMD_REAL* x = X + i0 * d;
         for (kb = 0; kb < Kp; kb += 16) {
-#define EMD_SUMS(NV) emd_moments_block(x, nb, d, Kp, wblk, 1, C, T1, T2, kb, NV)
-#define EMD_MOMENTS(NV) emd_moments_block(x, nb, d, Kp, wblk, 2, C, T1, T2, kb, NV)
+#define EMD_SUMS(NV) EMD_T(emd_moments_block)(x, nb, d, Kp, wblk, 1, C, T1, T2, kb, NV)
+#define EMD_MOMENTS(NV) EMD_T(emd_moments_block)(x, nb, d, Kp, wblk, 2, C, T1, T2, kb, NV)
             if (pass == 1)
                 EMC_WITH_NV(Kp - kb, EMD_SUMS);
             else
@@ -144,4 +248,4 @@ static void emd_moments(const double* X, Py_ssize_t n, Py_ssize_t d,
     }
 }
 
-#endif
+#endif  /* EMD_REAL */

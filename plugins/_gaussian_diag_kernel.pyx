@@ -36,6 +36,7 @@ where the CPU has it, baseline x86-64 otherwise), with a plain-C fallback
 elsewhere. Every sum is taken in a fixed order: the same chunk gives the same
 bits on any thread.
 """
+from cython cimport floating
 from emcore.kernel cimport FamilyKernel
 from emcore.moments cimport (EMC_SCATTER_DIAGONAL, emc_merge_moment_slot_arrays,
                              emc_merge_moment_slots,
@@ -54,6 +55,13 @@ cdef extern from "_gaussian_diag.h":
     void emd_moments(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
                      Py_ssize_t Kp, const double* w, int which, const double* C,
                      double* wrow, double* T0, double* T1, double* T2) noexcept nogil
+    void emd_moments_f32(const float* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
+                         Py_ssize_t Kp, const double* w, int which, const double* C,
+                         double* wrow, double* T0, double* T1, double* T2) noexcept nogil
+    void emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
+                             Py_ssize_t Kp, const float* c, const float* M,
+                             const float* P, const double* base, float* acc,
+                             double* out) noexcept nogil
 
 
 cdef class GaussianDiagKernel(FamilyKernel):
@@ -65,8 +73,13 @@ cdef class GaussianDiagKernel(FamilyKernel):
     cdef const double[:, ::1] prec_table   # (d, Kp): U_kj^2, transposed, zero padded
     cdef const double[::1] log_norm        # (Kp,): -d/2 log(2 pi) + sum_j log U_kj
     cdef Py_ssize_t Kp
+    # float32 rows (float32=True): the log-density's tables in float, d x Kp8
+    cdef const float[::1] centre32         # (d,) c, the means' mean, rounded to float
+    cdef const float[:, ::1] mean_table32  # float(mu - c), transposed, zero padded
+    cdef const float[:, ::1] prec_table32  # float(U_kj^2), transposed, zero padded
+    cdef Py_ssize_t Kp8                    # K rounded up to a multiple of 8
 
-    def __init__(self, means, precisions_cholesky_diagonal):
+    def __init__(self, means, precisions_cholesky_diagonal, float32=False):
         means = np.ascontiguousarray(means, dtype=np.float64)
         u = np.ascontiguousarray(precisions_cholesky_diagonal, dtype=np.float64)
         if means.ndim != 2 or u.shape != means.shape:
@@ -87,9 +100,22 @@ cdef class GaussianDiagKernel(FamilyKernel):
         ln = np.zeros(self.Kp)
         ln[:K] = -0.5 * d * np.log(2.0 * np.pi) + np.sum(np.log(u), axis=1)
         self.log_norm = ln
+        # float32 rows: the quadratic form in float about c32 (docs/elbo_chain.md#float32);
+        # the tables computed in double, then rounded once
+        self.float32_rows = bool(float32)
+        self.Kp8 = ((K + 7) // 8) * 8
+        c32 = means.mean(axis=0).astype(np.float32)
+        mt32 = np.zeros((d, self.Kp8), dtype=np.float32)
+        mt32[:, :K] = (means - c32.astype(np.float64)).T
+        pt32 = np.zeros((d, self.Kp8), dtype=np.float32)
+        pt32[:, :K] = (u * u).T
+        self.centre32 = c32
+        self.mean_table32 = mt32
+        self.prec_table32 = pt32
 
     def __reduce__(self):
-        return (GaussianDiagKernel, (np.asarray(self.means), np.asarray(self.prec_chol_diag)))
+        return (GaussianDiagKernel, (np.asarray(self.means), np.asarray(self.prec_chol_diag),
+                                     self.float32_rows))
 
     @staticmethod
     def slot_layout(Py_ssize_t n_features):
@@ -111,67 +137,95 @@ cdef class GaussianDiagKernel(FamilyKernel):
                         &self.log_norm[0], scratch, out)
         return 0
 
+    cdef int chunk_log_density_f32(self, const float* X, Py_ssize_t n_rows,
+                                   double* out, double* scratch) noexcept nogil:
+        emd_log_density_f32(X, n_rows, self.n_features, self.n_components, self.Kp8,
+                            &self.centre32[0], &self.mean_table32[0, 0],
+                            &self.prec_table32[0, 0], &self.log_norm[0],
+                            <float*>scratch, out)
+        return 0
+
     cdef int chunk_accumulate(self, const double* X, Py_ssize_t n_rows,
                               const double* weights, double* stats,
                               double* scratch) noexcept nogil:
-        cdef Py_ssize_t d = self.n_features, K = self.n_components, Kp = self.Kp
-        cdef Py_ssize_t slot = emc_moment_slot_size(d, EMC_SCATTER_DIAGONAL)
-        cdef Py_ssize_t i, j, k
-        cdef double* wrow = scratch
-        cdef double* Wk = wrow + 8 * Kp
-        cdef double* C = Wk + Kp
-        cdef double* R = C + d * Kp
-        cdef double* S = R + d * Kp
-        cdef double* chunk = S + d * Kp
-        cdef double W, shift
-        cdef bint settled = True
-        for i in range(d * Kp):
-            R[i] = 0.0
-            S[i] = 0.0
-        for k in range(Kp):
-            Wk[k] = 0.0
-        # One sweep about this pass's means (mean_table). The variance's rounding
-        # error is amplified by 1 + shift^2 / var, shift = the chunk's weighted
-        # mean minus the reference: accept if shift^2 <= var (2 shift^2 <= S / W)
-        # for every component and feature, i.e. at most twice the two-sweep error.
-        emd_moments(X, n_rows, d, K, Kp, weights, 2, &self.mean_table[0, 0], wrow, Wk,
-                    R, S)
-        for k in range(K):
-            W = Wk[k]
-            if W <= 0.0:
-                continue
-            for j in range(d):
-                shift = R[j * Kp + k] / W
-                if not 2.0 * shift * shift <= S[j * Kp + k] / W:
-                    settled = False
-        cdef const double* ref = &self.mean_table[0, 0]   # the reference points
-        if not settled:
-            # the means moved (early iterations, or no means: chunk_stats): two
-            # sweeps, about the chunk's weighted means
-            for i in range(d * Kp):
-                C[i] = 0.0
-                R[i] = 0.0
-                S[i] = 0.0
-            emd_moments(X, n_rows, d, K, Kp, weights, 1, NULL, wrow, NULL, C, NULL)
-            for k in range(K):
-                W = Wk[k]
-                for j in range(d):
-                    C[j * Kp + k] = C[j * Kp + k] / W if W > 0.0 else 0.0
-            emd_moments(X, n_rows, d, K, Kp, weights, 2, C, wrow, NULL, R, S)
-            ref = C
-        for k in range(K):
-            W = Wk[k]
-            if W <= 0.0:
-                continue
-            chunk[EMC_SLOT_WEIGHT(d)] = W
-            for j in range(d):
-                chunk[EMC_SLOT_REFERENCE(d) + j] = ref[j * Kp + k]
-                chunk[EMC_SLOT_RESIDUAL(d) + j] = R[j * Kp + k]
-                chunk[EMC_SLOT_SCATTER(d) + j] = S[j * Kp + k]
-            emc_merge_moment_slots(d, EMC_SCATTER_DIAGONAL, stats + k * slot, chunk,
-                                   chunk + slot)
-        return 0
+        return _accumulate(self, X, n_rows, weights, stats, scratch)
+
+    cdef int chunk_accumulate_f32(self, const float* X, Py_ssize_t n_rows,
+                                  const double* weights, double* stats,
+                                  double* scratch) noexcept nogil:
+        # the rows widened exactly in registers: the statistics of X.astype(float64)
+        return _accumulate(self, X, n_rows, weights, stats, scratch)
 
     cdef void merge_stats(self, double* into, const double* other) noexcept nogil:
         emc_merge_moment_slot_arrays(self.n_components, self.n_features, EMC_SCATTER_DIAGONAL,
                                      into, other)
+
+
+cdef inline void _moments(const floating* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
+                          Py_ssize_t Kp, const double* w, int which, const double* C,
+                          double* wrow, double* T0, double* T1, double* T2) noexcept nogil:
+    if floating is float:
+        emd_moments_f32(X, n, d, K, Kp, w, which, C, wrow, T0, T1, T2)
+    else:
+        emd_moments(X, n, d, K, Kp, w, which, C, wrow, T0, T1, T2)
+
+
+cdef int _accumulate(GaussianDiagKernel self, const floating* X, Py_ssize_t n_rows,
+                     const double* weights, double* stats, double* scratch) noexcept nogil:
+    cdef Py_ssize_t d = self.n_features, K = self.n_components, Kp = self.Kp
+    cdef Py_ssize_t slot = emc_moment_slot_size(d, EMC_SCATTER_DIAGONAL)
+    cdef Py_ssize_t i, j, k
+    cdef double* wrow = scratch
+    cdef double* Wk = wrow + 8 * Kp
+    cdef double* C = Wk + Kp
+    cdef double* R = C + d * Kp
+    cdef double* S = R + d * Kp
+    cdef double* chunk = S + d * Kp
+    cdef double W, shift
+    cdef bint settled = True
+    for i in range(d * Kp):
+        R[i] = 0.0
+        S[i] = 0.0
+    for k in range(Kp):
+        Wk[k] = 0.0
+    # One sweep about this pass's means (mean_table). The variance's rounding
+    # error is amplified by 1 + shift^2 / var, shift = the chunk's weighted
+    # mean minus the reference: accept if shift^2 <= var (2 shift^2 <= S / W)
+    # for every component and feature, i.e. at most twice the two-sweep error.
+    _moments(X, n_rows, d, K, Kp, weights, 2, &self.mean_table[0, 0], wrow, Wk,
+                R, S)
+    for k in range(K):
+        W = Wk[k]
+        if W <= 0.0:
+            continue
+        for j in range(d):
+            shift = R[j * Kp + k] / W
+            if not 2.0 * shift * shift <= S[j * Kp + k] / W:
+                settled = False
+    cdef const double* ref = &self.mean_table[0, 0]   # the reference points
+    if not settled:
+        # the means moved (early iterations, or no means: chunk_stats): two
+        # sweeps, about the chunk's weighted means
+        for i in range(d * Kp):
+            C[i] = 0.0
+            R[i] = 0.0
+            S[i] = 0.0
+        _moments(X, n_rows, d, K, Kp, weights, 1, NULL, wrow, NULL, C, NULL)
+        for k in range(K):
+            W = Wk[k]
+            for j in range(d):
+                C[j * Kp + k] = C[j * Kp + k] / W if W > 0.0 else 0.0
+        _moments(X, n_rows, d, K, Kp, weights, 2, C, wrow, NULL, R, S)
+        ref = C
+    for k in range(K):
+        W = Wk[k]
+        if W <= 0.0:
+            continue
+        chunk[EMC_SLOT_WEIGHT(d)] = W
+        for j in range(d):
+            chunk[EMC_SLOT_REFERENCE(d) + j] = ref[j * Kp + k]
+            chunk[EMC_SLOT_RESIDUAL(d) + j] = R[j * Kp + k]
+            chunk[EMC_SLOT_SCATTER(d) + j] = S[j * Kp + k]
+        emc_merge_moment_slots(d, EMC_SCATTER_DIAGONAL, stats + k * slot, chunk,
+                               chunk + slot)
+    return 0
