@@ -1,6 +1,5 @@
 /* The loops of the diagonal Gaussian kernel (plugins/_gaussian_diag_kernel.pyx,
    whose docstring describes them). */
-#ifndef EMD_REAL
 #ifndef EMCORE_GAUSSIAN_DIAG_H
 #define EMCORE_GAUSSIAN_DIAG_H
 #include "emcore/vec4.h"   /* emc_v4 and its operations, EMC_CLONES */
@@ -151,29 +150,12 @@ static void emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
 #endif
 
 #define EMD_ROWS 8
-#define EMD_PASTE_(a, b) a##b
-#define EMD_PASTE(a, b) EMD_PASTE_(a, b)
-/* the moments twice: rows of double (plain names), rows of float (+ _f32) */
-#define EMD_REAL double
-#define EMD_T(name) name
-#include "_gaussian_diag.h"
-#undef EMD_REAL
-#undef EMD_T
-#define EMD_REAL float
-#define EMD_T(name) EMD_PASTE(name, _f32)
-#include "_gaussian_diag.h"
-#undef EMD_REAL
-#undef EMD_T
-
-#endif  /* EMCORE_GAUSSIAN_DIAG_H */
-#else   /* EMD_REAL defined: the moments of rows of EMD_REAL */
-
 
 /* The moments of one block of nb rows for the components kb..kb+4nv-1:
    each table entry in a register for the whole block, each x_ij broadcast
    once for the nv vectors. nv and pass are constants at every call. */
-EMC_ALWAYS_INLINE void EMD_T(emd_moments_block)(
-        const EMD_REAL* x, Py_ssize_t nb, Py_ssize_t d, Py_ssize_t Kp,
+EMC_ALWAYS_INLINE void emd_moments_block(
+        const double* x, Py_ssize_t nb, Py_ssize_t d, Py_ssize_t Kp,
         const double* wblk, const int pass, const double* C, double* T1,
         double* T2, Py_ssize_t kb, const int nv)
 {
@@ -189,7 +171,7 @@ EMC_ALWAYS_INLINE void EMD_T(emd_moments_block)(
             }
         }
         for (Py_ssize_t r = 0; r < nb; r++) {
-            emc_v4 xb = emc_set1((double)x[r * d + j]);   /* exact for float */
+            emc_v4 xb = emc_set1(x[r * d + j]);
             const double* wr = wblk + r * Kp + kb;
             for (int v = 0; v < nv; v++) {
                 if (pass == 1) {
@@ -209,8 +191,7 @@ EMC_ALWAYS_INLINE void EMD_T(emd_moments_block)(
     }
 }
 
-/* Per-feature weighted moments of n rows (of EMD_REAL: double, or float
-   widened exactly in registers: the same sums in the same order), for all K components at once, as
+/* Per-feature weighted moments of n rows, for all K components at once, as
    d x Kp tables (w is n x K): T0[k] += w_ik (unless T0 is NULL); pass 1
    (pass == 1) T1[j, k] += w_ik x_ij;
    pass 2, about the reference points C (d x Kp): T1[j, k] += w_ik (x_ij - C[j, k])
@@ -218,11 +199,10 @@ EMC_ALWAYS_INLINE void EMD_T(emd_moments_block)(
    weights copied into wblk, EMD_ROWS x Kp, zero padded) so that each table
    entry is loaded and stored once per block; within it rows are added in
    order; components go 16 at a time (four vectors in registers). */
-EMC_CLONES
-static void EMD_T(emd_moments)(const EMD_REAL* X, Py_ssize_t n, Py_ssize_t d,
-                        Py_ssize_t K, Py_ssize_t Kp, const double* w, int pass,
-                        const double* C, double* wblk, double* T0, double* T1,
-                        double* T2)
+EMC_ALWAYS_INLINE void emd_moments_rows(const double* X, Py_ssize_t n, Py_ssize_t d,
+                                         Py_ssize_t K, Py_ssize_t Kp, const double* w,
+                                         int pass, const double* C, double* wblk,
+                                         double* T0, double* T1, double* T2)
 {
     Py_ssize_t i0, nb, r, k, kb;
     for (i0 = 0; i0 < n; i0 += EMD_ROWS) {
@@ -234,10 +214,10 @@ static void EMD_T(emd_moments)(const EMD_REAL* X, Py_ssize_t n, Py_ssize_t d,
         if (T0 != NULL)      /* the weights' sums, rows in order */
             for (r = 0; r < nb; r++)
                 for (k = 0; k < K; k++) T0[k] += wblk[r * Kp + k];
-        const EMD_REAL* x = X + i0 * d;
+        const double* x = X + i0 * d;
         for (kb = 0; kb < Kp; kb += 16) {
-#define EMD_SUMS(NV) EMD_T(emd_moments_block)(x, nb, d, Kp, wblk, 1, C, T1, T2, kb, NV)
-#define EMD_MOMENTS(NV) EMD_T(emd_moments_block)(x, nb, d, Kp, wblk, 2, C, T1, T2, kb, NV)
+#define EMD_SUMS(NV) emd_moments_block(x, nb, d, Kp, wblk, 1, C, T1, T2, kb, NV)
+#define EMD_MOMENTS(NV) emd_moments_block(x, nb, d, Kp, wblk, 2, C, T1, T2, kb, NV)
             if (pass == 1)
                 EMC_WITH_NV(Kp - kb, EMD_SUMS);
             else
@@ -248,4 +228,31 @@ static void EMD_T(emd_moments)(const EMD_REAL* X, Py_ssize_t n, Py_ssize_t d,
     }
 }
 
-#endif  /* EMD_REAL */
+EMC_CLONES
+static void emd_moments(const double* X, Py_ssize_t n, Py_ssize_t d,
+                        Py_ssize_t K, Py_ssize_t Kp, const double* w, int pass,
+                        const double* C, double* wblk, double* T0, double* T1,
+                        double* T2)
+{
+    emd_moments_rows(X, n, d, K, Kp, w, pass, C, wblk, T0, T1, T2);
+}
+
+/* The same moments of float rows: each block of EMD_ROWS rows widened
+   (exactly) into xblk (EMD_ROWS d doubles, in L1), then the double block's
+   code: the same sums in the same order as for X.astype(float64), so the
+   same bits (no widened copy of the chunk). */
+EMC_CLONES
+static void emd_moments_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
+                            Py_ssize_t K, Py_ssize_t Kp, const double* w, int pass,
+                            const double* C, double* wblk, double* T0, double* T1,
+                            double* T2, double* xblk)
+{
+    for (Py_ssize_t i0 = 0; i0 < n; i0 += EMD_ROWS) {
+        Py_ssize_t nb = n - i0 < EMD_ROWS ? n - i0 : EMD_ROWS;
+        const float* x = X + i0 * d;
+        for (Py_ssize_t t = 0; t < nb * d; t++) xblk[t] = (double)x[t];
+        emd_moments_rows(xblk, nb, d, K, Kp, w + i0 * K, pass, C, wblk, T0, T1, T2);
+    }
+}
+
+#endif

@@ -57,7 +57,8 @@ cdef extern from "_gaussian_diag.h":
                      double* wrow, double* T0, double* T1, double* T2) noexcept nogil
     void emd_moments_f32(const float* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
                          Py_ssize_t Kp, const double* w, int which, const double* C,
-                         double* wrow, double* T0, double* T1, double* T2) noexcept nogil
+                         double* wrow, double* T0, double* T1, double* T2,
+                         double* xblk) noexcept nogil
     void emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
                              Py_ssize_t Kp, const float* c, const float* M,
                              const float* P, const double* base, float* acc,
@@ -126,9 +127,11 @@ cdef class GaussianDiagKernel(FamilyKernel):
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
         # a row of results or a block of weights (EMD_ROWS = 8 rows x Kp) + the
         # weights' sums (Kp)
-        # + three d x Kp tables + one slot + the merge's scratch (2 d)
+        # + three d x Kp tables + one slot + the merge's scratch (2 d) + a block of
+        # float32 rows widened (EMD_ROWS = 8 rows x d)
         return (9 * self.Kp + 3 * self.n_features * self.Kp
-                + emc_moment_slot_size(self.n_features, EMC_SCATTER_DIAGONAL) + 2 * self.n_features)
+                + emc_moment_slot_size(self.n_features, EMC_SCATTER_DIAGONAL)
+                + 10 * self.n_features)
 
     cdef int chunk_log_density(self, const double* X, Py_ssize_t n_rows,
                                double* out, double* scratch) noexcept nogil:
@@ -163,9 +166,10 @@ cdef class GaussianDiagKernel(FamilyKernel):
 
 cdef inline void _moments(const floating* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
                           Py_ssize_t Kp, const double* w, int which, const double* C,
-                          double* wrow, double* T0, double* T1, double* T2) noexcept nogil:
+                          double* wrow, double* T0, double* T1, double* T2,
+                          double* xblk) noexcept nogil:
     if floating is float:
-        emd_moments_f32(X, n, d, K, Kp, w, which, C, wrow, T0, T1, T2)
+        emd_moments_f32(X, n, d, K, Kp, w, which, C, wrow, T0, T1, T2, xblk)
     else:
         emd_moments(X, n, d, K, Kp, w, which, C, wrow, T0, T1, T2)
 
@@ -181,6 +185,7 @@ cdef int _accumulate(GaussianDiagKernel self, const floating* X, Py_ssize_t n_ro
     cdef double* R = C + d * Kp
     cdef double* S = R + d * Kp
     cdef double* chunk = S + d * Kp
+    cdef double* xblk = chunk + slot + 2 * d    # float32 rows: a block widened
     cdef double W, shift
     cdef bint settled = True
     for i in range(d * Kp):
@@ -193,7 +198,7 @@ cdef int _accumulate(GaussianDiagKernel self, const floating* X, Py_ssize_t n_ro
     # mean minus the reference: accept if shift^2 <= var (2 shift^2 <= S / W)
     # for every component and feature, i.e. at most twice the two-sweep error.
     _moments(X, n_rows, d, K, Kp, weights, 2, &self.mean_table[0, 0], wrow, Wk,
-                R, S)
+                R, S, xblk)
     for k in range(K):
         W = Wk[k]
         if W <= 0.0:
@@ -210,12 +215,12 @@ cdef int _accumulate(GaussianDiagKernel self, const floating* X, Py_ssize_t n_ro
             C[i] = 0.0
             R[i] = 0.0
             S[i] = 0.0
-        _moments(X, n_rows, d, K, Kp, weights, 1, NULL, wrow, NULL, C, NULL)
+        _moments(X, n_rows, d, K, Kp, weights, 1, NULL, wrow, NULL, C, NULL, xblk)
         for k in range(K):
             W = Wk[k]
             for j in range(d):
                 C[j * Kp + k] = C[j * Kp + k] / W if W > 0.0 else 0.0
-        _moments(X, n_rows, d, K, Kp, weights, 2, C, wrow, NULL, R, S)
+        _moments(X, n_rows, d, K, Kp, weights, 2, C, wrow, NULL, R, S, xblk)
         ref = C
     for k in range(K):
         W = Wk[k]

@@ -22,8 +22,8 @@ import scipy.special
 from scipy.linalg.lapack import dpotrf as _dpotrf, dtrtrs as _dtrtrs
 
 from emcore import DegenerateComponentError
-from emcore.plugin_api import (UNIT_ROUNDOFF, Family, FamilyRecord, Params, ResolvedGaussianPrior,
-                               hookimpl)
+from emcore.plugin_api import (FLOAT32_UNIT_ROUNDOFF, UNIT_ROUNDOFF, Family, FamilyRecord,
+                               Params, ResolvedGaussianPrior, hookimpl)
 from emcore.plugins._gaussian_diag_kernel import GaussianDiagKernel
 from emcore.plugins._gaussian_kernel import GaussianFullKernel
 from emcore.plugins import _mclust_models as _mclust
@@ -144,6 +144,12 @@ class GaussianFamily(Family):
         The conjugate prior; ``m_step`` then returns the posterior mode (MAP-EM).
         mclust's models take it resolved for their kind of scale
         (``_mclust_models.PRIOR_KIND``; docs/gaussian.md#mclust-prior).
+    dtype : {'float64', 'float32'}, default 'float64'
+        The data's: with 'float32' the diagonal kernel ('diag', 'spherical' and
+        mclust's diagonal models) computes the log-density's quadratic form in
+        float32 on float32 rows, and :meth:`log_density_rounding` bounds what that
+        costs the chain (docs/elbo_chain.md#float32). Statistics and parameters
+        stay float64; the other kernels widen float32 rows to float64.
     """
 
     #: the parameter space is open: start from the plain partition (Family.initial_params)
@@ -151,8 +157,12 @@ class GaussianFamily(Family):
 
     def __init__(self, n_components: int, n_features: int, *,
                  covariance_type: str = "full", reg_covar: float = 1e-6,
-                 prior: Optional[ResolvedGaussianPrior] = None):
+                 prior: Optional[ResolvedGaussianPrior] = None, dtype: str = "float64"):
         super().__init__(n_components, n_features)
+        if dtype not in ("float64", "float32"):
+            raise ValueError("The 'dtype' option of the Gaussian family must be 'float64' "
+                             f"or 'float32'. Got {dtype!r} instead.")
+        self.dtype = dtype
         if covariance_type not in COVARIANCE_TYPES:
             raise ValueError(
                 f"covariance_type must be one of {', '.join(map(repr, COVARIANCE_TYPES))}; "
@@ -385,7 +395,8 @@ class GaussianFamily(Family):
     def _kernel(self, params: Params):
         U = params["precisions_cholesky"]
         if self._diagonal:
-            return GaussianDiagKernel(params["means"], np.diagonal(U, axis1=1, axis2=2))
+            return GaussianDiagKernel(params["means"], np.diagonal(U, axis1=1, axis2=2),
+                                      float32=self.dtype == "float32")
         return GaussianFullKernel(params["means"], U)
 
     def compiled_kernel(self, params: Params):
@@ -906,6 +917,29 @@ class GaussianFamily(Family):
             size = size + np.abs(self.prior.mean)
         a2 = np.sum(size ** 2, axis=1)
         return float(0.5 * np.sum((stats.weight + kappa) * (m * u) ** 2 * a2 * s_max ** 2))
+
+    def log_density_rounding(self, stats: GaussianStats, params: Params) -> float:
+        # float32 rows through the diagonal kernel (docs/elbo_chain.md#float32): the
+        # quadratic form q_ik = sum_j p_kj (x_ij - mu_kj)^2 in float32 about
+        # c = float32(mean of the means) is within 1.01 (d + 7) u32 sum_j p_kj A_ikj^2,
+        # A_ikj = |x_ij - c_j| + |mu_kj - c_j|, of exact, and the log-density carries
+        # half of it. By (a + b)^2 <= 2 a^2 + 2 b^2 the q-weighted sum over the rows
+        # behind the statistics (about their reference points m_k: sum_i w_ik
+        # (x_ij - c_j)^2 = s_kj + 2 (m_kj - c_j) r_kj + W_kj (m_kj - c_j)^2) is at
+        # most 1.01 (d + 7) u32 sum_kj p_kj (that + W_kj (mu_kj - c_j)^2). float64
+        # rows, or a kernel that widens them: 0 (the relative error is covered by
+        # rounding_amplification).
+        if self.dtype != "float32" or not self._diagonal or not stats.diagonal:
+            return 0.0
+        means = np.asarray(params["means"], dtype=np.float64)
+        p = np.diagonal(np.asarray(params["precisions_cholesky"], dtype=np.float64),
+                        axis1=1, axis2=2) ** 2
+        c = means.mean(axis=0).astype(np.float32).astype(np.float64)
+        W = stats.coordinate_weight()
+        off = stats.mean - c
+        rows = np.maximum(stats.scatter + 2.0 * off * stats.residual + W * off * off, 0.0)
+        total = np.sum(p * (rows + W * (means - c) ** 2))
+        return float(1.01 * (self.n_features + 7) * FLOAT32_UNIT_ROUNDOFF * total)
 
     def rounding_amplification(self, params: Params) -> float:
         # 1 + sqrt(d kappa_max) (docs/elbo_chain.md#check-b, item 2)
