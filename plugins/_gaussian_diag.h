@@ -65,53 +65,73 @@ static void emd_log_density(const double* X, Py_ssize_t n, Py_ssize_t d,
 }
 
 /* float32 rows: out[i, k] = base[k] - 1/2 q_ik, the quadratic form
-   q_ik = sum_j P[j, k] (y_ij - M[j, k])^2 in float on 8-float vectors, with
-   y_ij = x_ij - c_j (c: the centring point, rounded to float) and the tables
-   M = float(mu - c), P = float(U^2), d x Kp (Kp = K rounded up to 8, padded);
-   base and the result in double (docs/elbo_chain.md#float32 bounds the
-   error). acc: 2 Kp floats. Rows two at a time, components 16 at a time. */
+   q_ik = sum_j P[j, k] t_ijk^2 in float on 8-float vectors, with the difference
+   t = (x_ij - H[j, k]) - L[j, k] to the mean held as two floats, H = float(mu),
+   L = float(mu - H) (so t carries a relative error, ~2 u32 |t|, however far the
+   data are from the origin), P = float(U^2); tables d x Kp (Kp = K rounded up
+   to 8, zero padded); base and the result in double (docs/elbo_chain.md#float32
+   bounds the error). acc: 16 floats. Rows two at a time, components 16 at a
+   time. */
 #if EMC_GNUC
 typedef float emd_v8f __attribute__((vector_size(32)));
+typedef float emd_v4f __attribute__((vector_size(16)));
 /* x in every lane: scalar + vector is one vbroadcastss in GCC 12's AVX2 clone
    (an initialiser {x, x, ...} becomes a chain of vinsertps); + 0 changes only
-   the sign of a zero, which the square removes */
+   the sign of a zero, which the difference and the square remove */
 static inline emd_v8f emd_set1_f8(float x) { return (emd_v8f){0} + x; }
 
 EMC_ALWAYS_INLINE void emd_log_density_block_f32(
         const float* x, Py_ssize_t d, const int R, Py_ssize_t K, Py_ssize_t Kp,
-        const float* c, const float* M, const float* P, const double* base,
+        const float* H, const float* L, const float* P, const double* base,
         Py_ssize_t k0, const int nv, float* acc_out, double* out)
 {
     emd_v8f a[2][2];
     for (int r = 0; r < R; r++)
         for (int v = 0; v < nv; v++) a[r][v] = (emd_v8f){0};
     for (Py_ssize_t j = 0; j < d; j++) {
-        const float* m = M + j * Kp + k0;
+        const float* h = H + j * Kp + k0;
+        const float* l = L + j * Kp + k0;
         const float* p = P + j * Kp + k0;
-        emd_v8f yj[2];
-        for (int r = 0; r < R; r++) yj[r] = emd_set1_f8(x[r * d + j] - c[j]);
+        emd_v8f xj[2];
+        for (int r = 0; r < R; r++) xj[r] = emd_set1_f8(x[r * d + j]);
         for (int v = 0; v < nv; v++) {
-            emd_v8f mv, pv;
-            memcpy(&mv, m + 8 * v, sizeof mv);
+            emd_v8f hv, lv, pv;
+            memcpy(&hv, h + 8 * v, sizeof hv);
+            memcpy(&lv, l + 8 * v, sizeof lv);
             memcpy(&pv, p + 8 * v, sizeof pv);
             for (int r = 0; r < R; r++) {
-                emd_v8f t = yj[r] - mv;
+                emd_v8f t = (xj[r] - hv) - lv;
                 a[r][v] += (pv * t) * t;
             }
         }
     }
+    /* widened in registers (a store of the 8 floats and a load of 4 of them
+       stalled on store forwarding: perf put a sixth of the kernel there) */
+    (void)acc_out;
+    const emc_v4 half = emc_set1(-0.5);
     for (int r = 0; r < R; r++) {
-        for (int v = 0; v < nv; v++) memcpy(acc_out + 8 * v, &a[r][v], sizeof a[r][v]);
-        Py_ssize_t top = K - k0 < 8 * nv ? K - k0 : 8 * nv;
-        for (Py_ssize_t k = 0; k < top; k++)
-            out[r * K + k0 + k] = base[k0 + k] - 0.5 * (double)acc_out[k];
+        double* o = out + r * K + k0;
+        for (int v = 0; v < nv; v++) {
+            emd_v8f av = a[r][v];
+            if (k0 + 8 * (v + 1) <= K) {
+                emd_v4f lo = {av[0], av[1], av[2], av[3]}, hi = {av[4], av[5], av[6], av[7]};
+                emc_v4 l = __builtin_convertvector(lo, emc_v4);
+                emc_v4 h = __builtin_convertvector(hi, emc_v4);
+                emc_store(o + 8 * v, EMC_ADD(emc_load(base + k0 + 8 * v), EMC_MUL(half, l)));
+                emc_store(o + 8 * v + 4, EMC_ADD(emc_load(base + k0 + 8 * v + 4),
+                                                 EMC_MUL(half, h)));
+            } else {
+                for (Py_ssize_t k = 8 * v; k < K - k0; k++)
+                    o[k] = base[k0 + k] - 0.5 * (double)av[k - 8 * v];
+            }
+        }
     }
 }
 
 EMC_CLONES
 static void emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
-                                Py_ssize_t K, Py_ssize_t Kp, const float* c,
-                                const float* M, const float* P, const double* base,
+                                Py_ssize_t K, Py_ssize_t Kp, const float* H,
+                                const float* L, const float* P, const double* base,
                                 float* acc, double* out)
 {
     for (Py_ssize_t i = 0; i < n; i += 2) {
@@ -120,11 +140,11 @@ static void emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
         for (Py_ssize_t k0 = 0; k0 < Kp; k0 += 16) {
             const int nv = Kp - k0 >= 16 ? 2 : 1;
             if (i + 1 < n) {
-                if (nv == 2) emd_log_density_block_f32(x, d, 2, K, Kp, c, M, P, base, k0, 2, acc, o);
-                else emd_log_density_block_f32(x, d, 2, K, Kp, c, M, P, base, k0, 1, acc, o);
+                if (nv == 2) emd_log_density_block_f32(x, d, 2, K, Kp, H, L, P, base, k0, 2, acc, o);
+                else emd_log_density_block_f32(x, d, 2, K, Kp, H, L, P, base, k0, 1, acc, o);
             } else {
-                if (nv == 2) emd_log_density_block_f32(x, d, 1, K, Kp, c, M, P, base, k0, 2, acc, o);
-                else emd_log_density_block_f32(x, d, 1, K, Kp, c, M, P, base, k0, 1, acc, o);
+                if (nv == 2) emd_log_density_block_f32(x, d, 1, K, Kp, H, L, P, base, k0, 2, acc, o);
+                else emd_log_density_block_f32(x, d, 1, K, Kp, H, L, P, base, k0, 1, acc, o);
             }
         }
     }
@@ -132,8 +152,8 @@ static void emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
 #else
 /* without GNU vectors: the same sums, one component at a time (j order) */
 static void emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
-                                Py_ssize_t K, Py_ssize_t Kp, const float* c,
-                                const float* M, const float* P, const double* base,
+                                Py_ssize_t K, Py_ssize_t Kp, const float* H,
+                                const float* L, const float* P, const double* base,
                                 float* acc, double* out)
 {
     (void)acc;
@@ -141,7 +161,7 @@ static void emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
         for (Py_ssize_t k = 0; k < K; k++) {
             float q = 0.0f;
             for (Py_ssize_t j = 0; j < d; j++) {
-                float t = (X[i * d + j] - c[j]) - M[j * Kp + k];
+                float t = (X[i * d + j] - H[j * Kp + k]) - L[j * Kp + k];
                 q += (P[j * Kp + k] * t) * t;
             }
             out[i * K + k] = base[k] - 0.5 * (double)q;

@@ -60,7 +60,7 @@ cdef extern from "_gaussian_diag.h":
                          double* wrow, double* T0, double* T1, double* T2,
                          double* xblk) noexcept nogil
     void emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
-                             Py_ssize_t Kp, const float* c, const float* M,
+                             Py_ssize_t Kp, const float* H, const float* L,
                              const float* P, const double* base, float* acc,
                              double* out) noexcept nogil
 
@@ -74,10 +74,11 @@ cdef class GaussianDiagKernel(FamilyKernel):
     cdef const double[:, ::1] prec_table   # (d, Kp): U_kj^2, transposed, zero padded
     cdef const double[::1] log_norm        # (Kp,): -d/2 log(2 pi) + sum_j log U_kj
     cdef Py_ssize_t Kp
-    # float32 rows (float32=True): the log-density's tables in float, d x Kp8
-    cdef const float[::1] centre32         # (d,) c, the means' mean, rounded to float
-    cdef const float[:, ::1] mean_table32  # float(mu - c), transposed, zero padded
-    cdef const float[:, ::1] prec_table32  # float(U_kj^2), transposed, zero padded
+    # float32 rows (float32=True): the log-density's tables in float, d x Kp8,
+    # transposed, zero padded: each mean as two floats (hi + lo), the precisions
+    cdef const float[:, ::1] mean_hi32     # float(mu)
+    cdef const float[:, ::1] mean_lo32     # float(mu - float(mu))
+    cdef const float[:, ::1] prec_table32  # float(U_kj^2)
     cdef Py_ssize_t Kp8                    # K rounded up to a multiple of 8
 
     def __init__(self, means, precisions_cholesky_diagonal, float32=False):
@@ -101,17 +102,19 @@ cdef class GaussianDiagKernel(FamilyKernel):
         ln = np.zeros(self.Kp)
         ln[:K] = -0.5 * d * np.log(2.0 * np.pi) + np.sum(np.log(u), axis=1)
         self.log_norm = ln
-        # float32 rows: the quadratic form in float about c32 (docs/elbo_chain.md#float32);
-        # the tables computed in double, then rounded once
+        # float32 rows: the quadratic form in float, each mean as float(mu) +
+        # float(mu - float(mu)) (the difference is exact in double); the precisions
+        # computed in double, then rounded once (docs/elbo_chain.md#float32)
         self.float32_rows = bool(float32)
         self.Kp8 = ((K + 7) // 8) * 8
-        c32 = means.mean(axis=0).astype(np.float32)
-        mt32 = np.zeros((d, self.Kp8), dtype=np.float32)
-        mt32[:, :K] = (means - c32.astype(np.float64)).T
+        hi = np.zeros((d, self.Kp8), dtype=np.float32)
+        hi[:, :K] = means.T
+        lo = np.zeros((d, self.Kp8), dtype=np.float32)
+        lo[:, :K] = means.T - hi[:, :K].astype(np.float64)
         pt32 = np.zeros((d, self.Kp8), dtype=np.float32)
         pt32[:, :K] = (u * u).T
-        self.centre32 = c32
-        self.mean_table32 = mt32
+        self.mean_hi32 = hi
+        self.mean_lo32 = lo
         self.prec_table32 = pt32
 
     def __reduce__(self):
@@ -143,7 +146,7 @@ cdef class GaussianDiagKernel(FamilyKernel):
     cdef int chunk_log_density_f32(self, const float* X, Py_ssize_t n_rows,
                                    double* out, double* scratch) noexcept nogil:
         emd_log_density_f32(X, n_rows, self.n_features, self.n_components, self.Kp8,
-                            &self.centre32[0], &self.mean_table32[0, 0],
+                            &self.mean_hi32[0, 0], &self.mean_lo32[0, 0],
                             &self.prec_table32[0, 0], &self.log_norm[0],
                             <float*>scratch, out)
         return 0

@@ -920,26 +920,28 @@ class GaussianFamily(Family):
 
     def log_density_rounding(self, stats: GaussianStats, params: Params) -> float:
         # float32 rows through the diagonal kernel (docs/elbo_chain.md#float32): the
-        # quadratic form q_ik = sum_j p_kj (x_ij - mu_kj)^2 in float32 about
-        # c = float32(mean of the means) is within 1.01 (d + 7) u32 sum_j p_kj A_ikj^2,
-        # A_ikj = |x_ij - c_j| + |mu_kj - c_j|, of exact, and the log-density carries
-        # half of it. By (a + b)^2 <= 2 a^2 + 2 b^2 the q-weighted sum over the rows
-        # behind the statistics (about their reference points m_k: sum_i w_ik
-        # (x_ij - c_j)^2 = s_kj + 2 (m_kj - c_j) r_kj + W_kj (m_kj - c_j)^2) is at
-        # most 1.01 (d + 7) u32 sum_kj p_kj (that + W_kj (mu_kj - c_j)^2). float64
-        # rows, or a kernel that widens them: 0 (the relative error is covered by
-        # rounding_amplification).
+        # quadratic form q_ik = sum_j p_kj t_ij^2, t_ij = x_ij - mu_kj, in float32
+        # with each mean held as two floats (hi + lo). The computed t carries
+        # |e_ij| <= 2.01 u32 a_ij, a_ij = |t_ij| + u32 |mu_kj| (two subtractions, hi
+        # and lo rounded), so with the rounding of p, the products and the d-term
+        # sum, |q~ - q| <= 1.011 (d + 6) u32 sum_j p_kj a_ij^2; the log-density
+        # carries half of it. Over the rows behind the statistics with weights
+        # w_ik, by Minkowski, sum_i w_ik a_ij^2 <= (sqrt(T_kj) + u32 |mu_kj|
+        # sqrt(W_kj))^2, T_kj = sum_i w_ik t_ij^2 = s_kj + 2 (m_kj - mu_kj) r_kj +
+        # W_kj (m_kj - mu_kj)^2 from the moments about the reference points m_k.
+        # float64 rows, or a kernel that widens them: 0 (the relative error is
+        # covered by rounding_amplification).
         if self.dtype != "float32" or not self._diagonal or not stats.diagonal:
             return 0.0
+        u = FLOAT32_UNIT_ROUNDOFF
         means = np.asarray(params["means"], dtype=np.float64)
         p = np.diagonal(np.asarray(params["precisions_cholesky"], dtype=np.float64),
                         axis1=1, axis2=2) ** 2
-        c = means.mean(axis=0).astype(np.float32).astype(np.float64)
         W = stats.coordinate_weight()
-        off = stats.mean - c
-        rows = np.maximum(stats.scatter + 2.0 * off * stats.residual + W * off * off, 0.0)
-        total = np.sum(p * (rows + W * (means - c) ** 2))
-        return float(1.01 * (self.n_features + 7) * FLOAT32_UNIT_ROUNDOFF * total)
+        off = stats.mean - means
+        T = np.maximum(stats.scatter + 2.0 * off * stats.residual + W * off * off, 0.0)
+        a2 = (np.sqrt(T) + u * np.abs(means) * np.sqrt(W)) ** 2
+        return float(0.5 * 1.011 * (self.n_features + 6) * u * np.sum(p * a2))
 
     def rounding_amplification(self, params: Params) -> float:
         # 1 + sqrt(d kappa_max) (docs/elbo_chain.md#check-b, item 2)
