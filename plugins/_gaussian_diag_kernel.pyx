@@ -30,6 +30,15 @@ log-density 4d (subtract, scale, multiply-add); the statistics 5d (subtract,
 weight, residual, multiply-add), plus 2d (the weighted sum for the chunk's own
 reference point) and another 5d when the chunk is swept twice.
 
+float32 rows (``GaussianDiagKernel(..., float32=True)``, built by
+``GaussianFamily(dtype='float32')``; the ``_f32`` methods of emcore/kernel.pxd):
+the log-density's quadratic form is computed in float32 on 8-float vectors,
+each mean held as two floats (hi + lo) so that x - mu carries a relative error
+only (docs/elbo_chain.md#float32 derives the bound, which the family's
+``log_density_rounding`` gives the chain); the constant and the result are
+double. The statistics read the float32 rows a block of 8 at a time widened
+exactly to double: bitwise the statistics of the widened rows.
+
 The loops (_gaussian_diag.h) use GNU vector extensions (4 doubles) compiled
 twice with target_clones on x86-64 Linux (glibc) with GCC (AVX2/FMA at load time
 where the CPU has it, baseline x86-64 otherwise), with a plain-C fallback
