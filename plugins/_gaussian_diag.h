@@ -71,7 +71,8 @@ static void emd_log_density(const double* X, Py_ssize_t n, Py_ssize_t d,
    data are from the origin), P = float(U^2); tables d x Kp (Kp = K rounded up
    to 8, zero padded); base and the result in double (docs/elbo_chain.md#float32
    bounds the error). acc: 16 floats. Rows two at a time, components 16 at a
-   time. */
+   time. Returns 1 if some q overflowed float (then -inf in out: the caller
+   recomputes those entries in double), else 0. */
 #if EMC_GNUC
 typedef float emd_v8f __attribute__((vector_size(32)));
 typedef float emd_v4f __attribute__((vector_size(16)));
@@ -83,7 +84,7 @@ static inline emd_v8f emd_set1_f8(float x) { return (emd_v8f){0} + x; }
 EMC_ALWAYS_INLINE void emd_log_density_block_f32(
         const float* x, Py_ssize_t d, const int R, Py_ssize_t K, Py_ssize_t Kp,
         const float* H, const float* L, const float* P, const double* base,
-        Py_ssize_t k0, const int nv, float* acc_out, double* out)
+        Py_ssize_t k0, const int nv, float* acc_out, double* out, emd_v8f* chk)
 {
     emd_v8f a[2][2];
     for (int r = 0; r < R; r++)
@@ -113,6 +114,7 @@ EMC_ALWAYS_INLINE void emd_log_density_block_f32(
         double* o = out + r * K + k0;
         for (int v = 0; v < nv; v++) {
             emd_v8f av = a[r][v];
+            *chk += av * 0.0f;      /* NaN in a lane once a form overflowed to inf */
             if (k0 + 8 * (v + 1) <= K) {
                 emd_v4f lo = {av[0], av[1], av[2], av[3]}, hi = {av[4], av[5], av[6], av[7]};
                 emc_v4 l = __builtin_convertvector(lo, emc_v4);
@@ -129,33 +131,42 @@ EMC_ALWAYS_INLINE void emd_log_density_block_f32(
 }
 
 EMC_CLONES
-static void emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
-                                Py_ssize_t K, Py_ssize_t Kp, const float* H,
-                                const float* L, const float* P, const double* base,
-                                float* acc, double* out)
+static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
+                               Py_ssize_t K, Py_ssize_t Kp, const float* H,
+                               const float* L, const float* P, const double* base,
+                               float* acc, double* out)
 {
+    emd_v8f chk = {0};
     for (Py_ssize_t i = 0; i < n; i += 2) {
         const float* x = X + i * d;
         double* o = out + i * K;
         for (Py_ssize_t k0 = 0; k0 < Kp; k0 += 16) {
             const int nv = Kp - k0 >= 16 ? 2 : 1;
             if (i + 1 < n) {
-                if (nv == 2) emd_log_density_block_f32(x, d, 2, K, Kp, H, L, P, base, k0, 2, acc, o);
-                else emd_log_density_block_f32(x, d, 2, K, Kp, H, L, P, base, k0, 1, acc, o);
+                if (nv == 2) emd_log_density_block_f32(x, d, 2, K, Kp, H, L, P, base, k0, 2, acc, o,
+                                              &chk);
+                else emd_log_density_block_f32(x, d, 2, K, Kp, H, L, P, base, k0, 1, acc, o,
+                                              &chk);
             } else {
-                if (nv == 2) emd_log_density_block_f32(x, d, 1, K, Kp, H, L, P, base, k0, 2, acc, o);
-                else emd_log_density_block_f32(x, d, 1, K, Kp, H, L, P, base, k0, 1, acc, o);
+                if (nv == 2) emd_log_density_block_f32(x, d, 1, K, Kp, H, L, P, base, k0, 2, acc, o,
+                                              &chk);
+                else emd_log_density_block_f32(x, d, 1, K, Kp, H, L, P, base, k0, 1, acc, o,
+                                              &chk);
             }
         }
     }
+    for (int l = 0; l < 8; l++)
+        if (chk[l] != 0.0f) return 1;
+    return 0;
 }
 #else
 /* without GNU vectors: the same sums, one component at a time (j order) */
-static void emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
-                                Py_ssize_t K, Py_ssize_t Kp, const float* H,
-                                const float* L, const float* P, const double* base,
-                                float* acc, double* out)
+static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
+                               Py_ssize_t K, Py_ssize_t Kp, const float* H,
+                               const float* L, const float* P, const double* base,
+                               float* acc, double* out)
 {
+    int overflow = 0;
     (void)acc;
     for (Py_ssize_t i = 0; i < n; i++)
         for (Py_ssize_t k = 0; k < K; k++) {
@@ -164,8 +175,10 @@ static void emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
                 float t = (X[i * d + j] - H[j * Kp + k]) - L[j * Kp + k];
                 q += (P[j * Kp + k] * t) * t;
             }
+            if (q - q != 0.0f) overflow = 1;       /* inf */
             out[i * K + k] = base[k] - 0.5 * (double)q;
         }
+    return overflow;
 }
 #endif
 

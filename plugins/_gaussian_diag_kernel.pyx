@@ -46,6 +46,7 @@ elsewhere. Every sum is taken in a fixed order: the same chunk gives the same
 bits on any thread.
 """
 from cython cimport floating
+from libc.math cimport INFINITY
 from emcore.kernel cimport FamilyKernel
 from emcore.moments cimport (EMC_SCATTER_DIAGONAL, emc_merge_moment_slot_arrays,
                              emc_merge_moment_slots,
@@ -68,7 +69,7 @@ cdef extern from "_gaussian_diag.h":
                          Py_ssize_t Kp, const double* w, int which, const double* C,
                          double* wrow, double* T0, double* T1, double* T2,
                          double* xblk) noexcept nogil
-    void emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
+    int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
                              Py_ssize_t Kp, const float* H, const float* L,
                              const float* P, const double* base, float* acc,
                              double* out) noexcept nogil
@@ -113,15 +114,23 @@ cdef class GaussianDiagKernel(FamilyKernel):
         self.log_norm = ln
         # float32 rows: the quadratic form in float, each mean as float(mu) +
         # float(mu - float(mu)) (the difference is exact in double); the precisions
-        # computed in double, then rounded once (docs/elbo_chain.md#float32)
-        self.float32_rows = bool(float32)
+        # computed in double, then rounded once (docs/elbo_chain.md#float32). Where
+        # a mean or a precision is outside float's normal range the bound does not
+        # hold: float32 rows are then widened to double like any kernel's.
         self.Kp8 = ((K + 7) // 8) * 8
-        hi = np.zeros((d, self.Kp8), dtype=np.float32)
-        hi[:, :K] = means.T
-        lo = np.zeros((d, self.Kp8), dtype=np.float32)
-        lo[:, :K] = means.T - hi[:, :K].astype(np.float64)
-        pt32 = np.zeros((d, self.Kp8), dtype=np.float32)
-        pt32[:, :K] = (u * u).T
+        p = u * u
+        tiny, big = np.finfo(np.float32).tiny, np.finfo(np.float32).max
+        self.float32_rows = bool(float32) and bool(
+            np.all((p == 0.0) | ((p >= tiny) & (p <= big)))
+            and np.all(np.abs(means) <= big))
+        cols = self.Kp8 if self.float32_rows else 8
+        hi = np.zeros((d, cols), dtype=np.float32)
+        lo = np.zeros((d, cols), dtype=np.float32)
+        pt32 = np.zeros((d, cols), dtype=np.float32)
+        if self.float32_rows:
+            hi[:, :K] = means.T
+            lo[:, :K] = means.T - hi[:, :K].astype(np.float64)
+            pt32[:, :K] = p.T
         self.mean_hi32 = hi
         self.mean_lo32 = lo
         self.prec_table32 = pt32
@@ -129,6 +138,21 @@ cdef class GaussianDiagKernel(FamilyKernel):
     def __reduce__(self):
         return (GaussianDiagKernel, (np.asarray(self.means), np.asarray(self.prec_chol_diag),
                                      self.float32_rows))
+
+    cdef void _overflowed_in_double(self, const float* X, Py_ssize_t n_rows,
+                                    double* out) noexcept nogil:
+        # the float32 quadratic forms that overflowed (-inf in out), in double
+        cdef Py_ssize_t i, j, k, d = self.n_features, K = self.n_components
+        cdef double q, t, u
+        for i in range(n_rows):
+            for k in range(K):
+                if out[i * K + k] == -INFINITY:
+                    q = 0.0
+                    for j in range(d):
+                        u = self.prec_chol_diag[k, j]
+                        t = u * (<double>X[i * d + j] - self.means[k, j])
+                        q += t * t
+                    out[i * K + k] = self.log_norm[k] - 0.5 * q
 
     @staticmethod
     def slot_layout(Py_ssize_t n_features):
@@ -154,10 +178,11 @@ cdef class GaussianDiagKernel(FamilyKernel):
 
     cdef int chunk_log_density_f32(self, const float* X, Py_ssize_t n_rows,
                                    double* out, double* scratch) noexcept nogil:
-        emd_log_density_f32(X, n_rows, self.n_features, self.n_components, self.Kp8,
-                            &self.mean_hi32[0, 0], &self.mean_lo32[0, 0],
-                            &self.prec_table32[0, 0], &self.log_norm[0],
-                            <float*>scratch, out)
+        if emd_log_density_f32(X, n_rows, self.n_features, self.n_components, self.Kp8,
+                               &self.mean_hi32[0, 0], &self.mean_lo32[0, 0],
+                               &self.prec_table32[0, 0], &self.log_norm[0],
+                               <float*>scratch, out):
+            self._overflowed_in_double(X, n_rows, out)
         return 0
 
     cdef int chunk_accumulate(self, const double* X, Py_ssize_t n_rows,

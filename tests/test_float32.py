@@ -343,3 +343,31 @@ def test_gaussian_mixture_float32_diag_chain_holds(seed, d, k, offset, spread,
                                     random_state=seed % 1000, max_iter=30,
                                     reg_covar=1e-4).fit(X)
     assert gm.history_ and all(it.chain_holds() for it in gm.history_)
+
+
+def test_diag_kernel_float32_overflow_is_recomputed_in_double():
+    # a quadratic form beyond float's range (p t^2 ~ 1e60, 4e44) would be +inf in
+    # float32 (a log-density of -inf, a row with no finite likelihood); those
+    # entries are recomputed in double
+    means = np.array([[0.0, 0.0], [1e20, 1e20]])
+    u_diag = np.array([[1.0, 1.0], [1e10, 1e10]])
+    X = np.array([[0.0, 0.5], [1e20, 1e20], [3.0, -1.0]], dtype=np.float32)
+    kernel = GaussianDiagKernel(means, u_diag, float32=True)
+    assert kernel.float32_rows
+    got = kernel.log_density(X)
+    exact = GaussianDiagKernel(means, u_diag).log_density(X.astype(np.float64))
+    assert np.all(np.isfinite(got))
+    assert np.all(np.abs(got - exact) <= _diag_row_bound(X, means, u_diag))
+
+
+def test_diag_kernel_float32_falls_back_to_double_outside_floats_range():
+    # a precision beyond float's range (U^2 = 1e40) has no float32 bound: the
+    # kernel widens the rows instead (the float64 arithmetic, bitwise)
+    means = np.zeros((2, 3))
+    u_diag = np.array([[1.0, 1.0, 1.0], [1e20, 1.0, 1.0]])
+    kernel = GaussianDiagKernel(means, u_diag, float32=True)
+    assert not kernel.float32_rows
+    X = np.random.default_rng(14).standard_normal((5, 3)).astype(np.float32)
+    np.testing.assert_array_equal(
+        kernel.log_density(X),
+        GaussianDiagKernel(means, u_diag).log_density(X.astype(np.float64)))
