@@ -17,10 +17,15 @@ maximum and, along the same M iterations from the same start, of the same
 first order in u32: the printed figure is that estimate, not a rigorous bound).
 
 Where things stand (docs/elbo_chain.md#float32): GaussianMixture keeps float32 X
-without a copy and returns float32 attributes, but its kernels still compute in
-float64 on each chunk widened from float32, so float32 is not faster yet (the
-issue's target is >= 1.5x); the statistics will stay float64 when the
-log-density kernels move to float32.
+without a copy and returns float32 attributes. The diagonal kernel ('diag')
+computes the log-density's quadratic form in float32 on float32 rows (8-float
+vectors) and its statistics in float64 from the rows widened in registers; the
+full-covariance kernel ('full') still widens each chunk to float64. For 'diag'
+the tolerance adds the kernel's derived bound, sum_i max_k of half
+1.01 (d + 7) u32 sum_j p_kj (|x_ij - c_j| + |mu_kj - c_j|)^2 (c the means'
+mean in float32), relative to |sum_i l_i|. The issue's target is float32 >= 1.5x
+faster than float64. CPU time (``time.process_time``, all threads) is printed
+beside wall time: the machine may be shared.
 
     cd /tmp && python /path/to/benchmarks/bench_float32.py            # (1e6, 16, 16)
     cd /tmp && python /path/to/benchmarks/bench_float32.py --quick    # (2e5, 16, 16)
@@ -32,6 +37,7 @@ import argparse
 import os
 import statistics
 import sys
+import time
 
 import numpy as np
 import scipy.linalg  # noqa: F401  (load scipy's OpenBLAS before threadpoolctl limits)
@@ -56,6 +62,32 @@ def first_order_gap(est, X: np.ndarray) -> float:
     return U32 * float(np.sum(np.abs(X) * np.abs(grad))) / abs(total)
 
 
+def kernel_bound(est, X: np.ndarray) -> float:
+    """The diagonal kernel's float32 rounding of sum_i l_i, relative to |sum_i l_i|:
+    sum_i max_k of half 1.01 (d + 7) u32 sum_j p_kj (|x_ij - c_j| + |mu_kj - c_j|)^2
+    (docs/elbo_chain.md#float32). 0 for 'full' (its chunks are widened)."""
+    if est.covariance_type != "diag":
+        return 0.0
+    means = est.means_.astype(np.float64)
+    p = est.precisions_.astype(np.float64)                # (k, d) for 'diag'
+    c = means.mean(axis=0).astype(np.float32).astype(np.float64)
+    Xd = X.astype(np.float64)
+    worst = np.zeros(X.shape[0])
+    for k in range(means.shape[0]):
+        A = np.abs(Xd - c) + np.abs(means[k] - c)
+        worst = np.maximum(worst, (A * A) @ p[k])
+    d = X.shape[1]
+    total = float(np.sum(est.score_samples(Xd)))
+    return 0.5 * 1.01 * (d + 7) * U32 * float(np.sum(worst)) / abs(total)
+
+
+def cpu_timed_fit(*a):
+    """timed_fit, and the process's CPU seconds over it (all threads)."""
+    c0 = time.process_time()
+    wall, est = timed_fit(*a)
+    return wall, time.process_time() - c0, est
+
+
 def run_case(args, covariance: str) -> None:
     n, d, k = args.n, args.d, args.k
     X64, truth = make_data(n, d, k, args.seed)
@@ -68,31 +100,39 @@ def run_case(args, covariance: str) -> None:
     for dt in data:     # warm-up
         timed_fit("emcore", data[dt][:5000], start, 1, 1, args.reg_covar, covariance)
     per_iter = {(dt, t): [] for dt in data for t in args.threads}
+    cpu_iter = {(dt, t): [] for dt in data for t in args.threads}
     fits = {}
     for r in range(args.repeats):
         order = list(data) if r % 2 == 0 else list(data)[::-1]
         for t in args.threads:
             for dt in order:
-                t1, _ = timed_fit("emcore", data[dt], start, 1, t, args.reg_covar, covariance)
-                tM, est = timed_fit("emcore", data[dt], start, M, t, args.reg_covar,
-                                    covariance)
+                t1, c1, _ = cpu_timed_fit("emcore", data[dt], start, 1, t, args.reg_covar,
+                                          covariance)
+                tM, cM, est = cpu_timed_fit("emcore", data[dt], start, M, t,
+                                            args.reg_covar, covariance)
                 per_iter[(dt, t)].append((tM - t1) / (M - 1))
+                cpu_iter[(dt, t)].append((cM - c1) / (M - 1))
                 fits[dt] = est
                 print(f"{r:6d} {t:3d} {dt:8s} {per_iter[(dt, t)][-1]:8.4f} s/iter  "
+                      f"cpu {cpu_iter[(dt, t)][-1]:8.4f} s/iter  "
                       f"load {os.getloadavg()[0]:.2f}", flush=True)
     print(f"{'threads':>7}  {'float64 s/iter':>14}  {'float32 s/iter':>14}  "
-          f"{'float64/float32 time':>20}")
+          f"{'float64/float32 time':>20}  {'float64 cpu':>11}  {'float32 cpu':>11}  "
+          f"{'float64/float32 cpu':>19}")
     for t in args.threads:
         a = statistics.median(per_iter[("float64", t)])
         b = statistics.median(per_iter[("float32", t)])
-        print(f"{t:>7}  {a:14.4f}  {b:14.4f}  {a / b:20.2f}")
+        ca = statistics.median(cpu_iter[("float64", t)])
+        cb = statistics.median(cpu_iter[("float32", t)])
+        print(f"{t:>7}  {a:14.4f}  {b:14.4f}  {a / b:20.2f}  {ca:11.4f}  {cb:11.4f}  "
+              f"{ca / cb:19.2f}")
     f64, f32 = fits["float64"], fits["float32"]
     assert f32.means_.dtype == np.float32 and f64.means_.dtype == np.float64
     gap = abs(f32.lower_bound_ - f64.lower_bound_) / abs(f64.lower_bound_)
-    tol = first_order_gap(f64, X64)
+    tol = first_order_gap(f64, X64) + kernel_bound(f32, X32)
     print(f"mean log-likelihood float64 {f64.lower_bound_:.10g}  float32 "
           f"{f32.lower_bound_:.10g}  relative gap {gap:.3g}  float32 tolerance "
-          f"(first order) {tol:.3g}  gap / tolerance {gap / tol:.3g}")
+          f"(first order + kernel bound) {tol:.3g}  gap / tolerance {gap / tol:.3g}")
 
 
 def parse_args(argv=None):

@@ -21,6 +21,10 @@ float32, the same rounded centres, scikit-learn's float32 KMeans against
 emcore's (float32 scores, float64 sums: docs/elbo_chain.md#float32), side by
 side with the float64 rows.
 
+CPU time (``time.process_time``, all of the process's threads) is measured
+beside wall time, per iteration the same way, so that the ratio can be read
+when the machine is shared.
+
 Run from outside the source tree so that the installed emcore is imported:
 
     cd /tmp && python /path/to/benchmarks/bench_kmeans.py                  # both shapes
@@ -74,9 +78,10 @@ def timed_fit(lib: str, X, centres, max_iter: int, threads: int):
     gc.collect()
     with threadpool_limits(limits=threads), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning: max_iter reached on purpose
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         est.fit(X)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    timed_fit.cpu = cpu          # the CPU seconds of the last fit (all threads)
     return seconds, est
 
 
@@ -118,35 +123,43 @@ def run_case(args, n, d, k, dtype) -> list:
     for lib in libs:  # warm-up
         timed_fit(lib, np.ascontiguousarray(X[:5000]), centres, 1, 1)
     per_iter = {(lib, t): [] for lib in libs for t in args.threads}
+    cpu_iter = {(lib, t): [] for lib in libs for t in args.threads}
     n_iter = {}
-    print("repeat threads library   t(max_iter=1)  t(max_iter=M)   s/iter   n_iter_  load")
+    print("repeat threads library   t(max_iter=1)  t(max_iter=M)   s/iter  cpu s/iter  "
+          "n_iter_  load")
     for r in range(args.repeats):
         order = libs if r % 2 == 0 else libs[::-1]
         for t in args.threads:
             for lib in order:
                 t1, _ = timed_fit(lib, X, centres, 1, t)
+                c1 = timed_fit.cpu
                 tM, est = timed_fit(lib, X, centres, M, t)
                 per_iter[(lib, t)].append((tM - t1) / (M - 1))
+                cpu_iter[(lib, t)].append((timed_fit.cpu - c1) / (M - 1))
                 n_iter[(lib, t)] = int(est.n_iter_)
                 print(f"{r:6d} {t:7d} {lib:8s} {t1:13.4f}  {tM:13.4f}  "
-                      f"{per_iter[(lib, t)][-1]:8.4f}  {est.n_iter_:7d}  "
-                      f"{os.getloadavg()[0]:.2f}", flush=True)
+                      f"{per_iter[(lib, t)][-1]:8.4f}  {cpu_iter[(lib, t)][-1]:10.4f}  "
+                      f"{est.n_iter_:7d}  {os.getloadavg()[0]:.2f}", flush=True)
     if any(v != M for v in n_iter.values()):
         print(f"WARNING: not every fit ran M={M} iterations: {n_iter}")
     med = {key: statistics.median(v) for key, v in per_iter.items()}
+    cmed = {key: statistics.median(v) for key, v in cpu_iter.items()}
     rss = {} if args.no_rss else {(lib, t): measure_rss(args, n, d, k, lib, t, dtype)
                                   for lib in libs for t in args.threads}
     rows = []
     print(f"{'threads':>7}  {'sklearn s/iter':>22}  {'emcore s/iter':>22}  "
-          f"{'emcore/sklearn time':>19}  n_iter_ (sk, em)")
+          f"{'emcore/sklearn time':>19}  {'sk cpu':>7}  {'em cpu':>7}  "
+          f"{'em/sk cpu':>9}  n_iter_ (sk, em)")
     for t in args.threads:
         sk, em = med[("sklearn", t)], med[("emcore", t)]
         rs, re_ = per_iter[("sklearn", t)], per_iter[("emcore", t)]
+        csk, cem = cmed[("sklearn", t)], cmed[("emcore", t)]
         print(f"{t:>7}  {sk:8.4f} [{min(rs):.4f}-{max(rs):.4f}]  "
               f"{em:8.4f} [{min(re_):.4f}-{max(re_):.4f}]  {em / sk:19.2f}  "
+              f"{csk:7.4f}  {cem:7.4f}  {cem / csk:9.2f}  "
               f"({n_iter[('sklearn', t)]}, {n_iter[('emcore', t)]})")
         rows.append((n, d, k, dtype, t, sk, em, n_iter[("sklearn", t)],
-                     n_iter[("emcore", t)]))
+                     n_iter[("emcore", t)], csk, cem))
     for (lib, t), v in rss.items():
         print(f"  peak RSS {lib:8s} {t} thread(s): added by the fit "
               f"{v['peak_mib'] - v['rss_before_fit_mib']:.0f} MiB (before {v['rss_before_fit_mib']:.0f})")
@@ -201,16 +214,18 @@ def main(argv=None) -> int:
     md = [f"\n### KMeans (Lloyd), {env['date']}, emcore {env['emcore']}, scikit-learn "
           f"{env['sklearn']}, medians of {args.repeats}, M = {args.max_iter}\n",
           "| (n, d, k) | dtype | threads | scikit-learn s/iter | emcore s/iter "
-          "| emcore / scikit-learn time | n_iter_ (sk, em) | peak RSS added sk / em MiB |",
-          "|---|---|---|---|---|---|---|---|"]
+          "| emcore / scikit-learn time | CPU s/iter sk / em (ratio) | n_iter_ (sk, em) "
+          "| peak RSS added sk / em MiB |",
+          "|---|---|---|---|---|---|---|---|---|"]
     for (n, d, k), dtype in itertools.product(shapes, args.dtype):
         rows, rss, _ = run_case(args, n, d, k, dtype)
-        for (n_, d_, k_, dt, t, sk, em, ns, ne) in rows:
+        for (n_, d_, k_, dt, t, sk, em, ns, ne, csk, cem) in rows:
             mem = (f"{rss[('sklearn', t)]['peak_mib'] - rss[('sklearn', t)]['rss_before_fit_mib']:.0f}"
                    f" / {rss[('emcore', t)]['peak_mib'] - rss[('emcore', t)]['rss_before_fit_mib']:.0f}"
                    if rss else "-")
             md.append(f"| ({n_:g}, {d_}, {k_}) | {dt} | {t} | {sk * 1e3:.1f} ms | "
-                      f"{em * 1e3:.1f} ms | **{em / sk:.2f}** | ({ns}, {ne}) | {mem} |")
+                      f"{em * 1e3:.1f} ms | **{em / sk:.2f}** | {csk * 1e3:.1f} / "
+                      f"{cem * 1e3:.1f} ms ({cem / csk:.2f}) | ({ns}, {ne}) | {mem} |")
     print(f"load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.markdown:
         with open(args.markdown, "a") as f:

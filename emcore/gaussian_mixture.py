@@ -426,11 +426,12 @@ class GaussianMixture(_MixtureBase):
         return tags
 
     # --- resolution and validation --------------------------------------------------
-    def _family(self, n_features: int, n_components: Optional[int] = None, prior=None):
+    def _family(self, n_features: int, n_components: Optional[int] = None, prior=None,
+                dtype: str = "float64"):
         record = get_registry().family("gaussian")
         return record.factory(self.n_components if n_components is None else n_components,
                               n_features, covariance_type=self.covariance_type,
-                              reg_covar=self.reg_covar, prior=prior)
+                              reg_covar=self.reg_covar, prior=prior, dtype=dtype)
 
     def _resolved_prior(self, X: np.ndarray, sample_weight) -> Optional[ResolvedGaussianPrior]:
         # self.prior was checked in _check_parameters: None, 'default' or GaussianPrior
@@ -630,7 +631,11 @@ class GaussianMixture(_MixtureBase):
                                               owner="GaussianMixture.fit",
                                               min_positive=self.n_components)
         prior = self._resolved_prior(X, sample_weight)
-        family = self._family(X.shape[1], prior=prior)
+        # float32 rows in memory: the kernels' float32 arithmetic where they have it
+        # (docs/elbo_chain.md#float32)
+        single = isinstance(X, np.ndarray) and X.dtype == np.float32
+        family = self._family(X.shape[1], prior=prior,
+                              dtype="float32" if single else "float64")
         rng = v.check_random_state(self.random_state, "GaussianMixture")
         warm = self.warm_start and hasattr(self, "weights_")
         if warm:

@@ -64,6 +64,124 @@ static void emd_log_density(const double* X, Py_ssize_t n, Py_ssize_t d,
     }
 }
 
+/* float32 rows: out[i, k] = base[k] - 1/2 q_ik, the quadratic form
+   q_ik = sum_j P[j, k] t_ijk^2 in float on 8-float vectors, with the difference
+   t = (x_ij - H[j, k]) - L[j, k] to the mean held as two floats, H = float(mu),
+   L = float(mu - H) (so t carries a relative error, ~2 u32 |t|, however far the
+   data are from the origin), P = float(U^2); tables d x Kp (Kp = K rounded up
+   to 8, zero padded); base and the result in double (docs/elbo_chain.md#float32
+   bounds the error). acc: 16 floats. Rows two at a time, components 16 at a
+   time. Returns 1 if some q overflowed float (then -inf in out: the caller
+   recomputes those entries in double), else 0. */
+#if EMC_GNUC
+typedef float emd_v8f __attribute__((vector_size(32)));
+typedef float emd_v4f __attribute__((vector_size(16)));
+/* x in every lane: scalar + vector is one vbroadcastss in GCC 12's AVX2 clone
+   (an initialiser {x, x, ...} becomes a chain of vinsertps); + 0 changes only
+   the sign of a zero, which the difference and the square remove */
+static inline emd_v8f emd_set1_f8(float x) { return (emd_v8f){0} + x; }
+
+EMC_ALWAYS_INLINE void emd_log_density_block_f32(
+        const float* x, Py_ssize_t d, const int R, Py_ssize_t K, Py_ssize_t Kp,
+        const float* H, const float* L, const float* P, const double* base,
+        Py_ssize_t k0, const int nv, float* acc_out, double* out, emd_v8f* chk)
+{
+    emd_v8f a[2][2];
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < nv; v++) a[r][v] = (emd_v8f){0};
+    for (Py_ssize_t j = 0; j < d; j++) {
+        const float* h = H + j * Kp + k0;
+        const float* l = L + j * Kp + k0;
+        const float* p = P + j * Kp + k0;
+        emd_v8f xj[2];
+        for (int r = 0; r < R; r++) xj[r] = emd_set1_f8(x[r * d + j]);
+        for (int v = 0; v < nv; v++) {
+            emd_v8f hv, lv, pv;
+            memcpy(&hv, h + 8 * v, sizeof hv);
+            memcpy(&lv, l + 8 * v, sizeof lv);
+            memcpy(&pv, p + 8 * v, sizeof pv);
+            for (int r = 0; r < R; r++) {
+                emd_v8f t = (xj[r] - hv) - lv;
+                a[r][v] += (pv * t) * t;
+            }
+        }
+    }
+    /* widened in registers (a store of the 8 floats and a load of 4 of them
+       stalled on store forwarding: perf put a sixth of the kernel there) */
+    (void)acc_out;
+    const emc_v4 half = emc_set1(-0.5);
+    for (int r = 0; r < R; r++) {
+        double* o = out + r * K + k0;
+        for (int v = 0; v < nv; v++) {
+            emd_v8f av = a[r][v];
+            *chk += av * 0.0f;      /* NaN in a lane once a form overflowed to inf */
+            if (k0 + 8 * (v + 1) <= K) {
+                emd_v4f lo = {av[0], av[1], av[2], av[3]}, hi = {av[4], av[5], av[6], av[7]};
+                emc_v4 l = __builtin_convertvector(lo, emc_v4);
+                emc_v4 h = __builtin_convertvector(hi, emc_v4);
+                emc_store(o + 8 * v, EMC_ADD(emc_load(base + k0 + 8 * v), EMC_MUL(half, l)));
+                emc_store(o + 8 * v + 4, EMC_ADD(emc_load(base + k0 + 8 * v + 4),
+                                                 EMC_MUL(half, h)));
+            } else {
+                for (Py_ssize_t k = 8 * v; k < K - k0; k++)
+                    o[k] = base[k0 + k] - 0.5 * (double)av[k - 8 * v];
+            }
+        }
+    }
+}
+
+EMC_CLONES
+static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
+                               Py_ssize_t K, Py_ssize_t Kp, const float* H,
+                               const float* L, const float* P, const double* base,
+                               float* acc, double* out)
+{
+    emd_v8f chk = {0};
+    for (Py_ssize_t i = 0; i < n; i += 2) {
+        const float* x = X + i * d;
+        double* o = out + i * K;
+        for (Py_ssize_t k0 = 0; k0 < Kp; k0 += 16) {
+            const int nv = Kp - k0 >= 16 ? 2 : 1;
+            if (i + 1 < n) {
+                if (nv == 2) emd_log_density_block_f32(x, d, 2, K, Kp, H, L, P, base, k0, 2, acc, o,
+                                              &chk);
+                else emd_log_density_block_f32(x, d, 2, K, Kp, H, L, P, base, k0, 1, acc, o,
+                                              &chk);
+            } else {
+                if (nv == 2) emd_log_density_block_f32(x, d, 1, K, Kp, H, L, P, base, k0, 2, acc, o,
+                                              &chk);
+                else emd_log_density_block_f32(x, d, 1, K, Kp, H, L, P, base, k0, 1, acc, o,
+                                              &chk);
+            }
+        }
+    }
+    for (int l = 0; l < 8; l++)
+        if (chk[l] != 0.0f) return 1;
+    return 0;
+}
+#else
+/* without GNU vectors: the same sums, one component at a time (j order) */
+static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
+                               Py_ssize_t K, Py_ssize_t Kp, const float* H,
+                               const float* L, const float* P, const double* base,
+                               float* acc, double* out)
+{
+    int overflow = 0;
+    (void)acc;
+    for (Py_ssize_t i = 0; i < n; i++)
+        for (Py_ssize_t k = 0; k < K; k++) {
+            float q = 0.0f;
+            for (Py_ssize_t j = 0; j < d; j++) {
+                float t = (X[i * d + j] - H[j * Kp + k]) - L[j * Kp + k];
+                q += (P[j * Kp + k] * t) * t;
+            }
+            if (q - q != 0.0f) overflow = 1;       /* inf */
+            out[i * K + k] = base[k] - 0.5 * (double)q;
+        }
+    return overflow;
+}
+#endif
+
 #define EMD_ROWS 8
 
 /* The moments of one block of nb rows for the components kb..kb+4nv-1:
@@ -114,11 +232,10 @@ EMC_ALWAYS_INLINE void emd_moments_block(
    weights copied into wblk, EMD_ROWS x Kp, zero padded) so that each table
    entry is loaded and stored once per block; within it rows are added in
    order; components go 16 at a time (four vectors in registers). */
-EMC_CLONES
-static void emd_moments(const double* X, Py_ssize_t n, Py_ssize_t d,
-                        Py_ssize_t K, Py_ssize_t Kp, const double* w, int pass,
-                        const double* C, double* wblk, double* T0, double* T1,
-                        double* T2)
+EMC_ALWAYS_INLINE void emd_moments_rows(const double* X, Py_ssize_t n, Py_ssize_t d,
+                                         Py_ssize_t K, Py_ssize_t Kp, const double* w,
+                                         int pass, const double* C, double* wblk,
+                                         double* T0, double* T1, double* T2)
 {
     Py_ssize_t i0, nb, r, k, kb;
     for (i0 = 0; i0 < n; i0 += EMD_ROWS) {
@@ -141,6 +258,33 @@ static void emd_moments(const double* X, Py_ssize_t n, Py_ssize_t d,
 #undef EMD_SUMS
 #undef EMD_MOMENTS
         }
+    }
+}
+
+EMC_CLONES
+static void emd_moments(const double* X, Py_ssize_t n, Py_ssize_t d,
+                        Py_ssize_t K, Py_ssize_t Kp, const double* w, int pass,
+                        const double* C, double* wblk, double* T0, double* T1,
+                        double* T2)
+{
+    emd_moments_rows(X, n, d, K, Kp, w, pass, C, wblk, T0, T1, T2);
+}
+
+/* The same moments of float rows: each block of EMD_ROWS rows widened
+   (exactly) into xblk (EMD_ROWS d doubles, in L1), then the double block's
+   code: the same sums in the same order as for X.astype(float64), so the
+   same bits (no widened copy of the chunk). */
+EMC_CLONES
+static void emd_moments_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
+                            Py_ssize_t K, Py_ssize_t Kp, const double* w, int pass,
+                            const double* C, double* wblk, double* T0, double* T1,
+                            double* T2, double* xblk)
+{
+    for (Py_ssize_t i0 = 0; i0 < n; i0 += EMD_ROWS) {
+        Py_ssize_t nb = n - i0 < EMD_ROWS ? n - i0 : EMD_ROWS;
+        const float* x = X + i0 * d;
+        for (Py_ssize_t t = 0; t < nb * d; t++) xblk[t] = (double)x[t];
+        emd_moments_rows(xblk, nb, d, K, Kp, w + i0 * K, pass, C, wblk, T0, T1, T2);
     }
 }
 

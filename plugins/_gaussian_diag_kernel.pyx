@@ -30,12 +30,23 @@ log-density 4d (subtract, scale, multiply-add); the statistics 5d (subtract,
 weight, residual, multiply-add), plus 2d (the weighted sum for the chunk's own
 reference point) and another 5d when the chunk is swept twice.
 
+float32 rows (``GaussianDiagKernel(..., float32=True)``, built by
+``GaussianFamily(dtype='float32')``; the ``_f32`` methods of emcore/kernel.pxd):
+the log-density's quadratic form is computed in float32 on 8-float vectors,
+each mean held as two floats (hi + lo) so that x - mu carries a relative error
+only (docs/elbo_chain.md#float32 derives the bound, which the family's
+``log_density_rounding`` gives the chain); the constant and the result are
+double. The statistics read the float32 rows a block of 8 at a time widened
+exactly to double: bitwise the statistics of the widened rows.
+
 The loops (_gaussian_diag.h) use GNU vector extensions (4 doubles) compiled
 twice with target_clones on x86-64 Linux (glibc) with GCC (AVX2/FMA at load time
 where the CPU has it, baseline x86-64 otherwise), with a plain-C fallback
 elsewhere. Every sum is taken in a fixed order: the same chunk gives the same
 bits on any thread.
 """
+from cython cimport floating
+from libc.math cimport INFINITY
 from emcore.kernel cimport FamilyKernel
 from emcore.moments cimport (EMC_SCATTER_DIAGONAL, emc_merge_moment_slot_arrays,
                              emc_merge_moment_slots,
@@ -54,6 +65,14 @@ cdef extern from "_gaussian_diag.h":
     void emd_moments(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
                      Py_ssize_t Kp, const double* w, int which, const double* C,
                      double* wrow, double* T0, double* T1, double* T2) noexcept nogil
+    void emd_moments_f32(const float* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
+                         Py_ssize_t Kp, const double* w, int which, const double* C,
+                         double* wrow, double* T0, double* T1, double* T2,
+                         double* xblk) noexcept nogil
+    int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
+                             Py_ssize_t Kp, const float* H, const float* L,
+                             const float* P, const double* base, float* acc,
+                             double* out) noexcept nogil
 
 
 cdef class GaussianDiagKernel(FamilyKernel):
@@ -65,8 +84,14 @@ cdef class GaussianDiagKernel(FamilyKernel):
     cdef const double[:, ::1] prec_table   # (d, Kp): U_kj^2, transposed, zero padded
     cdef const double[::1] log_norm        # (Kp,): -d/2 log(2 pi) + sum_j log U_kj
     cdef Py_ssize_t Kp
+    # float32 rows (float32=True): the log-density's tables in float, d x Kp8,
+    # transposed, zero padded: each mean as two floats (hi + lo), the precisions
+    cdef const float[:, ::1] mean_hi32     # float(mu)
+    cdef const float[:, ::1] mean_lo32     # float(mu - float(mu))
+    cdef const float[:, ::1] prec_table32  # float(U_kj^2)
+    cdef Py_ssize_t Kp8                    # K rounded up to a multiple of 8
 
-    def __init__(self, means, precisions_cholesky_diagonal):
+    def __init__(self, means, precisions_cholesky_diagonal, float32=False):
         means = np.ascontiguousarray(means, dtype=np.float64)
         u = np.ascontiguousarray(precisions_cholesky_diagonal, dtype=np.float64)
         if means.ndim != 2 or u.shape != means.shape:
@@ -87,9 +112,47 @@ cdef class GaussianDiagKernel(FamilyKernel):
         ln = np.zeros(self.Kp)
         ln[:K] = -0.5 * d * np.log(2.0 * np.pi) + np.sum(np.log(u), axis=1)
         self.log_norm = ln
+        # float32 rows: the quadratic form in float, each mean as float(mu) +
+        # float(mu - float(mu)) (the difference is exact in double); the precisions
+        # computed in double, then rounded once (docs/elbo_chain.md#float32). Where
+        # a mean or a precision is outside float's normal range the bound does not
+        # hold: float32 rows are then widened to double like any kernel's.
+        self.Kp8 = ((K + 7) // 8) * 8
+        p = u * u
+        tiny, big = np.finfo(np.float32).tiny, np.finfo(np.float32).max
+        self.float32_rows = bool(float32) and bool(
+            np.all((p == 0.0) | ((p >= tiny) & (p <= big)))
+            and np.all(np.abs(means) <= big))
+        cols = self.Kp8 if self.float32_rows else 8
+        hi = np.zeros((d, cols), dtype=np.float32)
+        lo = np.zeros((d, cols), dtype=np.float32)
+        pt32 = np.zeros((d, cols), dtype=np.float32)
+        if self.float32_rows:
+            hi[:, :K] = means.T
+            lo[:, :K] = means.T - hi[:, :K].astype(np.float64)
+            pt32[:, :K] = p.T
+        self.mean_hi32 = hi
+        self.mean_lo32 = lo
+        self.prec_table32 = pt32
 
     def __reduce__(self):
-        return (GaussianDiagKernel, (np.asarray(self.means), np.asarray(self.prec_chol_diag)))
+        return (GaussianDiagKernel, (np.asarray(self.means), np.asarray(self.prec_chol_diag),
+                                     self.float32_rows))
+
+    cdef void _overflowed_in_double(self, const float* X, Py_ssize_t n_rows,
+                                    double* out) noexcept nogil:
+        # the float32 quadratic forms that overflowed (-inf in out), in double
+        cdef Py_ssize_t i, j, k, d = self.n_features, K = self.n_components
+        cdef double q, t, u
+        for i in range(n_rows):
+            for k in range(K):
+                if out[i * K + k] == -INFINITY:
+                    q = 0.0
+                    for j in range(d):
+                        u = self.prec_chol_diag[k, j]
+                        t = u * (<double>X[i * d + j] - self.means[k, j])
+                        q += t * t
+                    out[i * K + k] = self.log_norm[k] - 0.5 * q
 
     @staticmethod
     def slot_layout(Py_ssize_t n_features):
@@ -100,9 +163,11 @@ cdef class GaussianDiagKernel(FamilyKernel):
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
         # a row of results or a block of weights (EMD_ROWS = 8 rows x Kp) + the
         # weights' sums (Kp)
-        # + three d x Kp tables + one slot + the merge's scratch (2 d)
+        # + three d x Kp tables + one slot + the merge's scratch (2 d) + a block of
+        # float32 rows widened (EMD_ROWS = 8 rows x d)
         return (9 * self.Kp + 3 * self.n_features * self.Kp
-                + emc_moment_slot_size(self.n_features, EMC_SCATTER_DIAGONAL) + 2 * self.n_features)
+                + emc_moment_slot_size(self.n_features, EMC_SCATTER_DIAGONAL)
+                + 10 * self.n_features)
 
     cdef int chunk_log_density(self, const double* X, Py_ssize_t n_rows,
                                double* out, double* scratch) noexcept nogil:
@@ -111,67 +176,98 @@ cdef class GaussianDiagKernel(FamilyKernel):
                         &self.log_norm[0], scratch, out)
         return 0
 
+    cdef int chunk_log_density_f32(self, const float* X, Py_ssize_t n_rows,
+                                   double* out, double* scratch) noexcept nogil:
+        if emd_log_density_f32(X, n_rows, self.n_features, self.n_components, self.Kp8,
+                               &self.mean_hi32[0, 0], &self.mean_lo32[0, 0],
+                               &self.prec_table32[0, 0], &self.log_norm[0],
+                               <float*>scratch, out):
+            self._overflowed_in_double(X, n_rows, out)
+        return 0
+
     cdef int chunk_accumulate(self, const double* X, Py_ssize_t n_rows,
                               const double* weights, double* stats,
                               double* scratch) noexcept nogil:
-        cdef Py_ssize_t d = self.n_features, K = self.n_components, Kp = self.Kp
-        cdef Py_ssize_t slot = emc_moment_slot_size(d, EMC_SCATTER_DIAGONAL)
-        cdef Py_ssize_t i, j, k
-        cdef double* wrow = scratch
-        cdef double* Wk = wrow + 8 * Kp
-        cdef double* C = Wk + Kp
-        cdef double* R = C + d * Kp
-        cdef double* S = R + d * Kp
-        cdef double* chunk = S + d * Kp
-        cdef double W, shift
-        cdef bint settled = True
-        for i in range(d * Kp):
-            R[i] = 0.0
-            S[i] = 0.0
-        for k in range(Kp):
-            Wk[k] = 0.0
-        # One sweep about this pass's means (mean_table). The variance's rounding
-        # error is amplified by 1 + shift^2 / var, shift = the chunk's weighted
-        # mean minus the reference: accept if shift^2 <= var (2 shift^2 <= S / W)
-        # for every component and feature, i.e. at most twice the two-sweep error.
-        emd_moments(X, n_rows, d, K, Kp, weights, 2, &self.mean_table[0, 0], wrow, Wk,
-                    R, S)
-        for k in range(K):
-            W = Wk[k]
-            if W <= 0.0:
-                continue
-            for j in range(d):
-                shift = R[j * Kp + k] / W
-                if not 2.0 * shift * shift <= S[j * Kp + k] / W:
-                    settled = False
-        cdef const double* ref = &self.mean_table[0, 0]   # the reference points
-        if not settled:
-            # the means moved (early iterations, or no means: chunk_stats): two
-            # sweeps, about the chunk's weighted means
-            for i in range(d * Kp):
-                C[i] = 0.0
-                R[i] = 0.0
-                S[i] = 0.0
-            emd_moments(X, n_rows, d, K, Kp, weights, 1, NULL, wrow, NULL, C, NULL)
-            for k in range(K):
-                W = Wk[k]
-                for j in range(d):
-                    C[j * Kp + k] = C[j * Kp + k] / W if W > 0.0 else 0.0
-            emd_moments(X, n_rows, d, K, Kp, weights, 2, C, wrow, NULL, R, S)
-            ref = C
-        for k in range(K):
-            W = Wk[k]
-            if W <= 0.0:
-                continue
-            chunk[EMC_SLOT_WEIGHT(d)] = W
-            for j in range(d):
-                chunk[EMC_SLOT_REFERENCE(d) + j] = ref[j * Kp + k]
-                chunk[EMC_SLOT_RESIDUAL(d) + j] = R[j * Kp + k]
-                chunk[EMC_SLOT_SCATTER(d) + j] = S[j * Kp + k]
-            emc_merge_moment_slots(d, EMC_SCATTER_DIAGONAL, stats + k * slot, chunk,
-                                   chunk + slot)
-        return 0
+        return _accumulate(self, X, n_rows, weights, stats, scratch)
+
+    cdef int chunk_accumulate_f32(self, const float* X, Py_ssize_t n_rows,
+                                  const double* weights, double* stats,
+                                  double* scratch) noexcept nogil:
+        # the rows widened exactly in registers: the statistics of X.astype(float64)
+        return _accumulate(self, X, n_rows, weights, stats, scratch)
 
     cdef void merge_stats(self, double* into, const double* other) noexcept nogil:
         emc_merge_moment_slot_arrays(self.n_components, self.n_features, EMC_SCATTER_DIAGONAL,
                                      into, other)
+
+
+cdef inline void _moments(const floating* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
+                          Py_ssize_t Kp, const double* w, int which, const double* C,
+                          double* wrow, double* T0, double* T1, double* T2,
+                          double* xblk) noexcept nogil:
+    if floating is float:
+        emd_moments_f32(X, n, d, K, Kp, w, which, C, wrow, T0, T1, T2, xblk)
+    else:
+        emd_moments(X, n, d, K, Kp, w, which, C, wrow, T0, T1, T2)
+
+
+cdef int _accumulate(GaussianDiagKernel self, const floating* X, Py_ssize_t n_rows,
+                     const double* weights, double* stats, double* scratch) noexcept nogil:
+    cdef Py_ssize_t d = self.n_features, K = self.n_components, Kp = self.Kp
+    cdef Py_ssize_t slot = emc_moment_slot_size(d, EMC_SCATTER_DIAGONAL)
+    cdef Py_ssize_t i, j, k
+    cdef double* wrow = scratch
+    cdef double* Wk = wrow + 8 * Kp
+    cdef double* C = Wk + Kp
+    cdef double* R = C + d * Kp
+    cdef double* S = R + d * Kp
+    cdef double* chunk = S + d * Kp
+    cdef double* xblk = chunk + slot + 2 * d    # float32 rows: a block widened
+    cdef double W, shift
+    cdef bint settled = True
+    for i in range(d * Kp):
+        R[i] = 0.0
+        S[i] = 0.0
+    for k in range(Kp):
+        Wk[k] = 0.0
+    # One sweep about this pass's means (mean_table). The variance's rounding
+    # error is amplified by 1 + shift^2 / var, shift = the chunk's weighted
+    # mean minus the reference: accept if shift^2 <= var (2 shift^2 <= S / W)
+    # for every component and feature, i.e. at most twice the two-sweep error.
+    _moments(X, n_rows, d, K, Kp, weights, 2, &self.mean_table[0, 0], wrow, Wk,
+                R, S, xblk)
+    for k in range(K):
+        W = Wk[k]
+        if W <= 0.0:
+            continue
+        for j in range(d):
+            shift = R[j * Kp + k] / W
+            if not 2.0 * shift * shift <= S[j * Kp + k] / W:
+                settled = False
+    cdef const double* ref = &self.mean_table[0, 0]   # the reference points
+    if not settled:
+        # the means moved (early iterations, or no means: chunk_stats): two
+        # sweeps, about the chunk's weighted means
+        for i in range(d * Kp):
+            C[i] = 0.0
+            R[i] = 0.0
+            S[i] = 0.0
+        _moments(X, n_rows, d, K, Kp, weights, 1, NULL, wrow, NULL, C, NULL, xblk)
+        for k in range(K):
+            W = Wk[k]
+            for j in range(d):
+                C[j * Kp + k] = C[j * Kp + k] / W if W > 0.0 else 0.0
+        _moments(X, n_rows, d, K, Kp, weights, 2, C, wrow, NULL, R, S, xblk)
+        ref = C
+    for k in range(K):
+        W = Wk[k]
+        if W <= 0.0:
+            continue
+        chunk[EMC_SLOT_WEIGHT(d)] = W
+        for j in range(d):
+            chunk[EMC_SLOT_REFERENCE(d) + j] = ref[j * Kp + k]
+            chunk[EMC_SLOT_RESIDUAL(d) + j] = R[j * Kp + k]
+            chunk[EMC_SLOT_SCATTER(d) + j] = S[j * Kp + k]
+        emc_merge_moment_slots(d, EMC_SCATTER_DIAGONAL, stats + k * slot, chunk,
+                               chunk + slot)
+    return 0

@@ -22,8 +22,8 @@ import scipy.special
 from scipy.linalg.lapack import dpotrf as _dpotrf, dtrtrs as _dtrtrs
 
 from emcore import DegenerateComponentError
-from emcore.plugin_api import (UNIT_ROUNDOFF, Family, FamilyRecord, Params, ResolvedGaussianPrior,
-                               hookimpl)
+from emcore.plugin_api import (FLOAT32_UNIT_ROUNDOFF, UNIT_ROUNDOFF, Family, FamilyRecord,
+                               Params, ResolvedGaussianPrior, hookimpl)
 from emcore.plugins._gaussian_diag_kernel import GaussianDiagKernel
 from emcore.plugins._gaussian_kernel import GaussianFullKernel
 from emcore.plugins import _mclust_models as _mclust
@@ -144,6 +144,12 @@ class GaussianFamily(Family):
         The conjugate prior; ``m_step`` then returns the posterior mode (MAP-EM).
         mclust's models take it resolved for their kind of scale
         (``_mclust_models.PRIOR_KIND``; docs/gaussian.md#mclust-prior).
+    dtype : {'float64', 'float32'}, default 'float64'
+        The data's: with 'float32' the diagonal kernel ('diag', 'spherical' and
+        mclust's diagonal models) computes the log-density's quadratic form in
+        float32 on float32 rows, and :meth:`log_density_rounding` bounds what that
+        costs the chain (docs/elbo_chain.md#float32). Statistics and parameters
+        stay float64; the other kernels widen float32 rows to float64.
     """
 
     #: the parameter space is open: start from the plain partition (Family.initial_params)
@@ -151,8 +157,12 @@ class GaussianFamily(Family):
 
     def __init__(self, n_components: int, n_features: int, *,
                  covariance_type: str = "full", reg_covar: float = 1e-6,
-                 prior: Optional[ResolvedGaussianPrior] = None):
+                 prior: Optional[ResolvedGaussianPrior] = None, dtype: str = "float64"):
         super().__init__(n_components, n_features)
+        if dtype not in ("float64", "float32"):
+            raise ValueError("The 'dtype' option of the Gaussian family must be 'float64' "
+                             f"or 'float32'. Got {dtype!r} instead.")
+        self.dtype = dtype
         if covariance_type not in COVARIANCE_TYPES:
             raise ValueError(
                 f"covariance_type must be one of {', '.join(map(repr, COVARIANCE_TYPES))}; "
@@ -385,7 +395,8 @@ class GaussianFamily(Family):
     def _kernel(self, params: Params):
         U = params["precisions_cholesky"]
         if self._diagonal:
-            return GaussianDiagKernel(params["means"], np.diagonal(U, axis1=1, axis2=2))
+            return GaussianDiagKernel(params["means"], np.diagonal(U, axis1=1, axis2=2),
+                                      float32=self.dtype == "float32")
         return GaussianFullKernel(params["means"], U)
 
     def compiled_kernel(self, params: Params):
@@ -906,6 +917,31 @@ class GaussianFamily(Family):
             size = size + np.abs(self.prior.mean)
         a2 = np.sum(size ** 2, axis=1)
         return float(0.5 * np.sum((stats.weight + kappa) * (m * u) ** 2 * a2 * s_max ** 2))
+
+    def log_density_rounding(self, stats: GaussianStats, params: Params) -> float:
+        # float32 rows through the diagonal kernel (docs/elbo_chain.md#float32): the
+        # quadratic form q_ik = sum_j p_kj t_ij^2, t_ij = x_ij - mu_kj, in float32
+        # with each mean held as two floats (hi + lo). The computed t carries
+        # |e_ij| <= 2.01 u32 a_ij, a_ij = |t_ij| + u32 |mu_kj| (two subtractions, hi
+        # and lo rounded), so with the rounding of p, the products and the d-term
+        # sum, |q~ - q| <= 1.011 (d + 6) u32 sum_j p_kj a_ij^2; the log-density
+        # carries half of it. Over the rows behind the statistics with weights
+        # w_ik, by Minkowski, sum_i w_ik a_ij^2 <= (sqrt(T_kj) + u32 |mu_kj|
+        # sqrt(W_kj))^2, T_kj = sum_i w_ik t_ij^2 = s_kj + 2 (m_kj - mu_kj) r_kj +
+        # W_kj (m_kj - mu_kj)^2 from the moments about the reference points m_k.
+        # float64 rows, or a kernel that widens them: 0 (the relative error is
+        # covered by rounding_amplification).
+        if self.dtype != "float32" or not self._diagonal or not stats.diagonal:
+            return 0.0
+        u = FLOAT32_UNIT_ROUNDOFF
+        means = np.asarray(params["means"], dtype=np.float64)
+        p = np.diagonal(np.asarray(params["precisions_cholesky"], dtype=np.float64),
+                        axis1=1, axis2=2) ** 2
+        W = stats.coordinate_weight()
+        off = stats.mean - means
+        T = np.maximum(stats.scatter + 2.0 * off * stats.residual + W * off * off, 0.0)
+        a2 = (np.sqrt(T) + u * np.abs(means) * np.sqrt(W)) ** 2
+        return float(0.5 * 1.011 * (self.n_features + 6) * u * np.sum(p * a2))
 
     def rounding_amplification(self, params: Params) -> float:
         # 1 + sqrt(d kappa_max) (docs/elbo_chain.md#check-b, item 2)
