@@ -6,7 +6,7 @@
 
 #define EMC_ROWS 8    /* rows per group: two vectors */
 
-/* Xt (d x ld) = X^T for n rows, rows n..ld-1 zero (ld a multiple of EMC_ROWS). */
+/* Xt (d x ld) = X^T for n rows, rows n..ld-1 zero (ld >= n rounded up to EMC_ROWS). */
 static void emc_transpose(const double* X, Py_ssize_t n, Py_ssize_t d,
                           Py_ssize_t ld, double* Xt)
 {
@@ -43,45 +43,55 @@ static void emc_weighted_sums(const double* Xt, Py_ssize_t ld, Py_ssize_t d,
     }
 }
 
-/* q[i] = ||(x_i - mu) U||^2 for the ld rows of Xt (d x ld); U is d x dp
-   (dp = d rounded up to 4, zero padded), upper triangular. Dt: 8 d doubles
-   of scratch. 8 rows at a time (two vectors), 4 columns of (x - mu) U at a
-   time (8 independent multiply-add chains), column j summing only its j + 1
-   terms of the triangle. */
+/* out[i, k] = log_norm[k] - q_k[i] / 2 (out n x K, row-major) for the n rows of
+   Xt (d x ld) and the K components (means K x d, U K x d x dp: each upper
+   triangular, zero padded to dp = d rounded up to 4), q_k[i] = ||(x_i - mu_k)
+   U_k||^2. Groups of 8 rows (two vectors) outer, components inner: the group's
+   x - mu (Dt, 8 d doubles of scratch) and its 8 x K block of out stay in L1.
+   4 columns of (x - mu) U at a time (8 independent multiply-add chains),
+   column j summing only its j + 1 terms of the triangle. */
 EMC_CLONES
-static void emc_full_quad(const double* Xt, Py_ssize_t ld, Py_ssize_t d,
-                          Py_ssize_t dp, const double* mu, const double* U,
-                          double* Dt, double* q)
+static void emc_full_log_density(const double* Xt, Py_ssize_t ld, Py_ssize_t n,
+                                 Py_ssize_t d, Py_ssize_t dp, Py_ssize_t K,
+                                 const double* means, const double* U,
+                                 const double* log_norm, double* Dt, double* out)
 {
-    Py_ssize_t i0, l, j0, lmax;
-    for (i0 = 0; i0 < ld; i0 += EMC_ROWS) {
-        for (l = 0; l < d; l++) {
-            emc_v4 m = emc_set1(mu[l]);
-            emc_store(Dt + 8 * l, EMC_SUB(emc_load(Xt + l * ld + i0), m));
-            emc_store(Dt + 8 * l + 4, EMC_SUB(emc_load(Xt + l * ld + i0 + 4), m));
-        }
-        emc_v4 sq0 = emc_set1(0.0), sq1 = emc_set1(0.0);
-        for (j0 = 0; j0 < d; j0 += 4) {
-            emc_v4 a00 = emc_set1(0.0), a01 = a00, a10 = a00, a11 = a00,
-                   a20 = a00, a21 = a00, a30 = a00, a31 = a00;
-            lmax = j0 + 4 < d ? j0 + 4 : d;
-            for (l = 0; l < lmax; l++) {
-                const double* u = U + l * dp + j0;
-                emc_v4 d0 = emc_load(Dt + 8 * l), d1 = emc_load(Dt + 8 * l + 4);
-                emc_v4 u0 = emc_set1(u[0]), u1 = emc_set1(u[1]),
-                       u2 = emc_set1(u[2]), u3 = emc_set1(u[3]);
-                EMC_FMA(a00, u0, d0); EMC_FMA(a01, u0, d1);
-                EMC_FMA(a10, u1, d0); EMC_FMA(a11, u1, d1);
-                EMC_FMA(a20, u2, d0); EMC_FMA(a21, u2, d1);
-                EMC_FMA(a30, u3, d0); EMC_FMA(a31, u3, d1);
+    Py_ssize_t i0, k, l, j0, lmax, r;
+    double q[EMC_ROWS];
+    for (i0 = 0; i0 < n; i0 += EMC_ROWS) {
+        Py_ssize_t rows = n - i0 < EMC_ROWS ? n - i0 : EMC_ROWS;
+        for (k = 0; k < K; k++) {
+            const double* mu = means + k * d;
+            const double* Uk = U + k * d * dp;
+            for (l = 0; l < d; l++) {
+                emc_v4 m = emc_set1(mu[l]);
+                emc_store(Dt + 8 * l, EMC_SUB(emc_load(Xt + l * ld + i0), m));
+                emc_store(Dt + 8 * l + 4, EMC_SUB(emc_load(Xt + l * ld + i0 + 4), m));
             }
-            EMC_FMA(sq0, a00, a00); EMC_FMA(sq1, a01, a01);
-            EMC_FMA(sq0, a10, a10); EMC_FMA(sq1, a11, a11);
-            EMC_FMA(sq0, a20, a20); EMC_FMA(sq1, a21, a21);
-            EMC_FMA(sq0, a30, a30); EMC_FMA(sq1, a31, a31);
+            emc_v4 sq0 = emc_set1(0.0), sq1 = emc_set1(0.0);
+            for (j0 = 0; j0 < d; j0 += 4) {
+                emc_v4 a00 = emc_set1(0.0), a01 = a00, a10 = a00, a11 = a00,
+                       a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+                lmax = j0 + 4 < d ? j0 + 4 : d;
+                for (l = 0; l < lmax; l++) {
+                    const double* u = Uk + l * dp + j0;
+                    emc_v4 d0 = emc_load(Dt + 8 * l), d1 = emc_load(Dt + 8 * l + 4);
+                    emc_v4 u0 = emc_set1(u[0]), u1 = emc_set1(u[1]),
+                           u2 = emc_set1(u[2]), u3 = emc_set1(u[3]);
+                    EMC_FMA(a00, u0, d0); EMC_FMA(a01, u0, d1);
+                    EMC_FMA(a10, u1, d0); EMC_FMA(a11, u1, d1);
+                    EMC_FMA(a20, u2, d0); EMC_FMA(a21, u2, d1);
+                    EMC_FMA(a30, u3, d0); EMC_FMA(a31, u3, d1);
+                }
+                EMC_FMA(sq0, a00, a00); EMC_FMA(sq1, a01, a01);
+                EMC_FMA(sq0, a10, a10); EMC_FMA(sq1, a11, a11);
+                EMC_FMA(sq0, a20, a20); EMC_FMA(sq1, a21, a21);
+                EMC_FMA(sq0, a30, a30); EMC_FMA(sq1, a31, a31);
+            }
+            emc_store(q, sq0);
+            emc_store(q + 4, sq1);
+            for (r = 0; r < rows; r++) out[(i0 + r) * K + k] = log_norm[k] - 0.5 * q[r];
         }
-        emc_store(q + i0, sq0);
-        emc_store(q + i0 + 4, sq1);
     }
 }
 
@@ -104,16 +114,35 @@ static void emc_full_moments(const double* Xt, Py_ssize_t ld, Py_ssize_t d,
     for (i = 0; i < (da - d) * blk; i++) { Dt[d * blk + i] = 0.0; WDt[d * blk + i] = 0.0; }
     for (i0 = 0; i0 < ld; i0 += blk) {
         nb = ld - i0 < blk ? ld - i0 : blk;
-        for (l = 0; l < d; l++) {
-            emc_v4 part = emc_load(rp + 4 * l), cl = emc_set1(c[l]);
+        /* D and w D of the block, 4 coordinates at a time: 4 independent
+           chains of the residual sums (one chain would wait on each add) */
+        for (l = 0; l < d; l += 4) {
+            const Py_ssize_t l1 = l + 1 < d ? l + 1 : l, l2 = l + 2 < d ? l + 2 : l,
+                             l3 = l + 3 < d ? l + 3 : l;
+            const double* x0 = Xt + l * ld + i0;
+            const double* x1 = Xt + l1 * ld + i0;
+            const double* x2 = Xt + l2 * ld + i0;
+            const double* x3 = Xt + l3 * ld + i0;
+            emc_v4 p0 = emc_load(rp + 4 * l), p1 = emc_load(rp + 4 * l1),
+                   p2 = emc_load(rp + 4 * l2), p3 = emc_load(rp + 4 * l3);
+            emc_v4 c0 = emc_set1(c[l]), c1 = emc_set1(c[l1]),
+                   c2 = emc_set1(c[l2]), c3 = emc_set1(c[l3]);
             for (i = 0; i < nb; i += 4) {
-                emc_v4 t = EMC_SUB(emc_load(Xt + l * ld + i0 + i), cl);
-                emc_v4 wt = EMC_MUL(emc_load(w + i0 + i), t);
-                emc_store(Dt + l * blk + i, t);
-                emc_store(WDt + l * blk + i, wt);
-                part = EMC_ADD(part, wt);
+                emc_v4 wi = emc_load(w + i0 + i);
+                emc_v4 t0 = EMC_SUB(emc_load(x0 + i), c0), t1 = EMC_SUB(emc_load(x1 + i), c1),
+                       t2 = EMC_SUB(emc_load(x2 + i), c2), t3 = EMC_SUB(emc_load(x3 + i), c3);
+                emc_v4 v0 = EMC_MUL(wi, t0), v1 = EMC_MUL(wi, t1),
+                       v2 = EMC_MUL(wi, t2), v3 = EMC_MUL(wi, t3);
+                emc_store(Dt + l * blk + i, t0); emc_store(WDt + l * blk + i, v0);
+                emc_store(Dt + l1 * blk + i, t1); emc_store(WDt + l1 * blk + i, v1);
+                emc_store(Dt + l2 * blk + i, t2); emc_store(WDt + l2 * blk + i, v2);
+                emc_store(Dt + l3 * blk + i, t3); emc_store(WDt + l3 * blk + i, v3);
+                p0 = EMC_ADD(p0, v0); p1 = EMC_ADD(p1, v1);
+                p2 = EMC_ADD(p2, v2); p3 = EMC_ADD(p3, v3);
             }
-            emc_store(rp + 4 * l, part);
+            /* past d, l1..l3 repeat l: the same values, stored last to first */
+            emc_store(rp + 4 * l3, p3); emc_store(rp + 4 * l2, p2);
+            emc_store(rp + 4 * l1, p1); emc_store(rp + 4 * l, p0);
         }
         for (a0 = 0; a0 < d; a0 += 2) {
             const double* w0 = WDt + a0 * blk;
