@@ -148,7 +148,8 @@ static void emc_full_tiles_v4(const double* WDt, const double* Dt, Py_ssize_t d,
 #endif
 
 /* 1: the moments' tiles run emc_full_tiles_v4 (the CPU has x86-64-v4);
-   0: the 2 x 4 tiles; -1: not decided yet (the first call asks the CPU).
+   0: the 2 x 4 tiles; -1: not decided yet (the kernel's module decides at
+   import, before any pass; the first call would ask the CPU otherwise).
    The same bits either way; set to 0 by tests to compare the two. */
 static int emc_full_use_v4 = -1;
 static int emc_full_v4_available(void)

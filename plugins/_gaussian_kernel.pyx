@@ -91,6 +91,9 @@ def _avx512_tiles(enable=None):
     return bool(emc_full_use_v4)
 
 
+_avx512_tiles()   # decided once, at import: no thread of a pass writes the choice
+
+
 cdef inline Py_ssize_t _stride(Py_ssize_t n_rows) noexcept nogil:
     """Rows of X^T: n_rows rounded up to EMC_ROWS, plus EMC_ROWS zero rows, so
     that the d rows of X^T are not a multiple of 4 KiB apart (2048-row chunks
