@@ -6,7 +6,7 @@
 
 #define EMC_ROWS 8    /* rows per group: two vectors */
 
-/* Xt (d x ld) = X^T for n rows, rows n..ld-1 zero (ld a multiple of EMC_ROWS). */
+/* Xt (d x ld) = X^T for n rows, rows n..ld-1 zero (ld >= n rounded up to EMC_ROWS). */
 static void emc_transpose(const double* X, Py_ssize_t n, Py_ssize_t d,
                           Py_ssize_t ld, double* Xt)
 {
@@ -43,55 +43,135 @@ static void emc_weighted_sums(const double* Xt, Py_ssize_t ld, Py_ssize_t d,
     }
 }
 
-/* q[i] = ||(x_i - mu) U||^2 for the ld rows of Xt (d x ld); U is d x dp
-   (dp = d rounded up to 4, zero padded), upper triangular. Dt: 8 d doubles
-   of scratch. 8 rows at a time (two vectors), 4 columns of (x - mu) U at a
-   time (8 independent multiply-add chains), column j summing only its j + 1
-   terms of the triangle. */
+/* out[i, k] = log_norm[k] - q_k[i] / 2 (out n x K, row-major) for the n rows of
+   Xt (d x ld) and the K components (means K x d, U K x d x dp: each upper
+   triangular, zero padded to dp = d rounded up to 4), q_k[i] = ||(x_i - mu_k)
+   U_k||^2. Groups of 8 rows (two vectors) outer, components inner: the group's
+   x - mu (Dt, 8 d doubles of scratch) and its 8 x K block of out stay in L1.
+   4 columns of (x - mu) U at a time (8 independent multiply-add chains),
+   column j summing only its j + 1 terms of the triangle. */
 EMC_CLONES
-static void emc_full_quad(const double* Xt, Py_ssize_t ld, Py_ssize_t d,
-                          Py_ssize_t dp, const double* mu, const double* U,
-                          double* Dt, double* q)
+static void emc_full_log_density(const double* Xt, Py_ssize_t ld, Py_ssize_t n,
+                                 Py_ssize_t d, Py_ssize_t dp, Py_ssize_t K,
+                                 const double* means, const double* U,
+                                 const double* log_norm, double* Dt, double* out)
 {
-    Py_ssize_t i0, l, j0, lmax;
-    for (i0 = 0; i0 < ld; i0 += EMC_ROWS) {
-        for (l = 0; l < d; l++) {
-            emc_v4 m = emc_set1(mu[l]);
-            emc_store(Dt + 8 * l, EMC_SUB(emc_load(Xt + l * ld + i0), m));
-            emc_store(Dt + 8 * l + 4, EMC_SUB(emc_load(Xt + l * ld + i0 + 4), m));
-        }
-        emc_v4 sq0 = emc_set1(0.0), sq1 = emc_set1(0.0);
-        for (j0 = 0; j0 < d; j0 += 4) {
-            emc_v4 a00 = emc_set1(0.0), a01 = a00, a10 = a00, a11 = a00,
-                   a20 = a00, a21 = a00, a30 = a00, a31 = a00;
-            lmax = j0 + 4 < d ? j0 + 4 : d;
-            for (l = 0; l < lmax; l++) {
-                const double* u = U + l * dp + j0;
-                emc_v4 d0 = emc_load(Dt + 8 * l), d1 = emc_load(Dt + 8 * l + 4);
-                emc_v4 u0 = emc_set1(u[0]), u1 = emc_set1(u[1]),
-                       u2 = emc_set1(u[2]), u3 = emc_set1(u[3]);
-                EMC_FMA(a00, u0, d0); EMC_FMA(a01, u0, d1);
-                EMC_FMA(a10, u1, d0); EMC_FMA(a11, u1, d1);
-                EMC_FMA(a20, u2, d0); EMC_FMA(a21, u2, d1);
-                EMC_FMA(a30, u3, d0); EMC_FMA(a31, u3, d1);
+    Py_ssize_t i0, k, l, j0, lmax, r;
+    double q[EMC_ROWS];
+    for (i0 = 0; i0 < n; i0 += EMC_ROWS) {
+        Py_ssize_t rows = n - i0 < EMC_ROWS ? n - i0 : EMC_ROWS;
+        for (k = 0; k < K; k++) {
+            const double* mu = means + k * d;
+            const double* Uk = U + k * d * dp;
+            for (l = 0; l < d; l++) {
+                emc_v4 m = emc_set1(mu[l]);
+                emc_store(Dt + 8 * l, EMC_SUB(emc_load(Xt + l * ld + i0), m));
+                emc_store(Dt + 8 * l + 4, EMC_SUB(emc_load(Xt + l * ld + i0 + 4), m));
             }
-            EMC_FMA(sq0, a00, a00); EMC_FMA(sq1, a01, a01);
-            EMC_FMA(sq0, a10, a10); EMC_FMA(sq1, a11, a11);
-            EMC_FMA(sq0, a20, a20); EMC_FMA(sq1, a21, a21);
-            EMC_FMA(sq0, a30, a30); EMC_FMA(sq1, a31, a31);
+            emc_v4 sq0 = emc_set1(0.0), sq1 = emc_set1(0.0);
+            for (j0 = 0; j0 < d; j0 += 4) {
+                emc_v4 a00 = emc_set1(0.0), a01 = a00, a10 = a00, a11 = a00,
+                       a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+                lmax = j0 + 4 < d ? j0 + 4 : d;
+                for (l = 0; l < lmax; l++) {
+                    const double* u = Uk + l * dp + j0;
+                    emc_v4 d0 = emc_load(Dt + 8 * l), d1 = emc_load(Dt + 8 * l + 4);
+                    emc_v4 u0 = emc_set1(u[0]), u1 = emc_set1(u[1]),
+                           u2 = emc_set1(u[2]), u3 = emc_set1(u[3]);
+                    EMC_FMA(a00, u0, d0); EMC_FMA(a01, u0, d1);
+                    EMC_FMA(a10, u1, d0); EMC_FMA(a11, u1, d1);
+                    EMC_FMA(a20, u2, d0); EMC_FMA(a21, u2, d1);
+                    EMC_FMA(a30, u3, d0); EMC_FMA(a31, u3, d1);
+                }
+                EMC_FMA(sq0, a00, a00); EMC_FMA(sq1, a01, a01);
+                EMC_FMA(sq0, a10, a10); EMC_FMA(sq1, a11, a11);
+                EMC_FMA(sq0, a20, a20); EMC_FMA(sq1, a21, a21);
+                EMC_FMA(sq0, a30, a30); EMC_FMA(sq1, a31, a31);
+            }
+            emc_store(q, sq0);
+            emc_store(q + 4, sq1);
+            for (r = 0; r < rows; r++) out[(i0 + r) * K + k] = log_norm[k] - 0.5 * q[r];
         }
-        emc_store(q + i0, sq0);
-        emc_store(q + i0 + 4, sq1);
     }
+}
+
+#if EMC_HAVE_CLONES
+/* The 4 x 4 tiles of emc_full_moments with AVX-512 (x86-64-v4): each 8-double
+   vector holds two of the 2 x 4 tiles' 4-double accumulators side by side,
+   (a, b) and (a, b + 1), so every lane does the same multiply-adds in the same
+   order as there (the same bits), two tiles per instruction; 8 accumulators of
+   the 32 registers. Chosen at run time by emc_full_use_v4. */
+#include <immintrin.h>
+typedef double emc_v8 __attribute__((vector_size(64)));
+__attribute__((target("arch=x86-64-v4")))
+static void emc_full_tiles_v4(const double* WDt, const double* Dt, Py_ssize_t d,
+                              Py_ssize_t da, Py_ssize_t blk, Py_ssize_t nb, double* S4)
+{
+    Py_ssize_t a0, b0, i;
+    for (a0 = 0; a0 < d; a0 += 4) {
+        const double* w0 = WDt + a0 * blk;
+        const double* w1 = w0 + blk;
+        const double* w2 = w1 + blk;
+        const double* w3 = w2 + blk;
+        for (b0 = a0; b0 < d; b0 += 4) {
+            const double* e01 = Dt + b0 * blk;      /* the pair b0, b0 + 1 */
+            const double* e23 = e01 + 2 * blk;      /* the pair b0 + 2, b0 + 3 */
+            double* p0 = S4 + 4 * (a0 * da + b0);
+            double* p1 = p0 + 4 * da;
+            double* p2 = p1 + 4 * da;
+            double* p3 = p2 + 4 * da;
+            emc_v8 s00, s01, s10, s11, s20, s21, s30, s31;
+            memcpy(&s00, p0, 64); memcpy(&s01, p0 + 8, 64);
+            memcpy(&s10, p1, 64); memcpy(&s11, p1 + 8, 64);
+            memcpy(&s20, p2, 64); memcpy(&s21, p2 + 8, 64);
+            memcpy(&s30, p3, 64); memcpy(&s31, p3 + 8, 64);
+            for (i = 0; i < nb; i += 4) {
+                emc_v8 y01, y23, x0, x1, x2, x3;
+                memcpy(&y01, e01 + 2 * i, 64); memcpy(&y23, e23 + 2 * i, 64);
+                x0 = (emc_v8)_mm512_broadcast_f64x4(_mm256_loadu_pd(w0 + i));
+                x1 = (emc_v8)_mm512_broadcast_f64x4(_mm256_loadu_pd(w1 + i));
+                x2 = (emc_v8)_mm512_broadcast_f64x4(_mm256_loadu_pd(w2 + i));
+                x3 = (emc_v8)_mm512_broadcast_f64x4(_mm256_loadu_pd(w3 + i));
+                s00 = s00 + x0 * y01; s01 = s01 + x0 * y23;
+                s10 = s10 + x1 * y01; s11 = s11 + x1 * y23;
+                s20 = s20 + x2 * y01; s21 = s21 + x2 * y23;
+                s30 = s30 + x3 * y01; s31 = s31 + x3 * y23;
+            }
+            memcpy(p0, &s00, 64); memcpy(p0 + 8, &s01, 64);
+            memcpy(p1, &s10, 64); memcpy(p1 + 8, &s11, 64);
+            memcpy(p2, &s20, 64); memcpy(p2 + 8, &s21, 64);
+            memcpy(p3, &s30, 64); memcpy(p3 + 8, &s31, 64);
+        }
+    }
+}
+
+#endif
+
+/* 1: the moments' tiles run emc_full_tiles_v4 (the CPU has x86-64-v4);
+   0: the 2 x 4 tiles; -1: not decided yet (the kernel's module decides at
+   import, before any pass; the first call would ask the CPU otherwise).
+   The same bits either way; set to 0 by tests to compare the two. */
+static int emc_full_use_v4 = -1;
+static int emc_full_v4_available(void)
+{
+#if EMC_HAVE_CLONES
+    return __builtin_cpu_supports("x86-64-v4") ? 1 : 0;
+#else
+    return 0;
+#endif
 }
 
 /* Moments about c of the ld rows of Xt (d x ld) weighted by w (ld, zero on
    padding rows): r = sum_i w_i (x_i - c), and the upper triangle (in 2 x 4
    tiles) of S = sum_i w_i (x_i - c)(x_i - c)^T, S being da x da (da = d
    rounded up to 4). Rows go blk at a time (a multiple of 4 chosen so that
-   the block's D and w D, da x blk each in Dt and WDt, stay in L1). Every
+   the block's D and w D, da x blk each in Dt and WDt, stay in L1; the tiles
+   are emc_full_tiles_v4's 4 x 4 ones on x86-64-v4 CPUs, the same sums). Every
    sum runs in 4 interleaved partial sums (vector lanes: rp, d x 4, and
-   S4, da x da x 4, of scratch), added in a fixed order at the end. */
+   S4, da x da x 4, of scratch), added in a fixed order at the end. D is
+   stored in pairs of coordinates (2l, 2l + 1), 4 rows of each in turn:
+   D[l, i] at Dt[(l / 2) 2 blk + 2 (i - i mod 4) + 4 (l mod 2) + i mod 4], so
+   that (a, b) and (a, b + 1) are one 8-double load for the AVX-512 tiles. */
 EMC_CLONES
 static void emc_full_moments(const double* Xt, Py_ssize_t ld, Py_ssize_t d,
                              Py_ssize_t da, Py_ssize_t blk, const double* w,
@@ -101,28 +181,59 @@ static void emc_full_moments(const double* Xt, Py_ssize_t ld, Py_ssize_t d,
     Py_ssize_t i, i0, nb, l, a0, b0, a, b;
     for (i = 0; i < 4 * d; i++) rp[i] = 0.0;
     for (i = 0; i < 4 * da * da; i++) S4[i] = 0.0;
-    for (i = 0; i < (da - d) * blk; i++) { Dt[d * blk + i] = 0.0; WDt[d * blk + i] = 0.0; }
+    for (i = 0; i < (da - d) * blk; i++) WDt[d * blk + i] = 0.0;
+    for (l = d; l < da; l++)
+        for (i = 0; i < blk; i += 4) emc_store(Dt + (l / 2) * 2 * blk + 2 * i + 4 * (l % 2),
+                                               emc_set1(0.0));
+    if (emc_full_use_v4 < 0) emc_full_use_v4 = emc_full_v4_available();
     for (i0 = 0; i0 < ld; i0 += blk) {
         nb = ld - i0 < blk ? ld - i0 : blk;
-        for (l = 0; l < d; l++) {
-            emc_v4 part = emc_load(rp + 4 * l), cl = emc_set1(c[l]);
+        /* D and w D of the block, 4 coordinates at a time: 4 independent
+           chains of the residual sums (one chain would wait on each add) */
+        for (l = 0; l < d; l += 4) {
+            const Py_ssize_t l1 = l + 1 < d ? l + 1 : l, l2 = l + 2 < d ? l + 2 : l,
+                             l3 = l + 3 < d ? l + 3 : l;
+            const double* x0 = Xt + l * ld + i0;
+            const double* x1 = Xt + l1 * ld + i0;
+            const double* x2 = Xt + l2 * ld + i0;
+            const double* x3 = Xt + l3 * ld + i0;
+            emc_v4 p0 = emc_load(rp + 4 * l), p1 = emc_load(rp + 4 * l1),
+                   p2 = emc_load(rp + 4 * l2), p3 = emc_load(rp + 4 * l3);
+            emc_v4 c0 = emc_set1(c[l]), c1 = emc_set1(c[l1]),
+                   c2 = emc_set1(c[l2]), c3 = emc_set1(c[l3]);
             for (i = 0; i < nb; i += 4) {
-                emc_v4 t = EMC_SUB(emc_load(Xt + l * ld + i0 + i), cl);
-                emc_v4 wt = EMC_MUL(emc_load(w + i0 + i), t);
-                emc_store(Dt + l * blk + i, t);
-                emc_store(WDt + l * blk + i, wt);
-                part = EMC_ADD(part, wt);
+                emc_v4 wi = emc_load(w + i0 + i);
+                emc_v4 t0 = EMC_SUB(emc_load(x0 + i), c0), t1 = EMC_SUB(emc_load(x1 + i), c1),
+                       t2 = EMC_SUB(emc_load(x2 + i), c2), t3 = EMC_SUB(emc_load(x3 + i), c3);
+                emc_v4 v0 = EMC_MUL(wi, t0), v1 = EMC_MUL(wi, t1),
+                       v2 = EMC_MUL(wi, t2), v3 = EMC_MUL(wi, t3);
+                emc_store(Dt + (l / 2) * 2 * blk + 2 * i + 4 * (l % 2), t0);
+                emc_store(Dt + (l1 / 2) * 2 * blk + 2 * i + 4 * (l1 % 2), t1);
+                emc_store(Dt + (l2 / 2) * 2 * blk + 2 * i + 4 * (l2 % 2), t2);
+                emc_store(Dt + (l3 / 2) * 2 * blk + 2 * i + 4 * (l3 % 2), t3);
+                emc_store(WDt + l * blk + i, v0); emc_store(WDt + l1 * blk + i, v1);
+                emc_store(WDt + l2 * blk + i, v2); emc_store(WDt + l3 * blk + i, v3);
+                p0 = EMC_ADD(p0, v0); p1 = EMC_ADD(p1, v1);
+                p2 = EMC_ADD(p2, v2); p3 = EMC_ADD(p3, v3);
             }
-            emc_store(rp + 4 * l, part);
+            /* past d, l1..l3 repeat l: the same values, stored last to first */
+            emc_store(rp + 4 * l3, p3); emc_store(rp + 4 * l2, p2);
+            emc_store(rp + 4 * l1, p1); emc_store(rp + 4 * l, p0);
         }
+#if EMC_HAVE_CLONES
+        if (emc_full_use_v4) {
+            emc_full_tiles_v4(WDt, Dt, d, da, blk, nb, S4);
+            continue;
+        }
+#endif
         for (a0 = 0; a0 < d; a0 += 2) {
             const double* w0 = WDt + a0 * blk;
             const double* w1 = w0 + blk;
             for (b0 = (a0 / 4) * 4; b0 < d; b0 += 4) {
-                const double* e0 = Dt + b0 * blk;
-                const double* e1 = e0 + blk;
-                const double* e2 = e1 + blk;
-                const double* e3 = e2 + blk;
+                const double* e0 = Dt + b0 * blk;   /* b0 even: pairs */
+                const double* e1 = e0 + 4;
+                const double* e2 = e0 + 2 * blk;
+                const double* e3 = e2 + 4;
                 double* p0 = S4 + 4 * (a0 * da + b0);
                 double* p1 = p0 + 4 * da;
                 emc_v4 s00 = emc_load(p0), s01 = emc_load(p0 + 4),
@@ -131,8 +242,8 @@ static void emc_full_moments(const double* Xt, Py_ssize_t ld, Py_ssize_t d,
                        s12 = emc_load(p1 + 8), s13 = emc_load(p1 + 12);
                 for (i = 0; i < nb; i += 4) {
                     emc_v4 x0 = emc_load(w0 + i), x1 = emc_load(w1 + i);
-                    emc_v4 y0 = emc_load(e0 + i), y1 = emc_load(e1 + i),
-                           y2 = emc_load(e2 + i), y3 = emc_load(e3 + i);
+                    emc_v4 y0 = emc_load(e0 + 2 * i), y1 = emc_load(e1 + 2 * i),
+                           y2 = emc_load(e2 + 2 * i), y3 = emc_load(e3 + 2 * i);
                     EMC_FMA(s00, x0, y0); EMC_FMA(s01, x0, y1);
                     EMC_FMA(s02, x0, y2); EMC_FMA(s03, x0, y3);
                     EMC_FMA(s10, x1, y0); EMC_FMA(s11, x1, y1);

@@ -30,8 +30,12 @@ each sum in 4 interleaved partial sums added in a fixed order. The loops are
 compiled twice on x86-64 Linux (glibc) with GCC (``target_clones``): an
 AVX2/FMA version chosen at load time on CPUs that have it, and the baseline
 x86-64 one, so the wheel still runs on any x86-64; other compilers get the
-same code with a plain-C 4-double type. The same chunk gives the same bits on
-any thread (the clone is chosen once per process).
+same code with a plain-C 4-double type. On x86-64-v4 (AVX-512) CPUs the
+statistics' tiles are 4 x 4 instead, each 8-double vector holding two of the
+2 x 4 tiles' accumulators side by side: the same multiply-adds in the same
+order in every lane, so the same bits as the AVX2 clone, at twice the width
+(tested). The same chunk gives the same bits on any thread (the clone and the
+tiles are chosen once per process).
 
 Flops per row and component (counted in benchmarks/bench_gaussian.py): the
 E-step d (subtraction) + d(d+1) (the triangular product: column j has j+1
@@ -54,18 +58,47 @@ cdef extern from "_gaussian_full.h":
                        double* Xt) noexcept nogil
     void emc_weighted_sums(const double* Xt, Py_ssize_t ld, Py_ssize_t d,
                            const double* w, double* out) noexcept nogil
-    void emc_full_quad(const double* Xt, Py_ssize_t ld, Py_ssize_t d, Py_ssize_t dp,
-                       const double* mu, const double* U, double* Dt,
-                       double* q) noexcept nogil
+    void emc_full_log_density(const double* Xt, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t d,
+                              Py_ssize_t dp, Py_ssize_t K, const double* means,
+                              const double* U, const double* log_norm, double* Dt,
+                              double* out) noexcept nogil
     void emc_full_moments(const double* Xt, Py_ssize_t ld, Py_ssize_t d, Py_ssize_t da,
                           Py_ssize_t blk, const double* w, const double* c, double* Dt,
                           double* WDt, double* rp, double* S4, double* r,
                           double* S) noexcept nogil
     Py_ssize_t EMC_ROWS
+    int emc_full_use_v4
+    int emc_full_v4_available() noexcept nogil
 
 
 cdef inline Py_ssize_t _round_up(Py_ssize_t a, Py_ssize_t m) noexcept nogil:
     return ((a + m - 1) // m) * m
+
+
+def _avx512_tiles(enable=None):
+    """Whether the statistics' tiles run the AVX-512 loop (x86-64-v4 CPUs).
+
+    ``enable`` True or False chooses (True only where the CPU has it); for the
+    tests, which check that both loops give the same bits. Returns the choice."""
+    global emc_full_use_v4
+    if enable is not None:
+        if enable and not emc_full_v4_available():
+            raise ValueError("The 'enable' parameter of _avx512_tiles is True but this "
+                             "CPU (or build) has no x86-64-v4 loop.")
+        emc_full_use_v4 = 1 if enable else 0
+    elif emc_full_use_v4 < 0:
+        emc_full_use_v4 = emc_full_v4_available()
+    return bool(emc_full_use_v4)
+
+
+_avx512_tiles()   # decided once, at import: no thread of a pass writes the choice
+
+
+cdef inline Py_ssize_t _stride(Py_ssize_t n_rows) noexcept nogil:
+    """Rows of X^T: n_rows rounded up to EMC_ROWS, plus EMC_ROWS zero rows, so
+    that the d rows of X^T are not a multiple of 4 KiB apart (2048-row chunks
+    would put them all in one L1 cache set); the zero rows have zero weight."""
+    return _round_up(n_rows, EMC_ROWS) + EMC_ROWS
 
 
 cdef class GaussianFullKernel(FamilyKernel):
@@ -90,8 +123,12 @@ cdef class GaussianFullKernel(FamilyKernel):
         self.means = means
         self.prec_chol = prec_chol
         self.da = _round_up(d, 4)
-        # D and w D of a block of rows, da x blk each: about 32 KiB together (L1)
-        self.blk = max(4, (2048 // self.da) // 4 * 4)
+        # D and w D of a block of rows, da x blk each: about 8 KiB together, so
+        # that they stay in L1 between their build and the tiles while X^T's
+        # rows stream through (at (2048, 16, 16), blk 32 against 128: the build's
+        # stores waited on the cache, 0.7 against 1.8 of the tiles' time); at
+        # least 32 rows (the tiles load and store their accumulators per block)
+        self.blk = max(32, (512 // self.da) // 4 * 4)
         pad = np.zeros((self.n_components, d, self.da))
         pad[:, :, :d] = np.triu(prec_chol)   # the product uses the upper triangle
         self.prec_pad = pad
@@ -110,42 +147,37 @@ cdef class GaussianFullKernel(FamilyKernel):
 
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
         cdef Py_ssize_t d = self.n_features, da = self.da
-        cdef Py_ssize_t ld = _round_up(n_rows, EMC_ROWS)
-        # X^T (d x ld); then row norms (ld) + an 8-row block (d x 8), or one
-        # component's weights (ld) + D and w D of a block (da x blk each) + the
+        cdef Py_ssize_t ld = _stride(n_rows)
+        cdef Py_ssize_t K = self.n_components
+        # X^T (d x ld); then an 8-row block (d x 8), or the weights transposed
+        # (K x ld) and their sums (K) + D and w D of a block (da x blk each) + the
         # partial sums (4 d + 4 da^2) + S (da x da) + one chunk slot + merge scratch
-        return d * ld + max(ld + d * EMC_ROWS,
-                            ld + 2 * da * self.blk + 4 * d + 5 * da * da
+        return d * ld + max(d * EMC_ROWS,
+                            K * ld + K + 2 * da * self.blk + 4 * d + 5 * da * da
                             + emc_moment_slot_size(d, EMC_SCATTER_FULL) + 2 * d)
 
     cdef int chunk_log_density(self, const double* X, Py_ssize_t n_rows,
                                double* out, double* scratch) noexcept nogil:
-        cdef Py_ssize_t d = self.n_features, K = self.n_components
-        cdef Py_ssize_t ld = _round_up(n_rows, EMC_ROWS)
-        cdef Py_ssize_t i, k
+        cdef Py_ssize_t d = self.n_features
+        cdef Py_ssize_t ld = _stride(n_rows)
         cdef double* Xt = scratch
-        cdef double* q = Xt + d * ld
-        cdef double* blk = q + ld
-        cdef double c
         emc_transpose(X, n_rows, d, ld, Xt)
-        for k in range(K):
-            emc_full_quad(Xt, ld, d, self.da, &self.means[k, 0], &self.prec_pad[k, 0, 0],
-                          blk, q)
-            c = self.log_norm[k]
-            for i in range(n_rows):
-                out[i * K + k] = c - 0.5 * q[i]
+        emc_full_log_density(Xt, ld, n_rows, d, self.da, self.n_components,
+                             &self.means[0, 0], &self.prec_pad[0, 0, 0],
+                             &self.log_norm[0], Xt + d * ld, out)
         return 0
 
     cdef int chunk_accumulate(self, const double* X, Py_ssize_t n_rows,
                               const double* weights, double* stats,
                               double* scratch) noexcept nogil:
         cdef Py_ssize_t d = self.n_features, K = self.n_components, da = self.da
-        cdef Py_ssize_t ld = _round_up(n_rows, EMC_ROWS)
+        cdef Py_ssize_t ld = _stride(n_rows)
         cdef Py_ssize_t slot = emc_moment_slot_size(d, EMC_SCATTER_FULL)
         cdef Py_ssize_t i, j, k
         cdef double* Xt = scratch
-        cdef double* wk = Xt + d * ld
-        cdef double* Dt = wk + ld
+        cdef double* wt = Xt + d * ld       # the weights transposed, K x ld
+        cdef double* Wk = wt + K * ld       # their sums, K
+        cdef double* Dt = Wk + K
         cdef double* WDt = Dt + da * self.blk
         cdef double* rp = WDt + da * self.blk
         cdef double* S4 = rp + 4 * d
@@ -155,17 +187,21 @@ cdef class GaussianFullKernel(FamilyKernel):
         cdef double* r = chunk + EMC_SLOT_RESIDUAL(d)
         cdef double* S = chunk + EMC_SLOT_SCATTER(d)
         cdef double* tmp = chunk + slot
+        cdef double* wk
         cdef double W
         emc_transpose(X, n_rows, d, ld, Xt)
-        for i in range(n_rows, ld):
-            wk[i] = 0.0
+        emc_transpose(weights, n_rows, K, ld, wt)   # rows n_rows..ld-1 zero
+        # each W_k sums its rows in order; the K sums run side by side (one pass)
         for k in range(K):
-            W = 0.0
-            for i in range(n_rows):
-                wk[i] = weights[i * K + k]
-                W += wk[i]
+            Wk[k] = 0.0
+        for i in range(n_rows):
+            for k in range(K):
+                Wk[k] += weights[i * K + k]
+        for k in range(K):
+            W = Wk[k]
             if W <= 0.0:
                 continue
+            wk = wt + k * ld
             # pass 1: the reference point c, the chunk's weighted mean
             emc_weighted_sums(Xt, ld, d, wk, c)
             for j in range(d):

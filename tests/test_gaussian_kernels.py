@@ -18,7 +18,7 @@ from emcore import GaussianMixture
 from emcore.engine import UNIT_ROUNDOFF as U
 from emcore.exceptions import ConvergenceWarning
 from emcore.plugins._gaussian_diag_kernel import GaussianDiagKernel
-from emcore.plugins._gaussian_kernel import GaussianFullKernel
+from emcore.plugins._gaussian_kernel import GaussianFullKernel, _avx512_tiles
 from emcore.plugins._kmeans_kernel import KMeansKernel
 from emcore.plugins.gaussian import GaussianFamily
 from emcore.plugins.kmeans import KMeansFamily
@@ -269,3 +269,31 @@ def test_moment_slot_layout_of_each_scatter_shape():
         assert layout["scatter"] == slice(1 + 2 * d, 1 + 2 * d + size)
     with pytest.raises(ValueError, match="'scatter' parameter of moment_slot_layout"):
         moment_slot_layout(d, "diag")
+
+
+_AVX512 = pytest.mark.skipif(
+    not _avx512_tiles(), reason="the CPU (or this build) has no x86-64-v4 loop")
+
+
+@_AVX512
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 300), d=st.integers(1, 19), k=st.integers(1, 4),
+       seed=st.integers(0, 2**32 - 1), offset=st.sampled_from([0.0, 1e3, -1e6]))
+def test_full_statistics_of_the_avx512_tiles_are_the_same_bits(n, d, k, seed, offset):
+    # Every lane of the AVX-512 tiles does the multiply-adds of the 2 x 4 tiles
+    # in the same order (plugins/_gaussian_full.h), so the statistics must be
+    # identical, not merely close: n crosses row blocks (32 to 128 rows), d tiles.
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(k, d)) + offset
+    Us = np.stack([_random_upper(rng, d) for _ in range(k)])
+    X = means[rng.integers(0, k, n)] + rng.normal(size=(n, d))
+    W = rng.dirichlet(np.ones(k), size=n)
+    kernel = GaussianFullKernel(means, Us)
+    try:
+        _avx512_tiles(True)
+        wide = kernel.accumulate(X, W)
+        _avx512_tiles(False)
+        narrow = kernel.accumulate(X, W)
+    finally:
+        _avx512_tiles(True)
+    assert np.array_equal(wide, narrow)

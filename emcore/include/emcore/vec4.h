@@ -7,6 +7,13 @@
    AVX2/FMA clone chosen at load time, and baseline x86-64); no -march needed.
    musl has no IFUNC, so elsewhere it is empty; EMC_NO_CLONES defined empties it
    too, so that the baseline code can be tested on an AVX2 machine.
+   EMC_HAVE_CLONES is 1 where it compiles the clones; there a kernel may also
+   carry a third, x86-64-v4 (AVX-512) loop of its own, with target("arch=
+   x86-64-v4") and chosen at run time with __builtin_cpu_supports (the full
+   Gaussian kernel's statistics tiles: plugins/_gaussian_full.h). Such a loop
+   keeps the 4-lane sums, each 8-double vector holding two 4-double
+   accumulators, so that it gives the same bits as the AVX2 clone; a third
+   target_clones entry would only re-compile the 4-double code.
 
    EMC_GNUC is 1 where the GNU C extensions the kernels use (vector types and
    their lane masks, __builtin_shuffle, function attributes) are available, 0
