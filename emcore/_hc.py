@@ -189,16 +189,24 @@ def _grid_subset(memo: dict, n: int, subset: int, start: int) -> np.ndarray:
     with lock:
         rng, drawn = by_n.setdefault((n, subset), (np.random.default_rng(seed), []))
         while len(drawn) <= start:
-            drawn.append(np.sort(rng.choice(n, size=subset, replace=False)))
+            drawn.append(_subset_rows(n, subset, rng))
         return drawn[start]
 
 
-def _memo_key(X: np.ndarray, model: str, rng, subset: int, transform: bool) -> tuple:
-    """The agglomeration depends on X, these arguments and (above ``subset`` rows)
-    the generator's state, not on the G it is cut at."""
-    state = repr(rng.bit_generator.state) if X.shape[0] > subset else None
+def _subset_rows(n: int, subset: int, rng: np.random.Generator) -> np.ndarray:
+    """The rows hc runs on: all n up to ``subset``, else a random ``subset`` of them
+    (sorted), drawn with ``rng``."""
+    if n <= subset:
+        return np.arange(n)
+    return np.sort(rng.choice(n, size=subset, replace=False))
+
+
+def _memo_key(X: np.ndarray, model: str, subset: int, transform: bool, which) -> tuple:
+    """The agglomeration depends on X, these arguments and ``which`` rows it runs
+    on (above ``subset`` rows: the generator's state, or the grid's subset), not on
+    the G it is cut at."""
     return (X.__array_interface__["data"][0], X.shape, X.strides, model, subset,
-            transform, state)
+            transform, which)
 
 
 def _cut(parent: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
@@ -247,47 +255,37 @@ def hc_labels(X: np.ndarray, n_clusters: Union[int, Sequence[int]], model: str =
     memo = _MEMO.get()
     cell = _CELL.get()
     grid = n > subset and memo is not None and _GRID in memo and cell is not None
-    if wanted == [1]:
-        # one group: every row of the subset (all rows up to ``subset``), which is
-        # the tree's cut at G = 1 without agglomerating; the generator (or the
-        # grid's count of starts) moves as for any G
-        if grid:
-            rows = _grid_subset(memo, n, subset, cell[0])
-            cell[0] += 1
-        elif n > subset:
-            rows = np.sort(rng.choice(n, size=subset, replace=False))
-        else:
-            rows = np.arange(n)
-        labels = np.full(n, -1, dtype=np.intp)
-        labels[rows] = 0
-        return {1: labels} if many else labels
     if grid:
-        # a cell of a grid with its own subsets: its start-th start cuts the
+        # a cell of a grid with its own subsets: its start-th start takes the
         # grid's start-th subset (the fit's generator is not used)
         start = cell[0]
         cell[0] += 1
         rows = _grid_subset(memo, n, subset, start)
-        key = (X.__array_interface__["data"][0], X.shape, X.strides, model, subset,
-               transform, ("grid", start))
-        lock, entry = memo.setdefault(key, (threading.Lock(), []))
-        with lock:
-            if not entry:
-                entry.extend([_agglomerate(X[rows], model, transform), None, X])
-        merges = entry[0]
-        cuts = {G: _cut_tree(rows, merges, n, G) for G in wanted}
-        return cuts if many else cuts[wanted[0]]
-    key = None if memo is None else _memo_key(X, model, rng, subset, transform)
-    if key is None:
+    if wanted == [1]:
+        # one group: every row of the subset (all rows up to ``subset``), which is
+        # the tree's cut at G = 1 without agglomerating; the generator (or the
+        # grid's count of starts) moves as for any G
+        if not grid:
+            rows = _subset_rows(n, subset, rng)
+        labels = np.full(n, -1, dtype=np.intp)
+        labels[rows] = 0
+        return {1: labels} if many else labels
+    if memo is None:
         rows, merges = _agglomeration(X, model, rng, subset, transform)
     else:
+        which = (("grid", start) if grid
+                 else repr(rng.bit_generator.state) if n > subset else None)
         # the entry holds X, so that its memory (the key) is not reused while the
-        # memo lives
-        lock, entry = memo.setdefault(key, (threading.Lock(), []))
+        # memo lives; and the generator's state after the draw, to leave it there
+        lock, entry = memo.setdefault(_memo_key(X, model, subset, transform, which),
+                                      (threading.Lock(), []))
         with lock:
             if not entry:
-                tree = _agglomeration(X, model, rng, subset, transform)
-                entry.extend([tree, None if n <= subset else rng.bit_generator.state, X])
-            elif n > subset:
+                tree = ((rows, _agglomerate(X[rows], model, transform)) if grid
+                        else _agglomeration(X, model, rng, subset, transform))
+                entry.extend([tree, rng.bit_generator.state
+                              if n > subset and not grid else None, X])
+            elif entry[1] is not None:
                 rng.bit_generator.state = entry[1]
         rows, merges = entry[0]
     cuts = {G: _cut_tree(rows, merges, n, G) for G in wanted}
@@ -299,10 +297,9 @@ def _agglomeration(X, model, rng, subset, transform) -> tuple:
     there are more than ``subset``) down to one group: ``merges`` lists the
     (group, group merged into it) of each stage, in order."""
     n = X.shape[0]
-    rows = np.arange(n)
-    if n > subset:
-        rng = np.random.default_rng() if rng is None else rng
-        rows = np.sort(rng.choice(n, size=subset, replace=False))
+    if n > subset and rng is None:
+        rng = np.random.default_rng()
+    rows = _subset_rows(n, subset, rng)
     return rows, _agglomerate(X[rows], model, transform)
 
 
