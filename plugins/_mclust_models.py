@@ -119,7 +119,7 @@ def _orientation_sweep(B, D, M):
     R = sum_k (m_ki - m_kj) c_k, minimal at (cos 2t, sin 2t) = -(P, R) / |(P, R)|.
     Each rotation is an exact minimisation over one coordinate of the orthogonal
     group, so the objective never increases (Flury & Gautschi 1986 solve the same
-    problem by pairwise rotations). Returns (B, D) after the sweep."""
+    problem by pairwise rotations). Returns D after the sweep."""
     k, d = B.shape[0], D.shape[0]
     rounds, (pos_i, pos_j) = _round_robin(d)
     dM = M[:, pos_i] - M[:, pos_j]               # (k, pairs of all rounds)
@@ -139,7 +139,7 @@ def _orientation_sweep(B, D, M):
         G.flat[put] = np.concatenate([cs, cs, sn, -sn])
         D = D @ G
         B = G.T @ B @ G
-    return B, D
+    return D
 
 
 @functools.lru_cache(maxsize=None)
@@ -177,7 +177,7 @@ def _shared_orientation(n, W, D, equal_volume: bool):
         if _stopped(f, f_new, _scale(n, var)):
             break
         f = f_new
-        D = _orientation_sweep(B, D, 1.0 / var)[1]
+        D = _orientation_sweep(B, D, 1.0 / var)
     return np.einsum("ij,kj,lj->kil", D, var, D)
 
 
