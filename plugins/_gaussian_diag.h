@@ -70,7 +70,7 @@ static void emd_log_density(const double* X, Py_ssize_t n, Py_ssize_t d,
    L = float(mu - H) (so t carries a relative error, ~2 u32 |t|, however far the
    data are from the origin), P = float(U^2); tables d x Kp (Kp = K rounded up
    to 8, zero padded); base and the result in double (docs/elbo_chain.md#float32
-   bounds the error). acc: 16 floats. Rows two at a time, components 16 at a
+   bounds the error). Rows two at a time, components 16 at a
    time. Returns 1 if some q overflowed float (then -inf in out: the caller
    recomputes those entries in double), else 0. */
 #if EMC_GNUC
@@ -84,7 +84,7 @@ static inline emd_v8f emd_set1_f8(float x) { return (emd_v8f){0} + x; }
 EMC_ALWAYS_INLINE void emd_log_density_block_f32(
         const float* x, Py_ssize_t d, const int R, Py_ssize_t K, Py_ssize_t Kp,
         const float* H, const float* L, const float* P, const double* base,
-        Py_ssize_t k0, const int nv, float* acc_out, double* out, emd_v8f* chk)
+        Py_ssize_t k0, const int nv, double* out, emd_v8f* chk)
 {
     emd_v8f a[2][2];
     for (int r = 0; r < R; r++)
@@ -108,7 +108,6 @@ EMC_ALWAYS_INLINE void emd_log_density_block_f32(
     }
     /* widened in registers (a store of the 8 floats and a load of 4 of them
        stalled on store forwarding: perf put a sixth of the kernel there) */
-    (void)acc_out;
     const emc_v4 half = emc_set1(-0.5);
     for (int r = 0; r < R; r++) {
         double* o = out + r * K + k0;
@@ -134,7 +133,7 @@ EMC_CLONES
 static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
                                Py_ssize_t K, Py_ssize_t Kp, const float* H,
                                const float* L, const float* P, const double* base,
-                               float* acc, double* out)
+                               double* out)
 {
     emd_v8f chk = {0};
     for (Py_ssize_t i = 0; i < n; i += 2) {
@@ -142,17 +141,15 @@ static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
         double* o = out + i * K;
         for (Py_ssize_t k0 = 0; k0 < Kp; k0 += 16) {
             const int nv = Kp - k0 >= 16 ? 2 : 1;
-            if (i + 1 < n) {
-                if (nv == 2) emd_log_density_block_f32(x, d, 2, K, Kp, H, L, P, base, k0, 2, acc, o,
-                                              &chk);
-                else emd_log_density_block_f32(x, d, 2, K, Kp, H, L, P, base, k0, 1, acc, o,
-                                              &chk);
-            } else {
-                if (nv == 2) emd_log_density_block_f32(x, d, 1, K, Kp, H, L, P, base, k0, 2, acc, o,
-                                              &chk);
-                else emd_log_density_block_f32(x, d, 1, K, Kp, H, L, P, base, k0, 1, acc, o,
-                                              &chk);
-            }
+            const int R = i + 1 < n ? 2 : 1;   /* constants for the inlined block */
+            if (R == 2 && nv == 2)
+                emd_log_density_block_f32(x, d, 2, K, Kp, H, L, P, base, k0, 2, o, &chk);
+            else if (R == 2)
+                emd_log_density_block_f32(x, d, 2, K, Kp, H, L, P, base, k0, 1, o, &chk);
+            else if (nv == 2)
+                emd_log_density_block_f32(x, d, 1, K, Kp, H, L, P, base, k0, 2, o, &chk);
+            else
+                emd_log_density_block_f32(x, d, 1, K, Kp, H, L, P, base, k0, 1, o, &chk);
         }
     }
     for (int l = 0; l < 8; l++)
@@ -164,10 +161,9 @@ static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
 static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
                                Py_ssize_t K, Py_ssize_t Kp, const float* H,
                                const float* L, const float* P, const double* base,
-                               float* acc, double* out)
+                               double* out)
 {
     int overflow = 0;
-    (void)acc;
     for (Py_ssize_t i = 0; i < n; i++)
         for (Py_ssize_t k = 0; k < K; k++) {
             float q = 0.0f;

@@ -71,7 +71,7 @@ cdef extern from "_gaussian_diag.h":
                          double* xblk) noexcept nogil
     int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
                              Py_ssize_t Kp, const float* H, const float* L,
-                             const float* P, const double* base, float* acc,
+                             const float* P, const double* base,
                              double* out) noexcept nogil
 
 
@@ -180,8 +180,7 @@ cdef class GaussianDiagKernel(FamilyKernel):
                                    double* out, double* scratch) noexcept nogil:
         if emd_log_density_f32(X, n_rows, self.n_features, self.n_components, self.Kp8,
                                &self.mean_hi32[0, 0], &self.mean_lo32[0, 0],
-                               &self.prec_table32[0, 0], &self.log_norm[0],
-                               <float*>scratch, out):
+                               &self.prec_table32[0, 0], &self.log_norm[0], out):
             self._overflowed_in_double(X, n_rows, out)
         return 0
 
