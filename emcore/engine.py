@@ -634,15 +634,19 @@ class _Steps:
                     + family.log_prior(p)[0])
         return penalised(again) - penalised(new_params)
 
+    def m_step(self, t: int, a: _Point) -> tuple:
+        """The M-step from ``a``'s statistics, no pass: (weights, params)."""
+        new_params = self.family.m_step(a.result.stats, a.params)
+        _validate_in_debug(self.family, new_params, f"at iteration {t}")
+        return self.structure.m_step(a.result, a.weights), new_params
+
     def em(self, t: int, a: _Point) -> tuple:
         """One EM (or GEM, or Monte-Carlo) step from ``a``: (record, point after it)."""
         family, rule = self.family, self.rule
         t0 = time.perf_counter()
         current = a.result
         stats = current.stats
-        new_params = family.m_step(stats, a.params)
-        _validate_in_debug(family, new_params, f"at iteration {t}")
-        new_weights = self.structure.m_step(current, a.weights)
+        new_weights, new_params = self.m_step(t, a)
         empty = tuple(int(j) for j in np.flatnonzero(~(current.resp_sum > 0)))
         elbo = (family.expected_log_likelihood(stats, new_params)
                 + self.structure.expected_log_likelihood(current, new_weights)
@@ -684,7 +688,7 @@ class _Steps:
         return self._tolerances(a, b, b.result.stats, b.params)
 
     def jump(self, t: int, a: _Point, b: _Point, extrapolation: dict) -> Iteration:
-        """The record of SQUAREM's move from ``a`` (two EM steps done) to the
+        """The record of SQUAREM's move from ``a`` (the cycle's EM step done) to the
         extrapolated ``b``: the chain F(a) <= ELBO(q_b, b) <= F(b) says the move did
         not lower the objective."""
         tol_eq, tol_chain = self.tolerances(a, b)
@@ -896,15 +900,15 @@ def _unflatten(family, vector: np.ndarray, layout: tuple) -> tuple:
     return weights, params
 
 
-def _keep_unmoved_rows(weights: np.ndarray, *points) -> np.ndarray:
+def _keep_unmoved_rows(weights: np.ndarray, *cycle_weights) -> np.ndarray:
     """Rows of the weights that no EM step of the cycle moved (a Markov chain's fixed
     start or transition probabilities) stay exactly as they were, not as the
     log/softmax round trip rounds them."""
     rows = np.atleast_2d(np.array(weights, dtype=np.float64))
     same = np.ones(rows.shape[0], dtype=bool)
-    first = np.atleast_2d(points[0].weights)
-    for p in points[1:]:
-        same &= np.all(np.atleast_2d(p.weights) == first, axis=1)
+    first = np.atleast_2d(cycle_weights[0])
+    for other in cycle_weights[1:]:
+        same &= np.all(np.atleast_2d(other) == first, axis=1)
     rows[same] = first[same]
     return rows.reshape(np.shape(weights))
 
@@ -913,16 +917,19 @@ def _squarem(steps: _Steps, point: _Point, max_iter: int, emit, stops) -> tuple:
     """SQUAREM (Varadhan & Roland 2008, S3 step length) around the EM map, with the
     monotone safeguard; returns (last point, stop reason). docs/variants.md#squarem.
 
-    A cycle from theta_0: two EM steps to theta_1, theta_2 (each recorded with its
-    chain), r = c_1 - c_0, v = c_2 - 2 c_1 + c_0 in the extrapolation coordinates c,
-    s = ||r|| / ||v|| (S3, alpha = -s) clamped to [1, s_max], c' = c_0 + 2 s r + s^2 v;
-    if s = 1, c' is theta_2 and the cycle ends there. Otherwise theta' is accepted
-    when it is valid and F(theta') >= F(theta_2) (a 'squarem' record), then one
-    stabilising EM step. A valid theta' with F(theta') < F(theta_2) is judged after
-    that step, as the SQUAREM package judges every jump: the pair is kept when
-    F(M(theta')) >= F(theta_2) (one 'squarem' record from theta_2 to M(theta'),
-    two passes). Else the fit stays at theta_2 (a 'squarem-fallback' record) and
-    s_max shrinks. F never decreases. The stopping rule is tested on EM steps.
+    A cycle from theta_0: one EM step to theta_1 (recorded with its chain), then the
+    M-step from theta_1's statistics to theta_2 = M(theta_1) without a pass at
+    theta_2 (its objective is not needed: the pass would only pay for the test), r =
+    c_1 - c_0, v = c_2 - 2 c_1 + c_0 in the extrapolation coordinates c, s = ||r|| /
+    ||v|| (S3, alpha = -s) clamped to [1, s_max], c' = c_0 + 2 s r + s^2 v; if s = 1,
+    c' is theta_2 and the cycle ends with the EM step to it. Otherwise theta' is
+    accepted when it is valid and F(theta') >= F(theta_1), the last objective
+    computed (a 'squarem' record), then one stabilising EM step. A valid theta' with
+    F(theta') < F(theta_1) is judged after that step, as the SQUAREM package judges
+    every jump: the pair is kept when F(M(theta')) >= F(theta_1) (one 'squarem'
+    record from theta_1 to M(theta'), two passes). Else the fit stays at theta_1 (a
+    'squarem-fallback' record), s_max shrinks and the EM step to theta_2 follows.
+    F never decreases. The stopping rule is tested on EM steps.
     """
     latest = [point]            # the last point with a computed objective (Ctrl-C)
     try:
@@ -952,33 +959,34 @@ def _squarem_cycles(steps: _Steps, point: _Point, max_iter: int, emit, stops,
         p1, done = em(p0)
         if done or n_m_steps >= max_iter:
             return p1, "tol" if done else "max_iter"
-        p2, done = em(p1)
-        if done:
-            return p2, "tol"
-        point = p2
         fixed = steps.weights_fixed
+        w2, params2 = steps.m_step(t, p1)
         c0, layout = _flatten(family, p0.weights, p0.params, fixed)
         c1 = _flatten(family, p1.weights, p1.params, fixed)[0]
-        c2 = _flatten(family, p2.weights, p2.params, fixed)[0]
+        c2 = _flatten(family, w2, params2, fixed)[0]
         r = c1 - c0
         v = c2 - 2.0 * c1 + c0
         norm_r, norm_v = float(np.linalg.norm(r)), float(np.linalg.norm(v))
-        if not (norm_v > 0 and np.isfinite(norm_r) and np.isfinite(norm_v)):
-            continue                # no curvature to extrapolate along: plain EM
-        raw = norm_r / norm_v
-        s = min(max(raw, _SQUAREM_STEP_MIN), step_max)
+        if norm_v > 0 and np.isfinite(norm_r) and np.isfinite(norm_v):
+            raw = norm_r / norm_v
+            s = min(max(raw, _SQUAREM_STEP_MIN), step_max)
+        else:
+            raw = s = 1.0           # no curvature to extrapolate along: plain EM
         if s == 1.0:
             if s == step_max:
                 step_max *= _SQUAREM_MSTEP
-            continue                # c' = c_2: the cycle was two EM steps
+            point, done = em(p1)    # c' = c_2: the cycle is two EM steps
+            if done:
+                return point, "tol"
+            continue
         extrapolation = {"step_length": s, "step_length_s3": raw,
-                         "compared": "objective(extrapolated) >= objective(after two "
-                                     "EM steps)",
-                         "objective_before": p2.objective}
+                         "compared": "objective(extrapolated) >= objective(after one "
+                                     "EM step)",
+                         "objective_before": p1.objective}
         t0 = time.perf_counter()
         try:
             weights, params = _unflatten(family, c0 + 2.0 * s * r + s * s * v, layout)
-            weights = _keep_unmoved_rows(weights, p0, p1, p2)
+            weights = _keep_unmoved_rows(weights, p0.weights, p1.weights, w2)
             prime = steps.point(weights, params)
             if not math.isfinite(prime.objective):
                 raise FloatingPointError("the objective at the extrapolated point is "
@@ -986,16 +994,16 @@ def _squarem_cycles(steps: _Steps, point: _Point, max_iter: int, emit, stops,
         except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
             prime, reason = None, f"invalid extrapolated parameters: {exc}"
         else:
-            reason = None if prime.objective >= p2.objective else "lower objective"
+            reason = None if prime.objective >= p1.objective else "lower objective"
             extrapolation["objective_extrapolated"] = prime.objective
         if reason == "lower objective" and (
-                p2.objective - prime.objective <= steps.tolerances(p2, prime)[1]):
+                p1.objective - prime.objective <= steps.tolerances(p1, prime)[1]):
             # lower by no more than the objectives' rounding (near a fixed point, where
             # F no longer tells the points apart): no stabilising step either
             reason = "lower objective, by no more than its rounding"
         if reason == "lower objective":
             # the SQUAREM package judges a jump after its stabilising EM step: take
-            # that step from theta' and keep both if they end no lower than theta_2
+            # that step from theta' and keep both if they end no lower than theta_1
             # (one record for two passes; F(theta') itself is never a fit's point)
             em_record, b = steps.em(t, prime)
             n_m_steps += 1
@@ -1003,12 +1011,12 @@ def _squarem_cycles(steps: _Steps, point: _Point, max_iter: int, emit, stops,
                 objective_stabilised=b.objective, passes=2,
                 stabilising_step_slacks=em_record.chain_slacks(),
                 compared="objective(stabilising EM step from the extrapolated point) "
-                         ">= objective(after two EM steps)")
-            if b.objective >= p2.objective:
+                         ">= objective(after one EM step)")
+            if b.objective >= p1.objective:
                 if s == step_max:
                     step_max *= _SQUAREM_MSTEP
                 latest[0] = point = b
-                record = steps.jump(t, p2, b, dict(extrapolation, accepted=True,
+                record = steps.jump(t, p1, b, dict(extrapolation, accepted=True,
                                                    stabilised=True))
                 t += 1
                 emit(dataclass_replace(record, seconds=time.perf_counter() - t0))
@@ -1017,15 +1025,18 @@ def _squarem_cycles(steps: _Steps, point: _Point, max_iter: int, emit, stops,
         if reason is not None:
             if s == step_max:
                 step_max = max(_SQUAREM_STEP_MAX0, step_max / _SQUAREM_MSTEP)
-            record = steps.fallback(t, p2, dict(extrapolation, accepted=False,
+            record = steps.fallback(t, p1, dict(extrapolation, accepted=False,
                                                 reason=reason))
             t += 1
             emit(dataclass_replace(record, seconds=time.perf_counter() - t0))
+            point, done = em(p1)    # the cycle ends at theta_2, as two EM steps
+            if done:
+                return point, "tol"
             continue
         if s == step_max:
             step_max *= _SQUAREM_MSTEP
         latest[0] = prime
-        record = steps.jump(t, p2, prime, dict(extrapolation, accepted=True))
+        record = steps.jump(t, p1, prime, dict(extrapolation, accepted=True))
         t += 1
         emit(dataclass_replace(record, seconds=time.perf_counter() - t0))
         point, done = em(prime)      # the stabilising EM step

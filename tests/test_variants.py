@@ -250,10 +250,38 @@ def test_squarem_reaches_the_fixed_point_of_em_in_fewer_passes():
     assert fast.n_passes == _squarem_passes(fast.history)
 
 
+def test_squarem_makes_no_pass_at_the_second_em_point():
+    # theta_2 = M(theta_1) enters the extrapolation only through its parameters: it is
+    # an M-step from theta_1's statistics, and theta' is compared with theta_1. A kept
+    # jump's cycle is then three passes (theta_1, theta', the stabilising step), so
+    # some kept jump is followed by exactly two EM records (the stabilising step and
+    # the next cycle's EM step) before the next extrapolation; with a pass at theta_2
+    # every kept jump would be followed by three or more
+    X = _overlapping(600, spread=2.0)
+    w0, p0 = _start(X, 3)
+    fast = run_em(X, _gaussian(3, 2), SoftPosterior(), w0, p0, max_iter=20000, tol=0.0,
+                  converged=_tight, accelerate="squarem")
+    history = fast.history
+    moves = [i for i, it in enumerate(history) if it.step != "em"]
+    assert len(moves) >= 3
+    gaps = {}
+    for a, b in zip(moves, moves[1:]):
+        e = history[a].extrapolation
+        if e["accepted"] and not e.get("stabilised"):
+            gaps[a] = b - a - 1
+    assert 2 in gaps.values(), gaps
+    for i in moves:
+        # the comparison is with the last objective computed: the EM record before
+        it, before = history[i], history[i - 1]
+        assert before.step == "em"
+        assert it.extrapolation["objective_before"] == before.objective == it.value
+    assert fast.n_passes == _squarem_passes(history)
+
+
 def test_squarem_judges_a_lower_jump_after_its_stabilising_step():
-    # theta' below theta_2 is not a fit's point; the SQUAREM package's rule (the
+    # theta' below theta_1 is not a fit's point; the SQUAREM package's rule (the
     # objective after the stabilising EM step) can still keep the jump, and the
-    # record says so: F(theta_2) <= F(M(theta')), both passes counted
+    # record says so: F(theta_1) <= F(M(theta')), both passes counted
     X = _overlapping(600, spread=2.0)
     w0, p0 = _start(X, 3)
     fast = run_em(X, _gaussian(3, 2), SoftPosterior(), w0, p0, max_iter=20000, tol=0.0,
@@ -279,7 +307,7 @@ def test_squarem_judges_a_lower_jump_after_its_stabilising_step():
 
 
 def test_squarem_takes_no_stabilising_step_for_a_deficit_within_rounding():
-    # run on at the fixed point (tol = 0): there F cannot tell theta' from theta_2,
+    # run on at the fixed point (tol = 0): there F cannot tell theta' from theta_1,
     # and a stabilising step would be a pass bought for nothing
     X = _overlapping(600, spread=2.0)
     w0, p0 = _start(X, 3)
