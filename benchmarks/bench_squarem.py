@@ -324,7 +324,7 @@ def extrapolations_summary(history) -> None:
             line += (f"; unclamped (s = S3) {int(np.sum(s == s3))}; longest run of "
                      f"fallbacks {longest}")
         kept = sum(bool(e.get("stabilised")) for e in rows)
-        line += (f"; judged after the stabilising EM step (F(theta') < F(theta_2), "
+        line += (f"; judged after the stabilising EM step (F(theta') < F(theta_1), "
                  f"two passes): {kept if accepted else sum('passes' in e for e in rows)}")
         print(line, flush=True)
 

@@ -486,8 +486,8 @@ def test_squarem_extrapolates_mclusts_non_linear_models(model):
     # extrapolated covariances are projected back onto the model
     # (from_unconstrained). SQUAREM then takes (and the safeguard checks) jumps that
     # stay in the model, keeps the chain, and needs fewer passes than plain EM on
-    # overlapping clusters (measured: 200 -> 59, 126 -> 48, 199 -> 41, 193 -> 72,
-    # 281 -> 80 for VEE, EVE, VVE, EEV, VEV).
+    # overlapping clusters (passes over the data, measured: 52 -> 19, 46 -> 25,
+    # 80 -> 24, 73 -> 28, 116 -> 27 for VEE, EVE, VVE, EEV, VEV).
     X = _overlapping_2d()
     fits = {}
     for accelerate in (None, "squarem"):
