@@ -80,7 +80,8 @@ cdef extern from "_soft_posterior.h":
     Py_ssize_t emc_soft_rows_f32(double* log_joint, double* resp, double* row_value,
                                  const double* row_weights, Py_ssize_t n, Py_ssize_t K,
                                  double T, double* objective, double* log_joint_total,
-                                 double* entropy, double* magnitude) noexcept nogil
+                                 double* entropy, double* magnitude,
+                                 int write_log_q) noexcept nogil
 
 
 cdef class GaussianDiagKernel(FamilyKernel):
@@ -228,7 +229,7 @@ cdef class GaussianDiagKernel(FamilyKernel):
         status = emc_soft_rows_f32(log_joint, resp, row_value, row_weights, n_rows, K,
                                    1.0, &totals[TOTAL_OBJECTIVE],
                                    &totals[TOTAL_EXPECTED_LOG_JOINT],
-                                   &totals[TOTAL_ENTROPY], &totals[TOTAL_MAGNITUDE])
+                                   &totals[TOTAL_ENTROPY], &totals[TOTAL_MAGNITUDE], 0)
         if status != 0 or stats == NULL:
             return <int>status
         if row_weights == NULL:

@@ -14,7 +14,8 @@ cdef extern from "_soft_posterior.h":
     Py_ssize_t emc_soft_rows_f32(double* log_joint, double* resp, double* row_value,
                                  const double* row_weights, Py_ssize_t n, Py_ssize_t K,
                                  double T, double* objective, double* log_joint_total,
-                                 double* entropy, double* magnitude) noexcept nogil
+                                 double* entropy, double* magnitude,
+                                 int write_log_q) noexcept nogil
     double EMC_EXP_F32_ERROR
 
 
@@ -74,7 +75,7 @@ cdef class _SoftPosteriorKernelF32(SoftPosteriorKernel):
                                       n_components, self.temperature,
                                       &totals[TOTAL_OBJECTIVE],
                                       &totals[TOTAL_EXPECTED_LOG_JOINT],
-                                      &totals[TOTAL_ENTROPY], &totals[TOTAL_MAGNITUDE])
+                                      &totals[TOTAL_ENTROPY], &totals[TOTAL_MAGNITUDE], 1)
 
 
 cdef class HardPosteriorKernel(PosteriorKernel):

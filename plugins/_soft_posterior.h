@@ -58,7 +58,8 @@ EMC_ALWAYS_INLINE Py_ssize_t emc_soft_rows_by_row(
         double* restrict log_joint, double* restrict resp,
         double* restrict row_value, const double* restrict row_weights,
         Py_ssize_t n, Py_ssize_t K, double T, double* objective,
-        double* log_joint_total, double* entropy, double* magnitude, const int f32) {
+        double* log_joint_total, double* entropy, double* magnitude, const int f32,
+        const int write_log_q) {
     double inv_T = 1.0 / T;
     double sum_f = 0.0, sum_E = 0.0, sum_H = 0.0, sum_mag = 0.0;
     double mb[EMC_SOFT_ROWS], sb[EMC_SOFT_ROWS];
@@ -124,10 +125,10 @@ EMC_ALWAYS_INLINE Py_ssize_t emc_soft_rows_by_row(
                     emc_v4f f1 = __builtin_convertvector(b1 * it - mm, emc_v4f);
                     emc_v8f e = emc_exp_nonpos_f8(
                         __builtin_shufflevector(f0, f1, 0, 1, 2, 3, 4, 5, 6, 7));
-                    emc_v4 e0 = __builtin_convertvector(
-                        __builtin_shufflevector(e, e, 0, 1, 2, 3), emc_v4);
-                    emc_v4 e1 = __builtin_convertvector(
-                        __builtin_shufflevector(e, e, 4, 5, 6, 7), emc_v4);
+                    /* widened lane by lane: GCC 12 makes these one vcvtps2pd
+                       each (__builtin_convertvector went through the stack) */
+                    emc_v4 e0 = {e[0], e[1], e[2], e[3]};
+                    emc_v4 e1 = {e[4], e[5], e[6], e[7]};
                     if (k + 8 <= K) {
                         emc_store(q_row + k, e0);
                         emc_store(q_row + k + 4, e1);
@@ -181,7 +182,7 @@ EMC_ALWAYS_INLINE Py_ssize_t emc_soft_rows_by_row(
                     Hv -= EMC_SEL(pos, q * lq, zero);
                     Ev += EMC_SEL(pos, q * a, zero);
                     Mv += EMC_SEL(pos, q * (abs_a + Tv * abs_lq), zero);
-                    emc_store(row + k, lq);
+                    if (write_log_q) emc_store(row + k, lq);
                     emc_store(q_row + k, q);
                 }
                 H = EMC_HSUM(Hv);
@@ -198,7 +199,7 @@ EMC_ALWAYS_INLINE Py_ssize_t emc_soft_rows_by_row(
                     E += q * a;
                     mag += q * (fabs(a) + T * fabs(lq));
                 }
-                row[k] = lq;
+                if (write_log_q) row[k] = lq;
                 q_row[k] = q;
             }
             mag += fabs(f);
@@ -315,14 +316,16 @@ EMC_CLONES static Py_ssize_t emc_soft_rows(
     Py_ssize_t status = emc_soft_rows_by_row(
         log_joint + n4 * K, resp + n4 * K, row_value + n4,
         row_weights != NULL ? row_weights + n4 : NULL, n - n4, K, T, objective,
-        log_joint_total, entropy, magnitude, 0);
+        log_joint_total, entropy, magnitude, 0, 1);
     return status ? n4 + status : 0;
 }
 
 /* emc_soft_rows with each e = exp(b - m) in float32: b - m formed in double,
    rounded to float, emc_exp_nonpos_f8, widened exactly; the maximum, the sum s,
    log s, log q = (b - m) - log s, q = e / s and every total in double, as in
-   emc_soft_rows (so the totals' identity E + H = F sum(q) holds as there).
+   emc_soft_rows (so the totals' identity E + H = F sum(q) holds as there);
+   log q is written over log_joint only if write_log_q (the fused step reads
+   only q).
    For float32 rows (the diagonal Gaussian kernel's fused step): each e carries
    a relative error of at most (|b - m| + EMC_EXP_F32_ERROR) u32, and
    docs/elbo_chain.md#float32 bounds what that moves F and the entropy by.
@@ -332,12 +335,14 @@ EMC_CLONES static Py_ssize_t emc_soft_rows_f32(
         double* restrict log_joint, double* restrict resp,
         double* restrict row_value, const double* restrict row_weights,
         Py_ssize_t n, Py_ssize_t K, double T, double* objective,
-        double* log_joint_total, double* entropy, double* magnitude) {
+        double* log_joint_total, double* entropy, double* magnitude, int write_log_q) {
 #if EMC_GNUC
     if (K >= EMC_SOFT_ACROSS)
         return emc_soft_rows_by_row(log_joint, resp, row_value, row_weights, n, K, T,
-                                    objective, log_joint_total, entropy, magnitude, 1);
+                                    objective, log_joint_total, entropy, magnitude, 1,
+                                    write_log_q != 0);
 #endif
+    (void)write_log_q;
     return emc_soft_rows(log_joint, resp, row_value, row_weights, n, K, T, objective,
                          log_joint_total, entropy, magnitude);
 }
