@@ -37,7 +37,11 @@ each mean held as two floats (hi + lo) so that x - mu carries a relative error
 only (docs/elbo_chain.md#float32 derives the bound, which the family's
 ``log_density_rounding`` gives the chain); the constant and the result are
 double. The statistics read the float32 rows a block of 8 at a time widened
-exactly to double: bitwise the statistics of the widened rows.
+exactly to double: bitwise the statistics of the widened rows. With the exact
+soft rule the pass calls the fused ``chunk_soft_step_f32``: the same steps as
+the pass's (log-density, + log pi, posterior, q times the row weights,
+statistics), with the posterior's exps in float32 (``emc_soft_rows_f32`` of
+_soft_posterior.h; its per-row bound is in ``log_density_rounding`` too).
 
 The loops (_gaussian_diag.h) use GNU vector extensions (4 doubles) compiled
 twice with target_clones on x86-64 Linux (glibc) with GCC (AVX2/FMA at load time

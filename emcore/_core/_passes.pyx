@@ -9,7 +9,8 @@ on the thread count, so the result is bitwise the same for any ``n_threads``
 (given that BLAS runs single-threaded, which the caller arranges).
 
 X is float64 or float32. A float32 X goes to the family kernel's ``_f32``
-methods when it has them (``float32_rows``), else each chunk is converted to
+methods when it has them (``float32_rows``; with the exact soft rule its
+fused ``chunk_soft_step_f32`` when it has that), else each chunk is converted to
 float64 into the block's own buffer (never the whole array); everything else
 (log joints, q, statistics, totals) is float64 either way.
 """
