@@ -34,6 +34,7 @@ cdef class FamilyKernel:
     cdef readonly bint fused_hard_step  # implements chunk_hard_step (default False)
     cdef readonly bint float32_rows     # implements the *_f32 methods (default False)
     cdef readonly bint fused_soft_step  # implements chunk_soft_step (default False)
+    cdef readonly bint fused_soft_step_f32  # implements chunk_soft_step_f32 (default False)
 
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil
     # Doubles of scratch the two chunk methods need for a chunk of n_rows.
@@ -107,6 +108,13 @@ cdef class FamilyKernel:
                                  double* work, double* scratch, Py_ssize_t* labels,
                                  double* row_value, double* totals,
                                  double* stats) noexcept nogil
+    # Optional (set fused_soft_step_f32 = True): chunk_soft_step on float32 rows.
+    # Such a kernel may also compute the posterior's exps in float32; its
+    # family's log_density_rounding then bounds that too (docs/elbo_chain.md#float32).
+    cdef int chunk_soft_step_f32(self, const float* X, Py_ssize_t n_rows,
+                                 const double* log_weights, const double* row_weights,
+                                 double* resp, double* row_value, double* totals,
+                                 double* stats, double* scratch) noexcept nogil
 
 
 cdef class PosteriorKernel:

@@ -127,6 +127,12 @@ cdef class FamilyKernel:
                                  double* stats) noexcept nogil:
         return -1
 
+    cdef int chunk_soft_step_f32(self, const float* X, Py_ssize_t n_rows,
+                                 const double* log_weights, const double* row_weights,
+                                 double* resp, double* row_value, double* totals,
+                                 double* stats, double* scratch) noexcept nogil:
+        return -1
+
     # --- Python face -------------------------------------------------------------
 
     def _check_X(self, X):

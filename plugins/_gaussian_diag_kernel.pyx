@@ -37,7 +37,11 @@ each mean held as two floats (hi + lo) so that x - mu carries a relative error
 only (docs/elbo_chain.md#float32 derives the bound, which the family's
 ``log_density_rounding`` gives the chain); the constant and the result are
 double. The statistics read the float32 rows a block of 8 at a time widened
-exactly to double: bitwise the statistics of the widened rows.
+exactly to double: bitwise the statistics of the widened rows. With the exact
+soft rule the pass calls the fused ``chunk_soft_step_f32``: the same steps as
+the pass's (log-density, + log pi, posterior, q times the row weights,
+statistics), with the posterior's exps in float32 (``emc_soft_rows_f32`` of
+_soft_posterior.h; its per-row bound is in ``log_density_rounding`` too).
 
 The loops (_gaussian_diag.h) use GNU vector extensions (4 doubles) compiled
 twice with target_clones on x86-64 Linux (glibc) with GCC (AVX2/FMA at load time
@@ -47,7 +51,8 @@ bits on any thread.
 """
 from cython cimport floating
 from libc.math cimport INFINITY
-from emcore.kernel cimport FamilyKernel
+from emcore.kernel cimport (FamilyKernel, TOTAL_OBJECTIVE, TOTAL_EXPECTED_LOG_JOINT,
+                            TOTAL_ENTROPY, TOTAL_MAGNITUDE)
 from emcore.moments cimport (EMC_SCATTER_DIAGONAL, emc_merge_moment_slot_arrays,
                              emc_merge_moment_slots,
                              EMC_SLOT_REFERENCE, EMC_SLOT_RESIDUAL, EMC_SLOT_SCATTER,
@@ -73,6 +78,14 @@ cdef extern from "_gaussian_diag.h":
                              Py_ssize_t Kp, const float* H, const float* L,
                              const float* P, const double* base,
                              double* out) noexcept nogil
+
+
+cdef extern from "_soft_posterior.h":
+    Py_ssize_t emc_soft_rows_f32(double* log_joint, double* resp, double* row_value,
+                                 const double* row_weights, Py_ssize_t n, Py_ssize_t K,
+                                 double T, double* objective, double* log_joint_total,
+                                 double* entropy, double* magnitude,
+                                 int write_log_q) noexcept nogil
 
 
 cdef class GaussianDiagKernel(FamilyKernel):
@@ -134,6 +147,8 @@ cdef class GaussianDiagKernel(FamilyKernel):
         self.mean_hi32 = hi
         self.mean_lo32 = lo
         self.prec_table32 = pt32
+        # the exact soft rule fused on float32 rows, its exps in float32
+        self.fused_soft_step_f32 = self.float32_rows
 
     def __reduce__(self):
         return (GaussianDiagKernel, (np.asarray(self.means), np.asarray(self.prec_chol_diag),
@@ -160,7 +175,7 @@ cdef class GaussianDiagKernel(FamilyKernel):
         slot of emcore/moments.h with a diagonal scatter."""
         return moment_slot_layout(n_features, "diagonal")
 
-    cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
+    cdef Py_ssize_t _accumulate_scratch(self) noexcept nogil:
         # a row of results or a block of weights (EMD_ROWS = 8 rows x Kp) + the
         # weights' sums (Kp)
         # + three d x Kp tables + one slot + the merge's scratch (2 d) + a block of
@@ -168,6 +183,11 @@ cdef class GaussianDiagKernel(FamilyKernel):
         return (9 * self.Kp + 3 * self.n_features * self.Kp
                 + emc_moment_slot_size(self.n_features, EMC_SCATTER_DIAGONAL)
                 + 10 * self.n_features)
+
+    cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
+        # + the fused float32 step's log joint and weighted q (n_rows x K each)
+        return (self._accumulate_scratch()
+                + (2 * n_rows * self.n_components if self.float32_rows else 0))
 
     cdef int chunk_log_density(self, const double* X, Py_ssize_t n_rows,
                                double* out, double* scratch) noexcept nogil:
@@ -193,6 +213,34 @@ cdef class GaussianDiagKernel(FamilyKernel):
                                   const double* weights, double* stats,
                                   double* scratch) noexcept nogil:
         # the rows widened exactly in registers: the statistics of X.astype(float64)
+        return _accumulate(self, X, n_rows, weights, stats, scratch)
+
+    cdef int chunk_soft_step_f32(self, const float* X, Py_ssize_t n_rows,
+                                 const double* log_weights, const double* row_weights,
+                                 double* resp, double* row_value, double* totals,
+                                 double* stats, double* scratch) noexcept nogil:
+        # the pass's unfused steps in its order (log-density, + log pi, posterior,
+        # q scaled by the row weights, statistics), with the posterior's exps in
+        # float32 (emc_soft_rows_f32; docs/elbo_chain.md#float32 bounds them)
+        cdef Py_ssize_t i, k, K = self.n_components
+        cdef double* log_joint = scratch + self._accumulate_scratch()
+        cdef double* weights = log_joint + n_rows * K
+        cdef Py_ssize_t status
+        self.chunk_log_density_f32(X, n_rows, log_joint, scratch)
+        for i in range(n_rows):
+            for k in range(K):
+                log_joint[i * K + k] += log_weights[k]
+        status = emc_soft_rows_f32(log_joint, resp, row_value, row_weights, n_rows, K,
+                                   1.0, &totals[TOTAL_OBJECTIVE],
+                                   &totals[TOTAL_EXPECTED_LOG_JOINT],
+                                   &totals[TOTAL_ENTROPY], &totals[TOTAL_MAGNITUDE], 0)
+        if status != 0 or stats == NULL:
+            return <int>status
+        if row_weights == NULL:
+            return _accumulate(self, X, n_rows, resp, stats, scratch)
+        for i in range(n_rows):
+            for k in range(K):
+                weights[i * K + k] = resp[i * K + k] * row_weights[i]
         return _accumulate(self, X, n_rows, weights, stats, scratch)
 
     cdef void merge_stats(self, double* into, const double* other) noexcept nogil:

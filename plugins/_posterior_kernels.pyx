@@ -11,6 +11,12 @@ cdef extern from "_soft_posterior.h":
                              const double* row_weights, Py_ssize_t n, Py_ssize_t K,
                              double T, double* objective, double* log_joint_total,
                              double* entropy, double* magnitude) noexcept nogil
+    Py_ssize_t emc_soft_rows_f32(double* log_joint, double* resp, double* row_value,
+                                 const double* row_weights, Py_ssize_t n, Py_ssize_t K,
+                                 double T, double* objective, double* log_joint_total,
+                                 double* entropy, double* magnitude,
+                                 int write_log_q) noexcept nogil
+    double EMC_EXP_F32_ERROR
 
 
 cdef class SoftPosteriorKernel(PosteriorKernel):
@@ -46,6 +52,30 @@ cdef class SoftPosteriorKernel(PosteriorKernel):
                                   &totals[TOTAL_OBJECTIVE],
                                   &totals[TOTAL_EXPECTED_LOG_JOINT],
                                   &totals[TOTAL_ENTROPY], &totals[TOTAL_MAGNITUDE])
+
+
+#: the float32 exp's relative error bound in units of u32 (_soft_posterior.h)
+EXP_F32_ERROR = EMC_EXP_F32_ERROR
+
+
+cdef class _SoftPosteriorKernelF32(SoftPosteriorKernel):
+    """The soft posterior with its exps in float32 (emc_soft_rows_f32): what the
+    diagonal Gaussian kernel's fused step on float32 rows computes, here on a given
+    log joint, for tests against :class:`SoftPosteriorKernel`
+    (docs/elbo_chain.md#float32). Not a rule: nothing registers it."""
+
+    def __reduce__(self):
+        return (_SoftPosteriorKernelF32, (self.temperature,))
+
+    cdef int chunk_posterior(self, double* log_joint, double* resp, double* row_value,
+                             const double* row_weights, Py_ssize_t n_rows,
+                             Py_ssize_t n_components, double* totals,
+                             Py_ssize_t* labels) noexcept nogil:
+        return <int>emc_soft_rows_f32(log_joint, resp, row_value, row_weights, n_rows,
+                                      n_components, self.temperature,
+                                      &totals[TOTAL_OBJECTIVE],
+                                      &totals[TOTAL_EXPECTED_LOG_JOINT],
+                                      &totals[TOTAL_ENTROPY], &totals[TOTAL_MAGNITUDE], 1)
 
 
 cdef class HardPosteriorKernel(PosteriorKernel):

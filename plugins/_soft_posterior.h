@@ -6,6 +6,43 @@
 #include "emcore/vec4.h"   /* emc_v4 and its operations, EMC_CLONES, EMC_GNUC */
 #include "emcore/vexp.h"   /* emc_exp_nonpos */
 
+#if EMC_GNUC
+/* exp on 8 floats for x <= 0, the float32 posterior's (emc_soft_rows_f32):
+   x = n ln2 + r, n = round(x / ln2) (ln2 in two parts, n ln2_hi exact for
+   |n| < 2^15), |r| <= ln2 / 2, exp(r) by its Taylor series to r^7 / 7!
+   (truncation r^8 / 8! < 6e-9 relative, 0.1 u32), Horner with FMAs, times 2^n
+   built in the exponent bits. Relative error below EMC_EXP_F32_ERROR u32
+   (tests/test_float32.py measures it against libm's double exp); exp(0) = 1
+   exactly. Below -87 (exp < 2^-125, about float's least normal) +0: never a
+   subnormal, whose relative error is unbounded (docs/elbo_chain.md#float32
+   counts those entries apart). */
+typedef float emc_v8f __attribute__((vector_size(32)));
+typedef float emc_v4f __attribute__((vector_size(16)));
+typedef int emc_m8i __attribute__((vector_size(32)));
+#define EMC_EXP_F32_ERROR 3.0
+#define EMC_EXP_F32_LOW (-87.0f)
+static inline emc_v8f emc_set1_f8(float x) { return (emc_v8f){0} + x; }
+static inline emc_v8f emc_exp_nonpos_f8(emc_v8f x) {
+    const emc_v8f lo = emc_set1_f8(EMC_EXP_F32_LOW);
+    emc_v8f xc = (emc_v8f)(((emc_m8i)(x > lo) & (emc_m8i)x) | (~(emc_m8i)(x > lo) & (emc_m8i)lo));
+    const emc_v8f shifter = emc_set1_f8(12582912.0f);          /* 1.5 * 2^23 */
+    emc_v8f t = xc * 1.44269504088896341f + shifter;
+    emc_v8f n = t - shifter;
+    emc_v8f r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;  /* ln2 = hi + lo */
+    emc_v8f p = emc_set1_f8(1.0f / 5040.0f);
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    emc_m8i k = (emc_m8i)t - (emc_m8i)shifter;                   /* n as an integer */
+    emc_v8f e = p * (emc_v8f)((k + 127) << 23);
+    return (emc_v8f)(~(emc_m8i)(x < lo) & (emc_m8i)e);          /* +0 below -87 */
+}
+#endif
+
 /* The soft (tempered) posterior of n rows of K log joints, in place (see
    SoftPosteriorKernel): log_joint <- log q, resp <- q, row_value <- f_i, and
    the four totals (rows' sums formed in order, added once). On 4-double
@@ -21,7 +58,8 @@ EMC_ALWAYS_INLINE Py_ssize_t emc_soft_rows_by_row(
         double* restrict log_joint, double* restrict resp,
         double* restrict row_value, const double* restrict row_weights,
         Py_ssize_t n, Py_ssize_t K, double T, double* objective,
-        double* log_joint_total, double* entropy, double* magnitude) {
+        double* log_joint_total, double* entropy, double* magnitude, const int f32,
+        const int write_log_q) {
     double inv_T = 1.0 / T;
     double sum_f = 0.0, sum_E = 0.0, sum_H = 0.0, sum_mag = 0.0;
     double mb[EMC_SOFT_ROWS], sb[EMC_SOFT_ROWS];
@@ -67,7 +105,42 @@ EMC_ALWAYS_INLINE Py_ssize_t emc_soft_rows_by_row(
             double m = mb[r], s = 0.0;
             Py_ssize_t k = 0;
 #if EMC_GNUC
-            if (kv) {
+            if (f32) {
+                /* b - m in double, rounded to float, exp in float32 on 8 lanes,
+                   widened back: the same lanes (k mod 4) summed as below */
+                emc_v4 sv = emc_set1(0.0), it = emc_set1(inv_T), mm = emc_set1(m);
+                for (k = 0; k < K; k += 8) {
+                    emc_v4 b0, b1;
+                    if (k + 8 <= K) {
+                        b0 = emc_load(row + k);
+                        b1 = emc_load(row + k + 4);
+                    } else {             /* the last K mod 8: -inf lanes give 0 */
+                        double tail[8];
+                        for (int l = 0; l < 8; l++)
+                            tail[l] = k + l < K ? row[k + l] : -HUGE_VAL;
+                        b0 = emc_load(tail);
+                        b1 = emc_load(tail + 4);
+                    }
+                    emc_v4f f0 = __builtin_convertvector(b0 * it - mm, emc_v4f);
+                    emc_v4f f1 = __builtin_convertvector(b1 * it - mm, emc_v4f);
+                    emc_v8f e = emc_exp_nonpos_f8(
+                        __builtin_shufflevector(f0, f1, 0, 1, 2, 3, 4, 5, 6, 7));
+                    /* widened lane by lane: GCC 12 makes these one vcvtps2pd
+                       each (__builtin_convertvector went through the stack) */
+                    emc_v4 e0 = {e[0], e[1], e[2], e[3]};
+                    emc_v4 e1 = {e[4], e[5], e[6], e[7]};
+                    if (k + 8 <= K) {
+                        emc_store(q_row + k, e0);
+                        emc_store(q_row + k + 4, e1);
+                    } else {
+                        for (int l = 0; l < 4 && k + l < K; l++) q_row[k + l] = e0[l];
+                        for (int l = 0; l < 4 && k + 4 + l < K; l++) q_row[k + 4 + l] = e1[l];
+                    }
+                    sv += e0;
+                    sv += e1;
+                }
+                s = EMC_HSUM(sv);
+            } else if (kv) {
                 emc_v4 sv = emc_set1(0.0), it = emc_set1(inv_T), mm = emc_set1(m);
                 for (k = 0; k < kv; k += 4) {
                     emc_v4 e = emc_exp_nonpos(emc_load(row + k) * it - mm);
@@ -109,7 +182,7 @@ EMC_ALWAYS_INLINE Py_ssize_t emc_soft_rows_by_row(
                     Hv -= EMC_SEL(pos, q * lq, zero);
                     Ev += EMC_SEL(pos, q * a, zero);
                     Mv += EMC_SEL(pos, q * (abs_a + Tv * abs_lq), zero);
-                    emc_store(row + k, lq);
+                    if (write_log_q) emc_store(row + k, lq);
                     emc_store(q_row + k, q);
                 }
                 H = EMC_HSUM(Hv);
@@ -126,7 +199,7 @@ EMC_ALWAYS_INLINE Py_ssize_t emc_soft_rows_by_row(
                     E += q * a;
                     mag += q * (fabs(a) + T * fabs(lq));
                 }
-                row[k] = lq;
+                if (write_log_q) row[k] = lq;
                 q_row[k] = q;
             }
             mag += fabs(f);
@@ -243,8 +316,35 @@ EMC_CLONES static Py_ssize_t emc_soft_rows(
     Py_ssize_t status = emc_soft_rows_by_row(
         log_joint + n4 * K, resp + n4 * K, row_value + n4,
         row_weights != NULL ? row_weights + n4 : NULL, n - n4, K, T, objective,
-        log_joint_total, entropy, magnitude);
+        log_joint_total, entropy, magnitude, 0, 1);
     return status ? n4 + status : 0;
+}
+
+/* emc_soft_rows with each e = exp(b - m) in float32: b - m formed in double,
+   rounded to float, emc_exp_nonpos_f8, widened exactly; the maximum, the sum s,
+   log s, log q = (b - m) - log s, q = e / s and every total in double, as in
+   emc_soft_rows (so the totals' identity E + H = F sum(q) holds as there);
+   log q is written over log_joint only if write_log_q (the fused step reads
+   only q).
+   For float32 rows (the diagonal Gaussian kernel's fused step): each e carries
+   a relative error of at most (|b - m| + EMC_EXP_F32_ERROR) u32, and
+   docs/elbo_chain.md#float32 bounds what that moves F and the entropy by.
+   Fewer than 8 components, or no GNU vectors: emc_soft_rows itself (double
+   exps, within the same bound). */
+EMC_CLONES static Py_ssize_t emc_soft_rows_f32(
+        double* restrict log_joint, double* restrict resp,
+        double* restrict row_value, const double* restrict row_weights,
+        Py_ssize_t n, Py_ssize_t K, double T, double* objective,
+        double* log_joint_total, double* entropy, double* magnitude, int write_log_q) {
+#if EMC_GNUC
+    if (K >= EMC_SOFT_ACROSS)
+        return emc_soft_rows_by_row(log_joint, resp, row_value, row_weights, n, K, T,
+                                    objective, log_joint_total, entropy, magnitude, 1,
+                                    write_log_q != 0);
+#endif
+    (void)write_log_q;
+    return emc_soft_rows(log_joint, resp, row_value, row_weights, n, K, T, objective,
+                         log_joint_total, entropy, magnitude);
 }
 
 #endif

@@ -26,6 +26,7 @@ from emcore.plugin_api import (FLOAT32_UNIT_ROUNDOFF, UNIT_ROUNDOFF, Family, Fam
                                Params, ResolvedGaussianPrior, hookimpl)
 from emcore.plugins._gaussian_diag_kernel import GaussianDiagKernel
 from emcore.plugins._gaussian_kernel import GaussianFullKernel
+from emcore.plugins._posterior_kernels import EXP_F32_ERROR
 from emcore.plugins import _mclust_models as _mclust
 
 __all__ = ["GaussianFamily", "GaussianStats", "COVARIANCE_TYPES"]
@@ -929,6 +930,12 @@ class GaussianFamily(Family):
         # w_ik, by Minkowski, sum_i w_ik a_ij^2 <= (sqrt(T_kj) + u32 |mu_kj|
         # sqrt(W_kj))^2, T_kj = sum_i w_ik t_ij^2 = s_kj + 2 (m_kj - mu_kj) r_kj +
         # W_kj (m_kj - mu_kj)^2 from the moments about the reference points m_k.
+        # The kernel's fused soft step also takes the posterior's exps in float32
+        # (emc_soft_rows_f32): each e_ik = exp(a_ik - m_i) within (|a_ik - m_i| +
+        # EXP_F32_ERROR) u32 relative, entries below exp(-87) flushed to 0, so a
+        # row's log p (and the entropy the chain uses) moves by at most
+        # rho = 1.0001 u32 ((K - 1) / e + EXP_F32_ERROR) + K 2^-125, since
+        # q_ik |a_ik - m_i| <= |t| e^t <= 1/e; times the rows' total weight.
         # float64 rows, or a kernel that widens them: 0 (the relative error is
         # covered by rounding_amplification).
         if self.dtype != "float32" or not self._diagonal or not stats.diagonal:
@@ -941,12 +948,36 @@ class GaussianFamily(Family):
         off = stats.mean - means
         T = np.maximum(stats.scatter + 2.0 * off * stats.residual + W * off * off, 0.0)
         a2 = (np.sqrt(T) + u * np.abs(means) * np.sqrt(W)) ** 2
-        return float(0.5 * 1.011 * (self.n_features + 6) * u * np.sum(p * a2))
+        return float(0.5 * 1.011 * (self.n_features + 6) * u * np.sum(p * a2)
+                     + _float32_posterior_rounding(self.n_components)
+                     * float(np.sum(stats.weight)))
 
     def rounding_amplification(self, params: Params) -> float:
         # 1 + sqrt(d kappa_max) (docs/elbo_chain.md#check-b, item 2)
         kappa = max(_condition_of_factor(U) for U in params["precisions_cholesky"])
         return 1.0 + float(np.sqrt(self.n_features * kappa))
+
+
+def _float32_posterior_rounding(n_components: int) -> float:
+    """Bound on how far the float32-exp soft posterior moves one row's log p(x_i).
+
+    Per unit row weight (docs/elbo_chain.md#float32): ``1.0001 u32 ((K - 1) / e +
+    EXP_F32_ERROR) + K 2^-125``, for the diagonal Gaussian kernel's fused step on
+    float32 rows; the same bound holds for the entropy the chain's links use.
+
+    Parameters
+    ----------
+    n_components : int
+        K, the number of components.
+
+    Returns
+    -------
+    float
+        The bound, an absolute change of log p(x_i) per unit weight.
+    """
+    K = int(n_components)
+    return (1.0001 * FLOAT32_UNIT_ROUNDOFF * ((K - 1) / np.e + EXP_F32_ERROR)
+            + K * 2.0 ** -125)
 
 
 def _random_spd_matrix(rng: np.random.Generator, n_features: int,

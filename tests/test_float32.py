@@ -23,10 +23,13 @@ from emcore._chunks import chunk_rows_for
 from emcore._core._passes import data_pass as compiled_pass
 from emcore._input import check_input
 from emcore.exceptions import ChainViolationWarning
-from emcore.plugin_api import FLOAT32_UNIT_ROUNDOFF as U32
+from emcore.plugin_api import FLOAT32_UNIT_ROUNDOFF as U32, UNIT_ROUNDOFF as U64
 from emcore.plugins._gaussian_diag_kernel import GaussianDiagKernel
 from emcore.plugins._gaussian_kernel import GaussianFullKernel
 from emcore.plugins._kmeans_kernel import KMeansKernel
+from emcore.plugins._posterior_kernels import (EXP_F32_ERROR, SoftPosteriorKernel,
+                                               _SoftPosteriorKernelF32)
+from emcore.plugins.gaussian import _float32_posterior_rounding
 from emcore.registry import get_registry
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -308,33 +311,39 @@ def test_gaussian_mixture_float32_fit_loglik_is_the_float64_fits_within_the_boun
     u_diag = np.sqrt(1.0 / gm32.covariances_.astype(np.float64))
     if u_diag.ndim == 1:                                   # spherical: (k,)
         u_diag = np.repeat(u_diag[:, None], X.shape[1], axis=1)
-    bound = float(np.sum(np.max(_diag_row_bound(X, means, u_diag), axis=1)))
+    # + the float32-exp posterior's per-row bound (docs/elbo_chain.md#float32; it
+    # takes the double exps below 8 components, still within it)
+    bound = float(np.sum(np.max(_diag_row_bound(X, means, u_diag), axis=1))
+                  + X.shape[0] * _float32_posterior_rounding(3))
     gap = abs(gm32.lower_bound_ - gm64.lower_bound_) * X.shape[0]
     assert gap > 0.0                          # float32 arithmetic, not the float64 fit
     assert gap <= bound, (gap, bound)
 
 
 @pytest.mark.parametrize("covariance_type", ("diag", "spherical"))
-def test_gaussian_mixture_float32_diag_is_bitwise_the_same_for_any_n_jobs(covariance_type):
-    X = _blobs(np.random.default_rng(13), 20_000, 4, 4)
+@pytest.mark.parametrize("k", (4, 10))          # 10: the posterior's float32 exps
+def test_gaussian_mixture_float32_diag_is_bitwise_the_same_for_any_n_jobs(covariance_type,
+                                                                         k):
+    X = _blobs(np.random.default_rng(13), 20_000, 4, k)
     assert X.shape[0] > 4 * chunk_rows_for(4)            # several blocks
     kwargs = dict(covariance_type=covariance_type, random_state=0, max_iter=10, tol=0.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", emcore.ConvergenceWarning)
-        fits = [emcore.GaussianMixture(4, n_jobs=j, **kwargs).fit(X) for j in (1, 2)]
+        fits = [emcore.GaussianMixture(k, n_jobs=j, **kwargs).fit(X) for j in (1, 2)]
     assert fits[0].history_ == fits[1].history_
     for name in ("weights_", "means_", "covariances_"):
         np.testing.assert_array_equal(getattr(fits[0], name), getattr(fits[1], name))
 
 
 @settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 2 ** 31), d=st.integers(1, 10), k=st.integers(1, 6),
+@given(seed=st.integers(0, 2 ** 31), d=st.integers(1, 10), k=st.integers(1, 12),
        offset=st.sampled_from([0.0, 50.0, 1e4]), spread=st.sampled_from([0.05, 1.0, 5.0]),
        covariance_type=st.sampled_from(["diag", "spherical"]))
 def test_gaussian_mixture_float32_diag_chain_holds(seed, d, k, offset, spread,
                                                    covariance_type):
     # the chain's ascent and bound links with the family's log_density_rounding
-    # (docs/elbo_chain.md#float32): a violation warns, made an error here
+    # (docs/elbo_chain.md#float32), which bounds the float32 log-density and, from
+    # k = 8 on, the posterior's float32 exps: a violation warns, made an error here
     X = _blobs(np.random.default_rng(seed), 400, d, k, offset=offset, spread=spread)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ChainViolationWarning)
@@ -371,3 +380,98 @@ def test_diag_kernel_float32_falls_back_to_double_outside_floats_range():
     np.testing.assert_array_equal(
         kernel.log_density(X),
         GaussianDiagKernel(means, u_diag).log_density(X.astype(np.float64)))
+
+
+# --- the float32-exp soft posterior (the diagonal kernel's fused step) ----------------
+
+def test_float32_exp_is_within_its_stated_error():
+    # rows [0, x, -inf, ...] (K = 8, so emc_soft_rows_f32 takes its float32 exps):
+    # q_1 / q_0 = e~(x) / e~(0) = e~(x), e~(0) = 1 exactly, up to the two double
+    # divisions (2 u64). x float32 numbers (exact after the cast to float), so the
+    # exp's own error alone: |e~(x) - exp(x)| <= EXP_F32_ERROR u32 exp(x); below
+    # -87 the entry is flushed to 0 (exp(x) < 2^-125), never a subnormal.
+    x = np.linspace(-87.0, 0.0, 400_001).astype(np.float32).astype(np.float64)
+    lj = np.full((x.size, 8), -np.inf)
+    lj[:, 0] = 0.0
+    lj[:, 1] = x
+    _, resp, _, _ = _SoftPosteriorKernelF32().posterior(lj)
+    ratio = resp[:, 1] / resp[:, 0]
+    rel = np.abs(ratio - np.exp(x)) / np.exp(x)
+    assert np.max(rel) <= EXP_F32_ERROR * U32 + 4 * U64, np.max(rel) / U32
+    assert np.max(rel) > 0.25 * U32          # float32 arithmetic, not double exps
+    low = np.array([[0.0, -87.01, -100.0, -745.0, -1e300, -np.inf, 0.0, 0.0]])
+    _, q, _, _ = _SoftPosteriorKernelF32().posterior(low)
+    np.testing.assert_array_equal(q[0, 1:6], 0.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2 ** 31), k=st.integers(1, 40), n=st.integers(1, 70),
+       offset=st.sampled_from([0.0, -30.0, 1e3, -1e6]),
+       spread=st.sampled_from([0.1, 3.0, 30.0, 300.0]), weighted=st.booleans())
+def test_float32_exp_posterior_is_the_double_one_within_the_derived_bound(
+        seed, k, n, offset, spread, weighted):
+    # docs/elbo_chain.md#float32: each e~_k = e_k (1 + eps_k), |eps_k| <=
+    # (|t_k| + EXP_F32_ERROR) u32 (t_k = a_k - m), flushed entries below 2^-125;
+    # since q_k |t_k| <= 1/e, a row's log p moves by at most rho =
+    # _float32_posterior_rounding(K), and sum_k |q~_k - q_k| <= 2 rho / (1 - rho).
+    # Both sides also carry the double posterior's own rounding (section 4.2):
+    # (K + 2) u64 (1 + |f|) on f, 2 (K + 2) u64 (1 + max |log q|) on a row of q.
+    rng = np.random.default_rng(seed)
+    lj = offset + spread * rng.standard_normal((n, k))
+    lj[rng.random((n, k)) < 0.1] = -np.inf
+    lj[:, 0] = offset                                    # a finite entry per row
+    w = rng.random(n) if weighted else None
+    lq64, q64, f64, t64 = SoftPosteriorKernel().posterior(lj, w)
+    lq32, q32, f32, t32 = _SoftPosteriorKernelF32().posterior(lj, w)
+    rho = _float32_posterior_rounding(k)
+    slack = 2 * (k + 2) * U64 * (1.0 + np.abs(f64))
+    assert np.all(np.abs(f32 - f64) <= rho + slack)
+    if k < 8:            # emc_soft_rows itself (test_float32_exp_is_within_its_stated_error
+        np.testing.assert_array_equal(f32, f64)      # shows the float32 exps at k >= 8)
+    finite = np.where(np.isfinite(lq64), np.abs(lq64), 0.0).max(axis=1)
+    dq = np.abs(q32 - q64).sum(axis=1)
+    assert np.all(dq <= 2.0 * rho / (1.0 - rho) + 4 * (k + 2) * U64 * (1.0 + finite))
+    # the totals' identity E + H = F sum(q~) (the equality link, section 4.3):
+    # exact but for the double rounding of the totals (tau_A)
+    ww = np.ones(n) if w is None else w
+    M = float(np.sum(ww * (np.abs(f32) + np.sum(np.where(q32 > 0, q32 * (
+        np.abs(np.where(q32 > 0, lj, 0.0)) + np.abs(np.where(q32 > 0, lq32, 0.0))), 0.0),
+        axis=1))))
+    assert abs(t32[1] + t32[2] - t32[0]) <= 2 * (k + 3 + n) * U64 * M
+
+
+@pytest.mark.parametrize("k", (3, 9, 16))
+@pytest.mark.parametrize("weighted", (False, True))
+def test_diag_kernel_fused_float32_step_is_the_unfused_pass_with_float32_exps(k, weighted):
+    # The fused step (the pass on float32 rows, exact soft rule, no log q asked) is
+    # the unfused steps with emc_soft_rows_f32: the log joint is bitwise the
+    # kernel's float32 log-density plus log pi, the q and row values those of the
+    # float32-exp posterior, the statistics bitwise those of the kernel's own
+    # accumulate with the weights w_i q~_ik. Against the unfused pass (double
+    # exps, log q asked for), the row values differ by at most rho.
+    rng = np.random.default_rng(20 + k)
+    d, n = 5, 700                                        # one chunk: one block
+    means = 50.0 + 3.0 * rng.standard_normal((k, d))
+    u_diag = rng.uniform(0.5, 2.0, (k, d))
+    X = (means[rng.integers(0, k, n)] + rng.standard_normal((n, d))).astype(np.float32)
+    kernel = GaussianDiagKernel(means, u_diag, float32=True)
+    assert kernel.float32_rows and kernel.fused_soft_step_f32
+    lw = np.log(rng.dirichlet(np.ones(k)))
+    sw = rng.random(n) if weighted else None
+    soft = SoftPosteriorKernel()
+    f_fused = np.empty(n)
+    stats, resp_sum, totals = compiled_pass(kernel, soft, X, lw, sw, 1024, 1, True,
+                                            out_row_value=f_fused)
+    lj = kernel.log_density(X) + lw
+    _, q, f, t = _SoftPosteriorKernelF32().posterior(lj, sw)
+    np.testing.assert_array_equal(f_fused, f)
+    np.testing.assert_array_equal(totals, t)
+    wq = q if sw is None else q * sw[:, None]
+    np.testing.assert_array_equal(stats, kernel.accumulate(X, wq))
+    np.testing.assert_allclose(resp_sum, wq.sum(axis=0), rtol=4 * n * U64, atol=0)
+    f_unfused = np.empty(n)
+    compiled_pass(kernel, soft, X, lw, sw, 1024, 1, True, out_row_value=f_unfused,
+                  out_log_resp=np.empty((n, k)))
+    rho = _float32_posterior_rounding(k)
+    slack = 2 * (k + 2) * U64 * (1.0 + np.abs(f_unfused))
+    assert np.all(np.abs(f_fused - f_unfused) <= rho + slack)

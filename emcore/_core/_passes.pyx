@@ -9,7 +9,8 @@ on the thread count, so the result is bitwise the same for any ``n_threads``
 (given that BLAS runs single-threaded, which the caller arranges).
 
 X is float64 or float32. A float32 X goes to the family kernel's ``_f32``
-methods when it has them (``float32_rows``), else each chunk is converted to
+methods when it has them (``float32_rows``; with the exact soft rule its
+fused ``chunk_soft_step_f32`` when it has that), else each chunk is converted to
 float64 into the block's own buffer (never the whole array); everything else
 (log joints, q, statistics, totals) is float64 either way.
 """
@@ -153,9 +154,14 @@ cdef int _chunk_e_step(FamilyKernel family, PosteriorKernel rule, const _Pass* p
                 block.stats if p.with_stats else NULL)
     elif p.fused_soft:
         # the family's own exact soft E-step, fused with its accumulation
-        status = family.chunk_soft_step(
-            x, nr, p.log_weights, _row_weights(p, r0), buf.resp, buf.row_value,
-            buf.totals, block.stats if p.with_stats else NULL, buf.scratch)
+        if x == NULL:
+            status = family.chunk_soft_step_f32(
+                xs, nr, p.log_weights, _row_weights(p, r0), buf.resp, buf.row_value,
+                buf.totals, block.stats if p.with_stats else NULL, buf.scratch)
+        else:
+            status = family.chunk_soft_step(
+                x, nr, p.log_weights, _row_weights(p, r0), buf.resp, buf.row_value,
+                buf.totals, block.stats if p.with_stats else NULL, buf.scratch)
     else:
         if x == NULL:
             status = family.chunk_log_density_f32(xs, nr, buf.log_joint, buf.scratch)
@@ -368,9 +374,12 @@ cdef void _fill_pass(_Pass* p, FamilyKernel family, PosteriorKernel rule,
     p.hard = rule.hard
     # a hard rule with a family that fuses it (k-means), unless log q is asked for
     p.fused = p.hard and family.fused_hard_step and p.out_log_resp == NULL
-    # the exact soft rule with a family that fuses it (float64 rows), the same way
-    p.fused_soft = (not p.hard and rule.exact_soft and family.fused_soft_step
-                    and p.out_log_resp == NULL and p.X != NULL)
+    # the exact soft rule with a family that fuses it (for float64 rows, or for
+    # float32 rows it reads itself), the same way
+    p.fused_soft = (not p.hard and rule.exact_soft and p.out_log_resp == NULL
+                    and ((p.X != NULL and family.fused_soft_step)
+                         or (p.X32 != NULL and not p.convert
+                             and family.fused_soft_step_f32)))
     p.with_stats = with_stats
     p.scratch_size = family.scratch_size(p.chunk_rows)
 
