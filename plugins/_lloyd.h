@@ -143,23 +143,23 @@ typedef float emc_v16f __attribute__((vector_size(64)));
 typedef int emc_m16 __attribute__((vector_size(64)));
 
 /* floats of workspace emc_lloyd_rows_t_f32 needs (the table, a block's
-   transposed rows, 64-byte alignment slack) */
+   transposed rows, d rounded up to 16 columns, 64-byte alignment slack) */
 static inline Py_ssize_t emc_lloyd_t_workspace(Py_ssize_t d, Py_ssize_t K) {
-    return ((d + 1) * K + d) * EMC_TB + EMC_TB;
+    return ((d + 1) * K + (d + 15) / 16 * 16) * EMC_TB + EMC_TB;
 }
 
 /* NK components k0..k0+NK-1 (NK a constant at every call) for one block:
    their scores, then the running first maximum per lane (bv, bi) */
 __attribute__((target("arch=x86-64-v4"), always_inline)) static inline void
-emc_score_group_t_f32(const float* restrict xt, Py_ssize_t d, const float* restrict tb,
+emc_score_group_t_f32(const emc_v16f* restrict xt, Py_ssize_t d, const float* restrict tb,
                       Py_ssize_t k0, const int NK, emc_v16f* restrict bv,
                       emc_v16f* restrict bi) {
     const Py_ssize_t S = (d + 1) * EMC_TB;
     emc_v16f a[8];
     for (int q = 0; q < NK; q++) memcpy(&a[q], tb + (k0 + q) * S, sizeof a[q]);
+#pragma GCC unroll 16
     for (Py_ssize_t j = 0; j < d; j++) {
-        emc_v16f t;
-        memcpy(&t, xt + j * EMC_TB, sizeof t);
+        emc_v16f t = xt[j];
         for (int q = 0; q < NK; q++) {
             emc_v16f m;
             memcpy(&m, tb + (k0 + q) * S + (j + 1) * EMC_TB, sizeof m);
@@ -173,45 +173,57 @@ emc_score_group_t_f32(const float* restrict xt, Py_ssize_t d, const float* restr
     }
 }
 
-/* xt[j * 16 + r] = x_rj - c_j for the nr (<= 16) rows at x (d entries each,
-   rows past nr zero): 16 columns at a time, loaded (masked past d), centred,
-   transposed in registers (unpack 32- and 64-bit pairs, then 128-bit lanes
-   twice) and stored */
+/* r[s] = (x_rj - c_j) over the rows r < nr (lanes; zero past nr), j = j0 + s,
+   for the w <= 16 columns from j0 (zero past w): the 16 rows' columns loaded
+   (masked past w), centred, then transposed in registers (unpack 32- and
+   64-bit pairs, then 128-bit lanes twice) */
 __attribute__((target("arch=x86-64-v4"), always_inline)) static inline void
-emc_transpose_block_f32(const float* restrict x, Py_ssize_t d, int nr,
-                        const float* restrict c, float* restrict xt) {
-    for (Py_ssize_t j0 = 0; j0 < d; j0 += 16) {
-        int w = d - j0 < 16 ? (int)(d - j0) : 16;
-        __mmask16 m = (__mmask16)((1u << w) - 1u);
-        __m512 cv = _mm512_maskz_loadu_ps(m, c + j0), r[16], t[16];
-        for (int i = 0; i < 16; i++)
-            r[i] = i < nr ? _mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i * d + j0), cv)
-                          : _mm512_setzero_ps();
-        for (int i = 0; i < 16; i += 2) {
-            t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-            t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-        }
-        for (int i = 0; i < 16; i += 4) {
-            r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
-            r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
-            r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
-            r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
-        }
-        /* r[4a + b], 128-bit lane L: rows 4a..4a+3 of column 4L + b; then t[b]
-           (b < 4) holds column b and 8 + b (rows 0..7), t[4 + b] columns 4 + b
-           and 12 + b, t[8..15] the same for rows 8..15 */
-        for (int h = 0; h < 16; h += 8)
-            for (int b = 0; b < 4; b++) {
-                t[h + b] = _mm512_shuffle_f32x4(r[h + b], r[h + 4 + b], 0x88);
-                t[h + 4 + b] = _mm512_shuffle_f32x4(r[h + b], r[h + 4 + b], 0xdd);
-            }
-        for (int b = 0; b < 8; b++) {
-            r[b] = _mm512_shuffle_f32x4(t[b], t[8 + b], 0x88);
-            r[8 + b] = _mm512_shuffle_f32x4(t[b], t[8 + b], 0xdd);
-        }
-        /* r[s] now holds column j0 + s (rows in lanes) */
-        for (int s = 0; s < w; s++) _mm512_storeu_ps(xt + (j0 + s) * EMC_TB, r[s]);
+emc_transpose16_f32(const float* restrict x, Py_ssize_t d, int nr, const float* restrict c,
+                    Py_ssize_t j0, int w, emc_v16f* restrict out) {
+    __mmask16 m = (__mmask16)((1u << w) - 1u);
+    __m512 cv = _mm512_maskz_loadu_ps(m, c + j0), r[16], t[16];
+    for (int i = 0; i < 16; i++)
+        r[i] = i < nr ? _mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i * d + j0), cv)
+                      : _mm512_setzero_ps();
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
     }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    }
+    /* r[4a + b], 128-bit lane L: rows 4a..4a+3 of column 4L + b; then t[b]
+       (b < 4) holds columns b and 8 + b (rows 0..7), t[4 + b] columns 4 + b
+       and 12 + b, t[8..15] the same for rows 8..15 */
+    for (int h = 0; h < 16; h += 8)
+        for (int b = 0; b < 4; b++) {
+            t[h + b] = _mm512_shuffle_f32x4(r[h + b], r[h + 4 + b], 0x88);
+            t[h + 4 + b] = _mm512_shuffle_f32x4(r[h + b], r[h + 4 + b], 0xdd);
+        }
+    for (int b = 0; b < 8; b++) {   /* column b, then column 8 + b */
+        out[b] = (emc_v16f)_mm512_shuffle_f32x4(t[b], t[8 + b], 0x88);
+        out[8 + b] = (emc_v16f)_mm512_shuffle_f32x4(t[b], t[8 + b], 0xdd);
+    }
+}
+
+/* the labels of the nr (<= 16) rows at x, from their D centred columns xt
+   (D = d, or the constant 16 for d = 16: then xt stays in registers) */
+__attribute__((target("arch=x86-64-v4"), always_inline)) static inline int
+emc_label_block_t_f32(const emc_v16f* restrict xt, Py_ssize_t D, Py_ssize_t K, int nr,
+                      const float* restrict tb, Py_ssize_t* restrict labels) {
+    emc_v16f bv = (emc_v16f)_mm512_set1_ps(-HUGE_VALF), bi = (emc_v16f){0};
+    Py_ssize_t k = 0;
+    for (; k + 8 <= K; k += 8) emc_score_group_t_f32(xt, D, tb, k, 8, &bv, &bi);
+    for (; k + 4 <= K; k += 4) emc_score_group_t_f32(xt, D, tb, k, 4, &bv, &bi);
+    for (; k < K; k++) emc_score_group_t_f32(xt, D, tb, k, 1, &bv, &bi);
+    for (int r = 0; r < nr; r++) {
+        if (!isfinite(bv[r])) return r + 1;
+        labels[r] = (Py_ssize_t)bi[r];
+    }
+    return 0;
 }
 
 /* emc_lloyd_rows_f32 with the transposed labelling; the same arguments, but
@@ -236,17 +248,19 @@ static Py_ssize_t emc_lloyd_rows_t_f32_v4(
             _mm512_store_ps(p + (j + 1) * EMC_TB, _mm512_set1_ps(mt[j * Kp + k]));
     }
     for (Py_ssize_t i = 0; i < n; i += EMC_TB) {
-        int nr = n - i < EMC_TB ? (int)(n - i) : EMC_TB;
-        emc_transpose_block_f32(X + i * d, d, nr, c, xt);
-        emc_v16f bv = (emc_v16f)_mm512_set1_ps(-HUGE_VALF), bi = (emc_v16f){0};
-        Py_ssize_t k = 0;
-        for (; k + 8 <= K; k += 8) emc_score_group_t_f32(xt, d, tb, k, 8, &bv, &bi);
-        for (; k + 4 <= K; k += 4) emc_score_group_t_f32(xt, d, tb, k, 4, &bv, &bi);
-        for (; k < K; k++) emc_score_group_t_f32(xt, d, tb, k, 1, &bv, &bi);
-        for (int r = 0; r < nr; r++) {
-            if (!isfinite(bv[r])) return i + r + 1;
-            labels[i + r] = (Py_ssize_t)bi[r];
+        int nr = n - i < EMC_TB ? (int)(n - i) : EMC_TB, bad;
+        if (d == 16) {   /* the block's columns stay in 16 of the 32 registers */
+            emc_v16f xr[16];
+            emc_transpose16_f32(X + i * d, d, nr, c, 0, 16, xr);
+            bad = emc_label_block_t_f32(xr, 16, K, nr, tb, labels + i);
+        } else {
+            emc_v16f* xv = (emc_v16f*)xt;
+            for (Py_ssize_t j0 = 0; j0 < d; j0 += 16)
+                emc_transpose16_f32(X + i * d, d, nr, c, j0, d - j0 < 16 ? (int)(d - j0) : 16,
+                                    xv + j0);
+            bad = emc_label_block_t_f32(xv, d, K, nr, tb, labels + i);
         }
+        if (bad) return i + bad;
     }
     emc_lloyd_accumulate_f32(X, n, d, labels, row_weights, means, row_const, h, stats,
                              row_value, objective, log_joint, magnitude);

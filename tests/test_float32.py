@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse
-from hypothesis import given, note, settings, strategies as st
+from hypothesis import example, given, note, settings, strategies as st
 
 import emcore
 from emcore._chunks import chunk_rows_for
@@ -127,6 +127,9 @@ def _hard_pass(X, means, log_weights, sample_weight):
 @given(seed=st.integers(0, 2 ** 31), n=st.integers(1, 150), d=st.integers(1, 40),
        k=st.integers(1, 21), offset=st.sampled_from([0.0, 1e3, -1e4]),
        weighted=st.booleans())
+@example(seed=1, n=150, d=16, k=21, offset=0.0, weighted=False)   # the in-register d = 16
+@example(seed=2, n=37, d=16, k=3, offset=1e3, weighted=True)
+@example(seed=3, n=100, d=33, k=13, offset=0.0, weighted=False)  # 3 pieces of 16 columns
 def test_kmeans_float32_transposed_labelling_is_the_row_steps(seed, n, d, k, offset,
                                                              weighted):
     # The transposed step (16 rows in the lanes, plugins/_lloyd.h) computes each
@@ -134,7 +137,8 @@ def test_kmeans_float32_transposed_labelling_is_the_row_steps(seed, n, d, k, off
     # through them the row values and the statistics, must be the same bits, not
     # merely close. Drawn so that every path is crossed: n past whole 16-row
     # blocks and 64-row chunks, d past whole 16-column transpositions, k past
-    # groups of 8 and 4 components; exact ties (a duplicated centre, which the
+    # groups of 8 and 4 components (d = 16 keeps a block's columns in registers,
+    # other d go through memory); exact ties (a duplicated centre, which the
     # lowest index must win) and near ties (1e-5 apart) among the components.
     rng = np.random.default_rng(seed)
     X = (offset + rng.standard_normal((n, d))).astype(np.float32)
