@@ -262,8 +262,12 @@ static Py_ssize_t emc_lloyd_rows_t_f32_v4(
         }
         if (bad) return i + bad;
     }
-    emc_lloyd_accumulate_f32(X, n, d, labels, row_weights, means, row_const, h, stats,
-                             row_value, objective, log_joint, magnitude);
+    if (d == 16)   /* the same code with its loops over d unrolled */
+        emc_lloyd_accumulate_f32(X, n, 16, labels, row_weights, means, row_const, h, stats,
+                                 row_value, objective, log_joint, magnitude);
+    else
+        emc_lloyd_accumulate_f32(X, n, d, labels, row_weights, means, row_const, h, stats,
+                                 row_value, objective, log_joint, magnitude);
     return 0;
 }
 #define EMC_LLOYD_T_AVAILABLE() (__builtin_cpu_supports("x86-64-v4") ? 1 : 0)
