@@ -37,8 +37,10 @@ _lloyd.h, with the Lloyd step's C.
 
 float32 rows (``float32_rows``; the ``_f32`` methods of emcore/kernel.pxd): the
 Lloyd step's scores are computed in float32 (the centring point, the scaled
-centres and the offsets rounded to float32; 8-float vectors), so only the
-labels see float32 rounding; the row values, the statistics and the
+centres and the offsets rounded to float32; 8-float vectors, or on x86-64-v4
+CPUs 16 rows in the lanes of a 16-float vector with the components in a loop:
+the same scores, bit for bit, ``_float32_labelling``), so only the labels see
+float32 rounding; the row values, the statistics and the
 log-densities of the soft rules come from the rows widened exactly to double,
 as for float64 data (docs/elbo_chain.md#float32 derives the labels' effect on
 the chain).

@@ -123,7 +123,7 @@ static inline emc_v4 emc_load_row_f32(const float* p) {
 #undef EMC_LLOYD_SET1
 #undef EMC_LLOYD_FOLD
 
-/* The transposed float32 labelling (issue 21; docs/kmeans.md#float32), with
+/* The transposed float32 labelling (issue 21; docs/elbo_chain.md#float32), with
    AVX-512 (x86-64-v4 CPUs; elsewhere the row step above): the same scores as
    emc_lloyd_rows_f32's, 16 rows in the lanes of a 16-float vector instead of
    components. A block's centred rows are stored transposed, xt[j * 16 + r] =
