@@ -96,9 +96,10 @@ cdef extern from "_lloyd.h":
 
 def _float32_labelling(mode=None):
     """Which float32 Lloyd labelling runs: "transposed" (16 rows in the lanes of
-    an AVX-512 vector, the components in a loop; x86-64-v4 CPUs) or "rows" (the
-    row step, components in the lanes: the reference, and the step elsewhere).
-    Both compute the same scores, so the same labels.
+    an AVX-512 vector, the components in a loop; x86-64-v4 CPUs, for d <= 32 or
+    k >= d, the shapes where it measured faster; the row step at other shapes)
+    or "rows" (the row step, components in the lanes: the reference, and the
+    step elsewhere). Both compute the same scores, so the same labels.
 
     ``mode`` chooses (for the tests and benchmarks, which compare them;
     "transposed" only where the CPU has it); None leaves the choice made at

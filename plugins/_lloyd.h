@@ -126,26 +126,27 @@ static inline emc_v4 emc_load_row_f32(const float* p) {
 /* The transposed float32 labelling (issue 21; docs/elbo_chain.md#float32), with
    AVX-512 (x86-64-v4 CPUs; elsewhere the row step above): the same scores as
    emc_lloyd_rows_f32's, 16 rows in the lanes of a 16-float vector instead of
-   components. A block's centred rows are stored transposed, xt[j * 16 + r] =
-   x_rj - c_j (the same float subtraction, then a 16 x 16 in-register
-   transposition); the table tb holds, per component k, its offset and its
-   column of MT, each broadcast to 16 lanes once per chunk:
-   tb[(k (d + 1) + 0) 16 + l] = off_k, tb[(k (d + 1) + 1 + j) 16 + l] = MT[j, k].
-   Each lane computes off_k + sum_j xc_j MT[j, k] as acc = acc + xc_j MT[j, k]
-   in j order, the row step's expression (one FMA, as in its AVX2 code): the
-   same bits, so the same labels. The components go in increasing order with
-   a strict '>' per lane (the first maximum, the lowest index on ties), kept
-   in the lanes: no table broadcast per row, no horizontal fold. */
+   components. A block's centred rows are transposed in registers, xt[j][r] =
+   x_rj - c_j (the same float subtraction); the table tb holds, per component
+   k, its offset and its column of MT, tb[k (d + 1)] = off_k,
+   tb[k (d + 1) + 1 + j] = MT[j, k], each entry broadcast to the 16 lanes by
+   the FMA that reads it (a memory operand: no broadcast instruction, and a
+   table of (d + 1) K floats). Each lane computes off_k + sum_j xc_j MT[j, k]
+   as acc = acc + xc_j MT[j, k] in j order, the row step's expression (one
+   FMA, as in its AVX2 code): the same bits, so the same labels. The
+   components go in increasing order with a strict '>' per lane (the first
+   maximum, the lowest index on ties), kept in the lanes: no horizontal fold.
+   Used where it measured faster than the row step (EMC_LLOYD_T_SHAPE). */
 #if EMC_HAVE_CLONES
 #include <immintrin.h>
 #define EMC_TB 16
 typedef float emc_v16f __attribute__((vector_size(64)));
 typedef int emc_m16 __attribute__((vector_size(64)));
 
-/* floats of workspace emc_lloyd_rows_t_f32 needs (the table, a block's
-   transposed rows, d rounded up to 16 columns, 64-byte alignment slack) */
+/* floats of workspace emc_lloyd_rows_t_f32 needs (a block's transposed
+   rows, d rounded up to 16 columns, the table, 64-byte alignment slack) */
 static inline Py_ssize_t emc_lloyd_t_workspace(Py_ssize_t d, Py_ssize_t K) {
-    return ((d + 1) * K + (d + 15) / 16 * 16) * EMC_TB + EMC_TB;
+    return (d + 1) * K + (d + 15) / 16 * 16 * EMC_TB + EMC_TB;
 }
 
 /* NK components k0..k0+NK-1 (NK a constant at every call) for one block:
@@ -154,17 +155,14 @@ __attribute__((target("arch=x86-64-v4"), always_inline)) static inline void
 emc_score_group_t_f32(const emc_v16f* restrict xt, Py_ssize_t d, const float* restrict tb,
                       Py_ssize_t k0, const int NK, emc_v16f* restrict bv,
                       emc_v16f* restrict bi) {
-    const Py_ssize_t S = (d + 1) * EMC_TB;
+    const Py_ssize_t S = d + 1;
     emc_v16f a[8];
-    for (int q = 0; q < NK; q++) memcpy(&a[q], tb + (k0 + q) * S, sizeof a[q]);
+    for (int q = 0; q < NK; q++) a[q] = (emc_v16f)_mm512_set1_ps(tb[(k0 + q) * S]);
 #pragma GCC unroll 16
     for (Py_ssize_t j = 0; j < d; j++) {
         emc_v16f t = xt[j];
-        for (int q = 0; q < NK; q++) {
-            emc_v16f m;
-            memcpy(&m, tb + (k0 + q) * S + (j + 1) * EMC_TB, sizeof m);
-            a[q] = a[q] + t * m;
-        }
+        for (int q = 0; q < NK; q++)   /* a broadcast memory operand of the FMA */
+            a[q] = a[q] + t * (emc_v16f)_mm512_set1_ps(tb[(k0 + q) * S + 1 + j]);
     }
     for (int q = 0; q < NK; q++) {
         emc_m16 gt = (emc_m16)(a[q] > *bv);
@@ -239,13 +237,12 @@ static Py_ssize_t emc_lloyd_rows_t_f32_v4(
         const double* restrict row_const, double h, double* restrict stats,
         Py_ssize_t* restrict labels, double* restrict row_value, double* objective,
         double* log_joint, double* magnitude) {
-    float* tb = (float*)(((uintptr_t)work + 63) & ~(uintptr_t)63);
-    float* xt = tb + (d + 1) * K * EMC_TB;
+    float* xt = (float*)(((uintptr_t)work + 63) & ~(uintptr_t)63);
+    float* tb = xt + (d + 15) / 16 * 16 * EMC_TB;
     for (Py_ssize_t k = 0; k < K; k++) {
-        float* p = tb + k * (d + 1) * EMC_TB;
-        _mm512_store_ps(p, _mm512_set1_ps(off[k]));
-        for (Py_ssize_t j = 0; j < d; j++)
-            _mm512_store_ps(p + (j + 1) * EMC_TB, _mm512_set1_ps(mt[j * Kp + k]));
+        float* p = tb + k * (d + 1);
+        p[0] = off[k];
+        for (Py_ssize_t j = 0; j < d; j++) p[1 + j] = mt[j * Kp + k];
     }
     for (Py_ssize_t i = 0; i < n; i += EMC_TB) {
         int nr = n - i < EMC_TB ? (int)(n - i) : EMC_TB, bad;
@@ -271,6 +268,11 @@ static Py_ssize_t emc_lloyd_rows_t_f32_v4(
     return 0;
 }
 #define EMC_LLOYD_T_AVAILABLE() (__builtin_cpu_supports("x86-64-v4") ? 1 : 0)
+/* the shapes where the transposed step measured faster than the row step
+   (benchmarks/README.md, float32 section): d <= 32 (at d = 16 a block's
+   columns stay in registers), or K >= d; at larger d with fewer components
+   the transposition costs more than the row step's broadcasts */
+#define EMC_LLOYD_T_SHAPE(d, K) ((d) <= 32 || (K) >= (d))
 #else
 static inline Py_ssize_t emc_lloyd_t_workspace(Py_ssize_t d, Py_ssize_t K) { return 4 * d; }
 #define EMC_LLOYD_T_AVAILABLE() 0
@@ -288,7 +290,7 @@ static Py_ssize_t emc_lloyd_rows_t_f32(
         double* stats, Py_ssize_t* labels, double* row_value, double* objective,
         double* log_joint, double* magnitude) {
 #if EMC_HAVE_CLONES
-    if (emc_lloyd_f32_mode > 0)
+    if (emc_lloyd_f32_mode > 0 && EMC_LLOYD_T_SHAPE(d, K))
         return emc_lloyd_rows_t_f32_v4(X, n, d, K, Kp, c, mt, off, work, row_weights, means,
                                        row_const, h, stats, labels, row_value, objective,
                                        log_joint, magnitude);

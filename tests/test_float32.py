@@ -129,7 +129,7 @@ def _hard_pass(X, means, log_weights, sample_weight):
        weighted=st.booleans())
 @example(seed=1, n=150, d=16, k=21, offset=0.0, weighted=False)   # the in-register d = 16
 @example(seed=2, n=37, d=16, k=3, offset=1e3, weighted=True)
-@example(seed=3, n=100, d=33, k=13, offset=0.0, weighted=False)  # 3 pieces of 16 columns
+@example(seed=3, n=100, d=33, k=40, offset=0.0, weighted=False)  # 3 pieces of 16 columns
 def test_kmeans_float32_transposed_labelling_is_the_row_steps(seed, n, d, k, offset,
                                                              weighted):
     # The transposed step (16 rows in the lanes, plugins/_lloyd.h) computes each
@@ -138,7 +138,8 @@ def test_kmeans_float32_transposed_labelling_is_the_row_steps(seed, n, d, k, off
     # merely close. Drawn so that every path is crossed: n past whole 16-row
     # blocks and 64-row chunks, d past whole 16-column transpositions, k past
     # groups of 8 and 4 components (d = 16 keeps a block's columns in registers,
-    # other d go through memory); exact ties (a duplicated centre, which the
+    # other d go through memory; d > 32 with k < d takes the row step in both
+    # modes, EMC_LLOYD_T_SHAPE); exact ties (a duplicated centre, which the
     # lowest index must win) and near ties (1e-5 apart) among the components.
     rng = np.random.default_rng(seed)
     X = (offset + rng.standard_normal((n, d))).astype(np.float32)
