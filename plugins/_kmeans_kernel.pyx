@@ -37,8 +37,10 @@ _lloyd.h, with the Lloyd step's C.
 
 float32 rows (``float32_rows``; the ``_f32`` methods of emcore/kernel.pxd): the
 Lloyd step's scores are computed in float32 (the centring point, the scaled
-centres and the offsets rounded to float32; 8-float vectors), so only the
-labels see float32 rounding; the row values, the statistics and the
+centres and the offsets rounded to float32; 8-float vectors, or on x86-64-v4
+CPUs 16 rows in the lanes of a 16-float vector with the components in a loop:
+the same scores, bit for bit, ``_float32_labelling``), so only the labels see
+float32 rounding; the row values, the statistics and the
 log-densities of the soft rules come from the rows widened exactly to double,
 as for float64 data (docs/elbo_chain.md#float32 derives the labels' effect on
 the chain).
@@ -80,6 +82,44 @@ cdef extern from "_lloyd.h":
                                   double* stats, Py_ssize_t* labels, double* row_value,
                                   double* objective, double* log_joint,
                                   double* magnitude) noexcept nogil
+    Py_ssize_t emc_lloyd_rows_t_f32(const float* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
+                                    Py_ssize_t Kp, const float* c, const float* mt,
+                                    const float* off, float* work, const double* row_weights,
+                                    const double* means, const double* row_const, double h,
+                                    double* stats, Py_ssize_t* labels, double* row_value,
+                                    double* objective, double* log_joint,
+                                    double* magnitude) noexcept nogil
+    Py_ssize_t emc_lloyd_t_workspace(Py_ssize_t d, Py_ssize_t K) noexcept nogil
+    int emc_lloyd_f32_mode
+    int emc_lloyd_f32_best_mode() noexcept nogil
+
+
+def _float32_labelling(mode=None):
+    """Which float32 Lloyd labelling runs: "transposed" (16 rows in the lanes of
+    an AVX-512 vector, the components in a loop; x86-64-v4 CPUs, for d <= 32 or
+    k >= d, the shapes where it measured faster; the row step at other shapes)
+    or "rows" (the row step, components in the lanes: the reference, and the
+    step elsewhere). Both compute the same scores, so the same labels.
+
+    ``mode`` chooses (for the tests and benchmarks, which compare them;
+    "transposed" only where the CPU has it); None leaves the choice made at
+    import. Returns the choice."""
+    global emc_lloyd_f32_mode
+    names = ("rows", "transposed")
+    if mode is not None:
+        if mode not in names:
+            raise ValueError(f"The 'mode' parameter of _float32_labelling must be one of "
+                             f"{names}, got {mode!r}.")
+        if mode == "transposed" and not emc_lloyd_f32_best_mode():
+            raise ValueError("The 'mode' parameter of _float32_labelling is 'transposed' "
+                             "but this CPU (or build) has no x86-64-v4 loop.")
+        emc_lloyd_f32_mode = names.index(mode)
+    elif emc_lloyd_f32_mode < 0:
+        emc_lloyd_f32_mode = emc_lloyd_f32_best_mode()
+    return names[emc_lloyd_f32_mode]
+
+
+_float32_labelling()   # decided once, at import: no thread of a pass writes the choice
 
 
 cdef class KMeansKernel(FamilyKernel):
@@ -158,9 +198,11 @@ cdef class KMeansKernel(FamilyKernel):
 
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
         # kp32 >= kp: the float32 step's offsets (kp32 floats) fit where the
-        # float64 step's (kp doubles) go; then the Lloyd step's 2 centred rows
+        # float64 step's (kp doubles) go; then the Lloyd step's 2 centred rows,
+        # or the transposed float32 step's table and block (in floats)
         return (n_rows * self.n_features + max(n_rows, self.kp32 + self.n_components)
-                + 2 * self.n_features)
+                + max(2 * self.n_features,
+                      (emc_lloyd_t_workspace(self.n_features, self.n_components) + 1) // 2))
 
     cdef int chunk_log_density(self, const double* X, Py_ssize_t n_rows,
                                double* out, double* scratch) noexcept nogil:
@@ -232,7 +274,7 @@ cdef class KMeansKernel(FamilyKernel):
             off[k] = <float>(self.offsets32[k] + (log_weights[k] - top)) if k < K else -INFINITY
         for k in range(K):
             row_const[k] = self.const + log_weights[k]
-        return <int>emc_lloyd_rows_f32(X, n_rows, d, K, self.kp32, &self.centre32[0],
+        return <int>emc_lloyd_rows_t_f32(X, n_rows, d, K, self.kp32, &self.centre32[0],
                                        &self.scaled_means_t32[0, 0], off,
                                        <float*>(scratch + self.kp32 + K), row_weights,
                                        &self.means[0, 0], row_const, self.h, stats, labels,

@@ -13,6 +13,7 @@
 #ifndef EMCORE_LLOYD_H
 #define EMCORE_LLOYD_H
 #include <math.h>
+#include <stdint.h>
 #include "emcore/vec4.h"   /* emc_v4 and its operations, EMC_CLONES, EMC_GNUC */
 
 /* One component's statistics slot (the kernel's docstring says what each is):
@@ -121,6 +122,183 @@ static inline emc_v4 emc_load_row_f32(const float* p) {
 #undef EMC_LLOYD_IOTA
 #undef EMC_LLOYD_SET1
 #undef EMC_LLOYD_FOLD
+
+/* The transposed float32 labelling (issue 21; docs/elbo_chain.md#float32), with
+   AVX-512 (x86-64-v4 CPUs; elsewhere the row step above): the same scores as
+   emc_lloyd_rows_f32's, 16 rows in the lanes of a 16-float vector instead of
+   components. A block's centred rows are transposed in registers, xt[j][r] =
+   x_rj - c_j (the same float subtraction); the table tb holds, per component
+   k, its offset and its column of MT, tb[k (d + 1)] = off_k,
+   tb[k (d + 1) + 1 + j] = MT[j, k], each entry broadcast to the 16 lanes by
+   the FMA that reads it (a memory operand: no broadcast instruction, and a
+   table of (d + 1) K floats). Each lane computes off_k + sum_j xc_j MT[j, k]
+   as acc = acc + xc_j MT[j, k] in j order, the row step's expression (one
+   FMA, as in its AVX2 code): the same bits, so the same labels. The
+   components go in increasing order with a strict '>' per lane (the first
+   maximum, the lowest index on ties), kept in the lanes: no horizontal fold.
+   Used where it measured faster than the row step (EMC_LLOYD_T_SHAPE). */
+#if EMC_HAVE_CLONES
+#include <immintrin.h>
+#define EMC_TB 16
+typedef float emc_v16f __attribute__((vector_size(64)));
+typedef int emc_m16 __attribute__((vector_size(64)));
+
+/* floats of workspace emc_lloyd_rows_t_f32 needs (a block's transposed
+   rows, d rounded up to 16 columns, the table, 64-byte alignment slack) */
+static inline Py_ssize_t emc_lloyd_t_workspace(Py_ssize_t d, Py_ssize_t K) {
+    return (d + 1) * K + (d + 15) / 16 * 16 * EMC_TB + EMC_TB;
+}
+
+/* NK components k0..k0+NK-1 (NK a constant at every call) for one block:
+   their scores, then the running first maximum per lane (bv, bi) */
+__attribute__((target("arch=x86-64-v4"), always_inline)) static inline void
+emc_score_group_t_f32(const emc_v16f* restrict xt, Py_ssize_t d, const float* restrict tb,
+                      Py_ssize_t k0, const int NK, emc_v16f* restrict bv,
+                      emc_v16f* restrict bi) {
+    const Py_ssize_t S = d + 1;
+    emc_v16f a[8];
+    for (int q = 0; q < NK; q++) a[q] = (emc_v16f)_mm512_set1_ps(tb[(k0 + q) * S]);
+#pragma GCC unroll 16
+    for (Py_ssize_t j = 0; j < d; j++) {
+        emc_v16f t = xt[j];
+        for (int q = 0; q < NK; q++)   /* a broadcast memory operand of the FMA */
+            a[q] = a[q] + t * (emc_v16f)_mm512_set1_ps(tb[(k0 + q) * S + 1 + j]);
+    }
+    for (int q = 0; q < NK; q++) {
+        emc_m16 gt = (emc_m16)(a[q] > *bv);
+        *bv = EMC_VSEL(emc_v16f, emc_m16, gt, a[q], *bv);
+        *bi = EMC_VSEL(emc_v16f, emc_m16, gt, (emc_v16f)_mm512_set1_ps((float)(k0 + q)), *bi);
+    }
+}
+
+/* r[s] = (x_rj - c_j) over the rows r < nr (lanes; zero past nr), j = j0 + s,
+   for the w <= 16 columns from j0 (zero past w): the 16 rows' columns loaded
+   (masked past w), centred, then transposed in registers (unpack 32- and
+   64-bit pairs, then 128-bit lanes twice) */
+__attribute__((target("arch=x86-64-v4"), always_inline)) static inline void
+emc_transpose16_f32(const float* restrict x, Py_ssize_t d, int nr, const float* restrict c,
+                    Py_ssize_t j0, int w, emc_v16f* restrict out) {
+    __mmask16 m = (__mmask16)((1u << w) - 1u);
+    __m512 cv = _mm512_maskz_loadu_ps(m, c + j0), r[16], t[16];
+    for (int i = 0; i < 16; i++)
+        r[i] = i < nr ? _mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i * d + j0), cv)
+                      : _mm512_setzero_ps();
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    }
+    /* r[4a + b], 128-bit lane L: rows 4a..4a+3 of column 4L + b; then t[b]
+       (b < 4) holds columns b and 8 + b (rows 0..7), t[4 + b] columns 4 + b
+       and 12 + b, t[8..15] the same for rows 8..15 */
+    for (int h = 0; h < 16; h += 8)
+        for (int b = 0; b < 4; b++) {
+            t[h + b] = _mm512_shuffle_f32x4(r[h + b], r[h + 4 + b], 0x88);
+            t[h + 4 + b] = _mm512_shuffle_f32x4(r[h + b], r[h + 4 + b], 0xdd);
+        }
+    for (int b = 0; b < 8; b++) {   /* column b, then column 8 + b */
+        out[b] = (emc_v16f)_mm512_shuffle_f32x4(t[b], t[8 + b], 0x88);
+        out[8 + b] = (emc_v16f)_mm512_shuffle_f32x4(t[b], t[8 + b], 0xdd);
+    }
+}
+
+/* the labels of the nr (<= 16) rows at x, from their D centred columns xt
+   (D = d, or the constant 16 for d = 16: then xt stays in registers) */
+__attribute__((target("arch=x86-64-v4"), always_inline)) static inline int
+emc_label_block_t_f32(const emc_v16f* restrict xt, Py_ssize_t D, Py_ssize_t K, int nr,
+                      const float* restrict tb, Py_ssize_t* restrict labels) {
+    emc_v16f bv = (emc_v16f)_mm512_set1_ps(-HUGE_VALF), bi = (emc_v16f){0};
+    Py_ssize_t k = 0;
+    for (; k + 8 <= K; k += 8) emc_score_group_t_f32(xt, D, tb, k, 8, &bv, &bi);
+    for (; k + 4 <= K; k += 4) emc_score_group_t_f32(xt, D, tb, k, 4, &bv, &bi);
+    for (; k < K; k++) emc_score_group_t_f32(xt, D, tb, k, 1, &bv, &bi);
+    for (int r = 0; r < nr; r++) {
+        if (!isfinite(bv[r])) return r + 1;
+        labels[r] = (Py_ssize_t)bi[r];
+    }
+    return 0;
+}
+
+/* emc_lloyd_rows_f32 with the transposed labelling; the same arguments, but
+   work holds emc_lloyd_t_workspace(d, K) floats: the table, the labels by
+   blocks of 16 rows (8 components at a time: 8 + 2 of the 32 registers),
+   then the same accumulation (emc_lloyd_accumulate_f32). */
+__attribute__((target("arch=x86-64-v4")))
+static Py_ssize_t emc_lloyd_rows_t_f32_v4(
+        const float* restrict X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
+        Py_ssize_t Kp, const float* restrict c, const float* restrict mt,
+        const float* restrict off, float* restrict work,
+        const double* restrict row_weights, const double* restrict means,
+        const double* restrict row_const, double h, double* restrict stats,
+        Py_ssize_t* restrict labels, double* restrict row_value, double* objective,
+        double* log_joint, double* magnitude) {
+    float* xt = (float*)(((uintptr_t)work + 63) & ~(uintptr_t)63);
+    float* tb = xt + (d + 15) / 16 * 16 * EMC_TB;
+    for (Py_ssize_t k = 0; k < K; k++) {
+        float* p = tb + k * (d + 1);
+        p[0] = off[k];
+        for (Py_ssize_t j = 0; j < d; j++) p[1 + j] = mt[j * Kp + k];
+    }
+    for (Py_ssize_t i = 0; i < n; i += EMC_TB) {
+        int nr = n - i < EMC_TB ? (int)(n - i) : EMC_TB, bad;
+        if (d == 16) {   /* the block's columns stay in 16 of the 32 registers */
+            emc_v16f xr[16];
+            emc_transpose16_f32(X + i * d, d, nr, c, 0, 16, xr);
+            bad = emc_label_block_t_f32(xr, 16, K, nr, tb, labels + i);
+        } else {
+            emc_v16f* xv = (emc_v16f*)xt;
+            for (Py_ssize_t j0 = 0; j0 < d; j0 += 16)
+                emc_transpose16_f32(X + i * d, d, nr, c, j0, d - j0 < 16 ? (int)(d - j0) : 16,
+                                    xv + j0);
+            bad = emc_label_block_t_f32(xv, d, K, nr, tb, labels + i);
+        }
+        if (bad) return i + bad;
+    }
+    if (d == 16)   /* the same code with its loops over d unrolled */
+        emc_lloyd_accumulate_f32(X, n, 16, labels, row_weights, means, row_const, h, stats,
+                                 row_value, objective, log_joint, magnitude);
+    else
+        emc_lloyd_accumulate_f32(X, n, d, labels, row_weights, means, row_const, h, stats,
+                                 row_value, objective, log_joint, magnitude);
+    return 0;
+}
+#define EMC_LLOYD_T_AVAILABLE() (__builtin_cpu_supports("x86-64-v4") ? 1 : 0)
+/* the shapes where the transposed step measured faster than the row step
+   (benchmarks/README.md, float32 section): d <= 32 (at d = 16 a block's
+   columns stay in registers), or K >= d; at larger d with fewer components
+   the transposition costs more than the row step's broadcasts */
+#define EMC_LLOYD_T_SHAPE(d, K) ((d) <= 32 || (K) >= (d))
+#else
+static inline Py_ssize_t emc_lloyd_t_workspace(Py_ssize_t d, Py_ssize_t K) { return 4 * d; }
+#define EMC_LLOYD_T_AVAILABLE() 0
+#endif
+
+/* which float32 labelling emc_lloyd_rows_t_f32 runs: 1 the transposed one
+   (AVX-512), 0 the row step emc_lloyd_rows_f32 (the reference the tests
+   compare with); -1 not decided yet (the kernel's module decides at import) */
+static int emc_lloyd_f32_mode = -1;
+static int emc_lloyd_f32_best_mode(void) { return EMC_LLOYD_T_AVAILABLE(); }
+static Py_ssize_t emc_lloyd_rows_t_f32(
+        const float* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K, Py_ssize_t Kp,
+        const float* c, const float* mt, const float* off, float* work,
+        const double* row_weights, const double* means, const double* row_const, double h,
+        double* stats, Py_ssize_t* labels, double* row_value, double* objective,
+        double* log_joint, double* magnitude) {
+#if EMC_HAVE_CLONES
+    if (emc_lloyd_f32_mode > 0 && EMC_LLOYD_T_SHAPE(d, K))
+        return emc_lloyd_rows_t_f32_v4(X, n, d, K, Kp, c, mt, off, work, row_weights, means,
+                                       row_const, h, stats, labels, row_value, objective,
+                                       log_joint, magnitude);
+#endif
+    return emc_lloyd_rows_f32(X, n, d, K, Kp, c, mt, off, work, row_weights, means,
+                              row_const, h, stats, labels, row_value, objective,
+                              log_joint, magnitude);
+}
 
 #endif  /* EMCORE_LLOYD_H */
 #else   /* EMC_LLOYD_REAL defined: the functions for rows of EMC_LLOYD_REAL */

@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse
-from hypothesis import given, note, settings, strategies as st
+from hypothesis import example, given, note, settings, strategies as st
 
 import emcore
 from emcore._chunks import chunk_rows_for
@@ -26,7 +26,7 @@ from emcore.exceptions import ChainViolationWarning
 from emcore.plugin_api import FLOAT32_UNIT_ROUNDOFF as U32, UNIT_ROUNDOFF as U64
 from emcore.plugins._gaussian_diag_kernel import GaussianDiagKernel
 from emcore.plugins._gaussian_kernel import GaussianFullKernel
-from emcore.plugins._kmeans_kernel import KMeansKernel
+from emcore.plugins._kmeans_kernel import KMeansKernel, _float32_labelling
 from emcore.plugins._posterior_kernels import (EXP_F32_ERROR, SoftPosteriorKernel,
                                                _SoftPosteriorKernelF32)
 from emcore.plugins.gaussian import _float32_posterior_rounding
@@ -106,6 +106,94 @@ def test_kmeans_float32_labels_are_within_the_float32_score_bound(seed, d, k, of
     bound = 2 * 1.01 * (d + 3) * U32 * h * (row + radius) ** 2
     loss = h * (d2[np.arange(n), labels] - d2.min(axis=1))
     assert np.all(loss <= bound), float(np.max(loss / bound))
+
+
+_TRANSPOSED = pytest.mark.skipif(
+    _float32_labelling() != "transposed",
+    reason="the CPU (or this build) has no x86-64-v4 loop: the row step runs")
+
+
+def _hard_pass(X, means, log_weights, sample_weight):
+    """labels, row values and (stats, resp_sum, totals) of one float32 Lloyd pass"""
+    n, d = X.shape
+    family = get_registry().family("kmeans").factory(len(means), d, dtype="float32")
+    rule = get_registry().posterior_rule("hard").factory()
+    labels, values = np.empty(n, dtype=np.intp), np.empty(n)
+    out = compiled_pass(family.compiled_kernel({"means": means}), rule.compiled_kernel(), X,
+                        log_weights, sample_weight, 64, 1, True, out_labels=labels,
+                        out_row_value=values)
+    return labels, values, out
+
+
+@_TRANSPOSED
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2 ** 31), n=st.integers(1, 150), d=st.integers(1, 40),
+       k=st.integers(1, 21), offset=st.sampled_from([0.0, 1e3, -1e4]),
+       weighted=st.booleans())
+@example(seed=1, n=150, d=16, k=21, offset=0.0, weighted=False)   # the in-register d = 16
+@example(seed=2, n=37, d=16, k=3, offset=1e3, weighted=True)
+@example(seed=3, n=100, d=33, k=40, offset=0.0, weighted=False)  # 3 pieces of 16 columns
+def test_kmeans_float32_transposed_labelling_is_the_row_steps(seed, n, d, k, offset,
+                                                             weighted):
+    # The transposed step (16 rows in the lanes, plugins/_lloyd.h) computes each
+    # score with the row step's expression in the same order, so its labels, and
+    # through them the row values and the statistics, must be the same bits, not
+    # merely close. Drawn so that every path is crossed: n past whole 16-row
+    # blocks and 64-row chunks, d past whole 16-column transpositions, k past
+    # groups of 8 and 4 components (d = 16 keeps a block's columns in registers,
+    # other d go through memory; d > 32 with k < d takes the row step in both
+    # modes, EMC_LLOYD_T_SHAPE); exact ties (a duplicated centre, which the
+    # lowest index must win) and near ties (1e-5 apart) among the components.
+    rng = np.random.default_rng(seed)
+    X = (offset + rng.standard_normal((n, d))).astype(np.float32)
+    means = (offset + rng.standard_normal((k, d)))
+    means[: min(k, n)] = X[rng.choice(n, min(k, n), replace=False)]
+    if k >= 3:
+        means[-1] = means[0]                                    # an exact tie
+        means[-2] = means[1] + 1e-5 * rng.standard_normal(d)   # a near tie
+    log_weights = np.log(rng.dirichlet(np.ones(k)))
+    if k >= 3:
+        log_weights[-1] = log_weights[0]
+    sample_weight = rng.random(n) if weighted else None
+    try:
+        _float32_labelling("rows")
+        ref = _hard_pass(X, means, log_weights, sample_weight)
+        _float32_labelling("transposed")
+        new = _hard_pass(X, means, log_weights, sample_weight)
+    finally:
+        _float32_labelling("transposed")
+    np.testing.assert_array_equal(new[0], ref[0])
+    if k >= 3:
+        assert not np.any(new[0] == k - 1)                      # the tie goes to 0
+    np.testing.assert_array_equal(new[1], ref[1])
+    for a, b in zip(new[2], ref[2]):
+        np.testing.assert_array_equal(a, b)
+
+
+@_TRANSPOSED
+def test_kmeans_float32_transposed_labelling_reports_the_rows_first_bad_row():
+    # A row whose best score is not finite stops the pass with the same error
+    # (naming the same first such row) as the row step.
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((100, 5)).astype(np.float32)
+    X[37, 2] = np.inf
+    X[81, 0] = np.nan
+    means = rng.standard_normal((3, 5))
+    errors = []
+    try:
+        for mode in ("rows", "transposed"):
+            _float32_labelling(mode)
+            with pytest.raises((ValueError, FloatingPointError)) as info:
+                _hard_pass(X, means, np.log(np.full(3, 1 / 3)), None)
+            errors.append(str(info.value))
+    finally:
+        _float32_labelling("transposed")
+    assert errors[0] == errors[1]
+
+
+def test_float32_labelling_mode_is_checked():
+    with pytest.raises(ValueError, match="'mode' parameter of _float32_labelling"):
+        _float32_labelling("columns")
 
 
 def test_kmeans_float32_fit_matches_float64_fit_of_the_same_data():
