@@ -214,6 +214,7 @@ cdef class CodesKernel(FamilyKernel):
     cdef const double[:, ::1] exp_table
     cdef readonly double exp_shift
     cdef readonly double exp_range
+    cdef object _expansion             # expand's index arrays (made on first use)
 
     def __init__(self, log_probs, levels, GroupCodes codes=None):
         lp = np.ascontiguousarray(log_probs, dtype=np.float64)
@@ -276,18 +277,38 @@ cdef class CodesKernel(FamilyKernel):
         A = np.asarray(buffer, dtype=np.float64).reshape(self.n_patterns, self.Kp)[:, :K]
         L = max(self.levels_list)
         counts = np.zeros((K, d, L))
+        if self._expansion is None:
+            self._expansion = self._expansion_index()
+        weight = None
+        for start, j0, j1, sel in self._expansion:
+            Lg = self.levels_list[j0]
+            if weight is None:                  # the first group's patterns: all
+                weight = A[start:start + sel.shape[1] * Lg].sum(axis=0)
+            # each (feature, level) row of sel: the group's patterns with that
+            # code, summed in pattern order as Ag[mask].sum(axis=0) would
+            block = A[start + sel].sum(axis=1)                 # (m Lg, K)
+            counts[:, j0:j1, :Lg] = block.reshape(j1 - j0, Lg, K).transpose(2, 0, 1)
+        return weight, counts
+
+    def _expansion_index(self):
+        # per group: (first pattern row, first feature, end feature, sel) with
+        # sel[(j - j0) Lg + l] the patterns whose feature j has code l, when the
+        # group's features have the same level count Lg (every binary grouping);
+        # a group of mixed level counts is cut into single-feature pieces
         first = np.asarray(self.first)
         offset = np.asarray(self.offset)
-        weight = None
+        stride = np.asarray(self.stride, dtype=np.intp)
+        out = []
         for g in range(self.n_groups):
-            digits = _digits(self.levels_list, first, np.asarray(self.stride, dtype=np.intp), g)
-            Ag = A[offset[g]:offset[g] + digits.shape[0]]
-            if weight is None:
-                weight = Ag.sum(axis=0)
-            for col, j in enumerate(range(first[g], first[g + 1])):
-                for level in range(self.levels_list[j]):
-                    counts[:, j, level] = Ag[digits[:, col] == level].sum(axis=0)
-        return weight, counts
+            digits = _digits(self.levels_list, first, stride, g)
+            lv = self.levels_list[first[g]:first[g + 1]]
+            pieces = ([(0, len(lv))] if len(set(lv)) == 1
+                      else [(c, c + 1) for c in range(len(lv))])
+            for c0, c1 in pieces:
+                sel = np.stack([np.flatnonzero(digits[:, c] == level)
+                                for c in range(c0, c1) for level in range(lv[c0])])
+                out.append((offset[g], first[g] + c0, first[g] + c1, sel))
+        return out
 
     # Scratch: [acc or wrow (Kp) | tag (3) | pattern indices (n_rows x G)]. The
     # engine's chunk loop calls chunk_log_density, then chunk_accumulate, on the
