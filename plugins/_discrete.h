@@ -292,7 +292,7 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_rows(
         Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
         const double* top, const int* stride, const Py_ssize_t* offset, int binary,
         const double* T, const double* E, double shift, const double* lw,
-        const double* ew, const double* row_weights, double* resp, double* row_value,
+        const double* ew, const double* row_weights, double* resp_sum, double* row_value,
         double* totals, double* A, Py_ssize_t* ix, double* a, double* e, double* h,
         double* el, double* mg)
 {
@@ -341,8 +341,6 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_rows(
             e[k] = q;
         }
         double H = emdc_hsum(h, Kp), El = emdc_hsum(el, Kp), mag = emdc_hsum(mg, Kp);
-        double* q_row = resp + i * K;
-        for (Py_ssize_t k = 0; k < K; k++) q_row[k] = e[k];
         mag += fabs(f);
         row_value[i] = f;
         double w = row_weights != NULL ? row_weights[i] : 1.0;
@@ -352,9 +350,11 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_rows(
             sum_H += w * H;
             sum_mag += w * mag;
         }
+        /* the weights w q_k (padding lanes 0), added to resp_sum as the chunk
+           loop adds w_i q_ik (q times 1 is q); zero weights add +0.0 */
+        for (Py_ssize_t k = 0; k < Kp; k++) e[k] *= w;           /* padding: 0 */
+        for (Py_ssize_t k = 0; k < K; k++) resp_sum[k] += e[k];
         if (A) {
-            /* the weights w q_k (padding lanes 0); zero weights add +0.0 */
-            for (Py_ssize_t k = 0; k < Kp; k++) e[k] *= w;       /* padding: 0 */
             for (Py_ssize_t g = 0; g < G; g++) {
                 double* t = A + ix[g] * Kp;
                 for (Py_ssize_t k = 0; k < Kp; k++) t[k] += e[k];
@@ -371,15 +371,14 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_rows(
 #if EMC_GNUC
 /* emdc_soft_rows on nv (a constant, 1 or 2) vectors of 4 lanes held in
    registers: the same operations per entry, the row's sums over k as lanes
-   l = k mod 4 then (l0 + l1) + (l2 + l3), as emdc_hsum. The row's K
-   posteriors are stored as whole vectors where they fit in resp (the padding
-   lanes land on the next row's entries, which that row overwrites). */
+   l = k mod 4 then (l0 + l1) + (l2 + l3), as emdc_hsum; resp_sum's K running
+   sums held in lanes too (tmp: Kp doubles of room). */
 EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_rows_v(
         const double* X, const unsigned char* codes, Py_ssize_t n, Py_ssize_t d,
         Py_ssize_t K, Py_ssize_t nv, Py_ssize_t G, const Py_ssize_t* first,
         const double* top, const int* stride, const Py_ssize_t* offset, int binary,
         const double* T, const double* E, double shift, const double* lw,
-        const double* ew, const double* row_weights, double* resp, double* row_value,
+        const double* ew, const double* row_weights, double* resp_sum, double* row_value,
         double* totals, double* A, Py_ssize_t* ix, double* tmp)
 {
     const Py_ssize_t Kp = 4 * nv;
@@ -392,6 +391,10 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_rows_v(
         ewv[v] = emc_load(ew + 4 * v);
     }
     double sum_f = 0.0, sum_E = 0.0, sum_H = 0.0, sum_mag = 0.0;
+    /* resp_sum's running sums in lanes (tmp: Kp doubles, the padding 0) */
+    emc_v4 rs[2];
+    for (Py_ssize_t k = 0; k < Kp; k++) tmp[k] = k < K ? resp_sum[k] : 0.0;
+    for (Py_ssize_t v = 0; v < nv; v++) rs[v] = emc_load(tmp + 4 * v);
     Py_ssize_t status = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         if (codes)
@@ -444,12 +447,6 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_rows_v(
             e[v] = q;
         }
         double H = EMC_HSUM(Hv), El = EMC_HSUM(Ev), mag = EMC_HSUM(Mv) + fabs(f);
-        if (i * K + Kp <= n * K) {
-            for (Py_ssize_t v = 0; v < nv; v++) emc_store(resp + i * K + 4 * v, e[v]);
-        } else {
-            for (Py_ssize_t v = 0; v < nv; v++) emc_store(tmp + 4 * v, e[v]);
-            for (Py_ssize_t k = 0; k < K; k++) resp[i * K + k] = tmp[k];
-        }
         row_value[i] = f;
         double w = row_weights != NULL ? row_weights[i] : 1.0;
         if (w != 0.0) {
@@ -458,9 +455,12 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_rows_v(
             sum_H += w * H;
             sum_mag += w * mag;
         }
+        emc_v4 wv = emc_set1(w);
+        for (Py_ssize_t v = 0; v < nv; v++) {
+            e[v] *= wv;                                         /* padding: 0 */
+            rs[v] += e[v];
+        }
         if (A) {
-            emc_v4 wv = emc_set1(w);
-            for (Py_ssize_t v = 0; v < nv; v++) e[v] *= wv;     /* padding: 0 */
             for (Py_ssize_t g = 0; g < G; g++) {
                 double* t = A + ix[g] * Kp;
                 for (Py_ssize_t v = 0; v < nv; v++)
@@ -472,6 +472,8 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_rows_v(
     totals[1] += sum_E;
     totals[2] += sum_H;
     totals[3] += sum_mag;
+    for (Py_ssize_t v = 0; v < nv; v++) emc_store(tmp + 4 * v, rs[v]);
+    for (Py_ssize_t k = 0; k < K; k++) resp_sum[k] = tmp[k];
     return status;
 }
 #endif
@@ -540,7 +542,7 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_blocks(
         Py_ssize_t K, Py_ssize_t nv, Py_ssize_t G, const Py_ssize_t* first,
         const double* top, const int* stride, const Py_ssize_t* offset, int binary,
         const double* T, const double* E, double shift, const double* lw,
-        const double* ew, const double* row_weights, double* resp, double* row_value,
+        const double* ew, const double* row_weights, double* resp_sum, double* row_value,
         double* totals, double* A, Py_ssize_t* ix, double* tmp)
 {
     const Py_ssize_t Kp = 4 * nv;
@@ -552,7 +554,9 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_blocks(
         lwv[v] = emc_load(lw + 4 * v);
         ewv[v] = emc_load(ew + 4 * v);
     }
-    emc_v4 Fv = zero, Ev = zero, Hv = zero, Mv = zero;
+    emc_v4 Fv = zero, Ev = zero, Hv = zero, Mv = zero, rs[2];
+    for (Py_ssize_t k = 0; k < Kp; k++) tmp[k] = k < K ? resp_sum[k] : 0.0;
+    for (Py_ssize_t v = 0; v < nv; v++) rs[v] = emc_load(tmp + 4 * v);
     Py_ssize_t n4 = n - n % 4, i0, status = 0;
     for (i0 = 0; i0 < n4; i0 += 4) {
         int bad = 0;
@@ -605,18 +609,14 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_blocks(
         Mv += wv * mag;
         emc_store(row_value + i0, f);
         for (int r = 0; r < 4; r++) {
-            Py_ssize_t i = i0 + r;
+            /* the weights w q_k (padding lanes 0), into resp_sum row after row
+               as emdc_soft_rows_v adds them; zero weights add +0.0 */
             emc_v4 is = emc_set1(inv[r]), wr = emc_set1(wv[r]), q[2];
-            for (Py_ssize_t v = 0; v < nv; v++) q[v] = e[r][v] * is;
-            if (i * K + Kp <= n * K) {
-                for (Py_ssize_t v = 0; v < nv; v++) emc_store(resp + i * K + 4 * v, q[v]);
-            } else {
-                for (Py_ssize_t v = 0; v < nv; v++) emc_store(tmp + 4 * v, q[v]);
-                for (Py_ssize_t k = 0; k < K; k++) resp[i * K + k] = tmp[k];
+            for (Py_ssize_t v = 0; v < nv; v++) {
+                q[v] = (e[r][v] * is) * wr;
+                rs[v] += q[v];
             }
             if (A) {
-                /* the weights w q_k (padding lanes 0); zero weights add +0.0 */
-                for (Py_ssize_t v = 0; v < nv; v++) q[v] *= wr;
                 for (Py_ssize_t g = 0; g < G; g++) {
                     double* t = A + ix[r * G + g] * Kp;
                     for (Py_ssize_t v = 0; v < nv; v++)
@@ -629,11 +629,13 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_blocks(
     totals[1] += EMC_HSUM(Ev);
     totals[2] += EMC_HSUM(Hv);
     totals[3] += EMC_HSUM(Mv);
+    for (Py_ssize_t v = 0; v < nv; v++) emc_store(tmp + 4 * v, rs[v]);
+    for (Py_ssize_t k = 0; k < K; k++) resp_sum[k] = tmp[k];
     /* the last n % 4 rows, or from a bad block on (which it reports) */
     status = emdc_soft_rows_v(X ? X + i0 * d : NULL, codes ? codes + i0 * G : NULL,
                               n - i0, d, K, nv, G, first, top, stride, offset, binary, T,
                               E, shift, lw, ew, row_weights ? row_weights + i0 : NULL,
-                              resp + i0 * K, row_value + i0, totals, A, ix, tmp);
+                              resp_sum, row_value + i0, totals, A, ix, tmp);
     return status ? status + i0 : 0;
 }
 #endif
@@ -644,19 +646,19 @@ static Py_ssize_t emdc_soft_step(
         Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
         const double* top, const int* stride, const Py_ssize_t* offset, int binary,
         const double* T, const double* E, double shift, const double* lw,
-        const double* ew, const double* row_weights, double* resp, double* row_value,
+        const double* ew, const double* row_weights, double* resp_sum, double* row_value,
         double* totals, double* A, Py_ssize_t* ix, double* a, double* e, double* h,
         double* el, double* mg)
 {
 #define EMDC_SOFT(KP) emdc_soft_rows(X, codes, n, d, K, KP, G, first, top, stride, \
-        offset, binary, T, E, shift, lw, ew, row_weights, resp, row_value, totals, A, \
+        offset, binary, T, E, shift, lw, ew, row_weights, resp_sum, row_value, totals, A, \
         ix, a, e, h, el, mg)
 #if EMC_GNUC
 #define EMDC_SOFT_V(NV) emdc_soft_rows_v(X, codes, n, d, K, NV, G, first, top, stride, \
-        offset, binary, T, E, shift, lw, ew, row_weights, resp, row_value, totals, A, \
+        offset, binary, T, E, shift, lw, ew, row_weights, resp_sum, row_value, totals, A, \
         ix, a)
 #define EMDC_BLOCKS(NV, NG) emdc_soft_blocks(X, codes, n, d, K, NV, NG, first, top, stride, \
-        offset, binary, T, E, shift, lw, ew, row_weights, resp, row_value, totals, A, \
+        offset, binary, T, E, shift, lw, ew, row_weights, resp_sum, row_value, totals, A, \
         ix, a)
     /* the block loop compiled per (nv, G) for G <= 4 (d <= 32 binary items):
        the loops over the groups unroll and the rows' vectors stay in registers */

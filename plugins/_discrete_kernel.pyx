@@ -80,7 +80,7 @@ cdef extern from "_discrete.h":
         Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
         const double* top, const int* stride, const Py_ssize_t* offset, int binary,
         const double* T, const double* E, double shift, const double* lw,
-        const double* ew, const double* row_weights, double* resp, double* row_value,
+        const double* ew, const double* row_weights, double* resp_sum, double* row_value,
         double* totals, double* A, Py_ssize_t* ix, double* a, double* e, double* h,
         double* el, double* mg) noexcept nogil
     Py_ssize_t emdc_make_codes(const double* X, Py_ssize_t n, Py_ssize_t d,
@@ -362,7 +362,7 @@ cdef class CodesKernel(FamilyKernel):
 
     cdef int chunk_soft_step(self, const double* X, Py_ssize_t n_rows,
                              const double* log_weights, const double* row_weights,
-                             double* resp, double* row_value, double* totals,
+                             double* resp_sum, double* row_value, double* totals,
                              double* stats, double* scratch) noexcept nogil:
         # the exact soft posterior fused with the statistics (emdc_soft_rows): exp
         # free when the tables' and the weights' ranges sum to at most
@@ -388,7 +388,7 @@ cdef class CodesKernel(FamilyKernel):
             X, self._chunk_codes(X, n_rows), n_rows, self.n_features, K, Kp, self.n_groups,
             &self.first[0], &self.top[0], &self.stride[0], &self.offset[0], self.binary,
             &self.table[0, 0], &self.exp_table[0, 0] if exp_free else NULL,
-            self.exp_shift + top, lw, ew, row_weights, resp, row_value, totals, stats,
+            self.exp_shift + top, lw, ew, row_weights, resp_sum, row_value, totals, stats,
             ix, ew + Kp, ew + 2 * Kp, ew + 3 * Kp, ew + 4 * Kp, ew + 5 * Kp)
         return <int>status
 

@@ -152,9 +152,10 @@ cdef int _chunk_e_step(FamilyKernel family, PosteriorKernel rule, const _Pass* p
                 buf.labels, buf.row_value, buf.totals,
                 block.stats if p.with_stats else NULL)
     elif p.fused_soft:
-        # the family's own exact soft E-step, fused with its accumulation
+        # the family's own exact soft E-step, fused with its accumulation and
+        # with the block's sum_i w_i q_ik (no q written, see _add_resp_sum)
         status = family.chunk_soft_step(
-            x, nr, p.log_weights, _row_weights(p, r0), buf.resp, buf.row_value,
+            x, nr, p.log_weights, _row_weights(p, r0), block.resp_sum, buf.row_value,
             buf.totals, block.stats if p.with_stats else NULL, buf.scratch)
     else:
         if x == NULL:
@@ -243,7 +244,8 @@ cdef void _run_block(FamilyKernel family, PosteriorKernel rule, const _Pass* p,
             if _chunk_e_step(family, rule, p, &buf, x, r0, nr, block) != 0:
                 break
             _write_outputs(p, &buf, r0, nr)
-            _add_resp_sum(p, &buf, r0, nr, block.resp_sum)
+            if not p.fused_soft:         # (the fused step adds its own)
+                _add_resp_sum(p, &buf, r0, nr, block.resp_sum)
             if p.with_stats and not p.fused and not p.fused_soft:
                 if _accumulate(family, p, &buf, x, r0, nr, block) != 0:
                     break
