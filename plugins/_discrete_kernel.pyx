@@ -37,8 +37,9 @@ X is read as rows. The family makes the codes for the fit's rows
 engine lets the kernel form q, the totals and the statistics in one loop: the
 log joint a_k by table sums, exp(a_k - shift) as a product of per-group exp
 tables (no exp per entry) when the tables' ranges sum to at most 700 (every
-product a normal double), else by a vector exp, one log per row
-(docs/discrete.md#the-fused-soft-step).
+product a normal double), else by a vector exp, one log per row; the exp-free
+step runs blocks of 4 rows with one vector log per block and adds the pass's
+sum_i w_i q_ik itself (docs/discrete.md#the-fused-soft-step).
 
 **Counts (poisson).** log p(x | k) = sum_j x_j log lambda_kj - sum_j lambda_kj -
 sum_j log x_j!, the last term from a table for counts below 1024, lgamma
