@@ -135,12 +135,14 @@ def bandwidth(X: np.ndarray, repeats: int) -> float:
 
 
 def _timed(step, data, w0, p0, iterations, counts=None):
-    """(seconds per iteration, log-likelihood of the last iteration's start)."""
+    """(wall seconds per iteration, CPU seconds per iteration (the process's
+    threads, time.process_time), log-likelihood of the last iteration's start)."""
     w, p = w0.copy(), p0.copy()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for _ in range(iterations):
         w, p, value = step(data, w, p, counts)
-    return (time.perf_counter() - t) / iterations, value
+    return ((time.perf_counter() - t) / iterations,
+            (time.process_time() - c) / iterations, value)
 
 
 # --- pomegranate, in its own process -------------------------------------------------------
@@ -250,9 +252,10 @@ def main(argv=None):
 
     cases = ("numpy rows", "numpy rows (d,n)", "numpy patterns", "emcore rows",
              "emcore patterns")
-    results, finals = {}, {}
+    results, finals, cpu = {}, {}, {}
     for threads in (1, 2):
         per = {key: [] for key in cases}
+        per_cpu = {key: [] for key in cases}
         for _ in range(args.repeats):
             with threadpool_limits(threads):
                 for key, step, data, weight in (
@@ -267,12 +270,14 @@ def main(argv=None):
                     with (family.codes_for(data) if key.startswith("emcore")
                           else contextlib.nullcontext()):
                         family.compiled_kernel({"probabilities": p0})
-                        seconds, value = _timed(step, data, w0, p0, args.iterations,
-                                                counts=weight)
+                        seconds, cpu_s, value = _timed(step, data, w0, p0, args.iterations,
+                                                       counts=weight)
                     per[key].append(seconds)
+                    per_cpu[key].append(cpu_s)
                     finals[(key, threads)] = value
         for key, values in per.items():
             results[(key, threads)] = float(np.median(values))
+            cpu[(key, threads)] = float(np.median(per_cpu[key]))
 
     ref = finals[("numpy rows", 1)]
     for key, value in finals.items():
@@ -307,6 +312,10 @@ def main(argv=None):
     for threads in (1, 2):
         print(f"{threads:>7} " + " ".join(f"{results[(name, threads)] * 1e3:>15.1f}ms"
                                           for name in names))
+    print("CPU time per iteration, ms (process_time, all threads; robust to load):")
+    for threads in (1, 2):
+        print(f"{threads:>7} " + " ".join(f"{cpu[(name, threads)] * 1e3:>15.1f}ms"
+                                          for name in cases))
     for threads in (1, 2):
         r = {name: results[(name, threads)] for name in names}
         anchor = min(r["numpy rows"], r["numpy rows (d,n)"])

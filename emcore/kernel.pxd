@@ -79,12 +79,14 @@ cdef class FamilyKernel:
 
     cdef int chunk_soft_step(self, const double* X, Py_ssize_t n_rows,
                              const double* log_weights, const double* row_weights,
-                             double* resp, double* row_value, double* totals,
+                             double* resp_sum, double* row_value, double* totals,
                              double* stats, double* scratch) noexcept nogil
     # Optional (set fused_soft_step = True): the exact soft posterior (a rule
     # kernel with exact_soft) fused with chunk_accumulate, for kernels that can
     # form q without writing log-densities first (the discrete families: exp-free
-    # products of tables). resp[i, k] = q_ik, row_value[i] = log p(x_i), totals
+    # products of tables). resp_sum[k] += row_weights[i] q_ik row after row, in
+    # row order (the sums the chunk loop would add from q; q itself is not
+    # written: nothing else of a fused pass reads it), row_value[i] = log p(x_i), totals
     # incremented as the soft posterior kernel does (each row scaled by
     # row_weights[i], NULL means 1), and, if stats is not NULL, the statistics of
     # the weights row_weights[i] q_ik added. scratch: scratch_size(n_rows).
@@ -113,7 +115,7 @@ cdef class FamilyKernel:
     # family's log_density_rounding then bounds that too (docs/elbo_chain.md#float32).
     cdef int chunk_soft_step_f32(self, const float* X, Py_ssize_t n_rows,
                                  const double* log_weights, const double* row_weights,
-                                 double* resp, double* row_value, double* totals,
+                                 double* resp_sum, double* row_value, double* totals,
                                  double* stats, double* scratch) noexcept nogil
 
 

@@ -100,7 +100,7 @@ cdef class FamilyKernel:
 
     cdef int chunk_soft_step(self, const double* X, Py_ssize_t n_rows,
                              const double* log_weights, const double* row_weights,
-                             double* resp, double* row_value, double* totals,
+                             double* resp_sum, double* row_value, double* totals,
                              double* stats, double* scratch) noexcept nogil:
         return -1
 
@@ -129,7 +129,7 @@ cdef class FamilyKernel:
 
     cdef int chunk_soft_step_f32(self, const float* X, Py_ssize_t n_rows,
                                  const double* log_weights, const double* row_weights,
-                                 double* resp, double* row_value, double* totals,
+                                 double* resp_sum, double* row_value, double* totals,
                                  double* stats, double* scratch) noexcept nogil:
         return -1
 

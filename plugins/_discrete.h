@@ -292,7 +292,7 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_rows(
         Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
         const double* top, const int* stride, const Py_ssize_t* offset, int binary,
         const double* T, const double* E, double shift, const double* lw,
-        const double* ew, const double* row_weights, double* resp, double* row_value,
+        const double* ew, const double* row_weights, double* resp_sum, double* row_value,
         double* totals, double* A, Py_ssize_t* ix, double* a, double* e, double* h,
         double* el, double* mg)
 {
@@ -341,8 +341,6 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_rows(
             e[k] = q;
         }
         double H = emdc_hsum(h, Kp), El = emdc_hsum(el, Kp), mag = emdc_hsum(mg, Kp);
-        double* q_row = resp + i * K;
-        for (Py_ssize_t k = 0; k < K; k++) q_row[k] = e[k];
         mag += fabs(f);
         row_value[i] = f;
         double w = row_weights != NULL ? row_weights[i] : 1.0;
@@ -352,9 +350,11 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_rows(
             sum_H += w * H;
             sum_mag += w * mag;
         }
+        /* the weights w q_k (padding lanes 0), added to resp_sum as the chunk
+           loop adds w_i q_ik (q times 1 is q); zero weights add +0.0 */
+        for (Py_ssize_t k = 0; k < Kp; k++) e[k] *= w;           /* padding: 0 */
+        for (Py_ssize_t k = 0; k < K; k++) resp_sum[k] += e[k];
         if (A) {
-            /* the weights w q_k (padding lanes 0); zero weights add +0.0 */
-            for (Py_ssize_t k = 0; k < Kp; k++) e[k] *= w;       /* padding: 0 */
             for (Py_ssize_t g = 0; g < G; g++) {
                 double* t = A + ix[g] * Kp;
                 for (Py_ssize_t k = 0; k < Kp; k++) t[k] += e[k];
@@ -371,15 +371,14 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_rows(
 #if EMC_GNUC
 /* emdc_soft_rows on nv (a constant, 1 or 2) vectors of 4 lanes held in
    registers: the same operations per entry, the row's sums over k as lanes
-   l = k mod 4 then (l0 + l1) + (l2 + l3), as emdc_hsum. The row's K
-   posteriors are stored as whole vectors where they fit in resp (the padding
-   lanes land on the next row's entries, which that row overwrites). */
+   l = k mod 4 then (l0 + l1) + (l2 + l3), as emdc_hsum; resp_sum's K running
+   sums held in lanes too (tmp: Kp doubles of room). */
 EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_rows_v(
         const double* X, const unsigned char* codes, Py_ssize_t n, Py_ssize_t d,
         Py_ssize_t K, Py_ssize_t nv, Py_ssize_t G, const Py_ssize_t* first,
         const double* top, const int* stride, const Py_ssize_t* offset, int binary,
         const double* T, const double* E, double shift, const double* lw,
-        const double* ew, const double* row_weights, double* resp, double* row_value,
+        const double* ew, const double* row_weights, double* resp_sum, double* row_value,
         double* totals, double* A, Py_ssize_t* ix, double* tmp)
 {
     const Py_ssize_t Kp = 4 * nv;
@@ -392,6 +391,10 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_rows_v(
         ewv[v] = emc_load(ew + 4 * v);
     }
     double sum_f = 0.0, sum_E = 0.0, sum_H = 0.0, sum_mag = 0.0;
+    /* resp_sum's running sums in lanes (tmp: Kp doubles, the padding 0) */
+    emc_v4 rs[2];
+    for (Py_ssize_t k = 0; k < Kp; k++) tmp[k] = k < K ? resp_sum[k] : 0.0;
+    for (Py_ssize_t v = 0; v < nv; v++) rs[v] = emc_load(tmp + 4 * v);
     Py_ssize_t status = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         if (codes)
@@ -444,12 +447,6 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_rows_v(
             e[v] = q;
         }
         double H = EMC_HSUM(Hv), El = EMC_HSUM(Ev), mag = EMC_HSUM(Mv) + fabs(f);
-        if (i * K + Kp <= n * K) {
-            for (Py_ssize_t v = 0; v < nv; v++) emc_store(resp + i * K + 4 * v, e[v]);
-        } else {
-            for (Py_ssize_t v = 0; v < nv; v++) emc_store(tmp + 4 * v, e[v]);
-            for (Py_ssize_t k = 0; k < K; k++) resp[i * K + k] = tmp[k];
-        }
         row_value[i] = f;
         double w = row_weights != NULL ? row_weights[i] : 1.0;
         if (w != 0.0) {
@@ -458,9 +455,12 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_rows_v(
             sum_H += w * H;
             sum_mag += w * mag;
         }
+        emc_v4 wv = emc_set1(w);
+        for (Py_ssize_t v = 0; v < nv; v++) {
+            e[v] *= wv;                                         /* padding: 0 */
+            rs[v] += e[v];
+        }
         if (A) {
-            emc_v4 wv = emc_set1(w);
-            for (Py_ssize_t v = 0; v < nv; v++) e[v] *= wv;     /* padding: 0 */
             for (Py_ssize_t g = 0; g < G; g++) {
                 double* t = A + ix[g] * Kp;
                 for (Py_ssize_t v = 0; v < nv; v++)
@@ -472,7 +472,171 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_rows_v(
     totals[1] += sum_E;
     totals[2] += sum_H;
     totals[3] += sum_mag;
+    for (Py_ssize_t v = 0; v < nv; v++) emc_store(tmp + 4 * v, rs[v]);
+    for (Py_ssize_t k = 0; k < K; k++) resp_sum[k] = tmp[k];
     return status;
+}
+#endif
+
+#if EMC_GNUC
+/* log x on 4 lanes, each a positive normal finite double: fdlibm's
+   __ieee754_log (glibc's before 2.28) with its reduction and its polynomial:
+   x = 2^k (1 + f), 1 + f in [sqrt(2)/2, sqrt(2)), s = f / (2 + f),
+   log(1 + f) = f - f^2/2 + s (f^2/2 + R(s^2)), R of degree 14 (error below
+   2^-58.45 on that range), then + k ln 2 in two parts; the result is within
+   1 ulp of log x (fdlibm's bound). k is read from the exponent bits and made a
+   double exactly by the 1.5 * 2^52 shifter (|k| <= 1023). */
+EMC_ALWAYS_INLINE emc_v4 emdc_log_pos(emc_v4 x)
+{
+    const emc_v4 shifter = emc_set1(6755399441055744.0);   /* 1.5 * 2^52 */
+    emc_m4 bits = (emc_m4)x;
+    emc_m4 ex = ((bits >> 52) & 0x7ff) - 1023;
+    emc_v4 m = (emc_v4)((bits & 0x000fffffffffffffLL) | 0x3ff0000000000000LL);
+    emc_m4 big = (emc_m4)(m > emc_set1(1.4142135623730951));   /* m in [1, 2) */
+    m = EMC_SEL(big, m * emc_set1(0.5), m);                    /* exact */
+    ex -= big;                                                 /* big: -1 or 0 */
+    emc_v4 k = (emc_v4)(ex + (emc_m4)shifter) - shifter;
+    emc_v4 f = m - emc_set1(1.0);
+    emc_v4 hfsq = emc_set1(0.5) * f * f;
+    emc_v4 s = f / (emc_set1(2.0) + f);
+    emc_v4 z = s * s, w = z * z;
+    emc_v4 t1 = w * (emc_set1(3.999999999940941908e-01)
+                     + w * (emc_set1(2.222219843214978396e-01)
+                            + w * emc_set1(1.531383769920937332e-01)));
+    emc_v4 t2 = z * (emc_set1(6.666666666666735130e-01)
+                     + w * (emc_set1(2.857142874366239149e-01)
+                            + w * (emc_set1(1.818357216161805012e-01)
+                                   + w * emc_set1(1.479819860511658591e-01))));
+    emc_v4 R = t2 + t1;
+    return k * emc_set1(6.93147180369123816490e-01)
+           - ((hfsq - (s * (hfsq + R) + k * emc_set1(1.90821492927058770002e-10))) - f);
+}
+
+/* (hsum a, hsum b, hsum c, hsum d), each as EMC_HSUM: (l0 + l1) + (l2 + l3) */
+EMC_ALWAYS_INLINE emc_v4 emdc_hsum4(emc_v4 a, emc_v4 b, emc_v4 c, emc_v4 d)
+{
+    const emc_m4 lo = {0, 4, 2, 6}, hi = {1, 5, 3, 7}, lo2 = {0, 1, 4, 5}, hi2 = {2, 3, 6, 7};
+    emc_v4 ab = __builtin_shuffle(a, b, lo) + __builtin_shuffle(a, b, hi);
+    emc_v4 cd = __builtin_shuffle(c, d, lo) + __builtin_shuffle(c, d, hi);
+    return __builtin_shuffle(ab, cd, lo2) + __builtin_shuffle(ab, cd, hi2);
+}
+
+/* The exp-free soft step (E given) on blocks of 4 rows, nv (1 or 2) vectors of
+   4 components per row: each row's a_k and e_k = exp(a_k - m) as
+   emdc_soft_rows_v forms them, then the block's per-row sums over k side by
+   side in one vector each (emdc_hsum4): s = sum_k e_k, P = sum_k e_k a_k and
+   Q = sum_k e_k |a_k| (entries with e_k > 0), and per block one vector log and
+   one vector division. The row's terms follow from those without a log per
+   entry (docs/discrete.md#the-fused-soft-step): f = m + log s,
+   El = sum_k q_k a_k = P / s, H = -sum_k q_k log q_k = f - El (as
+   sum_k q_k = 1 and log q_k = a_k - f), mag = Q / s + H + |f| (log q_k <= 0:
+   sum_k q_k |log q_k| = H); they equal the per-entry forms up to rounding
+   (tests/test_discrete_families.py derives the bound). The block's
+   weighted totals are summed per lane (lane r: rows = r mod 4 of the chunk),
+   the lanes added at the end, (l0 + l1) + (l2 + l3). Rows n4 = 4 floor(n / 4)
+   onwards go to emdc_soft_rows_v, and so does a block with a bad row (a code
+   outside its levels on the rows path, or s = 0), which reports it. ix: 4 G
+   indices of room (the callers' scratch holds n_rows G). */
+EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_blocks(
+        const double* X, const unsigned char* codes, Py_ssize_t n, Py_ssize_t d,
+        Py_ssize_t K, Py_ssize_t nv, Py_ssize_t G, const Py_ssize_t* first,
+        const double* top, const int* stride, const Py_ssize_t* offset, int binary,
+        const double* T, const double* E, double shift, const double* lw,
+        const double* ew, const double* row_weights, double* resp_sum, double* row_value,
+        double* totals, double* A, Py_ssize_t* ix, double* tmp)
+{
+    const Py_ssize_t Kp = 4 * nv;
+    const emc_m4 abs_mask = {0x7fffffffffffffffLL, 0x7fffffffffffffffLL,
+                             0x7fffffffffffffffLL, 0x7fffffffffffffffLL};
+    const emc_v4 zero = emc_set1(0.0), mm = emc_set1(shift);
+    emc_v4 lwv[2], ewv[2];
+    for (Py_ssize_t v = 0; v < nv; v++) {
+        lwv[v] = emc_load(lw + 4 * v);
+        ewv[v] = emc_load(ew + 4 * v);
+    }
+    emc_v4 Fv = zero, Ev = zero, Hv = zero, Mv = zero, rs[2];
+    for (Py_ssize_t k = 0; k < Kp; k++) tmp[k] = k < K ? resp_sum[k] : 0.0;
+    for (Py_ssize_t v = 0; v < nv; v++) rs[v] = emc_load(tmp + 4 * v);
+    Py_ssize_t n4 = n - n % 4, i0, status = 0;
+    for (i0 = 0; i0 < n4; i0 += 4) {
+        int bad = 0;
+        for (int r = 0; r < 4; r++) {
+            if (codes)
+                emdc_codes_patterns(codes + (i0 + r) * G, G, offset, ix + r * G);
+            else
+                bad |= emdc_row_patterns(X + (i0 + r) * d, d, G, first, top, stride,
+                                         offset, binary, ix + r * G);
+        }
+        if (bad) break;
+        emc_v4 e[4][2], S[4], Pv[4], Qv[4];
+        for (int r = 0; r < 4; r++) {
+            const Py_ssize_t* x = ix + r * G;
+            emc_v4 a[2];
+            for (Py_ssize_t v = 0; v < nv; v++) {
+                a[v] = emc_load(T + x[0] * Kp + 4 * v);
+                e[r][v] = ewv[v] * emc_load(E + x[0] * Kp + 4 * v);
+            }
+            for (Py_ssize_t g = 1; g < G; g++)
+                for (Py_ssize_t v = 0; v < nv; v++) {
+                    a[v] += emc_load(T + x[g] * Kp + 4 * v);
+                    e[r][v] *= emc_load(E + x[g] * Kp + 4 * v);
+                }
+            S[r] = e[r][0];
+            for (Py_ssize_t v = 1; v < nv; v++) S[r] += e[r][v];    /* padding: 0 */
+            Pv[r] = zero;
+            Qv[r] = zero;
+            for (Py_ssize_t v = 0; v < nv; v++) {
+                emc_v4 av = a[v] + lwv[v];                           /* padding: -inf */
+                emc_m4 pos = (emc_m4)(e[r][v] > zero);
+                emc_v4 abs_a = (emc_v4)((emc_m4)av & abs_mask);
+                Pv[r] += EMC_SEL(pos, e[r][v] * av, zero);
+                Qv[r] += EMC_SEL(pos, e[r][v] * abs_a, zero);
+            }
+        }
+        emc_v4 s = emdc_hsum4(S[0], S[1], S[2], S[3]);
+        emc_m4 ok = (emc_m4)(s > zero);
+        if (!((ok[0] & ok[1]) & (ok[2] & ok[3]))) break;
+        emc_v4 inv = emc_set1(1.0) / s;
+        emc_v4 f = mm + emdc_log_pos(s);
+        emc_v4 El = emdc_hsum4(Pv[0], Pv[1], Pv[2], Pv[3]) * inv;
+        emc_v4 H = f - El;
+        emc_v4 mag = (emdc_hsum4(Qv[0], Qv[1], Qv[2], Qv[3]) * inv + H)
+                     + (emc_v4)((emc_m4)f & abs_mask);
+        emc_v4 wv = row_weights != NULL ? emc_load(row_weights + i0) : emc_set1(1.0);
+        Fv += wv * f;
+        Ev += wv * El;
+        Hv += wv * H;
+        Mv += wv * mag;
+        emc_store(row_value + i0, f);
+        for (int r = 0; r < 4; r++) {
+            /* the weights w q_k (padding lanes 0), into resp_sum row after row
+               as emdc_soft_rows_v adds them; zero weights add +0.0 */
+            emc_v4 is = emc_set1(inv[r]), wr = emc_set1(wv[r]), q[2];
+            for (Py_ssize_t v = 0; v < nv; v++) {
+                q[v] = (e[r][v] * is) * wr;
+                rs[v] += q[v];
+            }
+            if (A) {
+                for (Py_ssize_t g = 0; g < G; g++) {
+                    double* t = A + ix[r * G + g] * Kp;
+                    for (Py_ssize_t v = 0; v < nv; v++)
+                        emc_store(t + 4 * v, emc_load(t + 4 * v) + q[v]);
+                }
+            }
+        }
+    }
+    totals[0] += EMC_HSUM(Fv);
+    totals[1] += EMC_HSUM(Ev);
+    totals[2] += EMC_HSUM(Hv);
+    totals[3] += EMC_HSUM(Mv);
+    for (Py_ssize_t v = 0; v < nv; v++) emc_store(tmp + 4 * v, rs[v]);
+    for (Py_ssize_t k = 0; k < K; k++) resp_sum[k] = tmp[k];
+    /* the last n % 4 rows, or from a bad block on (which it reports) */
+    status = emdc_soft_rows_v(X ? X + i0 * d : NULL, codes ? codes + i0 * G : NULL,
+                              n - i0, d, K, nv, G, first, top, stride, offset, binary, T,
+                              E, shift, lw, ew, row_weights ? row_weights + i0 : NULL,
+                              resp_sum, row_value + i0, totals, A, ix, tmp);
+    return status ? status + i0 : 0;
 }
 #endif
 
@@ -482,19 +646,38 @@ static Py_ssize_t emdc_soft_step(
         Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
         const double* top, const int* stride, const Py_ssize_t* offset, int binary,
         const double* T, const double* E, double shift, const double* lw,
-        const double* ew, const double* row_weights, double* resp, double* row_value,
+        const double* ew, const double* row_weights, double* resp_sum, double* row_value,
         double* totals, double* A, Py_ssize_t* ix, double* a, double* e, double* h,
         double* el, double* mg)
 {
 #define EMDC_SOFT(KP) emdc_soft_rows(X, codes, n, d, K, KP, G, first, top, stride, \
-        offset, binary, T, E, shift, lw, ew, row_weights, resp, row_value, totals, A, \
+        offset, binary, T, E, shift, lw, ew, row_weights, resp_sum, row_value, totals, A, \
         ix, a, e, h, el, mg)
 #if EMC_GNUC
 #define EMDC_SOFT_V(NV) emdc_soft_rows_v(X, codes, n, d, K, NV, G, first, top, stride, \
-        offset, binary, T, E, shift, lw, ew, row_weights, resp, row_value, totals, A, \
+        offset, binary, T, E, shift, lw, ew, row_weights, resp_sum, row_value, totals, A, \
         ix, a)
+#define EMDC_BLOCKS(NV, NG) emdc_soft_blocks(X, codes, n, d, K, NV, NG, first, top, stride, \
+        offset, binary, T, E, shift, lw, ew, row_weights, resp_sum, row_value, totals, A, \
+        ix, a)
+    /* the block loop compiled per (nv, G) for G <= 4 (d <= 32 binary items):
+       the loops over the groups unroll and the rows' vectors stay in registers */
+    if (E && (Kp == 4 || Kp == 8)) {
+        switch (G + 8 * (Kp / 4)) {
+            case 1 + 8: return EMDC_BLOCKS(1, 1);
+            case 2 + 8: return EMDC_BLOCKS(1, 2);
+            case 3 + 8: return EMDC_BLOCKS(1, 3);
+            case 4 + 8: return EMDC_BLOCKS(1, 4);
+            case 1 + 16: return EMDC_BLOCKS(2, 1);
+            case 2 + 16: return EMDC_BLOCKS(2, 2);
+            case 3 + 16: return EMDC_BLOCKS(2, 3);
+            case 4 + 16: return EMDC_BLOCKS(2, 4);
+            default: return Kp == 4 ? EMDC_BLOCKS(1, G) : EMDC_BLOCKS(2, G);
+        }
+    }
     if (Kp == 4) return EMDC_SOFT_V(1);
     if (Kp == 8) return EMDC_SOFT_V(2);
+#undef EMDC_BLOCKS
 #undef EMDC_SOFT_V
 #endif
     return EMDC_SOFT(Kp);

@@ -37,8 +37,9 @@ X is read as rows. The family makes the codes for the fit's rows
 engine lets the kernel form q, the totals and the statistics in one loop: the
 log joint a_k by table sums, exp(a_k - shift) as a product of per-group exp
 tables (no exp per entry) when the tables' ranges sum to at most 700 (every
-product a normal double), else by a vector exp, one log per row
-(docs/discrete.md#the-fused-soft-step).
+product a normal double), else by a vector exp, one log per row; the exp-free
+step runs blocks of 4 rows with one vector log per block and adds the pass's
+sum_i w_i q_ik itself (docs/discrete.md#the-fused-soft-step).
 
 **Counts (poisson).** log p(x | k) = sum_j x_j log lambda_kj - sum_j lambda_kj -
 sum_j log x_j!, the last term from a table for counts below 1024, lgamma
@@ -80,7 +81,7 @@ cdef extern from "_discrete.h":
         Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
         const double* top, const int* stride, const Py_ssize_t* offset, int binary,
         const double* T, const double* E, double shift, const double* lw,
-        const double* ew, const double* row_weights, double* resp, double* row_value,
+        const double* ew, const double* row_weights, double* resp_sum, double* row_value,
         double* totals, double* A, Py_ssize_t* ix, double* a, double* e, double* h,
         double* el, double* mg) noexcept nogil
     Py_ssize_t emdc_make_codes(const double* X, Py_ssize_t n, Py_ssize_t d,
@@ -214,6 +215,7 @@ cdef class CodesKernel(FamilyKernel):
     cdef const double[:, ::1] exp_table
     cdef readonly double exp_shift
     cdef readonly double exp_range
+    cdef object _expansion             # expand's index arrays (made on first use)
 
     def __init__(self, log_probs, levels, GroupCodes codes=None):
         lp = np.ascontiguousarray(log_probs, dtype=np.float64)
@@ -276,18 +278,38 @@ cdef class CodesKernel(FamilyKernel):
         A = np.asarray(buffer, dtype=np.float64).reshape(self.n_patterns, self.Kp)[:, :K]
         L = max(self.levels_list)
         counts = np.zeros((K, d, L))
+        if self._expansion is None:
+            self._expansion = self._expansion_index()
+        weight = None
+        for start, j0, j1, sel in self._expansion:
+            Lg = self.levels_list[j0]
+            if weight is None:                  # the first group's patterns: all
+                weight = A[start:start + sel.shape[1] * Lg].sum(axis=0)
+            # each (feature, level) row of sel: the group's patterns with that
+            # code, summed in pattern order as Ag[mask].sum(axis=0) would
+            block = A[start + sel].sum(axis=1)                 # (m Lg, K)
+            counts[:, j0:j1, :Lg] = block.reshape(j1 - j0, Lg, K).transpose(2, 0, 1)
+        return weight, counts
+
+    def _expansion_index(self):
+        # per group: (first pattern row, first feature, end feature, sel) with
+        # sel[(j - j0) Lg + l] the patterns whose feature j has code l, when the
+        # group's features have the same level count Lg (every binary grouping);
+        # a group of mixed level counts is cut into single-feature pieces
         first = np.asarray(self.first)
         offset = np.asarray(self.offset)
-        weight = None
+        stride = np.asarray(self.stride, dtype=np.intp)
+        out = []
         for g in range(self.n_groups):
-            digits = _digits(self.levels_list, first, np.asarray(self.stride, dtype=np.intp), g)
-            Ag = A[offset[g]:offset[g] + digits.shape[0]]
-            if weight is None:
-                weight = Ag.sum(axis=0)
-            for col, j in enumerate(range(first[g], first[g + 1])):
-                for level in range(self.levels_list[j]):
-                    counts[:, j, level] = Ag[digits[:, col] == level].sum(axis=0)
-        return weight, counts
+            digits = _digits(self.levels_list, first, stride, g)
+            lv = self.levels_list[first[g]:first[g + 1]]
+            pieces = ([(0, len(lv))] if len(set(lv)) == 1
+                      else [(c, c + 1) for c in range(len(lv))])
+            for c0, c1 in pieces:
+                sel = np.stack([np.flatnonzero(digits[:, c] == level)
+                                for c in range(c0, c1) for level in range(lv[c0])])
+                out.append((offset[g], first[g] + c0, first[g] + c1, sel))
+        return out
 
     # Scratch: [acc or wrow (Kp) | tag (3) | pattern indices (n_rows x G)]. The
     # engine's chunk loop calls chunk_log_density, then chunk_accumulate, on the
@@ -341,7 +363,7 @@ cdef class CodesKernel(FamilyKernel):
 
     cdef int chunk_soft_step(self, const double* X, Py_ssize_t n_rows,
                              const double* log_weights, const double* row_weights,
-                             double* resp, double* row_value, double* totals,
+                             double* resp_sum, double* row_value, double* totals,
                              double* stats, double* scratch) noexcept nogil:
         # the exact soft posterior fused with the statistics (emdc_soft_rows): exp
         # free when the tables' and the weights' ranges sum to at most
@@ -367,7 +389,7 @@ cdef class CodesKernel(FamilyKernel):
             X, self._chunk_codes(X, n_rows), n_rows, self.n_features, K, Kp, self.n_groups,
             &self.first[0], &self.top[0], &self.stride[0], &self.offset[0], self.binary,
             &self.table[0, 0], &self.exp_table[0, 0] if exp_free else NULL,
-            self.exp_shift + top, lw, ew, row_weights, resp, row_value, totals, stats,
+            self.exp_shift + top, lw, ew, row_weights, resp_sum, row_value, totals, stats,
             ix, ew + Kp, ew + 2 * Kp, ew + 3 * Kp, ew + 4 * Kp, ew + 5 * Kp)
         return <int>status
 

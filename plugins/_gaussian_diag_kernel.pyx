@@ -217,11 +217,12 @@ cdef class GaussianDiagKernel(FamilyKernel):
 
     cdef int chunk_soft_step_f32(self, const float* X, Py_ssize_t n_rows,
                                  const double* log_weights, const double* row_weights,
-                                 double* resp, double* row_value, double* totals,
+                                 double* resp_sum, double* row_value, double* totals,
                                  double* stats, double* scratch) noexcept nogil:
         # the pass's unfused steps in its order (log-density, + log pi, posterior,
-        # q scaled by the row weights, statistics), with the posterior's exps in
-        # float32 (emc_soft_rows_f32; docs/elbo_chain.md#float32 bounds them)
+        # q scaled by the row weights, their column sums into resp_sum row after
+        # row, statistics), with the posterior's exps in float32
+        # (emc_soft_rows_f32; docs/elbo_chain.md#float32 bounds them)
         cdef Py_ssize_t i, k, K = self.n_components
         cdef double* log_joint = scratch + self._accumulate_scratch()
         cdef double* weights = log_joint + n_rows * K
@@ -230,17 +231,21 @@ cdef class GaussianDiagKernel(FamilyKernel):
         for i in range(n_rows):
             for k in range(K):
                 log_joint[i * K + k] += log_weights[k]
-        status = emc_soft_rows_f32(log_joint, resp, row_value, row_weights, n_rows, K,
+        status = emc_soft_rows_f32(log_joint, weights, row_value, row_weights, n_rows, K,
                                    1.0, &totals[TOTAL_OBJECTIVE],
                                    &totals[TOTAL_EXPECTED_LOG_JOINT],
                                    &totals[TOTAL_ENTROPY], &totals[TOTAL_MAGNITUDE], 0)
-        if status != 0 or stats == NULL:
+        if status != 0:
             return <int>status
-        if row_weights == NULL:
-            return _accumulate(self, X, n_rows, resp, stats, scratch)
+        if row_weights != NULL:
+            for i in range(n_rows):
+                for k in range(K):
+                    weights[i * K + k] = weights[i * K + k] * row_weights[i]
         for i in range(n_rows):
             for k in range(K):
-                weights[i * K + k] = resp[i * K + k] * row_weights[i]
+                resp_sum[k] += weights[i * K + k]
+        if stats == NULL:
+            return 0
         return _accumulate(self, X, n_rows, weights, stats, scratch)
 
     cdef void merge_stats(self, double* into, const double* other) noexcept nogil:

@@ -641,14 +641,15 @@ def test_fits_read_the_group_codes_of_their_em_rows(compress, monkeypatch):
 _U = 2.0 ** -53
 
 
-def _pass_pair(fam, params, X, weights, sw, n_jobs=1):
+def _pass_pair(fam, params, X, weights, sw, n_jobs=1, chunk_rows=128):
     """(fused, unfused) passes: asking for log q keeps the posterior kernel."""
     from emcore.engine import data_pass
     rule = get_registry().posterior_rule("soft").factory()
     fused = data_pass(X, fam, rule, weights, params, n_jobs=n_jobs, sample_weight=sw,
-                      chunk_rows=128)
+                      chunk_rows=chunk_rows)
     plain = data_pass(X, fam, rule, weights, params, n_jobs=n_jobs, sample_weight=sw,
-                      chunk_rows=128, out_log_resp=np.empty((X.shape[0], len(weights))))
+                      chunk_rows=chunk_rows,
+                      out_log_resp=np.empty((X.shape[0], len(weights))))
     return fused, plain
 
 
@@ -696,6 +697,59 @@ def test_fused_soft_step_is_the_soft_posterior_and_its_statistics(name):
             assert again.value == fused.value and again.entropy == fused.entropy
             np.testing.assert_array_equal(again.stats.counts, fused.stats.counts)
             np.testing.assert_array_equal(again.resp_sum, fused.resp_sum)
+
+
+@pytest.mark.parametrize("K", [3, 6])
+@pytest.mark.parametrize("d", [5, 20, 40])
+def test_fused_soft_blocks_and_their_row_tail_are_the_soft_posterior(K, d):
+    # the exp-free step runs blocks of 4 rows (one vector log per block, the
+    # entropy and magnitude from per-row sums, _discrete.h emdc_soft_blocks)
+    # and the last n % 4 rows of a chunk one by one: chunks of 126 rows leave a
+    # tail of 2 in each. K = 3 and 6 (one and two vectors of components), d = 5,
+    # 20 and 40 binary items (G = 1 and 3, compiled per G, and G = 5, the
+    # generic loop); zero sample weights among the rows. Against the unfused
+    # pass with the same derived bound, the same bits on 1 and 2 threads, and
+    # the codes path the same bits as the rows path
+    rng = np.random.default_rng(47)
+    n = 1001
+    p = rng.uniform(0.05, 0.95, (K, d))
+    X = (rng.random((n, d)) < p[rng.integers(K, size=n)]).astype(np.float64)
+    fam, params = BernoulliFamily(K, d), {"probabilities": p}
+    kernel = fam.compiled_kernel(params)
+    assert kernel.exp_range <= 700 and kernel.n_groups == -(-d // 8)
+    weights = rng.dirichlet(np.ones(K))
+    sw = rng.uniform(0.5, 2.0, n)
+    sw[::9] = 0.0
+    fused, plain = _pass_pair(fam, params, X, weights, sw, chunk_rows=126)
+    _assert_same_pass(fused, plain, kernel.n_groups, sw)
+    with fam.codes_for(X):
+        for n_jobs in (1, 2):
+            again, _ = _pass_pair(fam, params, X, weights, sw, n_jobs=n_jobs,
+                                  chunk_rows=126)
+            assert again.value == fused.value and again.entropy == fused.entropy
+            assert again.magnitude == fused.magnitude
+            np.testing.assert_array_equal(again.stats.counts, fused.stats.counts)
+            np.testing.assert_array_equal(again.resp_sum, fused.resp_sum)
+
+
+def test_fused_soft_blocks_report_the_first_bad_row():
+    # a code outside the levels inside a block of 4 (rows path: the block is
+    # handed to the row-by-row step, which names the row), and a row with
+    # probability 0 under every component (s = 0 in its block)
+    from emcore.engine import data_pass
+    rule = get_registry().posterior_rule("soft").factory()
+    fam = BernoulliFamily(2, 6)
+    p = np.array([[0.9, 0.8, 0.2, 0.7, 0.5, 0.0], [0.2, 0.3, 0.6, 0.9, 0.5, 0.0]])
+    X = np.zeros((400, 6))
+    X[::5, :3] = 1.0
+    bad = X.copy()
+    bad[213, 2] = 2.0
+    with pytest.raises(ValueError, match="row 213 of X has no finite likelihood"):
+        data_pass(bad, fam, rule, np.array([0.5, 0.5]), {"probabilities": p}, chunk_rows=64)
+    zero = X.copy()
+    zero[298, 5] = 1.0
+    with pytest.raises(ValueError, match="row 298 of X has no finite likelihood"):
+        data_pass(zero, fam, rule, np.array([0.5, 0.5]), {"probabilities": p}, chunk_rows=64)
 
 
 def test_fused_soft_step_falls_back_to_exp_beyond_the_guard():

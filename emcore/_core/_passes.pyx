@@ -153,15 +153,18 @@ cdef int _chunk_e_step(FamilyKernel family, PosteriorKernel rule, const _Pass* p
                 buf.labels, buf.row_value, buf.totals,
                 block.stats if p.with_stats else NULL)
     elif p.fused_soft:
-        # the family's own exact soft E-step, fused with its accumulation
+        # the family's own exact soft E-step, fused with its accumulation and
+        # with the block's sum_i w_i q_ik (no q written, see _add_resp_sum)
         if x == NULL:
             status = family.chunk_soft_step_f32(
-                xs, nr, p.log_weights, _row_weights(p, r0), buf.resp, buf.row_value,
-                buf.totals, block.stats if p.with_stats else NULL, buf.scratch)
+                xs, nr, p.log_weights, _row_weights(p, r0), block.resp_sum,
+                buf.row_value, buf.totals, block.stats if p.with_stats else NULL,
+                buf.scratch)
         else:
             status = family.chunk_soft_step(
-                x, nr, p.log_weights, _row_weights(p, r0), buf.resp, buf.row_value,
-                buf.totals, block.stats if p.with_stats else NULL, buf.scratch)
+                x, nr, p.log_weights, _row_weights(p, r0), block.resp_sum,
+                buf.row_value, buf.totals, block.stats if p.with_stats else NULL,
+                buf.scratch)
     else:
         if x == NULL:
             status = family.chunk_log_density_f32(xs, nr, buf.log_joint, buf.scratch)
@@ -249,7 +252,8 @@ cdef void _run_block(FamilyKernel family, PosteriorKernel rule, const _Pass* p,
             if _chunk_e_step(family, rule, p, &buf, x, r0, nr, block) != 0:
                 break
             _write_outputs(p, &buf, r0, nr)
-            _add_resp_sum(p, &buf, r0, nr, block.resp_sum)
+            if not p.fused_soft:         # (the fused step adds its own)
+                _add_resp_sum(p, &buf, r0, nr, block.resp_sum)
             if p.with_stats and not p.fused and not p.fused_soft:
                 if _accumulate(family, p, &buf, x, r0, nr, block) != 0:
                     break
