@@ -67,9 +67,10 @@ from emcore.registry import get_registry
 TARGET = 1e-8
 #: --issue-size's default seed, chosen by ``--scan`` (the table, every seed screened,
 #: is in benchmarks/README.md): at (1e6, 16, 16) plain EM from seed 6's start crawls
-#: linearly (rho 0.97-0.98 over passes 80-160) up to L* from below, its means
-#: approaching SQUAREM's, and the whole run fits a session (SQUAREM 182 passes to
-#: L*, plain EM 249 to the target). Seed 8 crawls slower (rho 0.9976 at pass 200)
+#: along a flat ridge (rho 0.97-0.98 over passes 80-160, then rising) up to L* from
+#: below, its means approaching SQUAREM's, and the whole run fits a session (2026-12-07:
+#: SQUAREM 131 passes to L*, 97 to the target; plain EM 432 to the target, inside the
+#: default cap of 5x SQUAREM's passes). Seed 8 crawls slower (rho 0.9976 at pass 200)
 #: but SQUAREM was still 2e-6 short of its limit after 200 passes; seed 7 was dropped:
 #: from it SQUAREM and plain EM reach different points (a plateau left one way or the
 #: other); seed 0 converges in 28 iterations there, leaving nothing to accelerate.
