@@ -6,6 +6,10 @@
 #include "emcore/vec4.h"   /* emc_v4 and its operations, EMC_CLONES, EMC_GNUC */
 #include "emcore/vexp.h"   /* emc_exp_nonpos */
 
+/* the float32 exp's relative error bound in u32 (emc_exp_nonpos_f8 below; the
+   plain-C build has no float32 exp and takes double exps, within it too) */
+#define EMC_EXP_F32_ERROR 3.0
+
 #if EMC_GNUC
 /* exp on 8 floats for x <= 0, the float32 posterior's (emc_soft_rows_f32):
    x = n ln2 + r, n = round(x / ln2) (ln2 in two parts, n ln2_hi exact for
@@ -19,7 +23,6 @@
 typedef float emc_v8f __attribute__((vector_size(32)));
 typedef float emc_v4f __attribute__((vector_size(16)));
 typedef int emc_m8i __attribute__((vector_size(32)));
-#define EMC_EXP_F32_ERROR 3.0
 #define EMC_EXP_F32_LOW (-87.0f)
 static inline emc_v8f emc_set1_f8(float x) { return (emc_v8f){0} + x; }
 static inline emc_v8f emc_exp_nonpos_f8(emc_v8f x) {
