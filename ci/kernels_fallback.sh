@@ -11,8 +11,8 @@
 #   plain      CFLAGS=-DEMC_NO_GNU_EXTENSIONS    (every plain-C fallback)
 #
 # (emcore/include/emcore/vec4.h), the build is checked to have compiled that
-# path (emcore.kernel._compiled_paths), and the kernel, thread, oracle and chain
-# tests run against it. Arguments: the variants (default: baseline plain);
+# path (emcore.kernel._compiled_paths), and the kernel, thread, oracle, chain,
+# float32 and discrete-family tests run against it. Arguments: the variants (default: baseline plain);
 # after `--`, arguments for pytest. Scratch in build/kernels-fallback/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +21,8 @@ PYTHON=${PYTHON:-python3}
 WORK=$ROOT/build/kernels-fallback
 PIP_QUIET=(--quiet --disable-pip-version-check)
 TESTS=(tests/test_gaussian_kernels.py tests/test_kmeans.py tests/test_threads.py
-       tests/test_sklearn_oracle.py tests/test_engine.py)
+       tests/test_sklearn_oracle.py tests/test_engine.py tests/test_float32.py
+       tests/test_discrete_families.py)
 
 variants=()
 while [[ $# -gt 0 && $1 != -- ]]; do variants+=("$1"); shift; done
@@ -56,7 +57,7 @@ for variant in "${variants[@]}"; do
         --no-build-isolation "$SRC[test]" >"$WORK/$variant/build.log" 2>&1 \
         || { tail -n 60 "$WORK/$variant/build.log"; fail "the $variant build failed (log above)"; }
 
-    step "$variant: the compiled paths, then the kernel, thread, oracle and chain tests"
+    step "$variant: the compiled paths, then the kernel, thread, oracle, chain, float32 and discrete tests"
     got=$(cd "$WORK" && "$VENV/bin/python" -c "import json, emcore.kernel as k; print(json.dumps(k._compiled_paths()))")
     [[ $got == "$expect" ]] || fail "the $variant build compiled $got, expected $expect"
     echo "compiled paths: $got"
