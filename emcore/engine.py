@@ -640,13 +640,15 @@ class _Steps:
         _validate_in_debug(self.family, new_params, f"at iteration {t}")
         return self.structure.m_step(a.result, a.weights), new_params
 
-    def em(self, t: int, a: _Point) -> tuple:
-        """One EM (or GEM, or Monte-Carlo) step from ``a``: (record, point after it)."""
+    def em(self, t: int, a: _Point, m_step: Optional[tuple] = None) -> tuple:
+        """One EM (or GEM, or Monte-Carlo) step from ``a``: (record, point after it).
+        ``m_step``: the M-step from ``a`` when it is already made (``self.m_step``'s
+        (weights, params)), so it is not made twice."""
         family, rule = self.family, self.rule
         t0 = time.perf_counter()
         current = a.result
         stats = current.stats
-        new_weights, new_params = self.m_step(t, a)
+        new_weights, new_params = m_step if m_step is not None else self.m_step(t, a)
         empty = tuple(int(j) for j in np.flatnonzero(~(current.resp_sum > 0)))
         elbo = (family.expected_log_likelihood(stats, new_params)
                 + self.structure.expected_log_likelihood(current, new_weights)
@@ -945,9 +947,9 @@ def _squarem_cycles(steps: _Steps, point: _Point, max_iter: int, emit, stops,
     t = 0
     n_m_steps = 0
 
-    def em(a: _Point) -> tuple:
+    def em(a: _Point, m_step: Optional[tuple] = None) -> tuple:
         nonlocal t, n_m_steps
-        record, b = steps.em(t, a)
+        record, b = steps.em(t, a, m_step)
         latest[0] = b
         t += 1
         n_m_steps += 1
@@ -975,7 +977,7 @@ def _squarem_cycles(steps: _Steps, point: _Point, max_iter: int, emit, stops,
         if s == 1.0:
             if s == step_max:
                 step_max *= _SQUAREM_MSTEP
-            point, done = em(p1)    # c' = c_2: the cycle is two EM steps
+            point, done = em(p1, (w2, params2))    # c' = c_2: two EM steps
             if done:
                 return point, "tol"
             continue
@@ -1029,7 +1031,7 @@ def _squarem_cycles(steps: _Steps, point: _Point, max_iter: int, emit, stops,
                                                 reason=reason))
             t += 1
             emit(dataclass_replace(record, seconds=time.perf_counter() - t0))
-            point, done = em(p1)    # the cycle ends at theta_2, as two EM steps
+            point, done = em(p1, (w2, params2))    # the cycle ends at theta_2
             if done:
                 return point, "tol"
             continue
