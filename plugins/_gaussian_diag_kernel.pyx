@@ -237,12 +237,10 @@ cdef class GaussianDiagKernel(FamilyKernel):
                                    &totals[TOTAL_ENTROPY], &totals[TOTAL_MAGNITUDE], 0)
         if status != 0:
             return <int>status
-        if row_weights != NULL:
-            for i in range(n_rows):
-                for k in range(K):
-                    weights[i * K + k] = weights[i * K + k] * row_weights[i]
         for i in range(n_rows):
             for k in range(K):
+                if row_weights != NULL:
+                    weights[i * K + k] = weights[i * K + k] * row_weights[i]
                 resp_sum[k] += weights[i * K + k]
         if stats == NULL:
             return 0
