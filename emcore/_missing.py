@@ -815,6 +815,9 @@ class MaskedFamily(Family):
     def expected_log_likelihood_magnitude(self, stats, params):
         return self.family.expected_log_likelihood_magnitude(stats, params)
 
+    def statistics_rounding(self, stats, params, new_params):
+        return self.family.statistics_rounding(stats, params, new_params)
+
     def to_unconstrained(self, params):
         return self.family.to_unconstrained(params)
 

@@ -600,7 +600,8 @@ class _Steps:
         prior, prior_mag = self.log_prior(w, p, family_prior)
         return _Point(w, p, result, prior, prior_mag, self.family.rounding_amplification(p))
 
-    def _tolerances(self, a: _Point, b: _Point, stats, new_params, extra_magnitude=0.0):
+    def _tolerances(self, a: _Point, b: _Point, stats, new_params, extra_magnitude=0.0,
+                    stats_params=None):
         # docs/elbo_chain.md#check-a, #check-b, with the summation depth of our
         # chunked sums in place of ceil(log2 n): tau_A for the equality, tau_B over
         # both passes, the penalties and the log priors, plus the statistics-based
@@ -617,7 +618,11 @@ class _Steps:
                      + 2.0 * family.parameter_rounding(stats, new_params)
                      # log-densities through a cancelling formula (k-means)
                      + family.log_density_rounding(a.result.stats, a.params)
-                     + family.log_density_rounding(stats, new_params))
+                     + family.log_density_rounding(stats, new_params)
+                     # statistics partly summed in float32, evaluated at new_params
+                     + family.statistics_rounding(
+                         stats, a.params if stats_params is None else stats_params,
+                         new_params))
         return max(tol_eq, np.finfo(float).tiny), max(tol_chain, np.finfo(float).tiny)
 
     def _m_step_gain(self, stats, new_params) -> float:
@@ -687,7 +692,7 @@ class _Steps:
     def tolerances(self, a: _Point, b: _Point) -> tuple:
         """(tau_A, tau_B) of a move from ``a`` to ``b`` with no M-step between
         them (a SQUAREM jump): the rounding bounds its record's chain uses."""
-        return self._tolerances(a, b, b.result.stats, b.params)
+        return self._tolerances(a, b, b.result.stats, b.params, stats_params=b.params)
 
     def jump(self, t: int, a: _Point, b: _Point, extrapolation: dict) -> Iteration:
         """The record of SQUAREM's move from ``a`` (the cycle's EM step done) to the

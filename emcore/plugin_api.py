@@ -434,6 +434,22 @@ class Family(abc.ABC):
         """
         return 0.0
 
+    def statistics_rounding(self, stats: Any, params: Params, new_params: Params) -> float:
+        """Bound on what the statistics' own rounding moves ``expected_log_likelihood(stats, new_params)``.
+
+        ``stats`` were accumulated in the pass at ``params`` (for a Gaussian,
+        moments about its means); the chain evaluates them at ``new_params``. A
+        family that accumulates part of its statistics in a lower precision
+        (float32 partial sums of a block of rows, then added to float64 totals)
+        returns an absolute bound on the resulting error of that value; it is
+        added to the chain tolerance of the ascent and bound links
+        (docs/elbo_chain.md#float32). It may depend on both parameter sets: a
+        residual's error enters through the move from ``params`` to
+        ``new_params``. Default 0 (statistics summed in float64 only, whose
+        rounding ``expected_log_likelihood_magnitude`` covers).
+        """
+        return 0.0
+
     def expected_log_likelihood_magnitude(self, stats: Any, params: Params) -> float:
         """Magnitude M_Q bounding the rounding of ``expected_log_likelihood(stats, params)``.
 

@@ -287,6 +287,11 @@ class ProductFamily(Family):
     def expected_log_likelihood_magnitude(self, stats: tuple, params: Params) -> float:
         return self._sum("expected_log_likelihood_magnitude", stats, params)
 
+    def statistics_rounding(self, stats: tuple, params: Params, new_params: Params) -> float:
+        return float(sum(fam.statistics_rounding(s, p, q) for (_, _, fam, _), s, p, q
+                         in zip(self._parts, stats, self._split(params),
+                                self._split(new_params))))
+
     def rounding_amplification(self, params: Params) -> float:
         """The largest of the parts' (each part's log-density carries its own
         amplified error; adding the parts' values adds one rounding per part)."""

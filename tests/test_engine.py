@@ -387,3 +387,49 @@ def test_a_tol_below_the_objectives_rounding_floor_warns(offset, noisy):
         assert len(said) == 1
         assert f"known only to within {over[0].tolerance:.3g}" in said[0]
         assert f"at iteration {over[0].iteration})" in said[0]
+
+
+
+class _StatisticsRoundingProbe(GaussianFamily):
+    """Reports a fixed statistics_rounding and records the parameter sets it was given."""
+
+    BOUND = 12.5
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen = []
+
+    def statistics_rounding(self, stats, params, new_params):
+        self.seen.append((params["means"].copy(), new_params["means"].copy()))
+        return self.BOUND
+
+
+def test_engine_adds_statistics_rounding_with_the_pass_and_new_parameters():
+    # The family's bound enters tau_B of every ascent/bound link, evaluated with
+    # the parameters the statistics were summed at (theta_t) and the M-step's
+    # theta_{t+1}: the two fits differ by BOUND in each record's tolerance (the
+    # same data, start and arithmetic otherwise).
+    rng = np.random.default_rng(5)
+    X = np.concatenate([rng.normal(0.0, 1.0, (200, 2)), rng.normal(4.0, 1.0, (200, 2))])
+    rule = get_registry().posterior_rule("soft").factory()
+    weights = np.array([0.5, 0.5])
+    fits = []
+    for cls in (GaussianFamily, _StatisticsRoundingProbe):
+        family = cls(2, 2, reg_covar=0.0)
+        start = family.params_from_covariances(np.array([[-1.0, 0.5], [3.0, 5.0]]),
+                                               np.stack([np.eye(2)] * 2))
+        fits.append((family, run_em(X, family, rule, weights, start, max_iter=6, tol=0.0,
+                                    n_jobs=1)))
+    (_, plain), (probe, probed) = fits
+    assert len(plain.history) == len(probed.history) == 6
+    for a, b in zip(plain.history, probed.history):
+        assert a.tolerance_equality == b.tolerance_equality
+        # tau_B is a sum of non-negative doubles and BOUND is its largest term:
+        # the difference is BOUND to within a few roundings of the sum
+        assert abs((b.tolerance - a.tolerance) - probe.BOUND) <= 4 * np.finfo(float).eps * b.tolerance
+    # one call per record, each with (theta_t, theta_{t+1}): the new means of one
+    # are the pass means of the next, and every step moved them
+    assert len(probe.seen) == 6
+    for (_, new), (old_next, _) in zip(probe.seen, probe.seen[1:]):
+        assert np.array_equal(new, old_next)
+    assert all(not np.array_equal(old, new) for old, new in probe.seen)
