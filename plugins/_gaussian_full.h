@@ -305,7 +305,10 @@ static void emc_transpose_widen(const float* X, Py_ssize_t n, Py_ssize_t d,
    Returns 1 if some q is not finite (overflowed float), else 0. */
 #if EMC_GNUC
 typedef float emc_v16f __attribute__((vector_size(64)));
-static inline emc_v16f emc_set1_f16(float x) { return (emc_v16f){0} + x; }
+/* x in every lane (scalar + vector: one broadcast; + 0 changes only the sign
+   of a zero, which the products and squares remove); a macro, so that no
+   64-byte vector is returned by value from a function compiled without AVX-512 */
+#define emc_set1_f16(x) ((emc_v16f){0} + (x))
 
 EMC_ALWAYS_INLINE int emc_full_log_density_f32_rows(
         const float* Xt, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t d, Py_ssize_t dp,
