@@ -937,7 +937,8 @@ class GaussianFamily(Family):
         # rho = 1.0001 u32 ((K - 1) / e + EXP_F32_ERROR) + K 2^-125, since
         # q_ik |a_ik - m_i| <= |t| e^t <= 1/e; times the rows' total weight.
         # float64 rows, or a kernel that widens them: 0 (the relative error is
-        # covered by rounding_amplification).
+        # covered by rounding_amplification). The full kernel's float32 rows: its
+        # own bound, _full_float32_log_density_rounding.
         if self.dtype == "float32" and not self._diagonal and not stats.diagonal:
             return _full_float32_log_density_rounding(stats, params, self.n_components)
         if self.dtype != "float32" or not self._diagonal or not stats.diagonal:
