@@ -37,6 +37,19 @@ order in every lane, so the same bits as the AVX2 clone, at twice the width
 (tested). The same chunk gives the same bits on any thread (the clone and the
 tiles are chosen once per process).
 
+float32 rows (``GaussianFullKernel(..., float32=True)``, built by
+``GaussianFamily(dtype='float32')``; the ``_f32`` methods of emcore/kernel.pxd):
+the chunk is transposed as floats and the quadratic form computed in float32,
+the same loop on 16-float vectors of rows (two in AVX-512 registers where the
+CPU has them, chosen once per process: the same bits either way), each mean
+held as two floats (hi + lo) so that x - mu carries a relative error only, the
+triangle of U rounded to float; the constant and the result double
+(docs/elbo_chain.md#float32 derives the bound the family's
+``log_density_rounding`` gives the chain). The statistics read the rows widened
+exactly into the double transposed chunk: bitwise those of X.astype(float64).
+With the exact soft rule the pass calls the fused ``chunk_soft_step_f32``, the
+posterior's exps in float32 as for the diagonal kernel.
+
 Flops per row and component (counted in benchmarks/bench_gaussian.py): the
 E-step d (subtraction) + d(d+1) (the triangular product: column j has j+1
 multiply-adds) + 2d (squares and sum); the statistics 2d (weighted sum for c)
