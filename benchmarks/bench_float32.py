@@ -21,7 +21,10 @@ without a copy and returns float32 attributes. The diagonal kernel ('diag')
 computes the log-density's quadratic form in float32 on float32 rows (8-float
 vectors), the soft posterior's exps in float32 (its fused step, K >= 8), and its
 statistics in float64 from the rows widened in registers; the full-covariance
-kernel ('full') still widens each chunk to float64. For 'diag' the tolerance
+kernel ('full') the quadratic form in float32 (16-float vectors, two of them in
+AVX-512 registers where the CPU has them), the same float32-exp posterior, and
+its statistics from the rows widened exactly (full_kernel_bound gives its
+tolerance term). For 'diag' the tolerance
 adds the kernel's derived bound, sum_i max_k of half
 1.01 (d + 7) u32 sum_j p_kj (|x_ij - c_j| + |mu_kj - c_j|)^2 (c the means'
 mean in float32), plus n times the posterior's per-row bound
@@ -65,11 +68,34 @@ def first_order_gap(est, X: np.ndarray) -> float:
     return U32 * float(np.sum(np.abs(X) * np.abs(grad))) / abs(total)
 
 
+def full_kernel_bound(est, X: np.ndarray) -> float:
+    """The full kernel's float32 rounding of sum_i l_i, relative to |sum_i l_i|:
+    sum_i max_k of c_d / 2 || |U_k|^T a_ik ||^2 + d (d + 1) 2^-149, a_ik = |x_i - mu_k|
+    + u32 |mu_k|, plus n times the float32-exp posterior's per-row bound
+    (docs/elbo_chain.md#float32; plugins/gaussian.py computes both constants)."""
+    from emcore.plugins.gaussian import (_float32_posterior_rounding,
+                                         _full_float32_form_constant)
+    means = est.means_.astype(np.float64)
+    U = np.abs(np.triu(est.precisions_cholesky_.astype(np.float64)))
+    n, d = X.shape
+    Xd = X.astype(np.float64)
+    worst = np.zeros(n)
+    for k in range(means.shape[0]):
+        b = (np.abs(Xd - means[k]) + U32 * np.abs(means[k])) @ U[k]
+        worst = np.maximum(worst, np.sum(b * b, axis=1))
+    total = float(np.sum(est.score_samples(Xd)))
+    rows = (0.5 * _full_float32_form_constant(d) * float(np.sum(worst))
+            + n * (d * (d + 1) * 2.0 ** -149 + _float32_posterior_rounding(means.shape[0])))
+    return rows / abs(total)
+
+
 def kernel_bound(est, X: np.ndarray) -> float:
     """The diagonal kernel's float32 rounding of sum_i l_i, relative to |sum_i l_i|:
     sum_i max_k of half 1.01 (d + 7) u32 sum_j p_kj (|x_ij - c_j| + |mu_kj - c_j|)^2,
     plus n times the float32-exp posterior's per-row bound
-    (docs/elbo_chain.md#float32). 0 for 'full' (its chunks are widened)."""
+    (docs/elbo_chain.md#float32); the full kernel's for 'full'."""
+    if est.covariance_type == "full":
+        return full_kernel_bound(est, X)
     if est.covariance_type != "diag":
         return 0.0
     means = est.means_.astype(np.float64)

@@ -2,6 +2,7 @@
    (plugins/_gaussian_kernel.pyx, whose docstring describes them). */
 #ifndef EMCORE_GAUSSIAN_FULL_H
 #define EMCORE_GAUSSIAN_FULL_H
+#include <float.h>
 #include "emcore/vec4.h"   /* emc_v4 and its operations, EMC_CLONES */
 
 #define EMC_ROWS 8    /* rows per group: two vectors */
@@ -260,5 +261,174 @@ static void emc_full_moments(const double* Xt, Py_ssize_t ld, Py_ssize_t d,
     for (a = 0; a < da; a++)
         for (b = 0; b < da; b++) S[a * da + b] = EMC_HSUM(emc_load(S4 + 4 * (a * da + b)));
 }
+
+
+/* ---- float32 rows (GaussianFullKernel(..., float32=True)) ------------------ */
+
+/* Xt (d x ld, float) = X^T for n float rows, rows n..ld-1 zero. */
+static void emc_transpose_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
+                              Py_ssize_t ld, float* Xt)
+{
+    Py_ssize_t i, l;
+    for (i = 0; i < n; i++)
+        for (l = 0; l < d; l++) Xt[l * ld + i] = X[i * d + l];
+    for (l = 0; l < d; l++)
+        for (i = n; i < ld; i++) Xt[l * ld + i] = 0.0f;
+}
+
+/* Xt (d x ld, double) = X^T widened exactly, for the statistics: the same
+   numbers as emc_transpose of X.astype(float64), so the same sums after. */
+static void emc_transpose_widen(const float* X, Py_ssize_t n, Py_ssize_t d,
+                                Py_ssize_t ld, double* Xt)
+{
+    Py_ssize_t i, l;
+    for (i = 0; i < n; i++)
+        for (l = 0; l < d; l++) Xt[l * ld + i] = (double)X[i * d + l];
+    for (l = 0; l < d; l++)
+        for (i = n; i < ld; i++) Xt[l * ld + i] = 0.0;
+}
+
+/* Rows per group of the float32 log-density: EMC_ROWS_F32 = 32 (two 16-float
+   vectors of rows on x86-64-v4, one elsewhere, which then takes two groups of
+   16); X^T's stride is a multiple of it. */
+#define EMC_ROWS_F32 32
+
+/* out[i, k] = log_norm[k] - q_k[i] / 2 for the n float rows of Xt (d x ld), the
+   quadratic form q_k[i] = ||t_i U_k||^2 computed in float: t = (x - H_k) - L_k,
+   the mean held as two floats (H = float(mu), L = float(mu - H)), U_k the upper
+   triangle rounded to float (K x d x dp, dp = d rounded up to 4, zero padded);
+   log_norm and the result in double (docs/elbo_chain.md#float32 bounds the
+   error). The float64 kernel's loop on 16-float vectors of rows: NR (1 or 2,
+   a constant) vectors of rows, 4 columns of t U at a time, column j summing
+   only its j + 1 terms of the triangle, each lane the same operations in the
+   same order (so NR = 1 and 2 give the same bits). Dt: 16 NR d floats.
+   Returns 1 if some q is not finite (overflowed float), else 0. */
+#if EMC_GNUC
+typedef float emc_v16f __attribute__((vector_size(64)));
+/* x in every lane (scalar + vector: one broadcast; + 0 changes only the sign
+   of a zero, which the products and squares remove); a macro, so that no
+   64-byte vector is returned by value from a function compiled without AVX-512 */
+#define emc_set1_f16(x) ((emc_v16f){0} + (x))
+
+EMC_ALWAYS_INLINE int emc_full_log_density_f32_rows(
+        const float* Xt, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t d, Py_ssize_t dp,
+        Py_ssize_t K, const float* H, const float* L, const float* U,
+        const double* log_norm, float* Dt, double* out, const int NR)
+{
+    Py_ssize_t i0, k, l, j0, lmax, r;
+    const Py_ssize_t G = 16 * NR;       /* rows per group */
+    float q[32];
+    int bad = 0;
+    for (i0 = 0; i0 < n; i0 += G) {
+        Py_ssize_t rows = n - i0 < G ? n - i0 : G;
+        for (k = 0; k < K; k++) {
+            const float* h = H + k * d;
+            const float* lo = L + k * d;
+            const float* Uk = U + k * d * dp;
+            for (l = 0; l < d; l++) {
+                for (int v = 0; v < NR; v++) {
+                    emc_v16f x;
+                    memcpy(&x, Xt + l * ld + i0 + 16 * v, sizeof x);
+                    x = (x - h[l]) - lo[l];
+                    memcpy(Dt + G * l + 16 * v, &x, sizeof x);
+                }
+            }
+            emc_v16f sq[2];
+            for (int v = 0; v < NR; v++) sq[v] = (emc_v16f){0};
+            for (j0 = 0; j0 < d; j0 += 4) {
+                emc_v16f a[4][2];
+                for (int c = 0; c < 4; c++)
+                    for (int v = 0; v < NR; v++) a[c][v] = (emc_v16f){0};
+                lmax = j0 + 4 < d ? j0 + 4 : d;
+                for (l = 0; l < lmax; l++) {
+                    const float* u = Uk + l * dp + j0;
+                    emc_v16f t[2];
+                    for (int v = 0; v < NR; v++) memcpy(&t[v], Dt + G * l + 16 * v, sizeof t[v]);
+                    for (int c = 0; c < 4; c++) {
+                        emc_v16f uc = emc_set1_f16(u[c]);
+                        for (int v = 0; v < NR; v++) a[c][v] = a[c][v] + uc * t[v];
+                    }
+                }
+                for (int c = 0; c < 4; c++)
+                    for (int v = 0; v < NR; v++) sq[v] = sq[v] + a[c][v] * a[c][v];
+            }
+            for (int v = 0; v < NR; v++) memcpy(q + 16 * v, &sq[v], sizeof sq[v]);
+            for (r = 0; r < rows; r++) {       /* (the padding rows are not looked at) */
+                if (!(q[r] <= FLT_MAX)) bad = 1;       /* overflowed: inf */
+                out[(i0 + r) * K + k] = log_norm[k] - 0.5 * (double)q[r];
+            }
+        }
+    }
+    return bad;
+}
+
+#if EMC_HAVE_CLONES
+/* the same loop with two 16-float vectors of rows in zmm registers (x86-64-v4) */
+__attribute__((target("arch=x86-64-v4")))
+static int emc_full_log_density_f32_v4(
+        const float* Xt, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t d, Py_ssize_t dp,
+        Py_ssize_t K, const float* H, const float* L, const float* U,
+        const double* log_norm, float* Dt, double* out)
+{
+    return emc_full_log_density_f32_rows(Xt, ld, n, d, dp, K, H, L, U, log_norm, Dt,
+                                         out, 2);
+}
+#endif
+
+EMC_CLONES
+static int emc_full_log_density_f32_v3(
+        const float* Xt, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t d, Py_ssize_t dp,
+        Py_ssize_t K, const float* H, const float* L, const float* U,
+        const double* log_norm, float* Dt, double* out)
+{
+    return emc_full_log_density_f32_rows(Xt, ld, n, d, dp, K, H, L, U, log_norm, Dt,
+                                         out, 1);
+}
+
+/* 1: the float32 log-density runs two vectors of rows in AVX-512 registers;
+   0: one (the AVX2 clone, or baseline x86-64); -1: not decided yet (decided
+   at the module's import). The same bits either way (tests compare them). */
+static int emc_full_f32_use_v4 = -1;
+
+static int emc_full_log_density_f32(
+        const float* Xt, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t d, Py_ssize_t dp,
+        Py_ssize_t K, const float* H, const float* L, const float* U,
+        const double* log_norm, float* Dt, double* out)
+{
+    if (emc_full_f32_use_v4 < 0) emc_full_f32_use_v4 = emc_full_v4_available();
+#if EMC_HAVE_CLONES
+    if (emc_full_f32_use_v4)
+        return emc_full_log_density_f32_v4(Xt, ld, n, d, dp, K, H, L, U, log_norm, Dt, out);
+#endif
+    return emc_full_log_density_f32_v3(Xt, ld, n, d, dp, K, H, L, U, log_norm, Dt, out);
+}
+#else
+/* without GNU vectors: the same operations in the same order, one row at a time */
+static int emc_full_f32_use_v4 = 0;
+static int emc_full_log_density_f32(
+        const float* Xt, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t d, Py_ssize_t dp,
+        Py_ssize_t K, const float* H, const float* L, const float* U,
+        const double* log_norm, float* Dt, double* out)
+{
+    Py_ssize_t i, k, l, j0, lmax;
+    int c, bad = 0;
+    for (i = 0; i < n; i++)
+        for (k = 0; k < K; k++) {
+            const float* Uk = U + k * d * dp;
+            float sq = 0.0f;
+            for (l = 0; l < d; l++) Dt[l] = (Xt[l * ld + i] - H[k * d + l]) - L[k * d + l];
+            for (j0 = 0; j0 < d; j0 += 4) {
+                float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                lmax = j0 + 4 < d ? j0 + 4 : d;
+                for (l = 0; l < lmax; l++)
+                    for (c = 0; c < 4; c++) a[c] = a[c] + Uk[l * dp + j0 + c] * Dt[l];
+                for (c = 0; c < 4; c++) sq = sq + a[c] * a[c];
+            }
+            if (!(sq <= FLT_MAX)) bad = 1;       /* overflowed: inf */
+            out[i * K + k] = log_norm[k] - 0.5 * (double)sq;
+        }
+    return bad;
+}
+#endif
 
 #endif

@@ -37,12 +37,26 @@ order in every lane, so the same bits as the AVX2 clone, at twice the width
 (tested). The same chunk gives the same bits on any thread (the clone and the
 tiles are chosen once per process).
 
+float32 rows (``GaussianFullKernel(..., float32=True)``, built by
+``GaussianFamily(dtype='float32')``; the ``_f32`` methods of emcore/kernel.pxd):
+the chunk is transposed as floats and the quadratic form computed in float32,
+the same loop on 16-float vectors of rows (two in AVX-512 registers where the
+CPU has them, chosen once per process: the same bits either way), each mean
+held as two floats (hi + lo) so that x - mu carries a relative error only, the
+triangle of U rounded to float; the constant and the result double
+(docs/elbo_chain.md#float32 derives the bound the family's
+``log_density_rounding`` gives the chain). The statistics read the rows widened
+exactly into the double transposed chunk: bitwise those of X.astype(float64).
+With the exact soft rule the pass calls the fused ``chunk_soft_step_f32``, the
+posterior's exps in float32 as for the diagonal kernel.
+
 Flops per row and component (counted in benchmarks/bench_gaussian.py): the
 E-step d (subtraction) + d(d+1) (the triangular product: column j has j+1
 multiply-adds) + 2d (squares and sum); the statistics 2d (weighted sum for c)
 + 3d (subtraction, weighting, residual) + d(d+1) (the upper triangle of S).
 """
-from emcore.kernel cimport FamilyKernel
+from emcore.kernel cimport (FamilyKernel, TOTAL_OBJECTIVE, TOTAL_EXPECTED_LOG_JOINT,
+                            TOTAL_ENTROPY, TOTAL_MAGNITUDE)
 from emcore.moments cimport (EMC_SCATTER_FULL, emc_merge_moment_slot_arrays,
                              emc_merge_moment_slots,
                              EMC_SLOT_REFERENCE, EMC_SLOT_RESIDUAL, EMC_SLOT_SCATTER,
@@ -69,6 +83,25 @@ cdef extern from "_gaussian_full.h":
     Py_ssize_t EMC_ROWS
     int emc_full_use_v4
     int emc_full_v4_available() noexcept nogil
+    void emc_transpose_f32(const float* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t ld,
+                           float* Xt) noexcept nogil
+    void emc_transpose_widen(const float* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t ld,
+                             double* Xt) noexcept nogil
+    Py_ssize_t EMC_ROWS_F32
+    int emc_full_f32_use_v4
+    int emc_full_log_density_f32(const float* Xt, Py_ssize_t ld, Py_ssize_t n,
+                                 Py_ssize_t d, Py_ssize_t dp, Py_ssize_t K,
+                                 const float* H, const float* L, const float* U,
+                                 const double* log_norm, float* Dt,
+                                 double* out) noexcept nogil
+
+
+cdef extern from "_soft_posterior.h":
+    Py_ssize_t emc_soft_rows_f32(double* log_joint, double* resp, double* row_value,
+                                 const double* row_weights, Py_ssize_t n, Py_ssize_t K,
+                                 double T, double* objective, double* log_joint_total,
+                                 double* entropy, double* magnitude,
+                                 int write_log_q) noexcept nogil
 
 
 cdef inline Py_ssize_t _round_up(Py_ssize_t a, Py_ssize_t m) noexcept nogil:
@@ -94,6 +127,25 @@ def _avx512_tiles(enable=None):
 _avx512_tiles()   # decided once, at import: no thread of a pass writes the choice
 
 
+def _avx512_float32(enable=None):
+    """Whether the float32 log-density runs two 16-float vectors of rows in
+    AVX-512 registers (x86-64-v4 CPUs) rather than one.
+
+    As :func:`_avx512_tiles`, for the tests (the same bits either way)."""
+    global emc_full_f32_use_v4
+    if enable is not None:
+        if enable and not emc_full_v4_available():
+            raise ValueError("The 'enable' parameter of _avx512_float32 is True but this "
+                             "CPU (or build) has no x86-64-v4 loop.")
+        emc_full_f32_use_v4 = 1 if enable else 0
+    elif emc_full_f32_use_v4 < 0:
+        emc_full_f32_use_v4 = emc_full_v4_available()
+    return bool(emc_full_f32_use_v4)
+
+
+_avx512_float32()
+
+
 cdef inline Py_ssize_t _stride(Py_ssize_t n_rows) noexcept nogil:
     """Rows of X^T: n_rows rounded up to EMC_ROWS, plus EMC_ROWS zero rows, so
     that the d rows of X^T are not a multiple of 4 KiB apart (2048-row chunks
@@ -101,16 +153,31 @@ cdef inline Py_ssize_t _stride(Py_ssize_t n_rows) noexcept nogil:
     return _round_up(n_rows, EMC_ROWS) + EMC_ROWS
 
 
+cdef inline Py_ssize_t _stride_f32(Py_ssize_t n_rows) noexcept nogil:
+    """Rows of the float X^T: n_rows rounded up to EMC_ROWS_F32, plus EMC_ROWS_F32
+    zero rows (not a multiple of 4 KiB apart either)."""
+    return _round_up(n_rows, EMC_ROWS_F32) + EMC_ROWS_F32
+
+
 cdef class GaussianFullKernel(FamilyKernel):
-    """Kernel for fixed means (k, d) and precision Cholesky factors (k, d, d)."""
+    """Kernel for fixed means (k, d) and precision Cholesky factors (k, d, d).
+
+    ``float32=True`` (``GaussianFamily(dtype='float32')``): on float32 rows the
+    log-density's quadratic form is computed in float32 (the ``_f32`` methods,
+    docs/elbo_chain.md#float32), the statistics from the rows widened exactly."""
     cdef const double[:, ::1] means
     cdef const double[:, :, ::1] prec_chol
     cdef const double[:, :, ::1] prec_pad   # upper U_k zero padded to (d, da)
     cdef double[::1] log_norm   # -d/2 log(2 pi) + sum_j log U_jj, per component
     cdef Py_ssize_t da          # d rounded up to 4
     cdef Py_ssize_t blk         # rows per block of the statistics (a multiple of 4)
+    # float32 rows (float32=True): each mean as two floats (hi + lo), K x d, and
+    # the upper U_k rounded to float, zero padded to (d, da)
+    cdef const float[:, ::1] mean_hi32
+    cdef const float[:, ::1] mean_lo32
+    cdef const float[:, :, ::1] prec_pad32
 
-    def __init__(self, means, precisions_cholesky):
+    def __init__(self, means, precisions_cholesky, float32=False):
         means = np.ascontiguousarray(means, dtype=np.float64)
         prec_chol = np.ascontiguousarray(precisions_cholesky, dtype=np.float64)
         if means.ndim != 2 or prec_chol.shape != (means.shape[0], means.shape[1],
@@ -135,9 +202,32 @@ cdef class GaussianFullKernel(FamilyKernel):
         diag = np.diagonal(prec_chol, axis1=1, axis2=2)
         self.log_norm = (-0.5 * d * np.log(2.0 * np.pi)
                          + np.sum(np.log(diag), axis=1)).astype(np.float64)
+        # float32 rows: the bound (docs/elbo_chain.md#float32) needs every mean and
+        # every non-zero entry of U in float's normal range; otherwise the rows
+        # are widened to double like any kernel's
+        tiny, big = np.finfo(np.float32).tiny, np.finfo(np.float32).max
+        au = np.abs(pad)
+        self.float32_rows = bool(float32) and bool(
+            np.all((au == 0.0) | ((au >= tiny) & (au <= big)))
+            and np.all(np.abs(means) <= big) and np.all(np.isfinite(self.log_norm)))
+        shape = (self.n_components, d) if self.float32_rows else (1, 1)
+        hi = np.zeros(shape, dtype=np.float32)
+        lo = np.zeros(shape, dtype=np.float32)
+        pad32 = np.zeros(shape + ((int(self.da) if self.float32_rows else 1),),
+                         dtype=np.float32)
+        if self.float32_rows:
+            hi[:] = means
+            lo[:] = means - hi.astype(np.float64)     # exact in double, then rounded
+            pad32[:] = pad
+        self.mean_hi32 = hi
+        self.mean_lo32 = lo
+        self.prec_pad32 = pad32
+        # the exact soft rule fused on float32 rows, its exps in float32
+        self.fused_soft_step_f32 = self.float32_rows
 
     def __reduce__(self):
-        return (GaussianFullKernel, (np.asarray(self.means), np.asarray(self.prec_chol)))
+        return (GaussianFullKernel, (np.asarray(self.means), np.asarray(self.prec_chol),
+                                     self.float32_rows))
 
     @staticmethod
     def slot_layout(Py_ssize_t n_features):
@@ -145,16 +235,27 @@ cdef class GaussianFullKernel(FamilyKernel):
         slot of emcore/moments.h with a full scatter."""
         return moment_slot_layout(n_features, "full")
 
-    cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
+    cdef Py_ssize_t _base_scratch(self, Py_ssize_t n_rows) noexcept nogil:
         cdef Py_ssize_t d = self.n_features, da = self.da
         cdef Py_ssize_t ld = _stride(n_rows)
         cdef Py_ssize_t K = self.n_components
         # X^T (d x ld); then an 8-row block (d x 8), or the weights transposed
         # (K x ld) and their sums (K) + D and w D of a block (da x blk each) + the
         # partial sums (4 d + 4 da^2) + S (da x da) + one chunk slot + merge scratch
-        return d * ld + max(d * EMC_ROWS,
-                            K * ld + K + 2 * da * self.blk + 4 * d + 5 * da * da
-                            + emc_moment_slot_size(d, EMC_SCATTER_FULL) + 2 * d)
+        cdef Py_ssize_t size = d * ld + max(d * EMC_ROWS,
+                                            K * ld + K + 2 * da * self.blk + 4 * d
+                                            + 5 * da * da
+                                            + emc_moment_slot_size(d, EMC_SCATTER_FULL)
+                                            + 2 * d)
+        # float32 rows: the float X^T (d x ld32) and a group's t (EMC_ROWS_F32 x d)
+        if self.float32_rows:
+            size = max(size, (d * (_stride_f32(n_rows) + EMC_ROWS_F32) + 1) // 2)
+        return size
+
+    cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
+        # + the fused float32 step's log joint and weighted q (n_rows x K each)
+        return (self._base_scratch(n_rows)
+                + (2 * n_rows * self.n_components if self.float32_rows else 0))
 
     cdef int chunk_log_density(self, const double* X, Py_ssize_t n_rows,
                                double* out, double* scratch) noexcept nogil:
@@ -167,9 +268,74 @@ cdef class GaussianFullKernel(FamilyKernel):
                              &self.log_norm[0], Xt + d * ld, out)
         return 0
 
+    cdef int chunk_log_density_f32(self, const float* X, Py_ssize_t n_rows,
+                                   double* out, double* scratch) noexcept nogil:
+        cdef Py_ssize_t d = self.n_features
+        cdef Py_ssize_t ld32 = _stride_f32(n_rows)
+        cdef Py_ssize_t ld = _stride(n_rows)
+        cdef float* Xt32 = <float*>scratch
+        cdef double* Xt
+        emc_transpose_f32(X, n_rows, d, ld32, Xt32)
+        if emc_full_log_density_f32(Xt32, ld32, n_rows, d, self.da, self.n_components,
+                                    &self.mean_hi32[0, 0], &self.mean_lo32[0, 0],
+                                    &self.prec_pad32[0, 0, 0], &self.log_norm[0],
+                                    Xt32 + d * ld32, out):
+            # some float32 form overflowed (a row ~1e19 standard deviations from a
+            # component): the chunk again in double, never -inf
+            Xt = scratch
+            emc_transpose_widen(X, n_rows, d, ld, Xt)
+            emc_full_log_density(Xt, ld, n_rows, d, self.da, self.n_components,
+                                 &self.means[0, 0], &self.prec_pad[0, 0, 0],
+                                 &self.log_norm[0], Xt + d * ld, out)
+        return 0
+
     cdef int chunk_accumulate(self, const double* X, Py_ssize_t n_rows,
                               const double* weights, double* stats,
                               double* scratch) noexcept nogil:
+        emc_transpose(X, n_rows, self.n_features, _stride(n_rows), scratch)
+        return self._accumulate_transposed(n_rows, weights, stats, scratch)
+
+    cdef int chunk_accumulate_f32(self, const float* X, Py_ssize_t n_rows,
+                                  const double* weights, double* stats,
+                                  double* scratch) noexcept nogil:
+        # the rows widened exactly: the statistics of X.astype(float64), bitwise
+        emc_transpose_widen(X, n_rows, self.n_features, _stride(n_rows), scratch)
+        return self._accumulate_transposed(n_rows, weights, stats, scratch)
+
+    cdef int chunk_soft_step_f32(self, const float* X, Py_ssize_t n_rows,
+                                 const double* log_weights, const double* row_weights,
+                                 double* resp_sum, double* row_value, double* totals,
+                                 double* stats, double* scratch) noexcept nogil:
+        # the pass's unfused steps in its order (log-density, + log pi, posterior,
+        # q scaled by the row weights, their column sums into resp_sum row after
+        # row, statistics), with the posterior's exps in float32
+        # (emc_soft_rows_f32; docs/elbo_chain.md#float32 bounds them)
+        cdef Py_ssize_t i, k, K = self.n_components
+        cdef double* log_joint = scratch + self._base_scratch(n_rows)
+        cdef double* weights = log_joint + n_rows * K
+        cdef Py_ssize_t status
+        self.chunk_log_density_f32(X, n_rows, log_joint, scratch)
+        for i in range(n_rows):
+            for k in range(K):
+                log_joint[i * K + k] += log_weights[k]
+        status = emc_soft_rows_f32(log_joint, weights, row_value, row_weights, n_rows, K,
+                                   1.0, &totals[TOTAL_OBJECTIVE],
+                                   &totals[TOTAL_EXPECTED_LOG_JOINT],
+                                   &totals[TOTAL_ENTROPY], &totals[TOTAL_MAGNITUDE], 0)
+        if status != 0:
+            return <int>status
+        for i in range(n_rows):
+            for k in range(K):
+                if row_weights != NULL:
+                    weights[i * K + k] = weights[i * K + k] * row_weights[i]
+                resp_sum[k] += weights[i * K + k]
+        if stats == NULL:
+            return 0
+        return self.chunk_accumulate_f32(X, n_rows, weights, stats, scratch)
+
+    cdef int _accumulate_transposed(self, Py_ssize_t n_rows, const double* weights,
+                                    double* stats, double* scratch) noexcept nogil:
+        # chunk_accumulate once X^T (d x ld, double) is at the start of scratch
         cdef Py_ssize_t d = self.n_features, K = self.n_components, da = self.da
         cdef Py_ssize_t ld = _stride(n_rows)
         cdef Py_ssize_t slot = emc_moment_slot_size(d, EMC_SCATTER_FULL)
@@ -189,7 +355,6 @@ cdef class GaussianFullKernel(FamilyKernel):
         cdef double* tmp = chunk + slot
         cdef double* wk
         cdef double W
-        emc_transpose(X, n_rows, d, ld, Xt)
         emc_transpose(weights, n_rows, K, ld, wt)   # rows n_rows..ld-1 zero
         # each W_k sums its rows in order; the K sums run side by side (one pass)
         for k in range(K):

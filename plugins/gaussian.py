@@ -147,10 +147,10 @@ class GaussianFamily(Family):
         (``_mclust_models.PRIOR_KIND``; docs/gaussian.md#mclust-prior).
     dtype : {'float64', 'float32'}, default 'float64'
         The data's: with 'float32' the diagonal kernel ('diag', 'spherical' and
-        mclust's diagonal models) computes the log-density's quadratic form in
-        float32 on float32 rows, and :meth:`log_density_rounding` bounds what that
-        costs the chain (docs/elbo_chain.md#float32). Statistics and parameters
-        stay float64; the other kernels widen float32 rows to float64.
+        mclust's diagonal models) and the full-covariance kernel (the others)
+        compute the log-density's quadratic form in float32 on float32 rows, and
+        :meth:`log_density_rounding` bounds what that costs the chain
+        (docs/elbo_chain.md#float32). Statistics and parameters stay float64.
     """
 
     #: the parameter space is open: start from the plain partition (Family.initial_params)
@@ -398,7 +398,7 @@ class GaussianFamily(Family):
         if self._diagonal:
             return GaussianDiagKernel(params["means"], np.diagonal(U, axis1=1, axis2=2),
                                       float32=self.dtype == "float32")
-        return GaussianFullKernel(params["means"], U)
+        return GaussianFullKernel(params["means"], U, float32=self.dtype == "float32")
 
     def compiled_kernel(self, params: Params):
         return self._kernel(params)
@@ -937,7 +937,10 @@ class GaussianFamily(Family):
         # rho = 1.0001 u32 ((K - 1) / e + EXP_F32_ERROR) + K 2^-125, since
         # q_ik |a_ik - m_i| <= |t| e^t <= 1/e; times the rows' total weight.
         # float64 rows, or a kernel that widens them: 0 (the relative error is
-        # covered by rounding_amplification).
+        # covered by rounding_amplification). The full kernel's float32 rows: its
+        # own bound, _full_float32_log_density_rounding.
+        if self.dtype == "float32" and not self._diagonal and not stats.diagonal:
+            return _full_float32_log_density_rounding(stats, params, self.n_components)
         if self.dtype != "float32" or not self._diagonal or not stats.diagonal:
             return 0.0
         u = FLOAT32_UNIT_ROUNDOFF
@@ -978,6 +981,73 @@ def _float32_posterior_rounding(n_components: int) -> float:
     K = int(n_components)
     return (1.0001 * FLOAT32_UNIT_ROUNDOFF * ((K - 1) / np.e + EXP_F32_ERROR)
             + K * 2.0 ** -125)
+
+
+def _full_float32_form_constant(n_features: int) -> float:
+    """c_d of the full kernel's float32 quadratic form: |q~ - q| <= c_d ||b||^2.
+
+    docs/elbo_chain.md#float32: t = (x - hi) - lo carries at most 2.0001 u32 a_l
+    (a_l = |t_l| + u32 |mu_l|), U rounded to float u32 more, so each term of
+    y_j = sum_l t_l U_lj is off by at most 3.0002 u32 |U_lj| a_l, and the (at most
+    d)-term float sum adds gamma_d: |y~_j - y_j| <= eps b_j, b = |U|^T a, eps =
+    3.0002 u32 + gamma_d (1 + 4 u32). Squaring and the d-term sum of the squares:
+    c_d = 2 eps + eps^2 + gamma_d (1 + eps)^2, plus d 2^-149 (underflow).
+
+    Parameters
+    ----------
+    n_features : int
+        d.
+
+    Returns
+    -------
+    float
+        c_d, relative to ``||b||^2``.
+    """
+    u = FLOAT32_UNIT_ROUNDOFF
+    d = int(n_features)
+    gamma = d * u / (1.0 - d * u)
+    eps = 3.0002 * u + gamma * (1.0 + 4.0 * u)
+    return 2.0 * eps + eps * eps + gamma * (1.0 + eps) ** 2 + d * 2.0 ** -149
+
+
+def _full_float32_log_density_rounding(stats: GaussianStats, params: Params,
+                                       n_components: int) -> float:
+    """The full kernel's float32 rounding of the rows behind ``stats``, summed.
+
+    Each row's log-density is off by at most ``c_d / 2 ||b_ik||^2 + d (d + 1)
+    2^-149`` (:func:`_full_float32_form_constant`, b_ik = |U_k|^T a_ik, a_ikl =
+    |x_il - mu_kl| + u32 |mu_kl|); summed with the weights w_ik, by Minkowski
+    ``sum_i w_ik ||b_ik||^2 <= || |U_k|^T s_k ||^2``, s_kl = sqrt(T_kl) + u32
+    |mu_kl| sqrt(W_k), T_kl = sum_i w_ik (x_il - mu_kl)^2 from the moments about
+    the reference points; plus the float32-exp posterior's per-row bound times
+    the weight (docs/elbo_chain.md#float32).
+
+    Parameters
+    ----------
+    stats : GaussianStats
+        Full statistics (scatter (k, d, d)) of the rows, weights w_ik.
+    params : dict
+        ``means`` (k, d) and ``precisions_cholesky`` (k, d, d).
+    n_components : int
+        K.
+
+    Returns
+    -------
+    float
+        An absolute bound on the change of the rows' weighted log-densities.
+    """
+    u = FLOAT32_UNIT_ROUNDOFF
+    means = np.asarray(params["means"], dtype=np.float64)
+    U = np.abs(np.triu(np.asarray(params["precisions_cholesky"], dtype=np.float64)))
+    d = means.shape[1]
+    W = np.asarray(stats.weight, dtype=np.float64)
+    off = stats.mean - means
+    T = np.maximum(np.einsum("kjj->kj", stats.scatter) + 2.0 * off * stats.residual
+                   + W[:, None] * off * off, 0.0)
+    s = np.sqrt(T) + u * np.abs(means) * np.sqrt(W)[:, None]
+    b2 = np.sum(np.einsum("kl,klj->kj", s, U) ** 2)
+    per_row = _float32_posterior_rounding(n_components) + d * (d + 1) * 2.0 ** -149
+    return float(0.5 * _full_float32_form_constant(d) * b2 + per_row * np.sum(W))
 
 
 def _random_spd_matrix(rng: np.random.Generator, n_features: int,

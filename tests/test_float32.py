@@ -3,8 +3,8 @@
 KMeans: float32 X stays float32, the Lloyd step scores in float32 (only the
 labels), every sum in float64, attributes in float32. GaussianMixture: float32 X
 stays float32, attributes in float32; 'diag' and 'spherical' compute the
-log-density's quadratic form in float32 (statistics float64), 'full' and 'tied'
-widen each chunk to float64 in the pass. Checked here: the dtype of every fitted attribute, agreement with the
+log-density's quadratic form in float32 (statistics float64), and so do 'full'
+and 'tied' (the full-covariance kernel). Checked here: the dtype of every fitted attribute, agreement with the
 float64 fit of the same (widened) data within the derived bounds, the float32
 score bound itself, thread invariance, and the chain on hypothesis-drawn data.
 """
@@ -26,11 +26,13 @@ from emcore.exceptions import ChainViolationWarning
 from emcore.kernel import _compiled_paths
 from emcore.plugin_api import FLOAT32_UNIT_ROUNDOFF as U32, UNIT_ROUNDOFF as U64
 from emcore.plugins._gaussian_diag_kernel import GaussianDiagKernel
-from emcore.plugins._gaussian_kernel import GaussianFullKernel
+from emcore.plugins._gaussian_kernel import GaussianFullKernel, _avx512_float32
 from emcore.plugins._kmeans_kernel import KMeansKernel, _float32_labelling
 from emcore.plugins._posterior_kernels import (EXP_F32_ERROR, SoftPosteriorKernel,
                                                _SoftPosteriorKernelF32)
-from emcore.plugins.gaussian import _float32_posterior_rounding
+from emcore.plugins.gaussian import (_float32_posterior_rounding,
+                                     _full_float32_form_constant,
+                                     _full_float32_log_density_rounding)
 from emcore.registry import get_registry
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -291,26 +293,6 @@ def test_gaussian_mixture_outputs_follow_the_dtype_of_x(covariance_type):
         assert sparse32.dtype == np.float32, method
 
 
-@pytest.mark.parametrize("covariance_type", ("full", "tied"))
-def test_gaussian_mixture_float32_fit_is_the_float64_fit_of_the_widened_rows(
-        covariance_type):
-    # The full-covariance kernel has no float32 methods: the pass widens each float32
-    # chunk to float64 exactly, and the fit is bitwise the float64 fit of
-    # X.astype(float64), rounded once at the end. ('diag' and 'spherical' compute in
-    # float32: the tests at the end of this file.)
-    X = _blobs(np.random.default_rng(7), 9000, 3, 3)
-    kwargs = dict(covariance_type=covariance_type, init_params="random_from_data",
-                  random_state=0, max_iter=15, tol=0.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", emcore.ConvergenceWarning)
-        gm32 = emcore.GaussianMixture(3, n_jobs=2, **kwargs).fit(X)
-        gm64 = emcore.GaussianMixture(3, n_jobs=1, **kwargs).fit(X.astype(np.float64))
-    assert gm32.history_ == gm64.history_
-    for name in ("weights_", "means_", "covariances_"):
-        np.testing.assert_array_equal(getattr(gm32, name),
-                                      getattr(gm64, name).astype(np.float32))
-
-
 def test_pass_widens_float32_chunks_for_a_kernel_without_float32_rows():
     rng = np.random.default_rng(8)
     X = rng.standard_normal((1000, 3)).astype(np.float32)
@@ -566,3 +548,213 @@ def test_diag_kernel_fused_float32_step_is_the_unfused_pass_with_float32_exps(k,
     rho = _float32_posterior_rounding(k)
     slack = 2 * (k + 2) * U64 * (1.0 + np.abs(f_unfused))
     assert np.all(np.abs(f_fused - f_unfused) <= rho + slack)
+
+
+# --- the full kernel's float32 rows ('full', 'tied') -------------------------------
+
+def _full_params(rng, k, d, offset, scale, log10_condition):
+    # means and the upper Cholesky factor U of the precision (P = U U^T) of
+    # covariances with condition number 10^log10_condition
+    means = offset + 3.0 * scale * rng.standard_normal((k, d))
+    U = np.empty((k, d, d))
+    for j in range(k):
+        q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+        ev = scale ** 2 * np.logspace(0.0, log10_condition, d)
+        cov = (q * ev) @ q.T
+        U[j] = np.linalg.inv(np.linalg.cholesky(cov)).T
+    return means, U
+
+
+def _full_row_bound(X, means, U):
+    # docs/elbo_chain.md#float32: |log p~ - log p| <= c_d / 2 || |U_k|^T a_ik ||^2
+    # + d (d + 1) 2^-149, a_ik = |x_i - mu_k| + u32 |mu_k|, from float64
+    Xd = X.astype(np.float64)
+    a = np.abs(Xd[:, None, :] - means[None]) + U32 * np.abs(means)[None]
+    b = np.einsum("ikl,klj->ikj", a, np.abs(np.triu(U)))
+    d = X.shape[1]
+    return (0.5 * _full_float32_form_constant(d) * np.sum(b * b, axis=2)
+            + d * (d + 1) * 2.0 ** -149)
+
+
+def _v4_choices():
+    return (False, True) if _compiled_paths().get("clones") and _avx512_float32() else (False,)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2 ** 31), d=st.integers(1, 20), k=st.integers(1, 12),
+       n=st.integers(1, 90), offset=st.sampled_from([0.0, 1e3, -1e4, 1e5]),
+       scale=st.sampled_from([1e-3, 1.0, 100.0]), log10_condition=st.sampled_from([0, 2, 5]))
+@example(seed=1, d=16, k=16, n=90, offset=0.0, scale=1.0, log10_condition=2)
+def test_full_kernel_float32_log_density_is_within_the_derived_bound(
+        seed, d, k, n, offset, scale, log10_condition):
+    # row by row against the float64 kernel (whose own error, ~(d + 3) u64 of the
+    # same magnitude, is 2^-29 of the bound's): observed / bound noted; the
+    # AVX-512 and the other loop give the same bits
+    rng = np.random.default_rng(seed)
+    means, U = _full_params(rng, k, d, offset, scale, log10_condition)
+    X = (means[rng.integers(0, k, n)]
+         + scale * rng.standard_normal((n, d))).astype(np.float32)
+    kernel = GaussianFullKernel(means, U, float32=True)
+    assert kernel.float32_rows
+    exact = GaussianFullKernel(means, U).log_density(X.astype(np.float64))
+    before = _avx512_float32()
+    try:
+        got = []
+        for v4 in _v4_choices():
+            _avx512_float32(v4)
+            got.append(kernel.log_density(X))
+    finally:
+        _avx512_float32(before)
+    for other in got[1:]:
+        np.testing.assert_array_equal(got[0], other)
+    err = np.abs(got[0] - exact)
+    bound = _full_row_bound(X, means, U)
+    note(f"max error / bound {float(np.max(err / bound)):.3g}")
+    assert np.all(err <= bound), float(np.max(err / bound))
+
+
+def test_full_kernel_float32_statistics_are_those_of_the_widened_rows():
+    # the statistics read the float32 rows widened exactly: bitwise the float64 ones
+    rng = np.random.default_rng(31)
+    n, k, d = 3001, 3, 7
+    means, U = _full_params(rng, k, d, 1e3, 1.0, 2)
+    X = (means[rng.integers(0, k, n)] + rng.standard_normal((n, d))).astype(np.float32)
+    k32 = GaussianFullKernel(means, U, float32=True)
+    k64 = GaussianFullKernel(means, U)
+    for w in (rng.random((n, k)), np.exp(k64.log_density(X.astype(np.float64)))):
+        np.testing.assert_array_equal(k32.accumulate(X, w),
+                                      k64.accumulate(X.astype(np.float64), w))
+    # a kernel built without float32=True never computes in float32
+    assert not k64.float32_rows
+    np.testing.assert_array_equal(k64.log_density(X), k64.log_density(X.astype(np.float64)))
+
+
+def test_full_float32_log_density_rounding_bounds_the_rows_weighted_errors():
+    # the family's chain term from the statistics (Minkowski over the rows) is at
+    # least the q-weighted sum of the rows' own bounds, and 0 for float64 families
+    rng = np.random.default_rng(40)
+    d, k, n = 6, 3, 5000
+    means, U = _full_params(rng, k, d, 50.0, 1.0, 3)
+    X = (means[rng.integers(0, k, n)] + rng.standard_normal((n, d))).astype(np.float32)
+    fam = get_registry().family("gaussian").factory(k, d, covariance_type="full",
+                                                    dtype="float32")
+    params = {"means": means, "precisions_cholesky": U}
+    lp = GaussianFullKernel(means, U).log_density(X.astype(np.float64))
+    q = np.exp(lp - lp.max(axis=1, keepdims=True))
+    q /= q.sum(axis=1, keepdims=True)
+    stats = fam.chunk_stats(X, q)
+    got = fam.log_density_rounding(stats, params)
+    assert got == _full_float32_log_density_rounding(stats, params, k)
+    rows = float(np.sum(q * (_full_row_bound(X, means, U)
+                             + _float32_posterior_rounding(k))))
+    assert rows <= got * (1.0 + 1e-9), (rows, got)
+    fam64 = get_registry().family("gaussian").factory(k, d, covariance_type="full")
+    assert fam64.log_density_rounding(fam64.chunk_stats(X.astype(np.float64), q),
+                                      params) == 0.0
+
+
+@pytest.mark.parametrize("covariance_type", ("full", "tied"))
+def test_gaussian_mixture_float32_full_fit_loglik_is_the_float64_fits_within_the_bound(
+        covariance_type):
+    # as for 'diag': the same fixed point (well separated, tol=0, same start); the
+    # float32 pass's log-likelihood within sum_i max_k of the rows' bounds of the
+    # float64 value at the same parameters, plus the posterior's rho per row (the
+    # parameters' own difference costs only second order at a maximum)
+    X = _blobs(np.random.default_rng(12), 4000, 4, 3, offset=1e3)
+    kwargs = dict(covariance_type=covariance_type, init_params="random_from_data",
+                  random_state=0, max_iter=60, tol=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", emcore.ConvergenceWarning)
+        gm32 = emcore.GaussianMixture(3, **kwargs).fit(X)
+        gm64 = emcore.GaussianMixture(3, **kwargs).fit(X.astype(np.float64))
+    means = gm32.means_.astype(np.float64)
+    U = gm32.precisions_cholesky_.astype(np.float64)
+    if U.ndim == 2:                                        # tied: (d, d)
+        U = np.broadcast_to(U, (3,) + U.shape)
+    bound = float(np.sum(np.max(_full_row_bound(X, means, U), axis=1))
+                  + X.shape[0] * _float32_posterior_rounding(3))
+    gap = abs(gm32.lower_bound_ - gm64.lower_bound_) * X.shape[0]
+    assert gap > 0.0                          # float32 arithmetic, not the float64 fit
+    assert gap <= bound, (gap, bound)
+
+
+@pytest.mark.parametrize("covariance_type", ("full", "tied"))
+def test_gaussian_mixture_float32_full_is_bitwise_the_same_for_any_n_jobs(covariance_type):
+    X = _blobs(np.random.default_rng(13), 20_000, 4, 10)
+    assert X.shape[0] > 4 * chunk_rows_for(4)            # several blocks
+    kwargs = dict(covariance_type=covariance_type, random_state=0, max_iter=10, tol=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", emcore.ConvergenceWarning)
+        fits = [emcore.GaussianMixture(10, n_jobs=j, **kwargs).fit(X) for j in (1, 2)]
+    assert fits[0].history_ == fits[1].history_
+    for name in ("weights_", "means_", "covariances_"):
+        np.testing.assert_array_equal(getattr(fits[0], name), getattr(fits[1], name))
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2 ** 31), d=st.integers(1, 10), k=st.integers(1, 12),
+       offset=st.sampled_from([0.0, 50.0, 1e4]), spread=st.sampled_from([0.05, 1.0, 5.0]),
+       covariance_type=st.sampled_from(["full", "tied", "EEE", "VEV"]))
+def test_gaussian_mixture_float32_full_chain_holds(seed, d, k, offset, spread,
+                                                   covariance_type):
+    # the chain's links with log_density_rounding (the float32 quadratic form and,
+    # from k = 8 on, the posterior's float32 exps): a violation warns, made an
+    # error here; mclust's non-diagonal models run the same full kernel
+    X = _blobs(np.random.default_rng(seed), 400, d, k, offset=offset, spread=spread)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ChainViolationWarning)
+        warnings.simplefilter("ignore", emcore.ConvergenceWarning)
+        gm = emcore.GaussianMixture(k, covariance_type=covariance_type,
+                                    random_state=seed % 1000, max_iter=30,
+                                    reg_covar=1e-4).fit(X)
+    assert gm.history_ and all(it.chain_holds() for it in gm.history_)
+
+
+def test_full_kernel_float32_overflow_is_recomputed_in_double():
+    # a form beyond float's range (||t U||^2 ~ 1e60) would be +inf in float32:
+    # the chunk is recomputed in double
+    means = np.array([[0.0, 0.0], [1e20, 1e20]])
+    U = np.stack([np.eye(2), 1e10 * np.eye(2)])
+    X = np.array([[0.0, 0.5], [1e20, 1e20], [3.0, -1.0]], dtype=np.float32)
+    kernel = GaussianFullKernel(means, U, float32=True)
+    assert kernel.float32_rows
+    got = kernel.log_density(X)
+    np.testing.assert_array_equal(
+        got, GaussianFullKernel(means, U).log_density(X.astype(np.float64)))
+    assert np.all(np.isfinite(got))
+
+
+def test_full_kernel_float32_falls_back_to_double_outside_floats_range():
+    means = np.zeros((2, 3))
+    U = np.stack([np.eye(3), np.eye(3)])
+    U[1, 0, 1] = 1e-45                    # a subnormal float: no float32 bound
+    kernel = GaussianFullKernel(means, U, float32=True)
+    assert not kernel.float32_rows
+    X = np.random.default_rng(14).standard_normal((5, 3)).astype(np.float32)
+    np.testing.assert_array_equal(
+        kernel.log_density(X), GaussianFullKernel(means, U).log_density(X.astype(np.float64)))
+
+
+@pytest.mark.parametrize("k", (3, 9))
+@pytest.mark.parametrize("weighted", (False, True))
+def test_full_kernel_fused_float32_step_is_the_unfused_pass_with_float32_exps(k, weighted):
+    # as the diagonal kernel's: the fused step is its float32 log-density + log pi,
+    # the float32-exp posterior, and its own float32 accumulate of w_i q~_ik
+    rng = np.random.default_rng(50 + k)
+    d, n = 5, 700                                        # one chunk: one block
+    means, U = _full_params(rng, k, d, 50.0, 1.0, 1)
+    X = (means[rng.integers(0, k, n)] + rng.standard_normal((n, d))).astype(np.float32)
+    kernel = GaussianFullKernel(means, U, float32=True)
+    assert kernel.float32_rows and kernel.fused_soft_step_f32
+    lw = np.log(rng.dirichlet(np.ones(k)))
+    sw = rng.random(n) if weighted else None
+    soft = SoftPosteriorKernel()
+    f_fused = np.empty(n)
+    stats, resp_sum, totals = compiled_pass(kernel, soft, X, lw, sw, 1024, 1, True,
+                                            out_row_value=f_fused)
+    _, q, f, t = _SoftPosteriorKernelF32().posterior(kernel.log_density(X) + lw, sw)
+    np.testing.assert_array_equal(f_fused, f)
+    np.testing.assert_array_equal(totals, t)
+    wq = q if sw is None else q * sw[:, None]
+    np.testing.assert_array_equal(stats, kernel.accumulate(X, wq))
+    np.testing.assert_allclose(resp_sum, wq.sum(axis=0), rtol=4 * n * U64, atol=0)

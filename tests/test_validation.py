@@ -389,10 +389,7 @@ CONVERSIONS = [
 def _assert_same_fit(a, b):
     for name in ("weights_", "means_", "covariances_", "precisions_",
                  "precisions_cholesky_"):
-        # a float32 X gives the float64 fit rounded to float32 (docs/elbo_chain.md#float32)
-        np.testing.assert_array_equal(getattr(a, name),
-                                      getattr(b, name).astype(getattr(a, name).dtype),
-                                      err_msg=name)
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
     assert a.lower_bound_ == b.lower_bound_
     assert a.n_iter_ == b.n_iter_
     assert a.n_features_in_ == b.n_features_in_
@@ -406,7 +403,16 @@ def test_array_likes_give_the_same_fit_as_float64(make, X64):
         warnings.simplefilter("ignore", ConvergenceWarning)
         got = _reference_fit(X)
         want = _reference_fit(X64)
-    _assert_same_fit(got, want)
+    if getattr(X, "dtype", None) == np.float32:
+        # a float32 X is kept: float32 attributes, the quadratic form computed in
+        # float32 (tests/test_float32.py matches such fits with the float64 fit
+        # within the derived bound, docs/elbo_chain.md#float32)
+        for name in ("weights_", "means_", "covariances_", "precisions_",
+                     "precisions_cholesky_"):
+            assert getattr(got, name).dtype == np.float32, name
+        assert got.n_features_in_ == want.n_features_in_
+    else:
+        _assert_same_fit(got, want)
     # Prediction methods convert the same way (a float32 X: the float64 outputs
     # rounded once, scikit-learn's convention for score_samples and predict_proba)
     def same(a, b):
