@@ -284,4 +284,181 @@ static void emd_moments_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
     }
 }
 
+/* float32 moments of float rows about the pass's means rounded to float
+   (docs/elbo_chain.md#float32): for each block of EMD_ROWS32 rows,
+   t = x_ij - H[j, k] (H = float(mu), d x Kp8 floats, zero padded; one
+   rounding), the weights scaled by EMD_W32_SCALE = 2^64 (exact) and rounded
+   to float into wblk (EMD_ROWS32 x Kp8 floats), then
+       r = sum_rows (w t),  s = sum_rows (w t) t
+   in float on 8-float vectors, rows in order, each (r, s) widened exactly,
+   scaled back by 2^-64 (exact) and added to the double tables T1, T2 (d x Kp,
+   Kp = K rounded up to 4); T0[k] += w_ik in double, rows in order, as the
+   double code does. The chunk's moments are then about the reference points
+   H (as doubles). Returns 0, or 1 (nothing usable in T0, T1, T2: the caller
+   takes the double path) when a nonzero weight is outside float's normal
+   range once scaled (w < 2^-190 or w > 2^64: its rounding would not be
+   relative) or a float sum overflowed (inf or NaN). */
+#define EMD_ROWS32 32
+#define EMD_W32_SCALE 18446744073709551616.0          /* 2^64 */
+#define EMD_W32_UNSCALE (1.0 / 18446744073709551616.0)
+
+/* the weights of rows i0.. (nb of them) into wblk as scaled floats, their
+   double sums into T0 (rows in order); 1 if a nonzero one is out of float's
+   normal range once scaled (2^-126 is float's least normal; 2^127 leaves the
+   float sums room) or is NaN */
+#define EMD_W32_LOW 0x1p-126
+#define EMD_W32_HIGH 0x1p127
+EMC_ALWAYS_INLINE int emd_weights_f32(const double* restrict w, Py_ssize_t nb,
+                                      Py_ssize_t K, Py_ssize_t Kp8,
+                                      float* restrict wblk, double* restrict T0)
+{
+    int bad = 0;
+    for (Py_ssize_t r = 0; r < nb; r++) {
+        const double* restrict wr = w + r * K;
+        float* restrict o = wblk + r * Kp8;
+        Py_ssize_t k = 0;
+#if EMC_GNUC
+        const emc_v4 scale = emc_set1(EMD_W32_SCALE), lo = emc_set1(EMD_W32_LOW),
+                     hi = emc_set1(EMD_W32_HIGH), zero = emc_set1(0.0);
+        emc_m4 out = {0};
+        for (; k + 4 <= K; k += 4) {
+            emc_v4 v;
+            memcpy(&v, wr + k, sizeof v);
+            emc_v4 sv = v * scale;
+            out |= (v != zero) & ~((sv >= lo) & (sv <= hi));
+            emd_v4f f = __builtin_convertvector(sv, emd_v4f);
+            memcpy(o + k, &f, sizeof f);
+        }
+        bad |= (out[0] | out[1] | out[2] | out[3]) != 0;
+#endif
+        for (; k < K; k++) {
+            double v = wr[k], sv = v * EMD_W32_SCALE;
+            bad |= (v != 0.0) & !(sv >= EMD_W32_LOW && sv <= EMD_W32_HIGH);
+            o[k] = (float)sv;
+        }
+        for (k = K; k < Kp8; k++) o[k] = 0.0f;
+        for (k = 0; k < K; k++) T0[k] += wr[k];
+    }
+    return bad;
+}
+
+#if EMC_GNUC
+/* widen 8 float sums, scale back and add them to the double table row t
+   (only the lanes below Kp: Kp8 - Kp is 0 or 4) */
+EMC_ALWAYS_INLINE void emd_add_widened(double* t, emd_v8f v, int high)
+{
+    const emc_v4 unscale = emc_set1(EMD_W32_UNSCALE);
+    emd_v4f l = {v[0], v[1], v[2], v[3]}, h = {v[4], v[5], v[6], v[7]};
+    emc_store(t, EMC_ADD(emc_load(t), EMC_MUL(unscale, __builtin_convertvector(l, emc_v4))));
+    if (high)
+        emc_store(t + 4, EMC_ADD(emc_load(t + 4),
+                                 EMC_MUL(unscale, __builtin_convertvector(h, emc_v4))));
+}
+
+/* one feature j, the components kb..kb+8nv-1: even and odd rows of the block
+   summed apart (two chains of adds, so one row's add need not wait for the
+   previous row's), the two halves added at the end; every value in a register
+   (no array of vectors indexed in a loop: GCC kept those on the stack, and
+   their 16-byte stores and 32-byte loads stalled on store forwarding) */
+EMC_ALWAYS_INLINE void emd_moments_block_f32(
+        const float* x, Py_ssize_t nb, Py_ssize_t d, Py_ssize_t Kp, Py_ssize_t Kp8,
+        const float* wblk, const float* H, double* T1, double* T2, Py_ssize_t kb,
+        const int nv, Py_ssize_t j, emd_v8f* chk)
+{
+    emd_v8f h0, h1 = {0}, ra0 = {0}, ra1 = {0}, sa0 = {0}, sa1 = {0};
+    emd_v8f rb0 = {0}, rb1 = {0}, sb0 = {0}, sb1 = {0};
+    memcpy(&h0, H + j * Kp8 + kb, sizeof h0);
+    if (nv == 2) memcpy(&h1, H + j * Kp8 + kb + 8, sizeof h1);
+    Py_ssize_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        const float* wr = wblk + i * Kp8 + kb;
+        emd_v8f xa = emd_set1_f8(x[i * d + j]), xb = emd_set1_f8(x[(i + 1) * d + j]);
+        emd_v8f w, t, wt;
+        memcpy(&w, wr, sizeof w);
+        t = xa - h0; wt = w * t; ra0 += wt; sa0 += wt * t;
+        memcpy(&w, wr + Kp8, sizeof w);
+        t = xb - h0; wt = w * t; rb0 += wt; sb0 += wt * t;
+        if (nv == 2) {
+            memcpy(&w, wr + 8, sizeof w);
+            t = xa - h1; wt = w * t; ra1 += wt; sa1 += wt * t;
+            memcpy(&w, wr + Kp8 + 8, sizeof w);
+            t = xb - h1; wt = w * t; rb1 += wt; sb1 += wt * t;
+        }
+    }
+    if (i < nb) {
+        const float* wr = wblk + i * Kp8 + kb;
+        emd_v8f xa = emd_set1_f8(x[i * d + j]), w, t, wt;
+        memcpy(&w, wr, sizeof w);
+        t = xa - h0; wt = w * t; ra0 += wt; sa0 += wt * t;
+        if (nv == 2) {
+            memcpy(&w, wr + 8, sizeof w);
+            t = xa - h1; wt = w * t; ra1 += wt; sa1 += wt * t;
+        }
+    }
+    ra0 += rb0; sa0 += sb0;
+    *chk += (ra0 + sa0) * 0.0f;         /* NaN in a lane once a sum is inf */
+    Py_ssize_t at = j * Kp + kb;
+    emd_add_widened(T1 + at, ra0, kb + 4 < Kp);
+    emd_add_widened(T2 + at, sa0, kb + 4 < Kp);
+    if (nv == 2) {
+        ra1 += rb1; sa1 += sb1;
+        *chk += (ra1 + sa1) * 0.0f;
+        emd_add_widened(T1 + at + 8, ra1, kb + 12 < Kp);
+        emd_add_widened(T2 + at + 8, sa1, kb + 12 < Kp);
+    }
+}
+
+EMC_CLONES
+static int emd_moments_about_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
+                                 Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t Kp8,
+                                 const double* w, const float* H, float* wblk,
+                                 double* T0, double* T1, double* T2)
+{
+    emd_v8f chk = {0};
+    for (Py_ssize_t i0 = 0; i0 < n; i0 += EMD_ROWS32) {
+        Py_ssize_t nb = n - i0 < EMD_ROWS32 ? n - i0 : EMD_ROWS32;
+        if (emd_weights_f32(w + i0 * K, nb, K, Kp8, wblk, T0)) return 1;
+        const float* x = X + i0 * d;
+        for (Py_ssize_t kb = 0; kb < Kp8; kb += 16) {
+            if (Kp8 - kb >= 16)          /* nv a constant for the inlined block */
+                for (Py_ssize_t j = 0; j < d; j++)
+                    emd_moments_block_f32(x, nb, d, Kp, Kp8, wblk, H, T1, T2, kb, 2, j, &chk);
+            else
+                for (Py_ssize_t j = 0; j < d; j++)
+                    emd_moments_block_f32(x, nb, d, Kp, Kp8, wblk, H, T1, T2, kb, 1, j, &chk);
+        }
+    }
+    for (int l = 0; l < 8; l++)
+        if (chk[l] != 0.0f) return 1;
+    return 0;
+}
+#else
+/* without GNU vectors: the same sums, one component at a time */
+static int emd_moments_about_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
+                                 Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t Kp8,
+                                 const double* w, const float* H, float* wblk,
+                                 double* T0, double* T1, double* T2)
+{
+    for (Py_ssize_t i0 = 0; i0 < n; i0 += EMD_ROWS32) {
+        Py_ssize_t nb = n - i0 < EMD_ROWS32 ? n - i0 : EMD_ROWS32;
+        if (emd_weights_f32(w + i0 * K, nb, K, Kp8, wblk, T0)) return 1;
+        const float* x = X + i0 * d;
+        for (Py_ssize_t j = 0; j < d; j++)
+            for (Py_ssize_t k = 0; k < K; k++) {
+                float r = 0.0f, s = 0.0f, h = H[j * Kp8 + k];
+                for (Py_ssize_t i = 0; i < nb; i++) {
+                    float t = x[i * d + j] - h;
+                    float wt = wblk[i * Kp8 + k] * t;
+                    r += wt;
+                    s += wt * t;
+                }
+                if ((r + s) - (r + s) != 0.0f) return 1;       /* inf or NaN */
+                T1[j * Kp + k] += EMD_W32_UNSCALE * (double)r;
+                T2[j * Kp + k] += EMD_W32_UNSCALE * (double)s;
+            }
+    }
+    return 0;
+}
+#endif
+
 #endif
