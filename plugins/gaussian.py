@@ -149,8 +149,10 @@ class GaussianFamily(Family):
         The data's: with 'float32' the diagonal kernel ('diag', 'spherical' and
         mclust's diagonal models) computes the log-density's quadratic form in
         float32 on float32 rows, and :meth:`log_density_rounding` bounds what that
-        costs the chain (docs/elbo_chain.md#float32). Statistics and parameters
-        stay float64; the other kernels widen float32 rows to float64.
+        costs the chain (docs/elbo_chain.md#float32); its statistics take float32
+        partial sums over blocks of rows, which :meth:`statistics_rounding`
+        bounds. Statistics totals and parameters stay float64; the other kernels
+        widen float32 rows to float64.
     """
 
     #: the parameter space is open: start from the plain partition (Family.initial_params)
