@@ -71,8 +71,10 @@ static void emd_log_density(const double* X, Py_ssize_t n, Py_ssize_t d,
    data are from the origin), P = float(U^2); tables d x Kp (Kp = K rounded up
    to 8, zero padded); base and the result in double (docs/elbo_chain.md#float32
    bounds the error). Rows two at a time, components 16 at a
-   time. Returns 1 if some q overflowed float (then -inf in out: the caller
-   recomputes those entries in double), else 0. */
+   time. lw (K doubles) or NULL: added to each result (the log joint of the
+   fused step: the same two roundings as a sweep adding it after). Returns 1
+   if some q overflowed float (then -inf in out: the caller recomputes those
+   entries in double), else 0. */
 #if EMC_GNUC
 typedef float emd_v8f __attribute__((vector_size(32)));
 typedef float emd_v4f __attribute__((vector_size(16)));
@@ -84,7 +86,7 @@ static inline emd_v8f emd_set1_f8(float x) { return (emd_v8f){0} + x; }
 EMC_ALWAYS_INLINE void emd_log_density_block_f32(
         const float* x, Py_ssize_t d, const int R, Py_ssize_t K, Py_ssize_t Kp,
         const float* H, const float* L, const float* P, const double* base,
-        Py_ssize_t k0, const int nv, double* out, emd_v8f* chk)
+        Py_ssize_t k0, const int nv, const double* lw, double* out, emd_v8f* chk)
 {
     emd_v8f a[2][2];
     for (int r = 0; r < R; r++)
@@ -118,12 +120,19 @@ EMC_ALWAYS_INLINE void emd_log_density_block_f32(
                 emd_v4f lo = {av[0], av[1], av[2], av[3]}, hi = {av[4], av[5], av[6], av[7]};
                 emc_v4 l = __builtin_convertvector(lo, emc_v4);
                 emc_v4 h = __builtin_convertvector(hi, emc_v4);
-                emc_store(o + 8 * v, EMC_ADD(emc_load(base + k0 + 8 * v), EMC_MUL(half, l)));
-                emc_store(o + 8 * v + 4, EMC_ADD(emc_load(base + k0 + 8 * v + 4),
-                                                 EMC_MUL(half, h)));
+                emc_v4 rl = EMC_ADD(emc_load(base + k0 + 8 * v), EMC_MUL(half, l));
+                emc_v4 rh = EMC_ADD(emc_load(base + k0 + 8 * v + 4), EMC_MUL(half, h));
+                if (lw != NULL) {       /* + log pi, a second rounding as a sweep's */
+                    rl = EMC_ADD(rl, emc_load(lw + k0 + 8 * v));
+                    rh = EMC_ADD(rh, emc_load(lw + k0 + 8 * v + 4));
+                }
+                emc_store(o + 8 * v, rl);
+                emc_store(o + 8 * v + 4, rh);
             } else {
-                for (Py_ssize_t k = 8 * v; k < K - k0; k++)
-                    o[k] = base[k0 + k] - 0.5 * (double)av[k - 8 * v];
+                for (Py_ssize_t k = 8 * v; k < K - k0; k++) {
+                    double value = base[k0 + k] - 0.5 * (double)av[k - 8 * v];
+                    o[k] = lw != NULL ? value + lw[k0 + k] : value;
+                }
             }
         }
     }
@@ -133,7 +142,7 @@ EMC_CLONES
 static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
                                Py_ssize_t K, Py_ssize_t Kp, const float* H,
                                const float* L, const float* P, const double* base,
-                               double* out)
+                               const double* lw, double* out)
 {
     emd_v8f chk = {0};
     for (Py_ssize_t i = 0; i < n; i += 2) {
@@ -143,13 +152,13 @@ static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
             const int nv = Kp - k0 >= 16 ? 2 : 1;
             const int R = i + 1 < n ? 2 : 1;   /* constants for the inlined block */
             if (R == 2 && nv == 2)
-                emd_log_density_block_f32(x, d, 2, K, Kp, H, L, P, base, k0, 2, o, &chk);
+                emd_log_density_block_f32(x, d, 2, K, Kp, H, L, P, base, k0, 2, lw, o, &chk);
             else if (R == 2)
-                emd_log_density_block_f32(x, d, 2, K, Kp, H, L, P, base, k0, 1, o, &chk);
+                emd_log_density_block_f32(x, d, 2, K, Kp, H, L, P, base, k0, 1, lw, o, &chk);
             else if (nv == 2)
-                emd_log_density_block_f32(x, d, 1, K, Kp, H, L, P, base, k0, 2, o, &chk);
+                emd_log_density_block_f32(x, d, 1, K, Kp, H, L, P, base, k0, 2, lw, o, &chk);
             else
-                emd_log_density_block_f32(x, d, 1, K, Kp, H, L, P, base, k0, 1, o, &chk);
+                emd_log_density_block_f32(x, d, 1, K, Kp, H, L, P, base, k0, 1, lw, o, &chk);
         }
     }
     for (int l = 0; l < 8; l++)
@@ -161,7 +170,7 @@ static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
 static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
                                Py_ssize_t K, Py_ssize_t Kp, const float* H,
                                const float* L, const float* P, const double* base,
-                               double* out)
+                               const double* lw, double* out)
 {
     int overflow = 0;
     for (Py_ssize_t i = 0; i < n; i++)
@@ -173,10 +182,29 @@ static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
             }
             if (q - q != 0.0f) overflow = 1;       /* inf */
             out[i * K + k] = base[k] - 0.5 * (double)q;
+            if (lw != NULL) out[i * K + k] += lw[k];
         }
     return overflow;
 }
 #endif
+
+/* The fused float32 step's q (n x K): scaled by the row weights rw (NULL: none),
+   then its column sums added to acc row after row: the operations and the
+   order of the pass's emc_scale_rows and emc_sum_rows (the same bits), in a
+   clone the CPU's vectors fit (Cython's loop compiled for baseline SSE2). */
+EMC_CLONES
+static void emd_weighted_column_sums(double* restrict q, const double* restrict rw,
+                                     Py_ssize_t n, Py_ssize_t K, double* restrict acc)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double* restrict row = q + i * K;
+        if (rw != NULL) {
+            const double w = rw[i];
+            for (Py_ssize_t k = 0; k < K; k++) row[k] = row[k] * w;
+        }
+        for (Py_ssize_t k = 0; k < K; k++) acc[k] += row[k];
+    }
+}
 
 #define EMD_ROWS 8
 

@@ -87,8 +87,10 @@ cdef extern from "_gaussian_diag.h":
                          double* xblk) noexcept nogil
     int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
                              Py_ssize_t Kp, const float* H, const float* L,
-                             const float* P, const double* base,
+                             const float* P, const double* base, const double* lw,
                              double* out) noexcept nogil
+    void emd_weighted_column_sums(double* q, const double* rw, Py_ssize_t n,
+                                  Py_ssize_t K, double* acc) noexcept nogil
     int emd_moments_about_f32(const float* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
                               Py_ssize_t Kp, Py_ssize_t Kp8, const double* w,
                               const float* H, float* wblk, double* T0, double* T1,
@@ -177,8 +179,9 @@ cdef class GaussianDiagKernel(FamilyKernel):
                                      self.float32_rows))
 
     cdef void _overflowed_in_double(self, const float* X, Py_ssize_t n_rows,
-                                    double* out) noexcept nogil:
+                                    const double* lw, double* out) noexcept nogil:
         # the float32 quadratic forms that overflowed (-inf in out), in double
+        # (+ lw[k] when given, as emd_log_density_f32 adds it)
         cdef Py_ssize_t i, j, k, d = self.n_features, K = self.n_components
         cdef double q, t, u
         for i in range(n_rows):
@@ -190,6 +193,8 @@ cdef class GaussianDiagKernel(FamilyKernel):
                         t = u * (<double>X[i * d + j] - self.means[k, j])
                         q += t * t
                     out[i * K + k] = self.log_norm[k] - 0.5 * q
+                    if lw != NULL:
+                        out[i * K + k] += lw[k]
 
     @staticmethod
     def slot_layout(Py_ssize_t n_features):
@@ -223,8 +228,8 @@ cdef class GaussianDiagKernel(FamilyKernel):
                                    double* out, double* scratch) noexcept nogil:
         if emd_log_density_f32(X, n_rows, self.n_features, self.n_components, self.Kp8,
                                &self.mean_hi32[0, 0], &self.mean_lo32[0, 0],
-                               &self.prec_table32[0, 0], &self.log_norm[0], out):
-            self._overflowed_in_double(X, n_rows, out)
+                               &self.prec_table32[0, 0], &self.log_norm[0], NULL, out):
+            self._overflowed_in_double(X, n_rows, NULL, out)
         return 0
 
     cdef int chunk_accumulate(self, const double* X, Py_ssize_t n_rows,
@@ -250,30 +255,28 @@ cdef class GaussianDiagKernel(FamilyKernel):
         cdef double* log_joint = scratch + self._accumulate_scratch()
         cdef double* weights = log_joint + n_rows * K
         cdef Py_ssize_t status
-        self.chunk_log_density_f32(X, n_rows, log_joint, scratch)
-        for i in range(n_rows):
-            for k in range(K):
-                log_joint[i * K + k] += log_weights[k]
+        # the log-density with log pi added as it is stored (the same two roundings
+        # as the pass's sweep adding it after)
+        if emd_log_density_f32(X, n_rows, self.n_features, K, self.Kp8,
+                               &self.mean_hi32[0, 0], &self.mean_lo32[0, 0],
+                               &self.prec_table32[0, 0], &self.log_norm[0], log_weights,
+                               log_joint):
+            self._overflowed_in_double(X, n_rows, log_weights, log_joint)
         status = emc_soft_rows_f32(log_joint, weights, row_value, row_weights, n_rows, K,
                                    1.0, &totals[TOTAL_OBJECTIVE],
                                    &totals[TOTAL_EXPECTED_LOG_JOINT],
                                    &totals[TOTAL_ENTROPY], &totals[TOTAL_MAGNITUDE], 0)
         if status != 0:
             return <int>status
-        # the column sums in a private copy (scratch: the statistics' weight block,
-        # free until _accumulate), rows in the same order (the same bits), then
-        # stored once: resp_sum is the block's row of a table whose rows share
-        # cache lines with the blocks other threads run, so a store per row there
-        # could make the threads contend for those lines
+        # q times the row weights, their column sums in a private copy (scratch: the
+        # statistics' weight block, free until _accumulate), rows in the same order
+        # (the same bits), then stored once: resp_sum is the block's row of a table
+        # whose rows share cache lines with the blocks other threads run, so a
+        # store per row there could make the threads contend for those lines
         cdef double* acc = scratch
         for k in range(K):
             acc[k] = resp_sum[k]
-        for i in range(n_rows):
-            if row_weights != NULL:
-                for k in range(K):
-                    weights[i * K + k] = weights[i * K + k] * row_weights[i]
-            for k in range(K):
-                acc[k] += weights[i * K + k]
+        emd_weighted_column_sums(weights, row_weights, n_rows, K, acc)
         for k in range(K):
             resp_sum[k] = acc[k]
         if stats == NULL:
