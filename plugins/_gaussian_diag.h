@@ -341,14 +341,16 @@ EMC_ALWAYS_INLINE int emd_weights_f32(const double* restrict w, Py_ssize_t nb,
                                       float* restrict wblk, double* restrict T0)
 {
     int bad = 0;
+#if EMC_GNUC
+    const emc_v4 scale = emc_set1(EMD_W32_SCALE), lo = emc_set1(EMD_W32_LOW),
+                 hi = emc_set1(EMD_W32_HIGH), zero = emc_set1(0.0);
+    emc_m4 out = {0};           /* the block's lanes out of range, reduced once */
+#endif
     for (Py_ssize_t r = 0; r < nb; r++) {
         const double* restrict wr = w + r * K;
         float* restrict o = wblk + r * Kp8;
         Py_ssize_t k = 0;
 #if EMC_GNUC
-        const emc_v4 scale = emc_set1(EMD_W32_SCALE), lo = emc_set1(EMD_W32_LOW),
-                     hi = emc_set1(EMD_W32_HIGH), zero = emc_set1(0.0);
-        emc_m4 out = {0};
         for (; k + 4 <= K; k += 4) {
             emc_v4 v;
             memcpy(&v, wr + k, sizeof v);
@@ -357,7 +359,6 @@ EMC_ALWAYS_INLINE int emd_weights_f32(const double* restrict w, Py_ssize_t nb,
             emd_v4f f = __builtin_convertvector(sv, emd_v4f);
             memcpy(o + k, &f, sizeof f);
         }
-        bad |= (out[0] | out[1] | out[2] | out[3]) != 0;
 #endif
         for (; k < K; k++) {
             double v = wr[k], sv = v * EMD_W32_SCALE;
@@ -367,6 +368,9 @@ EMC_ALWAYS_INLINE int emd_weights_f32(const double* restrict w, Py_ssize_t nb,
         for (k = K; k < Kp8; k++) o[k] = 0.0f;
         for (k = 0; k < K; k++) T0[k] += wr[k];
     }
+#if EMC_GNUC
+    bad |= (out[0] | out[1] | out[2] | out[3]) != 0;
+#endif
     return bad;
 }
 
