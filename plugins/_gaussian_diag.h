@@ -324,7 +324,7 @@ static void emd_moments_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
    double code does. The chunk's moments are then about the reference points
    H (as doubles). Returns 0, or 1 (nothing usable in T0, T1, T2: the caller
    takes the double path) when a nonzero weight is outside float's normal
-   range once scaled (w < 2^-190 or w > 2^64: its rounding would not be
+   range once scaled (w < 2^-190 or w > 2^63: its rounding would not be
    relative) or a float sum overflowed (inf or NaN). */
 #define EMD_ROWS32 32
 #define EMD_W32_SCALE 18446744073709551616.0          /* 2^64 */

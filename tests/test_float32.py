@@ -362,9 +362,9 @@ def test_diag_kernel_float32_log_density_is_within_the_derived_bound(seed, d, k,
 
 def test_diag_kernel_float32_statistics_are_those_of_the_widened_rows():
     # where the float32 sweep is not used the statistics read float32 rows widened
-    # exactly: bitwise the float64 ones. Here the chunk's weighted means are far
-    # from the pass's means (the two sweeps about its own means), and the
-    # exp(log-density) weights fall below float's range once scaled.
+    # exactly: bitwise the float64 ones. Here the chunk's weighted means are ~1
+    # standard deviation from the pass's means (not settled: the two sweeps about
+    # its own means), for two sets of weights.
     rng = np.random.default_rng(11)
     X = (1e3 + rng.standard_normal((1001, 5))).astype(np.float32)
     means = 1e3 + rng.standard_normal((3, 5))
@@ -374,6 +374,21 @@ def test_diag_kernel_float32_statistics_are_those_of_the_widened_rows():
     for w in (rng.random((1001, 3)), np.exp(k64.log_density(X.astype(np.float64)))):
         np.testing.assert_array_equal(k32.accumulate(X, w),
                                       k64.accumulate(X.astype(np.float64), w))
+    # settled (the pass's means are the weighted means): the float32 sweep, unless
+    # a nonzero weight is outside float's normal range once scaled by 2^64 (below
+    # 2^-190 or above 2^63), where its rounding would not be relative: then the
+    # chunk takes the double sweep, bitwise
+    wide = X.astype(np.float64)
+    w = rng.random((1001, 3))
+    for out_of_range in (None, 1e-60, 2.0 ** 64):
+        w_out = w.copy()
+        if out_of_range is not None:
+            w_out[500, 1] = out_of_range
+        settled = (w_out.T @ wide) / w_out.sum(axis=0)[:, None]
+        k32 = GaussianDiagKernel(settled, u_diag, float32=True)
+        k64 = GaussianDiagKernel(settled, u_diag)
+        same = np.array_equal(k32.accumulate(X, w_out), k64.accumulate(wide, w_out))
+        assert same == (out_of_range is not None), out_of_range
     # float64 rows, and a kernel built without float32=True, never compute in float32
     assert not k64.float32_rows
     np.testing.assert_array_equal(k64.log_density(X),
