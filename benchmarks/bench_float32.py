@@ -20,11 +20,13 @@ Where things stand (docs/elbo_chain.md#float32): GaussianMixture keeps float32 X
 without a copy and returns float32 attributes. The diagonal kernel ('diag')
 computes the log-density's quadratic form in float32 on float32 rows (8-float
 vectors), the soft posterior's exps in float32 (its fused step, K >= 8), and its
-statistics in float64 from the rows widened in registers; the full-covariance
-kernel ('full') the quadratic form in float32 (16-float vectors, two of them in
-AVX-512 registers where the CPU has them), the same float32-exp posterior, and
-its statistics from the rows widened exactly (full_kernel_bound gives its
-tolerance term). For 'diag' the tolerance
+statistics' sweep in float32 (32-row float partial sums about float32(mu_t), added
+to float64 totals; their bound, GaussianFamily.statistics_rounding, enters the
+chain; they move the fitted parameters, which moves the log-likelihood only at
+second order at a maximum); the full-covariance kernel ('full') the quadratic
+form in float32 (16-float vectors, two of them in AVX-512 registers where the
+CPU has them), the same float32-exp posterior, and its statistics from the rows
+widened exactly (full_kernel_bound gives its tolerance term). For 'diag' the tolerance
 adds the kernel's derived bound, sum_i max_k of half
 1.01 (d + 7) u32 sum_j p_kj (|x_ij - c_j| + |mu_kj - c_j|)^2 (c the means'
 mean in float32), plus n times the posterior's per-row bound

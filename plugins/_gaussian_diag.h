@@ -71,8 +71,10 @@ static void emd_log_density(const double* X, Py_ssize_t n, Py_ssize_t d,
    data are from the origin), P = float(U^2); tables d x Kp (Kp = K rounded up
    to 8, zero padded); base and the result in double (docs/elbo_chain.md#float32
    bounds the error). Rows two at a time, components 16 at a
-   time. Returns 1 if some q overflowed float (then -inf in out: the caller
-   recomputes those entries in double), else 0. */
+   time. lw (K doubles) or NULL: added to each result (the log joint of the
+   fused step: the same two roundings as a sweep adding it after). Returns 1
+   if some q overflowed float (then -inf in out: the caller recomputes those
+   entries in double), else 0. */
 #if EMC_GNUC
 typedef float emd_v8f __attribute__((vector_size(32)));
 typedef float emd_v4f __attribute__((vector_size(16)));
@@ -84,7 +86,7 @@ static inline emd_v8f emd_set1_f8(float x) { return (emd_v8f){0} + x; }
 EMC_ALWAYS_INLINE void emd_log_density_block_f32(
         const float* x, Py_ssize_t d, const int R, Py_ssize_t K, Py_ssize_t Kp,
         const float* H, const float* L, const float* P, const double* base,
-        Py_ssize_t k0, const int nv, double* out, emd_v8f* chk)
+        Py_ssize_t k0, const int nv, const double* lw, double* out, emd_v8f* chk)
 {
     emd_v8f a[2][2];
     for (int r = 0; r < R; r++)
@@ -118,12 +120,19 @@ EMC_ALWAYS_INLINE void emd_log_density_block_f32(
                 emd_v4f lo = {av[0], av[1], av[2], av[3]}, hi = {av[4], av[5], av[6], av[7]};
                 emc_v4 l = __builtin_convertvector(lo, emc_v4);
                 emc_v4 h = __builtin_convertvector(hi, emc_v4);
-                emc_store(o + 8 * v, EMC_ADD(emc_load(base + k0 + 8 * v), EMC_MUL(half, l)));
-                emc_store(o + 8 * v + 4, EMC_ADD(emc_load(base + k0 + 8 * v + 4),
-                                                 EMC_MUL(half, h)));
+                emc_v4 rl = EMC_ADD(emc_load(base + k0 + 8 * v), EMC_MUL(half, l));
+                emc_v4 rh = EMC_ADD(emc_load(base + k0 + 8 * v + 4), EMC_MUL(half, h));
+                if (lw != NULL) {       /* + log pi, a second rounding as a sweep's */
+                    rl = EMC_ADD(rl, emc_load(lw + k0 + 8 * v));
+                    rh = EMC_ADD(rh, emc_load(lw + k0 + 8 * v + 4));
+                }
+                emc_store(o + 8 * v, rl);
+                emc_store(o + 8 * v + 4, rh);
             } else {
-                for (Py_ssize_t k = 8 * v; k < K - k0; k++)
-                    o[k] = base[k0 + k] - 0.5 * (double)av[k - 8 * v];
+                for (Py_ssize_t k = 8 * v; k < K - k0; k++) {
+                    double value = base[k0 + k] - 0.5 * (double)av[k - 8 * v];
+                    o[k] = lw != NULL ? value + lw[k0 + k] : value;
+                }
             }
         }
     }
@@ -133,7 +142,7 @@ EMC_CLONES
 static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
                                Py_ssize_t K, Py_ssize_t Kp, const float* H,
                                const float* L, const float* P, const double* base,
-                               double* out)
+                               const double* lw, double* out)
 {
     emd_v8f chk = {0};
     for (Py_ssize_t i = 0; i < n; i += 2) {
@@ -143,13 +152,13 @@ static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
             const int nv = Kp - k0 >= 16 ? 2 : 1;
             const int R = i + 1 < n ? 2 : 1;   /* constants for the inlined block */
             if (R == 2 && nv == 2)
-                emd_log_density_block_f32(x, d, 2, K, Kp, H, L, P, base, k0, 2, o, &chk);
+                emd_log_density_block_f32(x, d, 2, K, Kp, H, L, P, base, k0, 2, lw, o, &chk);
             else if (R == 2)
-                emd_log_density_block_f32(x, d, 2, K, Kp, H, L, P, base, k0, 1, o, &chk);
+                emd_log_density_block_f32(x, d, 2, K, Kp, H, L, P, base, k0, 1, lw, o, &chk);
             else if (nv == 2)
-                emd_log_density_block_f32(x, d, 1, K, Kp, H, L, P, base, k0, 2, o, &chk);
+                emd_log_density_block_f32(x, d, 1, K, Kp, H, L, P, base, k0, 2, lw, o, &chk);
             else
-                emd_log_density_block_f32(x, d, 1, K, Kp, H, L, P, base, k0, 1, o, &chk);
+                emd_log_density_block_f32(x, d, 1, K, Kp, H, L, P, base, k0, 1, lw, o, &chk);
         }
     }
     for (int l = 0; l < 8; l++)
@@ -161,7 +170,7 @@ static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
 static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
                                Py_ssize_t K, Py_ssize_t Kp, const float* H,
                                const float* L, const float* P, const double* base,
-                               double* out)
+                               const double* lw, double* out)
 {
     int overflow = 0;
     for (Py_ssize_t i = 0; i < n; i++)
@@ -173,10 +182,29 @@ static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
             }
             if (q - q != 0.0f) overflow = 1;       /* inf */
             out[i * K + k] = base[k] - 0.5 * (double)q;
+            if (lw != NULL) out[i * K + k] += lw[k];
         }
     return overflow;
 }
 #endif
+
+/* The fused float32 step's q (n x K): scaled by the row weights rw (NULL: none),
+   then its column sums added to acc row after row: the operations and the
+   order of the pass's emc_scale_rows and emc_sum_rows (the same bits), in a
+   clone the CPU's vectors fit (Cython's loop compiled for baseline SSE2). */
+EMC_CLONES
+static void emd_weighted_column_sums(double* restrict q, const double* restrict rw,
+                                     Py_ssize_t n, Py_ssize_t K, double* restrict acc)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double* restrict row = q + i * K;
+        if (rw != NULL) {
+            const double w = rw[i];
+            for (Py_ssize_t k = 0; k < K; k++) row[k] = row[k] * w;
+        }
+        for (Py_ssize_t k = 0; k < K; k++) acc[k] += row[k];
+    }
+}
 
 #define EMD_ROWS 8
 
@@ -283,5 +311,186 @@ static void emd_moments_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
         emd_moments_rows(xblk, nb, d, K, Kp, w + i0 * K, pass, C, wblk, T0, T1, T2);
     }
 }
+
+/* float32 moments of float rows about the pass's means rounded to float
+   (docs/elbo_chain.md#float32): for each block of EMD_ROWS32 rows,
+   t = x_ij - H[j, k] (H = float(mu), d x Kp8 floats, zero padded; one
+   rounding), the weights scaled by EMD_W32_SCALE = 2^64 (exact) and rounded
+   to float into wblk (EMD_ROWS32 x Kp8 floats), then
+       r = sum_rows (w t),  s = sum_rows (w t) t
+   in float on 8-float vectors, rows in order, each (r, s) widened exactly,
+   scaled back by 2^-64 (exact) and added to the double tables T1, T2 (d x Kp,
+   Kp = K rounded up to 4); T0[k] += w_ik in double, rows in order, as the
+   double code does. The chunk's moments are then about the reference points
+   H (as doubles). Returns 0, or 1 (nothing usable in T0, T1, T2: the caller
+   takes the double path) when a nonzero weight is outside float's normal
+   range once scaled (w < 2^-190 or w > 2^63: its rounding would not be
+   relative) or a float sum overflowed (inf or NaN). */
+#define EMD_ROWS32 32
+#define EMD_W32_SCALE 18446744073709551616.0          /* 2^64 */
+#define EMD_W32_UNSCALE (1.0 / 18446744073709551616.0)
+
+/* the weights of rows i0.. (nb of them) into wblk as scaled floats, their
+   double sums into T0 (rows in order); 1 if a nonzero one is out of float's
+   normal range once scaled (2^-126 is float's least normal; 2^127 leaves the
+   float sums room) or is NaN */
+#define EMD_W32_LOW 0x1p-126
+#define EMD_W32_HIGH 0x1p127
+EMC_ALWAYS_INLINE int emd_weights_f32(const double* restrict w, Py_ssize_t nb,
+                                      Py_ssize_t K, Py_ssize_t Kp8,
+                                      float* restrict wblk, double* restrict T0)
+{
+    int bad = 0;
+#if EMC_GNUC
+    const emc_v4 scale = emc_set1(EMD_W32_SCALE), lo = emc_set1(EMD_W32_LOW),
+                 hi = emc_set1(EMD_W32_HIGH), zero = emc_set1(0.0);
+    emc_m4 out = {0};           /* the block's lanes out of range, reduced once */
+#endif
+    for (Py_ssize_t r = 0; r < nb; r++) {
+        const double* restrict wr = w + r * K;
+        float* restrict o = wblk + r * Kp8;
+        Py_ssize_t k = 0;
+#if EMC_GNUC
+        for (; k + 4 <= K; k += 4) {
+            emc_v4 v;
+            memcpy(&v, wr + k, sizeof v);
+            emc_v4 sv = v * scale;
+            out |= (v != zero) & ~((sv >= lo) & (sv <= hi));
+            emd_v4f f = __builtin_convertvector(sv, emd_v4f);
+            memcpy(o + k, &f, sizeof f);
+        }
+#endif
+        for (; k < K; k++) {
+            double v = wr[k], sv = v * EMD_W32_SCALE;
+            bad |= (v != 0.0) & !(sv >= EMD_W32_LOW && sv <= EMD_W32_HIGH);
+            o[k] = (float)sv;
+        }
+        for (k = K; k < Kp8; k++) o[k] = 0.0f;
+        for (k = 0; k < K; k++) T0[k] += wr[k];
+    }
+#if EMC_GNUC
+    bad |= (out[0] | out[1] | out[2] | out[3]) != 0;
+#endif
+    return bad;
+}
+
+#if EMC_GNUC
+/* widen 8 float sums, scale back and add them to the double table row t
+   (only the lanes below Kp: Kp8 - Kp is 0 or 4) */
+EMC_ALWAYS_INLINE void emd_add_widened(double* t, emd_v8f v, int high)
+{
+    const emc_v4 unscale = emc_set1(EMD_W32_UNSCALE);
+    emd_v4f l = {v[0], v[1], v[2], v[3]}, h = {v[4], v[5], v[6], v[7]};
+    emc_store(t, EMC_ADD(emc_load(t), EMC_MUL(unscale, __builtin_convertvector(l, emc_v4))));
+    if (high)
+        emc_store(t + 4, EMC_ADD(emc_load(t + 4),
+                                 EMC_MUL(unscale, __builtin_convertvector(h, emc_v4))));
+}
+
+/* one feature j, the components kb..kb+8nv-1: even and odd rows of the block
+   summed apart (two chains of adds, so one row's add need not wait for the
+   previous row's), the two halves added at the end; every value in a register
+   (no array of vectors indexed in a loop: GCC kept those on the stack, and
+   their 16-byte stores and 32-byte loads stalled on store forwarding) */
+EMC_ALWAYS_INLINE void emd_moments_block_f32(
+        const float* x, Py_ssize_t nb, Py_ssize_t d, Py_ssize_t Kp, Py_ssize_t Kp8,
+        const float* wblk, const float* H, double* T1, double* T2, Py_ssize_t kb,
+        const int nv, Py_ssize_t j, emd_v8f* chk)
+{
+    emd_v8f h0, h1 = {0}, ra0 = {0}, ra1 = {0}, sa0 = {0}, sa1 = {0};
+    emd_v8f rb0 = {0}, rb1 = {0}, sb0 = {0}, sb1 = {0};
+    memcpy(&h0, H + j * Kp8 + kb, sizeof h0);
+    if (nv == 2) memcpy(&h1, H + j * Kp8 + kb + 8, sizeof h1);
+    Py_ssize_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        const float* wr = wblk + i * Kp8 + kb;
+        emd_v8f xa = emd_set1_f8(x[i * d + j]), xb = emd_set1_f8(x[(i + 1) * d + j]);
+        emd_v8f w, t, wt;
+        memcpy(&w, wr, sizeof w);
+        t = xa - h0; wt = w * t; ra0 += wt; sa0 += wt * t;
+        memcpy(&w, wr + Kp8, sizeof w);
+        t = xb - h0; wt = w * t; rb0 += wt; sb0 += wt * t;
+        if (nv == 2) {
+            memcpy(&w, wr + 8, sizeof w);
+            t = xa - h1; wt = w * t; ra1 += wt; sa1 += wt * t;
+            memcpy(&w, wr + Kp8 + 8, sizeof w);
+            t = xb - h1; wt = w * t; rb1 += wt; sb1 += wt * t;
+        }
+    }
+    if (i < nb) {
+        const float* wr = wblk + i * Kp8 + kb;
+        emd_v8f xa = emd_set1_f8(x[i * d + j]), w, t, wt;
+        memcpy(&w, wr, sizeof w);
+        t = xa - h0; wt = w * t; ra0 += wt; sa0 += wt * t;
+        if (nv == 2) {
+            memcpy(&w, wr + 8, sizeof w);
+            t = xa - h1; wt = w * t; ra1 += wt; sa1 += wt * t;
+        }
+    }
+    ra0 += rb0; sa0 += sb0;
+    *chk += (ra0 + sa0) * 0.0f;         /* NaN in a lane once a sum is inf */
+    Py_ssize_t at = j * Kp + kb;
+    emd_add_widened(T1 + at, ra0, kb + 4 < Kp);
+    emd_add_widened(T2 + at, sa0, kb + 4 < Kp);
+    if (nv == 2) {
+        ra1 += rb1; sa1 += sb1;
+        *chk += (ra1 + sa1) * 0.0f;
+        emd_add_widened(T1 + at + 8, ra1, kb + 12 < Kp);
+        emd_add_widened(T2 + at + 8, sa1, kb + 12 < Kp);
+    }
+}
+
+EMC_CLONES
+static int emd_moments_about_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
+                                 Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t Kp8,
+                                 const double* w, const float* H, float* wblk,
+                                 double* T0, double* T1, double* T2)
+{
+    emd_v8f chk = {0};
+    for (Py_ssize_t i0 = 0; i0 < n; i0 += EMD_ROWS32) {
+        Py_ssize_t nb = n - i0 < EMD_ROWS32 ? n - i0 : EMD_ROWS32;
+        if (emd_weights_f32(w + i0 * K, nb, K, Kp8, wblk, T0)) return 1;
+        const float* x = X + i0 * d;
+        for (Py_ssize_t kb = 0; kb < Kp8; kb += 16) {
+            if (Kp8 - kb >= 16)          /* nv a constant for the inlined block */
+                for (Py_ssize_t j = 0; j < d; j++)
+                    emd_moments_block_f32(x, nb, d, Kp, Kp8, wblk, H, T1, T2, kb, 2, j, &chk);
+            else
+                for (Py_ssize_t j = 0; j < d; j++)
+                    emd_moments_block_f32(x, nb, d, Kp, Kp8, wblk, H, T1, T2, kb, 1, j, &chk);
+        }
+    }
+    for (int l = 0; l < 8; l++)
+        if (chk[l] != 0.0f) return 1;
+    return 0;
+}
+#else
+/* without GNU vectors: the same sums, one component at a time */
+static int emd_moments_about_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
+                                 Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t Kp8,
+                                 const double* w, const float* H, float* wblk,
+                                 double* T0, double* T1, double* T2)
+{
+    for (Py_ssize_t i0 = 0; i0 < n; i0 += EMD_ROWS32) {
+        Py_ssize_t nb = n - i0 < EMD_ROWS32 ? n - i0 : EMD_ROWS32;
+        if (emd_weights_f32(w + i0 * K, nb, K, Kp8, wblk, T0)) return 1;
+        const float* x = X + i0 * d;
+        for (Py_ssize_t j = 0; j < d; j++)
+            for (Py_ssize_t k = 0; k < K; k++) {
+                float r = 0.0f, s = 0.0f, h = H[j * Kp8 + k];
+                for (Py_ssize_t i = 0; i < nb; i++) {
+                    float t = x[i * d + j] - h;
+                    float wt = wblk[i * Kp8 + k] * t;
+                    r += wt;
+                    s += wt * t;
+                }
+                if ((r + s) - (r + s) != 0.0f) return 1;       /* inf or NaN */
+                T1[j * Kp + k] += EMD_W32_UNSCALE * (double)r;
+                T2[j * Kp + k] += EMD_W32_UNSCALE * (double)s;
+            }
+    }
+    return 0;
+}
+#endif
 
 #endif

@@ -36,8 +36,15 @@ the log-density's quadratic form is computed in float32 on 8-float vectors,
 each mean held as two floats (hi + lo) so that x - mu carries a relative error
 only (docs/elbo_chain.md#float32 derives the bound, which the family's
 ``log_density_rounding`` gives the chain); the constant and the result are
-double. The statistics read the float32 rows a block of 8 at a time widened
-exactly to double: bitwise the statistics of the widened rows. With the exact
+double. The statistics' sweep about the pass's means is float32 too: about the
+means rounded to float (the chunk's reference points), t = x - float(mu) in
+float, the weights scaled by 2^64 and rounded to float, and per block of
+``STATISTICS_ROWS_F32`` rows the sums of w t and w t^2 taken in float on 8-float
+vectors, then widened, scaled back and added to the double tables (the weights'
+sums stay double); ``GaussianFamily.statistics_rounding`` bounds what that costs
+the chain. A chunk whose weights leave float's range once scaled, or whose float
+sums overflow, and the two-sweep path of a chunk whose means moved, read the
+rows widened exactly to double, as float64 rows. With the exact
 soft rule the pass calls the fused ``chunk_soft_step_f32``: the same steps as
 the pass's (log-density, + log pi, posterior, q times the row weights,
 statistics), with the posterior's exps in float32 (``emc_soft_rows_f32`` of
@@ -62,6 +69,10 @@ import numpy as np
 
 from emcore.kernel import moment_slot_layout
 
+#: rows per block of the float32 statistics' float partial sums
+#: (docs/elbo_chain.md#float32: their rounding grows with it)
+STATISTICS_ROWS_F32 = EMD_ROWS32
+
 
 cdef extern from "_gaussian_diag.h":
     void emd_log_density(const double* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
@@ -76,8 +87,15 @@ cdef extern from "_gaussian_diag.h":
                          double* xblk) noexcept nogil
     int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
                              Py_ssize_t Kp, const float* H, const float* L,
-                             const float* P, const double* base,
+                             const float* P, const double* base, const double* lw,
                              double* out) noexcept nogil
+    void emd_weighted_column_sums(double* q, const double* rw, Py_ssize_t n,
+                                  Py_ssize_t K, double* acc) noexcept nogil
+    int emd_moments_about_f32(const float* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
+                              Py_ssize_t Kp, Py_ssize_t Kp8, const double* w,
+                              const float* H, float* wblk, double* T0, double* T1,
+                              double* T2) noexcept nogil
+    int EMD_ROWS32
 
 
 cdef extern from "_soft_posterior.h":
@@ -103,6 +121,8 @@ cdef class GaussianDiagKernel(FamilyKernel):
     cdef const float[:, ::1] mean_lo32     # float(mu - float(mu))
     cdef const float[:, ::1] prec_table32  # float(U_kj^2)
     cdef Py_ssize_t Kp8                    # K rounded up to a multiple of 8
+    cdef const double[:, ::1] mean_hi64    # (d, Kp): float(mu) as doubles, the
+                                           # float32 statistics' reference points
 
     def __init__(self, means, precisions_cholesky_diagonal, float32=False):
         means = np.ascontiguousarray(means, dtype=np.float64)
@@ -145,6 +165,10 @@ cdef class GaussianDiagKernel(FamilyKernel):
             lo[:, :K] = means.T - hi[:, :K].astype(np.float64)
             pt32[:, :K] = p.T
         self.mean_hi32 = hi
+        hi64 = np.zeros((d, self.Kp))
+        if self.float32_rows:
+            hi64[:, :K] = hi[:, :K]
+        self.mean_hi64 = hi64
         self.mean_lo32 = lo
         self.prec_table32 = pt32
         # the exact soft rule fused on float32 rows, its exps in float32
@@ -155,8 +179,9 @@ cdef class GaussianDiagKernel(FamilyKernel):
                                      self.float32_rows))
 
     cdef void _overflowed_in_double(self, const float* X, Py_ssize_t n_rows,
-                                    double* out) noexcept nogil:
+                                    const double* lw, double* out) noexcept nogil:
         # the float32 quadratic forms that overflowed (-inf in out), in double
+        # (+ lw[k] when given, as emd_log_density_f32 adds it)
         cdef Py_ssize_t i, j, k, d = self.n_features, K = self.n_components
         cdef double q, t, u
         for i in range(n_rows):
@@ -168,6 +193,8 @@ cdef class GaussianDiagKernel(FamilyKernel):
                         t = u * (<double>X[i * d + j] - self.means[k, j])
                         q += t * t
                     out[i * K + k] = self.log_norm[k] - 0.5 * q
+                    if lw != NULL:
+                        out[i * K + k] += lw[k]
 
     @staticmethod
     def slot_layout(Py_ssize_t n_features):
@@ -179,10 +206,11 @@ cdef class GaussianDiagKernel(FamilyKernel):
         # a row of results or a block of weights (EMD_ROWS = 8 rows x Kp) + the
         # weights' sums (Kp)
         # + three d x Kp tables + one slot + the merge's scratch (2 d) + a block of
-        # float32 rows widened (EMD_ROWS = 8 rows x d)
+        # float32 rows widened (EMD_ROWS = 8 rows x d) + a block of float32 weights
+        # (EMD_ROWS32 rows x Kp8 floats)
         return (9 * self.Kp + 3 * self.n_features * self.Kp
                 + emc_moment_slot_size(self.n_features, EMC_SCATTER_DIAGONAL)
-                + 10 * self.n_features)
+                + 10 * self.n_features + (EMD_ROWS32 * self.Kp8 + 1) // 2)
 
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
         # + the fused float32 step's log joint and weighted q (n_rows x K each)
@@ -200,8 +228,8 @@ cdef class GaussianDiagKernel(FamilyKernel):
                                    double* out, double* scratch) noexcept nogil:
         if emd_log_density_f32(X, n_rows, self.n_features, self.n_components, self.Kp8,
                                &self.mean_hi32[0, 0], &self.mean_lo32[0, 0],
-                               &self.prec_table32[0, 0], &self.log_norm[0], out):
-            self._overflowed_in_double(X, n_rows, out)
+                               &self.prec_table32[0, 0], &self.log_norm[0], NULL, out):
+            self._overflowed_in_double(X, n_rows, NULL, out)
         return 0
 
     cdef int chunk_accumulate(self, const double* X, Py_ssize_t n_rows,
@@ -227,21 +255,30 @@ cdef class GaussianDiagKernel(FamilyKernel):
         cdef double* log_joint = scratch + self._accumulate_scratch()
         cdef double* weights = log_joint + n_rows * K
         cdef Py_ssize_t status
-        self.chunk_log_density_f32(X, n_rows, log_joint, scratch)
-        for i in range(n_rows):
-            for k in range(K):
-                log_joint[i * K + k] += log_weights[k]
+        # the log-density with log pi added as it is stored (the same two roundings
+        # as the pass's sweep adding it after)
+        if emd_log_density_f32(X, n_rows, self.n_features, K, self.Kp8,
+                               &self.mean_hi32[0, 0], &self.mean_lo32[0, 0],
+                               &self.prec_table32[0, 0], &self.log_norm[0], log_weights,
+                               log_joint):
+            self._overflowed_in_double(X, n_rows, log_weights, log_joint)
         status = emc_soft_rows_f32(log_joint, weights, row_value, row_weights, n_rows, K,
                                    1.0, &totals[TOTAL_OBJECTIVE],
                                    &totals[TOTAL_EXPECTED_LOG_JOINT],
                                    &totals[TOTAL_ENTROPY], &totals[TOTAL_MAGNITUDE], 0)
         if status != 0:
             return <int>status
-        for i in range(n_rows):
-            for k in range(K):
-                if row_weights != NULL:
-                    weights[i * K + k] = weights[i * K + k] * row_weights[i]
-                resp_sum[k] += weights[i * K + k]
+        # q times the row weights, their column sums in a private copy (scratch: the
+        # statistics' weight block, free until _accumulate), rows in the same order
+        # (the same bits), then stored once: resp_sum is the block's row of a table
+        # whose rows share cache lines with the blocks other threads run, so a
+        # store per row there could make the threads contend for those lines
+        cdef double* acc = scratch
+        for k in range(K):
+            acc[k] = resp_sum[k]
+        emd_weighted_column_sums(weights, row_weights, n_rows, K, acc)
+        for k in range(K):
+            resp_sum[k] = acc[k]
         if stats == NULL:
             return 0
         return _accumulate(self, X, n_rows, weights, stats, scratch)
@@ -261,6 +298,16 @@ cdef inline void _moments(const floating* X, Py_ssize_t n, Py_ssize_t d, Py_ssiz
         emd_moments(X, n, d, K, Kp, w, which, C, wrow, T0, T1, T2)
 
 
+cdef inline void _zero_moments(double* R, double* S, double* Wk, Py_ssize_t d,
+                              Py_ssize_t Kp) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(d * Kp):
+        R[i] = 0.0
+        S[i] = 0.0
+    for i in range(Kp):
+        Wk[i] = 0.0
+
+
 cdef int _accumulate(GaussianDiagKernel self, const floating* X, Py_ssize_t n_rows,
                      const double* weights, double* stats, double* scratch) noexcept nogil:
     cdef Py_ssize_t d = self.n_features, K = self.n_components, Kp = self.Kp
@@ -273,19 +320,28 @@ cdef int _accumulate(GaussianDiagKernel self, const floating* X, Py_ssize_t n_ro
     cdef double* S = R + d * Kp
     cdef double* chunk = S + d * Kp
     cdef double* xblk = chunk + slot + 2 * d    # float32 rows: a block widened
+    cdef float* wblk32 = <float*>(xblk + 8 * d)  # float32 rows: weights as floats
     cdef double W, shift
-    cdef bint settled = True
-    for i in range(d * Kp):
-        R[i] = 0.0
-        S[i] = 0.0
-    for k in range(Kp):
-        Wk[k] = 0.0
-    # One sweep about this pass's means (mean_table). The variance's rounding
-    # error is amplified by 1 + shift^2 / var, shift = the chunk's weighted
-    # mean minus the reference: accept if shift^2 <= var (2 shift^2 <= S / W)
-    # for every component and feature, i.e. at most twice the two-sweep error.
-    _moments(X, n_rows, d, K, Kp, weights, 2, &self.mean_table[0, 0], wrow, Wk,
-                R, S, xblk)
+    cdef bint settled = True, single = False
+    cdef const double* ref = &self.mean_table[0, 0]   # the reference points
+    # One sweep about this pass's means. The variance's rounding error is
+    # amplified by 1 + shift^2 / var, shift = the chunk's weighted mean minus the
+    # reference: accept if shift^2 <= var (2 shift^2 <= S / W) for every
+    # component and feature, i.e. at most twice the two-sweep error.
+    if floating is float:
+        if self.float32_rows:
+            # in float32 about float(mu) (mean_hi64), EMD_ROWS32 rows at a time
+            # (docs/elbo_chain.md#float32; GaussianFamily.statistics_rounding
+            # bounds it); the double sweep if a weight or a sum leaves float's range
+            _zero_moments(R, S, Wk, d, Kp)
+            single = emd_moments_about_f32(X, n_rows, d, K, Kp, self.Kp8, weights,
+                                           &self.mean_hi32[0, 0], wblk32, Wk, R, S) == 0
+            if single:
+                ref = &self.mean_hi64[0, 0]
+    if not single:
+        _zero_moments(R, S, Wk, d, Kp)
+        _moments(X, n_rows, d, K, Kp, weights, 2, &self.mean_table[0, 0], wrow, Wk,
+                 R, S, xblk)
     for k in range(K):
         W = Wk[k]
         if W <= 0.0:
@@ -294,7 +350,6 @@ cdef int _accumulate(GaussianDiagKernel self, const floating* X, Py_ssize_t n_ro
             shift = R[j * Kp + k] / W
             if not 2.0 * shift * shift <= S[j * Kp + k] / W:
                 settled = False
-    cdef const double* ref = &self.mean_table[0, 0]   # the reference points
     if not settled:
         # the means moved (early iterations, or no means: chunk_stats): two
         # sweeps, about the chunk's weighted means

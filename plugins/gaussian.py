@@ -24,7 +24,7 @@ from scipy.linalg.lapack import dpotrf as _dpotrf, dtrtrs as _dtrtrs
 from emcore import DegenerateComponentError
 from emcore.plugin_api import (FLOAT32_UNIT_ROUNDOFF, UNIT_ROUNDOFF, Family, FamilyRecord,
                                Params, ResolvedGaussianPrior, hookimpl)
-from emcore.plugins._gaussian_diag_kernel import GaussianDiagKernel
+from emcore.plugins._gaussian_diag_kernel import GaussianDiagKernel, STATISTICS_ROWS_F32
 from emcore.plugins._gaussian_kernel import GaussianFullKernel
 from emcore.plugins._posterior_kernels import EXP_F32_ERROR
 from emcore.plugins import _mclust_models as _mclust
@@ -150,7 +150,10 @@ class GaussianFamily(Family):
         mclust's diagonal models) and the full-covariance kernel (the others)
         compute the log-density's quadratic form in float32 on float32 rows, and
         :meth:`log_density_rounding` bounds what that costs the chain
-        (docs/elbo_chain.md#float32). Statistics and parameters stay float64.
+        (docs/elbo_chain.md#float32); the diagonal kernel's statistics take
+        float32 partial sums over blocks of rows, which :meth:`statistics_rounding`
+        bounds (the full kernel's read the rows widened exactly). Statistics
+        totals and parameters stay float64.
     """
 
     #: the parameter space is open: start from the plain partition (Family.initial_params)
@@ -955,10 +958,82 @@ class GaussianFamily(Family):
                      + _float32_posterior_rounding(self.n_components)
                      * float(np.sum(stats.weight)))
 
+    def statistics_rounding(self, stats: GaussianStats, params: Params,
+                            new_params: Params) -> float:
+        # float32 statistics (docs/elbo_chain.md#float32), by the kernel that sums them
+        if self.dtype != "float32":
+            return 0.0
+        if self._diagonal:
+            return _diag_float32_statistics_rounding(stats, params, new_params)
+        return 0.0
+
     def rounding_amplification(self, params: Params) -> float:
         # 1 + sqrt(d kappa_max) (docs/elbo_chain.md#check-b, item 2)
         kappa = max(_condition_of_factor(U) for U in params["precisions_cholesky"])
         return 1.0 + float(np.sqrt(self.n_features * kappa))
+
+
+def _diag_float32_statistics_rounding(stats: GaussianStats, params: Params,
+                                      new_params: Params) -> float:
+    """Bound on what the diagonal kernel's float32 statistics move Q.
+
+    The kernel sums the moments of float32 rows about h = float32(mu_t), the
+    pass's means rounded to float, in float over blocks of B =
+    ``STATISTICS_ROWS_F32`` rows (docs/elbo_chain.md#float32): per component k
+    and feature j, with t_i = x_ij - h_kj and weights w_ik,
+
+        |dR_kj| <= 1.001 (B + 2) u32 sum_i w_ik |t_i|,
+        |dS_kj| <= 1.001 (B + 4) u32 sum_i w_ik t_i^2,
+
+    plus, per (k, j), at most 2^-140 from products that underflowed (weights
+    are scaled by 2^64 into float's normal range; far below any tolerance).
+    ``expected_log_likelihood(stats, theta)`` carries -1/2 sum_kj p_kj (S_kj +
+    2 (c_kj - mu_kj) r_kj + W_k (c_kj - mu_kj)^2) (p = U^2 of theta), and
+    the exact re-shifting merges carry each chunk's errors to the merged
+    reference c unchanged in sum: the error of Q(theta) is at most
+
+        E(theta) = 1/2 sum_kj p_kj (|dS_kj| + 2 |h_kj - mu_kj| |dR_kj|).
+
+    The M-step maximises the Q of the computed statistics, so the ascent link
+    needs E(theta_t) and the bound link E(theta_{t+1}): this returns the larger.
+    sum_i w t^2 = T_kj = S + 2 (c - h) r + W (c - h)^2 from the statistics
+    themselves (their own error, ~(B + 4) u32 relative, inside the 1.001), and
+    sum_i w |t| <= sqrt(W_k T_kj) (Cauchy-Schwarz). Chunks the kernel summed in
+    double (weights outside float's range, means still moving) have no float32
+    error: the bound covers them.
+
+    Parameters
+    ----------
+    stats : GaussianStats
+        Diagonal statistics from the pass at ``params``.
+    params, new_params : dict
+        theta_t (the pass's parameters) and theta_{t+1} (the M-step's).
+
+    Returns
+    -------
+    float
+        The bound, an absolute error of the expected log-likelihood; 0 for
+        statistics of rows with missing coordinates (the missing-data kernel
+        sums in float64).
+    """
+    if not stats.diagonal or stats.observed is not None:
+        return 0.0
+    u = FLOAT32_UNIT_ROUNDOFF
+    B = STATISTICS_ROWS_F32
+    h = np.asarray(params["means"], dtype=np.float64).astype(np.float32).astype(np.float64)
+    W = stats.weight[:, None]
+    off = stats.mean - h
+    T = 1.001 * np.maximum(stats.scatter + 2.0 * off * stats.residual + W * off * off, 0.0)
+    dS = 1.001 * (B + 4) * u * T + 2.0 ** -140
+    dR = 1.001 * (B + 2) * u * np.sqrt(W * T) + 2.0 ** -140
+    worst = 0.0
+    for theta in (params, new_params):
+        p = np.diagonal(np.asarray(theta["precisions_cholesky"], dtype=np.float64),
+                        axis1=1, axis2=2) ** 2
+        move = np.abs(h - np.asarray(theta["means"], dtype=np.float64))
+        worst = max(worst, float(0.5 * np.sum(np.where(W > 0, p * (dS + 2.0 * move * dR),
+                                                       0.0))))
+    return worst
 
 
 def _float32_posterior_rounding(n_components: int) -> float:

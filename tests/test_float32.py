@@ -25,14 +25,16 @@ from emcore._input import check_input
 from emcore.exceptions import ChainViolationWarning
 from emcore.kernel import _compiled_paths
 from emcore.plugin_api import FLOAT32_UNIT_ROUNDOFF as U32, UNIT_ROUNDOFF as U64
-from emcore.plugins._gaussian_diag_kernel import GaussianDiagKernel
+from emcore.plugins._gaussian_diag_kernel import STATISTICS_ROWS_F32, GaussianDiagKernel
 from emcore.plugins._gaussian_kernel import GaussianFullKernel, _avx512_float32
 from emcore.plugins._kmeans_kernel import KMeansKernel, _float32_labelling
 from emcore.plugins._posterior_kernels import (EXP_F32_ERROR, SoftPosteriorKernel,
                                                _SoftPosteriorKernelF32)
-from emcore.plugins.gaussian import (_float32_posterior_rounding,
+from emcore.plugins.gaussian import (GaussianFamily, _diag_float32_statistics_rounding,
+                                     _float32_posterior_rounding,
                                      _full_float32_form_constant,
                                      _full_float32_log_density_rounding)
+from emcore.testing import tolerance_across
 from emcore.registry import get_registry
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -340,8 +342,10 @@ def test_diag_kernel_float32_log_density_is_within_the_derived_bound(seed, d, k,
 
 
 def test_diag_kernel_float32_statistics_are_those_of_the_widened_rows():
-    # the statistics read float32 rows widened exactly: bitwise the float64 ones,
-    # through both sweeps (a chunk about the pass's means, and about its own)
+    # where the float32 sweep is not used the statistics read float32 rows widened
+    # exactly: bitwise the float64 ones. Here the chunk's weighted means are ~1
+    # standard deviation from the pass's means (not settled: the two sweeps about
+    # its own means), for two sets of weights.
     rng = np.random.default_rng(11)
     X = (1e3 + rng.standard_normal((1001, 5))).astype(np.float32)
     means = 1e3 + rng.standard_normal((3, 5))
@@ -351,6 +355,21 @@ def test_diag_kernel_float32_statistics_are_those_of_the_widened_rows():
     for w in (rng.random((1001, 3)), np.exp(k64.log_density(X.astype(np.float64)))):
         np.testing.assert_array_equal(k32.accumulate(X, w),
                                       k64.accumulate(X.astype(np.float64), w))
+    # settled (the pass's means are the weighted means): the float32 sweep, unless
+    # a nonzero weight is outside float's normal range once scaled by 2^64 (below
+    # 2^-190 or above 2^63), where its rounding would not be relative: then the
+    # chunk takes the double sweep, bitwise
+    wide = X.astype(np.float64)
+    w = rng.random((1001, 3))
+    for out_of_range in (None, 1e-60, 2.0 ** 64):
+        w_out = w.copy()
+        if out_of_range is not None:
+            w_out[500, 1] = out_of_range
+        settled = (w_out.T @ wide) / w_out.sum(axis=0)[:, None]
+        k32 = GaussianDiagKernel(settled, u_diag, float32=True)
+        k64 = GaussianDiagKernel(settled, u_diag)
+        same = np.array_equal(k32.accumulate(X, w_out), k64.accumulate(wide, w_out))
+        assert same == (out_of_range is not None), out_of_range
     # float64 rows, and a kernel built without float32=True, never compute in float32
     assert not k64.float32_rows
     np.testing.assert_array_equal(k64.log_density(X),
@@ -758,3 +777,146 @@ def test_full_kernel_fused_float32_step_is_the_unfused_pass_with_float32_exps(k,
     wq = q if sw is None else q * sw[:, None]
     np.testing.assert_array_equal(stats, kernel.accumulate(X, wq))
     np.testing.assert_allclose(resp_sum, wq.sum(axis=0), rtol=4 * n * U64, atol=0)
+# --- the diagonal kernel's float32 statistics ---------------------------------------
+
+def _diag_params(means, u_diag):
+    U = np.zeros(u_diag.shape + (u_diag.shape[1],))
+    i = np.arange(u_diag.shape[1])
+    U[:, i, i] = u_diag
+    return {"means": means, "precisions_cholesky": U,
+            "covariances": np.zeros_like(U)}      # (unused by Q)
+
+
+def _q_gap(fam, stats32, stats64, new):
+    """|Q(stats32, new) - Q(stats64, new)| and the float64 rounding of the two
+    evaluations and of the float64 statistics (tolerance_across with both M_Q;
+    docs/elbo_chain.md#check-b), for one chunk of n rows."""
+    q32 = fam.expected_log_likelihood(stats32, new)
+    q64 = fam.expected_log_likelihood(stats64, new)
+    m_q = (fam.expected_log_likelihood_magnitude(stats32, new)
+           + fam.expected_log_likelihood_magnitude(stats64, new))
+    n = int(round(float(np.sum(stats64.weight))))
+    return abs(q32 - q64), tolerance_across(fam.n_components, n, fam.n_features, 1.0, 0.0,
+                                            m_q)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2 ** 31), d=st.integers(1, 20), k=st.integers(1, 20),
+       offset=st.sampled_from([0.0, 1e3, -1e4, 1e5]),
+       scale=st.sampled_from([1e-3, 1.0, 100.0]), move=st.sampled_from([0.0, 0.3, 30.0]))
+@example(seed=3, d=16, k=16, offset=1e5, scale=1.0, move=30.0)
+def test_diag_kernel_float32_statistics_are_within_the_derived_bound(seed, d, k, offset,
+                                                                     scale, move):
+    # The float32 sweep (about float(mu), blocks of STATISTICS_ROWS_F32 rows) against
+    # the float64 statistics of the same rows and weights, through what the chain
+    # uses: Q at parameters moved by `move` standard deviations from the pass's
+    # means, with other precisions. The gap is within statistics_rounding (the
+    # float32 sums) plus the float64 rounding of both sides.
+    rng = np.random.default_rng(seed)
+    n = 3 * STATISTICS_ROWS_F32 + 5                    # whole blocks and a partial one
+    means = offset + 3.0 * scale * rng.standard_normal((k, d))
+    u_diag = 1.0 / (scale * rng.uniform(0.5, 2.0, (k, d)))
+    labels = rng.integers(0, k, n)
+    X = (means[labels] + scale * rng.standard_normal((n, d))).astype(np.float32)
+    W = rng.dirichlet(np.ones(k), size=n) * rng.uniform(0.5, 2.0, (n, 1))
+    # the pass's means: the rows' weighted means (a settled chunk), as a fit has them
+    mu = (W.T @ X.astype(np.float64)) / W.sum(axis=0)[:, None]
+    fam = GaussianFamily(k, d, covariance_type="diag", dtype="float32")
+    k32 = GaussianDiagKernel(mu, u_diag, float32=True)
+    assert k32.float32_rows
+    stats32 = fam.stats_from_buffer(k32.accumulate(X, W))
+    stats64 = fam.stats_from_buffer(GaussianDiagKernel(mu, u_diag).accumulate(
+        X.astype(np.float64), W))
+    # the float32 sweep ran: the chunk's reference points are float(mu)
+    np.testing.assert_array_equal(stats32.mean, mu.astype(np.float32).astype(np.float64))
+    params = _diag_params(mu, u_diag)
+    new = _diag_params(mu + move * scale * rng.standard_normal((k, d)),
+                       u_diag * rng.uniform(0.5, 2.0, (k, d)))
+    gap, slack = _q_gap(fam, stats32, stats64, new)
+    bound = fam.statistics_rounding(stats32, params, new)
+    assert bound == _diag_float32_statistics_rounding(stats32, params, new) > 0.0
+    note(f"observed / bound {gap / (bound + slack):.3g} (float64 slack {slack:.3g})")
+    assert gap <= bound + slack, (gap, bound, slack)
+
+
+def test_diag_float32_statistics_bound_needs_the_move_term():
+    # The residual's float32 error enters Q through the move from the pass's means
+    # to the new ones, 2 (h - mu') p' dR: a bound with only the scatter's term
+    # (1/2 sum p' |dS|, all that one parameter set would show) is exceeded by the
+    # observed gap once the means move far, with the float64 terms far below.
+    # Weights 1/3 round to float with the same relative error (~0.5 u32) on every
+    # row, and the rows' weighted mean lies 0.6 standard deviations from the pass's
+    # means (a settled chunk: the float32 sweep), so dR ~ 0.5 u32 sum_i w t is a
+    # systematic error, not a random walk.
+    rng = np.random.default_rng(31)
+    n, d, k = 4000, 4, 1
+    X = (1e4 + rng.standard_normal((n, d))).astype(np.float32)
+    W = np.full((n, k), 1.0 / 3.0)
+    mu = (W.T @ X.astype(np.float64)) / W.sum(axis=0)[:, None] - 0.6
+    u_diag = np.ones((k, d))
+    fam = GaussianFamily(k, d, covariance_type="diag", dtype="float32")
+    stats32 = fam.stats_from_buffer(GaussianDiagKernel(mu, u_diag, float32=True)
+                                    .accumulate(X, W))
+    stats64 = fam.stats_from_buffer(GaussianDiagKernel(mu, u_diag).accumulate(
+        X.astype(np.float64), W))
+    np.testing.assert_array_equal(stats32.mean, mu.astype(np.float32).astype(np.float64))
+    params = _diag_params(mu, u_diag)
+    new = _diag_params(mu + 1e3, u_diag)              # moved by 1e3 standard deviations
+    gap, slack = _q_gap(fam, stats32, stats64, new)
+    full = fam.statistics_rounding(stats32, params, new)
+    scatter_only = fam.statistics_rounding(stats32, params, params)   # no move
+    assert gap <= full + slack
+    assert gap > 2.0 * (scatter_only + slack), (gap, scatter_only, slack)
+
+
+def test_diag_float32_statistics_rounding_is_zero_where_nothing_is_float32():
+    rng = np.random.default_rng(32)
+    X = rng.standard_normal((300, 3))
+    W = rng.dirichlet(np.ones(2), size=300)
+    mu, u_diag = rng.standard_normal((2, 3)), np.ones((2, 3))
+    params = _diag_params(mu, u_diag)
+    for dtype, cov in (("float64", "diag"), ("float32", "full")):
+        fam = GaussianFamily(2, 3, covariance_type=cov, dtype=dtype)
+        stats = fam.chunk_stats(X, W)
+        assert fam.statistics_rounding(stats, params, params) == 0.0
+
+
+class _StatisticsPathSpy(GaussianFamily):
+    """Records whether the statistics of a pass came from the float32 sweep (all
+    references float(mu_t) for some component)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.float32_passes = 0
+
+    def statistics_rounding(self, stats, params, new_params):
+        h = np.asarray(params["means"]).astype(np.float32).astype(np.float64)
+        if np.any(np.all(stats.mean == h, axis=1) & (stats.weight > 0)):
+            self.float32_passes += 1
+        return super().statistics_rounding(stats, params, new_params)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2 ** 31), d=st.integers(1, 8), k=st.integers(8, 12),
+       offset=st.sampled_from([0.0, 1e3, 1e4, 1e5]), spread=st.sampled_from([0.3, 1.0, 5.0]),
+       covariance_type=st.sampled_from(["diag", "spherical"]))
+def test_float32_statistics_chain_holds(seed, d, k, offset, spread, covariance_type):
+    # Fits whose statistics come from the float32 sweep (k >= 8: the fused step's
+    # float32 posterior keeps the weights in float's range once scaled; data far
+    # from the origin, where the reference float(mu) matters), run through the
+    # engine: every ascent and bound link holds within tau_B, which now carries
+    # statistics_rounding (docs/elbo_chain.md#float32). A violation warns: an error here.
+    from emcore.engine import run_em
+    X = _blobs(np.random.default_rng(seed), 2000, d, k, offset=offset, spread=spread)
+    fam = _StatisticsPathSpy(k, d, covariance_type=covariance_type, reg_covar=1e-4,
+                             dtype="float32")
+    rng = np.random.default_rng(seed + 1)
+    start = fam.m_step(fam.chunk_stats(X.astype(np.float64),
+                                       rng.dirichlet(np.ones(k), size=X.shape[0])), None)
+    rule = get_registry().posterior_rule("soft").factory()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ChainViolationWarning)
+        fit = run_em(X, fam, rule, np.full(k, 1.0 / k), start, max_iter=25, tol=0.0)
+    assert all(it.chain_holds() for it in fit.history)
+    note(f"passes with float32 statistics: {fam.float32_passes} of {len(fit.history)}")
+    assert fam.float32_passes > 0
