@@ -83,7 +83,11 @@ cdef extern from "_discrete.h":
         const double* T, const double* E, double shift, const double* lw,
         const double* ew, const double* row_weights, double* resp_sum, double* row_value,
         double* totals, double* A, Py_ssize_t* ix, double* a, double* e, double* h,
-        double* el, double* mg) noexcept nogil
+        double* el, double* mg, int runs) noexcept nogil
+    void emdc_tables(const double* lp, Py_ssize_t K, Py_ssize_t d, Py_ssize_t L,
+                     Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
+                     const Py_ssize_t* offset, Py_ssize_t total, const int* levels,
+                     int* dig, double* T, double* E, double* shift_range) noexcept nogil
     Py_ssize_t emdc_make_codes(const double* X, Py_ssize_t n, Py_ssize_t d,
                                Py_ssize_t G, const Py_ssize_t* first, const double* top,
                                const int* stride, const Py_ssize_t* offset, int binary,
@@ -114,6 +118,40 @@ def pattern_groups(levels):
     first.append(len(levels))
     return (np.array(first, dtype=np.intp), np.array(stride, dtype=np.intp),
             np.array(offset, dtype=np.intp), total)
+
+
+# the groups of each levels tuple seen (pattern_groups, made once: kernels are
+# made every EM iteration)
+cdef dict _groups_cache = {}
+
+
+def _groups_of(levels):
+    """pattern_groups(levels) and the stride as int32, cached per levels tuple."""
+    got = _groups_cache.get(levels)
+    if got is None:
+        first, stride, offset, total = pattern_groups(levels)
+        got = (first, stride, offset, total, stride.astype(np.intc),
+               np.asarray(levels, dtype=np.intc))
+        if len(_groups_cache) < 64:
+            _groups_cache[levels] = got
+    return got
+
+
+# the fused soft step's form for sorted group codes (_discrete.h emdc_soft_step):
+# 2 the runs, compiled for AVX-512 where the CPU has it (the default), 1 the
+# runs without AVX-512, 0 the blocks (benchmarks/bench_lca.py's A/B, the tests)
+cdef int _run_step = 2
+
+
+def _set_run_step(int mode):
+    """Set the fused soft step's form for sorted group codes (0, 1 or 2, see
+    above); returns the old one."""
+    global _run_step
+    if mode not in (0, 1, 2):
+        raise ValueError("mode must be 0, 1 or 2")
+    old = _run_step
+    _run_step = mode
+    return old
 
 
 def _digits(levels, first, stride, g):
@@ -235,35 +273,33 @@ cdef class CodesKernel(FamilyKernel):
             raise ValueError("codes were made for other levels")
         self.codes = codes if codes is not None and codes.valid else None
         self.log_probs_flat = lp.reshape(K, -1)
-        first, stride, offset, total = pattern_groups(self.levels_list)
+        first, stride, offset, total, stride_c, levels_c = _groups_of(tuple(self.levels_list))
         self.first, self.offset = first, offset
-        self.stride = stride.astype(np.intc)
-        self.top = np.asarray(self.levels_list, dtype=np.float64) - 1.0
+        self.stride = stride_c
+        self.top = levels_c - 1.0
         self.n_groups = len(offset)
         self.binary = all(v == 2 for v in self.levels_list)
         self.n_patterns = total
         self.n_stats = total * self.Kp
+        # the tables in C (emdc_tables): sums in feature order, as
+        # sum_j lp[:, j, digits_j] would add them
         table = np.zeros((total, self.Kp))
-        for g in range(self.n_groups):
-            digits = _digits(self.levels_list, first, stride, g)
-            block = np.zeros((digits.shape[0], K))
-            for col, j in enumerate(range(first[g], first[g + 1])):
-                block += lp[:, j, digits[:, col]].T
-            table[offset[g]:offset[g] + digits.shape[0], :K] = block
-        self.table = table
         exp_table = np.zeros((total, self.Kp))
-        self.exp_shift, self.exp_range = 0.0, 0.0
-        for g in range(self.n_groups):
-            end = offset[g + 1] if g + 1 < self.n_groups else total
-            block = table[offset[g]:end, :K]
-            finite = block[np.isfinite(block)]
-            if finite.size == 0:
-                self.exp_range = INFINITY
-                continue
-            top_g = float(finite.max())
-            self.exp_shift += top_g
-            self.exp_range += top_g - float(finite.min())
-            exp_table[offset[g]:end, :K] = np.exp(block - top_g)     # -inf -> 0
+        cdef double[:, ::1] tv = table
+        cdef double[:, ::1] ev = exp_table
+        cdef const double[:, :, ::1] lv = lp
+        cdef const Py_ssize_t[::1] fv = first
+        cdef const Py_ssize_t[::1] ov = offset
+        cdef const int[::1] levv = levels_c
+        cdef int[::1] dig = np.empty(d, dtype=np.intc)
+        cdef double[2] shift_range
+        shift_range[0] = 0.0
+        shift_range[1] = 0.0
+        if total > 0 and K > 0:
+            emdc_tables(&lv[0, 0, 0], K, d, lp.shape[2], self.Kp, self.n_groups, &fv[0],
+                        &ov[0], total, &levv[0], &dig[0], &tv[0, 0], &ev[0, 0], shift_range)
+        self.exp_shift, self.exp_range = shift_range[0], shift_range[1]
+        self.table = table
         self.exp_table = exp_table
         self.fused_soft_step = True
 
@@ -390,7 +426,7 @@ cdef class CodesKernel(FamilyKernel):
             &self.first[0], &self.top[0], &self.stride[0], &self.offset[0], self.binary,
             &self.table[0, 0], &self.exp_table[0, 0] if exp_free else NULL,
             self.exp_shift + top, lw, ew, row_weights, resp_sum, row_value, totals, stats,
-            ix, ew + Kp, ew + 2 * Kp, ew + 3 * Kp, ew + 4 * Kp, ew + 5 * Kp)
+            ix, ew + Kp, ew + 2 * Kp, ew + 3 * Kp, ew + 4 * Kp, ew + 5 * Kp, _run_step)
         return <int>status
 
     cdef void merge_stats(self, double* into, const double* other) noexcept nogil:

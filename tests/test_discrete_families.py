@@ -19,6 +19,7 @@ import pytest
 import scipy.optimize
 import scipy.special
 import scipy.stats
+from hypothesis import example, given, note, settings, strategies as st
 
 import emcore
 from emcore._version import DISTRIBUTION
@@ -667,7 +668,9 @@ def _assert_same_pass(fused, plain, G, sw):
     assert abs(fused.expected_log_joint - plain.expected_log_joint) <= tol
     assert abs(fused.entropy - plain.entropy) <= tol
     assert abs(fused.magnitude - plain.magnitude) <= 2 * tol
-    # positive terms within 8 (G + 2) u of each other, summed in the same order
+    # positive terms within 8 (G + 2) u of each other; a sum of n positive terms
+    # in any order is within (n - 1) u of the exact one (the run step sums the
+    # statistics of a run's high groups in registers first: another order)
     rtol = (8 * (G + 2) + 2 * len(sw)) * _U
     np.testing.assert_allclose(fused.resp_sum, plain.resp_sum, rtol=rtol)
     np.testing.assert_allclose(fused.stats.counts, plain.stats.counts, rtol=rtol, atol=0)
@@ -732,6 +735,62 @@ def test_fused_soft_blocks_and_their_row_tail_are_the_soft_posterior(K, d):
             assert again.magnitude == fused.magnitude
             np.testing.assert_array_equal(again.stats.counts, fused.stats.counts)
             np.testing.assert_array_equal(again.resp_sum, fused.resp_sum)
+
+
+@settings(max_examples=25, deadline=None)
+@given(K=st.integers(1, 8), d=st.integers(9, 26), n=st.integers(1, 700),
+       seed=st.integers(0, 2 ** 32 - 1), chunk_rows=st.sampled_from([4, 37, 128, 1024]),
+       sorted_rows=st.booleans())
+@example(K=5, d=12, n=700, seed=1, chunk_rows=128, sorted_rows=True)
+@example(K=3, d=16, n=9, seed=2, chunk_rows=4, sorted_rows=True)
+def test_fused_soft_runs_are_the_soft_posterior(K, d, n, seed, chunk_rows, sorted_rows):
+    # the run step (_discrete.h emdc_soft_runs: sorted group codes, G = 2..4
+    # groups, K <= 8) against the unfused pass, for each form of the step
+    # (_set_run_step: 0 blocks, 1 runs, 2 runs compiled for AVX-512 where the CPU
+    # has it): a compressed fit's distinct rows, sorted with the last feature the
+    # most significant (row_patterns), so that the high groups' codes come in
+    # runs; or the same rows shuffled (runs of length 1: the blocks step).
+    # Random K, d, n, chunk sizes (tails of n % 4 rows, chunks shorter than a
+    # block), pattern weights with zeros among them. The same bits on 1 and 2
+    # threads; the same derived bound as the blocks step (_assert_same_pass:
+    # the same G + 1 factors per entry, the statistics summed in another order)
+    from emcore._patterns import row_patterns
+    from emcore.plugins._discrete_kernel import _set_run_step
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0.05, 0.95, (K, d))
+    X = (rng.random((n, d)) < p[rng.integers(K, size=n)]).astype(np.float64)
+    pat = row_patterns(X, integer_codes=True)
+    P, sw = pat.rows, pat.weight * rng.uniform(0.5, 2.0, pat.n_patterns)
+    sw[rng.random(sw.shape[0]) < 0.1] = 0.0
+    if not sorted_rows:
+        order = rng.permutation(P.shape[0])
+        P, sw = np.ascontiguousarray(P[order]), sw[order]
+    fam, params = BernoulliFamily(K, d), {"probabilities": p}
+    kernel = fam.compiled_kernel(params)
+    assert kernel.exp_range <= 700 and kernel.n_groups == -(-d // 8)
+    weights = rng.dirichlet(np.ones(K))
+    note(f"patterns {P.shape[0]}, groups {kernel.n_groups}")
+    old = _set_run_step(2)
+    try:
+        results = {}
+        with fam.codes_for(P):
+            for mode in (0, 1, 2):
+                _set_run_step(mode)
+                fused, plain = _pass_pair(fam, params, P, weights, sw, chunk_rows=chunk_rows)
+                _assert_same_pass(fused, plain, kernel.n_groups, sw)
+                again, _ = _pass_pair(fam, params, P, weights, sw, n_jobs=2,
+                                      chunk_rows=chunk_rows)
+                assert again.value == fused.value and again.entropy == fused.entropy
+                assert again.magnitude == fused.magnitude
+                np.testing.assert_array_equal(again.stats.counts, fused.stats.counts)
+                np.testing.assert_array_equal(again.resp_sum, fused.resp_sum)
+                results[mode] = fused
+    finally:
+        _set_run_step(old)
+    if sorted_rows and d == 12 and K == 5 and n == 700 and chunk_rows == 128:
+        # the example above takes the run step (its 4 high bits take 16 values:
+        # runs of dozens of patterns): its statistics are summed in another order
+        assert not np.array_equal(results[1].stats.counts, results[0].stats.counts)
 
 
 def test_fused_soft_blocks_report_the_first_bad_row():
