@@ -263,7 +263,8 @@ static Py_ssize_t emdc_make_codes(const double* X, Py_ssize_t n, Py_ssize_t d,
    entry); then, when E is not NULL, E[offset_g + p, k] = exp(T - s_g) with s_g
    the group's largest finite entry (-inf gives 0). shift_range[0] += sum_g s_g,
    shift_range[1] += sum_g (s_g - smallest finite entry), or +inf when a group
-   has no finite entry (that group's E stays as it is). */
+   has no finite entry (that group's E stays as it is); shift_range[2] = 0 when
+   an entry of T (k < K) is not finite (a probability 0), else left as it is. */
 static void emdc_tables(const double* lp, Py_ssize_t K, Py_ssize_t d, Py_ssize_t L,
                         Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
                         const Py_ssize_t* offset, Py_ssize_t total, const int* levels,
@@ -292,6 +293,8 @@ static void emdc_tables(const double* lp, Py_ssize_t K, Py_ssize_t d, Py_ssize_t
                 if (t > -HUGE_VAL && t < HUGE_VAL) {
                     hi = t > hi ? t : hi;
                     lo = t < lo ? t : lo;
+                } else {
+                    shift_range[2] = 0.0;
                 }
             }
         if (!(hi > -HUGE_VAL)) {
@@ -732,7 +735,7 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_runs(
         const int* stride, const Py_ssize_t* offset, const double* T, const double* E,
         double shift, const double* lw, const double* ew, const double* row_weights,
         double* resp_sum, double* row_value, double* totals, double* A, Py_ssize_t* ix,
-        double* tmp)
+        double* tmp, int fin)
 {
     const Py_ssize_t Kp = 4 * nv;
     const emc_m4 abs_mask = {0x7fffffffffffffffLL, 0x7fffffffffffffffLL,
@@ -741,23 +744,30 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_runs(
     const double* T0 = T + offset[0] * Kp;
     const double* E0 = E + offset[0] * Kp;
     emc_v4 lwv[2], ewv[2];
+    /* fin: every table entry and log pi_k (k < K) finite, so every e_k > 0
+       (k < K): the padding lanes take log pi = 0 (a = 0, e = 0: e a = 0) and
+       the sums need no masks */
+    for (Py_ssize_t k = 0; k < Kp; k++) tmp[k] = k < K || !fin ? lw[k] : 0.0;
     for (Py_ssize_t v = 0; v < nv; v++) {
-        lwv[v] = emc_load(lw + 4 * v);
+        lwv[v] = emc_load(tmp + 4 * v);
         ewv[v] = emc_load(ew + 4 * v);
     }
     emc_v4 Fv = zero, Ev = zero, Hv = zero, Mv = zero, rs[2];
     for (Py_ssize_t k = 0; k < Kp; k++) tmp[k] = k < K ? resp_sum[k] : 0.0;
     for (Py_ssize_t v = 0; v < nv; v++) rs[v] = emc_load(tmp + 4 * v);
     /* the table side's run (th: a row of it, -1 before the first) and the
-       statistics side's (sh), with the run's sums of w q per high group */
+       statistics side's, with the run's sums of w q per high group (sh: a row
+       of it); new: bit r set when row r of the block starts a run */
     emc_v4 Th[2], Eh[2], acc[3][2] = {{zero, zero}, {zero, zero}, {zero, zero}};
     Py_ssize_t th = -1, sh = -1;
     Py_ssize_t n4 = n - n % 4, i0, status = 0;
     for (i0 = 0; i0 < n4; i0 += 4) {
         emc_v4 e[4][2], S[4], Pv[4], Qv[4];
+        int fresh = 0;
         for (int r = 0; r < 4; r++) {
             const unsigned char* c = codes + (i0 + r) * G;
             if (th < 0 || !emdc_same_high(codes + th * G, c, G)) {
+                fresh |= 1 << r;
                 th = i0 + r;
                 for (Py_ssize_t v = 0; v < nv; v++) {
                     Th[v] = emc_load(T + (offset[1] + c[1]) * Kp + 4 * v);
@@ -780,10 +790,15 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_runs(
             Pv[r] = zero;
             Qv[r] = zero;
             for (Py_ssize_t v = 0; v < nv; v++) {
-                emc_m4 pos = (emc_m4)(e[r][v] > zero);
                 emc_v4 abs_a = (emc_v4)((emc_m4)a[v] & abs_mask);
-                Pv[r] += EMC_SEL(pos, e[r][v] * a[v], zero);
-                Qv[r] += EMC_SEL(pos, e[r][v] * abs_a, zero);
+                if (fin) {
+                    Pv[r] += e[r][v] * a[v];
+                    Qv[r] += e[r][v] * abs_a;
+                } else {
+                    emc_m4 pos = (emc_m4)(e[r][v] > zero);
+                    Pv[r] += EMC_SEL(pos, e[r][v] * a[v], zero);
+                    Qv[r] += EMC_SEL(pos, e[r][v] * abs_a, zero);
+                }
             }
         }
         emc_v4 s = emdc_hsum4(S[0], S[1], S[2], S[3]);
@@ -801,15 +816,16 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_runs(
         Hv += wv * H;
         Mv += wv * mag;
         emc_store(row_value + i0, f);
+        emc_v4 iw = inv * wv;               /* w / s: q w = e (w / s) */
         for (int r = 0; r < 4; r++) {
-            emc_v4 is = emc_set1(inv[r]), wr = emc_set1(wv[r]), q[2];
+            emc_v4 is = emc_set1(iw[r]), q[2];
             for (Py_ssize_t v = 0; v < nv; v++) {
-                q[v] = (e[r][v] * is) * wr;
+                q[v] = e[r][v] * is;
                 rs[v] += q[v];
             }
             if (A) {
                 const unsigned char* c = codes + (i0 + r) * G;
-                if (sh < 0 || !emdc_same_high(codes + sh * G, c, G)) {
+                if (fresh & (1 << r)) {
                     if (sh >= 0) {
                         const unsigned char* h = codes + sh * G;
                         for (Py_ssize_t g = 1; g < G; g++) {
@@ -853,23 +869,30 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_runs(
 
 /* emdc_soft_runs per (nv, G), 2 <= G <= 4 */
 #define EMDC_RUNS_BODY \
-    switch (G + 8 * nv) { \
-        case 2 + 8: return EMDC_RUNS(1, 2); \
-        case 3 + 8: return EMDC_RUNS(1, 3); \
-        case 4 + 8: return EMDC_RUNS(1, 4); \
-        case 2 + 16: return EMDC_RUNS(2, 2); \
-        case 3 + 16: return EMDC_RUNS(2, 3); \
-        default: return EMDC_RUNS(2, 4); \
+    switch (G + 8 * nv + 32 * (fin != 0)) { \
+        case 2 + 8: return EMDC_RUNS(1, 2, 0); \
+        case 3 + 8: return EMDC_RUNS(1, 3, 0); \
+        case 4 + 8: return EMDC_RUNS(1, 4, 0); \
+        case 2 + 16: return EMDC_RUNS(2, 2, 0); \
+        case 3 + 16: return EMDC_RUNS(2, 3, 0); \
+        case 4 + 16: return EMDC_RUNS(2, 4, 0); \
+        case 2 + 8 + 32: return EMDC_RUNS(1, 2, 1); \
+        case 3 + 8 + 32: return EMDC_RUNS(1, 3, 1); \
+        case 4 + 8 + 32: return EMDC_RUNS(1, 4, 1); \
+        case 2 + 16 + 32: return EMDC_RUNS(2, 2, 1); \
+        case 3 + 16 + 32: return EMDC_RUNS(2, 3, 1); \
+        default: return EMDC_RUNS(2, 4, 1); \
     }
-#define EMDC_RUNS(NV, NG) emdc_soft_runs(codes, n, d, K, NV, NG, first, top, stride, \
-        offset, T, E, shift, lw, ew, row_weights, resp_sum, row_value, totals, A, ix, tmp)
+#define EMDC_RUNS(NV, NG, FIN) emdc_soft_runs(codes, n, d, K, NV, NG, first, top, \
+        stride, offset, T, E, shift, lw, ew, row_weights, resp_sum, row_value, totals, A, \
+        ix, tmp, FIN)
 #define EMDC_RUNS_ARGS \
         const unsigned char* codes, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K, \
         Py_ssize_t nv, Py_ssize_t G, const Py_ssize_t* first, const double* top, \
         const int* stride, const Py_ssize_t* offset, const double* T, const double* E, \
         double shift, const double* lw, const double* ew, const double* row_weights, \
         double* resp_sum, double* row_value, double* totals, double* A, Py_ssize_t* ix, \
-        double* tmp
+        double* tmp, int fin
 #if EMC_HAVE_CLONES
 /* compiled for AVX-512 CPUs (x86-64-v4): the same code with 32 vector
    registers (the AVX2 clone spills the block's rows to the stack), chosen at
@@ -895,7 +918,7 @@ static Py_ssize_t emdc_soft_step(
         const double* T, const double* E, double shift, const double* lw,
         const double* ew, const double* row_weights, double* resp_sum, double* row_value,
         double* totals, double* A, Py_ssize_t* ix, double* a, double* e, double* h,
-        double* el, double* mg, int runs)
+        double* el, double* mg, int runs, int finite_tables)
 {
     /* runs: which step a chunk of sorted group codes takes, 0 the blocks
        (emdc_soft_blocks), 1 the runs (emdc_soft_runs), 2 the runs compiled for
@@ -915,15 +938,17 @@ static Py_ssize_t emdc_soft_step(
     /* sorted rows (a compressed fit's distinct rows): the run step */
     if (runs && E && codes && (Kp == 4 || Kp == 8) && G >= 2 && G <= 4
             && emdc_long_runs(codes, n, G)) {
+        int fin = finite_tables;
+        for (Py_ssize_t k = 0; k < K; k++) fin &= lw[k] > -HUGE_VAL;
 #if EMC_HAVE_CLONES
         if (runs > 1 && EMDC_RUNS_V4_AVAILABLE())
             return emdc_soft_runs_v4(codes, n, d, K, Kp / 4, G, first, top, stride, offset,
                                      T, E, shift, lw, ew, row_weights, resp_sum, row_value,
-                                     totals, A, ix, a);
+                                     totals, A, ix, a, fin);
 #endif
         return emdc_soft_runs_any(codes, n, d, K, Kp / 4, G, first, top, stride, offset, T,
                                   E, shift, lw, ew, row_weights, resp_sum, row_value, totals,
-                                  A, ix, a);
+                                  A, ix, a, fin);
     }
     if (E && (Kp == 4 || Kp == 8)) {
         switch (G + 8 * (Kp / 4)) {
