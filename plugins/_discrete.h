@@ -308,6 +308,36 @@ static void emdc_tables(const double* lp, Py_ssize_t K, Py_ssize_t d, Py_ssize_t
     }
 }
 
+/* The statistics of the pattern tables A (n_patterns x Kp) as weights (K) and
+   level counts (K x d x L, zeroed here): counts[k, j, l] = sum of A[offset_g +
+   p, k] over group g's patterns p whose digit j is l, in pattern order (the
+   digits walked as in emdc_tables; dig: d ints of room); weight[k] = sum of
+   group 0's rows, in pattern order (every group's rows sum to it). */
+static void emdc_expand(const double* A, Py_ssize_t K, Py_ssize_t d, Py_ssize_t L,
+                        Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
+                        const Py_ssize_t* offset, Py_ssize_t total, const int* levels,
+                        int* dig, double* weight, double* counts)
+{
+    for (Py_ssize_t i = 0; i < K * d * L; i++) counts[i] = 0.0;
+    for (Py_ssize_t k = 0; k < K; k++) weight[k] = 0.0;
+    for (Py_ssize_t g = 0; g < G; g++) {
+        Py_ssize_t j0 = first[g], j1 = first[g + 1];
+        Py_ssize_t end = g + 1 < G ? offset[g + 1] : total;
+        for (Py_ssize_t j = j0; j < j1; j++) dig[j] = 0;
+        for (Py_ssize_t p = offset[g]; p < end; p++) {
+            const double* a = A + p * Kp;
+            if (g == 0)
+                for (Py_ssize_t k = 0; k < K; k++) weight[k] += a[k];
+            for (Py_ssize_t j = j0; j < j1; j++)
+                for (Py_ssize_t k = 0; k < K; k++) counts[(k * d + j) * L + dig[j]] += a[k];
+            for (Py_ssize_t j = j0; j < j1; j++) {      /* the next pattern's digits */
+                if (++dig[j] < levels[j]) break;
+                dig[j] = 0;
+            }
+        }
+    }
+}
+
 /* ---- The fused soft step (CodesKernel.chunk_soft_step) ----------------------
 
    The exact soft posterior of each row fused with its statistics, as the

@@ -88,6 +88,10 @@ cdef extern from "_discrete.h":
                      Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
                      const Py_ssize_t* offset, Py_ssize_t total, const int* levels,
                      int* dig, double* T, double* E, double* shift_range) noexcept nogil
+    void emdc_expand(const double* A, Py_ssize_t K, Py_ssize_t d, Py_ssize_t L,
+                     Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
+                     const Py_ssize_t* offset, Py_ssize_t total, const int* levels,
+                     int* dig, double* weight, double* counts) noexcept nogil
     Py_ssize_t emdc_make_codes(const double* X, Py_ssize_t n, Py_ssize_t d,
                                Py_ssize_t G, const Py_ssize_t* first, const double* top,
                                const int* stride, const Py_ssize_t* offset, int binary,
@@ -152,15 +156,6 @@ def _set_run_step(int mode):
     old = _run_step
     _run_step = mode
     return old
-
-
-def _digits(levels, first, stride, g):
-    """(P_g, m) codes of each pattern of group g, one column per feature."""
-    lv = np.asarray(levels[first[g]:first[g + 1]], dtype=np.intp)
-    P = int(np.prod(lv))
-    p = np.arange(P)
-    return np.stack([(p // stride[j]) % lv[j - first[g]]
-                     for j in range(first[g], first[g + 1])], axis=1)
 
 
 cdef long long _serial = 0      # kernels made so far (CodesKernel.serial)
@@ -254,7 +249,6 @@ cdef class CodesKernel(FamilyKernel):
     cdef readonly double exp_shift
     cdef readonly double exp_range
     cdef readonly bint finite_tables   # no table entry is -inf (no probability 0)
-    cdef object _expansion             # expand's index arrays (made on first use)
 
     def __init__(self, log_probs, levels, GroupCodes codes=None):
         lp = np.ascontiguousarray(log_probs, dtype=np.float64)
@@ -313,42 +307,25 @@ cdef class CodesKernel(FamilyKernel):
 
     def expand(self, buffer):
         """(weights (K,), counts (K, d, L)) from a statistics slot (pattern tables)."""
-        K, d = self.n_components, self.n_features
-        A = np.asarray(buffer, dtype=np.float64).reshape(self.n_patterns, self.Kp)[:, :K]
-        L = max(self.levels_list)
-        counts = np.zeros((K, d, L))
-        if self._expansion is None:
-            self._expansion = self._expansion_index()
-        weight = None
-        for start, j0, j1, sel in self._expansion:
-            Lg = self.levels_list[j0]
-            if weight is None:                  # the first group's patterns: all
-                weight = A[start:start + sel.shape[1] * Lg].sum(axis=0)
-            # each (feature, level) row of sel: the group's patterns with that
-            # code, summed in pattern order as Ag[mask].sum(axis=0) would
-            block = A[start + sel].sum(axis=1)                 # (m Lg, K)
-            counts[:, j0:j1, :Lg] = block.reshape(j1 - j0, Lg, K).transpose(2, 0, 1)
+        cdef Py_ssize_t K = self.n_components, d = self.n_features
+        cdef Py_ssize_t L = max(self.levels_list)
+        cdef const double[::1] A = np.ascontiguousarray(buffer, dtype=np.float64).reshape(-1)
+        if A.shape[0] != self.n_patterns * self.Kp:
+            raise ValueError("buffer must hold n_stats doubles")
+        weight = np.empty(K)
+        counts = np.empty((K, d, L))
+        cdef double[::1] wv = weight
+        cdef double[:, :, ::1] cv = counts
+        cdef const int[::1] levv = _groups_of(tuple(self.levels_list))[5]
+        cdef int[::1] dig = np.empty(max(d, 1), dtype=np.intc)
+        if K > 0 and d > 0:
+            emdc_expand(&A[0], K, d, L, self.Kp, self.n_groups, &self.first[0],
+                        &self.offset[0], self.n_patterns, &levv[0], &dig[0], &wv[0],
+                        &cv[0, 0, 0])
+        else:
+            weight[:] = 0.0
+            counts[...] = 0.0
         return weight, counts
-
-    def _expansion_index(self):
-        # per group: (first pattern row, first feature, end feature, sel) with
-        # sel[(j - j0) Lg + l] the patterns whose feature j has code l, when the
-        # group's features have the same level count Lg (every binary grouping);
-        # a group of mixed level counts is cut into single-feature pieces
-        first = np.asarray(self.first)
-        offset = np.asarray(self.offset)
-        stride = np.asarray(self.stride, dtype=np.intp)
-        out = []
-        for g in range(self.n_groups):
-            digits = _digits(self.levels_list, first, stride, g)
-            lv = self.levels_list[first[g]:first[g + 1]]
-            pieces = ([(0, len(lv))] if len(set(lv)) == 1
-                      else [(c, c + 1) for c in range(len(lv))])
-            for c0, c1 in pieces:
-                sel = np.stack([np.flatnonzero(digits[:, c] == level)
-                                for c in range(c0, c1) for level in range(lv[c0])])
-                out.append((offset[g], first[g] + c0, first[g] + c1, sel))
-        return out
 
     # Scratch: [acc or wrow (Kp) | tag (3) | pattern indices (n_rows x G)]. The
     # engine's chunk loop calls chunk_log_density, then chunk_accumulate, on the
