@@ -39,7 +39,9 @@ log joint a_k by table sums, exp(a_k - shift) as a product of per-group exp
 tables (no exp per entry) when the tables' ranges sum to at most 700 (every
 product a normal double), else by a vector exp, one log per row; the exp-free
 step runs blocks of 4 rows with one vector log per block and adds the pass's
-sum_i w_i q_ik itself (docs/discrete.md#the-fused-soft-step).
+sum_i w_i q_ik itself; on group codes that come in runs of equal later groups
+(sorted distinct rows) it forms those groups' sums and statistics once per run
+(docs/discrete.md#the-fused-soft-step).
 
 **Counts (poisson).** log p(x | k) = sum_j x_j log lambda_kj - sum_j lambda_kj -
 sum_j log x_j!, the last term from a table for counts below 1024, lgamma
