@@ -264,7 +264,8 @@ static Py_ssize_t emdc_make_codes(const double* X, Py_ssize_t n, Py_ssize_t d,
    the group's largest finite entry (-inf gives 0). shift_range[0] += sum_g s_g,
    shift_range[1] += sum_g (s_g - smallest finite entry), or +inf when a group
    has no finite entry (that group's E stays as it is); shift_range[2] = 0 when
-   an entry of T (k < K) is not finite (a probability 0), else left as it is. */
+   an entry of T (k < K) is not finite (a probability 0), shift_range[3] = 0
+   when one is positive, else they are left as they are. */
 static void emdc_tables(const double* lp, Py_ssize_t K, Py_ssize_t d, Py_ssize_t L,
                         Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
                         const Py_ssize_t* offset, Py_ssize_t total, const int* levels,
@@ -303,6 +304,7 @@ static void emdc_tables(const double* lp, Py_ssize_t K, Py_ssize_t d, Py_ssize_t
         }
         shift_range[0] += hi;
         shift_range[1] += hi - lo;
+        if (hi > 0.0) shift_range[3] = 0.0;
         for (Py_ssize_t p = offset[g]; p < end; p++)
             for (Py_ssize_t k = 0; k < K; k++) E[p * Kp + k] = exp(T[p * Kp + k] - hi);
     }
@@ -774,10 +776,12 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_runs(
     const double* T0 = T + offset[0] * Kp;
     const double* E0 = E + offset[0] * Kp;
     emc_v4 lwv[2], ewv[2];
-    /* fin: every table entry and log pi_k (k < K) finite, so every e_k > 0
+    /* fin & 1: every table entry and log pi_k (k < K) finite, so every e_k > 0
        (k < K): the padding lanes take log pi = 0 (a = 0, e = 0: e a = 0) and
-       the sums need no masks */
-    for (Py_ssize_t k = 0; k < Kp; k++) tmp[k] = k < K || !fin ? lw[k] : 0.0;
+       the sums need no masks. fin & 2: none of them positive, so every a_k <= 0
+       (a sum of non-positive numbers rounds to one), |a_k| = -a_k and
+       Q = sum_k e_k |a_k| = -P, the same bits (rounding is symmetric) */
+    for (Py_ssize_t k = 0; k < Kp; k++) tmp[k] = k < K || !(fin & 1) ? lw[k] : 0.0;
     for (Py_ssize_t v = 0; v < nv; v++) {
         lwv[v] = emc_load(tmp + 4 * v);
         ewv[v] = emc_load(ew + 4 * v);
@@ -821,13 +825,13 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_runs(
             Qv[r] = zero;
             for (Py_ssize_t v = 0; v < nv; v++) {
                 emc_v4 abs_a = (emc_v4)((emc_m4)a[v] & abs_mask);
-                if (fin) {
+                if (fin & 1) {
                     Pv[r] += e[r][v] * a[v];
-                    Qv[r] += e[r][v] * abs_a;
+                    if (!(fin & 2)) Qv[r] += e[r][v] * abs_a;
                 } else {
                     emc_m4 pos = (emc_m4)(e[r][v] > zero);
                     Pv[r] += EMC_SEL(pos, e[r][v] * a[v], zero);
-                    Qv[r] += EMC_SEL(pos, e[r][v] * abs_a, zero);
+                    if (!(fin & 2)) Qv[r] += EMC_SEL(pos, e[r][v] * abs_a, zero);
                 }
             }
         }
@@ -836,10 +840,11 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_runs(
         if (!((ok[0] & ok[1]) & (ok[2] & ok[3]))) break;
         emc_v4 inv = emc_set1(1.0) / s;
         emc_v4 f = mm + emdc_log_pos(s);
-        emc_v4 El = emdc_hsum4(Pv[0], Pv[1], Pv[2], Pv[3]) * inv;
+        emc_v4 Ps = emdc_hsum4(Pv[0], Pv[1], Pv[2], Pv[3]);
+        emc_v4 El = Ps * inv;
         emc_v4 H = f - El;
-        emc_v4 mag = (emdc_hsum4(Qv[0], Qv[1], Qv[2], Qv[3]) * inv + H)
-                     + (emc_v4)((emc_m4)f & abs_mask);
+        emc_v4 Qs = (fin & 2) ? -Ps : emdc_hsum4(Qv[0], Qv[1], Qv[2], Qv[3]);
+        emc_v4 mag = (Qs * inv + H) + (emc_v4)((emc_m4)f & abs_mask);
         emc_v4 wv = row_weights != NULL ? emc_load(row_weights + i0) : emc_set1(1.0);
         Fv += wv * f;
         Ev += wv * El;
@@ -899,20 +904,17 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_runs(
 
 /* emdc_soft_runs per (nv, G), 2 <= G <= 4 */
 #define EMDC_RUNS_BODY \
-    switch (G + 8 * nv + 32 * (fin != 0)) { \
-        case 2 + 8: return EMDC_RUNS(1, 2, 0); \
-        case 3 + 8: return EMDC_RUNS(1, 3, 0); \
-        case 4 + 8: return EMDC_RUNS(1, 4, 0); \
-        case 2 + 16: return EMDC_RUNS(2, 2, 0); \
-        case 3 + 16: return EMDC_RUNS(2, 3, 0); \
-        case 4 + 16: return EMDC_RUNS(2, 4, 0); \
-        case 2 + 8 + 32: return EMDC_RUNS(1, 2, 1); \
-        case 3 + 8 + 32: return EMDC_RUNS(1, 3, 1); \
-        case 4 + 8 + 32: return EMDC_RUNS(1, 4, 1); \
-        case 2 + 16 + 32: return EMDC_RUNS(2, 2, 1); \
-        case 3 + 16 + 32: return EMDC_RUNS(2, 3, 1); \
-        default: return EMDC_RUNS(2, 4, 1); \
+    switch (G + 8 * nv + 32 * fin) { \
+        EMDC_RUNS_CASES(0) EMDC_RUNS_CASES(1) EMDC_RUNS_CASES(2) EMDC_RUNS_CASES(3) \
+        default: return 0; \
     }
+#define EMDC_RUNS_CASES(F) \
+        case 2 + 8 + 32 * F: return EMDC_RUNS(1, 2, F); \
+        case 3 + 8 + 32 * F: return EMDC_RUNS(1, 3, F); \
+        case 4 + 8 + 32 * F: return EMDC_RUNS(1, 4, F); \
+        case 2 + 16 + 32 * F: return EMDC_RUNS(2, 2, F); \
+        case 3 + 16 + 32 * F: return EMDC_RUNS(2, 3, F); \
+        case 4 + 16 + 32 * F: return EMDC_RUNS(2, 4, F);
 #define EMDC_RUNS(NV, NG, FIN) emdc_soft_runs(codes, n, d, K, NV, NG, first, top, \
         stride, offset, T, E, shift, lw, ew, row_weights, resp_sum, row_value, totals, A, \
         ix, tmp, FIN)
@@ -937,6 +939,7 @@ EMC_CLONES
 static Py_ssize_t emdc_soft_runs_any(EMDC_RUNS_ARGS) { EMDC_RUNS_BODY }
 #undef EMDC_RUNS
 #undef EMDC_RUNS_BODY
+#undef EMDC_RUNS_CASES
 #undef EMDC_RUNS_ARGS
 #endif
 
@@ -948,7 +951,7 @@ static Py_ssize_t emdc_soft_step(
         const double* T, const double* E, double shift, const double* lw,
         const double* ew, const double* row_weights, double* resp_sum, double* row_value,
         double* totals, double* A, Py_ssize_t* ix, double* a, double* e, double* h,
-        double* el, double* mg, int runs, int finite_tables)
+        double* el, double* mg, int runs, int table_flags)
 {
     /* runs: which step a chunk of sorted group codes takes, 0 the blocks
        (emdc_soft_blocks), 1 the runs (emdc_soft_runs), 2 the runs compiled for
@@ -968,8 +971,13 @@ static Py_ssize_t emdc_soft_step(
     /* sorted rows (a compressed fit's distinct rows): the run step */
     if (runs && E && codes && (Kp == 4 || Kp == 8) && G >= 2 && G <= 4
             && emdc_long_runs(codes, n, G)) {
-        int fin = finite_tables;
-        for (Py_ssize_t k = 0; k < K; k++) fin &= lw[k] > -HUGE_VAL;
+        /* table_flags: 1 no table entry is -inf, 2 none is positive (emdc_tables);
+           the same asked of log pi */
+        int fin = table_flags;
+        for (Py_ssize_t k = 0; k < K; k++) {
+            if (!(lw[k] > -HUGE_VAL)) fin &= ~1;
+            if (lw[k] > 0.0) fin &= ~2;
+        }
 #if EMC_HAVE_CLONES
         if (runs > 1 && EMDC_RUNS_V4_AVAILABLE())
             return emdc_soft_runs_v4(codes, n, d, K, Kp / 4, G, first, top, stride, offset,

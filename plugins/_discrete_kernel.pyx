@@ -85,7 +85,7 @@ cdef extern from "_discrete.h":
         const double* T, const double* E, double shift, const double* lw,
         const double* ew, const double* row_weights, double* resp_sum, double* row_value,
         double* totals, double* A, Py_ssize_t* ix, double* a, double* e, double* h,
-        double* el, double* mg, int runs, int finite_tables) noexcept nogil
+        double* el, double* mg, int runs, int table_flags) noexcept nogil
     void emdc_tables(const double* lp, Py_ssize_t K, Py_ssize_t d, Py_ssize_t L,
                      Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
                      const Py_ssize_t* offset, Py_ssize_t total, const int* levels,
@@ -251,6 +251,7 @@ cdef class CodesKernel(FamilyKernel):
     cdef readonly double exp_shift
     cdef readonly double exp_range
     cdef readonly bint finite_tables   # no table entry is -inf (no probability 0)
+    cdef readonly bint nonpositive_tables   # no table entry is positive
 
     def __init__(self, log_probs, levels, GroupCodes codes=None):
         lp = np.ascontiguousarray(log_probs, dtype=np.float64)
@@ -289,15 +290,17 @@ cdef class CodesKernel(FamilyKernel):
         cdef const Py_ssize_t[::1] ov = offset
         cdef const int[::1] levv = levels_c
         cdef int[::1] dig = np.empty(d, dtype=np.intc)
-        cdef double[3] shift_range
+        cdef double[4] shift_range
         shift_range[0] = 0.0
         shift_range[1] = 0.0
         shift_range[2] = 1.0
+        shift_range[3] = 1.0
         if total > 0 and K > 0:
             emdc_tables(&lv[0, 0, 0], K, d, lp.shape[2], self.Kp, self.n_groups, &fv[0],
                         &ov[0], total, &levv[0], &dig[0], &tv[0, 0], &ev[0, 0], shift_range)
         self.exp_shift, self.exp_range = shift_range[0], shift_range[1]
         self.finite_tables = shift_range[2] != 0.0
+        self.nonpositive_tables = shift_range[3] != 0.0
         self.table = table
         self.exp_table = exp_table
         self.fused_soft_step = True
@@ -409,7 +412,7 @@ cdef class CodesKernel(FamilyKernel):
             &self.table[0, 0], &self.exp_table[0, 0] if exp_free else NULL,
             self.exp_shift + top, lw, ew, row_weights, resp_sum, row_value, totals, stats,
             ix, ew + Kp, ew + 2 * Kp, ew + 3 * Kp, ew + 4 * Kp, ew + 5 * Kp, _run_step,
-            self.finite_tables)
+            self.finite_tables + 2 * self.nonpositive_tables)
         return <int>status
 
     cdef void merge_stats(self, double* into, const double* other) noexcept nogil:

@@ -740,12 +740,14 @@ def test_fused_soft_blocks_and_their_row_tail_are_the_soft_posterior(K, d):
 @settings(max_examples=25, deadline=None)
 @given(K=st.integers(1, 8), d=st.integers(9, 26), n=st.integers(1, 700),
        seed=st.integers(0, 2 ** 32 - 1), chunk_rows=st.sampled_from([4, 37, 128, 1024]),
-       sorted_rows=st.booleans(), zeros=st.booleans())
-@example(K=5, d=12, n=700, seed=1, chunk_rows=128, sorted_rows=True, zeros=False)
-@example(K=3, d=12, n=500, seed=3, chunk_rows=128, sorted_rows=True, zeros=True)
-@example(K=3, d=16, n=9, seed=2, chunk_rows=4, sorted_rows=True, zeros=False)
+       sorted_rows=st.booleans(), zeros=st.booleans(), heavy=st.booleans())
+@example(K=5, d=12, n=700, seed=1, chunk_rows=128, sorted_rows=True, zeros=False,
+         heavy=False)
+@example(K=3, d=12, n=500, seed=3, chunk_rows=128, sorted_rows=True, zeros=True,
+         heavy=True)
+@example(K=3, d=16, n=9, seed=2, chunk_rows=4, sorted_rows=True, zeros=False, heavy=False)
 def test_fused_soft_runs_are_the_soft_posterior(K, d, n, seed, chunk_rows, sorted_rows,
-                                                zeros):
+                                                zeros, heavy):
     # the run step (_discrete.h emdc_soft_runs: sorted group codes, G = 2..4
     # groups, K <= 8) against the unfused pass, for each form of the step
     # (_set_run_step: 0 blocks, 1 runs, 2 runs compiled for AVX-512 where the CPU
@@ -755,7 +757,9 @@ def test_fused_soft_runs_are_the_soft_posterior(K, d, n, seed, chunk_rows, sorte
     # Random K, d, n, chunk sizes (tails of n % 4 rows, chunks shorter than a
     # block), pattern weights with zeros among them; with zeros (K >= 2),
     # component 0 gives items 0 and 8 probability 0 (tables with -inf entries:
-    # the step's masked sums; otherwise every e_k > 0, unmasked). The same bits on 1 and 2
+    # the step's masked sums; otherwise every e_k > 0, unmasked); heavy: the
+    # mixing weights times 4 (some log pi_k > 0: the magnitude's sum of
+    # e_k |a_k| is formed, not taken as -sum e_k a_k). The same bits on 1 and 2
     # threads; the same derived bound as the blocks step (_assert_same_pass:
     # the same G + 1 factors per entry, the statistics summed in another order)
     from emcore._patterns import row_patterns
@@ -775,7 +779,7 @@ def test_fused_soft_runs_are_the_soft_posterior(K, d, n, seed, chunk_rows, sorte
     kernel = fam.compiled_kernel(params)
     assert kernel.exp_range <= 700 and kernel.n_groups == -(-d // 8)
     assert kernel.finite_tables == (not zeros or K == 1)
-    weights = rng.dirichlet(np.ones(K))
+    weights = rng.dirichlet(np.ones(K)) * (4.0 if heavy else 1.0)
     note(f"patterns {P.shape[0]}, groups {kernel.n_groups}")
     old = _set_run_step(2)
     try:
