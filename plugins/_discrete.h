@@ -762,7 +762,8 @@ static int emdc_long_runs(const unsigned char* codes, Py_ssize_t n, Py_ssize_t G
    its group-0 row of A (within a run the group-0 codes of distinct rows
    differ: no store-to-load chain), and to registers for the run's high
    groups, added to their rows of A at the run's end (one read-add-write per
-   run and group instead of one per row). The same G + 1 factors and G sums
+   run and group instead of one per row); resp_sum takes the run's sum too
+   (the first high group's), not each row's q. The same G + 1 factors and G sums
    per entry as emdc_soft_blocks in another order, and the statistics summed
    in another order: equal up to rounding (tests/test_discrete_families.py
    derives the bound). A chunk restarts its runs: the results depend on the
@@ -863,13 +864,14 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_runs(
             emc_v4 is = emc_set1(iw[r]), q[2];
             for (Py_ssize_t v = 0; v < nv; v++) {
                 q[v] = e[r][v] * is;
-                rs[v] += q[v];
+                if (!A) rs[v] += q[v];     /* else from the runs' sums, below */
             }
             if (A) {
                 const unsigned char* c = codes + (i0 + r) * G;
                 if (fresh & (1 << r)) {
                     if (sh >= 0) {
                         const unsigned char* h = codes + sh * G;
+                        for (Py_ssize_t v = 0; v < nv; v++) rs[v] += acc[0][v];
                         for (Py_ssize_t g = 1; g < G; g++) {
                             double* t = A + (offset[g] + h[g]) * Kp;
                             for (Py_ssize_t v = 0; v < nv; v++)
@@ -890,6 +892,7 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_runs(
     }
     if (A && sh >= 0) {
         const unsigned char* h = codes + sh * G;
+        for (Py_ssize_t v = 0; v < nv; v++) rs[v] += acc[0][v];
         for (Py_ssize_t g = 1; g < G; g++) {
             double* t = A + (offset[g] + h[g]) * Kp;
             for (Py_ssize_t v = 0; v < nv; v++)
