@@ -23,6 +23,10 @@ Per iteration, medians over repeats, at 1 and 2 threads:
   ``MixtureModel(compress='auto')`` does for discrete data,
   docs/discrete.md#compression), the patterns' group codes made once as
   well. Its one-time cost (packing and counting the rows) is printed.
+* **emcore compressed, blocks** (``emcore pat. blocks``): the same, with the
+  fused step's blocks form forced on the sorted patterns instead of its run
+  form (docs/discrete.md#the-fused-soft-step): the run form's A/B, printed as
+  ``emcore blocks/runs``.
 * **numpy EM on the patterns**: the numpy EM over the same distinct rows with
   the counts as weights. Compression is an algorithmic saving any implementation
   can make: this column says how much of emcore's lead is the kernel.
@@ -236,7 +240,7 @@ def main(argv=None):
     print(f"distinct rows: {patterns.n_patterns} of {args.n} "
           f"({patterns.n_patterns / args.n:.3f}); packing them once: "
           f"{np.median(pack) * 1e3:.1f} ms (median)")
-    from emcore.plugins._discrete_kernel import GroupCodes
+    from emcore.plugins._discrete_kernel import GroupCodes, _set_run_step
     for name, rows in (("rows", X), ("patterns", P)):
         t = time.perf_counter()
         GroupCodes(rows, (2,) * args.d)
@@ -251,7 +255,7 @@ def main(argv=None):
         return step
 
     cases = ("numpy rows", "numpy rows (d,n)", "numpy patterns", "emcore rows",
-             "emcore patterns")
+             "emcore patterns", "emcore pat. blocks")
     results, finals, cpu = {}, {}, {}
     for threads in (1, 2):
         per = {key: [] for key in cases}
@@ -264,14 +268,20 @@ def main(argv=None):
                         ("numpy patterns", numpy_em_iteration_t, PT, counts),
                         ("emcore rows", em_step(None, threads), X, None),
                         ("emcore patterns", em_step(counts, threads), P,
-                         counts)):
+                         counts),
+                        ("emcore pat. blocks", em_step(counts, threads), P, counts)):
                     # what MixtureModel.fit does for its EM rows: the kernels
-                    # read their group codes, made once (here before the clock)
+                    # read their group codes, made once (here before the clock);
+                    # "emcore pat. blocks": the fused step's blocks form on the
+                    # sorted patterns instead of its runs (the A/B of
+                    # docs/discrete.md#the-fused-soft-step)
+                    old_step = _set_run_step(0 if key.endswith("blocks") else 2)
                     with (family.codes_for(data) if key.startswith("emcore")
                           else contextlib.nullcontext()):
                         family.compiled_kernel({"probabilities": p0})
                         seconds, cpu_s, value = _timed(step, data, w0, p0, args.iterations,
                                                        counts=weight)
+                    _set_run_step(old_step)
                     per[key].append(seconds)
                     per_cpu[key].append(cpu_s)
                     finals[(key, threads)] = value
@@ -322,7 +332,8 @@ def main(argv=None):
         line = (f"{threads} thread{'s' if threads > 1 else ''}: anchor/emcore rows "
                 f"{anchor / r['emcore rows']:.1f}x, anchor/emcore patterns "
                 f"{anchor / r['emcore patterns']:.1f}x, numpy patterns/emcore patterns "
-                f"{r['numpy patterns'] / r['emcore patterns']:.1f}x; emcore rows / "
+                f"{r['numpy patterns'] / r['emcore patterns']:.1f}x, emcore blocks/runs "
+                f"{r['emcore pat. blocks'] / r['emcore patterns']:.2f}x; emcore rows / "
                 f"float64 read {r['emcore rows'] / bw64:.1f}x, / uint8 read "
                 f"{r['emcore rows'] / bw8:.1f}x; emcore patterns / uint8 read "
                 f"{r['emcore patterns'] / bw8:.1f}x")

@@ -256,6 +256,90 @@ static Py_ssize_t emdc_make_codes(const double* X, Py_ssize_t n, Py_ssize_t d,
     return 0;
 }
 
+/* The pattern tables of log-probabilities lp (K x d x L) into T (n_patterns x Kp,
+   the padding lanes left as they are): T[offset_g + p, k] = sum over group g's
+   features j, in feature order from 0.0, of lp[k, j, digit_j(p)], the digits of
+   p walked by a mixed-radix counter (dig: d ints of room, no division per
+   entry); then, when E is not NULL, E[offset_g + p, k] = exp(T - s_g) with s_g
+   the group's largest finite entry (-inf gives 0). shift_range[0] += sum_g s_g,
+   shift_range[1] += sum_g (s_g - smallest finite entry), or +inf when a group
+   has no finite entry (that group's E stays as it is); shift_range[2] = 0 when
+   an entry of T (k < K) is not finite (a probability 0), shift_range[3] = 0
+   when one is positive, else they are left as they are. */
+static void emdc_tables(const double* lp, Py_ssize_t K, Py_ssize_t d, Py_ssize_t L,
+                        Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
+                        const Py_ssize_t* offset, Py_ssize_t total, const int* levels,
+                        int* dig, double* T, double* E, double* shift_range)
+{
+    for (Py_ssize_t g = 0; g < G; g++) {
+        Py_ssize_t j0 = first[g], j1 = first[g + 1];
+        Py_ssize_t end = g + 1 < G ? offset[g + 1] : total;
+        for (Py_ssize_t j = j0; j < j1; j++) dig[j] = 0;
+        for (Py_ssize_t p = offset[g]; p < end; p++) {
+            for (Py_ssize_t k = 0; k < K; k++) {
+                double s = 0.0;
+                for (Py_ssize_t j = j0; j < j1; j++) s += lp[(k * d + j) * L + dig[j]];
+                T[p * Kp + k] = s;
+            }
+            for (Py_ssize_t j = j0; j < j1; j++) {      /* the next pattern's digits */
+                if (++dig[j] < levels[j]) break;
+                dig[j] = 0;
+            }
+        }
+        if (E == NULL) continue;
+        double hi = -HUGE_VAL, lo = HUGE_VAL;
+        for (Py_ssize_t p = offset[g]; p < end; p++)
+            for (Py_ssize_t k = 0; k < K; k++) {
+                double t = T[p * Kp + k];
+                if (t > -HUGE_VAL && t < HUGE_VAL) {
+                    hi = t > hi ? t : hi;
+                    lo = t < lo ? t : lo;
+                } else {
+                    shift_range[2] = 0.0;
+                }
+            }
+        if (!(hi > -HUGE_VAL)) {
+            shift_range[1] = HUGE_VAL;
+            continue;
+        }
+        shift_range[0] += hi;
+        shift_range[1] += hi - lo;
+        if (hi > 0.0) shift_range[3] = 0.0;
+        for (Py_ssize_t p = offset[g]; p < end; p++)
+            for (Py_ssize_t k = 0; k < K; k++) E[p * Kp + k] = exp(T[p * Kp + k] - hi);
+    }
+}
+
+/* The statistics of the pattern tables A (n_patterns x Kp) as weights (K) and
+   level counts (K x d x L, zeroed here): counts[k, j, l] = sum of A[offset_g +
+   p, k] over group g's patterns p whose digit j is l, in pattern order (the
+   digits walked as in emdc_tables; dig: d ints of room); weight[k] = sum of
+   group 0's rows, in pattern order (every group's rows sum to it). */
+static void emdc_expand(const double* A, Py_ssize_t K, Py_ssize_t d, Py_ssize_t L,
+                        Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
+                        const Py_ssize_t* offset, Py_ssize_t total, const int* levels,
+                        int* dig, double* weight, double* counts)
+{
+    for (Py_ssize_t i = 0; i < K * d * L; i++) counts[i] = 0.0;
+    for (Py_ssize_t k = 0; k < K; k++) weight[k] = 0.0;
+    for (Py_ssize_t g = 0; g < G; g++) {
+        Py_ssize_t j0 = first[g], j1 = first[g + 1];
+        Py_ssize_t end = g + 1 < G ? offset[g + 1] : total;
+        for (Py_ssize_t j = j0; j < j1; j++) dig[j] = 0;
+        for (Py_ssize_t p = offset[g]; p < end; p++) {
+            const double* a = A + p * Kp;
+            if (g == 0)
+                for (Py_ssize_t k = 0; k < K; k++) weight[k] += a[k];
+            for (Py_ssize_t j = j0; j < j1; j++)
+                for (Py_ssize_t k = 0; k < K; k++) counts[(k * d + j) * L + dig[j]] += a[k];
+            for (Py_ssize_t j = j0; j < j1; j++) {      /* the next pattern's digits */
+                if (++dig[j] < levels[j]) break;
+                dig[j] = 0;
+            }
+        }
+    }
+}
+
 /* ---- The fused soft step (CodesKernel.chunk_soft_step) ----------------------
 
    The exact soft posterior of each row fused with its statistics, as the
@@ -486,30 +570,37 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_rows_v(
    2^-58.45 on that range), then + k ln 2 in two parts; the result is within
    1 ulp of log x (fdlibm's bound). k is read from the exponent bits and made a
    double exactly by the 1.5 * 2^52 shifter (|k| <= 1023). */
+/* its constants, broadcast once in memory: read as operands of the
+   arithmetic (GCC otherwise builds each emc_set1 in the loop from a 16-byte
+   load and a lane insert, two instructions per constant and block) */
+#define EMDC_V(x) {x, x, x, x}
+static const emc_v4 emdc_log_consts[13] = {
+    EMDC_V(6755399441055744.0), EMDC_V(1.4142135623730951), EMDC_V(0.5), EMDC_V(1.0),
+    EMDC_V(2.0), EMDC_V(3.999999999940941908e-01), EMDC_V(2.222219843214978396e-01),
+    EMDC_V(1.531383769920937332e-01), EMDC_V(6.666666666666735130e-01),
+    EMDC_V(2.857142874366239149e-01), EMDC_V(1.818357216161805012e-01),
+    EMDC_V(1.479819860511658591e-01), EMDC_V(6.93147180369123816490e-01)};
+static const emc_v4 emdc_log_ln2_lo = EMDC_V(1.90821492927058770002e-10);
+#undef EMDC_V
 EMC_ALWAYS_INLINE emc_v4 emdc_log_pos(emc_v4 x)
 {
-    const emc_v4 shifter = emc_set1(6755399441055744.0);   /* 1.5 * 2^52 */
+    const emc_v4* c = emdc_log_consts;
+    const emc_v4 shifter = c[0];                            /* 1.5 * 2^52 */
     emc_m4 bits = (emc_m4)x;
     emc_m4 ex = ((bits >> 52) & 0x7ff) - 1023;
     emc_v4 m = (emc_v4)((bits & 0x000fffffffffffffLL) | 0x3ff0000000000000LL);
-    emc_m4 big = (emc_m4)(m > emc_set1(1.4142135623730951));   /* m in [1, 2) */
-    m = EMC_SEL(big, m * emc_set1(0.5), m);                    /* exact */
-    ex -= big;                                                 /* big: -1 or 0 */
+    emc_m4 big = (emc_m4)(m > c[1]);                        /* m in [1, 2); c[1] = sqrt 2 */
+    m = EMC_SEL(big, m * c[2], m);                          /* exact */
+    ex -= big;                                              /* big: -1 or 0 */
     emc_v4 k = (emc_v4)(ex + (emc_m4)shifter) - shifter;
-    emc_v4 f = m - emc_set1(1.0);
-    emc_v4 hfsq = emc_set1(0.5) * f * f;
-    emc_v4 s = f / (emc_set1(2.0) + f);
+    emc_v4 f = m - c[3];
+    emc_v4 hfsq = c[2] * f * f;
+    emc_v4 s = f / (c[4] + f);
     emc_v4 z = s * s, w = z * z;
-    emc_v4 t1 = w * (emc_set1(3.999999999940941908e-01)
-                     + w * (emc_set1(2.222219843214978396e-01)
-                            + w * emc_set1(1.531383769920937332e-01)));
-    emc_v4 t2 = z * (emc_set1(6.666666666666735130e-01)
-                     + w * (emc_set1(2.857142874366239149e-01)
-                            + w * (emc_set1(1.818357216161805012e-01)
-                                   + w * emc_set1(1.479819860511658591e-01))));
+    emc_v4 t1 = w * (c[5] + w * (c[6] + w * c[7]));
+    emc_v4 t2 = z * (c[8] + w * (c[9] + w * (c[10] + w * c[11])));
     emc_v4 R = t2 + t1;
-    return k * emc_set1(6.93147180369123816490e-01)
-           - ((hfsq - (s * (hfsq + R) + k * emc_set1(1.90821492927058770002e-10))) - f);
+    return k * c[12] - ((hfsq - (s * (hfsq + R) + k * emdc_log_ln2_lo)) - f);
 }
 
 /* (hsum a, hsum b, hsum c, hsum d), each as EMC_HSUM: (l0 + l1) + (l2 + l3) */
@@ -638,6 +729,228 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_blocks(
                               resp_sum, row_value + i0, totals, A, ix, tmp);
     return status ? status + i0 : 0;
 }
+
+/* 1 if rows b and c (G group codes each) have the same codes in groups 1 .. G - 1 */
+EMC_ALWAYS_INLINE int emdc_same_high(const unsigned char* b, const unsigned char* c,
+                                     Py_ssize_t G)
+{
+    int diff = 0;
+    for (Py_ssize_t g = 1; g < G; g++) diff |= b[g] ^ c[g];
+    return diff == 0;
+}
+
+/* 1 if the first rows of codes (up to 64) come in runs of the same codes in
+   groups 1 .. G - 1 at least 4 rows long on average (emdc_soft_runs pays
+   off): sorted distinct rows do (docs/discrete.md#the-fused-soft-step), rows
+   in data order do not. A function of the chunk only. */
+static int emdc_long_runs(const unsigned char* codes, Py_ssize_t n, Py_ssize_t G)
+{
+    Py_ssize_t breaks = 0, m = n < 64 ? n : 64;
+    for (Py_ssize_t i = 1; i < m; i++)
+        breaks += !emdc_same_high(codes + (i - 1) * G, codes + i * G, G);
+    return 4 * (breaks + 1) <= m;
+}
+
+/* emdc_soft_blocks on group codes whose rows come in runs with the same codes
+   in groups 1 .. G - 1 (G >= 2; the distinct rows of a compressed fit are
+   sorted with the last feature the most significant, so the groups of the
+   later features change every few dozen rows). Per run, once: the high
+   groups' sum Th = ((T_1 + ... + T_{G-1}) + log pi) and product
+   Eh = ((ew E_1) ... E_{G-1}); per row: a = T_0 + Th, e = E_0 Eh (one load
+   and one add or multiply per vector instead of G), then the block's sums,
+   log and division as emdc_soft_blocks. The statistics: each row adds w q to
+   its group-0 row of A (within a run the group-0 codes of distinct rows
+   differ: no store-to-load chain), and to registers for the run's high
+   groups, added to their rows of A at the run's end (one read-add-write per
+   run and group instead of one per row); resp_sum takes the run's sum too
+   (the first high group's), not each row's q. The same G + 1 factors and G sums
+   per entry as emdc_soft_blocks in another order, and the statistics summed
+   in another order: equal up to rounding (tests/test_discrete_families.py
+   derives the bound). A chunk restarts its runs: the results depend on the
+   chunk only, not on the threads. The last n % 4 rows and a bad block on go
+   to emdc_soft_rows_v (which reports a bad row). */
+EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_runs(
+        const unsigned char* codes, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
+        Py_ssize_t nv, Py_ssize_t G, const Py_ssize_t* first, const double* top,
+        const int* stride, const Py_ssize_t* offset, const double* T, const double* E,
+        double shift, const double* lw, const double* ew, const double* row_weights,
+        double* resp_sum, double* row_value, double* totals, double* A, Py_ssize_t* ix,
+        double* tmp, int fin)
+{
+    const Py_ssize_t Kp = 4 * nv;
+    const emc_m4 abs_mask = {0x7fffffffffffffffLL, 0x7fffffffffffffffLL,
+                             0x7fffffffffffffffLL, 0x7fffffffffffffffLL};
+    const emc_v4 zero = emc_set1(0.0), mm = emc_set1(shift);
+    const double* T0 = T + offset[0] * Kp;
+    const double* E0 = E + offset[0] * Kp;
+    emc_v4 lwv[2], ewv[2];
+    /* fin & 1: every table entry and log pi_k (k < K) finite, so every e_k > 0
+       (k < K): the padding lanes take log pi = 0 (a = 0, e = 0: e a = 0) and
+       the sums need no masks. fin & 2: none of them positive, so every a_k <= 0
+       (a sum of non-positive numbers rounds to one), |a_k| = -a_k and
+       Q = sum_k e_k |a_k| = -P, the same bits (rounding is symmetric) */
+    for (Py_ssize_t k = 0; k < Kp; k++) tmp[k] = k < K || !(fin & 1) ? lw[k] : 0.0;
+    for (Py_ssize_t v = 0; v < nv; v++) {
+        lwv[v] = emc_load(tmp + 4 * v);
+        ewv[v] = emc_load(ew + 4 * v);
+    }
+    emc_v4 Fv = zero, Ev = zero, Hv = zero, Mv = zero, rs[2];
+    for (Py_ssize_t k = 0; k < Kp; k++) tmp[k] = k < K ? resp_sum[k] : 0.0;
+    for (Py_ssize_t v = 0; v < nv; v++) rs[v] = emc_load(tmp + 4 * v);
+    /* the table side's run (th: a row of it, -1 before the first) and the
+       statistics side's, with the run's sums of w q per high group (sh: a row
+       of it); new: bit r set when row r of the block starts a run */
+    emc_v4 Th[2], Eh[2], acc[3][2] = {{zero, zero}, {zero, zero}, {zero, zero}};
+    Py_ssize_t th = -1, sh = -1;
+    Py_ssize_t n4 = n - n % 4, i0, status = 0;
+    for (i0 = 0; i0 < n4; i0 += 4) {
+        emc_v4 e[4][2], S[4], Pv[4], Qv[4];
+        int fresh = 0;
+        for (int r = 0; r < 4; r++) {
+            const unsigned char* c = codes + (i0 + r) * G;
+            if (th < 0 || !emdc_same_high(codes + th * G, c, G)) {
+                fresh |= 1 << r;
+                th = i0 + r;
+                for (Py_ssize_t v = 0; v < nv; v++) {
+                    Th[v] = emc_load(T + (offset[1] + c[1]) * Kp + 4 * v);
+                    Eh[v] = ewv[v] * emc_load(E + (offset[1] + c[1]) * Kp + 4 * v);
+                }
+                for (Py_ssize_t g = 2; g < G; g++)
+                    for (Py_ssize_t v = 0; v < nv; v++) {
+                        Th[v] += emc_load(T + (offset[g] + c[g]) * Kp + 4 * v);
+                        Eh[v] *= emc_load(E + (offset[g] + c[g]) * Kp + 4 * v);
+                    }
+                for (Py_ssize_t v = 0; v < nv; v++) Th[v] += lwv[v];    /* padding: -inf */
+            }
+            emc_v4 a[2];
+            for (Py_ssize_t v = 0; v < nv; v++) {
+                a[v] = emc_load(T0 + c[0] * Kp + 4 * v) + Th[v];
+                e[r][v] = emc_load(E0 + c[0] * Kp + 4 * v) * Eh[v];
+            }
+            S[r] = e[r][0];
+            for (Py_ssize_t v = 1; v < nv; v++) S[r] += e[r][v];       /* padding: 0 */
+            Pv[r] = zero;
+            Qv[r] = zero;
+            for (Py_ssize_t v = 0; v < nv; v++) {
+                emc_v4 abs_a = (emc_v4)((emc_m4)a[v] & abs_mask);
+                if (fin & 1) {
+                    Pv[r] += e[r][v] * a[v];
+                    if (!(fin & 2)) Qv[r] += e[r][v] * abs_a;
+                } else {
+                    emc_m4 pos = (emc_m4)(e[r][v] > zero);
+                    Pv[r] += EMC_SEL(pos, e[r][v] * a[v], zero);
+                    if (!(fin & 2)) Qv[r] += EMC_SEL(pos, e[r][v] * abs_a, zero);
+                }
+            }
+        }
+        emc_v4 s = emdc_hsum4(S[0], S[1], S[2], S[3]);
+        emc_m4 ok = (emc_m4)(s > zero);
+        if (!((ok[0] & ok[1]) & (ok[2] & ok[3]))) break;
+        emc_v4 inv = emc_set1(1.0) / s;
+        emc_v4 f = mm + emdc_log_pos(s);
+        emc_v4 Ps = emdc_hsum4(Pv[0], Pv[1], Pv[2], Pv[3]);
+        emc_v4 El = Ps * inv;
+        emc_v4 H = f - El;
+        emc_v4 Qs = (fin & 2) ? -Ps : emdc_hsum4(Qv[0], Qv[1], Qv[2], Qv[3]);
+        emc_v4 mag = (Qs * inv + H) + (emc_v4)((emc_m4)f & abs_mask);
+        emc_v4 wv = row_weights != NULL ? emc_load(row_weights + i0) : emc_set1(1.0);
+        Fv += wv * f;
+        Ev += wv * El;
+        Hv += wv * H;
+        Mv += wv * mag;
+        emc_store(row_value + i0, f);
+        emc_v4 iw = inv * wv;               /* w / s: q w = e (w / s) */
+        for (int r = 0; r < 4; r++) {
+            emc_v4 is = emc_set1(iw[r]), q[2];
+            for (Py_ssize_t v = 0; v < nv; v++) {
+                q[v] = e[r][v] * is;
+                if (!A) rs[v] += q[v];     /* else from the runs' sums, below */
+            }
+            if (A) {
+                const unsigned char* c = codes + (i0 + r) * G;
+                if (fresh & (1 << r)) {
+                    if (sh >= 0) {
+                        const unsigned char* h = codes + sh * G;
+                        for (Py_ssize_t v = 0; v < nv; v++) rs[v] += acc[0][v];
+                        for (Py_ssize_t g = 1; g < G; g++) {
+                            double* t = A + (offset[g] + h[g]) * Kp;
+                            for (Py_ssize_t v = 0; v < nv; v++)
+                                emc_store(t + 4 * v, emc_load(t + 4 * v) + acc[g - 1][v]);
+                        }
+                    }
+                    sh = i0 + r;
+                    for (Py_ssize_t g = 1; g < G; g++)
+                        for (Py_ssize_t v = 0; v < nv; v++) acc[g - 1][v] = zero;
+                }
+                double* t = A + (offset[0] + c[0]) * Kp;
+                for (Py_ssize_t v = 0; v < nv; v++)
+                    emc_store(t + 4 * v, emc_load(t + 4 * v) + q[v]);
+                for (Py_ssize_t g = 1; g < G; g++)
+                    for (Py_ssize_t v = 0; v < nv; v++) acc[g - 1][v] += q[v];
+            }
+        }
+    }
+    if (A && sh >= 0) {
+        const unsigned char* h = codes + sh * G;
+        for (Py_ssize_t v = 0; v < nv; v++) rs[v] += acc[0][v];
+        for (Py_ssize_t g = 1; g < G; g++) {
+            double* t = A + (offset[g] + h[g]) * Kp;
+            for (Py_ssize_t v = 0; v < nv; v++)
+                emc_store(t + 4 * v, emc_load(t + 4 * v) + acc[g - 1][v]);
+        }
+    }
+    totals[0] += EMC_HSUM(Fv);
+    totals[1] += EMC_HSUM(Ev);
+    totals[2] += EMC_HSUM(Hv);
+    totals[3] += EMC_HSUM(Mv);
+    for (Py_ssize_t v = 0; v < nv; v++) emc_store(tmp + 4 * v, rs[v]);
+    for (Py_ssize_t k = 0; k < K; k++) resp_sum[k] = tmp[k];
+    status = emdc_soft_rows_v(NULL, codes + i0 * G, n - i0, d, K, nv, G, first, top,
+                              stride, offset, 0, T, E, shift, lw, ew,
+                              row_weights ? row_weights + i0 : NULL, resp_sum,
+                              row_value + i0, totals, A, ix, tmp);
+    return status ? status + i0 : 0;
+}
+
+/* emdc_soft_runs per (nv, G), 2 <= G <= 4 */
+#define EMDC_RUNS_BODY \
+    switch (G + 8 * nv + 32 * fin) { \
+        EMDC_RUNS_CASES(0) EMDC_RUNS_CASES(1) EMDC_RUNS_CASES(2) EMDC_RUNS_CASES(3) \
+        default: return 0; \
+    }
+#define EMDC_RUNS_CASES(F) \
+        case 2 + 8 + 32 * F: return EMDC_RUNS(1, 2, F); \
+        case 3 + 8 + 32 * F: return EMDC_RUNS(1, 3, F); \
+        case 4 + 8 + 32 * F: return EMDC_RUNS(1, 4, F); \
+        case 2 + 16 + 32 * F: return EMDC_RUNS(2, 2, F); \
+        case 3 + 16 + 32 * F: return EMDC_RUNS(2, 3, F); \
+        case 4 + 16 + 32 * F: return EMDC_RUNS(2, 4, F);
+#define EMDC_RUNS(NV, NG, FIN) emdc_soft_runs(codes, n, d, K, NV, NG, first, top, \
+        stride, offset, T, E, shift, lw, ew, row_weights, resp_sum, row_value, totals, A, \
+        ix, tmp, FIN)
+#define EMDC_RUNS_ARGS \
+        const unsigned char* codes, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K, \
+        Py_ssize_t nv, Py_ssize_t G, const Py_ssize_t* first, const double* top, \
+        const int* stride, const Py_ssize_t* offset, const double* T, const double* E, \
+        double shift, const double* lw, const double* ew, const double* row_weights, \
+        double* resp_sum, double* row_value, double* totals, double* A, Py_ssize_t* ix, \
+        double* tmp, int fin
+#if EMC_HAVE_CLONES
+/* compiled for AVX-512 CPUs (x86-64-v4): the same code with 32 vector
+   registers (the AVX2 clone spills the block's rows to the stack), chosen at
+   run time as plugins/_lloyd.h chooses its transposed step */
+__attribute__((target("arch=x86-64-v4")))
+static Py_ssize_t emdc_soft_runs_v4(EMDC_RUNS_ARGS) { EMDC_RUNS_BODY }
+#define EMDC_RUNS_V4_AVAILABLE() (__builtin_cpu_supports("x86-64-v4") ? 1 : 0)
+#else
+#define EMDC_RUNS_V4_AVAILABLE() 0
+#endif
+EMC_CLONES
+static Py_ssize_t emdc_soft_runs_any(EMDC_RUNS_ARGS) { EMDC_RUNS_BODY }
+#undef EMDC_RUNS
+#undef EMDC_RUNS_BODY
+#undef EMDC_RUNS_CASES
+#undef EMDC_RUNS_ARGS
 #endif
 
 EMC_CLONES
@@ -648,8 +961,11 @@ static Py_ssize_t emdc_soft_step(
         const double* T, const double* E, double shift, const double* lw,
         const double* ew, const double* row_weights, double* resp_sum, double* row_value,
         double* totals, double* A, Py_ssize_t* ix, double* a, double* e, double* h,
-        double* el, double* mg)
+        double* el, double* mg, int runs, int table_flags)
 {
+    /* runs: which step a chunk of sorted group codes takes, 0 the blocks
+       (emdc_soft_blocks), 1 the runs (emdc_soft_runs), 2 the runs compiled for
+       AVX-512 where the CPU has it (_discrete_kernel.pyx's _set_run_step) */
 #define EMDC_SOFT(KP) emdc_soft_rows(X, codes, n, d, K, KP, G, first, top, stride, \
         offset, binary, T, E, shift, lw, ew, row_weights, resp_sum, row_value, totals, A, \
         ix, a, e, h, el, mg)
@@ -662,6 +978,26 @@ static Py_ssize_t emdc_soft_step(
         ix, a)
     /* the block loop compiled per (nv, G) for G <= 4 (d <= 32 binary items):
        the loops over the groups unroll and the rows' vectors stay in registers */
+    /* sorted rows (a compressed fit's distinct rows): the run step */
+    if (runs && E && codes && (Kp == 4 || Kp == 8) && G >= 2 && G <= 4
+            && emdc_long_runs(codes, n, G)) {
+        /* table_flags: 1 no table entry is -inf, 2 none is positive (emdc_tables);
+           the same asked of log pi */
+        int fin = table_flags;
+        for (Py_ssize_t k = 0; k < K; k++) {
+            if (!(lw[k] > -HUGE_VAL)) fin &= ~1;
+            if (lw[k] > 0.0) fin &= ~2;
+        }
+#if EMC_HAVE_CLONES
+        if (runs > 1 && EMDC_RUNS_V4_AVAILABLE())
+            return emdc_soft_runs_v4(codes, n, d, K, Kp / 4, G, first, top, stride, offset,
+                                     T, E, shift, lw, ew, row_weights, resp_sum, row_value,
+                                     totals, A, ix, a, fin);
+#endif
+        return emdc_soft_runs_any(codes, n, d, K, Kp / 4, G, first, top, stride, offset, T,
+                                  E, shift, lw, ew, row_weights, resp_sum, row_value, totals,
+                                  A, ix, a, fin);
+    }
     if (E && (Kp == 4 || Kp == 8)) {
         switch (G + 8 * (Kp / 4)) {
             case 1 + 8: return EMDC_BLOCKS(1, 1);

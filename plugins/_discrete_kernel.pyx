@@ -39,7 +39,9 @@ log joint a_k by table sums, exp(a_k - shift) as a product of per-group exp
 tables (no exp per entry) when the tables' ranges sum to at most 700 (every
 product a normal double), else by a vector exp, one log per row; the exp-free
 step runs blocks of 4 rows with one vector log per block and adds the pass's
-sum_i w_i q_ik itself (docs/discrete.md#the-fused-soft-step).
+sum_i w_i q_ik itself; on group codes that come in runs of equal later groups
+(sorted distinct rows) it forms those groups' sums and statistics once per run
+(docs/discrete.md#the-fused-soft-step).
 
 **Counts (poisson).** log p(x | k) = sum_j x_j log lambda_kj - sum_j lambda_kj -
 sum_j log x_j!, the last term from a table for counts below 1024, lgamma
@@ -83,7 +85,15 @@ cdef extern from "_discrete.h":
         const double* T, const double* E, double shift, const double* lw,
         const double* ew, const double* row_weights, double* resp_sum, double* row_value,
         double* totals, double* A, Py_ssize_t* ix, double* a, double* e, double* h,
-        double* el, double* mg) noexcept nogil
+        double* el, double* mg, int runs, int table_flags) noexcept nogil
+    void emdc_tables(const double* lp, Py_ssize_t K, Py_ssize_t d, Py_ssize_t L,
+                     Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
+                     const Py_ssize_t* offset, Py_ssize_t total, const int* levels,
+                     int* dig, double* T, double* E, double* shift_range) noexcept nogil
+    void emdc_expand(const double* A, Py_ssize_t K, Py_ssize_t d, Py_ssize_t L,
+                     Py_ssize_t Kp, Py_ssize_t G, const Py_ssize_t* first,
+                     const Py_ssize_t* offset, Py_ssize_t total, const int* levels,
+                     int* dig, double* weight, double* counts) noexcept nogil
     Py_ssize_t emdc_make_codes(const double* X, Py_ssize_t n, Py_ssize_t d,
                                Py_ssize_t G, const Py_ssize_t* first, const double* top,
                                const int* stride, const Py_ssize_t* offset, int binary,
@@ -116,13 +126,38 @@ def pattern_groups(levels):
             np.array(offset, dtype=np.intp), total)
 
 
-def _digits(levels, first, stride, g):
-    """(P_g, m) codes of each pattern of group g, one column per feature."""
-    lv = np.asarray(levels[first[g]:first[g + 1]], dtype=np.intp)
-    P = int(np.prod(lv))
-    p = np.arange(P)
-    return np.stack([(p // stride[j]) % lv[j - first[g]]
-                     for j in range(first[g], first[g + 1])], axis=1)
+# the groups of each levels tuple seen (pattern_groups, made once: kernels are
+# made every EM iteration)
+cdef dict _groups_cache = {}
+
+
+def _groups_of(levels):
+    """pattern_groups(levels) and the stride as int32, cached per levels tuple."""
+    got = _groups_cache.get(levels)
+    if got is None:
+        first, stride, offset, total = pattern_groups(levels)
+        got = (first, stride, offset, total, stride.astype(np.intc),
+               np.asarray(levels, dtype=np.intc))
+        if len(_groups_cache) < 64:
+            _groups_cache[levels] = got
+    return got
+
+
+# the fused soft step's form for sorted group codes (_discrete.h emdc_soft_step):
+# 2 the runs, compiled for AVX-512 where the CPU has it (the default), 1 the
+# runs without AVX-512, 0 the blocks (benchmarks/bench_lca.py's A/B, the tests)
+cdef int _run_step = 2
+
+
+def _set_run_step(int mode):
+    """Set the fused soft step's form for sorted group codes (0, 1 or 2, see
+    above); returns the old one."""
+    global _run_step
+    if mode not in (0, 1, 2):
+        raise ValueError("mode must be 0, 1 or 2")
+    old = _run_step
+    _run_step = mode
+    return old
 
 
 cdef long long _serial = 0      # kernels made so far (CodesKernel.serial)
@@ -215,7 +250,8 @@ cdef class CodesKernel(FamilyKernel):
     cdef const double[:, ::1] exp_table
     cdef readonly double exp_shift
     cdef readonly double exp_range
-    cdef object _expansion             # expand's index arrays (made on first use)
+    cdef readonly bint finite_tables   # no table entry is -inf (no probability 0)
+    cdef readonly bint nonpositive_tables   # no table entry is positive
 
     def __init__(self, log_probs, levels, GroupCodes codes=None):
         lp = np.ascontiguousarray(log_probs, dtype=np.float64)
@@ -235,35 +271,37 @@ cdef class CodesKernel(FamilyKernel):
             raise ValueError("codes were made for other levels")
         self.codes = codes if codes is not None and codes.valid else None
         self.log_probs_flat = lp.reshape(K, -1)
-        first, stride, offset, total = pattern_groups(self.levels_list)
+        first, stride, offset, total, stride_c, levels_c = _groups_of(tuple(self.levels_list))
         self.first, self.offset = first, offset
-        self.stride = stride.astype(np.intc)
-        self.top = np.asarray(self.levels_list, dtype=np.float64) - 1.0
+        self.stride = stride_c
+        self.top = levels_c - 1.0
         self.n_groups = len(offset)
         self.binary = all(v == 2 for v in self.levels_list)
         self.n_patterns = total
         self.n_stats = total * self.Kp
+        # the tables in C (emdc_tables): sums in feature order, as
+        # sum_j lp[:, j, digits_j] would add them
         table = np.zeros((total, self.Kp))
-        for g in range(self.n_groups):
-            digits = _digits(self.levels_list, first, stride, g)
-            block = np.zeros((digits.shape[0], K))
-            for col, j in enumerate(range(first[g], first[g + 1])):
-                block += lp[:, j, digits[:, col]].T
-            table[offset[g]:offset[g] + digits.shape[0], :K] = block
-        self.table = table
         exp_table = np.zeros((total, self.Kp))
-        self.exp_shift, self.exp_range = 0.0, 0.0
-        for g in range(self.n_groups):
-            end = offset[g + 1] if g + 1 < self.n_groups else total
-            block = table[offset[g]:end, :K]
-            finite = block[np.isfinite(block)]
-            if finite.size == 0:
-                self.exp_range = INFINITY
-                continue
-            top_g = float(finite.max())
-            self.exp_shift += top_g
-            self.exp_range += top_g - float(finite.min())
-            exp_table[offset[g]:end, :K] = np.exp(block - top_g)     # -inf -> 0
+        cdef double[:, ::1] tv = table
+        cdef double[:, ::1] ev = exp_table
+        cdef const double[:, :, ::1] lv = lp
+        cdef const Py_ssize_t[::1] fv = first
+        cdef const Py_ssize_t[::1] ov = offset
+        cdef const int[::1] levv = levels_c
+        cdef int[::1] dig = np.empty(d, dtype=np.intc)
+        cdef double[4] shift_range
+        shift_range[0] = 0.0
+        shift_range[1] = 0.0
+        shift_range[2] = 1.0
+        shift_range[3] = 1.0
+        if total > 0 and K > 0:
+            emdc_tables(&lv[0, 0, 0], K, d, lp.shape[2], self.Kp, self.n_groups, &fv[0],
+                        &ov[0], total, &levv[0], &dig[0], &tv[0, 0], &ev[0, 0], shift_range)
+        self.exp_shift, self.exp_range = shift_range[0], shift_range[1]
+        self.finite_tables = shift_range[2] != 0.0
+        self.nonpositive_tables = shift_range[3] != 0.0
+        self.table = table
         self.exp_table = exp_table
         self.fused_soft_step = True
 
@@ -274,42 +312,25 @@ cdef class CodesKernel(FamilyKernel):
 
     def expand(self, buffer):
         """(weights (K,), counts (K, d, L)) from a statistics slot (pattern tables)."""
-        K, d = self.n_components, self.n_features
-        A = np.asarray(buffer, dtype=np.float64).reshape(self.n_patterns, self.Kp)[:, :K]
-        L = max(self.levels_list)
-        counts = np.zeros((K, d, L))
-        if self._expansion is None:
-            self._expansion = self._expansion_index()
-        weight = None
-        for start, j0, j1, sel in self._expansion:
-            Lg = self.levels_list[j0]
-            if weight is None:                  # the first group's patterns: all
-                weight = A[start:start + sel.shape[1] * Lg].sum(axis=0)
-            # each (feature, level) row of sel: the group's patterns with that
-            # code, summed in pattern order as Ag[mask].sum(axis=0) would
-            block = A[start + sel].sum(axis=1)                 # (m Lg, K)
-            counts[:, j0:j1, :Lg] = block.reshape(j1 - j0, Lg, K).transpose(2, 0, 1)
+        cdef Py_ssize_t K = self.n_components, d = self.n_features
+        cdef Py_ssize_t L = max(self.levels_list)
+        cdef const double[::1] A = np.ascontiguousarray(buffer, dtype=np.float64).reshape(-1)
+        if A.shape[0] != self.n_patterns * self.Kp:
+            raise ValueError("buffer must hold n_stats doubles")
+        weight = np.empty(K)
+        counts = np.empty((K, d, L))
+        cdef double[::1] wv = weight
+        cdef double[:, :, ::1] cv = counts
+        cdef const int[::1] levv = _groups_of(tuple(self.levels_list))[5]
+        cdef int[::1] dig = np.empty(max(d, 1), dtype=np.intc)
+        if K > 0 and d > 0:
+            emdc_expand(&A[0], K, d, L, self.Kp, self.n_groups, &self.first[0],
+                        &self.offset[0], self.n_patterns, &levv[0], &dig[0], &wv[0],
+                        &cv[0, 0, 0])
+        else:
+            weight[:] = 0.0
+            counts[...] = 0.0
         return weight, counts
-
-    def _expansion_index(self):
-        # per group: (first pattern row, first feature, end feature, sel) with
-        # sel[(j - j0) Lg + l] the patterns whose feature j has code l, when the
-        # group's features have the same level count Lg (every binary grouping);
-        # a group of mixed level counts is cut into single-feature pieces
-        first = np.asarray(self.first)
-        offset = np.asarray(self.offset)
-        stride = np.asarray(self.stride, dtype=np.intp)
-        out = []
-        for g in range(self.n_groups):
-            digits = _digits(self.levels_list, first, stride, g)
-            lv = self.levels_list[first[g]:first[g + 1]]
-            pieces = ([(0, len(lv))] if len(set(lv)) == 1
-                      else [(c, c + 1) for c in range(len(lv))])
-            for c0, c1 in pieces:
-                sel = np.stack([np.flatnonzero(digits[:, c] == level)
-                                for c in range(c0, c1) for level in range(lv[c0])])
-                out.append((offset[g], first[g] + c0, first[g] + c1, sel))
-        return out
 
     # Scratch: [acc or wrow (Kp) | tag (3) | pattern indices (n_rows x G)]. The
     # engine's chunk loop calls chunk_log_density, then chunk_accumulate, on the
@@ -390,7 +411,8 @@ cdef class CodesKernel(FamilyKernel):
             &self.first[0], &self.top[0], &self.stride[0], &self.offset[0], self.binary,
             &self.table[0, 0], &self.exp_table[0, 0] if exp_free else NULL,
             self.exp_shift + top, lw, ew, row_weights, resp_sum, row_value, totals, stats,
-            ix, ew + Kp, ew + 2 * Kp, ew + 3 * Kp, ew + 4 * Kp, ew + 5 * Kp)
+            ix, ew + Kp, ew + 2 * Kp, ew + 3 * Kp, ew + 4 * Kp, ew + 5 * Kp, _run_step,
+            self.finite_tables + 2 * self.nonpositive_tables)
         return <int>status
 
     cdef void merge_stats(self, double* into, const double* other) noexcept nogil:

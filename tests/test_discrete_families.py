@@ -19,6 +19,7 @@ import pytest
 import scipy.optimize
 import scipy.special
 import scipy.stats
+from hypothesis import example, given, note, settings, strategies as st
 
 import emcore
 from emcore._version import DISTRIBUTION
@@ -655,7 +656,7 @@ def _pass_pair(fam, params, X, weights, sw, n_jobs=1, chunk_rows=128):
     return fused, plain
 
 
-def _assert_same_pass(fused, plain, G, sw):
+def _assert_same_pass(fused, plain, G, sw, fam, params, X, weights):
     # per row, the fused step's exp(a_k - m) is a product of G + 1 table entries
     # (each exp within 2 u) and G roundings, the soft kernel's one vector exp
     # (within 4 u): q and s differ by at most 8 (G + 2) u relative, log s and so
@@ -667,11 +668,50 @@ def _assert_same_pass(fused, plain, G, sw):
     assert abs(fused.expected_log_joint - plain.expected_log_joint) <= tol
     assert abs(fused.entropy - plain.entropy) <= tol
     assert abs(fused.magnitude - plain.magnitude) <= 2 * tol
-    # positive terms within 8 (G + 2) u of each other, summed in the same order
-    rtol = (8 * (G + 2) + 2 * len(sw)) * _U
-    np.testing.assert_allclose(fused.resp_sum, plain.resp_sum, rtol=rtol)
-    np.testing.assert_allclose(fused.stats.counts, plain.stats.counts, rtol=rtol, atol=0)
-    np.testing.assert_allclose(fused.stats.weight, plain.stats.weight, rtol=rtol)
+    # The statistics, entry by entry. Beyond the exps' roundings above, each
+    # path rounds the exponent a_ik = sum_j log p_kj(x_ij) + log pi_k itself
+    # (the unfused one in its log-density's at most d + G + 1 additions, the
+    # fused one in its tables' sums before their exps): each within
+    # (d + G + 1) u M_ik absolutely, M_ik = sum_j |log p_kj(x_ij)| + |log pi_k|
+    # (every log p <= 0: the first sum is |log p(x_i | k)|), and an exponent's
+    # absolute error is the exp's relative one. So e_ik differs by at most
+    # delta_ik = 2 (d + G + 1) u M_ik + 8 (G + 2) u, and q_ik = e_ik / sum_k e_ik
+    # by delta_ik + max_k delta_ik + (K + 2) u. A statistic is a sum of
+    # w_i q_ik (one more rounding each) over its rows, in another order in the
+    # run step (a run's high groups summed in registers first): a sum of n
+    # positive terms in any order is within (n - 1) u of the exact one, so the
+    # two differ by at most sum_i w_i q_ik (rq_ik + 2 u) + 2 (n - 1) u S (1.01
+    # for the second-order terms). A term at a small q_ik carries the largest
+    # exponent error: a count made of one such row shows it (K = 5, d = 23, a
+    # row with q = 2.6e-5: 56 u against the 50 u of a relative-only bound).
+    n, d = X.shape
+    K = len(weights)
+    with np.errstate(divide="ignore"):
+        log_pi = np.log(weights)
+        a = np.asarray(fam.log_density(X, params), dtype=np.float64)
+    joint = a + log_pi
+    m = np.max(joint, axis=1, keepdims=True)
+    finite = np.isfinite(joint)
+    q = np.where(finite, np.exp(np.where(finite, joint - m, 0.0)), 0.0)
+    q /= q.sum(axis=1, keepdims=True)
+    M = np.where(finite, np.abs(np.where(finite, a, 0.0)) + np.abs(log_pi), 0.0)
+    delta = 2 * (d + G + 1) * _U * M + 8 * (G + 2) * _U
+    rq = delta + np.max(np.where(finite, delta, 0.0), axis=1, keepdims=True) + (K + 2) * _U
+    wq = sw[:, None] * q
+    wq_err = wq * (rq + 2 * _U)
+    sum_rule = 2 * max(n - 1, 0) * _U
+
+    def check(got, ref, bound, what):
+        excess = np.abs(got - ref) - 1.01 * (bound + sum_rule * np.abs(ref))
+        assert np.all(excess <= 0), (what, float(np.max(excess)))
+
+    check(fused.resp_sum, plain.resp_sum, wq_err.sum(axis=0), "resp_sum")
+    check(fused.stats.weight, plain.stats.weight, wq_err.sum(axis=0), "weight")
+    L = plain.stats.counts.shape[2]
+    codes = np.asarray(X).astype(np.int64)
+    onehot = (codes[:, :, None] == np.arange(L)).astype(np.float64)
+    check(fused.stats.counts, plain.stats.counts,
+          np.einsum("ik,ijl->kjl", wq_err, onehot), "counts")
 
 
 @pytest.mark.parametrize("name", sorted(_CODE_LEVELS))
@@ -692,7 +732,7 @@ def test_fused_soft_step_is_the_soft_posterior_and_its_statistics(name):
     weights = np.array([0.5, 0.3, 0.2])
     sw = rng.uniform(0.5, 2.0, X.shape[0])
     fused, plain = _pass_pair(fam, params, X, weights, sw)
-    _assert_same_pass(fused, plain, kernel.n_groups, sw)
+    _assert_same_pass(fused, plain, kernel.n_groups, sw, fam, params, X, weights)
     with fam.codes_for(X):
         for n_jobs in (1, 2):
             again, _ = _pass_pair(fam, params, X, weights, sw, n_jobs=n_jobs)
@@ -723,7 +763,7 @@ def test_fused_soft_blocks_and_their_row_tail_are_the_soft_posterior(K, d):
     sw = rng.uniform(0.5, 2.0, n)
     sw[::9] = 0.0
     fused, plain = _pass_pair(fam, params, X, weights, sw, chunk_rows=126)
-    _assert_same_pass(fused, plain, kernel.n_groups, sw)
+    _assert_same_pass(fused, plain, kernel.n_groups, sw, fam, params, X, weights)
     with fam.codes_for(X):
         for n_jobs in (1, 2):
             again, _ = _pass_pair(fam, params, X, weights, sw, n_jobs=n_jobs,
@@ -732,6 +772,77 @@ def test_fused_soft_blocks_and_their_row_tail_are_the_soft_posterior(K, d):
             assert again.magnitude == fused.magnitude
             np.testing.assert_array_equal(again.stats.counts, fused.stats.counts)
             np.testing.assert_array_equal(again.resp_sum, fused.resp_sum)
+
+
+@settings(max_examples=25, deadline=None)
+@given(K=st.integers(1, 8), d=st.integers(9, 26), n=st.integers(1, 700),
+       seed=st.integers(0, 2 ** 32 - 1), chunk_rows=st.sampled_from([4, 37, 128, 1024]),
+       sorted_rows=st.booleans(), zeros=st.booleans(), heavy=st.booleans())
+@example(K=5, d=12, n=700, seed=1, chunk_rows=128, sorted_rows=True, zeros=False,
+         heavy=False)
+@example(K=3, d=12, n=500, seed=3, chunk_rows=128, sorted_rows=True, zeros=True,
+         heavy=True)
+@example(K=3, d=16, n=9, seed=2, chunk_rows=4, sorted_rows=True, zeros=False, heavy=False)
+@example(K=5, d=23, n=5, seed=225, chunk_rows=4, sorted_rows=False, zeros=False, heavy=False)
+def test_fused_soft_runs_are_the_soft_posterior(K, d, n, seed, chunk_rows, sorted_rows,
+                                                zeros, heavy):
+    # the run step (_discrete.h emdc_soft_runs: sorted group codes, G = 2..4
+    # groups, K <= 8) against the unfused pass, for each form of the step
+    # (_set_run_step: 0 blocks, 1 runs, 2 runs compiled for AVX-512 where the CPU
+    # has it): a compressed fit's distinct rows, sorted with the last feature the
+    # most significant (row_patterns), so that the high groups' codes come in
+    # runs; or the same rows shuffled (runs of length 1: the blocks step).
+    # Random K, d, n, chunk sizes (tails of n % 4 rows, chunks shorter than a
+    # block), pattern weights with zeros among them; with zeros (K >= 2),
+    # component 0 gives items 0 and 8 probability 0 (tables with -inf entries:
+    # the step's masked sums; otherwise every e_k > 0, unmasked); heavy: the
+    # mixing weights times 4 (some log pi_k > 0: the magnitude's sum of
+    # e_k |a_k| is formed, not taken as -sum e_k a_k). The same bits on 1 and 2
+    # threads; the same derived bound as the blocks step (_assert_same_pass:
+    # the same G + 1 factors per entry, the statistics summed in another order)
+    from emcore._patterns import row_patterns
+    from emcore.plugins._discrete_kernel import _set_run_step
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0.05, 0.95, (K, d))
+    if zeros and K >= 2:
+        p[0, [0, 8]] = 0.0
+    X = (rng.random((n, d)) < p[rng.integers(K, size=n)]).astype(np.float64)
+    pat = row_patterns(X, integer_codes=True)
+    P, sw = pat.rows, pat.weight * rng.uniform(0.5, 2.0, pat.n_patterns)
+    sw[rng.random(sw.shape[0]) < 0.1] = 0.0
+    if not sorted_rows:
+        order = rng.permutation(P.shape[0])
+        P, sw = np.ascontiguousarray(P[order]), sw[order]
+    fam, params = BernoulliFamily(K, d), {"probabilities": p}
+    kernel = fam.compiled_kernel(params)
+    assert kernel.exp_range <= 700 and kernel.n_groups == -(-d // 8)
+    assert kernel.finite_tables == (not zeros or K == 1)
+    weights = rng.dirichlet(np.ones(K)) * (4.0 if heavy else 1.0)
+    note(f"patterns {P.shape[0]}, groups {kernel.n_groups}")
+    old = _set_run_step(2)
+    try:
+        results = {}
+        with fam.codes_for(P):
+            for mode in (0, 1, 2):
+                _set_run_step(mode)
+                fused, plain = _pass_pair(fam, params, P, weights, sw, chunk_rows=chunk_rows)
+                _assert_same_pass(fused, plain, kernel.n_groups, sw, fam, params, P, weights)
+                again, _ = _pass_pair(fam, params, P, weights, sw, n_jobs=2,
+                                      chunk_rows=chunk_rows)
+                assert again.value == fused.value and again.entropy == fused.entropy
+                assert again.magnitude == fused.magnitude
+                np.testing.assert_array_equal(again.stats.counts, fused.stats.counts)
+                np.testing.assert_array_equal(again.resp_sum, fused.resp_sum)
+                results[mode] = fused
+    finally:
+        _set_run_step(old)
+    from emcore.kernel import _compiled_paths
+    if sorted_rows and d == 12 and n >= 500 and chunk_rows == 128 and \
+            _compiled_paths()["gnu_vectors"]:
+        # the examples above take the run step (their 4 high bits take 16 values:
+        # runs of dozens of patterns): its statistics are summed in another order
+        # (the plain-C build, without GNU vector extensions, has no run step)
+        assert not np.array_equal(results[1].stats.counts, results[0].stats.counts)
 
 
 def test_fused_soft_blocks_report_the_first_bad_row():
@@ -777,8 +888,9 @@ def test_fused_soft_step_falls_back_to_exp_beyond_the_guard():
         X = (rng.random((600, d)) < p[z]).astype(np.float64)
         X[-1] = np.arange(d) % 2 == 0
         sw = np.ones(X.shape[0])
-        fused, plain = _pass_pair(fam, params, X, np.array([0.4, 0.3, 0.3]), sw)
-        _assert_same_pass(fused, plain, kernel.n_groups, sw)
+        weights = np.array([0.4, 0.3, 0.3])
+        fused, plain = _pass_pair(fam, params, X, weights, sw)
+        _assert_same_pass(fused, plain, kernel.n_groups, sw, fam, params, X, weights)
         assert np.isfinite(fused.value)
 
 
