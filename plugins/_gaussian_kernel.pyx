@@ -45,8 +45,13 @@ CPU has them, chosen once per process: the same bits either way), each mean
 held as two floats (hi + lo) so that x - mu carries a relative error only, the
 triangle of U rounded to float; the constant and the result double
 (docs/elbo_chain.md#float32 derives the bound the family's
-``log_density_rounding`` gives the chain). The statistics read the rows widened
-exactly into the double transposed chunk: bitwise those of X.astype(float64).
+``log_density_rounding`` gives the chain). The statistics of a settled chunk
+(each weighted mean near float(mu)) are one sweep in float32 about h = float(mu)
+(the chunk's reference point): t = x - h and w t from the float transposed chunk,
+64 rows at a time, the products summed in 16 float lanes of 256 rows each, then
+widened into double lanes (``GaussianFamily.statistics_rounding`` bounds them);
+other chunks, data beyond 2^20 and weights beyond 2^42 read the rows widened
+exactly into the double transposed chunk (bitwise those of X.astype(float64)).
 With the exact soft rule the pass calls the fused ``chunk_soft_step_f32``, the
 posterior's exps in float32 as for the diagonal kernel.
 
@@ -179,7 +184,8 @@ cdef class GaussianFullKernel(FamilyKernel):
 
     ``float32=True`` (``GaussianFamily(dtype='float32')``): on float32 rows the
     log-density's quadratic form is computed in float32 (the ``_f32`` methods,
-    docs/elbo_chain.md#float32), the statistics from the rows widened exactly."""
+    docs/elbo_chain.md#float32), the statistics of settled chunks in float32
+    about float(mu) (bounded by ``GaussianFamily.statistics_rounding``)."""
     cdef const double[:, ::1] means
     cdef const double[:, :, ::1] prec_chol
     cdef const double[:, :, ::1] prec_pad   # upper U_k zero padded to (d, da)
