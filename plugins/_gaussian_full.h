@@ -547,14 +547,22 @@ EMC_ALWAYS_INLINE void emc_full_moments_f32_body(
             }
         }
         if ((i0 + nb) % F == 0 || i0 + nb >= ld) {
-            /* the float sums of F rows (or the chunk's last ones) into the double lanes */
-            for (e = 0; e < d + da * da; e++) {
-                if (e >= d && (e - d) % da < 4 * (((e - d) / da) / 4)) continue;
+            /* the float sums of F rows (or the chunk's last ones) into the double
+               lanes: r, then the entries (a, b >= 4 (a / 4)) the tiles touch */
+            for (e = 0; e < d; e++) {
                 emc_v16f x;
                 memcpy(&x, Sf + 16 * e, 64);
-                EMC_ADD_WIDENED_16((e < d ? rp16 + 16 * e : S16 + 16 * (e - d)), x);
+                EMC_ADD_WIDENED_16(rp16 + 16 * e, x);
                 memset(Sf + 16 * e, 0, 64);
             }
+            for (a0 = 0; a0 < da; a0++)
+                for (b0 = (a0 / 4) * 4; b0 < da; b0++) {
+                    emc_v16f x;
+                    e = a0 * da + b0;
+                    memcpy(&x, Sf + 16 * (d + e), 64);
+                    EMC_ADD_WIDENED_16(S16 + 16 * e, x);
+                    memset(Sf + 16 * (d + e), 0, 64);
+                }
         }
     }
 }
