@@ -45,8 +45,13 @@ CPU has them, chosen once per process: the same bits either way), each mean
 held as two floats (hi + lo) so that x - mu carries a relative error only, the
 triangle of U rounded to float; the constant and the result double
 (docs/elbo_chain.md#float32 derives the bound the family's
-``log_density_rounding`` gives the chain). The statistics read the rows widened
-exactly into the double transposed chunk: bitwise those of X.astype(float64).
+``log_density_rounding`` gives the chain). The statistics of a settled chunk
+(each weighted mean near float(mu)) are one sweep in float32 about h = float(mu)
+(the chunk's reference point): t = x - h and w t from the float transposed chunk,
+64 rows at a time, the products summed in 16 float lanes of 256 rows each, then
+widened into double lanes (``GaussianFamily.statistics_rounding`` bounds them);
+other chunks, data beyond 2^20 and weights beyond 2^42 read the rows widened
+exactly into the double transposed chunk (bitwise those of X.astype(float64)).
 With the exact soft rule the pass calls the fused ``chunk_soft_step_f32``, the
 posterior's exps in float32 as for the diagonal kernel.
 
@@ -94,6 +99,17 @@ cdef extern from "_gaussian_full.h":
                                  const float* H, const float* L, const float* U,
                                  const double* log_norm, float* Dt,
                                  double* out) noexcept nogil
+    Py_ssize_t EMC_STAT_ROWS_F32
+    Py_ssize_t EMC_STAT_BLOCK_F32
+    int emc_full_f32_stats_ok(const float* Xt, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t d,
+                              const double* weights, Py_ssize_t K,
+                              const float* h) noexcept nogil
+    void emc_weights_f32(const double* weights, Py_ssize_t n, Py_ssize_t K, Py_ssize_t ld,
+                         float* wt) noexcept nogil
+    void emc_full_moments_f32(const float* Xt, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t d,
+                              Py_ssize_t da, const float* wf, const float* h, float* D,
+                              float* WD, float* Sf, double* rp16, double* S16,
+                              double* r, double* S) noexcept nogil
 
 
 cdef extern from "_soft_posterior.h":
@@ -145,6 +161,10 @@ def _avx512_float32(enable=None):
 
 _avx512_float32()
 
+#: rows per block of the float32 statistics (their float sums have depth
+#: STATISTICS_ROWS_F32 / 16 per lane: docs/elbo_chain.md#float32)
+STATISTICS_ROWS_F32 = EMC_STAT_ROWS_F32
+
 
 cdef inline Py_ssize_t _stride(Py_ssize_t n_rows) noexcept nogil:
     """Rows of X^T: n_rows rounded up to EMC_ROWS, plus EMC_ROWS zero rows, so
@@ -164,7 +184,8 @@ cdef class GaussianFullKernel(FamilyKernel):
 
     ``float32=True`` (``GaussianFamily(dtype='float32')``): on float32 rows the
     log-density's quadratic form is computed in float32 (the ``_f32`` methods,
-    docs/elbo_chain.md#float32), the statistics from the rows widened exactly."""
+    docs/elbo_chain.md#float32), the statistics of settled chunks in float32
+    about float(mu) (bounded by ``GaussianFamily.statistics_rounding``)."""
     cdef const double[:, ::1] means
     cdef const double[:, :, ::1] prec_chol
     cdef const double[:, :, ::1] prec_pad   # upper U_k zero padded to (d, da)
@@ -247,9 +268,17 @@ cdef class GaussianFullKernel(FamilyKernel):
                                             + 5 * da * da
                                             + emc_moment_slot_size(d, EMC_SCATTER_FULL)
                                             + 2 * d)
-        # float32 rows: the float X^T (d x ld32) and a group's t (EMC_ROWS_F32 x d)
+        # float32 rows: the float X^T (d x ld32) and a group's t (EMC_ROWS_F32 x d);
+        # the float32 statistics: the float X^T, the scaled weights transposed and a
+        # block's D and w D (floats), the float sums (16 (d + da^2) floats), the 16
+        # lanes of r and S (16 d + 16 da^2), S, the weights' sums (K), K chunk
+        # slots + merge scratch
         if self.float32_rows:
-            size = max(size, (d * (_stride_f32(n_rows) + EMC_ROWS_F32) + 1) // 2)
+            size = max(size, (d * (_stride_f32(n_rows) + EMC_ROWS_F32) + 1) // 2,
+                       _round_up((d * _stride_f32(n_rows) + 1) // 2, 8)
+                       + (K * _stride_f32(n_rows) + 2 * da * EMC_STAT_BLOCK_F32) // 2 + 8
+                       + 8 * (d + da * da) + 16 * d + 17 * da * da + K
+                       + K * emc_moment_slot_size(d, EMC_SCATTER_FULL) + 2 * d)
         return size
 
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
@@ -298,8 +327,83 @@ cdef class GaussianFullKernel(FamilyKernel):
     cdef int chunk_accumulate_f32(self, const float* X, Py_ssize_t n_rows,
                                   const double* weights, double* stats,
                                   double* scratch) noexcept nogil:
-        # the rows widened exactly: the statistics of X.astype(float64), bitwise
-        emc_transpose_widen(X, n_rows, self.n_features, _stride(n_rows), scratch)
+        # moments about h = float32(mu_t) summed in float over blocks of rows
+        # (docs/elbo_chain.md#float32; GaussianFamily.statistics_rounding bounds
+        # them); weights or data outside the range that bound needs, or means
+        # that moved: the rows widened exactly, the statistics of
+        # X.astype(float64) bitwise
+        cdef Py_ssize_t d = self.n_features, K = self.n_components, da = self.da
+        cdef Py_ssize_t ld32 = _stride_f32(n_rows)
+        cdef Py_ssize_t slot = emc_moment_slot_size(d, EMC_SCATTER_FULL)
+        cdef Py_ssize_t i, j, k
+        cdef float* Xt32 = <float*>scratch
+        cdef float* wf
+        cdef float* D
+        cdef float* WD
+        cdef float* Sf
+        cdef double* rp16
+        cdef double* S16
+        cdef double* Sp
+        cdef double* Wk
+        cdef double* slots
+        cdef double* chunk
+        cdef double* S
+        cdef double* tmp
+        cdef double shift
+        cdef bint settled = True
+        if self.float32_rows:
+            emc_transpose_f32(X, n_rows, d, ld32, Xt32)
+            if emc_full_f32_stats_ok(Xt32, ld32, n_rows, d, weights, K,
+                                     &self.mean_hi32[0, 0]):
+                wf = <float*>(scratch + _round_up((d * ld32 + 1) // 2, 8))
+                D = wf + K * ld32
+                WD = D + da * EMC_STAT_BLOCK_F32
+                Sf = WD + da * EMC_STAT_BLOCK_F32
+                rp16 = <double*>(Sf + 16 * (d + da * da)) + 8
+                S16 = rp16 + 16 * d
+                Sp = S16 + 16 * da * da
+                Wk = Sp + da * da
+                slots = Wk + K
+                tmp = slots + K * slot
+                emc_weights_f32(weights, n_rows, K, ld32, wf)
+                for k in range(K):
+                    Wk[k] = 0.0
+                for i in range(n_rows):
+                    for k in range(K):
+                        Wk[k] += weights[i * K + k]
+                # every component's chunk slot first; the chunk is "settled" if
+                # each weighted mean is close to float(mu): 2 shift^2 <= S_jj / W
+                # per feature, shift = r_j / W (as the diagonal kernel's test; the
+                # rounding error of the scatter about the mean is then at most
+                # about twice the float sums'); else the means moved (early
+                # iterations, chunk_stats) and the chunk is summed in double
+                for k in range(K):
+                    chunk = slots + k * slot
+                    if Wk[k] <= 0.0:
+                        continue
+                    for j in range(d):
+                        chunk[EMC_SLOT_REFERENCE(d) + j] = self.mean_hi32[k, j]
+                    emc_full_moments_f32(Xt32, ld32, n_rows, d, da, wf + k * ld32,
+                                         &self.mean_hi32[k, 0], D, WD, Sf, rp16,
+                                         S16, chunk + EMC_SLOT_RESIDUAL(d), Sp)
+                    S = chunk + EMC_SLOT_SCATTER(d)
+                    for i in range(d):
+                        shift = chunk[EMC_SLOT_RESIDUAL(d) + i] / Wk[k]
+                        if not 2.0 * shift * shift <= Sp[i * da + i] / Wk[k]:
+                            settled = False
+                        for j in range(i, d):
+                            S[i * d + j] = Sp[i * da + j]
+                            S[j * d + i] = Sp[i * da + j]
+                    chunk[EMC_SLOT_WEIGHT(d)] = Wk[k]
+                    if not settled:
+                        break
+                if settled:
+                    for k in range(K):
+                        if Wk[k] > 0.0:
+                            emc_merge_moment_slots(d, EMC_SCATTER_FULL, stats + k * slot,
+                                                   slots + k * slot, tmp)
+                    return 0
+        emc_transpose_widen(X, n_rows, d, _stride(n_rows), scratch)
         return self._accumulate_transposed(n_rows, weights, stats, scratch)
 
     cdef int chunk_soft_step_f32(self, const float* X, Py_ssize_t n_rows,

@@ -24,8 +24,10 @@ from scipy.linalg.lapack import dpotrf as _dpotrf, dtrtrs as _dtrtrs
 from emcore import DegenerateComponentError
 from emcore.plugin_api import (FLOAT32_UNIT_ROUNDOFF, UNIT_ROUNDOFF, Family, FamilyRecord,
                                Params, ResolvedGaussianPrior, hookimpl)
-from emcore.plugins._gaussian_diag_kernel import GaussianDiagKernel, STATISTICS_ROWS_F32
-from emcore.plugins._gaussian_kernel import GaussianFullKernel
+from emcore.plugins._gaussian_diag_kernel import (GaussianDiagKernel,
+                                                 STATISTICS_ROWS_F32 as _DIAG_STATISTICS_ROWS)
+from emcore.plugins._gaussian_kernel import (GaussianFullKernel,
+                                            STATISTICS_ROWS_F32 as _FULL_STATISTICS_ROWS)
 from emcore.plugins._posterior_kernels import EXP_F32_ERROR
 from emcore.plugins import _mclust_models as _mclust
 
@@ -965,7 +967,7 @@ class GaussianFamily(Family):
             return 0.0
         if self._diagonal:
             return _diag_float32_statistics_rounding(stats, params, new_params)
-        return 0.0
+        return _full_float32_statistics_rounding(stats, params, new_params)
 
     def rounding_amplification(self, params: Params) -> float:
         # 1 + sqrt(d kappa_max) (docs/elbo_chain.md#check-b, item 2)
@@ -979,8 +981,9 @@ def _diag_float32_statistics_rounding(stats: GaussianStats, params: Params,
 
     The kernel sums the moments of float32 rows about h = float32(mu_t), the
     pass's means rounded to float, in float over blocks of B =
-    ``STATISTICS_ROWS_F32`` rows (docs/elbo_chain.md#float32): per component k
-    and feature j, with t_i = x_ij - h_kj and weights w_ik,
+    ``_gaussian_diag_kernel.STATISTICS_ROWS_F32`` rows
+    (docs/elbo_chain.md#float32): per component k and feature j, with
+    t_i = x_ij - h_kj and weights w_ik,
 
         |dR_kj| <= 1.001 (B + 2) u32 sum_i w_ik |t_i|,
         |dS_kj| <= 1.001 (B + 4) u32 sum_i w_ik t_i^2,
@@ -1019,7 +1022,7 @@ def _diag_float32_statistics_rounding(stats: GaussianStats, params: Params,
     if not stats.diagonal or stats.observed is not None:
         return 0.0
     u = FLOAT32_UNIT_ROUNDOFF
-    B = STATISTICS_ROWS_F32
+    B = _DIAG_STATISTICS_ROWS
     h = np.asarray(params["means"], dtype=np.float64).astype(np.float32).astype(np.float64)
     W = stats.weight[:, None]
     off = stats.mean - h
@@ -1123,6 +1126,85 @@ def _full_float32_log_density_rounding(stats: GaussianStats, params: Params,
     b2 = np.sum(np.einsum("kl,klj->kj", s, U) ** 2)
     per_row = _float32_posterior_rounding(n_components) + d * (d + 1) * 2.0 ** -149
     return float(0.5 * _full_float32_form_constant(d) * b2 + per_row * np.sum(W))
+
+
+def _full_float32_statistics_rounding(stats: GaussianStats, params: Params,
+                                      new_params: Params) -> float:
+    """Bound on what the full kernel's float32 statistics move Q.
+
+    The kernel sums the moments of float32 rows about h = float32(mu_t), the
+    pass's means rounded to float, in float (docs/elbo_chain.md#float32): t =
+    x - h, w scaled by 2^40 and rounded, w t and (w t) t_b each rounded, summed
+    in 16 lanes of m = ``_gaussian_kernel.STATISTICS_ROWS_F32`` / 16 rows each
+    before they are added in double. Per component k and entries a, b (gamma_j = j u32 / (1 - j
+    u32)), with T_a = sum_i w_i t_ia^2,
+
+        |dS_ab| <= gamma_{m+3} sum_i w_i |t_ia t_ib| + 2^-85
+                <= gamma_{m+3} sqrt(T_a T_b) + 2^-85,
+        |dR_a|  <= gamma_{m+2} sum_i w_i |t_ia| + 2^-85
+                <= gamma_{m+2} sqrt(W T_a) + 2^-85
+
+    (Cauchy-Schwarz; 2^-85 bounds the absolute error of weights and products
+    below float's normal range for any n < 2^63 rows, since the kernel sums in
+    float only where |x| + |h| <= 2^20). The exact re-shifting merges carry each
+    chunk's errors to the merged reference c unchanged in sum, and
+    ``expected_log_likelihood(stats, theta)`` reads -1/2 tr(P (S + (c - mu) r^T
+    + r (c - mu)^T + W (c - mu)(c - mu)^T)), P = U U^T of theta: Q(theta) moves
+    by at most
+
+        E(theta) = sum_k (1/2 sum_ab |P_ab| |dS_ab| + sum_a |(P (h - mu))_a| |dR_a|).
+
+    The ascent link needs E(theta_t), the bound link E(theta_{t+1}): this
+    returns the larger. T_a comes from the statistics themselves (their own
+    error, ~gamma_{m+3} relative, is inside a factor 1.001): the smaller of S_aa +
+    2 (c_a - h_a) r_a + W (c_a - h_a)^2 and twice the scatter about the mean, S_aa
+    - r_a^2 / W, since the kernel sums in float only chunks whose weighted means
+    are "settled" (2 shift^2 <= S_aa / W about h: their sum_i w t_a^2 is at most
+    twice their own scatter, and the chunks' scatters add up to at most the
+    component's). Chunks the kernel summed in double (means that moved, data or
+    weights outside that range) have no float32 error: the bound covers them.
+
+    Parameters
+    ----------
+    stats : GaussianStats
+        Full statistics (scatter (k, d, d)) from the pass at ``params``.
+    params, new_params : dict
+        theta_t (the pass's parameters) and theta_{t+1} (the M-step's):
+        ``means`` (k, d) and ``precisions_cholesky`` (k, d, d).
+
+    Returns
+    -------
+    float
+        The bound, an absolute error of the expected log-likelihood; 0 for
+        diagonal statistics.
+    """
+    if stats.diagonal:
+        return 0.0
+    u = FLOAT32_UNIT_ROUNDOFF
+    m = _FULL_STATISTICS_ROWS // 16
+    g_s, g_r = ((j * u) / (1.0 - j * u) for j in (m + 3, m + 2))
+    h = np.asarray(params["means"], dtype=np.float64).astype(np.float32).astype(np.float64)
+    W = np.asarray(stats.weight, dtype=np.float64)
+    off = stats.mean - h
+    S_diag = np.einsum("kjj->kj", stats.scatter)
+    T = np.maximum(S_diag + 2.0 * off * stats.residual + W[:, None] * off * off, 0.0)
+    # only settled chunks were summed in float (2 shift^2 <= S_jj / W about h, so
+    # their sum_i w t^2 <= 2 W var per chunk), and within-chunk variances add up
+    # to at most the component's scatter about its mean: T <= 2 (S - r r / W)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scat = np.where(W[:, None] > 0, S_diag - stats.residual ** 2 / W[:, None], 0.0)
+    T = 1.001 * np.minimum(T, 2.0 * np.maximum(scat, 0.0))
+    dS = g_s * np.sqrt(T[:, :, None] * T[:, None, :]) + 2.0 ** -85
+    dR = g_r * np.sqrt(W[:, None] * T) + 2.0 ** -85
+    live = W > 0
+    worst = 0.0
+    for theta in (params, new_params):
+        U = np.triu(np.asarray(theta["precisions_cholesky"], dtype=np.float64))
+        P = U @ np.swapaxes(U, 1, 2)
+        move = np.einsum("kab,kb->ka", P, h - np.asarray(theta["means"], dtype=np.float64))
+        per_k = 0.5 * np.sum(np.abs(P) * dS, axis=(1, 2)) + np.sum(np.abs(move) * dR, axis=1)
+        worst = max(worst, float(np.sum(per_k[live])))
+    return worst
 
 
 def _random_spd_matrix(rng: np.random.Generator, n_features: int,

@@ -25,17 +25,22 @@ from emcore._input import check_input
 from emcore.exceptions import ChainViolationWarning
 from emcore.kernel import _compiled_paths
 from emcore.plugin_api import FLOAT32_UNIT_ROUNDOFF as U32, UNIT_ROUNDOFF as U64
-from emcore.plugins._gaussian_diag_kernel import STATISTICS_ROWS_F32, GaussianDiagKernel
-from emcore.plugins._gaussian_kernel import GaussianFullKernel, _avx512_float32
+from emcore.plugins._gaussian_diag_kernel import (GaussianDiagKernel,
+                                                 STATISTICS_ROWS_F32 as DIAG_ROWS_F32)
+from emcore.plugins._gaussian_kernel import (GaussianFullKernel,
+                                            STATISTICS_ROWS_F32 as FULL_ROWS_F32,
+                                            _avx512_float32)
 from emcore.plugins._kmeans_kernel import KMeansKernel, _float32_labelling
 from emcore.plugins._posterior_kernels import (EXP_F32_ERROR, SoftPosteriorKernel,
                                                _SoftPosteriorKernelF32)
 from emcore.plugins.gaussian import (GaussianFamily, _diag_float32_statistics_rounding,
                                      _float32_posterior_rounding,
                                      _full_float32_form_constant,
-                                     _full_float32_log_density_rounding)
+                                     _full_float32_log_density_rounding,
+                                     _full_float32_statistics_rounding)
 from emcore.testing import tolerance_across
 from emcore.registry import get_registry
+from emcore.testing._tolerances import tolerance_across
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -632,20 +637,99 @@ def test_full_kernel_float32_log_density_is_within_the_derived_bound(
     assert np.all(err <= bound), float(np.max(err / bound))
 
 
-def test_full_kernel_float32_statistics_are_those_of_the_widened_rows():
-    # the statistics read the float32 rows widened exactly: bitwise the float64 ones
+def _full_q_gap(fam, stats32, stats64, theta):
+    """|Q(stats32, theta) - Q(stats64, theta)| and the float64 rounding of the two
+    evaluations and of the float64 statistics (tolerance_across with both M_Q;
+    docs/elbo_chain.md#check-b), for one chunk of rows."""
+    q32 = fam.expected_log_likelihood(stats32, theta)
+    q64 = fam.expected_log_likelihood(stats64, theta)
+    m_q = (fam.expected_log_likelihood_magnitude(stats32, theta)
+           + fam.expected_log_likelihood_magnitude(stats64, theta))
+    n = max(1, int(round(float(np.sum(stats64.weight)))))
+    return abs(q32 - q64), tolerance_across(fam.n_components, n, fam.n_features, 1.0, 0.0,
+                                            m_q)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2 ** 31), d=st.integers(1, 18), k=st.integers(1, 12),
+       offset=st.sampled_from([0.0, 1e3, -1e4, 1e5]),
+       scale=st.sampled_from([1e-3, 1.0, 100.0]), move=st.sampled_from([0.0, 0.3, 30.0]),
+       log10_condition=st.sampled_from([0, 2, 4]))
+@example(seed=3, d=16, k=16, offset=1e5, scale=1.0, move=30.0, log10_condition=2)
+def test_full_kernel_float32_statistics_are_within_the_derived_bound(
+        seed, d, k, offset, scale, move, log10_condition):
+    # The float32 statistics (moments about float(mu) summed in float, 16 lanes of
+    # FULL_ROWS_F32 / 16 rows) against the float64 statistics of the same rows
+    # and weights, through what the chain uses: Q at parameters moved by `move`
+    # standard deviations, with other precisions. The gap is within
+    # statistics_rounding plus the float64 rounding of both sides.
+    rng = np.random.default_rng(seed)
+    n = 2 * FULL_ROWS_F32 + 37                   # whole float sums and a partial one
+    centres, U = _full_params(rng, k, d, offset, scale, log10_condition)
+    X = (centres[rng.integers(0, k, n)] + scale * rng.standard_normal((n, d))).astype(np.float32)
+    Wt = rng.dirichlet(np.ones(k), size=n) * rng.uniform(0.5, 2.0, (n, 1))
+    # the pass's means: the rows' weighted means (a settled chunk), as a fit has them
+    means = (Wt.T @ X.astype(np.float64)) / Wt.sum(axis=0)[:, None]
+    fam = get_registry().family("gaussian").factory(k, d, covariance_type="full",
+                                                    dtype="float32")
+    k32 = GaussianFullKernel(means, U, float32=True)
+    assert k32.float32_rows
+    stats32 = fam.stats_from_buffer(k32.accumulate(X, Wt))
+    stats64 = fam.stats_from_buffer(GaussianFullKernel(means, U).accumulate(
+        X.astype(np.float64), Wt))
+    # the float32 sums ran: the chunk's reference points are float(mu)
+    np.testing.assert_array_equal(stats32.mean, means.astype(np.float32).astype(np.float64))
+    params = {"means": means, "precisions_cholesky": U}
+    new_means, new_U = _full_params(rng, k, d, 0.0, scale, log10_condition)
+    new = {"means": means + move * scale * rng.standard_normal((k, d)),
+           "precisions_cholesky": new_U}
+    bound = fam.statistics_rounding(stats32, params, new)
+    assert bound == _full_float32_statistics_rounding(stats32, params, new) > 0.0
+    for theta in (params, new):
+        gap, slack = _full_q_gap(fam, stats32, stats64, theta)
+        note(f"observed / bound {gap / (bound + slack):.3g} (float64 slack {slack:.3g})")
+        assert gap <= bound + slack, (gap, bound, slack)
+
+
+def test_full_kernel_float32_statistics_fall_back_to_the_widened_rows():
+    # outside the range the bound needs (|x| + |mu| > 2^20, a weight > 2^42) or for
+    # means that moved (random weights: each weighted mean far from its mu) the
+    # chunk is summed in double: the statistics of X.astype(float64), bitwise
     rng = np.random.default_rng(31)
     n, k, d = 3001, 3, 7
-    means, U = _full_params(rng, k, d, 1e3, 1.0, 2)
-    X = (means[rng.integers(0, k, n)] + rng.standard_normal((n, d))).astype(np.float32)
-    k32 = GaussianFullKernel(means, U, float32=True)
-    k64 = GaussianFullKernel(means, U)
-    for w in (rng.random((n, k)), np.exp(k64.log_density(X.astype(np.float64)))):
+    for offset, wscale in ((2e6, 1.0), (1e3, 2.0 ** 43), (1e3, 1.0)):
+        means, U = _full_params(rng, k, d, offset, 1.0, 2)
+        X = (means[rng.integers(0, k, n)] + rng.standard_normal((n, d))).astype(np.float32)
+        k32 = GaussianFullKernel(means, U, float32=True)
+        k64 = GaussianFullKernel(means, U)
+        w = rng.random((n, k)) * wscale
         np.testing.assert_array_equal(k32.accumulate(X, w),
                                       k64.accumulate(X.astype(np.float64), w))
     # a kernel built without float32=True never computes in float32
     assert not k64.float32_rows
     np.testing.assert_array_equal(k64.log_density(X), k64.log_density(X.astype(np.float64)))
+
+
+def test_full_kernel_float32_statistics_are_the_same_bits_with_either_tile_width():
+    # the AVX-512 tiles (4 rows) and the AVX2 ones (2 rows): the same operations per
+    # entry and lane
+    if len(_v4_choices()) < 2:
+        pytest.skip("no x86-64-v4 loop on this CPU or build")
+    rng = np.random.default_rng(32)
+    n, k, d = 1500, 4, 13
+    means, U = _full_params(rng, k, d, 1e3, 1.0, 2)
+    X = (means[rng.integers(0, k, n)] + rng.standard_normal((n, d))).astype(np.float32)
+    w = rng.random((n, k))
+    means = (w.T @ X.astype(np.float64)) / w.sum(axis=0)[:, None]      # settled
+    k32 = GaussianFullKernel(means, U, float32=True)
+    assert not np.array_equal(k32.accumulate(X, w), GaussianFullKernel(means, U).accumulate(
+        X.astype(np.float64), w))                                       # float sums ran
+    try:
+        _avx512_float32(False)
+        narrow = k32.accumulate(X, w)
+    finally:
+        _avx512_float32(True)
+    np.testing.assert_array_equal(k32.accumulate(X, w), narrow)
 
 
 def test_full_float32_log_density_rounding_bounds_the_rows_weighted_errors():
@@ -712,13 +796,14 @@ def test_gaussian_mixture_float32_full_is_bitwise_the_same_for_any_n_jobs(covari
 
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2 ** 31), d=st.integers(1, 10), k=st.integers(1, 12),
-       offset=st.sampled_from([0.0, 50.0, 1e4]), spread=st.sampled_from([0.05, 1.0, 5.0]),
+       offset=st.sampled_from([0.0, 50.0, 1e4, 1e5]), spread=st.sampled_from([0.05, 1.0, 5.0]),
        covariance_type=st.sampled_from(["full", "tied", "EEE", "VEV"]))
 def test_gaussian_mixture_float32_full_chain_holds(seed, d, k, offset, spread,
                                                    covariance_type):
     # the chain's links with log_density_rounding (the float32 quadratic form and,
-    # from k = 8 on, the posterior's float32 exps): a violation warns, made an
-    # error here; mclust's non-diagonal models run the same full kernel
+    # from k = 8 on, the posterior's float32 exps) and statistics_rounding (the
+    # settled chunks' float sums, with the move mu_t -> mu_{t+1}): a violation
+    # warns, made an error here; mclust's non-diagonal models run the same full kernel
     X = _blobs(np.random.default_rng(seed), 400, d, k, offset=offset, spread=spread)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ChainViolationWarning)
@@ -807,13 +892,13 @@ def _q_gap(fam, stats32, stats64, new):
 @example(seed=3, d=16, k=16, offset=1e5, scale=1.0, move=30.0)
 def test_diag_kernel_float32_statistics_are_within_the_derived_bound(seed, d, k, offset,
                                                                      scale, move):
-    # The float32 sweep (about float(mu), blocks of STATISTICS_ROWS_F32 rows) against
+    # The float32 sweep (about float(mu), blocks of DIAG_ROWS_F32 rows) against
     # the float64 statistics of the same rows and weights, through what the chain
     # uses: Q at parameters moved by `move` standard deviations from the pass's
     # means, with other precisions. The gap is within statistics_rounding (the
     # float32 sums) plus the float64 rounding of both sides.
     rng = np.random.default_rng(seed)
-    n = 3 * STATISTICS_ROWS_F32 + 5                    # whole blocks and a partial one
+    n = 3 * DIAG_ROWS_F32 + 5                    # whole blocks and a partial one
     means = offset + 3.0 * scale * rng.standard_normal((k, d))
     u_diag = 1.0 / (scale * rng.uniform(0.5, 2.0, (k, d)))
     labels = rng.integers(0, k, n)
@@ -869,13 +954,15 @@ def test_diag_float32_statistics_bound_needs_the_move_term():
     assert gap > 2.0 * (scatter_only + slack), (gap, scatter_only, slack)
 
 
-def test_diag_float32_statistics_rounding_is_zero_where_nothing_is_float32():
+def test_float32_statistics_rounding_is_zero_where_nothing_is_float32():
+    # float64 data: every kernel sums its statistics in double ('full' and 'diag'
+    # on float32 rows have their own bounds, tested above)
     rng = np.random.default_rng(32)
     X = rng.standard_normal((300, 3))
     W = rng.dirichlet(np.ones(2), size=300)
     mu, u_diag = rng.standard_normal((2, 3)), np.ones((2, 3))
     params = _diag_params(mu, u_diag)
-    for dtype, cov in (("float64", "diag"), ("float32", "full")):
+    for dtype, cov in (("float64", "diag"), ("float64", "full")):
         fam = GaussianFamily(2, 3, covariance_type=cov, dtype=dtype)
         stats = fam.chunk_stats(X, W)
         assert fam.statistics_rounding(stats, params, params) == 0.0
