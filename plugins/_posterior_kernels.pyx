@@ -18,6 +18,16 @@ cdef extern from "_soft_posterior.h":
                                  int write_log_q) noexcept nogil
     double EMC_EXP_F32_ERROR
 
+cdef extern from *:
+    """
+    /* emc_log_rows in the clone the posterior's runs in (for _log_rows) */
+    EMC_CLONES static void emc_log_rows_cloned(const double* x, Py_ssize_t n,
+                                               double* out) {
+        emc_log_rows(x, n, out);
+    }
+    """
+    void emc_log_rows_cloned(const double* x, Py_ssize_t n, double* out) noexcept nogil
+
 
 cdef class SoftPosteriorKernel(PosteriorKernel):
     """Tempered posterior q_ik proportional to exp(a_ik / T); T = 1 is the exact posterior.
@@ -56,6 +66,15 @@ cdef class SoftPosteriorKernel(PosteriorKernel):
 
 #: the float32 exp's relative error bound in units of u32 (_soft_posterior.h)
 EXP_F32_ERROR = EMC_EXP_F32_ERROR
+
+
+def _log_rows(const double[::1] x, double[::1] out):
+    """out = log x by the float32 posterior's vector log (emc_log_rows; every x a
+    positive normal finite double), for tests against libm's log."""
+    if out.shape[0] != x.shape[0]:
+        raise ValueError("x and out differ in length")
+    if x.shape[0]:
+        emc_log_rows_cloned(&x[0], x.shape[0], &out[0])
 
 
 cdef class _SoftPosteriorKernelF32(SoftPosteriorKernel):

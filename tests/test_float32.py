@@ -32,7 +32,7 @@ from emcore.plugins._gaussian_kernel import (GaussianFullKernel,
                                             _avx512_float32)
 from emcore.plugins._kmeans_kernel import KMeansKernel, _float32_labelling
 from emcore.plugins._posterior_kernels import (EXP_F32_ERROR, SoftPosteriorKernel,
-                                               _SoftPosteriorKernelF32)
+                                               _SoftPosteriorKernelF32, _log_rows)
 from emcore.plugins.gaussian import (GaussianFamily, _diag_float32_statistics_rounding,
                                      _float32_posterior_rounding,
                                      _full_float32_form_constant,
@@ -499,6 +499,47 @@ def test_float32_exp_is_within_its_stated_error():
     low = np.array([[0.0, -87.01, -100.0, -745.0, -1e300, -np.inf, 0.0, 0.0]])
     _, q, _, _ = _SoftPosteriorKernelF32().posterior(low)
     np.testing.assert_array_equal(q[0, 1:6], 0.0)
+
+
+def test_float32_posterior_log_is_within_one_ulp():
+    # emc_log_rows, the float32 posterior's log s (fdlibm's log on 4 lanes where GNU
+    # vectors exist, libm's otherwise), is within 1 ulp of log x (fdlibm's bound: a
+    # libm last-place error, which docs/elbo_chain.md#error-model allows). np.log is
+    # glibc's, itself within 1 ulp, so the two differ by at most 2 ulps of log x.
+    # x: dense over [1, 64] (s of a row of K <= 64 entries, each e <= 1, the maximum
+    # 1) and normal doubles of every binade; n not a multiple of 4 (the padded tail).
+    rng = np.random.default_rng(7)
+    x = np.concatenate([np.linspace(1.0, 64.0, 200_003),
+                        np.ldexp(1.0 + rng.random(20_001), rng.integers(-1022, 1024, 20_001)),
+                        [1.0, 2.0, np.sqrt(2.0), np.nextafter(np.sqrt(2.0), 2.0),
+                         np.finfo(np.float64).tiny, np.finfo(np.float64).max]])
+    out = np.empty_like(x)
+    _log_rows(x, out)
+    ref = np.log(x)
+    assert np.all(np.abs(out - ref) <= 2 * np.spacing(np.abs(ref))), \
+        np.max(np.abs(out - ref) / np.spacing(np.abs(ref)))
+    assert out[np.flatnonzero(x == 1.0)[0]] == 0.0
+    # lanes are independent: each value is that of the row alone (a row's log s
+    # does not depend on which block or chunk, so on which thread, it falls in)
+    one = np.empty(1)
+    for i in rng.integers(0, x.size, 50):
+        _log_rows(x[i:i + 1], one)
+        assert one[0] == out[i]
+
+
+@pytest.mark.parametrize("k", (8, 16, 37))
+def test_float32_posterior_row_value_takes_its_log_from_the_vector_log(k):
+    # rows of c zeros and K - c entries -inf: every e is exactly 1 or 0 (exp(0) = 1
+    # exactly, below -87 flushed), so s = c exactly and f = 0 + log s is the log
+    # itself: bitwise emc_log_rows(c), whatever block of 16 rows the row is in.
+    rng = np.random.default_rng(k)
+    c = rng.integers(1, k + 1, 103)
+    lj = np.where(np.arange(k)[None, :] < c[:, None], 0.0, -np.inf)
+    _, _, f32, _ = _SoftPosteriorKernelF32().posterior(lj)
+    expected = np.empty(c.size)
+    _log_rows(c.astype(np.float64), expected)
+    np.testing.assert_array_equal(f32, expected)
+    assert np.all(np.abs(f32 - np.log(c)) <= 2 * np.spacing(np.log(c)))
 
 
 @settings(max_examples=60, deadline=None)

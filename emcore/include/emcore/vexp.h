@@ -1,5 +1,6 @@
-/* emcore/vexp.h: exp on 4-double vectors (GNU vector extensions only: defined
-   when EMC_GNUC is 1; callers keep a scalar loop with libm's exp for the rest). */
+/* emcore/vexp.h: exp and log on 4-double vectors (GNU vector extensions only:
+   defined when EMC_GNUC is 1; callers keep a scalar loop with libm's exp or log
+   for the rest). */
 #ifndef EMCORE_VEXP_H
 #define EMCORE_VEXP_H
 #include <math.h>
@@ -49,6 +50,42 @@ static inline emc_v4 emc_exp_nonpos(emc_v4 x) {
             if (low[l]) e[l] = exp(x[l]);
     }
     return e;
+}
+
+/* log x on 4 lanes, each a positive normal finite double: fdlibm's
+   __ieee754_log (glibc's before 2.28) with its reduction and its polynomial:
+   x = 2^k (1 + f), 1 + f in [sqrt(2)/2, sqrt(2)), s = f / (2 + f),
+   log(1 + f) = f - f^2/2 + s (f^2/2 + R(s^2)), R of degree 14 (error below
+   2^-58.45 on that range), then + k ln 2 in two parts; the result is within
+   1 ulp of log x (fdlibm's bound: a libm last-place error, which the
+   tolerances of docs/elbo_chain.md#error-model already allow for). k is read
+   from the exponent bits and made a double exactly by the 1.5 * 2^52 shifter
+   (|k| <= 1023). Always inlined: an out-of-line copy compiled for the baseline
+   target, called from an AVX2 clone, would take its vector argument by another
+   ABI. (plugins/_discrete.h's emdc_log_pos is the same function.) */
+EMC_ALWAYS_INLINE emc_v4 emc_log_pos(emc_v4 x) {
+    const emc_v4 shifter = emc_set1(6755399441055744.0);   /* 1.5 * 2^52 */
+    emc_m4 bits = (emc_m4)x;
+    emc_m4 ex = ((bits >> 52) & 0x7ff) - 1023;
+    emc_v4 m = (emc_v4)((bits & 0x000fffffffffffffLL) | 0x3ff0000000000000LL);
+    emc_m4 big = (emc_m4)(m > emc_set1(1.4142135623730951));   /* m in [1, 2) */
+    m = EMC_SEL(big, m * emc_set1(0.5), m);                    /* exact */
+    ex -= big;                                                 /* big: -1 or 0 */
+    emc_v4 k = (emc_v4)(ex + (emc_m4)shifter) - shifter;
+    emc_v4 f = m - emc_set1(1.0);
+    emc_v4 hfsq = emc_set1(0.5) * f * f;
+    emc_v4 s = f / (emc_set1(2.0) + f);
+    emc_v4 z = s * s, w = z * z;
+    emc_v4 t1 = w * (emc_set1(3.999999999940941908e-01)
+                     + w * (emc_set1(2.222219843214978396e-01)
+                            + w * emc_set1(1.531383769920937332e-01)));
+    emc_v4 t2 = z * (emc_set1(6.666666666666735130e-01)
+                     + w * (emc_set1(2.857142874366239149e-01)
+                            + w * (emc_set1(1.818357216161805012e-01)
+                                   + w * emc_set1(1.479819860511658591e-01))));
+    emc_v4 R = t2 + t1;
+    return k * emc_set1(6.93147180369123816490e-01)
+           - ((hfsq - (s * (hfsq + R) + k * emc_set1(1.90821492927058770002e-10))) - f);
 }
 
 #endif  /* EMC_GNUC */
