@@ -41,6 +41,16 @@ _SHAPE_KIND = {"full": "full", "tied": "tied", "diag": "diag", "spherical": "sph
                "EVI": "diag", "VVI": "diag", "EEE": "tied",
                **{m: "full" for m in ("VEE", "EVE", "VVE", "EEV", "VEV", "EVV", "VVV")}}
 
+# the smallest tol for which GaussianMixture asks for float32_level 'all' on
+# float32 rows. That level's bounds (the float32 statistics' blocks, the full
+# kernel's float32 form) grow like (B + d) d u32 per row near a maximum, against
+# |l| ~ d per row: at (n, d, K) = (2e4, 16, 2), two unit clusters, tau_B was
+# 1.7e-6 ('diag') and 2.9e-6 ('full') of |objective| (measured), above a tol of
+# 1e-6: the stopping rule would test rounding noise and the fit warns at
+# iteration 0. 'log_density' stays below it there (0.9e-6 'diag', 'full' exact);
+# from 1e-5 'all' leaves a margin of about 3 (docs/elbo_chain.md#float32-level)
+_FLOAT32_ALL_MIN_TOL = 1e-5
+
 
 def _parameter_shape(covariance_type: str, k: int, d: int) -> tuple:
     """scikit-learn's shape of covariances_/precisions_ for a covariance type."""
@@ -429,9 +439,16 @@ class GaussianMixture(_MixtureBase):
     def _family(self, n_features: int, n_components: Optional[int] = None, prior=None,
                 dtype: str = "float64"):
         record = get_registry().family("gaussian")
+        options = {}
+        if dtype == "float32":
+            # float32 statistics and the full kernel's float32 form only where the
+            # stopping rule's tol stays above what their bounds resolve (tol 0:
+            # no stopping rule): docs/elbo_chain.md#float32-level
+            every = self.tol == 0 or self.tol >= _FLOAT32_ALL_MIN_TOL
+            options["float32_level"] = "all" if every else "log_density"
         return record.factory(self.n_components if n_components is None else n_components,
                               n_features, covariance_type=self.covariance_type,
-                              reg_covar=self.reg_covar, prior=prior, dtype=dtype)
+                              reg_covar=self.reg_covar, prior=prior, dtype=dtype, **options)
 
     def _resolved_prior(self, X: np.ndarray, sample_weight) -> Optional[ResolvedGaussianPrior]:
         # self.prior was checked in _check_parameters: None, 'default' or GaussianPrior

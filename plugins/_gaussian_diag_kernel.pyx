@@ -123,8 +123,10 @@ cdef class GaussianDiagKernel(FamilyKernel):
     cdef Py_ssize_t Kp8                    # K rounded up to a multiple of 8
     cdef const double[:, ::1] mean_hi64    # (d, Kp): float(mu) as doubles, the
                                            # float32 statistics' reference points
+    cdef readonly bint float32_statistics  # float32 rows: the statistics' sweep in float32
 
-    def __init__(self, means, precisions_cholesky_diagonal, float32=False):
+    def __init__(self, means, precisions_cholesky_diagonal, float32=False,
+                 float32_statistics=True):
         means = np.ascontiguousarray(means, dtype=np.float64)
         u = np.ascontiguousarray(precisions_cholesky_diagonal, dtype=np.float64)
         if means.ndim != 2 or u.shape != means.shape:
@@ -173,10 +175,13 @@ cdef class GaussianDiagKernel(FamilyKernel):
         self.prec_table32 = pt32
         # the exact soft rule fused on float32 rows, its exps in float32
         self.fused_soft_step_f32 = self.float32_rows
+        # float32_statistics=False: the statistics read the rows widened exactly
+        # (their float32 sums add GaussianFamily.statistics_rounding to the chain)
+        self.float32_statistics = self.float32_rows and bool(float32_statistics)
 
     def __reduce__(self):
         return (GaussianDiagKernel, (np.asarray(self.means), np.asarray(self.prec_chol_diag),
-                                     self.float32_rows))
+                                     self.float32_rows, self.float32_statistics))
 
     cdef void _overflowed_in_double(self, const float* X, Py_ssize_t n_rows,
                                     const double* lw, double* out) noexcept nogil:
@@ -329,7 +334,7 @@ cdef int _accumulate(GaussianDiagKernel self, const floating* X, Py_ssize_t n_ro
     # reference: accept if shift^2 <= var (2 shift^2 <= S / W) for every
     # component and feature, i.e. at most twice the two-sweep error.
     if floating is float:
-        if self.float32_rows:
+        if self.float32_statistics:
             # in float32 about float(mu) (mean_hi64), EMD_ROWS32 rows at a time
             # (docs/elbo_chain.md#float32; GaussianFamily.statistics_rounding
             # bounds it); the double sweep if a weight or a sum leaves float's range

@@ -197,8 +197,9 @@ cdef class GaussianFullKernel(FamilyKernel):
     cdef const float[:, ::1] mean_hi32
     cdef const float[:, ::1] mean_lo32
     cdef const float[:, :, ::1] prec_pad32
+    cdef readonly bint float32_statistics  # float32 rows: settled chunks' moments in float32
 
-    def __init__(self, means, precisions_cholesky, float32=False):
+    def __init__(self, means, precisions_cholesky, float32=False, float32_statistics=True):
         means = np.ascontiguousarray(means, dtype=np.float64)
         prec_chol = np.ascontiguousarray(precisions_cholesky, dtype=np.float64)
         if means.ndim != 2 or prec_chol.shape != (means.shape[0], means.shape[1],
@@ -245,10 +246,13 @@ cdef class GaussianFullKernel(FamilyKernel):
         self.prec_pad32 = pad32
         # the exact soft rule fused on float32 rows, its exps in float32
         self.fused_soft_step_f32 = self.float32_rows
+        # float32_statistics=False: the statistics read the rows widened exactly
+        # (their float32 sums add GaussianFamily.statistics_rounding to the chain)
+        self.float32_statistics = self.float32_rows and bool(float32_statistics)
 
     def __reduce__(self):
         return (GaussianFullKernel, (np.asarray(self.means), np.asarray(self.prec_chol),
-                                     self.float32_rows))
+                                     self.float32_rows, self.float32_statistics))
 
     @staticmethod
     def slot_layout(Py_ssize_t n_features):
@@ -351,7 +355,7 @@ cdef class GaussianFullKernel(FamilyKernel):
         cdef double* tmp
         cdef double shift
         cdef bint settled = True
-        if self.float32_rows:
+        if self.float32_statistics:
             emc_transpose_f32(X, n_rows, d, ld32, Xt32)
             if emc_full_f32_stats_ok(Xt32, ld32, n_rows, d, weights, K,
                                      &self.mean_hi32[0, 0]):

@@ -36,6 +36,9 @@ __all__ = ["GaussianFamily", "GaussianStats", "COVARIANCE_TYPES"]
 #: scikit-learn's four names (aliases of VVV, EEE, VVI, VII: the same code, bit for
 #: bit), then mclust's fourteen models
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical") + _mclust.MODELS
+
+#: GaussianFamily's float32_level options (docs/elbo_chain.md#float32-level)
+FLOAT32_LEVELS = ("all", "log_density")
 _DIAGONAL_TYPES = ("diag", "spherical")   # diagonal precisions: the diagonal kernel
 #: the internal name of each type: the scikit-learn name for the four it has
 _INTERNAL = {**{m: m for m in _mclust.MODELS},
@@ -148,14 +151,19 @@ class GaussianFamily(Family):
         mclust's models take it resolved for their kind of scale
         (``_mclust_models.PRIOR_KIND``; docs/gaussian.md#mclust-prior).
     dtype : {'float64', 'float32'}, default 'float64'
-        The data's: with 'float32' the diagonal kernel ('diag', 'spherical' and
-        mclust's diagonal models) and the full-covariance kernel (the others)
-        compute the log-density's quadratic form in float32 on float32 rows, and
-        :meth:`log_density_rounding` bounds what that costs the chain
-        (docs/elbo_chain.md#float32); the diagonal kernel's statistics take
-        float32 partial sums over blocks of rows, which :meth:`statistics_rounding`
-        bounds (the full kernel's read the rows widened exactly). Statistics
-        totals and parameters stay float64.
+        The data's. With 'float32' the kernels compute in float32 on float32 rows
+        what ``float32_level`` allows; :meth:`log_density_rounding` and
+        :meth:`statistics_rounding` bound what that costs the chain
+        (docs/elbo_chain.md#float32). Statistics totals and parameters stay float64.
+    float32_level : {'all', 'log_density'}, default 'all'
+        With dtype 'float32': 'log_density' computes only the diagonal kernel's
+        ('diag', 'spherical', mclust's diagonal models) quadratic form and the
+        posterior's exps in float32; 'all' also the full-covariance kernel's
+        quadratic form and both kernels' statistics (float32 partial sums over
+        blocks of rows). 'all' is faster, and its bounds are larger: about 1e-6
+        of the log-likelihood at d = 16, near what a tol of 1e-6 resolves, so
+        :class:`emcore.GaussianMixture` asks for it only with ``tol`` 0 or at least
+        1e-5 (docs/elbo_chain.md#float32-level).
     """
 
     #: the parameter space is open: start from the plain partition (Family.initial_params)
@@ -163,12 +171,18 @@ class GaussianFamily(Family):
 
     def __init__(self, n_components: int, n_features: int, *,
                  covariance_type: str = "full", reg_covar: float = 1e-6,
-                 prior: Optional[ResolvedGaussianPrior] = None, dtype: str = "float64"):
+                 prior: Optional[ResolvedGaussianPrior] = None, dtype: str = "float64",
+                 float32_level: str = "all"):
         super().__init__(n_components, n_features)
         if dtype not in ("float64", "float32"):
             raise ValueError("The 'dtype' option of the Gaussian family must be 'float64' "
                              f"or 'float32'. Got {dtype!r} instead.")
+        if float32_level not in FLOAT32_LEVELS:
+            raise ValueError("The 'float32_level' option of the Gaussian family must be one "
+                             f"of {', '.join(map(repr, FLOAT32_LEVELS))}. Got "
+                             f"{float32_level!r} instead.")
         self.dtype = dtype
+        self.float32_level = float32_level
         if covariance_type not in COVARIANCE_TYPES:
             raise ValueError(
                 f"covariance_type must be one of {', '.join(map(repr, COVARIANCE_TYPES))}; "
@@ -400,10 +414,11 @@ class GaussianFamily(Family):
     # --- E-step -------------------------------------------------------------------
     def _kernel(self, params: Params):
         U = params["precisions_cholesky"]
+        single, every = self.dtype == "float32", self.float32_level == "all"
         if self._diagonal:
             return GaussianDiagKernel(params["means"], np.diagonal(U, axis1=1, axis2=2),
-                                      float32=self.dtype == "float32")
-        return GaussianFullKernel(params["means"], U, float32=self.dtype == "float32")
+                                      float32=single, float32_statistics=every)
+        return GaussianFullKernel(params["means"], U, float32=single and every)
 
     def compiled_kernel(self, params: Params):
         return self._kernel(params)
@@ -945,6 +960,8 @@ class GaussianFamily(Family):
         # covered by rounding_amplification). The full kernel's float32 rows: its
         # own bound, _full_float32_log_density_rounding.
         if self.dtype == "float32" and not self._diagonal and not stats.diagonal:
+            if self.float32_level != "all":      # the full kernel widens the rows
+                return 0.0
             return _full_float32_log_density_rounding(stats, params, self.n_components)
         if self.dtype != "float32" or not self._diagonal or not stats.diagonal:
             return 0.0
@@ -963,7 +980,7 @@ class GaussianFamily(Family):
     def statistics_rounding(self, stats: GaussianStats, params: Params,
                             new_params: Params) -> float:
         # float32 statistics (docs/elbo_chain.md#float32), by the kernel that sums them
-        if self.dtype != "float32":
+        if self.dtype != "float32" or self.float32_level != "all":
             return 0.0
         if self._diagonal:
             return _diag_float32_statistics_rounding(stats, params, new_params)

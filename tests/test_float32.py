@@ -1048,3 +1048,49 @@ def test_float32_statistics_chain_holds(seed, d, k, offset, spread, covariance_t
     assert all(it.chain_holds() for it in fit.history)
     note(f"passes with float32 statistics: {fam.float32_passes} of {len(fit.history)}")
     assert fam.float32_passes > 0
+
+
+# --- float32_level (docs/elbo_chain.md#float32-level) ------------------------------
+
+def test_float32_level_log_density_keeps_statistics_and_full_form_in_double():
+    rng = np.random.default_rng(51)
+    X = rng.standard_normal((500, 4)).astype(np.float32)
+    W = rng.dirichlet(np.ones(2), size=500)
+    for cov in ("diag", "full"):
+        every = GaussianFamily(2, 4, covariance_type=cov, dtype="float32")
+        some = GaussianFamily(2, 4, covariance_type=cov, dtype="float32",
+                              float32_level="log_density")
+        params = every.m_step(every.chunk_stats(X.astype(np.float64), W), None)
+        k_every, k_some = every.compiled_kernel(params), some.compiled_kernel(params)
+        assert k_every.float32_statistics and not k_some.float32_statistics
+        # the diagonal kernel keeps its float32 form; the full one widens the rows
+        assert k_some.float32_rows == (cov == "diag")
+        stats = some.chunk_stats(X.astype(np.float64), W)
+        assert some.statistics_rounding(stats, params, params) == 0.0
+        assert every.statistics_rounding(stats, params, params) > 0.0
+    with pytest.raises(ValueError, match="float32_level"):
+        GaussianFamily(2, 4, dtype="float32", float32_level="everything")
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "full"])
+def test_gaussian_mixture_takes_all_of_float32_only_where_tol_allows(covariance_type):
+    # d = 16, two unit clusters: with every part in float32 the chain's bound is
+    # ~1.7e-6 ('diag') / 2.9e-6 ('full') of |F|, above the default tol 1e-6 (the
+    # stopping rule would test rounding noise: the engine warns at iteration 0);
+    # GaussianMixture then keeps to 'log_density' (no warning, tau_B < tol |F|),
+    # and takes 'all' with tol >= 1e-5 (a larger tau_B, still below tol |F|)
+    rng = np.random.default_rng(52)
+    n, d = 4000, 16
+    X = np.concatenate([rng.standard_normal((n // 2, d)),
+                        4.0 + rng.standard_normal((n // 2, d))]).astype(np.float32)
+    ratios = {}
+    for tol in (1e-6, 1e-5):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            gm = emcore.GaussianMixture(2, covariance_type=covariance_type, tol=tol,
+                                        max_iter=3, random_state=0).fit(X)
+        assert not [w for w in caught if "known only" in str(w.message)], tol
+        ratios[tol] = max(it.tolerance / abs(it.objective) for it in gm.history_)
+        assert ratios[tol] < tol
+    # 'all' adds the statistics' (and the full form's) bounds: a larger tau_B
+    assert ratios[1e-5] > 1.5 * ratios[1e-6]
