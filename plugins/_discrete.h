@@ -563,46 +563,6 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_rows_v(
 #endif
 
 #if EMC_GNUC
-/* log x on 4 lanes, each a positive normal finite double: fdlibm's
-   __ieee754_log (glibc's before 2.28) with its reduction and its polynomial:
-   x = 2^k (1 + f), 1 + f in [sqrt(2)/2, sqrt(2)), s = f / (2 + f),
-   log(1 + f) = f - f^2/2 + s (f^2/2 + R(s^2)), R of degree 14 (error below
-   2^-58.45 on that range), then + k ln 2 in two parts; the result is within
-   1 ulp of log x (fdlibm's bound). k is read from the exponent bits and made a
-   double exactly by the 1.5 * 2^52 shifter (|k| <= 1023). */
-/* its constants, broadcast once in memory: read as operands of the
-   arithmetic (GCC otherwise builds each emc_set1 in the loop from a 16-byte
-   load and a lane insert, two instructions per constant and block) */
-#define EMDC_V(x) {x, x, x, x}
-static const emc_v4 emdc_log_consts[13] = {
-    EMDC_V(6755399441055744.0), EMDC_V(1.4142135623730951), EMDC_V(0.5), EMDC_V(1.0),
-    EMDC_V(2.0), EMDC_V(3.999999999940941908e-01), EMDC_V(2.222219843214978396e-01),
-    EMDC_V(1.531383769920937332e-01), EMDC_V(6.666666666666735130e-01),
-    EMDC_V(2.857142874366239149e-01), EMDC_V(1.818357216161805012e-01),
-    EMDC_V(1.479819860511658591e-01), EMDC_V(6.93147180369123816490e-01)};
-static const emc_v4 emdc_log_ln2_lo = EMDC_V(1.90821492927058770002e-10);
-#undef EMDC_V
-EMC_ALWAYS_INLINE emc_v4 emdc_log_pos(emc_v4 x)
-{
-    const emc_v4* c = emdc_log_consts;
-    const emc_v4 shifter = c[0];                            /* 1.5 * 2^52 */
-    emc_m4 bits = (emc_m4)x;
-    emc_m4 ex = ((bits >> 52) & 0x7ff) - 1023;
-    emc_v4 m = (emc_v4)((bits & 0x000fffffffffffffLL) | 0x3ff0000000000000LL);
-    emc_m4 big = (emc_m4)(m > c[1]);                        /* m in [1, 2); c[1] = sqrt 2 */
-    m = EMC_SEL(big, m * c[2], m);                          /* exact */
-    ex -= big;                                              /* big: -1 or 0 */
-    emc_v4 k = (emc_v4)(ex + (emc_m4)shifter) - shifter;
-    emc_v4 f = m - c[3];
-    emc_v4 hfsq = c[2] * f * f;
-    emc_v4 s = f / (c[4] + f);
-    emc_v4 z = s * s, w = z * z;
-    emc_v4 t1 = w * (c[5] + w * (c[6] + w * c[7]));
-    emc_v4 t2 = z * (c[8] + w * (c[9] + w * (c[10] + w * c[11])));
-    emc_v4 R = t2 + t1;
-    return k * c[12] - ((hfsq - (s * (hfsq + R) + k * emdc_log_ln2_lo)) - f);
-}
-
 /* (hsum a, hsum b, hsum c, hsum d), each as EMC_HSUM: (l0 + l1) + (l2 + l3) */
 EMC_ALWAYS_INLINE emc_v4 emdc_hsum4(emc_v4 a, emc_v4 b, emc_v4 c, emc_v4 d)
 {
@@ -688,7 +648,7 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_blocks(
         emc_m4 ok = (emc_m4)(s > zero);
         if (!((ok[0] & ok[1]) & (ok[2] & ok[3]))) break;
         emc_v4 inv = emc_set1(1.0) / s;
-        emc_v4 f = mm + emdc_log_pos(s);
+        emc_v4 f = mm + emc_log_pos(s);
         emc_v4 El = emdc_hsum4(Pv[0], Pv[1], Pv[2], Pv[3]) * inv;
         emc_v4 H = f - El;
         emc_v4 mag = (emdc_hsum4(Qv[0], Qv[1], Qv[2], Qv[3]) * inv + H)
@@ -847,7 +807,7 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_runs(
         emc_m4 ok = (emc_m4)(s > zero);
         if (!((ok[0] & ok[1]) & (ok[2] & ok[3]))) break;
         emc_v4 inv = emc_set1(1.0) / s;
-        emc_v4 f = mm + emdc_log_pos(s);
+        emc_v4 f = mm + emc_log_pos(s);
         emc_v4 Ps = emdc_hsum4(Pv[0], Pv[1], Pv[2], Pv[3]);
         emc_v4 El = Ps * inv;
         emc_v4 H = f - El;

@@ -62,30 +62,38 @@ static inline emc_v4 emc_exp_nonpos(emc_v4 x) {
    from the exponent bits and made a double exactly by the 1.5 * 2^52 shifter
    (|k| <= 1023). Always inlined: an out-of-line copy compiled for the baseline
    target, called from an AVX2 clone, would take its vector argument by another
-   ABI. (plugins/_discrete.h's emdc_log_pos is the same function.) */
+   ABI. */
+/* its constants, broadcast once in memory: read as operands of the arithmetic
+   (GCC otherwise builds each emc_set1 in a loop from a 16-byte load and a lane
+   insert, two instructions per constant and call) */
+#define EMC_LOG_V(x) {x, x, x, x}
+static const emc_v4 emc_log_consts[13] = {
+    EMC_LOG_V(6755399441055744.0), EMC_LOG_V(1.4142135623730951), EMC_LOG_V(0.5),
+    EMC_LOG_V(1.0), EMC_LOG_V(2.0), EMC_LOG_V(3.999999999940941908e-01),
+    EMC_LOG_V(2.222219843214978396e-01), EMC_LOG_V(1.531383769920937332e-01),
+    EMC_LOG_V(6.666666666666735130e-01), EMC_LOG_V(2.857142874366239149e-01),
+    EMC_LOG_V(1.818357216161805012e-01), EMC_LOG_V(1.479819860511658591e-01),
+    EMC_LOG_V(6.93147180369123816490e-01)};
+static const emc_v4 emc_log_ln2_lo = EMC_LOG_V(1.90821492927058770002e-10);
+#undef EMC_LOG_V
 EMC_ALWAYS_INLINE emc_v4 emc_log_pos(emc_v4 x) {
-    const emc_v4 shifter = emc_set1(6755399441055744.0);   /* 1.5 * 2^52 */
+    const emc_v4* c = emc_log_consts;
+    const emc_v4 shifter = c[0];                            /* 1.5 * 2^52 */
     emc_m4 bits = (emc_m4)x;
     emc_m4 ex = ((bits >> 52) & 0x7ff) - 1023;
     emc_v4 m = (emc_v4)((bits & 0x000fffffffffffffLL) | 0x3ff0000000000000LL);
-    emc_m4 big = (emc_m4)(m > emc_set1(1.4142135623730951));   /* m in [1, 2) */
-    m = EMC_SEL(big, m * emc_set1(0.5), m);                    /* exact */
-    ex -= big;                                                 /* big: -1 or 0 */
+    emc_m4 big = (emc_m4)(m > c[1]);                        /* m in [1, 2); c[1] = sqrt 2 */
+    m = EMC_SEL(big, m * c[2], m);                          /* exact */
+    ex -= big;                                              /* big: -1 or 0 */
     emc_v4 k = (emc_v4)(ex + (emc_m4)shifter) - shifter;
-    emc_v4 f = m - emc_set1(1.0);
-    emc_v4 hfsq = emc_set1(0.5) * f * f;
-    emc_v4 s = f / (emc_set1(2.0) + f);
+    emc_v4 f = m - c[3];
+    emc_v4 hfsq = c[2] * f * f;
+    emc_v4 s = f / (c[4] + f);
     emc_v4 z = s * s, w = z * z;
-    emc_v4 t1 = w * (emc_set1(3.999999999940941908e-01)
-                     + w * (emc_set1(2.222219843214978396e-01)
-                            + w * emc_set1(1.531383769920937332e-01)));
-    emc_v4 t2 = z * (emc_set1(6.666666666666735130e-01)
-                     + w * (emc_set1(2.857142874366239149e-01)
-                            + w * (emc_set1(1.818357216161805012e-01)
-                                   + w * emc_set1(1.479819860511658591e-01))));
+    emc_v4 t1 = w * (c[5] + w * (c[6] + w * c[7]));
+    emc_v4 t2 = z * (c[8] + w * (c[9] + w * (c[10] + w * c[11])));
     emc_v4 R = t2 + t1;
-    return k * emc_set1(6.93147180369123816490e-01)
-           - ((hfsq - (s * (hfsq + R) + k * emc_set1(1.90821492927058770002e-10))) - f);
+    return k * c[12] - ((hfsq - (s * (hfsq + R) + k * emc_log_ln2_lo)) - f);
 }
 
 #endif  /* EMC_GNUC */
