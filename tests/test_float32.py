@@ -433,9 +433,10 @@ def test_gaussian_mixture_float32_diag_is_bitwise_the_same_for_any_n_jobs(covari
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2 ** 31), d=st.integers(1, 10), k=st.integers(1, 12),
        offset=st.sampled_from([0.0, 50.0, 1e4]), spread=st.sampled_from([0.05, 1.0, 5.0]),
-       covariance_type=st.sampled_from(["diag", "spherical"]))
+       covariance_type=st.sampled_from(["diag", "spherical"]),
+       tol=st.sampled_from([0.0, 1e-6]))
 def test_gaussian_mixture_float32_diag_chain_holds(seed, d, k, offset, spread,
-                                                   covariance_type):
+                                                   covariance_type, tol):
     # the chain's ascent and bound links with the family's log_density_rounding
     # (docs/elbo_chain.md#float32), which bounds the float32 log-density and, from
     # k = 8 on, the posterior's float32 exps: a violation warns, made an error here
@@ -443,7 +444,10 @@ def test_gaussian_mixture_float32_diag_chain_holds(seed, d, k, offset, spread,
     with warnings.catch_warnings():
         warnings.simplefilter("error", ChainViolationWarning)
         warnings.simplefilter("ignore", emcore.ConvergenceWarning)
-        gm = emcore.GaussianMixture(k, covariance_type=covariance_type,
+        # tol 0: float32_level 'all' (the statistics' float sums, and for 'full'
+        # its float32 form); the default 1e-6: 'log_density'
+        # (docs/elbo_chain.md#float32-level)
+        gm = emcore.GaussianMixture(k, covariance_type=covariance_type, tol=tol,
                                     random_state=seed % 1000, max_iter=30,
                                     reg_covar=1e-4).fit(X)
     assert gm.history_ and all(it.chain_holds() for it in gm.history_)
@@ -838,9 +842,10 @@ def test_gaussian_mixture_float32_full_is_bitwise_the_same_for_any_n_jobs(covari
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2 ** 31), d=st.integers(1, 10), k=st.integers(1, 12),
        offset=st.sampled_from([0.0, 50.0, 1e4, 1e5]), spread=st.sampled_from([0.05, 1.0, 5.0]),
-       covariance_type=st.sampled_from(["full", "tied", "EEE", "VEV"]))
+       covariance_type=st.sampled_from(["full", "tied", "EEE", "VEV"]),
+       tol=st.sampled_from([0.0, 1e-6]))
 def test_gaussian_mixture_float32_full_chain_holds(seed, d, k, offset, spread,
-                                                   covariance_type):
+                                                   covariance_type, tol):
     # the chain's links with log_density_rounding (the float32 quadratic form and,
     # from k = 8 on, the posterior's float32 exps) and statistics_rounding (the
     # settled chunks' float sums, with the move mu_t -> mu_{t+1}): a violation
@@ -849,7 +854,10 @@ def test_gaussian_mixture_float32_full_chain_holds(seed, d, k, offset, spread,
     with warnings.catch_warnings():
         warnings.simplefilter("error", ChainViolationWarning)
         warnings.simplefilter("ignore", emcore.ConvergenceWarning)
-        gm = emcore.GaussianMixture(k, covariance_type=covariance_type,
+        # tol 0: float32_level 'all' (the statistics' float sums, and for 'full'
+        # its float32 form); the default 1e-6: 'log_density'
+        # (docs/elbo_chain.md#float32-level)
+        gm = emcore.GaussianMixture(k, covariance_type=covariance_type, tol=tol,
                                     random_state=seed % 1000, max_iter=30,
                                     reg_covar=1e-4).fit(X)
     assert gm.history_ and all(it.chain_holds() for it in gm.history_)
