@@ -17,15 +17,6 @@ cdef extern from "_soft_posterior.h":
                                  double* entropy, double* magnitude,
                                  int write_log_q) noexcept nogil
     double EMC_EXP_F32_ERROR
-
-cdef extern from *:
-    """
-    /* emc_log_rows in the clone the posterior's runs in (for _log_rows) */
-    EMC_CLONES static void emc_log_rows_cloned(const double* x, Py_ssize_t n,
-                                               double* out) {
-        emc_log_rows(x, n, out);
-    }
-    """
     void emc_log_rows_cloned(const double* x, Py_ssize_t n, double* out) noexcept nogil
 
 

@@ -69,6 +69,16 @@ EMC_ALWAYS_INLINE void emc_log_rows(const double* restrict x, Py_ssize_t n,
     for (; r < n; r++) out[r] = log(x[r]);
 }
 
+/* emc_log_rows in the clone the posterior's runs in (the tests' _log_rows,
+   plugins/_posterior_kernels.pyx, compare it with libm's log; the other
+   kernels that include this file do not call it) */
+#if defined(__GNUC__)
+__attribute__((unused))
+#endif
+EMC_CLONES static void emc_log_rows_cloned(const double* x, Py_ssize_t n, double* out) {
+    emc_log_rows(x, n, out);
+}
+
 /* The soft (tempered) posterior of n rows of K log joints, in place (see
    SoftPosteriorKernel): log_joint <- log q, resp <- q, row_value <- f_i, and
    the four totals (rows' sums formed in order, added once). On 4-double
