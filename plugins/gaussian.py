@@ -970,8 +970,7 @@ class GaussianFamily(Family):
         p = np.diagonal(np.asarray(params["precisions_cholesky"], dtype=np.float64),
                         axis1=1, axis2=2) ** 2
         W = stats.coordinate_weight()
-        off = stats.mean - means
-        T = np.maximum(stats.scatter + 2.0 * off * stats.residual + W * off * off, 0.0)
+        T = _spread_about(stats, means, W)
         a2 = (np.sqrt(T) + u * np.abs(means) * np.sqrt(W)) ** 2
         return float(0.5 * 1.011 * (self.n_features + 6) * u * np.sum(p * a2)
                      + _float32_posterior_rounding(self.n_components)
@@ -990,6 +989,16 @@ class GaussianFamily(Family):
         # 1 + sqrt(d kappa_max) (docs/elbo_chain.md#check-b, item 2)
         kappa = max(_condition_of_factor(U) for U in params["precisions_cholesky"])
         return 1.0 + float(np.sqrt(self.n_features * kappa))
+
+
+def _spread_about(stats: GaussianStats, point: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """sum_i w_ik (x_ij - point_kj)^2, (k, d), from the moments about the
+    reference points c: S_jj + 2 (c - point) r + W (c - point)^2, clipped at 0
+    (the float32 bounds' T; docs/elbo_chain.md#float32). ``weight``: W as (k, 1),
+    or (k, d) per coordinate."""
+    S = stats.scatter if stats.diagonal else np.einsum("kjj->kj", stats.scatter)
+    off = stats.mean - point
+    return np.maximum(S + 2.0 * off * stats.residual + weight * off * off, 0.0)
 
 
 def _diag_float32_statistics_rounding(stats: GaussianStats, params: Params,
@@ -1042,8 +1051,7 @@ def _diag_float32_statistics_rounding(stats: GaussianStats, params: Params,
     B = _DIAG_STATISTICS_ROWS
     h = np.asarray(params["means"], dtype=np.float64).astype(np.float32).astype(np.float64)
     W = stats.weight[:, None]
-    off = stats.mean - h
-    T = 1.001 * np.maximum(stats.scatter + 2.0 * off * stats.residual + W * off * off, 0.0)
+    T = 1.001 * _spread_about(stats, h, W)
     dS = 1.001 * (B + 4) * u * T + 2.0 ** -140
     dR = 1.001 * (B + 2) * u * np.sqrt(W * T) + 2.0 ** -140
     worst = 0.0
@@ -1136,9 +1144,7 @@ def _full_float32_log_density_rounding(stats: GaussianStats, params: Params,
     U = np.abs(np.triu(np.asarray(params["precisions_cholesky"], dtype=np.float64)))
     d = means.shape[1]
     W = np.asarray(stats.weight, dtype=np.float64)
-    off = stats.mean - means
-    T = np.maximum(np.einsum("kjj->kj", stats.scatter) + 2.0 * off * stats.residual
-                   + W[:, None] * off * off, 0.0)
+    T = _spread_about(stats, means, W[:, None])
     s = np.sqrt(T) + u * np.abs(means) * np.sqrt(W)[:, None]
     b2 = np.sum(np.einsum("kl,klj->kj", s, U) ** 2)
     per_row = _float32_posterior_rounding(n_components) + d * (d + 1) * 2.0 ** -149
@@ -1202,9 +1208,8 @@ def _full_float32_statistics_rounding(stats: GaussianStats, params: Params,
     g_s, g_r = ((j * u) / (1.0 - j * u) for j in (m + 3, m + 2))
     h = np.asarray(params["means"], dtype=np.float64).astype(np.float32).astype(np.float64)
     W = np.asarray(stats.weight, dtype=np.float64)
-    off = stats.mean - h
     S_diag = np.einsum("kjj->kj", stats.scatter)
-    T = np.maximum(S_diag + 2.0 * off * stats.residual + W[:, None] * off * off, 0.0)
+    T = _spread_about(stats, h, W[:, None])
     # only settled chunks were summed in float (2 shift^2 <= S_jj / W about h, so
     # their sum_i w t^2 <= 2 W var per chunk), and within-chunk variances add up
     # to at most the component's scatter about its mean: T <= 2 (S - r r / W)
