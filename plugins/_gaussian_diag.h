@@ -188,24 +188,6 @@ static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
 }
 #endif
 
-/* The fused float32 step's q (n x K): scaled by the row weights rw (NULL: none),
-   then its column sums added to acc row after row: the operations and the
-   order of the pass's emc_scale_rows and emc_sum_rows (the same bits), in a
-   clone the CPU's vectors fit (Cython's loop compiled for baseline SSE2). */
-EMC_CLONES
-static void emd_weighted_column_sums(double* restrict q, const double* restrict rw,
-                                     Py_ssize_t n, Py_ssize_t K, double* restrict acc)
-{
-    for (Py_ssize_t i = 0; i < n; i++) {
-        double* restrict row = q + i * K;
-        if (rw != NULL) {
-            const double w = rw[i];
-            for (Py_ssize_t k = 0; k < K; k++) row[k] = row[k] * w;
-        }
-        for (Py_ssize_t k = 0; k < K; k++) acc[k] += row[k];
-    }
-}
-
 #define EMD_ROWS 8
 
 /* The moments of one block of nb rows for the components kb..kb+4nv-1:

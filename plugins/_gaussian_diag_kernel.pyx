@@ -89,8 +89,6 @@ cdef extern from "_gaussian_diag.h":
                              Py_ssize_t Kp, const float* H, const float* L,
                              const float* P, const double* base, const double* lw,
                              double* out) noexcept nogil
-    void emd_weighted_column_sums(double* q, const double* rw, Py_ssize_t n,
-                                  Py_ssize_t K, double* acc) noexcept nogil
     int emd_moments_about_f32(const float* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
                               Py_ssize_t Kp, Py_ssize_t Kp8, const double* w,
                               const float* H, float* wblk, double* T0, double* T1,
@@ -104,6 +102,8 @@ cdef extern from "_soft_posterior.h":
                                  double T, double* objective, double* log_joint_total,
                                  double* entropy, double* magnitude,
                                  int write_log_q) noexcept nogil
+    void emc_weighted_column_sums(double* q, const double* rw, Py_ssize_t n,
+                                  Py_ssize_t K, double* acc) noexcept nogil
 
 
 cdef class GaussianDiagKernel(FamilyKernel):
@@ -281,7 +281,7 @@ cdef class GaussianDiagKernel(FamilyKernel):
         cdef double* acc = scratch
         for k in range(K):
             acc[k] = resp_sum[k]
-        emd_weighted_column_sums(weights, row_weights, n_rows, K, acc)
+        emc_weighted_column_sums(weights, row_weights, n_rows, K, acc)
         for k in range(K):
             resp_sum[k] = acc[k]
         if stats == NULL:

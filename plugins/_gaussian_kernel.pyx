@@ -118,6 +118,8 @@ cdef extern from "_soft_posterior.h":
                                  double T, double* objective, double* log_joint_total,
                                  double* entropy, double* magnitude,
                                  int write_log_q) noexcept nogil
+    void emc_weighted_column_sums(double* q, const double* rw, Py_ssize_t n,
+                                  Py_ssize_t K, double* acc) noexcept nogil
 
 
 cdef inline Py_ssize_t _round_up(Py_ssize_t a, Py_ssize_t m) noexcept nogil:
@@ -432,11 +434,15 @@ cdef class GaussianFullKernel(FamilyKernel):
                                    &totals[TOTAL_ENTROPY], &totals[TOTAL_MAGNITUDE], 0)
         if status != 0:
             return <int>status
-        for i in range(n_rows):
-            for k in range(K):
-                if row_weights != NULL:
-                    weights[i * K + k] = weights[i * K + k] * row_weights[i]
-                resp_sum[k] += weights[i * K + k]
+        # q times the row weights, their column sums added row after row (the
+        # pass's order: the same bits), in a private copy stored once (as the
+        # diagonal kernel: scratch's start is free until chunk_accumulate_f32)
+        cdef double* acc = scratch
+        for k in range(K):
+            acc[k] = resp_sum[k]
+        emc_weighted_column_sums(weights, row_weights, n_rows, K, acc)
+        for k in range(K):
+            resp_sum[k] = acc[k]
         if stats == NULL:
             return 0
         return self.chunk_accumulate_f32(X, n_rows, weights, stats, scratch)

@@ -69,6 +69,26 @@ EMC_ALWAYS_INLINE void emc_log_rows(const double* restrict x, Py_ssize_t n,
     for (; r < n; r++) out[r] = log(x[r]);
 }
 
+/* A fused float32 step's q (n x K; the diagonal and full Gaussian kernels'): scaled by the row weights rw (NULL: none),
+   then its column sums added to acc row after row: the operations and the
+   order of the pass's emc_scale_rows and emc_sum_rows (the same bits), in a
+   clone the CPU's vectors fit (Cython's loop compiled for baseline SSE2). */
+#if defined(__GNUC__)
+__attribute__((unused))
+#endif
+EMC_CLONES static void emc_weighted_column_sums(double* restrict q, const double* restrict rw,
+                                     Py_ssize_t n, Py_ssize_t K, double* restrict acc)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double* restrict row = q + i * K;
+        if (rw != NULL) {
+            const double w = rw[i];
+            for (Py_ssize_t k = 0; k < K; k++) row[k] = row[k] * w;
+        }
+        for (Py_ssize_t k = 0; k < K; k++) acc[k] += row[k];
+    }
+}
+
 /* emc_log_rows in the clone the posterior's runs in (the tests' _log_rows,
    plugins/_posterior_kernels.pyx, compare it with libm's log; the other
    kernels that include this file do not call it) */
