@@ -28,7 +28,8 @@ from emcore._sources import ChunkedSource, SparseSource, is_sparse
 from emcore._validation import _InputTypeError, _data_prefix, check_data
 from emcore.distributed import DaskSource, active_client
 
-__all__ = ["check_input", "is_chunked", "as_source", "is_sparse", "is_float32"]
+__all__ = ["check_input", "is_chunked", "as_source", "is_sparse", "is_float32",
+           "refuse_sparse"]
 
 
 def _is_dask(X: Any) -> bool:
@@ -80,6 +81,16 @@ def is_float32(X: Any) -> bool:
     return getattr(X, "dtype", None) == np.float32
 
 
+def refuse_sparse(X: Any, *, name: str = "X", owner: str = "") -> None:
+    """Raise TypeError (a ValueError too, as emcore's input errors) naming X and
+    ``owner`` if X is a scipy.sparse array or matrix; return otherwise."""
+    if is_sparse(X):
+        raise _InputTypeError(
+            f"{_data_prefix(name, owner)}. Got a sparse matrix instead: sparse input is "
+            f"not supported by {owner or 'this function'} (it is by KMeans' fit, "
+            "predict, transform and score); pass dense data (X.toarray()).")
+
+
 def check_input(X: Any, *, name: str = "X", owner: str = "",
                 n_features: Optional[int] = None, accept_sparse: bool = False,
                 keep_float32: bool = False) -> Union[np.ndarray, ChunkedSource]:
@@ -92,11 +103,8 @@ def check_input(X: Any, *, name: str = "X", owner: str = "",
     ``accept_sparse`` (the caller runs on any source), else an error naming X and
     ``owner``.
     """
-    if is_sparse(X) and not accept_sparse:
-        raise _InputTypeError(
-            f"{_data_prefix(name, owner)}. Got a sparse matrix instead: sparse input is "
-            f"not supported by {owner or 'this function'} (it is by KMeans and "
-            "GaussianMixture's fit, predict and score); pass dense data (X.toarray()).")
+    if not accept_sparse:
+        refuse_sparse(X, name=name, owner=owner)
     if is_chunked(X):
         return as_source(X, name=name, owner=owner, n_features=n_features)
     return check_data(X, name=name, owner=owner, n_features=n_features,

@@ -13,7 +13,7 @@ from emcore import _validation as v
 from emcore._feature_names import check_feature_names, record_feature_names
 from emcore import _missing
 from emcore._init import check_resp_conflicts
-from emcore._input import check_input, is_chunked, is_float32, is_sparse
+from emcore._input import check_input, is_chunked, is_float32, refuse_sparse
 from emcore._logging import progress_bar
 from emcore._mixture import _MixtureBase, _check_weights
 from emcore._online import check_exponent, stepwise_update
@@ -429,12 +429,6 @@ class GaussianMixture(_MixtureBase):
         self.resp_init = resp_init
         self.progress = progress
 
-    def __sklearn_tags__(self):
-        """scikit-learn's tags: the mixtures', accepting sparse X (emcore._sources)."""
-        tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = True
-        return tags
-
     # --- resolution and validation --------------------------------------------------
     def _family(self, n_features: int, n_components: Optional[int] = None, prior=None,
                 dtype: str = "float64"):
@@ -627,10 +621,9 @@ class GaussianMixture(_MixtureBase):
 
         Parameters
         ----------
-        X : array-like or scipy.sparse matrix of shape (n_samples, n_features)
-            Finite numbers; n_samples >= n_components. A sparse X (CSR; other
-            formats converted once) is densified a block of rows at a time: the fit
-            of ``X.toarray()`` without holding it.
+        X : array-like of shape (n_samples, n_features)
+            Finite numbers; n_samples >= n_components. Dense, as scikit-learn's
+            (a scipy.sparse X raises TypeError: docs/guide/using.md, *Sparse input*).
         y : ignored
         sample_weight : array-like of shape (n_samples,), optional
             Non-negative weight of each row (at least n_components positive). The
@@ -640,7 +633,7 @@ class GaussianMixture(_MixtureBase):
             mean log-likelihood.
         """
         record_feature_names(self, X)
-        X = self._checked_input(X, "GaussianMixture.fit", accept_sparse=True)
+        X = self._checked_input(X, "GaussianMixture.fit")
         if getattr(X, "has_nan", False) or (isinstance(X, np.ndarray) and np.isnan(X).any()):
             return self._fit_missing(X, sample_weight)
         self._check_parameters(X)
@@ -689,15 +682,16 @@ class GaussianMixture(_MixtureBase):
             self.__dict__[key] = np.asarray(self.__dict__[key], dtype=np.float32)
 
     # --- missing values (docs/missing_values.md) -------------------------------------
-    def _checked_input(self, X: Any, owner: str, n_features: Optional[int] = None,
-                       accept_sparse: bool = False):
+    def _checked_input(self, X: Any, owner: str, n_features: Optional[int] = None):
         """X as check_input gives it; with missing='marginalize', in-memory X may
-        hold NaN (every other check unchanged)."""
+        hold NaN (every other check unchanged). A scipy.sparse X is refused, as
+        scikit-learn's GaussianMixture refuses it (docs/guide/using.md, *Sparse input*)."""
+        refuse_sparse(X, owner=owner)
         missing = v.check_choice(self.missing, "missing", "GaussianMixture",
                                  ("error", "marginalize"))
         if missing == "error":     # float32 kept (docs/elbo_chain.md#float32)
             return check_input(X, owner=owner, n_features=n_features,
-                               accept_sparse=accept_sparse, keep_float32=True)
+                               keep_float32=True)
         if is_chunked(X):
             return _missing.as_source_with_nan(X, owner=owner, n_features=n_features)
         return _missing.check_input_with_nan(X, owner, n_features)
@@ -762,9 +756,7 @@ class GaussianMixture(_MixtureBase):
 
     def _evaluate(self, X: Any, method: str, log_resp: bool = False, rule=None):
         owner = f"{self._owner}.{method}"
-        if is_sparse(X):        # rows densified a block at a time (emcore._sources)
-            check_feature_names(self, X)
-            X = check_input(X, owner=owner, accept_sparse=True)
+        refuse_sparse(X, owner=owner)
         if self.missing == "marginalize" and not is_chunked(X):
             family, weights, params = self._fitted_model(owner)
             check_feature_names(self, X)

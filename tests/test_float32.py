@@ -15,7 +15,6 @@ import warnings
 
 import numpy as np
 import pytest
-import scipy.sparse
 from hypothesis import example, given, note, settings, strategies as st
 
 import emcore
@@ -296,8 +295,6 @@ def test_gaussian_mixture_outputs_follow_the_dtype_of_x(covariance_type):
         out32, out64 = getattr(gm, method)(X), getattr(gm, method)(wide)
         assert out32.dtype == np.float32 and out64.dtype == np.float64, method
         np.testing.assert_array_equal(out32, out64.astype(np.float32))
-        sparse32 = getattr(gm, method)(scipy.sparse.csr_matrix(X))
-        assert sparse32.dtype == np.float32, method
 
 
 def test_pass_widens_float32_chunks_for_a_kernel_without_float32_rows():

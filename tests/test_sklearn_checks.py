@@ -22,56 +22,12 @@ with warnings.catch_warnings():
         [GaussianMixture(n_jobs=1), emcore.KMeans(n_clusters=3, n_jobs=1),
          emcore.MixtureModel(n_jobs=1), emcore.BayesianGaussianMixture(n_jobs=1)])
 
-# GaussianMixture accepts sparse X (tag sparse=True, as it must: with sparse=False
-# check_estimator_sparse_tag fails). scikit-learn 1.9's sparse-container check then
-# reads tags.classifier_tags.multi_class of any estimator with predict_proba, and
-# expects 2 or 4 columns (the classes of its y): a density estimator has no classifier
-# tags (classifier_tags=None, as scikit-learn's own mixtures; theirs reject sparse X,
-# so they never reach that line), and its predict_proba has a column per component.
-# No tag makes that line right for a mixture, so the test below runs the check and
-# requires it to fail there and only there, and runs the rest of its assertions.
-_READS_CLASSIFIER_TAGS = {"check_estimator_sparse_array", "check_estimator_sparse_matrix"}
-
-
-def _check_name(check) -> str:
-    return getattr(check, "func", check).__name__
-
 
 @_all_checks
 def test_scikit_learn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", emcore.exceptions.ConvergenceWarning)
-        if type(estimator) is GaussianMixture and _check_name(check) in _READS_CLASSIFIER_TAGS:
-            with pytest.raises(AssertionError) as failed:
-                check(estimator)
-            cause = failed.value.__cause__ or failed.value.__context__
-            assert isinstance(cause, AttributeError) and "multi_class" in str(cause), \
-                "scikit-learn's sparse check changed: see if it passes now"
-            _sparse_container_check_for_a_density_estimator(estimator, _check_name(check))
-        else:
-            check(estimator)
-
-
-def _sparse_container_check_for_a_density_estimator(estimator, name):
-    """scikit-learn's _check_estimator_sparse_container (its data, every sparse
-    format), with predict_proba's shape that of a mixture: (n_samples, n_components),
-    rows summing to 1; and the fit equal to the dense fit's."""
-    from scipy import sparse
-    from sklearn.base import clone
-    from sklearn.utils.estimator_checks import _generate_sparse_data
-    container = sparse.csr_array if name.endswith("_array") else sparse.csr_matrix
-    rng = np.random.RandomState(0)
-    X = rng.uniform(size=(40, 3))
-    X[X < 0.6] = 0
-    dense = clone(estimator).set_params(random_state=0).fit(X)
-    for fmt, Xs in _generate_sparse_data(container(X)):
-        est = clone(estimator).set_params(random_state=0).fit(Xs)
-        assert est.predict(Xs).shape == (40,), fmt
-        proba = est.predict_proba(Xs)
-        assert proba.shape == (40, est.n_components), fmt
-        np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
-        # the same fit as the dense one (sparse X is densified a block at a time)
-        np.testing.assert_array_equal(est.means_, dense.means_, err_msg=fmt)
+        check(estimator)
 
 
 # scikit-learn's weights-as-repetition checks on fits whose start is random (the
@@ -94,8 +50,8 @@ def test_sample_weight_equivalence_from_a_random_start(estimator, sparse):
     from sklearn.utils.estimator_checks import (
         check_sample_weight_equivalence_on_dense_data as dense_check,
         check_sample_weight_equivalence_on_sparse_data as sparse_check)
-    if sparse and isinstance(estimator, emcore.MixtureModel):
-        pytest.skip("MixtureModel takes dense X")
+    if sparse and not estimator.__sklearn_tags__().input_tags.sparse:
+        pytest.skip("dense X only (KMeans alone takes sparse X)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", emcore.exceptions.ConvergenceWarning)
         (sparse_check if sparse else dense_check)(type(estimator).__name__, estimator)
