@@ -78,10 +78,41 @@ static void emd_log_density(const double* X, Py_ssize_t n, Py_ssize_t d,
 #if EMC_GNUC
 typedef float emd_v8f __attribute__((vector_size(32)));
 typedef float emd_v4f __attribute__((vector_size(16)));
+/* 8 doubles: a float vector widened whole is two 4-lane vcvtps2pd in the AVX2
+   clone (GCC 12 widens a 4-float vector two lanes at a time) */
+typedef double emd_v8d __attribute__((vector_size(64)));
 /* x in every lane: scalar + vector is one vbroadcastss in GCC 12's AVX2 clone
    (an initialiser {x, x, ...} becomes a chain of vinsertps); + 0 changes only
    the sign of a zero, which the difference and the square remove */
 static inline emd_v8f emd_set1_f8(float x) { return (emd_v8f){0} + x; }
+
+/* out[k] = base[k] - 1/2 av[k] (+ lw[k] when lw is not NULL: a second rounding,
+   as a sweep adding it after) for k < min(8, m): the 8 float sums widened in two
+   halves (exact); chk collects NaN in a lane once a sum overflowed to inf */
+EMC_ALWAYS_INLINE void emd_store_widened(double* o, emd_v8f av, const double* base,
+                                         const double* lw, Py_ssize_t m, emd_v8f* chk)
+{
+    *chk += av * 0.0f;
+    const emc_v4 half = emc_set1(-0.5);
+    if (m >= 8) {
+        emd_v8d wide = __builtin_convertvector(av, emd_v8d);
+        emc_v4 lo = __builtin_shufflevector(wide, wide, 0, 1, 2, 3);
+        emc_v4 hi = __builtin_shufflevector(wide, wide, 4, 5, 6, 7);
+        emc_v4 rl = EMC_ADD(emc_load(base), EMC_MUL(half, lo));
+        emc_v4 rh = EMC_ADD(emc_load(base + 4), EMC_MUL(half, hi));
+        if (lw != NULL) {
+            rl = EMC_ADD(rl, emc_load(lw));
+            rh = EMC_ADD(rh, emc_load(lw + 4));
+        }
+        emc_store(o, rl);
+        emc_store(o + 4, rh);
+    } else {
+        for (Py_ssize_t k = 0; k < m; k++) {
+            double value = base[k] - 0.5 * (double)av[k];
+            o[k] = lw != NULL ? value + lw[k] : value;
+        }
+    }
+}
 
 EMC_ALWAYS_INLINE void emd_log_density_block_f32(
         const float* x, Py_ssize_t d, const int R, Py_ssize_t K, Py_ssize_t Kp,
@@ -108,33 +139,16 @@ EMC_ALWAYS_INLINE void emd_log_density_block_f32(
             }
         }
     }
-    /* widened in registers (a store of the 8 floats and a load of 4 of them
-       stalled on store forwarding: perf put a sixth of the kernel there) */
-    const emc_v4 half = emc_set1(-0.5);
+    /* widened in registers, each accumulator as it is (the rows' and vectors'
+       loops unrolled: an array of vectors indexed in a loop went to the stack,
+       and the halves through 2-lane conversions) */
+#pragma GCC unroll 2
     for (int r = 0; r < R; r++) {
         double* o = out + r * K + k0;
-        for (int v = 0; v < nv; v++) {
-            emd_v8f av = a[r][v];
-            *chk += av * 0.0f;      /* NaN in a lane once a form overflowed to inf */
-            if (k0 + 8 * (v + 1) <= K) {
-                emd_v4f lo = {av[0], av[1], av[2], av[3]}, hi = {av[4], av[5], av[6], av[7]};
-                emc_v4 l = __builtin_convertvector(lo, emc_v4);
-                emc_v4 h = __builtin_convertvector(hi, emc_v4);
-                emc_v4 rl = EMC_ADD(emc_load(base + k0 + 8 * v), EMC_MUL(half, l));
-                emc_v4 rh = EMC_ADD(emc_load(base + k0 + 8 * v + 4), EMC_MUL(half, h));
-                if (lw != NULL) {       /* + log pi, a second rounding as a sweep's */
-                    rl = EMC_ADD(rl, emc_load(lw + k0 + 8 * v));
-                    rh = EMC_ADD(rh, emc_load(lw + k0 + 8 * v + 4));
-                }
-                emc_store(o + 8 * v, rl);
-                emc_store(o + 8 * v + 4, rh);
-            } else {
-                for (Py_ssize_t k = 8 * v; k < K - k0; k++) {
-                    double value = base[k0 + k] - 0.5 * (double)av[k - 8 * v];
-                    o[k] = lw != NULL ? value + lw[k0 + k] : value;
-                }
-            }
-        }
+#pragma GCC unroll 2
+        for (int v = 0; v < nv; v++)
+            emd_store_widened(o + 8 * v, a[r][v], base + k0 + 8 * v,
+                              lw != NULL ? lw + k0 + 8 * v : NULL, K - k0 - 8 * v, chk);
     }
 }
 
@@ -362,11 +376,12 @@ EMC_ALWAYS_INLINE int emd_weights_f32(const double* restrict w, Py_ssize_t nb,
 EMC_ALWAYS_INLINE void emd_add_widened(double* t, emd_v8f v, int high)
 {
     const emc_v4 unscale = emc_set1(EMD_W32_UNSCALE);
-    emd_v4f l = {v[0], v[1], v[2], v[3]}, h = {v[4], v[5], v[6], v[7]};
-    emc_store(t, EMC_ADD(emc_load(t), EMC_MUL(unscale, __builtin_convertvector(l, emc_v4))));
+    emd_v8d wide = __builtin_convertvector(v, emd_v8d);
+    emc_v4 l = __builtin_shufflevector(wide, wide, 0, 1, 2, 3);
+    emc_v4 h = __builtin_shufflevector(wide, wide, 4, 5, 6, 7);
+    emc_store(t, EMC_ADD(emc_load(t), EMC_MUL(unscale, l)));
     if (high)
-        emc_store(t + 4, EMC_ADD(emc_load(t + 4),
-                                 EMC_MUL(unscale, __builtin_convertvector(h, emc_v4))));
+        emc_store(t + 4, EMC_ADD(emc_load(t + 4), EMC_MUL(unscale, h)));
 }
 
 /* one feature j, the components kb..kb+8nv-1: even and odd rows of the block
