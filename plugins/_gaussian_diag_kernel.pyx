@@ -94,6 +94,29 @@ cdef extern from "_gaussian_diag.h":
                               const float* H, float* wblk, double* T0, double* T1,
                               double* T2) noexcept nogil
     int EMD_ROWS32
+    int emd_f32_use_v4
+    int emd_v4_available() noexcept nogil
+
+
+def _avx512_log_density(enable=None):
+    """Whether the float32 log-density runs its AVX-512 loop (16 components per
+    vector, 4 rows per block; x86-64-v4 CPUs) rather than the AVX2 clone's.
+
+    ``enable`` True or False chooses (True only where the CPU and build have it);
+    for the tests, which check that both loops give the same bits. Returns the
+    choice."""
+    global emd_f32_use_v4
+    if enable is not None:
+        if enable and not emd_v4_available():
+            raise ValueError("The 'enable' parameter of _avx512_log_density is True but "
+                             "this CPU (or build) has no x86-64-v4 loop.")
+        emd_f32_use_v4 = 1 if enable else 0
+    elif emd_f32_use_v4 < 0:
+        emd_f32_use_v4 = emd_v4_available()
+    return bool(emd_f32_use_v4)
+
+
+_avx512_log_density()   # decided once, at import: no thread of a pass writes the choice
 
 
 cdef extern from "_soft_posterior.h":

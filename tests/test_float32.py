@@ -26,7 +26,8 @@ from emcore.exceptions import ChainViolationWarning
 from emcore.kernel import _compiled_paths
 from emcore.plugin_api import FLOAT32_UNIT_ROUNDOFF as U32, UNIT_ROUNDOFF as U64
 from emcore.plugins._gaussian_diag_kernel import (GaussianDiagKernel,
-                                                 STATISTICS_ROWS_F32 as DIAG_ROWS_F32)
+                                                 STATISTICS_ROWS_F32 as DIAG_ROWS_F32,
+                                                 _avx512_log_density)
 from emcore.plugins._gaussian_kernel import (GaussianFullKernel,
                                             STATISTICS_ROWS_F32 as FULL_ROWS_F32,
                                             _avx512_float32)
@@ -317,6 +318,57 @@ def test_pass_widens_float32_chunks_for_a_kernel_without_float32_rows():
 
 # --- the diagonal kernel's float32 rows ('diag', 'spherical') ------------------------
 
+def _diag_v4_choices():
+    return (False, True) if _compiled_paths().get("clones") and _avx512_log_density() else (False,)
+
+
+def _diag_log_density_by_loop(kernel, X):
+    # the float32 log-density by each loop this CPU has (the AVX2 clone's, and
+    # the AVX-512 one where the CPU has x86-64-v4)
+    before = _avx512_log_density()
+    try:
+        got = []
+        for v4 in _diag_v4_choices():
+            _avx512_log_density(v4)
+            got.append(kernel.log_density(X))
+    finally:
+        _avx512_log_density(before)
+    return got
+
+
+@pytest.mark.parametrize("k", (1, 3, 8, 9, 16, 20, 24, 33))
+@pytest.mark.parametrize("n", (1, 2, 5, 203))
+def test_diag_kernel_float32_log_density_loops_give_the_same_bits(k, n):
+    # The AVX-512 loop (16 components per vector, 4 rows per block, t negated)
+    # and the AVX2 clone's (8 per vector, 2 rows) do the same operations per
+    # component in the same order: the same log-density and the same fused step
+    # (log pi added as stored, the posterior and the statistics after it), for
+    # every remainder of rows (n mod 4) and of components (k mod 16, k mod 8).
+    rng = np.random.default_rng(100 + k + n)
+    d = 7
+    means = 1e3 + 3.0 * rng.standard_normal((k, d))
+    u_diag = rng.uniform(0.5, 2.0, (k, d))
+    X = (means[rng.integers(0, k, n)] + rng.standard_normal((n, d))).astype(np.float32)
+    kernel = GaussianDiagKernel(means, u_diag, float32=True)
+    got = _diag_log_density_by_loop(kernel, X)
+    for other in got[1:]:
+        np.testing.assert_array_equal(got[0], other)
+    lw = np.log(rng.dirichlet(np.ones(k)))
+    before = _avx512_log_density()
+    passes = []
+    try:
+        for v4 in _diag_v4_choices():
+            _avx512_log_density(v4)
+            f = np.empty(n)
+            passes.append(compiled_pass(kernel, SoftPosteriorKernel(), X, lw, None, 64, 1,
+                                        True, out_row_value=f) + (f,))
+    finally:
+        _avx512_log_density(before)
+    for other in passes[1:]:
+        for a, b in zip(passes[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
 def _diag_row_bound(X, means, u_diag):
     # docs/elbo_chain.md#float32: |log p~ - log p| <= 1/2 1.011 (d + 6) u32
     # sum_j p_kj (|x_ij - mu_kj| + u32 |mu_kj|)^2, the exact value from float64
@@ -340,7 +392,10 @@ def test_diag_kernel_float32_log_density_is_within_the_derived_bound(seed, d, k,
     kernel = GaussianDiagKernel(means, u_diag, float32=True)
     assert kernel.float32_rows
     exact = GaussianDiagKernel(means, u_diag).log_density(X.astype(np.float64))
-    err = np.abs(kernel.log_density(X) - exact)
+    got = _diag_log_density_by_loop(kernel, X)
+    for other in got[1:]:           # the AVX-512 loop: the AVX2 clone's bits
+        np.testing.assert_array_equal(got[0], other)
+    err = np.abs(got[0] - exact)
     bound = _diag_row_bound(X, means, u_diag)
     note(f"max error / bound {float(np.max(err / bound)):.3g}")
     assert np.all(err <= bound), float(np.max(err / bound))
