@@ -293,10 +293,10 @@ static int emd_v4_available(void)
 #endif
 }
 
-/* 1: the float32 log-density runs emd_log_density_f32_v4; 0: the clone of
-   emd_log_density_f32_v3 the CPU has; -1: not decided yet (decided at the
-   module's import, before any pass). The same bits either way (the tests
-   compare them). */
+/* 1: the float32 log-density and statistics run their AVX-512 loops
+   (emd_log_density_f32_v4, emd_moments_about_f32_v4); 0: the clones the CPU
+   has; -1: not decided yet (decided at the module's import, before any pass).
+   The same bits either way (the tests compare them). */
 static int emd_f32_use_v4 = -1;
 
 static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
@@ -572,10 +572,10 @@ EMC_ALWAYS_INLINE void emd_moments_block_f32(
 }
 
 EMC_CLONES
-static int emd_moments_about_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
-                                 Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t Kp8,
-                                 const double* w, const float* H, float* wblk,
-                                 double* T0, double* T1, double* T2)
+static int emd_moments_about_f32_v3(const float* X, Py_ssize_t n, Py_ssize_t d,
+                                    Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t Kp8,
+                                    const double* w, const float* H, float* wblk,
+                                    double* T0, double* T1, double* T2)
 {
     emd_v8f chk = {0};
     for (Py_ssize_t i0 = 0; i0 < n; i0 += EMD_ROWS32) {
@@ -594,6 +594,117 @@ static int emd_moments_about_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
     for (int l = 0; l < 8; l++)
         if (chk[l] != 0.0f) return 1;
     return 0;
+}
+
+#if EMC_HAVE_CLONES
+/* emd_moments_block_f32 for 16 components in one 16-float vector (x86-64-v4):
+   each lane's operations those of the 8-float block in the same order, with
+   -t = h - x formed instead of t (x a broadcast operand of the subtraction;
+   rounding is symmetric, so -t, -(w t) and the sum of the -(w t) are the
+   negatives of t, w t and their sum exactly, and (w (-t)) (-t) = (w t) t):
+   the same bits. */
+__attribute__((target("arch=x86-64-v4"), always_inline)) static inline void
+emd_add_widened16(double* T1, double* T2, Py_ssize_t at, Py_ssize_t Kp, Py_ssize_t kb,
+                  emd_v16f ra, emd_v16f sa, emd_v16f* chk)
+{
+    ra = -ra;                           /* the sum of w t */
+    *chk += (ra + sa) * 0.0f;           /* NaN in a lane once a sum is inf */
+    emd_add_widened(T1 + at, __builtin_shufflevector(ra, ra, 0, 1, 2, 3, 4, 5, 6, 7),
+                    kb + 4 < Kp);
+    emd_add_widened(T2 + at, __builtin_shufflevector(sa, sa, 0, 1, 2, 3, 4, 5, 6, 7),
+                    kb + 4 < Kp);
+    emd_add_widened(T1 + at + 8,
+                    __builtin_shufflevector(ra, ra, 8, 9, 10, 11, 12, 13, 14, 15),
+                    kb + 12 < Kp);
+    emd_add_widened(T2 + at + 8,
+                    __builtin_shufflevector(sa, sa, 8, 9, 10, 11, 12, 13, 14, 15),
+                    kb + 12 < Kp);
+}
+
+/* features j and j + 1 (nj = 2) or j alone: each feature's sums those of the
+   8-float block, two features at once only for more independent add chains */
+__attribute__((target("arch=x86-64-v4"), always_inline)) static inline void
+emd_moments_block16_f32(const float* x, Py_ssize_t nb, Py_ssize_t d, Py_ssize_t Kp,
+                        Py_ssize_t Kp8, const float* wblk, const float* H, double* T1,
+                        double* T2, Py_ssize_t kb, Py_ssize_t j, const int nj,
+                        emd_v16f* chk)
+{
+    emd_v16f h, g = {0}, ra = {0}, sa = {0}, rb = {0}, sb = {0};
+    emd_v16f rc = {0}, sc = {0}, rd = {0}, sd = {0};
+    memcpy(&h, H + j * Kp8 + kb, sizeof h);
+    if (nj == 2) memcpy(&g, H + (j + 1) * Kp8 + kb, sizeof g);
+    Py_ssize_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        const float* wr = wblk + i * Kp8 + kb;
+        const float* xa = x + i * d + j;
+        emd_v16f w, v, t, wt;
+        memcpy(&w, wr, sizeof w);
+        memcpy(&v, wr + Kp8, sizeof v);
+        t = h - xa[0]; wt = w * t; ra += wt; sa += wt * t;
+        t = h - xa[d]; wt = v * t; rb += wt; sb += wt * t;
+        if (nj == 2) {
+            t = g - xa[1];     wt = w * t; rc += wt; sc += wt * t;
+            t = g - xa[d + 1]; wt = v * t; rd += wt; sd += wt * t;
+        }
+    }
+    if (i < nb) {
+        const float* xa = x + i * d + j;
+        emd_v16f w, t, wt;
+        memcpy(&w, wblk + i * Kp8 + kb, sizeof w);
+        t = h - xa[0]; wt = w * t; ra += wt; sa += wt * t;
+        if (nj == 2) { t = g - xa[1]; wt = w * t; rc += wt; sc += wt * t; }
+    }
+    emd_add_widened16(T1, T2, j * Kp + kb, Kp, kb, ra + rb, sa + sb, chk);
+    if (nj == 2) emd_add_widened16(T1, T2, (j + 1) * Kp + kb, Kp, kb, rc + rd, sc + sd, chk);
+}
+
+/* emd_moments_about_f32_v3 with AVX-512: 16 components per vector (a last 8
+   by the 8-float block); the same bits */
+__attribute__((target("arch=x86-64-v4")))
+static int emd_moments_about_f32_v4(const float* X, Py_ssize_t n, Py_ssize_t d,
+                                    Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t Kp8,
+                                    const double* w, const float* H, float* wblk,
+                                    double* T0, double* T1, double* T2)
+{
+    emd_v16f chk16 = {0};
+    emd_v8f chk = {0};
+    for (Py_ssize_t i0 = 0; i0 < n; i0 += EMD_ROWS32) {
+        Py_ssize_t nb = n - i0 < EMD_ROWS32 ? n - i0 : EMD_ROWS32;
+        if (emd_weights_f32(w + i0 * K, nb, K, Kp8, wblk, T0)) return 1;
+        const float* x = X + i0 * d;
+        for (Py_ssize_t kb = 0; kb < Kp8; kb += 16) {
+            if (Kp8 - kb >= 16) {
+                Py_ssize_t j = 0;
+                for (; j + 2 <= d; j += 2)
+                    emd_moments_block16_f32(x, nb, d, Kp, Kp8, wblk, H, T1, T2, kb, j, 2, &chk16);
+                if (j < d)
+                    emd_moments_block16_f32(x, nb, d, Kp, Kp8, wblk, H, T1, T2, kb, j, 1, &chk16);
+            } else
+                for (Py_ssize_t j = 0; j < d; j++)
+                    emd_moments_block_f32(x, nb, d, Kp, Kp8, wblk, H, T1, T2, kb, 1, j, &chk);
+        }
+    }
+    for (int l = 0; l < 16; l++)
+        if (chk16[l] != 0.0f) return 1;
+    for (int l = 0; l < 8; l++)
+        if (chk[l] != 0.0f) return 1;
+    return 0;
+}
+#endif
+
+/* the float32 statistics' sweep: emd_moments_about_f32_v4 where emd_f32_use_v4
+   chose it (the same bits), else the clone the CPU has */
+static int emd_moments_about_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
+                                 Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t Kp8,
+                                 const double* w, const float* H, float* wblk,
+                                 double* T0, double* T1, double* T2)
+{
+    if (emd_f32_use_v4 < 0) emd_f32_use_v4 = emd_v4_available();
+#if EMC_HAVE_CLONES
+    if (emd_f32_use_v4)
+        return emd_moments_about_f32_v4(X, n, d, K, Kp, Kp8, w, H, wblk, T0, T1, T2);
+#endif
+    return emd_moments_about_f32_v3(X, n, d, K, Kp, Kp8, w, H, wblk, T0, T1, T2);
 }
 #else
 /* without GNU vectors: the same sums, one component at a time */

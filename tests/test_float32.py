@@ -27,7 +27,7 @@ from emcore.kernel import _compiled_paths
 from emcore.plugin_api import FLOAT32_UNIT_ROUNDOFF as U32, UNIT_ROUNDOFF as U64
 from emcore.plugins._gaussian_diag_kernel import (GaussianDiagKernel,
                                                  STATISTICS_ROWS_F32 as DIAG_ROWS_F32,
-                                                 _avx512_log_density)
+                                                 _avx512_float32 as _diag_avx512)
 from emcore.plugins._gaussian_kernel import (GaussianFullKernel,
                                             STATISTICS_ROWS_F32 as FULL_ROWS_F32,
                                             _avx512_float32)
@@ -319,53 +319,55 @@ def test_pass_widens_float32_chunks_for_a_kernel_without_float32_rows():
 # --- the diagonal kernel's float32 rows ('diag', 'spherical') ------------------------
 
 def _diag_v4_choices():
-    return (False, True) if _compiled_paths().get("clones") and _avx512_log_density() else (False,)
+    return (False, True) if _compiled_paths().get("clones") and _diag_avx512() else (False,)
 
 
-def _diag_log_density_by_loop(kernel, X):
-    # the float32 log-density by each loop this CPU has (the AVX2 clone's, and
-    # the AVX-512 one where the CPU has x86-64-v4)
-    before = _avx512_log_density()
+def _by_diag_loop(compute):
+    # compute() with each of the diagonal kernel's float32 loops this CPU has (the
+    # AVX2 clone's, and the AVX-512 ones where the CPU has x86-64-v4)
+    before = _diag_avx512()
     try:
         got = []
         for v4 in _diag_v4_choices():
-            _avx512_log_density(v4)
-            got.append(kernel.log_density(X))
+            _diag_avx512(v4)
+            got.append(compute())
     finally:
-        _avx512_log_density(before)
+        _diag_avx512(before)
     return got
 
 
 @pytest.mark.parametrize("k", (1, 3, 8, 9, 16, 20, 24, 33))
 @pytest.mark.parametrize("n", (1, 2, 5, 203))
-def test_diag_kernel_float32_log_density_loops_give_the_same_bits(k, n):
-    # The AVX-512 loop (16 components per vector, 4 rows per block, t negated)
-    # and the AVX2 clone's (8 per vector, 2 rows) do the same operations per
-    # component in the same order: the same log-density and the same fused step
-    # (log pi added as stored, the posterior and the statistics after it), for
-    # every remainder of rows (n mod 4) and of components (k mod 16, k mod 8).
+def test_diag_kernel_float32_loops_give_the_same_bits(k, n):
+    # The AVX-512 loops (16 components per vector, the log-density 4 rows per
+    # block; t negated) and the AVX2 clone's (8 per vector) do the same operations
+    # per component in the same order: the same log-density, the same float32
+    # statistics (about float(mu): a settled chunk) and the same fused step (log
+    # pi added as stored, the posterior and the statistics after it), for every
+    # remainder of rows (n mod 4, n mod 32) and of components (k mod 16, k mod 8).
     rng = np.random.default_rng(100 + k + n)
     d = 7
     means = 1e3 + 3.0 * rng.standard_normal((k, d))
     u_diag = rng.uniform(0.5, 2.0, (k, d))
     X = (means[rng.integers(0, k, n)] + rng.standard_normal((n, d))).astype(np.float32)
-    kernel = GaussianDiagKernel(means, u_diag, float32=True)
-    got = _diag_log_density_by_loop(kernel, X)
-    for other in got[1:]:
-        np.testing.assert_array_equal(got[0], other)
+    W = rng.dirichlet(np.ones(k), size=n)
+    mu = (W.T @ X.astype(np.float64)) / W.sum(axis=0)[:, None]
+    kernel = GaussianDiagKernel(mu, u_diag, float32=True)
     lw = np.log(rng.dirichlet(np.ones(k)))
-    before = _avx512_log_density()
-    passes = []
-    try:
-        for v4 in _diag_v4_choices():
-            _avx512_log_density(v4)
-            f = np.empty(n)
-            passes.append(compiled_pass(kernel, SoftPosteriorKernel(), X, lw, None, 64, 1,
-                                        True, out_row_value=f) + (f,))
-    finally:
-        _avx512_log_density(before)
-    for other in passes[1:]:
-        for a, b in zip(passes[0], other):
+
+    def outputs():
+        f = np.empty(n)
+        passed = compiled_pass(kernel, SoftPosteriorKernel(), X, lw, None, 64, 1, True,
+                               out_row_value=f)
+        return (kernel.log_density(X), kernel.accumulate(X, W), f) + passed
+
+    got = _by_diag_loop(outputs)
+    # the float32 sweep ran: the chunk's reference points are float(mu)
+    fam = GaussianFamily(k, d, covariance_type="diag", dtype="float32")
+    np.testing.assert_array_equal(fam.stats_from_buffer(got[0][1]).mean,
+                                  mu.astype(np.float32).astype(np.float64))
+    for other in got[1:]:
+        for a, b in zip(got[0], other):
             np.testing.assert_array_equal(a, b)
 
 
@@ -392,7 +394,7 @@ def test_diag_kernel_float32_log_density_is_within_the_derived_bound(seed, d, k,
     kernel = GaussianDiagKernel(means, u_diag, float32=True)
     assert kernel.float32_rows
     exact = GaussianDiagKernel(means, u_diag).log_density(X.astype(np.float64))
-    got = _diag_log_density_by_loop(kernel, X)
+    got = _by_diag_loop(lambda: kernel.log_density(X))
     for other in got[1:]:           # the AVX-512 loop: the AVX2 clone's bits
         np.testing.assert_array_equal(got[0], other)
     err = np.abs(got[0] - exact)
@@ -1013,7 +1015,10 @@ def test_diag_kernel_float32_statistics_are_within_the_derived_bound(seed, d, k,
     fam = GaussianFamily(k, d, covariance_type="diag", dtype="float32")
     k32 = GaussianDiagKernel(mu, u_diag, float32=True)
     assert k32.float32_rows
-    stats32 = fam.stats_from_buffer(k32.accumulate(X, W))
+    got = _by_diag_loop(lambda: k32.accumulate(X, W))
+    for other in got[1:]:           # the AVX-512 sweep: the AVX2 clone's bits
+        np.testing.assert_array_equal(got[0], other)
+    stats32 = fam.stats_from_buffer(got[0])
     stats64 = fam.stats_from_buffer(GaussianDiagKernel(mu, u_diag).accumulate(
         X.astype(np.float64), W))
     # the float32 sweep ran: the chunk's reference points are float(mu)
