@@ -19,7 +19,7 @@ first order in u32: the printed figure is that estimate, not a rigorous bound).
 Where things stand (docs/elbo_chain.md#float32): GaussianMixture keeps float32 X
 without a copy and returns float32 attributes. The diagonal kernel ('diag')
 computes the log-density's quadratic form in float32 on float32 rows (8-float
-vectors), the soft posterior's exps in float32 (its fused step, K >= 8), and its
+vectors; 16-float ones, 4 rows at a time, with AVX-512: the same bits), the soft posterior's exps in float32 (its fused step, K >= 8), and its
 statistics' sweep in float32 (32-row float partial sums about float32(mu_t), added
 to float64 totals; their bound, GaussianFamily.statistics_rounding, enters the
 chain; they move the fitted parameters, which moves the log-likelihood only at

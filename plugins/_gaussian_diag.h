@@ -78,10 +78,41 @@ static void emd_log_density(const double* X, Py_ssize_t n, Py_ssize_t d,
 #if EMC_GNUC
 typedef float emd_v8f __attribute__((vector_size(32)));
 typedef float emd_v4f __attribute__((vector_size(16)));
+/* 8 doubles: a float vector widened whole is two 4-lane vcvtps2pd in the AVX2
+   clone (GCC 12 widens a 4-float vector two lanes at a time) */
+typedef double emd_v8d __attribute__((vector_size(64)));
 /* x in every lane: scalar + vector is one vbroadcastss in GCC 12's AVX2 clone
    (an initialiser {x, x, ...} becomes a chain of vinsertps); + 0 changes only
    the sign of a zero, which the difference and the square remove */
 static inline emd_v8f emd_set1_f8(float x) { return (emd_v8f){0} + x; }
+
+/* out[k] = base[k] - 1/2 av[k] (+ lw[k] when lw is not NULL: a second rounding,
+   as a sweep adding it after) for k < min(8, m): the 8 float sums widened in two
+   halves (exact); chk collects NaN in a lane once a sum overflowed to inf */
+EMC_ALWAYS_INLINE void emd_store_widened(double* o, emd_v8f av, const double* base,
+                                         const double* lw, Py_ssize_t m, emd_v8f* chk)
+{
+    *chk += av * 0.0f;
+    const emc_v4 half = emc_set1(-0.5);
+    if (m >= 8) {
+        emd_v8d wide = __builtin_convertvector(av, emd_v8d);
+        emc_v4 lo = __builtin_shufflevector(wide, wide, 0, 1, 2, 3);
+        emc_v4 hi = __builtin_shufflevector(wide, wide, 4, 5, 6, 7);
+        emc_v4 rl = EMC_ADD(emc_load(base), EMC_MUL(half, lo));
+        emc_v4 rh = EMC_ADD(emc_load(base + 4), EMC_MUL(half, hi));
+        if (lw != NULL) {
+            rl = EMC_ADD(rl, emc_load(lw));
+            rh = EMC_ADD(rh, emc_load(lw + 4));
+        }
+        emc_store(o, rl);
+        emc_store(o + 4, rh);
+    } else {
+        for (Py_ssize_t k = 0; k < m; k++) {
+            double value = base[k] - 0.5 * (double)av[k];
+            o[k] = lw != NULL ? value + lw[k] : value;
+        }
+    }
+}
 
 EMC_ALWAYS_INLINE void emd_log_density_block_f32(
         const float* x, Py_ssize_t d, const int R, Py_ssize_t K, Py_ssize_t Kp,
@@ -108,41 +139,24 @@ EMC_ALWAYS_INLINE void emd_log_density_block_f32(
             }
         }
     }
-    /* widened in registers (a store of the 8 floats and a load of 4 of them
-       stalled on store forwarding: perf put a sixth of the kernel there) */
-    const emc_v4 half = emc_set1(-0.5);
+    /* widened in registers, each accumulator as it is (the rows' and vectors'
+       loops unrolled: an array of vectors indexed in a loop went to the stack,
+       and the halves through 2-lane conversions) */
+#pragma GCC unroll 2
     for (int r = 0; r < R; r++) {
         double* o = out + r * K + k0;
-        for (int v = 0; v < nv; v++) {
-            emd_v8f av = a[r][v];
-            *chk += av * 0.0f;      /* NaN in a lane once a form overflowed to inf */
-            if (k0 + 8 * (v + 1) <= K) {
-                emd_v4f lo = {av[0], av[1], av[2], av[3]}, hi = {av[4], av[5], av[6], av[7]};
-                emc_v4 l = __builtin_convertvector(lo, emc_v4);
-                emc_v4 h = __builtin_convertvector(hi, emc_v4);
-                emc_v4 rl = EMC_ADD(emc_load(base + k0 + 8 * v), EMC_MUL(half, l));
-                emc_v4 rh = EMC_ADD(emc_load(base + k0 + 8 * v + 4), EMC_MUL(half, h));
-                if (lw != NULL) {       /* + log pi, a second rounding as a sweep's */
-                    rl = EMC_ADD(rl, emc_load(lw + k0 + 8 * v));
-                    rh = EMC_ADD(rh, emc_load(lw + k0 + 8 * v + 4));
-                }
-                emc_store(o + 8 * v, rl);
-                emc_store(o + 8 * v + 4, rh);
-            } else {
-                for (Py_ssize_t k = 8 * v; k < K - k0; k++) {
-                    double value = base[k0 + k] - 0.5 * (double)av[k - 8 * v];
-                    o[k] = lw != NULL ? value + lw[k0 + k] : value;
-                }
-            }
-        }
+#pragma GCC unroll 2
+        for (int v = 0; v < nv; v++)
+            emd_store_widened(o + 8 * v, a[r][v], base + k0 + 8 * v,
+                              lw != NULL ? lw + k0 + 8 * v : NULL, K - k0 - 8 * v, chk);
     }
 }
 
 EMC_CLONES
-static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
-                               Py_ssize_t K, Py_ssize_t Kp, const float* H,
-                               const float* L, const float* P, const double* base,
-                               const double* lw, double* out)
+static int emd_log_density_f32_v3(const float* X, Py_ssize_t n, Py_ssize_t d,
+                                  Py_ssize_t K, Py_ssize_t Kp, const float* H,
+                                  const float* L, const float* P, const double* base,
+                                  const double* lw, double* out)
 {
     emd_v8f chk = {0};
     for (Py_ssize_t i = 0; i < n; i += 2) {
@@ -165,7 +179,141 @@ static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
         if (chk[l] != 0.0f) return 1;
     return 0;
 }
+
+#if EMC_HAVE_CLONES
+/* The same loop with AVX-512 (x86-64-v4): components 16 at a time in one
+   16-float vector (the 8-float block for a last 8), each lane's operations those
+   of the AVX2 clone in the same order, so the same bits; per j and pair of rows
+   half the instructions. Chosen at run time by emd_f32_use_v4. */
+#define EMD_V4_ROWS 4      /* rows per block: 4 accumulators, 4 chains over j */
+typedef float emd_v16f __attribute__((vector_size(64)));
+typedef double emd_v16d __attribute__((vector_size(128)));
+typedef double emd_v8dd __attribute__((vector_size(64)));
+
+__attribute__((target("arch=x86-64-v4"), always_inline)) static inline void
+emd_store_widened16(double* o, emd_v16f av, const double* base, const double* lw,
+                    Py_ssize_t m, emd_v16f* chk)
+{
+    *chk += av * 0.0f;
+    if (m >= 16) {
+        emd_v16d wide = __builtin_convertvector(av, emd_v16d);
+        emd_v8dd lo = __builtin_shufflevector(wide, wide, 0, 1, 2, 3, 4, 5, 6, 7);
+        emd_v8dd hi = __builtin_shufflevector(wide, wide, 8, 9, 10, 11, 12, 13, 14, 15);
+        emd_v8dd b0, b1;
+        memcpy(&b0, base, sizeof b0);
+        memcpy(&b1, base + 8, sizeof b1);
+        emd_v8dd rl = b0 + -0.5 * lo, rh = b1 + -0.5 * hi;
+        if (lw != NULL) {
+            emd_v8dd l0, l1;
+            memcpy(&l0, lw, sizeof l0);
+            memcpy(&l1, lw + 8, sizeof l1);
+            rl = rl + l0;
+            rh = rh + l1;
+        }
+        memcpy(o, &rl, sizeof rl);
+        memcpy(o + 8, &rh, sizeof rh);
+    } else {
+        for (Py_ssize_t k = 0; k < m; k++) {
+            double value = base[k] - 0.5 * (double)av[k];
+            o[k] = lw != NULL ? value + lw[k] : value;
+        }
+    }
+}
+
+__attribute__((target("arch=x86-64-v4"), always_inline)) static inline void
+emd_log_density_block16(const float* x, Py_ssize_t d, const int R, Py_ssize_t K,
+                        Py_ssize_t Kp, const float* H, const float* L, const float* P,
+                        const double* base, Py_ssize_t k0, const double* lw, double* out,
+                        emd_v16f* chk)
+{
+    emd_v16f a[8];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) a[r] = (emd_v16f){0};
+    for (Py_ssize_t j = 0; j < d; j++) {
+        emd_v16f hv, lv, pv;
+        memcpy(&hv, H + j * Kp + k0, sizeof hv);
+        memcpy(&lv, L + j * Kp + k0, sizeof lv);
+        memcpy(&pv, P + j * Kp + k0, sizeof pv);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            emd_v16f t = (hv - x[r * d + j]) + lv;   /* -t exactly: the same (p t) t */
+            a[r] += (pv * t) * t;
+        }
+    }
+    Py_ssize_t m = K - k0;
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+        emd_store_widened16(out + r * K + k0, a[r], base + k0, lw != NULL ? lw + k0 : NULL, m, chk);
+}
+
+__attribute__((target("arch=x86-64-v4")))
+static int emd_log_density_f32_v4(const float* X, Py_ssize_t n, Py_ssize_t d,
+                                  Py_ssize_t K, Py_ssize_t Kp, const float* H,
+                                  const float* L, const float* P, const double* base,
+                                  const double* lw, double* out)
+{
+    emd_v16f chk16 = {0};
+    emd_v8f chk = {0};
+    Py_ssize_t i = 0;
+    for (; i < n; i += EMD_V4_ROWS) {
+        const float* x = X + i * d;
+        double* o = out + i * K;
+        Py_ssize_t k0 = 0;
+        for (; k0 + 16 <= Kp; k0 += 16) {
+            if (i + EMD_V4_ROWS <= n)
+                emd_log_density_block16(x, d, EMD_V4_ROWS, K, Kp, H, L, P, base, k0, lw, o, &chk16);
+            else
+                for (Py_ssize_t r = 0; r < n - i; r++)
+                    emd_log_density_block16(x + r * d, d, 1, K, Kp, H, L, P, base, k0, lw,
+                                            o + r * K, &chk16);
+        }
+        if (k0 < Kp)            /* a last 8 components: the AVX2 clone's block */
+            for (Py_ssize_t r = 0; r < EMD_V4_ROWS && i + r < n; r += 2) {
+                if (i + r + 1 < n)
+                    emd_log_density_block_f32(x + r * d, d, 2, K, Kp, H, L, P, base, k0, 1, lw, o + r * K, &chk);
+                else
+                    emd_log_density_block_f32(x + r * d, d, 1, K, Kp, H, L, P, base, k0, 1, lw, o + r * K, &chk);
+            }
+    }
+    for (int l = 0; l < 16; l++)
+        if (chk16[l] != 0.0f) return 1;
+    for (int l = 0; l < 8; l++)
+        if (chk[l] != 0.0f) return 1;
+    return 0;
+}
+#endif
+
+/* 1 if this build and CPU have emd_log_density_f32_v4 */
+static int emd_v4_available(void)
+{
+#if EMC_HAVE_CLONES
+    return __builtin_cpu_supports("x86-64-v4") ? 1 : 0;
 #else
+    return 0;
+#endif
+}
+
+/* 1: the float32 log-density and statistics run their AVX-512 loops
+   (emd_log_density_f32_v4, emd_moments_about_f32_v4); 0: the clones the CPU
+   has; -1: not decided yet (decided at the module's import, before any pass).
+   The same bits either way (the tests compare them). */
+static int emd_f32_use_v4 = -1;
+
+static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
+                               Py_ssize_t K, Py_ssize_t Kp, const float* H,
+                               const float* L, const float* P, const double* base,
+                               const double* lw, double* out)
+{
+    if (emd_f32_use_v4 < 0) emd_f32_use_v4 = emd_v4_available();
+#if EMC_HAVE_CLONES
+    if (emd_f32_use_v4)
+        return emd_log_density_f32_v4(X, n, d, K, Kp, H, L, P, base, lw, out);
+#endif
+    return emd_log_density_f32_v3(X, n, d, K, Kp, H, L, P, base, lw, out);
+}
+#else
+static int emd_f32_use_v4 = 0;
+static int emd_v4_available(void) { return 0; }
 /* without GNU vectors: the same sums, one component at a time (j order) */
 static int emd_log_density_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
                                Py_ssize_t K, Py_ssize_t Kp, const float* H,
@@ -362,11 +510,12 @@ EMC_ALWAYS_INLINE int emd_weights_f32(const double* restrict w, Py_ssize_t nb,
 EMC_ALWAYS_INLINE void emd_add_widened(double* t, emd_v8f v, int high)
 {
     const emc_v4 unscale = emc_set1(EMD_W32_UNSCALE);
-    emd_v4f l = {v[0], v[1], v[2], v[3]}, h = {v[4], v[5], v[6], v[7]};
-    emc_store(t, EMC_ADD(emc_load(t), EMC_MUL(unscale, __builtin_convertvector(l, emc_v4))));
+    emd_v8d wide = __builtin_convertvector(v, emd_v8d);
+    emc_v4 l = __builtin_shufflevector(wide, wide, 0, 1, 2, 3);
+    emc_v4 h = __builtin_shufflevector(wide, wide, 4, 5, 6, 7);
+    emc_store(t, EMC_ADD(emc_load(t), EMC_MUL(unscale, l)));
     if (high)
-        emc_store(t + 4, EMC_ADD(emc_load(t + 4),
-                                 EMC_MUL(unscale, __builtin_convertvector(h, emc_v4))));
+        emc_store(t + 4, EMC_ADD(emc_load(t + 4), EMC_MUL(unscale, h)));
 }
 
 /* one feature j, the components kb..kb+8nv-1: even and odd rows of the block
@@ -423,10 +572,10 @@ EMC_ALWAYS_INLINE void emd_moments_block_f32(
 }
 
 EMC_CLONES
-static int emd_moments_about_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
-                                 Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t Kp8,
-                                 const double* w, const float* H, float* wblk,
-                                 double* T0, double* T1, double* T2)
+static int emd_moments_about_f32_v3(const float* X, Py_ssize_t n, Py_ssize_t d,
+                                    Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t Kp8,
+                                    const double* w, const float* H, float* wblk,
+                                    double* T0, double* T1, double* T2)
 {
     emd_v8f chk = {0};
     for (Py_ssize_t i0 = 0; i0 < n; i0 += EMD_ROWS32) {
@@ -445,6 +594,117 @@ static int emd_moments_about_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
     for (int l = 0; l < 8; l++)
         if (chk[l] != 0.0f) return 1;
     return 0;
+}
+
+#if EMC_HAVE_CLONES
+/* emd_moments_block_f32 for 16 components in one 16-float vector (x86-64-v4):
+   each lane's operations those of the 8-float block in the same order, with
+   -t = h - x formed instead of t (x a broadcast operand of the subtraction;
+   rounding is symmetric, so -t, -(w t) and the sum of the -(w t) are the
+   negatives of t, w t and their sum exactly, and (w (-t)) (-t) = (w t) t):
+   the same bits. */
+__attribute__((target("arch=x86-64-v4"), always_inline)) static inline void
+emd_add_widened16(double* T1, double* T2, Py_ssize_t at, Py_ssize_t Kp, Py_ssize_t kb,
+                  emd_v16f ra, emd_v16f sa, emd_v16f* chk)
+{
+    ra = -ra;                           /* the sum of w t */
+    *chk += (ra + sa) * 0.0f;           /* NaN in a lane once a sum is inf */
+    emd_add_widened(T1 + at, __builtin_shufflevector(ra, ra, 0, 1, 2, 3, 4, 5, 6, 7),
+                    kb + 4 < Kp);
+    emd_add_widened(T2 + at, __builtin_shufflevector(sa, sa, 0, 1, 2, 3, 4, 5, 6, 7),
+                    kb + 4 < Kp);
+    emd_add_widened(T1 + at + 8,
+                    __builtin_shufflevector(ra, ra, 8, 9, 10, 11, 12, 13, 14, 15),
+                    kb + 12 < Kp);
+    emd_add_widened(T2 + at + 8,
+                    __builtin_shufflevector(sa, sa, 8, 9, 10, 11, 12, 13, 14, 15),
+                    kb + 12 < Kp);
+}
+
+/* features j and j + 1 (nj = 2) or j alone: each feature's sums those of the
+   8-float block, two features at once only for more independent add chains */
+__attribute__((target("arch=x86-64-v4"), always_inline)) static inline void
+emd_moments_block16_f32(const float* x, Py_ssize_t nb, Py_ssize_t d, Py_ssize_t Kp,
+                        Py_ssize_t Kp8, const float* wblk, const float* H, double* T1,
+                        double* T2, Py_ssize_t kb, Py_ssize_t j, const int nj,
+                        emd_v16f* chk)
+{
+    emd_v16f h, g = {0}, ra = {0}, sa = {0}, rb = {0}, sb = {0};
+    emd_v16f rc = {0}, sc = {0}, rd = {0}, sd = {0};
+    memcpy(&h, H + j * Kp8 + kb, sizeof h);
+    if (nj == 2) memcpy(&g, H + (j + 1) * Kp8 + kb, sizeof g);
+    Py_ssize_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        const float* wr = wblk + i * Kp8 + kb;
+        const float* xa = x + i * d + j;
+        emd_v16f w, v, t, wt;
+        memcpy(&w, wr, sizeof w);
+        memcpy(&v, wr + Kp8, sizeof v);
+        t = h - xa[0]; wt = w * t; ra += wt; sa += wt * t;
+        t = h - xa[d]; wt = v * t; rb += wt; sb += wt * t;
+        if (nj == 2) {
+            t = g - xa[1];     wt = w * t; rc += wt; sc += wt * t;
+            t = g - xa[d + 1]; wt = v * t; rd += wt; sd += wt * t;
+        }
+    }
+    if (i < nb) {
+        const float* xa = x + i * d + j;
+        emd_v16f w, t, wt;
+        memcpy(&w, wblk + i * Kp8 + kb, sizeof w);
+        t = h - xa[0]; wt = w * t; ra += wt; sa += wt * t;
+        if (nj == 2) { t = g - xa[1]; wt = w * t; rc += wt; sc += wt * t; }
+    }
+    emd_add_widened16(T1, T2, j * Kp + kb, Kp, kb, ra + rb, sa + sb, chk);
+    if (nj == 2) emd_add_widened16(T1, T2, (j + 1) * Kp + kb, Kp, kb, rc + rd, sc + sd, chk);
+}
+
+/* emd_moments_about_f32_v3 with AVX-512: 16 components per vector (a last 8
+   by the 8-float block); the same bits */
+__attribute__((target("arch=x86-64-v4")))
+static int emd_moments_about_f32_v4(const float* X, Py_ssize_t n, Py_ssize_t d,
+                                    Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t Kp8,
+                                    const double* w, const float* H, float* wblk,
+                                    double* T0, double* T1, double* T2)
+{
+    emd_v16f chk16 = {0};
+    emd_v8f chk = {0};
+    for (Py_ssize_t i0 = 0; i0 < n; i0 += EMD_ROWS32) {
+        Py_ssize_t nb = n - i0 < EMD_ROWS32 ? n - i0 : EMD_ROWS32;
+        if (emd_weights_f32(w + i0 * K, nb, K, Kp8, wblk, T0)) return 1;
+        const float* x = X + i0 * d;
+        for (Py_ssize_t kb = 0; kb < Kp8; kb += 16) {
+            if (Kp8 - kb >= 16) {
+                Py_ssize_t j = 0;
+                for (; j + 2 <= d; j += 2)
+                    emd_moments_block16_f32(x, nb, d, Kp, Kp8, wblk, H, T1, T2, kb, j, 2, &chk16);
+                if (j < d)
+                    emd_moments_block16_f32(x, nb, d, Kp, Kp8, wblk, H, T1, T2, kb, j, 1, &chk16);
+            } else
+                for (Py_ssize_t j = 0; j < d; j++)
+                    emd_moments_block_f32(x, nb, d, Kp, Kp8, wblk, H, T1, T2, kb, 1, j, &chk);
+        }
+    }
+    for (int l = 0; l < 16; l++)
+        if (chk16[l] != 0.0f) return 1;
+    for (int l = 0; l < 8; l++)
+        if (chk[l] != 0.0f) return 1;
+    return 0;
+}
+#endif
+
+/* the float32 statistics' sweep: emd_moments_about_f32_v4 where emd_f32_use_v4
+   chose it (the same bits), else the clone the CPU has */
+static int emd_moments_about_f32(const float* X, Py_ssize_t n, Py_ssize_t d,
+                                 Py_ssize_t K, Py_ssize_t Kp, Py_ssize_t Kp8,
+                                 const double* w, const float* H, float* wblk,
+                                 double* T0, double* T1, double* T2)
+{
+    if (emd_f32_use_v4 < 0) emd_f32_use_v4 = emd_v4_available();
+#if EMC_HAVE_CLONES
+    if (emd_f32_use_v4)
+        return emd_moments_about_f32_v4(X, n, d, K, Kp, Kp8, w, H, wblk, T0, T1, T2);
+#endif
+    return emd_moments_about_f32_v3(X, n, d, K, Kp, Kp8, w, H, wblk, T0, T1, T2);
 }
 #else
 /* without GNU vectors: the same sums, one component at a time */

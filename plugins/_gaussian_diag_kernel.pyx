@@ -36,7 +36,10 @@ the log-density's quadratic form is computed in float32 on 8-float vectors,
 each mean held as two floats (hi + lo) so that x - mu carries a relative error
 only (docs/elbo_chain.md#float32 derives the bound, which the family's
 ``log_density_rounding`` gives the chain); the constant and the result are
-double. The statistics' sweep about the pass's means is float32 too: about the
+double. On x86-64-v4 (AVX-512) CPUs this loop and the float32 statistics' sweep
+below have a third version taking 16 components per vector (the log-density 4
+rows per block) with the same operations per component (t formed negated,
+exactly): the same bits (``_avx512_float32`` chooses, for the tests). The statistics' sweep about the pass's means is float32 too: about the
 means rounded to float (the chunk's reference points), t = x - float(mu) in
 float, the weights scaled by 2^64 and rounded to float, and per block of
 ``STATISTICS_ROWS_F32`` rows the sums of w t and w t^2 taken in float on 8-float
@@ -94,6 +97,30 @@ cdef extern from "_gaussian_diag.h":
                               const float* H, float* wblk, double* T0, double* T1,
                               double* T2) noexcept nogil
     int EMD_ROWS32
+    int emd_f32_use_v4
+    int emd_v4_available() noexcept nogil
+
+
+def _avx512_float32(enable=None):
+    """Whether the float32 log-density and statistics run their AVX-512 loops (16
+    components per vector, the log-density 4 rows per block; x86-64-v4 CPUs)
+    rather than the AVX2 clone's.
+
+    ``enable`` True or False chooses (True only where the CPU and build have it);
+    for the tests, which check that both loops give the same bits. Returns the
+    choice."""
+    global emd_f32_use_v4
+    if enable is not None:
+        if enable and not emd_v4_available():
+            raise ValueError("The 'enable' parameter of _avx512_float32 is True but "
+                             "this CPU (or build) has no x86-64-v4 loop.")
+        emd_f32_use_v4 = 1 if enable else 0
+    elif emd_f32_use_v4 < 0:
+        emd_f32_use_v4 = emd_v4_available()
+    return bool(emd_f32_use_v4)
+
+
+_avx512_float32()   # decided once, at import: no thread of a pass writes the choice
 
 
 cdef extern from "_soft_posterior.h":

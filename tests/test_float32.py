@@ -25,7 +25,8 @@ from emcore.exceptions import ChainViolationWarning
 from emcore.kernel import _compiled_paths
 from emcore.plugin_api import FLOAT32_UNIT_ROUNDOFF as U32, UNIT_ROUNDOFF as U64
 from emcore.plugins._gaussian_diag_kernel import (GaussianDiagKernel,
-                                                 STATISTICS_ROWS_F32 as DIAG_ROWS_F32)
+                                                 STATISTICS_ROWS_F32 as DIAG_ROWS_F32,
+                                                 _avx512_float32 as _diag_avx512)
 from emcore.plugins._gaussian_kernel import (GaussianFullKernel,
                                             STATISTICS_ROWS_F32 as FULL_ROWS_F32,
                                             _avx512_float32)
@@ -314,6 +315,59 @@ def test_pass_widens_float32_chunks_for_a_kernel_without_float32_rows():
 
 # --- the diagonal kernel's float32 rows ('diag', 'spherical') ------------------------
 
+def _diag_v4_choices():
+    return (False, True) if _compiled_paths().get("clones") and _diag_avx512() else (False,)
+
+
+def _by_diag_loop(compute):
+    # compute() with each of the diagonal kernel's float32 loops this CPU has (the
+    # AVX2 clone's, and the AVX-512 ones where the CPU has x86-64-v4)
+    before = _diag_avx512()
+    try:
+        got = []
+        for v4 in _diag_v4_choices():
+            _diag_avx512(v4)
+            got.append(compute())
+    finally:
+        _diag_avx512(before)
+    return got
+
+
+@pytest.mark.parametrize("k", (1, 3, 8, 9, 16, 20, 24, 33))
+@pytest.mark.parametrize("n", (1, 2, 5, 203))
+def test_diag_kernel_float32_loops_give_the_same_bits(k, n):
+    # The AVX-512 loops (16 components per vector, the log-density 4 rows per
+    # block; t negated) and the AVX2 clone's (8 per vector) do the same operations
+    # per component in the same order: the same log-density, the same float32
+    # statistics (about float(mu): a settled chunk) and the same fused step (log
+    # pi added as stored, the posterior and the statistics after it), for every
+    # remainder of rows (n mod 4, n mod 32) and of components (k mod 16, k mod 8).
+    rng = np.random.default_rng(100 + k + n)
+    d = 7
+    means = 1e3 + 3.0 * rng.standard_normal((k, d))
+    u_diag = rng.uniform(0.5, 2.0, (k, d))
+    X = (means[rng.integers(0, k, n)] + rng.standard_normal((n, d))).astype(np.float32)
+    W = rng.dirichlet(np.ones(k), size=n)
+    mu = (W.T @ X.astype(np.float64)) / W.sum(axis=0)[:, None]
+    kernel = GaussianDiagKernel(mu, u_diag, float32=True)
+    lw = np.log(rng.dirichlet(np.ones(k)))
+
+    def outputs():
+        f = np.empty(n)
+        passed = compiled_pass(kernel, SoftPosteriorKernel(), X, lw, None, 64, 1, True,
+                               out_row_value=f)
+        return (kernel.log_density(X), kernel.accumulate(X, W), f) + passed
+
+    got = _by_diag_loop(outputs)
+    # the float32 sweep ran: the chunk's reference points are float(mu)
+    fam = GaussianFamily(k, d, covariance_type="diag", dtype="float32")
+    np.testing.assert_array_equal(fam.stats_from_buffer(got[0][1]).mean,
+                                  mu.astype(np.float32).astype(np.float64))
+    for other in got[1:]:
+        for a, b in zip(got[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
 def _diag_row_bound(X, means, u_diag):
     # docs/elbo_chain.md#float32: |log p~ - log p| <= 1/2 1.011 (d + 6) u32
     # sum_j p_kj (|x_ij - mu_kj| + u32 |mu_kj|)^2, the exact value from float64
@@ -337,7 +391,10 @@ def test_diag_kernel_float32_log_density_is_within_the_derived_bound(seed, d, k,
     kernel = GaussianDiagKernel(means, u_diag, float32=True)
     assert kernel.float32_rows
     exact = GaussianDiagKernel(means, u_diag).log_density(X.astype(np.float64))
-    err = np.abs(kernel.log_density(X) - exact)
+    got = _by_diag_loop(lambda: kernel.log_density(X))
+    for other in got[1:]:           # the AVX-512 loop: the AVX2 clone's bits
+        np.testing.assert_array_equal(got[0], other)
+    err = np.abs(got[0] - exact)
     bound = _diag_row_bound(X, means, u_diag)
     note(f"max error / bound {float(np.max(err / bound)):.3g}")
     assert np.all(err <= bound), float(np.max(err / bound))
@@ -955,7 +1012,10 @@ def test_diag_kernel_float32_statistics_are_within_the_derived_bound(seed, d, k,
     fam = GaussianFamily(k, d, covariance_type="diag", dtype="float32")
     k32 = GaussianDiagKernel(mu, u_diag, float32=True)
     assert k32.float32_rows
-    stats32 = fam.stats_from_buffer(k32.accumulate(X, W))
+    got = _by_diag_loop(lambda: k32.accumulate(X, W))
+    for other in got[1:]:           # the AVX-512 sweep: the AVX2 clone's bits
+        np.testing.assert_array_equal(got[0], other)
+    stats32 = fam.stats_from_buffer(got[0])
     stats64 = fam.stats_from_buffer(GaussianDiagKernel(mu, u_diag).accumulate(
         X.astype(np.float64), W))
     # the float32 sweep ran: the chunk's reference points are float(mu)
