@@ -39,8 +39,9 @@ only (docs/elbo_chain.md#float32 derives the bound, which the family's
 double. On x86-64-v4 (AVX-512) CPUs this loop and the float32 statistics' sweep
 below have a third version taking 16 components per vector (the log-density 4
 rows per block) with the same operations per component (t formed negated,
-exactly): the same bits (``_avx512_float32`` chooses, for the tests). The statistics' sweep about the pass's means is float32 too: about the
-means rounded to float (the chunk's reference points), t = x - float(mu) in
+exactly): the same bits (``_avx512_float32`` chooses, for the tests). The
+statistics' sweep about the pass's means is float32 too: about the means
+rounded to float (the chunk's reference points), t = x - float(mu) in
 float, the weights scaled by 2^64 and rounded to float, and per block of
 ``STATISTICS_ROWS_F32`` rows the sums of w t and w t^2 taken in float on 8-float
 vectors, then widened, scaled back and added to the double tables (the weights'
