@@ -509,15 +509,16 @@ static int emc_full_f32_stats_ok(const float* X, Py_ssize_t n, Py_ssize_t d,
    of the ld rows of the float X^T (d x ld, ld a multiple of EMC_ROWS_F32, rows
    n..ld-1 zero), weighted by column k of weights (n x K): r = sum_i w_i t_i and
    the upper triangle (in 4-column tiles) of S = sum_i w_i t_i t_i^T (da x da),
-   t = x - h. Blocks of F = EMC_STAT_ROWS_F32 rows: wf = float(w 2^40), t and
-   wf t in float (D, WD: da x F floats each), the block's sums of wf t and
-   (wf t) t_b in float over 16 lanes (lane i mod 16, in row order, depth F /
-   16), each widened and added to its lane of the double rp16 (16 d) and S16
-   (16 da da), summed at the end in a fixed tree and scaled back by 2^-40. A
-   tile's TA x 4 float sums stay in registers over the whole block (rows inner)
-   and are widened once per block: nothing of them is loaded or stored between
-   rows. TA (2 or 4, a constant) rows of a tile: the same operations per entry
-   and lane either way (the same bits). */
+   t = x - h. Blocks of F = EMC_STAT_ROWS_F32 rows: wf = float(w 2^40), t in
+   float (D: da x F floats), then per TA rows of tiles their wf t (WD: TA x F
+   floats; r's sums) and the tiles; the block's sums of wf t and (wf t) t_b in
+   float over 16 lanes (lane i mod 16, in row order, depth F / 16), each
+   widened and added to its lane of the double rp16 (16 d) and S16 (16 da da),
+   summed at the end in a fixed tree and scaled back by 2^-40. A tile's TA x 4
+   float sums stay in registers over the whole block (rows inner) and are
+   widened once per block: nothing of them is loaded or stored between rows.
+   TA (2 or 4, a constant) rows of a tile and V4 (the AVX-512 widening): the
+   same operations per entry and lane either way (the same bits). */
 #if EMC_GNUC
 typedef double emc_v8d __attribute__((vector_size(64)));
 typedef float emc_v8f __attribute__((vector_size(32)));
@@ -532,46 +533,77 @@ typedef float emc_v8f __attribute__((vector_size(32)));
         memcpy((p), &s0_, 64); memcpy((p) + 8, &s1_, 64);                  \
     } while (0)
 
+#if EMC_HAVE_CLONES
+/* EMC_ADD_WIDENED_16 in AVX-512 intrinsics: the same sums (each lane widened
+   exactly, one double add), two vcvtps2pd ymm -> zmm, where GCC 12 makes four
+   4-lane conversions and inserts of the generic one (a third of the float32
+   moments' time in perf); only the x86-64-v4 loop calls it */
+__attribute__((target("arch=x86-64-v4")))
+static inline void emc_add_widened_16_v4(double* p, const emc_v16f* x)
+{
+    __m512 v;
+    memcpy(&v, x, 64);
+    __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    _mm512_storeu_pd(p, _mm512_add_pd(_mm512_loadu_pd(p), lo));
+    _mm512_storeu_pd(p + 8, _mm512_add_pd(_mm512_loadu_pd(p + 8), hi));
+}
+#define EMC_ADD_WIDENED(V4, p, x) do {                                     \
+        if (V4) emc_add_widened_16_v4((p), &(x));                          \
+        else EMC_ADD_WIDENED_16((p), (x));                                 \
+    } while (0)
+#else
+#define EMC_ADD_WIDENED(V4, p, x) EMC_ADD_WIDENED_16((p), (x))
+#endif
+
 EMC_ALWAYS_INLINE void emc_full_moments_f32_body(
         const float* Xt, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t d, Py_ssize_t da,
         const float* wf, const float* h,
-        float* D, float* WD, double* rp16, double* S16, const int TA)
+        float* D, float* WD, double* rp16, double* S16, const int TA, const int V4)
 {
     const Py_ssize_t F = EMC_STAT_ROWS_F32;
     Py_ssize_t i, i0, nb, l, v, a0, b0;
     for (l = d; l < da; l++)
-        for (i = 0; i < F; i++) { D[l * F + i] = 0.0f; WD[l * F + i] = 0.0f; }
+        for (i = 0; i < F; i++) D[l * F + i] = 0.0f;
     for (i0 = 0; i0 < ld; i0 += F) {
         nb = ld - i0 < F ? ld - i0 : F;      /* a multiple of 16 */
         for (l = 0; l < d; l++) {
-            emc_v16f hl = emc_set1_f16(h[l]), racc = (emc_v16f){0};
+            emc_v16f hl = emc_set1_f16(h[l]);
             for (v = 0; v < nb; v += 16) {
-                emc_v16f x, w, t, wt;
+                emc_v16f x;
                 memcpy(&x, Xt + l * ld + i0 + v, 64);
-                memcpy(&w, wf + i0 + v, 64);
-                t = x - hl;
-                wt = w * t;
-                memcpy(D + l * F + v, &t, 64);
-                memcpy(WD + l * F + v, &wt, 64);
-                racc = racc + wt;
+                x = x - hl;
+                memcpy(D + l * F + v, &x, 64);
             }
-            EMC_ADD_WIDENED_16(rp16 + 16 * l, racc);
         }
         for (a0 = 0; a0 < d; a0 += TA) {
+            /* w t of the tiles' TA rows (and their sums r), then the tiles */
+            for (int ta = 0; ta < TA; ta++) {
+                emc_v16f racc = (emc_v16f){0};
+                for (v = 0; v < nb; v += 16) {
+                    emc_v16f t, w;
+                    memcpy(&t, D + (a0 + ta) * F + v, 64);
+                    memcpy(&w, wf + i0 + v, 64);
+                    t = w * t;
+                    memcpy(WD + ta * F + v, &t, 64);
+                    racc = racc + t;
+                }
+                if (a0 + ta < d) EMC_ADD_WIDENED(V4, rp16 + 16 * (a0 + ta), racc);
+            }
             for (b0 = (a0 / 4) * 4; b0 < d; b0 += 4) {
                 emc_v16f acc[4][4];
                 for (int ta = 0; ta < TA; ta++)
                     for (int c = 0; c < 4; c++) acc[ta][c] = (emc_v16f){0};
                 for (v = 0; v < nb; v += 16) {
                     emc_v16f x[4], y[4];
-                    for (int ta = 0; ta < TA; ta++) memcpy(&x[ta], WD + (a0 + ta) * F + v, 64);
+                    for (int ta = 0; ta < TA; ta++) memcpy(&x[ta], WD + ta * F + v, 64);
                     for (int c = 0; c < 4; c++) memcpy(&y[c], D + (b0 + c) * F + v, 64);
                     for (int ta = 0; ta < TA; ta++)
                         for (int c = 0; c < 4; c++) acc[ta][c] = acc[ta][c] + x[ta] * y[c];
                 }
                 for (int ta = 0; ta < TA; ta++)
                     for (int c = 0; c < 4; c++)
-                        EMC_ADD_WIDENED_16(S16 + 16 * ((a0 + ta) * da + b0 + c), acc[ta][c]);
+                        EMC_ADD_WIDENED(V4, S16 + 16 * ((a0 + ta) * da + b0 + c), acc[ta][c]);
             }
         }
     }
@@ -583,7 +615,7 @@ static void emc_full_moments_f32_v4(
         const float* Xt, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t d, Py_ssize_t da,
         const float* wf, const float* h, float* D, float* WD, double* rp16, double* S16)
 {
-    emc_full_moments_f32_body(Xt, ld, n, d, da, wf, h, D, WD, rp16, S16, 4);
+    emc_full_moments_f32_body(Xt, ld, n, d, da, wf, h, D, WD, rp16, S16, 4, 1);
 }
 #endif
 
@@ -592,7 +624,7 @@ static void emc_full_moments_f32_v3(
         const float* Xt, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t d, Py_ssize_t da,
         const float* wf, const float* h, float* D, float* WD, double* rp16, double* S16)
 {
-    emc_full_moments_f32_body(Xt, ld, n, d, da, wf, h, D, WD, rp16, S16, 2);
+    emc_full_moments_f32_body(Xt, ld, n, d, da, wf, h, D, WD, rp16, S16, 2, 0);
 }
 #else
 /* without GNU vectors: the same operations per entry and lane, one lane at a time */

@@ -276,14 +276,15 @@ cdef class GaussianFullKernel(FamilyKernel):
                                             + emc_moment_slot_size(d, EMC_SCATTER_FULL)
                                             + 2 * d)
         # float32 rows: the float X^T (d x ld32) and a group's t (EMC_ROWS_F32 x d);
-        # the float32 statistics: the float X^T, the scaled weights transposed and a
-        # block's D and w D (da x EMC_STAT_ROWS_F32 floats each), the 16 lanes of r
+        # the float32 statistics: the float X^T, the scaled weights transposed, a
+        # block's D (da x EMC_STAT_ROWS_F32 floats) and w D of a tile's rows (4 x
+        # EMC_STAT_ROWS_F32), the 16 lanes of r
         # and S (16 d + 16 da^2), S, the weights' sums (K), K chunk slots + merge
         # scratch
         if self.float32_rows:
             size = max(size, (d * (_stride_f32(n_rows) + EMC_ROWS_F32) + 1) // 2,
                        _round_up((d * _stride_f32(n_rows) + 1) // 2, 8)
-                       + (K * _stride_f32(n_rows) + 2 * da * EMC_STAT_ROWS_F32) // 2 + 8
+                       + (K * _stride_f32(n_rows) + (da + 4) * EMC_STAT_ROWS_F32) // 2 + 8
                        + 16 * d + 17 * da * da + K
                        + K * emc_moment_slot_size(d, EMC_SCATTER_FULL) + 2 * d)
         return size
@@ -383,7 +384,7 @@ cdef class GaussianFullKernel(FamilyKernel):
                 wf = <float*>(scratch + _round_up((d * ld32 + 1) // 2, 8))
                 D = wf + K * ld32
                 WD = D + da * EMC_STAT_ROWS_F32
-                rp16 = <double*>(WD + da * EMC_STAT_ROWS_F32) + 8
+                rp16 = <double*>(WD + 4 * EMC_STAT_ROWS_F32) + 8
                 S16 = rp16 + 16 * d
                 Sp = S16 + 16 * da * da
                 Wk = Sp + da * da
