@@ -590,7 +590,27 @@ EMC_ALWAYS_INLINE void emc_full_moments_f32_body(
                 }
                 if (a0 + ta < d) EMC_ADD_WIDENED(V4, rp16 + 16 * (a0 + ta), racc);
             }
-            for (b0 = (a0 / 4) * 4; b0 < d; b0 += 4) {
+            b0 = (a0 / 4) * 4;
+            if (TA == 4) {
+                /* the diagonal tile (b0 = a0): its upper triangle only, c >= ta
+                   (10 of the 16 sums, each the same operations as in a full
+                   tile; the others are never read) */
+                emc_v16f acc[4][4];
+                for (int ta = 0; ta < 4; ta++)
+                    for (int c = ta; c < 4; c++) acc[ta][c] = (emc_v16f){0};
+                for (v = 0; v < nb; v += 16) {
+                    emc_v16f x[4], y[4];
+                    for (int ta = 0; ta < 4; ta++) memcpy(&x[ta], WD + ta * F + v, 64);
+                    for (int c = 0; c < 4; c++) memcpy(&y[c], D + (b0 + c) * F + v, 64);
+                    for (int ta = 0; ta < 4; ta++)
+                        for (int c = ta; c < 4; c++) acc[ta][c] = acc[ta][c] + x[ta] * y[c];
+                }
+                for (int ta = 0; ta < 4; ta++)
+                    for (int c = ta; c < 4; c++)
+                        EMC_ADD_WIDENED(V4, S16 + 16 * ((a0 + ta) * da + b0 + c), acc[ta][c]);
+                b0 += 4;
+            }
+            for (; b0 < d; b0 += 4) {
                 emc_v16f acc[4][4];
                 for (int ta = 0; ta < TA; ta++)
                     for (int c = 0; c < 4; c++) acc[ta][c] = (emc_v16f){0};
@@ -673,8 +693,9 @@ static void emc_weights_f32(const double* weights, Py_ssize_t n, Py_ssize_t K,
 }
 
 /* emc_full_moments_f32_v3/_v4 for one component (wf: its row of
-   emc_weights_f32, ld floats), then r (d) and the upper triangle of S (da x da, entries b >= 4 (a / 4)) added up from the lanes in
-   a fixed tree and scaled back; rp16, S16 are zeroed here. */
+   emc_weights_f32, ld floats), then r (d) and the upper triangle of S (da x
+   da, entries a <= b < d; the others 0) added up from the lanes in a fixed
+   tree and scaled back; rp16, S16 are zeroed here. */
 static void emc_full_moments_f32(
         const float* Xt, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t d, Py_ssize_t da,
         const float* wf, const float* h,
@@ -694,6 +715,10 @@ static void emc_full_moments_f32(
         const double* t = e < d ? rp16 + 16 * e : S16 + 16 * (e - d);
         double s8[8], s4[4];
         int j;
+        if (e >= d && ((e - d) / da >= d || (e - d) % da >= d || (e - d) % da < (e - d) / da)) {
+            S[e - d] = 0.0;     /* below the diagonal or padding: not summed, not read */
+            continue;
+        }
         for (j = 0; j < 8; j++) s8[j] = t[j] + t[j + 8];
         for (j = 0; j < 4; j++) s4[j] = s8[j] + s8[j + 4];
         s4[0] = ((s4[0] + s4[2]) + (s4[1] + s4[3])) / EMC_STAT_SCALE_F32;
