@@ -647,7 +647,8 @@ static void emc_full_moments_f32_v3(
     emc_full_moments_f32_body(Xt, ld, n, d, da, wf, h, D, WD, rp16, S16, 2, 0);
 }
 #else
-/* without GNU vectors: the same operations per entry and lane, one lane at a time */
+/* without GNU vectors: the same operations per entry and lane, one lane at a
+   time (w t made again for each entry rather than kept: WD is unused) */
 static void emc_full_moments_f32_v3(
         const float* Xt, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t d, Py_ssize_t da,
         const float* wf, const float* h, float* D, float* WD, double* rp16, double* S16)
@@ -664,7 +665,6 @@ static void emc_full_moments_f32_v3(
                     float t = Xt[l * ld + i0 + v + e] - h[l];
                     float wt = wf[i0 + v + e] * t;
                     D[l * F + v + e] = t;
-                    WD[l * F + v + e] = wt;
                     racc = racc + wt;
                 }
                 rp16[16 * l + e] += (double)racc;
@@ -673,7 +673,10 @@ static void emc_full_moments_f32_v3(
             for (b = (a / 4) * 4; b < d; b++)
                 for (e = 0; e < 16; e++) {
                     float acc = 0.0f;
-                    for (v = 0; v < nb; v += 16) acc = acc + WD[a * F + v + e] * D[b * F + v + e];
+                    for (v = 0; v < nb; v += 16) {
+                        float wt = wf[i0 + v + e] * D[a * F + v + e];   /* w t, rounded */
+                        acc = acc + wt * D[b * F + v + e];
+                    }
                     S16[16 * (a * da + b) + e] += (double)acc;
                 }
     }
