@@ -4,6 +4,8 @@
 #define EMCORE_GAUSSIAN_FULL_H
 #include <float.h>
 #include <math.h>
+#include <stdint.h>
+#include <string.h>
 #include "emcore/vec4.h"   /* emc_v4 and its operations, EMC_CLONES */
 
 #define EMC_ROWS 8    /* rows per group: two vectors */
@@ -439,37 +441,65 @@ static int emc_full_log_density_f32(
    that keeps most w t and w t t above float's normal range;
    docs/elbo_chain.md#float32 derives the bound from both. */
 #define EMC_STAT_ROWS_F32 256
-#define EMC_STAT_BLOCK_F32 64     /* rows of D and w D at a time (in L1) */
 #define EMC_STAT_SCALE_F32 1099511627776.0
 
-/* 1 if the float32 statistics may run on the n rows of the float X^T (d x ld)
-   with weights (n x K) about the floats h (K x d): every weight in [0, 2^42],
-   |x| + |h| <= 2^20 and no float sum of EMC_STAT_ROWS_F32 / 16 terms that can
-   overflow (w 2^40 max(t, t^2) EMC_STAT_ROWS_F32 / 16 <= 2^126); else 0 (the
-   chunk is summed in double). Weights below float's normal range once scaled
-   (w < 2^-166) and products that underflow carry an absolute error, which
-   |t| <= 2^20 bounds (docs/elbo_chain.md#float32). NaN gives 0. */
-static int emc_full_f32_stats_ok(const float* Xt, Py_ssize_t ld, Py_ssize_t n,
-                                 Py_ssize_t d, const double* weights, Py_ssize_t K,
-                                 const float* h)
+/* The largest of the m floats' |x| as bits (sign cleared: non-negative
+   floats' bits order as their values), above 0x7f800000 (inf) if some x is
+   NaN; integer maxima, which the compiler vectorizes. */
+EMC_CLONES
+static uint32_t emc_abs_max_bits_f32(const float* x, Py_ssize_t m)
 {
-    Py_ssize_t i, l;
-    double xm = 0.0, hm = 0.0, wmax = 0.0, tm, a;
-    for (l = 0; l < d; l++)
-        for (i = 0; i < n; i++) {
-            a = fabs((double)Xt[l * ld + i]);
-            if (!(a <= xm)) xm = a;
-        }
+    uint32_t best = 0, b;
+    Py_ssize_t i;
+    for (i = 0; i < m; i++) {
+        memcpy(&b, x + i, sizeof b);
+        b &= 0x7fffffffu;
+        best = b > best ? b : best;
+    }
+    return best;
+}
+
+/* The largest bits of the m doubles, sign kept: the largest value if all are
+   non-negative numbers; a negative one (-0 too) or NaN gives bits above those
+   of any non-negative number. */
+EMC_CLONES
+static uint64_t emc_max_bits_f64(const double* x, Py_ssize_t m)
+{
+    uint64_t best = 0, b;
+    Py_ssize_t i;
+    for (i = 0; i < m; i++) {
+        memcpy(&b, x + i, sizeof b);
+        best = b > best ? b : best;
+    }
+    return best;
+}
+
+/* 1 if the float32 statistics may run on the n float rows X (n x d) with
+   weights (n x K) about the floats h (K x d): every weight in [0, 2^42] (-0
+   excluded), |x| + |h| <= 2^20 and no float sum of EMC_STAT_ROWS_F32 / 16
+   terms that can overflow (w 2^40 max(t, t^2) EMC_STAT_ROWS_F32 / 16 <=
+   2^126); else 0 (the chunk is summed in double). Weights below float's
+   normal range once scaled (w < 2^-166) and products that underflow carry an
+   absolute error, which |t| <= 2^20 bounds (docs/elbo_chain.md#float32). NaN
+   gives 0. */
+static int emc_full_f32_stats_ok(const float* X, Py_ssize_t n, Py_ssize_t d,
+                                 const double* weights, Py_ssize_t K, const float* h)
+{
+    const double wlim = 0x1p42;
+    uint32_t xb = emc_abs_max_bits_f32(X, n * d);
+    uint64_t wb = emc_max_bits_f64(weights, n * K), lb;
+    Py_ssize_t i;
+    double hm = 0.0, wmax, tm, a;
+    float xf;
+    memcpy(&lb, &wlim, sizeof lb);
+    if (xb > 0x7f800000u || wb > lb) return 0;
+    memcpy(&xf, &xb, sizeof xf);
+    memcpy(&wmax, &wb, sizeof wmax);
     for (i = 0; i < K * d; i++) {
         a = fabs((double)h[i]);
         if (!(a <= hm)) hm = a;
     }
-    for (i = 0; i < n * K; i++) {
-        a = weights[i];
-        if (!(a >= 0.0 && a <= 0x1p42)) return 0;
-        if (a > wmax) wmax = a;
-    }
-    tm = xm + hm;
+    tm = (double)xf + hm;
     if (!(tm <= 0x1p20)) return 0;
     a = tm > 1.0 ? tm * tm : 1.0;
     return wmax * EMC_STAT_SCALE_F32 * a * (EMC_STAT_ROWS_F32 / 16) <= 0x1p126;
@@ -479,14 +509,16 @@ static int emc_full_f32_stats_ok(const float* Xt, Py_ssize_t ld, Py_ssize_t n,
    of the ld rows of the float X^T (d x ld, ld a multiple of EMC_ROWS_F32, rows
    n..ld-1 zero), weighted by column k of weights (n x K): r = sum_i w_i t_i and
    the upper triangle (in 4-column tiles) of S = sum_i w_i t_i t_i^T (da x da),
-   t = x - h. Blocks of EMC_STAT_ROWS_F32 rows: wf = float(w 2^40), t and
-   wf t in float (D, WD: da x EMC_STAT_ROWS_F32 floats), the block's sums of
-   wf t and (wf t) t_b in float over 16 lanes (lane i mod 16, in row order,
-   depth EMC_STAT_ROWS_F32 / 16), each widened and added to its lane of the
-   double rp16 (16 d) and S16 (16 da da), summed at the end in a fixed tree
-   and scaled back by 2^-40. TA (2 or 4, a constant) rows of a tile: the same
-   operations per entry and lane either way (the same bits). Sf: the float
-   sums, 16 (d + da da). */
+   t = x - h. Blocks of F = EMC_STAT_ROWS_F32 rows: wf = float(w 2^40), t in
+   float (D: da x F floats), then per TA rows of tiles their wf t (WD: TA x F
+   floats; r's sums) and the tiles; the block's sums of wf t and (wf t) t_b in
+   float over 16 lanes (lane i mod 16, in row order, depth F / 16), each
+   widened and added to its lane of the double rp16 (16 d) and S16 (16 da da),
+   summed at the end in a fixed tree and scaled back by 2^-40. A tile's TA x 4
+   float sums stay in registers over the whole block (rows inner) and are
+   widened once per block: nothing of them is loaded or stored between rows.
+   TA (2 or 4, a constant) rows of a tile and V4 (the AVX-512 widening): the
+   same operations per entry and lane either way (the same bits). */
 #if EMC_GNUC
 typedef double emc_v8d __attribute__((vector_size(64)));
 typedef float emc_v8f __attribute__((vector_size(32)));
@@ -501,68 +533,98 @@ typedef float emc_v8f __attribute__((vector_size(32)));
         memcpy((p), &s0_, 64); memcpy((p) + 8, &s1_, 64);                  \
     } while (0)
 
+#if EMC_HAVE_CLONES
+/* EMC_ADD_WIDENED_16 in AVX-512 intrinsics: the same sums (each lane widened
+   exactly, one double add), two vcvtps2pd ymm -> zmm, where GCC 12 makes four
+   4-lane conversions and inserts of the generic one (a third of the float32
+   moments' time in perf); only the x86-64-v4 loop calls it */
+__attribute__((target("arch=x86-64-v4")))
+static inline void emc_add_widened_16_v4(double* p, const emc_v16f* x)
+{
+    __m512 v;
+    memcpy(&v, x, 64);
+    __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    _mm512_storeu_pd(p, _mm512_add_pd(_mm512_loadu_pd(p), lo));
+    _mm512_storeu_pd(p + 8, _mm512_add_pd(_mm512_loadu_pd(p + 8), hi));
+}
+#define EMC_ADD_WIDENED(V4, p, x) do {                                     \
+        if (V4) emc_add_widened_16_v4((p), &(x));                          \
+        else EMC_ADD_WIDENED_16((p), (x));                                 \
+    } while (0)
+#else
+#define EMC_ADD_WIDENED(V4, p, x) EMC_ADD_WIDENED_16((p), (x))
+#endif
+
 EMC_ALWAYS_INLINE void emc_full_moments_f32_body(
         const float* Xt, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t d, Py_ssize_t da,
         const float* wf, const float* h,
-        float* D, float* WD, float* Sf, double* rp16, double* S16, const int TA)
+        float* D, float* WD, double* rp16, double* S16, const int TA, const int V4)
 {
-    const Py_ssize_t B = EMC_STAT_BLOCK_F32, F = EMC_STAT_ROWS_F32;
-    Py_ssize_t i, i0, nb, l, v, a0, b0, e;
+    const Py_ssize_t F = EMC_STAT_ROWS_F32;
+    Py_ssize_t i, i0, nb, l, v, a0, b0;
     for (l = d; l < da; l++)
-        for (i = 0; i < B; i++) { D[l * B + i] = 0.0f; WD[l * B + i] = 0.0f; }
-    for (i = 0; i < 16 * (d + da * da); i++) Sf[i] = 0.0f;
-    for (i0 = 0; i0 < ld; i0 += B) {
-        nb = ld - i0 < B ? ld - i0 : B;      /* a multiple of 16 */
+        for (i = 0; i < F; i++) D[l * F + i] = 0.0f;
+    for (i0 = 0; i0 < ld; i0 += F) {
+        nb = ld - i0 < F ? ld - i0 : F;      /* a multiple of 16 */
         for (l = 0; l < d; l++) {
-            emc_v16f hl = emc_set1_f16(h[l]), racc;
-            memcpy(&racc, Sf + 16 * l, 64);
+            emc_v16f hl = emc_set1_f16(h[l]);
             for (v = 0; v < nb; v += 16) {
-                emc_v16f x, w, t, wt;
+                emc_v16f x;
                 memcpy(&x, Xt + l * ld + i0 + v, 64);
-                memcpy(&w, wf + i0 + v, 64);
-                t = x - hl;
-                wt = w * t;
-                memcpy(D + l * B + v, &t, 64);
-                memcpy(WD + l * B + v, &wt, 64);
-                racc = racc + wt;
+                x = x - hl;
+                memcpy(D + l * F + v, &x, 64);
             }
-            memcpy(Sf + 16 * l, &racc, 64);
         }
         for (a0 = 0; a0 < d; a0 += TA) {
-            for (b0 = (a0 / 4) * 4; b0 < d; b0 += 4) {
+            /* w t of the tiles' TA rows (and their sums r), then the tiles */
+            for (int ta = 0; ta < TA; ta++) {
+                emc_v16f racc = (emc_v16f){0};
+                for (v = 0; v < nb; v += 16) {
+                    emc_v16f t, w;
+                    memcpy(&t, D + (a0 + ta) * F + v, 64);
+                    memcpy(&w, wf + i0 + v, 64);
+                    t = w * t;
+                    memcpy(WD + ta * F + v, &t, 64);
+                    racc = racc + t;
+                }
+                if (a0 + ta < d) EMC_ADD_WIDENED(V4, rp16 + 16 * (a0 + ta), racc);
+            }
+            b0 = (a0 / 4) * 4;
+            if (TA == 4) {
+                /* the diagonal tile (b0 = a0): its upper triangle only, c >= ta
+                   (10 of the 16 sums, each the same operations as in a full
+                   tile; the others are never read) */
                 emc_v16f acc[4][4];
-                for (int ta = 0; ta < TA; ta++)
-                    for (int c = 0; c < 4; c++)
-                        memcpy(&acc[ta][c], Sf + 16 * (d + (a0 + ta) * da + b0 + c), 64);
+                for (int ta = 0; ta < 4; ta++)
+                    for (int c = ta; c < 4; c++) acc[ta][c] = (emc_v16f){0};
                 for (v = 0; v < nb; v += 16) {
                     emc_v16f x[4], y[4];
-                    for (int ta = 0; ta < TA; ta++) memcpy(&x[ta], WD + (a0 + ta) * B + v, 64);
-                    for (int c = 0; c < 4; c++) memcpy(&y[c], D + (b0 + c) * B + v, 64);
+                    for (int ta = 0; ta < 4; ta++) memcpy(&x[ta], WD + ta * F + v, 64);
+                    for (int c = 0; c < 4; c++) memcpy(&y[c], D + (b0 + c) * F + v, 64);
+                    for (int ta = 0; ta < 4; ta++)
+                        for (int c = ta; c < 4; c++) acc[ta][c] = acc[ta][c] + x[ta] * y[c];
+                }
+                for (int ta = 0; ta < 4; ta++)
+                    for (int c = ta; c < 4; c++)
+                        EMC_ADD_WIDENED(V4, S16 + 16 * ((a0 + ta) * da + b0 + c), acc[ta][c]);
+                b0 += 4;
+            }
+            for (; b0 < d; b0 += 4) {
+                emc_v16f acc[4][4];
+                for (int ta = 0; ta < TA; ta++)
+                    for (int c = 0; c < 4; c++) acc[ta][c] = (emc_v16f){0};
+                for (v = 0; v < nb; v += 16) {
+                    emc_v16f x[4], y[4];
+                    for (int ta = 0; ta < TA; ta++) memcpy(&x[ta], WD + ta * F + v, 64);
+                    for (int c = 0; c < 4; c++) memcpy(&y[c], D + (b0 + c) * F + v, 64);
                     for (int ta = 0; ta < TA; ta++)
                         for (int c = 0; c < 4; c++) acc[ta][c] = acc[ta][c] + x[ta] * y[c];
                 }
                 for (int ta = 0; ta < TA; ta++)
                     for (int c = 0; c < 4; c++)
-                        memcpy(Sf + 16 * (d + (a0 + ta) * da + b0 + c), &acc[ta][c], 64);
+                        EMC_ADD_WIDENED(V4, S16 + 16 * ((a0 + ta) * da + b0 + c), acc[ta][c]);
             }
-        }
-        if ((i0 + nb) % F == 0 || i0 + nb >= ld) {
-            /* the float sums of F rows (or the chunk's last ones) into the double
-               lanes: r, then the entries (a, b >= 4 (a / 4)) the tiles touch */
-            for (e = 0; e < d; e++) {
-                emc_v16f x;
-                memcpy(&x, Sf + 16 * e, 64);
-                EMC_ADD_WIDENED_16(rp16 + 16 * e, x);
-                memset(Sf + 16 * e, 0, 64);
-            }
-            for (a0 = 0; a0 < da; a0++)
-                for (b0 = (a0 / 4) * 4; b0 < da; b0++) {
-                    emc_v16f x;
-                    e = a0 * da + b0;
-                    memcpy(&x, Sf + 16 * (d + e), 64);
-                    EMC_ADD_WIDENED_16(S16 + 16 * e, x);
-                    memset(Sf + 16 * (d + e), 0, 64);
-                }
         }
     }
 }
@@ -571,63 +633,52 @@ EMC_ALWAYS_INLINE void emc_full_moments_f32_body(
 __attribute__((target("arch=x86-64-v4")))
 static void emc_full_moments_f32_v4(
         const float* Xt, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t d, Py_ssize_t da,
-        const float* wf, const float* h,
-        float* D, float* WD, float* Sf, double* rp16, double* S16)
+        const float* wf, const float* h, float* D, float* WD, double* rp16, double* S16)
 {
-    emc_full_moments_f32_body(Xt, ld, n, d, da, wf, h, D, WD, Sf, rp16, S16, 4);
+    emc_full_moments_f32_body(Xt, ld, n, d, da, wf, h, D, WD, rp16, S16, 4, 1);
 }
 #endif
 
 EMC_CLONES
 static void emc_full_moments_f32_v3(
         const float* Xt, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t d, Py_ssize_t da,
-        const float* wf, const float* h,
-        float* D, float* WD, float* Sf, double* rp16, double* S16)
+        const float* wf, const float* h, float* D, float* WD, double* rp16, double* S16)
 {
-    emc_full_moments_f32_body(Xt, ld, n, d, da, wf, h, D, WD, Sf, rp16, S16, 2);
+    emc_full_moments_f32_body(Xt, ld, n, d, da, wf, h, D, WD, rp16, S16, 2, 0);
 }
 #else
-/* without GNU vectors: the same operations per entry and lane, one lane at a time */
+/* without GNU vectors: the same operations per entry and lane, one lane at a
+   time (w t made again for each entry rather than kept: WD is unused) */
 static void emc_full_moments_f32_v3(
         const float* Xt, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t d, Py_ssize_t da,
-        const float* wf, const float* h,
-        float* D, float* WD, float* Sf, double* rp16, double* S16)
+        const float* wf, const float* h, float* D, float* WD, double* rp16, double* S16)
 {
-    const Py_ssize_t B = EMC_STAT_BLOCK_F32, F = EMC_STAT_ROWS_F32;
-    Py_ssize_t i, i0, nb, l, v, a, b;
+    const Py_ssize_t F = EMC_STAT_ROWS_F32;
+    Py_ssize_t i0, nb, l, v, a, b;
     int e;
-    for (i = 0; i < 16 * (d + da * da); i++) Sf[i] = 0.0f;
-    for (i0 = 0; i0 < ld; i0 += B) {
-        nb = ld - i0 < B ? ld - i0 : B;
+    for (i0 = 0; i0 < ld; i0 += F) {
+        nb = ld - i0 < F ? ld - i0 : F;
         for (l = 0; l < d; l++)
-            for (v = 0; v < nb; v += 16)
-                for (e = 0; e < 16; e++) {
+            for (e = 0; e < 16; e++) {
+                float racc = 0.0f;
+                for (v = 0; v < nb; v += 16) {
                     float t = Xt[l * ld + i0 + v + e] - h[l];
                     float wt = wf[i0 + v + e] * t;
-                    D[l * B + v + e] = t;
-                    WD[l * B + v + e] = wt;
-                    Sf[16 * l + e] = Sf[16 * l + e] + wt;
+                    D[l * F + v + e] = t;
+                    racc = racc + wt;
                 }
+                rp16[16 * l + e] += (double)racc;
+            }
         for (a = 0; a < d; a++)
             for (b = (a / 4) * 4; b < d; b++)
-                for (v = 0; v < nb; v += 16)
-                    for (e = 0; e < 16; e++) {
-                        float* s = Sf + 16 * (d + a * da + b) + e;
-                        *s = *s + WD[a * B + v + e] * D[b * B + v + e];
-                    }
-        if ((i0 + nb) % F == 0 || i0 + nb >= ld) {
-            for (l = 0; l < d; l++)
                 for (e = 0; e < 16; e++) {
-                    rp16[16 * l + e] += (double)Sf[16 * l + e];
-                    Sf[16 * l + e] = 0.0f;
-                }
-            for (a = 0; a < d; a++)
-                for (b = (a / 4) * 4; b < d; b++)
-                    for (e = 0; e < 16; e++) {
-                        S16[16 * (a * da + b) + e] += (double)Sf[16 * (d + a * da + b) + e];
-                        Sf[16 * (d + a * da + b) + e] = 0.0f;
+                    float acc = 0.0f;
+                    for (v = 0; v < nb; v += 16) {
+                        float wt = wf[i0 + v + e] * D[a * F + v + e];   /* w t, rounded */
+                        acc = acc + wt * D[b * F + v + e];
                     }
-        }
+                    S16[16 * (a * da + b) + e] += (double)acc;
+                }
     }
 }
 #endif
@@ -645,12 +696,13 @@ static void emc_weights_f32(const double* weights, Py_ssize_t n, Py_ssize_t K,
 }
 
 /* emc_full_moments_f32_v3/_v4 for one component (wf: its row of
-   emc_weights_f32, ld floats), then r (d) and the upper triangle of S (da x da, entries b >= 4 (a / 4)) added up from the lanes in
-   a fixed tree and scaled back; rp16, S16 are zeroed here. */
+   emc_weights_f32, ld floats), then r (d) and the upper triangle of S (da x
+   da, entries a <= b < d; the others 0) added up from the lanes in a fixed
+   tree and scaled back; rp16, S16 are zeroed here. */
 static void emc_full_moments_f32(
         const float* Xt, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t d, Py_ssize_t da,
         const float* wf, const float* h,
-        float* D, float* WD, float* Sf, double* rp16, double* S16, double* r, double* S)
+        float* D, float* WD, double* rp16, double* S16, double* r, double* S)
 {
     Py_ssize_t i, e;
     for (i = 0; i < 16 * d; i++) rp16[i] = 0.0;
@@ -658,14 +710,18 @@ static void emc_full_moments_f32(
     if (emc_full_f32_use_v4 < 0) emc_full_f32_use_v4 = emc_full_v4_available();
 #if EMC_GNUC && EMC_HAVE_CLONES
     if (emc_full_f32_use_v4)
-        emc_full_moments_f32_v4(Xt, ld, n, d, da, wf, h, D, WD, Sf, rp16, S16);
+        emc_full_moments_f32_v4(Xt, ld, n, d, da, wf, h, D, WD, rp16, S16);
     else
 #endif
-        emc_full_moments_f32_v3(Xt, ld, n, d, da, wf, h, D, WD, Sf, rp16, S16);
+        emc_full_moments_f32_v3(Xt, ld, n, d, da, wf, h, D, WD, rp16, S16);
     for (e = 0; e < d + da * da; e++) {
         const double* t = e < d ? rp16 + 16 * e : S16 + 16 * (e - d);
         double s8[8], s4[4];
         int j;
+        if (e >= d && ((e - d) / da >= d || (e - d) % da >= d || (e - d) % da < (e - d) / da)) {
+            S[e - d] = 0.0;     /* below the diagonal or padding: not summed, not read */
+            continue;
+        }
         for (j = 0; j < 8; j++) s8[j] = t[j] + t[j + 8];
         for (j = 0; j < 4; j++) s4[j] = s8[j] + s8[j + 4];
         s4[0] = ((s4[0] + s4[2]) + (s4[1] + s4[3])) / EMC_STAT_SCALE_F32;

@@ -48,12 +48,14 @@ triangle of U rounded to float; the constant and the result double
 ``log_density_rounding`` gives the chain). The statistics of a settled chunk
 (each weighted mean near float(mu)) are one sweep in float32 about h = float(mu)
 (the chunk's reference point): t = x - h and w t from the float transposed chunk,
-64 rows at a time, the products summed in 16 float lanes of 256 rows each, then
-widened into double lanes (``GaussianFamily.statistics_rounding`` bounds them);
-other chunks, data beyond 2^20 and weights beyond 2^42 read the rows widened
-exactly into the double transposed chunk (bitwise those of X.astype(float64)).
-With the exact soft rule the pass calls the fused ``chunk_soft_step_f32``, the
-posterior's exps in float32 as for the diagonal kernel.
+256 rows at a time, the products summed in 16 float lanes of 256 rows each (a
+tile's sums held in registers over the 256 rows), then widened into double lanes
+(``GaussianFamily.statistics_rounding`` bounds them); other chunks, data beyond
+2^20 and weights beyond 2^42 (or -0, NaN) read the rows widened exactly into the
+double transposed chunk (bitwise those of X.astype(float64)). With the exact soft
+rule the pass calls the fused ``chunk_soft_step_f32``, the posterior's exps in
+float32 as for the diagonal kernel; its statistics read the float transposed
+chunk its log-density made (one transposition per chunk).
 
 Flops per row and component (counted in benchmarks/bench_gaussian.py): the
 E-step d (subtraction) + d(d+1) (the triangular product: column j has j+1
@@ -100,15 +102,14 @@ cdef extern from "_gaussian_full.h":
                                  const double* log_norm, float* Dt,
                                  double* out) noexcept nogil
     Py_ssize_t EMC_STAT_ROWS_F32
-    Py_ssize_t EMC_STAT_BLOCK_F32
-    int emc_full_f32_stats_ok(const float* Xt, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t d,
+    int emc_full_f32_stats_ok(const float* X, Py_ssize_t n, Py_ssize_t d,
                               const double* weights, Py_ssize_t K,
                               const float* h) noexcept nogil
     void emc_weights_f32(const double* weights, Py_ssize_t n, Py_ssize_t K, Py_ssize_t ld,
                          float* wt) noexcept nogil
     void emc_full_moments_f32(const float* Xt, Py_ssize_t ld, Py_ssize_t n, Py_ssize_t d,
                               Py_ssize_t da, const float* wf, const float* h, float* D,
-                              float* WD, float* Sf, double* rp16, double* S16,
+                              float* WD, double* rp16, double* S16,
                               double* r, double* S) noexcept nogil
 
 
@@ -275,22 +276,24 @@ cdef class GaussianFullKernel(FamilyKernel):
                                             + emc_moment_slot_size(d, EMC_SCATTER_FULL)
                                             + 2 * d)
         # float32 rows: the float X^T (d x ld32) and a group's t (EMC_ROWS_F32 x d);
-        # the float32 statistics: the float X^T, the scaled weights transposed and a
-        # block's D and w D (floats), the float sums (16 (d + da^2) floats), the 16
-        # lanes of r and S (16 d + 16 da^2), S, the weights' sums (K), K chunk
-        # slots + merge scratch
+        # the float32 statistics: the float X^T, the scaled weights transposed, a
+        # block's D (da x EMC_STAT_ROWS_F32 floats) and w D of a tile's rows (4 x
+        # EMC_STAT_ROWS_F32), the 16 lanes of r
+        # and S (16 d + 16 da^2), S, the weights' sums (K), K chunk slots + merge
+        # scratch
         if self.float32_rows:
             size = max(size, (d * (_stride_f32(n_rows) + EMC_ROWS_F32) + 1) // 2,
                        _round_up((d * _stride_f32(n_rows) + 1) // 2, 8)
-                       + (K * _stride_f32(n_rows) + 2 * da * EMC_STAT_BLOCK_F32) // 2 + 8
-                       + 8 * (d + da * da) + 16 * d + 17 * da * da + K
+                       + (K * _stride_f32(n_rows) + (da + 4) * EMC_STAT_ROWS_F32) // 2 + 8
+                       + 16 * d + 17 * da * da + K
                        + K * emc_moment_slot_size(d, EMC_SCATTER_FULL) + 2 * d)
         return size
 
     cdef Py_ssize_t scratch_size(self, Py_ssize_t n_rows) noexcept nogil:
-        # + the fused float32 step's log joint and weighted q (n_rows x K each)
+        # + the fused float32 step's log joint and weighted q (n_rows x K each) and
+        # its column sums (K)
         return (self._base_scratch(n_rows)
-                + (2 * n_rows * self.n_components if self.float32_rows else 0))
+                + ((2 * n_rows + 1) * self.n_components if self.float32_rows else 0))
 
     cdef int chunk_log_density(self, const double* X, Py_ssize_t n_rows,
                                double* out, double* scratch) noexcept nogil:
@@ -305,6 +308,14 @@ cdef class GaussianFullKernel(FamilyKernel):
 
     cdef int chunk_log_density_f32(self, const float* X, Py_ssize_t n_rows,
                                    double* out, double* scratch) noexcept nogil:
+        self._log_density_f32(X, n_rows, out, scratch)
+        return 0
+
+    cdef bint _log_density_f32(self, const float* X, Py_ssize_t n_rows,
+                               double* out, double* scratch) noexcept nogil:
+        # chunk_log_density_f32; True if the float X^T it made is still at the
+        # start of scratch (for the fused step's statistics), False if the chunk
+        # was recomputed in double over it
         cdef Py_ssize_t d = self.n_features
         cdef Py_ssize_t ld32 = _stride_f32(n_rows)
         cdef Py_ssize_t ld = _stride(n_rows)
@@ -322,7 +333,8 @@ cdef class GaussianFullKernel(FamilyKernel):
             emc_full_log_density(Xt, ld, n_rows, d, self.da, self.n_components,
                                  &self.means[0, 0], &self.prec_pad[0, 0, 0],
                                  &self.log_norm[0], Xt + d * ld, out)
-        return 0
+            return False
+        return True
 
     cdef int chunk_accumulate(self, const double* X, Py_ssize_t n_rows,
                               const double* weights, double* stats,
@@ -333,7 +345,18 @@ cdef class GaussianFullKernel(FamilyKernel):
     cdef int chunk_accumulate_f32(self, const float* X, Py_ssize_t n_rows,
                                   const double* weights, double* stats,
                                   double* scratch) noexcept nogil:
-        # moments about h = float32(mu_t) summed in float over blocks of rows
+        if self.float32_statistics:
+            emc_transpose_f32(X, n_rows, self.n_features, _stride_f32(n_rows),
+                              <float*>scratch)
+            return self._accumulate_f32(X, n_rows, weights, stats, scratch)
+        emc_transpose_widen(X, n_rows, self.n_features, _stride(n_rows), scratch)
+        return self._accumulate_transposed(n_rows, weights, stats, scratch)
+
+    cdef int _accumulate_f32(self, const float* X, Py_ssize_t n_rows,
+                             const double* weights, double* stats,
+                             double* scratch) noexcept nogil:
+        # chunk_accumulate_f32 once the float X^T (d x ld32) is at the start of
+        # scratch (float32_statistics): moments about h = float32(mu_t) summed in float over blocks of rows
         # (docs/elbo_chain.md#float32; GaussianFamily.statistics_rounding bounds
         # them); weights or data outside the range that bound needs, or means
         # that moved: the rows widened exactly, the statistics of
@@ -346,7 +369,6 @@ cdef class GaussianFullKernel(FamilyKernel):
         cdef float* wf
         cdef float* D
         cdef float* WD
-        cdef float* Sf
         cdef double* rp16
         cdef double* S16
         cdef double* Sp
@@ -358,14 +380,11 @@ cdef class GaussianFullKernel(FamilyKernel):
         cdef double shift
         cdef bint settled = True
         if self.float32_statistics:
-            emc_transpose_f32(X, n_rows, d, ld32, Xt32)
-            if emc_full_f32_stats_ok(Xt32, ld32, n_rows, d, weights, K,
-                                     &self.mean_hi32[0, 0]):
+            if emc_full_f32_stats_ok(X, n_rows, d, weights, K, &self.mean_hi32[0, 0]):
                 wf = <float*>(scratch + _round_up((d * ld32 + 1) // 2, 8))
                 D = wf + K * ld32
-                WD = D + da * EMC_STAT_BLOCK_F32
-                Sf = WD + da * EMC_STAT_BLOCK_F32
-                rp16 = <double*>(Sf + 16 * (d + da * da)) + 8
+                WD = D + da * EMC_STAT_ROWS_F32
+                rp16 = <double*>(WD + 4 * EMC_STAT_ROWS_F32) + 8
                 S16 = rp16 + 16 * d
                 Sp = S16 + 16 * da * da
                 Wk = Sp + da * da
@@ -390,7 +409,7 @@ cdef class GaussianFullKernel(FamilyKernel):
                     for j in range(d):
                         chunk[EMC_SLOT_REFERENCE(d) + j] = self.mean_hi32[k, j]
                     emc_full_moments_f32(Xt32, ld32, n_rows, d, da, wf + k * ld32,
-                                         &self.mean_hi32[k, 0], D, WD, Sf, rp16,
+                                         &self.mean_hi32[k, 0], D, WD, rp16,
                                          S16, chunk + EMC_SLOT_RESIDUAL(d), Sp)
                     S = chunk + EMC_SLOT_SCATTER(d)
                     for i in range(d):
@@ -424,7 +443,7 @@ cdef class GaussianFullKernel(FamilyKernel):
         cdef double* log_joint = scratch + self._base_scratch(n_rows)
         cdef double* weights = log_joint + n_rows * K
         cdef Py_ssize_t status
-        self.chunk_log_density_f32(X, n_rows, log_joint, scratch)
+        cdef bint transposed = self._log_density_f32(X, n_rows, log_joint, scratch)
         for i in range(n_rows):
             for k in range(K):
                 log_joint[i * K + k] += log_weights[k]
@@ -435,9 +454,8 @@ cdef class GaussianFullKernel(FamilyKernel):
         if status != 0:
             return <int>status
         # q times the row weights, their column sums added row after row (the
-        # pass's order: the same bits), in a private copy stored once (as the
-        # diagonal kernel: scratch's start is free until chunk_accumulate_f32)
-        cdef double* acc = scratch
+        # pass's order: the same bits), in a private copy stored once
+        cdef double* acc = weights + n_rows * K
         for k in range(K):
             acc[k] = resp_sum[k]
         emc_weighted_column_sums(weights, row_weights, n_rows, K, acc)
@@ -445,6 +463,9 @@ cdef class GaussianFullKernel(FamilyKernel):
             resp_sum[k] = acc[k]
         if stats == NULL:
             return 0
+        if transposed and self.float32_statistics:
+            # the float X^T the log-density made, not made again
+            return self._accumulate_f32(X, n_rows, weights, stats, scratch)
         return self.chunk_accumulate_f32(X, n_rows, weights, stats, scratch)
 
     cdef int _accumulate_transposed(self, Py_ssize_t n_rows, const double* weights,

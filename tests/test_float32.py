@@ -804,6 +804,17 @@ def test_full_kernel_float32_statistics_fall_back_to_the_widened_rows():
         w = rng.random((n, k)) * wscale
         np.testing.assert_array_equal(k32.accumulate(X, w),
                                       k64.accumulate(X.astype(np.float64), w))
+    # settled means (the float sums would run), but a weight of -0 or NaN: in double
+    for bad in (-0.0, np.nan):
+        w = rng.random((n, k))
+        settled = (w.T @ X.astype(np.float64)) / w.sum(axis=0)[:, None]
+        k32 = GaussianFullKernel(settled, U, float32=True)
+        k64 = GaussianFullKernel(settled, U)
+        assert not np.array_equal(k32.accumulate(X, w),
+                                  k64.accumulate(X.astype(np.float64), w))
+        w[n // 2, 1] = bad
+        np.testing.assert_array_equal(k32.accumulate(X, w),
+                                      k64.accumulate(X.astype(np.float64), w))
     # a kernel built without float32=True never computes in float32
     assert not k64.float32_rows
     np.testing.assert_array_equal(k64.log_density(X), k64.log_density(X.astype(np.float64)))
@@ -946,15 +957,22 @@ def test_full_kernel_float32_falls_back_to_double_outside_floats_range():
 @pytest.mark.parametrize("weighted", (False, True))
 def test_full_kernel_fused_float32_step_is_the_unfused_pass_with_float32_exps(k, weighted):
     # as the diagonal kernel's: the fused step is its float32 log-density + log pi,
-    # the float32-exp posterior, and its own float32 accumulate of w_i q~_ik
+    # the float32-exp posterior, and its own float32 accumulate of w_i q~_ik (the
+    # fused step's statistics reuse the float X^T its log-density made; accumulate
+    # makes its own)
     rng = np.random.default_rng(50 + k)
     d, n = 5, 700                                        # one chunk: one block
     means, U = _full_params(rng, k, d, 50.0, 1.0, 1)
     X = (means[rng.integers(0, k, n)] + rng.standard_normal((n, d))).astype(np.float32)
-    kernel = GaussianFullKernel(means, U, float32=True)
-    assert kernel.float32_rows and kernel.fused_soft_step_f32
     lw = np.log(rng.dirichlet(np.ones(k)))
     sw = rng.random(n) if weighted else None
+    # the pass's means: the rows' weighted means (a settled chunk, summed in float)
+    _, q0, _, _ = _SoftPosteriorKernelF32().posterior(
+        GaussianFullKernel(means, U).log_density(X.astype(np.float64)) + lw, sw)
+    w0 = q0 if sw is None else q0 * sw[:, None]
+    means = (w0.T @ X.astype(np.float64)) / w0.sum(axis=0)[:, None]
+    kernel = GaussianFullKernel(means, U, float32=True)
+    assert kernel.float32_rows and kernel.fused_soft_step_f32
     soft = SoftPosteriorKernel()
     f_fused = np.empty(n)
     stats, resp_sum, totals = compiled_pass(kernel, soft, X, lw, sw, 1024, 1, True,
@@ -964,6 +982,8 @@ def test_full_kernel_fused_float32_step_is_the_unfused_pass_with_float32_exps(k,
     np.testing.assert_array_equal(totals, t)
     wq = q if sw is None else q * sw[:, None]
     np.testing.assert_array_equal(stats, kernel.accumulate(X, wq))
+    assert not np.array_equal(stats, GaussianFullKernel(means, U).accumulate(
+        X.astype(np.float64), wq))                                      # float sums ran
     np.testing.assert_allclose(resp_sum, wq.sum(axis=0), rtol=4 * n * U64, atol=0)
 # --- the diagonal kernel's float32 statistics ---------------------------------------
 
