@@ -197,6 +197,13 @@ class FitReporter:
         self.label = f"{_LABEL.get()} {start}".strip()
         self.progress = progress_start()
 
+    def note(self, message: str) -> None:
+        """A line about the fit that is not an iteration's, labelled and levelled
+        as the iteration lines are."""
+        level = logging.INFO if self.verbose else logging.DEBUG
+        prefix = f"[{self.label}] " if self.label else ""
+        logger.log(level, prefix + message)
+
     def iteration(self, record: Any, objective_name: str) -> bool:
         """Report ``record``; True to continue, False when the callback asks to stop."""
         level = logging.INFO if self.verbose else logging.DEBUG

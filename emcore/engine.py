@@ -238,6 +238,10 @@ class FitResult:
     #: average over ``n_averaged`` iterations after the rule's burn-in
     chain_last: Optional[tuple] = None
     n_averaged: int = 0
+    #: the family's lower-precision arithmetic (float32 rows) was widened to double
+    #: for the whole fit: its rounding bound exceeded tol x |objective| at the start
+    #: (``Family.widened``; docs/elbo_chain.md#float32-level)
+    widened: bool = False
 
     @property
     def converged(self) -> bool:
@@ -532,8 +536,8 @@ def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarr
         depth = (summation_depth(n, chunk_rows) if isinstance(X, np.ndarray)
                  else X.summation_depth(chunk_rows))
 
-        def run_pass(w, p):
-            return data_pass(X, family, rule, w, p, n_jobs=n_jobs,
+        def run_pass(fam, w, p):
+            return data_pass(X, fam, rule, w, p, n_jobs=n_jobs,
                              sample_weight=sample_weight, chunk_rows=chunk_rows)
     else:
         if sample_weight is not None:
@@ -541,8 +545,8 @@ def run_em(X: np.ndarray, family: Family, rule: PosteriorRule, weights: np.ndarr
                              f"unit is a {structure.unit}.")
         depth = structure.summation_depth(X, chunk_rows, lengths)
 
-        def run_pass(w, p):
-            return structure.data_pass(X, family, rule, w, p, n_jobs=n_jobs,
+        def run_pass(fam, w, p):
+            return structure.data_pass(X, fam, rule, w, p, n_jobs=n_jobs,
                                        chunk_rows=chunk_rows, lengths=lengths)
 
     # BLAS on one thread for the whole fit: the chunk loop's threads are ours, and
@@ -588,7 +592,7 @@ class _Steps:
 
     def run_pass(self, w, p) -> PassResult:
         self.n_passes += 1
-        return self._run_pass(w, p)
+        return self._run_pass(self.family, w, p)
 
     def log_prior(self, w, p, family_prior=None) -> tuple:
         value_w, magnitude_w = self.structure.log_prior(w)
@@ -739,6 +743,19 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, report
     has_prior = structure.has_prior or family_prior != (0.0, 0.0)
     point = steps.point(weights, params, family_prior=family_prior)
     _check_finite(point.objective, "the objective at the initial parameters")
+    wide = _widened_family(steps, point, tol, converged)
+    if wide is not None:
+        # the family's lower-precision arithmetic would leave the stopping rule
+        # testing rounding noise: the whole fit runs in double instead
+        # (Family.widened; docs/elbo_chain.md#float32-level)
+        passes = steps.n_passes
+        family = wide
+        steps = _Steps(X, family, rule, run_pass, depth, structure)
+        steps.n_passes = passes
+        point = steps.point(weights, params, family_prior=family.log_prior(params))
+        _check_finite(point.objective, "the objective at the initial parameters")
+        reporter.note("the rounding bound of the family's lower-precision arithmetic "
+                      "exceeds tol x |objective| at the start: fitting in double precision")
     n_samples = float(np.sum(point.result.resp_sum))
     history = []
     noisy = []     # the first iteration whose rounding bound exceeds tol x |objective|
@@ -814,7 +831,25 @@ def _run_em(X, family, rule, weights, params, *, max_iter, tol, run_pass, report
                      resp_sum=point.result.resp_sum, stats=point.result.stats,
                      rule_state=point.result.rule_state, n_passes=steps.n_passes,
                      chain_last=(None if sem is None else (last.weights, last.params)),
-                     n_averaged=0 if sem is None else sem.count)
+                     n_averaged=0 if sem is None else sem.count, widened=wide is not None)
+
+
+def _widened_family(steps: "_Steps", point: "_Point", tol: float, converged) -> Any:
+    """``Family.widened()`` where the family's lower-precision arithmetic would make
+    the stopping rule test rounding noise from the start: the derived bound of a
+    link at the initial point (the pass's bounds counted twice, as a link's two
+    passes are) above tol x |objective|, the test that otherwise warns at iteration
+    0. None where the rule does not test tol (tol 0, ``converged``, Monte-Carlo
+    rules), where the family has no wider version, or where the bound is within."""
+    if not tol > 0 or converged is not None or steps.stochastic:
+        return None
+    wide = steps.family.widened()
+    if wide is None:
+        return None
+    _, bound = steps._tolerances(point, point, point.result.stats, point.params)
+    bound += float(steps.rule.bound_tolerance(point.result.rule_state,
+                                              point.result.rule_state))
+    return wide if bound > tol * abs(point.objective) else None
 
 
 class _RunningAverage:

@@ -434,6 +434,21 @@ class Family(abc.ABC):
         """
         return 0.0
 
+    def widened(self) -> Optional["Family"]:
+        """The same family computing in double precision throughout, or None.
+
+        A family whose kernels compute partly in a lower precision (float32 rows:
+        ``log_density_rounding`` and ``statistics_rounding`` bound what that costs)
+        returns the family that computes the same model in float64 on the same rows
+        (widened exactly). The engine fits with it instead when the lower
+        precision's bound at the initial parameters exceeds tol x |objective|, the
+        resolution the stopping rule needs (else the rule tests rounding noise);
+        ``FitResult.widened`` records it (docs/elbo_chain.md#float32-level).
+        Default None: no wider version (the engine then warns, as for any fit whose
+        bound exceeds tol x |objective|).
+        """
+        return None
+
     def statistics_rounding(self, stats: Any, params: Params, new_params: Params) -> float:
         """Bound on what the statistics' own rounding moves ``expected_log_likelihood(stats, new_params)``.
 

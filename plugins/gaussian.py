@@ -976,6 +976,16 @@ class GaussianFamily(Family):
                      + _float32_posterior_rounding(self.n_components)
                      * float(np.sum(stats.weight)))
 
+    def widened(self) -> Optional["GaussianFamily"]:
+        # float32 rows: the same model computed in double on the rows widened
+        # exactly (the engine fits with it where the float32 bounds exceed what the
+        # stopping rule resolves; docs/elbo_chain.md#float32-level)
+        if self.dtype != "float32":
+            return None
+        return GaussianFamily(self.n_components, self.n_features,
+                              covariance_type=self.covariance_type,
+                              reg_covar=self.reg_covar, prior=self.prior)
+
     def statistics_rounding(self, stats: GaussianStats, params: Params,
                             new_params: Params) -> float:
         # float32 statistics (docs/elbo_chain.md#float32), by the kernel that sums them

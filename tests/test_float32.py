@@ -1179,3 +1179,54 @@ def test_gaussian_mixture_takes_all_of_float32_only_where_tol_allows(covariance_
         assert ratios[tol] < tol
     # 'all' adds the statistics' (and the full form's) bounds: a larger tau_B
     assert ratios[1e-5] > 1.5 * ratios[1e-6]
+
+
+class _NoWiderGaussian(GaussianFamily):
+    """The Gaussian family without its double-precision version (the engine then
+    keeps float32 arithmetic whatever its bound)."""
+
+    def widened(self):
+        return None
+
+
+@pytest.mark.parametrize("covariance_type, level", [("diag", "log_density"),
+                                                   ("full", "all")])
+def test_engine_fits_in_double_where_the_float32_bound_exceeds_what_tol_resolves(
+        covariance_type, level):
+    # Three tight blobs (spread 0.3, d = 3): |log p| per row ~1.7, small beside the
+    # quadratic form the float32 bound scales with, so the float32 chain bound at
+    # the start is above tol x |F| for tol = 1e-6 (the family without widened()
+    # warns that the stopping rule tests rounding noise: that is what the engine
+    # avoids). With widened() the engine fits in double on the same float32 rows:
+    # the fit of the rows widened exactly, bitwise, plus the one float32 pass that
+    # measured the bound. With tol 1e-3 (bound within) or 0 (no stopping rule) the
+    # fit stays in float32. ('full' at the 'log_density' level widens its rows
+    # itself: its level 'all' here.)
+    from emcore.engine import run_em
+    X = _blobs(np.random.default_rng(6), 500, 3, 3)
+    options = dict(covariance_type=covariance_type, reg_covar=1e-6)
+    fam32 = GaussianFamily(3, 3, dtype="float32", float32_level=level, **options)
+    fam64 = GaussianFamily(3, 3, **options)
+    # the start: the float64 fit's parameters moved a little (near the optimum,
+    # where |F| is smallest beside the bound)
+    _, weights, start = emcore.GaussianMixture(
+        3, random_state=0, **options).fit(X.astype(np.float64))._fitted_model("test")
+    start = dict(start, means=start["means"] + 0.01)
+    rule = get_registry().posterior_rule("soft").factory()
+    with pytest.warns(emcore.ConvergenceWarning, match="known only"):
+        run_em(X, _NoWiderGaussian(3, 3, dtype="float32", float32_level=level, **options),
+               rule, weights, start, tol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wide = run_em(X, fam32, rule, weights, start, tol=1e-6)
+        ref = run_em(X.astype(np.float64), fam64, rule, weights, start, tol=1e-6)
+    assert wide.widened and not ref.widened
+    for name in ("means", "precisions_cholesky"):
+        np.testing.assert_array_equal(wide.params[name], ref.params[name])
+    np.testing.assert_array_equal(wide.weights, ref.weights)
+    assert wide.value == ref.value and wide.n_passes == ref.n_passes + 1
+    for tol in (1e-3, 0.0):
+        kept = run_em(X, fam32, rule, weights, start, tol=tol, max_iter=5)
+        assert not kept.widened
+        assert kept.value != run_em(X.astype(np.float64), fam64, rule, weights, start,
+                                    tol=tol, max_iter=5).value
