@@ -729,6 +729,7 @@ static int emdc_long_runs(const unsigned char* codes, Py_ssize_t n, Py_ssize_t G
    derives the bound). A chunk restarts its runs: the results depend on the
    chunk only, not on the threads. The last n % 4 rows and a bad block on go
    to emdc_soft_rows_v (which reports a bad row). */
+#define EMDC_STRETCH 64
 EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_runs(
         const unsigned char* codes, Py_ssize_t n, Py_ssize_t d, Py_ssize_t K,
         Py_ssize_t nv, Py_ssize_t G, const Py_ssize_t* first, const double* top,
@@ -757,106 +758,142 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_runs(
     emc_v4 Fv = zero, Ev = zero, Hv = zero, Mv = zero, rs[2];
     for (Py_ssize_t k = 0; k < Kp; k++) tmp[k] = k < K ? resp_sum[k] : 0.0;
     for (Py_ssize_t v = 0; v < nv; v++) rs[v] = emc_load(tmp + 4 * v);
-    /* the table side's run (th: a row of it, -1 before the first) and the
-       statistics side's, with the run's sums of w q per high group (sh: a row
-       of it); new: bit r set when row r of the block starts a run */
-    emc_v4 Th[2], Eh[2], acc[3][2] = {{zero, zero}, {zero, zero}, {zero, zero}};
+    /* Rows go in stretches of up to EMDC_STRETCH (a multiple of 4) in three
+       stages, each a loop whose blocks do not wait on one another (the
+       out-of-order core overlaps them; one loop doing all three per block
+       waited on each block's log and division in turn): (1) per block of 4
+       rows, s = sum_k e_k, P and Q, kept in arrays; (2) per block, the log and
+       division, the totals and the row values, and w / s per row; (3) per row,
+       e again (the same products) times w / s, into the statistics. The same
+       operations on the same operands as one loop would do: the same bits.
+       The table side's run (th: a row of it, -1 before the first; Eh is
+       formed again in stage 3 at each run start, fr[r] set) and the
+       statistics side's (sh: a row of it) with the run's sum of w q (acc:
+       every high group adds the same sum) */
+    emc_v4 Th[2] = {zero, zero}, Eh[2] = {zero, zero}, Eh3[2] = {zero, zero};
+    emc_v4 acc[2] = {zero, zero};
     Py_ssize_t th = -1, sh = -1;
-    Py_ssize_t n4 = n - n % 4, i0, status = 0;
-    for (i0 = 0; i0 < n4; i0 += 4) {
-        emc_v4 e[4][2], S[4], Pv[4], Qv[4];
-        int fresh = 0;
-        for (int r = 0; r < 4; r++) {
-            const unsigned char* c = codes + (i0 + r) * G;
-            if (th < 0 || !emdc_same_high(codes + th * G, c, G)) {
-                fresh |= 1 << r;
-                th = i0 + r;
-                for (Py_ssize_t v = 0; v < nv; v++) {
-                    Th[v] = emc_load(T + (offset[1] + c[1]) * Kp + 4 * v);
-                    Eh[v] = ewv[v] * emc_load(E + (offset[1] + c[1]) * Kp + 4 * v);
-                }
-                for (Py_ssize_t g = 2; g < G; g++)
+    Py_ssize_t n4 = n - n % 4, i0 = 0, status = 0;
+    double sb[EMDC_STRETCH], Pb[EMDC_STRETCH], Qb[EMDC_STRETCH], iwb[EMDC_STRETCH];
+    unsigned char fr[EMDC_STRETCH];
+    int bad = 0;
+    while (i0 < n4 && !bad) {
+        Py_ssize_t m = n4 - i0 < EMDC_STRETCH ? n4 - i0 : EMDC_STRETCH, b;
+        /* stage 1 */
+        for (b = 0; b < m; b += 4) {
+            emc_v4 S[4], Pv[4], Qv[4];
+            for (int r = 0; r < 4; r++) {
+                const unsigned char* c = codes + (i0 + b + r) * G;
+                fr[b + r] = 0;
+                if (th < 0 || !emdc_same_high(codes + th * G, c, G)) {
+                    fr[b + r] = 1;
+                    th = i0 + b + r;
                     for (Py_ssize_t v = 0; v < nv; v++) {
-                        Th[v] += emc_load(T + (offset[g] + c[g]) * Kp + 4 * v);
-                        Eh[v] *= emc_load(E + (offset[g] + c[g]) * Kp + 4 * v);
+                        Th[v] = emc_load(T + (offset[1] + c[1]) * Kp + 4 * v);
+                        Eh[v] = ewv[v] * emc_load(E + (offset[1] + c[1]) * Kp + 4 * v);
                     }
-                for (Py_ssize_t v = 0; v < nv; v++) Th[v] += lwv[v];    /* padding: -inf */
-            }
-            emc_v4 a[2];
-            for (Py_ssize_t v = 0; v < nv; v++) {
-                a[v] = emc_load(T0 + c[0] * Kp + 4 * v) + Th[v];
-                e[r][v] = emc_load(E0 + c[0] * Kp + 4 * v) * Eh[v];
-            }
-            S[r] = e[r][0];
-            for (Py_ssize_t v = 1; v < nv; v++) S[r] += e[r][v];       /* padding: 0 */
-            Pv[r] = zero;
-            Qv[r] = zero;
-            for (Py_ssize_t v = 0; v < nv; v++) {
-                emc_v4 abs_a = (emc_v4)((emc_m4)a[v] & abs_mask);
-                if (fin & 1) {
-                    Pv[r] += e[r][v] * a[v];
-                    if (!(fin & 2)) Qv[r] += e[r][v] * abs_a;
-                } else {
-                    emc_m4 pos = (emc_m4)(e[r][v] > zero);
-                    Pv[r] += EMC_SEL(pos, e[r][v] * a[v], zero);
-                    if (!(fin & 2)) Qv[r] += EMC_SEL(pos, e[r][v] * abs_a, zero);
+                    for (Py_ssize_t g = 2; g < G; g++)
+                        for (Py_ssize_t v = 0; v < nv; v++) {
+                            Th[v] += emc_load(T + (offset[g] + c[g]) * Kp + 4 * v);
+                            Eh[v] *= emc_load(E + (offset[g] + c[g]) * Kp + 4 * v);
+                        }
+                    for (Py_ssize_t v = 0; v < nv; v++) Th[v] += lwv[v];  /* padding: -inf */
+                }
+                emc_v4 a[2], e[2];
+                for (Py_ssize_t v = 0; v < nv; v++) {
+                    a[v] = emc_load(T0 + c[0] * Kp + 4 * v) + Th[v];
+                    e[v] = emc_load(E0 + c[0] * Kp + 4 * v) * Eh[v];
+                }
+                S[r] = e[0];
+                for (Py_ssize_t v = 1; v < nv; v++) S[r] += e[v];        /* padding: 0 */
+                Pv[r] = zero;
+                Qv[r] = zero;
+                for (Py_ssize_t v = 0; v < nv; v++) {
+                    emc_v4 abs_a = (emc_v4)((emc_m4)a[v] & abs_mask);
+                    if (fin & 1) {
+                        Pv[r] += e[v] * a[v];
+                        if (!(fin & 2)) Qv[r] += e[v] * abs_a;
+                    } else {
+                        emc_m4 pos = (emc_m4)(e[v] > zero);
+                        Pv[r] += EMC_SEL(pos, e[v] * a[v], zero);
+                        if (!(fin & 2)) Qv[r] += EMC_SEL(pos, e[v] * abs_a, zero);
+                    }
                 }
             }
+            emc_v4 s = emdc_hsum4(S[0], S[1], S[2], S[3]);
+            emc_m4 ok = (emc_m4)(s > zero);
+            if (!((ok[0] & ok[1]) & (ok[2] & ok[3]))) {
+                bad = 1;        /* the rows from this block on go to the tail */
+                break;
+            }
+            emc_store(sb + b, s);
+            emc_store(Pb + b, emdc_hsum4(Pv[0], Pv[1], Pv[2], Pv[3]));
+            if (!(fin & 2)) emc_store(Qb + b, emdc_hsum4(Qv[0], Qv[1], Qv[2], Qv[3]));
         }
-        emc_v4 s = emdc_hsum4(S[0], S[1], S[2], S[3]);
-        emc_m4 ok = (emc_m4)(s > zero);
-        if (!((ok[0] & ok[1]) & (ok[2] & ok[3]))) break;
-        emc_v4 inv = emc_set1(1.0) / s;
-        emc_v4 f = mm + emc_log_pos(s);
-        emc_v4 Ps = emdc_hsum4(Pv[0], Pv[1], Pv[2], Pv[3]);
-        emc_v4 El = Ps * inv;
-        emc_v4 H = f - El;
-        emc_v4 Qs = (fin & 2) ? -Ps : emdc_hsum4(Qv[0], Qv[1], Qv[2], Qv[3]);
-        emc_v4 mag = (Qs * inv + H) + (emc_v4)((emc_m4)f & abs_mask);
-        emc_v4 wv = row_weights != NULL ? emc_load(row_weights + i0) : emc_set1(1.0);
-        Fv += wv * f;
-        Ev += wv * El;
-        Hv += wv * H;
-        Mv += wv * mag;
-        emc_store(row_value + i0, f);
-        emc_v4 iw = inv * wv;               /* w / s: q w = e (w / s) */
-        for (int r = 0; r < 4; r++) {
-            emc_v4 is = emc_set1(iw[r]), q[2];
+        m = b;
+        /* stage 2 */
+        for (b = 0; b < m; b += 4) {
+            emc_v4 s = emc_load(sb + b), Ps = emc_load(Pb + b);
+            emc_v4 inv = emc_set1(1.0) / s;
+            emc_v4 f = mm + emc_log_pos(s);
+            emc_v4 El = Ps * inv;
+            emc_v4 H = f - El;
+            emc_v4 Qs = (fin & 2) ? -Ps : emc_load(Qb + b);
+            emc_v4 mag = (Qs * inv + H) + (emc_v4)((emc_m4)f & abs_mask);
+            emc_v4 wv = row_weights != NULL ? emc_load(row_weights + i0 + b)
+                                            : emc_set1(1.0);
+            Fv += wv * f;
+            Ev += wv * El;
+            Hv += wv * H;
+            Mv += wv * mag;
+            emc_store(row_value + i0 + b, f);
+            emc_store(iwb + b, inv * wv);       /* w / s: q w = e (w / s) */
+        }
+        /* stage 3 */
+        for (b = 0; b < m; b++) {
+            const unsigned char* c = codes + (i0 + b) * G;
+            if (fr[b]) {
+                for (Py_ssize_t v = 0; v < nv; v++)
+                    Eh3[v] = ewv[v] * emc_load(E + (offset[1] + c[1]) * Kp + 4 * v);
+                for (Py_ssize_t g = 2; g < G; g++)
+                    for (Py_ssize_t v = 0; v < nv; v++)
+                        Eh3[v] *= emc_load(E + (offset[g] + c[g]) * Kp + 4 * v);
+            }
+            emc_v4 is = emc_set1(iwb[b]), q[2];
             for (Py_ssize_t v = 0; v < nv; v++) {
-                q[v] = e[r][v] * is;
+                q[v] = (emc_load(E0 + c[0] * Kp + 4 * v) * Eh3[v]) * is;
                 if (!A) rs[v] += q[v];     /* else from the runs' sums, below */
             }
             if (A) {
-                const unsigned char* c = codes + (i0 + r) * G;
-                if (fresh & (1 << r)) {
+                if (fr[b]) {
                     if (sh >= 0) {
                         const unsigned char* h = codes + sh * G;
-                        for (Py_ssize_t v = 0; v < nv; v++) rs[v] += acc[0][v];
+                        for (Py_ssize_t v = 0; v < nv; v++) rs[v] += acc[v];
                         for (Py_ssize_t g = 1; g < G; g++) {
                             double* t = A + (offset[g] + h[g]) * Kp;
                             for (Py_ssize_t v = 0; v < nv; v++)
-                                emc_store(t + 4 * v, emc_load(t + 4 * v) + acc[g - 1][v]);
+                                emc_store(t + 4 * v, emc_load(t + 4 * v) + acc[v]);
                         }
                     }
-                    sh = i0 + r;
-                    for (Py_ssize_t g = 1; g < G; g++)
-                        for (Py_ssize_t v = 0; v < nv; v++) acc[g - 1][v] = zero;
+                    sh = i0 + b;
+                    for (Py_ssize_t v = 0; v < nv; v++) acc[v] = zero;
                 }
                 double* t = A + (offset[0] + c[0]) * Kp;
-                for (Py_ssize_t v = 0; v < nv; v++)
+                for (Py_ssize_t v = 0; v < nv; v++) {
                     emc_store(t + 4 * v, emc_load(t + 4 * v) + q[v]);
-                for (Py_ssize_t g = 1; g < G; g++)
-                    for (Py_ssize_t v = 0; v < nv; v++) acc[g - 1][v] += q[v];
+                    acc[v] += q[v];
+                }
             }
         }
+        i0 += m;
     }
     if (A && sh >= 0) {
         const unsigned char* h = codes + sh * G;
-        for (Py_ssize_t v = 0; v < nv; v++) rs[v] += acc[0][v];
+        for (Py_ssize_t v = 0; v < nv; v++) rs[v] += acc[v];
         for (Py_ssize_t g = 1; g < G; g++) {
             double* t = A + (offset[g] + h[g]) * Kp;
             for (Py_ssize_t v = 0; v < nv; v++)
-                emc_store(t + 4 * v, emc_load(t + 4 * v) + acc[g - 1][v]);
+                emc_store(t + 4 * v, emc_load(t + 4 * v) + acc[v]);
         }
     }
     totals[0] += EMC_HSUM(Fv);

@@ -865,6 +865,45 @@ def test_fused_soft_blocks_report_the_first_bad_row():
         data_pass(zero, fam, rule, np.array([0.5, 0.5]), {"probabilities": p}, chunk_rows=64)
 
 
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_fused_soft_runs_report_the_first_bad_row(mode):
+    # the run step on sorted group codes (G = 2, runs of up to 256 rows) in
+    # chunks of 256 rows, which it takes in stretches of 64 in three stages
+    # (_discrete.h emdc_soft_runs): rows with probability 0 under every
+    # component (item 11 has probability 0; they sort last), the first in
+    # the third stretch of its chunk and not in the chunk's last n % 4 rows:
+    # stage 1 stops at its block, the rows before it are finished, the
+    # row-by-row step names it; the pass before it is the unfused one's
+    from emcore._patterns import row_patterns
+    from emcore.engine import data_pass
+    from emcore.plugins._discrete_kernel import _set_run_step
+    rng = np.random.default_rng(8)
+    d = 12
+    X = (rng.random((4000, d)) < 0.5).astype(np.float64)
+    X[:, 11] = 0.0
+    P = row_patterns(X, integer_codes=True).rows[: 3 * 256 + 150]
+    bad = np.zeros((10, d))
+    bad[:, 11] = 1.0
+    bad[:, :4] = (np.arange(10)[:, None] >> np.arange(4)) & 1     # sorted
+    P = np.ascontiguousarray(np.vstack([P, bad]))
+    row = 3 * 256 + 150                         # the chunk's rows 150 .. 159 are bad
+    p = rng.uniform(0.05, 0.95, (3, d))
+    p[:, 11] = 0.0
+    fam, params = BernoulliFamily(3, d), {"probabilities": p}
+    rule = get_registry().posterior_rule("soft").factory()
+    weights = np.array([0.5, 0.3, 0.2])
+    old = _set_run_step(mode)
+    try:
+        with fam.codes_for(P):
+            with pytest.raises(ValueError, match=f"row {row} of X has no finite likelihood"):
+                data_pass(P, fam, rule, weights, params, chunk_rows=256)
+            sw = np.ones(row)
+            fused, plain = _pass_pair(fam, params, P[:row], weights, sw, chunk_rows=256)
+    finally:
+        _set_run_step(old)
+    _assert_same_pass(fused, plain, 2, sw, fam, params, P[:row], weights)
+
+
 def test_fused_soft_step_falls_back_to_exp_beyond_the_guard():
     # component 0 gives every item probability tiny, component 1 probability
     # 1 - tiny, component 2 alternates them; the last row answers 1 to the even
