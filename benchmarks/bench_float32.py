@@ -42,6 +42,7 @@ beside wall time: the machine may be shared.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import sys
@@ -51,8 +52,8 @@ import numpy as np
 import scipy.linalg  # noqa: F401  (load scipy's OpenBLAS before threadpoolctl limits)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gaussian import (environment, make_data, make_start,  # noqa: E402
-                            silence_convergence_warnings, start_for, timed_fit)
+from bench_gaussian import (environment, make_data, make_estimator,  # noqa: E402
+                            make_start, silence_convergence_warnings, start_for)
 
 U32 = 2.0 ** -24
 
@@ -115,11 +116,38 @@ def kernel_bound(est, X: np.ndarray) -> float:
     return (0.5 * 1.01 * (d + 7) * U32 * float(np.sum(worst)) + posterior) / abs(total)
 
 
-def cpu_timed_fit(*a):
-    """timed_fit, and the process's CPU seconds over it (all threads)."""
-    c0 = time.process_time()
-    wall, est = timed_fit(*a)
-    return wall, time.process_time() - c0, est
+def cpu_timed_fit(lib: str, X, start, max_iter: int, threads: int, reg_covar: float,
+                  covariance: str, tol: float = 0.0):
+    """timed_fit with ``tol`` (0: the fit runs max_iter iterations): (wall seconds,
+    the process's CPU seconds over the fit (all threads), the estimator, whether
+    the engine fitted float32 rows in double (``Family.widened``: its line on the
+    'emcore' logger), the number of "known only to within" warnings)."""
+    import logging
+    import warnings
+    from threadpoolctl import threadpool_limits
+    est = make_estimator(lib, start, max_iter, threads, reg_covar, covariance)
+    est.set_params(tol=tol)
+    lines = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("emcore")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            gc.collect()
+            with threadpool_limits(limits=threads):
+                c0, t0 = time.process_time(), time.perf_counter()
+                est.fit(X)
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    widened = any("fitting in double precision" in line for line in lines)
+    noisy = sum("known only" in str(w.message) for w in caught)
+    return wall, cpu, est, widened, noisy
 
 
 def run_case(args, covariance: str) -> None:
@@ -132,7 +160,7 @@ def run_case(args, covariance: str) -> None:
     print(f"\n=== GaussianMixture '{covariance}', (n, d, k) = ({n}, {d}, {k}), M = {M}, "
           f"repeats = {args.repeats}")
     for dt in data:     # warm-up
-        timed_fit("emcore", data[dt][:5000], start, 1, 1, args.reg_covar, covariance)
+        cpu_timed_fit("emcore", data[dt][:5000], start, 1, 1, args.reg_covar, covariance)
     per_iter = {(dt, t): [] for dt in data for t in args.threads}
     cpu_iter = {(dt, t): [] for dt in data for t in args.threads}
     fits = {}
@@ -140,16 +168,22 @@ def run_case(args, covariance: str) -> None:
         order = list(data) if r % 2 == 0 else list(data)[::-1]
         for t in args.threads:
             for dt in order:
-                t1, c1, _ = cpu_timed_fit("emcore", data[dt], start, 1, t, args.reg_covar,
-                                          covariance)
-                tM, cM, est = cpu_timed_fit("emcore", data[dt], start, M, t,
-                                            args.reg_covar, covariance)
-                per_iter[(dt, t)].append((tM - t1) / (M - 1))
-                cpu_iter[(dt, t)].append((cM - c1) / (M - 1))
+                t1, c1, one, _, _ = cpu_timed_fit("emcore", data[dt], start, 1, t,
+                                                  args.reg_covar, covariance, args.tol)
+                tM, cM, est, widened, noisy = cpu_timed_fit(
+                    "emcore", data[dt], start, M, t, args.reg_covar, covariance, args.tol)
+                # iterations M - 1 with tol 0; with tol > 0 as many as the rule ran
+                steps = max(est.n_iter_ - one.n_iter_, 1)
+                per_iter[(dt, t)].append((tM - t1) / steps)
+                cpu_iter[(dt, t)].append((cM - c1) / steps)
                 fits[dt] = est
                 print(f"{r:6d} {t:3d} {dt:8s} {per_iter[(dt, t)][-1]:8.4f} s/iter  "
                       f"cpu {cpu_iter[(dt, t)][-1]:8.4f} s/iter  "
-                      f"load {os.getloadavg()[0]:.2f}", flush=True)
+                      f"load {os.getloadavg()[0]:.2f}"
+                      + (f"  iterations {est.n_iter_} ({est.stop_reason_})"
+                         f"{'  fitted in double (widened)' if widened else ''}"
+                         f"{f'  {noisy} rounding-noise warning(s)' if noisy else ''}"
+                         if args.tol > 0 else ""), flush=True)
     print(f"{'threads':>7}  {'float64 s/iter':>14}  {'float32 s/iter':>14}  "
           f"{'float64/float32 time':>20}  {'float64 cpu':>11}  {'float32 cpu':>11}  "
           f"{'float64/float32 cpu':>19}")
@@ -181,6 +215,10 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--reg-covar", type=float, default=1e-6)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tol", type=float, default=0.0,
+                   help="the fits' tol (default 0: M iterations, float32_level 'all'); "
+                        "with tol > 0 per iteration = (t(M) - t(1)) / (n_iter(M) - "
+                        "n_iter(1)), and the engine may fit float32 rows in double")
     p.add_argument("--quick", action="store_true", help="(2e5, 16, 16), 1 repeat, M = 6")
     args = p.parse_args(argv)
     if args.quick:

@@ -231,6 +231,7 @@ def main(argv=None):
     from threadpoolctl import threadpool_limits
 
     from emcore._patterns import row_patterns
+    from emcore._threads import single_threaded_blas
     from emcore.registry import get_registry
 
     X8, w0, p0 = make_data(args.n, args.d, args.k)
@@ -290,8 +291,14 @@ def main(argv=None):
                     # sorted patterns instead of its runs (the A/B of
                     # docs/discrete.md#the-fused-soft-step)
                     old_step = _set_run_step(0 if key.endswith("blocks") else 2)
-                    with (family.codes_for(data) if key.startswith("emcore")
-                          else contextlib.nullcontext()):
+                    # and BLAS held to one thread once for all the iterations, as
+                    # run_em holds it for a whole fit (each pass's own request is
+                    # then free: emcore._threads.single_threaded_blas)
+                    emcore_case = key.startswith("emcore")
+                    with (family.codes_for(data) if emcore_case
+                          else contextlib.nullcontext()), \
+                            (single_threaded_blas() if emcore_case
+                             else contextlib.nullcontext()):
                         family.compiled_kernel({"probabilities": p0})
                         seconds, cpu_s, value = _timed(step, data, w0, p0, args.iterations,
                                                        counts=weight)

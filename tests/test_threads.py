@@ -111,3 +111,31 @@ def test_a_pass_gives_each_thread_at_least_two_chunks():
     assert _pass_threads(100 * C, C, 3) == 3
     assert _pass_threads(100 * C, C, 1) == 1
     assert _pass_threads(9 * C, C, None) == min(effective_n_threads(None), 4)
+
+
+def test_single_threaded_blas_holds_one_thread_and_nests_without_asking_again(monkeypatch):
+    # the outer call limits BLAS to one thread and restores it after; an inner call
+    # (each pass of a fit, inside the fit's own) leaves the limit as it is and
+    # does not ask threadpoolctl again
+    from threadpoolctl import threadpool_info
+    from emcore import _threads
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info()
+                if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+    if not before:
+        pytest.skip("no BLAS library that threadpoolctl sees")
+    controller = _threads._controller()
+    calls = []
+    limit = type(controller).limit
+    monkeypatch.setattr(type(controller), "limit",
+                        lambda self, **kw: (calls.append(kw), limit(self, **kw))[1])
+    with _threads.single_threaded_blas():
+        assert blas_threads() == [1] * len(before)
+        with _threads.single_threaded_blas():
+            assert blas_threads() == [1] * len(before)
+        assert blas_threads() == [1] * len(before)     # the inner exit kept the limit
+    assert len(calls) == 1
+    assert blas_threads() == before
