@@ -25,8 +25,14 @@ to float64 totals; their bound, GaussianFamily.statistics_rounding, enters the
 chain; they move the fitted parameters, which moves the log-likelihood only at
 second order at a maximum); the full-covariance kernel ('full') the quadratic
 form in float32 (16-float vectors, two of them in AVX-512 registers where the
-CPU has them), the same float32-exp posterior, and its statistics from the rows
-widened exactly (full_kernel_bound gives its tolerance term). For 'diag' the tolerance
+CPU has them), the same float32-exp posterior, and its statistics as float32
+sums over 256-row blocks about float32(mu_t), held in registers and added to
+float64 totals (full_kernel_bound gives the form's tolerance term). That is
+float32_level 'all', which GaussianMixture takes with tol 0 (this bench's
+default); ``--tol 1e-6`` (the default tol) measures the 'log_density' level
+instead: the fits stop by their rule, per iteration (t(M) - t(1)) / (n_iter(M)
+- n_iter(1)), and the engine may fit the float32 rows in double where their
+bound exceeds tol x |F| (Family.widened; docs/elbo_chain.md#float32-level). For 'diag' the tolerance
 adds the kernel's derived bound, sum_i max_k of half
 1.01 (d + 7) u32 sum_j p_kj (|x_ij - c_j| + |mu_kj - c_j|)^2 (c the means'
 mean in float32), plus n times the posterior's per-row bound
