@@ -72,6 +72,7 @@ from emcore.moments cimport (EMC_SCATTER_DIAGONAL, emc_merge_moment_slot_arrays,
 import numpy as np
 
 from emcore.kernel import moment_slot_layout
+from emcore.plugins._dispatch import loop_choice
 
 #: rows per block of the float32 statistics' float partial sums
 #: (docs/elbo_chain.md#float32: their rounding grows with it)
@@ -111,13 +112,8 @@ def _avx512_float32(enable=None):
     for the tests, which check that both loops give the same bits. Returns the
     choice."""
     global emd_f32_use_v4
-    if enable is not None:
-        if enable and not emd_v4_available():
-            raise ValueError("The 'enable' parameter of _avx512_float32 is True but "
-                             "this CPU (or build) has no x86-64-v4 loop.")
-        emd_f32_use_v4 = 1 if enable else 0
-    elif emd_f32_use_v4 < 0:
-        emd_f32_use_v4 = emd_v4_available()
+    emd_f32_use_v4 = loop_choice(emd_f32_use_v4, emd_v4_available(), enable,
+                                 "_avx512_float32")
     return bool(emd_f32_use_v4)
 
 

@@ -72,6 +72,7 @@ from emcore.moments cimport (EMC_SCATTER_FULL, emc_merge_moment_slot_arrays,
 import numpy as np
 
 from emcore.kernel import moment_slot_layout
+from emcore.plugins._dispatch import loop_choice
 
 
 cdef extern from "_gaussian_full.h":
@@ -133,13 +134,8 @@ def _avx512_tiles(enable=None):
     ``enable`` True or False chooses (True only where the CPU has it); for the
     tests, which check that both loops give the same bits. Returns the choice."""
     global emc_full_use_v4
-    if enable is not None:
-        if enable and not emc_full_v4_available():
-            raise ValueError("The 'enable' parameter of _avx512_tiles is True but this "
-                             "CPU (or build) has no x86-64-v4 loop.")
-        emc_full_use_v4 = 1 if enable else 0
-    elif emc_full_use_v4 < 0:
-        emc_full_use_v4 = emc_full_v4_available()
+    emc_full_use_v4 = loop_choice(emc_full_use_v4, emc_full_v4_available(), enable,
+                                  "_avx512_tiles")
     return bool(emc_full_use_v4)
 
 
@@ -152,13 +148,8 @@ def _avx512_float32(enable=None):
 
     As :func:`_avx512_tiles`, for the tests (the same bits either way)."""
     global emc_full_f32_use_v4
-    if enable is not None:
-        if enable and not emc_full_v4_available():
-            raise ValueError("The 'enable' parameter of _avx512_float32 is True but this "
-                             "CPU (or build) has no x86-64-v4 loop.")
-        emc_full_f32_use_v4 = 1 if enable else 0
-    elif emc_full_f32_use_v4 < 0:
-        emc_full_f32_use_v4 = emc_full_v4_available()
+    emc_full_f32_use_v4 = loop_choice(emc_full_f32_use_v4, emc_full_v4_available(),
+                                      enable, "_avx512_float32")
     return bool(emc_full_f32_use_v4)
 
 
