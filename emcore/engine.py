@@ -239,7 +239,7 @@ class FitResult:
     chain_last: Optional[tuple] = None
     n_averaged: int = 0
     #: the family's lower-precision arithmetic (float32 rows) was widened to double
-    #: for the whole fit: its rounding bound exceeded tol x |objective| at the start
+    #: for the whole fit: its rounding bound exceeded ``tol * |objective|`` at the start
     #: (``Family.widened``; docs/elbo_chain.md#float32-level)
     widened: bool = False
 
@@ -838,7 +838,7 @@ def _widened_family(steps: "_Steps", point: "_Point", tol: float, converged) -> 
     """``Family.widened()`` where the family's lower-precision arithmetic would make
     the stopping rule test rounding noise from the start: the derived bound of a
     link at the initial point (the pass's bounds counted twice, as a link's two
-    passes are) above tol x |objective|, the test that otherwise warns at iteration
+    passes are) above ``tol * |objective|``, the test that otherwise warns at iteration
     0. None where the rule does not test tol (tol 0, ``converged``, Monte-Carlo
     rules), where the family has no wider version, or where the bound is within."""
     if not tol > 0 or converged is not None or steps.stochastic:

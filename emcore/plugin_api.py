@@ -441,11 +441,11 @@ class Family(abc.ABC):
         ``log_density_rounding`` and ``statistics_rounding`` bound what that costs)
         returns the family that computes the same model in float64 on the same rows
         (widened exactly). The engine fits with it instead when the lower
-        precision's bound at the initial parameters exceeds tol x |objective|, the
+        precision's bound at the initial parameters exceeds ``tol * |objective|``, the
         resolution the stopping rule needs (else the rule tests rounding noise);
         ``FitResult.widened`` records it (docs/elbo_chain.md#float32-level).
         Default None: no wider version (the engine then warns, as for any fit whose
-        bound exceeds tol x |objective|).
+        bound exceeds ``tol * |objective|``).
         """
         return None
 
