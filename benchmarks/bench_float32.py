@@ -48,7 +48,6 @@ beside wall time: the machine may be shared.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import statistics
 import sys
@@ -58,8 +57,8 @@ import numpy as np
 import scipy.linalg  # noqa: F401  (load scipy's OpenBLAS before threadpoolctl limits)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gaussian import (environment, make_data, make_estimator,  # noqa: E402
-                            make_start, silence_convergence_warnings, start_for)
+from bench_gaussian import (environment, make_data, make_start,  # noqa: E402
+                            silence_convergence_warnings, start_for, timed_fit)
 
 U32 = 2.0 ** -24
 
@@ -130,9 +129,6 @@ def cpu_timed_fit(lib: str, X, start, max_iter: int, threads: int, reg_covar: fl
     'emcore' logger), the number of "known only to within" warnings)."""
     import logging
     import warnings
-    from threadpoolctl import threadpool_limits
-    est = make_estimator(lib, start, max_iter, threads, reg_covar, covariance)
-    est.set_params(tol=tol)
     lines = []
     handler = logging.Handler(logging.DEBUG)
     handler.emit = lambda record: lines.append(record.getMessage())
@@ -143,11 +139,10 @@ def cpu_timed_fit(lib: str, X, start, max_iter: int, threads: int, reg_covar: fl
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            gc.collect()
-            with threadpool_limits(limits=threads):
-                c0, t0 = time.process_time(), time.perf_counter()
-                est.fit(X)
-                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            c0 = time.process_time()
+            wall, est = timed_fit(lib, X, start, max_iter, threads, reg_covar, covariance,
+                                  tol)
+            cpu = time.process_time() - c0
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)

@@ -165,9 +165,10 @@ def make_estimator(lib: str, start, max_iter: int, threads: int, reg_covar: floa
 
 
 def timed_fit(lib: str, X, start, max_iter: int, threads: int, reg_covar: float,
-              covariance: str = "full"):
+              covariance: str = "full", tol: float = 0.0):
     from threadpoolctl import threadpool_limits
     est = make_estimator(lib, start, max_iter, threads, reg_covar, covariance)
+    est.set_params(tol=tol)
     gc.collect()
     with threadpool_limits(limits=threads):
         t0 = time.perf_counter()
