@@ -711,6 +711,41 @@ static int emdc_long_runs(const unsigned char* codes, Py_ssize_t n, Py_ssize_t G
     return 4 * (breaks + 1) <= m;
 }
 
+/* The key of a row's codes in groups 1 .. G - 1 (G <= 4): one byte each */
+EMC_ALWAYS_INLINE unsigned int emdc_high_key(const unsigned char* c, Py_ssize_t G)
+{
+    unsigned int key = 0;
+    for (Py_ssize_t g = 1; g < G; g++) key |= (unsigned int)c[g] << (8 * (g - 1));
+    return key;
+}
+
+/* out = ((ew E_1[c_1]) E_2[c_2]) ... E_{G-1}[c_{G-1}], nv vectors of 4 */
+EMC_ALWAYS_INLINE void emdc_high_product(const double* E, const Py_ssize_t* offset,
+                                         const unsigned char* c, Py_ssize_t Kp,
+                                         Py_ssize_t nv, Py_ssize_t G, const emc_v4* ew,
+                                         emc_v4* out)
+{
+    for (Py_ssize_t v = 0; v < nv; v++)
+        out[v] = ew[v] * emc_load(E + (offset[1] + c[1]) * Kp + 4 * v);
+    for (Py_ssize_t g = 2; g < G; g++)
+        for (Py_ssize_t v = 0; v < nv; v++)
+            out[v] *= emc_load(E + (offset[g] + c[g]) * Kp + 4 * v);
+}
+
+/* A run's end: its sum of w q (acc) into resp_sum's lanes (rs) and into the
+   rows of A of its high groups' codes h */
+EMC_ALWAYS_INLINE void emdc_run_end(double* A, const Py_ssize_t* offset,
+                                    const unsigned char* h, Py_ssize_t Kp, Py_ssize_t nv,
+                                    Py_ssize_t G, const emc_v4* acc, emc_v4* rs)
+{
+    for (Py_ssize_t v = 0; v < nv; v++) rs[v] += acc[v];
+    for (Py_ssize_t g = 1; g < G; g++) {
+        double* t = A + (offset[g] + h[g]) * Kp;
+        for (Py_ssize_t v = 0; v < nv; v++)
+            emc_store(t + 4 * v, emc_load(t + 4 * v) + acc[v]);
+    }
+}
+
 /* emdc_soft_blocks on group codes whose rows come in runs with the same codes
    in groups 1 .. G - 1 (G >= 2; the distinct rows of a compressed fit are
    sorted with the last feature the most significant, so the groups of the
@@ -762,44 +797,49 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_runs(
        stages, each a loop whose blocks do not wait on one another (the
        out-of-order core overlaps them; one loop doing all three per block
        waited on each block's log and division in turn): (1) per block of 4
-       rows, s = sum_k e_k, P and Q, kept in arrays; (2) per block, the log and
-       division, the totals and the row values, and w / s per row; (3) per row,
-       e again (the same products) times w / s, into the statistics. The same
-       operations on the same operands as one loop would do: the same bits.
-       The table side's run (th: a row of it, -1 before the first; Eh is
-       formed again in stage 3 at each run start, fr[r] set) and the
-       statistics side's (sh: a row of it) with the run's sum of w q (acc:
-       every high group adds the same sum) */
+       rows, s = sum_k e_k, P and Q, kept in arrays, and each row's group-0
+       table offset (ob); (2) per block, the log and division, the totals and
+       the row values, and w / s per row; (3) per row, e again (the same
+       products) times w / s, into the statistics. The same operations on the
+       same operands as one loop would do. The table side's run (th_key: its
+       high groups' codes, emdc_high_key; Eh is formed again in stage 3 at
+       each run start, fr[r] set) and the statistics side's (sh: a row of it)
+       with the run's sum of w q (acc: every high group adds the same sum).
+       Stage 3 is the hottest loop: it reads only ob, fr and w / s per row, so
+       that its few pointers stay in registers (its first form, reading each
+       row's codes, kept A and the tables' offsets on the stack: 40 % slower) */
     emc_v4 Th[2] = {zero, zero}, Eh[2] = {zero, zero}, Eh3[2] = {zero, zero};
     emc_v4 acc[2] = {zero, zero};
-    Py_ssize_t th = -1, sh = -1;
+    Py_ssize_t sh = -1;
+    unsigned int th_key = 0xffffffffu;     /* no key: a key has at most 24 bits */
     Py_ssize_t n4 = n - n % 4, i0 = 0, status = 0;
     double sb[EMDC_STRETCH], Pb[EMDC_STRETCH], Qb[EMDC_STRETCH], iwb[EMDC_STRETCH];
     unsigned char fr[EMDC_STRETCH];
+    int ob[EMDC_STRETCH];                  /* c_0 Kp: at most 255 * 8 */
+    double* A0 = A ? A + offset[0] * Kp : NULL;
     int bad = 0;
     while (i0 < n4 && !bad) {
         Py_ssize_t m = n4 - i0 < EMDC_STRETCH ? n4 - i0 : EMDC_STRETCH, b;
         /* stage 1 */
         for (b = 0; b < m; b += 4) {
             emc_v4 S[4], Pv[4], Qv[4];
+#pragma GCC unroll 4
             for (int r = 0; r < 4; r++) {
                 const unsigned char* c = codes + (i0 + b + r) * G;
-                fr[b + r] = 0;
-                if (th < 0 || !emdc_same_high(codes + th * G, c, G)) {
-                    fr[b + r] = 1;
-                    th = i0 + b + r;
-                    for (Py_ssize_t v = 0; v < nv; v++) {
+                unsigned int key = emdc_high_key(c, G);
+                fr[b + r] = key != th_key;
+                if (key != th_key) {
+                    th_key = key;
+                    for (Py_ssize_t v = 0; v < nv; v++)
                         Th[v] = emc_load(T + (offset[1] + c[1]) * Kp + 4 * v);
-                        Eh[v] = ewv[v] * emc_load(E + (offset[1] + c[1]) * Kp + 4 * v);
-                    }
                     for (Py_ssize_t g = 2; g < G; g++)
-                        for (Py_ssize_t v = 0; v < nv; v++) {
+                        for (Py_ssize_t v = 0; v < nv; v++)
                             Th[v] += emc_load(T + (offset[g] + c[g]) * Kp + 4 * v);
-                            Eh[v] *= emc_load(E + (offset[g] + c[g]) * Kp + 4 * v);
-                        }
                     for (Py_ssize_t v = 0; v < nv; v++) Th[v] += lwv[v];  /* padding: -inf */
+                    emdc_high_product(E, offset, c, Kp, nv, G, ewv, Eh);
                 }
                 emc_v4 a[2], e[2];
+                ob[b + r] = (int)c[0] * (int)Kp;
                 for (Py_ssize_t v = 0; v < nv; v++) {
                     a[v] = emc_load(T0 + c[0] * Kp + 4 * v) + Th[v];
                     e[v] = emc_load(E0 + c[0] * Kp + 4 * v) * Eh[v];
@@ -850,52 +890,35 @@ EMC_ALWAYS_INLINE Py_ssize_t emdc_soft_runs(
             emc_store(iwb + b, inv * wv);       /* w / s: q w = e (w / s) */
         }
         /* stage 3 */
-        for (b = 0; b < m; b++) {
-            const unsigned char* c = codes + (i0 + b) * G;
-            if (fr[b]) {
-                for (Py_ssize_t v = 0; v < nv; v++)
-                    Eh3[v] = ewv[v] * emc_load(E + (offset[1] + c[1]) * Kp + 4 * v);
-                for (Py_ssize_t g = 2; g < G; g++)
-                    for (Py_ssize_t v = 0; v < nv; v++)
-                        Eh3[v] *= emc_load(E + (offset[g] + c[g]) * Kp + 4 * v);
-            }
-            emc_v4 is = emc_set1(iwb[b]), q[2];
-            for (Py_ssize_t v = 0; v < nv; v++) {
-                q[v] = (emc_load(E0 + c[0] * Kp + 4 * v) * Eh3[v]) * is;
-                if (!A) rs[v] += q[v];     /* else from the runs' sums, below */
-            }
-            if (A) {
+        if (A) {
+            for (b = 0; b < m; b++) {
                 if (fr[b]) {
-                    if (sh >= 0) {
-                        const unsigned char* h = codes + sh * G;
-                        for (Py_ssize_t v = 0; v < nv; v++) rs[v] += acc[v];
-                        for (Py_ssize_t g = 1; g < G; g++) {
-                            double* t = A + (offset[g] + h[g]) * Kp;
-                            for (Py_ssize_t v = 0; v < nv; v++)
-                                emc_store(t + 4 * v, emc_load(t + 4 * v) + acc[v]);
-                        }
-                    }
+                    emdc_high_product(E, offset, codes + (i0 + b) * G, Kp, nv, G, ewv, Eh3);
+                    if (sh >= 0) emdc_run_end(A, offset, codes + sh * G, Kp, nv, G, acc, rs);
                     sh = i0 + b;
                     for (Py_ssize_t v = 0; v < nv; v++) acc[v] = zero;
                 }
-                double* t = A + (offset[0] + c[0]) * Kp;
+                const double* e0 = E0 + ob[b];
+                double* t = A0 + ob[b];
+                emc_v4 is = emc_set1(iwb[b]);
                 for (Py_ssize_t v = 0; v < nv; v++) {
-                    emc_store(t + 4 * v, emc_load(t + 4 * v) + q[v]);
-                    acc[v] += q[v];
+                    emc_v4 q = (emc_load(e0 + 4 * v) * Eh3[v]) * is;
+                    emc_store(t + 4 * v, emc_load(t + 4 * v) + q);
+                    acc[v] += q;
                 }
+            }
+        } else {
+            for (b = 0; b < m; b++) {
+                if (fr[b])
+                    emdc_high_product(E, offset, codes + (i0 + b) * G, Kp, nv, G, ewv, Eh3);
+                emc_v4 is = emc_set1(iwb[b]);
+                for (Py_ssize_t v = 0; v < nv; v++)
+                    rs[v] += (emc_load(E0 + ob[b] + 4 * v) * Eh3[v]) * is;
             }
         }
         i0 += m;
     }
-    if (A && sh >= 0) {
-        const unsigned char* h = codes + sh * G;
-        for (Py_ssize_t v = 0; v < nv; v++) rs[v] += acc[v];
-        for (Py_ssize_t g = 1; g < G; g++) {
-            double* t = A + (offset[g] + h[g]) * Kp;
-            for (Py_ssize_t v = 0; v < nv; v++)
-                emc_store(t + 4 * v, emc_load(t + 4 * v) + acc[v]);
-        }
-    }
+    if (A && sh >= 0) emdc_run_end(A, offset, codes + sh * G, Kp, nv, G, acc, rs);
     totals[0] += EMC_HSUM(Fv);
     totals[1] += EMC_HSUM(Ev);
     totals[2] += EMC_HSUM(Hv);
