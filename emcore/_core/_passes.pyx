@@ -290,7 +290,8 @@ def data_pass(FamilyKernel family, PosteriorKernel rule, X,
     p.n_blocks = min(p.n_chunks, MAX_BLOCKS)
     cdef Py_ssize_t n_slots = max(p.n_blocks, 1)
 
-    block_stats = np.zeros((n_slots, S))
+    # each block clears its own slot (_run_block, in its thread): not zeroed here
+    block_stats = np.empty((n_slots, S))
     block_resp = np.zeros((n_slots, K))
     block_totals = np.zeros((n_slots, N_TOTALS))
     cdef double[:, ::1] bs = block_stats
