@@ -801,6 +801,7 @@ def test_fused_soft_runs_are_the_soft_posterior(K, d, n, seed, chunk_rows, sorte
     # threads; the same derived bound as the blocks step (_assert_same_pass:
     # the same G + 1 factors per entry, the statistics summed in another order)
     from emcore._patterns import row_patterns
+    from emcore.engine import data_pass
     from emcore.plugins._discrete_kernel import _set_run_step
     rng = np.random.default_rng(seed)
     p = rng.uniform(0.05, 0.95, (K, d))
@@ -833,6 +834,21 @@ def test_fused_soft_runs_are_the_soft_posterior(K, d, n, seed, chunk_rows, sorte
                 assert again.magnitude == fused.magnitude
                 np.testing.assert_array_equal(again.stats.counts, fused.stats.counts)
                 np.testing.assert_array_equal(again.resp_sum, fused.resp_sum)
+                # without statistics (a log-likelihood pass: the step's own loop
+                # with no statistics rows): the same totals bit for bit (the
+                # same per-block work), and resp_sum summed row by row instead
+                # of by runs: two orders of the same n positive terms w_i q_ik,
+                # each within (n - 1) u of the exact sum
+                bare = data_pass(P, fam, get_registry().posterior_rule("soft").factory(),
+                                 weights, params, sample_weight=sw, chunk_rows=chunk_rows,
+                                 with_stats=False)
+                assert bare.stats is None
+                assert (bare.value, bare.entropy, bare.expected_log_joint,
+                        bare.magnitude) == (fused.value, fused.entropy,
+                                            fused.expected_log_joint, fused.magnitude)
+                n_rows = P.shape[0]
+                assert np.all(np.abs(bare.resp_sum - fused.resp_sum)
+                              <= 2 * max(n_rows - 1, 0) * _U * fused.resp_sum)
                 results[mode] = fused
     finally:
         _set_run_step(old)
